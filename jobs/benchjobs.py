@@ -1,0 +1,28 @@
+"""Example job module shipped with emq, used by the quick start, the tests
+and the benchmarks (the same module for emq, EventMQ and Celery).
+
+Run with e.g. ``emq-send --wait benchjobs.add 2 3``; the job manager finds it
+through ``python_path`` (the quick start adds ``jobs/``) or ``PYTHONPATH``.
+"""
+import os
+
+
+def add(a, b):
+    """Return a + b."""
+    return a + b
+
+
+def noop():
+    """Do nothing (for measuring the system, not the job)."""
+    return None
+
+
+def append_line(path, line):
+    """Append one line to ``path`` with O_APPEND: concurrent workers never
+    interleave partial lines, so counting lines counts finished jobs."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (str(line) + "\n").encode())
+    finally:
+        os.close(fd)
+    return True

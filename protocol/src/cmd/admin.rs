@@ -1,0 +1,55 @@
+//! Admin-socket commands (what `emq-cli` sends). All but JOB_STATUS have no
+//! body. HELLO must get no answer (EventMQ's emq-cli would read it as the
+//! answer to its next command).
+
+use crate::error::DecodeErrorKind;
+use crate::frame::Parse;
+
+/// A query or order on the router's administrative socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Queue counters.
+    Status,
+    /// Connected job managers and queues.
+    RouterShowWorkers,
+    /// Connected schedulers.
+    RouterShowSchedulers,
+    /// Sent by emq-cli on connect; never answered.
+    Hello,
+    /// Our extension: the record of one job, by msgid.
+    JobStatus { job_msgid: String },
+}
+
+impl AdminCommand {
+    /// `Ok(None)` when `name` is not an admin command.
+    pub(crate) fn parse_frames<F: AsRef<[u8]>>(
+        name: &str,
+        p: &mut Parse<'_, F>,
+    ) -> Result<Option<Self>, DecodeErrorKind> {
+        Ok(Some(match name {
+            "STATUS" => AdminCommand::Status,
+            "ROUTER_SHOW_WORKERS" => AdminCommand::RouterShowWorkers,
+            "ROUTER_SHOW_SCHEDULERS" => AdminCommand::RouterShowSchedulers,
+            "HELLO" => AdminCommand::Hello,
+            "JOB_STATUS" => AdminCommand::JobStatus { job_msgid: p.next_string()? },
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::Status => "STATUS",
+            AdminCommand::RouterShowWorkers => "ROUTER_SHOW_WORKERS",
+            AdminCommand::RouterShowSchedulers => "ROUTER_SHOW_SCHEDULERS",
+            AdminCommand::Hello => "HELLO",
+            AdminCommand::JobStatus { .. } => "JOB_STATUS",
+        }
+    }
+
+    pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
+        if let AdminCommand::JobStatus { job_msgid } = self {
+            out.push(job_msgid.as_bytes().to_vec());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! One typed command per eMQP command name. [`Command::parse_frames`] reads
+//! the name and delegates to that command's own `parse_frames`, which pulls
+//! its body frames off a [`Parse`] cursor and calls [`Parse::finish`] so that
+//! leftover frames are an error. A name nobody knows becomes
+//! [`Command::Unknown`] — the caller decides how to answer it; decoding never
+//! panics.
+
+mod ack;
+mod admin;
+mod heartbeat;
+mod inform;
+mod publish;
+mod reply;
+mod request;
+mod schedule;
+
+pub use ack::Ack;
+pub use admin::AdminCommand;
+pub use heartbeat::Heartbeat;
+pub use inform::Inform;
+pub use publish::Publish;
+pub use reply::Reply;
+pub use request::Request;
+pub use schedule::Schedule;
+
+use crate::error::DecodeErrorKind;
+use crate::frame::Parse;
+
+/// Every eMQP command, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Job manager / scheduler announces itself and its queues.
+    Inform(Inform),
+    /// Router acknowledges an INFORM (or an admin DISCONNECT).
+    Ack(Ack),
+    /// One free worker slot at the job manager that sent it.
+    Ready,
+    /// A job: client → router, router → job manager (unchanged).
+    Request(Request),
+    /// Receipt, result, refusal or admin answer.
+    Reply(Reply),
+    /// Liveness, both directions; ours may carry a health JSON frame.
+    Heartbeat(Heartbeat),
+    /// Orderly goodbye.
+    Kbye,
+    /// Admin → router: shut down. Router → job manager: go away.
+    Disconnect,
+    /// Client → router → scheduler: run a job periodically.
+    Schedule(Schedule),
+    /// Client → router → scheduler: stop a periodic job.
+    Unschedule(Schedule),
+    /// Client → publisher.
+    Publish(Publish),
+    /// Admin-socket queries (STATUS, ROUTER_SHOW_WORKERS, ...).
+    Admin(AdminCommand),
+    /// A command name this crate does not know, with its raw body frames.
+    Unknown { name: String, body: Vec<String> },
+}
+
+impl Command {
+    /// Decodes the body of the command named `name`.
+    pub fn parse_frames<F: AsRef<[u8]>>(
+        name: &str,
+        parse: &mut Parse<'_, F>,
+    ) -> Result<Command, DecodeErrorKind> {
+        let command = match name {
+            "INFORM" => Command::Inform(Inform::parse_frames(parse)?),
+            "ACK" => Command::Ack(Ack::parse_frames(parse)?),
+            "READY" => Command::Ready,
+            "REQUEST" => Command::Request(Request::parse_frames(parse)?),
+            "REPLY" => Command::Reply(Reply::parse_frames(parse)?),
+            "HEARTBEAT" => Command::Heartbeat(Heartbeat::parse_frames(parse)?),
+            "KBYE" => Command::Kbye,
+            "DISCONNECT" => Command::Disconnect,
+            "SCHEDULE" => Command::Schedule(Schedule::parse_frames(parse)?),
+            "UNSCHEDULE" => Command::Unschedule(Schedule::parse_frames(parse)?),
+            "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
+            other => match AdminCommand::parse_frames(other, parse)? {
+                Some(admin) => Command::Admin(admin),
+                None => {
+                    return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? })
+                }
+            },
+        };
+        parse.finish()?;
+        Ok(command)
+    }
+
+    /// The command name as it goes on the wire (frame 2).
+    pub fn name(&self) -> &str {
+        match self {
+            Command::Inform(_) => "INFORM",
+            Command::Ack(_) => "ACK",
+            Command::Ready => "READY",
+            Command::Request(_) => "REQUEST",
+            Command::Reply(_) => "REPLY",
+            Command::Heartbeat(_) => "HEARTBEAT",
+            Command::Kbye => "KBYE",
+            Command::Disconnect => "DISCONNECT",
+            Command::Schedule(_) => "SCHEDULE",
+            Command::Unschedule(_) => "UNSCHEDULE",
+            Command::Publish(_) => "PUBLISH",
+            Command::Admin(a) => a.name(),
+            Command::Unknown { name, .. } => name,
+        }
+    }
+
+    /// Appends the body frames.
+    pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
+        match self {
+            Command::Inform(c) => c.write_body(out),
+            Command::Ack(c) => c.write_body(out),
+            Command::Request(c) => c.write_body(out),
+            Command::Reply(c) => c.write_body(out),
+            Command::Heartbeat(c) => c.write_body(out),
+            Command::Schedule(c) | Command::Unschedule(c) => c.write_body(out),
+            Command::Publish(c) => c.write_body(out),
+            Command::Admin(c) => c.write_body(out),
+            Command::Unknown { body, .. } => {
+                out.extend(body.iter().map(|b| b.as_bytes().to_vec()))
+            }
+            Command::Ready | Command::Kbye | Command::Disconnect => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! REQUEST headers: a comma-separated list in one frame, e.g.
+//! `reply-requested,guarantee,retry-count:2,timeout:5`. Unknown headers are
+//! ignored, never rejected (newer clients may send more).
+
+/// The headers this project understands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// The client wants the job's result forwarded to it.
+    pub reply_requested: bool,
+    /// The job must survive a lost job manager (requeued, not dropped).
+    pub guarantee: bool,
+    /// How many times the job may be re-dispatched after a failure.
+    pub retry_count: Option<u32>,
+    /// Seconds; `None` when absent or 0 (the job manager's global timeout).
+    pub timeout_secs: Option<u64>,
+}
+
+impl Headers {
+    /// Parses a header frame. Never fails: malformed values of known headers
+    /// are treated as absent.
+    pub fn parse(raw: &str) -> Headers {
+        let mut h = Headers::default();
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = match item.split_once(':') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (item, None),
+            };
+            match name {
+                "reply-requested" => h.reply_requested = true,
+                "guarantee" => h.guarantee = true,
+                "retry-count" => h.retry_count = value.and_then(|v| v.parse().ok()),
+                "timeout" => {
+                    h.timeout_secs = value
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .filter(|t| t.is_finite() && *t > 0.0)
+                        .map(|t| t.ceil() as u64)
+                }
+                _ => {}
+            }
+        }
+        h
+    }
+
+    /// Writes headers in EventMQ's client order.
+    pub fn to_wire(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if self.reply_requested {
+            parts.push("reply-requested".into());
+        }
+        if self.guarantee {
+            parts.push("guarantee".into());
+        }
+        if let Some(n) = self.retry_count {
+            parts.push(format!("retry-count:{n}"));
+        }
+        if let Some(t) = self.timeout_secs {
+            parts.push(format!("timeout:{t}"));
+        }
+        parts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_eventmq_order() {
+        let h = Headers::parse("reply-requested,guarantee,retry-count:2,timeout:5");
+        assert_eq!(
+            h,
+            Headers { reply_requested: true, guarantee: true, retry_count: Some(2), timeout_secs: Some(5) }
+        );
+        assert_eq!(Headers::parse(&h.to_wire()), h);
+    }
+
+    #[test]
+    fn empty_and_unknown_headers() {
+        assert_eq!(Headers::parse(""), Headers::default());
+        let h = Headers::parse("x-trace:abc, reply-requested ,,weird");
+        assert!(h.reply_requested);
+        assert!(!h.guarantee);
+    }
+
+    #[test]
+    fn zero_or_bad_timeout_means_global() {
+        assert_eq!(Headers::parse("timeout:0").timeout_secs, None);
+        assert_eq!(Headers::parse("timeout:abc").timeout_secs, None);
+        assert_eq!(Headers::parse("timeout:-3").timeout_secs, None);
+        assert_eq!(Headers::parse("timeout:1.5").timeout_secs, Some(2));
+        assert_eq!(Headers::parse("retry-count:x").retry_count, None);
+    }
+}

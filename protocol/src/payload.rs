@@ -1,0 +1,195 @@
+//! The `run` payload of a REQUEST and the JSON of a job's reply.
+//!
+//! Payload: `["run", {"path": "pkg.mod", "callable": "f", "args": [...],
+//! "kwargs": {...}, "class_args": [...], "class_kwargs": {...}}]`; `path` may
+//! be `pkg.mod:Class`, then `callable` names a method of an instance.
+//!
+//! Reply: `{"value": ...}` as EventMQ writes it, plus an `error` object
+//! (`type`, `message`, `traceback`) whenever the job failed, timed out or its
+//! worker died — old consumers keep reading `value`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPayload {
+    /// Dotted module path, optionally `:ClassName`.
+    pub path: String,
+    /// Function name, or method name when `path` names a class.
+    pub callable: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub kwargs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_args: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub class_kwargs: Map<String, Value>,
+}
+
+/// Why a payload frame is not a runnable job.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PayloadError {
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload must be a JSON array [\"run\", {{...}}]")]
+    NotAnArray,
+    #[error("unknown payload action {0:?} (only \"run\" is supported)")]
+    UnknownAction(String),
+    #[error("bad run arguments: {0}")]
+    BadRunArguments(String),
+}
+
+impl RunPayload {
+    /// A payload for `path` + `callable` with positional args.
+    pub fn new(path: impl Into<String>, callable: impl Into<String>, args: Vec<Value>) -> Self {
+        RunPayload {
+            path: path.into(),
+            callable: callable.into(),
+            args,
+            kwargs: Map::new(),
+            class_args: Vec::new(),
+            class_kwargs: Map::new(),
+        }
+    }
+
+    /// Parses a REQUEST payload frame.
+    pub fn parse(raw: &str) -> Result<RunPayload, PayloadError> {
+        let v: Value = serde_json::from_str(raw).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        let Value::Array(mut items) = v else { return Err(PayloadError::NotAnArray) };
+        if items.len() != 2 {
+            return Err(PayloadError::NotAnArray);
+        }
+        let body = items.pop().unwrap_or(Value::Null);
+        match items.pop() {
+            Some(Value::String(action)) if action == "run" => {}
+            Some(Value::String(action)) => return Err(PayloadError::UnknownAction(action)),
+            _ => return Err(PayloadError::NotAnArray),
+        }
+        let p: RunPayload =
+            serde_json::from_value(body).map_err(|e| PayloadError::BadRunArguments(e.to_string()))?;
+        if p.path.is_empty() || p.callable.is_empty() {
+            return Err(PayloadError::BadRunArguments("path and callable must be non-empty".into()));
+        }
+        Ok(p)
+    }
+
+    /// The payload frame: `["run", {...}]`.
+    pub fn to_wire(&self) -> String {
+        serde_json::to_string(&("run", self)).expect("payload serialises")
+    }
+
+    /// `(module, class)` from `path`: `pkg.mod:Class` → `("pkg.mod", Some("Class"))`.
+    pub fn module_and_class(&self) -> (&str, Option<&str>) {
+        match self.path.split_once(':') {
+            Some((m, c)) => (m, Some(c)),
+            None => (&self.path, None),
+        }
+    }
+}
+
+/// A failed job's error object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Exception type name (`ValueError`), or one of ours: `timeout`,
+    /// `worker died`, `refused`, `ImportError`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub traceback: String,
+}
+
+/// A job's outcome as it goes in `reply_json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReply {
+    /// The return value; on failure the error text, as EventMQ did.
+    pub value: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl JobReply {
+    /// A successful result.
+    pub fn ok(value: Value) -> Self {
+        JobReply { value, error: None }
+    }
+
+    /// A failure; `value` carries the message for EventMQ-era readers.
+    pub fn failed(kind: impl Into<String>, message: impl Into<String>, traceback: impl Into<String>) -> Self {
+        let message = message.into();
+        JobReply {
+            value: Value::String(message.clone()),
+            error: Some(JobError { kind: kind.into(), message, traceback: traceback.into() }),
+        }
+    }
+
+    /// Serialises to the `reply_json` frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("reply serialises")
+    }
+
+    /// Reads a `reply_json` frame (lenient: a non-object becomes the value).
+    pub fn from_json(raw: &str) -> Result<JobReply, serde_json::Error> {
+        let v: Value = serde_json::from_str(raw)?;
+        if v.get("value").is_some() || v.get("error").is_some() {
+            serde_json::from_value(v)
+        } else {
+            Ok(JobReply::ok(v))
+        }
+    }
+
+    /// True when the job failed.
+    pub fn is_error(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_eventmq_payload() {
+        let p = RunPayload::parse(r#"["run", {"path": "benchjobs", "callable": "add", "args": [2, 3]}]"#).unwrap();
+        assert_eq!(p.path, "benchjobs");
+        assert_eq!(p.args, vec![json!(2), json!(3)]);
+        assert_eq!(RunPayload::parse(&p.to_wire()).unwrap(), p);
+        assert_eq!(p.module_and_class(), ("benchjobs", None));
+    }
+
+    #[test]
+    fn class_paths() {
+        let p = RunPayload::parse(
+            r#"["run", {"path": "pkg.mod:Counter", "callable": "bump", "class_args": [5], "class_kwargs": {"step": 2}}]"#,
+        )
+        .unwrap();
+        assert_eq!(p.module_and_class(), ("pkg.mod", Some("Counter")));
+        assert_eq!(p.class_kwargs["step"], json!(2));
+    }
+
+    #[test]
+    fn rejects_bad_payloads() {
+        assert!(matches!(RunPayload::parse("nope"), Err(PayloadError::NotJson(_))));
+        assert_eq!(RunPayload::parse("{}"), Err(PayloadError::NotAnArray));
+        assert!(matches!(RunPayload::parse(r#"["walk", {}]"#), Err(PayloadError::UnknownAction(_))));
+        assert!(matches!(RunPayload::parse(r#"["run", {"path": 3}]"#), Err(PayloadError::BadRunArguments(_))));
+        assert!(matches!(
+            RunPayload::parse(r#"["run", {"path": "", "callable": "f"}]"#),
+            Err(PayloadError::BadRunArguments(_))
+        ));
+    }
+
+    #[test]
+    fn reply_json_shapes() {
+        assert_eq!(JobReply::ok(json!(5)).to_json(), r#"{"value":5}"#);
+        let f = JobReply::failed("ValueError", "boom", "Traceback...");
+        let back = JobReply::from_json(&f.to_json()).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.value, json!("boom"));
+        assert_eq!(JobReply::from_json("7").unwrap(), JobReply::ok(json!(7)));
+    }
+}

@@ -1,0 +1,167 @@
+//! # emq-receiver — the bound ROUTER side of eMQP
+//!
+//! Owns: a bound ZeroMQ ROUTER socket with `ROUTER_MANDATORY` set, the peer
+//! identity frame ([`PeerId`]), decoding of incoming frames into typed
+//! [`Message`]s (or a typed decode error tied to the peer), and typed sends
+//! whose failures are typed too: a vanished peer is
+//! [`SendError::Unreachable`], a full pipe is [`SendError::WouldBlock`] (the
+//! caller keeps the message and retries — never drops it).
+//!
+//! Does not own: what to do with a message (router state machine), retry
+//! queues, or polling policy.
+
+use emq_protocol::{DecodeError, Message};
+use std::fmt;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// A peer's routing identity (frame 0 as a ROUTER receives it). Cheap to
+/// clone: the router keeps it in many records.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(Arc<[u8]>);
+
+impl PeerId {
+    /// The raw identity bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&[u8]> for PeerId {
+    fn from(b: &[u8]) -> Self {
+        PeerId(Arc::from(b))
+    }
+}
+
+impl From<&str> for PeerId {
+    fn from(s: &str) -> Self {
+        PeerId(Arc::from(s.as_bytes()))
+    }
+}
+
+impl fmt::Display for PeerId {
+    /// UTF-8 identities (EventMQ's UUID strings) print as text, others as hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) => f.write_str(s),
+            _ => {
+                f.write_str("0x")?;
+                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({self})")
+    }
+}
+
+/// What arrived from one peer: a typed message, or why it could not be read.
+#[derive(Debug)]
+pub struct Incoming {
+    pub peer: PeerId,
+    pub message: Result<Message, DecodeError>,
+}
+
+/// Socket-level failures.
+#[derive(Debug, Error)]
+pub enum ReceiverError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: zmq::Error },
+    #[error("zmq: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// Why a send did not happen. The message is handed back so nothing is lost.
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// The peer is not connected (EHOSTUNREACH under `ROUTER_MANDATORY`).
+    #[error("peer {0} is unreachable")]
+    Unreachable(PeerId),
+    /// The peer's pipe is at its high-water mark; retry later.
+    #[error("peer {0} would block (pipe full)")]
+    WouldBlock(PeerId),
+    /// Any other socket error.
+    #[error("zmq send to {0}: {1}")]
+    Zmq(PeerId, zmq::Error),
+}
+
+/// A bound ROUTER socket speaking eMQP.
+pub struct Receiver {
+    socket: zmq::Socket,
+    addr: String,
+}
+
+impl Receiver {
+    /// Binds a ROUTER to `addr` (e.g. `tcp://127.0.0.1:47291`), with
+    /// `ROUTER_MANDATORY` and the given high-water marks.
+    pub fn bind(ctx: &zmq::Context, addr: &str, hwm: i32) -> Result<Receiver, ReceiverError> {
+        let socket = ctx.socket(zmq::ROUTER)?;
+        socket.set_router_mandatory(true)?;
+        socket.set_sndhwm(hwm)?;
+        socket.set_rcvhwm(hwm)?;
+        // Give KBYEs a moment to leave on shutdown, but never hang exit.
+        socket.set_linger(500)?;
+        socket
+            .bind(addr)
+            .map_err(|source| ReceiverError::Bind { addr: addr.to_owned(), source })?;
+        let addr = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| addr.to_owned());
+        Ok(Receiver { socket, addr })
+    }
+
+    /// The bound endpoint (with the real port when bound to `:0` / `*`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The underlying socket, for polling.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// Receives one message without blocking: `Ok(None)` when nothing is
+    /// waiting. A message without an identity frame cannot happen on a
+    /// ROUTER, but is reported as an empty peer rather than a panic.
+    pub fn try_recv(&self) -> Result<Option<Incoming>, ReceiverError> {
+        match self.socket.recv_multipart(zmq::DONTWAIT) {
+            Ok(mut frames) => {
+                let peer = if frames.is_empty() { PeerId::from(&b""[..]) } else { PeerId::from(&frames.remove(0)[..]) };
+                let message = Message::from_frames(&frames);
+                Ok(Some(Incoming { peer, message }))
+            }
+            Err(zmq::Error::EAGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends `message` to `peer` without blocking.
+    pub fn send(&self, peer: &PeerId, message: &Message) -> Result<(), SendError> {
+        self.send_frames(peer, &message.to_frames())
+    }
+
+    /// Sends pre-encoded frames (from [`Message::to_frames`]) to `peer`.
+    /// Under `ROUTER_MANDATORY` a failure shows up on the identity frame, so
+    /// a message is either queued whole or not at all.
+    pub fn send_frames(&self, peer: &PeerId, frames: &[Vec<u8>]) -> Result<(), SendError> {
+        let flags = zmq::DONTWAIT | zmq::SNDMORE;
+        if let Err(e) = self.socket.send(peer.as_bytes(), flags) {
+            return Err(match e {
+                zmq::Error::EHOSTUNREACH => SendError::Unreachable(peer.clone()),
+                zmq::Error::EAGAIN => SendError::WouldBlock(peer.clone()),
+                e => SendError::Zmq(peer.clone(), e),
+            });
+        }
+        let last = frames.len().saturating_sub(1);
+        for (i, f) in frames.iter().enumerate() {
+            let flags = if i == last { zmq::DONTWAIT } else { zmq::DONTWAIT | zmq::SNDMORE };
+            self.socket.send(&f[..], flags).map_err(|e| SendError::Zmq(peer.clone(), e))?;
+        }
+        Ok(())
+    }
+}

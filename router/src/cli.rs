@@ -1,0 +1,101 @@
+//! `emq-router [--config PATH] [--frontend-addr A] [--backend-addr A]
+//! [--administrative-addr A]`: settings from defaults < file < environment
+//! < flags; a bad setting or address is one line on stderr and exit code 2.
+
+use crate::server::Server;
+use crate::RouterSettings;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The eMQP router: brokers jobs between clients and job managers.
+#[derive(Debug, Parser)]
+#[command(name = "emq-router", version, about)]
+pub struct Args {
+    /// Settings file (TOML). Default: ./settings.toml when present.
+    #[arg(long, short = 'C')]
+    pub config: Option<PathBuf>,
+    /// Address clients connect to (frontend_addr).
+    #[arg(long)]
+    pub frontend_addr: Option<String>,
+    /// Address job managers connect to (backend_addr).
+    #[arg(long)]
+    pub backend_addr: Option<String>,
+    /// Address emq-cli connects to (administrative_addr).
+    #[arg(long)]
+    pub administrative_addr: Option<String>,
+}
+
+/// Resolves settings from all sources.
+pub fn settings(args: &Args) -> Result<RouterSettings, String> {
+    let mut s: RouterSettings = emq_settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(a) = &args.frontend_addr {
+        s.frontend_addr = a.clone();
+    }
+    if let Some(a) = &args.backend_addr {
+        s.backend_addr = a.clone();
+    }
+    if let Some(a) = &args.administrative_addr {
+        s.administrative_addr = a.clone();
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// The `emq-router` binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("emq-router: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    emq_settings::init_logging(&settings.log_level);
+    let mut server = match Server::bind(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("emq-router: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = server.stop_flag();
+    for sig in [signal_hook_consts::SIGINT, signal_hook_consts::SIGTERM] {
+        let _ = install_stop(sig, stop.clone());
+    }
+    match server.run() {
+        Ok(()) => {
+            server.drain_outbox(std::time::Duration::from_millis(500));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("emq-router: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+mod signal_hook_consts {
+    pub const SIGINT: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGINT;
+    pub const SIGTERM: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGTERM;
+}
+
+static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+extern "C" fn on_stop_signal(_: nix::libc::c_int) {
+    if let Some(f) = STOP.get() {
+        f.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn install_stop(
+    sig: nix::sys::signal::Signal,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let _ = STOP.set(flag);
+    let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { sigaction(sig, &action) }.map(|_| ())
+}

@@ -1,0 +1,214 @@
+//! The thin ZeroMQ poll loop around [`RouterState`]: poll the three
+//! sockets, drain every readable one completely, hand each message to the
+//! state machine, perform its actions, tick on time. A send that would block
+//! (peer pipe at its high-water mark) is kept in that peer's outbox and
+//! retried in order — never dropped.
+
+use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
+use crate::RouterSettings;
+use emq_protocol::Message;
+use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info};
+
+/// The router's sockets and state.
+pub struct Server {
+    frontend: Receiver,
+    backend: Receiver,
+    admin: Receiver,
+    state: RouterState,
+    /// Messages waiting for a full pipe to drain, per socket and peer.
+    outbox: HashMap<(SocketKind, PeerId), VecDeque<Message>>,
+    actions: Vec<Action>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds all three sockets.
+    pub fn bind(settings: &RouterSettings) -> Result<Server, ReceiverError> {
+        let ctx = zmq::Context::new();
+        let frontend = Receiver::bind(&ctx, &settings.frontend_addr, settings.socket_hwm)?;
+        let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
+        let admin = Receiver::bind(&ctx, &settings.administrative_addr, settings.socket_hwm)?;
+        info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
+        Ok(Server {
+            frontend,
+            backend,
+            admin,
+            state: RouterState::new(RouterConfig::from(settings), Now::real()),
+            outbox: HashMap::new(),
+            actions: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// A flag that stops the loop when set (signal handlers set it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Runs until an admin DISCONNECT or the stop flag.
+    pub fn run(&mut self) -> Result<(), ReceiverError> {
+        loop {
+            let timeout = self.poll_timeout();
+            let readable = {
+                let mut items = [
+                    self.frontend.socket().as_poll_item(zmq::POLLIN),
+                    self.backend.socket().as_poll_item(zmq::POLLIN),
+                    self.admin.socket().as_poll_item(zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, timeout) {
+                    Ok(_) => [items[0].is_readable(), items[1].is_readable(), items[2].is_readable()],
+                    Err(zmq::Error::EINTR) => [false; 3],
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let mut shutdown = false;
+            for (i, kind) in [SocketKind::Frontend, SocketKind::Backend, SocketKind::Admin].into_iter().enumerate() {
+                if readable[i] {
+                    shutdown |= self.drain(kind)?;
+                }
+            }
+            if Instant::now() >= self.state.next_tick() {
+                shutdown |= self.step(Event::Tick);
+            }
+            self.flush_outbox();
+            if shutdown || self.stop.load(Ordering::Relaxed) {
+                if !shutdown {
+                    // Stopped by a signal: say goodbye like DISCONNECT does.
+                    info!("stop requested: sending KBYE to peers");
+                    self.say_goodbye();
+                }
+                self.flush_outbox();
+                info!("router stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> i64 {
+        if !self.outbox.is_empty() {
+            return 1;
+        }
+        let until = self.state.next_tick().saturating_duration_since(Instant::now());
+        (until.as_millis() as i64).clamp(0, 100)
+    }
+
+    fn socket(&self, kind: SocketKind) -> &Receiver {
+        match kind {
+            SocketKind::Frontend => &self.frontend,
+            SocketKind::Backend => &self.backend,
+            SocketKind::Admin => &self.admin,
+        }
+    }
+
+    /// Reads everything waiting on one socket. Returns true on shutdown.
+    fn drain(&mut self, kind: SocketKind) -> Result<bool, ReceiverError> {
+        let mut shutdown = false;
+        // Bounded so one busy socket cannot starve the others.
+        for _ in 0..4096 {
+            let Some(incoming) = self.socket(kind).try_recv()? else { break };
+            shutdown |= self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message });
+        }
+        Ok(shutdown)
+    }
+
+    /// Feeds one event to the state machine and performs its actions.
+    fn step(&mut self, event: Event) -> bool {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.state.handle(event, Now::real(), &mut actions);
+        let mut shutdown = false;
+        let mut follow_up = Vec::new();
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { socket, peer, message } => {
+                    if let Some(e) = self.send(socket, peer, message) {
+                        follow_up.push(e);
+                    }
+                }
+                Action::Shutdown => shutdown = true,
+            }
+        }
+        self.actions = actions;
+        for e in follow_up {
+            shutdown |= self.step(e);
+        }
+        shutdown
+    }
+
+    /// Sends now, or queues behind earlier messages for a full pipe. An
+    /// unreachable peer becomes an event for the state machine.
+    fn send(&mut self, socket: SocketKind, peer: PeerId, message: Message) -> Option<Event> {
+        let key = (socket, peer);
+        if let Some(q) = self.outbox.get_mut(&key) {
+            q.push_back(message);
+            return None;
+        }
+        match self.socket(socket).send(&key.1, &message) {
+            Ok(()) => None,
+            Err(SendError::WouldBlock(_)) => {
+                self.outbox.entry(key).or_default().push_back(message);
+                None
+            }
+            Err(SendError::Unreachable(peer)) => Some(Event::Unreachable { socket, peer, message }),
+            Err(e) => {
+                error!(error = %e, "send failed");
+                Some(Event::Unreachable { socket, peer: key.1, message })
+            }
+        }
+    }
+
+    /// Retries queued messages, oldest first, per peer.
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        let keys: Vec<(SocketKind, PeerId)> = self.outbox.keys().cloned().collect();
+        for key in keys {
+            let Some(mut q) = self.outbox.remove(&key) else { continue };
+            while let Some(m) = q.pop_front() {
+                match self.socket(key.0).send(&key.1, &m) {
+                    Ok(()) => {}
+                    Err(SendError::WouldBlock(_)) => {
+                        q.push_front(m);
+                        break;
+                    }
+                    Err(_) => {
+                        // Gone: everything queued for it goes back to the
+                        // state machine.
+                        events.push(Event::Unreachable { socket: key.0, peer: key.1.clone(), message: m });
+                        events.extend(
+                            q.drain(..).map(|m| Event::Unreachable { socket: key.0, peer: key.1.clone(), message: m }),
+                        );
+                    }
+                }
+            }
+            if !q.is_empty() {
+                self.outbox.insert(key, q);
+            }
+        }
+        for e in events {
+            self.step(e);
+        }
+    }
+
+    fn say_goodbye(&mut self) {
+        let peers: Vec<PeerId> = self.state.workers().keys().cloned().collect();
+        for p in peers {
+            let _ = self.backend.send(&p, &Message::new(emq_protocol::Command::Kbye));
+        }
+    }
+
+    /// Waits up to `grace` for queued messages to leave.
+    pub fn drain_outbox(&mut self, grace: Duration) {
+        let end = Instant::now() + grace;
+        while !self.outbox.is_empty() && Instant::now() < end {
+            self.flush_outbox();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The router as a pure state machine: [`RouterState::handle`] takes one
+//! [`Event`] and the current time ([`Now`], injected so tests can run a fake
+//! clock) and appends the [`Action`]s to perform. No sockets, no clock reads.
+//!
+//! The path of one job: a client's REQUEST arrives on the frontend → its
+//! queue is resolved ([`queues`]) → a free [`WorkerSlot`] is picked (highest
+//! weight, least recently used) and the REQUEST is forwarded unchanged, or
+//! the job waits in the queue's buffer (bounded by `hwm`, else refused) → a
+//! receipt goes to the client either way → the job manager's REPLY retires
+//! the [`JobInFlight`] and, for `reply-requested` jobs, is forwarded to the
+//! client → its READY frees the slot, which takes the oldest waiting job.
+
+mod admin;
+mod queues;
+#[cfg(test)]
+mod tests;
+
+use emq_protocol::{
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Heartbeat, Inform, JobReply, Message, QueueSpec,
+    Reply, Request, DEFAULT_QUEUE,
+};
+use emq_receiver::PeerId;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+pub use queues::QueueState;
+
+/// Which of the router's sockets a message came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// Clients and schedulers.
+    Frontend,
+    /// Job managers.
+    Backend,
+    /// `emq-cli`.
+    Admin,
+}
+
+/// Something that happened to the router.
+#[derive(Debug)]
+pub enum Event {
+    /// A message (or an undecodable one) from `peer` on `socket`.
+    Received { socket: SocketKind, peer: PeerId, message: Result<Message, DecodeError> },
+    /// A send to `peer` failed because the peer is gone; the message is
+    /// handed back so a job in it can go elsewhere.
+    Unreachable { socket: SocketKind, peer: PeerId, message: Message },
+    /// Time passed: heartbeats to send, silent peers to expire.
+    Tick,
+}
+
+/// Something the poll loop must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send { socket: SocketKind, peer: PeerId, message: Message },
+    /// Stop the router (after the sends before it).
+    Shutdown,
+}
+
+/// The injected clock: a monotonic instant for timing, wall-clock seconds
+/// for heartbeat timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix: f64,
+}
+
+impl Now {
+    /// The real time.
+    pub fn real() -> Self {
+        Now {
+            mono: Instant::now(),
+            unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        }
+    }
+
+    /// `self` moved forward by `d` (for tests).
+    pub fn after(self, d: Duration) -> Self {
+        Now { mono: self.mono + d, unix: self.unix + d.as_secs_f64() }
+    }
+}
+
+/// The state machine's tunables (from [`crate::RouterSettings`]).
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub hwm: usize,
+}
+
+impl From<&crate::RouterSettings> for RouterConfig {
+    fn from(s: &crate::RouterSettings) -> Self {
+        RouterConfig { heartbeat_interval: s.heartbeat_interval(), heartbeat_timeout: s.heartbeat_timeout(), hwm: s.hwm }
+    }
+}
+
+/// A connected job manager: its queues and free slots (one per READY).
+#[derive(Debug)]
+pub struct WorkerSlot {
+    pub queues: QueueSpec,
+    /// READYs received minus jobs handed out.
+    pub free_slots: u32,
+    pub last_seen: Instant,
+    /// Monotonic "last time a job went here", for least-recently-used order.
+    pub last_used: u64,
+    /// Msgids of jobs handed to it and not yet reported done, oldest first.
+    pub in_flight: VecDeque<String>,
+    /// Set once it reports a job that did not ask for a reply: then it is
+    /// one of ours, which reports every job. EventMQ's job manager does not,
+    /// so for it a READY retires its oldest unreported job.
+    pub reports_all_completions: bool,
+    /// Wall-clock seconds of its last heartbeat, as it sent them.
+    pub last_heartbeat: Option<String>,
+    /// Our extension: the pool health JSON of its last heartbeat.
+    pub health: Option<String>,
+    pub processed: u64,
+}
+
+/// A connected scheduler.
+#[derive(Debug)]
+pub struct SchedulerPeer {
+    pub last_seen: Instant,
+}
+
+/// A job handed to a job manager and not yet reported done.
+#[derive(Debug)]
+pub struct JobInFlight {
+    pub client: PeerId,
+    pub worker: PeerId,
+    /// The queue it was dispatched from (after fallback to `default`).
+    pub queue: String,
+    pub received: Instant,
+    pub dispatched: Instant,
+    pub reply_requested: bool,
+    pub guarantee: bool,
+    /// Times it was handed out (1 on first dispatch).
+    pub attempts: u32,
+    /// Kept only for `guarantee` jobs, to requeue when their worker dies.
+    pub request: Option<Request>,
+}
+
+/// A job waiting for a free slot.
+#[derive(Debug)]
+pub struct WaitingJob {
+    pub client: PeerId,
+    pub msgid: String,
+    pub request: Request,
+    pub received: Instant,
+    pub attempts: u32,
+}
+
+/// Per-queue latency figures for STATUS (seconds from receipt to done).
+#[derive(Debug, Default, Clone)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub sum: f64,
+    pub max: f64,
+}
+
+/// The whole router state.
+pub struct RouterState {
+    cfg: RouterConfig,
+    started: Instant,
+    workers: HashMap<PeerId, WorkerSlot>,
+    schedulers: HashMap<PeerId, SchedulerPeer>,
+    queues: HashMap<String, QueueState>,
+    in_flight: HashMap<String, JobInFlight>,
+    lru_clock: u64,
+    last_heartbeat_sent: Option<Instant>,
+    processed_by_queue: HashMap<String, u64>,
+    latency_by_queue: HashMap<String, LatencyStats>,
+    /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
+    errors: BTreeMap<&'static str, u64>,
+    /// Jobs accepted from clients.
+    accepted: u64,
+    shutting_down: bool,
+}
+
+impl RouterState {
+    pub fn new(cfg: RouterConfig, now: Now) -> Self {
+        RouterState {
+            cfg,
+            started: now.mono,
+            workers: HashMap::new(),
+            schedulers: HashMap::new(),
+            queues: HashMap::new(),
+            in_flight: HashMap::new(),
+            lru_clock: 0,
+            last_heartbeat_sent: None,
+            processed_by_queue: HashMap::new(),
+            latency_by_queue: HashMap::new(),
+            errors: BTreeMap::new(),
+            accepted: 0,
+            shutting_down: false,
+        }
+    }
+
+    /// Handles one event, appending what to do to `out`.
+    pub fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
+        match event {
+            Event::Received { socket, peer, message: Err(e) } => self.on_decode_error(socket, &peer, e, out),
+            Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m) } => {
+                self.on_frontend(peer, m, now, out)
+            }
+            Event::Received { socket: SocketKind::Backend, peer, message: Ok(m) } => {
+                self.on_backend(peer, m, now, out)
+            }
+            Event::Received { socket: SocketKind::Admin, peer, message: Ok(m) } => self.on_admin(peer, m, now, out),
+            Event::Unreachable { socket, peer, message } => self.on_unreachable(socket, peer, message, now, out),
+            Event::Tick => self.on_tick(now, out),
+        }
+    }
+
+    /// Convenience for tests: [`Self::handle`] into a fresh vector.
+    pub fn handle_vec(&mut self, event: Event, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.handle(event, now, &mut out);
+        out
+    }
+
+    /// When the next [`Event::Tick`] is due.
+    pub fn next_tick(&self) -> Instant {
+        match self.last_heartbeat_sent {
+            None => self.started,
+            Some(t) => t + self.cfg.heartbeat_interval.min(Duration::from_millis(1000)),
+        }
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.errors.entry(what).or_insert(0) += 1;
+    }
+
+    // ---- bad input -------------------------------------------------------
+
+    fn on_decode_error(&mut self, socket: SocketKind, peer: &PeerId, e: DecodeError, out: &mut Vec<Action>) {
+        let kind = match &e.kind {
+            DecodeErrorKind::TooFewFrames { .. } => "too_few_frames",
+            DecodeErrorKind::MissingDelimiter => "missing_delimiter",
+            DecodeErrorKind::BadVersion(_) => "bad_protocol_version",
+            DecodeErrorKind::NotUtf8(_) => "not_utf8",
+            DecodeErrorKind::TrailingFrames(_) => "trailing_frames",
+            DecodeErrorKind::BadJson { .. } => "bad_json",
+            DecodeErrorKind::EmptyMsgid => "empty_msgid",
+        };
+        self.count(kind);
+        warn!(?socket, %peer, msgid = e.msgid.as_deref().unwrap_or("-"), command = e.command.as_deref().unwrap_or("-"),
+              error = %e.kind, "malformed message");
+        // Any frame is still a sign of life.
+        let Some(msgid) = e.msgid.clone() else { return };
+        match socket {
+            SocketKind::Frontend => {
+                self.count("refused");
+                let reply = JobReply::failed("refused", format!("malformed message: {}", e.kind), "");
+                out.push(send(socket, peer, Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid })));
+            }
+            SocketKind::Admin => {
+                let body = serde_json::json!({"error": format!("malformed message: {}", e.kind)}).to_string();
+                out.push(send(socket, peer, Command::Reply(Reply::admin_answer(body))));
+            }
+            SocketKind::Backend => {}
+        }
+    }
+
+    // ---- frontend: clients and schedulers --------------------------------
+
+    fn on_frontend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        if let Some(s) = self.schedulers.get_mut(&peer) {
+            s.last_seen = now.mono;
+        }
+        match m.command {
+            Command::Request(request) => self.on_request(peer, m.msgid, request, now, out),
+            Command::Inform(Inform { kind, .. }) if kind == "scheduler" => {
+                info!(%peer, msgid = %m.msgid, "scheduler connected");
+                self.schedulers.insert(peer.clone(), SchedulerPeer { last_seen: now.mono });
+                out.push(send(SocketKind::Frontend, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
+            }
+            Command::Heartbeat(_) => {}
+            Command::Kbye => {
+                if self.schedulers.remove(&peer).is_some() {
+                    info!(%peer, "scheduler said goodbye");
+                }
+            }
+            Command::Schedule(_) | Command::Unschedule(_) => {
+                // Hand the order to a scheduler, unchanged, as EventMQ does.
+                let target = self.schedulers.keys().min().cloned();
+                match target {
+                    Some(s) => out.push(Action::Send { socket: SocketKind::Frontend, peer: s, message: m }),
+                    None => {
+                        self.count("no_scheduler");
+                        warn!(%peer, msgid = %m.msgid, "SCHEDULE with no scheduler connected");
+                        let reply = JobReply::failed("refused", "no scheduler connected", "");
+                        out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::Result {
+                            reply_json: reply.to_json(),
+                            orig_msgid: m.msgid,
+                        })));
+                    }
+                }
+            }
+            other => {
+                self.count("unexpected_frontend_command");
+                warn!(%peer, msgid = %m.msgid, command = other.name(), "unexpected command on frontend");
+                let reply = JobReply::failed("refused", format!("unexpected command {} on the frontend", other.name()), "");
+                out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::Result {
+                    reply_json: reply.to_json(),
+                    orig_msgid: m.msgid,
+                })));
+            }
+        }
+    }
+
+    fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
+        self.accepted += 1;
+        let queue = self.resolve_queue(&request.queue);
+        let job = WaitingJob { client: client.clone(), msgid: msgid.clone(), request, received: now.mono, attempts: 0 };
+        if let Some(worker) = self.pick_worker(&queue) {
+            self.dispatch(worker, queue, job, now, out);
+        } else {
+            let hwm = self.cfg.hwm;
+            let q = self.queues.entry(queue.clone()).or_default();
+            if q.waiting.len() >= hwm {
+                self.accepted -= 1;
+                self.count("refused");
+                warn!(peer = %client, %msgid, %queue, hwm, "queue buffer full: job refused");
+                let reply = JobReply::failed("refused", format!("queue {queue:?} is full ({hwm} jobs waiting)"), "");
+                out.push(send(SocketKind::Frontend, &client, Command::Reply(Reply::Result {
+                    reply_json: reply.to_json(),
+                    orig_msgid: msgid,
+                })));
+                return;
+            }
+            debug!(%msgid, %queue, "no free slot: job buffered");
+            q.waiting.push_back(job);
+        }
+        out.push(send(SocketKind::Frontend, &client, Command::Reply(Reply::receipt(msgid))));
+    }
+
+    /// The queue a REQUEST for `name` goes to: its own when it is (or was)
+    /// served by a job manager, else `default` (EventMQ's fallback).
+    fn resolve_queue(&self, name: &str) -> String {
+        match self.queues.get(name) {
+            Some(q) if q.ever_served => name.to_owned(),
+            _ => DEFAULT_QUEUE.to_owned(),
+        }
+    }
+
+    /// Highest weight first, least recently used among equals.
+    fn pick_worker(&self, queue: &str) -> Option<PeerId> {
+        let q = self.queues.get(queue)?;
+        let mut best: Option<(u32, u64, &PeerId)> = None;
+        for (weight, peer) in &q.workers {
+            let Some(w) = self.workers.get(peer) else { continue };
+            if w.free_slots == 0 {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((bw, bu, _)) => *weight > bw || (*weight == bw && w.last_used < bu),
+            };
+            if better {
+                best = Some((*weight, w.last_used, peer));
+            }
+        }
+        best.map(|(_, _, p)| p.clone())
+    }
+
+    fn dispatch(&mut self, worker: PeerId, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
+        self.lru_clock += 1;
+        let w = self.workers.get_mut(&worker).expect("picked worker exists");
+        w.free_slots -= 1;
+        w.last_used = self.lru_clock;
+        w.in_flight.push_back(job.msgid.clone());
+        let headers = job.request.headers();
+        debug!(msgid = %job.msgid, %queue, worker = %worker, "dispatched");
+        self.in_flight.insert(
+            job.msgid.clone(),
+            JobInFlight {
+                client: job.client,
+                worker: worker.clone(),
+                queue,
+                received: job.received,
+                dispatched: now.mono,
+                reply_requested: headers.reply_requested,
+                guarantee: headers.guarantee,
+                attempts: job.attempts + 1,
+                request: headers.guarantee.then(|| job.request.clone()),
+            },
+        );
+        out.push(Action::Send {
+            socket: SocketKind::Backend,
+            peer: worker,
+            message: Message::with_msgid(job.msgid, Command::Request(job.request)),
+        });
+    }
+
+    /// Hands waiting jobs to `worker` while it has free slots.
+    fn drain_to(&mut self, worker: &PeerId, now: Now, out: &mut Vec<Action>) {
+        loop {
+            let Some(w) = self.workers.get(worker) else { return };
+            if w.free_slots == 0 {
+                return;
+            }
+            // Its queues, highest weight first.
+            let mut order: Vec<&(u32, String)> = w.queues.0.iter().collect();
+            order.sort_by(|a, b| b.0.cmp(&a.0));
+            let found = order.iter().find_map(|(_, name)| {
+                self.queues.get(name).filter(|q| !q.waiting.is_empty()).map(|_| name.clone())
+            });
+            let Some(queue) = found else { return };
+            let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.pop_front()).expect("non-empty");
+            self.dispatch(worker.clone(), queue, job, now, out);
+        }
+    }
+
+    /// Puts a job back at the front of its queue and hands it out if a slot
+    /// is free anywhere.
+    fn requeue(&mut self, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
+        if let Some(worker) = self.pick_worker(&queue) {
+            self.dispatch(worker, queue, job, now, out);
+        } else {
+            self.queues.entry(queue).or_default().waiting.push_front(job);
+        }
+    }
+
+    // ---- backend: job managers -------------------------------------------
+
+    fn on_backend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(&peer) {
+            w.last_seen = now.mono;
+        }
+        match m.command {
+            Command::Inform(inform) => self.on_inform(peer, m.msgid, inform, now, out),
+            Command::Ready => self.on_ready(peer, m.msgid, now, out),
+            Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                self.on_job_done(Some(&peer), m.msgid, reply_json, orig_msgid, now, out)
+            }
+            Command::Heartbeat(hb) => {
+                if let Some(w) = self.workers.get_mut(&peer) {
+                    w.last_heartbeat = Some(hb.timestamp);
+                    if hb.health.is_some() {
+                        w.health = hb.health;
+                    }
+                } else {
+                    self.count("heartbeat_from_unknown_peer");
+                    debug!(%peer, "heartbeat from unknown job manager");
+                }
+            }
+            Command::Kbye => {
+                info!(%peer, "job manager said goodbye");
+                self.remove_worker(&peer, "said KBYE", now, out);
+            }
+            other => {
+                self.count("unexpected_backend_command");
+                warn!(%peer, msgid = %m.msgid, command = other.name(), "unexpected command on backend");
+            }
+        }
+    }
+
+    fn on_inform(&mut self, peer: PeerId, msgid: String, inform: Inform, now: Now, out: &mut Vec<Action>) {
+        if self.workers.contains_key(&peer) {
+            // Same identity again: start over, as for a new peer.
+            self.remove_worker(&peer, "re-INFORMed", now, out);
+        }
+        let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
+        info!(%peer, %msgid, queues = %queues.to_wire(), "job manager connected");
+        for (weight, name) in &queues.0 {
+            let newly_served = !self.queues.get(name).is_some_and(|q| q.ever_served);
+            let q = self.queues.entry(name.clone()).or_default();
+            q.ever_served = true;
+            q.workers.push((*weight, peer.clone()));
+            if newly_served && name != DEFAULT_QUEUE {
+                // Jobs for this queue that fell back to `default` while
+                // nobody served it now wait where they were sent.
+                self.adopt_from_default(name);
+            }
+        }
+        self.workers.insert(
+            peer.clone(),
+            WorkerSlot {
+                queues,
+                free_slots: 0,
+                last_seen: now.mono,
+                last_used: 0,
+                in_flight: VecDeque::new(),
+                reports_all_completions: false,
+                last_heartbeat: None,
+                health: None,
+                processed: 0,
+            },
+        );
+        out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
+    }
+
+    fn adopt_from_default(&mut self, name: &str) {
+        let Some(default) = self.queues.get_mut(DEFAULT_QUEUE) else { return };
+        if !default.waiting.iter().any(|j| j.request.queue == name) {
+            return;
+        }
+        let (mine, rest): (VecDeque<WaitingJob>, VecDeque<WaitingJob>) =
+            std::mem::take(&mut default.waiting).into_iter().partition(|j| j.request.queue == name);
+        default.waiting = rest;
+        let n = mine.len();
+        self.queues.get_mut(name).expect("just created").waiting.extend(mine);
+        info!(queue = name, jobs = n, "moved waiting jobs from default to their own queue");
+    }
+
+    fn on_ready(&mut self, peer: PeerId, msgid: String, now: Now, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&peer) else {
+            self.count("ready_from_unknown_peer");
+            warn!(%peer, %msgid, "READY from unknown job manager (no INFORM yet): ignored");
+            return;
+        };
+        w.free_slots += 1;
+        if !w.reports_all_completions {
+            // EventMQ's job manager reports only reply-requested jobs; its
+            // READY after a job is the only sign that a job ended.
+            let pos = w.in_flight.iter().position(|id| self.in_flight.get(id).is_some_and(|j| !j.reply_requested));
+            if let Some(pos) = pos {
+                let id = w.in_flight.remove(pos).expect("position exists");
+                w.processed += 1;
+                if let Some(job) = self.in_flight.remove(&id) {
+                    self.record_done(&job, now);
+                }
+            }
+        }
+        self.drain_to(&peer, now, out);
+    }
+
+    fn on_job_done(
+        &mut self,
+        from: Option<&PeerId>,
+        reply_msgid: String,
+        reply_json: String,
+        orig_msgid: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(job) = self.in_flight.remove(&orig_msgid) else {
+            self.count("reply_for_unknown_job");
+            warn!(peer = ?from.map(|p| p.to_string()), msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(&job.worker) {
+            if let Some(pos) = w.in_flight.iter().position(|id| *id == orig_msgid) {
+                w.in_flight.remove(pos);
+            }
+            w.processed += 1;
+            if !job.reply_requested {
+                w.reports_all_completions = true;
+            }
+        }
+        self.record_done(&job, now);
+        if job.reply_requested {
+            out.push(send(SocketKind::Frontend, &job.client, Command::Reply(Reply::Result { reply_json, orig_msgid })));
+        }
+    }
+
+    fn record_done(&mut self, job: &JobInFlight, now: Now) {
+        *self.processed_by_queue.entry(job.queue.clone()).or_insert(0) += 1;
+        let l = self.latency_by_queue.entry(job.queue.clone()).or_default();
+        let secs = now.mono.saturating_duration_since(job.received).as_secs_f64();
+        l.count += 1;
+        l.sum += secs;
+        l.max = l.max.max(secs);
+    }
+
+    /// Forgets a job manager and its slots. Its unfinished jobs: `guarantee`
+    /// ones go back to the front of their queue; the others fail, with an
+    /// error to the client when it asked for a reply.
+    fn remove_worker(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.remove(peer) else { return };
+        for q in self.queues.values_mut() {
+            q.workers.retain(|(_, p)| p != peer);
+        }
+        info!(%peer, why, jobs_in_flight = w.in_flight.len(), "job manager removed");
+        for id in w.in_flight {
+            let Some(job) = self.in_flight.remove(&id) else { continue };
+            match job.request {
+                Some(request) if job.guarantee => {
+                    self.count("requeued");
+                    info!(msgid = %id, queue = %job.queue, "guaranteed job requeued after its job manager was lost");
+                    let waiting =
+                        WaitingJob { client: job.client, msgid: id, request, received: job.received, attempts: job.attempts };
+                    self.requeue(job.queue, waiting, now, out);
+                }
+                _ => {
+                    self.count("lost_with_worker");
+                    warn!(msgid = %id, queue = %job.queue, worker = %peer, "job lost with its job manager");
+                    if job.reply_requested {
+                        let reply = JobReply::failed("worker lost", format!("job manager {peer} {why} before the job finished"), "");
+                        out.push(send(SocketKind::Frontend, &job.client, Command::Reply(Reply::Result {
+                            reply_json: reply.to_json(),
+                            orig_msgid: id,
+                        })));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_unreachable(&mut self, socket: SocketKind, peer: PeerId, message: Message, now: Now, out: &mut Vec<Action>) {
+        self.count("unreachable_peer");
+        match (socket, message.command) {
+            (SocketKind::Backend, Command::Request(request)) => {
+                // Never delivered: it goes back to the queue whatever its
+                // headers, and the vanished job manager is forgotten.
+                let msgid = message.msgid;
+                warn!(%peer, %msgid, "job manager unreachable: job requeued");
+                if let Some(job) = self.in_flight.remove(&msgid) {
+                    if let Some(w) = self.workers.get_mut(&peer) {
+                        w.in_flight.retain(|id| *id != msgid);
+                    }
+                    self.remove_worker(&peer, "became unreachable", now, out);
+                    let waiting = WaitingJob { client: job.client, msgid, request, received: job.received, attempts: job.attempts - 1 };
+                    self.requeue(job.queue, waiting, now, out);
+                } else {
+                    self.remove_worker(&peer, "became unreachable", now, out);
+                }
+            }
+            (SocketKind::Backend, _) => self.remove_worker(&peer, "became unreachable", now, out),
+            (SocketKind::Frontend, cmd) => {
+                if self.schedulers.remove(&peer).is_some() {
+                    info!(%peer, "scheduler unreachable: removed");
+                } else {
+                    debug!(%peer, msgid = %message.msgid, command = cmd.name(), "client gone before its reply");
+                }
+            }
+            (SocketKind::Admin, _) => debug!(%peer, "admin client gone before its answer"),
+        }
+    }
+
+    // ---- time ------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        let timeout = self.cfg.heartbeat_timeout;
+        let dead: Vec<PeerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.mono.saturating_duration_since(w.last_seen) > timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in dead {
+            self.count("heartbeat_timeouts");
+            warn!(%peer, "job manager silent past heartbeat_timeout: removed");
+            self.remove_worker(&peer, "stopped heartbeating", now, out);
+        }
+        self.schedulers.retain(|peer, s| {
+            let alive = now.mono.saturating_duration_since(s.last_seen) <= timeout;
+            if !alive {
+                warn!(%peer, "scheduler silent past heartbeat_timeout: removed");
+            }
+            alive
+        });
+        let due = self
+            .last_heartbeat_sent
+            .is_none_or(|t| now.mono.saturating_duration_since(t) >= self.cfg.heartbeat_interval);
+        if due && !self.shutting_down {
+            self.last_heartbeat_sent = Some(now.mono);
+            let ts = format!("{:.3}", now.unix);
+            for peer in self.workers.keys() {
+                out.push(send(SocketKind::Backend, peer, Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None })));
+            }
+            for peer in self.schedulers.keys() {
+                out.push(send(SocketKind::Frontend, peer, Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None })));
+            }
+        } else if self.last_heartbeat_sent.is_none() {
+            self.last_heartbeat_sent = Some(now.mono);
+        }
+    }
+
+    // ---- admin -----------------------------------------------------------
+
+    fn on_admin(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        let answer = |body: String| send(SocketKind::Admin, &peer, Command::Reply(Reply::admin_answer(body)));
+        match m.command {
+            Command::Admin(AdminCommand::Hello) => {} // must stay unanswered (emq-cli quirk)
+            Command::Admin(AdminCommand::Status) => out.push(answer(self.status_json(now))),
+            Command::Admin(AdminCommand::RouterShowWorkers) => out.push(answer(self.workers_json(now))),
+            Command::Admin(AdminCommand::RouterShowSchedulers) => out.push(answer(self.schedulers_json(now))),
+            Command::Disconnect => {
+                info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: shutting down");
+                self.shutting_down = true;
+                out.push(send(SocketKind::Admin, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
+                for p in self.workers.keys() {
+                    out.push(send(SocketKind::Backend, p, Command::Kbye));
+                }
+                for p in self.schedulers.keys() {
+                    out.push(send(SocketKind::Frontend, p, Command::Kbye));
+                }
+                out.push(Action::Shutdown);
+            }
+            other => {
+                self.count("unknown_admin_command");
+                warn!(%peer, msgid = %m.msgid, command = other.name(), "unknown admin command");
+                let body = serde_json::json!({"error": format!("unknown admin command {}", other.name())}).to_string();
+                out.push(answer(body));
+            }
+        }
+    }
+
+    // ---- read access (admin answers, tests) -------------------------------
+
+    /// Connected job managers.
+    pub fn workers(&self) -> &HashMap<PeerId, WorkerSlot> {
+        &self.workers
+    }
+
+    /// Jobs waiting in `queue`'s buffer.
+    pub fn waiting(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| q.waiting.len())
+    }
+
+    /// Jobs handed out and not reported done.
+    pub fn in_flight(&self) -> &HashMap<String, JobInFlight> {
+        &self.in_flight
+    }
+
+    /// Anomaly counters.
+    pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.errors
+    }
+}
+
+fn send(socket: SocketKind, peer: &PeerId, command: Command) -> Action {
+    Action::Send { socket, peer: peer.clone(), message: Message::new(command) }
+}

@@ -1,0 +1,18 @@
+//! Per-queue state: which job managers serve the queue (with their weight
+//! for it) and the jobs waiting for a free slot, oldest first.
+
+use super::WaitingJob;
+use emq_receiver::PeerId;
+use std::collections::VecDeque;
+
+/// One named queue.
+#[derive(Debug, Default)]
+pub struct QueueState {
+    /// `(weight, job manager)` for every job manager listing this queue.
+    pub workers: Vec<(u32, PeerId)>,
+    /// Jobs with no free slot yet, oldest first (bounded by `hwm`).
+    pub waiting: VecDeque<WaitingJob>,
+    /// True once any job manager has served it: from then on REQUESTs for
+    /// it wait here instead of falling back to `default`.
+    pub ever_served: bool,
+}

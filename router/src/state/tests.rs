@@ -1,0 +1,360 @@
+//! State-machine tests with a fake clock: no sockets, no sleeping.
+
+use super::*;
+use emq_protocol::{Heartbeat, Inform, Message, QueueSpec, Request};
+
+fn cfg() -> RouterConfig {
+    RouterConfig { heartbeat_interval: Duration::from_secs(3), heartbeat_timeout: Duration::from_secs(5), hwm: 3 }
+}
+
+struct Harness {
+    r: RouterState,
+    now: Now,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let now = Now::real();
+        Harness { r: RouterState::new(cfg(), now), now }
+    }
+    fn advance(&mut self, secs: f64) {
+        self.now = self.now.after(Duration::from_secs_f64(secs));
+    }
+    fn recv(&mut self, socket: SocketKind, peer: &str, command: Command) -> Vec<Action> {
+        self.recv_id(socket, peer, Message::new(command))
+    }
+    fn recv_id(&mut self, socket: SocketKind, peer: &str, m: Message) -> Vec<Action> {
+        self.r.handle_vec(Event::Received { socket, peer: PeerId::from(peer), message: Ok(m) }, self.now)
+    }
+    fn inform(&mut self, peer: &str, queues: &[(u32, &str)]) -> Vec<Action> {
+        let q = QueueSpec(queues.iter().map(|(w, n)| (*w, n.to_string())).collect());
+        self.recv(SocketKind::Backend, peer, Command::Inform(Inform { queues: q, kind: "worker".into() }))
+    }
+    fn ready(&mut self, peer: &str) -> Vec<Action> {
+        self.recv(SocketKind::Backend, peer, Command::Ready)
+    }
+    fn request(&mut self, client: &str, msgid: &str, queue: &str, headers: &str) -> Vec<Action> {
+        let r = Request { queue: queue.into(), headers: headers.into(), payload: "[\"run\", {}]".into() };
+        self.recv_id(SocketKind::Frontend, client, Message::with_msgid(msgid, Command::Request(r)))
+    }
+    fn done(&mut self, worker: &str, msgid: &str, json: &str) -> Vec<Action> {
+        self.recv(
+            SocketKind::Backend,
+            worker,
+            Command::Reply(Reply::Result { reply_json: json.into(), orig_msgid: msgid.into() }),
+        )
+    }
+    fn tick(&mut self) -> Vec<Action> {
+        self.r.handle_vec(Event::Tick, self.now)
+    }
+}
+
+/// `(socket, peer, command name, msgid of a forwarded REQUEST)` per send.
+fn sends(actions: &[Action]) -> Vec<(SocketKind, String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { socket, peer, message } => Some((*socket, peer.to_string(), message.command.name().to_owned())),
+            Action::Shutdown => None,
+        })
+        .collect()
+}
+
+fn dispatched_to(actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { socket: SocketKind::Backend, peer, message } if matches!(message.command, Command::Request(_)) => {
+                Some((peer.to_string(), message.msgid.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_receipt(a: &Action, msgid: &str) -> bool {
+    matches!(a, Action::Send { socket: SocketKind::Frontend, message, .. }
+        if message.command == Command::Reply(Reply::receipt(msgid)))
+}
+
+#[test]
+fn inform_is_acked_with_its_msgid() {
+    let mut h = Harness::new();
+    let m = Message::with_msgid("inf-1", Command::Inform(Inform { queues: QueueSpec::default(), kind: "worker".into() }));
+    let out = h.recv_id(SocketKind::Backend, "jm", m);
+    assert_eq!(out.len(), 1);
+    let Action::Send { socket, peer, message } = &out[0] else { panic!() };
+    assert_eq!((*socket, peer.to_string()), (SocketKind::Backend, "jm".into()));
+    assert_eq!(message.command, Command::Ack(Ack { acked_msgid: "inf-1".into() }));
+    // Empty queue list means the default queues.
+    assert_eq!(h.r.workers()[&PeerId::from("jm")].queues, QueueSpec::default_queues());
+}
+
+#[test]
+fn request_is_forwarded_unchanged_and_receipted() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    let out = h.request("c", "job-1", "default", "reply-requested");
+    assert_eq!(dispatched_to(&out), vec![("jm".into(), "job-1".into())]);
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    assert_eq!(
+        message.command,
+        Command::Request(Request { queue: "default".into(), headers: "reply-requested".into(), payload: "[\"run\", {}]".into() })
+    );
+    assert!(is_receipt(&out[1], "job-1"));
+    // Result goes back to the client.
+    let out = h.done("jm", "job-1", r#"{"value": 5}"#);
+    assert_eq!(out.len(), 1);
+    let Action::Send { socket, peer, message } = &out[0] else { panic!() };
+    assert_eq!((*socket, peer.to_string()), (SocketKind::Frontend, "c".into()));
+    assert_eq!(
+        message.command,
+        Command::Reply(Reply::Result { reply_json: r#"{"value": 5}"#.into(), orig_msgid: "job-1".into() })
+    );
+    assert!(h.r.in_flight().is_empty());
+}
+
+#[test]
+fn results_without_reply_requested_are_not_forwarded() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "j", "default", "");
+    assert!(h.done("jm", "j", r#"{"value": 1}"#).is_empty());
+    assert!(h.r.workers()[&PeerId::from("jm")].reports_all_completions);
+}
+
+#[test]
+fn one_ready_is_one_slot_and_buffered_jobs_drain_oldest_first() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    assert_eq!(dispatched_to(&h.request("c", "a", "default", "")).len(), 1);
+    let out = h.request("c", "b", "default", "");
+    assert!(dispatched_to(&out).is_empty(), "no slot left");
+    assert!(is_receipt(&out[0], "b"), "buffered jobs get a receipt too");
+    h.request("c", "c2", "default", "");
+    assert_eq!(h.r.waiting("default"), 2);
+    assert_eq!(dispatched_to(&h.ready("jm")), vec![("jm".into(), "b".into())]);
+    assert_eq!(dispatched_to(&h.ready("jm")), vec![("jm".into(), "c2".into())]);
+    assert!(dispatched_to(&h.ready("jm")).is_empty());
+    assert_eq!(h.r.workers()[&PeerId::from("jm")].free_slots, 1);
+}
+
+#[test]
+fn buffer_is_bounded_by_hwm_and_refusal_is_an_error_reply() {
+    let mut h = Harness::new();
+    for i in 0..3 {
+        let out = h.request("c", &format!("j{i}"), "default", "");
+        assert!(is_receipt(&out[0], &format!("j{i}")));
+    }
+    let out = h.request("c", "j3", "default", "");
+    assert_eq!(out.len(), 1);
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    let Command::Reply(Reply::Result { reply_json, orig_msgid }) = &message.command else { panic!("{message:?}") };
+    assert_eq!(orig_msgid, "j3");
+    let r = JobReply::from_json(reply_json).unwrap();
+    assert_eq!(r.error.unwrap().kind, "refused");
+    assert_eq!(h.r.waiting("default"), 3, "nothing buffered was lost");
+    assert_eq!(h.r.errors()["refused"], 1);
+}
+
+#[test]
+fn highest_weight_first_then_least_recently_used() {
+    let mut h = Harness::new();
+    h.inform("low", &[(5, "q")]);
+    h.inform("hi1", &[(20, "q")]);
+    h.inform("hi2", &[(20, "q")]);
+    for w in ["low", "hi1", "hi2"] {
+        h.ready(w);
+        h.ready(w);
+    }
+    let mut order = Vec::new();
+    for i in 0..6 {
+        let out = h.request("c", &format!("j{i}"), "q", "");
+        order.push(dispatched_to(&out)[0].0.clone());
+    }
+    assert_eq!(order, vec!["hi1", "hi2", "hi1", "hi2", "low", "low"]);
+}
+
+#[test]
+fn unknown_queue_falls_back_to_default_and_is_adopted_when_served() {
+    let mut h = Harness::new();
+    h.inform("d", &[(10, "default")]);
+    h.ready("d");
+    // Unknown queue → default, forwarded with its original queue name.
+    let out = h.request("c", "x", "nosuch", "");
+    assert_eq!(dispatched_to(&out), vec![("d".into(), "x".into())]);
+    // No slot: a job for a not-yet-served queue waits in default...
+    h.request("c", "early", "emails", "");
+    assert_eq!(h.r.waiting("default"), 1);
+    // ...and moves to its own queue when a job manager for it arrives.
+    h.inform("mail", &[(10, "emails")]);
+    assert_eq!(h.r.waiting("default"), 0);
+    assert_eq!(h.r.waiting("emails"), 1);
+    assert_eq!(dispatched_to(&h.ready("mail")), vec![("mail".into(), "early".into())]);
+}
+
+#[test]
+fn jobs_go_only_to_managers_of_their_queue() {
+    let mut h = Harness::new();
+    h.inform("a", &[(10, "qa")]);
+    h.inform("b", &[(10, "qb")]);
+    h.ready("a");
+    h.ready("b");
+    assert_eq!(dispatched_to(&h.request("c", "1", "qb", ""))[0].0, "b");
+    assert_eq!(dispatched_to(&h.request("c", "2", "qa", ""))[0].0, "a");
+    assert!(dispatched_to(&h.request("c", "3", "qa", "")).is_empty());
+    assert_eq!(h.r.waiting("qa"), 1);
+}
+
+#[test]
+fn silent_peer_expires_with_its_slots_and_heartbeats_go_out() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.tick(); // first tick sends heartbeats
+    h.advance(3.0);
+    let out = h.tick();
+    assert_eq!(sends(&out), vec![(SocketKind::Backend, "jm".into(), "HEARTBEAT".into())]);
+    h.advance(1.0);
+    h.recv(SocketKind::Backend, "jm", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
+    h.advance(4.9);
+    h.tick();
+    assert!(h.r.workers().contains_key(&PeerId::from("jm")), "4.9 s of silence is fine");
+    h.advance(0.2);
+    h.tick();
+    assert!(h.r.workers().is_empty(), "5.1 s of silence is death");
+    // Its slot is gone: a new job waits.
+    h.request("c", "j", "default", "");
+    assert_eq!(h.r.waiting("default"), 1);
+}
+
+#[test]
+fn job_manager_reconnecting_under_new_identity() {
+    let mut h = Harness::new();
+    h.inform("old", &[(10, "default")]);
+    h.ready("old");
+    h.ready("old");
+    h.request("c", "g", "default", "guarantee,reply-requested");
+    h.request("c", "n", "default", "reply-requested");
+    h.advance(6.0);
+    h.inform("new", &[(10, "default")]);
+    h.ready("new");
+    let out = h.tick();
+    // The old identity is forgotten; the guaranteed job went to the new one,
+    // the other failed with an error to its client.
+    assert!(!h.r.workers().contains_key(&PeerId::from("old")));
+    assert_eq!(dispatched_to(&out), vec![("new".into(), "g".into())]);
+    let failed: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { socket: SocketKind::Frontend, message, .. } => match &message.command {
+                Command::Reply(Reply::Result { reply_json, orig_msgid }) => Some((orig_msgid.clone(), reply_json.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "n");
+    assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind, "worker lost");
+    // A READY from the forgotten identity is counted, not obeyed.
+    assert!(h.ready("old").is_empty());
+    assert_eq!(h.r.errors()["ready_from_unknown_peer"], 1);
+}
+
+#[test]
+fn unreachable_job_manager_job_is_requeued() {
+    let mut h = Harness::new();
+    h.inform("gone", &[(10, "default")]);
+    h.ready("gone");
+    let out = h.request("c", "j", "default", "");
+    let Action::Send { message, .. } = out[0].clone() else { panic!() };
+    h.inform("alive", &[(10, "default")]);
+    let out = h.r.handle_vec(
+        Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message },
+        h.now,
+    );
+    assert!(dispatched_to(&out).is_empty());
+    assert_eq!(h.r.waiting("default"), 1);
+    assert_eq!(dispatched_to(&h.ready("alive")), vec![("alive".into(), "j".into())]);
+}
+
+#[test]
+fn eventmq_job_manager_ready_retires_unreported_jobs() {
+    let mut h = Harness::new();
+    h.inform("legacy", &[(10, "default")]);
+    h.ready("legacy");
+    h.request("c", "j", "default", "");
+    assert_eq!(h.r.in_flight().len(), 1);
+    h.ready("legacy");
+    assert!(h.r.in_flight().is_empty());
+    let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(status["processed_messages_by_queue"]["default"], 1);
+}
+
+#[test]
+fn admin_commands() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "j", "default", "");
+    assert!(h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Hello)).is_empty());
+    let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Status));
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    for k in [
+        "inflight_messages_by_queue",
+        "latency_messages_by_queue",
+        "max_latency_messages_by_queue",
+        "waiting_messages_by_queue",
+        "processed_messages_by_queue",
+        "processed_messages_by_worker",
+    ] {
+        assert!(v[k].is_object(), "{k} in {v}");
+    }
+    assert_eq!(v["inflight_messages_by_queue"]["default"], 1);
+    let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::RouterShowWorkers));
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["connected_workers"]["jm"]["available_slots"], 0);
+    assert_eq!(v["connected_queues"]["default"][0][1], "jm");
+    let out = h.recv(SocketKind::Admin, "cli", Command::Unknown { name: "FROB".into(), body: vec![] });
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    assert!(matches!(&message.command, Command::Reply(Reply::Single { body }) if body.contains("error")));
+    let out = h.recv_id(SocketKind::Admin, "cli", Message::with_msgid("admin:1", Command::Disconnect));
+    assert_eq!(
+        sends(&out),
+        vec![
+            (SocketKind::Admin, "cli".into(), "ACK".into()),
+            (SocketKind::Backend, "jm".into(), "KBYE".into())
+        ]
+    );
+    assert_eq!(out.last(), Some(&Action::Shutdown));
+}
+
+#[test]
+fn decode_errors_are_counted_and_answered_where_due() {
+    let mut h = Harness::new();
+    let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/1.0", b"REQUEST", b"m1", b"q"]).unwrap_err();
+    let out = h.r.handle_vec(
+        Event::Received { socket: SocketKind::Frontend, peer: PeerId::from("c"), message: Err(bad) },
+        h.now,
+    );
+    assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
+    let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/9", b"READY", b"m2"]).unwrap_err();
+    let out = h.r.handle_vec(
+        Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad) },
+        h.now,
+    );
+    assert!(out.is_empty());
+    assert_eq!(h.r.errors()["too_few_frames"], 1);
+    assert_eq!(h.r.errors()["bad_protocol_version"], 1);
+    // A reply for an unknown job is ignored and counted.
+    assert!(h.done("w", "nope", "{}").is_empty());
+    assert_eq!(h.r.errors()["reply_for_unknown_job"], 1);
+}

@@ -1,0 +1,126 @@
+//! # emq-settings — where every binary's settings come from
+//!
+//! Owns: the precedence of settings sources, lowest first —
+//! 1. built-in defaults (each binary's `Default` impl, mirrored with comments
+//!    in the repo's `settings.toml`),
+//! 2. a TOML file: `--config PATH` (must exist), else `./settings.toml` when
+//!    present,
+//! 3. `EVENTMQ_<KEY>` environment variables (EventMQ's names),
+//! 4. `EMQ_<KEY>` environment variables,
+//! 5. command-line flags (applied by each binary after [`load`]).
+//!
+//! Keys are flat (`frontend_addr`, `heartbeat_interval`, ...); each binary
+//! reads the keys it knows and ignores the rest, so one file serves all.
+//! Also owns logging setup ([`init_logging`]).
+//!
+//! Does not own: the settings structs themselves (each binary's crate).
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use thiserror::Error;
+
+/// Keys whose environment values are comma-separated lists.
+const LIST_KEYS: &[&str] = &["python_path", "allowed_paths", "worker_addr_failover"];
+
+/// A settings file or value that cannot be used. Binaries print it as one
+/// line and exit with status 2.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("settings file {0} does not exist")]
+    MissingFile(String),
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] config::ConfigError),
+}
+
+/// Loads settings of type `T` from the file and the environment.
+pub fn load<T: DeserializeOwned>(config_path: Option<&Path>) -> Result<T, SettingsError> {
+    load_from(config_path, Path::new("settings.toml"))
+}
+
+/// [`load`] with an explicit fallback file (for tests).
+pub fn load_from<T: DeserializeOwned>(config_path: Option<&Path>, fallback: &Path) -> Result<T, SettingsError> {
+    use config::{Config, Environment, File, FileFormat};
+    let mut b = Config::builder();
+    match config_path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(SettingsError::MissingFile(p.display().to_string()));
+            }
+            b = b.add_source(File::from(p).format(FileFormat::Toml).required(true));
+        }
+        None if fallback.exists() => {
+            b = b.add_source(File::from(fallback).format(FileFormat::Toml).required(false));
+        }
+        None => {}
+    }
+    for prefix in ["EVENTMQ", "EMQ"] {
+        let mut env = Environment::with_prefix(prefix)
+            .prefix_separator("_")
+            .try_parsing(true)
+            .list_separator(",");
+        for k in LIST_KEYS {
+            env = env.with_list_parse_key(k);
+        }
+        b = b.add_source(env);
+    }
+    Ok(b.build()?.try_deserialize()?)
+}
+
+/// Sets up `tracing` to stderr. `RUST_LOG` wins over `level` (the
+/// `log_level` setting).
+pub fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default)]
+    struct S {
+        frontend_addr: String,
+        hwm: u64,
+        python_path: Vec<String>,
+    }
+
+    #[test]
+    fn file_then_env_precedence() {
+        let dir = std::env::temp_dir().join(format!("emq-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.toml");
+        std::fs::write(&f, "frontend_addr = \"tcp://a:1\"\nhwm = 5\nunknown_key = 1\n").unwrap();
+        let s: S = load_from(Some(&f), Path::new("/nonexistent")).unwrap();
+        assert_eq!(s.frontend_addr, "tcp://a:1");
+        assert_eq!(s.hwm, 5);
+        // Environment is process-wide; these keys are unique to this test.
+        std::env::set_var("EVENTMQ_HWM", "7");
+        std::env::set_var("EMQ_PYTHON_PATH", "/a,/b");
+        let s: S = load_from(Some(&f), Path::new("/nonexistent")).unwrap();
+        assert_eq!(s.hwm, 7);
+        assert_eq!(s.python_path, vec!["/a", "/b"]);
+        std::env::set_var("EMQ_HWM", "9");
+        let s: S = load_from(Some(&f), Path::new("/nonexistent")).unwrap();
+        assert_eq!(s.hwm, 9, "EMQ_ overrides EVENTMQ_");
+        std::env::set_var("EMQ_HWM", "lots");
+        assert!(load_from::<S>(Some(&f), Path::new("/nonexistent")).is_err());
+        for k in ["EVENTMQ_HWM", "EMQ_PYTHON_PATH", "EMQ_HWM"] {
+            std::env::remove_var(k);
+        }
+        assert!(matches!(
+            load_from::<S>(Some(Path::new("/nonexistent/x.toml")), Path::new("/nonexistent")),
+            Err(SettingsError::MissingFile(_))
+        ));
+        std::fs::write(&f, "hwm = [").unwrap();
+        assert!(load_from::<S>(Some(&f), Path::new("/nonexistent")).is_err());
+    }
+}

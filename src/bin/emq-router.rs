@@ -1,0 +1,4 @@
+//! `emq-router`: see `emq_router::cli`.
+fn main() -> std::process::ExitCode {
+    emq_router::cli::main()
+}

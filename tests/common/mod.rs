@@ -1,0 +1,220 @@
+//! Shared helpers for the end-to-end tests: free loopback ports, child
+//! processes that are killed (by pid) when the guard drops — also when a
+//! test fails — and plain ZeroMQ DEALER peers that speak raw frames.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand
+/// it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn tcp(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, mut cmd: Command) -> ChildGuard {
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        ChildGuard { child, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits for exit up to `limit` (a hang guard, not a speed assertion).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Addresses of a router under test.
+pub struct RouterAddrs {
+    pub frontend: String,
+    pub backend: String,
+    pub admin: String,
+}
+
+impl RouterAddrs {
+    pub fn fresh() -> Self {
+        RouterAddrs { frontend: tcp(free_port()), backend: tcp(free_port()), admin: tcp(free_port()) }
+    }
+}
+
+/// Starts our `emq-router` on fresh ports with extra environment, and waits
+/// until it answers STATUS.
+pub fn start_router(env: &[(&str, &str)]) -> (ChildGuard, RouterAddrs) {
+    let addrs = RouterAddrs::fresh();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
+    cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
+        .args(["--administrative-addr", &addrs.admin])
+        .current_dir(std::env::temp_dir()) // no stray ./settings.toml
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let guard = ChildGuard::spawn("emq-router", cmd);
+    wait_for_status(&addrs.admin);
+    (guard, addrs)
+}
+
+/// Polls the admin socket until STATUS answers (hang guard: 20 s).
+pub fn wait_for_status(admin: &str) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = Dealer::connect(admin);
+        d.send(&["", "eMQP/1.0", "STATUS", "admin:probe"]);
+        if let Some(f) = d.recv_timeout(500) {
+            return serde_json::from_str(&f[4]).unwrap();
+        }
+        assert!(Instant::now() < end, "router at {admin} never answered STATUS");
+    }
+}
+
+/// One admin command, answer JSON.
+pub fn admin(admin: &str, command: &str) -> serde_json::Value {
+    let d = Dealer::connect(admin);
+    d.send(&["", "eMQP/1.0", command, &format!("admin:{}", uuid::Uuid::new_v4())]);
+    let f = d.recv_timeout(10_000).expect("admin answer");
+    serde_json::from_str(&f[4]).unwrap_or_else(|e| panic!("bad JSON {f:?}: {e}"))
+}
+
+/// A plain ZeroMQ DEALER that sends and receives raw text frames.
+pub struct Dealer {
+    pub socket: zmq::Socket,
+    _ctx: zmq::Context,
+    pub identity: String,
+}
+
+impl Dealer {
+    pub fn connect(addr: &str) -> Dealer {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::DEALER).unwrap();
+        let identity = uuid::Uuid::new_v4().to_string();
+        socket.set_identity(identity.as_bytes()).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.connect(addr).unwrap();
+        Dealer { socket, _ctx: ctx, identity }
+    }
+
+    pub fn send(&self, frames: &[&str]) {
+        self.socket.send_multipart(frames.iter().map(|f| f.as_bytes()), 0).unwrap();
+    }
+
+    pub fn send_bytes(&self, frames: &[&[u8]]) {
+        self.socket.send_multipart(frames.iter().copied(), 0).unwrap();
+    }
+
+    pub fn recv_raw(&self, timeout_ms: i64) -> Option<Vec<Vec<u8>>> {
+        if self.socket.poll(zmq::POLLIN, timeout_ms).unwrap() == 0 {
+            return None;
+        }
+        Some(self.socket.recv_multipart(0).unwrap())
+    }
+
+    pub fn recv_timeout(&self, timeout_ms: i64) -> Option<Vec<String>> {
+        self.recv_raw(timeout_ms).map(|f| f.into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect())
+    }
+
+    /// Next message whose command is not HEARTBEAT (hang guard: `timeout_ms`).
+    pub fn recv_skip_heartbeats(&self, timeout_ms: i64) -> Option<Vec<String>> {
+        let end = Instant::now() + Duration::from_millis(timeout_ms as u64);
+        loop {
+            let left = end.saturating_duration_since(Instant::now()).as_millis() as i64;
+            let f = self.recv_timeout(left.max(1))?;
+            if f.get(2).map(String::as_str) != Some("HEARTBEAT") {
+                return Some(f);
+            }
+        }
+    }
+}
+
+/// A fake job manager: INFORMs, waits for ACK, announces `slots` READYs.
+pub fn fake_job_manager(backend: &str, queues: &str, slots: usize) -> Dealer {
+    let jm = Dealer::connect(backend);
+    jm.send(&["", "eMQP/1.0", "INFORM", "inform-1", queues, "worker"]);
+    let ack = jm.recv_skip_heartbeats(10_000).expect("ACK");
+    assert_eq!(ack[2], "ACK", "{ack:?}");
+    assert_eq!(ack[4], "inform-1");
+    for i in 0..slots {
+        jm.send(&["", "eMQP/1.0", "READY", &format!("ready-{i}")]);
+    }
+    jm
+}
+
+/// Polls `f` until it returns Some (hang guard: `limit`).
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "condition not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The EventMQ 0.3.13 venv (installed by scripts/setup-venv.sh). A failed
+/// install fails the test, unless `EMQ_SKIP_INTEROP=1` says this machine
+/// cannot reach PyPI (then `None`, and the caller says it skipped).
+pub fn eventmq_venv() -> Option<PathBuf> {
+    if std::env::var("EMQ_SKIP_INTEROP").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    let root = repo_root();
+    let out = Command::new("bash").arg(root.join("scripts/setup-venv.sh")).output().expect("run bash");
+    assert!(
+        out.status.success(),
+        "scripts/setup-venv.sh failed (set EMQ_SKIP_INTEROP=1 where PyPI is unreachable):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
+    Some(PathBuf::from(last))
+}
+
+pub fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default()
+}

@@ -1,0 +1,75 @@
+//! Interop with EventMQ 0.3.13 itself: its unmodified job manager and its
+//! unmodified client against our router. The venv is installed by
+//! `scripts/setup-venv.sh` (into `target/venv`); a failed install fails the
+//! test unless `EMQ_SKIP_INTEROP=1` is set.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn eventmq_job_manager_and_client_work_against_our_router() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let (_router, a) = start_router(&[]);
+    let root = repo_root();
+    let work = tempdir("interop");
+    let out_file = work.join("lines.txt");
+
+    // EventMQ's own job manager (its --queues flag is broken: use the env).
+    let mut jm = Command::new(venv.join("bin/emq-jobmanager"));
+    jm.env("EVENTMQ_WORKER_ADDR", &a.backend)
+        .env("EVENTMQ_QUEUES", r#"[[10, "default"]]"#)
+        .env("EVENTMQ_CONCURRENT_JOBS", "2")
+        .env("PYTHONPATH", root.join("jobs"))
+        .current_dir(&work)
+        .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
+    let _jm = ChildGuard::spawn("eventmq emq-jobmanager", jm);
+    // Its two READYs arrive a few seconds after the ACK.
+    eventually(Duration::from_secs(60), || {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        let slots: u64 = w["connected_workers"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
+            .unwrap_or(0);
+        (slots == 2).then_some(())
+    });
+
+    // EventMQ's own client sends 5 jobs (one asks for a reply).
+    let send = |count: &str, reply: bool| {
+        let mut c = Command::new(venv.join("bin/python"));
+        c.arg(root.join("scripts/eventmq_send.py"))
+            .args(["--addr", &a.frontend, "--queue", "default", "--path", "benchjobs", "--callable", "append_line"])
+            .args(["--args", &serde_json::json!([out_file, "from eventmq client"]).to_string(), "--count", count]);
+        if reply {
+            c.arg("--reply-requested");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "eventmq_send failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    println!("eventmq_send: {}", send("4", false).trim());
+    println!("eventmq_send: {}", send("1", true).trim());
+
+    let lines = eventually(Duration::from_secs(60), || {
+        let l = read_lines(&out_file);
+        (l.len() >= 5).then_some(l)
+    });
+    assert_eq!(lines.len(), 5);
+    assert!(lines.iter().all(|l| l == "from eventmq client"));
+    println!("EventMQ job manager ran {} jobs sent by EventMQ's client through emq-router", lines.len());
+    let status = eventually(Duration::from_secs(20), || {
+        let s = admin(&a.admin, "STATUS");
+        (s["processed_messages_by_queue"]["default"].as_u64() == Some(5)).then_some(s)
+    });
+    println!("router STATUS after interop: {status}");
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("emq-{tag}-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

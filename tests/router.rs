@@ -1,0 +1,204 @@
+//! End-to-end tests of `emq-router`: the real binary on free loopback ports,
+//! driven by plain ZeroMQ DEALER sockets sending raw eMQP frames.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const HANG: i64 = 10_000;
+
+#[test]
+fn inform_ready_request_receipt_and_result() {
+    let (_router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, r#"[[10, "default"]]"#, 1);
+    let client = Dealer::connect(&a.frontend);
+    let payload = r#"["run", {"path": "benchjobs", "callable": "add", "args": [2, 3]}]"#;
+    let headers = "reply-requested,guarantee,retry-count:2,timeout:5";
+    client.send(&["", "eMQP/1.0", "REQUEST", "job-1", "default", headers, payload]);
+
+    // Forwarded byte-identical, same msgid.
+    let got = jm.recv_skip_heartbeats(HANG).expect("job at the job manager");
+    assert_eq!(got, vec!["", "eMQP/1.0", "REQUEST", "job-1", "default", headers, payload]);
+    // Receipt: REPLY with one body frame, the job's msgid.
+    let receipt = client.recv_skip_heartbeats(HANG).expect("receipt");
+    assert_eq!(receipt.len(), 5, "{receipt:?}");
+    assert_eq!((receipt[2].as_str(), receipt[4].as_str()), ("REPLY", "job-1"));
+    // Result: the job manager's REPLY goes to the client, two body frames.
+    jm.send(&["", "eMQP/1.0", "REPLY", "r-1", r#"{"value": 5}"#, "job-1"]);
+    jm.send(&["", "eMQP/1.0", "READY", "rd-2"]);
+    let result = client.recv_skip_heartbeats(HANG).expect("result");
+    assert_eq!(result.len(), 6, "{result:?}");
+    assert_eq!(&result[2..], &["REPLY".to_string(), result[3].clone(), r#"{"value": 5}"#.into(), "job-1".into()]);
+
+    let status = admin(&a.admin, "STATUS");
+    assert_eq!(status["processed_messages_by_queue"]["default"], 1);
+    assert_eq!(status["inflight_messages_by_queue"].get("default").map_or(0, |v| v.as_u64().unwrap()), 0);
+}
+
+#[test]
+fn jobs_wait_in_the_buffer_until_ready() {
+    let (_router, a) = start_router(&[]);
+    let client = Dealer::connect(&a.frontend);
+    // Sent before any job manager exists.
+    for i in 0..3 {
+        client.send(&["", "eMQP/1.0", "REQUEST", &format!("early-{i}"), "default", "", r#"["run", {}]"#]);
+    }
+    for i in 0..3 {
+        let r = client.recv_skip_heartbeats(HANG).expect("receipt for buffered job");
+        assert_eq!(r[4], format!("early-{i}"));
+    }
+    let status = admin(&a.admin, "STATUS");
+    assert_eq!(status["waiting_messages_by_queue"]["default"], 3);
+    let jm = fake_job_manager(&a.backend, r#"[[10, "default"]]"#, 0);
+    assert!(jm.recv_skip_heartbeats(300).is_none(), "no READY, no job");
+    for i in 0..3 {
+        jm.send(&["", "eMQP/1.0", "READY", &format!("rd-{i}")]);
+        let got = jm.recv_skip_heartbeats(HANG).expect("buffered job after READY");
+        assert_eq!(got[3], format!("early-{i}"), "oldest first");
+    }
+    assert!(jm.recv_skip_heartbeats(300).is_none());
+}
+
+#[test]
+fn admin_status_workers_hello_and_unknown() {
+    let (_router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, r#"[[20, "heavy"], [10, "default"]]"#, 2);
+    let cli = Dealer::connect(&a.admin);
+    // HELLO gets no answer: the next frame is STATUS's answer.
+    cli.send(&["", "eMQP/1.0", "HELLO", "admin:1"]);
+    cli.send(&["", "eMQP/1.0", "STATUS", "admin:2"]);
+    let s = cli.recv_timeout(HANG).unwrap();
+    assert_eq!(s[2], "REPLY");
+    let v: serde_json::Value = serde_json::from_str(&s[4]).unwrap();
+    for k in [
+        "inflight_messages_by_queue",
+        "latency_messages_by_queue",
+        "max_latency_messages_by_queue",
+        "waiting_messages_by_queue",
+        "processed_messages_by_queue",
+        "processed_messages_by_worker",
+    ] {
+        assert!(v[k].is_object(), "STATUS lacks {k}: {v}");
+    }
+    let w = eventually(Duration::from_secs(10), || {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        (w["connected_workers"][&jm.identity]["available_slots"] == 2).then_some(w)
+    });
+    assert_eq!(w["connected_workers"][&jm.identity]["queues"], serde_json::json!([[20, "heavy"], [10, "default"]]));
+    assert_eq!(w["connected_queues"]["heavy"][0], serde_json::json!([20, jm.identity]));
+    let s = admin(&a.admin, "ROUTER_SHOW_SCHEDULERS");
+    assert!(s["connected_schedulers"].is_object());
+    cli.send(&["", "eMQP/1.0", "FROBNICATE", "admin:3"]);
+    let e = cli.recv_timeout(HANG).unwrap();
+    assert!(e[4].contains("error"), "{e:?}");
+}
+
+#[test]
+fn disconnect_acks_says_kbye_and_exits_cleanly() {
+    let (mut router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, "", 1);
+    let cli = Dealer::connect(&a.admin);
+    cli.send(&["", "eMQP/1.0", "DISCONNECT", "admin:bye"]);
+    let ack = cli.recv_timeout(HANG).unwrap();
+    assert_eq!((ack[2].as_str(), ack[4].as_str()), ("ACK", "admin:bye"));
+    let kbye = jm.recv_skip_heartbeats(HANG).expect("KBYE to job manager");
+    assert_eq!(kbye[2], "KBYE");
+    let st = router.wait_exit(Duration::from_secs(10)).expect("router exits");
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn silent_job_manager_is_removed_with_its_slots() {
+    let (_router, a) = start_router(&[("EMQ_HEARTBEAT_INTERVAL", "0.2"), ("EMQ_HEARTBEAT_TIMEOUT", "1")]);
+    let jm = fake_job_manager(&a.backend, "", 2);
+    // It heartbeats for a while and stays...
+    for _ in 0..6 {
+        jm.send(&["", "eMQP/1.0", "HEARTBEAT", "hb", "1700000000.0"]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(admin(&a.admin, "ROUTER_SHOW_WORKERS")["connected_workers"].get(&jm.identity).is_some());
+    // ...then goes silent and is removed.
+    eventually(Duration::from_secs(10), || {
+        admin(&a.admin, "ROUTER_SHOW_WORKERS")["connected_workers"].get(&jm.identity).is_none().then_some(())
+    });
+    let s = admin(&a.admin, "STATUS");
+    assert_eq!(s["free_slots"], 0);
+    assert!(s["errors"]["heartbeat_timeouts"].as_u64().unwrap() >= 1);
+    // And the router heartbeated it meanwhile.
+    let mut saw_hb = false;
+    while let Some(f) = jm.recv_timeout(10) {
+        saw_hb |= f[2] == "HEARTBEAT";
+    }
+    assert!(saw_hb);
+}
+
+#[test]
+fn garbage_on_every_socket_does_not_stop_a_valid_job() {
+    let (_router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, "", 1);
+    let client = Dealer::connect(&a.frontend);
+    let cli = Dealer::connect(&a.admin);
+    let garbage: Vec<Vec<&[u8]>> = vec![
+        vec![b"only one frame"],
+        vec![b"", b"eMQP/9.9", b"REQUEST", b"g1", b"default", b"", b"[]"],
+        vec![b"", b"eMQP/1.0", b"REQUEST", b"g2", b"default"],
+        vec![b"", b"eMQP/1.0", b"\xff\xfe", b"g3"],
+        vec![b"", b"eMQP/1.0", b"INFORM", b"g4", b"[[not json", b"worker"],
+        vec![b"", b"eMQP/1.0", b"NOSUCHCOMMAND", b"g5"],
+        vec![b"", b"eMQP/1.0", b"REPLY", b"g6", b"{}", b"no-such-job"],
+        vec![b"", b"eMQP/1.0", b"READY", b"g7", b"extra"],
+    ];
+    for g in &garbage {
+        client.send_bytes(g);
+        jm.send_bytes(g);
+        cli.send_bytes(g);
+    }
+    // A stranger's READY (no INFORM) is ignored too.
+    let stranger = Dealer::connect(&a.backend);
+    stranger.send(&["", "eMQP/1.0", "READY", "s1"]);
+    // Malformed REQUEST with a msgid gets a refusal naming it.
+    let mut refused = Vec::new();
+    while let Some(f) = client.recv_timeout(500) {
+        if f.len() == 6 {
+            refused.push(f[5].clone());
+        }
+    }
+    assert!(refused.contains(&"g2".to_string()), "refusals: {refused:?}");
+    // The valid job still goes through, to the real job manager.
+    client.send(&["", "eMQP/1.0", "REQUEST", "good", "default", "reply-requested", r#"["run", {}]"#]);
+    let got = jm.recv_skip_heartbeats(HANG).expect("valid job after garbage");
+    assert_eq!(got[3], "good");
+    jm.send(&["", "eMQP/1.0", "REPLY", "r", r#"{"value": 1}"#, "good"]);
+    let r = eventually(Duration::from_secs(10), || client.recv_timeout(100).filter(|f| f.len() == 6));
+    assert_eq!(r[5], "good");
+    let errors = &admin(&a.admin, "STATUS")["errors"];
+    for k in ["bad_protocol_version", "too_few_frames", "not_utf8", "bad_json", "trailing_frames", "ready_from_unknown_peer"] {
+        assert!(errors[k].as_u64().unwrap_or(0) >= 1, "{k} not counted: {errors}");
+    }
+}
+
+#[test]
+fn bad_settings_exit_with_code_2() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"));
+        c.args(args).current_dir(std::env::temp_dir());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["--config", "/nonexistent/emq.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = run(&["--frontend-addr", "nonsense"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let p = free_port();
+    let out = run(
+        &["--frontend-addr", "tcp://256.0.0.1:1", "--backend-addr", &tcp(p), "--administrative-addr", &tcp(free_port())],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    let out = run(&[], &[("EMQ_HWM", "many")]);
+    assert_eq!(out.status.code(), Some(2));
+}
