@@ -73,3 +73,63 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn our_job_manager_works_under_eventmq_router() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let root = repo_root();
+    let work = tempdir("interop-rev");
+    let out_file = work.join("lines.txt");
+    let a = RouterAddrs::fresh();
+    let mut router = Command::new(venv.join("bin/emq-router"));
+    router
+        .env("EVENTMQ_FRONTEND_ADDR", &a.frontend)
+        .env("EVENTMQ_BACKEND_ADDR", &a.backend)
+        .env("EVENTMQ_ADMINISTRATIVE_ADDR", &a.admin)
+        .env("EVENTMQ_WAL", work.join("wal.log"))
+        .current_dir(&work)
+        .stderr(std::fs::File::create(work.join("router.log")).unwrap());
+    let _router = ChildGuard::spawn("eventmq emq-router", router);
+    wait_for_status(&a.admin);
+
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    eventually(Duration::from_secs(60), || {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        let slots: u64 = w["connected_workers"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
+            .unwrap_or(0);
+        (slots == 2).then_some(())
+    });
+    for reply in [false, true] {
+        let mut c = Command::new(venv.join("bin/python"));
+        c.arg(root.join("scripts/eventmq_send.py"))
+            .args(["--addr", &a.frontend, "--queue", "default", "--path", "benchjobs", "--callable", "append_line"])
+            .args(["--args", &serde_json::json!([out_file, "via eventmq router"]).to_string(), "--count", "3"]);
+        if reply {
+            c.arg("--reply-requested");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "eventmq_send: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let lines = eventually(Duration::from_secs(60), || {
+        let l = read_lines(&out_file);
+        (l.len() >= 6).then_some(l)
+    });
+    assert_eq!(lines.len(), 6);
+    println!("emq-jobmanager ran {} jobs from EventMQ's client through EventMQ's router", lines.len());
+    // Slots come back after the jobs: the router can keep dispatching.
+    eventually(Duration::from_secs(30), || {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        let slots: u64 = w["connected_workers"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
+            .unwrap_or(0);
+        (slots == 2).then_some(())
+    });
+    let log = std::fs::read_to_string(work.join("router.log")).unwrap_or_default();
+    assert!(!log.contains("Traceback"), "EventMQ's router raised:\n{log}");
+}

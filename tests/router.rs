@@ -172,7 +172,9 @@ fn garbage_on_every_socket_does_not_stop_a_valid_job() {
     let r = eventually(Duration::from_secs(10), || client.recv_timeout(100).filter(|f| f.len() == 6));
     assert_eq!(r[5], "good");
     let errors = &admin(&a.admin, "STATUS")["errors"];
-    for k in ["bad_protocol_version", "too_few_frames", "not_utf8", "bad_json", "trailing_frames", "ready_from_unknown_peer"] {
+    for k in
+        ["bad_protocol_version", "too_few_frames", "not_utf8", "bad_json", "trailing_frames", "ready_from_unknown_peer"]
+    {
         assert!(errors[k].as_u64().unwrap_or(0) >= 1, "{k} not counted: {errors}");
     }
 }
@@ -194,7 +196,14 @@ fn bad_settings_exit_with_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let p = free_port();
     let out = run(
-        &["--frontend-addr", "tcp://256.0.0.1:1", "--backend-addr", &tcp(p), "--administrative-addr", &tcp(free_port())],
+        &[
+            "--frontend-addr",
+            "tcp://256.0.0.1:1",
+            "--backend-addr",
+            &tcp(p),
+            "--administrative-addr",
+            &tcp(free_port()),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));

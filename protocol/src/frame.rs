@@ -40,11 +40,7 @@ impl Message {
         if frames.len() < 4 {
             // Still try to surface the command and msgid for the log line.
             let command = frames.get(2).and_then(|f| std::str::from_utf8(f.as_ref()).ok());
-            return Err(err(
-                DecodeErrorKind::TooFewFrames { needed: 4, got: frames.len() },
-                command,
-                None,
-            ));
+            return Err(err(DecodeErrorKind::TooFewFrames { needed: 4, got: frames.len() }, command, None));
         }
         let command = std::str::from_utf8(frames[2].as_ref()).ok();
         let msgid = std::str::from_utf8(frames[3].as_ref()).ok();
@@ -102,8 +98,8 @@ impl<'a, F: AsRef<[u8]>> Parse<'a, F> {
             needed: self.first_index + self.pos + 1,
             got: self.first_index + self.frames.len(),
         })?;
-        let text = std::str::from_utf8(frame.as_ref())
-            .map_err(|_| DecodeErrorKind::NotUtf8(self.first_index + self.pos))?;
+        let text =
+            std::str::from_utf8(frame.as_ref()).map_err(|_| DecodeErrorKind::NotUtf8(self.first_index + self.pos))?;
         self.pos += 1;
         Ok(text.to_owned())
     }

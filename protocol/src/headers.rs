@@ -67,10 +67,7 @@ mod tests {
     #[test]
     fn parses_eventmq_order() {
         let h = Headers::parse("reply-requested,guarantee,retry-count:2,timeout:5");
-        assert_eq!(
-            h,
-            Headers { reply_requested: true, guarantee: true, retry_count: Some(2), timeout_secs: Some(5) }
-        );
+        assert_eq!(h, Headers { reply_requested: true, guarantee: true, retry_count: Some(2), timeout_secs: Some(5) });
         assert_eq!(Headers::parse(&h.to_wire()), h);
     }
 

@@ -20,9 +20,7 @@ mod headers;
 mod payload;
 mod queues;
 
-pub use cmd::{
-    Ack, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, AdminCommand,
-};
+pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, Parse, PROTOCOL_VERSION};
 pub use headers::Headers;

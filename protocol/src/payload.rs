@@ -68,8 +68,7 @@ impl RunPayload {
             Some(Value::String(action)) => return Err(PayloadError::UnknownAction(action)),
             _ => return Err(PayloadError::NotAnArray),
         }
-        let p: RunPayload =
-            serde_json::from_value(body).map_err(|e| PayloadError::BadRunArguments(e.to_string()))?;
+        let p: RunPayload = serde_json::from_value(body).map_err(|e| PayloadError::BadRunArguments(e.to_string()))?;
         if p.path.is_empty() || p.callable.is_empty() {
             return Err(PayloadError::BadRunArguments("path and callable must be non-empty".into()));
         }

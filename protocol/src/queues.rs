@@ -37,17 +37,14 @@ impl QueueSpec {
         if raw.trim().is_empty() {
             return Ok(QueueSpec::default());
         }
-        let v: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| QueueSpecError::NotJson(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| QueueSpecError::NotJson(e.to_string()))?;
         let serde_json::Value::Array(items) = v else {
             return Err(QueueSpecError::BadEntry(v.to_string()));
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             match &item {
-                serde_json::Value::String(name) if !name.is_empty() => {
-                    out.push((DEFAULT_WEIGHT, name.clone()))
-                }
+                serde_json::Value::String(name) if !name.is_empty() => out.push((DEFAULT_WEIGHT, name.clone())),
                 serde_json::Value::Array(pair) if pair.len() == 2 => {
                     let weight = pair[0]
                         .as_u64()
@@ -76,10 +73,9 @@ impl QueueSpec {
         let mut out = Vec::new();
         for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (weight, name) = match item.split_once(':') {
-                Some((w, n)) => (
-                    w.trim().parse::<u32>().map_err(|_| QueueSpecError::BadWeight(w.to_owned()))?,
-                    n.trim(),
-                ),
+                Some((w, n)) => {
+                    (w.trim().parse::<u32>().map_err(|_| QueueSpecError::BadWeight(w.to_owned()))?, n.trim())
+                }
                 None => (DEFAULT_WEIGHT, item),
             };
             if name.is_empty() {

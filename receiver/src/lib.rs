@@ -104,14 +104,8 @@ impl Receiver {
         socket.set_rcvhwm(hwm)?;
         // Give KBYEs a moment to leave on shutdown, but never hang exit.
         socket.set_linger(500)?;
-        socket
-            .bind(addr)
-            .map_err(|source| ReceiverError::Bind { addr: addr.to_owned(), source })?;
-        let addr = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| addr.to_owned());
+        socket.bind(addr).map_err(|source| ReceiverError::Bind { addr: addr.to_owned(), source })?;
+        let addr = socket.get_last_endpoint().ok().and_then(|r| r.ok()).unwrap_or_else(|| addr.to_owned());
         Ok(Receiver { socket, addr })
     }
 

@@ -89,10 +89,7 @@ extern "C" fn on_stop_signal(_: nix::libc::c_int) {
     }
 }
 
-fn install_stop(
-    sig: nix::sys::signal::Signal,
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> nix::Result<()> {
+fn install_stop(sig: nix::sys::signal::Signal, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> nix::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let _ = STOP.set(flag);
     let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());

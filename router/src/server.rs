@@ -181,9 +181,11 @@ impl Server {
                         // Gone: everything queued for it goes back to the
                         // state machine.
                         events.push(Event::Unreachable { socket: key.0, peer: key.1.clone(), message: m });
-                        events.extend(
-                            q.drain(..).map(|m| Event::Unreachable { socket: key.0, peer: key.1.clone(), message: m }),
-                        );
+                        events.extend(q.drain(..).map(|m| Event::Unreachable {
+                            socket: key.0,
+                            peer: key.1.clone(),
+                            message: m,
+                        }));
                     }
                 }
             }

@@ -36,12 +36,7 @@ impl Sender {
     }
 
     /// Connects a DEALER with the given identity and high-water mark.
-    pub fn connect_with(
-        ctx: &zmq::Context,
-        addr: &str,
-        identity: String,
-        hwm: i32,
-    ) -> Result<Sender, SenderError> {
+    pub fn connect_with(ctx: &zmq::Context, addr: &str, identity: String, hwm: i32) -> Result<Sender, SenderError> {
         let socket = Self::open(ctx, addr, &identity, hwm)?;
         Ok(Sender { ctx: ctx.clone(), socket, addr: addr.to_owned(), identity, hwm })
     }
@@ -54,9 +49,7 @@ impl Sender {
         socket.set_linger(1000)?;
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(2000)?;
-        socket
-            .connect(addr)
-            .map_err(|source| SenderError::Connect { addr: addr.to_owned(), source })?;
+        socket.connect(addr).map_err(|source| SenderError::Connect { addr: addr.to_owned(), source })?;
         Ok(socket)
     }
 

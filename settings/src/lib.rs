@@ -54,10 +54,7 @@ pub fn load_from<T: DeserializeOwned>(config_path: Option<&Path>, fallback: &Pat
         None => {}
     }
     for prefix in ["EVENTMQ", "EMQ"] {
-        let mut env = Environment::with_prefix(prefix)
-            .prefix_separator("_")
-            .try_parsing(true)
-            .list_separator(",");
+        let mut env = Environment::with_prefix(prefix).prefix_separator("_").try_parsing(true).list_separator(",");
         for k in LIST_KEYS {
             env = env.with_list_parse_key(k);
         }
@@ -73,11 +70,8 @@ pub fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 #[cfg(test)]

@@ -218,3 +218,88 @@ pub fn eventmq_venv() -> Option<PathBuf> {
 pub fn read_lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default()
 }
+
+/// Starts our `emq-jobmanager` against `backend` with the test job modules
+/// on its path.
+pub fn start_jobmanager(backend: &str, queues: &str, jobs: usize, env: &[(&str, &str)]) -> ChildGuard {
+    let root = repo_root();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-jobmanager"));
+    cmd.args(["-B", backend, "-Q", queues, "-J", &jobs.to_string()])
+        .arg("--python-path")
+        .arg(root.join("tests/pyjobs"))
+        .arg("--python-path")
+        .arg(root.join("jobs"))
+        .current_dir(std::env::temp_dir())
+        .env("RUST_LOG", std::env::var("EMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("EMQ_HEARTBEAT_INTERVAL", "0.5");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard::spawn("emq-jobmanager", cmd)
+}
+
+/// Free slots the router sees, summed over job managers.
+pub fn router_free_slots(admin_addr: &str) -> u64 {
+    let w = admin(admin_addr, "ROUTER_SHOW_WORKERS");
+    w["connected_workers"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Waits until the router sees `slots` free slots.
+pub fn wait_slots(admin_addr: &str, slots: u64) {
+    eventually(Duration::from_secs(60), || (router_free_slots(admin_addr) == slots).then_some(()));
+}
+
+/// A client that sends `reply-requested` jobs as raw frames and collects
+/// results (two-body-frame REPLYs) by msgid.
+pub struct TestClient {
+    pub dealer: Dealer,
+    pub results: std::collections::HashMap<String, serde_json::Value>,
+}
+
+impl TestClient {
+    pub fn connect(frontend: &str) -> TestClient {
+        TestClient { dealer: Dealer::connect(frontend), results: Default::default() }
+    }
+
+    /// Sends a job; returns its msgid.
+    pub fn send(&self, queue: &str, headers: &str, path: &str, callable: &str, args: serde_json::Value) -> String {
+        self.send_payload(
+            queue,
+            headers,
+            &serde_json::json!(["run", {"path": path, "callable": callable, "args": args}]),
+        )
+    }
+
+    pub fn send_payload(&self, queue: &str, headers: &str, payload: &serde_json::Value) -> String {
+        let msgid = uuid::Uuid::new_v4().to_string();
+        self.dealer.send(&["", "eMQP/1.0", "REQUEST", &msgid, queue, headers, &payload.to_string()]);
+        msgid
+    }
+
+    /// Waits for the result of `msgid` (hang guard: `secs`).
+    pub fn wait(&mut self, msgid: &str, secs: u64) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = self.results.remove(msgid) {
+                return v;
+            }
+            let left = end.saturating_duration_since(Instant::now()).as_millis() as i64;
+            assert!(left > 0, "no result for {msgid} within {secs} s");
+            if let Some(f) = self.dealer.recv_timeout(left.min(500)) {
+                if f.len() == 6 && f[2] == "REPLY" {
+                    let v = serde_json::from_str(&f[4]).unwrap_or_else(|e| panic!("bad reply JSON {f:?}: {e}"));
+                    self.results.insert(f[5].clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Sends and waits.
+    pub fn call(&mut self, queue: &str, path: &str, callable: &str, args: serde_json::Value) -> serde_json::Value {
+        let id = self.send(queue, "reply-requested", path, callable, args);
+        self.wait(&id, 60)
+    }
+}

@@ -18,10 +18,8 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// A heartbeat stamped with the current wall-clock time.
     pub fn now() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         Heartbeat { timestamp: format!("{t:.3}"), health: None }
     }
 

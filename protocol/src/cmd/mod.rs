@@ -59,10 +59,7 @@ pub enum Command {
 
 impl Command {
     /// Decodes the body of the command named `name`.
-    pub fn parse_frames<F: AsRef<[u8]>>(
-        name: &str,
-        parse: &mut Parse<'_, F>,
-    ) -> Result<Command, DecodeErrorKind> {
+    pub fn parse_frames<F: AsRef<[u8]>>(name: &str, parse: &mut Parse<'_, F>) -> Result<Command, DecodeErrorKind> {
         let command = match name {
             "INFORM" => Command::Inform(Inform::parse_frames(parse)?),
             "ACK" => Command::Ack(Ack::parse_frames(parse)?),
@@ -77,9 +74,7 @@ impl Command {
             "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
                 Some(admin) => Command::Admin(admin),
-                None => {
-                    return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? })
-                }
+                None => return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? }),
             },
         };
         parse.finish()?;
@@ -116,9 +111,7 @@ impl Command {
             Command::Schedule(c) | Command::Unschedule(c) => c.write_body(out),
             Command::Publish(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),
-            Command::Unknown { body, .. } => {
-                out.extend(body.iter().map(|b| b.as_bytes().to_vec()))
-            }
+            Command::Unknown { body, .. } => out.extend(body.iter().map(|b| b.as_bytes().to_vec())),
             Command::Ready | Command::Kbye | Command::Disconnect => {}
         }
     }

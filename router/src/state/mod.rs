@@ -16,8 +16,8 @@ mod queues;
 mod tests;
 
 use emq_protocol::{
-    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Heartbeat, Inform, JobReply, Message, QueueSpec,
-    Reply, Request, DEFAULT_QUEUE,
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply,
+    Request, DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -52,7 +52,11 @@ pub enum Event {
 /// Something the poll loop must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Send { socket: SocketKind, peer: PeerId, message: Message },
+    Send {
+        socket: SocketKind,
+        peer: PeerId,
+        message: Message,
+    },
     /// Stop the router (after the sends before it).
     Shutdown,
 }
@@ -93,7 +97,11 @@ pub struct RouterConfig {
 
 impl From<&crate::RouterSettings> for RouterConfig {
     fn from(s: &crate::RouterSettings) -> Self {
-        RouterConfig { heartbeat_interval: s.heartbeat_interval(), heartbeat_timeout: s.heartbeat_timeout(), hwm: s.hwm }
+        RouterConfig {
+            heartbeat_interval: s.heartbeat_interval(),
+            heartbeat_timeout: s.heartbeat_timeout(),
+            hwm: s.hwm,
+        }
     }
 }
 
@@ -117,6 +125,8 @@ pub struct WorkerSlot {
     /// Our extension: the pool health JSON of its last heartbeat.
     pub health: Option<String>,
     pub processed: u64,
+    /// Said KBYE: gets no new jobs; forgotten once its running jobs report.
+    pub leaving: bool,
 }
 
 /// A connected scheduler.
@@ -205,9 +215,7 @@ impl RouterState {
             Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m) } => {
                 self.on_frontend(peer, m, now, out)
             }
-            Event::Received { socket: SocketKind::Backend, peer, message: Ok(m) } => {
-                self.on_backend(peer, m, now, out)
-            }
+            Event::Received { socket: SocketKind::Backend, peer, message: Ok(m) } => self.on_backend(peer, m, now, out),
             Event::Received { socket: SocketKind::Admin, peer, message: Ok(m) } => self.on_admin(peer, m, now, out),
             Event::Unreachable { socket, peer, message } => self.on_unreachable(socket, peer, message, now, out),
             Event::Tick => self.on_tick(now, out),
@@ -254,7 +262,11 @@ impl RouterState {
             SocketKind::Frontend => {
                 self.count("refused");
                 let reply = JobReply::failed("refused", format!("malformed message: {}", e.kind), "");
-                out.push(send(socket, peer, Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid })));
+                out.push(send(
+                    socket,
+                    peer,
+                    Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid }),
+                ));
             }
             SocketKind::Admin => {
                 let body = serde_json::json!({"error": format!("malformed message: {}", e.kind)}).to_string();
@@ -292,21 +304,24 @@ impl RouterState {
                         self.count("no_scheduler");
                         warn!(%peer, msgid = %m.msgid, "SCHEDULE with no scheduler connected");
                         let reply = JobReply::failed("refused", "no scheduler connected", "");
-                        out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::Result {
-                            reply_json: reply.to_json(),
-                            orig_msgid: m.msgid,
-                        })));
+                        out.push(send(
+                            SocketKind::Frontend,
+                            &peer,
+                            Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: m.msgid }),
+                        ));
                     }
                 }
             }
             other => {
                 self.count("unexpected_frontend_command");
                 warn!(%peer, msgid = %m.msgid, command = other.name(), "unexpected command on frontend");
-                let reply = JobReply::failed("refused", format!("unexpected command {} on the frontend", other.name()), "");
-                out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::Result {
-                    reply_json: reply.to_json(),
-                    orig_msgid: m.msgid,
-                })));
+                let reply =
+                    JobReply::failed("refused", format!("unexpected command {} on the frontend", other.name()), "");
+                out.push(send(
+                    SocketKind::Frontend,
+                    &peer,
+                    Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: m.msgid }),
+                ));
             }
         }
     }
@@ -325,10 +340,11 @@ impl RouterState {
                 self.count("refused");
                 warn!(peer = %client, %msgid, %queue, hwm, "queue buffer full: job refused");
                 let reply = JobReply::failed("refused", format!("queue {queue:?} is full ({hwm} jobs waiting)"), "");
-                out.push(send(SocketKind::Frontend, &client, Command::Reply(Reply::Result {
-                    reply_json: reply.to_json(),
-                    orig_msgid: msgid,
-                })));
+                out.push(send(
+                    SocketKind::Frontend,
+                    &client,
+                    Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid }),
+                ));
                 return;
             }
             debug!(%msgid, %queue, "no free slot: job buffered");
@@ -405,9 +421,9 @@ impl RouterState {
             // Its queues, highest weight first.
             let mut order: Vec<&(u32, String)> = w.queues.0.iter().collect();
             order.sort_by(|a, b| b.0.cmp(&a.0));
-            let found = order.iter().find_map(|(_, name)| {
-                self.queues.get(name).filter(|q| !q.waiting.is_empty()).map(|_| name.clone())
-            });
+            let found = order
+                .iter()
+                .find_map(|(_, name)| self.queues.get(name).filter(|q| !q.waiting.is_empty()).map(|_| name.clone()));
             let Some(queue) = found else { return };
             let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.pop_front()).expect("non-empty");
             self.dispatch(worker.clone(), queue, job, now, out);
@@ -447,10 +463,7 @@ impl RouterState {
                     debug!(%peer, "heartbeat from unknown job manager");
                 }
             }
-            Command::Kbye => {
-                info!(%peer, "job manager said goodbye");
-                self.remove_worker(&peer, "said KBYE", now, out);
-            }
+            Command::Kbye => self.on_worker_kbye(&peer, now, out),
             other => {
                 self.count("unexpected_backend_command");
                 warn!(%peer, msgid = %m.msgid, command = other.name(), "unexpected command on backend");
@@ -488,6 +501,7 @@ impl RouterState {
                 last_heartbeat: None,
                 health: None,
                 processed: 0,
+                leaving: false,
             },
         );
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
@@ -512,20 +526,47 @@ impl RouterState {
             warn!(%peer, %msgid, "READY from unknown job manager (no INFORM yet): ignored");
             return;
         };
-        w.free_slots += 1;
+        if !w.leaving {
+            w.free_slots += 1;
+        }
+        let mut retired = None;
         if !w.reports_all_completions {
             // EventMQ's job manager reports only reply-requested jobs; its
             // READY after a job is the only sign that a job ended.
-            let pos = w.in_flight.iter().position(|id| self.in_flight.get(id).is_some_and(|j| !j.reply_requested));
+            let in_flight = &self.in_flight;
+            let pos = w.in_flight.iter().position(|id| in_flight.get(id).is_some_and(|j| !j.reply_requested));
             if let Some(pos) = pos {
-                let id = w.in_flight.remove(pos).expect("position exists");
+                retired = w.in_flight.remove(pos);
                 w.processed += 1;
-                if let Some(job) = self.in_flight.remove(&id) {
-                    self.record_done(&job, now);
-                }
             }
         }
+        let (leaving, idle) = (w.leaving, w.in_flight.is_empty());
+        if let Some(job) = retired.and_then(|id| self.in_flight.remove(&id)) {
+            self.record_done(&job, now);
+        }
+        if leaving {
+            if idle {
+                self.remove_worker(&peer, "finished its last job after KBYE", now, out);
+            }
+            return;
+        }
         self.drain_to(&peer, now, out);
+    }
+
+    /// KBYE from a job manager: no new jobs for it, but the jobs it is
+    /// running may still report (a draining shutdown); it is forgotten once
+    /// they have, or when it stops heartbeating.
+    fn on_worker_kbye(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(peer) else { return };
+        info!(%peer, jobs_in_flight = w.in_flight.len(), "job manager said goodbye");
+        w.leaving = true;
+        w.free_slots = 0;
+        for q in self.queues.values_mut() {
+            q.workers.retain(|(_, p)| p != peer);
+        }
+        if w.in_flight.is_empty() {
+            self.remove_worker(peer, "said KBYE", now, out);
+        }
     }
 
     fn on_job_done(
@@ -549,6 +590,10 @@ impl RouterState {
             w.processed += 1;
             if !job.reply_requested {
                 w.reports_all_completions = true;
+            }
+            if w.leaving && w.in_flight.is_empty() {
+                let worker = job.worker.clone();
+                self.remove_worker(&worker, "finished its last job after KBYE", now, out);
             }
         }
         self.record_done(&job, now);
@@ -581,19 +626,29 @@ impl RouterState {
                 Some(request) if job.guarantee => {
                     self.count("requeued");
                     info!(msgid = %id, queue = %job.queue, "guaranteed job requeued after its job manager was lost");
-                    let waiting =
-                        WaitingJob { client: job.client, msgid: id, request, received: job.received, attempts: job.attempts };
+                    let waiting = WaitingJob {
+                        client: job.client,
+                        msgid: id,
+                        request,
+                        received: job.received,
+                        attempts: job.attempts,
+                    };
                     self.requeue(job.queue, waiting, now, out);
                 }
                 _ => {
                     self.count("lost_with_worker");
                     warn!(msgid = %id, queue = %job.queue, worker = %peer, "job lost with its job manager");
                     if job.reply_requested {
-                        let reply = JobReply::failed("worker lost", format!("job manager {peer} {why} before the job finished"), "");
-                        out.push(send(SocketKind::Frontend, &job.client, Command::Reply(Reply::Result {
-                            reply_json: reply.to_json(),
-                            orig_msgid: id,
-                        })));
+                        let reply = JobReply::failed(
+                            "worker lost",
+                            format!("job manager {peer} {why} before the job finished"),
+                            "",
+                        );
+                        out.push(send(
+                            SocketKind::Frontend,
+                            &job.client,
+                            Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: id }),
+                        ));
                     }
                 }
             }
@@ -613,7 +668,13 @@ impl RouterState {
                         w.in_flight.retain(|id| *id != msgid);
                     }
                     self.remove_worker(&peer, "became unreachable", now, out);
-                    let waiting = WaitingJob { client: job.client, msgid, request, received: job.received, attempts: job.attempts - 1 };
+                    let waiting = WaitingJob {
+                        client: job.client,
+                        msgid,
+                        request,
+                        received: job.received,
+                        attempts: job.attempts - 1,
+                    };
                     self.requeue(job.queue, waiting, now, out);
                 } else {
                     self.remove_worker(&peer, "became unreachable", now, out);
@@ -660,10 +721,18 @@ impl RouterState {
             self.last_heartbeat_sent = Some(now.mono);
             let ts = format!("{:.3}", now.unix);
             for peer in self.workers.keys() {
-                out.push(send(SocketKind::Backend, peer, Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None })));
+                out.push(send(
+                    SocketKind::Backend,
+                    peer,
+                    Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None }),
+                ));
             }
             for peer in self.schedulers.keys() {
-                out.push(send(SocketKind::Frontend, peer, Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None })));
+                out.push(send(
+                    SocketKind::Frontend,
+                    peer,
+                    Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None }),
+                ));
             }
         } else if self.last_heartbeat_sent.is_none() {
             self.last_heartbeat_sent = Some(now.mono);

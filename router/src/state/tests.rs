@@ -54,7 +54,9 @@ fn sends(actions: &[Action]) -> Vec<(SocketKind, String, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send { socket, peer, message } => Some((*socket, peer.to_string(), message.command.name().to_owned())),
+            Action::Send { socket, peer, message } => {
+                Some((*socket, peer.to_string(), message.command.name().to_owned()))
+            }
             Action::Shutdown => None,
         })
         .collect()
@@ -64,7 +66,9 @@ fn dispatched_to(actions: &[Action]) -> Vec<(String, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send { socket: SocketKind::Backend, peer, message } if matches!(message.command, Command::Request(_)) => {
+            Action::Send { socket: SocketKind::Backend, peer, message }
+                if matches!(message.command, Command::Request(_)) =>
+            {
                 Some((peer.to_string(), message.msgid.clone()))
             }
             _ => None,
@@ -80,7 +84,8 @@ fn is_receipt(a: &Action, msgid: &str) -> bool {
 #[test]
 fn inform_is_acked_with_its_msgid() {
     let mut h = Harness::new();
-    let m = Message::with_msgid("inf-1", Command::Inform(Inform { queues: QueueSpec::default(), kind: "worker".into() }));
+    let m =
+        Message::with_msgid("inf-1", Command::Inform(Inform { queues: QueueSpec::default(), kind: "worker".into() }));
     let out = h.recv_id(SocketKind::Backend, "jm", m);
     assert_eq!(out.len(), 1);
     let Action::Send { socket, peer, message } = &out[0] else { panic!() };
@@ -100,7 +105,11 @@ fn request_is_forwarded_unchanged_and_receipted() {
     let Action::Send { message, .. } = &out[0] else { panic!() };
     assert_eq!(
         message.command,
-        Command::Request(Request { queue: "default".into(), headers: "reply-requested".into(), payload: "[\"run\", {}]".into() })
+        Command::Request(Request {
+            queue: "default".into(),
+            headers: "reply-requested".into(),
+            payload: "[\"run\", {}]".into()
+        })
     );
     assert!(is_receipt(&out[1], "job-1"));
     // Result goes back to the client.
@@ -251,7 +260,9 @@ fn job_manager_reconnecting_under_new_identity() {
         .iter()
         .filter_map(|a| match a {
             Action::Send { socket: SocketKind::Frontend, message, .. } => match &message.command {
-                Command::Reply(Reply::Result { reply_json, orig_msgid }) => Some((orig_msgid.clone(), reply_json.clone())),
+                Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                    Some((orig_msgid.clone(), reply_json.clone()))
+                }
                 _ => None,
             },
             _ => None,
@@ -273,10 +284,8 @@ fn unreachable_job_manager_job_is_requeued() {
     let out = h.request("c", "j", "default", "");
     let Action::Send { message, .. } = out[0].clone() else { panic!() };
     h.inform("alive", &[(10, "default")]);
-    let out = h.r.handle_vec(
-        Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message },
-        h.now,
-    );
+    let out =
+        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message }, h.now);
     assert!(dispatched_to(&out).is_empty());
     assert_eq!(h.r.waiting("default"), 1);
     assert_eq!(dispatched_to(&h.ready("alive")), vec![("alive".into(), "j".into())]);
@@ -329,10 +338,7 @@ fn admin_commands() {
     let out = h.recv_id(SocketKind::Admin, "cli", Message::with_msgid("admin:1", Command::Disconnect));
     assert_eq!(
         sends(&out),
-        vec![
-            (SocketKind::Admin, "cli".into(), "ACK".into()),
-            (SocketKind::Backend, "jm".into(), "KBYE".into())
-        ]
+        vec![(SocketKind::Admin, "cli".into(), "ACK".into()), (SocketKind::Backend, "jm".into(), "KBYE".into())]
     );
     assert_eq!(out.last(), Some(&Action::Shutdown));
 }
@@ -347,14 +353,34 @@ fn decode_errors_are_counted_and_answered_where_due() {
     );
     assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
     let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/9", b"READY", b"m2"]).unwrap_err();
-    let out = h.r.handle_vec(
-        Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad) },
-        h.now,
-    );
+    let out = h
+        .r
+        .handle_vec(Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad) }, h.now);
     assert!(out.is_empty());
     assert_eq!(h.r.errors()["too_few_frames"], 1);
     assert_eq!(h.r.errors()["bad_protocol_version"], 1);
     // A reply for an unknown job is ignored and counted.
     assert!(h.done("w", "nope", "{}").is_empty());
     assert_eq!(h.r.errors()["reply_for_unknown_job"], 1);
+}
+
+#[test]
+fn kbye_drains_running_jobs_then_forgets_the_job_manager() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.ready("jm");
+    h.request("c", "a", "default", "reply-requested");
+    h.request("c", "b", "default", "");
+    h.done("jm", "b", r#"{"value": null}"#); // one of ours: reports every job
+    h.ready("jm");
+    h.recv(SocketKind::Backend, "jm", Command::Kbye);
+    // No new jobs for it...
+    h.request("c", "later", "default", "");
+    assert_eq!(h.r.waiting("default"), 1);
+    assert!(h.r.workers().contains_key(&PeerId::from("jm")));
+    // ...but its running job's result still reaches the client.
+    let out = h.done("jm", "a", r#"{"value": 1}"#);
+    assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
+    assert!(h.r.workers().is_empty());
 }

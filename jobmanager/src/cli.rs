@@ -1,0 +1,98 @@
+//! `emq-jobmanager [--config PATH] [-B|--broker-addr A] [-Q|--queues Q]
+//! [-J|--jobs N] [-n|--name NAME]`. Settings: defaults < file <
+//! `EVENTMQ_*` < `EMQ_*` < flags. The same binary is also the worker
+//! process, when started with the hidden `__emq_worker` argument.
+
+use crate::server::Server;
+use crate::settings::{JobManagerSettings, QueuesSetting};
+use crate::state::JobManagerState;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The eMQP job manager: runs Python callables in a supervised pool.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "emq-jobmanager", version, about)]
+pub struct Args {
+    /// Settings file (TOML). Default: ./settings.toml when present.
+    #[arg(long, short = 'C')]
+    pub config: Option<PathBuf>,
+    /// Router backend address (worker_addr).
+    #[arg(long = "broker-addr", short = 'B')]
+    pub broker_addr: Option<String>,
+    /// Queues: `a,b`, `20:heavy,10:default` or `[[20,"heavy"],[10,"default"]]`.
+    #[arg(long, short = 'Q')]
+    pub queues: Option<String>,
+    /// Worker processes (concurrent_jobs).
+    #[arg(long, short = 'J')]
+    pub jobs: Option<usize>,
+    /// Name prefix of this job manager's identity at the router.
+    #[arg(long, short = 'n')]
+    pub name: Option<String>,
+    /// Directory prepended to the workers' sys.path (repeatable).
+    #[arg(long = "python-path")]
+    pub python_path: Vec<String>,
+}
+
+/// Resolves settings from all sources.
+pub fn settings(args: &Args) -> Result<JobManagerSettings, String> {
+    let mut s: JobManagerSettings = emq_settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(a) = &args.broker_addr {
+        s.worker_addr = a.clone();
+    }
+    if let Some(q) = &args.queues {
+        s.queues = QueuesSetting::Text(q.clone());
+    }
+    if let Some(j) = args.jobs {
+        s.concurrent_jobs = j;
+    }
+    if let Some(n) = &args.name {
+        s.name = n.clone();
+    }
+    s.python_path.extend(args.python_path.iter().cloned());
+    s.to_config()?;
+    Ok(s)
+}
+
+/// The `emq-jobmanager` binary (and the worker processes it starts).
+pub fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(emq_pool::WORKER_ARG) {
+        return ExitCode::from(emq_pool::worker::worker_main().clamp(0, 255) as u8);
+    }
+    let args = Args::parse();
+    let s = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("emq-jobmanager: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    emq_settings::init_logging(&s.log_level);
+    let cfg = s.to_config().expect("validated");
+    if cfg.allowed_paths.is_empty() {
+        tracing::warn!("allowed_paths is empty: any importable callable can be run by anyone who can reach the router");
+    }
+    tracing::info!(
+        router = %s.worker_addr, queues = %cfg.queues.to_wire(), workers = cfg.workers,
+        python = %python_description(), "job manager starting"
+    );
+    let reload_args = args.clone();
+    let reload = Box::new(move || {
+        let s = settings(&reload_args)?;
+        Ok((s.to_config()?, s.worker_config()))
+    });
+    let state = JobManagerState::new(cfg, std::time::Instant::now());
+    let mut server = match Server::new(state, s.worker_config(), s.name.clone(), reload) {
+        Ok(srv) => srv,
+        Err(e) => {
+            eprintln!("emq-jobmanager: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    ExitCode::from(server.run().clamp(0, 255) as u8)
+}
+
+/// Which libpython this binary was built against (for the start-up log).
+fn python_description() -> String {
+    option_env!("EMQ_PYTHON_LIBDIR").map(|d| format!("libpython from {d}")).unwrap_or_else(|| "system".into())
+}

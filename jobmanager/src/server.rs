@@ -1,0 +1,284 @@
+//! The thin poll loop around [`JobManagerState`]: one `zmq::poll` over the
+//! router DEALER, a signal self-pipe and every worker's output pipe; each
+//! readable source is drained completely, turned into events, and the
+//! state machine's actions are performed. Process handling stays behind
+//! `emq_pool::WorkerProcess`.
+
+use crate::state::{Action, Event, JobManagerState};
+use emq_pool::{FromWorker, ToWorker, WorkerConfig, WorkerProcess};
+use emq_sender::Sender;
+use nix::sys::signal::Signal;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// How often timers are checked when nothing else happens.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Reloads settings on SIGHUP; returns the new state config and worker config.
+pub type Reloader = Box<dyn FnMut() -> Result<(crate::state::JmConfig, WorkerConfig), String>>;
+
+/// The job manager process: router socket, workers, state.
+pub struct Server {
+    ctx: zmq::Context,
+    socket: Option<Sender>,
+    workers: Vec<Option<WorkerProcess>>,
+    state: JobManagerState,
+    exe: PathBuf,
+    worker_cfg: WorkerConfig,
+    identity_prefix: String,
+    signals: OwnedFd,
+    reload: Reloader,
+    last_tick: Instant,
+}
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: nix::libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = [sig as u8];
+        // SAFETY: write(2) is async-signal-safe; the fd lives as long as the process.
+        unsafe {
+            nix::libc::write(fd, b.as_ptr().cast(), 1);
+        }
+    }
+}
+
+fn install_signal_pipe() -> std::io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    SIGNAL_PIPE.store(w.as_raw_fd(), Ordering::Relaxed);
+    std::mem::forget(w); // the write end lives for the whole process
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP] {
+        // SAFETY: the handler only writes one byte to a pipe.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(r)
+}
+
+impl Server {
+    pub fn new(
+        state: JobManagerState,
+        worker_cfg: WorkerConfig,
+        identity_prefix: String,
+        reload: Reloader,
+    ) -> std::io::Result<Server> {
+        let exe = std::env::current_exe()?;
+        let workers = (0..state.slots().len()).map(|_| None).collect();
+        Ok(Server {
+            ctx: zmq::Context::new(),
+            socket: None,
+            workers,
+            state,
+            exe,
+            worker_cfg,
+            identity_prefix,
+            signals: install_signal_pipe()?,
+            reload,
+            last_tick: Instant::now(),
+        })
+    }
+
+    /// Runs until the state machine says exit; returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        if let Some(code) = self.step(Event::Start) {
+            return code;
+        }
+        loop {
+            let mut events = Vec::new();
+            self.poll_once(&mut events);
+            for e in events {
+                if let Some(code) = self.step(e) {
+                    return self.finish(code);
+                }
+            }
+            if self.last_tick.elapsed() >= TICK {
+                self.last_tick = Instant::now();
+                if let Some(code) = self.step(Event::Tick) {
+                    return self.finish(code);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, code: i32) -> i32 {
+        // Give the last REPLYs / KBYE a moment to leave (socket linger).
+        self.socket = None;
+        for w in self.workers.iter_mut() {
+            *w = None; // Drop kills any straggler
+        }
+        info!(code, "job manager exiting");
+        code
+    }
+
+    fn poll_once(&mut self, events: &mut Vec<Event>) {
+        let worker_fds: Vec<(usize, RawFd)> =
+            self.workers.iter().enumerate().filter_map(|(i, w)| w.as_ref().map(|w| (i, w.output_fd()))).collect();
+        let (sock_ready, sig_ready, ready_workers) = {
+            let mut items = Vec::with_capacity(2 + worker_fds.len());
+            items.push(zmq::PollItem::from_fd(self.signals.as_raw_fd(), zmq::POLLIN));
+            if let Some(s) = &self.socket {
+                items.push(s.socket().as_poll_item(zmq::POLLIN));
+            }
+            let base = items.len();
+            for (_, fd) in &worker_fds {
+                items.push(zmq::PollItem::from_fd(*fd, zmq::POLLIN));
+            }
+            match zmq::poll(&mut items, TICK.as_millis() as i64) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => error!(error = %e, "poll failed"),
+            }
+            let sig = items[0].is_readable();
+            let sock = base == 2 && items[1].is_readable();
+            let ready: Vec<usize> = worker_fds
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| items[base + k].is_readable() || items[base + k].is_error())
+                .map(|(_, (slot, _))| *slot)
+                .collect();
+            (sock, sig, ready)
+        };
+        if sig_ready {
+            self.read_signals(events);
+        }
+        if sock_ready {
+            if let Some(s) = &self.socket {
+                // Drain everything waiting.
+                loop {
+                    match s.try_recv() {
+                        Ok(Some(m)) => events.push(Event::Router(m)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            error!(error = %e, "router socket error");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for slot in ready_workers {
+            self.read_worker(slot, events);
+        }
+    }
+
+    fn read_signals(&mut self, events: &mut Vec<Event>) {
+        let mut buf = [0u8; 16];
+        while let Ok(n) = nix::unistd::read(&self.signals, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            for &b in &buf[..n] {
+                match Signal::try_from(b as i32) {
+                    Ok(Signal::SIGHUP) => match (self.reload)() {
+                        Ok((cfg, worker_cfg)) => {
+                            info!("SIGHUP: settings reloaded");
+                            self.worker_cfg = worker_cfg;
+                            events.push(Event::Reloaded(cfg));
+                        }
+                        Err(e) => warn!(error = %e, "SIGHUP: settings not reloaded"),
+                    },
+                    Ok(sig) => {
+                        info!(signal = sig.as_str(), "stop signal");
+                        events.push(Event::Stop);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn read_worker(&mut self, slot: usize, events: &mut Vec<Event>) {
+        let Some(w) = self.workers[slot].as_mut() else { return };
+        let pid = w.pid();
+        let outcome = w.read_available();
+        for f in outcome.frames {
+            events.push(match f {
+                FromWorker::Ready { pid } => Event::WorkerUp { slot, pid },
+                FromWorker::Done { msgid, reply_json, error_type } => {
+                    Event::WorkerDone { slot, msgid, reply_json, error_type }
+                }
+            });
+        }
+        if let Some(e) = &outcome.error {
+            warn!(slot, pid, error = %e, "worker stream broken: killing it");
+            w.signal(Signal::SIGKILL);
+        }
+        if outcome.eof || outcome.error.is_some() {
+            let exit = w.reap();
+            self.workers[slot] = None;
+            events.push(Event::WorkerExited { slot, pid, exit: exit.to_string() });
+        }
+    }
+
+    /// Feeds one event and performs the actions; `Some(code)` to exit.
+    fn step(&mut self, event: Event) -> Option<i32> {
+        let mut queue = vec![event];
+        while let Some(event) = queue.pop() {
+            let actions = self.state.handle_vec(event, Instant::now());
+            for action in actions {
+                if let Some(code) = self.perform(action, &mut queue) {
+                    return Some(code);
+                }
+            }
+        }
+        None
+    }
+
+    fn perform(&mut self, action: Action, feedback: &mut Vec<Event>) -> Option<i32> {
+        match action {
+            Action::Connect { addr } => {
+                let identity = if self.identity_prefix.is_empty() {
+                    emq_protocol::new_msgid()
+                } else {
+                    format!("{}:{}", self.identity_prefix, emq_protocol::new_msgid())
+                };
+                if let Some(old) = self.socket.take() {
+                    let _ = old.socket().set_linger(0);
+                }
+                match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
+                    Ok(s) => self.socket = Some(s),
+                    Err(e) => error!(%addr, error = %e, "cannot connect"),
+                }
+            }
+            Action::Send(m) => {
+                if let Some(s) = &self.socket {
+                    if let Err(e) = s.send(&m) {
+                        error!(msgid = %m.msgid, command = m.command.name(), error = %e, "send to router failed");
+                    }
+                }
+            }
+            Action::Spawn { slot } => match WorkerProcess::spawn(&self.exe, &self.worker_cfg) {
+                Ok(w) => {
+                    info!(slot, pid = w.pid(), "worker started");
+                    self.workers[slot] = Some(w);
+                }
+                Err(e) => feedback.push(Event::SpawnFailed { slot, error: e.to_string() }),
+            },
+            Action::Run { slot, msgid, payload } => {
+                if let Some(w) = self.workers[slot].as_mut() {
+                    if let Err(e) = w.send(&ToWorker::Run { msgid, payload }) {
+                        // Its death shows up as end-of-stream on its pipe.
+                        warn!(slot, pid = w.pid(), error = %e, "cannot hand job to worker");
+                    }
+                }
+            }
+            Action::Retire { slot } => {
+                if let Some(w) = self.workers[slot].as_mut() {
+                    let _ = w.send(&ToWorker::Shutdown);
+                }
+            }
+            Action::Kill { slot, force } => {
+                if let Some(w) = &self.workers[slot] {
+                    w.signal(if force { Signal::SIGKILL } else { Signal::SIGTERM });
+                }
+            }
+            Action::Exit(code) => return Some(code),
+        }
+        None
+    }
+}

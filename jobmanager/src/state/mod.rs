@@ -1,0 +1,721 @@
+//! The job manager as a pure state machine. [`JobManagerState::handle`]
+//! takes one [`Event`] and the time, and appends [`Action`]s for the poll
+//! loop to perform. No sockets, no processes, no clock reads: tests drive it
+//! with a fake clock.
+//!
+//! Slot accounting with the router: `announced` counts READYs sent minus
+//! REQUESTs received since the last ACK — the router's idea of our free
+//! slots. After every change, [`JobManagerState::reconcile`] sends READYs
+//! until `announced` matches the idle workers not already spoken for by
+//! locally queued jobs. So a READY goes out only after the previous job's
+//! REPLY, a replacement worker is announced only once it is up, and a job
+//! that arrives while a replacement is starting waits locally instead of
+//! being lost.
+
+#[cfg(test)]
+mod tests;
+
+use emq_protocol::{
+    Command, DecodeError, Headers, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply, Request, RunPayload,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The state machine's configuration (from [`crate::JobManagerSettings`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JmConfig {
+    pub queues: QueueSpec,
+    pub workers: usize,
+    pub max_job_count: u64,
+    pub global_timeout: Duration,
+    pub kill_grace: Duration,
+    pub kill_escalation: Duration,
+    pub heartbeat_interval: Duration,
+    pub router_silence_limit: Duration,
+    pub reconnect_timeout: Duration,
+    /// Router addresses: the main one, then failovers.
+    pub addrs: Vec<String>,
+    pub allowed_paths: Vec<String>,
+}
+
+impl JmConfig {
+    /// `timeout:N` when given (and > 0), else `global_timeout`.
+    pub fn timeout_for(&self, h: &Headers) -> Duration {
+        h.timeout_secs.map(Duration::from_secs).unwrap_or(self.global_timeout)
+    }
+
+    /// Whether `payload`'s module may run here.
+    fn allowed(&self, payload: &RunPayload) -> bool {
+        if self.allowed_paths.is_empty() {
+            return true;
+        }
+        let (module, _) = payload.module_and_class();
+        self.allowed_paths.iter().any(|p| module == p || module.starts_with(&format!("{p}.")))
+    }
+}
+
+/// Something that happened to the job manager.
+#[derive(Debug)]
+pub enum Event {
+    /// Start: connect and start the workers.
+    Start,
+    /// A message from the router (or why it could not be read).
+    Router(Result<Message, DecodeError>),
+    /// A worker finished starting.
+    WorkerUp {
+        slot: usize,
+        pid: u32,
+    },
+    /// A worker finished a job.
+    WorkerDone {
+        slot: usize,
+        msgid: String,
+        reply_json: String,
+        error_type: Option<String>,
+    },
+    /// A worker process ended (and was reaped).
+    WorkerExited {
+        slot: usize,
+        pid: u32,
+        exit: String,
+    },
+    /// A worker could not be started.
+    SpawnFailed {
+        slot: usize,
+        error: String,
+    },
+    Tick,
+    /// SIGTERM / SIGINT / SIGQUIT: drain and stop (a second one: stop now).
+    Stop,
+    /// SIGHUP: new settings were loaded.
+    Reloaded(JmConfig),
+}
+
+/// What the poll loop must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Replace the router socket with a new one (new identity) to `addr`.
+    Connect { addr: String },
+    /// Send a message to the router.
+    Send(Message),
+    /// Start a worker process for `slot`.
+    Spawn { slot: usize },
+    /// Hand a job to the worker in `slot`.
+    Run { slot: usize, msgid: String, payload: String },
+    /// Ask the worker in `slot` to exit after its current job (recycling).
+    Retire { slot: usize },
+    /// Signal the worker in `slot` (and its process group).
+    Kill { slot: usize, force: bool },
+    /// Exit the process with this code.
+    Exit(i32),
+}
+
+/// A job running in a worker.
+#[derive(Debug, Clone)]
+pub struct JobInFlight {
+    pub msgid: String,
+    pub queue: String,
+    pub started: Instant,
+    pub deadline: Instant,
+}
+
+/// A job received from the router and not yet running.
+#[derive(Debug)]
+struct QueuedJob {
+    msgid: String,
+    request: Request,
+}
+
+/// Life cycle of one worker slot.
+#[derive(Debug)]
+pub enum SlotState {
+    /// Spawned, not yet Ready.
+    Starting,
+    Idle,
+    Busy(JobInFlight),
+    /// Asked to exit (recycling / shutdown); waiting for it to go.
+    Retiring,
+    /// Being killed (timeout or forced stop); `forced` once SIGKILL went.
+    Killing {
+        since: Instant,
+        forced: bool,
+    },
+    /// Died at start; respawn at this time (backoff).
+    Waiting {
+        respawn_at: Instant,
+    },
+    /// Stopped for good (shutdown).
+    Gone,
+}
+
+/// One worker slot: the process in it comes and goes.
+#[derive(Debug)]
+pub struct WorkerSlot {
+    pub state: SlotState,
+    pub pid: Option<u32>,
+    /// Jobs run by the current process (for `max_job_count`).
+    pub jobs_done: u64,
+    pub spawned: Instant,
+    /// Consecutive deaths before Ready, for respawn backoff.
+    pub quick_deaths: u32,
+    /// Replace after the current job (settings reloaded).
+    pub recycle_after_job: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    /// INFORM sent, no ACK yet.
+    Informing {
+        sent_at: Instant,
+    },
+    Acked,
+}
+
+/// The whole job manager state.
+pub struct JobManagerState {
+    cfg: JmConfig,
+    slots: Vec<WorkerSlot>,
+    local_queue: VecDeque<QueuedJob>,
+    phase: Phase,
+    addr_index: usize,
+    last_heard: Instant,
+    last_heartbeat: Instant,
+    announced: u64,
+    stopping: Option<Instant>,
+    /// Jobs completed per worker pid (bounded to the most recent pids).
+    pub jobs_by_pid: BTreeMap<u32, u64>,
+    /// Worker replacements by reason: died, timeout, recycled.
+    pub restarts: BTreeMap<&'static str, u64>,
+    pub jobs_ok: u64,
+    pub jobs_failed: u64,
+    /// Anomalies by kind (bad frames, refusals...).
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+const PID_HISTORY: usize = 4096;
+
+impl JobManagerState {
+    pub fn new(cfg: JmConfig, now: Instant) -> Self {
+        let slots = (0..cfg.workers)
+            .map(|_| WorkerSlot {
+                state: SlotState::Gone,
+                pid: None,
+                jobs_done: 0,
+                spawned: now,
+                quick_deaths: 0,
+                recycle_after_job: false,
+            })
+            .collect();
+        JobManagerState {
+            cfg,
+            slots,
+            local_queue: VecDeque::new(),
+            phase: Phase::Informing { sent_at: now },
+            addr_index: 0,
+            last_heard: now,
+            last_heartbeat: now,
+            announced: 0,
+            stopping: None,
+            jobs_by_pid: BTreeMap::new(),
+            restarts: BTreeMap::new(),
+            jobs_ok: 0,
+            jobs_failed: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &JmConfig {
+        &self.cfg
+    }
+
+    pub fn slots(&self) -> &[WorkerSlot] {
+        &self.slots
+    }
+
+    pub fn is_acked(&self) -> bool {
+        self.phase == Phase::Acked
+    }
+
+    /// Handles one event, appending actions to `out`.
+    pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
+        match event {
+            Event::Start => {
+                self.connect(now, out);
+                for slot in 0..self.slots.len() {
+                    self.spawn(slot, now, out);
+                }
+            }
+            Event::Router(Ok(m)) => self.on_router(m, now, out),
+            Event::Router(Err(e)) => {
+                self.last_heard = now;
+                *self.errors.entry("bad_router_frame").or_insert(0) += 1;
+                warn!(msgid = e.msgid.as_deref().unwrap_or("-"), error = %e.kind, "malformed message from router");
+            }
+            Event::WorkerUp { slot, pid } => self.on_worker_up(slot, pid, now, out),
+            Event::WorkerDone { slot, msgid, reply_json, error_type } => {
+                self.on_worker_done(slot, msgid, reply_json, error_type, now, out)
+            }
+            Event::WorkerExited { slot, pid, exit } => self.on_worker_exited(slot, pid, exit, now, out),
+            Event::SpawnFailed { slot, error } => {
+                warn!(slot, %error, "cannot start worker");
+                self.slots[slot].quick_deaths += 1;
+                self.slots[slot].state = SlotState::Waiting { respawn_at: now + self.backoff(slot) };
+                *self.restarts.entry("spawn_failed").or_insert(0) += 1;
+            }
+            Event::Tick => self.on_tick(now, out),
+            Event::Stop => self.on_stop(now, out),
+            Event::Reloaded(cfg) => self.on_reloaded(cfg, now, out),
+        }
+    }
+
+    /// Convenience for tests.
+    pub fn handle_vec(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.handle(event, now, &mut out);
+        out
+    }
+
+    // ---- router connection -------------------------------------------------
+
+    fn connect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let addr = self.cfg.addrs[self.addr_index % self.cfg.addrs.len()].clone();
+        info!(%addr, "connecting to router");
+        out.push(Action::Connect { addr });
+        self.announced = 0;
+        self.last_heard = now;
+        self.send_inform(now, out);
+    }
+
+    fn send_inform(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.phase = Phase::Informing { sent_at: now };
+        out.push(Action::Send(Message::new(Command::Inform(Inform {
+            queues: self.cfg.queues.clone(),
+            kind: "worker".into(),
+        }))));
+    }
+
+    fn on_router(&mut self, m: Message, now: Instant, out: &mut Vec<Action>) {
+        self.last_heard = now;
+        match m.command {
+            Command::Ack(_) => {
+                if self.phase != Phase::Acked {
+                    info!(msgid = %m.msgid, "router acknowledged INFORM");
+                    self.phase = Phase::Acked;
+                    self.announced = 0;
+                    self.reconcile(out);
+                }
+            }
+            Command::Request(request) => self.on_request(m.msgid, request, now, out),
+            Command::Heartbeat(_) => {}
+            Command::Kbye | Command::Disconnect if self.stopping.is_none() => {
+                info!(command = m.command.name(), "router said goodbye: reconnecting");
+                self.connect(now, out);
+            }
+            Command::Kbye | Command::Disconnect => {}
+            other => {
+                *self.errors.entry("unexpected_router_command").or_insert(0) += 1;
+                warn!(msgid = %m.msgid, command = other.name(), "unexpected command from router");
+            }
+        }
+    }
+
+    fn on_request(&mut self, msgid: String, request: Request, now: Instant, out: &mut Vec<Action>) {
+        self.announced = self.announced.saturating_sub(1);
+        let refuse = |this: &mut Self, kind: &str, message: String, out: &mut Vec<Action>| {
+            *this.errors.entry("refused_jobs").or_insert(0) += 1;
+            this.jobs_failed += 1;
+            warn!(%msgid, queue = %request.queue, error = %message, "job refused");
+            this.send_reply(&msgid, JobReply::failed(kind, message, "").to_json(), out);
+        };
+        match RunPayload::parse(&request.payload) {
+            Err(e) => refuse(self, "BadPayload", e.to_string(), out),
+            Ok(p) if !self.cfg.allowed(&p) => refuse(
+                self,
+                "refused",
+                format!("module {:?} is not in allowed_paths {:?}", p.module_and_class().0, self.cfg.allowed_paths),
+                out,
+            ),
+            Ok(_) if self.stopping.is_some() && self.idle_slot().is_none() => {
+                refuse(self, "refused", "job manager is shutting down".into(), out)
+            }
+            Ok(_) => {
+                debug!(%msgid, queue = %request.queue, "job received");
+                self.local_queue.push_back(QueuedJob { msgid: msgid.clone(), request });
+                self.pump(now, out);
+            }
+        }
+        self.reconcile(out);
+    }
+
+    /// Sends READYs until the router's count of our free slots matches the
+    /// idle workers not spoken for by locally queued jobs.
+    fn reconcile(&mut self, out: &mut Vec<Action>) {
+        if self.phase != Phase::Acked || self.stopping.is_some() {
+            return;
+        }
+        let idle = self.slots.iter().filter(|s| matches!(s.state, SlotState::Idle)).count() as u64;
+        let available = idle.saturating_sub(self.local_queue.len() as u64);
+        while self.announced < available {
+            self.announced += 1;
+            out.push(Action::Send(Message::new(Command::Ready)));
+        }
+    }
+
+    fn send_reply(&mut self, msgid: &str, reply_json: String, out: &mut Vec<Action>) {
+        out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
+            reply_json,
+            orig_msgid: msgid.to_owned(),
+        }))));
+    }
+
+    // ---- workers -----------------------------------------------------------
+
+    fn idle_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| matches!(s.state, SlotState::Idle))
+    }
+
+    /// Starts locally queued jobs on idle workers.
+    fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while !self.local_queue.is_empty() {
+            let Some(slot) = self.idle_slot() else { return };
+            let job = self.local_queue.pop_front().expect("non-empty");
+            let timeout = self.cfg.timeout_for(&job.request.headers());
+            debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
+            self.slots[slot].state = SlotState::Busy(JobInFlight {
+                msgid: job.msgid.clone(),
+                queue: job.request.queue.clone(),
+                started: now,
+                deadline: now + timeout,
+            });
+            out.push(Action::Run { slot, msgid: job.msgid, payload: job.request.payload });
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, now: Instant, out: &mut Vec<Action>) {
+        let s = &mut self.slots[slot];
+        s.state = SlotState::Starting;
+        s.pid = None;
+        s.jobs_done = 0;
+        s.spawned = now;
+        s.recycle_after_job = false;
+        out.push(Action::Spawn { slot });
+    }
+
+    fn backoff(&self, slot: usize) -> Duration {
+        let n = self.slots[slot].quick_deaths.min(6);
+        Duration::from_millis(100 << n).min(Duration::from_secs(5))
+    }
+
+    fn on_worker_up(&mut self, slot: usize, pid: u32, now: Instant, out: &mut Vec<Action>) {
+        let s = &mut self.slots[slot];
+        s.pid = Some(pid);
+        s.quick_deaths = 0;
+        if !matches!(s.state, SlotState::Starting) {
+            return;
+        }
+        info!(slot, pid, "worker ready");
+        if self.stopping.is_some() && self.local_queue.is_empty() {
+            s.state = SlotState::Retiring;
+            out.push(Action::Retire { slot });
+            return;
+        }
+        s.state = SlotState::Idle;
+        self.pump(now, out);
+        self.reconcile(out);
+    }
+
+    fn on_worker_done(
+        &mut self,
+        slot: usize,
+        msgid: String,
+        reply_json: String,
+        error_type: Option<String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let s = &mut self.slots[slot];
+        let job = match &s.state {
+            SlotState::Busy(job) if job.msgid == msgid => job.clone(),
+            _ => {
+                // A result racing its timeout kill: the timeout reply went.
+                debug!(slot, %msgid, "late result ignored");
+                return;
+            }
+        };
+        s.jobs_done += 1;
+        let pid = s.pid.unwrap_or(0);
+        let elapsed = now.saturating_duration_since(job.started);
+        match &error_type {
+            None => {
+                self.jobs_ok += 1;
+                debug!(%msgid, pid, queue = %job.queue, ?elapsed, "job done");
+            }
+            Some(kind) => {
+                self.jobs_failed += 1;
+                info!(%msgid, pid, queue = %job.queue, error_type = %kind, "job failed");
+            }
+        }
+        *self.jobs_by_pid.entry(pid).or_insert(0) += 1;
+        if self.jobs_by_pid.len() > PID_HISTORY {
+            let oldest = *self.jobs_by_pid.keys().next().expect("non-empty");
+            self.jobs_by_pid.remove(&oldest);
+        }
+        // The reply goes out before this slot can be announced again.
+        self.send_reply(&msgid, reply_json, out);
+        let s = &mut self.slots[slot];
+        let recycle = s.jobs_done >= self.cfg.max_job_count || s.recycle_after_job;
+        let stopping_idle = self.stopping.is_some() && self.local_queue.is_empty();
+        if recycle || stopping_idle {
+            if recycle && !stopping_idle {
+                info!(slot, pid, jobs = s.jobs_done, "worker reached max_job_count: recycling");
+                *self.restarts.entry("recycled").or_insert(0) += 1;
+            }
+            s.state = SlotState::Retiring;
+            out.push(Action::Retire { slot });
+        } else {
+            s.state = SlotState::Idle;
+        }
+        self.pump(now, out);
+        self.reconcile(out);
+        self.check_exit(out);
+    }
+
+    fn on_worker_exited(&mut self, slot: usize, pid: u32, exit: String, now: Instant, out: &mut Vec<Action>) {
+        let previous = std::mem::replace(&mut self.slots[slot].state, SlotState::Gone);
+        match previous {
+            SlotState::Busy(job) => {
+                *self.restarts.entry("died").or_insert(0) += 1;
+                self.jobs_failed += 1;
+                warn!(slot, pid, msgid = %job.msgid, %exit, "worker died while running a job");
+                let reply = JobReply::failed(
+                    "worker died",
+                    format!("worker pid {pid} died while running the job ({exit})"),
+                    "",
+                );
+                self.send_reply(&job.msgid, reply.to_json(), out);
+            }
+            SlotState::Idle => {
+                *self.restarts.entry("died").or_insert(0) += 1;
+                warn!(slot, pid, %exit, "idle worker died");
+            }
+            SlotState::Starting => {
+                *self.restarts.entry("died").or_insert(0) += 1;
+                self.slots[slot].quick_deaths += 1;
+                warn!(slot, pid, %exit, "worker died while starting");
+            }
+            SlotState::Retiring | SlotState::Killing { .. } => debug!(slot, pid, %exit, "worker exited"),
+            SlotState::Waiting { .. } | SlotState::Gone => {}
+        }
+        if self.stopping.is_some() {
+            self.check_exit(out);
+            return;
+        }
+        if self.slots[slot].quick_deaths > 0 {
+            let at = now + self.backoff(slot);
+            self.slots[slot].state = SlotState::Waiting { respawn_at: at };
+        } else {
+            self.spawn(slot, now, out);
+        }
+        self.reconcile(out);
+    }
+
+    // ---- time --------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // Router liveness.
+        if self.stopping.is_none() {
+            if now.saturating_duration_since(self.last_heard) >= self.cfg.router_silence_limit {
+                *self.errors.entry("router_lost").or_insert(0) += 1;
+                warn!(silent_for = ?now.saturating_duration_since(self.last_heard), "router silent: reconnecting");
+                self.addr_index += 1;
+                self.connect(now, out);
+            } else if let Phase::Informing { sent_at } = self.phase {
+                if now.saturating_duration_since(sent_at) >= self.cfg.reconnect_timeout {
+                    debug!("no ACK yet: INFORM again");
+                    self.send_inform(now, out);
+                }
+            }
+        }
+        if self.phase == Phase::Acked
+            && now.saturating_duration_since(self.last_heartbeat) >= self.cfg.heartbeat_interval
+        {
+            self.last_heartbeat = now;
+            let health = self.health_json(now);
+            let mut hb = Heartbeat::now();
+            hb.health = Some(health);
+            out.push(Action::Send(Message::new(Command::Heartbeat(hb))));
+        }
+        // Job timeouts and kill escalation.
+        for slot in 0..self.slots.len() {
+            match &self.slots[slot].state {
+                SlotState::Busy(job) if now >= job.deadline => {
+                    let job = job.clone();
+                    let pid = self.slots[slot].pid.unwrap_or(0);
+                    let limit = job.deadline.saturating_duration_since(job.started);
+                    warn!(slot, pid, msgid = %job.msgid, ?limit, "job timed out: killing its worker");
+                    *self.restarts.entry("timeout").or_insert(0) += 1;
+                    self.jobs_failed += 1;
+                    let reply = JobReply::failed(
+                        "timeout",
+                        format!("job exceeded its timeout of {:.3} s; worker pid {pid} killed", limit.as_secs_f64()),
+                        "",
+                    );
+                    self.send_reply(&job.msgid, reply.to_json(), out);
+                    self.slots[slot].state = SlotState::Killing { since: now, forced: false };
+                    out.push(Action::Kill { slot, force: false });
+                }
+                SlotState::Killing { since, forced: false }
+                    if now.saturating_duration_since(*since) >= self.cfg.kill_escalation =>
+                {
+                    let since = *since;
+                    self.slots[slot].state = SlotState::Killing { since, forced: true };
+                    out.push(Action::Kill { slot, force: true });
+                }
+                SlotState::Waiting { respawn_at } if now >= *respawn_at && self.stopping.is_none() => {
+                    self.spawn(slot, now, out);
+                }
+                _ => {}
+            }
+        }
+        // Shutdown grace over: kill what still runs.
+        if let Some(deadline) = self.stopping {
+            if now >= deadline {
+                self.kill_running("job manager stopped: kill_grace_period over", now, out);
+            }
+        }
+    }
+
+    // ---- stopping and reloading -------------------------------------------
+
+    fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.stopping.is_some() {
+            warn!("second stop signal: stopping now");
+            self.kill_running("job manager stopped at once", now, out);
+            out.push(Action::Exit(130));
+            return;
+        }
+        let running = self.slots.iter().filter(|s| matches!(s.state, SlotState::Busy(_))).count();
+        info!(running, grace = ?self.cfg.kill_grace, "stopping: no new jobs, running jobs may finish");
+        self.stopping = Some(now + self.cfg.kill_grace);
+        out.push(Action::Send(Message::new(Command::Kbye)));
+        // Jobs received but not started will not run: fail them visibly.
+        while let Some(job) = self.local_queue.pop_front() {
+            self.jobs_failed += 1;
+            self.send_reply(&job.msgid, JobReply::failed("refused", "job manager is shutting down", "").to_json(), out);
+        }
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].state {
+                SlotState::Idle | SlotState::Starting => {
+                    self.slots[slot].state = SlotState::Retiring;
+                    out.push(Action::Retire { slot });
+                }
+                SlotState::Waiting { .. } => self.slots[slot].state = SlotState::Gone,
+                _ => {}
+            }
+        }
+        self.check_exit(out);
+    }
+
+    fn kill_running(&mut self, why: &str, now: Instant, out: &mut Vec<Action>) {
+        for slot in 0..self.slots.len() {
+            match &self.slots[slot].state {
+                SlotState::Busy(job) => {
+                    let msgid = job.msgid.clone();
+                    self.jobs_failed += 1;
+                    self.send_reply(&msgid, JobReply::failed("killed", why, "").to_json(), out);
+                    self.slots[slot].state = SlotState::Killing { since: now, forced: true };
+                    out.push(Action::Kill { slot, force: true });
+                }
+                SlotState::Retiring
+                | SlotState::Starting
+                | SlotState::Idle
+                | SlotState::Killing { forced: false, .. } => {
+                    self.slots[slot].state = SlotState::Killing { since: now, forced: true };
+                    out.push(Action::Kill { slot, force: true });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn check_exit(&mut self, out: &mut Vec<Action>) {
+        if self.stopping.is_some() && self.slots.iter().all(|s| matches!(s.state, SlotState::Gone)) {
+            info!("all workers stopped: exiting");
+            out.push(Action::Exit(0));
+        }
+    }
+
+    fn on_reloaded(&mut self, cfg: JmConfig, now: Instant, out: &mut Vec<Action>) {
+        let reconnect = cfg.queues != self.cfg.queues || cfg.addrs != self.cfg.addrs;
+        info!(reconnect, "settings reloaded");
+        if cfg.workers != self.cfg.workers {
+            warn!(
+                old = self.cfg.workers,
+                new = cfg.workers,
+                "concurrent_jobs changes need a restart; keeping the old value"
+            );
+        }
+        let workers = self.cfg.workers;
+        self.cfg = JmConfig { workers, ..cfg };
+        // New Python settings apply to fresh workers: recycle each after its job.
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].state {
+                SlotState::Idle => {
+                    self.slots[slot].state = SlotState::Retiring;
+                    out.push(Action::Retire { slot });
+                }
+                SlotState::Busy(_) => self.slots[slot].recycle_after_job = true,
+                _ => {}
+            }
+        }
+        self.addr_index = 0;
+        self.connect(now, out);
+    }
+
+    // ---- health --------------------------------------------------------------
+
+    /// Pool health for the heartbeat's extra frame and the logs.
+    pub fn health_json(&self, now: Instant) -> String {
+        let workers: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let state = match &s.state {
+                    SlotState::Starting => "starting",
+                    SlotState::Idle => "idle",
+                    SlotState::Busy(_) => "busy",
+                    SlotState::Retiring => "retiring",
+                    SlotState::Killing { .. } => "killing",
+                    SlotState::Waiting { .. } => "waiting",
+                    SlotState::Gone => "gone",
+                };
+                json!({"slot": i, "pid": s.pid, "state": state, "jobs": s.jobs_done})
+            })
+            .collect();
+        let in_flight: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                SlotState::Busy(j) => Some(json!({
+                    "msgid": j.msgid, "pid": s.pid, "queue": j.queue,
+                    "age_secs": now.saturating_duration_since(j.started).as_secs_f64(),
+                })),
+                _ => None,
+            })
+            .collect();
+        json!({
+            "workers": workers,
+            "in_flight": in_flight,
+            "queued_locally": self.local_queue.len(),
+            "jobs_by_pid": self.jobs_by_pid,
+            "restarts": self.restarts,
+            "jobs_ok": self.jobs_ok,
+            "jobs_failed": self.jobs_failed,
+            "errors": self.errors,
+        })
+        .to_string()
+    }
+}

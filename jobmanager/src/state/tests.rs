@@ -1,0 +1,247 @@
+//! Job manager state-machine tests with a fake clock.
+
+use super::*;
+use emq_protocol::{Ack, Message};
+
+fn cfg(workers: usize) -> JmConfig {
+    JmConfig {
+        queues: QueueSpec::default_queues(),
+        workers,
+        max_job_count: 3,
+        global_timeout: Duration::from_secs(300),
+        kill_grace: Duration::from_secs(10),
+        kill_escalation: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_secs(3),
+        router_silence_limit: Duration::from_secs(15),
+        reconnect_timeout: Duration::from_secs(5),
+        addrs: vec!["tcp://a".into(), "tcp://b".into()],
+        allowed_paths: vec![],
+    }
+}
+
+struct H {
+    s: JobManagerState,
+    now: Instant,
+}
+
+impl H {
+    fn new(workers: usize) -> Self {
+        let now = Instant::now();
+        H { s: JobManagerState::new(cfg(workers), now), now }
+    }
+    fn with(c: JmConfig) -> Self {
+        let now = Instant::now();
+        H { s: JobManagerState::new(c, now), now }
+    }
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        self.s.handle_vec(e, self.now)
+    }
+    fn adv(&mut self, secs: f64) {
+        self.now += Duration::from_secs_f64(secs);
+    }
+    /// Start, all workers up, ACK received.
+    fn running(workers: usize) -> (Self, Vec<Action>) {
+        let mut h = H::new(workers);
+        h.ev(Event::Start);
+        for slot in 0..workers {
+            h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+        }
+        let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+        (h, out)
+    }
+    fn request(&mut self, msgid: &str, headers: &str, payload: &str) -> Vec<Action> {
+        let r = Request { queue: "default".into(), headers: headers.into(), payload: payload.into() };
+        self.ev(Event::Router(Ok(Message::with_msgid(msgid, Command::Request(r)))))
+    }
+}
+
+const ADD: &str = r#"["run", {"path": "benchjobs", "callable": "add", "args": [2, 3]}]"#;
+
+fn names(out: &[Action]) -> Vec<String> {
+    out.iter()
+        .map(|a| match a {
+            Action::Send(m) => m.command.name().to_owned(),
+            Action::Connect { .. } => "connect".into(),
+            Action::Spawn { slot } => format!("spawn{slot}"),
+            Action::Run { slot, .. } => format!("run{slot}"),
+            Action::Retire { slot } => format!("retire{slot}"),
+            Action::Kill { slot, force } => format!("kill{slot}{}", if *force { "!" } else { "" }),
+            Action::Exit(c) => format!("exit{c}"),
+        })
+        .collect()
+}
+
+fn reply_of(out: &[Action]) -> (String, JobReply) {
+    out.iter()
+        .find_map(|a| match a {
+            Action::Send(Message { command: Command::Reply(Reply::Result { reply_json, orig_msgid }), .. }) => {
+                Some((orig_msgid.clone(), JobReply::from_json(reply_json).unwrap()))
+            }
+            _ => None,
+        })
+        .expect("a REPLY")
+}
+
+#[test]
+fn start_informs_spawns_and_announces_after_ack() {
+    let mut h = H::new(2);
+    assert_eq!(names(&h.ev(Event::Start)), vec!["connect", "INFORM", "spawn0", "spawn1"]);
+    // Workers up before the ACK: nothing announced yet.
+    assert!(h.ev(Event::WorkerUp { slot: 0, pid: 1 }).is_empty());
+    assert_eq!(
+        names(&h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))))),
+        vec!["READY"]
+    );
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 1, pid: 2 })), vec!["READY"]);
+}
+
+#[test]
+fn reinform_until_ack_and_reconnect_with_failover_when_router_is_silent() {
+    let mut h = H::new(1);
+    h.ev(Event::Start);
+    h.adv(5.0);
+    assert_eq!(names(&h.ev(Event::Tick)), vec!["INFORM"]);
+    h.adv(10.0);
+    let out = h.ev(Event::Tick);
+    assert_eq!(out[0], Action::Connect { addr: "tcp://b".into() }, "failover address next");
+    assert_eq!(names(&out), vec!["connect", "INFORM"]);
+}
+
+#[test]
+fn ready_only_after_the_reply_and_one_per_job() {
+    let (mut h, out) = H::running(1);
+    assert_eq!(names(&out), vec!["READY"]);
+    assert_eq!(names(&h.request("j1", "", ADD)), vec!["run0"]);
+    let out =
+        h.ev(Event::WorkerDone { slot: 0, msgid: "j1".into(), reply_json: r#"{"value":5}"#.into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "READY"]);
+    assert_eq!(h.s.jobs_by_pid[&100], 1);
+}
+
+#[test]
+fn bad_payload_and_disallowed_module_are_refused_and_the_slot_reannounced() {
+    let mut c = cfg(1);
+    c.allowed_paths = vec!["benchjobs".into()];
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 1 });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    let out = h.request("bad", "", "not json");
+    assert_eq!(names(&out), vec!["REPLY", "READY"]);
+    assert_eq!(reply_of(&out).1.error.unwrap().kind, "BadPayload");
+    let out = h.request("evil", "", r#"["run", {"path": "os", "callable": "system", "args": ["true"]}]"#);
+    assert_eq!(names(&out), vec!["REPLY", "READY"]);
+    assert_eq!(reply_of(&out).1.error.unwrap().kind, "refused");
+    assert_eq!(names(&h.request("ok", "", r#"["run", {"path": "benchjobs.sub", "callable": "f"}]"#)), vec!["run0"]);
+}
+
+#[test]
+fn worker_death_during_a_job_is_an_error_and_the_replacement_is_announced_when_up() {
+    let (mut h, _) = H::running(1);
+    h.request("j", "", ADD);
+    let out = h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "exit status 1".into() });
+    assert_eq!(names(&out), vec!["REPLY", "spawn0"]);
+    let (id, r) = reply_of(&out);
+    assert_eq!(id, "j");
+    assert_eq!(r.error.unwrap().kind, "worker died");
+    assert_eq!(h.s.restarts["died"], 1);
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["READY"]);
+}
+
+#[test]
+fn idle_worker_death_keeps_its_announced_slot() {
+    let (mut h, _) = H::running(1);
+    assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "killed".into() })), vec!["spawn0"]);
+    // A job arriving meanwhile waits for the replacement.
+    assert!(h.request("j", "", ADD).is_empty());
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["run0"]);
+}
+
+#[test]
+fn timeout_replies_kills_and_escalates() {
+    let (mut h, _) = H::running(1);
+    h.request("slow", "timeout:1", ADD);
+    h.adv(0.9);
+    assert!(names(&h.ev(Event::Tick)).is_empty());
+    h.adv(0.2);
+    let out = h.ev(Event::Tick);
+    assert_eq!(names(&out), vec!["REPLY", "kill0"]);
+    assert_eq!(reply_of(&out).1.error.unwrap().kind, "timeout");
+    h.adv(1.0);
+    assert_eq!(names(&h.ev(Event::Tick)), vec!["kill0!"]);
+    assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 9".into() })), vec!["spawn0"]);
+    // A result racing the kill is ignored.
+    assert!(h
+        .ev(Event::WorkerDone { slot: 0, msgid: "slow".into(), reply_json: "{}".into(), error_type: None })
+        .is_empty());
+}
+
+#[test]
+fn recycles_after_max_job_count() {
+    let (mut h, _) = H::running(1);
+    for i in 0..3 {
+        h.request(&format!("j{i}"), "", ADD);
+        let out =
+            h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
+        if i < 2 {
+            assert_eq!(names(&out), vec!["REPLY", "READY"]);
+        } else {
+            assert_eq!(names(&out), vec!["REPLY", "retire0"]);
+        }
+    }
+    assert_eq!(h.s.jobs_by_pid[&100], 3);
+    assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "exit status 0".into() })), vec!["spawn0"]);
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["READY"]);
+    assert_eq!(h.s.restarts["recycled"], 1);
+}
+
+#[test]
+fn stop_drains_running_jobs_then_exits() {
+    let (mut h, _) = H::running(2);
+    h.request("j", "", ADD);
+    let out = h.ev(Event::Stop);
+    assert_eq!(names(&out), vec!["KBYE", "retire1"]);
+    assert!(h.ev(Event::WorkerExited { slot: 1, pid: 101, exit: "exit status 0".into() }).is_empty());
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "retire0"]);
+    assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "exit status 0".into() })), vec!["exit0"]);
+}
+
+#[test]
+fn stop_kills_after_grace_and_second_stop_is_immediate() {
+    let (mut h, _) = H::running(1);
+    h.request("j", "", ADD);
+    h.ev(Event::Stop);
+    h.adv(10.0);
+    let out = h.ev(Event::Tick);
+    // It keeps heartbeating while it drains, so the router keeps it.
+    assert_eq!(names(&out), vec!["HEARTBEAT", "REPLY", "kill0!"]);
+    assert_eq!(reply_of(&out).1.error.unwrap().kind, "killed");
+    assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 9".into() })), vec!["exit0"]);
+
+    let (mut h, _) = H::running(1);
+    h.request("j", "", ADD);
+    h.ev(Event::Stop);
+    assert_eq!(names(&h.ev(Event::Stop)), vec!["REPLY", "kill0!", "exit130"]);
+}
+
+#[test]
+fn router_kbye_reconnects_and_reannounces() {
+    let (mut h, _) = H::running(2);
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Kbye))));
+    assert_eq!(names(&out), vec!["connect", "INFORM"]);
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    assert_eq!(names(&out), vec!["READY", "READY"]);
+}
+
+#[test]
+fn heartbeats_carry_health() {
+    let (mut h, _) = H::running(1);
+    h.request("j", "", ADD);
+    h.adv(3.0);
+    let out = h.ev(Event::Tick);
+    let Some(Action::Send(Message { command: Command::Heartbeat(hb), .. })) = out.first() else { panic!("{out:?}") };
+    let v: serde_json::Value = serde_json::from_str(hb.health.as_deref().unwrap()).unwrap();
+    assert_eq!(v["in_flight"][0]["msgid"], "j");
+    assert_eq!(v["workers"][0]["pid"], 100);
+}

@@ -1,0 +1,164 @@
+//! Frames between the job manager and a worker: a 4-byte little-endian
+//! length, then that many bytes of JSON. Commands go on the worker's stdin;
+//! answers come back on the worker's original stdout, which the worker moves
+//! to a private descriptor before Python starts (so `print()` in a job goes
+//! to stderr instead of corrupting frames).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// Largest frame accepted (a job's payload or result), 256 MiB.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// Job manager → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run one job; `payload` is the REQUEST's payload frame, already
+    /// validated by the job manager.
+    Run { msgid: String, payload: String },
+    /// Finish and exit (recycling, shutdown).
+    Shutdown,
+}
+
+/// Worker → job manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Python is up and the setup function ran; ready for jobs.
+    Ready { pid: u32 },
+    /// A job finished. `reply_json` is the REPLY frame as it goes to the
+    /// router; `error_type` is set when the job failed.
+    Done { msgid: String, reply_json: String, error_type: Option<String> },
+}
+
+/// What a worker needs to know, passed in [`crate::WORKER_CONFIG_ENV`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    /// Prepended to `sys.path`, in order.
+    pub python_path: Vec<String>,
+    /// A virtualenv whose site-packages is added (else `VIRTUAL_ENV`).
+    pub python_venv: Option<String>,
+    /// Dotted path of a function run once at worker start.
+    pub subprocess_setup_func: Option<String>,
+    /// Dotted path of a function run before every job.
+    pub job_entry_func: Option<String>,
+    /// Dotted path of a function run after every job.
+    pub job_exit_func: Option<String>,
+    /// Log filter for the worker's own messages.
+    pub log_level: String,
+}
+
+/// Encodes one frame.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(value).expect("wire types serialise");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Writes one frame and flushes.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> io::Result<()> {
+    w.write_all(&encode(value))?;
+    w.flush()
+}
+
+/// Reads one frame, blocking; `Ok(None)` on a clean end of stream.
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {n} bytes")));
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reassembles frames from bytes that arrive in arbitrary pieces
+/// (non-blocking reads in the job manager's poll loop).
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameBuffer {
+    /// Appends bytes just read.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, if any.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Option<io::Result<T>> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            self.compact();
+            return None;
+        }
+        let n = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if n > MAX_FRAME {
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {n} bytes"))));
+        }
+        if avail.len() < 4 + n {
+            self.compact();
+            return None;
+        }
+        let r = serde_json::from_slice(&avail[4..4 + n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        self.start += 4 + n;
+        Some(r)
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_arbitrary_splits() {
+        let msgs = vec![
+            FromWorker::Ready { pid: 7 },
+            FromWorker::Done { msgid: "m".into(), reply_json: r#"{"value":5}"#.into(), error_type: None },
+            FromWorker::Done { msgid: "n".into(), reply_json: "{}".into(), error_type: Some("ValueError".into()) },
+        ];
+        let bytes: Vec<u8> = msgs.iter().flat_map(encode).collect();
+        for chunk in [1, 3, 7, bytes.len()] {
+            let mut fb = FrameBuffer::default();
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                fb.extend(piece);
+                while let Some(f) = fb.next_frame::<FromWorker>() {
+                    got.push(f.unwrap());
+                }
+            }
+            assert_eq!(got, msgs, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn blocking_reader_round_trip_and_eof() {
+        let mut bytes = encode(&ToWorker::Run { msgid: "a".into(), payload: "[]".into() });
+        bytes.extend(encode(&ToWorker::Shutdown));
+        let mut r = &bytes[..];
+        assert_eq!(
+            read_frame::<ToWorker>(&mut r).unwrap(),
+            Some(ToWorker::Run { msgid: "a".into(), payload: "[]".into() })
+        );
+        assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(ToWorker::Shutdown));
+        assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), None);
+        let huge = (u32::MAX).to_le_bytes();
+        assert!(read_frame::<ToWorker>(&mut &huge[..]).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! `emq-jobmanager`: see `emq_jobmanager::cli` (also the worker processes).
+fn main() -> std::process::ExitCode {
+    emq_jobmanager::cli::main()
+}

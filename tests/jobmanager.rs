@@ -1,0 +1,244 @@
+//! End-to-end tests of `emq-jobmanager` and its pool: our router, our job
+//! manager, real Python jobs from `tests/pyjobs`, raw-frame clients.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn error_kind(v: &serde_json::Value) -> &str {
+    v["error"]["type"].as_str().unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+#[test]
+fn add_result_reaches_a_reply_requested_client() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut c = TestClient::connect(&a.frontend);
+    assert_eq!(c.call("default", "benchjobs", "add", json!([2, 3])), json!({"value": 5}));
+    // Class job with class args / kwargs.
+    let id = c.send_payload(
+        "default",
+        "reply-requested",
+        &json!(["run", {"path": "pkg.mod:Counter", "callable": "bump", "args": [2],
+                        "class_args": [10], "class_kwargs": {"step": 5}}]),
+    );
+    assert_eq!(c.wait(&id, 60), json!({"value": 20}));
+    // kwargs and nested values survive the JSON ⇄ Python trip.
+    let id = c.send_payload(
+        "default",
+        "reply-requested",
+        &json!(["run", {"path": "testjobs", "callable": "echo", "args": [1, [2, {"x": null}]], "kwargs": {"k": true}}]),
+    );
+    assert_eq!(c.wait(&id, 60)["value"], json!({"args": [1, [2, {"x": null}]], "kwargs": {"k": true}}));
+    // print() in a job does not corrupt the worker's frame stream.
+    assert_eq!(c.call("default", "testjobs", "noisy", json!(["still fine"])), json!({"value": "still fine"}));
+}
+
+#[test]
+fn failures_are_error_replies_and_the_pool_keeps_serving() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+
+    let v = c.call("default", "testjobs", "fail", json!(["boom"]));
+    assert_eq!(error_kind(&v), "ValueError");
+    assert_eq!(v["value"], "boom", "EventMQ-era readers still see the message");
+    let tb = v["error"]["traceback"].as_str().unwrap();
+    assert!(tb.contains("Traceback") && tb.contains("testjobs.py") && tb.contains("raise ValueError"), "{tb}");
+
+    let v = c.call("default", "no_such_module", "f", json!([]));
+    assert_eq!(error_kind(&v), "ModuleNotFoundError");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no_such_module") && msg.contains("sys.path") && msg.contains("pyjobs"), "{msg}");
+
+    let v = c.call("default", "testjobs", "unserialisable", json!([]));
+    assert_eq!(error_kind(&v), "TypeError");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not JSON serializable"));
+
+    let id = c.send_payload("default", "reply-requested", &json!(["walk", {}]));
+    assert_eq!(error_kind(&c.wait(&id, 60)), "BadPayload");
+
+    // All of that on one worker process, which still serves.
+    assert_eq!(c.call("default", "benchjobs", "add", json!([1, 1])), json!({"value": 2}));
+    wait_slots(&a.admin, 1);
+}
+
+#[test]
+fn dead_worker_is_replaced_and_its_job_fails_visibly() {
+    let (_r, a) = start_router(&[]);
+    let jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut c = TestClient::connect(&a.frontend);
+    // Two concurrent slow jobs occupy both workers: their pids.
+    let pids = |c: &mut TestClient| -> std::collections::HashSet<u64> {
+        let ids: Vec<String> =
+            (0..2).map(|_| c.send("default", "reply-requested", "testjobs", "slow_pid", json!([0.3]))).collect();
+        ids.iter().map(|id| c.wait(id, 60)["value"].as_u64().unwrap()).collect()
+    };
+    let before = pids(&mut c);
+    assert_eq!(before.len(), 2);
+
+    let v = c.call("default", "testjobs", "crash", json!([1]));
+    assert_eq!(error_kind(&v), "worker died");
+    assert!(v["error"]["message"].as_str().unwrap().contains("exit status 1"), "{v}");
+    let v = c.call("default", "testjobs", "segfault", json!([]));
+    assert_eq!(error_kind(&v), "worker died");
+    assert!(v["error"]["message"].as_str().unwrap().contains("SIGSEGV"), "{v}");
+
+    // Back to full size at the router, with new pids; later jobs run.
+    wait_slots(&a.admin, 2);
+    let v = c.call("default", "testjobs", "pid", json!([]));
+    assert_eq!(v["value"]["ppid"].as_u64().unwrap() as i32, jm.pid(), "workers are the job manager's children");
+    let after = pids(&mut c);
+    assert_eq!(after.len(), 2, "two workers serve: {after:?}");
+    assert!(after.is_disjoint(&before), "both crashed workers were replaced: before {before:?}, after {after:?}");
+    let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+    let health = w["connected_workers"].as_object().unwrap().values().next().unwrap()["health"].clone();
+    println!("health after crashes: {health}");
+}
+
+#[test]
+fn timeout_kills_the_job_and_a_fresh_worker_takes_the_slot() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let old = c.call("default", "testjobs", "pid", json!([]))["value"]["pid"].as_u64().unwrap();
+    let t0 = Instant::now();
+    let id = c.send("default", "reply-requested,timeout:1", "testjobs", "sleep", json!([10]));
+    let v = c.wait(&id, 30);
+    let took = t0.elapsed();
+    assert_eq!(error_kind(&v), "timeout");
+    // Killed, not finished: it came back before the job's own 10 s sleep.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    println!("timeout:1 on a 10 s job answered after {took:?}");
+    let new = c.call("default", "testjobs", "pid", json!([]))["value"]["pid"].as_u64().unwrap();
+    assert_ne!(old, new, "a fresh worker took the slot");
+    wait_slots(&a.admin, 1);
+}
+
+#[test]
+fn workers_are_recycled_after_max_job_count() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_MAX_JOB_COUNT", "3")]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let mut per_pid: HashMap<u64, u32> = HashMap::new();
+    for _ in 0..10 {
+        let pid = c.call("default", "testjobs", "pid", json!([]))["value"]["pid"].as_u64().unwrap();
+        *per_pid.entry(pid).or_default() += 1;
+    }
+    println!("jobs per pid with max_job_count=3: {per_pid:?}");
+    assert!(per_pid.values().all(|&n| n <= 3), "{per_pid:?}");
+    assert_eq!(per_pid.len(), 4, "10 jobs at 3 per worker need 4 workers: {per_pid:?}");
+}
+
+#[test]
+fn jobs_go_only_to_managers_of_their_queue() {
+    let (_r, a) = start_router(&[]);
+    let jm_a = start_jobmanager(&a.backend, "qa", 1, &[]);
+    let jm_b = start_jobmanager(&a.backend, "qb", 1, &[]);
+    wait_slots(&a.admin, 2);
+    let mut c = TestClient::connect(&a.frontend);
+    for _ in 0..4 {
+        let pa = c.call("qa", "testjobs", "pid", json!([]))["value"]["ppid"].as_u64().unwrap() as i32;
+        let pb = c.call("qb", "testjobs", "pid", json!([]))["value"]["ppid"].as_u64().unwrap() as i32;
+        assert_eq!((pa, pb), (jm_a.pid(), jm_b.pid()));
+    }
+}
+
+#[test]
+fn jobs_sent_before_the_job_manager_starts_run_once_it_connects() {
+    let (_r, a) = start_router(&[]);
+    let mut c = TestClient::connect(&a.frontend);
+    let ids: Vec<String> =
+        (0..5).map(|i| c.send("emails", "reply-requested", "benchjobs", "add", json!([i, 100]))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let _jm = start_jobmanager(&a.backend, "emails", 2, &[]);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(c.wait(id, 60), json!({"value": i + 100}));
+    }
+}
+
+#[test]
+fn sigterm_lets_the_running_job_finish_then_exits_zero() {
+    let (_r, a) = start_router(&[]);
+    let mut jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut c = TestClient::connect(&a.frontend);
+    let id = c.send("default", "reply-requested", "testjobs", "sleep", json!([1.5]));
+    // Let it start, then ask the job manager to stop.
+    eventually(Duration::from_secs(10), || (router_free_slots(&a.admin) == 1).then_some(()));
+    jm.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(c.wait(&id, 30), json!({"value": 1.5}), "the running job completed");
+    let st = jm.wait_exit(Duration::from_secs(30)).expect("job manager exits");
+    assert_eq!(st.code(), Some(0));
+    // Its workers went with it.
+    eventually(Duration::from_secs(10), || {
+        admin(&a.admin, "ROUTER_SHOW_WORKERS")["connected_workers"].as_object().unwrap().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn allowed_paths_refuses_other_modules_without_importing_them() {
+    let (_r, a) = start_router(&[]);
+    let work = std::env::temp_dir().join(format!("emq-allowed-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&work).unwrap();
+    let marker = work.join("should-not-exist");
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_ALLOWED_PATHS", "benchjobs,pkg")]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let v = c.call("default", "testjobs", "append_line", json!([marker, "x"]));
+    assert_eq!(error_kind(&v), "refused");
+    assert!(v["error"]["message"].as_str().unwrap().contains("allowed_paths"));
+    assert!(!marker.exists(), "the refused job did not run");
+    assert_eq!(c.call("default", "benchjobs", "add", json!([2, 2])), json!({"value": 4}));
+    wait_slots(&a.admin, 1);
+}
+
+#[test]
+fn setup_entry_and_exit_hooks_run() {
+    let (_r, a) = start_router(&[]);
+    let work = std::env::temp_dir().join(format!("emq-hooks-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&work).unwrap();
+    let hooks = work.join("hooks.txt");
+    let _jm = start_jobmanager(
+        &a.backend,
+        "default",
+        1,
+        &[
+            ("EMQ_TEST_HOOK_FILE", hooks.to_str().unwrap()),
+            ("EMQ_SUBPROCESS_SETUP_FUNC", "testjobs.setup"),
+            ("EMQ_JOB_ENTRY_FUNC", "testjobs.entry"),
+            ("EMQ_JOB_EXIT_FUNC", "testjobs.exit_"),
+        ],
+    );
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    c.call("default", "benchjobs", "add", json!([1, 2]));
+    c.call("default", "benchjobs", "add", json!([1, 2]));
+    let kinds: Vec<String> = read_lines(&hooks).iter().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+    assert_eq!(kinds, vec!["setup", "entry", "exit", "entry", "exit"]);
+
+    // A failing setup function is logged; the worker keeps serving.
+    let _jm2 = start_jobmanager(&a.backend, "broken", 1, &[("EMQ_SUBPROCESS_SETUP_FUNC", "testjobs.broken_setup")]);
+    wait_slots(&a.admin, 2);
+    assert_eq!(c.call("broken", "benchjobs", "add", json!([3, 4])), json!({"value": 7}));
+}
+
+#[test]
+fn bad_settings_exit_with_code_2() {
+    for args in [vec!["-Q", "x:y"], vec!["-J", "0"], vec!["-B", "nowhere"], vec!["--config", "/nonexistent.toml"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-jobmanager"))
+            .args(&args)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "{args:?}");
+    }
+}

@@ -1,0 +1,82 @@
+"""Job functions for the end-to-end tests, some deliberately misbehaving."""
+import os
+import sys
+import time
+
+
+def add(a, b):
+    return a + b
+
+
+def pid():
+    """The worker's pid and its parent (the job manager)."""
+    return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+def slow_pid(secs):
+    """The worker's pid, after a pause (so concurrent calls use every worker)."""
+    time.sleep(secs)
+    return os.getpid()
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def crash(code=1):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+
+def sleep(secs):
+    time.sleep(secs)
+    return secs
+
+
+def unserialisable():
+    return object()
+
+
+def noisy(value):
+    print("this goes to stderr, not into the frame stream")
+    sys.stdout.flush()
+    return value
+
+
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def append_line(path, line):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (str(line) + "\n").encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def _mark(kind):
+    path = os.environ.get("EMQ_TEST_HOOK_FILE")
+    if path:
+        append_line(path, "%s %d" % (kind, os.getpid()))
+
+
+def setup():
+    _mark("setup")
+
+
+def broken_setup():
+    raise RuntimeError("setup exploded")
+
+
+def entry():
+    _mark("entry")
+
+
+def exit_():
+    _mark("exit")
