@@ -242,3 +242,31 @@ fn bad_settings_exit_with_code_2() {
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "{args:?}");
     }
 }
+
+#[test]
+fn sighup_reloads_settings_and_reinforms() {
+    let (_r, a) = start_router(&[]);
+    let dir = std::env::temp_dir().join(format!("emq-hup-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("jm.toml");
+    let write = |queue: &str| {
+        std::fs::write(&cfg, format!("worker_addr = {:?}\nqueues = \"{queue}\"\nconcurrent_jobs = 1\n", a.backend))
+            .unwrap()
+    };
+    write("before");
+    let root = repo_root();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_emq-jobmanager"));
+    cmd.arg("--config").arg(&cfg).arg("--python-path").arg(root.join("jobs")).env("RUST_LOG", "warn");
+    let jm = ChildGuard::spawn("emq-jobmanager", cmd);
+    let queues_served = || -> Vec<String> {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        w["connected_queues"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    eventually(Duration::from_secs(30), || (queues_served() == ["before"]).then_some(()));
+    write("after");
+    jm.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(30), || (queues_served() == ["after"]).then_some(()));
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    assert_eq!(c.call("after", "benchjobs", "add", json!([20, 22])), json!({"value": 42}));
+}

@@ -238,7 +238,10 @@ impl Server {
                     format!("{}:{}", self.identity_prefix, emq_protocol::new_msgid())
                 };
                 if let Some(old) = self.socket.take() {
-                    let _ = old.socket().set_linger(0);
+                    // Tell the router to forget the old identity now rather
+                    // than at its heartbeat timeout; never wait for it.
+                    let _ = old.try_send(&emq_protocol::Message::new(emq_protocol::Command::Kbye));
+                    let _ = old.socket().set_linger(100);
                 }
                 match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
                     Ok(s) => self.socket = Some(s),

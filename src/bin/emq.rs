@@ -1,0 +1,167 @@
+//! `emq up`: the quick start. Starts `emq-router` and `emq-jobmanager`
+//! (the sibling binaries) on the built-in defaults, with the repo's example
+//! job module (`./jobs`) on the workers' path, and supervises both: if one
+//! dies the other is stopped; Ctrl-C (or SIGTERM) stops the job manager
+//! first — its running jobs finish and report — then the router. A second
+//! Ctrl-C stops everything at once. On servers, run the two binaries
+//! separately.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "emq", version, about = "emq launcher")]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Run a router and a job manager together (quick start).
+    Up {
+        /// Settings file passed to both.
+        #[arg(long, short = 'C')]
+        config: Option<PathBuf>,
+        /// Queues for the job manager (default: default).
+        #[arg(long, short = 'Q')]
+        queues: Option<String>,
+        /// Worker processes.
+        #[arg(long, short = 'J')]
+        jobs: Option<usize>,
+        /// Extra directories for the workers' sys.path (./jobs is added when present).
+        #[arg(long = "python-path")]
+        python_path: Vec<PathBuf>,
+    },
+}
+
+static STOPS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_stop(_: nix::libc::c_int) {
+    STOPS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating emq")?;
+    let p = me.with_file_name(name);
+    if !p.exists() {
+        bail!("{} not found next to {} (build all binaries: cargo build --release --bins)", name, me.display());
+    }
+    Ok(p)
+}
+
+fn spawn(mut cmd: Command, what: &str) -> Result<Child> {
+    // Own process group: a terminal Ctrl-C reaches only this launcher, which
+    // then stops the two in the right order.
+    cmd.process_group(0);
+    cmd.spawn().with_context(|| format!("starting {what}"))
+}
+
+fn signal(child: &Child, sig: Signal) {
+    let _ = kill(Pid::from_raw(child.id() as i32), sig);
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn up(
+    config: Option<PathBuf>,
+    queues: Option<String>,
+    jobs: Option<usize>,
+    python_path: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only bumps an atomic counter.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    let mut router_cmd = Command::new(sibling("emq-router")?);
+    let mut jm_cmd = Command::new(sibling("emq-jobmanager")?);
+    if let Some(c) = &config {
+        router_cmd.arg("--config").arg(c);
+        jm_cmd.arg("--config").arg(c);
+    }
+    if let Some(q) = &queues {
+        jm_cmd.args(["--queues", q]);
+    }
+    if let Some(j) = jobs {
+        jm_cmd.args(["--jobs", &j.to_string()]);
+    }
+    let mut paths = python_path;
+    let local_jobs = PathBuf::from("jobs");
+    if local_jobs.is_dir() {
+        paths.push(local_jobs.canonicalize()?);
+    }
+    for p in &paths {
+        jm_cmd.arg("--python-path").arg(p);
+    }
+    let mut router = spawn(router_cmd, "emq-router")?;
+    let mut jm = spawn(jm_cmd, "emq-jobmanager")?;
+    eprintln!(
+        "emq up: router pid {} and job manager pid {} running (python path: {:?}); Ctrl-C stops both",
+        router.id(),
+        jm.id(),
+        paths
+    );
+    let mut stops_seen = 0;
+    let code = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let stops = STOPS.load(Ordering::SeqCst);
+        if stops > stops_seen {
+            stops_seen = stops;
+            // First: the job manager drains. Second: it stops at once.
+            signal(&jm, Signal::SIGINT);
+        }
+        if let Ok(Some(st)) = jm.try_wait() {
+            if stops_seen == 0 {
+                eprintln!("emq up: job manager exited ({st}); stopping the router");
+            }
+            signal(&router, Signal::SIGTERM);
+            wait_for(&mut router, Duration::from_secs(5));
+            break if stops_seen > 0 || st.success() { 0 } else { 1 };
+        }
+        if let Ok(Some(st)) = router.try_wait() {
+            eprintln!("emq up: router exited ({st}); stopping the job manager");
+            signal(&jm, Signal::SIGTERM);
+            if !wait_for(&mut jm, Duration::from_secs(30)) {
+                signal(&jm, Signal::SIGKILL);
+                let _ = jm.wait();
+            }
+            break if stops_seen > 0 { 0 } else { 1 };
+        }
+    };
+    for c in [&mut jm, &mut router] {
+        if let Ok(None) = c.try_wait() {
+            signal(c, Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Sub::Up { config, queues, jobs, python_path } => up(config, queues, jobs, python_path),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("emq: {e:#}");
+        ExitCode::from(2)
+    })
+}
