@@ -66,6 +66,22 @@ fn eventmq_job_manager_and_client_work_against_our_router() {
         (s["processed_messages_by_queue"]["default"].as_u64() == Some(5)).then_some(s)
     });
     println!("router STATUS after interop: {status}");
+
+    // EventMQ's own emq-cli (an interactive shell: commands on stdin) reads
+    // our answers; it sends HELLO first, which must stay unanswered.
+    let mut cli = Command::new(venv.join("bin/emq-cli"));
+    cli.args(["-a", &a.admin]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cli.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"status\nshow_workers\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("EventMQ emq-cli against emq-router:\n{text}");
+    assert!(text.contains("processed_messages_by_queue"), "{text}");
+    assert!(text.contains("connected_workers"), "{text}");
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -130,6 +146,17 @@ fn our_job_manager_works_under_eventmq_router() {
             .unwrap_or(0);
         (slots == 2).then_some(())
     });
+    // Our emq-cli reads EventMQ's router.
+    for args in [vec!["status", "--json"], vec!["workers"], vec!["status"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_emq-cli")).args(["--addr", &a.admin]).args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        println!("emq-cli {args:?} against EventMQ's router:\n{text}");
+        if args[0] == "status" && args.len() == 2 {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["processed_messages_by_queue"].is_object());
+        }
+    }
     let log = std::fs::read_to_string(work.join("router.log")).unwrap_or_default();
     assert!(!log.contains("Traceback"), "EventMQ's router raised:\n{log}");
 }

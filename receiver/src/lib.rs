@@ -100,6 +100,9 @@ impl Receiver {
     pub fn bind(ctx: &zmq::Context, addr: &str, hwm: i32) -> Result<Receiver, ReceiverError> {
         let socket = ctx.socket(zmq::ROUTER)?;
         socket.set_router_mandatory(true)?;
+        // A client reconnecting under its old identity takes over the route,
+        // so results still to come reach it.
+        socket.set_router_handover(true)?;
         socket.set_sndhwm(hwm)?;
         socket.set_rcvhwm(hwm)?;
         // Give KBYEs a moment to leave on shutdown, but never hang exit.

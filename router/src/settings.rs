@@ -22,6 +22,8 @@ pub struct RouterSettings {
     pub hwm: usize,
     /// ZeroMQ high-water mark of each socket (messages per peer pipe).
     pub socket_hwm: i32,
+    /// Recent jobs remembered for JOB_STATUS (oldest dropped first).
+    pub job_history: usize,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
 }
@@ -36,6 +38,7 @@ impl Default for RouterSettings {
             heartbeat_timeout: 5.0,
             hwm: 10_000,
             socket_hwm: 100_000,
+            job_history: 100_000,
             log_level: "info".into(),
         }
     }

@@ -82,6 +82,15 @@ impl Sender {
         Ok(())
     }
 
+    /// Drops the socket and connects a new one to the same address under the
+    /// same identity (a ROUTER with handover routes to the new connection).
+    pub fn reopen(&mut self) -> Result<(), SenderError> {
+        let socket = Self::open(&self.ctx, &self.addr, &self.identity, self.hwm)?;
+        let _ = self.socket.set_linger(0);
+        self.socket = socket;
+        Ok(())
+    }
+
     /// Sends a message; blocks only when the pipe is at its high-water mark.
     pub fn send(&self, message: &Message) -> Result<(), SenderError> {
         self.socket.send_multipart(message.to_frames(), 0)?;

@@ -11,6 +11,7 @@
 //! client → its READY frees the slot, which takes the oldest waiting job.
 
 mod admin;
+mod history;
 mod queues;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+pub use history::{JobHistory, JobRecord, JobState};
 pub use queues::QueueState;
 
 /// Which of the router's sockets a message came from or goes to.
@@ -93,6 +95,8 @@ pub struct RouterConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub hwm: usize,
+    /// Jobs remembered for JOB_STATUS.
+    pub job_history: usize,
 }
 
 impl From<&crate::RouterSettings> for RouterConfig {
@@ -101,6 +105,7 @@ impl From<&crate::RouterSettings> for RouterConfig {
             heartbeat_interval: s.heartbeat_interval(),
             heartbeat_timeout: s.heartbeat_timeout(),
             hwm: s.hwm,
+            job_history: s.job_history,
         }
     }
 }
@@ -186,13 +191,14 @@ pub struct RouterState {
     errors: BTreeMap<&'static str, u64>,
     /// Jobs accepted from clients.
     accepted: u64,
+    history: JobHistory,
     shutting_down: bool,
 }
 
 impl RouterState {
     pub fn new(cfg: RouterConfig, now: Now) -> Self {
         RouterState {
-            cfg,
+            cfg: cfg.clone(),
             started: now.mono,
             workers: HashMap::new(),
             schedulers: HashMap::new(),
@@ -204,6 +210,7 @@ impl RouterState {
             latency_by_queue: HashMap::new(),
             errors: BTreeMap::new(),
             accepted: 0,
+            history: JobHistory::new(cfg.job_history),
             shutting_down: false,
         }
     }
@@ -290,6 +297,12 @@ impl RouterState {
                 out.push(send(SocketKind::Frontend, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
             }
             Command::Heartbeat(_) => {}
+            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
+                // Clients may ask too; the answer is one JSON frame (a receipt's
+                // body is a msgid, never JSON, so the two cannot be confused).
+                let body = self.history.status_json(&job_msgid);
+                out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
+            }
             Command::Kbye => {
                 if self.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler said goodbye");
@@ -329,6 +342,19 @@ impl RouterState {
     fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
         self.accepted += 1;
         let queue = self.resolve_queue(&request.queue);
+        self.history.insert(
+            &msgid,
+            JobRecord {
+                queue: queue.clone(),
+                state: JobState::Queued,
+                worker: None,
+                received: now.unix,
+                dispatched: None,
+                finished: None,
+                attempts: 0,
+                result: None,
+            },
+        );
         let job = WaitingJob { client: client.clone(), msgid: msgid.clone(), request, received: now.mono, attempts: 0 };
         if let Some(worker) = self.pick_worker(&queue) {
             self.dispatch(worker, queue, job, now, out);
@@ -340,6 +366,11 @@ impl RouterState {
                 self.count("refused");
                 warn!(peer = %client, %msgid, %queue, hwm, "queue buffer full: job refused");
                 let reply = JobReply::failed("refused", format!("queue {queue:?} is full ({hwm} jobs waiting)"), "");
+                if let Some(r) = self.history.get_mut(&msgid) {
+                    r.state = JobState::Refused;
+                    r.finished = Some(now.unix);
+                    r.result = Some(reply.to_json());
+                }
                 out.push(send(
                     SocketKind::Frontend,
                     &client,
@@ -390,6 +421,13 @@ impl RouterState {
         w.in_flight.push_back(job.msgid.clone());
         let headers = job.request.headers();
         debug!(msgid = %job.msgid, %queue, worker = %worker, "dispatched");
+        if let Some(r) = self.history.get_mut(&job.msgid) {
+            r.state = JobState::Dispatched;
+            r.worker = Some(worker.clone());
+            r.dispatched = Some(now.unix);
+            r.attempts = job.attempts + 1;
+            r.queue.clone_from(&queue);
+        }
         self.in_flight.insert(
             job.msgid.clone(),
             JobInFlight {
@@ -541,8 +579,14 @@ impl RouterState {
             }
         }
         let (leaving, idle) = (w.leaving, w.in_flight.is_empty());
-        if let Some(job) = retired.and_then(|id| self.in_flight.remove(&id)) {
-            self.record_done(&job, now);
+        if let Some(id) = retired {
+            if let Some(job) = self.in_flight.remove(&id) {
+                self.record_done(&job, now);
+            }
+            if let Some(r) = self.history.get_mut(&id) {
+                r.state = JobState::Done;
+                r.finished = Some(now.unix);
+            }
         }
         if leaving {
             if idle {
@@ -597,6 +641,14 @@ impl RouterState {
             }
         }
         self.record_done(&job, now);
+        if let Some(r) = self.history.get_mut(&orig_msgid) {
+            // Only a reply that mentions "error" is parsed to tell.
+            let failed = reply_json.contains("\"error\"")
+                && JobReply::from_json(&reply_json).map(|r| r.is_error()).unwrap_or(false);
+            r.state = if failed { JobState::Failed } else { JobState::Done };
+            r.finished = Some(now.unix);
+            r.result = Some(reply_json.clone());
+        }
         if job.reply_requested {
             out.push(send(SocketKind::Frontend, &job.client, Command::Reply(Reply::Result { reply_json, orig_msgid })));
         }
@@ -625,6 +677,9 @@ impl RouterState {
             match job.request {
                 Some(request) if job.guarantee => {
                     self.count("requeued");
+                    if let Some(r) = self.history.get_mut(&id) {
+                        r.state = JobState::Queued;
+                    }
                     info!(msgid = %id, queue = %job.queue, "guaranteed job requeued after its job manager was lost");
                     let waiting = WaitingJob {
                         client: job.client,
@@ -637,6 +692,10 @@ impl RouterState {
                 }
                 _ => {
                     self.count("lost_with_worker");
+                    if let Some(r) = self.history.get_mut(&id) {
+                        r.state = JobState::Lost;
+                        r.finished = Some(now.unix);
+                    }
                     warn!(msgid = %id, queue = %job.queue, worker = %peer, "job lost with its job manager");
                     if job.reply_requested {
                         let reply = JobReply::failed(
@@ -656,7 +715,9 @@ impl RouterState {
     }
 
     fn on_unreachable(&mut self, socket: SocketKind, peer: PeerId, message: Message, now: Now, out: &mut Vec<Action>) {
-        self.count("unreachable_peer");
+        // A client that left before its receipt is normal; a job manager or
+        // scheduler that vanished is not.
+        self.count(if socket == SocketKind::Backend { "unreachable_job_manager" } else { "client_gone" });
         match (socket, message.command) {
             (SocketKind::Backend, Command::Request(request)) => {
                 // Never delivered: it goes back to the queue whatever its
@@ -668,6 +729,9 @@ impl RouterState {
                         w.in_flight.retain(|id| *id != msgid);
                     }
                     self.remove_worker(&peer, "became unreachable", now, out);
+                    if let Some(r) = self.history.get_mut(&msgid) {
+                        r.state = JobState::Queued;
+                    }
                     let waiting = WaitingJob {
                         client: job.client,
                         msgid,
@@ -748,6 +812,9 @@ impl RouterState {
             Command::Admin(AdminCommand::Status) => out.push(answer(self.status_json(now))),
             Command::Admin(AdminCommand::RouterShowWorkers) => out.push(answer(self.workers_json(now))),
             Command::Admin(AdminCommand::RouterShowSchedulers) => out.push(answer(self.schedulers_json(now))),
+            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
+                out.push(answer(self.history.status_json(&job_msgid)))
+            }
             Command::Disconnect => {
                 info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: shutting down");
                 self.shutting_down = true;

@@ -4,7 +4,12 @@ use super::*;
 use emq_protocol::{Heartbeat, Inform, Message, QueueSpec, Request};
 
 fn cfg() -> RouterConfig {
-    RouterConfig { heartbeat_interval: Duration::from_secs(3), heartbeat_timeout: Duration::from_secs(5), hwm: 3 }
+    RouterConfig {
+        heartbeat_interval: Duration::from_secs(3),
+        heartbeat_timeout: Duration::from_secs(5),
+        hwm: 3,
+        job_history: 100,
+    }
 }
 
 struct Harness {
@@ -383,4 +388,38 @@ fn kbye_drains_running_jobs_then_forgets_the_job_manager() {
     let out = h.done("jm", "a", r#"{"value": 1}"#);
     assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
     assert!(h.r.workers().is_empty());
+}
+
+#[test]
+fn job_status_follows_a_job_from_queued_to_done() {
+    let mut h = Harness::new();
+    let status = |h: &mut Harness| -> serde_json::Value {
+        let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::JobStatus { job_msgid: "j".into() }));
+        let Action::Send { message, .. } = &out[0] else { panic!() };
+        let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+        serde_json::from_str(body).unwrap()
+    };
+    assert!(status(&mut h)["error"].is_string());
+    h.request("c", "j", "default", "");
+    assert_eq!(status(&mut h)["state"], "queued");
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    let s = status(&mut h);
+    assert_eq!(
+        (s["state"].as_str(), s["worker"].as_str(), s["attempts"].as_u64()),
+        (Some("dispatched"), Some("jm"), Some(1))
+    );
+    h.done("jm", "j", r#"{"value": 5}"#);
+    let s = status(&mut h);
+    assert_eq!(s["state"], "done");
+    assert_eq!(s["result"]["value"], 5);
+    assert!(s["finished"].as_f64().unwrap() >= s["received"].as_f64().unwrap());
+    // Failures are told apart; clients may ask on the frontend too.
+    h.ready("jm");
+    h.request("c", "f", "default", "");
+    h.done("jm", "f", r#"{"value": "boom", "error": {"type": "ValueError", "message": "boom", "traceback": ""}}"#);
+    let out = h.recv(SocketKind::Frontend, "c", Command::Admin(AdminCommand::JobStatus { job_msgid: "f".into() }));
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+    assert!(body.contains("\"failed\""), "{body}");
 }

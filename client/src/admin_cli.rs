@@ -1,0 +1,262 @@
+//! `emq-cli`: the admin tool. Talks to the router's administrative socket
+//! (ours or EventMQ's: same frames) and prints readable tables, or raw JSON
+//! with `--json`. A router that does not answer within `--deadline` is a
+//! clear error, exit code 2.
+
+use crate::admin::AdminClient;
+use clap::{Parser, Subcommand};
+use emq_protocol::{AdminCommand, Command, Reply};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Administer an emq (or EventMQ) router.
+#[derive(Debug, Parser)]
+#[command(name = "emq-cli", version)]
+pub struct Args {
+    /// Router admin address (default: administrative_addr from settings).
+    #[arg(long, short = 'a', global = true)]
+    pub addr: Option<String>,
+    #[arg(long, short = 'C', global = true)]
+    pub config: Option<PathBuf>,
+    /// Seconds to wait for the router's answer.
+    #[arg(long, default_value_t = 5.0, global = true)]
+    pub deadline: f64,
+    /// Print the router's raw JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Queues: waiting, in flight, processed.
+    Status,
+    /// Connected job managers.
+    Workers,
+    /// Connected schedulers.
+    Schedulers,
+    /// Stop the router (DISCONNECT).
+    Shutdown,
+    /// One job's record: state, job manager, timestamps, attempts, result.
+    Job { msgid: String },
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct AdminSetting {
+    administrative_addr: Option<String>,
+}
+
+/// The `emq-cli` binary.
+pub fn main() -> ExitCode {
+    let a = Args::parse();
+    match run(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emq-cli: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(a: &Args) -> anyhow::Result<()> {
+    let addr = match &a.addr {
+        Some(x) => x.clone(),
+        None => emq_settings::load::<AdminSetting>(a.config.as_deref())?
+            .administrative_addr
+            .unwrap_or_else(|| "tcp://127.0.0.1:47293".into()),
+    };
+    let client = AdminClient::connect(&addr)?;
+    let command = match &a.command {
+        Cmd::Status => Command::Admin(AdminCommand::Status),
+        Cmd::Workers => Command::Admin(AdminCommand::RouterShowWorkers),
+        Cmd::Schedulers => Command::Admin(AdminCommand::RouterShowSchedulers),
+        Cmd::Shutdown => Command::Disconnect,
+        Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone() }),
+    };
+    let answer = client.request(command, Duration::from_secs_f64(a.deadline.max(0.0)))?;
+    let body = match answer.command {
+        Command::Ack(_) => {
+            println!("{}", if a.json { r#"{"ack": true}"# } else { "router acknowledged shutdown" });
+            return Ok(());
+        }
+        Command::Reply(Reply::Single { body }) => body,
+        Command::Reply(Reply::Result { reply_json, .. }) => reply_json,
+        other => anyhow::bail!("unexpected answer {}", other.name()),
+    };
+    let v: Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("router answered non-JSON {body:?}: {e}"))?;
+    if a.json {
+        println!("{v}");
+        return Ok(());
+    }
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        anyhow::bail!("router: {e}");
+    }
+    match a.command {
+        Cmd::Status => print!("{}", render_status(&v)),
+        Cmd::Workers => print!("{}", render_workers(&v)),
+        Cmd::Schedulers => print!("{}", render_schedulers(&v)),
+        Cmd::Job { .. } => print!("{}", render_job(&v)),
+        Cmd::Shutdown => println!("{v}"),
+    }
+    Ok(())
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Null => "0".into(),
+        Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
+/// A plain text table with aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out += &line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for r in rows {
+        out += &line(r.clone());
+    }
+    out
+}
+
+/// `status` as a table of queues.
+pub fn render_status(v: &Value) -> String {
+    let mut queues: Vec<String> = Vec::new();
+    for k in ["waiting_messages_by_queue", "inflight_messages_by_queue", "processed_messages_by_queue"] {
+        if let Some(m) = v[k].as_object() {
+            queues.extend(m.keys().cloned());
+        }
+    }
+    queues.sort();
+    queues.dedup();
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            vec![
+                q.clone(),
+                num(&v["waiting_messages_by_queue"][q]),
+                num(&v["inflight_messages_by_queue"][q]),
+                num(&v["processed_messages_by_queue"][q]),
+                num(&v["latency_messages_by_queue"][q]),
+                num(&v["max_latency_messages_by_queue"][q]),
+            ]
+        })
+        .collect();
+    let mut out = table(&["queue", "waiting", "in flight", "processed", "avg latency", "max latency"], &rows);
+    if let Some(e) = v["errors"].as_object().filter(|e| !e.is_empty()) {
+        out += "\nerrors: ";
+        out += &e.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
+        out += "\n";
+    }
+    if v.get("connected_workers").is_some() {
+        out += &format!(
+            "job managers: {}  free slots: {}  accepted: {}  uptime: {} s\n",
+            num(&v["connected_workers"]),
+            num(&v["free_slots"]),
+            num(&v["accepted"]),
+            num(&v["uptime_secs"])
+        );
+    }
+    out
+}
+
+/// `workers` as a table of job managers.
+pub fn render_workers(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["connected_workers"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(id, w)| {
+                    let queues = w["queues"]
+                        .as_array()
+                        .map(|qs| {
+                            qs.iter()
+                                .map(|q| format!("{}:{}", num(&q[0]), q[1].as_str().unwrap_or("?")))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    let since = if w.get("last_seen_secs_ago").is_some() {
+                        format!("{:.1}", w["last_seen_secs_ago"].as_f64().unwrap_or(0.0))
+                    } else {
+                        format!("hb {}", num(&w["hb"])) // EventMQ: a monotonic clock value
+                    };
+                    let workers =
+                        w["health"]["workers"].as_array().map(|a| a.len().to_string()).unwrap_or_else(|| "-".into());
+                    vec![
+                        id.clone(),
+                        queues,
+                        num(&w["available_slots"]),
+                        since,
+                        w.get("in_flight").map(num).unwrap_or_else(|| "-".into()),
+                        w.get("processed").map(num).unwrap_or_else(|| "-".into()),
+                        workers,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["job manager", "queues", "free slots", "secs since heard", "in flight", "processed", "workers"], &rows)
+}
+
+pub fn render_schedulers(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["connected_schedulers"]
+        .as_object()
+        .map(|m| m.iter().map(|(id, s)| vec![id.clone(), num(&s["hb"])]).collect())
+        .unwrap_or_default();
+    table(&["scheduler", "hb"], &rows)
+}
+
+pub fn render_job(v: &Value) -> String {
+    let mut out = String::new();
+    for k in ["msgid", "state", "queue", "worker", "attempts", "received", "dispatched", "finished"] {
+        let val = match &v[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => num(other),
+        };
+        out += &format!("{k:<11}{val}\n");
+    }
+    if !v["result"].is_null() {
+        out += &format!("{:<11}{}\n", "result", v["result"]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_table_lists_every_queue() {
+        let v = json!({
+            "waiting_messages_by_queue": {"a": 2}, "inflight_messages_by_queue": {"b": 1},
+            "processed_messages_by_queue": {"a": 7}, "latency_messages_by_queue": {}, "max_latency_messages_by_queue": {},
+            "errors": {"refused": 1}
+        });
+        let t = render_status(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("queue"));
+        assert!(lines[2].starts_with("a ") && lines[2].contains('7'), "{t}");
+        assert!(lines[3].starts_with("b "), "{t}");
+        assert!(t.contains("refused=1"));
+    }
+}

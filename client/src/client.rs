@@ -1,0 +1,378 @@
+//! [`Client`]: one DEALER connection to a router frontend, any number of
+//! jobs in flight. Incoming REPLYs are sorted by shape (emqp.md,
+//! extensions): one body frame is a receipt (body = the job's msgid) or a
+//! JOB_STATUS answer (body = JSON, never a msgid); two body frames are a
+//! result or a refusal for `orig_msgid`. Everything that arrives is kept
+//! until asked for, so waiting for one job never loses another's result.
+
+use emq_protocol::{AdminCommand, Command, Headers, JobError, JobReply, Message, Reply, Request, RunPayload};
+use emq_sender::{Sender, SenderError};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Client failures (a job's own failure is a [`JobOutcome`], not this).
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Socket(#[from] SenderError),
+    #[error("no answer from the router before the deadline")]
+    Deadline,
+    #[error("bad callable {0:?}: expected pkg.mod.func or pkg.mod:Class.method")]
+    BadCallable(String),
+}
+
+/// How a job should be handled (EventMQ's REQUEST headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Ask for the result (default true: the point of this client).
+    pub reply_requested: bool,
+    /// Requeue the job if its job manager is lost.
+    pub guarantee: bool,
+    /// Re-dispatches allowed after a failure.
+    pub retry_count: Option<u32>,
+    /// Seconds the job may run (else the job manager's global timeout).
+    pub timeout: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { reply_requested: true, guarantee: false, retry_count: None, timeout: None }
+    }
+}
+
+impl Options {
+    /// The REQUEST header frame.
+    pub fn headers(&self) -> String {
+        Headers {
+            reply_requested: self.reply_requested,
+            guarantee: self.guarantee,
+            retry_count: self.retry_count,
+            timeout_secs: self.timeout,
+        }
+        .to_wire()
+    }
+}
+
+/// The router's answer to a REQUEST.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Receipt {
+    Accepted,
+    Refused(JobError),
+}
+
+/// How a job ended, as seen by its client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// It returned this value.
+    Value(Value),
+    /// It raised: type, message, traceback.
+    Failed(JobError),
+    /// It ran past its timeout and was killed.
+    Timeout(JobError),
+    /// Its worker (or job manager) died under it.
+    WorkerDied(JobError),
+    /// The router or job manager would not take it.
+    Refused(JobError),
+    /// No result before the deadline.
+    NoReply,
+}
+
+impl JobOutcome {
+    /// Sorts a reply by its `error.type`.
+    pub fn from_reply(reply: JobReply) -> JobOutcome {
+        match reply.error {
+            None => JobOutcome::Value(reply.value),
+            Some(e) => match e.kind.as_str() {
+                "timeout" => JobOutcome::Timeout(e),
+                "worker died" | "worker lost" | "killed" => JobOutcome::WorkerDied(e),
+                "refused" => JobOutcome::Refused(e),
+                _ => JobOutcome::Failed(e),
+            },
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, JobOutcome::Value(_))
+    }
+
+    /// The reply JSON as the job manager wrote it (`{"value": ...}` plus
+    /// `error` on failure); `None` for [`JobOutcome::NoReply`].
+    pub fn to_json(&self) -> Option<Value> {
+        let err = |e: &JobError| serde_json::json!({"value": e.message, "error": {"type": e.kind, "message": e.message, "traceback": e.traceback}});
+        Some(match self {
+            JobOutcome::Value(v) => serde_json::json!({ "value": v }),
+            JobOutcome::Failed(e) | JobOutcome::Timeout(e) | JobOutcome::WorkerDied(e) | JobOutcome::Refused(e) => {
+                err(e)
+            }
+            JobOutcome::NoReply => return None,
+        })
+    }
+}
+
+/// A connection to a router frontend.
+pub struct Client {
+    sender: Sender,
+    receipts: HashMap<String, Receipt>,
+    results: HashMap<String, JobOutcome>,
+    /// Arrival order of results not yet taken (for [`Client::wait_any`]).
+    result_order: VecDeque<String>,
+    status_answers: VecDeque<Value>,
+}
+
+/// How often `wait` asks the router's job record when nothing arrives, to
+/// recover a result that went to an earlier connection.
+const STATUS_POLL: Duration = Duration::from_secs(1);
+
+impl Client {
+    /// Connects to a router frontend (`tcp://host:47291`).
+    pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        let ctx = zmq::Context::new();
+        Ok(Self::with_sender(Sender::connect(&ctx, addr)?))
+    }
+
+    /// Connects under a chosen identity: a new client with an old client's
+    /// identity receives the results still to come for it.
+    pub fn connect_as(addr: &str, identity: &str) -> Result<Client, ClientError> {
+        let ctx = zmq::Context::new();
+        Ok(Self::with_sender(Sender::connect_with(&ctx, addr, identity.to_owned(), 100_000)?))
+    }
+
+    fn with_sender(sender: Sender) -> Client {
+        Client {
+            sender,
+            receipts: HashMap::new(),
+            results: HashMap::new(),
+            result_order: VecDeque::new(),
+            status_answers: VecDeque::new(),
+        }
+    }
+
+    /// This client's identity at the router.
+    pub fn identity(&self) -> &str {
+        self.sender.identity()
+    }
+
+    /// Submits a job; returns its msgid at once.
+    pub fn send_request(&mut self, queue: &str, job: &RunPayload, options: &Options) -> Result<String, ClientError> {
+        let request = Request { queue: queue.to_owned(), headers: options.headers(), payload: job.to_wire() };
+        let m = Message::new(Command::Request(request));
+        self.sender.send(&m)?;
+        Ok(m.msgid)
+    }
+
+    /// EventMQ-style convenience: `callable` is `pkg.mod.func` (split at the
+    /// last dot) or `pkg.mod:Class.method`.
+    pub fn defer_job(
+        &mut self,
+        queue: &str,
+        callable: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: &Options,
+    ) -> Result<String, ClientError> {
+        let mut job = job_for(callable)?;
+        job.args = args;
+        job.kwargs = kwargs;
+        self.send_request(queue, &job, options)
+    }
+
+    /// Reads whatever has arrived, waiting up to `timeout_ms` for the first
+    /// message. Returns how many messages were read.
+    pub fn pump(&mut self, timeout_ms: i64) -> Result<usize, ClientError> {
+        let mut n = 0;
+        let mut first = true;
+        loop {
+            let got = if first { self.sender.recv_timeout(timeout_ms)? } else { self.sender.try_recv()? };
+            first = false;
+            let Some(m) = got else { return Ok(n) };
+            n += 1;
+            let Ok(m) = m else { continue }; // garbage from a router: ignore
+            match m.command {
+                Command::Reply(Reply::Single { body }) => {
+                    if body.starts_with('{') {
+                        if let Ok(v) = serde_json::from_str(&body) {
+                            self.status_answers.push_back(v);
+                        }
+                    } else {
+                        self.receipts.insert(body, Receipt::Accepted);
+                    }
+                }
+                Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                    let reply = JobReply::from_json(&reply_json).unwrap_or_else(|e| {
+                        JobReply::failed("BadReply", format!("unreadable reply {reply_json:?}: {e}"), "")
+                    });
+                    let outcome = JobOutcome::from_reply(reply);
+                    if let JobOutcome::Refused(e) = &outcome {
+                        self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
+                    }
+                    if self.results.insert(orig_msgid.clone(), outcome).is_none() {
+                        self.result_order.push_back(orig_msgid);
+                    }
+                }
+                _ => {} // heartbeats and the like
+            }
+        }
+    }
+
+    /// Waits for the router's receipt (or refusal) of `msgid`.
+    pub fn wait_receipt(&mut self, msgid: &str, deadline: Instant) -> Result<Receipt, ClientError> {
+        loop {
+            if let Some(r) = self.receipts.remove(msgid) {
+                return Ok(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Deadline);
+            }
+            self.pump(left.as_millis().max(1) as i64)?;
+        }
+    }
+
+    /// Waits for the outcome of `msgid` until `deadline`. When nothing
+    /// arrives for a while it asks the router's job record, so a result sent
+    /// to an earlier connection is not lost.
+    pub fn wait(&mut self, msgid: &str, deadline: Instant) -> JobOutcome {
+        let mut last_poll = Instant::now();
+        loop {
+            if let Some(o) = self.take_result(msgid) {
+                self.receipts.remove(msgid);
+                return o;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return JobOutcome::NoReply;
+            }
+            if now.duration_since(last_poll) >= STATUS_POLL {
+                last_poll = now;
+                if let Ok(Some(o)) = self.recover_from_record(msgid, deadline) {
+                    return o;
+                }
+                continue;
+            }
+            let slice = deadline.saturating_duration_since(now).min(STATUS_POLL);
+            if self.pump(slice.as_millis().max(1) as i64).is_err() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// The next result of any job, in arrival order.
+    pub fn wait_any(&mut self, deadline: Instant) -> Option<(String, JobOutcome)> {
+        loop {
+            while let Some(id) = self.result_order.pop_front() {
+                if let Some(o) = self.results.remove(&id) {
+                    self.receipts.remove(&id);
+                    return Some((id, o));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = self.pump(left.as_millis().max(1) as i64);
+        }
+    }
+
+    /// Takes every receipt (or refusal) received so far.
+    pub fn drain_receipts(&mut self) -> Vec<(String, Receipt)> {
+        self.receipts.drain().collect()
+    }
+
+    /// Takes an already-received result without waiting.
+    pub fn take_result(&mut self, msgid: &str) -> Option<JobOutcome> {
+        self.results.remove(msgid)
+    }
+
+    /// The router's record of a job: state (`queued`, `dispatched`, `done`,
+    /// `failed`, `refused`, `lost`), job manager, timestamps, attempts,
+    /// result.
+    pub fn job_status(&mut self, msgid: &str, deadline: Instant) -> Result<Value, ClientError> {
+        let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.to_owned() }));
+        self.sender.send(&m)?;
+        loop {
+            if let Some(pos) = self.status_answers.iter().position(|v| v["msgid"] == msgid) {
+                return Ok(self.status_answers.remove(pos).expect("position exists"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Deadline);
+            }
+            self.pump(left.as_millis().max(1) as i64)?;
+        }
+    }
+
+    fn recover_from_record(&mut self, msgid: &str, deadline: Instant) -> Result<Option<JobOutcome>, ClientError> {
+        let ask_until = (Instant::now() + Duration::from_millis(500)).min(deadline);
+        let status = self.job_status(msgid, ask_until)?;
+        if let Some(o) = self.take_result(msgid) {
+            return Ok(Some(o));
+        }
+        match (status["state"].as_str(), status.get("result")) {
+            (Some("done" | "failed" | "refused"), Some(r)) if !r.is_null() => {
+                let reply = serde_json::from_value::<JobReply>(r.clone()).unwrap_or_else(|_| JobReply::ok(r.clone()));
+                Ok(Some(JobOutcome::from_reply(reply)))
+            }
+            (Some("lost"), _) => Ok(Some(JobOutcome::WorkerDied(JobError {
+                kind: "worker lost".into(),
+                message: "the job's job manager was lost".into(),
+                traceback: String::new(),
+            }))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reconnects under the same identity, keeping every receipt and result
+    /// that already arrived.
+    pub fn reconnect(&mut self) -> Result<(), ClientError> {
+        let _ = self.pump(0);
+        self.sender.reopen()?;
+        Ok(())
+    }
+}
+
+/// `pkg.mod.func` → path `pkg.mod`, callable `func`; `pkg.mod:Class.method`
+/// → path `pkg.mod:Class`, callable `method`.
+pub fn job_for(callable: &str) -> Result<RunPayload, ClientError> {
+    let bad = || ClientError::BadCallable(callable.to_owned());
+    let (path, name) = callable.rsplit_once('.').ok_or_else(bad)?;
+    if path.is_empty() || name.is_empty() || name.contains(':') {
+        return Err(bad());
+    }
+    Ok(RunPayload::new(path, name, Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callable_forms() {
+        let j = job_for("pkg.mod.func").unwrap();
+        assert_eq!((j.path.as_str(), j.callable.as_str()), ("pkg.mod", "func"));
+        let j = job_for("pkg.mod:Counter.bump").unwrap();
+        assert_eq!((j.path.as_str(), j.callable.as_str()), ("pkg.mod:Counter", "bump"));
+        assert!(job_for("nodot").is_err());
+        assert!(job_for("mod.").is_err());
+        assert!(job_for("a:b").is_err());
+    }
+
+    #[test]
+    fn outcomes_by_error_type() {
+        let o = |k: &str| JobOutcome::from_reply(JobReply::failed(k, "m", ""));
+        assert!(matches!(o("timeout"), JobOutcome::Timeout(_)));
+        assert!(matches!(o("worker died"), JobOutcome::WorkerDied(_)));
+        assert!(matches!(o("refused"), JobOutcome::Refused(_)));
+        assert!(matches!(o("ValueError"), JobOutcome::Failed(_)));
+        assert_eq!(JobOutcome::from_reply(JobReply::ok(5.into())), JobOutcome::Value(5.into()));
+        assert_eq!(JobOutcome::Value(5.into()).to_json().unwrap(), serde_json::json!({"value": 5}));
+    }
+
+    #[test]
+    fn options_to_headers() {
+        assert_eq!(Options::default().headers(), "reply-requested");
+        let o = Options { reply_requested: false, guarantee: true, retry_count: Some(2), timeout: Some(5) };
+        assert_eq!(o.headers(), "guarantee,retry-count:2,timeout:5");
+    }
+}

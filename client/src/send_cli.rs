@@ -1,0 +1,289 @@
+//! `emq-send`: submit a job (or N copies) from the shell.
+//!
+//! Exit codes: 0 success; 1 the job failed, timed out or was refused (the
+//! error JSON on stdout); 2 usage or connection error (message on stderr);
+//! 3 `--deadline` passed without a result.
+
+use crate::client::job_for;
+use crate::{Client, ClientError, JobOutcome, Options, Receipt};
+use clap::Parser;
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Send a job to an emq (or EventMQ) router.
+#[derive(Debug, Parser)]
+#[command(name = "emq-send", version, trailing_var_arg = true)]
+pub struct Args {
+    /// Router frontend (default: frontend_addr from settings).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Settings file for the default address.
+    #[arg(long, short = 'C')]
+    pub config: Option<PathBuf>,
+    #[arg(long, short = 'q', default_value = "default")]
+    pub queue: String,
+    /// Wait for the result and print it (asks for reply-requested).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up after this many seconds (exit 3).
+    #[arg(long)]
+    pub deadline: Option<f64>,
+    /// Job timeout in seconds (timeout:N header).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Retries allowed (retry-count:N header).
+    #[arg(long)]
+    pub retry: Option<u32>,
+    /// Requeue the job if its job manager is lost.
+    #[arg(long)]
+    pub guarantee: bool,
+    /// JSON list of constructor args for pkg.mod:Class.method.
+    #[arg(long = "class-args")]
+    pub class_args: Option<String>,
+    /// JSON object of constructor kwargs for pkg.mod:Class.method.
+    #[arg(long = "class-kwargs")]
+    pub class_kwargs: Option<String>,
+    /// Send N copies and report sent / succeeded / failed and the rate.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// With --count: most jobs outstanding at once.
+    #[arg(long, default_value_t = 1000)]
+    pub window: usize,
+    /// pkg.mod.func or pkg.mod:Class.method
+    pub callable: String,
+    /// Positional ARGs and KEY=VALUE kwargs; each value is JSON when it
+    /// parses as JSON, else a string.
+    #[arg(allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// `2` → 2, `hello` → "hello", `'"2"'` → "2".
+pub fn parse_value(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
+}
+
+/// Splits CLI arguments into positional args and `KEY=VALUE` kwargs (KEY a
+/// Python identifier).
+pub fn split_args(raw: &[String]) -> (Vec<Value>, Map<String, Value>) {
+    let mut args = Vec::new();
+    let mut kwargs = Map::new();
+    for a in raw {
+        match a.split_once('=') {
+            Some((k, v)) if is_identifier(k) => {
+                kwargs.insert(k.to_owned(), parse_value(v));
+            }
+            _ => args.push(parse_value(a)),
+        }
+    }
+    (args, kwargs)
+}
+
+fn is_identifier(k: &str) -> bool {
+    let mut c = k.chars();
+    matches!(c.next(), Some(ch) if ch.is_alphabetic() || ch == '_') && c.all(|ch| ch.is_alphanumeric() || ch == '_')
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct FrontendSetting {
+    frontend_addr: Option<String>,
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("emq-send: {msg}");
+    ExitCode::from(2)
+}
+
+/// The `emq-send` binary.
+pub fn main() -> ExitCode {
+    let a = Args::parse();
+    let addr = match &a.addr {
+        Some(x) => x.clone(),
+        None => match emq_settings::load::<FrontendSetting>(a.config.as_deref()) {
+            Ok(s) => s.frontend_addr.unwrap_or_else(|| "tcp://127.0.0.1:47291".into()),
+            Err(e) => return usage(e),
+        },
+    };
+    let mut job = match job_for(&a.callable) {
+        Ok(j) => j,
+        Err(e) => return usage(e),
+    };
+    let (args, kwargs) = split_args(&a.args);
+    job.args = args;
+    job.kwargs = kwargs;
+    if let Some(ca) = &a.class_args {
+        match serde_json::from_str::<Value>(ca) {
+            Ok(Value::Array(v)) => job.class_args = v,
+            _ => return usage("--class-args must be a JSON list"),
+        }
+    }
+    if let Some(ck) = &a.class_kwargs {
+        match serde_json::from_str::<Value>(ck) {
+            Ok(Value::Object(m)) => job.class_kwargs = m,
+            _ => return usage("--class-kwargs must be a JSON object"),
+        }
+    }
+    if a.count == 0 || a.window == 0 {
+        return usage("--count and --window must be at least 1");
+    }
+    let options = Options { reply_requested: a.wait, guarantee: a.guarantee, retry_count: a.retry, timeout: a.timeout };
+    let mut client = match Client::connect(&addr) {
+        Ok(c) => c,
+        Err(e) => return usage(format!("cannot connect to {addr}: {e}")),
+    };
+    let start = Instant::now();
+    let deadline = a.deadline.map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+    if a.count == 1 {
+        send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, deadline)
+    } else {
+        send_many(&mut client, &a, &job, &options, deadline)
+    }
+}
+
+fn send_one(
+    client: &mut Client,
+    addr: &str,
+    queue: &str,
+    job: &crate::Job,
+    options: &Options,
+    wait: bool,
+    deadline: Option<Instant>,
+) -> ExitCode {
+    let msgid = match client.send_request(queue, job, options) {
+        Ok(id) => id,
+        Err(e) => return usage(e),
+    };
+    // The receipt proves the router is there; without one it is a
+    // connection problem, unless the user's own deadline ran out first.
+    let receipt_limit = Instant::now() + Duration::from_secs(10);
+    let receipt_deadline = deadline.map_or(receipt_limit, |d| d.min(receipt_limit));
+    match client.wait_receipt(&msgid, receipt_deadline) {
+        Ok(Receipt::Accepted) => {}
+        Ok(Receipt::Refused(e)) => {
+            println!("{}", JobOutcome::Refused(e).to_json().expect("refusal has JSON"));
+            return ExitCode::from(1);
+        }
+        Err(ClientError::Deadline) if deadline.is_some_and(|d| Instant::now() >= d) => {
+            eprintln!("emq-send: deadline passed before the router's receipt for {msgid}");
+            return ExitCode::from(3);
+        }
+        Err(e) => return usage(format!("no receipt from the router at {addr} ({e}); is it running?")),
+    }
+    if !wait {
+        println!("{msgid}");
+        return ExitCode::SUCCESS;
+    }
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    match client.wait(&msgid, deadline.unwrap_or(far)) {
+        JobOutcome::NoReply => {
+            eprintln!("emq-send: no result for {msgid} before the deadline");
+            ExitCode::from(3)
+        }
+        o => {
+            println!("{}", o.to_json().expect("an outcome with JSON"));
+            if o.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn send_many(
+    client: &mut Client,
+    a: &Args,
+    job: &crate::Job,
+    options: &Options,
+    deadline: Option<Instant>,
+) -> ExitCode {
+    let start = Instant::now();
+    let (mut sent, mut ok, mut failed) = (0u64, 0u64, 0u64);
+    let mut outstanding = 0usize;
+    let mut first_error: Option<Value> = None;
+    let mut deadline_passed = false;
+    while sent < a.count || outstanding > 0 {
+        while outstanding < a.window && sent < a.count {
+            if let Err(e) = client.send_request(&a.queue, job, options) {
+                return usage(e);
+            }
+            sent += 1;
+            outstanding += 1;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            deadline_passed = true;
+            break;
+        }
+        let slice = Instant::now() + Duration::from_millis(200);
+        let slice = deadline.map_or(slice, |d| d.min(slice));
+        if a.wait {
+            if let Some((_, o)) = client.wait_any(slice) {
+                outstanding -= 1;
+                if o.is_success() {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| o.to_json().unwrap_or(Value::Null));
+                }
+                // Collect everything else already here without waiting.
+                while let Some((_, o)) = client.wait_any(Instant::now()) {
+                    outstanding -= 1;
+                    if o.is_success() {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+        } else {
+            let _ = client.pump(slice.saturating_duration_since(Instant::now()).as_millis().max(1) as i64);
+            for (_, r) in client.drain_receipts() {
+                outstanding = outstanding.saturating_sub(1);
+                match r {
+                    Receipt::Accepted => ok += 1,
+                    Receipt::Refused(e) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| JobOutcome::Refused(e).to_json().unwrap_or(Value::Null));
+                    }
+                }
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "sent": sent,
+        "succeeded": ok,
+        "failed": failed,
+        "no_reply": outstanding,
+        "counted": if a.wait { "results" } else { "receipts" },
+        "secs": secs,
+        "jobs_per_sec": (ok + failed) as f64 / secs.max(1e-9),
+        "first_error": first_error,
+    });
+    println!("{summary}");
+    if deadline_passed && outstanding > 0 {
+        ExitCode::from(3)
+    } else if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn args_are_json_when_they_parse() {
+        let raw: Vec<String> =
+            ["2", "hello", "\"2\"", "[1,2]", "n=3", "name=bob", "a-b=c", "=x"].iter().map(|s| s.to_string()).collect();
+        let (args, kwargs) = split_args(&raw);
+        assert_eq!(args, vec![json!(2), json!("hello"), json!("2"), json!([1, 2]), json!("a-b=c"), json!("=x")]);
+        assert_eq!(kwargs["n"], json!(3));
+        assert_eq!(kwargs["name"], json!("bob"));
+    }
+}

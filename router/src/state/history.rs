@@ -1,0 +1,152 @@
+//! A bounded record of recent jobs (setting `job_history`, oldest dropped
+//! first): what state each is in, where it was sent, when, how many times,
+//! and its result. Answers `JOB_STATUS`.
+
+use emq_receiver::PeerId;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting in a queue buffer for a free slot.
+    Queued,
+    /// Handed to a job manager.
+    Dispatched,
+    /// Finished; the result has no `error`.
+    Done,
+    /// Finished with an `error` (exception, timeout, worker died...).
+    Failed,
+    /// Not accepted (queue full, malformed).
+    Refused,
+    /// Its job manager vanished and it was not `guarantee`d.
+    Lost,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Dispatched => "dispatched",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Refused => "refused",
+            JobState::Lost => "lost",
+        }
+    }
+}
+
+/// One job's record.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub queue: String,
+    pub state: JobState,
+    pub worker: Option<PeerId>,
+    /// Unix seconds.
+    pub received: f64,
+    pub dispatched: Option<f64>,
+    pub finished: Option<f64>,
+    pub attempts: u32,
+    /// The reply JSON, once finished.
+    pub result: Option<String>,
+}
+
+/// Recent jobs by msgid, bounded.
+#[derive(Debug)]
+pub struct JobHistory {
+    cap: usize,
+    records: HashMap<String, JobRecord>,
+    order: VecDeque<String>,
+}
+
+impl JobHistory {
+    pub fn new(cap: usize) -> Self {
+        JobHistory { cap, records: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Records a new job (a repeated msgid replaces its record).
+    pub fn insert(&mut self, msgid: &str, record: JobRecord) {
+        if self.cap == 0 {
+            return;
+        }
+        if let Some(r) = self.records.get_mut(msgid) {
+            *r = record;
+            return;
+        }
+        while self.records.len() >= self.cap {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.records.remove(&oldest);
+        }
+        self.order.push_back(msgid.to_owned());
+        self.records.insert(msgid.to_owned(), record);
+    }
+
+    pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
+        self.records.get_mut(msgid)
+    }
+
+    pub fn get(&self, msgid: &str) -> Option<&JobRecord> {
+        self.records.get(msgid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The `JOB_STATUS` answer for `msgid`.
+    pub fn status_json(&self, msgid: &str) -> String {
+        match self.records.get(msgid) {
+            None => json!({"msgid": msgid, "error": "unknown job (never seen, or older than job_history)"}),
+            Some(r) => json!({
+                "msgid": msgid,
+                "state": r.state.as_str(),
+                "queue": r.queue,
+                "worker": r.worker.as_ref().map(|w| w.to_string()),
+                "attempts": r.attempts,
+                "received": r.received,
+                "dispatched": r.dispatched,
+                "finished": r.finished,
+                "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
+            }),
+        }
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> JobRecord {
+        JobRecord {
+            queue: "q".into(),
+            state: JobState::Queued,
+            worker: None,
+            received: 1.0,
+            dispatched: None,
+            finished: None,
+            attempts: 0,
+            result: None,
+        }
+    }
+
+    #[test]
+    fn bounded_oldest_first() {
+        let mut h = JobHistory::new(2);
+        h.insert("a", rec());
+        h.insert("b", rec());
+        h.insert("a", rec()); // replace, no growth
+        h.insert("c", rec());
+        assert!(h.get("a").is_none());
+        assert!(h.get("b").is_some() && h.get("c").is_some());
+        assert_eq!(h.len(), 2);
+        assert!(h.status_json("a").contains("unknown job"));
+        let mut z = JobHistory::new(0);
+        z.insert("a", rec());
+        assert!(z.is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! The clients: the Rust `Client` API, `emq-send` and `emq-cli`, against
+//! our router and job manager.
+
+mod common;
+use common::*;
+use emq_client::{Client, Job, JobOutcome, Options};
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn emq_send(frontend: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-send"))
+        .args(["--addr", frontend])
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+fn emq_cli(admin_addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["--addr", admin_addr])
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+#[test]
+fn emq_send_wait_prints_results_and_exit_codes() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let (code, out, err) = emq_send(&a.frontend, &["--wait", "benchjobs.add", "2", "3"]);
+    assert_eq!((code, out.as_str()), (0, r#"{"value":5}"#), "{err}");
+    // Args: JSON when valid, else strings; KEY=VALUE kwargs; class jobs.
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "testjobs.echo", "2", "hello", "\"2\"", "k=[1]"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["value"], json!({"args": [2, "hello", "2"], "kwargs": {"k": [1]}}));
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "--class-args", "[1]", "pkg.mod:Counter.bump", "4"]);
+    assert_eq!((code, out.as_str()), (0, r#"{"value":5}"#));
+    // A failing job: exit 1, the traceback in the JSON.
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "testjobs.fail", "bad things"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["type"], "ValueError");
+    assert!(v["error"]["traceback"].as_str().unwrap().contains("Traceback"), "{v}");
+    // A job timeout is a failure too.
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "--timeout", "1", "testjobs.sleep", "10"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"timeout\""), "{out}");
+    // Without --wait: the msgid, once the receipt is in.
+    let (code, out, _) = emq_send(&a.frontend, &["benchjobs.add", "1", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.len(), 36, "a msgid: {out}");
+    // Usage errors: exit 2.
+    let (code, _, err) = emq_send(&a.frontend, &["nodots"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = emq_send(&a.frontend, &["--class-args", "{}", "a.b"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn emq_send_deadline_without_job_manager_exits_3_and_no_router_exits_2() {
+    let (_r, a) = start_router(&[]);
+    let (code, _, err) = emq_send(&a.frontend, &["--wait", "--deadline", "1", "benchjobs.add", "2", "3"]);
+    assert_eq!(code, 3, "{err}");
+    let nobody = tcp(free_port());
+    let (code, _, err) = emq_send(&nobody, &["--deadline", "1", "benchjobs.add", "2", "3"]);
+    assert_eq!(code, 3, "user deadline first: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["--addr", &nobody, "--deadline", "0.5", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
+}
+
+#[test]
+fn emq_send_count_reports_rate() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let (code, out, err) = emq_send(&a.frontend, &["--wait", "--count", "300", "--window", "50", "benchjobs.noop"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["sent"].as_u64(), v["succeeded"].as_u64(), v["failed"].as_u64()), (Some(300), Some(300), Some(0)));
+    assert!(v["jobs_per_sec"].as_f64().unwrap() > 0.0);
+    println!("emq-send --count 300 --wait (debug build): {out}");
+}
+
+#[test]
+fn one_client_many_concurrent_requests_each_get_their_own_result() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for i in 0..1000i64 {
+        let job = Job::new("benchjobs", "add", vec![i.into(), (i * 7).into()]);
+        expected.insert(client.send_request("default", &job, &Options::default()).unwrap(), i * 8);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = 0;
+    while !expected.is_empty() {
+        let (id, outcome) = client.wait_any(deadline).expect("all 1000 results before the hang guard");
+        let want = expected.remove(&id).unwrap_or_else(|| panic!("result for unknown or repeated msgid {id}"));
+        assert_eq!(outcome, JobOutcome::Value(want.into()), "msgid {id}");
+        got += 1;
+    }
+    assert_eq!(got, 1000);
+}
+
+#[test]
+fn client_outcomes_status_and_results_kept_across_reconnect() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let dl = || Instant::now() + Duration::from_secs(60);
+    let id = client
+        .defer_job("default", "testjobs.fail", vec!["x".into()], Default::default(), &Options::default())
+        .unwrap();
+    let JobOutcome::Failed(e) = client.wait(&id, dl()) else { panic!("expected a failure") };
+    assert_eq!(e.kind, "ValueError");
+    let slow = Options { timeout: Some(1), ..Options::default() };
+    let id = client.defer_job("default", "testjobs.sleep", vec![5.into()], Default::default(), &slow).unwrap();
+    assert!(matches!(client.wait(&id, dl()), JobOutcome::Timeout(_)));
+    let id = client.defer_job("default", "testjobs.crash", vec![], Default::default(), &Options::default()).unwrap();
+    assert!(matches!(client.wait(&id, dl()), JobOutcome::WorkerDied(_)));
+    let id =
+        client.defer_job("default", "testjobs.sleep", vec![3.into()], Default::default(), &Options::default()).unwrap();
+    assert_eq!(client.wait(&id, Instant::now() + Duration::from_millis(300)), JobOutcome::NoReply);
+    // A result that arrived while the client waited for another job, or
+    // that went to a dropped connection, is not lost.
+    let a1 = client
+        .defer_job("default", "benchjobs.add", vec![1.into(), 1.into()], Default::default(), &Options::default())
+        .unwrap();
+    client.reconnect().unwrap();
+    assert_eq!(client.wait(&id, dl()), JobOutcome::Value(3.into()));
+    assert_eq!(client.wait(&a1, dl()), JobOutcome::Value(2.into()));
+    let b =
+        client.defer_job("default", "testjobs.sleep", vec![1.into()], Default::default(), &Options::default()).unwrap();
+    let identity = client.identity().to_owned();
+    drop(client);
+    let mut again = Client::connect(&a.frontend).unwrap();
+    assert_ne!(again.identity(), identity);
+    assert_eq!(again.wait(&b, dl()), JobOutcome::Value(1.into()), "recovered from the router's job record");
+    let s = again.job_status(&b, dl()).unwrap();
+    assert_eq!(s["state"], "done");
+}
+
+#[test]
+fn emq_cli_status_workers_and_job_lifecycle() {
+    let (_r, a) = start_router(&[]);
+    // Queued before any job manager exists...
+    let (code, msgid, err) = emq_send(&a.frontend, &["-q", "default", "testjobs.sleep", "0.5"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "queued");
+    let (_, human, _) = emq_cli(&a.admin, &["job", &msgid]);
+    assert!(human.contains("queued"), "{human}");
+    // ...dispatched, then done.
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    eventually(Duration::from_secs(60), || {
+        let (_, out, _) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["state"] == "dispatched").then_some(())
+    });
+    let v = eventually(Duration::from_secs(60), || {
+        let (_, out, _) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["state"] == "done").then_some(v)
+    });
+    assert_eq!(v["result"], json!({"value": 0.5}));
+    assert_eq!(v["attempts"], 1);
+
+    let (code, out, _) = emq_cli(&a.admin, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in [
+        "inflight_messages_by_queue",
+        "latency_messages_by_queue",
+        "max_latency_messages_by_queue",
+        "waiting_messages_by_queue",
+        "processed_messages_by_queue",
+        "processed_messages_by_worker",
+    ] {
+        assert!(s[k].is_object(), "{k}: {s}");
+    }
+    let (_, table, _) = emq_cli(&a.admin, &["status"]);
+    assert!(table.lines().next().unwrap().starts_with("queue"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("default")), "{table}");
+    let (_, workers, _) = emq_cli(&a.admin, &["workers"]);
+    assert!(workers.contains("10:default"), "{workers}");
+    println!("emq-cli status:\n{table}\nemq-cli workers:\n{workers}");
+    let (code, out, _) = emq_cli(&a.admin, &["shutdown"]);
+    assert_eq!((code, out.as_str()), (0, "router acknowledged shutdown"));
+}
