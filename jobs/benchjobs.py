@@ -26,3 +26,14 @@ def append_line(path, line):
     finally:
         os.close(fd)
     return True
+
+
+def pid_then_sleep(path, secs):
+    """Write this worker's pid to ``path``, then sleep (recovery benchmark:
+    the worker is killed while it sleeps)."""
+    import time
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(secs)
+    return True

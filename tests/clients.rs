@@ -166,7 +166,7 @@ fn client_outcomes_status_and_results_kept_across_reconnect() {
 fn emq_cli_status_workers_and_job_lifecycle() {
     let (_r, a) = start_router(&[]);
     // Queued before any job manager exists...
-    let (code, msgid, err) = emq_send(&a.frontend, &["-q", "default", "testjobs.sleep", "0.5"]);
+    let (code, msgid, err) = emq_send(&a.frontend, &["-q", "default", "testjobs.sleep", "2"]);
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = emq_cli(&a.admin, &["--json", "job", &msgid]);
     assert_eq!(code, 0, "{err}");
@@ -186,7 +186,7 @@ fn emq_cli_status_workers_and_job_lifecycle() {
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (v["state"] == "done").then_some(v)
     });
-    assert_eq!(v["result"], json!({"value": 0.5}));
+    assert_eq!(v["result"], json!({"value": 2}));
     assert_eq!(v["attempts"], 1);
 
     let (code, out, _) = emq_cli(&a.admin, &["status", "--json"]);

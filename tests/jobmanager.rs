@@ -172,7 +172,7 @@ fn sigterm_lets_the_running_job_finish_then_exits_zero() {
     let mut c = TestClient::connect(&a.frontend);
     let id = c.send("default", "reply-requested", "testjobs", "sleep", json!([1.5]));
     // Let it start, then ask the job manager to stop.
-    eventually(Duration::from_secs(10), || (router_free_slots(&a.admin) == 1).then_some(()));
+    eventually(Duration::from_secs(10), || (router_free_slots(&a.admin) == 2 * SLOTS_PER_WORKER - 1).then_some(()));
     jm.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(c.wait(&id, 30), json!({"value": 1.5}), "the running job completed");
     let st = jm.wait_exit(Duration::from_secs(30)).expect("job manager exits");

@@ -202,6 +202,7 @@ impl Server {
                 FromWorker::Done { msgid, reply_json, error_type } => {
                     Event::WorkerDone { slot, msgid, reply_json, error_type }
                 }
+                FromWorker::Stolen { msgids } => Event::WorkerStole { slot, msgids },
             });
         }
         if let Some(e) = &outcome.error {
@@ -268,6 +269,11 @@ impl Server {
                         // Its death shows up as end-of-stream on its pipe.
                         warn!(slot, pid = w.pid(), error = %e, "cannot hand job to worker");
                     }
+                }
+            }
+            Action::Steal { slot } => {
+                if let Some(w) = self.workers[slot].as_mut() {
+                    let _ = w.send(&ToWorker::Steal);
                 }
             }
             Action::Retire { slot } => {

@@ -48,6 +48,10 @@ pub struct JobManagerSettings {
     pub kill_grace_period: f64,
     /// Seconds between SIGTERM and SIGKILL for a timed-out job's worker.
     pub kill_escalation: f64,
+    /// Jobs a worker may hold: one running plus the rest queued behind it.
+    pub worker_pipeline: usize,
+    /// Seconds after which jobs queued behind a running job are taken back.
+    pub steal_after: f64,
     pub heartbeat_interval: f64,
     pub heartbeat_timeout: f64,
     /// Router silence of `heartbeat_timeout × heartbeat_liveness` → reconnect.
@@ -82,6 +86,8 @@ impl Default for JobManagerSettings {
             global_timeout: 300.0,
             kill_grace_period: 300.0,
             kill_escalation: 1.0,
+            worker_pipeline: 2,
+            steal_after: 0.01,
             heartbeat_interval: 3.0,
             heartbeat_timeout: 5.0,
             heartbeat_liveness: 3.0,
@@ -134,6 +140,8 @@ impl JobManagerSettings {
             global_timeout: secs(self.global_timeout, "global_timeout")?,
             kill_grace: Duration::from_secs_f64(self.kill_grace_period.max(0.0)),
             kill_escalation: secs(self.kill_escalation, "kill_escalation")?,
+            worker_pipeline: self.worker_pipeline.max(1),
+            steal_after: secs(self.steal_after, "steal_after")?,
             heartbeat_interval: secs(self.heartbeat_interval, "heartbeat_interval")?,
             router_silence_limit: secs(self.heartbeat_timeout, "heartbeat_timeout")?
                 .mul_f64(self.heartbeat_liveness.max(1.0)),

@@ -17,7 +17,10 @@ pub enum ToWorker {
     /// Run one job; `payload` is the REQUEST's payload frame, already
     /// validated by the job manager.
     Run { msgid: String, payload: String },
-    /// Finish and exit (recycling, shutdown).
+    /// Give back every job received but not started yet (they are queued
+    /// behind a job that runs long); answered with [`FromWorker::Stolen`].
+    Steal,
+    /// Finish the jobs already received, then exit (recycling, shutdown).
     Shutdown,
 }
 
@@ -29,6 +32,8 @@ pub enum FromWorker {
     /// A job finished. `reply_json` is the REPLY frame as it goes to the
     /// router; `error_type` is set when the job failed.
     Done { msgid: String, reply_json: String, error_type: Option<String> },
+    /// Jobs handed back after [`ToWorker::Steal`], never started.
+    Stolen { msgids: Vec<String> },
 }
 
 /// What a worker needs to know, passed in [`crate::WORKER_CONFIG_ENV`].

@@ -1,14 +1,29 @@
-//! The worker process: reads [`ToWorker`] frames on stdin, runs each job in
-//! the embedded interpreter, answers [`FromWorker`] frames on a private copy
-//! of its original stdout. Before Python starts, fd 1 is pointed at stderr,
-//! so `print()` in a job cannot corrupt the frame stream.
+//! The worker process: a reader thread takes [`ToWorker`] frames from stdin
+//! into an inbox (so the job manager can queue a job behind the running one,
+//! and take queued ones back with `Steal`); the main thread runs jobs from
+//! the inbox in the embedded interpreter, one at a time, and answers
+//! [`FromWorker`] frames on a private copy of its original stdout. Before
+//! Python starts, fd 1 is pointed at stderr, so `print()` in a job cannot
+//! corrupt the frame stream.
 
 use crate::python::PythonRunner;
 use crate::wire::{read_frame, write_frame, FromWorker, ToWorker, WorkerConfig};
 use emq_protocol::{JobReply, RunPayload};
 use pyo3::prelude::*;
+use std::collections::VecDeque;
 use std::fs::File;
+use std::io::BufWriter;
 use std::os::fd::FromRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Jobs received and not started, plus whether input has ended.
+#[derive(Default)]
+struct Inbox {
+    jobs: VecDeque<(String, String)>,
+    closed: bool,
+}
+
+type Shared<T> = Arc<(Mutex<T>, Condvar)>;
 
 /// Entry point of a worker process; returns its exit code.
 pub fn worker_main() -> i32 {
@@ -22,7 +37,7 @@ pub fn worker_main() -> i32 {
         },
         Err(_) => WorkerConfig::default(),
     };
-    let _ = tracing_subscriber_init(&cfg.log_level);
+    tracing_subscriber_init(&cfg.log_level);
     // Private frame channel: dup the original stdout, then send fd 1 to stderr.
     let frames_fd = match nix::fcntl::fcntl(std::io::stdout(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
         Ok(fd) => fd,
@@ -36,44 +51,87 @@ pub fn worker_main() -> i32 {
         nix::libc::dup2(2, 1);
     }
     // SAFETY: frames_fd was just created by F_DUPFD_CLOEXEC and is ours.
-    let mut out = std::io::BufWriter::new(unsafe { File::from_raw_fd(frames_fd) });
-    let mut input = std::io::stdin().lock();
+    let out = Arc::new(Mutex::new(BufWriter::new(unsafe { File::from_raw_fd(frames_fd) })));
+    let inbox: Shared<Inbox> = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
     let pid = std::process::id();
+    {
+        let (inbox, out) = (inbox.clone(), out.clone());
+        std::thread::spawn(move || read_commands(inbox, out));
+    }
 
     Python::attach(|py| {
         let mut runner = PythonRunner::new(py, &cfg);
-        if write_frame(&mut out, &FromWorker::Ready { pid }).is_err() {
+        if send(&out, &FromWorker::Ready { pid }).is_err() {
             return 1;
         }
         loop {
-            match read_frame::<ToWorker>(&mut input) {
-                Ok(Some(ToWorker::Run { msgid, payload })) => {
-                    let reply = match RunPayload::parse(&payload) {
-                        Ok(p) => runner.run(py, &p),
-                        Err(e) => JobReply::failed("BadPayload", e.to_string(), ""),
-                    };
-                    let error_type = reply.error.as_ref().map(|e| e.kind.clone());
-                    let done = FromWorker::Done { msgid, reply_json: reply.to_json(), error_type };
-                    if write_frame(&mut out, &done).is_err() {
-                        return 1; // parent gone
+            let next = py.detach(|| {
+                let (lock, cv) = &*inbox;
+                let mut g = lock.lock().expect("inbox lock");
+                loop {
+                    if let Some(job) = g.jobs.pop_front() {
+                        return Some(job);
                     }
+                    if g.closed {
+                        return None;
+                    }
+                    g = cv.wait(g).expect("inbox lock");
                 }
-                Ok(Some(ToWorker::Shutdown)) | Ok(None) => return 0,
-                Err(e) => {
-                    tracing::error!(pid, error = %e, "bad frame from job manager");
-                    return 1;
-                }
+            });
+            let Some((msgid, payload)) = next else { return 0 };
+            let reply = match RunPayload::parse(&payload) {
+                Ok(p) => runner.run(py, &p),
+                Err(e) => JobReply::failed("BadPayload", e.to_string(), ""),
+            };
+            let error_type = reply.error.as_ref().map(|e| e.kind.clone());
+            if send(&out, &FromWorker::Done { msgid, reply_json: reply.to_json(), error_type }).is_err() {
+                return 1; // parent gone
             }
         }
     })
 }
 
-fn tracing_subscriber_init(level: &str) -> Result<(), ()> {
+fn send(out: &Mutex<BufWriter<File>>, msg: &FromWorker) -> std::io::Result<()> {
+    write_frame(&mut *out.lock().expect("output lock"), msg)
+}
+
+/// The reader thread: stdin frames into the inbox; `Steal` answered here.
+fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
+    let mut input = std::io::stdin().lock();
+    let (lock, cv) = &*inbox;
+    loop {
+        let frame = read_frame::<ToWorker>(&mut input);
+        let mut g = lock.lock().expect("inbox lock");
+        match frame {
+            Ok(Some(ToWorker::Run { msgid, payload })) => g.jobs.push_back((msgid, payload)),
+            Ok(Some(ToWorker::Steal)) => {
+                let msgids: Vec<String> = g.jobs.drain(..).map(|(id, _)| id).collect();
+                drop(g);
+                if send(&out, &FromWorker::Stolen { msgids }).is_err() {
+                    std::process::exit(1);
+                }
+                continue;
+            }
+            Ok(Some(ToWorker::Shutdown)) | Ok(None) => g.closed = true,
+            Err(e) => {
+                tracing::error!(error = %e, "bad frame from job manager");
+                g.closed = true;
+            }
+        }
+        let closed = g.closed;
+        drop(g);
+        cv.notify_one();
+        if closed {
+            return;
+        }
+    }
+}
+
+fn tracing_subscriber_init(level: &str) {
     // The worker logs through the same stderr as its job manager.
     let filter =
         std::env::var("RUST_LOG").unwrap_or_else(|_| if level.is_empty() { "info".into() } else { level.into() });
-    tracing::subscriber::set_global_default(
+    let _ = tracing::subscriber::set_global_default(
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).finish(),
-    )
-    .map_err(|_| ())
+    );
 }

@@ -20,7 +20,7 @@ mod headers;
 mod payload;
 mod queues;
 
-pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule};
+pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, FEATURE_REPORTS_ALL};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, Parse, PROTOCOL_VERSION};
 pub use headers::Headers;

@@ -84,9 +84,10 @@ impl Sender {
 
     /// Drops the socket and connects a new one to the same address under the
     /// same identity (a ROUTER with handover routes to the new connection).
+    /// Messages already sent on the old socket still leave (its linger), so
+    /// a reconnect loses no job.
     pub fn reopen(&mut self) -> Result<(), SenderError> {
         let socket = Self::open(&self.ctx, &self.addr, &self.identity, self.hwm)?;
-        let _ = self.socket.set_linger(0);
         self.socket = socket;
         Ok(())
     }

@@ -247,8 +247,13 @@ pub fn router_free_slots(admin_addr: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until the router sees `slots` free slots.
-pub fn wait_slots(admin_addr: &str, slots: u64) {
+/// Router slots one of our workers announces: `worker_pipeline` (default 2:
+/// one running job plus one queued behind it).
+pub const SLOTS_PER_WORKER: u64 = 2;
+
+/// Waits until the router sees the free slots of `workers` idle workers of ours.
+pub fn wait_slots(admin_addr: &str, workers: u64) {
+    let slots = workers * SLOTS_PER_WORKER;
     eventually(Duration::from_secs(60), || (router_free_slots(admin_addr) == slots).then_some(()));
 }
 

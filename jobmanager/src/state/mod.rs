@@ -35,6 +35,12 @@ pub struct JmConfig {
     pub heartbeat_interval: Duration,
     pub router_silence_limit: Duration,
     pub reconnect_timeout: Duration,
+    /// Jobs a worker may hold: one running plus `worker_pipeline - 1`
+    /// queued behind it, so it never waits for the job manager between jobs.
+    pub worker_pipeline: usize,
+    /// A job queued behind one that has run this long is taken back
+    /// (Steal) so it can run elsewhere: prefetching never strands a job.
+    pub steal_after: Duration,
     /// Router addresses: the main one, then failovers.
     pub addrs: Vec<String>,
     pub allowed_paths: Vec<String>,
@@ -75,6 +81,11 @@ pub enum Event {
         reply_json: String,
         error_type: Option<String>,
     },
+    /// A worker gave back jobs it had not started (answer to Steal).
+    WorkerStole {
+        slot: usize,
+        msgids: Vec<String>,
+    },
     /// A worker process ended (and was reaped).
     WorkerExited {
         slot: usize,
@@ -106,6 +117,8 @@ pub enum Action {
     Run { slot: usize, msgid: String, payload: String },
     /// Ask the worker in `slot` to exit after its current job (recycling).
     Retire { slot: usize },
+    /// Ask the worker in `slot` to give back jobs it has not started.
+    Steal { slot: usize },
     /// Signal the worker in `slot` (and its process group).
     Kill { slot: usize, force: bool },
     /// Exit the process with this code.
@@ -122,10 +135,14 @@ pub struct JobInFlight {
 }
 
 /// A job received from the router and not yet running.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct QueuedJob {
     msgid: String,
-    request: Request,
+    queue: String,
+    /// Kept until the job starts: a job taken back from a worker is sent
+    /// again as it was.
+    payload: String,
+    timeout: Duration,
 }
 
 /// Life cycle of one worker slot.
@@ -162,6 +179,10 @@ pub struct WorkerSlot {
     pub quick_deaths: u32,
     /// Replace after the current job (settings reloaded).
     pub recycle_after_job: bool,
+    /// Jobs sent to this worker behind the running one, not started yet.
+    waiting: VecDeque<QueuedJob>,
+    /// A Steal was sent and not answered yet.
+    steal_pending: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -206,6 +227,8 @@ impl JobManagerState {
                 spawned: now,
                 quick_deaths: 0,
                 recycle_after_job: false,
+                waiting: VecDeque::new(),
+                steal_pending: false,
             })
             .collect();
         JobManagerState {
@@ -257,6 +280,7 @@ impl JobManagerState {
             Event::WorkerDone { slot, msgid, reply_json, error_type } => {
                 self.on_worker_done(slot, msgid, reply_json, error_type, now, out)
             }
+            Event::WorkerStole { slot, msgids } => self.on_worker_stole(slot, msgids, now, out),
             Event::WorkerExited { slot, pid, exit } => self.on_worker_exited(slot, pid, exit, now, out),
             Event::SpawnFailed { slot, error } => {
                 warn!(slot, %error, "cannot start worker");
@@ -293,6 +317,8 @@ impl JobManagerState {
         out.push(Action::Send(Message::new(Command::Inform(Inform {
             queues: self.cfg.queues.clone(),
             kind: "worker".into(),
+            // We REPLY for every job: the router can track ours exactly.
+            features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
         }))));
     }
 
@@ -342,7 +368,13 @@ impl JobManagerState {
             }
             Ok(_) => {
                 debug!(%msgid, queue = %request.queue, "job received");
-                self.local_queue.push_back(QueuedJob { msgid: msgid.clone(), request });
+                let timeout = self.cfg.timeout_for(&request.headers());
+                self.local_queue.push_back(QueuedJob {
+                    msgid: msgid.clone(),
+                    queue: request.queue,
+                    payload: request.payload,
+                    timeout,
+                });
                 self.pump(now, out);
             }
         }
@@ -355,8 +387,20 @@ impl JobManagerState {
         if self.phase != Phase::Acked || self.stopping.is_some() {
             return;
         }
-        let idle = self.slots.iter().filter(|s| matches!(s.state, SlotState::Idle)).count() as u64;
-        let available = idle.saturating_sub(self.local_queue.len() as u64);
+        let depth = self.cfg.worker_pipeline.max(1) as u64;
+        let mut capacity = 0u64;
+        let mut held = self.local_queue.len() as u64;
+        for s in &self.slots {
+            match s.state {
+                SlotState::Idle => capacity += depth,
+                SlotState::Busy(_) => {
+                    capacity += depth;
+                    held += 1 + s.waiting.len() as u64;
+                }
+                _ => held += s.waiting.len() as u64,
+            }
+        }
+        let available = capacity.saturating_sub(held);
         while self.announced < available {
             self.announced += 1;
             out.push(Action::Send(Message::new(Command::Ready)));
@@ -376,21 +420,86 @@ impl JobManagerState {
         self.slots.iter().position(|s| matches!(s.state, SlotState::Idle))
     }
 
-    /// Starts locally queued jobs on idle workers.
+    /// Starts locally queued jobs on idle workers, then queues more behind
+    /// running jobs that just started (up to `worker_pipeline`).
     fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         while !self.local_queue.is_empty() {
-            let Some(slot) = self.idle_slot() else { return };
-            let job = self.local_queue.pop_front().expect("non-empty");
-            let timeout = self.cfg.timeout_for(&job.request.headers());
-            debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
-            self.slots[slot].state = SlotState::Busy(JobInFlight {
-                msgid: job.msgid.clone(),
-                queue: job.request.queue.clone(),
-                started: now,
-                deadline: now + timeout,
-            });
-            out.push(Action::Run { slot, msgid: job.msgid, payload: job.request.payload });
+            if let Some(slot) = self.idle_slot() {
+                let job = self.local_queue.pop_front().expect("non-empty");
+                self.start(slot, job, now, out);
+            } else if let Some(slot) = self.pipeline_slot(now) {
+                let job = self.local_queue.pop_front().expect("non-empty");
+                debug!(msgid = %job.msgid, slot, "job queued at worker");
+                out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone() });
+                self.slots[slot].waiting.push_back(job);
+            } else {
+                return;
+            }
         }
+    }
+
+    /// A busy worker that can take one more job behind its running one:
+    /// room in its pipeline, within `max_job_count`, not about to be
+    /// recycled, and a running job young enough to be probably short.
+    fn pipeline_slot(&self, now: Instant) -> Option<usize> {
+        let depth = self.cfg.worker_pipeline.max(1);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| match &s.state {
+                SlotState::Busy(job) => {
+                    1 + s.waiting.len() < depth
+                        && !s.recycle_after_job
+                        && !s.steal_pending
+                        && s.jobs_done + 1 + (s.waiting.len() as u64) < self.cfg.max_job_count
+                        && now.saturating_duration_since(job.started) < self.cfg.steal_after
+                }
+                _ => false,
+            })
+            .min_by_key(|(_, s)| s.waiting.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Hands a job to an idle worker.
+    fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
+        debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
+        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload });
+        self.slots[slot].state = SlotState::Busy(JobInFlight {
+            msgid: job.msgid,
+            queue: job.queue,
+            started: now,
+            deadline: now + job.timeout,
+        });
+    }
+
+    /// Jobs a worker held but never started go back to the front of the
+    /// local queue, in order, to run elsewhere.
+    fn requeue_waiting(&mut self, slot: usize) {
+        let waiting = std::mem::take(&mut self.slots[slot].waiting);
+        self.slots[slot].steal_pending = false;
+        for job in waiting.into_iter().rev() {
+            self.local_queue.push_front(job);
+        }
+    }
+
+    fn on_worker_stole(&mut self, slot: usize, msgids: Vec<String>, now: Instant, out: &mut Vec<Action>) {
+        let s = &mut self.slots[slot];
+        s.steal_pending = false;
+        let mut back = Vec::new();
+        s.waiting.retain(|j| {
+            if msgids.contains(&j.msgid) {
+                back.push(j.clone());
+                false
+            } else {
+                true
+            }
+        });
+        debug!(slot, jobs = back.len(), "jobs taken back from a worker busy with a long job");
+        for job in back.into_iter().rev() {
+            self.local_queue.push_front(job);
+        }
+        self.pump(now, out);
+        self.reconcile(out);
     }
 
     fn spawn(&mut self, slot: usize, now: Instant, out: &mut Vec<Action>) {
@@ -400,6 +509,8 @@ impl JobManagerState {
         s.jobs_done = 0;
         s.spawned = now;
         s.recycle_after_job = false;
+        s.waiting.clear();
+        s.steal_pending = false;
         out.push(Action::Spawn { slot });
     }
 
@@ -465,6 +576,18 @@ impl JobManagerState {
         // The reply goes out before this slot can be announced again.
         self.send_reply(&msgid, reply_json, out);
         let s = &mut self.slots[slot];
+        if let Some(next) = s.waiting.pop_front() {
+            // The worker goes straight on with the job queued behind.
+            s.state = SlotState::Busy(JobInFlight {
+                msgid: next.msgid,
+                queue: next.queue,
+                started: now,
+                deadline: now + next.timeout,
+            });
+            self.pump(now, out);
+            self.reconcile(out);
+            return;
+        }
         let recycle = s.jobs_done >= self.cfg.max_job_count || s.recycle_after_job;
         let stopping_idle = self.stopping.is_some() && self.local_queue.is_empty();
         if recycle || stopping_idle {
@@ -483,6 +606,7 @@ impl JobManagerState {
     }
 
     fn on_worker_exited(&mut self, slot: usize, pid: u32, exit: String, now: Instant, out: &mut Vec<Action>) {
+        self.requeue_waiting(slot);
         let previous = std::mem::replace(&mut self.slots[slot].state, SlotState::Gone);
         match previous {
             SlotState::Busy(job) => {
@@ -509,9 +633,13 @@ impl JobManagerState {
             SlotState::Waiting { .. } | SlotState::Gone => {}
         }
         if self.stopping.is_some() {
+            if !self.local_queue.is_empty() {
+                self.pump(now, out);
+            }
             self.check_exit(out);
             return;
         }
+        self.pump(now, out);
         if self.slots[slot].quick_deaths > 0 {
             let at = now + self.backoff(slot);
             self.slots[slot].state = SlotState::Waiting { respawn_at: at };
@@ -565,6 +693,16 @@ impl JobManagerState {
                     self.send_reply(&job.msgid, reply.to_json(), out);
                     self.slots[slot].state = SlotState::Killing { since: now, forced: false };
                     out.push(Action::Kill { slot, force: false });
+                    self.requeue_waiting(slot);
+                    self.pump(now, out);
+                }
+                SlotState::Busy(job)
+                    if !self.slots[slot].waiting.is_empty()
+                        && !self.slots[slot].steal_pending
+                        && now.saturating_duration_since(job.started) >= self.cfg.steal_after =>
+                {
+                    self.slots[slot].steal_pending = true;
+                    out.push(Action::Steal { slot });
                 }
                 SlotState::Killing { since, forced: false }
                     if now.saturating_duration_since(*since) >= self.cfg.kill_escalation =>
@@ -625,6 +763,10 @@ impl JobManagerState {
                     let msgid = job.msgid.clone();
                     self.jobs_failed += 1;
                     self.send_reply(&msgid, JobReply::failed("killed", why, "").to_json(), out);
+                    for w in std::mem::take(&mut self.slots[slot].waiting) {
+                        self.jobs_failed += 1;
+                        self.send_reply(&w.msgid, JobReply::failed("killed", why, "").to_json(), out);
+                    }
                     self.slots[slot].state = SlotState::Killing { since: now, forced: true };
                     out.push(Action::Kill { slot, force: true });
                 }
@@ -642,6 +784,12 @@ impl JobManagerState {
 
     fn check_exit(&mut self, out: &mut Vec<Action>) {
         if self.stopping.is_some() && self.slots.iter().all(|s| matches!(s.state, SlotState::Gone)) {
+            // Jobs still queued here will not run: say so.
+            while let Some(job) = self.local_queue.pop_front() {
+                self.jobs_failed += 1;
+                let reply = JobReply::failed("refused", "job manager stopped before the job started", "");
+                self.send_reply(&job.msgid, reply.to_json(), out);
+            }
             info!("all workers stopped: exiting");
             out.push(Action::Exit(0));
         }
@@ -692,7 +840,7 @@ impl JobManagerState {
                     SlotState::Waiting { .. } => "waiting",
                     SlotState::Gone => "gone",
                 };
-                json!({"slot": i, "pid": s.pid, "state": state, "jobs": s.jobs_done})
+                json!({"slot": i, "pid": s.pid, "state": state, "jobs": s.jobs_done, "queued": s.waiting.len()})
             })
             .collect();
         let in_flight: Vec<_> = self

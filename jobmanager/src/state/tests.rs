@@ -14,6 +14,8 @@ fn cfg(workers: usize) -> JmConfig {
         heartbeat_interval: Duration::from_secs(3),
         router_silence_limit: Duration::from_secs(15),
         reconnect_timeout: Duration::from_secs(5),
+        worker_pipeline: 1,
+        steal_after: Duration::from_millis(10),
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
         allowed_paths: vec![],
     }
@@ -65,6 +67,7 @@ fn names(out: &[Action]) -> Vec<String> {
             Action::Spawn { slot } => format!("spawn{slot}"),
             Action::Run { slot, .. } => format!("run{slot}"),
             Action::Retire { slot } => format!("retire{slot}"),
+            Action::Steal { slot } => format!("steal{slot}"),
             Action::Kill { slot, force } => format!("kill{slot}{}", if *force { "!" } else { "" }),
             Action::Exit(c) => format!("exit{c}"),
         })
@@ -244,4 +247,60 @@ fn heartbeats_carry_health() {
     let v: serde_json::Value = serde_json::from_str(hb.health.as_deref().unwrap()).unwrap();
     assert_eq!(v["in_flight"][0]["msgid"], "j");
     assert_eq!(v["workers"][0]["pid"], 100);
+}
+
+fn pipelined(workers: usize) -> (H, Vec<Action>) {
+    let mut c = cfg(workers);
+    c.worker_pipeline = 2;
+    c.max_job_count = 100;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    for slot in 0..workers {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    (h, out)
+}
+
+#[test]
+fn pipelining_announces_depth_per_worker_and_queues_behind_short_jobs() {
+    let (mut h, out) = pipelined(1);
+    assert_eq!(names(&out), vec!["READY", "READY"]);
+    assert_eq!(names(&h.request("a", "", ADD)), vec!["run0"]);
+    assert_eq!(names(&h.request("b", "", ADD)), vec!["run0"], "queued behind a");
+    // a done: the worker goes straight on with b; the freed place is re-announced.
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "a".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "READY"]);
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "READY"]);
+    assert_eq!(h.s.jobs_by_pid[&100], 2);
+}
+
+#[test]
+fn jobs_behind_a_long_job_are_stolen_back_and_run_elsewhere() {
+    let (mut h, _) = pipelined(2);
+    h.request("long", "", ADD); // worker 0
+    h.request("short", "", ADD); // worker 1
+    assert_eq!(names(&h.request("behind", "", ADD)), vec!["run0"], "queued behind the youngest");
+    h.adv(0.02);
+    assert_eq!(names(&h.ev(Event::Tick)), vec!["steal0"]);
+    // Worker 1 frees up; then the stolen job comes back and goes there.
+    h.ev(Event::WorkerDone { slot: 1, msgid: "short".into(), reply_json: "{}".into(), error_type: None });
+    let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["behind".into()] });
+    assert_eq!(names(&out), vec!["run1"]);
+}
+
+#[test]
+fn never_started_jobs_of_a_dead_worker_run_elsewhere() {
+    let (mut h, _) = pipelined(2);
+    h.request("a", "", ADD);
+    h.request("b", "", ADD);
+    h.request("queued", "", ADD); // behind a on worker 0
+    let out = h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 9".into() });
+    let (id, r) = reply_of(&out);
+    assert_eq!((id.as_str(), r.error.unwrap().kind.as_str()), ("a", "worker died"));
+    // "queued" never started: it is not failed, it runs on worker 1 next.
+    assert!(names(&out).contains(&"run1".to_string()), "{:?}", names(&out));
+    let replies = out.iter().filter(|a| matches!(a, Action::Send(Message { command: Command::Reply(_), .. }))).count();
+    assert_eq!(replies, 1);
 }

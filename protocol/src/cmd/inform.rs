@@ -1,5 +1,7 @@
-//! `INFORM queues kind`: a job manager (kind `worker`, on the backend) or a
-//! scheduler (kind `scheduler`, on the frontend) announces itself.
+//! `INFORM queues kind [features]`: a job manager (kind `worker`, on the
+//! backend) or a scheduler (kind `scheduler`, on the frontend) announces
+//! itself. Our extension: an optional third frame of comma-separated
+//! feature tokens (EventMQ's router reads only the first two frames).
 
 use crate::error::DecodeErrorKind;
 use crate::frame::Parse;
@@ -12,6 +14,19 @@ pub struct Inform {
     pub queues: QueueSpec,
     /// `"worker"` or `"scheduler"`.
     pub kind: String,
+    /// Our extension: features of the sender, e.g. `reports-all` (it
+    /// sends a REPLY for every job, not only `reply-requested` ones).
+    pub features: Option<String>,
+}
+
+/// Feature token: the job manager reports every finished job.
+pub const FEATURE_REPORTS_ALL: &str = "reports-all";
+
+impl Inform {
+    /// Whether the sender declared `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.as_deref().is_some_and(|f| f.split(',').any(|t| t.trim() == feature))
+    }
 }
 
 impl Inform {
@@ -21,11 +36,15 @@ impl Inform {
             .map_err(|e| DecodeErrorKind::BadJson { field: "queues", reason: e.to_string() })?;
         // EventMQ always sends the kind; be lenient when it is missing.
         let kind = p.next_optional_string()?.unwrap_or_else(|| "worker".to_owned());
-        Ok(Inform { queues, kind })
+        let features = p.next_optional_string()?;
+        Ok(Inform { queues, kind, features })
     }
 
     pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
         out.push(self.queues.to_wire().into_bytes());
         out.push(self.kind.as_bytes().to_vec());
+        if let Some(f) = &self.features {
+            out.push(f.as_bytes().to_vec());
+        }
     }
 }

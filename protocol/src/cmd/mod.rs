@@ -17,7 +17,7 @@ mod schedule;
 pub use ack::Ack;
 pub use admin::AdminCommand;
 pub use heartbeat::Heartbeat;
-pub use inform::Inform;
+pub use inform::{Inform, FEATURE_REPORTS_ALL};
 pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;

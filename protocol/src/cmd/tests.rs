@@ -12,8 +12,13 @@ fn round_trip(command: Command) {
 
 #[test]
 fn every_command_round_trips() {
-    round_trip(Command::Inform(Inform { queues: QueueSpec::default_queues(), kind: "worker".into() }));
-    round_trip(Command::Inform(Inform { queues: QueueSpec::default(), kind: "scheduler".into() }));
+    round_trip(Command::Inform(Inform { queues: QueueSpec::default_queues(), kind: "worker".into(), features: None }));
+    round_trip(Command::Inform(Inform { queues: QueueSpec::default(), kind: "scheduler".into(), features: None }));
+    round_trip(Command::Inform(Inform {
+        queues: QueueSpec::default_queues(),
+        kind: "worker".into(),
+        features: Some("reports-all".into()),
+    }));
     round_trip(Command::Ack(Ack { acked_msgid: "x".into() }));
     round_trip(Command::Ready);
     round_trip(Command::Request(Request {

@@ -56,7 +56,7 @@ impl RouterState {
                         "hb": hb,
                         "available_slots": w.free_slots,
                         "last_seen_secs_ago": now.mono.saturating_duration_since(w.last_seen).as_secs_f64(),
-                        "in_flight": w.in_flight.len(),
+                        "in_flight": w.in_flight,
                         "processed": w.processed,
                         "health": health,
                     }),

@@ -3,8 +3,9 @@
 //! and its result. Answers `JOB_STATUS`.
 
 use emq_receiver::PeerId;
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,7 @@ pub struct JobHistory {
 
 impl JobHistory {
     pub fn new(cap: usize) -> Self {
-        JobHistory { cap, records: HashMap::new(), order: VecDeque::new() }
+        JobHistory { cap, records: HashMap::default(), order: VecDeque::new() }
     }
 
     /// Records a new job (a repeated msgid replaces its record).

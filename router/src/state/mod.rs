@@ -21,7 +21,8 @@ use emq_protocol::{
     Request, DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -119,8 +120,12 @@ pub struct WorkerSlot {
     pub last_seen: Instant,
     /// Monotonic "last time a job went here", for least-recently-used order.
     pub last_used: u64,
-    /// Msgids of jobs handed to it and not yet reported done, oldest first.
-    pub in_flight: VecDeque<String>,
+    /// Jobs handed to it and not yet reported done.
+    pub in_flight: usize,
+    /// Msgids of jobs without `reply-requested` handed to it, oldest first,
+    /// kept only until it proves it reports every job (EventMQ's job manager
+    /// does not; for it a READY retires the oldest of these).
+    pub unreported: VecDeque<String>,
     /// Set once it reports a job that did not ask for a reply: then it is
     /// one of ours, which reports every job. EventMQ's job manager does not,
     /// so for it a READY retires its oldest unreported job.
@@ -129,6 +134,9 @@ pub struct WorkerSlot {
     pub last_heartbeat: Option<String>,
     /// Our extension: the pool health JSON of its last heartbeat.
     pub health: Option<String>,
+    /// The dispatch counter at its previous READY: only jobs handed out
+    /// before that READY can have been finished by its next one.
+    pub last_ready_seq: u64,
     pub processed: u64,
     /// Said KBYE: gets no new jobs; forgotten once its running jobs report.
     pub leaving: bool,
@@ -155,6 +163,8 @@ pub struct JobInFlight {
     pub attempts: u32,
     /// Kept only for `guarantee` jobs, to requeue when their worker dies.
     pub request: Option<Request>,
+    /// Value of the router's dispatch counter when it was handed out.
+    pub dispatch_seq: u64,
 }
 
 /// A job waiting for a free slot.
@@ -185,6 +195,8 @@ pub struct RouterState {
     in_flight: HashMap<String, JobInFlight>,
     lru_clock: u64,
     last_heartbeat_sent: Option<Instant>,
+    /// When the next [`Event::Tick`] is due (advanced by every tick).
+    next_tick_at: Instant,
     processed_by_queue: HashMap<String, u64>,
     latency_by_queue: HashMap<String, LatencyStats>,
     /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
@@ -200,14 +212,15 @@ impl RouterState {
         RouterState {
             cfg: cfg.clone(),
             started: now.mono,
-            workers: HashMap::new(),
-            schedulers: HashMap::new(),
-            queues: HashMap::new(),
-            in_flight: HashMap::new(),
+            workers: HashMap::default(),
+            schedulers: HashMap::default(),
+            queues: HashMap::default(),
+            in_flight: HashMap::default(),
             lru_clock: 0,
             last_heartbeat_sent: None,
-            processed_by_queue: HashMap::new(),
-            latency_by_queue: HashMap::new(),
+            next_tick_at: now.mono,
+            processed_by_queue: HashMap::default(),
+            latency_by_queue: HashMap::default(),
             errors: BTreeMap::new(),
             accepted: 0,
             history: JobHistory::new(cfg.job_history),
@@ -238,10 +251,14 @@ impl RouterState {
 
     /// When the next [`Event::Tick`] is due.
     pub fn next_tick(&self) -> Instant {
-        match self.last_heartbeat_sent {
-            None => self.started,
-            Some(t) => t + self.cfg.heartbeat_interval.min(Duration::from_millis(1000)),
-        }
+        self.next_tick_at
+    }
+
+    /// Ticks often enough to check expiry at a fraction of the timeout and
+    /// to send heartbeats on time, and no more often.
+    fn tick_period(&self) -> Duration {
+        let t = self.cfg.heartbeat_interval.min(self.cfg.heartbeat_timeout / 4);
+        t.clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     fn count(&mut self, what: &'static str) {
@@ -418,8 +435,11 @@ impl RouterState {
         let w = self.workers.get_mut(&worker).expect("picked worker exists");
         w.free_slots -= 1;
         w.last_used = self.lru_clock;
-        w.in_flight.push_back(job.msgid.clone());
+        w.in_flight += 1;
         let headers = job.request.headers();
+        if !w.reports_all_completions && !headers.reply_requested {
+            w.unreported.push_back(job.msgid.clone());
+        }
         debug!(msgid = %job.msgid, %queue, worker = %worker, "dispatched");
         if let Some(r) = self.history.get_mut(&job.msgid) {
             r.state = JobState::Dispatched;
@@ -440,6 +460,7 @@ impl RouterState {
                 guarantee: headers.guarantee,
                 attempts: job.attempts + 1,
                 request: headers.guarantee.then(|| job.request.clone()),
+                dispatch_seq: self.lru_clock,
             },
         );
         out.push(Action::Send {
@@ -514,6 +535,7 @@ impl RouterState {
             // Same identity again: start over, as for a new peer.
             self.remove_worker(&peer, "re-INFORMed", now, out);
         }
+        let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, %msgid, queues = %queues.to_wire(), "job manager connected");
         for (weight, name) in &queues.0 {
@@ -534,10 +556,12 @@ impl RouterState {
                 free_slots: 0,
                 last_seen: now.mono,
                 last_used: 0,
-                in_flight: VecDeque::new(),
-                reports_all_completions: false,
+                in_flight: 0,
+                unreported: VecDeque::new(),
+                reports_all_completions: reports_all,
                 last_heartbeat: None,
                 health: None,
+                last_ready_seq: self.lru_clock,
                 processed: 0,
                 leaving: false,
             },
@@ -571,14 +595,25 @@ impl RouterState {
         if !w.reports_all_completions {
             // EventMQ's job manager reports only reply-requested jobs; its
             // READY after a job is the only sign that a job ended.
-            let in_flight = &self.in_flight;
-            let pos = w.in_flight.iter().position(|id| in_flight.get(id).is_some_and(|j| !j.reply_requested));
-            if let Some(pos) = pos {
-                retired = w.in_flight.remove(pos);
-                w.processed += 1;
+            // Only a job handed out before its previous READY can be the
+            // one this READY reports (its first READYs announce workers).
+            while let Some(id) = w.unreported.front() {
+                match self.in_flight.get(id) {
+                    Some(j) if j.worker == peer && j.dispatch_seq <= w.last_ready_seq => {
+                        w.in_flight = w.in_flight.saturating_sub(1);
+                        w.processed += 1;
+                        retired = w.unreported.pop_front();
+                        break;
+                    }
+                    Some(j) if j.worker == peer => break,
+                    _ => {
+                        w.unreported.pop_front();
+                    }
+                }
             }
         }
-        let (leaving, idle) = (w.leaving, w.in_flight.is_empty());
+        w.last_ready_seq = self.lru_clock;
+        let (leaving, idle) = (w.leaving, w.in_flight == 0);
         if let Some(id) = retired {
             if let Some(job) = self.in_flight.remove(&id) {
                 self.record_done(&job, now);
@@ -602,13 +637,13 @@ impl RouterState {
     /// they have, or when it stops heartbeating.
     fn on_worker_kbye(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(peer) else { return };
-        info!(%peer, jobs_in_flight = w.in_flight.len(), "job manager said goodbye");
+        info!(%peer, jobs_in_flight = w.in_flight, "job manager said goodbye");
         w.leaving = true;
         w.free_slots = 0;
         for q in self.queues.values_mut() {
             q.workers.retain(|(_, p)| p != peer);
         }
-        if w.in_flight.is_empty() {
+        if w.in_flight == 0 {
             self.remove_worker(peer, "said KBYE", now, out);
         }
     }
@@ -628,14 +663,13 @@ impl RouterState {
             return;
         };
         if let Some(w) = self.workers.get_mut(&job.worker) {
-            if let Some(pos) = w.in_flight.iter().position(|id| *id == orig_msgid) {
-                w.in_flight.remove(pos);
-            }
+            w.in_flight = w.in_flight.saturating_sub(1);
             w.processed += 1;
-            if !job.reply_requested {
+            if !job.reply_requested && !w.reports_all_completions {
                 w.reports_all_completions = true;
+                w.unreported = VecDeque::new();
             }
-            if w.leaving && w.in_flight.is_empty() {
+            if w.leaving && w.in_flight == 0 {
                 let worker = job.worker.clone();
                 self.remove_worker(&worker, "finished its last job after KBYE", now, out);
             }
@@ -671,8 +705,15 @@ impl RouterState {
         for q in self.queues.values_mut() {
             q.workers.retain(|(_, p)| p != peer);
         }
-        info!(%peer, why, jobs_in_flight = w.in_flight.len(), "job manager removed");
-        for id in w.in_flight {
+        info!(%peer, why, jobs_in_flight = w.in_flight, "job manager removed");
+        let mut mine: Vec<(Instant, String)> = if w.in_flight == 0 {
+            Vec::new()
+        } else {
+            self.in_flight.iter().filter(|(_, j)| j.worker == *peer).map(|(id, j)| (j.dispatched, id.clone())).collect()
+        };
+        // Oldest first, so requeued jobs keep their order at the queue front.
+        mine.sort();
+        for (_, id) in mine.into_iter().rev() {
             let Some(job) = self.in_flight.remove(&id) else { continue };
             match job.request {
                 Some(request) if job.guarantee => {
@@ -726,7 +767,7 @@ impl RouterState {
                 warn!(%peer, %msgid, "job manager unreachable: job requeued");
                 if let Some(job) = self.in_flight.remove(&msgid) {
                     if let Some(w) = self.workers.get_mut(&peer) {
-                        w.in_flight.retain(|id| *id != msgid);
+                        w.in_flight = w.in_flight.saturating_sub(1);
                     }
                     self.remove_worker(&peer, "became unreachable", now, out);
                     if let Some(r) = self.history.get_mut(&msgid) {
@@ -759,6 +800,7 @@ impl RouterState {
     // ---- time ------------------------------------------------------------
 
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
+        self.next_tick_at = now.mono + self.tick_period();
         let timeout = self.cfg.heartbeat_timeout;
         let dead: Vec<PeerId> = self
             .workers
@@ -798,8 +840,6 @@ impl RouterState {
                     Command::Heartbeat(Heartbeat { timestamp: ts.clone(), health: None }),
                 ));
             }
-        } else if self.last_heartbeat_sent.is_none() {
-            self.last_heartbeat_sent = Some(now.mono);
         }
     }
 

@@ -33,7 +33,11 @@ impl Harness {
     }
     fn inform(&mut self, peer: &str, queues: &[(u32, &str)]) -> Vec<Action> {
         let q = QueueSpec(queues.iter().map(|(w, n)| (*w, n.to_string())).collect());
-        self.recv(SocketKind::Backend, peer, Command::Inform(Inform { queues: q, kind: "worker".into() }))
+        self.recv(
+            SocketKind::Backend,
+            peer,
+            Command::Inform(Inform { queues: q, kind: "worker".into(), features: None }),
+        )
     }
     fn ready(&mut self, peer: &str) -> Vec<Action> {
         self.recv(SocketKind::Backend, peer, Command::Ready)
@@ -89,8 +93,10 @@ fn is_receipt(a: &Action, msgid: &str) -> bool {
 #[test]
 fn inform_is_acked_with_its_msgid() {
     let mut h = Harness::new();
-    let m =
-        Message::with_msgid("inf-1", Command::Inform(Inform { queues: QueueSpec::default(), kind: "worker".into() }));
+    let m = Message::with_msgid(
+        "inf-1",
+        Command::Inform(Inform { queues: QueueSpec::default(), kind: "worker".into(), features: None }),
+    );
     let out = h.recv_id(SocketKind::Backend, "jm", m);
     assert_eq!(out.len(), 1);
     let Action::Send { socket, peer, message } = &out[0] else { panic!() };
@@ -300,9 +306,14 @@ fn unreachable_job_manager_job_is_requeued() {
 fn eventmq_job_manager_ready_retires_unreported_jobs() {
     let mut h = Harness::new();
     h.inform("legacy", &[(10, "default")]);
-    h.ready("legacy");
+    // A job waits; the first of its start-up READYs hands it out...
     h.request("c", "j", "default", "");
+    h.ready("legacy");
     assert_eq!(h.r.in_flight().len(), 1);
+    // ...the second start-up READY does not finish it...
+    h.ready("legacy");
+    assert_eq!(h.r.in_flight().len(), 1, "a start-up READY must not retire a just-dispatched job");
+    // ...the READY after the job does.
     h.ready("legacy");
     assert!(h.r.in_flight().is_empty());
     let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
@@ -422,4 +433,37 @@ fn job_status_follows_a_job_from_queued_to_done() {
     let Action::Send { message, .. } = &out[0] else { panic!() };
     let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
     assert!(body.contains("\"failed\""), "{body}");
+}
+
+#[test]
+fn ticks_are_scheduled_ahead_never_in_the_past() {
+    // A due tick that sends no heartbeat must still move the next tick on,
+    // or the poll loop would spin with a zero timeout.
+    let mut h = Harness::new();
+    h.tick();
+    let mut now = h.now;
+    for _ in 0..20 {
+        now = now.after(Duration::from_millis(300));
+        h.now = now;
+        h.tick();
+        assert!(h.r.next_tick() > now.mono, "next tick not ahead of now");
+    }
+}
+
+#[test]
+fn our_job_manager_declares_it_reports_every_job() {
+    let mut h = Harness::new();
+    let inform = Inform {
+        queues: QueueSpec::default_queues(),
+        kind: "worker".into(),
+        features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
+    };
+    h.recv(SocketKind::Backend, "ours", Command::Inform(inform));
+    h.request("c", "j", "default", "");
+    h.ready("ours");
+    h.ready("ours");
+    h.ready("ours");
+    assert_eq!(h.r.in_flight().len(), 1, "only its REPLY ends the job");
+    h.done("ours", "j", "{}");
+    assert!(h.r.in_flight().is_empty());
 }

@@ -1,0 +1,433 @@
+//! `emq-bench`: the measuring pieces of `bench/run.py`. Each subcommand
+//! prints one JSON line on stdout.
+//!
+//! - `stub-jm`: a minimal Rust job manager stand-in (no Python, no pool):
+//!   INFORM, N READYs, and for every REQUEST an immediate REPLY + READY.
+//! - `forwarder`: a bare ZeroMQ ROUTER→ROUTER broker for the same frames
+//!   (REQUEST to a job manager, receipt and REPLY to the client) with no
+//!   queues, slots or records: the ceiling the router is compared with.
+//! - `throughput`: a client with W jobs outstanding, `reply-requested`,
+//!   counting results (not receipts) until N are back.
+//! - `latency`: one job at a time, submit → result at the client.
+//! - `fill`: N fire-and-forget jobs of a given payload size, waiting for N
+//!   receipts (for the router's memory per buffered job).
+//! - `recovery`: SIGKILL a busy worker, time until the job manager's READY
+//!   for its replacement shows at the router.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use emq_protocol::{Command, Heartbeat, Inform, Message, QueueSpec, Reply, Request};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    StubJm {
+        #[arg(long)]
+        backend: String,
+        #[arg(long, default_value_t = 1000)]
+        slots: usize,
+    },
+    Forwarder {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long)]
+        backend: String,
+    },
+    Throughput {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long, default_value_t = 100_000)]
+        n: u64,
+        #[arg(long, default_value_t = 1000)]
+        window: u64,
+        #[arg(long, default_value = "benchjobs")]
+        path: String,
+        #[arg(long, default_value = "noop")]
+        callable: String,
+    },
+    Latency {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+    },
+    Fill {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        n: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value = "nobody")]
+        queue: String,
+    },
+    Recovery {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long)]
+        admin: String,
+        /// The job manager whose workers are killed.
+        #[arg(long)]
+        jm_pid: i32,
+        #[arg(long, default_value_t = 50)]
+        kills: usize,
+        #[arg(long)]
+        pid_file: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::StubJm { backend, slots } => stub_jm(&backend, slots),
+        Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
+        Cmd::Throughput { frontend, n, window, path, callable } => throughput(&frontend, n, window, &path, &callable),
+        Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
+        Cmd::Fill { frontend, n, size, queue } => fill(&frontend, n, size, &queue),
+        Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file } => {
+            recovery(&frontend, &admin, jm_pid, kills, &pid_file)
+        }
+    }
+}
+
+fn dealer(ctx: &zmq::Context, addr: &str) -> Result<zmq::Socket> {
+    let s = ctx.socket(zmq::DEALER)?;
+    s.set_identity(emq_protocol::new_msgid().as_bytes())?;
+    s.set_sndhwm(0)?;
+    s.set_rcvhwm(0)?;
+    s.set_linger(1000)?;
+    s.connect(addr)?;
+    Ok(s)
+}
+
+fn send(s: &zmq::Socket, m: &Message) -> Result<()> {
+    s.send_multipart(m.to_frames(), 0)?;
+    Ok(())
+}
+
+fn request(queue: &str, headers: &str, payload: &str) -> Message {
+    Message::new(Command::Request(Request { queue: queue.into(), headers: headers.into(), payload: payload.into() }))
+}
+
+/// Receives every message waiting, blocking up to `timeout_ms` for the first.
+fn recv_batch(s: &zmq::Socket, timeout_ms: i64, mut f: impl FnMut(Vec<Vec<u8>>)) -> Result<usize> {
+    if s.poll(zmq::POLLIN, timeout_ms)? == 0 {
+        return Ok(0);
+    }
+    let mut n = 0;
+    loop {
+        match s.recv_multipart(zmq::DONTWAIT) {
+            Ok(frames) => {
+                f(frames);
+                n += 1;
+            }
+            Err(zmq::Error::EAGAIN) => return Ok(n),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+// ---- stub job manager ------------------------------------------------------
+
+fn stub_jm(backend: &str, slots: usize) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, backend)?;
+    let inform = Message::new(Command::Inform(Inform {
+        queues: QueueSpec::default_queues(),
+        kind: "worker".into(),
+        features: None,
+    }));
+    send(&s, &inform)?;
+    let mut acked = false;
+    let mut last_hb = Instant::now();
+    let value = r#"{"value":null}"#;
+    loop {
+        recv_batch(&s, 100, |frames| {
+            let Ok(m) = Message::from_frames(&frames) else { return };
+            match m.command {
+                Command::Ack(_) if !acked => {
+                    acked = true;
+                    for _ in 0..slots {
+                        let _ = send(&s, &Message::new(Command::Ready));
+                    }
+                }
+                Command::Request(_) => {
+                    let reply = Reply::Result { reply_json: value.into(), orig_msgid: m.msgid };
+                    let _ = send(&s, &Message::new(Command::Reply(reply)));
+                    let _ = send(&s, &Message::new(Command::Ready));
+                }
+                Command::Kbye | Command::Disconnect => std::process::exit(0),
+                _ => {}
+            }
+        })?;
+        if last_hb.elapsed() > Duration::from_secs(1) {
+            last_hb = Instant::now();
+            send(&s, &Message::new(Command::Heartbeat(Heartbeat::now())))?;
+        }
+    }
+}
+
+// ---- bare forwarder -----------------------------------------------------------
+
+fn forwarder(frontend: &str, backend: &str) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let bind = |addr: &str| -> Result<zmq::Socket> {
+        let s = ctx.socket(zmq::ROUTER)?;
+        s.set_router_mandatory(true)?;
+        s.set_sndhwm(0)?;
+        s.set_rcvhwm(0)?;
+        s.bind(addr)?;
+        Ok(s)
+    };
+    let fe = bind(frontend)?;
+    let be = bind(backend)?;
+    let mut jms: Vec<Vec<u8>> = Vec::new();
+    let mut next = 0usize;
+    let mut owner: HashMap<Vec<u8>, Vec<u8>> = HashMap::new(); // msgid -> client
+    let proto = b"eMQP/1.0".to_vec();
+    loop {
+        let mut items = [fe.as_poll_item(zmq::POLLIN), be.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, 100)?;
+        let (fe_ready, be_ready) = (items[0].is_readable(), items[1].is_readable());
+        if be_ready {
+            loop {
+                let mut f = match be.recv_multipart(zmq::DONTWAIT) {
+                    Ok(f) => f,
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                if f.len() < 5 {
+                    continue;
+                }
+                match f[3].as_slice() {
+                    b"INFORM" => {
+                        jms.push(f[0].clone());
+                        let ack =
+                            vec![f[0].clone(), vec![], proto.clone(), b"ACK".to_vec(), b"a".to_vec(), f[4].clone()];
+                        be.send_multipart(ack, 0)?;
+                    }
+                    b"REPLY" if f.len() == 7 => {
+                        if let Some(client) = owner.remove(&f[6]) {
+                            f[0] = client;
+                            fe.send_multipart(f, 0)?;
+                        }
+                    }
+                    _ => {} // READY, HEARTBEAT: no accounting here
+                }
+            }
+        }
+        if fe_ready {
+            loop {
+                let mut f = match fe.recv_multipart(zmq::DONTWAIT) {
+                    Ok(f) => f,
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                if f.len() != 8 || f[3] != b"REQUEST" || jms.is_empty() {
+                    continue;
+                }
+                let client = std::mem::take(&mut f[0]);
+                let msgid = f[4].clone();
+                // Receipt, as the router sends one.
+                let receipt =
+                    vec![client.clone(), vec![], proto.clone(), b"REPLY".to_vec(), b"r".to_vec(), msgid.clone()];
+                fe.send_multipart(receipt, 0)?;
+                owner.insert(msgid, client);
+                f[0] = jms[next % jms.len()].clone();
+                next += 1;
+                be.send_multipart(f, 0)?;
+            }
+        }
+    }
+}
+
+// ---- throughput with results ----------------------------------------------------
+
+fn throughput(frontend: &str, n: u64, window: u64, path: &str, callable: &str) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, frontend)?;
+    let payload = json!(["run", {"path": path, "callable": callable}]).to_string();
+    // Warm-up: one job through, so connection set-up is not timed.
+    send(&s, &request("default", "reply-requested", &payload))?;
+    wait_results(&s, 1, Duration::from_secs(60))?;
+    let start = Instant::now();
+    let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
+    while done < n {
+        while sent < n && sent - done < window {
+            send(&s, &request("default", "reply-requested", &payload))?;
+            sent += 1;
+        }
+        let got = recv_batch(&s, 10_000, |f| {
+            if f.len() == 6 && f[2] == b"REPLY" {
+                done += 1;
+                if f[4].windows(7).any(|w| w == b"\"error\"") {
+                    failed += 1;
+                }
+            }
+        })?;
+        if got == 0 {
+            bail!("stalled: {done}/{n} results after {:?}", start.elapsed());
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"n": n, "window": window, "secs": secs, "jobs_per_sec": n as f64 / secs, "failed": failed}));
+    Ok(())
+}
+
+fn wait_results(s: &zmq::Socket, k: u64, limit: Duration) -> Result<()> {
+    let end = Instant::now() + limit;
+    let mut got = 0;
+    while got < k {
+        if Instant::now() > end {
+            bail!("no result within {limit:?} (is a job manager connected?)");
+        }
+        recv_batch(s, 100, |f| {
+            if f.len() == 6 {
+                got += 1;
+            }
+        })?;
+    }
+    Ok(())
+}
+
+// ---- latency -----------------------------------------------------------------------
+
+fn latency(frontend: &str, n: usize, warmup: usize) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, frontend)?;
+    let payload = json!(["run", {"path": "benchjobs", "callable": "noop"}]).to_string();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        send(&s, &request("default", "reply-requested", &payload))?;
+        wait_results(&s, 1, Duration::from_secs(60))?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{}",
+        json!({"n": n, "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": samples[samples.len() - 1], "min_us": samples[0]})
+    );
+    Ok(())
+}
+
+// ---- fill (memory) ------------------------------------------------------------------
+
+fn fill(frontend: &str, n: u64, size: usize, queue: &str) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, frontend)?;
+    // A payload frame of exactly `size` bytes.
+    let base = json!(["run", {"path": "benchjobs", "callable": "noop", "args": [""]}]).to_string();
+    let pad = size.saturating_sub(base.len());
+    let payload = json!(["run", {"path": "benchjobs", "callable": "noop", "args": ["x".repeat(pad)]}]).to_string();
+    let start = Instant::now();
+    let (mut sent, mut receipts, mut refused) = (0u64, 0u64, 0u64);
+    while receipts + refused < n {
+        while sent < n && sent - (receipts + refused) < 10_000 {
+            send(&s, &request(queue, "", &payload))?;
+            sent += 1;
+        }
+        let got = recv_batch(&s, 10_000, |f| match f.len() {
+            5 => receipts += 1,
+            6 => refused += 1,
+            _ => {}
+        })?;
+        if got == 0 {
+            bail!("stalled at {receipts} receipts");
+        }
+    }
+    println!(
+        "{}",
+        json!({"n": n, "payload_bytes": payload.len(), "receipts": receipts, "refused": refused, "secs": start.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+// ---- recovery -------------------------------------------------------------------------
+
+fn admin_free_slots(admin: &zmq::Socket) -> Result<u64> {
+    let m = Message::with_msgid(
+        format!("admin:{}", emq_protocol::new_msgid()),
+        Command::Admin(emq_protocol::AdminCommand::RouterShowWorkers),
+    );
+    send(admin, &m)?;
+    if admin.poll(zmq::POLLIN, 5000)? == 0 {
+        bail!("router admin did not answer");
+    }
+    let f = admin.recv_multipart(0)?;
+    let v: serde_json::Value = serde_json::from_slice(f.get(4).context("short answer")?)?;
+    Ok(v["connected_workers"]
+        .as_object()
+        .map(|m| m.values().filter_map(|w| w["available_slots"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_file: &str) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, frontend)?;
+    let admin = dealer(&ctx, admin_addr)?;
+    let full = admin_free_slots(&admin)?;
+    if full == 0 {
+        bail!("no free slots at the router");
+    }
+    let mut samples = Vec::new();
+    for _ in 0..kills {
+        let _ = std::fs::remove_file(pid_file);
+        // Occupy one worker with a job that names its pid and sleeps.
+        let payload =
+            json!(["run", {"path": "benchjobs", "callable": "pid_then_sleep", "args": [pid_file, 30]}]).to_string();
+        send(&client, &request("default", "reply-requested", &payload))?;
+        let end = Instant::now() + Duration::from_secs(30);
+        let pid: i32 = loop {
+            if let Ok(s) = std::fs::read_to_string(pid_file) {
+                if let Ok(p) = s.trim().parse() {
+                    break p;
+                }
+            }
+            if Instant::now() > end {
+                bail!("worker never wrote its pid");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        while admin_free_slots(&admin)? != full - 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+            s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok())
+        });
+        if ppid != Some(jm_pid) {
+            bail!("pid {pid} is not a worker of job manager {jm_pid}");
+        }
+        let t = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        loop {
+            if admin_free_slots(&admin)? == full {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("replacement never became ready");
+            }
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        // Drain the job's error reply and receipts.
+        recv_batch(&client, 0, |_| {})?;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{}",
+        json!({"kills": kills, "p50_ms": samples[samples.len() / 2], "min_ms": samples[0], "max_ms": samples[samples.len() - 1]})
+    );
+    Ok(())
+}
