@@ -83,6 +83,10 @@ enum Cmd {
         kills: usize,
         #[arg(long)]
         pid_file: String,
+        /// Pause between kills (failures are rare events; the pool's spare
+        /// worker gets time to start again).
+        #[arg(long, default_value_t = 300)]
+        settle_ms: u64,
     },
 }
 
@@ -93,8 +97,8 @@ fn main() -> Result<()> {
         Cmd::Throughput { frontend, n, window, path, callable } => throughput(&frontend, n, window, &path, &callable),
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
         Cmd::Fill { frontend, n, size, queue } => fill(&frontend, n, size, &queue),
-        Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file } => {
-            recovery(&frontend, &admin, jm_pid, kills, &pid_file)
+        Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file, settle_ms } => {
+            recovery(&frontend, &admin, jm_pid, kills, &pid_file, settle_ms)
         }
     }
 }
@@ -374,7 +378,7 @@ fn admin_free_slots(admin: &zmq::Socket) -> Result<u64> {
         .unwrap_or(0))
 }
 
-fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_file: &str) -> Result<()> {
+fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_file: &str, settle_ms: u64) -> Result<()> {
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, frontend)?;
     let admin = dealer(&ctx, admin_addr)?;
@@ -384,6 +388,7 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
     }
     let mut samples = Vec::new();
     for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(settle_ms));
         let _ = std::fs::remove_file(pid_file);
         // Occupy one worker with a job that names its pid and sleeps.
         let payload =
@@ -427,7 +432,7 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
     samples.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
-        json!({"kills": kills, "p50_ms": samples[samples.len() / 2], "min_ms": samples[0], "max_ms": samples[samples.len() - 1]})
+        json!({"kills": kills, "settle_ms": settle_ms, "p50_ms": samples[samples.len() / 2], "min_ms": samples[0], "max_ms": samples[samples.len() - 1]})
     );
     Ok(())
 }

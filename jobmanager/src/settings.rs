@@ -52,6 +52,12 @@ pub struct JobManagerSettings {
     pub worker_pipeline: usize,
     /// Seconds after which jobs queued behind a running job are taken back.
     pub steal_after: f64,
+    /// Extra jobs held by the job manager beyond its workers' pipelines,
+    /// while jobs are short (average below `prefetch_below` seconds).
+    pub prefetch: usize,
+    pub prefetch_below: f64,
+    /// Started, idle workers kept in reserve for instant replacement.
+    pub spare_workers: usize,
     pub heartbeat_interval: f64,
     pub heartbeat_timeout: f64,
     /// Router silence of `heartbeat_timeout × heartbeat_liveness` → reconnect.
@@ -88,6 +94,9 @@ impl Default for JobManagerSettings {
             kill_escalation: 1.0,
             worker_pipeline: 2,
             steal_after: 0.01,
+            prefetch: 64,
+            prefetch_below: 0.005,
+            spare_workers: 1,
             heartbeat_interval: 3.0,
             heartbeat_timeout: 5.0,
             heartbeat_liveness: 3.0,
@@ -142,6 +151,9 @@ impl JobManagerSettings {
             kill_escalation: secs(self.kill_escalation, "kill_escalation")?,
             worker_pipeline: self.worker_pipeline.max(1),
             steal_after: secs(self.steal_after, "steal_after")?,
+            prefetch: self.prefetch,
+            prefetch_below: secs(self.prefetch_below, "prefetch_below")?,
+            spares: self.spare_workers,
             heartbeat_interval: secs(self.heartbeat_interval, "heartbeat_interval")?,
             router_silence_limit: secs(self.heartbeat_timeout, "heartbeat_timeout")?
                 .mul_f64(self.heartbeat_liveness.max(1.0)),

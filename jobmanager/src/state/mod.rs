@@ -38,6 +38,17 @@ pub struct JmConfig {
     /// Jobs a worker may hold: one running plus `worker_pipeline - 1`
     /// queued behind it, so it never waits for the job manager between jobs.
     pub worker_pipeline: usize,
+    /// Extra jobs held in the job manager's own queue beyond what its
+    /// workers hold, so the next job is already here when a worker frees
+    /// (hides the READY → REQUEST round trip through the router).
+    pub prefetch: usize,
+    /// Prefetch only while the average job runs shorter than this: for
+    /// longer jobs the router round trip does not matter, and a job must
+    /// not wait here while another job manager is idle.
+    pub prefetch_below: Duration,
+    /// Started, idle workers kept in reserve: one takes over at once when a
+    /// worker is recycled, dies or is killed.
+    pub spares: usize,
     /// A job queued behind one that has run this long is taken back
     /// (Steal) so it can run elsewhere: prefetching never strands a job.
     pub steal_after: Duration,
@@ -132,6 +143,9 @@ pub struct JobInFlight {
     pub queue: String,
     pub started: Instant,
     pub deadline: Instant,
+    /// Kept so a job the worker gives back unstarted can be sent again.
+    payload: String,
+    timeout: Duration,
 }
 
 /// A job received from the router and not yet running.
@@ -183,6 +197,8 @@ pub struct WorkerSlot {
     waiting: VecDeque<QueuedJob>,
     /// A Steal was sent and not answered yet.
     steal_pending: bool,
+    /// In reserve: started but not announced, takes over a slot's work.
+    pub spare: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -211,6 +227,8 @@ pub struct JobManagerState {
     pub restarts: BTreeMap<&'static str, u64>,
     pub jobs_ok: u64,
     pub jobs_failed: u64,
+    /// Moving average of job run time, seconds (drives prefetch).
+    pub job_secs_avg: f64,
     /// Anomalies by kind (bad frames, refusals...).
     pub errors: BTreeMap<&'static str, u64>,
 }
@@ -219,8 +237,8 @@ const PID_HISTORY: usize = 4096;
 
 impl JobManagerState {
     pub fn new(cfg: JmConfig, now: Instant) -> Self {
-        let slots = (0..cfg.workers)
-            .map(|_| WorkerSlot {
+        let slots = (0..cfg.workers + cfg.spares)
+            .map(|i| WorkerSlot {
                 state: SlotState::Gone,
                 pid: None,
                 jobs_done: 0,
@@ -229,6 +247,7 @@ impl JobManagerState {
                 recycle_after_job: false,
                 waiting: VecDeque::new(),
                 steal_pending: false,
+                spare: i >= cfg.workers,
             })
             .collect();
         JobManagerState {
@@ -245,6 +264,7 @@ impl JobManagerState {
             restarts: BTreeMap::new(),
             jobs_ok: 0,
             jobs_failed: 0,
+            job_secs_avg: 0.0,
             errors: BTreeMap::new(),
         }
     }
@@ -388,9 +408,10 @@ impl JobManagerState {
             return;
         }
         let depth = self.cfg.worker_pipeline.max(1) as u64;
-        let mut capacity = 0u64;
+        let prefetching = self.job_secs_avg < self.cfg.prefetch_below.as_secs_f64();
+        let mut capacity = if prefetching { self.cfg.prefetch as u64 } else { 0 };
         let mut held = self.local_queue.len() as u64;
-        for s in &self.slots {
+        for s in self.slots.iter().filter(|s| !s.spare) {
             match s.state {
                 SlotState::Idle => capacity += depth,
                 SlotState::Busy(_) => {
@@ -417,7 +438,22 @@ impl JobManagerState {
     // ---- workers -----------------------------------------------------------
 
     fn idle_slot(&self) -> Option<usize> {
-        self.slots.iter().position(|s| matches!(s.state, SlotState::Idle))
+        self.slots.iter().position(|s| !s.spare && matches!(s.state, SlotState::Idle))
+    }
+
+    /// Puts a ready spare in place of `slot`, which becomes the spare (and
+    /// is restarted as one). Returns whether a spare was ready.
+    fn promote_spare(&mut self, slot: usize) -> bool {
+        if self.slots[slot].spare {
+            return false;
+        }
+        let Some(spare) = self.slots.iter().position(|s| s.spare && matches!(s.state, SlotState::Idle)) else {
+            return false;
+        };
+        self.slots[spare].spare = false;
+        self.slots[slot].spare = true;
+        debug!(slot, spare, pid = ?self.slots[spare].pid, "spare worker takes over");
+        true
     }
 
     /// Starts locally queued jobs on idle workers, then queues more behind
@@ -446,6 +482,7 @@ impl JobManagerState {
         self.slots
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.spare)
             .filter(|(_, s)| match &s.state {
                 SlotState::Busy(job) => {
                     1 + s.waiting.len() < depth
@@ -463,12 +500,14 @@ impl JobManagerState {
     /// Hands a job to an idle worker.
     fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
         debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
-        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload });
+        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone() });
         self.slots[slot].state = SlotState::Busy(JobInFlight {
             msgid: job.msgid,
             queue: job.queue,
             started: now,
             deadline: now + job.timeout,
+            payload: job.payload,
+            timeout: job.timeout,
         });
     }
 
@@ -486,6 +525,20 @@ impl JobManagerState {
         let s = &mut self.slots[slot];
         s.steal_pending = false;
         let mut back = Vec::new();
+        // The worker may give back the job we took for started (it had
+        // finished the one before, and not yet picked this one up): then it
+        // is idle, and that job runs again from here.
+        if let SlotState::Busy(job) = &s.state {
+            if msgids.contains(&job.msgid) {
+                back.push(QueuedJob {
+                    msgid: job.msgid.clone(),
+                    queue: job.queue.clone(),
+                    payload: job.payload.clone(),
+                    timeout: job.timeout,
+                });
+                s.state = SlotState::Idle;
+            }
+        }
         s.waiting.retain(|j| {
             if msgids.contains(&j.msgid) {
                 back.push(j.clone());
@@ -533,6 +586,9 @@ impl JobManagerState {
             return;
         }
         s.state = SlotState::Idle;
+        if s.spare {
+            return;
+        }
         self.pump(now, out);
         self.reconcile(out);
     }
@@ -558,6 +614,7 @@ impl JobManagerState {
         s.jobs_done += 1;
         let pid = s.pid.unwrap_or(0);
         let elapsed = now.saturating_duration_since(job.started);
+        self.job_secs_avg = 0.9 * self.job_secs_avg + 0.1 * elapsed.as_secs_f64();
         match &error_type {
             None => {
                 self.jobs_ok += 1;
@@ -583,6 +640,8 @@ impl JobManagerState {
                 queue: next.queue,
                 started: now,
                 deadline: now + next.timeout,
+                payload: next.payload,
+                timeout: next.timeout,
             });
             self.pump(now, out);
             self.reconcile(out);
@@ -597,6 +656,9 @@ impl JobManagerState {
             }
             s.state = SlotState::Retiring;
             out.push(Action::Retire { slot });
+            if !stopping_idle {
+                self.promote_spare(slot);
+            }
         } else {
             s.state = SlotState::Idle;
         }
@@ -639,6 +701,7 @@ impl JobManagerState {
             self.check_exit(out);
             return;
         }
+        self.promote_spare(slot);
         self.pump(now, out);
         if self.slots[slot].quick_deaths > 0 {
             let at = now + self.backoff(slot);
@@ -694,7 +757,9 @@ impl JobManagerState {
                     self.slots[slot].state = SlotState::Killing { since: now, forced: false };
                     out.push(Action::Kill { slot, force: false });
                     self.requeue_waiting(slot);
+                    self.promote_spare(slot);
                     self.pump(now, out);
+                    self.reconcile(out);
                 }
                 SlotState::Busy(job)
                     if !self.slots[slot].waiting.is_empty()
@@ -840,7 +905,7 @@ impl JobManagerState {
                     SlotState::Waiting { .. } => "waiting",
                     SlotState::Gone => "gone",
                 };
-                json!({"slot": i, "pid": s.pid, "state": state, "jobs": s.jobs_done, "queued": s.waiting.len()})
+                json!({"slot": i, "pid": s.pid, "state": state, "jobs": s.jobs_done, "queued": s.waiting.len(), "spare": s.spare})
             })
             .collect();
         let in_flight: Vec<_> = self

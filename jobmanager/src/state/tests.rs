@@ -15,6 +15,9 @@ fn cfg(workers: usize) -> JmConfig {
         router_silence_limit: Duration::from_secs(15),
         reconnect_timeout: Duration::from_secs(5),
         worker_pipeline: 1,
+        prefetch: 0,
+        prefetch_below: Duration::from_millis(5),
+        spares: 0,
         steal_after: Duration::from_millis(10),
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
         allowed_paths: vec![],
@@ -303,4 +306,68 @@ fn never_started_jobs_of_a_dead_worker_run_elsewhere() {
     assert!(names(&out).contains(&"run1".to_string()), "{:?}", names(&out));
     let replies = out.iter().filter(|a| matches!(a, Action::Send(Message { command: Command::Reply(_), .. }))).count();
     assert_eq!(replies, 1);
+}
+
+#[test]
+fn a_ready_spare_takes_over_at_once_when_a_worker_dies_or_is_recycled() {
+    let mut c = cfg(1);
+    c.spares = 1;
+    c.max_job_count = 2;
+    let mut h = H::with(c);
+    assert_eq!(names(&h.ev(Event::Start)), vec!["connect", "INFORM", "spawn0", "spawn1"]);
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 1, pid: 201 })), Vec::<String>::new(), "the spare is not announced");
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 200 })), vec!["READY"]);
+    h.request("j", "", ADD);
+    // Its worker dies: the error goes out and the spare is announced at once.
+    let out = h.ev(Event::WorkerExited { slot: 0, pid: 200, exit: "signal 9".into() });
+    assert_eq!(names(&out), vec!["REPLY", "spawn0", "READY"]);
+    assert_eq!(names(&h.request("k", "", ADD)), vec!["run1"]);
+    // Slot 0 restarts as the new spare; recycling slot 1 hands over to it.
+    h.ev(Event::WorkerUp { slot: 0, pid: 202 });
+    h.ev(Event::WorkerDone { slot: 1, msgid: "k".into(), reply_json: "{}".into(), error_type: None });
+    h.request("l", "", ADD);
+    let out = h.ev(Event::WorkerDone { slot: 1, msgid: "l".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "retire1", "READY"]);
+    assert_eq!(names(&h.request("m", "", ADD)), vec!["run0"]);
+}
+
+#[test]
+fn prefetch_only_while_jobs_are_short() {
+    let mut c = cfg(1);
+    c.prefetch = 3;
+    c.max_job_count = 1000;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 1 });
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    assert_eq!(names(&out).len(), 4, "1 worker + 3 prefetched");
+    // Jobs turn long: the average passes prefetch_below, no more prefetch READYs.
+    for i in 0..30 {
+        h.request(&format!("j{i}"), "", ADD);
+        h.adv(0.05);
+        h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
+    }
+    assert!(h.s.job_secs_avg > 0.005);
+    let out = h.request("x", "", ADD);
+    assert_eq!(names(&out), vec!["run0"]);
+    h.adv(0.05);
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "x".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "READY"], "one READY per freed worker, no prefetch ones");
+}
+
+#[test]
+fn a_job_given_back_that_we_took_for_started_is_not_lost() {
+    let (mut h, _) = pipelined(1);
+    h.request("a", "", ADD);
+    h.request("b", "", ADD); // queued behind a
+    h.adv(0.02);
+    assert_eq!(names(&h.ev(Event::Tick)), vec!["steal0"]);
+    // The worker wrote Done(a), then the reader gave b back before the
+    // main thread picked it up.
+    h.ev(Event::WorkerDone { slot: 0, msgid: "a".into(), reply_json: "{}".into(), error_type: None });
+    let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["b".into()] });
+    assert_eq!(names(&out), vec!["run0"], "b is sent again");
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out)[0], "REPLY");
 }

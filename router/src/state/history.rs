@@ -6,6 +6,7 @@ use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ impl JobState {
 /// One job's record.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
-    pub queue: String,
+    pub queue: Arc<str>,
     pub state: JobState,
     pub worker: Option<PeerId>,
     /// Unix seconds.
@@ -56,8 +57,8 @@ pub struct JobRecord {
 #[derive(Debug)]
 pub struct JobHistory {
     cap: usize,
-    records: HashMap<String, JobRecord>,
-    order: VecDeque<String>,
+    records: HashMap<Arc<str>, JobRecord>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl JobHistory {
@@ -66,11 +67,11 @@ impl JobHistory {
     }
 
     /// Records a new job (a repeated msgid replaces its record).
-    pub fn insert(&mut self, msgid: &str, record: JobRecord) {
+    pub fn insert(&mut self, msgid: Arc<str>, record: JobRecord) {
         if self.cap == 0 {
             return;
         }
-        if let Some(r) = self.records.get_mut(msgid) {
+        if let Some(r) = self.records.get_mut(&*msgid) {
             *r = record;
             return;
         }
@@ -78,8 +79,8 @@ impl JobHistory {
             let Some(oldest) = self.order.pop_front() else { break };
             self.records.remove(&oldest);
         }
-        self.order.push_back(msgid.to_owned());
-        self.records.insert(msgid.to_owned(), record);
+        self.order.push_back(msgid.clone());
+        self.records.insert(msgid, record);
     }
 
     pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
@@ -105,7 +106,7 @@ impl JobHistory {
             Some(r) => json!({
                 "msgid": msgid,
                 "state": r.state.as_str(),
-                "queue": r.queue,
+                "queue": &*r.queue,
                 "worker": r.worker.as_ref().map(|w| w.to_string()),
                 "attempts": r.attempts,
                 "received": r.received,
@@ -124,7 +125,7 @@ mod tests {
 
     fn rec() -> JobRecord {
         JobRecord {
-            queue: "q".into(),
+            queue: Arc::from("q"),
             state: JobState::Queued,
             worker: None,
             received: 1.0,
@@ -138,16 +139,16 @@ mod tests {
     #[test]
     fn bounded_oldest_first() {
         let mut h = JobHistory::new(2);
-        h.insert("a", rec());
-        h.insert("b", rec());
-        h.insert("a", rec()); // replace, no growth
-        h.insert("c", rec());
+        h.insert(Arc::from("a"), rec());
+        h.insert(Arc::from("b"), rec());
+        h.insert(Arc::from("a"), rec()); // replace, no growth
+        h.insert(Arc::from("c"), rec());
         assert!(h.get("a").is_none());
         assert!(h.get("b").is_some() && h.get("c").is_some());
         assert_eq!(h.len(), 2);
         assert!(h.status_json("a").contains("unknown job"));
         let mut z = JobHistory::new(0);
-        z.insert("a", rec());
+        z.insert(Arc::from("a"), rec());
         assert!(z.is_empty());
     }
 }

@@ -23,6 +23,7 @@ use emq_protocol::{
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -125,7 +126,7 @@ pub struct WorkerSlot {
     /// Msgids of jobs without `reply-requested` handed to it, oldest first,
     /// kept only until it proves it reports every job (EventMQ's job manager
     /// does not; for it a READY retires the oldest of these).
-    pub unreported: VecDeque<String>,
+    pub unreported: VecDeque<Arc<str>>,
     /// Set once it reports a job that did not ask for a reply: then it is
     /// one of ours, which reports every job. EventMQ's job manager does not,
     /// so for it a READY retires its oldest unreported job.
@@ -162,19 +163,57 @@ pub struct JobInFlight {
     /// Times it was handed out (1 on first dispatch).
     pub attempts: u32,
     /// Kept only for `guarantee` jobs, to requeue when their worker dies.
-    pub request: Option<Request>,
+    pub request: Option<StoredRequest>,
     /// Value of the router's dispatch counter when it was handed out.
     pub dispatch_seq: u64,
 }
 
-/// A job waiting for a free slot.
+/// A job waiting for a free slot. Kept compact (boxed frames, a msgid
+/// shared with its in-flight and history records): a router may hold a
+/// million of these.
 #[derive(Debug)]
 pub struct WaitingJob {
     pub client: PeerId,
-    pub msgid: String,
-    pub request: Request,
+    pub msgid: Arc<str>,
+    pub request: StoredRequest,
     pub received: Instant,
     pub attempts: u32,
+}
+
+/// A REQUEST's three body frames, stored exactly as received (forwarded
+/// byte-identical), in exact-size boxes. The queue name is only stored when
+/// it differs from the queue the job waits in (a fallback to `default`).
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    pub queue: Option<Box<str>>,
+    pub headers: Box<str>,
+    pub payload: Box<str>,
+}
+
+impl StoredRequest {
+    /// Stores `r`, which is going to wait in (or be sent from) `resolved`.
+    pub fn new(r: Request, resolved: &str) -> Self {
+        let queue = (r.queue != resolved).then(|| r.queue.into_boxed_str());
+        StoredRequest { queue, headers: r.headers.into(), payload: r.payload.into() }
+    }
+
+    /// The REQUEST as it was received; `resolved` is its queue here.
+    pub fn into_request(self, resolved: &str) -> Request {
+        Request {
+            queue: self.queue.map_or_else(|| resolved.to_owned(), String::from),
+            headers: self.headers.into(),
+            payload: self.payload.into(),
+        }
+    }
+
+    /// The queue name the client asked for.
+    pub fn queue<'a>(&'a self, resolved: &'a str) -> &'a str {
+        self.queue.as_deref().unwrap_or(resolved)
+    }
+
+    pub fn headers(&self) -> emq_protocol::Headers {
+        emq_protocol::Headers::parse(&self.headers)
+    }
 }
 
 /// Per-queue latency figures for STATUS (seconds from receipt to done).
@@ -192,7 +231,9 @@ pub struct RouterState {
     workers: HashMap<PeerId, WorkerSlot>,
     schedulers: HashMap<PeerId, SchedulerPeer>,
     queues: HashMap<String, QueueState>,
-    in_flight: HashMap<String, JobInFlight>,
+    in_flight: HashMap<Arc<str>, JobInFlight>,
+    /// Resolved queue names, shared by every record that names them.
+    queue_names: HashMap<String, Arc<str>>,
     lru_clock: u64,
     last_heartbeat_sent: Option<Instant>,
     /// When the next [`Event::Tick`] is due (advanced by every tick).
@@ -216,6 +257,7 @@ impl RouterState {
             schedulers: HashMap::default(),
             queues: HashMap::default(),
             in_flight: HashMap::default(),
+            queue_names: HashMap::default(),
             lru_clock: 0,
             last_heartbeat_sent: None,
             next_tick_at: now.mono,
@@ -359,10 +401,12 @@ impl RouterState {
     fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
         self.accepted += 1;
         let queue = self.resolve_queue(&request.queue);
+        let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
+        let queue_name = self.queue_name(&queue);
         self.history.insert(
-            &msgid,
+            msgid_shared.clone(),
             JobRecord {
-                queue: queue.clone(),
+                queue: queue_name,
                 state: JobState::Queued,
                 worker: None,
                 received: now.unix,
@@ -372,7 +416,13 @@ impl RouterState {
                 result: None,
             },
         );
-        let job = WaitingJob { client: client.clone(), msgid: msgid.clone(), request, received: now.mono, attempts: 0 };
+        let job = WaitingJob {
+            client: client.clone(),
+            msgid: msgid_shared,
+            request: StoredRequest::new(request, &queue),
+            received: now.mono,
+            attempts: 0,
+        };
         if let Some(worker) = self.pick_worker(&queue) {
             self.dispatch(worker, queue, job, now, out);
         } else {
@@ -410,6 +460,17 @@ impl RouterState {
         }
     }
 
+    /// The shared name of a resolved queue (served queues and `default`:
+    /// a bounded set).
+    fn queue_name(&mut self, queue: &str) -> Arc<str> {
+        if let Some(n) = self.queue_names.get(queue) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(queue);
+        self.queue_names.insert(queue.to_owned(), n.clone());
+        n
+    }
+
     /// Highest weight first, least recently used among equals.
     fn pick_worker(&self, queue: &str) -> Option<PeerId> {
         let q = self.queues.get(queue)?;
@@ -441,12 +502,15 @@ impl RouterState {
             w.unreported.push_back(job.msgid.clone());
         }
         debug!(msgid = %job.msgid, %queue, worker = %worker, "dispatched");
+        let queue_for_send = queue.clone();
         if let Some(r) = self.history.get_mut(&job.msgid) {
             r.state = JobState::Dispatched;
             r.worker = Some(worker.clone());
             r.dispatched = Some(now.unix);
             r.attempts = job.attempts + 1;
-            r.queue.clone_from(&queue);
+            if *r.queue != *queue {
+                r.queue = self.queue_names.get(queue.as_str()).cloned().unwrap_or_else(|| Arc::from(queue.as_str()));
+            }
         }
         self.in_flight.insert(
             job.msgid.clone(),
@@ -466,7 +530,10 @@ impl RouterState {
         out.push(Action::Send {
             socket: SocketKind::Backend,
             peer: worker,
-            message: Message::with_msgid(job.msgid, Command::Request(job.request)),
+            message: Message::with_msgid(
+                job.msgid.to_string(),
+                Command::Request(job.request.into_request(&queue_for_send)),
+            ),
         });
     }
 
@@ -571,13 +638,18 @@ impl RouterState {
 
     fn adopt_from_default(&mut self, name: &str) {
         let Some(default) = self.queues.get_mut(DEFAULT_QUEUE) else { return };
-        if !default.waiting.iter().any(|j| j.request.queue == name) {
+        if !default.waiting.iter().any(|j| j.request.queue(DEFAULT_QUEUE) == name) {
             return;
         }
         let (mine, rest): (VecDeque<WaitingJob>, VecDeque<WaitingJob>) =
-            std::mem::take(&mut default.waiting).into_iter().partition(|j| j.request.queue == name);
+            std::mem::take(&mut default.waiting).into_iter().partition(|j| j.request.queue(DEFAULT_QUEUE) == name);
         default.waiting = rest;
         let n = mine.len();
+        // In their own queue the name need not be stored any more.
+        let mine = mine.into_iter().map(|mut j| {
+            j.request.queue = None;
+            j
+        });
         self.queues.get_mut(name).expect("just created").waiting.extend(mine);
         info!(queue = name, jobs = n, "moved waiting jobs from default to their own queue");
     }
@@ -657,7 +729,7 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let Some(job) = self.in_flight.remove(&orig_msgid) else {
+        let Some(job) = self.in_flight.remove(orig_msgid.as_str()) else {
             self.count("reply_for_unknown_job");
             warn!(peer = ?from.map(|p| p.to_string()), msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
             return;
@@ -706,7 +778,7 @@ impl RouterState {
             q.workers.retain(|(_, p)| p != peer);
         }
         info!(%peer, why, jobs_in_flight = w.in_flight, "job manager removed");
-        let mut mine: Vec<(Instant, String)> = if w.in_flight == 0 {
+        let mut mine: Vec<(Instant, Arc<str>)> = if w.in_flight == 0 {
             Vec::new()
         } else {
             self.in_flight.iter().filter(|(_, j)| j.worker == *peer).map(|(id, j)| (j.dispatched, id.clone())).collect()
@@ -747,7 +819,7 @@ impl RouterState {
                         out.push(send(
                             SocketKind::Frontend,
                             &job.client,
-                            Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: id }),
+                            Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: id.to_string() }),
                         ));
                     }
                 }
@@ -765,7 +837,7 @@ impl RouterState {
                 // headers, and the vanished job manager is forgotten.
                 let msgid = message.msgid;
                 warn!(%peer, %msgid, "job manager unreachable: job requeued");
-                if let Some(job) = self.in_flight.remove(&msgid) {
+                if let Some((key, job)) = self.in_flight.remove_entry(msgid.as_str()) {
                     if let Some(w) = self.workers.get_mut(&peer) {
                         w.in_flight = w.in_flight.saturating_sub(1);
                     }
@@ -775,8 +847,8 @@ impl RouterState {
                     }
                     let waiting = WaitingJob {
                         client: job.client,
-                        msgid,
-                        request,
+                        msgid: key,
+                        request: StoredRequest::new(request, &job.queue),
                         received: job.received,
                         attempts: job.attempts - 1,
                     };
@@ -889,7 +961,7 @@ impl RouterState {
     }
 
     /// Jobs handed out and not reported done.
-    pub fn in_flight(&self) -> &HashMap<String, JobInFlight> {
+    pub fn in_flight(&self) -> &HashMap<Arc<str>, JobInFlight> {
         &self.in_flight
     }
 

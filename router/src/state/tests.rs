@@ -206,6 +206,8 @@ fn unknown_queue_falls_back_to_default_and_is_adopted_when_served() {
     // Unknown queue → default, forwarded with its original queue name.
     let out = h.request("c", "x", "nosuch", "");
     assert_eq!(dispatched_to(&out), vec![("d".into(), "x".into())]);
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    assert!(matches!(&message.command, Command::Request(r) if r.queue == "nosuch"), "original queue name kept");
     // No slot: a job for a not-yet-served queue waits in default...
     h.request("c", "early", "emails", "");
     assert_eq!(h.r.waiting("default"), 1);

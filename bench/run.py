@@ -1,0 +1,368 @@
+"""Benchmark orchestrator (called by bench/run.sh after the builds).
+
+Runs each scenario of issue #5 several times on this machine, in one run,
+and prints one markdown table with median and min-max, plus the ratios
+against EventMQ 0.3.13 and Celery measured in the same run. Every process it
+starts it stops again by pid. Raw results: target/bench/raw.jsonl.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+JOBS = os.path.join(ROOT, "jobs")
+RAW = os.path.join(ROOT, "target", "bench", "raw.jsonl")
+procs = []
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def addrs():
+    return {k: "tcp://127.0.0.1:%d" % free_port() for k in ("frontend", "backend", "admin")}
+
+
+def start(cmd, env=None, log_name="proc"):
+    e = dict(os.environ)
+    e.update(env or {})
+    f = open(os.path.join(tempfile.gettempdir(), "emq-bench-%s.log" % log_name), "w")
+    p = subprocess.Popen(cmd, env=e, stdout=f, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
+                         start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p, grace=10):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL) if False else p.kill()
+            p.wait()
+    if p in procs:
+        procs.remove(p)
+
+
+def stop_all():
+    for p in list(procs):
+        stop(p, 5)
+
+
+def run_json(cmd, env=None, timeout=3600):
+    e = dict(os.environ)
+    e.update(env or {})
+    out = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir())
+    if out.returncode != 0:
+        raise RuntimeError("%s failed: %s %s" % (cmd[0], out.stdout[-500:], out.stderr[-2000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_slots(admin):
+    try:
+        v = run_json([os.path.join(REL, "emq-cli"), "--addr", admin, "--json", "--deadline", "2", "workers"], timeout=10)
+    except Exception:
+        return -1
+    return sum(w.get("available_slots", 0) for w in v.get("connected_workers", {}).values())
+
+
+def wait_slots(admin, want, limit=60):
+    end = time.time() + limit
+    while time.time() < end:
+        if free_slots(admin) >= want:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("job manager never announced %d slots" % want)
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+                if int(st.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def emq_router(a, env=None):
+    p = start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
+               "--administrative-addr", a["admin"]], env=dict({"RUST_LOG": "error"}, **(env or {})), log_name="router")
+    end = time.time() + 20
+    while free_slots(a["admin"]) < 0:
+        if time.time() > end:
+            raise RuntimeError("router did not start")
+        time.sleep(0.1)
+    return p
+
+
+def emq_jm(a, workers=2, env=None):
+    return start([os.path.join(REL, "emq-jobmanager"), "-B", a["backend"], "-J", str(workers), "--python-path", JOBS],
+                 env=dict({"RUST_LOG": "error"}, **(env or {})), log_name="jobmanager")
+
+
+# ---- scenarios --------------------------------------------------------------
+
+def s1_emq(args, n):
+    a = addrs()
+    r = emq_router(a)
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 2)
+        out = os.path.join(tempfile.gettempdir(), "emq-bench-s1.txt")
+        return run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                         "--addr", a["frontend"], "--n", str(n), "--out", out], env={"PYTHONPATH": JOBS})
+    finally:
+        stop(j)
+        stop(r)
+
+
+def s1_eventmq(args, n):
+    a = addrs()
+    v = os.path.join(args.eventmq_venv, "bin")
+    wal = tempfile.mkdtemp(prefix="emq-bench-wal-")
+    r = start([os.path.join(v, "emq-router")], env={
+        "EVENTMQ_FRONTEND_ADDR": a["frontend"], "EVENTMQ_BACKEND_ADDR": a["backend"],
+        "EVENTMQ_ADMINISTRATIVE_ADDR": a["admin"], "EVENTMQ_WAL": os.path.join(wal, "wal.log")}, log_name="eventmq-router")
+    j = start([os.path.join(v, "emq-jobmanager")], env={
+        "EVENTMQ_WORKER_ADDR": a["backend"], "EVENTMQ_QUEUES": '[[10, "default"]]', "EVENTMQ_CONCURRENT_JOBS": "2",
+        "PYTHONPATH": JOBS}, log_name="eventmq-jobmanager")
+    try:
+        wait_slots(a["admin"], 2)
+        out = os.path.join(tempfile.gettempdir(), "emq-bench-s1-eventmq.txt")
+        return run_json([os.path.join(v, "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                         "--addr", a["frontend"], "--n", str(n), "--out", out], env={"PYTHONPATH": JOBS})
+    finally:
+        stop(j)
+        stop(r)
+
+
+def s1_celery(args, n):
+    out = os.path.join(tempfile.gettempdir(), "emq-bench-s1-celery.txt")
+    return run_json([os.path.join(args.celery_venv, "bin", "python"), os.path.join(ROOT, "bench", "celery", "run_celery.py"),
+                     "--n", str(n), "--out", out])
+
+
+def with_router_and_jm(fn, jm_env=None, workers=2):
+    a = addrs()
+    r = emq_router(a)
+    j = emq_jm(a, workers, jm_env)
+    try:
+        wait_slots(a["admin"], 1)
+        time.sleep(1.0)  # all workers (and the spare) up
+        return fn(a, r, j)
+    finally:
+        stop(j)
+        stop(r)
+
+
+def s2(args, jm_env=None):
+    return with_router_and_jm(lambda a, r, j: run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                                                        "--n", str(args.s2_n), "--window", "1000"]), jm_env)
+
+
+def s3(args):
+    return with_router_and_jm(lambda a, r, j: run_json([os.path.join(REL, "emq-bench"), "latency", "--frontend", a["frontend"],
+                                                        "--n", str(args.s3_n)]))
+
+
+def s4(args, forwarder):
+    a = addrs()
+    if forwarder:
+        r = start([os.path.join(REL, "emq-bench"), "forwarder", "--frontend", a["frontend"], "--backend", a["backend"]], log_name="fwd")
+        time.sleep(0.3)
+    else:
+        r = emq_router(a)
+    s = start([os.path.join(REL, "emq-bench"), "stub-jm", "--backend", a["backend"]], log_name="stub")
+    try:
+        time.sleep(0.5)
+        return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"], "--n", str(args.s4_n),
+                         "--window", "1000"])
+    finally:
+        stop(s)
+        stop(r)
+
+
+def s5(args):
+    a = addrs()
+    r = emq_router(a, env={"EMQ_HWM": str(args.s5_n * 2)})
+    try:
+        time.sleep(0.5)
+        before = rss_kb(r.pid)
+        fill = run_json([os.path.join(REL, "emq-bench"), "fill", "--frontend", a["frontend"], "--n", str(args.s5_n), "--size", "100"])
+        time.sleep(0.5)
+        after = rss_kb(r.pid)
+    finally:
+        stop(r)
+
+    def jm_rest(a, r, j):
+        time.sleep(2)
+        kids = children(j.pid)
+        return {"jm_kb": rss_kb(j.pid), "workers_kb": [rss_kb(k) for k in kids]}
+    rest = with_router_and_jm(jm_rest)
+    return {"n": args.s5_n, "payload_bytes": fill["payload_bytes"], "rss_before_kb": before, "rss_after_kb": after,
+            "bytes_per_job": (after - before) * 1024 / args.s5_n, "jm_kb": rest["jm_kb"], "workers_kb": rest["workers_kb"],
+            "jm_plus_workers_mb": (rest["jm_kb"] + sum(rest["workers_kb"])) / 1024}
+
+
+def s6(args):
+    pid_file = os.path.join(tempfile.gettempdir(), "emq-bench-worker.pid")
+    return with_router_and_jm(lambda a, r, j: run_json([os.path.join(REL, "emq-bench"), "recovery", "--frontend", a["frontend"],
+                                                        "--admin", a["admin"], "--jm-pid", str(j.pid), "--kills", str(args.s6_kills),
+                                                        "--pid-file", pid_file]))
+
+
+# ---- running and reporting ---------------------------------------------------
+
+def repeat(name, k, fn):
+    vals = []
+    for i in range(k):
+        log("%s run %d/%d" % (name, i + 1, k))
+        try:
+            v = fn()
+        except Exception as e:
+            log("%s failed: %s" % (name, e))
+            stop_all()
+            continue
+        v["scenario"] = name
+        os.makedirs(os.path.dirname(RAW), exist_ok=True)
+        with open(RAW, "a") as f:
+            f.write(json.dumps(v) + "\n")
+        log(name, json.dumps(v))
+        vals.append(v)
+    return vals
+
+
+def summary(vals, key, fmt="{:,.0f}"):
+    xs = [v[key] for v in vals if key in v]
+    if not xs:
+        return "n/a", None
+    med = statistics.median(xs)
+    if len(xs) == 1:
+        return fmt.format(med), med
+    return "%s (%s–%s)" % (fmt.format(med), fmt.format(min(xs)), fmt.format(max(xs))), med
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--eventmq-venv", required=True)
+    ap.add_argument("--celery-venv", default="NO_REDIS")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default="1,2,3,4,5,6")
+    ap.add_argument("--quick", action="store_true", help="smaller N everywhere (a smoke run)")
+    ap.add_argument("--s1-n", type=int, default=20000)
+    ap.add_argument("--eventmq-n", type=int, default=2000,
+                    help="jobs for EventMQ in scenario 1 (it runs ~30-40 jobs/s: 20000 would take ~10 min per run)")
+    ap.add_argument("--eventmq-runs", type=int, default=1)
+    ap.add_argument("--s2-n", type=int, default=100000)
+    ap.add_argument("--s3-n", type=int, default=5000)
+    ap.add_argument("--s4-n", type=int, default=200000)
+    ap.add_argument("--s5-n", type=int, default=1000000)
+    ap.add_argument("--s6-kills", type=int, default=50)
+    args = ap.parse_args()
+    if args.quick:
+        args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
+    only = set(args.only.split(","))
+    rows, notes = [], []
+    res = {}
+    try:
+        if "1" in only:
+            res["s1_emq"] = repeat("1 emq", args.runs, lambda: s1_emq(args, args.s1_n))
+            res["s1_eventmq"] = repeat("1 eventmq", args.eventmq_runs, lambda: s1_eventmq(args, args.eventmq_n))
+            if args.celery_venv != "NO_REDIS" and os.path.isdir(args.celery_venv):
+                res["s1_celery"] = repeat("1 celery", args.runs, lambda: s1_celery(args, args.s1_n))
+            else:
+                notes.append("Celery + Redis column skipped: no redis-server on this machine (bench/celery/setup.sh printed NO_REDIS).")
+        if "2" in only:
+            res["s2"] = repeat("2 defaults", args.runs, lambda: s2(args))
+            res["s2_tuned"] = repeat("2 tuned", args.runs, lambda: s2(args, {
+                "EMQ_MAX_JOB_COUNT": "1000000", "EMQ_WORKER_PIPELINE": "4", "EMQ_PREFETCH": "128"}))
+        if "3" in only:
+            res["s3"] = repeat("3", args.runs, lambda: s3(args))
+        if "4" in only:
+            res["s4_router"] = repeat("4 router", args.runs, lambda: s4(args, False))
+            res["s4_fwd"] = repeat("4 forwarder", args.runs, lambda: s4(args, True))
+        if "5" in only:
+            res["s5"] = repeat("5", max(1, args.runs // 2), lambda: s5(args))
+        if "6" in only:
+            res["s6"] = repeat("6", max(1, args.runs // 2), lambda: s6(args))
+    finally:
+        stop_all()
+
+    def row(scn, what, vals, key, fmt="{:,.0f}", target=""):
+        text, med = summary(vals or [], key, fmt)
+        rows.append((scn, what, text, target))
+        return med
+    if "1" in only:
+        e = row("1", "emq router + emq job manager, EventMQ client: jobs/s (N=%d)" % args.s1_n, res.get("s1_emq"), "jobs_per_sec")
+        m = row("1", "EventMQ 0.3.13 router + job manager + client: jobs/s (N=%d)" % args.eventmq_n, res.get("s1_eventmq"), "jobs_per_sec")
+        c = row("1", "Celery 5 + Redis, prefork 2: jobs/s (N=%d)" % args.s1_n, res.get("s1_celery"), "jobs_per_sec") if "s1_celery" in res else None
+        if e and m:
+            rows.append(("1", "ratio emq / EventMQ", "%.0f×" % (e / m), "≥ 100×"))
+        if e and c:
+            rows.append(("1", "ratio emq / Celery", "%.1f×" % (e / c), "≥ 10×"))
+    if "2" in only:
+        row("2", "Rust client, window 1000, reply-requested, no-op: jobs/s (defaults)", res.get("s2"), "jobs_per_sec", target="≥ 30,000")
+        row("2", "same, max_job_count=1e6, worker_pipeline=4, prefetch=128", res.get("s2_tuned"), "jobs_per_sec", target="≥ 30,000")
+    if "3" in only:
+        row("3", "latency p50 µs (one job at a time)", res.get("s3"), "p50_us", target="≤ 150")
+        row("3", "latency p99 µs", res.get("s3"), "p99_us", target="≤ 1,000")
+        row("3", "latency max µs", res.get("s3"), "max_us")
+    if "4" in only:
+        r = row("4", "router + stub job manager: msgs/s", res.get("s4_router"), "jobs_per_sec")
+        f = row("4", "bare ZeroMQ ROUTER→ROUTER forwarder + stub: msgs/s", res.get("s4_fwd"), "jobs_per_sec")
+        if r and f:
+            rows.append(("4", "router / forwarder", "%.0f%%" % (100 * r / f), "≥ 60%"))
+    if "5" in only:
+        row("5", "router RSS per buffered 100-byte job, bytes (N=%d)" % args.s5_n, res.get("s5"), "bytes_per_job", target="≤ 400")
+        row("5", "job manager + workers (2 + 1 spare) RSS at rest, MB", res.get("s5"), "jm_plus_workers_mb", fmt="{:.1f}")
+    if "6" in only:
+        row("6", "SIGKILLed busy worker → replacement READY at the router, p50 ms (%d kills)" % args.s6_kills, res.get("s6"), "p50_ms", fmt="{:.1f}", target="≤ 50")
+
+    cpu = open("/proc/cpuinfo").read().count("processor\t:")
+    head = ["# emq benchmark results", "",
+            "Measured %s on this machine (%d cores), all systems in the same run: `bench/run.sh %s`." %
+            (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpu, " ".join(sys.argv[5:])), "",
+            "Median of the runs, (min–max) when more than one.", "",
+            "| # | what | result | target |", "|---|---|---|---|"]
+    lines = head + ["| %s | %s | %s | %s |" % r for r in rows]
+    if notes:
+        lines += [""] + ["- " + n for n in notes]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
