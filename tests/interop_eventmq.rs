@@ -118,7 +118,7 @@ fn our_job_manager_works_under_eventmq_router() {
             .as_object()
             .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
             .unwrap_or(0);
-        (slots == 2 * SLOTS_PER_WORKER).then_some(())
+        (slots >= 2 * SLOTS_PER_WORKER).then_some(())
     });
     for reply in [false, true] {
         let mut c = Command::new(venv.join("bin/python"));
@@ -144,7 +144,7 @@ fn our_job_manager_works_under_eventmq_router() {
             .as_object()
             .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
             .unwrap_or(0);
-        (slots == 2 * SLOTS_PER_WORKER).then_some(())
+        (slots >= 2 * SLOTS_PER_WORKER).then_some(())
     });
     // Our emq-cli reads EventMQ's router.
     for args in [vec!["status", "--json"], vec!["workers"], vec!["status"]] {

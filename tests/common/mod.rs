@@ -251,10 +251,11 @@ pub fn router_free_slots(admin_addr: &str) -> u64 {
 /// one running job plus one queued behind it).
 pub const SLOTS_PER_WORKER: u64 = 2;
 
-/// Waits until the router sees the free slots of `workers` idle workers of ours.
+/// Waits until the router sees at least the free slots of `workers` idle
+/// workers of ours (prefetch, on by default, may add more).
 pub fn wait_slots(admin_addr: &str, workers: u64) {
     let slots = workers * SLOTS_PER_WORKER;
-    eventually(Duration::from_secs(60), || (router_free_slots(admin_addr) == slots).then_some(()));
+    eventually(Duration::from_secs(60), || (router_free_slots(admin_addr) >= slots).then_some(()));
 }
 
 /// A client that sends `reply-requested` jobs as raw frames and collects
