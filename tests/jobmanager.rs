@@ -222,7 +222,10 @@ fn setup_entry_and_exit_hooks_run() {
     let mut c = TestClient::connect(&a.frontend);
     c.call("default", "benchjobs", "add", json!([1, 2]));
     c.call("default", "benchjobs", "add", json!([1, 2]));
-    let kinds: Vec<String> = read_lines(&hooks).iter().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = eventually(Duration::from_secs(30), || {
+        let k: Vec<String> = read_lines(&hooks).iter().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+        (k.iter().filter(|x| *x == "setup").count() == 2).then_some(k)
+    });
     // Setup once per started worker (the one serving and the spare), before
     // any job; entry and exit around each job.
     assert_eq!(kinds.iter().filter(|k| *k == "setup").count(), 2, "{kinds:?}");
