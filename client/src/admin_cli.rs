@@ -42,6 +42,10 @@ pub enum Cmd {
     Shutdown,
     /// One job's record: state, job manager, timestamps, attempts, result.
     Job { msgid: String },
+    /// Jobs that used up their retries.
+    Dead,
+    /// Run a dead letter again.
+    Requeue { msgid: String },
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -76,6 +80,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Schedulers => Command::Admin(AdminCommand::RouterShowSchedulers),
         Cmd::Shutdown => Command::Disconnect,
         Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone() }),
+        Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
+        Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
     };
     let answer = client.request(command, Duration::from_secs_f64(a.deadline.max(0.0)))?;
     let body = match answer.command {
@@ -96,11 +102,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
     if let Some(e) = v.get("error").and_then(Value::as_str) {
         anyhow::bail!("router: {e}");
     }
-    match a.command {
+    match &a.command {
         Cmd::Status => print!("{}", render_status(&v)),
         Cmd::Workers => print!("{}", render_workers(&v)),
         Cmd::Schedulers => print!("{}", render_schedulers(&v)),
         Cmd::Job { .. } => print!("{}", render_job(&v)),
+        Cmd::Dead => print!("{}", render_dead(&v)),
+        Cmd::Requeue { msgid } => println!("requeued {msgid}"),
         Cmd::Shutdown => println!("{v}"),
     }
     Ok(())
@@ -224,6 +232,29 @@ pub fn render_schedulers(v: &Value) -> String {
     table(&["scheduler", "hb"], &rows)
 }
 
+pub fn render_dead(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["dead_letters"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        d["msgid"].as_str().unwrap_or("?").to_owned(),
+                        d["queue"].as_str().unwrap_or("?").to_owned(),
+                        num(&d["attempts"]),
+                        format!(
+                            "{}: {}",
+                            d["error"]["type"].as_str().unwrap_or("?"),
+                            d["error"]["message"].as_str().unwrap_or("")
+                        ),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["msgid", "queue", "attempts", "last error"], &rows)
+}
+
 pub fn render_job(v: &Value) -> String {
     let mut out = String::new();
     for k in ["msgid", "state", "queue", "worker", "attempts", "received", "dispatched", "finished"] {
@@ -236,6 +267,15 @@ pub fn render_job(v: &Value) -> String {
     }
     if !v["result"].is_null() {
         out += &format!("{:<11}{}\n", "result", v["result"]);
+    }
+    for e in v["attempt_errors"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<11}#{} {}: {}\n",
+            "failed",
+            num(&e["attempt"]),
+            e["type"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        );
     }
     out
 }

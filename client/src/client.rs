@@ -50,6 +50,7 @@ impl Options {
             guarantee: self.guarantee,
             retry_count: self.retry_count,
             timeout_secs: self.timeout,
+            attempt: None,
         }
         .to_wire()
     }
@@ -86,7 +87,7 @@ impl JobOutcome {
             None => JobOutcome::Value(reply.value),
             Some(e) => match e.kind.as_str() {
                 "timeout" => JobOutcome::Timeout(e),
-                "worker died" | "worker lost" | "killed" => JobOutcome::WorkerDied(e),
+                "worker died" | "worker lost" | "job manager lost" | "killed" => JobOutcome::WorkerDied(e),
                 "refused" => JobOutcome::Refused(e),
                 _ => JobOutcome::Failed(e),
             },

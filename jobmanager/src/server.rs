@@ -263,9 +263,9 @@ impl Server {
                 }
                 Err(e) => feedback.push(Event::SpawnFailed { slot, error: e.to_string() }),
             },
-            Action::Run { slot, msgid, payload } => {
+            Action::Run { slot, msgid, payload, attempt } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    if let Err(e) = w.send(&ToWorker::Run { msgid, payload }) {
+                    if let Err(e) = w.send(&ToWorker::Run { msgid, payload, attempt }) {
                         // Its death shows up as end-of-stream on its pipe.
                         warn!(slot, pid = w.pid(), error = %e, "cannot hand job to worker");
                     }

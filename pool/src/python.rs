@@ -148,6 +148,8 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> Option<String> {
 /// (modules stay imported between jobs: the point of a warm pool).
 #[derive(Default)]
 pub struct PythonRunner {
+    /// The `emq` module jobs can import: `emq.msgid`, `emq.attempt`.
+    emq_module: Option<Py<PyModule>>,
     functions: HashMap<(String, String), Py<PyAny>>,
     classes: HashMap<String, Py<PyAny>>,
     job_entry: Option<Py<PyAny>>,
@@ -163,6 +165,10 @@ impl PythonRunner {
             tracing::error!(error = %e, "could not prepare sys.path");
         }
         let mut runner = PythonRunner::default();
+        match install_emq_module(py) {
+            Ok(m) => runner.emq_module = Some(m),
+            Err(e) => tracing::error!(error = %e, "cannot install the emq module"),
+        }
         if let Some(f) = &cfg.subprocess_setup_func {
             match resolve_dotted(py, f).and_then(|func| func.call0().map(|_| ())) {
                 Ok(()) => tracing::info!(func = %f, "subprocess_setup_func ran"),
@@ -185,6 +191,16 @@ impl PythonRunner {
         runner.job_entry = hook("job_entry_func", &cfg.job_entry_func);
         runner.job_exit = hook("job_exit_func", &cfg.job_exit_func);
         runner
+    }
+
+    /// Tells jobs which job they are: `emq.msgid`, `emq.attempt` (1 on the
+    /// first run; more when a `retry-count` or `guarantee` job runs again).
+    pub fn set_current_job(&self, py: Python<'_>, msgid: &str, attempt: u32) {
+        if let Some(m) = &self.emq_module {
+            let m = m.bind(py);
+            let _ = m.setattr("msgid", msgid);
+            let _ = m.setattr("attempt", attempt);
+        }
     }
 
     /// Runs one job and returns its reply.
@@ -263,6 +279,16 @@ impl PythonRunner {
         self.classes.insert(key, c.clone_ref(py));
         Ok(c)
     }
+}
+
+/// Creates the importable `emq` module inside the worker.
+fn install_emq_module(py: Python<'_>) -> PyResult<Py<PyModule>> {
+    let m = PyModule::new(py, "emq")?;
+    m.setattr("__doc__", "Set by the emq worker before each job: msgid and attempt (1 = first run).")?;
+    m.setattr("msgid", py.None())?;
+    m.setattr("attempt", 0)?;
+    py.import("sys")?.getattr("modules")?.set_item("emq", &m)?;
+    Ok(m.unbind())
 }
 
 fn dict_from<'py>(py: Python<'py>, m: &Map<String, Value>) -> PyResult<Bound<'py, PyDict>> {

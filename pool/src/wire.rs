@@ -16,12 +16,23 @@ pub const MAX_FRAME: usize = 256 << 20;
 pub enum ToWorker {
     /// Run one job; `payload` is the REQUEST's payload frame, already
     /// validated by the job manager.
-    Run { msgid: String, payload: String },
+    Run {
+        msgid: String,
+        payload: String,
+        /// Which attempt this is (1 = first run), readable by the job as
+        /// `emq.attempt` so at-least-once jobs can be made idempotent.
+        #[serde(default = "first_attempt")]
+        attempt: u32,
+    },
     /// Give back every job received but not started yet (they are queued
     /// behind a job that runs long); answered with [`FromWorker::Stolen`].
     Steal,
     /// Finish the jobs already received, then exit (recycling, shutdown).
     Shutdown,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Worker → job manager.
@@ -154,12 +165,12 @@ mod tests {
 
     #[test]
     fn blocking_reader_round_trip_and_eof() {
-        let mut bytes = encode(&ToWorker::Run { msgid: "a".into(), payload: "[]".into() });
+        let mut bytes = encode(&ToWorker::Run { msgid: "a".into(), payload: "[]".into(), attempt: 1 });
         bytes.extend(encode(&ToWorker::Shutdown));
         let mut r = &bytes[..];
         assert_eq!(
             read_frame::<ToWorker>(&mut r).unwrap(),
-            Some(ToWorker::Run { msgid: "a".into(), payload: "[]".into() })
+            Some(ToWorker::Run { msgid: "a".into(), payload: "[]".into(), attempt: 1 })
         );
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(ToWorker::Shutdown));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), None);

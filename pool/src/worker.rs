@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Jobs received and not started, plus whether input has ended.
 #[derive(Default)]
 struct Inbox {
-    jobs: VecDeque<(String, String)>,
+    jobs: VecDeque<(String, String, u32)>,
     closed: bool,
 }
 
@@ -78,9 +78,12 @@ pub fn worker_main() -> i32 {
                     g = cv.wait(g).expect("inbox lock");
                 }
             });
-            let Some((msgid, payload)) = next else { return 0 };
+            let Some((msgid, payload, attempt)) = next else { return 0 };
             let reply = match RunPayload::parse(&payload) {
-                Ok(p) => runner.run(py, &p),
+                Ok(p) => {
+                    runner.set_current_job(py, &msgid, attempt);
+                    runner.run(py, &p)
+                }
                 Err(e) => JobReply::failed("BadPayload", e.to_string(), ""),
             };
             let error_type = reply.error.as_ref().map(|e| e.kind.clone());
@@ -103,9 +106,9 @@ fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
         let frame = read_frame::<ToWorker>(&mut input);
         let mut g = lock.lock().expect("inbox lock");
         match frame {
-            Ok(Some(ToWorker::Run { msgid, payload })) => g.jobs.push_back((msgid, payload)),
+            Ok(Some(ToWorker::Run { msgid, payload, attempt })) => g.jobs.push_back((msgid, payload, attempt)),
             Ok(Some(ToWorker::Steal)) => {
-                let msgids: Vec<String> = g.jobs.drain(..).map(|(id, _)| id).collect();
+                let msgids: Vec<String> = g.jobs.drain(..).map(|(id, _, _)| id).collect();
                 drop(g);
                 if send(&out, &FromWorker::Stolen { msgids }).is_err() {
                     std::process::exit(1);

@@ -13,6 +13,9 @@ pub struct Headers {
     pub retry_count: Option<u32>,
     /// Seconds; `None` when absent or 0 (the job manager's global timeout).
     pub timeout_secs: Option<u64>,
+    /// Our extension, added by the router on a re-run: which attempt this
+    /// is (1 = first run; absent = first run).
+    pub attempt: Option<u32>,
 }
 
 impl Headers {
@@ -29,6 +32,7 @@ impl Headers {
                 "reply-requested" => h.reply_requested = true,
                 "guarantee" => h.guarantee = true,
                 "retry-count" => h.retry_count = value.and_then(|v| v.parse().ok()),
+                "attempt" => h.attempt = value.and_then(|v| v.parse().ok()),
                 "timeout" => {
                     h.timeout_secs = value
                         .and_then(|v| v.parse::<f64>().ok())
@@ -56,6 +60,9 @@ impl Headers {
         if let Some(t) = self.timeout_secs {
             parts.push(format!("timeout:{t}"));
         }
+        if let Some(a) = self.attempt {
+            parts.push(format!("attempt:{a}"));
+        }
         parts.join(",")
     }
 }
@@ -67,7 +74,16 @@ mod tests {
     #[test]
     fn parses_eventmq_order() {
         let h = Headers::parse("reply-requested,guarantee,retry-count:2,timeout:5");
-        assert_eq!(h, Headers { reply_requested: true, guarantee: true, retry_count: Some(2), timeout_secs: Some(5) });
+        assert_eq!(
+            h,
+            Headers {
+                reply_requested: true,
+                guarantee: true,
+                retry_count: Some(2),
+                timeout_secs: Some(5),
+                attempt: None
+            }
+        );
         assert_eq!(Headers::parse(&h.to_wire()), h);
     }
 

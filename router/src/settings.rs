@@ -24,6 +24,14 @@ pub struct RouterSettings {
     pub socket_hwm: i32,
     /// Recent jobs remembered for JOB_STATUS (oldest dropped first).
     pub job_history: usize,
+    /// Seconds before the first retry of a failed `retry-count` job.
+    pub retry_delay: f64,
+    /// Each further retry waits this many times longer.
+    pub retry_multiplier: f64,
+    /// Most dead letters kept.
+    pub dead_letter_max: usize,
+    /// Refuse jobs for unserved queues when `default` has no job manager.
+    pub reject_unknown_queues: bool,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
 }
@@ -39,6 +47,10 @@ impl Default for RouterSettings {
             hwm: 10_000,
             socket_hwm: 100_000,
             job_history: 100_000,
+            retry_delay: 1.0,
+            retry_multiplier: 2.0,
+            dead_letter_max: 10_000,
+            reject_unknown_queues: false,
             log_level: "info".into(),
         }
     }

@@ -80,3 +80,26 @@ def entry():
 
 def exit_():
     _mark("exit")
+
+
+def flaky(counter_path, fail_times):
+    """Fails the first `fail_times` calls (counted in a file), then returns
+    the attempt number the worker was told (emq.attempt)."""
+    import emq
+    n = 0
+    if os.path.exists(counter_path):
+        with open(counter_path) as f:
+            n = int(f.read() or 0)
+    n += 1
+    with open(counter_path, "w") as f:
+        f.write(str(n))
+    if n <= fail_times:
+        raise RuntimeError("flaky failure %d" % n)
+    return {"calls": n, "attempt": emq.attempt, "msgid": emq.msgid}
+
+
+def ppid_then_sleep(path, secs):
+    """Record which job manager runs this (the worker's parent), then sleep."""
+    append_line(path, str(os.getppid()))
+    time.sleep(secs)
+    return os.getppid()

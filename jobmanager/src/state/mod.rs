@@ -125,7 +125,7 @@ pub enum Action {
     /// Start a worker process for `slot`.
     Spawn { slot: usize },
     /// Hand a job to the worker in `slot`.
-    Run { slot: usize, msgid: String, payload: String },
+    Run { slot: usize, msgid: String, payload: String, attempt: u32 },
     /// Ask the worker in `slot` to exit after its current job (recycling).
     Retire { slot: usize },
     /// Ask the worker in `slot` to give back jobs it has not started.
@@ -146,6 +146,7 @@ pub struct JobInFlight {
     /// Kept so a job the worker gives back unstarted can be sent again.
     payload: String,
     timeout: Duration,
+    attempt: u32,
 }
 
 /// A job received from the router and not yet running.
@@ -157,6 +158,8 @@ struct QueuedJob {
     /// again as it was.
     payload: String,
     timeout: Duration,
+    /// 1 on the first run; the router's `attempt:N` header on re-runs.
+    attempt: u32,
 }
 
 /// Life cycle of one worker slot.
@@ -388,12 +391,13 @@ impl JobManagerState {
             }
             Ok(_) => {
                 debug!(%msgid, queue = %request.queue, "job received");
-                let timeout = self.cfg.timeout_for(&request.headers());
+                let headers = request.headers();
                 self.local_queue.push_back(QueuedJob {
                     msgid: msgid.clone(),
                     queue: request.queue,
                     payload: request.payload,
-                    timeout,
+                    timeout: self.cfg.timeout_for(&headers),
+                    attempt: headers.attempt.unwrap_or(1),
                 });
                 self.pump(now, out);
             }
@@ -466,7 +470,12 @@ impl JobManagerState {
             } else if let Some(slot) = self.pipeline_slot(now) {
                 let job = self.local_queue.pop_front().expect("non-empty");
                 debug!(msgid = %job.msgid, slot, "job queued at worker");
-                out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone() });
+                out.push(Action::Run {
+                    slot,
+                    msgid: job.msgid.clone(),
+                    payload: job.payload.clone(),
+                    attempt: job.attempt,
+                });
                 self.slots[slot].waiting.push_back(job);
             } else {
                 return;
@@ -500,7 +509,7 @@ impl JobManagerState {
     /// Hands a job to an idle worker.
     fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
         debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
-        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone() });
+        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone(), attempt: job.attempt });
         self.slots[slot].state = SlotState::Busy(JobInFlight {
             msgid: job.msgid,
             queue: job.queue,
@@ -508,6 +517,7 @@ impl JobManagerState {
             deadline: now + job.timeout,
             payload: job.payload,
             timeout: job.timeout,
+            attempt: job.attempt,
         });
     }
 
@@ -535,6 +545,7 @@ impl JobManagerState {
                     queue: job.queue.clone(),
                     payload: job.payload.clone(),
                     timeout: job.timeout,
+                    attempt: job.attempt,
                 });
                 s.state = SlotState::Idle;
             }
@@ -642,6 +653,7 @@ impl JobManagerState {
                 deadline: now + next.timeout,
                 payload: next.payload,
                 timeout: next.timeout,
+                attempt: next.attempt,
             });
             self.pump(now, out);
             self.reconcile(out);

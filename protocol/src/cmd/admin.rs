@@ -18,6 +18,10 @@ pub enum AdminCommand {
     Hello,
     /// Our extension: the record of one job, by msgid.
     JobStatus { job_msgid: String },
+    /// Our extension: jobs that used up their retries.
+    DeadLetters,
+    /// Our extension: run a dead letter again.
+    Requeue { job_msgid: String },
 }
 
 impl AdminCommand {
@@ -32,6 +36,8 @@ impl AdminCommand {
             "ROUTER_SHOW_SCHEDULERS" => AdminCommand::RouterShowSchedulers,
             "HELLO" => AdminCommand::Hello,
             "JOB_STATUS" => AdminCommand::JobStatus { job_msgid: p.next_string()? },
+            "ROUTER_DEAD_LETTERS" => AdminCommand::DeadLetters,
+            "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },
             _ => return Ok(None),
         }))
     }
@@ -44,11 +50,13 @@ impl AdminCommand {
             AdminCommand::RouterShowSchedulers => "ROUTER_SHOW_SCHEDULERS",
             AdminCommand::Hello => "HELLO",
             AdminCommand::JobStatus { .. } => "JOB_STATUS",
+            AdminCommand::DeadLetters => "ROUTER_DEAD_LETTERS",
+            AdminCommand::Requeue { .. } => "REQUEUE",
         }
     }
 
     pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
-        if let AdminCommand::JobStatus { job_msgid } = self {
+        if let AdminCommand::JobStatus { job_msgid } | AdminCommand::Requeue { job_msgid } = self {
             out.push(job_msgid.as_bytes().to_vec());
         }
     }

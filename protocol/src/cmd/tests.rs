@@ -48,6 +48,8 @@ fn every_command_round_trips() {
         AdminCommand::RouterShowSchedulers,
         AdminCommand::Hello,
         AdminCommand::JobStatus { job_msgid: "j".into() },
+        AdminCommand::DeadLetters,
+        AdminCommand::Requeue { job_msgid: "j".into() },
     ] {
         round_trip(Command::Admin(a));
     }

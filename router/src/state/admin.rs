@@ -34,6 +34,9 @@ impl RouterState {
             "accepted": self.accepted,
             "uptime_secs": now.mono.saturating_duration_since(self.started).as_secs_f64(),
             "connected_workers": self.workers.len(),
+            "failed_messages_by_queue": self.failed_by_queue,
+            "retrying": self.delayed.len(),
+            "dead_letters": self.dead.len(),
             "free_slots": self.workers.values().map(|w| w.free_slots as u64).sum::<u64>(),
         })
         .to_string()

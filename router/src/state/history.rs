@@ -23,6 +23,10 @@ pub enum JobState {
     Refused,
     /// Its job manager vanished and it was not `guarantee`d.
     Lost,
+    /// Failed; waiting for its next attempt.
+    Retrying,
+    /// Used up its retries: kept in the dead letters.
+    Dead,
 }
 
 impl JobState {
@@ -34,6 +38,8 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Refused => "refused",
             JobState::Lost => "lost",
+            JobState::Retrying => "retrying",
+            JobState::Dead => "dead",
         }
     }
 }
@@ -49,8 +55,20 @@ pub struct JobRecord {
     pub dispatched: Option<f64>,
     pub finished: Option<f64>,
     pub attempts: u32,
-    /// The reply JSON, once finished.
+    /// The reply JSON, once finished (or of the last failed attempt).
     pub result: Option<String>,
+    /// Every failed attempt: which, why, when.
+    pub attempt_errors: Vec<AttemptError>,
+}
+
+/// One failed attempt of a job.
+#[derive(Debug, Clone)]
+pub struct AttemptError {
+    pub attempt: u32,
+    pub kind: String,
+    pub message: String,
+    /// Unix seconds.
+    pub at: f64,
 }
 
 /// Recent jobs by msgid, bounded.
@@ -113,6 +131,9 @@ impl JobHistory {
                 "dispatched": r.dispatched,
                 "finished": r.finished,
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
+                "attempt_errors": r.attempt_errors.iter().map(|e| json!({
+                    "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at,
+                })).collect::<Vec<_>>(),
             }),
         }
         .to_string()
@@ -133,6 +154,7 @@ mod tests {
             finished: None,
             attempts: 0,
             result: None,
+            attempt_errors: Vec::new(),
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-pub use history::{JobHistory, JobRecord, JobState};
+pub use history::{AttemptError, JobHistory, JobRecord, JobState};
 pub use queues::QueueState;
 
 /// Which of the router's sockets a message came from or goes to.
@@ -99,6 +99,14 @@ pub struct RouterConfig {
     pub hwm: usize,
     /// Jobs remembered for JOB_STATUS.
     pub job_history: usize,
+    /// First retry delay; each further retry waits `retry_multiplier` times longer.
+    pub retry_delay: Duration,
+    pub retry_multiplier: f64,
+    /// Most dead letters kept (oldest dropped first).
+    pub dead_letter_max: usize,
+    /// Refuse REQUESTs for a queue nobody serves when `default` has no job
+    /// manager either (instead of buffering them in `default`).
+    pub reject_unknown_queues: bool,
 }
 
 impl From<&crate::RouterSettings> for RouterConfig {
@@ -108,6 +116,10 @@ impl From<&crate::RouterSettings> for RouterConfig {
             heartbeat_timeout: s.heartbeat_timeout(),
             hwm: s.hwm,
             job_history: s.job_history,
+            retry_delay: Duration::from_secs_f64(s.retry_delay.max(0.0)),
+            retry_multiplier: s.retry_multiplier.max(1.0),
+            dead_letter_max: s.dead_letter_max,
+            reject_unknown_queues: s.reject_unknown_queues,
         }
     }
 }
@@ -162,8 +174,14 @@ pub struct JobInFlight {
     pub guarantee: bool,
     /// Times it was handed out (1 on first dispatch).
     pub attempts: u32,
-    /// Kept only for `guarantee` jobs, to requeue when their worker dies.
+    /// Kept for `guarantee` and `retry-count` jobs: to requeue, retry or
+    /// keep as a dead letter.
     pub request: Option<StoredRequest>,
+    /// Retries allowed (`retry-count:N`; 0 when absent).
+    pub retry_count: u32,
+    /// The client asked us to take care of it (`guarantee` or
+    /// `retry-count`): a final failure becomes a dead letter.
+    pub keep: bool,
     /// Value of the router's dispatch counter when it was handed out.
     pub dispatch_seq: u64,
 }
@@ -216,6 +234,21 @@ impl StoredRequest {
     }
 }
 
+/// A job that used up its retries (or a lost `guarantee`d job past them),
+/// kept for `emq-cli dead` and `REQUEUE`.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub msgid: Arc<str>,
+    pub client: PeerId,
+    pub queue: String,
+    pub request: StoredRequest,
+    pub attempts: u32,
+    pub error_type: String,
+    pub error_message: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
 /// Per-queue latency figures for STATUS (seconds from receipt to done).
 #[derive(Debug, Default, Clone)]
 pub struct LatencyStats {
@@ -240,11 +273,17 @@ pub struct RouterState {
     next_tick_at: Instant,
     processed_by_queue: HashMap<String, u64>,
     latency_by_queue: HashMap<String, LatencyStats>,
+    failed_by_queue: HashMap<String, u64>,
     /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
     errors: BTreeMap<&'static str, u64>,
     /// Jobs accepted from clients.
     accepted: u64,
     history: JobHistory,
+    /// Failed jobs waiting for their retry, by due time.
+    delayed: std::collections::BTreeMap<(Instant, u64), (String, WaitingJob)>,
+    delayed_seq: u64,
+    /// Jobs that used up their retries (bounded, oldest dropped first).
+    dead: VecDeque<DeadLetter>,
     shutting_down: bool,
 }
 
@@ -263,9 +302,13 @@ impl RouterState {
             next_tick_at: now.mono,
             processed_by_queue: HashMap::default(),
             latency_by_queue: HashMap::default(),
+            failed_by_queue: HashMap::default(),
             errors: BTreeMap::new(),
             accepted: 0,
             history: JobHistory::new(cfg.job_history),
+            delayed: Default::default(),
+            delayed_seq: 0,
+            dead: VecDeque::new(),
             shutting_down: false,
         }
     }
@@ -293,7 +336,10 @@ impl RouterState {
 
     /// When the next [`Event::Tick`] is due.
     pub fn next_tick(&self) -> Instant {
-        self.next_tick_at
+        match self.delayed.keys().next() {
+            Some((due, _)) => self.next_tick_at.min(*due),
+            None => self.next_tick_at,
+        }
     }
 
     /// Ticks often enough to check expiry at a fraction of the timeout and
@@ -399,6 +445,25 @@ impl RouterState {
     }
 
     fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
+        if self.cfg.reject_unknown_queues
+            && !self.queues.get(request.queue.as_str()).is_some_and(|q| q.ever_served)
+            && self.queues.get(DEFAULT_QUEUE).is_none_or(|q| q.workers.is_empty())
+        {
+            self.count("refused");
+            self.count("refused_unknown_queue");
+            warn!(peer = %client, %msgid, queue = %request.queue, "unknown queue and no default job manager: job refused");
+            let reply = JobReply::failed(
+                "refused",
+                format!("unknown queue {:?} and no job manager serves {DEFAULT_QUEUE:?}", request.queue),
+                "",
+            );
+            out.push(send(
+                SocketKind::Frontend,
+                &client,
+                Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid }),
+            ));
+            return;
+        }
         self.accepted += 1;
         let queue = self.resolve_queue(&request.queue);
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
@@ -414,6 +479,7 @@ impl RouterState {
                 finished: None,
                 attempts: 0,
                 result: None,
+                attempt_errors: Vec::new(),
             },
         );
         let job = WaitingJob {
@@ -503,6 +569,19 @@ impl RouterState {
         }
         debug!(msgid = %job.msgid, %queue, worker = %worker, "dispatched");
         let queue_for_send = queue.clone();
+        let mut job = job;
+        if job.attempts >= 1 {
+            // A re-run says which attempt it is (readable by the job as
+            // emq.attempt); the first dispatch stays byte-identical.
+            let kept: Vec<&str> =
+                job.request.headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
+            let mut h = kept.join(",");
+            if !h.is_empty() {
+                h.push(',');
+            }
+            h.push_str(&format!("attempt:{}", job.attempts + 1));
+            job.request.headers = h.into_boxed_str();
+        }
         if let Some(r) = self.history.get_mut(&job.msgid) {
             r.state = JobState::Dispatched;
             r.worker = Some(worker.clone());
@@ -523,7 +602,9 @@ impl RouterState {
                 reply_requested: headers.reply_requested,
                 guarantee: headers.guarantee,
                 attempts: job.attempts + 1,
-                request: headers.guarantee.then(|| job.request.clone()),
+                request: (headers.guarantee || headers.retry_count.is_some()).then(|| job.request.clone()),
+                retry_count: headers.retry_count.unwrap_or(0),
+                keep: headers.guarantee || headers.retry_count.is_some(),
                 dispatch_seq: self.lru_clock,
             },
         );
@@ -746,17 +827,112 @@ impl RouterState {
                 self.remove_worker(&worker, "finished its last job after KBYE", now, out);
             }
         }
+        // Only a reply that mentions "error" is parsed to tell.
+        let error = if reply_json.contains("\"error\"") {
+            JobReply::from_json(&reply_json).ok().and_then(|r| r.error).map(|e| (e.kind, e.message))
+        } else {
+            None
+        };
+        let id: Arc<str> = Arc::from(orig_msgid.as_str());
+        self.conclude(id, job, reply_json, error, now, out);
+    }
+
+    /// The end of one attempt: a failure with retries left is scheduled
+    /// again (after `retry_delay × retry_multiplier^(attempt-1)`); a final
+    /// failure of a job the client asked us to keep becomes a dead letter;
+    /// the final outcome (only) goes to a `reply-requested` client.
+    fn conclude(
+        &mut self,
+        id: Arc<str>,
+        job: JobInFlight,
+        reply_json: String,
+        error: Option<(String, String)>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some((kind, message)) = &error {
+            if let Some(r) = self.history.get_mut(&id) {
+                r.attempt_errors.push(AttemptError {
+                    attempt: job.attempts,
+                    kind: kind.clone(),
+                    message: message.clone(),
+                    at: now.unix,
+                });
+            }
+            if job.request.is_some() && job.attempts <= job.retry_count {
+                let delay = self.cfg.retry_delay.mul_f64(self.cfg.retry_multiplier.powi(job.attempts as i32 - 1));
+                self.count("retried");
+                info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %kind, ?delay, "job failed: retrying");
+                if let Some(r) = self.history.get_mut(&id) {
+                    r.state = JobState::Retrying;
+                    r.result = Some(reply_json);
+                }
+                let request = job.request.expect("checked");
+                let waiting = WaitingJob {
+                    client: job.client,
+                    msgid: id,
+                    request,
+                    received: job.received,
+                    attempts: job.attempts,
+                };
+                self.delayed_seq += 1;
+                self.delayed.insert((now.mono + delay, self.delayed_seq), (job.queue, waiting));
+                return;
+            }
+        }
         self.record_done(&job, now);
-        if let Some(r) = self.history.get_mut(&orig_msgid) {
-            // Only a reply that mentions "error" is parsed to tell.
-            let failed = reply_json.contains("\"error\"")
-                && JobReply::from_json(&reply_json).map(|r| r.is_error()).unwrap_or(false);
-            r.state = if failed { JobState::Failed } else { JobState::Done };
+        let dead = error.is_some() && job.keep && job.request.is_some();
+        if let Some(r) = self.history.get_mut(&id) {
+            r.state = match (&error, dead) {
+                (None, _) => JobState::Done,
+                (Some(_), true) => JobState::Dead,
+                (Some((k, _)), false) if k == "job manager lost" => JobState::Lost,
+                (Some(_), false) => JobState::Failed,
+            };
             r.finished = Some(now.unix);
             r.result = Some(reply_json.clone());
         }
+        if let (true, Some((kind, message))) = (dead, &error) {
+            self.count("dead_letters");
+            warn!(msgid = %id, queue = %job.queue, attempts = job.attempts, error = %kind, "job used up its retries: dead letter");
+            if self.dead.len() >= self.cfg.dead_letter_max.max(1) {
+                self.dead.pop_front();
+                self.count("dead_letters_dropped");
+            }
+            self.dead.push_back(DeadLetter {
+                msgid: id.clone(),
+                client: job.client.clone(),
+                queue: job.queue.clone(),
+                request: job.request.clone().expect("checked"),
+                attempts: job.attempts,
+                error_type: kind.clone(),
+                error_message: message.clone(),
+                at: now.unix,
+            });
+        }
+        if error.is_some() {
+            *self.failed_by_queue.entry(job.queue.clone()).or_insert(0) += 1;
+        }
         if job.reply_requested {
-            out.push(send(SocketKind::Frontend, &job.client, Command::Reply(Reply::Result { reply_json, orig_msgid })));
+            out.push(send(
+                SocketKind::Frontend,
+                &job.client,
+                Command::Reply(Reply::Result { reply_json, orig_msgid: id.to_string() }),
+            ));
+        }
+    }
+
+    /// Retries that are due go back to their queue.
+    fn release_due_retries(&mut self, now: Now, out: &mut Vec<Action>) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now.mono {
+                return;
+            }
+            let (queue, job) = entry.remove();
+            if let Some(r) = self.history.get_mut(&job.msgid) {
+                r.state = JobState::Queued;
+            }
+            self.requeue(queue, job, now, out);
         }
     }
 
@@ -786,8 +962,8 @@ impl RouterState {
         // Oldest first, so requeued jobs keep their order at the queue front.
         mine.sort();
         for (_, id) in mine.into_iter().rev() {
-            let Some(job) = self.in_flight.remove(&id) else { continue };
-            match job.request {
+            let Some(mut job) = self.in_flight.remove(&id) else { continue };
+            match job.request.take() {
                 Some(request) if job.guarantee => {
                     self.count("requeued");
                     if let Some(r) = self.history.get_mut(&id) {
@@ -803,25 +979,13 @@ impl RouterState {
                     };
                     self.requeue(job.queue, waiting, now, out);
                 }
-                _ => {
+                request => {
+                    job.request = request;
                     self.count("lost_with_worker");
-                    if let Some(r) = self.history.get_mut(&id) {
-                        r.state = JobState::Lost;
-                        r.finished = Some(now.unix);
-                    }
-                    warn!(msgid = %id, queue = %job.queue, worker = %peer, "job lost with its job manager");
-                    if job.reply_requested {
-                        let reply = JobReply::failed(
-                            "worker lost",
-                            format!("job manager {peer} {why} before the job finished"),
-                            "",
-                        );
-                        out.push(send(
-                            SocketKind::Frontend,
-                            &job.client,
-                            Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: id.to_string() }),
-                        ));
-                    }
+                    warn!(msgid = %id, queue = %job.queue, worker = %peer, "job manager lost with the job");
+                    let message = format!("job manager {peer} {why} before the job finished");
+                    let reply = JobReply::failed("job manager lost", message.clone(), "");
+                    self.conclude(id, job, reply.to_json(), Some(("job manager lost".into(), message)), now, out);
                 }
             }
         }
@@ -873,6 +1037,7 @@ impl RouterState {
 
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
         self.next_tick_at = now.mono + self.tick_period();
+        self.release_due_retries(now, out);
         let timeout = self.cfg.heartbeat_timeout;
         let dead: Vec<PeerId> = self
             .workers
@@ -927,6 +1092,11 @@ impl RouterState {
             Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
                 out.push(answer(self.history.status_json(&job_msgid)))
             }
+            Command::Admin(AdminCommand::DeadLetters) => out.push(answer(self.dead_letters_json())),
+            Command::Admin(AdminCommand::Requeue { job_msgid }) => {
+                let body = self.requeue_dead(&job_msgid, now, out);
+                out.push(answer(body));
+            }
             Command::Disconnect => {
                 info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: shutting down");
                 self.shutting_down = true;
@@ -946,6 +1116,40 @@ impl RouterState {
                 out.push(answer(body));
             }
         }
+    }
+
+    /// `REQUEUE msgid`: a dead letter runs again, with its retries afresh.
+    fn requeue_dead(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> String {
+        let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
+            return serde_json::json!({"error": format!("no dead letter {msgid}")}).to_string();
+        };
+        let d = self.dead.remove(pos).expect("position exists");
+        info!(%msgid, queue = %d.queue, "dead letter requeued");
+        self.count("requeued_dead_letters");
+        if let Some(r) = self.history.get_mut(msgid) {
+            r.state = JobState::Queued;
+            r.finished = None;
+        }
+        let waiting =
+            WaitingJob { client: d.client, msgid: d.msgid, request: d.request, received: now.mono, attempts: 0 };
+        self.requeue(d.queue, waiting, now, out);
+        serde_json::json!({"requeued": msgid}).to_string()
+    }
+
+    /// `ROUTER_DEAD_LETTERS`.
+    pub fn dead_letters_json(&self) -> String {
+        let list: Vec<serde_json::Value> = self
+            .dead
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "msgid": &*d.msgid, "queue": d.queue, "attempts": d.attempts,
+                    "error": {"type": d.error_type, "message": d.error_message},
+                    "at": d.at, "payload": &*d.request.payload,
+                })
+            })
+            .collect();
+        serde_json::json!({"dead_letters": list, "count": list.len()}).to_string()
     }
 
     // ---- read access (admin answers, tests) -------------------------------

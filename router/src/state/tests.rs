@@ -9,6 +9,10 @@ fn cfg() -> RouterConfig {
         heartbeat_timeout: Duration::from_secs(5),
         hwm: 3,
         job_history: 100,
+        retry_delay: Duration::from_secs(1),
+        retry_multiplier: 2.0,
+        dead_letter_max: 100,
+        reject_unknown_queues: false,
     }
 }
 
@@ -283,7 +287,7 @@ fn job_manager_reconnecting_under_new_identity() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "n");
-    assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind, "worker lost");
+    assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind, "job manager lost");
     // A READY from the forgotten identity is counted, not obeyed.
     assert!(h.ready("old").is_empty());
     assert_eq!(h.r.errors()["ready_from_unknown_peer"], 1);
@@ -468,4 +472,248 @@ fn our_job_manager_declares_it_reports_every_job() {
     assert_eq!(h.r.in_flight().len(), 1, "only its REPLY ends the job");
     h.done("ours", "j", "{}");
     assert!(h.r.in_flight().is_empty());
+}
+
+fn result_to(actions: &[Action], msgid: &str) -> Option<JobReply> {
+    actions.iter().find_map(|a| match a {
+        Action::Send { socket: SocketKind::Frontend, message, .. } => match &message.command {
+            Command::Reply(Reply::Result { reply_json, orig_msgid }) if orig_msgid == msgid => {
+                Some(JobReply::from_json(reply_json).unwrap())
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+const FAIL: &str = r#"{"value": "boom", "error": {"type": "ValueError", "message": "boom", "traceback": ""}}"#;
+
+fn admin_json(h: &mut Harness, cmd: AdminCommand) -> serde_json::Value {
+    let out = h.recv(SocketKind::Admin, "cli", Command::Admin(cmd));
+    let Action::Send { message, .. } = &out[0] else { panic!() };
+    let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn retries_with_growing_delay_and_only_the_final_outcome_reaches_the_client() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    for _ in 0..3 {
+        h.ready("jm");
+    }
+    h.request("c", "j", "default", "reply-requested,retry-count:2");
+    // Attempt 1 fails: nothing to the client; retry after 1 s.
+    assert!(result_to(&h.done("jm", "j", FAIL), "j").is_none());
+    h.advance(0.9);
+    assert!(dispatched_to(&h.tick()).is_empty());
+    h.advance(0.2);
+    let out = h.tick();
+    assert_eq!(dispatched_to(&out), vec![("jm".into(), "j".into())]);
+    let Action::Send { message, .. } =
+        out.iter().find(|a| matches!(a, Action::Send { socket: SocketKind::Backend, .. })).unwrap()
+    else {
+        panic!()
+    };
+    let Command::Request(r) = &message.command else { panic!() };
+    assert_eq!(r.headers().attempt, Some(2), "a re-run carries its attempt number: {}", r.headers);
+    // Attempt 2 fails: the next waits 2 s.
+    h.done("jm", "j", FAIL);
+    h.advance(1.5);
+    assert!(dispatched_to(&h.tick()).is_empty());
+    h.advance(0.6);
+    assert_eq!(dispatched_to(&h.tick()).len(), 1);
+    // Attempt 3 succeeds: one success reply.
+    let r = result_to(&h.done("jm", "j", r#"{"value": 7}"#), "j").unwrap();
+    assert_eq!(r, JobReply::ok(7.into()));
+    let s = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "j".into() });
+    assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(3)));
+    assert_eq!(s["attempt_errors"].as_array().unwrap().len(), 2);
+    assert_eq!(s["attempt_errors"][1]["type"], "ValueError");
+}
+
+#[test]
+fn a_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    for _ in 0..4 {
+        h.ready("jm");
+    }
+    h.request("c", "d", "default", "reply-requested,retry-count:1");
+    h.done("jm", "d", FAIL);
+    h.advance(1.1);
+    h.tick();
+    let out = h.done("jm", "d", FAIL);
+    assert_eq!(result_to(&out, "d").unwrap().error.unwrap().kind, "ValueError", "final failure to the client");
+    let dead = admin_json(&mut h, AdminCommand::DeadLetters);
+    assert_eq!(dead["count"], 1);
+    assert_eq!(
+        (dead["dead_letters"][0]["msgid"].as_str(), dead["dead_letters"][0]["attempts"].as_u64()),
+        (Some("d"), Some(2))
+    );
+    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into() })["state"], "dead");
+    let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Requeue { job_msgid: "d".into() }));
+    assert_eq!(dispatched_to(&out), vec![("jm".into(), "d".into())]);
+    assert_eq!(admin_json(&mut h, AdminCommand::DeadLetters)["count"], 0);
+    assert!(admin_json(&mut h, AdminCommand::Requeue { job_msgid: "nope".into() })["error"].is_string());
+}
+
+#[test]
+fn lost_job_manager_fails_plain_jobs_and_retries_retryable_ones() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.ready("jm");
+    h.request("c", "plain", "default", "reply-requested");
+    h.request("c", "retry", "default", "reply-requested,retry-count:1");
+    h.advance(6.0);
+    let out = h.tick();
+    assert_eq!(result_to(&out, "plain").unwrap().error.unwrap().kind, "job manager lost");
+    assert!(result_to(&out, "retry").is_none(), "it will run again");
+    h.inform("jm2", &[(10, "default")]);
+    h.ready("jm2");
+    h.advance(1.1);
+    assert_eq!(dispatched_to(&h.tick()), vec![("jm2".into(), "retry".into())]);
+    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into() })["state"], "lost");
+}
+
+#[test]
+fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
+    let now = Now::real();
+    let mut c = cfg();
+    c.reject_unknown_queues = true;
+    let mut h = Harness { r: RouterState::new(c, now), now };
+    let out = h.request("c", "x", "nosuch", "");
+    assert_eq!(result_to(&out, "x").unwrap().error.unwrap().kind, "refused");
+    h.inform("d", &[(10, "default")]);
+    let out = h.request("c", "y", "nosuch", "");
+    assert!(is_receipt(&out[0], "y"), "default is served: falls back as EventMQ does");
+}
+
+/// Where an accepted job is: in how many of buffered / in flight / retrying
+/// / dead, and whether it finished.
+fn places(r: &RouterState, msgid: &str) -> (usize, bool) {
+    let waiting = r.queues.values().map(|q| q.waiting.iter().filter(|j| &*j.msgid == msgid).count()).sum::<usize>();
+    let in_flight = usize::from(r.in_flight.contains_key(msgid));
+    let retrying = r.delayed.values().filter(|(_, j)| &*j.msgid == msgid).count();
+    let dead = r.dead.iter().filter(|d| &*d.msgid == msgid).count();
+    let finished =
+        r.history.get(msgid).is_some_and(|rec| matches!(rec.state, JobState::Done | JobState::Failed | JobState::Lost));
+    (waiting + in_flight + retrying + dead, finished)
+}
+
+/// Random event sequences against the state machine; after every event
+/// every accepted job must be in exactly one place. Runs for `EMQ_FUZZ_SECS`
+/// seconds (default 2; the 10-minute run is in docs/reliability.md).
+#[test]
+fn fuzz_every_accepted_job_is_in_exactly_one_place() {
+    let secs: f64 = std::env::var("EMQ_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let mut seed: u64 = std::env::var("EMQ_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let mut rng = move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let started = std::time::Instant::now();
+    let (mut sequences, mut events) = (0u64, 0u64);
+    let workers = ["w0", "w1", "w2"];
+    let queues = ["default", "q1", "q2"];
+    let headers = ["", "reply-requested", "guarantee", "retry-count:2", "guarantee,retry-count:1,reply-requested"];
+    while started.elapsed().as_secs_f64() < secs {
+        sequences += 1;
+        let now = Now::real();
+        let mut c = cfg();
+        c.hwm = 5;
+        c.job_history = 1_000_000;
+        c.dead_letter_max = 1_000_000;
+        c.reject_unknown_queues = rng() % 2 == 0;
+        let mut h = Harness { r: RouterState::new(c, now), now };
+        let mut accepted: Vec<String> = Vec::new();
+        let mut next_id = 0;
+        for _ in 0..200 {
+            events += 1;
+            let w = workers[(rng() % 3) as usize];
+            let out = match rng() % 12 {
+                0 => {
+                    let n = 1 + rng() % 3;
+                    let qs: Vec<(u32, &str)> =
+                        (0..n).map(|_| ((rng() % 3 * 10) as u32, queues[(rng() % 3) as usize])).collect();
+                    h.inform(w, &qs)
+                }
+                1 | 2 => h.ready(w),
+                3 | 4 => {
+                    next_id += 1;
+                    let id = format!("m{next_id}");
+                    let out = h.request("c", &id, queues[(rng() % 3) as usize], headers[(rng() % 5) as usize]);
+                    if out.iter().any(|a| is_receipt(a, &id)) {
+                        accepted.push(id);
+                    }
+                    out
+                }
+                5 | 6 => {
+                    // A job manager reports one of its jobs (ok or failed).
+                    let mine: Vec<String> =
+                        h.r.in_flight
+                            .iter()
+                            .filter(|(_, j)| j.worker.to_string() == w)
+                            .map(|(id, _)| id.to_string())
+                            .collect();
+                    match mine.get((rng() as usize) % mine.len().max(1)) {
+                        Some(id) => {
+                            let json = if rng() % 3 == 0 { FAIL } else { r#"{"value": 1}"# };
+                            h.done(w, id, json)
+                        }
+                        None => h.done(w, "unknown", "{}"),
+                    }
+                }
+                7 => h.recv(SocketKind::Backend, w, Command::Kbye),
+                8 => {
+                    h.advance((rng() % 3000) as f64 / 1000.0);
+                    h.tick()
+                }
+                9 => {
+                    let mine: Vec<(String, String)> =
+                        h.r.in_flight.iter().map(|(id, j)| (id.to_string(), j.worker.to_string())).collect();
+                    match mine.get((rng() as usize) % mine.len().max(1)) {
+                        Some((id, worker)) => {
+                            let request = Request { queue: "default".into(), headers: "".into(), payload: "[]".into() };
+                            let message = Message::with_msgid(id.clone(), Command::Request(request));
+                            let peer = PeerId::from(worker.as_str());
+                            h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer, message }, h.now)
+                        }
+                        None => vec![],
+                    }
+                }
+                10 => {
+                    let dead: Vec<String> = h.r.dead.iter().map(|d| d.msgid.to_string()).collect();
+                    let id = dead.get((rng() as usize) % dead.len().max(1)).cloned().unwrap_or_else(|| "none".into());
+                    h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Requeue { job_msgid: id }))
+                }
+                _ => {
+                    let frames: Vec<Vec<u8>> =
+                        (0..rng() % 7).map(|_| (0..rng() % 9).map(|_| rng() as u8).collect()).collect();
+                    let message = Message::from_frames(&frames);
+                    h.r.handle_vec(
+                        Event::Received { socket: SocketKind::Backend, peer: PeerId::from(w), message },
+                        h.now,
+                    )
+                }
+            };
+            drop(out);
+            for id in &accepted {
+                let (n, finished) = places(&h.r, id);
+                assert_eq!(
+                    n + usize::from(finished),
+                    1,
+                    "job {id}: {n} places, finished {finished} (sequence {sequences})"
+                );
+            }
+        }
+    }
+    println!(
+        "router state machine fuzz: {sequences} sequences, {events} events in {:.0} s, invariant held",
+        started.elapsed().as_secs_f64()
+    );
 }
