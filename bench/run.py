@@ -360,7 +360,10 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
+    # Only a run of every scenario replaces latest.md; partial runs keep
+    # their own file.
+    name = "latest.md" if only >= set("123456") and not args.quick else "partial-%s.md" % "".join(sorted(only))
+    with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
         f.write(text)
 
 

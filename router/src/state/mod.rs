@@ -194,7 +194,8 @@ pub struct WaitingJob {
     pub client: PeerId,
     pub msgid: Arc<str>,
     pub request: StoredRequest,
-    pub received: Instant,
+    /// Milliseconds since the router started (4 bytes, not a 16-byte Instant).
+    pub received_ms: u32,
     pub attempts: u32,
 }
 
@@ -486,7 +487,7 @@ impl RouterState {
             client: client.clone(),
             msgid: msgid_shared,
             request: StoredRequest::new(request, &queue),
-            received: now.mono,
+            received_ms: self.stamp(now.mono),
             attempts: 0,
         };
         if let Some(worker) = self.pick_worker(&queue) {
@@ -524,6 +525,12 @@ impl RouterState {
             Some(q) if q.ever_served => name.to_owned(),
             _ => DEFAULT_QUEUE.to_owned(),
         }
+    }
+
+    /// `t` as milliseconds since the router started (saturating at ~49 days
+    /// of age, which only affects latency figures).
+    fn stamp(&self, t: Instant) -> u32 {
+        t.saturating_duration_since(self.started).as_millis().min(u32::MAX as u128) as u32
     }
 
     /// The shared name of a resolved queue (served queues and `default`:
@@ -597,7 +604,7 @@ impl RouterState {
                 client: job.client,
                 worker: worker.clone(),
                 queue,
-                received: job.received,
+                received: self.started + Duration::from_millis(job.received_ms as u64),
                 dispatched: now.mono,
                 reply_requested: headers.reply_requested,
                 guarantee: headers.guarantee,
@@ -872,7 +879,7 @@ impl RouterState {
                     client: job.client,
                     msgid: id,
                     request,
-                    received: job.received,
+                    received_ms: self.stamp(job.received),
                     attempts: job.attempts,
                 };
                 self.delayed_seq += 1;
@@ -974,7 +981,7 @@ impl RouterState {
                         client: job.client,
                         msgid: id,
                         request,
-                        received: job.received,
+                        received_ms: self.stamp(job.received),
                         attempts: job.attempts,
                     };
                     self.requeue(job.queue, waiting, now, out);
@@ -1013,7 +1020,7 @@ impl RouterState {
                         client: job.client,
                         msgid: key,
                         request: StoredRequest::new(request, &job.queue),
-                        received: job.received,
+                        received_ms: self.stamp(job.received),
                         attempts: job.attempts - 1,
                     };
                     self.requeue(job.queue, waiting, now, out);
@@ -1130,8 +1137,13 @@ impl RouterState {
             r.state = JobState::Queued;
             r.finished = None;
         }
-        let waiting =
-            WaitingJob { client: d.client, msgid: d.msgid, request: d.request, received: now.mono, attempts: 0 };
+        let waiting = WaitingJob {
+            client: d.client,
+            msgid: d.msgid,
+            request: d.request,
+            received_ms: self.stamp(now.mono),
+            attempts: 0,
+        };
         self.requeue(d.queue, waiting, now, out);
         serde_json::json!({"requeued": msgid}).to_string()
     }
