@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=10000)
     ap.add_argument("--kill-every", type=float, default=2.0)
     ap.add_argument("--garbage", type=int, default=100000)
+    ap.add_argument("--rate", type=float, default=500, help="jobs sent per second (spreads the run over many kills)")
     ap.add_argument("--timeout", type=float, default=600)
     a = ap.parse_args()
 
@@ -86,7 +87,8 @@ def main():
 
     router = start("router", [os.path.join(REL, "emq-router"), "--frontend-addr", fe, "--backend-addr", be,
                               "--administrative-addr", ad],
-                   {"EMQ_HEARTBEAT_INTERVAL": "0.5", "EMQ_HEARTBEAT_TIMEOUT": "2", "EMQ_HWM": str(a.jobs * 2)})
+                   {"EMQ_HEARTBEAT_INTERVAL": "0.5", "EMQ_HEARTBEAT_TIMEOUT": "2", "EMQ_HWM": str(a.jobs * 2),
+                    "EMQ_HTTP_ADDR": ""})
 
     def start_jm(i):
         return start("jm%d" % i, [os.path.join(REL, "emq-jobmanager"), "-B", be, "-J", "2",
@@ -152,7 +154,10 @@ def main():
         client.connect(fe)
         ids = [uuid.uuid4().hex for _ in range(a.jobs)]
         receipts = 0
-        for m in ids:
+        for k, m in enumerate(ids):
+            ahead = t0 + k / a.rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
             payload = json.dumps(["run", {"path": "benchjobs", "callable": "append_line", "args": [out, m]}])
             client.send_multipart([b"", b"eMQP/1.0", b"REQUEST", m.encode(), b"default", b"guarantee", payload.encode()])
             while client.poll(0):
@@ -175,7 +180,7 @@ def main():
             seen = set(got)
             if rss_mid is None and time.time() - t0 > 5:
                 rss_mid = rss_kb(router.pid)
-            if want <= seen:
+            if want <= seen and (garbage_sent[0] >= a.garbage or not threads[1].is_alive()):
                 break
             time.sleep(0.2)
         wall = time.time() - t0

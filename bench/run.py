@@ -116,7 +116,7 @@ def children(pid):
 
 def emq_router(a, env=None):
     p = start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
-               "--administrative-addr", a["admin"]], env=dict({"RUST_LOG": "error"}, **(env or {})), log_name="router")
+               "--administrative-addr", a["admin"]], env=dict({"RUST_LOG": "error", "EMQ_HTTP_ADDR": ""}, **(env or {})), log_name="router")
     end = time.time() + 20
     while free_slots(a["admin"]) < 0:
         if time.time() > end:

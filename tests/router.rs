@@ -183,7 +183,7 @@ fn garbage_on_every_socket_does_not_stop_a_valid_job() {
 fn bad_settings_exit_with_code_2() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"));
-        c.args(args).current_dir(std::env::temp_dir());
+        c.args(args).current_dir(std::env::temp_dir()).env("EMQ_HTTP_ADDR", "");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -210,4 +210,24 @@ fn bad_settings_exit_with_code_2() {
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     let out = run(&[], &[("EMQ_HWM", "many")]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn http_addr_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = RouterAddrs::fresh();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"))
+        .args(["--frontend-addr", &a.frontend, "--backend-addr", &a.backend, "--administrative-addr", &a.admin])
+        .env("EMQ_HTTP_ADDR", taken.local_addr().unwrap().to_string())
+        .env("RUST_LOG", "off")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,6 +13,7 @@
 //! (`emq-pool`), the wire format (`emq-protocol`).
 
 pub mod cli;
+pub mod procstats;
 pub mod server;
 pub mod settings;
 pub mod state;

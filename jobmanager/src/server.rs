@@ -32,6 +32,10 @@ pub struct Server {
     signals: OwnedFd,
     reload: Reloader,
     last_tick: Instant,
+    /// CPU-time samples for the health frame's CPU percentages.
+    proc_stats: crate::procstats::ProcStats,
+    /// Our queues as INFORMed, for the health frame.
+    queues_wire: String,
 }
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -69,6 +73,7 @@ impl Server {
         reload: Reloader,
     ) -> std::io::Result<Server> {
         let exe = std::env::current_exe()?;
+        let queues_wire = state.config().queues.to_wire();
         let workers = (0..state.slots().len()).map(|_| None).collect();
         Ok(Server {
             ctx: zmq::Context::new(),
@@ -81,6 +86,8 @@ impl Server {
             signals: install_signal_pipe()?,
             reload,
             last_tick: Instant::now(),
+            proc_stats: Default::default(),
+            queues_wire,
         })
     }
 
@@ -249,7 +256,12 @@ impl Server {
                     Err(e) => error!(%addr, error = %e, "cannot connect"),
                 }
             }
-            Action::Send(m) => {
+            Action::Send(mut m) => {
+                if let emq_protocol::Command::Heartbeat(hb) = &mut m.command {
+                    if let Some(h) = hb.health.take() {
+                        hb.health = Some(self.proc_stats.enrich(&h, &self.identity_prefix, &self.queues_wire));
+                    }
+                }
                 if let Some(s) = &self.socket {
                     if let Err(e) = s.send(&m) {
                         error!(msgid = %m.msgid, command = m.command.name(), error = %e, "send to router failed");

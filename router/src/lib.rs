@@ -11,6 +11,8 @@
 //! (`emq-receiver`), or running jobs (`emq-jobmanager`).
 
 pub mod cli;
+pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -24,6 +24,8 @@ pub struct Server {
     outbox: HashMap<(SocketKind, PeerId), VecDeque<Message>>,
     actions: Vec<Action>,
     stop: Arc<AtomicBool>,
+    /// What the HTTP thread serves, refreshed every tick (when enabled).
+    snapshot: Option<crate::http::SharedSnapshot>,
 }
 
 impl Server {
@@ -34,7 +36,19 @@ impl Server {
         let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
         let admin = Receiver::bind(&ctx, &settings.administrative_addr, settings.socket_hwm)?;
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
+        let snapshot = if settings.http_addr.trim().is_empty() {
+            None
+        } else {
+            let snap = crate::http::SharedSnapshot::default();
+            let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone()).map_err(|e| {
+                tracing::error!(error = %e, "http endpoint");
+                ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
+            })?;
+            info!(http = %bound, "dashboard and metrics");
+            Some(snap)
+        };
         Ok(Server {
+            snapshot,
             frontend,
             backend,
             admin,
@@ -74,6 +88,7 @@ impl Server {
             }
             if Instant::now() >= self.state.next_tick() {
                 shutdown |= self.step(Event::Tick);
+                self.refresh_snapshot();
             }
             self.flush_outbox();
             if shutdown || self.stop.load(Ordering::Relaxed) {
@@ -86,6 +101,18 @@ impl Server {
                 info!("router stopped");
                 return Ok(());
             }
+        }
+    }
+
+    fn refresh_snapshot(&mut self) {
+        let Some(snap) = &self.snapshot else { return };
+        let now = Now::real();
+        let fresh = crate::http::Snapshot {
+            metrics: self.state.metrics_text(now),
+            status_json: self.state.api_status_json(now),
+        };
+        if let Ok(mut s) = snap.lock() {
+            *s = fresh;
         }
     }
 

@@ -32,6 +32,8 @@ pub struct RouterSettings {
     pub dead_letter_max: usize,
     /// Refuse jobs for unserved queues when `default` has no job manager.
     pub reject_unknown_queues: bool,
+    /// HTTP endpoint for /metrics, /api/status and the dashboard; empty = off.
+    pub http_addr: String,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
 }
@@ -51,6 +53,7 @@ impl Default for RouterSettings {
             retry_multiplier: 2.0,
             dead_letter_max: 10_000,
             reject_unknown_queues: false,
+            http_addr: "127.0.0.1:47294".into(),
             log_level: "info".into(),
         }
     }

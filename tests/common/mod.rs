@@ -76,11 +76,18 @@ pub struct RouterAddrs {
     pub frontend: String,
     pub backend: String,
     pub admin: String,
+    /// host:port of the HTTP endpoint (metrics, API, dashboard).
+    pub http: String,
 }
 
 impl RouterAddrs {
     pub fn fresh() -> Self {
-        RouterAddrs { frontend: tcp(free_port()), backend: tcp(free_port()), admin: tcp(free_port()) }
+        RouterAddrs {
+            frontend: tcp(free_port()),
+            backend: tcp(free_port()),
+            admin: tcp(free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+        }
     }
 }
 
@@ -92,6 +99,7 @@ pub fn start_router(env: &[(&str, &str)]) -> (ChildGuard, RouterAddrs) {
     cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
         .args(["--administrative-addr", &addrs.admin])
         .current_dir(std::env::temp_dir()) // no stray ./settings.toml
+        .env("EMQ_HTTP_ADDR", &addrs.http)
         .env("RUST_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);

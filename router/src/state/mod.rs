@@ -250,6 +250,15 @@ pub struct DeadLetter {
     pub at: f64,
 }
 
+/// A job manager removed for silence, remembered for display.
+#[derive(Debug)]
+pub struct StaleJobManager {
+    pub queues: QueueSpec,
+    pub last_seen: Instant,
+    pub health: Option<String>,
+    pub processed: u64,
+}
+
 /// Per-queue latency figures for STATUS (seconds from receipt to done).
 #[derive(Debug, Default, Clone)]
 pub struct LatencyStats {
@@ -285,6 +294,13 @@ pub struct RouterState {
     delayed_seq: u64,
     /// Jobs that used up their retries (bounded, oldest dropped first).
     dead: VecDeque<DeadLetter>,
+    /// Prometheus counters and latency histograms.
+    pub(crate) metrics: crate::metrics::RouterMetrics,
+    /// Job managers that stopped heartbeating: shown as stale for a while
+    /// after they were removed, then gone.
+    stale: HashMap<PeerId, StaleJobManager>,
+    /// The last final failures, for the dashboard.
+    recent_failures: VecDeque<serde_json::Value>,
     shutting_down: bool,
 }
 
@@ -310,6 +326,9 @@ impl RouterState {
             delayed: Default::default(),
             delayed_seq: 0,
             dead: VecDeque::new(),
+            metrics: Default::default(),
+            stale: HashMap::default(),
+            recent_failures: VecDeque::new(),
             shutting_down: false,
         }
     }
@@ -452,6 +471,7 @@ impl RouterState {
         {
             self.count("refused");
             self.count("refused_unknown_queue");
+            self.metrics.refused.with_label_values(&[request.queue.as_str()]).inc();
             warn!(peer = %client, %msgid, queue = %request.queue, "unknown queue and no default job manager: job refused");
             let reply = JobReply::failed(
                 "refused",
@@ -467,6 +487,7 @@ impl RouterState {
         }
         self.accepted += 1;
         let queue = self.resolve_queue(&request.queue);
+        self.metrics.accepted.with_label_values(&[queue.as_str()]).inc();
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
         let queue_name = self.queue_name(&queue);
         self.history.insert(
@@ -498,6 +519,7 @@ impl RouterState {
             if q.waiting.len() >= hwm {
                 self.accepted -= 1;
                 self.count("refused");
+                self.metrics.refused.with_label_values(&[queue.as_str()]).inc();
                 warn!(peer = %client, %msgid, %queue, hwm, "queue buffer full: job refused");
                 let reply = JobReply::failed("refused", format!("queue {queue:?} is full ({hwm} jobs waiting)"), "");
                 if let Some(r) = self.history.get_mut(&msgid) {
@@ -598,6 +620,11 @@ impl RouterState {
                 r.queue = self.queue_names.get(queue.as_str()).cloned().unwrap_or_else(|| Arc::from(queue.as_str()));
             }
         }
+        let received = self.started + Duration::from_millis(job.received_ms as u64);
+        self.metrics
+            .latency
+            .with_label_values(&[queue.as_str(), "start"])
+            .observe(now.mono.saturating_duration_since(received).as_secs_f64());
         self.in_flight.insert(
             job.msgid.clone(),
             JobInFlight {
@@ -690,6 +717,7 @@ impl RouterState {
             // Same identity again: start over, as for a new peer.
             self.remove_worker(&peer, "re-INFORMed", now, out);
         }
+        self.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, %msgid, queues = %queues.to_wire(), "job manager connected");
@@ -869,6 +897,7 @@ impl RouterState {
             if job.request.is_some() && job.attempts <= job.retry_count {
                 let delay = self.cfg.retry_delay.mul_f64(self.cfg.retry_multiplier.powi(job.attempts as i32 - 1));
                 self.count("retried");
+                self.metrics.retried.with_label_values(&[job.queue.as_str()]).inc();
                 info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %kind, ?delay, "job failed: retrying");
                 if let Some(r) = self.history.get_mut(&id) {
                     r.state = JobState::Retrying;
@@ -917,8 +946,20 @@ impl RouterState {
                 at: now.unix,
             });
         }
-        if error.is_some() {
+        self.metrics.processed.with_label_values(&[job.queue.as_str()]).inc();
+        self.metrics
+            .latency
+            .with_label_values(&[job.queue.as_str(), "finish"])
+            .observe(now.mono.saturating_duration_since(job.received).as_secs_f64());
+        if let Some((kind, message)) = &error {
             *self.failed_by_queue.entry(job.queue.clone()).or_insert(0) += 1;
+            self.metrics.failed.with_label_values(&[job.queue.as_str()]).inc();
+            if self.recent_failures.len() >= 50 {
+                self.recent_failures.pop_front();
+            }
+            self.recent_failures.push_back(serde_json::json!({
+                "msgid": &*id, "queue": job.queue, "type": kind, "message": message, "at": now.unix,
+            }));
         }
         if job.reply_requested {
             out.push(send(
@@ -1055,8 +1096,21 @@ impl RouterState {
         for peer in dead {
             self.count("heartbeat_timeouts");
             warn!(%peer, "job manager silent past heartbeat_timeout: removed");
+            if let Some(w) = self.workers.get(&peer) {
+                self.stale.insert(
+                    peer.clone(),
+                    StaleJobManager {
+                        queues: w.queues.clone(),
+                        last_seen: w.last_seen,
+                        health: w.health.clone(),
+                        processed: w.processed,
+                    },
+                );
+            }
             self.remove_worker(&peer, "stopped heartbeating", now, out);
         }
+        // Stale job managers are shown for three more timeouts, then gone.
+        self.stale.retain(|_, s| now.mono.saturating_duration_since(s.last_seen) < timeout * 4);
         self.schedulers.retain(|peer, s| {
             let alive = now.mono.saturating_duration_since(s.last_seen) <= timeout;
             if !alive {
