@@ -65,13 +65,27 @@ def admin(addr, command="STATUS", timeout_ms=3000):
         s.close()
 
 
+def admin_job(addr, msgid):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(addr)
+    s.send_multipart([b"", b"eMQP/1.0", b"JOB_STATUS", ("admin:" + uuid.uuid4().hex).encode(), msgid.encode()])
+    try:
+        return json.loads(s.recv_multipart()[4]) if s.poll(3000) else None
+    finally:
+        s.close()
+
+
 def main():
+    # SIGTERM → SystemExit, so the finally below stops what we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=10000)
     ap.add_argument("--kill-every", type=float, default=2.0)
     ap.add_argument("--garbage", type=int, default=100000)
     ap.add_argument("--rate", type=float, default=500, help="jobs sent per second (spreads the run over many kills)")
-    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="emq-chaos-")
@@ -188,6 +202,12 @@ def main():
         for t in threads:
             t.join(5)
         status = admin(ad)
+        missing = sorted(want - seen)
+        with open(os.path.join(work, "sent.txt"), "w") as f:
+            f.write("\n".join(ids))
+        for m in missing[:5]:
+            # The router's record of a job that never reached the file.
+            print("missing %s: %s" % (m, json.dumps(admin_job(ad, m))), file=sys.stderr)
         result = {
             "jobs": a.jobs, "distinct_on_disk": len(seen & want), "missing": len(want - seen),
             "duplicates": lines - len(seen), "receipts": receipts, "wall_secs": round(wall, 1), "kills": kills[0],

@@ -34,8 +34,9 @@ impl Inform {
         let raw = p.next_string()?;
         let queues = QueueSpec::from_wire(&raw)
             .map_err(|e| DecodeErrorKind::BadJson { field: "queues", reason: e.to_string() })?;
-        // EventMQ always sends the kind; be lenient when it is missing.
-        let kind = p.next_optional_string()?.unwrap_or_else(|| "worker".to_owned());
+        // EventMQ always sends the kind; a missing one is empty, which no
+        // role accepts (a stray frame list must not pass for a job manager).
+        let kind = p.next_optional_string()?.unwrap_or_default();
         let features = p.next_optional_string()?;
         Ok(Inform { queues, kind, features })
     }

@@ -688,6 +688,12 @@ impl RouterState {
             w.last_seen = now.mono;
         }
         match m.command {
+            Command::Inform(inform) if inform.kind != "worker" => {
+                // EventMQ's router ignores other kinds too; only a job
+                // manager that says so gets slots and jobs.
+                self.count("bad_inform_kind");
+                warn!(%peer, msgid = %m.msgid, kind = %inform.kind, "INFORM on the backend without kind \"worker\": ignored");
+            }
             Command::Inform(inform) => self.on_inform(peer, m.msgid, inform, now, out),
             Command::Ready => self.on_ready(peer, m.msgid, now, out),
             Command::Reply(Reply::Result { reply_json, orig_msgid }) => {

@@ -717,3 +717,15 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn only_an_inform_of_kind_worker_makes_a_job_manager() {
+    let mut h = Harness::new();
+    let bad = Inform { queues: QueueSpec::default(), kind: "".into(), features: None };
+    assert!(h.recv(SocketKind::Backend, "stray", Command::Inform(bad)).is_empty());
+    h.ready("stray");
+    h.request("c", "j", "default", "guarantee");
+    assert!(h.r.workers().is_empty());
+    assert_eq!(h.r.waiting("default"), 1, "no job goes to a peer that never said it was a job manager");
+    assert_eq!(h.r.errors()["bad_inform_kind"], 1);
+}
