@@ -134,6 +134,17 @@ fn health_reaches_status_and_metrics_move() {
     }
     assert!(api["workers"]["connected_workers"][&id].is_object());
 
+    // emq-cli shows the same health as tables.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["--addr", &a.admin, "workers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for pid in &pids {
+        assert!(text.contains(&pid.to_string()), "worker pid {pid} in emq-cli workers:\n{text}");
+    }
+    assert!(text.contains("RSS MB") && text.contains("(spare)"), "{text}");
+
     // The dashboard page is self-contained (no external scripts or styles).
     let (code, page) = http_get(&a.http, "/");
     assert_eq!(code, 200);

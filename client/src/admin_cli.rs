@@ -210,6 +210,7 @@ pub fn render_workers(v: &Value) -> String {
                         w["health"]["workers"].as_array().map(|a| a.len().to_string()).unwrap_or_else(|| "-".into());
                     vec![
                         id.clone(),
+                        w["state"].as_str().unwrap_or("ok").to_owned(),
                         queues,
                         num(&w["available_slots"]),
                         since,
@@ -221,7 +222,44 @@ pub fn render_workers(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    table(&["job manager", "queues", "free slots", "secs since heard", "in flight", "processed", "workers"], &rows)
+    let mut out = table(
+        &["job manager", "state", "queues", "free slots", "secs since heard", "in flight", "processed", "workers"],
+        &rows,
+    );
+    // Per worker process, from the health its job manager sends on heartbeats.
+    let mut detail: Vec<Vec<String>> = Vec::new();
+    for (id, w) in v["connected_workers"].as_object().into_iter().flatten() {
+        let h = &w["health"];
+        let in_flight = h["in_flight"].as_array().cloned().unwrap_or_default();
+        for wk in h["workers"].as_array().into_iter().flatten() {
+            let job = in_flight
+                .iter()
+                .find(|j| j["pid"] == wk["pid"])
+                .map(|j| {
+                    format!("{} ({:.1} s)", j["msgid"].as_str().unwrap_or("?"), j["age_secs"].as_f64().unwrap_or(0.0))
+                })
+                .unwrap_or_default();
+            let state = format!(
+                "{}{}",
+                wk["state"].as_str().unwrap_or("?"),
+                if wk["spare"].as_bool().unwrap_or(false) { " (spare)" } else { "" }
+            );
+            detail.push(vec![
+                id.clone(),
+                num(&wk["pid"]),
+                state,
+                num(&wk["jobs"]),
+                format!("{:.1}", wk["rss_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0),
+                format!("{:.1}", wk["cpu_percent"].as_f64().unwrap_or(0.0)),
+                job,
+            ]);
+        }
+    }
+    if !detail.is_empty() {
+        out += "\n";
+        out += &table(&["job manager", "pid", "state", "jobs", "RSS MB", "CPU %", "running"], &detail);
+    }
+    out
 }
 
 pub fn render_schedulers(v: &Value) -> String {

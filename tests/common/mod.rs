@@ -92,21 +92,37 @@ impl RouterAddrs {
 }
 
 /// Starts our `emq-router` on fresh ports with extra environment, and waits
-/// until it answers STATUS.
+/// until it answers STATUS. A port picked as free can be taken by another
+/// test before the router binds it: then the router exits at once and is
+/// started again on other ports.
 pub fn start_router(env: &[(&str, &str)]) -> (ChildGuard, RouterAddrs) {
-    let addrs = RouterAddrs::fresh();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
-    cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
-        .args(["--administrative-addr", &addrs.admin])
-        .current_dir(std::env::temp_dir()) // no stray ./settings.toml
-        .env("EMQ_HTTP_ADDR", &addrs.http)
-        .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
+    for _ in 0..5 {
+        let addrs = RouterAddrs::fresh();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
+        cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
+            .args(["--administrative-addr", &addrs.admin])
+            .current_dir(std::env::temp_dir()) // no stray ./settings.toml
+            .env("EMQ_HTTP_ADDR", &addrs.http)
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut guard = ChildGuard::spawn("emq-router", cmd);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = guard.child.try_wait() {
+                eprintln!("emq-router exited at start ({st}); retrying on other ports");
+                break;
+            }
+            let d = Dealer::connect(&addrs.admin);
+            d.send(&["", "eMQP/1.0", "STATUS", "admin:probe"]);
+            if d.recv_timeout(300).is_some() {
+                return (guard, addrs);
+            }
+            assert!(Instant::now() < end, "router at {} never answered STATUS", addrs.admin);
+        }
     }
-    let guard = ChildGuard::spawn("emq-router", cmd);
-    wait_for_status(&addrs.admin);
-    (guard, addrs)
+    panic!("emq-router did not start on five sets of ports");
 }
 
 /// Polls the admin socket until STATUS answers (hang guard: 20 s).
