@@ -36,6 +36,8 @@ impl RouterState {
             "uptime_secs": now.mono.saturating_duration_since(self.started).as_secs_f64(),
             "connected_workers": self.workers.len(),
             "failed_messages_by_queue": self.failed_by_queue,
+            "retried_messages_by_queue": self.retried_by_queue,
+            "refused_messages_by_queue": self.refused_by_queue,
             "job_managers": self.job_managers_json(now),
             "retrying": self.delayed.len(),
             "dead_letters": self.dead.len(),

@@ -284,6 +284,8 @@ pub struct RouterState {
     processed_by_queue: HashMap<String, u64>,
     latency_by_queue: HashMap<String, LatencyStats>,
     failed_by_queue: HashMap<String, u64>,
+    retried_by_queue: HashMap<String, u64>,
+    refused_by_queue: HashMap<String, u64>,
     /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
     errors: BTreeMap<&'static str, u64>,
     /// Jobs accepted from clients.
@@ -320,6 +322,8 @@ impl RouterState {
             processed_by_queue: HashMap::default(),
             latency_by_queue: HashMap::default(),
             failed_by_queue: HashMap::default(),
+            retried_by_queue: HashMap::default(),
+            refused_by_queue: HashMap::default(),
             errors: BTreeMap::new(),
             accepted: 0,
             history: JobHistory::new(cfg.job_history),
@@ -472,6 +476,7 @@ impl RouterState {
             self.count("refused");
             self.count("refused_unknown_queue");
             self.metrics.refused.with_label_values(&[request.queue.as_str()]).inc();
+            *self.refused_by_queue.entry(request.queue.clone()).or_insert(0) += 1;
             warn!(peer = %client, %msgid, queue = %request.queue, "unknown queue and no default job manager: job refused");
             let reply = JobReply::failed(
                 "refused",
@@ -520,6 +525,7 @@ impl RouterState {
                 self.accepted -= 1;
                 self.count("refused");
                 self.metrics.refused.with_label_values(&[queue.as_str()]).inc();
+                *self.refused_by_queue.entry(queue.clone()).or_insert(0) += 1;
                 warn!(peer = %client, %msgid, %queue, hwm, "queue buffer full: job refused");
                 let reply = JobReply::failed("refused", format!("queue {queue:?} is full ({hwm} jobs waiting)"), "");
                 if let Some(r) = self.history.get_mut(&msgid) {
@@ -904,6 +910,7 @@ impl RouterState {
                 let delay = self.cfg.retry_delay.mul_f64(self.cfg.retry_multiplier.powi(job.attempts as i32 - 1));
                 self.count("retried");
                 self.metrics.retried.with_label_values(&[job.queue.as_str()]).inc();
+                *self.retried_by_queue.entry(job.queue.clone()).or_insert(0) += 1;
                 info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %kind, ?delay, "job failed: retrying");
                 if let Some(r) = self.history.get_mut(&id) {
                     r.state = JobState::Retrying;

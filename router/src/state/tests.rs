@@ -181,6 +181,8 @@ fn buffer_is_bounded_by_hwm_and_refusal_is_an_error_reply() {
     let r = JobReply::from_json(reply_json).unwrap();
     assert_eq!(r.error.unwrap().kind, "refused");
     assert_eq!(h.r.waiting("default"), 3, "nothing buffered was lost");
+    let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(status["refused_messages_by_queue"]["default"], 1);
     assert_eq!(h.r.errors()["refused"], 1);
 }
 
@@ -530,6 +532,8 @@ fn retries_with_growing_delay_and_only_the_final_outcome_reaches_the_client() {
     assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(3)));
     assert_eq!(s["attempt_errors"].as_array().unwrap().len(), 2);
     assert_eq!(s["attempt_errors"][1]["type"], "ValueError");
+    let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(status["retried_messages_by_queue"]["default"], 2);
 }
 
 #[test]
