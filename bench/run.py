@@ -195,6 +195,24 @@ def s3(args):
                                                         "--n", str(args.s3_n)]))
 
 
+def s3_floor(args, forwarder):
+    """Latency through the bare forwarder (or our router) to the stub job
+    manager: the transport floor, no Python, no pool."""
+    a = addrs()
+    if forwarder:
+        r = start([os.path.join(REL, "emq-bench"), "forwarder", "--frontend", a["frontend"], "--backend", a["backend"]], log_name="fwd")
+        time.sleep(0.3)
+    else:
+        r = emq_router(a)
+    s = start([os.path.join(REL, "emq-bench"), "stub-jm", "--backend", a["backend"]], log_name="stub")
+    try:
+        time.sleep(0.5)
+        return run_json([os.path.join(REL, "emq-bench"), "latency", "--frontend", a["frontend"], "--n", str(args.s3_n)])
+    finally:
+        stop(s)
+        stop(r)
+
+
 def s4(args, forwarder):
     a = addrs()
     if forwarder:
@@ -308,6 +326,8 @@ def main():
                 "EMQ_MAX_JOB_COUNT": "1000000", "EMQ_WORKER_PIPELINE": "4", "EMQ_PREFETCH": "128"}))
         if "3" in only:
             res["s3"] = repeat("3", args.runs, lambda: s3(args))
+            res["s3_fwd"] = repeat("3 floor forwarder", args.runs, lambda: s3_floor(args, True))
+            res["s3_router"] = repeat("3 floor router", args.runs, lambda: s3_floor(args, False))
         if "4" in only:
             res["s4_router"] = repeat("4 router", args.runs, lambda: s4(args, False))
             res["s4_fwd"] = repeat("4 forwarder", args.runs, lambda: s4(args, True))
@@ -337,6 +357,10 @@ def main():
         row("3", "latency p50 µs (one job at a time)", res.get("s3"), "p50_us", target="≤ 150")
         row("3", "latency p99 µs", res.get("s3"), "p99_us", target="≤ 1,000")
         row("3", "latency max µs", res.get("s3"), "max_us")
+        row("3", "floor: bare forwarder + stub job manager (no Python), p50 / p99 µs", res.get("s3_fwd"), "p50_us")
+        row("3", "", res.get("s3_fwd"), "p99_us")
+        row("3", "router + stub job manager (no Python), p50 / p99 µs", res.get("s3_router"), "p50_us")
+        row("3", "", res.get("s3_router"), "p99_us")
     if "4" in only:
         r = row("4", "router + stub job manager: msgs/s", res.get("s4_router"), "jobs_per_sec")
         f = row("4", "bare ZeroMQ ROUTER→ROUTER forwarder + stub: msgs/s", res.get("s4_fwd"), "jobs_per_sec")
