@@ -195,39 +195,33 @@ def s3(args):
                                                         "--n", str(args.s3_n)]))
 
 
+def with_stub(forwarder, fn):
+    """Our router, or the bare forwarder, with the stub job manager."""
+    a = addrs()
+    if forwarder:
+        r = start([os.path.join(REL, "emq-bench"), "forwarder", "--frontend", a["frontend"], "--backend", a["backend"]], log_name="fwd")
+        time.sleep(0.3)
+    else:
+        r = emq_router(a)
+    s = start([os.path.join(REL, "emq-bench"), "stub-jm", "--backend", a["backend"]], log_name="stub")
+    try:
+        time.sleep(0.5)
+        return fn(a)
+    finally:
+        stop(s)
+        stop(r)
+
+
 def s3_floor(args, forwarder):
     """Latency through the bare forwarder (or our router) to the stub job
     manager: the transport floor, no Python, no pool."""
-    a = addrs()
-    if forwarder:
-        r = start([os.path.join(REL, "emq-bench"), "forwarder", "--frontend", a["frontend"], "--backend", a["backend"]], log_name="fwd")
-        time.sleep(0.3)
-    else:
-        r = emq_router(a)
-    s = start([os.path.join(REL, "emq-bench"), "stub-jm", "--backend", a["backend"]], log_name="stub")
-    try:
-        time.sleep(0.5)
-        return run_json([os.path.join(REL, "emq-bench"), "latency", "--frontend", a["frontend"], "--n", str(args.s3_n)])
-    finally:
-        stop(s)
-        stop(r)
+    return with_stub(forwarder, lambda a: run_json([os.path.join(REL, "emq-bench"), "latency", "--frontend", a["frontend"],
+                                                    "--n", str(args.s3_n)]))
 
 
 def s4(args, forwarder):
-    a = addrs()
-    if forwarder:
-        r = start([os.path.join(REL, "emq-bench"), "forwarder", "--frontend", a["frontend"], "--backend", a["backend"]], log_name="fwd")
-        time.sleep(0.3)
-    else:
-        r = emq_router(a)
-    s = start([os.path.join(REL, "emq-bench"), "stub-jm", "--backend", a["backend"]], log_name="stub")
-    try:
-        time.sleep(0.5)
-        return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"], "--n", str(args.s4_n),
-                         "--window", "1000"])
-    finally:
-        stop(s)
-        stop(r)
+    return with_stub(forwarder, lambda a: run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                                                    "--n", str(args.s4_n), "--window", "1000"]))
 
 
 def s5(args):

@@ -9,13 +9,9 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn emq_send(frontend: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_emq-send"))
-        .args(["--addr", frontend])
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
+/// Runs one of our CLIs against `addr`: (exit code, stdout, stderr), trimmed.
+fn run_cli(bin: &str, addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin).args(["--addr", addr]).args(args).current_dir(std::env::temp_dir()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
@@ -23,18 +19,12 @@ fn emq_send(frontend: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+fn emq_send(frontend: &str, args: &[&str]) -> (i32, String, String) {
+    run_cli(env!("CARGO_BIN_EXE_emq-send"), frontend, args)
+}
+
 fn emq_cli(admin_addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
-        .args(["--addr", admin_addr])
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    )
+    run_cli(env!("CARGO_BIN_EXE_emq-cli"), admin_addr, args)
 }
 
 #[test]

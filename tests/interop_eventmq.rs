@@ -29,14 +29,7 @@ fn eventmq_job_manager_and_client_work_against_our_router() {
         .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
     let _jm = ChildGuard::spawn("eventmq emq-jobmanager", jm);
     // Its two READYs arrive a few seconds after the ACK.
-    eventually(Duration::from_secs(60), || {
-        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
-        let slots: u64 = w["connected_workers"]
-            .as_object()
-            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
-            .unwrap_or(0);
-        (slots == 2).then_some(())
-    });
+    eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) == 2).then_some(()));
 
     // EventMQ's own client sends 5 jobs (one asks for a reply).
     let send = |count: &str, reply: bool| {
@@ -112,14 +105,7 @@ fn our_job_manager_works_under_eventmq_router() {
     wait_for_status(&a.admin);
 
     let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
-    eventually(Duration::from_secs(60), || {
-        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
-        let slots: u64 = w["connected_workers"]
-            .as_object()
-            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
-            .unwrap_or(0);
-        (slots >= 2 * SLOTS_PER_WORKER).then_some(())
-    });
+    eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) >= 2 * SLOTS_PER_WORKER).then_some(()));
     for reply in [false, true] {
         let mut c = Command::new(venv.join("bin/python"));
         c.arg(root.join("scripts/eventmq_send.py"))
@@ -138,14 +124,7 @@ fn our_job_manager_works_under_eventmq_router() {
     assert_eq!(lines.len(), 6);
     println!("emq-jobmanager ran {} jobs from EventMQ's client through EventMQ's router", lines.len());
     // Slots come back after the jobs: the router can keep dispatching.
-    eventually(Duration::from_secs(30), || {
-        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
-        let slots: u64 = w["connected_workers"]
-            .as_object()
-            .map(|m| m.values().filter_map(|v| v["available_slots"].as_u64()).sum())
-            .unwrap_or(0);
-        (slots >= 2 * SLOTS_PER_WORKER).then_some(())
-    });
+    eventually(Duration::from_secs(30), || (router_free_slots(&a.admin) >= 2 * SLOTS_PER_WORKER).then_some(()));
     // Our emq-cli reads EventMQ's router.
     for args in [vec!["status", "--json"], vec!["workers"], vec!["status"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_emq-cli")).args(["--addr", &a.admin]).args(&args).output().unwrap();

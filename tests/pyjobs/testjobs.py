@@ -51,13 +51,7 @@ def echo(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}
 
 
-def append_line(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (str(line) + "\n").encode())
-    finally:
-        os.close(fd)
-    return True
+from benchjobs import append_line  # noqa: E402,F401  (the repo's jobs/ is on the path too)
 
 
 def _mark(kind):

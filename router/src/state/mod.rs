@@ -555,6 +555,12 @@ impl RouterState {
         }
     }
 
+    /// A job handed out earlier, waiting again (requeue, retry) with
+    /// `attempts` dispatches behind it.
+    fn waiting_again(&self, msgid: Arc<str>, job: &JobInFlight, request: StoredRequest, attempts: u32) -> WaitingJob {
+        WaitingJob { client: job.client.clone(), msgid, request, received_ms: self.stamp(job.received), attempts }
+    }
+
     /// `t` as milliseconds since the router started (saturating at ~49 days
     /// of age, which only affects latency figures).
     fn stamp(&self, t: Instant) -> u32 {
@@ -916,14 +922,9 @@ impl RouterState {
                     r.state = JobState::Retrying;
                     r.result = Some(reply_json);
                 }
-                let request = job.request.expect("checked");
-                let waiting = WaitingJob {
-                    client: job.client,
-                    msgid: id,
-                    request,
-                    received_ms: self.stamp(job.received),
-                    attempts: job.attempts,
-                };
+                let request = job.request.clone().expect("checked");
+                let attempts = job.attempts;
+                let waiting = self.waiting_again(id, &job, request, attempts);
                 self.delayed_seq += 1;
                 self.delayed.insert((now.mono + delay, self.delayed_seq), (job.queue, waiting));
                 return;
@@ -1031,13 +1032,7 @@ impl RouterState {
                         r.state = JobState::Queued;
                     }
                     info!(msgid = %id, queue = %job.queue, "guaranteed job requeued after its job manager was lost");
-                    let waiting = WaitingJob {
-                        client: job.client,
-                        msgid: id,
-                        request,
-                        received_ms: self.stamp(job.received),
-                        attempts: job.attempts,
-                    };
+                    let waiting = self.waiting_again(id, &job, request, job.attempts);
                     self.requeue(job.queue, waiting, now, out);
                 }
                 request => {
@@ -1070,13 +1065,8 @@ impl RouterState {
                     if let Some(r) = self.history.get_mut(&msgid) {
                         r.state = JobState::Queued;
                     }
-                    let waiting = WaitingJob {
-                        client: job.client,
-                        msgid: key,
-                        request: StoredRequest::new(request, &job.queue),
-                        received_ms: self.stamp(job.received),
-                        attempts: job.attempts - 1,
-                    };
+                    let request = StoredRequest::new(request, &job.queue);
+                    let waiting = self.waiting_again(key, &job, request, job.attempts - 1);
                     self.requeue(job.queue, waiting, now, out);
                 } else {
                     self.remove_worker(&peer, "became unreachable", now, out);
