@@ -2,6 +2,10 @@
 //! `reply-requested,guarantee,retry-count:2,timeout:5`. Unknown headers are
 //! ignored, never rejected (newer clients may send more).
 
+/// Longest timeout honoured (ten years): a larger value would overflow
+/// time arithmetic; no real job needs more.
+pub const MAX_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// The headers this project understands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -37,7 +41,7 @@ impl Headers {
                     h.timeout_secs = value
                         .and_then(|v| v.parse::<f64>().ok())
                         .filter(|t| t.is_finite() && *t > 0.0)
-                        .map(|t| t.ceil() as u64)
+                        .map(|t| (t.ceil() as u64).min(MAX_TIMEOUT_SECS))
                 }
                 _ => {}
             }
@@ -102,5 +106,6 @@ mod tests {
         assert_eq!(Headers::parse("timeout:-3").timeout_secs, None);
         assert_eq!(Headers::parse("timeout:1.5").timeout_secs, Some(2));
         assert_eq!(Headers::parse("retry-count:x").retry_count, None);
+        assert_eq!(Headers::parse("timeout:1e19").timeout_secs, Some(MAX_TIMEOUT_SECS), "clamped, no overflow");
     }
 }

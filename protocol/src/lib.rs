@@ -23,7 +23,7 @@ mod queues;
 pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, FEATURE_REPORTS_ALL};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, Parse, PROTOCOL_VERSION};
-pub use headers::Headers;
+pub use headers::{Headers, MAX_TIMEOUT_SECS};
 pub use payload::{JobError, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};
 

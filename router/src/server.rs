@@ -156,6 +156,9 @@ impl Server {
                         follow_up.push(e);
                     }
                 }
+                Action::Forget { socket, peer } => {
+                    self.outbox.remove(&(socket, peer));
+                }
                 Action::Shutdown => shutdown = true,
             }
         }

@@ -60,7 +60,9 @@ pub struct JmConfig {
 impl JmConfig {
     /// `timeout:N` when given (and > 0), else `global_timeout`.
     pub fn timeout_for(&self, h: &Headers) -> Duration {
-        h.timeout_secs.map(Duration::from_secs).unwrap_or(self.global_timeout)
+        h.timeout_secs
+            .map(|t| Duration::from_secs(t.min(emq_protocol::MAX_TIMEOUT_SECS)))
+            .unwrap_or(self.global_timeout)
     }
 
     /// Whether `payload`'s module may run here.
@@ -237,6 +239,11 @@ pub struct JobManagerState {
 }
 
 const PID_HISTORY: usize = 4096;
+
+/// `now + timeout`, saturating far in the future instead of overflowing.
+fn deadline(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(emq_protocol::MAX_TIMEOUT_SECS / 10))
+}
 
 impl JobManagerState {
     pub fn new(cfg: JmConfig, now: Instant) -> Self {
@@ -514,7 +521,7 @@ impl JobManagerState {
             msgid: job.msgid,
             queue: job.queue,
             started: now,
-            deadline: now + job.timeout,
+            deadline: deadline(now, job.timeout),
             payload: job.payload,
             timeout: job.timeout,
             attempt: job.attempt,
@@ -650,7 +657,7 @@ impl JobManagerState {
                 msgid: next.msgid,
                 queue: next.queue,
                 started: now,
-                deadline: now + next.timeout,
+                deadline: deadline(now, next.timeout),
                 payload: next.payload,
                 timeout: next.timeout,
                 attempt: next.attempt,
@@ -895,8 +902,10 @@ impl JobManagerState {
                 _ => {}
             }
         }
-        self.addr_index = 0;
-        self.connect(now, out);
+        if reconnect {
+            self.addr_index = 0;
+            self.connect(now, out);
+        }
     }
 
     // ---- health --------------------------------------------------------------

@@ -371,3 +371,11 @@ fn a_job_given_back_that_we_took_for_started_is_not_lost() {
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b".into(), reply_json: "{}".into(), error_type: None });
     assert_eq!(names(&out)[0], "REPLY");
 }
+
+#[test]
+fn a_huge_timeout_header_does_not_overflow() {
+    let (mut h, _) = H::running(1);
+    assert_eq!(names(&h.request("j", "timeout:1e19", ADD)), vec!["run0"]);
+    h.adv(10.0);
+    assert!(names(&h.ev(Event::Tick)).iter().all(|n| n != "REPLY"), "not timed out");
+}

@@ -61,6 +61,12 @@ pub enum Action {
         peer: PeerId,
         message: Message,
     },
+    /// Drop anything still queued for this peer (it was forgotten; its jobs
+    /// were requeued or failed, so late delivery would run them twice).
+    Forget {
+        socket: SocketKind,
+        peer: PeerId,
+    },
     /// Stop the router (after the sends before it).
     Shutdown,
 }
@@ -483,6 +489,21 @@ impl RouterState {
                 format!("unknown queue {:?} and no job manager serves {DEFAULT_QUEUE:?}", request.queue),
                 "",
             );
+            out.push(send(
+                SocketKind::Frontend,
+                &client,
+                Command::Reply(Reply::Result { reply_json: reply.to_json(), orig_msgid: msgid }),
+            ));
+            return;
+        }
+        if self.in_flight.contains_key(msgid.as_str())
+            || self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying))
+        {
+            self.count("refused");
+            self.count("refused_duplicate_msgid");
+            warn!(peer = %client, %msgid, "REQUEST reuses the msgid of a job not finished yet: refused");
+            let reply =
+                JobReply::failed("refused", format!("msgid {msgid} is already in use by an unfinished job"), "");
             out.push(send(
                 SocketKind::Frontend,
                 &client,
@@ -913,7 +934,10 @@ impl RouterState {
                 });
             }
             if job.request.is_some() && job.attempts <= job.retry_count {
-                let delay = self.cfg.retry_delay.mul_f64(self.cfg.retry_multiplier.powi(job.attempts as i32 - 1));
+                let factor = self.cfg.retry_multiplier.powi((job.attempts as i32 - 1).min(30));
+                let delay = Duration::try_from_secs_f64(self.cfg.retry_delay.as_secs_f64() * factor)
+                    .unwrap_or(Duration::from_secs(86_400))
+                    .min(Duration::from_secs(86_400));
                 self.count("retried");
                 self.metrics.retried.with_label_values(&[job.queue.as_str()]).inc();
                 *self.retried_by_queue.entry(job.queue.clone()).or_insert(0) += 1;
@@ -1012,6 +1036,7 @@ impl RouterState {
     /// error to the client when it asked for a reply.
     fn remove_worker(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
         let Some(w) = self.workers.remove(peer) else { return };
+        out.push(Action::Forget { socket: SocketKind::Backend, peer: peer.clone() });
         for q in self.queues.values_mut() {
             q.workers.retain(|(_, p)| p != peer);
         }
@@ -1057,6 +1082,13 @@ impl RouterState {
                 // headers, and the vanished job manager is forgotten.
                 let msgid = message.msgid;
                 warn!(%peer, %msgid, "job manager unreachable: job requeued");
+                let owned = self.in_flight.get(msgid.as_str()).is_some_and(|j| j.worker == peer);
+                if !owned {
+                    // Already requeued (and perhaps re-dispatched) when this
+                    // job manager was forgotten: nothing more to do.
+                    self.remove_worker(&peer, "became unreachable", now, out);
+                    return;
+                }
                 if let Some((key, job)) = self.in_flight.remove_entry(msgid.as_str()) {
                     if let Some(w) = self.workers.get_mut(&peer) {
                         w.in_flight = w.in_flight.saturating_sub(1);

@@ -70,7 +70,7 @@ fn sends(actions: &[Action]) -> Vec<(SocketKind, String, String)> {
             Action::Send { socket, peer, message } => {
                 Some((*socket, peer.to_string(), message.command.name().to_owned()))
             }
-            Action::Shutdown => None,
+            Action::Shutdown | Action::Forget { .. } => None,
         })
         .collect()
 }
@@ -732,4 +732,43 @@ fn only_an_inform_of_kind_worker_makes_a_job_manager() {
     assert!(h.r.workers().is_empty());
     assert_eq!(h.r.waiting("default"), 1, "no job goes to a peer that never said it was a job manager");
     assert_eq!(h.r.errors()["bad_inform_kind"], 1);
+}
+
+#[test]
+fn unreachable_for_a_job_already_requeued_elsewhere_does_not_run_it_twice() {
+    let mut h = Harness::new();
+    h.inform("w", &[(10, "default")]);
+    h.ready("w");
+    h.ready("w");
+    let a = h.request("c", "j1", "default", "guarantee");
+    let b = h.request("c", "j2", "default", "guarantee");
+    let msg = |out: &[Action]| match &out[0] {
+        Action::Send { message, .. } => message.clone(),
+        _ => panic!(),
+    };
+    let (m1, m2) = (msg(&a), msg(&b));
+    h.inform("w2", &[(10, "default")]);
+    h.ready("w2");
+    h.ready("w2");
+    // Both sends to w failed. The first event requeues j1 and forgets w
+    // (j2 goes with it, requeued as guaranteed, to w2).
+    let out1 =
+        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m1 }, h.now);
+    let d1 = dispatched_to(&out1);
+    assert!(out1.iter().any(|a| matches!(a, Action::Forget { .. })));
+    // The second must not take j2's new entry away from w2.
+    let out2 =
+        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m2 }, h.now);
+    let all: Vec<(String, String)> = d1.into_iter().chain(dispatched_to(&out2)).collect();
+    assert_eq!(all.iter().filter(|(_, id)| id == "j2").count(), 1, "j2 dispatched once: {all:?}");
+    assert_eq!(all.iter().filter(|(_, id)| id == "j1").count(), 1, "j1 dispatched once: {all:?}");
+}
+
+#[test]
+fn a_request_reusing_a_live_msgid_is_refused() {
+    let mut h = Harness::new();
+    h.request("c", "same", "default", "");
+    let out = h.request("c2", "same", "default", "");
+    assert_eq!(result_to(&out, "same").unwrap().error.unwrap().kind, "refused");
+    assert_eq!(h.r.waiting("default"), 1);
 }
