@@ -324,8 +324,9 @@ impl Client {
         }
     }
 
-    /// Reconnects under the same identity, keeping every receipt and result
-    /// that already arrived.
+    /// Reconnects (under a new identity), keeping every receipt and result
+    /// that already arrived; results of jobs sent before still reach
+    /// [`Client::wait`], which recovers them from the router's job records.
     pub fn reconnect(&mut self) -> Result<(), ClientError> {
         let _ = self.pump(0);
         self.sender.reopen()?;

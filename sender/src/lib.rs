@@ -82,13 +82,16 @@ impl Sender {
         Ok(())
     }
 
-    /// Drops the socket and connects a new one to the same address under the
-    /// same identity (a ROUTER with handover routes to the new connection).
-    /// Messages already sent on the old socket still leave (its linger), so
-    /// a reconnect loses no job.
+    /// Connects a new socket to the same address under a new identity.
+    /// The old socket is dropped with its linger, so messages already sent
+    /// on it still leave: a reconnect loses no job. (Reusing the identity
+    /// would let the router's handover cut the old connection while a
+    /// message is still on it.)
     pub fn reopen(&mut self) -> Result<(), SenderError> {
-        let socket = Self::open(&self.ctx, &self.addr, &self.identity, self.hwm)?;
+        let identity = emq_protocol::new_msgid();
+        let socket = Self::open(&self.ctx, &self.addr, &identity, self.hwm)?;
         self.socket = socket;
+        self.identity = identity;
         Ok(())
     }
 
