@@ -182,14 +182,7 @@ fn emq_cli_status_workers_and_job_lifecycle() {
     let (code, out, _) = emq_cli(&a.admin, &["status", "--json"]);
     assert_eq!(code, 0);
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for k in [
-        "inflight_messages_by_queue",
-        "latency_messages_by_queue",
-        "max_latency_messages_by_queue",
-        "waiting_messages_by_queue",
-        "processed_messages_by_queue",
-        "processed_messages_by_worker",
-    ] {
+    for k in EVENTMQ_STATUS_KEYS {
         assert!(s[k].is_object(), "{k}: {s}");
     }
     let (_, table, _) = emq_cli(&a.admin, &["status"]);

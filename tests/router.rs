@@ -70,14 +70,7 @@ fn admin_status_workers_hello_and_unknown() {
     let s = cli.recv_timeout(HANG).unwrap();
     assert_eq!(s[2], "REPLY");
     let v: serde_json::Value = serde_json::from_str(&s[4]).unwrap();
-    for k in [
-        "inflight_messages_by_queue",
-        "latency_messages_by_queue",
-        "max_latency_messages_by_queue",
-        "waiting_messages_by_queue",
-        "processed_messages_by_queue",
-        "processed_messages_by_worker",
-    ] {
+    for k in EVENTMQ_STATUS_KEYS {
         assert!(v[k].is_object(), "STATUS lacks {k}: {v}");
     }
     let w = eventually(Duration::from_secs(10), || {
