@@ -18,4 +18,4 @@ pub mod settings;
 pub mod state;
 
 pub use settings::RouterSettings;
-pub use state::{Action, Event, Now, RouterState, SocketKind};
+pub use state::{Action, Event, Now, RouterState, SocketKind, EVENTMQ_STATUS_KEYS};

@@ -10,14 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The keys of EventMQ's STATUS answer (emq adds more after them).
-pub const EVENTMQ_STATUS_KEYS: [&str; 6] = [
-    "inflight_messages_by_queue",
-    "latency_messages_by_queue",
-    "max_latency_messages_by_queue",
-    "waiting_messages_by_queue",
-    "processed_messages_by_queue",
-    "processed_messages_by_worker",
-];
+pub use emq_router::EVENTMQ_STATUS_KEYS;
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand
 /// it out again at once).

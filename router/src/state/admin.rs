@@ -4,6 +4,16 @@ use super::{Now, RouterState};
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::{json, Map, Value};
 
+/// The keys of EventMQ's STATUS answer, which ours keeps (and adds to).
+pub const EVENTMQ_STATUS_KEYS: [&str; 6] = [
+    "inflight_messages_by_queue",
+    "latency_messages_by_queue",
+    "max_latency_messages_by_queue",
+    "waiting_messages_by_queue",
+    "processed_messages_by_queue",
+    "processed_messages_by_worker",
+];
+
 impl RouterState {
     /// `STATUS`: EventMQ's six maps, plus `errors`, `uptime_secs`,
     /// `accepted`, `connected_workers` and `free_slots`.

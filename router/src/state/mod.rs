@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+pub use admin::EVENTMQ_STATUS_KEYS;
 pub use history::{AttemptError, JobHistory, JobRecord, JobState};
 pub use queues::QueueState;
 

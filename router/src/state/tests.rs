@@ -339,14 +339,7 @@ fn admin_commands() {
     let Action::Send { message, .. } = &out[0] else { panic!() };
     let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    for k in [
-        "inflight_messages_by_queue",
-        "latency_messages_by_queue",
-        "max_latency_messages_by_queue",
-        "waiting_messages_by_queue",
-        "processed_messages_by_queue",
-        "processed_messages_by_worker",
-    ] {
+    for k in EVENTMQ_STATUS_KEYS {
         assert!(v[k].is_object(), "{k} in {v}");
     }
     assert_eq!(v["inflight_messages_by_queue"]["default"], 1);
