@@ -124,7 +124,7 @@ fn client_outcomes_status_and_results_kept_across_reconnect() {
         .defer_job("default", "testjobs.fail", vec!["x".into()], Default::default(), &Options::default())
         .unwrap();
     let JobOutcome::Failed(e) = client.wait(&id, dl()) else { panic!("expected a failure") };
-    assert_eq!(e.kind, "ValueError");
+    assert_eq!(e.kind.as_str(), "ValueError");
     let slow = Options { timeout: Some(1), ..Options::default() };
     let id = client.defer_job("default", "testjobs.sleep", vec![5.into()], Default::default(), &slow).unwrap();
     assert!(matches!(client.wait(&id, dl()), JobOutcome::Timeout(_)));

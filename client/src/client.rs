@@ -5,7 +5,7 @@
 //! result or a refusal for `orig_msgid`. Everything that arrives is kept
 //! until asked for, so waiting for one job never loses another's result.
 
-use emq_protocol::{AdminCommand, Command, Headers, JobError, JobReply, Message, Reply, Request, RunPayload};
+use emq_protocol::{AdminCommand, Command, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request, RunPayload};
 use emq_sender::{Sender, SenderError};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -85,10 +85,10 @@ impl JobOutcome {
     pub fn from_reply(reply: JobReply) -> JobOutcome {
         match reply.error {
             None => JobOutcome::Value(reply.value),
-            Some(e) => match e.kind.as_str() {
-                "timeout" => JobOutcome::Timeout(e),
-                "worker died" | "worker lost" | "job manager lost" | "killed" => JobOutcome::WorkerDied(e),
-                "refused" => JobOutcome::Refused(e),
+            Some(e) => match &e.kind {
+                JobErrorKind::Timeout => JobOutcome::Timeout(e),
+                k if k.is_infrastructure() => JobOutcome::WorkerDied(e),
+                JobErrorKind::Refused => JobOutcome::Refused(e),
                 _ => JobOutcome::Failed(e),
             },
         }
@@ -310,18 +310,7 @@ impl Client {
         if let Some(o) = self.take_result(msgid) {
             return Ok(Some(o));
         }
-        match (status["state"].as_str(), status.get("result")) {
-            (Some("done" | "failed" | "refused"), Some(r)) if !r.is_null() => {
-                let reply = serde_json::from_value::<JobReply>(r.clone()).unwrap_or_else(|_| JobReply::ok(r.clone()));
-                Ok(Some(JobOutcome::from_reply(reply)))
-            }
-            (Some("lost"), _) => Ok(Some(JobOutcome::WorkerDied(JobError {
-                kind: "worker lost".into(),
-                message: "the job's job manager was lost".into(),
-                traceback: String::new(),
-            }))),
-            _ => Ok(None),
-        }
+        Ok(outcome_from_status(&status))
     }
 
     /// Reconnects (under a new identity), keeping every receipt and result
@@ -332,6 +321,30 @@ impl Client {
         self.sender.reopen()?;
         Ok(())
     }
+}
+
+/// The outcome a JOB_STATUS answer shows, once the job is over: the
+/// record's result is what the client would have been sent (for a dead
+/// letter, its last error). `None` while the job may still change.
+pub fn outcome_from_status(status: &Value) -> Option<JobOutcome> {
+    match (status["state"].as_str(), status.get("result")) {
+        (Some(state), Some(r)) if is_final_state(state) && !r.is_null() => {
+            let reply = serde_json::from_value::<JobReply>(r.clone()).unwrap_or_else(|_| JobReply::ok(r.clone()));
+            Some(JobOutcome::from_reply(reply))
+        }
+        (Some("lost"), _) => Some(JobOutcome::WorkerDied(JobError {
+            kind: JobErrorKind::JobManagerLost,
+            message: "the job's job manager was lost".into(),
+            traceback: String::new(),
+        })),
+        _ => None,
+    }
+}
+
+/// Job states (as JOB_STATUS names them) after which nothing more happens
+/// to a job unless an operator requeues it.
+fn is_final_state(state: &str) -> bool {
+    matches!(state, "done" | "failed" | "refused" | "lost" | "dead")
 }
 
 /// `pkg.mod.func` → path `pkg.mod`, callable `func`; `pkg.mod:Class.method`
@@ -361,12 +374,32 @@ mod tests {
     }
 
     #[test]
+    fn outcome_from_a_job_record() {
+        let failed = JobReply::failed("ValueError", "boom", "tb").to_json();
+        let rec = |state: &str| {
+            serde_json::json!({"state": state, "result": serde_json::from_str::<Value>(&failed).unwrap()})
+        };
+        // A dead letter is over: its last error is the outcome (it used to
+        // be taken for "still running", so a waiting client never heard).
+        assert!(matches!(outcome_from_status(&rec("dead")), Some(JobOutcome::Failed(e)) if e.message == "boom"));
+        assert!(matches!(outcome_from_status(&rec("failed")), Some(JobOutcome::Failed(_))));
+        assert_eq!(outcome_from_status(&rec("retrying")), None, "a retrying job is not over");
+        assert_eq!(outcome_from_status(&rec("dispatched")), None);
+        assert!(matches!(
+            outcome_from_status(&serde_json::json!({"state": "lost", "result": null})),
+            Some(JobOutcome::WorkerDied(_))
+        ));
+    }
+
+    #[test]
     fn outcomes_by_error_type() {
         let o = |k: &str| JobOutcome::from_reply(JobReply::failed(k, "m", ""));
         assert!(matches!(o("timeout"), JobOutcome::Timeout(_)));
         assert!(matches!(o("worker died"), JobOutcome::WorkerDied(_)));
         assert!(matches!(o("refused"), JobOutcome::Refused(_)));
         assert!(matches!(o("ValueError"), JobOutcome::Failed(_)));
+        assert!(matches!(o("job manager lost"), JobOutcome::WorkerDied(_)));
+        assert!(matches!(o("killed"), JobOutcome::WorkerDied(_)));
         assert_eq!(JobOutcome::from_reply(JobReply::ok(5.into())), JobOutcome::Value(5.into()));
         assert_eq!(JobOutcome::Value(5.into()).to_json().unwrap(), serde_json::json!({"value": 5}));
     }

@@ -383,17 +383,17 @@ mod tests {
             assert_eq!(r.run(py, &p), JobReply::ok(json!(5)));
             let p = RunPayload::new("json", "loads", vec![json!("{")]);
             let e = r.run(py, &p).error.unwrap();
-            assert_eq!(e.kind, "JSONDecodeError");
+            assert_eq!(e.kind.as_str(), "JSONDecodeError");
             assert!(e.traceback.contains("Traceback"), "{}", e.traceback);
             let p = RunPayload::new("no_such_module_xyz", "f", vec![]);
             let e = r.run(py, &p).error.unwrap();
-            assert_eq!(e.kind, "ModuleNotFoundError");
+            assert_eq!(e.kind.as_str(), "ModuleNotFoundError");
             assert!(e.message.contains("no_such_module_xyz") && e.message.contains("sys.path"), "{}", e.message);
             let mut p = RunPayload::new("collections:Counter", "most_common", vec![json!(1)]);
             p.class_args = vec![json!("aab")];
             assert_eq!(r.run(py, &p), JobReply::ok(json!([["a", 2]])));
             let p = RunPayload::new("builtins", "object", vec![]);
-            assert_eq!(r.run(py, &p).error.unwrap().kind, "TypeError");
+            assert_eq!(r.run(py, &p).error.unwrap().kind.as_str(), "TypeError");
         });
     }
 }

@@ -42,7 +42,7 @@ pub enum FromWorker {
     Ready { pid: u32 },
     /// A job finished. `reply_json` is the REPLY frame as it goes to the
     /// router; `error_type` is set when the job failed.
-    Done { msgid: String, reply_json: String, error_type: Option<String> },
+    Done { msgid: String, reply_json: String, error_type: Option<emq_protocol::JobErrorKind> },
     /// Jobs handed back after [`ToWorker::Steal`], never started.
     Stolen { msgids: Vec<String> },
 }

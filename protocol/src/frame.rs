@@ -1,9 +1,11 @@
-//! The frame envelope shared by every command, and [`Parse`], a cursor over
-//! body frames in the style of mini-redis: each command pulls the fields it
-//! needs and [`Parse::finish`] rejects leftovers.
+//! The frame envelope shared by every command: `"" / "eMQP/1.0" / COMMAND /
+//! MSGID / body...`. The body frames are read by each command through a
+//! [`Parse`] cursor (in `parse.rs`), so the command modules never import
+//! from here: the dependency runs one way, envelope → commands → cursor.
 
 use crate::cmd::Command;
 use crate::error::{DecodeError, DecodeErrorKind};
+use crate::parse::Parse;
 
 /// The only protocol version this crate speaks (frame 1).
 pub const PROTOCOL_VERSION: &str = "eMQP/1.0";
@@ -64,7 +66,7 @@ impl Message {
         if msgid.is_empty() {
             return Err(err(DecodeErrorKind::EmptyMsgid, Some(name), None));
         }
-        let mut parse = Parse { frames: &frames[4..], pos: 0, first_index: 4 };
+        let mut parse = Parse::new(&frames[4..], 4);
         match Command::parse_frames(name, &mut parse) {
             Ok(command) => Ok(Message { msgid: msgid.to_owned(), command }),
             Err(kind) => Err(err(kind, Some(name), Some(msgid))),
@@ -80,58 +82,5 @@ impl Message {
         frames.push(self.msgid.as_bytes().to_vec());
         self.command.write_body(&mut frames);
         frames
-    }
-}
-
-/// A cursor over a message's body frames.
-pub struct Parse<'a, F> {
-    frames: &'a [F],
-    pos: usize,
-    /// Index of `frames[0]` in the whole message, for error messages.
-    first_index: usize,
-}
-
-impl<'a, F: AsRef<[u8]>> Parse<'a, F> {
-    /// The next body frame as text; an error when missing or not UTF-8.
-    pub fn next_string(&mut self) -> Result<String, DecodeErrorKind> {
-        let frame = self.frames.get(self.pos).ok_or(DecodeErrorKind::TooFewFrames {
-            needed: self.first_index + self.pos + 1,
-            got: self.first_index + self.frames.len(),
-        })?;
-        let text =
-            std::str::from_utf8(frame.as_ref()).map_err(|_| DecodeErrorKind::NotUtf8(self.first_index + self.pos))?;
-        self.pos += 1;
-        Ok(text.to_owned())
-    }
-
-    /// The next body frame as text when there is one.
-    pub fn next_optional_string(&mut self) -> Result<Option<String>, DecodeErrorKind> {
-        if self.pos >= self.frames.len() {
-            return Ok(None);
-        }
-        self.next_string().map(Some)
-    }
-
-    /// How many body frames are left.
-    pub fn remaining(&self) -> usize {
-        self.frames.len() - self.pos
-    }
-
-    /// Rejects leftover frames: a command with more body frames than it
-    /// defines is malformed, not silently truncated.
-    pub fn finish(&self) -> Result<(), DecodeErrorKind> {
-        match self.remaining() {
-            0 => Ok(()),
-            n => Err(DecodeErrorKind::TrailingFrames(n)),
-        }
-    }
-
-    /// Takes all remaining frames as text (for [`Command::Unknown`]).
-    pub fn rest(&mut self) -> Result<Vec<String>, DecodeErrorKind> {
-        let mut out = Vec::with_capacity(self.remaining());
-        while self.remaining() > 0 {
-            out.push(self.next_string()?);
-        }
-        Ok(out)
     }
 }

@@ -17,14 +17,18 @@ pub mod cmd;
 mod error;
 mod frame;
 mod headers;
+mod health;
+mod parse;
 mod payload;
 mod queues;
 
 pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, FEATURE_REPORTS_ALL};
 pub use error::{DecodeError, DecodeErrorKind};
-pub use frame::{Message, Parse, PROTOCOL_VERSION};
+pub use frame::{Message, PROTOCOL_VERSION};
+pub use parse::Parse;
 pub use headers::{Headers, MAX_TIMEOUT_SECS};
-pub use payload::{JobError, JobReply, PayloadError, RunPayload};
+pub use health::{HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
+pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};
 
 /// A fresh message id. EventMQ uses UUID4 strings; any unique text works on

@@ -89,13 +89,103 @@ impl RunPayload {
     }
 }
 
+/// What kind of failure ended a job: one of ours, or the type name of the
+/// Python exception the job raised. On the wire it is the `error.type`
+/// string, unchanged from what earlier versions (and EventMQ-facing tools)
+/// read, so the enum only changes how Rust code compares kinds: never as
+/// bare strings scattered over crates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum JobErrorKind {
+    /// Ran past its timeout; its worker was killed (`"timeout"`).
+    Timeout,
+    /// Stopped by a job manager shutdown past its grace period (`"killed"`).
+    Killed,
+    /// Its worker process died under it (`"worker died"`).
+    WorkerDied,
+    /// Its job manager vanished (silence, unreachable, restart) before it
+    /// reported the job, and the job could not be run again (`"job manager lost"`).
+    JobManagerLost,
+    /// Not accepted: queue full, unknown queue, callable not allowed,
+    /// shutting down, malformed (`"refused"`).
+    Refused,
+    /// The REQUEST payload is not a runnable `["run", {...}]` (`"BadPayload"`).
+    BadPayload,
+    /// A reply a client could not read (`"BadReply"`).
+    BadReply,
+    /// Anything else: the Python exception's type name (`ValueError`,
+    /// `ImportError`, ...) or a kind a newer peer sent.
+    Exception(String),
+}
+
+impl JobErrorKind {
+    /// The `error.type` string on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            JobErrorKind::Timeout => "timeout",
+            JobErrorKind::Killed => "killed",
+            JobErrorKind::WorkerDied => "worker died",
+            JobErrorKind::JobManagerLost => "job manager lost",
+            JobErrorKind::Refused => "refused",
+            JobErrorKind::BadPayload => "BadPayload",
+            JobErrorKind::BadReply => "BadReply",
+            JobErrorKind::Exception(name) => name,
+        }
+    }
+
+    /// The job did not fail by itself: the machinery around it did (its
+    /// worker or job manager went away, or it was stopped).
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(self, JobErrorKind::WorkerDied | JobErrorKind::JobManagerLost | JobErrorKind::Killed)
+    }
+}
+
+impl From<&str> for JobErrorKind {
+    fn from(s: &str) -> Self {
+        match s {
+            "timeout" => JobErrorKind::Timeout,
+            "killed" => JobErrorKind::Killed,
+            "worker died" => JobErrorKind::WorkerDied,
+            "job manager lost" => JobErrorKind::JobManagerLost,
+            "refused" => JobErrorKind::Refused,
+            "BadPayload" => JobErrorKind::BadPayload,
+            "BadReply" => JobErrorKind::BadReply,
+            other => JobErrorKind::Exception(other.to_owned()),
+        }
+    }
+}
+
+impl From<String> for JobErrorKind {
+    fn from(s: String) -> Self {
+        match JobErrorKind::from(s.as_str()) {
+            JobErrorKind::Exception(_) => JobErrorKind::Exception(s),
+            known => known,
+        }
+    }
+}
+
+impl From<JobErrorKind> for String {
+    fn from(k: JobErrorKind) -> String {
+        match k {
+            JobErrorKind::Exception(name) => name,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for JobErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failed job's error object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
     /// Exception type name (`ValueError`), or one of ours: `timeout`,
-    /// `worker died`, `refused`, `ImportError`, ...
+    /// `worker died`, `refused`, ...
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: JobErrorKind,
     pub message: String,
     #[serde(default)]
     pub traceback: String,
@@ -117,7 +207,7 @@ impl JobReply {
     }
 
     /// A failure; `value` carries the message for EventMQ-era readers.
-    pub fn failed(kind: impl Into<String>, message: impl Into<String>, traceback: impl Into<String>) -> Self {
+    pub fn failed(kind: impl Into<JobErrorKind>, message: impl Into<String>, traceback: impl Into<String>) -> Self {
         let message = message.into();
         JobReply {
             value: Value::String(message.clone()),
@@ -180,6 +270,26 @@ mod tests {
             RunPayload::parse(r#"["run", {"path": "", "callable": "f"}]"#),
             Err(PayloadError::BadRunArguments(_))
         ));
+    }
+
+    #[test]
+    fn error_kinds_keep_their_wire_strings() {
+        use JobErrorKind::*;
+        for (kind, wire) in [
+            (Timeout, "timeout"),
+            (Killed, "killed"),
+            (WorkerDied, "worker died"),
+            (JobManagerLost, "job manager lost"),
+            (Refused, "refused"),
+            (BadPayload, "BadPayload"),
+            (BadReply, "BadReply"),
+            (Exception("ValueError".into()), "ValueError"),
+        ] {
+            let json = JobReply::failed(kind.clone(), "m", "").to_json();
+            assert!(json.contains(&format!("\"type\":\"{wire}\"")), "{json}");
+            assert_eq!(JobReply::from_json(&json).unwrap().error.unwrap().kind, kind);
+            assert_eq!(JobErrorKind::from(wire), kind);
+        }
     }
 
     #[test]

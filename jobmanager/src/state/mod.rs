@@ -92,7 +92,7 @@ pub enum Event {
         slot: usize,
         msgid: String,
         reply_json: String,
-        error_type: Option<String>,
+        error_type: Option<emq_protocol::JobErrorKind>,
     },
     /// A worker gave back jobs it had not started (answer to Steal).
     WorkerStole {
@@ -616,7 +616,7 @@ impl JobManagerState {
         slot: usize,
         msgid: String,
         reply_json: String,
-        error_type: Option<String>,
+        error_type: Option<emq_protocol::JobErrorKind>,
         now: Instant,
         out: &mut Vec<Action>,
     ) {

@@ -2,7 +2,7 @@
 //! DISCONNECT, where EventMQ acks the admin msgid).
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// Acknowledges the message whose msgid it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

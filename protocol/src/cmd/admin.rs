@@ -3,7 +3,7 @@
 //! answer to its next command).
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// A query or order on the router's administrative socket.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! ignores.
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// Liveness signal. Any frame from a peer counts as liveness; this one
 /// exists for when there is nothing else to say.

@@ -4,7 +4,7 @@
 //! feature tokens (EventMQ's router reads only the first two frames).
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 use crate::queues::QueueSpec;
 
 /// A peer's introduction.

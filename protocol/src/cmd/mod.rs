@@ -24,7 +24,7 @@ pub use request::Request;
 pub use schedule::Schedule;
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// Every eMQP command, typed.
 #[derive(Debug, Clone, PartialEq)]

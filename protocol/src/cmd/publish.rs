@@ -2,7 +2,7 @@
 //! mistaken for garbage; the router does not serve pub/sub yet.
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// A message for subscribers of `topic`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! or a refusal). Clients tell receipt from result by the frame count.
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// A reply, by shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

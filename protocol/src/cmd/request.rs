@@ -3,7 +3,7 @@
 //! [`Request::headers`] and [`crate::RunPayload::parse`] read them.
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 use crate::headers::Headers;
 
 /// A job as it travels on the wire.

@@ -1,7 +1,7 @@
 //! `SCHEDULE` / `UNSCHEDULE queue headers interval_secs payload cron`.
 
 use crate::error::DecodeErrorKind;
-use crate::frame::Parse;
+use crate::parse::Parse;
 
 /// A periodic job order for a scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]

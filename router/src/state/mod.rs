@@ -17,7 +17,7 @@ mod queues;
 mod tests;
 
 use emq_protocol::{
-    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply,
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Heartbeat, Inform, JobErrorKind, JobReply, Message, QueueSpec, Reply,
     Request, DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
@@ -921,7 +921,7 @@ impl RouterState {
         id: Arc<str>,
         job: JobInFlight,
         reply_json: String,
-        error: Option<(String, String)>,
+        error: Option<(JobErrorKind, String)>,
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -929,7 +929,7 @@ impl RouterState {
             if let Some(r) = self.history.get_mut(&id) {
                 r.attempt_errors.push(AttemptError {
                     attempt: job.attempts,
-                    kind: kind.clone(),
+                    kind: kind.to_string(),
                     message: message.clone(),
                     at: now.unix,
                 });
@@ -961,7 +961,7 @@ impl RouterState {
             r.state = match (&error, dead) {
                 (None, _) => JobState::Done,
                 (Some(_), true) => JobState::Dead,
-                (Some((k, _)), false) if k == "job manager lost" => JobState::Lost,
+                (Some((JobErrorKind::JobManagerLost, _)), false) => JobState::Lost,
                 (Some(_), false) => JobState::Failed,
             };
             r.finished = Some(now.unix);
@@ -980,7 +980,7 @@ impl RouterState {
                 queue: job.queue.clone(),
                 request: job.request.clone().expect("checked"),
                 attempts: job.attempts,
-                error_type: kind.clone(),
+                error_type: kind.to_string(),
                 error_message: message.clone(),
                 at: now.unix,
             });
@@ -1066,8 +1066,8 @@ impl RouterState {
                     self.count("lost_with_worker");
                     warn!(msgid = %id, queue = %job.queue, worker = %peer, "job manager lost with the job");
                     let message = format!("job manager {peer} {why} before the job finished");
-                    let reply = JobReply::failed("job manager lost", message.clone(), "");
-                    self.conclude(id, job, reply.to_json(), Some(("job manager lost".into(), message)), now, out);
+                    let reply = JobReply::failed(JobErrorKind::JobManagerLost, message.clone(), "");
+                    self.conclude(id, job, reply.to_json(), Some((JobErrorKind::JobManagerLost, message)), now, out);
                 }
             }
         }

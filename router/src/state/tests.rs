@@ -179,7 +179,7 @@ fn buffer_is_bounded_by_hwm_and_refusal_is_an_error_reply() {
     let Command::Reply(Reply::Result { reply_json, orig_msgid }) = &message.command else { panic!("{message:?}") };
     assert_eq!(orig_msgid, "j3");
     let r = JobReply::from_json(reply_json).unwrap();
-    assert_eq!(r.error.unwrap().kind, "refused");
+    assert_eq!(r.error.unwrap().kind.as_str(), "refused");
     assert_eq!(h.r.waiting("default"), 3, "nothing buffered was lost");
     let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
     assert_eq!(status["refused_messages_by_queue"]["default"], 1);
@@ -289,7 +289,7 @@ fn job_manager_reconnecting_under_new_identity() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "n");
-    assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind, "job manager lost");
+    assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind.as_str(), "job manager lost");
     // A READY from the forgotten identity is counted, not obeyed.
     assert!(h.ready("old").is_empty());
     assert_eq!(h.r.errors()["ready_from_unknown_peer"], 1);
@@ -541,7 +541,7 @@ fn a_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued() {
     h.advance(1.1);
     h.tick();
     let out = h.done("jm", "d", FAIL);
-    assert_eq!(result_to(&out, "d").unwrap().error.unwrap().kind, "ValueError", "final failure to the client");
+    assert_eq!(result_to(&out, "d").unwrap().error.unwrap().kind.as_str(), "ValueError", "final failure to the client");
     let dead = admin_json(&mut h, AdminCommand::DeadLetters);
     assert_eq!(dead["count"], 1);
     assert_eq!(
@@ -565,7 +565,7 @@ fn lost_job_manager_fails_plain_jobs_and_retries_retryable_ones() {
     h.request("c", "retry", "default", "reply-requested,retry-count:1");
     h.advance(6.0);
     let out = h.tick();
-    assert_eq!(result_to(&out, "plain").unwrap().error.unwrap().kind, "job manager lost");
+    assert_eq!(result_to(&out, "plain").unwrap().error.unwrap().kind.as_str(), "job manager lost");
     assert!(result_to(&out, "retry").is_none(), "it will run again");
     h.inform("jm2", &[(10, "default")]);
     h.ready("jm2");
@@ -581,7 +581,7 @@ fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
     c.reject_unknown_queues = true;
     let mut h = Harness { r: RouterState::new(c, now), now };
     let out = h.request("c", "x", "nosuch", "");
-    assert_eq!(result_to(&out, "x").unwrap().error.unwrap().kind, "refused");
+    assert_eq!(result_to(&out, "x").unwrap().error.unwrap().kind.as_str(), "refused");
     h.inform("d", &[(10, "default")]);
     let out = h.request("c", "y", "nosuch", "");
     assert!(is_receipt(&out[0], "y"), "default is served: falls back as EventMQ does");
@@ -762,6 +762,6 @@ fn a_request_reusing_a_live_msgid_is_refused() {
     let mut h = Harness::new();
     h.request("c", "same", "default", "");
     let out = h.request("c2", "same", "default", "");
-    assert_eq!(result_to(&out, "same").unwrap().error.unwrap().kind, "refused");
+    assert_eq!(result_to(&out, "same").unwrap().error.unwrap().kind.as_str(), "refused");
     assert_eq!(h.r.waiting("default"), 1);
 }
