@@ -101,6 +101,15 @@ impl JobHistory {
         self.records.insert(msgid, record);
     }
 
+    /// Changes the bound, dropping the oldest records beyond it.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+        while self.records.len() > cap {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.records.remove(&oldest);
+        }
+    }
+
     pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
         self.records.get_mut(msgid)
     }

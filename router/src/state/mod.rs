@@ -358,6 +358,19 @@ impl RouterState {
         }
     }
 
+    /// New settings from a SIGHUP reload, already validated. Bounds that
+    /// shrink apply from now on (a smaller `job_history` drops the oldest
+    /// records; jobs already buffered past a smaller `hwm` stay).
+    pub fn reload(&mut self, cfg: RouterConfig) {
+        self.history.set_cap(cfg.job_history);
+        self.cfg = cfg;
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
     /// Convenience for tests: [`Self::handle`] into a fresh vector.
     pub fn handle_vec(&mut self, event: Event, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
