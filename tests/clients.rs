@@ -194,3 +194,32 @@ fn emq_cli_status_workers_and_job_lifecycle() {
     let (code, out, _) = emq_cli(&a.admin, &["shutdown"]);
     assert_eq!((code, out.as_str()), (0, "router acknowledged shutdown"));
 }
+
+/// A `guarantee` job that fails for good becomes a dead letter; a client
+/// that missed its reply (it reconnected under a new identity) learns the
+/// outcome from the job record. It used to be taken for "not over yet",
+/// so `wait` ran into its deadline with `NoReply`.
+#[test]
+fn dead_lettered_job_reaches_a_client_that_missed_its_reply() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let opts = Options { guarantee: true, ..Default::default() };
+    let id = client.defer_job("default", "testjobs.fail", vec!["for good".into()], Default::default(), &opts).unwrap();
+    drop(client);
+    let mut again = Client::connect(&a.frontend).unwrap();
+    let dl = Instant::now() + Duration::from_secs(60);
+    let status = eventually(Duration::from_secs(60), || {
+        let s = again.job_status(&id, dl).ok()?;
+        (s["state"] == "dead").then_some(s)
+    });
+    assert_eq!(status["attempts"], 1);
+    match again.wait(&id, dl) {
+        JobOutcome::Failed(e) => {
+            assert_eq!(e.kind.as_str(), "ValueError");
+            assert_eq!(e.message, "for good");
+        }
+        other => panic!("a dead letter's outcome is its last error, got {other:?}"),
+    }
+}

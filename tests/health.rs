@@ -117,7 +117,11 @@ fn health_reaches_status_and_metrics_move() {
         let m = parse_metrics(&http_get(&a.http, "/metrics").1);
         (processed(&m) >= processed(&before) + 5.0).then_some(m)
     });
-    assert!(after.contains_key(&format!("emq_jobmanager_heartbeat_age_seconds{{jobmanager=\"{id}\"}}")), "{after:?}");
+    // Labelled by the job manager's name (host:pid when unnamed), never by
+    // its random connection identity: bounded series.
+    let name = format!("{}:{}", health["host"].as_str().unwrap(), jm.pid());
+    assert!(after.contains_key(&format!("emq_jobmanager_heartbeat_age_seconds{{jobmanager=\"{name}\"}}")), "{after:?}");
+    assert!(!after.keys().any(|k| k.contains(&id)), "no series names the identity {id}");
     assert!(
         after.get("emq_job_latency_seconds_count{queue=\"default\",stage=\"finish\"}").copied().unwrap_or(0.0) >= 5.0
     );

@@ -1,10 +1,17 @@
-//! Prometheus metrics (`emq_*`, labels `queue` / `jobmanager` / `pid` /
-//! `kind` / `stage`), built with the `prometheus` crate. Counters and
-//! latency histograms are updated as events happen (cheap atomics);
-//! gauges (queue depth, heartbeat ages, worker RSS...) are computed from the
-//! router state when a snapshot is rendered.
+//! Prometheus metrics (`emq_*`), built with the `prometheus` crate.
+//!
+//! Only the latency histograms accumulate here (cheap atomics, updated as
+//! jobs start and finish). Every count — per queue (`QueueStats`) and per
+//! anomaly — lives once, in the router state, and is turned into counters
+//! and gauges when a snapshot is rendered (`RouterState::metrics_text`).
+//!
+//! Label values are bounded: `queue` is a queue some job manager serves,
+//! `default`, or `other` (a queue name a client made up); `jobmanager` is a
+//! job manager's name (`--name`, else `host:pid`), never its random
+//! connection identity.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+use std::time::Duration;
 
 /// Seconds: from 1 ms to 10 minutes.
 const LATENCY_BUCKETS: &[f64] =
@@ -13,29 +20,14 @@ const LATENCY_BUCKETS: &[f64] =
 /// The metrics that accumulate over the router's life.
 pub struct RouterMetrics {
     registry: Registry,
-    pub accepted: IntCounterVec,
-    pub refused: IntCounterVec,
-    pub processed: IntCounterVec,
-    pub failed: IntCounterVec,
-    pub retried: IntCounterVec,
     /// `stage="start"`: submit → handed to a job manager; `stage="finish"`:
-    /// submit → result.
-    pub latency: HistogramVec,
+    /// submit → result. Labelled by resolved queue (a bounded set).
+    latency: HistogramVec,
 }
 
 impl Default for RouterMetrics {
     fn default() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let accepted = counter("emq_jobs_accepted_total", "Jobs accepted from clients.");
-        let refused = counter("emq_jobs_refused_total", "Jobs refused (queue full, malformed, unknown queue).");
-        let processed = counter("emq_jobs_processed_total", "Jobs finished (any outcome, final attempt).");
-        let failed = counter("emq_jobs_failed_total", "Jobs whose final attempt failed.");
-        let retried = counter("emq_jobs_retried_total", "Failed attempts scheduled to run again.");
         let latency = HistogramVec::new(
             HistogramOpts::new("emq_job_latency_seconds", "Seconds from submit to start / to finish.")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -43,11 +35,21 @@ impl Default for RouterMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(latency.clone())).expect("unique metric");
-        RouterMetrics { registry, accepted, refused, processed, failed, retried, latency }
+        RouterMetrics { registry, latency }
     }
 }
 
 impl RouterMetrics {
+    /// A job from resolved queue `queue` was handed out `wait` after submit.
+    pub fn observe_start(&self, queue: &str, wait: Duration) {
+        self.latency.with_label_values(&[queue, "start"]).observe(wait.as_secs_f64());
+    }
+
+    /// A job from resolved queue `queue` finished `total` after submit.
+    pub fn observe_finish(&self, queue: &str, total: Duration) {
+        self.latency.with_label_values(&[queue, "finish"]).observe(total.as_secs_f64());
+    }
+
     /// The accumulated metrics in Prometheus text format.
     pub fn render(&self) -> String {
         encode(&self.registry)

@@ -229,7 +229,7 @@ impl Server {
     }
 
     fn say_goodbye(&mut self) {
-        let peers: Vec<PeerId> = self.state.workers().keys().cloned().collect();
+        let peers: Vec<PeerId> = self.state.job_managers().keys().cloned().collect();
         for p in peers {
             let _ = self.backend.send(&p, &Message::new(emq_protocol::Command::Kbye));
         }

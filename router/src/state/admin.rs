@@ -1,8 +1,17 @@
-//! Admin answers, with EventMQ's JSON keys first and our extras after them.
+//! Admin: every command of the admin socket (STATUS, ROUTER_SHOW_WORKERS,
+//! ROUTER_SHOW_SCHEDULERS, JOB_STATUS, ROUTER_DEAD_LETTERS, REQUEUE,
+//! DISCONNECT, HELLO) and the read-only views built from the same state:
+//! `/api/status` and `/metrics`. EventMQ's JSON keys come first in each
+//! answer; ours are added after them.
 
-use super::{Now, RouterState};
-use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use super::{records::display_name, send, Action, Now, RouterState, SocketKind};
+use emq_protocol::{Ack, AdminCommand, Command, Message, Reply};
+use emq_receiver::PeerId;
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tracing::{info, warn};
 
 /// The keys of EventMQ's STATUS answer, which ours keeps (and adds to).
 pub const EVENTMQ_STATUS_KEYS: [&str; 6] = [
@@ -14,10 +23,54 @@ pub const EVENTMQ_STATUS_KEYS: [&str; 6] = [
     "processed_messages_by_worker",
 ];
 
+/// The `jobmanager` label of a job manager that never sent its name (an
+/// EventMQ job manager): one bounded series for all of them.
+const UNNAMED: &str = "unnamed";
+
 impl RouterState {
+    pub(super) fn on_admin(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        let answer = |body: String| send(SocketKind::Admin, &peer, Command::Reply(Reply::admin_answer(body)));
+        match m.command {
+            Command::Admin(AdminCommand::Hello) => {} // must stay unanswered (emq-cli quirk)
+            Command::Admin(AdminCommand::Status) => out.push(answer(self.status_json(now))),
+            Command::Admin(AdminCommand::RouterShowWorkers) => out.push(answer(self.workers_json(now))),
+            Command::Admin(AdminCommand::RouterShowSchedulers) => out.push(answer(self.schedulers_json(now))),
+            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
+                out.push(answer(self.history.status_json(&job_msgid)))
+            }
+            Command::Admin(AdminCommand::DeadLetters) => out.push(answer(self.dead_letters_json())),
+            Command::Admin(AdminCommand::Requeue { job_msgid }) => {
+                let body = self.requeue_dead_letter(&job_msgid, now, out);
+                out.push(answer(body));
+            }
+            Command::Disconnect => {
+                info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: shutting down");
+                self.shutting_down = true;
+                out.push(send(SocketKind::Admin, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
+                for p in self.job_managers.keys() {
+                    out.push(send(SocketKind::Backend, p, Command::Kbye));
+                }
+                for p in self.schedulers.keys() {
+                    out.push(send(SocketKind::Frontend, p, Command::Kbye));
+                }
+                out.push(Action::Shutdown);
+            }
+            other => {
+                self.count("unknown_admin_command");
+                warn!(%peer, msgid = %m.msgid, command = other.name(), "unknown admin command");
+                let body = json!({"error": format!("unknown admin command {}", other.name())}).to_string();
+                out.push(answer(body));
+            }
+        }
+    }
+
     /// `STATUS`: EventMQ's six maps, plus `errors`, `uptime_secs`,
-    /// `accepted`, `connected_workers` and `free_slots`.
+    /// `accepted`, `connected_workers`, `free_slots` and more.
     pub fn status_json(&self, now: Now) -> String {
+        self.status_value(now).to_string()
+    }
+
+    fn status_value(&self, now: Now) -> Value {
         let mut inflight: Map<String, Value> = Map::new();
         for job in self.in_flight.values() {
             let e = inflight.entry(job.queue.clone()).or_insert(json!(0));
@@ -25,92 +78,87 @@ impl RouterState {
         }
         let waiting: Map<String, Value> =
             self.queues.iter().map(|(name, q)| (name.clone(), json!(q.waiting.len()))).collect();
-        let latency: Map<String, Value> = self
-            .latency_by_queue
-            .iter()
-            .map(|(q, l)| (q.clone(), json!(if l.count > 0 { l.sum / l.count as f64 } else { 0.0 })))
-            .collect();
-        let max_latency: Map<String, Value> =
-            self.latency_by_queue.iter().map(|(q, l)| (q.clone(), json!(l.max))).collect();
-        let by_worker: Map<String, Value> =
-            self.workers.iter().map(|(p, w)| (p.to_string(), json!(w.processed))).collect();
+        let s = &self.stats;
+        let latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.sum / c.latency.count as f64)));
+        let max_latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.max)));
+        let by_job_manager: Map<String, Value> =
+            self.job_managers.iter().map(|(p, jm)| (p.to_string(), json!(jm.processed))).collect();
         json!({
             "inflight_messages_by_queue": inflight,
             "latency_messages_by_queue": latency,
             "max_latency_messages_by_queue": max_latency,
             "waiting_messages_by_queue": waiting,
-            "processed_messages_by_queue": self.processed_by_queue,
-            "processed_messages_by_worker": by_worker,
+            "processed_messages_by_queue": s.counter_map(|c| c.processed),
+            "processed_messages_by_worker": by_job_manager,
             "errors": self.errors,
             "accepted": self.accepted,
             "uptime_secs": now.mono.saturating_duration_since(self.started).as_secs_f64(),
-            "connected_workers": self.workers.len(),
-            "failed_messages_by_queue": self.failed_by_queue,
-            "retried_messages_by_queue": self.retried_by_queue,
-            "refused_messages_by_queue": self.refused_by_queue,
-            "job_managers": self.job_managers_json(now),
+            "connected_workers": self.job_managers.len(),
+            "failed_messages_by_queue": s.counter_map(|c| c.failed),
+            "retried_messages_by_queue": s.counter_map(|c| c.retried),
+            "refused_messages_by_queue": s.counter_map(|c| c.refused),
+            "job_managers": self.job_managers_value(now),
             "retrying": self.delayed.len(),
             "dead_letters": self.dead.len(),
-            "free_slots": self.workers.values().map(|w| w.free_slots as u64).sum::<u64>(),
+            "free_slots": self.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
         })
-        .to_string()
     }
 
     /// `ROUTER_SHOW_WORKERS`: EventMQ's `connected_workers` (with `queues`,
-    /// `hb`, `available_slots`) and `connected_queues`; extras per worker:
-    /// `last_seen_secs_ago`, `in_flight`, `processed`, `health`.
+    /// `hb`, `available_slots`) and `connected_queues`; extras per job
+    /// manager: `name`, `last_seen_secs_ago`, `in_flight`, `processed`,
+    /// `health`, `state`.
     pub fn workers_json(&self, now: Now) -> String {
-        let workers: Map<String, Value> = self
-            .workers
-            .iter()
-            .map(|(peer, w)| {
-                let hb = w.last_seen.saturating_duration_since(self.started).as_secs_f64();
-                let health = w.health.as_deref().and_then(|h| serde_json::from_str::<Value>(h).ok());
-                (
-                    peer.to_string(),
-                    json!({
-                        "queues": w.queues.0,
-                        "hb": hb,
-                        "available_slots": w.free_slots,
-                        "last_seen_secs_ago": now.mono.saturating_duration_since(w.last_seen).as_secs_f64(),
-                        "in_flight": w.in_flight,
-                        "processed": w.processed,
-                        "health": health,
-                        "state": self.liveness(now, w.last_seen),
-                    }),
-                )
-            })
-            .chain(self.stale.iter().map(|(peer, s)| {
-                (
-                    peer.to_string(),
-                    json!({
-                        "queues": s.queues.0,
-                        "hb": s.last_seen.saturating_duration_since(self.started).as_secs_f64(),
-                        "available_slots": 0,
-                        "last_seen_secs_ago": now.mono.saturating_duration_since(s.last_seen).as_secs_f64(),
-                        "in_flight": 0,
-                        "processed": s.processed,
-                        "health": s.health.as_deref().and_then(|h| serde_json::from_str::<Value>(h).ok()),
-                        "state": "stale",
-                    }),
-                )
-            }))
-            .collect();
+        self.workers_value(now).to_string()
+    }
+
+    fn workers_value(&self, now: Now) -> Value {
+        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
+        let age = |t: Instant| now.mono.saturating_duration_since(t).as_secs_f64();
+        let live = self.job_managers.iter().map(|(peer, jm)| {
+            let v = json!({
+                "queues": jm.queues.0,
+                "hb": since_start(jm.last_seen),
+                "available_slots": jm.free_slots,
+                "name": jm.display_name(),
+                "last_seen_secs_ago": age(jm.last_seen),
+                "in_flight": jm.in_flight,
+                "processed": jm.processed,
+                "health": jm.health,
+                "state": self.liveness(now, jm.last_seen),
+            });
+            (peer.to_string(), v)
+        });
+        let stale = self.stale.iter().map(|(peer, s)| {
+            let v = json!({
+                "queues": s.queues.0,
+                "hb": since_start(s.last_seen),
+                "available_slots": 0,
+                "name": display_name(s.health.as_ref()),
+                "last_seen_secs_ago": age(s.last_seen),
+                "in_flight": 0,
+                "processed": s.processed,
+                "health": s.health,
+                "state": "stale",
+            });
+            (peer.to_string(), v)
+        });
+        let workers: Map<String, Value> = live.chain(stale).collect();
         let queues: Map<String, Value> = self
             .queues
             .iter()
-            .filter(|(_, q)| !q.workers.is_empty())
+            .filter(|(_, q)| !q.job_managers.is_empty())
             .map(|(name, q)| {
-                let list: Vec<Value> = q.workers.iter().map(|(w, p)| json!([w, p.to_string()])).collect();
+                let list: Vec<Value> = q.job_managers.iter().map(|(w, p)| json!([w, p.to_string()])).collect();
                 (name.clone(), Value::Array(list))
             })
             .collect();
-        json!({"connected_workers": workers, "connected_queues": queues}).to_string()
+        json!({"connected_workers": workers, "connected_queues": queues})
     }
 
     /// `ok`, or `late` when heartbeats are overdue (more than two intervals)
     /// but the job manager is not yet past `heartbeat_timeout`.
-    fn liveness(&self, now: Now, last_seen: std::time::Instant) -> &'static str {
+    fn liveness(&self, now: Now, last_seen: Instant) -> &'static str {
         if now.mono.saturating_duration_since(last_seen) > self.cfg.heartbeat_interval * 2 {
             "late"
         } else {
@@ -119,111 +167,32 @@ impl RouterState {
     }
 
     /// Per job manager: state (ok / late / stale), heartbeat age, health.
-    fn job_managers_json(&self, now: Now) -> Map<String, Value> {
-        let live = self.workers.iter().map(|(p, w)| {
-            (
-                p.to_string(),
-                json!({
-                    "state": self.liveness(now, w.last_seen),
-                    "heartbeat_age_secs": now.mono.saturating_duration_since(w.last_seen).as_secs_f64(),
-                    "health": w.health.as_deref().and_then(|h| serde_json::from_str::<Value>(h).ok()),
-                }),
-            )
+    fn job_managers_value(&self, now: Now) -> Map<String, Value> {
+        let age = |t: Instant| now.mono.saturating_duration_since(t).as_secs_f64();
+        let live = self.job_managers.iter().map(|(p, jm)| {
+            let v = json!({
+                "state": self.liveness(now, jm.last_seen),
+                "heartbeat_age_secs": age(jm.last_seen),
+                "health": jm.health,
+            });
+            (p.to_string(), v)
         });
         let stale = self.stale.iter().map(|(p, s)| {
-            (
-                p.to_string(),
-                json!({
-                    "state": "stale",
-                    "heartbeat_age_secs": now.mono.saturating_duration_since(s.last_seen).as_secs_f64(),
-                    "health": s.health.as_deref().and_then(|h| serde_json::from_str::<Value>(h).ok()),
-                }),
-            )
+            let v = json!({"state": "stale", "heartbeat_age_secs": age(s.last_seen), "health": s.health});
+            (p.to_string(), v)
         });
         live.chain(stale).collect()
     }
 
     /// `GET /api/status`: STATUS, ROUTER_SHOW_WORKERS and recent failures.
     pub fn api_status_json(&self, now: Now) -> String {
-        let status: Value = serde_json::from_str(&self.status_json(now)).unwrap_or(Value::Null);
-        let workers: Value = serde_json::from_str(&self.workers_json(now)).unwrap_or(Value::Null);
-        json!({"status": status, "workers": workers, "recent_failures": self.recent_failures, "generated_at": now.unix})
-            .to_string()
-    }
-
-    /// `GET /metrics`: the accumulated counters and histograms plus gauges
-    /// computed now.
-    pub fn metrics_text(&self, now: Now) -> String {
-        let r = Registry::new();
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let waiting = gauge("emq_queue_waiting_jobs", "Jobs buffered, waiting for a free slot.", &["queue"]);
-        for (q, st) in &self.queues {
-            waiting.with_label_values(&[q.as_str()]).set(st.waiting.len() as f64);
-        }
-        let in_flight = gauge("emq_queue_in_flight_jobs", "Jobs handed to job managers, not finished.", &["queue"]);
-        for job in self.in_flight.values() {
-            in_flight.with_label_values(&[job.queue.as_str()]).inc();
-        }
-        let age = gauge(
-            "emq_jobmanager_heartbeat_age_seconds",
-            "Seconds since the job manager was last heard.",
-            &["jobmanager"],
-        );
-        let up = gauge(
-            "emq_jobmanager_up",
-            "1 when heartbeating, 0 when stale (removed, shown for a while).",
-            &["jobmanager"],
-        );
-        let slots = gauge("emq_jobmanager_free_slots", "READYs not yet used by a job.", &["jobmanager"]);
-        let workers = gauge("emq_jobmanager_workers", "Worker processes reported in its health.", &["jobmanager"]);
-        let rss = gauge("emq_worker_rss_bytes", "Resident memory of a worker process.", &["jobmanager", "pid"]);
-        let jobs = gauge("emq_worker_jobs_completed", "Jobs completed by a worker process.", &["jobmanager", "pid"]);
-        for (p, w) in &self.workers {
-            let id = p.to_string();
-            age.with_label_values(&[id.as_str()]).set(now.mono.saturating_duration_since(w.last_seen).as_secs_f64());
-            up.with_label_values(&[id.as_str()]).set(1.0);
-            slots.with_label_values(&[id.as_str()]).set(w.free_slots as f64);
-            if let Some(h) = w.health.as_deref().and_then(|h| serde_json::from_str::<Value>(h).ok()) {
-                let list = h["workers"].as_array().cloned().unwrap_or_default();
-                workers.with_label_values(&[id.as_str()]).set(list.len() as f64);
-                for wk in list {
-                    let pid = wk["pid"].to_string();
-                    rss.with_label_values(&[id.as_str(), pid.as_str()]).set(wk["rss_bytes"].as_f64().unwrap_or(0.0));
-                    jobs.with_label_values(&[id.as_str(), pid.as_str()]).set(wk["jobs"].as_f64().unwrap_or(0.0));
-                }
-            }
-        }
-        for (p, s) in &self.stale {
-            let id = p.to_string();
-            age.with_label_values(&[id.as_str()]).set(now.mono.saturating_duration_since(s.last_seen).as_secs_f64());
-            up.with_label_values(&[id.as_str()]).set(0.0);
-        }
-        let retrying = IntGaugeVec::new(Opts::new("emq_jobs_retrying", "Failed jobs waiting for their retry."), &[])
-            .expect("valid");
-        r.register(Box::new(retrying.clone())).expect("unique");
-        retrying.with_label_values::<&str>(&[]).set(self.delayed.len() as i64);
-        let dead =
-            IntGaugeVec::new(Opts::new("emq_dead_letters", "Jobs that used up their retries."), &[]).expect("valid");
-        r.register(Box::new(dead.clone())).expect("unique");
-        dead.with_label_values::<&str>(&[]).set(self.dead.len() as i64);
-        let errors = IntCounterVec::new(
-            Opts::new("emq_router_anomalies_total", "Bad input and other anomalies, by kind."),
-            &["kind"],
-        )
-        .expect("valid");
-        r.register(Box::new(errors.clone())).expect("unique");
-        for (k, n) in &self.errors {
-            errors.with_label_values(&[*k]).inc_by(*n);
-        }
-        let uptime = gauge("emq_router_uptime_seconds", "Seconds since the router started.", &[]);
-        uptime.with_label_values::<&str>(&[]).set(now.mono.saturating_duration_since(self.started).as_secs_f64());
-        let mut text = self.metrics.render();
-        text.push_str(&crate::metrics::encode(&r));
-        text
+        json!({
+            "status": self.status_value(now),
+            "workers": self.workers_value(now),
+            "recent_failures": self.recent_failures,
+            "generated_at": now.unix,
+        })
+        .to_string()
     }
 
     /// `ROUTER_SHOW_SCHEDULERS`.
@@ -236,5 +205,118 @@ impl RouterState {
             })
             .collect();
         json!({ "connected_schedulers": s }).to_string()
+    }
+
+    /// `ROUTER_DEAD_LETTERS`.
+    pub fn dead_letters_json(&self) -> String {
+        let list: Vec<Value> = self
+            .dead
+            .iter()
+            .map(|d| {
+                json!({
+                    "msgid": &*d.msgid, "queue": d.queue, "attempts": d.attempts,
+                    "error": {"type": d.error_type, "message": d.error_message},
+                    "at": d.at, "payload": &*d.request.payload,
+                })
+            })
+            .collect();
+        json!({"dead_letters": list, "count": list.len()}).to_string()
+    }
+
+    /// `GET /metrics`: the latency histograms plus counters and gauges
+    /// computed now from the state (see `crate::metrics` for the labels).
+    pub fn metrics_text(&self, now: Now) -> String {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        // Per queue, from QueueStats.
+        let accepted = counter("emq_jobs_accepted_total", "Jobs accepted from clients.", &["queue"]);
+        let refused = counter("emq_jobs_refused_total", "Jobs refused (queue full, unknown queue, ...).", &["queue"]);
+        let processed = counter("emq_jobs_processed_total", "Jobs finished (any outcome, final attempt).", &["queue"]);
+        let failed = counter("emq_jobs_failed_total", "Jobs whose final attempt failed.", &["queue"]);
+        let retried = counter("emq_jobs_retried_total", "Failed attempts scheduled to run again.", &["queue"]);
+        for (q, c) in self.stats.iter() {
+            for (metric, n) in [
+                (&accepted, c.accepted),
+                (&refused, c.refused),
+                (&processed, c.processed),
+                (&failed, c.failed),
+                (&retried, c.retried),
+            ] {
+                if n > 0 {
+                    metric.with_label_values(&[q]).inc_by(n);
+                }
+            }
+        }
+        let waiting = gauge("emq_queue_waiting_jobs", "Jobs buffered, waiting for a free slot.", &["queue"]);
+        for (q, st) in &self.queues {
+            waiting.with_label_values(&[q.as_str()]).set(st.waiting.len() as f64);
+        }
+        let in_flight = gauge("emq_queue_in_flight_jobs", "Jobs handed to job managers, not finished.", &["queue"]);
+        for job in self.in_flight.values() {
+            in_flight.with_label_values(&[job.queue.as_str()]).inc();
+        }
+        // Per job manager, by name.
+        let age = gauge(
+            "emq_jobmanager_heartbeat_age_seconds",
+            "Seconds since the job manager was last heard (the longest, for unnamed ones).",
+            &["jobmanager"],
+        );
+        let up = gauge(
+            "emq_jobmanager_up",
+            "Job managers heartbeating under this name (0 when only a stale one is left).",
+            &["jobmanager"],
+        );
+        let slots = gauge("emq_jobmanager_free_slots", "READYs not yet used by a job.", &["jobmanager"]);
+        let workers = gauge("emq_jobmanager_workers", "Worker processes reported in its health.", &["jobmanager"]);
+        let rss = gauge("emq_worker_rss_bytes", "Resident memory of a worker process.", &["jobmanager", "pid"]);
+        let jobs = gauge("emq_worker_jobs_completed", "Jobs completed by a worker process.", &["jobmanager", "pid"]);
+        let mut ages: BTreeMap<String, f64> = BTreeMap::new();
+        for jm in self.job_managers.values() {
+            let name = jm.display_name().unwrap_or_else(|| UNNAMED.to_owned());
+            let a = ages.entry(name.clone()).or_insert(0.0);
+            *a = a.max(now.mono.saturating_duration_since(jm.last_seen).as_secs_f64());
+            up.with_label_values(&[name.as_str()]).add(1.0);
+            slots.with_label_values(&[name.as_str()]).add(jm.free_slots as f64);
+            if let Some(h) = &jm.health {
+                workers.with_label_values(&[name.as_str()]).add(h.workers.len() as f64);
+                for wk in &h.workers {
+                    let pid = wk.pid.map_or_else(|| "none".to_owned(), |p| p.to_string());
+                    rss.with_label_values(&[name.as_str(), pid.as_str()]).set(wk.rss_bytes.unwrap_or(0) as f64);
+                    jobs.with_label_values(&[name.as_str(), pid.as_str()]).set(wk.jobs as f64);
+                }
+            }
+        }
+        for s in self.stale.values() {
+            let name = display_name(s.health.as_ref()).unwrap_or_else(|| UNNAMED.to_owned());
+            if !ages.contains_key(&name) {
+                ages.insert(name.clone(), now.mono.saturating_duration_since(s.last_seen).as_secs_f64());
+                up.with_label_values(&[name.as_str()]).set(0.0);
+            }
+        }
+        for (name, a) in &ages {
+            age.with_label_values(&[name.as_str()]).set(*a);
+        }
+        let retrying = gauge("emq_jobs_retrying", "Failed jobs waiting for their retry.", &[]);
+        retrying.with_label_values::<&str>(&[]).set(self.delayed.len() as f64);
+        let dead = gauge("emq_dead_letters", "Jobs that used up their retries.", &[]);
+        dead.with_label_values::<&str>(&[]).set(self.dead.len() as f64);
+        let errors = counter("emq_router_anomalies_total", "Bad input and other anomalies, by kind.", &["kind"]);
+        for (k, n) in &self.errors {
+            errors.with_label_values(&[*k]).inc_by(*n);
+        }
+        let uptime = gauge("emq_router_uptime_seconds", "Seconds since the router started.", &[]);
+        uptime.with_label_values::<&str>(&[]).set(now.mono.saturating_duration_since(self.started).as_secs_f64());
+        let mut text = self.metrics.render();
+        text.push_str(&crate::metrics::encode(&r));
+        text
     }
 }

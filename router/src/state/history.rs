@@ -1,6 +1,12 @@
 //! A bounded record of recent jobs (setting `job_history`, oldest dropped
 //! first): what state each is in, where it was sent, when, how many times,
 //! and its result. Answers `JOB_STATUS`.
+//!
+//! Every change of a job's state goes through [`JobHistory::mark`], which
+//! keeps the timestamps consistent with the state (dispatched when handed
+//! out, finished when final, cleared when the job waits again); the caller
+//! attaches what comes with the change (result, job manager) to the record
+//! `mark` hands back.
 
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
@@ -30,6 +36,11 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Nothing more happens to the job (unless an operator requeues a dead letter).
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Refused | JobState::Lost | JobState::Dead)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -49,7 +60,8 @@ impl JobState {
 pub struct JobRecord {
     pub queue: Arc<str>,
     pub state: JobState,
-    pub worker: Option<PeerId>,
+    /// The job manager it was last handed to.
+    pub job_manager: Option<PeerId>,
     /// Unix seconds.
     pub received: f64,
     pub dispatched: Option<f64>,
@@ -110,8 +122,29 @@ impl JobHistory {
         }
     }
 
-    pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
-        self.records.get_mut(msgid)
+    /// Records that `msgid` is now in `state`, and sets the timestamp that
+    /// goes with it: `dispatched` on dispatch, `finished` on a final state,
+    /// no `finished` while it waits again. Returns the record for the
+    /// details of the change; `None` when the job is not (or no longer)
+    /// remembered.
+    pub fn mark(&mut self, msgid: &str, state: JobState, now: f64) -> Option<&mut JobRecord> {
+        let r = self.records.get_mut(msgid)?;
+        r.state = state;
+        match state {
+            JobState::Dispatched => r.dispatched = Some(now),
+            JobState::Queued | JobState::Retrying => r.finished = None,
+            s if s.is_final() => r.finished = Some(now),
+            _ => {}
+        }
+        Some(r)
+    }
+
+    /// Adds a failed attempt to `msgid`'s record (its state changes
+    /// separately, through [`Self::mark`]).
+    pub fn record_attempt_error(&mut self, msgid: &str, error: AttemptError) {
+        if let Some(r) = self.records.get_mut(msgid) {
+            r.attempt_errors.push(error);
+        }
     }
 
     pub fn get(&self, msgid: &str) -> Option<&JobRecord> {
@@ -134,7 +167,7 @@ impl JobHistory {
                 "msgid": msgid,
                 "state": r.state.as_str(),
                 "queue": &*r.queue,
-                "worker": r.worker.as_ref().map(|w| w.to_string()),
+                "worker": r.job_manager.as_ref().map(|w| w.to_string()),
                 "attempts": r.attempts,
                 "received": r.received,
                 "dispatched": r.dispatched,
@@ -157,7 +190,7 @@ mod tests {
         JobRecord {
             queue: Arc::from("q"),
             state: JobState::Queued,
-            worker: None,
+            job_manager: None,
             received: 1.0,
             dispatched: None,
             finished: None,

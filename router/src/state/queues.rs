@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub struct QueueState {
     /// `(weight, job manager)` for every job manager listing this queue.
-    pub workers: Vec<(u32, PeerId)>,
+    pub job_managers: Vec<(u32, PeerId)>,
     /// Jobs with no free slot yet, oldest first (bounded by `hwm`).
     pub waiting: VecDeque<WaitingJob>,
     /// True once any job manager has served it: from then on REQUESTs for

@@ -1,7 +1,7 @@
 //! State-machine tests with a fake clock: no sockets, no sleeping.
 
 use super::*;
-use emq_protocol::{Heartbeat, Inform, Message, QueueSpec, Request};
+use emq_protocol::{Ack, AdminCommand, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply, Request};
 
 fn cfg() -> RouterConfig {
     RouterConfig {
@@ -107,7 +107,7 @@ fn inform_is_acked_with_its_msgid() {
     assert_eq!((*socket, peer.to_string()), (SocketKind::Backend, "jm".into()));
     assert_eq!(message.command, Command::Ack(Ack { acked_msgid: "inf-1".into() }));
     // Empty queue list means the default queues.
-    assert_eq!(h.r.workers()[&PeerId::from("jm")].queues, QueueSpec::default_queues());
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].queues, QueueSpec::default_queues());
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn results_without_reply_requested_are_not_forwarded() {
     h.ready("jm");
     h.request("c", "j", "default", "");
     assert!(h.done("jm", "j", r#"{"value": 1}"#).is_empty());
-    assert!(h.r.workers()[&PeerId::from("jm")].reports_all_completions);
+    assert!(h.r.job_managers()[&PeerId::from("jm")].reports_all_completions);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn one_ready_is_one_slot_and_buffered_jobs_drain_oldest_first() {
     assert_eq!(dispatched_to(&h.ready("jm")), vec![("jm".into(), "b".into())]);
     assert_eq!(dispatched_to(&h.ready("jm")), vec![("jm".into(), "c2".into())]);
     assert!(dispatched_to(&h.ready("jm")).is_empty());
-    assert_eq!(h.r.workers()[&PeerId::from("jm")].free_slots, 1);
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].free_slots, 1);
 }
 
 #[test]
@@ -250,10 +250,10 @@ fn silent_peer_expires_with_its_slots_and_heartbeats_go_out() {
     h.recv(SocketKind::Backend, "jm", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
     h.advance(4.9);
     h.tick();
-    assert!(h.r.workers().contains_key(&PeerId::from("jm")), "4.9 s of silence is fine");
+    assert!(h.r.job_managers().contains_key(&PeerId::from("jm")), "4.9 s of silence is fine");
     h.advance(0.2);
     h.tick();
-    assert!(h.r.workers().is_empty(), "5.1 s of silence is death");
+    assert!(h.r.job_managers().is_empty(), "5.1 s of silence is death");
     // Its slot is gone: a new job waits.
     h.request("c", "j", "default", "");
     assert_eq!(h.r.waiting("default"), 1);
@@ -273,7 +273,7 @@ fn job_manager_reconnecting_under_new_identity() {
     let out = h.tick();
     // The old identity is forgotten; the guaranteed job went to the new one,
     // the other failed with an error to its client.
-    assert!(!h.r.workers().contains_key(&PeerId::from("old")));
+    assert!(!h.r.job_managers().contains_key(&PeerId::from("old")));
     assert_eq!(dispatched_to(&out), vec![("new".into(), "g".into())]);
     let failed: Vec<_> = out
         .iter()
@@ -395,11 +395,11 @@ fn kbye_drains_running_jobs_then_forgets_the_job_manager() {
     // No new jobs for it...
     h.request("c", "later", "default", "");
     assert_eq!(h.r.waiting("default"), 1);
-    assert!(h.r.workers().contains_key(&PeerId::from("jm")));
+    assert!(h.r.job_managers().contains_key(&PeerId::from("jm")));
     // ...but its running job's result still reaches the client.
     let out = h.done("jm", "a", r#"{"value": 1}"#);
     assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
-    assert!(h.r.workers().is_empty());
+    assert!(h.r.job_managers().is_empty());
 }
 
 #[test]
@@ -654,7 +654,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
                     let mine: Vec<String> =
                         h.r.in_flight
                             .iter()
-                            .filter(|(_, j)| j.worker.to_string() == w)
+                            .filter(|(_, j)| j.job_manager.to_string() == w)
                             .map(|(id, _)| id.to_string())
                             .collect();
                     match mine.get((rng() as usize) % mine.len().max(1)) {
@@ -672,7 +672,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
                 }
                 9 => {
                     let mine: Vec<(String, String)> =
-                        h.r.in_flight.iter().map(|(id, j)| (id.to_string(), j.worker.to_string())).collect();
+                        h.r.in_flight.iter().map(|(id, j)| (id.to_string(), j.job_manager.to_string())).collect();
                     match mine.get((rng() as usize) % mine.len().max(1)) {
                         Some((id, worker)) => {
                             let request = Request { queue: "default".into(), headers: "".into(), payload: "[]".into() };
@@ -722,7 +722,7 @@ fn only_an_inform_of_kind_worker_makes_a_job_manager() {
     assert!(h.recv(SocketKind::Backend, "stray", Command::Inform(bad)).is_empty());
     h.ready("stray");
     h.request("c", "j", "default", "guarantee");
-    assert!(h.r.workers().is_empty());
+    assert!(h.r.job_managers().is_empty());
     assert_eq!(h.r.waiting("default"), 1, "no job goes to a peer that never said it was a job manager");
     assert_eq!(h.r.errors()["bad_inform_kind"], 1);
 }
@@ -764,4 +764,85 @@ fn a_request_reusing_a_live_msgid_is_refused() {
     let out = h.request("c2", "same", "default", "");
     assert_eq!(result_to(&out, "same").unwrap().error.unwrap().kind.as_str(), "refused");
     assert_eq!(h.r.waiting("default"), 1);
+}
+
+fn heartbeat_with(h: &mut Harness, peer: &str, health: &emq_protocol::PoolHealth) -> Vec<Action> {
+    h.recv(
+        SocketKind::Backend,
+        peer,
+        Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: Some(health.to_json()) }),
+    )
+}
+
+/// Metric labels come from a bounded set: queue names a client makes up
+/// are counted as `other`, never as series of their own; job managers are
+/// labelled by name (`--name`, else `host:pid`), never by their random
+/// connection identity.
+#[test]
+fn metric_labels_are_bounded() {
+    let mut h = Harness::new();
+    h.r.cfg.reject_unknown_queues = true;
+    for i in 0..200 {
+        h.request("c", &format!("m{i}"), &format!("random-{i}"), "");
+    }
+    h.inform("3f1c9a7e-identity", &[(10, "emails")]);
+    h.ready("3f1c9a7e-identity");
+    h.request("c", "e1", "emails", "");
+    let named = emq_protocol::PoolHealth { name: "billing-1".into(), host: "h".into(), pid: 42, ..Default::default() };
+    heartbeat_with(&mut h, "3f1c9a7e-identity", &named);
+    h.inform("77aa-identity", &[(10, "emails")]);
+    let unnamed = emq_protocol::PoolHealth { host: "box".into(), pid: 7, ..Default::default() };
+    heartbeat_with(&mut h, "77aa-identity", &unnamed);
+    let text = h.r.metrics_text(h.now);
+    assert!(!text.contains("random-"), "client-made queue names are not labels");
+    assert!(text.contains(r#"emq_jobs_refused_total{queue="other"} 200"#), "{text}");
+    assert!(text.contains(r#"emq_jobs_accepted_total{queue="emails"} 1"#), "{text}");
+    assert!(!text.contains("identity"), "connection identities are not labels");
+    assert!(text.contains(r#"emq_jobmanager_up{jobmanager="billing-1"} 1"#), "{text}");
+    assert!(text.contains(r#"emq_jobmanager_up{jobmanager="box:7"} 1"#), "{text}");
+    // STATUS reads the same counts.
+    let status: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(status["refused_messages_by_queue"], serde_json::json!({"other": 200}));
+}
+
+/// Health is parsed once, on arrival: STATUS and ROUTER_SHOW_WORKERS show
+/// the parsed value; a frame over the size limit is counted and ignored.
+#[test]
+fn health_is_parsed_once_and_bounded() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    let health = emq_protocol::PoolHealth { name: "n".into(), queued_locally: 3, ..Default::default() };
+    heartbeat_with(&mut h, "jm", &health);
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].health.as_ref(), Some(&health));
+    let w = admin_json(&mut h, AdminCommand::RouterShowWorkers);
+    assert_eq!(w["connected_workers"]["jm"]["health"]["queued_locally"], 3);
+    assert_eq!(w["connected_workers"]["jm"]["name"], "n");
+    let huge = format!(r#"{{"name":"{}"}}"#, "x".repeat(emq_protocol::MAX_HEALTH_BYTES));
+    h.recv(SocketKind::Backend, "jm", Command::Heartbeat(Heartbeat { timestamp: "2".into(), health: Some(huge) }));
+    assert_eq!(h.r.errors()["bad_health"], 1);
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].health.as_ref(), Some(&health), "the last good one stays");
+}
+
+/// Every state change goes through `JobHistory::mark`, which keeps the
+/// timestamps in step with the state.
+#[test]
+fn job_history_marks_keep_timestamps_consistent() {
+    let mut hist = JobHistory::new(10);
+    let rec = JobRecord {
+        queue: Arc::from("q"),
+        state: JobState::Queued,
+        job_manager: None,
+        received: 1.0,
+        dispatched: None,
+        finished: None,
+        attempts: 0,
+        result: None,
+        attempt_errors: Vec::new(),
+    };
+    hist.insert(Arc::from("a"), rec);
+    assert_eq!(hist.mark("a", JobState::Dispatched, 2.0).unwrap().dispatched, Some(2.0));
+    assert_eq!(hist.mark("a", JobState::Dead, 3.0).unwrap().finished, Some(3.0));
+    let r = hist.mark("a", JobState::Queued, 4.0).unwrap();
+    assert_eq!((r.state, r.finished), (JobState::Queued, None), "requeued: not finished any more");
+    assert!(hist.mark("unknown", JobState::Done, 5.0).is_none());
 }

@@ -1,0 +1,146 @@
+//! Dispatch: picking a free [`super::WorkerSlot`] for a job (highest
+//! weight, then least recently used job manager), handing the job out,
+//! draining a queue's buffer into a job manager that just freed slots, and
+//! putting a job back at the front of its queue.
+
+use super::{Action, JobInFlight, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob};
+use emq_protocol::{Command, Message, DEFAULT_QUEUE};
+use emq_receiver::PeerId;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info};
+
+impl RouterState {
+    /// The job manager with a free slot for `queue`: highest weight first,
+    /// least recently used among equals.
+    pub(super) fn pick_job_manager(&self, queue: &str) -> Option<PeerId> {
+        let q = self.queues.get(queue)?;
+        let mut best: Option<(u32, u64, &PeerId)> = None;
+        for (weight, peer) in &q.job_managers {
+            let Some(jm) = self.job_managers.get(peer) else { continue };
+            if jm.free_slots == 0 {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((bw, bu, _)) => *weight > bw || (*weight == bw && jm.last_used < bu),
+            };
+            if better {
+                best = Some((*weight, jm.last_used, peer));
+            }
+        }
+        best.map(|(_, _, p)| p.clone())
+    }
+
+    /// Hands `job` to `to` (which has a free slot), from `queue`.
+    pub(super) fn dispatch(&mut self, to: PeerId, queue: String, mut job: WaitingJob, now: Now, out: &mut Vec<Action>) {
+        self.lru_clock += 1;
+        let jm = self.job_managers.get_mut(&to).expect("picked job manager exists");
+        jm.free_slots -= 1;
+        jm.last_used = self.lru_clock;
+        jm.in_flight += 1;
+        let headers = job.request.headers();
+        if !jm.reports_all_completions && !headers.reply_requested {
+            jm.unreported.push_back(job.msgid.clone());
+        }
+        debug!(msgid = %job.msgid, %queue, job_manager = %to, "dispatched");
+        let attempt = job.attempts + 1;
+        if attempt > 1 {
+            job.request.mark_attempt(attempt);
+        }
+        let queue_name = self.queue_names.get(queue.as_str()).cloned();
+        if let Some(r) = self.history.mark(&job.msgid, JobState::Dispatched, now.unix) {
+            r.job_manager = Some(to.clone());
+            r.attempts = attempt;
+            if *r.queue != *queue {
+                r.queue = queue_name.unwrap_or_else(|| Arc::from(queue.as_str()));
+            }
+        }
+        let received = self.started + Duration::from_millis(job.received_ms as u64);
+        self.metrics.observe_start(&queue, now.mono.saturating_duration_since(received));
+        let keep = headers.guarantee || headers.retry_count.is_some();
+        let kept = keep.then(|| job.request.clone());
+        let message = Message::with_msgid(job.msgid.to_string(), Command::Request(job.request.into_request(&queue)));
+        self.in_flight.insert(
+            job.msgid,
+            JobInFlight {
+                client: job.client,
+                job_manager: to.clone(),
+                queue,
+                received,
+                dispatched: now.mono,
+                reply_requested: headers.reply_requested,
+                guarantee: headers.guarantee,
+                attempts: attempt,
+                request: kept,
+                retry_count: headers.retry_count.unwrap_or(0),
+                keep,
+                dispatch_seq: self.lru_clock,
+            },
+        );
+        out.push(Action::Send { socket: SocketKind::Backend, peer: to, message });
+    }
+
+    /// Hands waiting jobs to `jm` while it has free slots, from its
+    /// highest-weight non-empty queue first.
+    pub(super) fn drain_to(&mut self, jm: &PeerId, now: Now, out: &mut Vec<Action>) {
+        loop {
+            let Some(peer) = self.job_managers.get(jm) else { return };
+            if peer.free_slots == 0 {
+                return;
+            }
+            let mut order: Vec<&(u32, String)> = peer.queues.0.iter().collect();
+            order.sort_by(|a, b| b.0.cmp(&a.0));
+            let found = order
+                .iter()
+                .find_map(|(_, name)| self.queues.get(name).filter(|q| !q.waiting.is_empty()).map(|_| name.clone()));
+            let Some(queue) = found else { return };
+            let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.pop_front()).expect("non-empty");
+            self.dispatch(jm.clone(), queue, job, now, out);
+        }
+    }
+
+    /// Puts a job back at the front of its queue (marked queued) and hands
+    /// it out at once if a slot is free anywhere.
+    pub(super) fn requeue(&mut self, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
+        self.history.mark(&job.msgid, JobState::Queued, now.unix);
+        if let Some(jm) = self.pick_job_manager(&queue) {
+            self.dispatch(jm, queue, job, now, out);
+        } else {
+            self.queues.entry(queue).or_default().waiting.push_front(job);
+        }
+    }
+
+    /// A job handed out earlier, waiting again (requeue, retry) with
+    /// `attempts` dispatches behind it.
+    pub(super) fn waiting_again(
+        &self,
+        msgid: Arc<str>,
+        job: &JobInFlight,
+        request: StoredRequest,
+        attempts: u32,
+    ) -> WaitingJob {
+        WaitingJob { client: job.client.clone(), msgid, request, received_ms: self.stamp(job.received), attempts }
+    }
+
+    /// Jobs for `name` that fell back to `default` while nobody served it
+    /// now wait in their own queue, in order.
+    pub(super) fn adopt_from_default(&mut self, name: &str) {
+        let Some(default) = self.queues.get_mut(DEFAULT_QUEUE) else { return };
+        if !default.waiting.iter().any(|j| j.request.queue(DEFAULT_QUEUE) == name) {
+            return;
+        }
+        let (mine, rest): (VecDeque<WaitingJob>, VecDeque<WaitingJob>) =
+            std::mem::take(&mut default.waiting).into_iter().partition(|j| j.request.queue(DEFAULT_QUEUE) == name);
+        default.waiting = rest;
+        let n = mine.len();
+        // In their own queue the name need not be stored any more.
+        let mine = mine.into_iter().map(|mut j| {
+            j.request.queue = None;
+            j
+        });
+        self.queues.get_mut(name).expect("just created").waiting.extend(mine);
+        info!(queue = name, jobs = n, "moved waiting jobs from default to their own queue");
+    }
+}

@@ -1,0 +1,247 @@
+//! Intake: what arrives on the frontend (REQUESTs, a scheduler's INFORM,
+//! SCHEDULE orders, JOB_STATUS from clients) and bad input on any socket.
+//! A job is accepted here — recorded, then dispatched or buffered, then
+//! receipted — or refused through the one [`RouterState::refuse`], which
+//! answers the peer, counts, logs and records the refusal the same way
+//! whatever the reason.
+
+use super::{send, Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
+use emq_protocol::{
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobErrorKind, JobReply, Message, Reply, Request,
+    DEFAULT_QUEUE,
+};
+use emq_receiver::PeerId;
+use std::sync::Arc;
+use tracing::{debug, info, warn};
+
+/// Why the router will not take a message that wanted an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Frames that do not decode (the kind says how).
+    Malformed(DecodeErrorKind),
+    /// A SCHEDULE / UNSCHEDULE with no scheduler to hand it to.
+    NoScheduler,
+    /// A command that has no business on the frontend.
+    UnexpectedCommand(String),
+    /// `reject_unknown_queues`: nobody serves the queue nor `default`.
+    UnknownQueue(String),
+    /// The msgid of a job that is not finished yet.
+    DuplicateMsgid,
+    /// The queue's buffer holds `hwm` jobs already.
+    QueueFull { queue: String, hwm: usize },
+}
+
+impl Refusal {
+    /// The anomaly counter for this reason (beside the total `refused`).
+    fn counter(&self) -> Option<&'static str> {
+        match self {
+            Refusal::Malformed(_) => None, // counted by kind on decode
+            Refusal::NoScheduler => Some("no_scheduler"),
+            Refusal::UnexpectedCommand(_) => Some("unexpected_frontend_command"),
+            Refusal::UnknownQueue(_) => Some("refused_unknown_queue"),
+            Refusal::DuplicateMsgid => Some("refused_duplicate_msgid"),
+            Refusal::QueueFull { .. } => None,
+        }
+    }
+
+    /// The queue the refused job counts against in [`super::QueueStats`]:
+    /// a served (or default) queue by name, anything else as `other`.
+    fn queue(&self) -> Option<&str> {
+        match self {
+            Refusal::UnknownQueue(_) => Some(OTHER_QUEUE),
+            Refusal::QueueFull { queue, .. } => Some(queue),
+            _ => None,
+        }
+    }
+
+    /// Whether the job has a record of its own to mark refused: only a job
+    /// that was accepted as far as its record (a full buffer). For the
+    /// others the msgid may name another job's record — never touch it.
+    fn has_own_record(&self) -> bool {
+        matches!(self, Refusal::QueueFull { .. })
+    }
+
+    /// What the client is told.
+    pub fn message(&self, msgid: &str) -> String {
+        match self {
+            Refusal::Malformed(kind) => format!("malformed message: {kind}"),
+            Refusal::NoScheduler => "no scheduler connected".into(),
+            Refusal::UnexpectedCommand(name) => format!("unexpected command {name} on the frontend"),
+            Refusal::UnknownQueue(q) => format!("unknown queue {q:?} and no job manager serves {DEFAULT_QUEUE:?}"),
+            Refusal::DuplicateMsgid => format!("msgid {msgid} is already in use by an unfinished job"),
+            Refusal::QueueFull { queue, hwm } => format!("queue {queue:?} is full ({hwm} jobs waiting)"),
+        }
+    }
+}
+
+impl RouterState {
+    // ---- bad input -------------------------------------------------------
+
+    pub(super) fn on_decode_error(
+        &mut self,
+        socket: SocketKind,
+        peer: &PeerId,
+        e: DecodeError,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let kind = match &e.kind {
+            DecodeErrorKind::TooFewFrames { .. } => "too_few_frames",
+            DecodeErrorKind::MissingDelimiter => "missing_delimiter",
+            DecodeErrorKind::BadVersion(_) => "bad_protocol_version",
+            DecodeErrorKind::NotUtf8(_) => "not_utf8",
+            DecodeErrorKind::TrailingFrames(_) => "trailing_frames",
+            DecodeErrorKind::BadJson { .. } => "bad_json",
+            DecodeErrorKind::EmptyMsgid => "empty_msgid",
+        };
+        self.count(kind);
+        warn!(?socket, %peer, msgid = e.msgid.as_deref().unwrap_or("-"), command = e.command.as_deref().unwrap_or("-"),
+              error = %e.kind, "malformed message");
+        // Without a msgid there is nothing to answer to.
+        let Some(msgid) = e.msgid else { return };
+        match socket {
+            SocketKind::Frontend => self.refuse(peer, msgid, Refusal::Malformed(e.kind), now, out),
+            SocketKind::Admin => {
+                let body = serde_json::json!({"error": format!("malformed message: {}", e.kind)}).to_string();
+                out.push(send(socket, peer, Command::Reply(Reply::admin_answer(body))));
+            }
+            SocketKind::Backend => {}
+        }
+    }
+
+    /// Refuses `msgid` from `client`: an error REPLY (type `refused`) to the
+    /// client, the `refused` count and the reason's own, a warning with the
+    /// peer and msgid, and — for a job that got as far as its own record —
+    /// that record marked refused with the reply.
+    pub(super) fn refuse(&mut self, client: &PeerId, msgid: String, why: Refusal, now: Now, out: &mut Vec<Action>) {
+        self.count("refused");
+        if let Some(c) = why.counter() {
+            self.count(c);
+        }
+        if let Some(q) = why.queue() {
+            self.stats.refused(q);
+        }
+        let message = why.message(&msgid);
+        warn!(peer = %client, %msgid, reason = %message, "refused");
+        let reply = JobReply::failed(JobErrorKind::Refused, message, "").to_json();
+        if why.has_own_record() {
+            if let Some(r) = self.history.mark(&msgid, JobState::Refused, now.unix) {
+                r.result = Some(reply.clone());
+            }
+        }
+        out.push(send(
+            SocketKind::Frontend,
+            client,
+            Command::Reply(Reply::Result { reply_json: reply, orig_msgid: msgid }),
+        ));
+    }
+
+    // ---- frontend: clients and schedulers --------------------------------
+
+    pub(super) fn on_frontend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        if let Some(s) = self.schedulers.get_mut(&peer) {
+            s.last_seen = now.mono;
+        }
+        match m.command {
+            Command::Request(request) => self.on_request(peer, m.msgid, request, now, out),
+            Command::Inform(Inform { kind, .. }) if kind == "scheduler" => {
+                info!(%peer, msgid = %m.msgid, "scheduler connected");
+                self.schedulers.insert(peer.clone(), super::SchedulerPeer { last_seen: now.mono });
+                out.push(send(SocketKind::Frontend, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
+            }
+            Command::Heartbeat(_) => {}
+            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
+                // Clients may ask too; the answer is one JSON frame (a receipt's
+                // body is a msgid, never JSON, so the two cannot be confused).
+                let body = self.history.status_json(&job_msgid);
+                out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
+            }
+            Command::Kbye => {
+                if self.schedulers.remove(&peer).is_some() {
+                    info!(%peer, "scheduler said goodbye");
+                }
+            }
+            Command::Schedule(_) | Command::Unschedule(_) => {
+                // Hand the order to a scheduler, unchanged, as EventMQ does.
+                match self.schedulers.keys().min().cloned() {
+                    Some(s) => out.push(Action::Send { socket: SocketKind::Frontend, peer: s, message: m }),
+                    None => self.refuse(&peer, m.msgid, Refusal::NoScheduler, now, out),
+                }
+            }
+            other => self.refuse(&peer, m.msgid, Refusal::UnexpectedCommand(other.name().to_owned()), now, out),
+        }
+    }
+
+    /// A client's job: refused, or recorded, handed out or buffered, and
+    /// receipted.
+    fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
+        if self.cfg.reject_unknown_queues
+            && !self.queues.get(request.queue.as_str()).is_some_and(|q| q.ever_served)
+            && self.queues.get(DEFAULT_QUEUE).is_none_or(|q| q.job_managers.is_empty())
+        {
+            return self.refuse(&client, msgid, Refusal::UnknownQueue(request.queue), now, out);
+        }
+        let unfinished = self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying));
+        if self.in_flight.contains_key(msgid.as_str()) || unfinished {
+            return self.refuse(&client, msgid, Refusal::DuplicateMsgid, now, out);
+        }
+        let queue = self.resolve_queue(&request.queue);
+        let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
+        let queue_name = self.queue_name(&queue);
+        self.history.insert(
+            msgid_shared.clone(),
+            JobRecord {
+                queue: queue_name,
+                state: JobState::Queued,
+                job_manager: None,
+                received: now.unix,
+                dispatched: None,
+                finished: None,
+                attempts: 0,
+                result: None,
+                attempt_errors: Vec::new(),
+            },
+        );
+        let job = WaitingJob {
+            client: client.clone(),
+            msgid: msgid_shared,
+            request: StoredRequest::new(request, &queue),
+            received_ms: self.stamp(now.mono),
+            attempts: 0,
+        };
+        if let Some(jm) = self.pick_job_manager(&queue) {
+            self.dispatch(jm, queue.clone(), job, now, out);
+        } else {
+            let hwm = self.cfg.hwm;
+            let q = self.queues.entry(queue.clone()).or_default();
+            if q.waiting.len() >= hwm {
+                return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, now, out);
+            }
+            debug!(%msgid, %queue, "no free slot: job buffered");
+            q.waiting.push_back(job);
+        }
+        self.accepted += 1;
+        self.stats.accepted(&queue);
+        out.push(send(SocketKind::Frontend, &client, Command::Reply(Reply::receipt(msgid))));
+    }
+
+    /// The queue a REQUEST for `name` goes to: its own when it is (or was)
+    /// served by a job manager, else `default` (EventMQ's fallback).
+    pub(super) fn resolve_queue(&self, name: &str) -> String {
+        match self.queues.get(name) {
+            Some(q) if q.ever_served => name.to_owned(),
+            _ => DEFAULT_QUEUE.to_owned(),
+        }
+    }
+
+    /// The shared name of a resolved queue (served queues and `default`:
+    /// a bounded set).
+    pub(super) fn queue_name(&mut self, queue: &str) -> Arc<str> {
+        if let Some(n) = self.queue_names.get(queue) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(queue);
+        self.queue_names.insert(queue.to_owned(), n.clone());
+        n
+    }
+}

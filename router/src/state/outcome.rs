@@ -1,0 +1,182 @@
+//! Outcomes: a job manager's REPLY ends one attempt of a job. A failure
+//! with retries left waits for its retry (after `retry_delay ×
+//! retry_multiplier^(attempt-1)`); a final failure of a job the client asked
+//! us to keep becomes a dead letter (which an operator can REQUEUE); the
+//! final outcome — and only it — goes to a `reply-requested` client.
+
+use super::{
+    send, Action, AttemptError, DeadLetter, JobInFlight, JobState, Now, RouterState, SocketKind, WaitingJob,
+};
+use emq_protocol::{Command, JobErrorKind, JobReply, Reply};
+use emq_receiver::PeerId;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Longest wait before a retry, whatever the settings multiply to.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
+
+/// Final failures kept for the dashboard.
+const RECENT_FAILURES: usize = 50;
+
+impl RouterState {
+    /// A REPLY from job manager `from` for `orig_msgid`.
+    pub(super) fn on_job_done(
+        &mut self,
+        from: &PeerId,
+        reply_msgid: String,
+        reply_json: String,
+        orig_msgid: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(job) = self.in_flight.remove(orig_msgid.as_str()) else {
+            self.count("reply_for_unknown_job");
+            warn!(peer = %from, msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
+            return;
+        };
+        if let Some(jm) = self.job_managers.get_mut(&job.job_manager) {
+            jm.in_flight = jm.in_flight.saturating_sub(1);
+            jm.processed += 1;
+            if !job.reply_requested && !jm.reports_all_completions {
+                jm.reports_all_completions = true;
+                jm.unreported = Default::default();
+            }
+            if jm.leaving && jm.in_flight == 0 {
+                let peer = job.job_manager.clone();
+                self.remove_job_manager(&peer, "finished its last job after KBYE", now, out);
+            }
+        }
+        // Only a reply that mentions "error" is parsed to tell.
+        let error = if reply_json.contains("\"error\"") {
+            JobReply::from_json(&reply_json).ok().and_then(|r| r.error).map(|e| (e.kind, e.message))
+        } else {
+            None
+        };
+        let id: Arc<str> = Arc::from(orig_msgid.as_str());
+        self.conclude(id, job, reply_json, error, now, out);
+    }
+
+    /// The end of one attempt, with its reply and error (if it failed).
+    pub(super) fn conclude(
+        &mut self,
+        id: Arc<str>,
+        job: JobInFlight,
+        reply_json: String,
+        error: Option<(JobErrorKind, String)>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some((kind, message)) = &error {
+            let error = AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
+            self.history.record_attempt_error(&id, error);
+            if job.request.is_some() && job.attempts <= job.retry_count {
+                return self.schedule_retry(id, job, kind, reply_json, now);
+            }
+        }
+        let dead = error.is_some() && job.keep && job.request.is_some();
+        let state = match (&error, dead) {
+            (None, _) => JobState::Done,
+            (Some(_), true) => JobState::Dead,
+            (Some((JobErrorKind::JobManagerLost, _)), false) => JobState::Lost,
+            (Some(_), false) => JobState::Failed,
+        };
+        if let Some(r) = self.history.mark(&id, state, now.unix) {
+            r.result = Some(reply_json.clone());
+        }
+        let secs = now.mono.saturating_duration_since(job.received);
+        self.stats.finished(&job.queue, secs.as_secs_f64(), error.is_some());
+        self.metrics.observe_finish(&job.queue, secs);
+        if let Some((kind, message)) = &error {
+            self.remember_failure(&id, &job.queue, kind, message, now);
+            if dead {
+                self.keep_dead_letter(id.clone(), &job, kind, message, now);
+            }
+        }
+        if job.reply_requested {
+            out.push(send(
+                SocketKind::Frontend,
+                &job.client,
+                Command::Reply(Reply::Result { reply_json, orig_msgid: id.to_string() }),
+            ));
+        }
+    }
+
+    /// A failed attempt with retries left waits for its retry.
+    fn schedule_retry(&mut self, id: Arc<str>, job: JobInFlight, kind: &JobErrorKind, reply_json: String, now: Now) {
+        let factor = self.cfg.retry_multiplier.powi((job.attempts as i32 - 1).min(30));
+        let delay = Duration::try_from_secs_f64(self.cfg.retry_delay.as_secs_f64() * factor)
+            .unwrap_or(MAX_RETRY_DELAY)
+            .min(MAX_RETRY_DELAY);
+        self.count("retried");
+        self.stats.retried(&job.queue);
+        info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %kind, ?delay, "job failed: retrying");
+        if let Some(r) = self.history.mark(&id, JobState::Retrying, now.unix) {
+            r.result = Some(reply_json);
+        }
+        let request = job.request.clone().expect("a job with retries keeps its request");
+        let waiting = self.waiting_again(id, &job, request, job.attempts);
+        self.delayed_seq += 1;
+        self.delayed.insert((now.mono + delay, self.delayed_seq), (job.queue, waiting));
+    }
+
+    /// A job that used up its retries is kept (bounded, oldest dropped).
+    fn keep_dead_letter(&mut self, id: Arc<str>, job: &JobInFlight, kind: &JobErrorKind, message: &str, now: Now) {
+        self.count("dead_letters");
+        warn!(msgid = %id, queue = %job.queue, attempts = job.attempts, error = %kind, "job used up its retries: dead letter");
+        if self.dead.len() >= self.cfg.dead_letter_max.max(1) {
+            self.dead.pop_front();
+            self.count("dead_letters_dropped");
+        }
+        self.dead.push_back(DeadLetter {
+            msgid: id,
+            client: job.client.clone(),
+            queue: job.queue.clone(),
+            request: job.request.clone().expect("a dead letter keeps its request"),
+            attempts: job.attempts,
+            error_type: kind.to_string(),
+            error_message: message.to_owned(),
+            at: now.unix,
+        });
+    }
+
+    /// The last final failures, for the dashboard.
+    fn remember_failure(&mut self, id: &str, queue: &str, kind: &JobErrorKind, message: &str, now: Now) {
+        if self.recent_failures.len() >= RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(serde_json::json!({
+            "msgid": id, "queue": queue, "type": kind, "message": message, "at": now.unix,
+        }));
+    }
+
+    /// Tick step: retries that are due go back to their queue.
+    pub(super) fn release_due_retries(&mut self, now: Now, out: &mut Vec<Action>) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now.mono {
+                return;
+            }
+            let (queue, job) = entry.remove();
+            self.requeue(queue, job, now, out);
+        }
+    }
+
+    /// `REQUEUE msgid`: a dead letter runs again, with its retries afresh.
+    pub(super) fn requeue_dead_letter(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> String {
+        let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
+            return serde_json::json!({"error": format!("no dead letter {msgid}")}).to_string();
+        };
+        let d = self.dead.remove(pos).expect("position exists");
+        info!(%msgid, queue = %d.queue, "dead letter requeued");
+        self.count("requeued_dead_letters");
+        let waiting = WaitingJob {
+            client: d.client,
+            msgid: d.msgid,
+            request: d.request,
+            received_ms: self.stamp(now.mono),
+            attempts: 0,
+        };
+        self.requeue(d.queue, waiting, now, out);
+        serde_json::json!({"requeued": msgid}).to_string()
+    }
+}

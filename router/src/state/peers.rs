@@ -1,0 +1,305 @@
+//! Peers: job managers on the backend (INFORM, READY, HEARTBEAT with pool
+//! health, KBYE), peer loss (silence past `heartbeat_timeout`, a send that
+//! finds the peer gone) and the router's own heartbeats. A job manager that
+//! is lost takes its unfinished jobs with it: `guarantee` ones go back to
+//! the front of their queue, the others end as `job manager lost`.
+
+use super::{
+    send, Action, JobManagerPeer, JobState, Now, RouterState, SocketKind, StaleJobManager, StoredRequest,
+};
+use emq_protocol::{
+    Ack, Command, Heartbeat, Inform, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, DEFAULT_QUEUE,
+};
+use emq_receiver::PeerId;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+impl RouterState {
+    pub(super) fn on_backend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
+        if let Some(jm) = self.job_managers.get_mut(&peer) {
+            jm.last_seen = now.mono;
+        }
+        match m.command {
+            Command::Inform(inform) if inform.kind != "worker" => {
+                // EventMQ's router ignores other kinds too; only a job
+                // manager that says so gets slots and jobs.
+                self.count("bad_inform_kind");
+                warn!(%peer, msgid = %m.msgid, kind = %inform.kind, "INFORM on the backend without kind \"worker\": ignored");
+            }
+            Command::Inform(inform) => self.on_inform(peer, m.msgid, inform, now, out),
+            Command::Ready => self.on_ready(peer, m.msgid, now, out),
+            Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                self.on_job_done(&peer, m.msgid, reply_json, orig_msgid, now, out)
+            }
+            Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb),
+            Command::Kbye => self.on_job_manager_kbye(&peer, now, out),
+            other => {
+                self.count("unexpected_backend_command");
+                warn!(%peer, msgid = %m.msgid, command = other.name(), "unexpected command on backend");
+            }
+        }
+    }
+
+    /// A job manager (re)announces itself and its queues.
+    fn on_inform(&mut self, peer: PeerId, msgid: String, inform: Inform, now: Now, out: &mut Vec<Action>) {
+        if self.job_managers.contains_key(&peer) {
+            // Same identity again: start over, as for a new peer.
+            self.remove_job_manager(&peer, "re-INFORMed", now, out);
+        }
+        self.stale.remove(&peer);
+        let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
+        let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
+        info!(%peer, %msgid, queues = %queues.to_wire(), "job manager connected");
+        for (weight, name) in &queues.0 {
+            let newly_served = !self.queues.get(name).is_some_and(|q| q.ever_served);
+            let q = self.queues.entry(name.clone()).or_default();
+            q.ever_served = true;
+            q.job_managers.push((*weight, peer.clone()));
+            if newly_served && name != DEFAULT_QUEUE {
+                self.adopt_from_default(name);
+            }
+        }
+        self.job_managers.insert(peer.clone(), JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock));
+        out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
+    }
+
+    /// One more free slot at `peer`; it takes the oldest waiting job of its
+    /// best queue. For EventMQ's job manager, a READY is also the only sign
+    /// that a job without `reply-requested` ended.
+    fn on_ready(&mut self, peer: PeerId, msgid: String, now: Now, out: &mut Vec<Action>) {
+        let Some(jm) = self.job_managers.get_mut(&peer) else {
+            self.count("ready_from_unknown_peer");
+            warn!(%peer, %msgid, "READY from unknown job manager (no INFORM yet): ignored");
+            return;
+        };
+        if !jm.leaving {
+            jm.free_slots += 1;
+        }
+        let mut retired = None;
+        if !jm.reports_all_completions {
+            // Only a job handed out before its previous READY can be the
+            // one this READY reports (its first READYs announce workers).
+            while let Some(id) = jm.unreported.front() {
+                match self.in_flight.get(id) {
+                    Some(j) if j.job_manager == peer && j.dispatch_seq <= jm.last_ready_seq => {
+                        jm.in_flight = jm.in_flight.saturating_sub(1);
+                        jm.processed += 1;
+                        retired = jm.unreported.pop_front();
+                        break;
+                    }
+                    Some(j) if j.job_manager == peer => break,
+                    _ => {
+                        jm.unreported.pop_front();
+                    }
+                }
+            }
+        }
+        jm.last_ready_seq = self.lru_clock;
+        let (leaving, idle) = (jm.leaving, jm.in_flight == 0);
+        if let Some(id) = retired {
+            if let Some(job) = self.in_flight.remove(&id) {
+                self.stats.finished(&job.queue, now.mono.saturating_duration_since(job.received).as_secs_f64(), false);
+            }
+            self.history.mark(&id, JobState::Done, now.unix);
+        }
+        if leaving {
+            if idle {
+                self.remove_job_manager(&peer, "finished its last job after KBYE", now, out);
+            }
+            return;
+        }
+        self.drain_to(&peer, now, out);
+    }
+
+    /// Liveness and, from our job managers, pool health — parsed once here
+    /// (bounded in size) and read as a value by STATUS, metrics and the
+    /// dashboard.
+    fn on_heartbeat(&mut self, peer: &PeerId, hb: Heartbeat) {
+        let health = match hb.health.as_deref().map(PoolHealth::from_json) {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                self.count("bad_health");
+                warn!(%peer, error = %e, "heartbeat health not taken");
+                None
+            }
+        };
+        let Some(jm) = self.job_managers.get_mut(peer) else {
+            self.count("heartbeat_from_unknown_peer");
+            debug!(%peer, "heartbeat from unknown job manager");
+            return;
+        };
+        jm.last_heartbeat = Some(hb.timestamp);
+        if health.is_some() {
+            jm.health = health;
+        }
+    }
+
+    /// KBYE from a job manager: no new jobs for it, but the jobs it is
+    /// running may still report (a draining shutdown); it is forgotten once
+    /// they have, or when it stops heartbeating.
+    fn on_job_manager_kbye(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+        let Some(jm) = self.job_managers.get_mut(peer) else { return };
+        info!(%peer, jobs_in_flight = jm.in_flight, "job manager said goodbye");
+        jm.leaving = true;
+        jm.free_slots = 0;
+        let idle = jm.in_flight == 0;
+        for q in self.queues.values_mut() {
+            q.job_managers.retain(|(_, p)| p != peer);
+        }
+        if idle {
+            self.remove_job_manager(peer, "said KBYE", now, out);
+        }
+    }
+
+    /// Forgets a job manager and its slots. Its unfinished jobs: `guarantee`
+    /// ones go back to the front of their queue; the others fail (or retry),
+    /// with an error to the client when it asked for a reply.
+    pub(super) fn remove_job_manager(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
+        let Some(jm) = self.job_managers.remove(peer) else { return };
+        out.push(Action::Forget { socket: SocketKind::Backend, peer: peer.clone() });
+        for q in self.queues.values_mut() {
+            q.job_managers.retain(|(_, p)| p != peer);
+        }
+        info!(%peer, why, jobs_in_flight = jm.in_flight, "job manager removed");
+        let mut mine: Vec<(Instant, Arc<str>)> = if jm.in_flight == 0 {
+            Vec::new()
+        } else {
+            self.in_flight
+                .iter()
+                .filter(|(_, j)| j.job_manager == *peer)
+                .map(|(id, j)| (j.dispatched, id.clone()))
+                .collect()
+        };
+        // Oldest first, so requeued jobs keep their order at the queue front.
+        mine.sort();
+        for (_, id) in mine.into_iter().rev() {
+            let Some(mut job) = self.in_flight.remove(&id) else { continue };
+            match job.request.take() {
+                Some(request) if job.guarantee => {
+                    self.count("requeued");
+                    info!(msgid = %id, queue = %job.queue, "guaranteed job requeued after its job manager was lost");
+                    let waiting = self.waiting_again(id, &job, request, job.attempts);
+                    self.requeue(job.queue, waiting, now, out);
+                }
+                request => {
+                    job.request = request;
+                    self.count("lost_with_job_manager");
+                    warn!(msgid = %id, queue = %job.queue, job_manager = %peer, "job manager lost with the job");
+                    let message = format!("job manager {peer} {why} before the job finished");
+                    let reply = JobReply::failed(JobErrorKind::JobManagerLost, message.clone(), "");
+                    self.conclude(id, job, reply.to_json(), Some((JobErrorKind::JobManagerLost, message)), now, out);
+                }
+            }
+        }
+    }
+
+    /// A send to `peer` failed: the peer is gone.
+    pub(super) fn on_unreachable(
+        &mut self,
+        socket: SocketKind,
+        peer: PeerId,
+        message: Message,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        // A client that left before its receipt is normal; a job manager or
+        // scheduler that vanished is not.
+        self.count(if socket == SocketKind::Backend { "unreachable_job_manager" } else { "client_gone" });
+        match (socket, message.command) {
+            (SocketKind::Backend, Command::Request(request)) => {
+                // Never delivered: it goes back to the queue whatever its
+                // headers, and the vanished job manager is forgotten.
+                let msgid = message.msgid;
+                warn!(%peer, %msgid, "job manager unreachable: job requeued");
+                // Only when this job manager still owns the job: else it was
+                // requeued (and perhaps re-dispatched) when it was forgotten.
+                let owned = self.in_flight.get(msgid.as_str()).is_some_and(|j| j.job_manager == peer);
+                let job = if owned { self.in_flight.remove_entry(msgid.as_str()) } else { None };
+                if let Some(jm) = self.job_managers.get_mut(&peer).filter(|_| job.is_some()) {
+                    jm.in_flight = jm.in_flight.saturating_sub(1);
+                }
+                self.remove_job_manager(&peer, "became unreachable", now, out);
+                if let Some((key, job)) = job {
+                    let request = StoredRequest::new(request, &job.queue);
+                    let waiting = self.waiting_again(key, &job, request, job.attempts - 1);
+                    self.requeue(job.queue, waiting, now, out);
+                }
+            }
+            (SocketKind::Backend, _) => self.remove_job_manager(&peer, "became unreachable", now, out),
+            (SocketKind::Frontend, cmd) => {
+                if self.schedulers.remove(&peer).is_some() {
+                    info!(%peer, "scheduler unreachable: removed");
+                } else {
+                    debug!(%peer, msgid = %message.msgid, command = cmd.name(), "client gone before its reply");
+                }
+            }
+            (SocketKind::Admin, _) => debug!(%peer, "admin client gone before its answer"),
+        }
+    }
+
+    // ---- tick steps --------------------------------------------------------
+
+    /// Job managers silent past `heartbeat_timeout` are removed (and shown
+    /// as stale for a while).
+    pub(super) fn expire_silent_job_managers(&mut self, now: Now, out: &mut Vec<Action>) {
+        let timeout = self.cfg.heartbeat_timeout;
+        let silent: Vec<PeerId> = self
+            .job_managers
+            .iter()
+            .filter(|(_, jm)| now.mono.saturating_duration_since(jm.last_seen) > timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in silent {
+            self.count("heartbeat_timeouts");
+            warn!(%peer, "job manager silent past heartbeat_timeout: removed");
+            if let Some(jm) = self.job_managers.get(&peer) {
+                let stale = StaleJobManager {
+                    queues: jm.queues.clone(),
+                    last_seen: jm.last_seen,
+                    health: jm.health.clone(),
+                    processed: jm.processed,
+                };
+                self.stale.insert(peer.clone(), stale);
+            }
+            self.remove_job_manager(&peer, "stopped heartbeating", now, out);
+        }
+    }
+
+    /// Stale job managers are shown for three more timeouts, then gone.
+    pub(super) fn forget_old_stale_job_managers(&mut self, now: Now) {
+        let keep_for = self.cfg.heartbeat_timeout * 4;
+        self.stale.retain(|_, s| now.mono.saturating_duration_since(s.last_seen) < keep_for);
+    }
+
+    pub(super) fn expire_silent_schedulers(&mut self, now: Now) {
+        let timeout = self.cfg.heartbeat_timeout;
+        self.schedulers.retain(|peer, s| {
+            let alive = now.mono.saturating_duration_since(s.last_seen) <= timeout;
+            if !alive {
+                warn!(%peer, "scheduler silent past heartbeat_timeout: removed");
+            }
+            alive
+        });
+    }
+
+    /// Every `heartbeat_interval`, a HEARTBEAT to every job manager and
+    /// scheduler (none once shutting down).
+    pub(super) fn send_heartbeats(&mut self, now: Now, out: &mut Vec<Action>) {
+        let due = self
+            .last_heartbeat_sent
+            .is_none_or(|t| now.mono.saturating_duration_since(t) >= self.cfg.heartbeat_interval);
+        if !due || self.shutting_down {
+            return;
+        }
+        self.last_heartbeat_sent = Some(now.mono);
+        let hb = Heartbeat { timestamp: format!("{:.3}", now.unix), health: None };
+        for peer in self.job_managers.keys() {
+            out.push(send(SocketKind::Backend, peer, Command::Heartbeat(hb.clone())));
+        }
+        for peer in self.schedulers.keys() {
+            out.push(send(SocketKind::Frontend, peer, Command::Heartbeat(hb.clone())));
+        }
+    }
+}

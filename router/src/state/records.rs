@@ -1,0 +1,210 @@
+//! The records the router keeps about peers and jobs: a [`JobManagerPeer`]
+//! (one connected job manager and its free [`WorkerSlot`]s), a
+//! [`SchedulerPeer`], a [`JobInFlight`] (handed to a job manager, not yet
+//! reported), a [`WaitingJob`] (buffered in a queue or waiting for its
+//! retry), its [`StoredRequest`], a [`DeadLetter`] and a
+//! [`StaleJobManager`]. Plain data: the rooms of the state machine
+//! (`intake`, `dispatch`, `peers`, `outcome`, `admin`) change them.
+//!
+//! Words: a *job manager* is a connected `emq-jobmanager` (or EventMQ's);
+//! a *worker slot* is one job it can take now — it announces one with each
+//! READY. The router never sees worker processes, only slots.
+
+use emq_protocol::{PoolHealth, QueueSpec, Request};
+use emq_receiver::PeerId;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One free place for a job at a job manager, announced by a READY. The
+/// router only counts them ([`JobManagerPeer::free_slots`]); the name is
+/// here so that code and docs say "slot" for this and nothing else.
+pub type WorkerSlot = u32;
+
+/// A connected job manager: its queues, its free [`WorkerSlot`]s and what
+/// it has in hand.
+#[derive(Debug)]
+pub struct JobManagerPeer {
+    pub queues: QueueSpec,
+    /// READYs received minus jobs handed out.
+    pub free_slots: WorkerSlot,
+    pub last_seen: Instant,
+    /// Monotonic "last time a job went here", for least-recently-used order.
+    pub last_used: u64,
+    /// Jobs handed to it and not yet reported done.
+    pub in_flight: usize,
+    /// Msgids of jobs without `reply-requested` handed to it, oldest first,
+    /// kept only until it proves it reports every job (EventMQ's job manager
+    /// does not; for it a READY retires the oldest of these).
+    pub unreported: VecDeque<Arc<str>>,
+    /// Set once it reports a job that did not ask for a reply (or it says so
+    /// at INFORM): then it is one of ours, which reports every job.
+    pub reports_all_completions: bool,
+    /// Wall-clock seconds of its last heartbeat, as it sent them.
+    pub last_heartbeat: Option<String>,
+    /// Our extension: its pool health, parsed once from its last heartbeat.
+    pub health: Option<PoolHealth>,
+    /// The dispatch counter at its previous READY: only jobs handed out
+    /// before that READY can have been finished by its next one.
+    pub last_ready_seq: u64,
+    pub processed: u64,
+    /// Said KBYE: gets no new jobs; forgotten once its running jobs report.
+    pub leaving: bool,
+}
+
+impl JobManagerPeer {
+    /// A job manager that has just INFORMed.
+    pub fn new(queues: QueueSpec, reports_all_completions: bool, now: Instant, dispatch_seq: u64) -> Self {
+        JobManagerPeer {
+            queues,
+            free_slots: 0,
+            last_seen: now,
+            last_used: 0,
+            in_flight: 0,
+            unreported: VecDeque::new(),
+            reports_all_completions,
+            last_heartbeat: None,
+            health: None,
+            last_ready_seq: dispatch_seq,
+            processed: 0,
+            leaving: false,
+        }
+    }
+
+    /// The name it goes by in metrics and tables: its `--name`, else
+    /// `host:pid` from its health; `None` before any health arrived (an
+    /// EventMQ job manager never sends one).
+    pub fn display_name(&self) -> Option<String> {
+        display_name(self.health.as_ref())
+    }
+}
+
+/// `--name`, else `host:pid`, from a health report.
+pub fn display_name(health: Option<&PoolHealth>) -> Option<String> {
+    let h = health?;
+    if !h.name.is_empty() {
+        Some(h.name.clone())
+    } else if !h.host.is_empty() && h.pid != 0 {
+        Some(format!("{}:{}", h.host, h.pid))
+    } else {
+        None
+    }
+}
+
+/// A connected scheduler.
+#[derive(Debug)]
+pub struct SchedulerPeer {
+    pub last_seen: Instant,
+}
+
+/// A job handed to a job manager and not yet reported done.
+#[derive(Debug)]
+pub struct JobInFlight {
+    pub client: PeerId,
+    pub job_manager: PeerId,
+    /// The queue it was dispatched from (after fallback to `default`).
+    pub queue: String,
+    pub received: Instant,
+    pub dispatched: Instant,
+    pub reply_requested: bool,
+    pub guarantee: bool,
+    /// Times it was handed out (1 on first dispatch).
+    pub attempts: u32,
+    /// Kept for `guarantee` and `retry-count` jobs: to requeue, retry or
+    /// keep as a dead letter.
+    pub request: Option<StoredRequest>,
+    /// Retries allowed (`retry-count:N`; 0 when absent).
+    pub retry_count: u32,
+    /// The client asked us to take care of it (`guarantee` or
+    /// `retry-count`): a final failure becomes a dead letter.
+    pub keep: bool,
+    /// Value of the router's dispatch counter when it was handed out.
+    pub dispatch_seq: u64,
+}
+
+/// A job waiting for a free slot (or for its retry). Kept compact (boxed
+/// frames, a msgid shared with its in-flight and history records): a
+/// router may hold a million of these.
+#[derive(Debug)]
+pub struct WaitingJob {
+    pub client: PeerId,
+    pub msgid: Arc<str>,
+    pub request: StoredRequest,
+    /// Milliseconds since the router started (4 bytes, not a 16-byte Instant).
+    pub received_ms: u32,
+    /// Dispatches behind it (0 for a new job).
+    pub attempts: u32,
+}
+
+/// A REQUEST's three body frames, stored exactly as received (forwarded
+/// byte-identical), in exact-size boxes. The queue name is only stored when
+/// it differs from the queue the job waits in (a fallback to `default`).
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    pub queue: Option<Box<str>>,
+    pub headers: Box<str>,
+    pub payload: Box<str>,
+}
+
+impl StoredRequest {
+    /// Stores `r`, which is going to wait in (or be sent from) `resolved`.
+    pub fn new(r: Request, resolved: &str) -> Self {
+        let queue = (r.queue != resolved).then(|| r.queue.into_boxed_str());
+        StoredRequest { queue, headers: r.headers.into(), payload: r.payload.into() }
+    }
+
+    /// The REQUEST as it was received; `resolved` is its queue here.
+    pub fn into_request(self, resolved: &str) -> Request {
+        Request {
+            queue: self.queue.map_or_else(|| resolved.to_owned(), String::from),
+            headers: self.headers.into(),
+            payload: self.payload.into(),
+        }
+    }
+
+    /// The queue name the client asked for.
+    pub fn queue<'a>(&'a self, resolved: &'a str) -> &'a str {
+        self.queue.as_deref().unwrap_or(resolved)
+    }
+
+    pub fn headers(&self) -> emq_protocol::Headers {
+        emq_protocol::Headers::parse(&self.headers)
+    }
+
+    /// Sets `attempt:N` (readable by the job as `emq.attempt`) on a re-run;
+    /// a first dispatch stays byte-identical.
+    pub fn mark_attempt(&mut self, attempt: u32) {
+        let kept: Vec<&str> =
+            self.headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
+        let mut h = kept.join(",");
+        if !h.is_empty() {
+            h.push(',');
+        }
+        h.push_str(&format!("attempt:{attempt}"));
+        self.headers = h.into_boxed_str();
+    }
+}
+
+/// A job that used up its retries (or a lost `guarantee`d job past them),
+/// kept for `emq-cli dead` and `REQUEUE`.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub msgid: Arc<str>,
+    pub client: PeerId,
+    pub queue: String,
+    pub request: StoredRequest,
+    pub attempts: u32,
+    pub error_type: String,
+    pub error_message: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
+/// A job manager removed for silence, remembered for display.
+#[derive(Debug)]
+pub struct StaleJobManager {
+    pub queues: QueueSpec,
+    pub last_seen: Instant,
+    pub health: Option<PoolHealth>,
+    pub processed: u64,
+}
