@@ -1,0 +1,425 @@
+//! # emq-journal — the router's append-only job journal
+//!
+//! Owns: the on-disk format of what happened to every accepted job
+//! ([`Record`], framed with a length and a CRC32C in segment files), group
+//! commit on a journal thread (everything the router appended in one pass
+//! of its poll loop is written and synced together; the router learns which
+//! batch is durable through [`Journal::durable`] and a pipe it polls),
+//! checkpoints that bound replay time and let old segments be deleted, and
+//! replay at start with torn-tail truncation and optional repair.
+//!
+//! Does not own: what the records mean for the router's state (the router's
+//! `recovery` room), when receipts go out (the router's poll loop holds
+//! them until their batch is durable), or sockets.
+//!
+//! The router talks to it through the [`JobLog`] trait, so that another
+//! store (e.g. PostgreSQL for a standby router) can take its place.
+
+pub mod record;
+mod replay;
+pub mod segment;
+
+pub use record::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record, RecordError};
+pub use replay::{replay, ReplayReport};
+
+use crossbeam_channel::{Receiver, Sender};
+use segment::{frame, sync_dir, SegmentWriter};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+/// What a journal could not do.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "journal segment {path} is damaged at byte {offset} ({problem}); \
+         start with --journal-repair to keep every valid record and drop the damaged ones"
+    )]
+    Damaged { path: PathBuf, offset: u64, problem: String },
+    #[error("journal directory {path} is in use by another router (lock held)")]
+    Locked { path: PathBuf },
+}
+
+/// When a receipt may go out, and what a crash can take away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After fdatasync: accepted jobs survive a power loss or kernel crash.
+    Fsync,
+    /// After write(2): they survive a crash of the router process (the
+    /// kernel still has them), not a power loss.
+    Write,
+    /// Receipts do not wait; the journal is written in the background:
+    /// a crash may lose the last moments of accepted jobs.
+    Off,
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(SyncPolicy::Fsync),
+            "write" => Ok(SyncPolicy::Write),
+            "off" => Ok(SyncPolicy::Off),
+            other => Err(format!("{other:?} is not one of \"fsync\", \"write\", \"off\"")),
+        }
+    }
+}
+
+/// How to open a journal.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    pub dir: PathBuf,
+    pub sync: SyncPolicy,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Keep going past damaged records (skipping them) instead of stopping.
+    pub repair: bool,
+}
+
+/// Figures for STATUS, metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_micros: AtomicU64,
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Bytes on disk in live segments.
+    pub disk_bytes: AtomicU64,
+    /// Write or sync failures (each retried).
+    pub errors: AtomicU64,
+}
+
+/// The store the router writes its job records to. [`Journal`] is the
+/// file-based one; a networked store implements the same calls.
+pub trait JobLog {
+    /// Adds a record to the batch of the current poll pass.
+    fn append(&mut self, record: &Record);
+    /// The id the current batch will have: what a receipt for a job
+    /// accepted in this pass must wait for.
+    fn current_batch(&self) -> u64;
+    /// Ends the pass: hands the batch to the writer (nothing when empty).
+    fn submit(&mut self);
+    /// The highest batch id that is durable (per the sync policy).
+    fn durable(&self) -> u64;
+    /// Writes a checkpoint: `records` describe all live state; once it is
+    /// durable, everything before it may be deleted.
+    fn checkpoint(&mut self, records: &mut dyn Iterator<Item = Record>);
+    /// Bytes written since the last checkpoint.
+    fn bytes_since_checkpoint(&self) -> u64;
+    /// Waits until everything submitted is durable, then stops the writer.
+    fn close(&mut self);
+}
+
+enum ToWriter {
+    Batch { id: u64, bytes: Vec<u8>, records: u64 },
+    Checkpoint { id: u64, bytes: Vec<u8> },
+}
+
+/// The file journal: a writer thread appending to segment files.
+pub struct Journal {
+    tx: Option<Sender<ToWriter>>,
+    durable: Arc<AtomicU64>,
+    notify_r: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// Id of the batch being built.
+    next_id: u64,
+    sync: SyncPolicy,
+    stats: Arc<JournalStats>,
+    bytes_since_checkpoint: u64,
+    next_checkpoint_id: u64,
+    _lock: std::fs::File,
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating it when missing) the journal in `opts.dir`, replays
+    /// it through `on_record`, and starts the writer on a fresh segment.
+    pub fn open(
+        opts: &JournalOptions,
+        on_record: impl FnMut(Record),
+    ) -> Result<(Journal, ReplayReport), JournalError> {
+        let dir = &opts.dir;
+        let io = |e| JournalError::Io { path: dir.clone(), source: e };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock_dir(dir)?;
+        let report = replay(dir, opts.repair, on_record)?;
+        for old in &report.obsolete {
+            if let Err(e) = std::fs::remove_file(old) {
+                warn!(segment = %old.display(), error = %e, "cannot delete an obsolete segment");
+            }
+        }
+        let writer = SegmentWriter::create(dir, report.last_seq + 1).map_err(io)?;
+        let stats = Arc::new(JournalStats::default());
+        stats.disk_bytes.store(report.bytes.saturating_sub(report.torn_tail.as_ref().map_or(0, |t| t.2)), Ordering::Relaxed);
+        let durable = Arc::new(AtomicU64::new(0));
+        let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io(std::io::Error::from(e)))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = {
+            let (durable, stats, dir, sync) = (durable.clone(), stats.clone(), dir.clone(), opts.sync);
+            let seg_bytes = opts.segment_bytes.max(1 << 20);
+            std::thread::Builder::new()
+                .name("emq-journal".into())
+                .spawn(move || writer_loop(rx, writer, dir, sync, seg_bytes, durable, notify_w, stats))
+                .map_err(io)?
+        };
+        let journal = Journal {
+            tx: Some(tx),
+            durable,
+            notify_r,
+            thread: Some(thread),
+            pending: Vec::with_capacity(1 << 16),
+            pending_records: 0,
+            next_id: 1,
+            sync: opts.sync,
+            stats,
+            bytes_since_checkpoint: report.bytes,
+            next_checkpoint_id: report.checkpoint.unwrap_or(0) + 1,
+            _lock: lock,
+            dir: dir.clone(),
+        };
+        Ok((journal, report))
+    }
+
+    /// The fd the poll loop watches: readable when a batch became durable.
+    pub fn notify_fd(&self) -> RawFd {
+        self.notify_r.as_raw_fd()
+    }
+
+    /// Empties the notification pipe.
+    pub fn drain_notify(&self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = nix::unistd::read(&self.notify_r, &mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl JobLog for Journal {
+    fn append(&mut self, record: &Record) {
+        frame(record, &mut self.pending);
+        self.pending_records += 1;
+    }
+
+    fn current_batch(&self) -> u64 {
+        self.next_id
+    }
+
+    fn submit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(1 << 16));
+        self.bytes_since_checkpoint += bytes.len() as u64;
+        let records = std::mem::take(&mut self.pending_records);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ToWriter::Batch { id: self.next_id, bytes, records });
+        }
+        self.next_id += 1;
+    }
+
+    fn durable(&self) -> u64 {
+        match self.sync {
+            // Receipts do not wait for the writer.
+            SyncPolicy::Off => self.next_id - 1,
+            _ => self.durable.load(Ordering::Acquire),
+        }
+    }
+
+    fn checkpoint(&mut self, records: &mut dyn Iterator<Item = Record>) {
+        self.submit();
+        let id = self.next_checkpoint_id;
+        self.next_checkpoint_id += 1;
+        let mut bytes = Vec::with_capacity(1 << 20);
+        frame(&Record::CheckpointBegin { id }, &mut bytes);
+        for r in records {
+            frame(&r, &mut bytes);
+        }
+        frame(&Record::CheckpointEnd { id }, &mut bytes);
+        self.bytes_since_checkpoint = 0;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ToWriter::Checkpoint { id: self.next_id, bytes });
+        }
+        self.next_id += 1;
+    }
+
+    fn bytes_since_checkpoint(&self) -> u64 {
+        self.bytes_since_checkpoint
+    }
+
+    fn close(&mut self) {
+        self.submit();
+        self.tx = None; // the writer drains what is queued, then ends
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// One router per journal directory: an exclusive lock on `dir/lock`.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked.unlock().map_err(|(_, e)| JournalError::Io { path: path.clone(), source: e.into() }).and_then(
+            |f| {
+                // Re-take it for the life of the journal (Flock unlocks on drop).
+                let raw = f.as_raw_fd();
+                // SAFETY: flock(2) on an fd we own, with no memory effects.
+                if unsafe { nix::libc::flock(raw, nix::libc::LOCK_EX | nix::libc::LOCK_NB) } != 0 {
+                    return Err(JournalError::Locked { path: dir.to_path_buf() });
+                }
+                Ok(f)
+            },
+        ),
+        Err(_) => Err(JournalError::Locked { path: dir.to_path_buf() }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn writer_loop(
+    rx: Receiver<ToWriter>,
+    mut seg: SegmentWriter,
+    dir: PathBuf,
+    sync: SyncPolicy,
+    segment_bytes: u64,
+    durable: Arc<AtomicU64>,
+    notify_w: OwnedFd,
+    stats: Arc<JournalStats>,
+) {
+    // Segments to delete once the checkpoint after them is durable.
+    let mut obsolete_before: Option<u64> = None;
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut msgs = vec![first];
+        msgs.extend(rx.try_iter());
+        let mut max_id = 0;
+        for m in msgs {
+            let (id, bytes, is_checkpoint, records) = match m {
+                ToWriter::Batch { id, bytes, records } => (id, bytes, false, records),
+                ToWriter::Checkpoint { id, bytes } => (id, bytes, true, 0),
+            };
+            if is_checkpoint || seg.len >= segment_bytes {
+                // A checkpoint starts a segment of its own; so does a full one.
+                // What is in the old one is synced first.
+                retry(&stats, &mut failed, || seg.sync());
+                let next = seg.seq + 1;
+                seg = loop {
+                    match SegmentWriter::create(&dir, next) {
+                        Ok(s) => break s,
+                        Err(e) => {
+                            error!(error = %e, "journal: cannot start a new segment; retrying");
+                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                };
+                if is_checkpoint {
+                    obsolete_before = Some(seg.seq);
+                    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            retry(&stats, &mut failed, || seg.write(&bytes));
+            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            stats.disk_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            stats.records.fetch_add(records, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            max_id = max_id.max(id);
+        }
+        if sync == SyncPolicy::Fsync {
+            let t = Instant::now();
+            retry(&stats, &mut failed, || seg.sync());
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        durable.store(max_id, Ordering::Release);
+        let _ = nix::unistd::write(&notify_w, &[1]);
+        if let Some(before) = obsolete_before.take() {
+            delete_before(&dir, before, &stats);
+        }
+    }
+    // The router closed the journal: make everything durable.
+    if let Err(e) = seg.sync() {
+        error!(error = %e, "journal: final sync failed");
+    }
+}
+
+/// Runs `op` until it succeeds, logging and counting failures (a full disk
+/// may clear; receipts wait meanwhile — nothing is acknowledged that is
+/// not written).
+fn retry(stats: &JournalStats, failed: &mut bool, mut op: impl FnMut() -> std::io::Result<()>) {
+    loop {
+        match op() {
+            Ok(()) => {
+                if *failed {
+                    info!("journal: writing again");
+                    *failed = false;
+                }
+                return;
+            }
+            Err(e) => {
+                if !*failed {
+                    error!(error = %e, "journal: write failed; receipts wait until it works again");
+                }
+                *failed = true;
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn delete_before(dir: &Path, seq: u64, stats: &JournalStats) {
+    let Ok(segments) = segment::list_segments(dir) else { return };
+    let mut freed = 0;
+    for (s, path) in segments {
+        if s >= seq {
+            break;
+        }
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => freed += len,
+            Err(e) => warn!(segment = %path.display(), error = %e, "cannot delete a checkpointed segment"),
+        }
+    }
+    let _ = sync_dir(dir);
+    stats.disk_bytes.fetch_sub(freed.min(stats.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! Journal tests on real files in a temporary directory: round trips,
+//! group commit, checkpoints, torn tails, damage and repair.
+
+use super::*;
+use crate::record::AcceptedJob;
+use crate::segment::{list_segments, segment_path};
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let mut n = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n));
+    let d = std::env::temp_dir().join(format!("emq-journal-{tag}-{}", u64::from_le_bytes(n)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn opts(dir: &Path) -> JournalOptions {
+    JournalOptions { dir: dir.to_path_buf(), sync: SyncPolicy::Fsync, segment_bytes: 1 << 20, repair: false }
+}
+
+fn accepted(i: u64) -> Record {
+    Record::Accepted {
+        job: AcceptedJob {
+            msgid: format!("m{i}"),
+            client: b"client".to_vec(),
+            queue: "default".into(),
+            requested_queue: None,
+            headers: "guarantee".into(),
+            payload: format!(r#"["run", {{"path": "a", "callable": "b", "args": [{i}]}}]"#),
+            received: i as f64,
+        },
+        attempts: 0,
+    }
+}
+
+fn read_all(dir: &Path, repair: bool) -> Result<(Vec<Record>, ReplayReport), JournalError> {
+    let mut out = Vec::new();
+    let report = replay(dir, repair, |r| out.push(r))?;
+    Ok((out, report))
+}
+
+fn wait_durable(j: &Journal, id: u64) {
+    let t = Instant::now();
+    while j.durable() < id {
+        assert!(t.elapsed() < Duration::from_secs(20), "batch {id} never became durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn batches_become_durable_and_replay_in_order() {
+    let dir = tmpdir("order");
+    let (mut j, report) = Journal::open(&opts(&dir), |_| panic!("empty journal")).unwrap();
+    assert_eq!(report.records, 0);
+    let mut last = 0;
+    for batch in 0..50 {
+        for i in 0..20 {
+            j.append(&accepted(batch * 20 + i));
+        }
+        last = j.current_batch();
+        j.submit();
+    }
+    wait_durable(&j, last);
+    assert!(j.stats().syncs.load(Ordering::Relaxed) >= 1);
+    j.close();
+    drop(j);
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 1000);
+    assert_eq!(records[999], accepted(999));
+    assert!(report.torn_tail.is_none());
+    // Reopening continues in a new segment; both are replayed.
+    let mut seen = 0;
+    let (mut j, _) = Journal::open(&opts(&dir), |_| seen += 1).unwrap();
+    assert_eq!(seen, 1000);
+    j.append(&accepted(1000));
+    j.close();
+    drop(j);
+    assert_eq!(read_all(&dir, false).unwrap().0.len(), 1001);
+}
+
+#[test]
+fn a_second_router_cannot_open_the_same_journal() {
+    let dir = tmpdir("lock");
+    let (_j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    assert!(matches!(Journal::open(&opts(&dir), |_| {}), Err(JournalError::Locked { .. })));
+}
+
+#[test]
+fn checkpoint_supersedes_and_deletes_older_segments() {
+    let dir = tmpdir("checkpoint");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..100 {
+        j.append(&accepted(i));
+    }
+    j.submit();
+    // Only job 7 is still live.
+    j.checkpoint(&mut std::iter::once(accepted(7)));
+    let id = j.current_batch() - 1;
+    j.append(&accepted(200));
+    j.submit();
+    wait_durable(&j, id + 1);
+    j.close();
+    drop(j);
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(report.checkpoint, Some(1));
+    let jobs: Vec<&str> = records.iter().filter_map(|r| r.msgid()).collect();
+    assert_eq!(jobs, vec!["m7", "m200"], "the checkpoint and what came after it");
+    assert_eq!(list_segments(&dir).unwrap().len(), 1, "segments before the checkpoint are deleted");
+}
+
+#[test]
+fn unfinished_checkpoint_is_ignored() {
+    let dir = tmpdir("unfinished");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..10 {
+        j.append(&accepted(i));
+    }
+    j.close();
+    drop(j);
+    let last = list_segments(&dir).unwrap().last().unwrap().0;
+    // A crash while writing a checkpoint: its begin and some records, no end.
+    let mut bytes = segment::MAGIC.to_vec();
+    frame(&Record::CheckpointBegin { id: 1 }, &mut bytes);
+    frame(&accepted(3), &mut bytes);
+    std::fs::write(segment_path(&dir, last + 1), &bytes).unwrap();
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 10, "the ten jobs, not the partial checkpoint");
+    assert_eq!(report.obsolete, vec![segment_path(&dir, last + 1)]);
+}
+
+#[test]
+fn torn_tail_is_truncated_at_every_offset() {
+    let dir = tmpdir("torn");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..5 {
+        j.append(&accepted(i));
+    }
+    j.close();
+    drop(j);
+    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let whole = std::fs::read(&path).unwrap();
+    let mut frame_ends = Vec::new();
+    let mut pos = segment::MAGIC.len();
+    while let Ok((_, next)) = segment::read_frame(&whole, pos) {
+        frame_ends.push(next);
+        pos = next;
+    }
+    for cut in segment::MAGIC.len()..whole.len() {
+        std::fs::write(&path, &whole[..cut]).unwrap();
+        let (records, report) = read_all(&dir, false).unwrap();
+        let whole_frames = frame_ends.iter().filter(|&&e| e <= cut).count();
+        assert_eq!(records.len(), whole_frames, "cut at {cut}");
+        if cut == segment::MAGIC.len() || frame_ends.contains(&cut) {
+            assert!(report.torn_tail.is_none());
+        } else {
+            assert!(report.torn_tail.is_some(), "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, frame_ends.iter().filter(|&&e| e <= cut).max().copied().unwrap_or(8));
+        }
+    }
+}
+
+#[test]
+fn damage_before_the_tail_stops_unless_repair() {
+    let dir = tmpdir("damage");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..5 {
+        j.append(&accepted(i));
+    }
+    j.close();
+    drop(j);
+    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Flip a byte inside the second record's body.
+    let (_, second) = segment::read_frame(&bytes, segment::MAGIC.len()).unwrap();
+    bytes[second + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    match read_all(&dir, false) {
+        Err(JournalError::Damaged { offset, .. }) => assert_eq!(offset as usize, second),
+        other => panic!("expected damage, got {:?}", other.map(|r| r.0.len())),
+    }
+    let (records, report) = read_all(&dir, true).unwrap();
+    assert_eq!(records.len(), 4, "every valid record kept");
+    assert_eq!(report.repaired.len(), 1);
+    assert!(!records.contains(&accepted(1)));
+}
