@@ -1,7 +1,7 @@
 //! Job manager state-machine tests with a fake clock.
 
 use super::*;
-use emq_protocol::{Ack, Message};
+use emq_protocol::{Ack, Message, Request};
 
 fn cfg(workers: usize) -> JmConfig {
     JmConfig {
@@ -66,6 +66,7 @@ fn names(out: &[Action]) -> Vec<String> {
     out.iter()
         .map(|a| match a {
             Action::Send(m) => m.command.name().to_owned(),
+            Action::Heartbeat(_) => "HEARTBEAT".into(),
             Action::Connect { .. } => "connect".into(),
             Action::Spawn { slot } => format!("spawn{slot}"),
             Action::Run { slot, .. } => format!("run{slot}"),
@@ -246,10 +247,9 @@ fn heartbeats_carry_health() {
     h.request("j", "", ADD);
     h.adv(3.0);
     let out = h.ev(Event::Tick);
-    let Some(Action::Send(Message { command: Command::Heartbeat(hb), .. })) = out.first() else { panic!("{out:?}") };
-    let v: serde_json::Value = serde_json::from_str(hb.health.as_deref().unwrap()).unwrap();
-    assert_eq!(v["in_flight"][0]["msgid"], "j");
-    assert_eq!(v["workers"][0]["pid"], 100);
+    let Some(Action::Heartbeat(health)) = out.first() else { panic!("{out:?}") };
+    assert_eq!(health.in_flight[0].msgid, "j");
+    assert_eq!(health.workers[0].pid, Some(100));
 }
 
 fn pipelined(workers: usize) -> (H, Vec<Action>) {
