@@ -341,10 +341,6 @@ impl JobManagerState {
         self.name = name.into();
     }
 
-    pub fn config(&self) -> &JmConfig {
-        &self.cfg
-    }
-
     pub fn slots(&self) -> &[WorkerSlot] {
         &self.slots
     }
