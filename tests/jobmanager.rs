@@ -259,8 +259,14 @@ fn sighup_reloads_settings_and_reinforms() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("jm.toml");
     let write = |queue: &str| {
-        std::fs::write(&cfg, format!("worker_addr = {:?}\nqueues = \"{queue}\"\nconcurrent_jobs = 1\n", a.backend))
-            .unwrap()
+        std::fs::write(
+            &cfg,
+            format!(
+                "worker_addr = {:?}\nqueues = \"{queue}\"\nconcurrent_jobs = 1\nname = \"hup\"\nheartbeat_interval = 0.5\n",
+                a.backend
+            ),
+        )
+        .unwrap()
     };
     write("before");
     let root = repo_root();
@@ -272,9 +278,24 @@ fn sighup_reloads_settings_and_reinforms() {
         w["connected_queues"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
     };
     eventually(Duration::from_secs(30), || (queues_served() == ["before"]).then_some(()));
+    // The health the job manager heartbeats, as the router shows it.
+    let health_queues = || -> Vec<serde_json::Value> {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        let workers = w["connected_workers"].as_object().cloned().unwrap_or_default();
+        workers.values().filter_map(|v| v["health"]["queues"].as_array().cloned()).flatten().collect()
+    };
+    eventually(Duration::from_secs(30), || (health_queues() == [json!([10, "before"])]).then_some(()));
     write("after");
     jm.signal(nix::sys::signal::Signal::SIGHUP);
     eventually(Duration::from_secs(30), || (queues_served() == ["after"]).then_some(()));
+    // Its health lists the new queues too (it kept the old list before).
+    eventually(Duration::from_secs(30), || (health_queues() == [json!([10, "after"])]).then_some(()));
+    let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+    let (id, entry) = w["connected_workers"].as_object().unwrap().iter().next().unwrap();
+    assert!(id.starts_with("hup:"), "{id}");
+    let health = &entry["health"];
+    assert_eq!((health["name"].as_str(), health["pid"].as_u64()), (Some("hup"), Some(jm.pid() as u64)), "{health}");
+    assert!(!health["host"].as_str().unwrap_or("").is_empty(), "{health}");
     wait_slots(&a.admin, 1);
     let mut c = TestClient::connect(&a.frontend);
     assert_eq!(c.call("after", "benchjobs", "add", json!([20, 22])), json!({"value": 42}));

@@ -2,7 +2,7 @@
 //! of each worker, host, load average. Read from Linux `/proc` (the only
 //! platform the pool supports: it relies on PR_SET_PDEATHSIG).
 
-use serde_json::{json, Value};
+use emq_protocol::PoolHealth;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -34,6 +34,23 @@ fn read(pid: u32) -> Option<(u64, u64)> {
     Some((rss_kb * 1024, utime + stime))
 }
 
+/// This machine's name, never empty (the router labels an unnamed job
+/// manager's metrics `host:pid`).
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The 1, 5 and 15 minute load averages (empty when unreadable).
+fn load_avg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 impl ProcStats {
     /// RSS and CPU % since the previous sample of this pid.
     fn sample(&mut self, pid: u32) -> Option<(u64, f64)> {
@@ -49,36 +66,62 @@ impl ProcStats {
         Some((rss, cpu))
     }
 
-    /// Adds name, host, pid, queues, load average and per-process RSS / CPU
-    /// to the state machine's health JSON.
-    pub fn enrich(&mut self, health: &str, name: &str, queues: &str) -> String {
-        let Ok(mut v) = serde_json::from_str::<Value>(health) else { return health.to_owned() };
+    /// Fills in the state machine's health with this process's pid, the
+    /// host, its load average, and the RSS / CPU of this process and of
+    /// each worker.
+    pub fn fill(&mut self, health: &mut PoolHealth) {
         let me = std::process::id();
+        health.pid = me;
+        health.host = hostname();
+        health.load_avg = load_avg();
         if let Some((rss, cpu)) = self.sample(me) {
-            v["rss_bytes"] = json!(rss);
-            v["cpu_percent"] = json!(cpu);
+            health.rss_bytes = Some(rss);
+            health.cpu_percent = Some(cpu);
         }
-        v["pid"] = json!(me);
-        v["name"] = json!(name);
-        v["host"] = json!(nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default());
-        v["queues"] = serde_json::from_str(queues).unwrap_or(Value::Null);
-        if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
-            let parts: Vec<f64> = l.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
-            v["load_avg"] = json!(parts);
-        }
-        let mut seen = Vec::new();
-        if let Some(workers) = v["workers"].as_array_mut() {
-            for w in workers {
-                let Some(pid) = w["pid"].as_u64() else { continue };
-                seen.push(pid as u32);
-                if let Some((rss, cpu)) = self.sample(pid as u32) {
-                    w["rss_bytes"] = json!(rss);
-                    w["cpu_percent"] = json!(cpu);
-                }
+        let mut seen = vec![me];
+        for w in &mut health.workers {
+            let Some(pid) = w.pid else { continue };
+            seen.push(pid);
+            if let Some((rss, cpu)) = self.sample(pid) {
+                w.rss_bytes = Some(rss);
+                w.cpu_percent = Some(cpu);
             }
         }
-        seen.push(me);
         self.last.retain(|pid, _| seen.contains(pid));
-        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emq_protocol::WorkerHealth;
+
+    #[test]
+    fn fills_process_figures_of_itself_and_its_workers() {
+        let me = std::process::id();
+        let mut h = PoolHealth {
+            name: "jm1".into(),
+            workers: vec![
+                WorkerHealth { slot: 0, pid: Some(me), ..Default::default() },
+                WorkerHealth { slot: 1, pid: None, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let mut stats = ProcStats::default();
+        stats.fill(&mut h);
+        assert_eq!((h.pid, h.name.as_str()), (me, "jm1"));
+        assert!(!h.host.is_empty());
+        assert_eq!(h.load_avg.len(), 3);
+        assert!(h.rss_bytes.unwrap() > 0 && h.cpu_percent.is_some());
+        assert!(h.workers[0].rss_bytes.unwrap() > 0);
+        assert_eq!(h.workers[1].rss_bytes, None);
+        // The wire frame keeps today's keys.
+        let v: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
+        for k in ["name", "host", "pid", "queues", "load_avg", "rss_bytes", "cpu_percent", "workers", "in_flight"] {
+            assert!(v.get(k).is_some(), "{k} in {v}");
+        }
+        for k in ["slot", "pid", "state", "jobs", "queued", "spare", "rss_bytes", "cpu_percent"] {
+            assert!(v["workers"][0].get(k).is_some(), "{k} in {v}");
+        }
     }
 }

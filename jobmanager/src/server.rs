@@ -6,6 +6,7 @@
 
 use crate::state::{Action, Event, JobManagerState};
 use emq_pool::{FromWorker, ToWorker, WorkerConfig, WorkerProcess};
+use emq_protocol::{Command, Heartbeat, Message};
 use emq_sender::Sender;
 use nix::sys::signal::Signal;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -34,8 +35,6 @@ pub struct Server {
     last_tick: Instant,
     /// CPU-time samples for the health frame's CPU percentages.
     proc_stats: crate::procstats::ProcStats,
-    /// Our queues as INFORMed, for the health frame.
-    queues_wire: String,
 }
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -67,13 +66,13 @@ fn install_signal_pipe() -> std::io::Result<OwnedFd> {
 
 impl Server {
     pub fn new(
-        state: JobManagerState,
+        mut state: JobManagerState,
         worker_cfg: WorkerConfig,
         identity_prefix: String,
         reload: Reloader,
     ) -> std::io::Result<Server> {
         let exe = std::env::current_exe()?;
-        let queues_wire = state.config().queues.to_wire();
+        state.set_name(identity_prefix.clone());
         let workers = (0..state.slots().len()).map(|_| None).collect();
         Ok(Server {
             ctx: zmq::Context::new(),
@@ -87,7 +86,6 @@ impl Server {
             reload,
             last_tick: Instant::now(),
             proc_stats: Default::default(),
-            queues_wire,
         })
     }
 
@@ -248,7 +246,7 @@ impl Server {
                 if let Some(old) = self.socket.take() {
                     // Tell the router to forget the old identity now rather
                     // than at its heartbeat timeout; never wait for it.
-                    let _ = old.try_send(&emq_protocol::Message::new(emq_protocol::Command::Kbye));
+                    let _ = old.try_send(&Message::new(Command::Kbye));
                     let _ = old.socket().set_linger(100);
                 }
                 match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
@@ -256,17 +254,12 @@ impl Server {
                     Err(e) => error!(%addr, error = %e, "cannot connect"),
                 }
             }
-            Action::Send(mut m) => {
-                if let emq_protocol::Command::Heartbeat(hb) = &mut m.command {
-                    if let Some(h) = hb.health.take() {
-                        hb.health = Some(self.proc_stats.enrich(&h, &self.identity_prefix, &self.queues_wire));
-                    }
-                }
-                if let Some(s) = &self.socket {
-                    if let Err(e) = s.send(&m) {
-                        error!(msgid = %m.msgid, command = m.command.name(), error = %e, "send to router failed");
-                    }
-                }
+            Action::Send(m) => self.send(&m),
+            Action::Heartbeat(mut health) => {
+                self.proc_stats.fill(&mut health);
+                let mut hb = Heartbeat::now();
+                hb.health = Some(health.to_json());
+                self.send(&Message::new(Command::Heartbeat(hb)));
             }
             Action::Spawn { slot } => match WorkerProcess::spawn(&self.exe, &self.worker_cfg) {
                 Ok(w) => {
@@ -301,5 +294,13 @@ impl Server {
             Action::Exit(code) => return Some(code),
         }
         None
+    }
+
+    fn send(&self, m: &Message) {
+        if let Some(s) = &self.socket {
+            if let Err(e) = s.send(m) {
+                error!(msgid = %m.msgid, command = m.command.name(), error = %e, "send to router failed");
+            }
+        }
     }
 }

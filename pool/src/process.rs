@@ -55,7 +55,6 @@ pub struct WorkerProcess {
     stdin: ChildStdin,
     stdout: ChildStdout,
     buf: FrameBuffer,
-    pub spawned_at: Instant,
 }
 
 impl WorkerProcess {
@@ -86,7 +85,7 @@ impl WorkerProcess {
         let fl = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
         let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
-        Ok(WorkerProcess { child, stdin, stdout, buf: FrameBuffer::default(), spawned_at: Instant::now() })
+        Ok(WorkerProcess { child, stdin, stdout, buf: FrameBuffer::default() })
     }
 
     pub fn pid(&self) -> u32 {

@@ -8,7 +8,7 @@
 
 use crate::python::PythonRunner;
 use crate::wire::{read_frame, write_frame, FromWorker, ToWorker, WorkerConfig};
-use emq_protocol::{JobReply, RunPayload};
+use emq_protocol::{JobErrorKind, JobReply, RunPayload};
 use pyo3::prelude::*;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -84,7 +84,7 @@ pub fn worker_main() -> i32 {
                     runner.set_current_job(py, &msgid, attempt);
                     runner.run(py, &p)
                 }
-                Err(e) => JobReply::failed("BadPayload", e.to_string(), ""),
+                Err(e) => JobReply::failed(JobErrorKind::BadPayload, e.to_string(), ""),
             };
             let error_type = reply.error.as_ref().map(|e| e.kind.clone());
             if send(&out, &FromWorker::Done { msgid, reply_json: reply.to_json(), error_type }).is_err() {

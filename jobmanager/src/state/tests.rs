@@ -1,7 +1,7 @@
 //! Job manager state-machine tests with a fake clock.
 
 use super::*;
-use emq_protocol::{Ack, Message};
+use emq_protocol::{Ack, Message, Request};
 
 fn cfg(workers: usize) -> JmConfig {
     JmConfig {
@@ -66,6 +66,7 @@ fn names(out: &[Action]) -> Vec<String> {
     out.iter()
         .map(|a| match a {
             Action::Send(m) => m.command.name().to_owned(),
+            Action::Heartbeat(_) => "HEARTBEAT".into(),
             Action::Connect { .. } => "connect".into(),
             Action::Spawn { slot } => format!("spawn{slot}"),
             Action::Run { slot, .. } => format!("run{slot}"),
@@ -246,10 +247,9 @@ fn heartbeats_carry_health() {
     h.request("j", "", ADD);
     h.adv(3.0);
     let out = h.ev(Event::Tick);
-    let Some(Action::Send(Message { command: Command::Heartbeat(hb), .. })) = out.first() else { panic!("{out:?}") };
-    let v: serde_json::Value = serde_json::from_str(hb.health.as_deref().unwrap()).unwrap();
-    assert_eq!(v["in_flight"][0]["msgid"], "j");
-    assert_eq!(v["workers"][0]["pid"], 100);
+    let Some(Action::Heartbeat(health)) = out.first() else { panic!("{out:?}") };
+    assert_eq!(health.in_flight[0].msgid, "j");
+    assert_eq!(health.workers[0].pid, Some(100));
 }
 
 fn pipelined(workers: usize) -> (H, Vec<Action>) {
@@ -378,4 +378,115 @@ fn a_huge_timeout_header_does_not_overflow() {
     assert_eq!(names(&h.request("j", "timeout:1e19", ADD)), vec!["run0"]);
     h.adv(10.0);
     assert!(names(&h.ev(Event::Tick)).iter().all(|n| n != "REPLY"), "not timed out");
+}
+
+fn position(out: &[Action], name: &str) -> usize {
+    names(out).iter().position(|n| n == name).unwrap_or_else(|| panic!("no {name} in {:?}", names(out)))
+}
+
+#[test]
+fn settle_sends_the_reply_before_the_ready_that_frees_its_slot() {
+    // Plain, pipelined and recycled-with-a-spare cases: the REPLY always
+    // precedes the READY that re-announces the place it held.
+    let (mut h, _) = H::running(1);
+    h.request("j", "", ADD);
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
+    assert!(position(&out, "REPLY") < position(&out, "READY"), "{:?}", names(&out));
+
+    let (mut h, _) = pipelined(1);
+    h.request("a", "", ADD);
+    h.request("b", "", ADD);
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "a".into(), reply_json: "{}".into(), error_type: None });
+    assert!(position(&out, "REPLY") < position(&out, "READY"), "{:?}", names(&out));
+
+    // A refused job: its REPLY, then its slot again.
+    let (mut h, _) = H::running(1);
+    let out = h.request("bad", "", "not json");
+    assert!(position(&out, "REPLY") < position(&out, "READY"), "{:?}", names(&out));
+}
+
+#[test]
+fn settle_hands_out_before_announcing() {
+    // A job that arrived while the only worker was restarting is handed to
+    // it when it is up, and its slot is not announced as free.
+    let (mut h, _) = H::running(1);
+    h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "killed".into() });
+    assert!(h.request("j", "", ADD).is_empty());
+    assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["run0"]);
+    // Nothing changed, nothing said: settling again is a no-op.
+    assert!(h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "again".into() }))))).is_empty());
+    assert!(h.ev(Event::Router(Ok(Message::new(Command::Heartbeat(emq_protocol::Heartbeat::now()))))).is_empty());
+    assert!(h.ev(Event::Tick).is_empty());
+}
+
+#[test]
+fn settle_exits_last_after_the_last_worker_exits_while_stopping() {
+    // b waits behind a at the worker when the stop comes; the worker dies:
+    // a fails (worker died), b goes back to the local queue, and with no
+    // worker left it is refused, then Exit(0) comes last.
+    let (mut h, _) = pipelined(1);
+    h.request("a", "", ADD);
+    h.request("b", "", ADD);
+    assert_eq!(names(&h.ev(Event::Stop)), vec!["KBYE"]);
+    let out = h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 9".into() });
+    assert_eq!(names(&out), vec!["REPLY", "REPLY", "exit0"]);
+    let kinds: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Message { command: Command::Reply(Reply::Result { reply_json, orig_msgid }), .. }) => {
+                Some((orig_msgid.clone(), JobReply::from_json(reply_json).unwrap().error.unwrap().kind))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, vec![("a".into(), JobErrorKind::WorkerDied), ("b".into(), JobErrorKind::Refused)]);
+    // Exit goes once.
+    assert!(h.ev(Event::Tick).iter().all(|a| !matches!(a, Action::Exit(_))));
+
+    // A second stop: the kills, then Exit(130) last, once.
+    let (mut h, _) = H::running(2);
+    h.request("j", "", ADD);
+    h.ev(Event::Stop);
+    let out = h.ev(Event::Stop);
+    assert_eq!(names(&out).last().map(String::as_str), Some("exit130"), "{:?}", names(&out));
+    assert!(h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 9".into() }).is_empty());
+    assert!(h.ev(Event::WorkerExited { slot: 1, pid: 101, exit: "signal 9".into() }).is_empty());
+}
+
+#[test]
+fn health_lists_the_queues_of_the_current_settings_and_the_name() {
+    let (mut h, _) = H::running(1);
+    h.s.set_name("jm-a");
+    h.adv(3.0);
+    let out = h.ev(Event::Tick);
+    let Some(Action::Heartbeat(health)) = out.first() else { panic!("{out:?}") };
+    assert_eq!(health.queues, vec![(10, "default".to_string())]);
+    assert_eq!(health.name, "jm-a");
+    // SIGHUP with new queues: reconnect, and the next heartbeat lists them.
+    let mut c = cfg(1);
+    c.queues = QueueSpec(vec![(20, "after".into())]);
+    assert_eq!(names(&h.ev(Event::Reloaded(c))), vec!["retire0", "connect", "INFORM"]);
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    h.adv(3.0);
+    let out = h.ev(Event::Tick);
+    let Some(Action::Heartbeat(health)) = out.first() else { panic!("{out:?}") };
+    assert_eq!(health.queues, vec![(20, "after".to_string())]);
+    assert_eq!(health.workers[0].state, emq_protocol::WorkerSlotState::Retiring);
+}
+
+#[test]
+fn health_counts_and_states_are_typed_with_todays_keys() {
+    let (mut h, _) = H::running(2);
+    h.request("j", "", ADD);
+    h.ev(Event::WorkerExited { slot: 1, pid: 101, exit: "killed".into() });
+    h.request("bad", "", "not json");
+    let health = h.s.health(h.now);
+    assert_eq!(health.restarts.get("died"), Some(&1));
+    assert_eq!(health.errors.get("refused_jobs"), Some(&1));
+    assert_eq!((health.jobs_ok, health.jobs_failed, health.queued_locally), (0, 1, 0));
+    let v: serde_json::Value = serde_json::from_str(&health.to_json()).unwrap();
+    assert_eq!(v["workers"][0]["state"], "busy");
+    assert_eq!(v["workers"][1]["state"], "starting");
+    assert_eq!(v["in_flight"][0]["msgid"], "j");
+    assert_eq!(v["restarts"]["died"], 1);
 }

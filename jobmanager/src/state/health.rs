@@ -1,0 +1,71 @@
+//! The pool's health as a typed [`PoolHealth`], built once per heartbeat.
+//! The poll loop adds the process figures (pid, host, load, memory, CPU)
+//! and serialises it once onto the HEARTBEAT's extra frame.
+
+use super::{JobManagerState, SlotState};
+use emq_protocol::{JobHealth, PoolHealth, WorkerHealth, WorkerSlotState};
+use std::time::Instant;
+
+impl SlotState {
+    /// The stage shown to operators.
+    pub fn health_state(&self) -> WorkerSlotState {
+        match self {
+            SlotState::Starting => WorkerSlotState::Starting,
+            SlotState::Idle => WorkerSlotState::Idle,
+            SlotState::Busy(_) => WorkerSlotState::Busy,
+            SlotState::Retiring => WorkerSlotState::Retiring,
+            SlotState::Killing { .. } => WorkerSlotState::Killing,
+            SlotState::Waiting { .. } => WorkerSlotState::Waiting,
+            SlotState::Gone => WorkerSlotState::Gone,
+        }
+    }
+}
+
+impl JobManagerState {
+    /// What the state machine knows about its pool: workers, jobs in
+    /// flight, counters, and the name and queues it serves now.
+    pub fn health(&self, now: Instant) -> PoolHealth {
+        let workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| WorkerHealth {
+                slot,
+                pid: s.pid,
+                state: s.state.health_state(),
+                jobs: s.jobs_done,
+                queued: s.waiting.len(),
+                spare: s.spare,
+                ..Default::default()
+            })
+            .collect();
+        let in_flight = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                SlotState::Busy(j) => Some(JobHealth {
+                    msgid: j.msgid.clone(),
+                    pid: s.pid,
+                    queue: j.queue.clone(),
+                    age_secs: now.saturating_duration_since(j.started).as_secs_f64(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let by_name =
+            |m: &std::collections::BTreeMap<&'static str, u64>| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        PoolHealth {
+            name: self.name.clone(),
+            queues: self.cfg.queues.0.clone(),
+            workers,
+            in_flight,
+            queued_locally: self.local_queue.len(),
+            jobs_by_pid: self.jobs_by_pid.clone(),
+            restarts: by_name(&self.restarts),
+            jobs_ok: self.jobs_ok,
+            jobs_failed: self.jobs_failed,
+            errors: by_name(&self.errors),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The router link: connecting (with failover), INFORM until ACK, what the
+//! router sends us (REQUESTs above all), and the READY reconcile that keeps
+//! the router's count of our free slots right.
+
+use super::{Action, JobManagerState, Phase, QueuedJob, SlotState};
+use emq_protocol::{Command, Inform, JobErrorKind, JobReply, Message, Request, RunPayload};
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+impl JobManagerState {
+    /// Replaces the router socket (a new identity) and INFORMs; the router
+    /// forgets our slots with the old identity, so none is announced yet.
+    pub(super) fn connect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let addr = self.cfg.addrs[self.addr_index % self.cfg.addrs.len()].clone();
+        info!(%addr, "connecting to router");
+        out.push(Action::Connect { addr });
+        self.announced = 0;
+        self.last_heard = now;
+        self.send_inform(now, out);
+    }
+
+    pub(super) fn send_inform(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.phase = Phase::Informing { sent_at: now };
+        out.push(Action::Send(Message::new(Command::Inform(Inform {
+            queues: self.cfg.queues.clone(),
+            kind: "worker".into(),
+            // We REPLY for every job: the router can track ours exactly.
+            features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
+        }))));
+    }
+
+    pub(super) fn on_router(&mut self, m: Message, now: Instant, out: &mut Vec<Action>) {
+        self.last_heard = now;
+        match m.command {
+            Command::Ack(_) => {
+                if self.phase != Phase::Acked {
+                    info!(msgid = %m.msgid, "router acknowledged INFORM");
+                    self.phase = Phase::Acked;
+                    // Announced from scratch by the reconcile that follows.
+                    self.announced = 0;
+                }
+            }
+            Command::Request(request) => self.on_request(m.msgid, request, out),
+            Command::Heartbeat(_) => {}
+            Command::Kbye | Command::Disconnect if self.stopping.is_none() => {
+                info!(command = m.command.name(), "router said goodbye: reconnecting");
+                self.connect(now, out);
+            }
+            Command::Kbye | Command::Disconnect => {}
+            other => {
+                *self.errors.entry("unexpected_router_command").or_insert(0) += 1;
+                warn!(msgid = %m.msgid, command = other.name(), "unexpected command from router");
+            }
+        }
+    }
+
+    /// A job from the router: refused at once (answered here, its slot
+    /// announced again), or queued locally to be handed out.
+    fn on_request(&mut self, msgid: String, request: Request, out: &mut Vec<Action>) {
+        self.announced = self.announced.saturating_sub(1);
+        let refusal = match RunPayload::parse(&request.payload) {
+            Err(e) => Some((JobErrorKind::BadPayload, e.to_string())),
+            Ok(p) if !self.cfg.allowed(&p) => Some((
+                JobErrorKind::Refused,
+                format!("module {:?} is not in allowed_paths {:?}", p.module_and_class().0, self.cfg.allowed_paths),
+            )),
+            Ok(_) if self.stopping.is_some() && self.idle_slot().is_none() => {
+                Some((JobErrorKind::Refused, "job manager is shutting down".into()))
+            }
+            Ok(_) => None,
+        };
+        if let Some((kind, message)) = refusal {
+            *self.errors.entry("refused_jobs").or_insert(0) += 1;
+            self.jobs_failed += 1;
+            warn!(%msgid, queue = %request.queue, error = %message, "job refused");
+            self.send_reply(&msgid, JobReply::failed(kind, message, ""), out);
+            return;
+        }
+        debug!(%msgid, queue = %request.queue, "job received");
+        let headers = request.headers();
+        self.local_queue.push_back(QueuedJob {
+            msgid,
+            queue: request.queue,
+            payload: request.payload,
+            timeout: self.cfg.timeout_for(&headers),
+            attempt: headers.attempt.unwrap_or(1),
+        });
+    }
+
+    /// Sends READYs until the router's count of our free slots matches the
+    /// idle workers not spoken for by locally queued jobs. Idempotent;
+    /// nothing before the ACK or while stopping.
+    pub(super) fn reconcile(&mut self, out: &mut Vec<Action>) {
+        if self.phase != Phase::Acked || self.stopping.is_some() {
+            return;
+        }
+        let depth = self.cfg.worker_pipeline.max(1) as u64;
+        let prefetching = self.job_secs_avg < self.cfg.prefetch_below.as_secs_f64();
+        let mut capacity = if prefetching { self.cfg.prefetch as u64 } else { 0 };
+        let mut held = self.local_queue.len() as u64;
+        for s in self.slots.iter().filter(|s| !s.spare) {
+            match s.state {
+                SlotState::Idle => capacity += depth,
+                SlotState::Busy(_) => {
+                    capacity += depth;
+                    held += 1 + s.waiting.len() as u64;
+                }
+                _ => held += s.waiting.len() as u64,
+            }
+        }
+        let available = capacity.saturating_sub(held);
+        while self.announced < available {
+            self.announced += 1;
+            out.push(Action::Send(Message::new(Command::Ready)));
+        }
+    }
+}
