@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The keys of EventMQ's STATUS answer (emq adds more after them).
+#[allow(unused_imports)]
 pub use emq_router::EVENTMQ_STATUS_KEYS;
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand
