@@ -54,6 +54,9 @@ pub fn seconds_at_most(key: &str, v: f64, zero: Zero, max: f64) -> Result<Durati
     if v == 0.0 && zero == Zero::Refused {
         return bad("must be more than 0 seconds".into());
     }
+    if v.is_infinite() {
+        return bad(format!("must be finite (at most {max} seconds)"));
+    }
     if v > max {
         return bad(format!("must be at most {max} seconds"));
     }
@@ -84,6 +87,9 @@ pub fn multiplier(key: &str, v: f64, max: f64) -> Result<f64, SettingsError> {
     }
     if v < 1.0 {
         return bad("must be at least 1".into());
+    }
+    if v.is_infinite() {
+        return bad(format!("must be finite (at most {max})"));
     }
     if v > max {
         return bad(format!("must be at most {max}"));
@@ -176,7 +182,7 @@ mod tests {
         assert_eq!(seconds("k", MAX_SECONDS, Zero::Refused).unwrap(), Duration::from_secs(MAX_SECONDS as u64));
         assert!(why(seconds("k", f64::NAN, Zero::Allowed)).contains("NaN"));
         let e = why(seconds("k", f64::INFINITY, Zero::Allowed));
-        assert_eq!(e, format!("invalid setting k = inf: must be at most {MAX_SECONDS} seconds"));
+        assert_eq!(e, format!("invalid setting k = inf: must be finite (at most {MAX_SECONDS} seconds)"));
         assert!(why(seconds("k", f64::NEG_INFINITY, Zero::Allowed)).contains("negative"));
         assert!(why(seconds("k", -1.0, Zero::Allowed)).contains("k = -1.0: must not be negative"));
         assert!(why(seconds("k", 1e300, Zero::Allowed)).contains("k = 1e300: must be at most"));
@@ -200,7 +206,7 @@ mod tests {
         assert_eq!(multiplier("k", 2.0, 100.0).unwrap(), 2.0);
         assert_eq!(multiplier("k", 1.0, 100.0).unwrap(), 1.0);
         assert!(why(multiplier("k", f64::NAN, 100.0)).contains("NaN"));
-        assert!(why(multiplier("k", f64::INFINITY, 100.0)).contains("at most 100"));
+        assert!(why(multiplier("k", f64::INFINITY, 100.0)).contains("must be finite (at most 100)"));
         assert!(why(multiplier("k", 1e300, 100.0)).contains("k = 1e300"));
         assert!(why(multiplier("k", 0.5, 100.0)).contains("at least 1"));
         assert!(why(multiplier("k", -1.0, 100.0)).contains("at least 1"));
