@@ -20,9 +20,16 @@ pub struct Args {
     pub addr: Option<String>,
     #[arg(long, short = 'C', global = true)]
     pub config: Option<PathBuf>,
-    /// Seconds to wait for the router's answer.
-    #[arg(long, default_value_t = 5.0, global = true)]
-    pub deadline: f64,
+    /// Seconds to wait for the router's answer (0 up to ten years).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        global = true,
+        allow_negative_numbers = true,
+        value_parser = crate::flags::seconds
+    )]
+    pub deadline: Duration,
     /// Print the router's raw JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -56,7 +63,10 @@ struct AdminSetting {
 
 /// The `emq-cli` binary.
 pub fn main() -> ExitCode {
-    let a = Args::parse();
+    let a = match crate::flags::parse::<Args>("emq-cli") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     match run(&a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,12 +77,16 @@ pub fn main() -> ExitCode {
 }
 
 fn run(a: &Args) -> anyhow::Result<()> {
-    let addr = match &a.addr {
-        Some(x) => x.clone(),
-        None => emq_settings::load::<AdminSetting>(a.config.as_deref())?
-            .administrative_addr
-            .unwrap_or_else(|| "tcp://127.0.0.1:47293".into()),
+    let (key, addr) = match &a.addr {
+        Some(x) => ("--addr", x.clone()),
+        None => (
+            "administrative_addr",
+            emq_settings::load::<AdminSetting>(a.config.as_deref())?
+                .administrative_addr
+                .unwrap_or_else(|| "tcp://127.0.0.1:47293".into()),
+        ),
     };
+    crate::flags::endpoint(key, &addr)?;
     let client = AdminClient::connect(&addr)?;
     let command = match &a.command {
         Cmd::Status => Command::Admin(AdminCommand::Status),
@@ -83,7 +97,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
         Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
     };
-    let answer = client.request(command, Duration::from_secs_f64(a.deadline.max(0.0)))?;
+    let answer = client.request(command, a.deadline)?;
     let body = match answer.command {
         Command::Ack(_) => {
             println!("{}", if a.json { r#"{"ack": true}"# } else { "router acknowledged shutdown" });

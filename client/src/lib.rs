@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod admin_cli;
 mod client;
+pub mod flags;
 pub mod send_cli;
 
 pub use client::{Client, ClientError, JobOutcome, Options, Receipt};

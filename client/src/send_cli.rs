@@ -5,6 +5,7 @@
 //! 3 `--deadline` passed without a result.
 
 use crate::client::job_for;
+use crate::flags;
 use crate::{Client, ClientError, JobOutcome, Options, Receipt};
 use clap::Parser;
 use serde_json::{Map, Value};
@@ -27,14 +28,14 @@ pub struct Args {
     /// Wait for the result and print it (asks for reply-requested).
     #[arg(long)]
     pub wait: bool,
-    /// Give up after this many seconds (exit 3).
-    #[arg(long)]
-    pub deadline: Option<f64>,
-    /// Job timeout in seconds (timeout:N header).
-    #[arg(long)]
+    /// Give up after this many seconds (exit 3); 0 up to ten years.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = flags::seconds)]
+    pub deadline: Option<Duration>,
+    /// Job timeout in whole seconds (timeout:N header).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = flags::timeout_secs)]
     pub timeout: Option<u64>,
     /// Retries allowed (retry-count:N header).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = flags::retries)]
     pub retry: Option<u32>,
     /// Requeue the job if its job manager is lost.
     #[arg(long)]
@@ -46,10 +47,10 @@ pub struct Args {
     #[arg(long = "class-kwargs")]
     pub class_kwargs: Option<String>,
     /// Send N copies and report sent / succeeded / failed and the rate.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "1", allow_negative_numbers = true, value_parser = flags::job_count)]
     pub count: u64,
-    /// With --count: most jobs outstanding at once.
-    #[arg(long, default_value_t = 1000)]
+    /// With --count: most jobs outstanding at once (1 to 1000000).
+    #[arg(long, default_value = "1000", allow_negative_numbers = true, value_parser = flags::window)]
     pub window: usize,
     /// pkg.mod.func or pkg.mod:Class.method
     pub callable: String,
@@ -98,14 +99,20 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 
 /// The `emq-send` binary.
 pub fn main() -> ExitCode {
-    let a = Args::parse();
-    let addr = match &a.addr {
-        Some(x) => x.clone(),
+    let a = match flags::parse::<Args>("emq-send") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (key, addr) = match &a.addr {
+        Some(x) => ("--addr", x.clone()),
         None => match emq_settings::load::<FrontendSetting>(a.config.as_deref()) {
-            Ok(s) => s.frontend_addr.unwrap_or_else(|| "tcp://127.0.0.1:47291".into()),
+            Ok(s) => ("frontend_addr", s.frontend_addr.unwrap_or_else(|| "tcp://127.0.0.1:47291".into())),
             Err(e) => return usage(e),
         },
     };
+    if let Err(e) = flags::endpoint(key, &addr) {
+        return usage(e);
+    }
     let mut job = match job_for(&a.callable) {
         Ok(j) => j,
         Err(e) => return usage(e),
@@ -125,16 +132,14 @@ pub fn main() -> ExitCode {
             _ => return usage("--class-kwargs must be a JSON object"),
         }
     }
-    if a.count == 0 || a.window == 0 {
-        return usage("--count and --window must be at least 1");
-    }
     let options = Options { reply_requested: a.wait, guarantee: a.guarantee, retry_count: a.retry, timeout: a.timeout };
     let mut client = match Client::connect(&addr) {
         Ok(c) => c,
         Err(e) => return usage(format!("cannot connect to {addr}: {e}")),
     };
     let start = Instant::now();
-    let deadline = a.deadline.map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+    // At most ten years (checked by the flag's parser): cannot overflow.
+    let deadline = a.deadline.map(|d| start + d);
     if a.count == 1 {
         send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, deadline)
     } else {

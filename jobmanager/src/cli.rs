@@ -7,6 +7,7 @@ use crate::server::Server;
 use crate::settings::{JobManagerSettings, QueuesSetting};
 use crate::state::JobManagerState;
 use clap::Parser;
+use emq_settings::SettingsError;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,9 +35,9 @@ pub struct Args {
     pub python_path: Vec<String>,
 }
 
-/// Resolves settings from all sources.
-pub fn settings(args: &Args) -> Result<JobManagerSettings, String> {
-    let mut s: JobManagerSettings = emq_settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+/// Resolves settings from all sources and validates every key.
+pub fn settings(args: &Args) -> Result<JobManagerSettings, SettingsError> {
+    let mut s: JobManagerSettings = emq_settings::load(args.config.as_deref())?;
     if let Some(a) = &args.broker_addr {
         s.worker_addr = a.clone();
     }
@@ -60,15 +61,14 @@ pub fn main() -> ExitCode {
         return ExitCode::from(emq_pool::worker::worker_main().clamp(0, 255) as u8);
     }
     let args = Args::parse();
-    let s = match settings(&args) {
-        Ok(s) => s,
+    let (s, cfg) = match settings(&args).and_then(|s| s.to_config().map(|c| (s, c))) {
+        Ok(ok) => ok,
         Err(e) => {
             eprintln!("emq-jobmanager: {e}");
             return ExitCode::from(2);
         }
     };
     emq_settings::init_logging(&s.log_level);
-    let cfg = s.to_config().expect("validated");
     if cfg.allowed_paths.is_empty() {
         tracing::warn!("allowed_paths is empty: any importable callable can be run by anyone who can reach the router");
     }

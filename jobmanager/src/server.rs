@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 const TICK: Duration = Duration::from_millis(20);
 
 /// Reloads settings on SIGHUP; returns the new state config and worker config.
-pub type Reloader = Box<dyn FnMut() -> Result<(crate::state::JmConfig, WorkerConfig), String>>;
+pub type Reloader = Box<dyn FnMut() -> Result<(crate::state::JmConfig, WorkerConfig), emq_settings::SettingsError>>;
 
 /// The job manager process: router socket, workers, state.
 pub struct Server {
@@ -185,7 +185,11 @@ impl Server {
                             self.worker_cfg = worker_cfg;
                             events.push(Event::Reloaded(cfg));
                         }
-                        Err(e) => warn!(error = %e, "SIGHUP: settings not reloaded"),
+                        Err(e) => warn!(
+                            key = e.key().unwrap_or("-"),
+                            error = %e,
+                            "SIGHUP: settings not reloaded; the old ones stay"
+                        ),
                     },
                     Ok(sig) => {
                         info!(signal = sig.as_str(), "stop signal");

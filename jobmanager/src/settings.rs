@@ -4,7 +4,10 @@
 
 use emq_pool::WorkerConfig;
 use emq_protocol::{QueueSpec, QueueSpecError};
+use emq_settings::validate::{self as v, Zero};
+use emq_settings::SettingsError;
 use serde::Deserialize;
+#[cfg(test)]
 use std::time::Duration;
 
 /// `queues` as it may be written: `"a,b"`, `"20:heavy,10:default"`, JSON
@@ -25,6 +28,15 @@ impl QueuesSetting {
             QueuesSetting::Text(t) => QueueSpec::parse_cli(t)?,
         };
         Ok(if spec.is_empty() { QueueSpec::default_queues() } else { spec })
+    }
+
+    /// The value as written, for error messages.
+    fn shown(&self) -> String {
+        match self {
+            QueuesSetting::Pairs(p) => format!("{p:?}"),
+            QueuesSetting::Names(n) => format!("{n:?}"),
+            QueuesSetting::Text(t) => format!("{t:?}"),
+        }
     }
 }
 
@@ -113,51 +125,67 @@ impl Default for JobManagerSettings {
     }
 }
 
-fn secs(v: f64, key: &str) -> Result<Duration, String> {
-    if v.is_finite() && v > 0.0 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(format!("{key} must be a positive number of seconds, got {v}"))
-    }
-}
-
 fn optional(s: &str) -> Option<String> {
     (!s.trim().is_empty()).then(|| s.trim().to_owned())
 }
 
+/// Most worker processes (`concurrent_jobs`) and spares: each is a Python
+/// process, so beyond this a typo (`-J 100000`) would fork without end.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Most jobs one worker may hold (`worker_pipeline`): each is a slot the
+/// router hands a job to, and a job queued behind a long one waits.
+pub const MAX_PIPELINE: usize = 1024;
+
+/// Most extra jobs held by the job manager (`prefetch`): each is an extra
+/// READY sent at once.
+pub const MAX_PREFETCH: usize = 65_536;
+
+/// Largest `heartbeat_liveness`: a factor on `heartbeat_timeout`; beyond
+/// this a lost router would go unnoticed for ages.
+pub const MAX_LIVENESS: f64 = 1000.0;
+
 impl JobManagerSettings {
-    /// The state machine's configuration; errors are one-line messages.
-    pub fn to_config(&self) -> Result<crate::state::JmConfig, String> {
-        let queues = self.queues.parse().map_err(|e| format!("queues: {e}"))?;
-        if self.concurrent_jobs == 0 {
-            return Err("concurrent_jobs must be at least 1".into());
-        }
-        if self.max_job_count == 0 {
-            return Err("max_job_count must be at least 1".into());
-        }
+    /// The state machine's configuration, every key validated (at start and
+    /// on SIGHUP): no value can panic the job manager, and the error names
+    /// the key, the value and why.
+    pub fn to_config(&self) -> Result<crate::state::JmConfig, SettingsError> {
+        let queues =
+            self.queues.parse().map_err(|e| SettingsError::invalid("queues", self.queues.shown(), e.to_string()))?;
+        v::zmq_endpoint("worker_addr", &self.worker_addr)?;
         let mut addrs = vec![self.worker_addr.clone()];
-        addrs.extend(self.worker_addr_failover.iter().filter(|a| !a.is_empty()).cloned());
-        for a in &addrs {
-            if !a.contains("://") {
-                return Err(format!("router address {a:?} is not a ZeroMQ endpoint like tcp://127.0.0.1:47290"));
-            }
+        for a in self.worker_addr_failover.iter().filter(|a| !a.is_empty()) {
+            v::zmq_endpoint("worker_addr_failover", a)?;
+            addrs.push(a.clone());
         }
+        v::log_filter("log_level", &self.log_level)?;
+        let heartbeat_timeout = v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?;
+        let liveness = v::multiplier("heartbeat_liveness", self.heartbeat_liveness, MAX_LIVENESS)?;
+        // The product is a duration too: bounded like any other, checked
+        // before `Duration` arithmetic could overflow.
+        let silence = heartbeat_timeout.as_secs_f64() * liveness;
+        let router_silence_limit = v::seconds("heartbeat_liveness", silence, Zero::Refused).map_err(|_| {
+            SettingsError::invalid(
+                "heartbeat_liveness",
+                format!("{liveness:?}"),
+                format!("heartbeat_timeout × heartbeat_liveness must be at most {} seconds", v::MAX_SECONDS),
+            )
+        })?;
         Ok(crate::state::JmConfig {
             queues,
-            workers: self.concurrent_jobs,
-            max_job_count: self.max_job_count,
-            global_timeout: secs(self.global_timeout, "global_timeout")?,
-            kill_grace: Duration::from_secs_f64(self.kill_grace_period.max(0.0)),
-            kill_escalation: secs(self.kill_escalation, "kill_escalation")?,
-            worker_pipeline: self.worker_pipeline.max(1),
-            steal_after: secs(self.steal_after, "steal_after")?,
-            prefetch: self.prefetch,
-            prefetch_below: secs(self.prefetch_below, "prefetch_below")?,
-            spares: self.spare_workers,
-            heartbeat_interval: secs(self.heartbeat_interval, "heartbeat_interval")?,
-            router_silence_limit: secs(self.heartbeat_timeout, "heartbeat_timeout")?
-                .mul_f64(self.heartbeat_liveness.max(1.0)),
-            reconnect_timeout: secs(self.reconnect_timeout, "reconnect_timeout")?,
+            workers: v::count("concurrent_jobs", self.concurrent_jobs, 1, MAX_WORKERS)?,
+            max_job_count: v::count("max_job_count", self.max_job_count, 1, u64::MAX)?,
+            global_timeout: v::seconds("global_timeout", self.global_timeout, Zero::Refused)?,
+            kill_grace: v::seconds("kill_grace_period", self.kill_grace_period, Zero::Allowed)?,
+            kill_escalation: v::seconds("kill_escalation", self.kill_escalation, Zero::Refused)?,
+            worker_pipeline: v::count("worker_pipeline", self.worker_pipeline, 1, MAX_PIPELINE)?,
+            steal_after: v::seconds("steal_after", self.steal_after, Zero::Refused)?,
+            prefetch: v::count("prefetch", self.prefetch, 0, MAX_PREFETCH)?,
+            prefetch_below: v::seconds("prefetch_below", self.prefetch_below, Zero::Refused)?,
+            spares: v::count("spare_workers", self.spare_workers, 0, MAX_WORKERS)?,
+            heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
+            router_silence_limit,
+            reconnect_timeout: v::seconds("reconnect_timeout", self.reconnect_timeout, Zero::Refused)?,
             addrs,
             allowed_paths: self.allowed_paths.iter().filter(|p| !p.is_empty()).cloned().collect(),
         })
@@ -198,9 +226,66 @@ mod tests {
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:5")), Duration::from_secs(5));
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:0")), Duration::from_secs(300));
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("")), Duration::from_secs(300));
-        let bad = JobManagerSettings { concurrent_jobs: 0, ..Default::default() };
-        assert!(bad.to_config().is_err());
-        let bad = JobManagerSettings { worker_addr: "nope".into(), ..Default::default() };
-        assert!(bad.to_config().is_err());
+    }
+
+    /// `to_config` of the defaults with one change must fail naming `key`.
+    fn refused(key: &str, change: impl FnOnce(&mut JobManagerSettings)) -> String {
+        let mut s = JobManagerSettings::default();
+        change(&mut s);
+        let e = s.to_config().expect_err(key);
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().starts_with(&format!("invalid setting {key} = ")), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn every_duration_refuses_inf_nan_negative_huge() {
+        for bad in [f64::INFINITY, f64::NAN, -1.0, 1e300, f64::NEG_INFINITY] {
+            refused("global_timeout", |s| s.global_timeout = bad);
+            refused("kill_grace_period", |s| s.kill_grace_period = bad);
+            refused("kill_escalation", |s| s.kill_escalation = bad);
+            refused("steal_after", |s| s.steal_after = bad);
+            refused("prefetch_below", |s| s.prefetch_below = bad);
+            refused("heartbeat_interval", |s| s.heartbeat_interval = bad);
+            refused("heartbeat_timeout", |s| s.heartbeat_timeout = bad);
+            refused("heartbeat_liveness", |s| s.heartbeat_liveness = bad);
+            refused("reconnect_timeout", |s| s.reconnect_timeout = bad);
+        }
+        for key in ["global_timeout", "heartbeat_interval", "heartbeat_timeout", "reconnect_timeout"] {
+            refused(key, |s| match key {
+                "global_timeout" => s.global_timeout = 0.0,
+                "heartbeat_interval" => s.heartbeat_interval = 0.0,
+                "heartbeat_timeout" => s.heartbeat_timeout = 0.0,
+                _ => s.reconnect_timeout = 0.0,
+            });
+        }
+        // Each factor in range, the product not: no Duration overflow.
+        let e = refused("heartbeat_liveness", |s| {
+            s.heartbeat_timeout = 1e8;
+            s.heartbeat_liveness = 999.0;
+        });
+        assert!(e.contains("heartbeat_timeout × heartbeat_liveness"), "{e}");
+        refused("heartbeat_liveness", |s| s.heartbeat_liveness = 0.5);
+        let grace0 = JobManagerSettings { kill_grace_period: 0.0, ..Default::default() };
+        assert_eq!(grace0.to_config().unwrap().kill_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn counts_addresses_and_queues() {
+        refused("concurrent_jobs", |s| s.concurrent_jobs = 0);
+        refused("concurrent_jobs", |s| s.concurrent_jobs = 1025);
+        refused("max_job_count", |s| s.max_job_count = 0);
+        refused("worker_pipeline", |s| s.worker_pipeline = 0);
+        refused("worker_pipeline", |s| s.worker_pipeline = usize::MAX);
+        refused("prefetch", |s| s.prefetch = usize::MAX);
+        refused("spare_workers", |s| s.spare_workers = 100_000);
+        refused("worker_addr", |s| s.worker_addr = "nope".into());
+        let e = refused("worker_addr", |s| s.worker_addr = "tcp://127.0.0.1:99999".into());
+        assert!(e.contains("99999"), "{e}");
+        refused("worker_addr_failover", |s| s.worker_addr_failover = vec!["tcp://h".into()]);
+        refused("queues", |s| s.queues = QueuesSetting::Text("x:y".into()));
+        refused("log_level", |s| s.log_level = "info=bogus[".into());
+        let ok = JobManagerSettings { prefetch: 0, spare_workers: 0, ..Default::default() };
+        ok.to_config().unwrap();
     }
 }

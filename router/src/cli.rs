@@ -1,15 +1,17 @@
 //! `emq-router [--config PATH] [--frontend-addr A] [--backend-addr A]
 //! [--administrative-addr A]`: settings from defaults < file < environment
 //! < flags; a bad setting or address is one line on stderr and exit code 2.
+//! SIGHUP re-reads the same sources (see [`crate::server::Server::reload_settings`]).
 
 use crate::server::Server;
 use crate::RouterSettings;
 use clap::Parser;
+use emq_settings::SettingsError;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The eMQP router: brokers jobs between clients and job managers.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "emq-router", version, about)]
 pub struct Args {
     /// Settings file (TOML). Default: ./settings.toml when present.
@@ -26,9 +28,9 @@ pub struct Args {
     pub administrative_addr: Option<String>,
 }
 
-/// Resolves settings from all sources.
-pub fn settings(args: &Args) -> Result<RouterSettings, String> {
-    let mut s: RouterSettings = emq_settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+/// Resolves settings from all sources and validates every key.
+pub fn settings(args: &Args) -> Result<RouterSettings, SettingsError> {
+    let mut s: RouterSettings = emq_settings::load(args.config.as_deref())?;
     if let Some(a) = &args.frontend_addr {
         s.frontend_addr = a.clone();
     }
@@ -64,6 +66,10 @@ pub fn main() -> ExitCode {
     for sig in [signal_hook_consts::SIGINT, signal_hook_consts::SIGTERM] {
         let _ = install_stop(sig, stop.clone());
     }
+    // Without a handler SIGHUP's default action would kill the router.
+    let _ = install_reload(server.reload_flag());
+    let reload_args = args.clone();
+    server.set_reloader(Box::new(move || crate::cli::settings(&reload_args)));
     match server.run() {
         Ok(()) => {
             server.drain_outbox(std::time::Duration::from_millis(500));
@@ -79,6 +85,7 @@ pub fn main() -> ExitCode {
 mod signal_hook_consts {
     pub const SIGINT: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGINT;
     pub const SIGTERM: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGTERM;
+    pub const SIGHUP: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGHUP;
 }
 
 static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
@@ -95,4 +102,22 @@ fn install_stop(sig: nix::sys::signal::Signal, flag: std::sync::Arc<std::sync::a
     let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { sigaction(sig, &action) }.map(|_| ())
+}
+
+static RELOAD: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+extern "C" fn on_reload_signal(_: nix::libc::c_int) {
+    if let Some(f) = RELOAD.get() {
+        f.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// SIGHUP sets `flag`; the poll loop (woken by EINTR, or within its
+/// bounded timeout) reloads the settings.
+fn install_reload(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let _ = RELOAD.set(flag);
+    let action = SigAction::new(SigHandler::Handler(on_reload_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { sigaction(signal_hook_consts::SIGHUP, &action) }.map(|_| ())
 }

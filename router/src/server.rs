@@ -2,17 +2,33 @@
 //! sockets, drain every readable one completely, hand each message to the
 //! state machine, perform its actions, tick on time. A send that would block
 //! (peer pipe at its high-water mark) is kept in that peer's outbox and
-//! retried in order — never dropped.
+//! retried in order — never dropped. A SIGHUP (a flag set by the signal
+//! handler) re-reads the settings between polls: valid ones apply to the
+//! state machine at once, invalid ones are logged and the old ones kept.
 
 use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
 use crate::RouterSettings;
 use emq_protocol::Message;
 use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
+use emq_settings::SettingsError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// Re-reads the settings from the sources used at start (file,
+/// environment, flags) on SIGHUP.
+pub type Reloader = Box<dyn FnMut() -> Result<RouterSettings, SettingsError>>;
+
+/// Why the router cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Socket(#[from] ReceiverError),
+}
 
 /// The router's sockets and state.
 pub struct Server {
@@ -26,11 +42,19 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     /// What the HTTP thread serves, refreshed every tick (when enabled).
     snapshot: Option<crate::http::SharedSnapshot>,
+    /// The settings in force (for restart-only keys: the ones bound at
+    /// start), to tell what a reload changes.
+    settings: RouterSettings,
+    /// Set by the SIGHUP handler; the loop clears it and reloads.
+    reload: Arc<AtomicBool>,
+    reloader: Option<Reloader>,
 }
 
 impl Server {
-    /// Binds all three sockets.
-    pub fn bind(settings: &RouterSettings) -> Result<Server, ReceiverError> {
+    /// Validates the settings, then binds all three sockets (and the HTTP
+    /// endpoint when enabled).
+    pub fn bind(settings: &RouterSettings) -> Result<Server, BindError> {
+        let cfg = settings.to_config()?;
         let ctx = zmq::Context::new();
         let frontend = Receiver::bind(&ctx, &settings.frontend_addr, settings.socket_hwm)?;
         let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
@@ -52,11 +76,65 @@ impl Server {
             frontend,
             backend,
             admin,
-            state: RouterState::new(RouterConfig::from(settings), Now::real()),
+            state: RouterState::new(cfg, Now::real()),
             outbox: HashMap::new(),
             actions: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            settings: settings.clone(),
+            reload: Arc::new(AtomicBool::new(false)),
+            reloader: None,
         })
+    }
+
+    /// A flag that makes the loop reload settings when set (the SIGHUP
+    /// handler sets it).
+    pub fn reload_flag(&self) -> Arc<AtomicBool> {
+        self.reload.clone()
+    }
+
+    /// How to re-read the settings on SIGHUP (without one, SIGHUP is
+    /// logged and ignored).
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
+    }
+
+    /// The state machine's settings in force.
+    pub fn config(&self) -> &RouterConfig {
+        self.state.config()
+    }
+
+    /// SIGHUP: re-reads and validates the settings. A bad value is logged
+    /// with its key and why, and the old settings stay (the router keeps
+    /// running). Good ones apply at once, except the keys that need a
+    /// restart ([`RouterSettings::RESTART_KEYS`]), whose old values stay.
+    pub fn reload_settings(&mut self) {
+        let Some(reloader) = self.reloader.as_mut() else {
+            warn!("SIGHUP: this router cannot re-read its settings; ignored");
+            return;
+        };
+        let (mut new, cfg) = match reloader().and_then(|s| s.to_config().map(|c| (s, c))) {
+            Ok(ok) => ok,
+            Err(e) => {
+                warn!(key = e.key().unwrap_or("-"), error = %e, "SIGHUP: settings not reloaded; the old ones stay");
+                return;
+            }
+        };
+        let changed = new.changed_keys(&self.settings);
+        let (restart, live): (Vec<&str>, Vec<&str>) =
+            changed.into_iter().partition(|k| RouterSettings::RESTART_KEYS.contains(k));
+        if !restart.is_empty() {
+            warn!(keys = ?restart, "SIGHUP: these settings need a restart; their old values stay");
+        }
+        let old = &self.settings;
+        new.frontend_addr = old.frontend_addr.clone();
+        new.backend_addr = old.backend_addr.clone();
+        new.administrative_addr = old.administrative_addr.clone();
+        new.http_addr = old.http_addr.clone();
+        new.socket_hwm = old.socket_hwm;
+        new.log_level = old.log_level.clone();
+        self.state.reload(cfg);
+        self.settings = new;
+        info!(changed = ?live, "SIGHUP: settings reloaded");
     }
 
     /// A flag that stops the loop when set (signal handlers set it).
@@ -80,6 +158,9 @@ impl Server {
                     Err(e) => return Err(e.into()),
                 }
             };
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload_settings();
+            }
             let mut shutdown = false;
             for (i, kind) in [SocketKind::Frontend, SocketKind::Backend, SocketKind::Admin].into_iter().enumerate() {
                 if readable[i] {

@@ -1,6 +1,9 @@
 //! Router settings: EventMQ's key names and defaults. Documented with the
 //! same defaults in the repo's `settings.toml` and `docs/settings.md`.
 
+use crate::state::RouterConfig;
+use emq_settings::validate::{self as v, Zero};
+use emq_settings::SettingsError;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -59,35 +62,172 @@ impl Default for RouterSettings {
     }
 }
 
+/// Sanity bound for the router's job counts (`hwm`, `job_history`,
+/// `dead_letter_max`): far above any real need, and a value like `1e300`
+/// turned into a count is a typo, not a wish.
+pub const MAX_JOBS: usize = 1_000_000_000;
+
+/// Largest `retry_multiplier`: retries past a factor of 1000 each would
+/// hit the router's one-day retry cap after two attempts anyway.
+pub const MAX_RETRY_MULTIPLIER: f64 = 1000.0;
+
+/// Longest `retry_delay`: one day, the cap the router applies to any retry.
+pub const MAX_RETRY_DELAY: f64 = 86_400.0;
+
 impl RouterSettings {
-    /// Rejects values that would make the router misbehave.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.heartbeat_interval > 0.0 && self.heartbeat_interval.is_finite()) {
-            return Err(format!("heartbeat_interval must be > 0, got {}", self.heartbeat_interval));
-        }
-        if !(self.heartbeat_timeout > 0.0 && self.heartbeat_timeout.is_finite()) {
-            return Err(format!("heartbeat_timeout must be > 0, got {}", self.heartbeat_timeout));
-        }
-        if self.hwm == 0 {
-            return Err("hwm must be at least 1".into());
-        }
+    /// The state machine's configuration, every key validated: the only way
+    /// from settings to a [`RouterConfig`], at start and on SIGHUP, so that
+    /// no value (`inf`, `NaN`, negative, huge, port 99999) can panic or
+    /// misconfigure a running router. The error names the key and why.
+    pub fn to_config(&self) -> Result<RouterConfig, SettingsError> {
+        self.check_addresses()?;
+        v::count("socket_hwm", self.socket_hwm, 1, i32::MAX)?;
+        v::log_filter("log_level", &self.log_level)?;
+        Ok(RouterConfig {
+            heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
+            heartbeat_timeout: v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?,
+            hwm: v::count("hwm", self.hwm, 1, MAX_JOBS)?,
+            job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
+            retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
+            retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
+            dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
+            reject_unknown_queues: self.reject_unknown_queues,
+        })
+    }
+
+    /// The three ZeroMQ endpoints and the HTTP address.
+    fn check_addresses(&self) -> Result<(), SettingsError> {
         for (k, a) in [
             ("frontend_addr", &self.frontend_addr),
             ("backend_addr", &self.backend_addr),
             ("administrative_addr", &self.administrative_addr),
         ] {
-            if !a.contains("://") {
-                return Err(format!("{k} {a:?} is not a ZeroMQ endpoint like tcp://127.0.0.1:47291"));
-            }
+            v::zmq_endpoint(k, a)?;
         }
+        v::http_addr("http_addr", &self.http_addr)?;
         Ok(())
     }
 
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.heartbeat_interval)
+    /// Rejects values that would make the router misbehave (all of
+    /// [`Self::to_config`]'s checks).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.to_config().map(|_| ())
     }
 
+    /// Keys whose values differ from `old`'s, for the SIGHUP log.
+    pub fn changed_keys(&self, old: &RouterSettings) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($k:ident),*) => {$(if self.$k != old.$k { out.push(stringify!($k)); })*};
+        }
+        cmp!(
+            frontend_addr,
+            backend_addr,
+            administrative_addr,
+            heartbeat_interval,
+            heartbeat_timeout,
+            hwm,
+            socket_hwm,
+            job_history,
+            retry_delay,
+            retry_multiplier,
+            dead_letter_max,
+            reject_unknown_queues,
+            http_addr,
+            log_level
+        );
+        out
+    }
+
+    /// Keys that only take effect on a restart: the bound sockets and the
+    /// HTTP listener (rebinding would drop every peer's connection), and
+    /// the sockets' high-water mark (fixed when they are bound).
+    pub const RESTART_KEYS: &'static [&'static str] =
+        &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level"];
+
+    /// `heartbeat_interval` as a [`Duration`]. Never panics: an invalid value
+    /// (which [`Self::to_config`] refuses) gives the default, 3 s. Kept for
+    /// callers that hold already-validated settings; prefer `to_config`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused).unwrap_or(Duration::from_secs(3))
+    }
+
+    /// `heartbeat_timeout` as a [`Duration`]; an invalid value gives the
+    /// default, 5 s (see [`Self::heartbeat_interval`]).
     pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.heartbeat_timeout)
+        v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused).unwrap_or(Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `to_config` of the defaults with one change must fail naming `key`.
+    fn refused(key: &str, change: impl FnOnce(&mut RouterSettings)) -> String {
+        let mut s = RouterSettings::default();
+        change(&mut s);
+        let e = s.to_config().expect_err(key);
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().starts_with(&format!("invalid setting {key} = ")), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = RouterSettings::default().to_config().unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(5));
+        assert_eq!(c.retry_delay, Duration::from_secs(1));
+        assert_eq!((c.hwm, c.job_history, c.dead_letter_max), (10_000, 100_000, 10_000));
+        assert_eq!(c.retry_multiplier, 2.0);
+    }
+
+    #[test]
+    fn every_duration_refuses_inf_nan_negative_huge() {
+        for bad in [f64::INFINITY, f64::NAN, -1.0, 1e300, f64::NEG_INFINITY] {
+            refused("heartbeat_interval", |s| s.heartbeat_interval = bad);
+            refused("heartbeat_timeout", |s| s.heartbeat_timeout = bad);
+            refused("retry_delay", |s| s.retry_delay = bad);
+            refused("retry_multiplier", |s| s.retry_multiplier = bad);
+            // The helpers never panic either.
+            let s = RouterSettings { heartbeat_interval: bad, heartbeat_timeout: bad, ..Default::default() };
+            assert_eq!(
+                (s.heartbeat_interval(), s.heartbeat_timeout()),
+                (Duration::from_secs(3), Duration::from_secs(5))
+            );
+        }
+        refused("heartbeat_interval", |s| s.heartbeat_interval = 0.0);
+        refused("heartbeat_timeout", |s| s.heartbeat_timeout = 0.0);
+        refused("retry_multiplier", |s| s.retry_multiplier = 0.5);
+        refused("retry_delay", |s| s.retry_delay = 86_401.0);
+        let zero_delay = RouterSettings { retry_delay: 0.0, ..Default::default() };
+        assert_eq!(zero_delay.to_config().unwrap().retry_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn counts_and_addresses() {
+        refused("hwm", |s| s.hwm = 0);
+        refused("hwm", |s| s.hwm = usize::MAX);
+        refused("job_history", |s| s.job_history = usize::MAX);
+        refused("dead_letter_max", |s| s.dead_letter_max = usize::MAX);
+        refused("socket_hwm", |s| s.socket_hwm = 0);
+        refused("socket_hwm", |s| s.socket_hwm = -1);
+        let e = refused("frontend_addr", |s| s.frontend_addr = "tcp://127.0.0.1:99999".into());
+        assert!(e.contains("99999"), "{e}");
+        refused("backend_addr", |s| s.backend_addr = "tcp://127.0.0.1".into());
+        refused("administrative_addr", |s| s.administrative_addr = "nonsense".into());
+        refused("http_addr", |s| s.http_addr = "127.0.0.1:65536".into());
+        refused("log_level", |s| s.log_level = "info=bogus[".into());
+        let off = RouterSettings { http_addr: String::new(), ..Default::default() };
+        off.to_config().unwrap();
+    }
+
+    #[test]
+    fn changed_keys_name_what_differs() {
+        let a = RouterSettings::default();
+        let b = RouterSettings { hwm: 3, frontend_addr: "tcp://127.0.0.1:1".into(), ..Default::default() };
+        assert_eq!(b.changed_keys(&a), vec!["frontend_addr", "hwm"]);
+        assert!(a.changed_keys(&a).is_empty());
     }
 }

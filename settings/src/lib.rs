@@ -11,7 +11,9 @@
 //!
 //! Keys are flat (`frontend_addr`, `heartbeat_interval`, ...); each binary
 //! reads the keys it knows and ignores the rest, so one file serves all.
-//! Also owns logging setup ([`init_logging`]).
+//! Also owns logging setup ([`init_logging`]), the typed [`SettingsError`],
+//! and the validators every binary runs its values through ([`validate`]),
+//! so that no setting value can panic a binary.
 //!
 //! Does not own: the settings structs themselves (each binary's crate).
 
@@ -23,14 +25,41 @@ use thiserror::Error;
 const LIST_KEYS: &[&str] = &["python_path", "allowed_paths", "worker_addr_failover"];
 
 /// A settings file or value that cannot be used. Binaries print it as one
-/// line and exit with status 2.
+/// line and exit with status 2; a server reloading on SIGHUP logs it and
+/// keeps its old settings.
 #[derive(Debug, Error)]
 pub enum SettingsError {
+    /// `--config PATH` names a file that is not there (a typo must not
+    /// silently fall back to the defaults).
     #[error("settings file {0} does not exist")]
     MissingFile(String),
+    /// The file or an environment variable cannot be read or parsed into
+    /// the settings' types (bad TOML, `EMQ_HWM=lots`, ...).
     #[error("invalid settings: {0}")]
-    Invalid(#[from] config::ConfigError),
+    Unreadable(#[from] config::ConfigError),
+    /// One value parsed but is out of range or malformed. Carries the key,
+    /// the value as given and why it is refused, so the one line an
+    /// operator sees says what to fix.
+    #[error("invalid setting {key} = {value}: {why}")]
+    Invalid { key: String, value: String, why: String },
 }
+
+impl SettingsError {
+    /// An [`SettingsError::Invalid`] for `key`.
+    pub fn invalid(key: &str, value: impl std::fmt::Display, why: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid { key: key.to_owned(), value: value.to_string(), why: why.into() }
+    }
+
+    /// The key at fault, when one value is ([`SettingsError::Invalid`]).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            SettingsError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+pub mod validate;
 
 /// Loads settings of type `T` from the file and the environment.
 pub fn load<T: DeserializeOwned>(config_path: Option<&Path>) -> Result<T, SettingsError> {
@@ -114,6 +143,10 @@ mod tests {
             load_from::<S>(Some(Path::new("/nonexistent/x.toml")), Path::new("/nonexistent")),
             Err(SettingsError::MissingFile(_))
         ));
+        std::env::set_var("EMQ_HWM", "lots");
+        let e = load_from::<S>(Some(&f), Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(e, SettingsError::Unreadable(_)), "{e}");
+        std::env::remove_var("EMQ_HWM");
         std::fs::write(&f, "hwm = [").unwrap();
         assert!(load_from::<S>(Some(&f), Path::new("/nonexistent")).is_err());
     }

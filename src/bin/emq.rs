@@ -86,6 +86,7 @@ fn up(
     python_path: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    check_settings(&config, &queues, jobs, &python_path)?;
     let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only bumps an atomic counter.
@@ -129,21 +130,25 @@ fn up(
             signal(&jm, Signal::SIGINT);
         }
         if let Ok(Some(st)) = jm.try_wait() {
-            if stops_seen == 0 {
+            // Exit 2 is a setting or address the child refused: its own
+            // line on stderr says which; pass the code on, add nothing.
+            if stops_seen == 0 && st.code() != Some(2) {
                 eprintln!("emq up: job manager exited ({st}); stopping the router");
             }
             signal(&router, Signal::SIGTERM);
             wait_for(&mut router, Duration::from_secs(5));
-            break if stops_seen > 0 || st.success() { 0 } else { 1 };
+            break if stops_seen > 0 || st.success() { 0 } else { exit_code(st) };
         }
         if let Ok(Some(st)) = router.try_wait() {
-            eprintln!("emq up: router exited ({st}); stopping the job manager");
+            if st.code() != Some(2) {
+                eprintln!("emq up: router exited ({st}); stopping the job manager");
+            }
             signal(&jm, Signal::SIGTERM);
             if !wait_for(&mut jm, Duration::from_secs(30)) {
                 signal(&jm, Signal::SIGKILL);
                 let _ = jm.wait();
             }
-            break if stops_seen > 0 { 0 } else { 1 };
+            break if stops_seen > 0 { 0 } else { exit_code(st) };
         }
     };
     for c in [&mut jm, &mut router] {
@@ -153,6 +158,45 @@ fn up(
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// 2 when a child refused its settings (as the children and every other
+/// binary report it), else 1.
+fn exit_code(st: std::process::ExitStatus) -> u8 {
+    if st.code() == Some(2) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Loads and validates both children's settings exactly as they will
+/// (same file, environment and flags) before starting either, so a bad
+/// value is one line and exit code 2 from `emq up` itself, not a router
+/// that starts and a job manager that dies.
+fn check_settings(
+    config: &Option<PathBuf>,
+    queues: &Option<String>,
+    jobs: Option<usize>,
+    python_path: &[PathBuf],
+) -> Result<(), emq_settings::SettingsError> {
+    let router = emq_router::cli::Args {
+        config: config.clone(),
+        frontend_addr: None,
+        backend_addr: None,
+        administrative_addr: None,
+    };
+    emq_router::cli::settings(&router)?;
+    let jm = emq_jobmanager::cli::Args {
+        config: config.clone(),
+        broker_addr: None,
+        queues: queues.clone(),
+        jobs,
+        name: None,
+        python_path: python_path.iter().map(|p| p.display().to_string()).collect(),
+    };
+    emq_jobmanager::cli::settings(&jm)?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

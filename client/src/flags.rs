@@ -1,0 +1,107 @@
+//! Command-line flag parsing shared by `emq-send` and `emq-cli`: numeric
+//! flags go through the same validators as the servers' settings
+//! ([`emq_settings::validate`]), so `--deadline inf`, `NaN`, `-1` or `1e300`
+//! is one line on stderr naming the flag, exit code 2 — never a panic
+//! (`Duration::from_secs_f64` panics on all of them).
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use emq_settings::validate::{self as v, Zero};
+use emq_settings::SettingsError;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Why a validator refused a value, for clap's "invalid value" message
+/// (which already names the flag and the value).
+fn why(e: SettingsError) -> String {
+    match e {
+        SettingsError::Invalid { why, .. } => why,
+        other => other.to_string(),
+    }
+}
+
+/// `--deadline`-style seconds: a number, 0 or more (0 = do not wait), at
+/// most ten years ([`v::MAX_SECONDS`]).
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    let x: f64 = s.trim().parse().map_err(|_| "is not a number of seconds".to_string())?;
+    v::seconds("", x, Zero::Allowed).map_err(why)
+}
+
+/// A whole number within `[min, max]`.
+fn whole<T: FromStr + PartialOrd + Copy + std::fmt::Display>(s: &str, min: T, max: T) -> Result<T, String> {
+    let n: T = s.trim().parse().map_err(|_| format!("is not a whole number from {min} to {max}"))?;
+    v::count("", n, min, max).map_err(why)
+}
+
+/// `--timeout`: whole seconds, 0 (= the job manager's global timeout) up to
+/// the longest timeout the protocol honours.
+pub fn timeout_secs(s: &str) -> Result<u64, String> {
+    whole(s, 0, emq_protocol::MAX_TIMEOUT_SECS)
+}
+
+/// `--retry`: retries allowed.
+pub fn retries(s: &str) -> Result<u32, String> {
+    whole(s, 0, u32::MAX)
+}
+
+/// `--count`: jobs to send, at least 1.
+pub fn job_count(s: &str) -> Result<u64, String> {
+    whole(s, 1, u64::MAX)
+}
+
+/// Most jobs outstanding at once (`--window`): at least 1; at most a
+/// million, since the client tracks each one.
+pub fn window(s: &str) -> Result<usize, String> {
+    whole(s, 1, 1_000_000)
+}
+
+/// A ZeroMQ endpoint from a flag or a setting, checked before connecting:
+/// ZeroMQ connects to a bad one without complaint and waits forever.
+pub fn endpoint(key: &str, addr: &str) -> Result<(), SettingsError> {
+    v::zmq_endpoint(key, addr)
+}
+
+/// Parses the command line. A bad value is one line on stderr (clap's
+/// first line, which names the flag, the value and why) and exit code 2;
+/// `--help`, `--version` and usage errors are clap's usual output.
+pub fn parse<T: Parser>(prog: &str) -> Result<T, ExitCode> {
+    match T::try_parse() {
+        Ok(a) => Ok(a),
+        Err(e) if matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("{prog}: {}", first.strip_prefix("error: ").unwrap_or(first));
+            Err(ExitCode::from(2))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_refuse_what_would_panic() {
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(seconds("0"), Ok(Duration::ZERO));
+        for bad in ["inf", "NaN", "-1", "1e300", "-inf", "soon", ""] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+        assert!(seconds("-1").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn whole_numbers_are_bounded() {
+        assert_eq!(timeout_secs("30"), Ok(30));
+        assert!(timeout_secs("-1").is_err());
+        assert!(timeout_secs("1e300").is_err());
+        assert!(timeout_secs(&(emq_protocol::MAX_TIMEOUT_SECS + 1).to_string()).unwrap_err().contains("at most"));
+        assert!(job_count("0").unwrap_err().contains("at least 1"));
+        assert!(window("0").is_err());
+        assert!(window("1000001").is_err());
+        assert_eq!(retries("3"), Ok(3));
+        assert!(retries("-1").is_err());
+    }
+}
