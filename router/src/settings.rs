@@ -5,7 +5,6 @@ use crate::state::RouterConfig;
 use emq_settings::validate::{self as v, Zero};
 use emq_settings::SettingsError;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// Everything `emq-router` can be told.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -144,24 +143,12 @@ impl RouterSettings {
     /// the sockets' high-water mark (fixed when they are bound).
     pub const RESTART_KEYS: &'static [&'static str] =
         &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level"];
-
-    /// `heartbeat_interval` as a [`Duration`]. Never panics: an invalid value
-    /// (which [`Self::to_config`] refuses) gives the default, 3 s. Kept for
-    /// callers that hold already-validated settings; prefer `to_config`.
-    pub fn heartbeat_interval(&self) -> Duration {
-        v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused).unwrap_or(Duration::from_secs(3))
-    }
-
-    /// `heartbeat_timeout` as a [`Duration`]; an invalid value gives the
-    /// default, 5 s (see [`Self::heartbeat_interval`]).
-    pub fn heartbeat_timeout(&self) -> Duration {
-        v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused).unwrap_or(Duration::from_secs(5))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// `to_config` of the defaults with one change must fail naming `key`.
     fn refused(key: &str, change: impl FnOnce(&mut RouterSettings)) -> String {
@@ -190,12 +177,6 @@ mod tests {
             refused("heartbeat_timeout", |s| s.heartbeat_timeout = bad);
             refused("retry_delay", |s| s.retry_delay = bad);
             refused("retry_multiplier", |s| s.retry_multiplier = bad);
-            // The helpers never panic either.
-            let s = RouterSettings { heartbeat_interval: bad, heartbeat_timeout: bad, ..Default::default() };
-            assert_eq!(
-                (s.heartbeat_interval(), s.heartbeat_timeout()),
-                (Duration::from_secs(3), Duration::from_secs(5))
-            );
         }
         refused("heartbeat_interval", |s| s.heartbeat_interval = 0.0);
         refused("heartbeat_timeout", |s| s.heartbeat_timeout = 0.0);

@@ -117,7 +117,7 @@ impl Now {
     }
 }
 
-/// The state machine's tunables (from [`crate::RouterSettings`]).
+/// The state machine's tunables, validated (from `RouterSettings::to_config`).
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     pub heartbeat_interval: Duration,
@@ -133,21 +133,6 @@ pub struct RouterConfig {
     /// Refuse REQUESTs for a queue nobody serves when `default` has no job
     /// manager either (instead of buffering them in `default`).
     pub reject_unknown_queues: bool,
-}
-
-impl From<&crate::RouterSettings> for RouterConfig {
-    fn from(s: &crate::RouterSettings) -> Self {
-        RouterConfig {
-            heartbeat_interval: s.heartbeat_interval(),
-            heartbeat_timeout: s.heartbeat_timeout(),
-            hwm: s.hwm,
-            job_history: s.job_history,
-            retry_delay: Duration::from_secs_f64(s.retry_delay.max(0.0)),
-            retry_multiplier: s.retry_multiplier.max(1.0),
-            dead_letter_max: s.dead_letter_max,
-            reject_unknown_queues: s.reject_unknown_queues,
-        }
-    }
 }
 
 /// The whole router state.
