@@ -32,6 +32,20 @@ fn accepted(i: u64) -> Record {
     }
 }
 
+/// A closed journal in a fresh directory holding jobs `0..n`; returns the
+/// directory and its newest segment.
+fn journal_with(tag: &str, n: u64) -> (PathBuf, PathBuf) {
+    let dir = tmpdir(tag);
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..n {
+        j.append(&accepted(i));
+    }
+    j.close();
+    drop(j);
+    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    (dir, path)
+}
+
 fn read_all(dir: &Path, repair: bool) -> Result<(Vec<Record>, ReplayReport), JournalError> {
     let mut out = Vec::new();
     let report = replay(dir, repair, |r| out.push(r))?;
@@ -109,14 +123,9 @@ fn checkpoint_supersedes_and_deletes_older_segments() {
 
 #[test]
 fn unfinished_checkpoint_is_ignored() {
-    let dir = tmpdir("unfinished");
-    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
-    for i in 0..10 {
-        j.append(&accepted(i));
-    }
-    j.close();
-    drop(j);
+    let (dir, path) = journal_with("unfinished", 10);
     let last = list_segments(&dir).unwrap().last().unwrap().0;
+    assert_eq!(segment_path(&dir, last), path);
     // A crash while writing a checkpoint: its begin and some records, no end.
     let mut bytes = segment::MAGIC.to_vec();
     frame(&Record::CheckpointBegin { id: 1 }, &mut bytes);
@@ -129,14 +138,7 @@ fn unfinished_checkpoint_is_ignored() {
 
 #[test]
 fn torn_tail_is_truncated_at_every_offset() {
-    let dir = tmpdir("torn");
-    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
-    for i in 0..5 {
-        j.append(&accepted(i));
-    }
-    j.close();
-    drop(j);
-    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let (dir, path) = journal_with("torn", 5);
     let whole = std::fs::read(&path).unwrap();
     let mut frame_ends = Vec::new();
     let mut pos = segment::MAGIC.len();
@@ -160,14 +162,7 @@ fn torn_tail_is_truncated_at_every_offset() {
 
 #[test]
 fn damage_before_the_tail_stops_unless_repair() {
-    let dir = tmpdir("damage");
-    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
-    for i in 0..5 {
-        j.append(&accepted(i));
-    }
-    j.close();
-    drop(j);
-    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let (dir, path) = journal_with("damage", 5);
     let mut bytes = std::fs::read(&path).unwrap();
     // Flip a byte inside the second record's body.
     let (_, second) = segment::read_frame(&bytes, segment::MAGIC.len()).unwrap();

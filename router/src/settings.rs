@@ -154,10 +154,7 @@ mod tests {
     fn refused(key: &str, change: impl FnOnce(&mut RouterSettings)) -> String {
         let mut s = RouterSettings::default();
         change(&mut s);
-        let e = s.to_config().expect_err(key);
-        assert_eq!(e.key(), Some(key), "{e}");
-        assert!(e.to_string().starts_with(&format!("invalid setting {key} = ")), "{e}");
-        e.to_string()
+        SettingsError::expect_refusal(s.to_config(), key)
     }
 
     #[test]

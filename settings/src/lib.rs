@@ -57,6 +57,15 @@ impl SettingsError {
             _ => None,
         }
     }
+
+    /// Test support: `result` must be a refusal of `key`, worded as
+    /// operators see it. Returns the message.
+    pub fn expect_refusal<T>(result: Result<T, SettingsError>, key: &str) -> String {
+        let Err(e) = result else { panic!("a bad {key} was accepted") };
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().starts_with(&format!("invalid setting {key} = ")), "{e}");
+        e.to_string()
+    }
 }
 
 pub mod validate;

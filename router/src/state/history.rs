@@ -73,6 +73,23 @@ pub struct JobRecord {
     pub attempt_errors: Vec<AttemptError>,
 }
 
+impl JobRecord {
+    /// A job just accepted into `queue`, received at `received` (unix seconds).
+    pub fn queued(queue: Arc<str>, received: f64) -> Self {
+        JobRecord {
+            queue,
+            state: JobState::Queued,
+            job_manager: None,
+            received,
+            dispatched: None,
+            finished: None,
+            attempts: 0,
+            result: None,
+            attempt_errors: Vec::new(),
+        }
+    }
+}
+
 /// One failed attempt of a job.
 #[derive(Debug, Clone)]
 pub struct AttemptError {
@@ -187,17 +204,7 @@ mod tests {
     use super::*;
 
     fn rec() -> JobRecord {
-        JobRecord {
-            queue: Arc::from("q"),
-            state: JobState::Queued,
-            job_manager: None,
-            received: 1.0,
-            dispatched: None,
-            finished: None,
-            attempts: 0,
-            result: None,
-            attempt_errors: Vec::new(),
-        }
+        JobRecord::queued(Arc::from("q"), 1.0)
     }
 
     #[test]

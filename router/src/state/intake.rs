@@ -190,17 +190,7 @@ impl RouterState {
         let queue_name = self.queue_name(&queue);
         self.history.insert(
             msgid_shared.clone(),
-            JobRecord {
-                queue: queue_name,
-                state: JobState::Queued,
-                job_manager: None,
-                received: now.unix,
-                dispatched: None,
-                finished: None,
-                attempts: 0,
-                result: None,
-                attempt_errors: Vec::new(),
-            },
+            JobRecord::queued(queue_name, now.unix),
         );
         let job = WaitingJob {
             client: client.clone(),

@@ -828,17 +828,7 @@ fn health_is_parsed_once_and_bounded() {
 #[test]
 fn job_history_marks_keep_timestamps_consistent() {
     let mut hist = JobHistory::new(10);
-    let rec = JobRecord {
-        queue: Arc::from("q"),
-        state: JobState::Queued,
-        job_manager: None,
-        received: 1.0,
-        dispatched: None,
-        finished: None,
-        attempts: 0,
-        result: None,
-        attempt_errors: Vec::new(),
-    };
+    let rec = JobRecord::queued(Arc::from("q"), 1.0);
     hist.insert(Arc::from("a"), rec);
     assert_eq!(hist.mark("a", JobState::Dispatched, 2.0).unwrap().dispatched, Some(2.0));
     assert_eq!(hist.mark("a", JobState::Dead, 3.0).unwrap().finished, Some(3.0));
