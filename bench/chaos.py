@@ -83,7 +83,7 @@ def main():
     router = start("router", [os.path.join(REL, "emq-router"), "--frontend-addr", fe, "--backend-addr", be,
                               "--administrative-addr", ad],
                    {"EMQ_HEARTBEAT_INTERVAL": "0.5", "EMQ_HEARTBEAT_TIMEOUT": "2", "EMQ_HWM": str(a.jobs * 2),
-                    "EMQ_HTTP_ADDR": ""})
+                    "EMQ_HTTP_ADDR": "", "EMQ_DATA_DIR": os.path.join(work, "data")})
 
     def start_jm(i):
         return start("jm%d" % i, [os.path.join(REL, "emq-jobmanager"), "-B", be, "-J", "2",

@@ -118,8 +118,11 @@ def children(pid):
 
 
 def emq_router(a, env=None):
+    # A fresh journal directory per router: no run replays another's jobs.
+    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    base = {"RUST_LOG": "error", "EMQ_HTTP_ADDR": "", "EMQ_DATA_DIR": data_dir}
     p = start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
-               "--administrative-addr", a["admin"]], env=dict({"RUST_LOG": "error", "EMQ_HTTP_ADDR": ""}, **(env or {})), log_name="router")
+               "--administrative-addr", a["admin"]], env=dict(base, **(env or {})), log_name="router")
     end = time.time() + 20
     while free_slots(a["admin"]) < 0:
         if time.time() > end:

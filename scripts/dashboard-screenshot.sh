@@ -13,7 +13,7 @@ FE=tcp://127.0.0.1:$(port); BE=tcp://127.0.0.1:$(port); AD=tcp://127.0.0.1:$(por
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-EMQ_HTTP_ADDR=$HTTP EMQ_HEARTBEAT_INTERVAL=1 EMQ_HEARTBEAT_TIMEOUT=2 RUST_LOG=error \
+EMQ_DATA_DIR=$(mktemp -d) EMQ_HTTP_ADDR=$HTTP EMQ_HEARTBEAT_INTERVAL=1 EMQ_HEARTBEAT_TIMEOUT=2 RUST_LOG=error \
   $R/emq-router --frontend-addr "$FE" --backend-addr "$BE" --administrative-addr "$AD" & pids+=($!)
 sleep 0.5
 EMQ_HEARTBEAT_INTERVAL=0.5 RUST_LOG=error $R/emq-jobmanager -B "$BE" -J 2 -n web --python-path jobs --python-path tests/pyjobs & pids+=($!)

@@ -20,6 +20,7 @@ fn emq_up_serves_the_example_module_and_stops_both_on_ctrl_c() {
         .env("EMQ_WORKER_ADDR", &a.backend)
         .env("EMQ_ADMINISTRATIVE_ADDR", &a.admin)
         .env("EMQ_HTTP_ADDR", &a.http)
+        .env("EMQ_DATA_DIR", &a.data_dir)
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(&log).unwrap());
     let mut up = ChildGuard::spawn("emq up", cmd);

@@ -176,7 +176,7 @@ fn garbage_on_every_socket_does_not_stop_a_valid_job() {
 fn bad_settings_exit_with_code_2() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"));
-        c.args(args).current_dir(std::env::temp_dir()).env("EMQ_HTTP_ADDR", "");
+        c.args(args).current_dir(std::env::temp_dir()).env("EMQ_HTTP_ADDR", "").env("EMQ_DATA_DIR", &RouterAddrs::fresh().data_dir);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -212,6 +212,7 @@ fn http_addr_in_use_is_a_one_line_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"))
         .args(["--frontend-addr", &a.frontend, "--backend-addr", &a.backend, "--administrative-addr", &a.admin])
         .env("EMQ_HTTP_ADDR", taken.local_addr().unwrap().to_string())
+        .env("EMQ_DATA_DIR", &a.data_dir)
         .env("RUST_LOG", "off")
         .current_dir(std::env::temp_dir())
         .output()

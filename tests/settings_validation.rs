@@ -202,6 +202,7 @@ fn router_survives_a_bad_sighup_reload_and_applies_a_good_one() {
             cmd.arg("--config")
                 .arg(&file)
                 .current_dir(&dir)
+                .env("EMQ_DATA_DIR", &a.data_dir)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stderr(std::fs::File::create(&log).unwrap());

@@ -8,7 +8,7 @@
 use emq_protocol::{AdminCommand, Command, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request, RunPayload};
 use emq_sender::{Sender, SenderError};
 use serde_json::{Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -120,7 +120,18 @@ pub struct Client {
     /// Arrival order of results not yet taken (for [`Client::wait_any`]).
     result_order: VecDeque<String>,
     status_answers: VecDeque<Value>,
+    /// Jobs sent whose outcome has not been taken yet, oldest first: what
+    /// this client still waits on (asked about after a reconnect).
+    pending: HashSet<String>,
+    pending_order: VecDeque<String>,
 }
+
+/// Status answers kept for [`Client::job_status`] callers (older ones are
+/// dropped: answers nobody asks for must not pile up).
+const MAX_STATUS_ANSWERS: usize = 1024;
+
+/// Pending jobs asked about per status round of [`Client::wait_any`].
+const STATUS_ROUND: usize = 256;
 
 /// How often `wait` asks the router's job record when nothing arrives, to
 /// recover a result that went to an earlier connection.
@@ -147,6 +158,8 @@ impl Client {
             results: HashMap::new(),
             result_order: VecDeque::new(),
             status_answers: VecDeque::new(),
+            pending: HashSet::new(),
+            pending_order: VecDeque::new(),
         }
     }
 
@@ -160,6 +173,8 @@ impl Client {
         let request = Request { queue: queue.to_owned(), headers: options.headers(), payload: job.to_wire() };
         let m = Message::new(Command::Request(request));
         self.sender.send(&m)?;
+        self.pending.insert(m.msgid.clone());
+        self.pending_order.push_back(m.msgid.clone());
         Ok(m.msgid)
     }
 
@@ -193,10 +208,13 @@ impl Client {
             match m.command {
                 Command::Reply(Reply::Single { body }) => {
                     if body.starts_with('{') {
-                        if let Ok(v) = serde_json::from_str(&body) {
-                            self.status_answers.push_back(v);
+                        if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                            self.take_status_answer(v);
                         }
-                    } else {
+                    } else if self.pending.contains(&body) {
+                        // A receipt may come after its result (the router
+                        // sends it once the job is on disk): only jobs
+                        // still waited on keep one.
                         self.receipts.insert(body, Receipt::Accepted);
                     }
                 }
@@ -208,20 +226,85 @@ impl Client {
                     if let JobOutcome::Refused(e) = &outcome {
                         self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
                     }
-                    if self.results.insert(orig_msgid.clone(), outcome).is_none() {
-                        self.result_order.push_back(orig_msgid);
-                    }
+                    self.add_result(orig_msgid, outcome);
                 }
                 _ => {} // heartbeats and the like
             }
         }
     }
 
-    /// Waits for the router's receipt (or refusal) of `msgid`.
+    /// A result (the first one for a msgid counts; a job run twice by
+    /// at-least-once delivery may report twice).
+    fn add_result(&mut self, msgid: String, outcome: JobOutcome) {
+        if self.results.contains_key(&msgid) {
+            return;
+        }
+        if self.results.insert(msgid.clone(), outcome).is_none() {
+            self.result_order.push_back(msgid);
+        }
+    }
+
+    /// A JOB_STATUS answer: kept for `job_status`, and when it shows the
+    /// final outcome of a job still waited on, that is its result (one
+    /// that was sent while this client was away is not lost).
+    fn take_status_answer(&mut self, v: Value) {
+        if let Some(id) = v["msgid"].as_str() {
+            if self.pending.contains(id) && !self.results.contains_key(id) {
+                if let Some(o) = outcome_from_status(&v) {
+                    self.add_result(id.to_owned(), o);
+                }
+            }
+        }
+        if self.status_answers.len() >= MAX_STATUS_ANSWERS {
+            self.status_answers.pop_front();
+        }
+        self.status_answers.push_back(v);
+    }
+
+    /// The job is over for this client.
+    fn settle(&mut self, msgid: &str) {
+        self.receipts.remove(msgid);
+        if self.pending.remove(msgid) {
+            // Compact the order list now and then (it holds settled ids).
+            if self.pending_order.len() > 2 * self.pending.len() + 64 {
+                let pending = &self.pending;
+                self.pending_order.retain(|id| pending.contains(id));
+            }
+        }
+    }
+
+    /// Asks the router for the records of up to `limit` jobs still waited
+    /// on, taking turns (each round asks the next ones); their answers
+    /// become results when final.
+    fn ask_pending_status(&mut self, limit: usize) {
+        let pending = &self.pending;
+        self.pending_order.retain(|id| pending.contains(id));
+        let n = limit.min(self.pending_order.len());
+        for _ in 0..n {
+            let Some(id) = self.pending_order.pop_front() else { break };
+            let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: id.clone() }));
+            let _ = self.sender.send(&m);
+            self.pending_order.push_back(id);
+        }
+    }
+
+    /// Jobs sent and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Waits for the router's receipt (or refusal) of `msgid`. A result
+    /// counts as a receipt: the router sends the receipt once the job is on
+    /// disk, which may be after the job already ran.
     pub fn wait_receipt(&mut self, msgid: &str, deadline: Instant) -> Result<Receipt, ClientError> {
         loop {
             if let Some(r) = self.receipts.remove(msgid) {
                 return Ok(r);
+            }
+            match self.results.get(msgid) {
+                Some(JobOutcome::Refused(e)) => return Ok(Receipt::Refused(e.clone())),
+                Some(_) => return Ok(Receipt::Accepted),
+                None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -238,7 +321,6 @@ impl Client {
         let mut last_poll = Instant::now();
         loop {
             if let Some(o) = self.take_result(msgid) {
-                self.receipts.remove(msgid);
                 return o;
             }
             let now = Instant::now();
@@ -261,18 +343,30 @@ impl Client {
 
     /// The next result of any job, in arrival order.
     pub fn wait_any(&mut self, deadline: Instant) -> Option<(String, JobOutcome)> {
+        let mut last_heard = Instant::now();
         loop {
             while let Some(id) = self.result_order.pop_front() {
                 if let Some(o) = self.results.remove(&id) {
-                    self.receipts.remove(&id);
+                    self.settle(&id);
                     return Some((id, o));
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return None;
             }
-            let _ = self.pump(left.as_millis().max(1) as i64);
+            if now.duration_since(last_heard) >= STATUS_POLL && !self.pending.is_empty() {
+                // Nothing for a while: results may have gone to a connection
+                // that dropped (a router restart); ask the records.
+                last_heard = now;
+                self.ask_pending_status(STATUS_ROUND);
+            }
+            if let Ok(n) = self.pump(left.min(STATUS_POLL).as_millis().max(1) as i64) {
+                if n > 0 && !self.result_order.is_empty() {
+                    last_heard = Instant::now();
+                }
+            }
         }
     }
 
@@ -283,7 +377,9 @@ impl Client {
 
     /// Takes an already-received result without waiting.
     pub fn take_result(&mut self, msgid: &str) -> Option<JobOutcome> {
-        self.results.remove(msgid)
+        let o = self.results.remove(msgid)?;
+        self.settle(msgid);
+        Some(o)
     }
 
     /// The router's record of a job: state (`queued`, `dispatched`, `done`,
@@ -319,6 +415,8 @@ impl Client {
     pub fn reconnect(&mut self) -> Result<(), ClientError> {
         let _ = self.pump(0);
         self.sender.reopen()?;
+        // Results that went to the old connection: ask for them now.
+        self.ask_pending_status(usize::MAX);
         Ok(())
     }
 }

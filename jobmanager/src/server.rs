@@ -25,6 +25,8 @@ pub type Reloader = Box<dyn FnMut() -> Result<(crate::state::JmConfig, WorkerCon
 pub struct Server {
     ctx: zmq::Context,
     socket: Option<Sender>,
+    /// The router connection's monitor (reconnects).
+    watch: Option<emq_sender::ConnectionWatch>,
     workers: Vec<Option<WorkerProcess>>,
     state: JobManagerState,
     exe: PathBuf,
@@ -77,6 +79,7 @@ impl Server {
         Ok(Server {
             ctx: zmq::Context::new(),
             socket: None,
+            watch: None,
             workers,
             state,
             exe,
@@ -150,6 +153,14 @@ impl Server {
         };
         if sig_ready {
             self.read_signals(events);
+        }
+        if let Some(w) = &mut self.watch {
+            for e in w.events() {
+                match e {
+                    emq_sender::ConnectionEvent::Reconnected => events.push(Event::RouterReconnected),
+                    emq_sender::ConnectionEvent::Disconnected => info!("connection to the router dropped"),
+                }
+            }
         }
         if sock_ready {
             if let Some(s) = &self.socket {
@@ -253,8 +264,17 @@ impl Server {
                     let _ = old.try_send(&Message::new(Command::Kbye));
                     let _ = old.socket().set_linger(100);
                 }
+                self.watch = None;
                 match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
-                    Ok(s) => self.socket = Some(s),
+                    Ok(s) => {
+                        // Tells us when the connection drops and comes back
+                        // (a restarted router), so we re-attach at once.
+                        match s.watch_connection() {
+                            Ok(w) => self.watch = Some(w),
+                            Err(e) => warn!(error = %e, "cannot watch the router connection"),
+                        }
+                        self.socket = Some(s);
+                    }
                     Err(e) => error!(%addr, error = %e, "cannot connect"),
                 }
             }

@@ -48,6 +48,10 @@ pub struct PoolHealth {
     pub in_flight: Vec<JobHealth>,
     /// Jobs received and not yet handed to a worker.
     pub queued_locally: usize,
+    /// Msgids of the jobs it holds that are not running yet (queued here
+    /// or behind a running job at a worker): with `in_flight`, what a
+    /// restarted router learns is still in hand.
+    pub held: Vec<String>,
     /// Jobs completed per worker pid (the most recent pids).
     pub jobs_by_pid: BTreeMap<u32, u64>,
     /// Worker replacements by reason (`died`, `timeout`, `recycled`, ...).

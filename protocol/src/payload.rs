@@ -106,6 +106,9 @@ pub enum JobErrorKind {
     /// Its job manager vanished (silence, unreachable, restart) before it
     /// reported the job, and the job could not be run again (`"job manager lost"`).
     JobManagerLost,
+    /// It was running when the router stopped or crashed, and no job
+    /// manager reported it after the restart (`"router restarted"`).
+    RouterRestarted,
     /// Not accepted: queue full, unknown queue, callable not allowed,
     /// shutting down, malformed (`"refused"`).
     Refused,
@@ -126,6 +129,7 @@ impl JobErrorKind {
             JobErrorKind::Killed => "killed",
             JobErrorKind::WorkerDied => "worker died",
             JobErrorKind::JobManagerLost => "job manager lost",
+            JobErrorKind::RouterRestarted => "router restarted",
             JobErrorKind::Refused => "refused",
             JobErrorKind::BadPayload => "BadPayload",
             JobErrorKind::BadReply => "BadReply",
@@ -136,7 +140,10 @@ impl JobErrorKind {
     /// The job did not fail by itself: the machinery around it did (its
     /// worker or job manager went away, or it was stopped).
     pub fn is_infrastructure(&self) -> bool {
-        matches!(self, JobErrorKind::WorkerDied | JobErrorKind::JobManagerLost | JobErrorKind::Killed)
+        matches!(
+            self,
+            JobErrorKind::WorkerDied | JobErrorKind::JobManagerLost | JobErrorKind::RouterRestarted | JobErrorKind::Killed
+        )
     }
 }
 
@@ -147,6 +154,7 @@ impl From<&str> for JobErrorKind {
             "killed" => JobErrorKind::Killed,
             "worker died" => JobErrorKind::WorkerDied,
             "job manager lost" => JobErrorKind::JobManagerLost,
+            "router restarted" => JobErrorKind::RouterRestarted,
             "refused" => JobErrorKind::Refused,
             "BadPayload" => JobErrorKind::BadPayload,
             "BadReply" => JobErrorKind::BadReply,
@@ -280,6 +288,7 @@ mod tests {
             (Killed, "killed"),
             (WorkerDied, "worker died"),
             (JobManagerLost, "job manager lost"),
+            (RouterRestarted, "router restarted"),
             (Refused, "refused"),
             (BadPayload, "BadPayload"),
             (BadReply, "BadReply"),

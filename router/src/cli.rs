@@ -26,6 +26,13 @@ pub struct Args {
     /// Address emq-cli connects to (administrative_addr).
     #[arg(long)]
     pub administrative_addr: Option<String>,
+    /// Where the journal lives (data_dir).
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Start past damaged journal records: keep every valid record, drop
+    /// and list the damaged ones (without it, damage stops the start).
+    #[arg(long)]
+    pub journal_repair: bool,
 }
 
 /// Resolves settings from all sources and validates every key.
@@ -39,6 +46,9 @@ pub fn settings(args: &Args) -> Result<RouterSettings, SettingsError> {
     }
     if let Some(a) = &args.administrative_addr {
         s.administrative_addr = a.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        s.data_dir = d.clone();
     }
     s.validate()?;
     Ok(s)
@@ -55,14 +65,14 @@ pub fn main() -> ExitCode {
         }
     };
     emq_settings::init_logging(&settings.log_level);
-    let mut server = match Server::bind(&settings) {
+    let mut server = match Server::bind_with(&settings, args.journal_repair) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("emq-router: {e}");
             return ExitCode::from(2);
         }
     };
-    let stop = server.stop_flag();
+    let stop = server.stop_counter();
     for sig in [signal_hook_consts::SIGINT, signal_hook_consts::SIGTERM] {
         let _ = install_stop(sig, stop.clone());
     }
@@ -88,15 +98,16 @@ mod signal_hook_consts {
     pub const SIGHUP: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGHUP;
 }
 
-static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicU32>> = std::sync::OnceLock::new();
 
+/// Counts the signal: the first stops gracefully, a second at once.
 extern "C" fn on_stop_signal(_: nix::libc::c_int) {
     if let Some(f) = STOP.get() {
-        f.store(true, std::sync::atomic::Ordering::Relaxed);
+        f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-fn install_stop(sig: nix::sys::signal::Signal, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> nix::Result<()> {
+fn install_stop(sig: nix::sys::signal::Signal, flag: std::sync::Arc<std::sync::atomic::AtomicU32>) -> nix::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let _ = STOP.set(flag);
     let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());

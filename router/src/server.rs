@@ -5,14 +5,24 @@
 //! retried in order — never dropped. A SIGHUP (a flag set by the signal
 //! handler) re-reads the settings between polls: valid ones apply to the
 //! state machine at once, invalid ones are logged and the old ones kept.
+//!
+//! The journal: at bind, the journal in `data_dir` is replayed into the
+//! state machine. Records the state machine asks for go into the current
+//! pass's batch; at the end of each pass the batch is handed to the journal
+//! thread (group commit), and receipts (`SendDurable`) wait until their
+//! batch is durable — the journal thread wakes the poll through a pipe.
+//! Everything else (dispatch, results) goes out at once. A checkpoint is
+//! written when the journal has grown well past the live state, and at a
+//! graceful stop.
 
 use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
+use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
 use crate::RouterSettings;
 use emq_protocol::Message;
 use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -28,7 +38,17 @@ pub enum BindError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Socket(#[from] ReceiverError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
+
+/// Journal growth before a checkpoint is considered at all.
+const CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
+/// A checkpoint is written when the journal has grown this many times past
+/// the live state's estimated size (so its cost is spread over the writes).
+const CHECKPOINT_GROWTH: u64 = 4;
+/// Rough bytes per live job in a checkpoint, for that estimate.
+const CHECKPOINT_BYTES_PER_JOB: u64 = 300;
 
 /// The router's sockets and state.
 pub struct Server {
@@ -39,7 +59,13 @@ pub struct Server {
     /// Messages waiting for a full pipe to drain, per socket and peer.
     outbox: HashMap<(SocketKind, PeerId), VecDeque<Message>>,
     actions: Vec<Action>,
-    stop: Arc<AtomicBool>,
+    /// Stop signals received (the handler counts); the loop feeds one
+    /// `Event::Stop` per new one.
+    stop: Arc<AtomicU32>,
+    stops_seen: u32,
+    journal: Journal,
+    /// Receipts waiting for their journal batch to be durable, in order.
+    held: VecDeque<(u64, SocketKind, PeerId, Message)>,
     /// What the HTTP thread serves, refreshed every tick (when enabled).
     snapshot: Option<crate::http::SharedSnapshot>,
     /// The settings in force (for restart-only keys: the ones bound at
@@ -54,7 +80,14 @@ impl Server {
     /// Validates the settings, then binds all three sockets (and the HTTP
     /// endpoint when enabled).
     pub fn bind(settings: &RouterSettings) -> Result<Server, BindError> {
+        Self::bind_with(settings, false)
+    }
+
+    /// [`Self::bind`], replaying the journal past damaged records when
+    /// `journal_repair` (the `--journal-repair` flag).
+    pub fn bind_with(settings: &RouterSettings, journal_repair: bool) -> Result<Server, BindError> {
         let cfg = settings.to_config()?;
+        let opts = settings.journal_options(journal_repair)?;
         let ctx = zmq::Context::new();
         let frontend = Receiver::bind(&ctx, &settings.frontend_addr, settings.socket_hwm)?;
         let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
@@ -71,15 +104,37 @@ impl Server {
             info!(http = %bound, "dashboard and metrics");
             Some(snap)
         };
+        // Sockets first (an address problem is one line and no journal
+        // touched), then the journal replay; peers that connect meanwhile
+        // wait in ZeroMQ until the loop starts.
+        let now = Now::real();
+        let mut state = RouterState::new(cfg, now);
+        let started = Instant::now();
+        info!(data_dir = %opts.dir.display(), sync = ?opts.sync, "opening the journal");
+        let (journal, report) = Journal::open(&opts, |record| state.restore(record))?;
+        let summary = state.finish_restore(Now::real());
+        info!(records = report.records, bytes = report.bytes, segments = report.segments,
+              checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(),
+              buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
+              dead_letters = summary.dead_letters, "journal replayed");
+        if let Some((path, offset, dropped)) = &report.torn_tail {
+            warn!(segment = %path.display(), offset, dropped, "journal: torn tail truncated (a crash mid-write)");
+        }
+        for (path, from, to) in &report.repaired {
+            warn!(segment = %path.display(), from, to, "journal repair: damaged bytes dropped");
+        }
         Ok(Server {
             snapshot,
             frontend,
             backend,
             admin,
-            state: RouterState::new(cfg, Now::real()),
+            state,
             outbox: HashMap::new(),
             actions: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicU32::new(0)),
+            stops_seen: 0,
+            journal,
+            held: VecDeque::new(),
             settings: settings.clone(),
             reload: Arc::new(AtomicBool::new(false)),
             reloader: None,
@@ -137,31 +192,39 @@ impl Server {
         info!(changed = ?live, "SIGHUP: settings reloaded");
     }
 
-    /// A flag that stops the loop when set (signal handlers set it).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Counts stop signals (the handlers add one each): the first stops
+    /// gracefully, a second at once.
+    pub fn stop_counter(&self) -> Arc<AtomicU32> {
         self.stop.clone()
     }
 
-    /// Runs until an admin DISCONNECT or the stop flag.
+    /// Runs until the state machine asks to shut down (admin DISCONNECT,
+    /// stop signals), then flushes the journal.
     pub fn run(&mut self) -> Result<(), ReceiverError> {
-        loop {
+        let mut shutdown = false;
+        while !shutdown {
             let timeout = self.poll_timeout();
             let readable = {
                 let mut items = [
                     self.frontend.socket().as_poll_item(zmq::POLLIN),
                     self.backend.socket().as_poll_item(zmq::POLLIN),
                     self.admin.socket().as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(self.journal.notify_fd(), zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => [items[0].is_readable(), items[1].is_readable(), items[2].is_readable()],
-                    Err(zmq::Error::EINTR) => [false; 3],
+                    Ok(_) => [items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), items[3].is_readable()],
+                    Err(zmq::Error::EINTR) => [false; 4],
                     Err(e) => return Err(e.into()),
                 }
             };
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_settings();
             }
-            let mut shutdown = false;
+            let stops = self.stop.load(Ordering::Relaxed);
+            while self.stops_seen < stops {
+                self.stops_seen += 1;
+                shutdown |= self.step(Event::Stop);
+            }
             for (i, kind) in [SocketKind::Frontend, SocketKind::Backend, SocketKind::Admin].into_iter().enumerate() {
                 if readable[i] {
                     shutdown |= self.drain(kind)?;
@@ -171,18 +234,71 @@ impl Server {
                 shutdown |= self.step(Event::Tick);
                 self.refresh_snapshot();
             }
+            // End of the pass: one group commit for all it journaled.
+            self.journal.submit();
+            if readable[3] {
+                self.journal.drain_notify();
+            }
+            self.release_durable();
+            self.maybe_checkpoint();
             self.flush_outbox();
-            if shutdown || self.stop.load(Ordering::Relaxed) {
-                if !shutdown {
-                    // Stopped by a signal: say goodbye like DISCONNECT does.
-                    info!("stop requested: sending KBYE to peers");
-                    self.say_goodbye();
-                }
-                self.flush_outbox();
-                info!("router stopped");
-                return Ok(());
+        }
+        self.close_journal();
+        self.flush_outbox();
+        info!("router stopped");
+        Ok(())
+    }
+
+    /// Receipts whose batch is durable go out, in order.
+    fn release_durable(&mut self) {
+        let durable = self.journal.durable();
+        while self.held.front().is_some_and(|(id, ..)| *id <= durable) {
+            let (_, socket, peer, message) = self.held.pop_front().expect("non-empty");
+            if let Some(e) = self.send(socket, peer, message) {
+                self.step(e);
             }
         }
+    }
+
+    /// A checkpoint once the journal has grown well past the live state.
+    fn maybe_checkpoint(&mut self) {
+        let grown = self.journal.bytes_since_checkpoint();
+        if grown < CHECKPOINT_MIN_BYTES {
+            return;
+        }
+        let live = self.state.live_jobs() as u64 * CHECKPOINT_BYTES_PER_JOB;
+        if grown < live.saturating_mul(CHECKPOINT_GROWTH) {
+            return;
+        }
+        self.checkpoint();
+    }
+
+    fn checkpoint(&mut self) {
+        let t = Instant::now();
+        let records = self.state.checkpoint_records(Now::real());
+        let n = records.len();
+        self.journal.checkpoint(&mut records.into_iter());
+        info!(records = n, secs = t.elapsed().as_secs_f64(), "journal checkpoint written");
+    }
+
+    /// At exit: a checkpoint (so the next start replays little), then
+    /// everything durable and the held receipts out.
+    fn close_journal(&mut self) {
+        self.journal.submit();
+        self.checkpoint();
+        self.journal.close();
+        let held = std::mem::take(&mut self.held);
+        for (_, socket, peer, message) in held {
+            let _ = self.send(socket, peer, message);
+        }
+        let st = self.journal.stats();
+        info!(batches = st.batches.load(Ordering::Relaxed), syncs = st.syncs.load(Ordering::Relaxed),
+              records = st.records.load(Ordering::Relaxed), "journal closed");
+    }
+
+    /// The journal, for figures (STATUS, benchmarks).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     fn refresh_snapshot(&mut self) {
@@ -237,6 +353,16 @@ impl Server {
                         follow_up.push(e);
                     }
                 }
+                Action::SendDurable { socket, peer, message } => {
+                    if self.journal.sync_policy() == SyncPolicy::Off {
+                        if let Some(e) = self.send(socket, peer, message) {
+                            follow_up.push(e);
+                        }
+                    } else {
+                        self.held.push_back((self.journal.current_batch(), socket, peer, message));
+                    }
+                }
+                Action::Journal(record) => self.journal.append(&record),
                 Action::Forget { socket, peer } => {
                     self.outbox.remove(&(socket, peer));
                 }
@@ -306,13 +432,6 @@ impl Server {
         }
         for e in events {
             self.step(e);
-        }
-    }
-
-    fn say_goodbye(&mut self) {
-        let peers: Vec<PeerId> = self.state.job_managers().keys().cloned().collect();
-        for p in peers {
-            let _ = self.backend.send(&p, &Message::new(emq_protocol::Command::Kbye));
         }
     }
 

@@ -38,6 +38,16 @@ pub struct RouterSettings {
     pub http_addr: String,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
+    /// Where the journal lives; empty = the per-user state directory
+    /// (`$XDG_STATE_HOME/emq`, else `~/.local/state/emq`).
+    pub data_dir: String,
+    /// When a receipt may go out: `fsync` (the job survives a power loss),
+    /// `write` (survives a router crash), `off` (no waiting).
+    pub journal_sync: String,
+    /// A journal segment is closed past this many bytes.
+    pub journal_segment_bytes: u64,
+    /// Seconds job managers get to report running jobs on a graceful stop.
+    pub stop_grace: f64,
 }
 
 impl Default for RouterSettings {
@@ -57,6 +67,10 @@ impl Default for RouterSettings {
             reject_unknown_queues: false,
             http_addr: "127.0.0.1:47294".into(),
             log_level: "info".into(),
+            data_dir: String::new(),
+            journal_sync: "fsync".into(),
+            journal_segment_bytes: 64 << 20,
+            stop_grace: 10.0,
         }
     }
 }
@@ -82,6 +96,7 @@ impl RouterSettings {
         self.check_addresses()?;
         v::count("socket_hwm", self.socket_hwm, 1, i32::MAX)?;
         v::log_filter("log_level", &self.log_level)?;
+        self.journal_options(false)?;
         Ok(RouterConfig {
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
             heartbeat_timeout: v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?,
@@ -91,7 +106,24 @@ impl RouterSettings {
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
             dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
             reject_unknown_queues: self.reject_unknown_queues,
+            stop_grace: v::seconds("stop_grace", self.stop_grace, Zero::Allowed)?,
         })
+    }
+
+    /// Where and how to keep the journal. `repair` comes from the
+    /// `--journal-repair` flag (never a setting: it is a one-off decision).
+    pub fn journal_options(&self, repair: bool) -> Result<emq_journal::JournalOptions, SettingsError> {
+        let sync = self
+            .journal_sync
+            .parse::<emq_journal::SyncPolicy>()
+            .map_err(|why| SettingsError::invalid("journal_sync", &self.journal_sync, why))?;
+        let segment_bytes = v::count("journal_segment_bytes", self.journal_segment_bytes, 1 << 20, 1 << 40)?;
+        let dir = match self.data_dir.trim() {
+            "" => default_data_dir()
+                .ok_or_else(|| SettingsError::invalid("data_dir", "", "no XDG_STATE_HOME or HOME to put it under: set data_dir"))?,
+            d => std::path::PathBuf::from(d),
+        };
+        Ok(emq_journal::JournalOptions { dir, sync, segment_bytes, repair })
     }
 
     /// The three ZeroMQ endpoints and the HTTP address.
@@ -133,7 +165,11 @@ impl RouterSettings {
             dead_letter_max,
             reject_unknown_queues,
             http_addr,
-            log_level
+            log_level,
+            data_dir,
+            journal_sync,
+            journal_segment_bytes,
+            stop_grace
         );
         out
     }
@@ -142,7 +178,17 @@ impl RouterSettings {
     /// HTTP listener (rebinding would drop every peer's connection), and
     /// the sockets' high-water mark (fixed when they are bound).
     pub const RESTART_KEYS: &'static [&'static str] =
-        &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level"];
+        &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level", "data_dir",
+          "journal_sync", "journal_segment_bytes"];
+}
+
+/// The per-user state directory: `$XDG_STATE_HOME/emq`, else
+/// `$HOME/.local/state/emq`.
+pub fn default_data_dir() -> Option<std::path::PathBuf> {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    non_empty("XDG_STATE_HOME")
+        .map(|d| d.join("emq"))
+        .or_else(|| non_empty("HOME").map(|h| h.join(".local/state/emq")))
 }
 
 #[cfg(test)]

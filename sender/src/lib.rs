@@ -95,6 +95,20 @@ impl Sender {
         Ok(())
     }
 
+    /// Watches this socket's connection: a [`ConnectionWatch`] reports each
+    /// time the TCP connection drops and comes back (a restarted router
+    /// accepts the reconnect, but does not know the peer yet).
+    pub fn watch_connection(&self) -> Result<ConnectionWatch, SenderError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let endpoint = format!("inproc://emq-sender-monitor-{}-{n}", std::process::id());
+        let events = zmq::SocketEvent::CONNECTED.to_raw() as i32 | zmq::SocketEvent::DISCONNECTED.to_raw() as i32;
+        self.socket.monitor(&endpoint, events)?;
+        let pair = self.ctx.socket(zmq::PAIR)?;
+        pair.connect(&endpoint)?;
+        Ok(ConnectionWatch { socket: pair, disconnected: false })
+    }
+
     /// Sends a message; blocks only when the pipe is at its high-water mark.
     pub fn send(&self, message: &Message) -> Result<(), SenderError> {
         self.socket.send_multipart(message.to_frames(), 0)?;
@@ -125,5 +139,43 @@ impl Sender {
             return Ok(None);
         }
         self.try_recv()
+    }
+}
+
+/// What happened to a watched connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// Connected again after a disconnect (the first connect is not reported).
+    Reconnected,
+    Disconnected,
+}
+
+/// ZeroMQ's socket monitor for one [`Sender`], read without blocking.
+pub struct ConnectionWatch {
+    socket: zmq::Socket,
+    disconnected: bool,
+}
+
+impl ConnectionWatch {
+    /// For polling.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// The events since the last call.
+    pub fn events(&mut self) -> Vec<ConnectionEvent> {
+        let mut out = Vec::new();
+        while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
+            let Some(head) = frames.first().filter(|f| f.len() >= 2) else { continue };
+            let event = u16::from_le_bytes([head[0], head[1]]);
+            if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                self.disconnected = true;
+                out.push(ConnectionEvent::Disconnected);
+            } else if event == zmq::SocketEvent::CONNECTED.to_raw() && self.disconnected {
+                self.disconnected = false;
+                out.push(ConnectionEvent::Reconnected);
+            }
+        }
+        out
     }
 }

@@ -185,6 +185,8 @@ fn check_settings(
         frontend_addr: None,
         backend_addr: None,
         administrative_addr: None,
+        data_dir: None,
+        journal_repair: false,
     };
     emq_router::cli::settings(&router)?;
     let jm = emq_jobmanager::cli::Args {

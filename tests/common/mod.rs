@@ -82,15 +82,20 @@ pub struct RouterAddrs {
     pub admin: String,
     /// host:port of the HTTP endpoint (metrics, API, dashboard).
     pub http: String,
+    /// The router's journal directory: its own for each test router, so
+    /// no test sees another's jobs (or the user's).
+    pub data_dir: PathBuf,
 }
 
 impl RouterAddrs {
     pub fn fresh() -> Self {
+        let data_dir = std::env::temp_dir().join(format!("emq-test-data-{}", uuid::Uuid::new_v4()));
         RouterAddrs {
             frontend: tcp(free_port()),
             backend: tcp(free_port()),
             admin: tcp(free_port()),
             http: format!("127.0.0.1:{}", free_port()),
+            data_dir,
         }
     }
 }
@@ -102,31 +107,41 @@ impl RouterAddrs {
 pub fn start_router(env: &[(&str, &str)]) -> (ChildGuard, RouterAddrs) {
     for _ in 0..5 {
         let addrs = RouterAddrs::fresh();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
-        cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
-            .args(["--administrative-addr", &addrs.admin])
-            .current_dir(std::env::temp_dir()) // no stray ./settings.toml
-            .env("EMQ_HTTP_ADDR", &addrs.http)
-            .env("RUST_LOG", "warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut guard = ChildGuard::spawn("emq-router", cmd);
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = guard.child.try_wait() {
-                eprintln!("emq-router exited at start ({st}); retrying on other ports");
-                break;
-            }
-            let d = Dealer::connect(&addrs.admin);
-            d.send(&["", "eMQP/1.0", "STATUS", "admin:probe"]);
-            if d.recv_timeout(300).is_some() {
-                return (guard, addrs);
-            }
-            assert!(Instant::now() < end, "router at {} never answered STATUS", addrs.admin);
+        if let Some(guard) = start_router_at(&addrs, env) {
+            return (guard, addrs);
         }
     }
     panic!("emq-router did not start on five sets of ports");
+}
+
+/// Starts our `emq-router` on `addrs` (with its journal in
+/// `addrs.data_dir`, unless `env` names another) and waits until it answers
+/// STATUS; `None` when it exited at start (a port was taken).
+pub fn start_router_at(addrs: &RouterAddrs, env: &[(&str, &str)]) -> Option<ChildGuard> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
+    cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
+        .args(["--administrative-addr", &addrs.admin])
+        .current_dir(std::env::temp_dir()) // no stray ./settings.toml
+        .env("EMQ_HTTP_ADDR", &addrs.http)
+        .env("EMQ_DATA_DIR", &addrs.data_dir)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut guard = ChildGuard::spawn("emq-router", cmd);
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(st)) = guard.child.try_wait() {
+            eprintln!("emq-router exited at start ({st})");
+            return None;
+        }
+        let d = Dealer::connect(&addrs.admin);
+        d.send(&["", "eMQP/1.0", "STATUS", "admin:probe"]);
+        if d.recv_timeout(300).is_some() {
+            return Some(guard);
+        }
+        assert!(Instant::now() < end, "router at {} never answered STATUS", addrs.admin);
+    }
 }
 
 /// Polls the admin socket until STATUS answers (hang guard: 20 s).

@@ -60,6 +60,12 @@ impl JobManagerState {
             workers,
             in_flight,
             queued_locally: self.local_queue.len(),
+            held: self
+                .local_queue
+                .iter()
+                .chain(self.slots.iter().flat_map(|s| s.waiting.iter()))
+                .map(|j| j.msgid.clone())
+                .collect(),
             jobs_by_pid: self.jobs_by_pid.clone(),
             restarts: by_name(&self.restarts),
             jobs_ok: self.jobs_ok,

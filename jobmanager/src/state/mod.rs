@@ -39,7 +39,7 @@ use emq_protocol::{
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The state machine's configuration (from [`crate::JobManagerSettings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +133,9 @@ pub enum Event {
     Stop,
     /// SIGHUP: new settings were loaded.
     Reloaded(JmConfig),
+    /// The TCP connection to the router dropped and came back: a restarted
+    /// router does not know us yet (INFORM again, same identity).
+    RouterReconnected,
 }
 
 /// What the poll loop must do, in order.
@@ -291,7 +294,25 @@ pub struct JobManagerState {
     exit: Option<i32>,
     /// [`Action::Exit`] went out (it goes once).
     exit_sent: bool,
+    /// The time of the event being handled.
+    clock: Instant,
+    /// REPLYs sent lately, oldest first: sent again after a (re)INFORM is
+    /// acknowledged, so a report lost with a router that crashed, or in a
+    /// dropped connection, still arrives (the router ignores what it has).
+    recent_reports: VecDeque<RecentReport>,
+    recent_report_bytes: usize,
 }
+
+/// A REPLY kept for sending again.
+#[derive(Debug)]
+struct RecentReport {
+    sent: Instant,
+    msgid: String,
+    reply_json: String,
+}
+
+/// Bytes of recent REPLYs kept at most (oldest dropped first).
+const RECENT_REPORT_BYTES: usize = 16 << 20;
 
 const PID_HISTORY: usize = 4096;
 
@@ -333,6 +354,9 @@ impl JobManagerState {
             name: String::new(),
             exit: None,
             exit_sent: false,
+            clock: now,
+            recent_reports: VecDeque::new(),
+            recent_report_bytes: 0,
         }
     }
 
@@ -348,6 +372,7 @@ impl JobManagerState {
     /// Handles one event, appending actions to `out`: the event's own
     /// handler records what happened, then [`Self::settle`] follows up.
     pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
+        self.clock = now;
         match event {
             Event::Start => self.on_start(now, out),
             Event::Router(Ok(m)) => self.on_router(m, now, out),
@@ -366,6 +391,7 @@ impl JobManagerState {
             Event::Tick => self.on_tick(now, out),
             Event::Stop => self.on_stop(now, out),
             Event::Reloaded(cfg) => self.on_reloaded(cfg, now, out),
+            Event::RouterReconnected => self.on_router_reconnected(now, out),
         }
         self.settle(now, out);
     }
@@ -405,9 +431,44 @@ impl JobManagerState {
     }
 
     fn send_reply_json(&mut self, msgid: &str, reply_json: String, out: &mut Vec<Action>) {
+        self.keep_report(msgid, &reply_json);
         out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
             reply_json,
             orig_msgid: msgid.to_owned(),
         }))));
+    }
+
+    /// Keeps a REPLY for sending again; forgets those older than the time
+    /// it takes to notice a lost router (and beyond the byte budget).
+    fn keep_report(&mut self, msgid: &str, reply_json: &str) {
+        let keep_for = self.cfg.router_silence_limit + self.cfg.heartbeat_interval;
+        while let Some(old) = self.recent_reports.front() {
+            let stale = self.clock.saturating_duration_since(old.sent) > keep_for;
+            if !stale && self.recent_report_bytes + reply_json.len() <= RECENT_REPORT_BYTES {
+                break;
+            }
+            self.recent_report_bytes -= old.msgid.len() + old.reply_json.len();
+            self.recent_reports.pop_front();
+        }
+        self.recent_report_bytes += msgid.len() + reply_json.len();
+        self.recent_reports.push_back(RecentReport {
+            sent: self.clock,
+            msgid: msgid.to_owned(),
+            reply_json: reply_json.to_owned(),
+        });
+    }
+
+    /// After an ACK: the REPLYs of late go again (the router drops the ones
+    /// it has), so none is lost with a crashed router or a dropped link.
+    fn resend_recent_reports(&mut self, out: &mut Vec<Action>) {
+        if !self.recent_reports.is_empty() {
+            info!(reports = self.recent_reports.len(), "sending recent job reports again after (re)attaching");
+        }
+        for r in &self.recent_reports {
+            out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
+                reply_json: r.reply_json.clone(),
+                orig_msgid: r.msgid.clone(),
+            }))));
+        }
     }
 }

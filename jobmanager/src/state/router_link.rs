@@ -29,6 +29,19 @@ impl JobManagerState {
         }))));
     }
 
+    /// The connection dropped and came back: the router may have
+    /// restarted and not know us. INFORM again under the same identity (a
+    /// router that does know us takes it as "still here, with these jobs").
+    pub(super) fn on_router_reconnected(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        info!("connection to the router came back: INFORM again");
+        self.announced = 0;
+        self.last_heard = now;
+        self.send_inform(now, out);
+    }
+
     pub(super) fn on_router(&mut self, m: Message, now: Instant, out: &mut Vec<Action>) {
         self.last_heard = now;
         match m.command {
@@ -38,6 +51,12 @@ impl JobManagerState {
                     self.phase = Phase::Acked;
                     // Announced from scratch by the reconcile that follows.
                     self.announced = 0;
+                    // At once: the health says which jobs we hold, so a
+                    // router that restarted settles them instead of running
+                    // them again; then the reports it may have missed.
+                    self.last_heartbeat = now;
+                    out.push(Action::Heartbeat(self.health(now)));
+                    self.resend_recent_reports(out);
                 }
             }
             Command::Request(request) => self.on_request(m.msgid, request, out),

@@ -97,7 +97,8 @@ fn start_informs_spawns_and_announces_after_ack() {
     assert!(h.ev(Event::WorkerUp { slot: 0, pid: 1 }).is_empty());
     assert_eq!(
         names(&h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))))),
-        vec!["READY"]
+        vec!["HEARTBEAT", "READY"],
+        "a heartbeat at once: the router learns which jobs we hold"
     );
     assert_eq!(names(&h.ev(Event::WorkerUp { slot: 1, pid: 2 })), vec!["READY"]);
 }
@@ -117,7 +118,7 @@ fn reinform_until_ack_and_reconnect_with_failover_when_router_is_silent() {
 #[test]
 fn ready_only_after_the_reply_and_one_per_job() {
     let (mut h, out) = H::running(1);
-    assert_eq!(names(&out), vec!["READY"]);
+    assert_eq!(names(&out), vec!["HEARTBEAT", "READY"]);
     assert_eq!(names(&h.request("j1", "", ADD)), vec!["run0"]);
     let out =
         h.ev(Event::WorkerDone { slot: 0, msgid: "j1".into(), reply_json: r#"{"value":5}"#.into(), error_type: None });
@@ -238,7 +239,40 @@ fn router_kbye_reconnects_and_reannounces() {
     let out = h.ev(Event::Router(Ok(Message::new(Command::Kbye))));
     assert_eq!(names(&out), vec!["connect", "INFORM"]);
     let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
-    assert_eq!(names(&out), vec!["READY", "READY"]);
+    assert_eq!(names(&out), vec!["HEARTBEAT", "READY", "READY"]);
+}
+
+/// The connection drops and comes back (a restarted router): INFORM again
+/// on the same identity; after the ACK, a heartbeat listing the jobs held,
+/// then the recent reports again (a report may have died with the router).
+#[test]
+fn reconnect_reinforms_and_sends_recent_reports_again() {
+    let (mut h, _) = H::running(1);
+    h.request("j1", "", ADD);
+    h.request("j2", "", ADD);
+    h.ev(Event::WorkerDone { slot: 0, msgid: "j1".into(), reply_json: r#"{"value":5}"#.into(), error_type: None });
+    let out = h.ev(Event::RouterReconnected);
+    assert_eq!(names(&out), vec!["INFORM"], "same identity: no new socket");
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i2".into() })))));
+    assert_eq!(names(&out)[..2], ["HEARTBEAT", "REPLY"]);
+    let Action::Heartbeat(health) = &out[0] else { panic!() };
+    assert_eq!(health.in_flight.iter().map(|j| j.msgid.as_str()).collect::<Vec<_>>(), vec!["j2"]);
+    assert_eq!(reply_of(&out).0, "j1", "the report the router may have missed");
+    // Reports older than the time it takes to notice a lost router are let go.
+    h.adv(30.0);
+    h.ev(Event::WorkerDone { slot: 0, msgid: "j2".into(), reply_json: "{}".into(), error_type: None });
+    h.ev(Event::RouterReconnected);
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i3".into() })))));
+    let resent: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Message { command: Command::Reply(Reply::Result { orig_msgid, .. }), .. }) => {
+                Some(orig_msgid.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, vec!["j2"]);
 }
 
 #[test]
@@ -268,7 +302,7 @@ fn pipelined(workers: usize) -> (H, Vec<Action>) {
 #[test]
 fn pipelining_announces_depth_per_worker_and_queues_behind_short_jobs() {
     let (mut h, out) = pipelined(1);
-    assert_eq!(names(&out), vec!["READY", "READY"]);
+    assert_eq!(names(&out), vec!["HEARTBEAT", "READY", "READY"]);
     assert_eq!(names(&h.request("a", "", ADD)), vec!["run0"]);
     assert_eq!(names(&h.request("b", "", ADD)), vec!["run0"], "queued behind a");
     // a done: the worker goes straight on with b; the freed place is re-announced.
@@ -341,7 +375,7 @@ fn prefetch_only_while_jobs_are_short() {
     h.ev(Event::Start);
     h.ev(Event::WorkerUp { slot: 0, pid: 1 });
     let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
-    assert_eq!(names(&out).len(), 4, "1 worker + 3 prefetched");
+    assert_eq!(names(&out).len(), 5, "a heartbeat, then 1 worker + 3 prefetched");
     // Jobs turn long: the average passes prefetch_below, no more prefetch READYs.
     for i in 0..30 {
         h.request(&format!("j{i}"), "", ADD);

@@ -44,16 +44,14 @@ impl RouterState {
                 out.push(answer(body));
             }
             Command::Disconnect => {
-                info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: shutting down");
-                self.shutting_down = true;
+                // EventMQ's answer first (ACK), then the same graceful stop
+                // as SIGTERM: KBYE to peers and exit once running jobs report.
+                info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: stopping");
                 out.push(send(SocketKind::Admin, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
-                for p in self.job_managers.keys() {
-                    out.push(send(SocketKind::Backend, p, Command::Kbye));
+                if self.stopping.is_none() {
+                    self.begin_stop(now);
                 }
-                for p in self.schedulers.keys() {
-                    out.push(send(SocketKind::Frontend, p, Command::Kbye));
-                }
-                out.push(Action::Shutdown);
+                self.finish_stop(now, out);
             }
             other => {
                 self.count("unknown_admin_command");

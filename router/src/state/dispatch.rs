@@ -4,7 +4,8 @@
 //! putting a job back at the front of its queue.
 
 use super::{Action, JobInFlight, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob};
-use emq_protocol::{Command, Message, DEFAULT_QUEUE};
+use emq_journal::Record;
+use emq_protocol::{Command, Message, Request, DEFAULT_QUEUE};
 use emq_receiver::PeerId;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ impl RouterState {
     /// The job manager with a free slot for `queue`: highest weight first,
     /// least recently used among equals.
     pub(super) fn pick_job_manager(&self, queue: &str) -> Option<PeerId> {
+        if !self.dispatching() {
+            return None;
+        }
         let q = self.queues.get(queue)?;
         let mut best: Option<(u32, u64, &PeerId)> = None;
         for (weight, peer) in &q.job_managers {
@@ -35,19 +39,52 @@ impl RouterState {
 
     /// Hands `job` to `to` (which has a free slot), from `queue`.
     pub(super) fn dispatch(&mut self, to: PeerId, queue: String, mut job: WaitingJob, now: Now, out: &mut Vec<Action>) {
-        self.lru_clock += 1;
-        let jm = self.job_managers.get_mut(&to).expect("picked job manager exists");
-        jm.free_slots -= 1;
-        jm.last_used = self.lru_clock;
-        jm.in_flight += 1;
-        let headers = job.request.headers();
-        if !jm.reports_all_completions && !headers.reply_requested {
-            jm.unreported.push_back(job.msgid.clone());
-        }
-        debug!(msgid = %job.msgid, %queue, job_manager = %to, "dispatched");
         let attempt = job.attempts + 1;
         if attempt > 1 {
             job.request.mark_attempt(attempt);
+        }
+        debug!(msgid = %job.msgid, %queue, job_manager = %to, "dispatched");
+        out.push(Action::Journal(Record::Dispatched {
+            msgid: job.msgid.to_string(),
+            job_manager: to.as_bytes().to_vec(),
+            attempt,
+            at: now.unix,
+        }));
+        let received = self.started + Duration::from_millis(job.received_ms as u64);
+        self.metrics.observe_start(&queue, now.mono.saturating_duration_since(received));
+        let msgid = job.msgid.to_string();
+        let (_, request) = self.take_in_flight(to.clone(), queue, job, attempt, true, now);
+        out.push(Action::Send {
+            socket: SocketKind::Backend,
+            peer: to,
+            message: Message::with_msgid(msgid, Command::Request(request)),
+        });
+    }
+
+    /// Records `job` as in flight at `to` (attempt `attempt`): one of the
+    /// job manager's slots is used (`uses_slot`; not for a job it was
+    /// already running before a restart), the history says where the job
+    /// is. Returns the REQUEST to send (unused when adopting a running job).
+    pub(super) fn take_in_flight(
+        &mut self,
+        to: PeerId,
+        queue: String,
+        job: WaitingJob,
+        attempt: u32,
+        uses_slot: bool,
+        now: Now,
+    ) -> (Arc<str>, Request) {
+        self.lru_clock += 1;
+        let headers = job.request.headers();
+        if let Some(jm) = self.job_managers.get_mut(&to) {
+            if uses_slot {
+                jm.free_slots = jm.free_slots.saturating_sub(1);
+            }
+            jm.last_used = self.lru_clock;
+            jm.in_flight += 1;
+            if !jm.reports_all_completions && !headers.reply_requested {
+                jm.unreported.push_back(job.msgid.clone());
+            }
         }
         let queue_name = self.queue_names.get(queue.as_str()).cloned();
         if let Some(r) = self.history.mark(&job.msgid, JobState::Dispatched, now.unix) {
@@ -57,18 +94,16 @@ impl RouterState {
                 r.queue = queue_name.unwrap_or_else(|| Arc::from(queue.as_str()));
             }
         }
-        let received = self.started + Duration::from_millis(job.received_ms as u64);
-        self.metrics.observe_start(&queue, now.mono.saturating_duration_since(received));
         let keep = headers.guarantee || headers.retry_count.is_some();
         let kept = keep.then(|| job.request.clone());
-        let message = Message::with_msgid(job.msgid.to_string(), Command::Request(job.request.into_request(&queue)));
+        let request = job.request.into_request(&queue);
         self.in_flight.insert(
-            job.msgid,
+            job.msgid.clone(),
             JobInFlight {
                 client: job.client,
-                job_manager: to.clone(),
+                job_manager: to,
+                received: self.started + Duration::from_millis(job.received_ms as u64),
                 queue,
-                received,
                 dispatched: now.mono,
                 reply_requested: headers.reply_requested,
                 guarantee: headers.guarantee,
@@ -79,7 +114,7 @@ impl RouterState {
                 dispatch_seq: self.lru_clock,
             },
         );
-        out.push(Action::Send { socket: SocketKind::Backend, peer: to, message });
+        (job.msgid, request)
     }
 
     /// Hands waiting jobs to `jm` while it has free slots, from its
@@ -87,7 +122,7 @@ impl RouterState {
     pub(super) fn drain_to(&mut self, jm: &PeerId, now: Now, out: &mut Vec<Action>) {
         loop {
             let Some(peer) = self.job_managers.get(jm) else { return };
-            if peer.free_slots == 0 {
+            if peer.free_slots == 0 || !self.dispatching() {
                 return;
             }
             let mut order: Vec<&(u32, String)> = peer.queues.0.iter().collect();
@@ -105,6 +140,7 @@ impl RouterState {
     /// it out at once if a slot is free anywhere.
     pub(super) fn requeue(&mut self, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
         self.history.mark(&job.msgid, JobState::Queued, now.unix);
+        out.push(Action::Journal(Record::Requeued { msgid: job.msgid.to_string(), attempts: job.attempts }));
         if let Some(jm) = self.pick_job_manager(&queue) {
             self.dispatch(jm, queue, job, now, out);
         } else {

@@ -168,6 +168,11 @@ impl JobHistory {
         self.records.get(msgid)
     }
 
+    /// Records, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &JobRecord)> {
+        self.order.iter().filter_map(|id| self.records.get_key_value(&**id))
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

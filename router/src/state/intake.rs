@@ -6,6 +6,7 @@
 //! whatever the reason.
 
 use super::{send, Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
+use emq_journal::{AcceptedJob, Record};
 use emq_protocol::{
     Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobErrorKind, JobReply, Message, Reply, Request,
     DEFAULT_QUEUE,
@@ -29,6 +30,8 @@ pub enum Refusal {
     DuplicateMsgid,
     /// The queue's buffer holds `hwm` jobs already.
     QueueFull { queue: String, hwm: usize },
+    /// A graceful stop is under way.
+    Stopping,
 }
 
 impl Refusal {
@@ -41,6 +44,7 @@ impl Refusal {
             Refusal::UnknownQueue(_) => Some("refused_unknown_queue"),
             Refusal::DuplicateMsgid => Some("refused_duplicate_msgid"),
             Refusal::QueueFull { .. } => None,
+            Refusal::Stopping => Some("refused_stopping"),
         }
     }
 
@@ -54,13 +58,6 @@ impl Refusal {
         }
     }
 
-    /// Whether the job has a record of its own to mark refused: only a job
-    /// that was accepted as far as its record (a full buffer). For the
-    /// others the msgid may name another job's record — never touch it.
-    fn has_own_record(&self) -> bool {
-        matches!(self, Refusal::QueueFull { .. })
-    }
-
     /// What the client is told.
     pub fn message(&self, msgid: &str) -> String {
         match self {
@@ -70,6 +67,7 @@ impl Refusal {
             Refusal::UnknownQueue(q) => format!("unknown queue {q:?} and no job manager serves {DEFAULT_QUEUE:?}"),
             Refusal::DuplicateMsgid => format!("msgid {msgid} is already in use by an unfinished job"),
             Refusal::QueueFull { queue, hwm } => format!("queue {queue:?} is full ({hwm} jobs waiting)"),
+            Refusal::Stopping => "router stopping: not accepting jobs".into(),
         }
     }
 }
@@ -77,14 +75,7 @@ impl Refusal {
 impl RouterState {
     // ---- bad input -------------------------------------------------------
 
-    pub(super) fn on_decode_error(
-        &mut self,
-        socket: SocketKind,
-        peer: &PeerId,
-        e: DecodeError,
-        now: Now,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn on_decode_error(&mut self, socket: SocketKind, peer: &PeerId, e: DecodeError, out: &mut Vec<Action>) {
         let kind = match &e.kind {
             DecodeErrorKind::TooFewFrames { .. } => "too_few_frames",
             DecodeErrorKind::MissingDelimiter => "missing_delimiter",
@@ -100,7 +91,7 @@ impl RouterState {
         // Without a msgid there is nothing to answer to.
         let Some(msgid) = e.msgid else { return };
         match socket {
-            SocketKind::Frontend => self.refuse(peer, msgid, Refusal::Malformed(e.kind), now, out),
+            SocketKind::Frontend => self.refuse(peer, msgid, Refusal::Malformed(e.kind), out),
             SocketKind::Admin => {
                 let body = serde_json::json!({"error": format!("malformed message: {}", e.kind)}).to_string();
                 out.push(send(socket, peer, Command::Reply(Reply::admin_answer(body))));
@@ -111,9 +102,10 @@ impl RouterState {
 
     /// Refuses `msgid` from `client`: an error REPLY (type `refused`) to the
     /// client, the `refused` count and the reason's own, a warning with the
-    /// peer and msgid, and — for a job that got as far as its own record —
-    /// that record marked refused with the reply.
-    pub(super) fn refuse(&mut self, client: &PeerId, msgid: String, why: Refusal, now: Now, out: &mut Vec<Action>) {
+    /// peer and msgid. Nothing is stored per refused msgid (the msgid may
+    /// even name another job's record): a flood of refusals cannot push
+    /// real jobs out of the history.
+    pub(super) fn refuse(&mut self, client: &PeerId, msgid: String, why: Refusal, out: &mut Vec<Action>) {
         self.count("refused");
         if let Some(c) = why.counter() {
             self.count(c);
@@ -124,11 +116,6 @@ impl RouterState {
         let message = why.message(&msgid);
         warn!(peer = %client, %msgid, reason = %message, "refused");
         let reply = JobReply::failed(JobErrorKind::Refused, message, "").to_json();
-        if why.has_own_record() {
-            if let Some(r) = self.history.mark(&msgid, JobState::Refused, now.unix) {
-                r.result = Some(reply.clone());
-            }
-        }
         out.push(send(
             SocketKind::Frontend,
             client,
@@ -165,10 +152,10 @@ impl RouterState {
                 // Hand the order to a scheduler, unchanged, as EventMQ does.
                 match self.schedulers.keys().min().cloned() {
                     Some(s) => out.push(Action::Send { socket: SocketKind::Frontend, peer: s, message: m }),
-                    None => self.refuse(&peer, m.msgid, Refusal::NoScheduler, now, out),
+                    None => self.refuse(&peer, m.msgid, Refusal::NoScheduler, out),
                 }
             }
-            other => self.refuse(&peer, m.msgid, Refusal::UnexpectedCommand(other.name().to_owned()), now, out),
+            other => self.refuse(&peer, m.msgid, Refusal::UnexpectedCommand(other.name().to_owned()), out),
         }
     }
 
@@ -179,19 +166,36 @@ impl RouterState {
             && !self.queues.get(request.queue.as_str()).is_some_and(|q| q.ever_served)
             && self.queues.get(DEFAULT_QUEUE).is_none_or(|q| q.job_managers.is_empty())
         {
-            return self.refuse(&client, msgid, Refusal::UnknownQueue(request.queue), now, out);
+            return self.refuse(&client, msgid, Refusal::UnknownQueue(request.queue), out);
+        }
+        if self.stopping.is_some() {
+            return self.refuse(&client, msgid, Refusal::Stopping, out);
         }
         let unfinished = self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying));
-        if self.in_flight.contains_key(msgid.as_str()) || unfinished {
-            return self.refuse(&client, msgid, Refusal::DuplicateMsgid, now, out);
+        if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) || unfinished {
+            return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
         let queue = self.resolve_queue(&request.queue);
+        let target = self.pick_job_manager(&queue);
+        let hwm = self.cfg.hwm;
+        if target.is_none() && self.queues.get(&queue).is_some_and(|q| q.waiting.len() >= hwm) {
+            return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);
+        }
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
         let queue_name = self.queue_name(&queue);
-        self.history.insert(
-            msgid_shared.clone(),
-            JobRecord::queued(queue_name, now.unix),
-        );
+        self.history.insert(msgid_shared.clone(), JobRecord::queued(queue_name, now.unix));
+        out.push(Action::Journal(Record::Accepted {
+            job: AcceptedJob {
+                msgid: msgid.clone(),
+                client: client.as_bytes().to_vec(),
+                queue: queue.clone(),
+                requested_queue: (request.queue != queue).then(|| request.queue.clone()),
+                headers: request.headers.clone(),
+                payload: request.payload.clone(),
+                received: now.unix,
+            },
+            attempts: 0,
+        }));
         let job = WaitingJob {
             client: client.clone(),
             msgid: msgid_shared,
@@ -199,20 +203,21 @@ impl RouterState {
             received_ms: self.stamp(now.mono),
             attempts: 0,
         };
-        if let Some(jm) = self.pick_job_manager(&queue) {
-            self.dispatch(jm, queue.clone(), job, now, out);
-        } else {
-            let hwm = self.cfg.hwm;
-            let q = self.queues.entry(queue.clone()).or_default();
-            if q.waiting.len() >= hwm {
-                return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, now, out);
-            }
-            debug!(%msgid, %queue, "no free slot: job buffered");
-            q.waiting.push_back(job);
-        }
         self.accepted += 1;
         self.stats.accepted(&queue);
-        out.push(send(SocketKind::Frontend, &client, Command::Reply(Reply::receipt(msgid))));
+        match target {
+            Some(jm) => self.dispatch(jm, queue, job, now, out),
+            None => {
+                debug!(%msgid, %queue, "no free slot: job buffered");
+                self.queues.entry(queue).or_default().waiting.push_back(job);
+            }
+        }
+        // The receipt leaves once the Accepted record is durable.
+        out.push(Action::SendDurable {
+            socket: SocketKind::Frontend,
+            peer: client,
+            message: Message::new(Command::Reply(Reply::receipt(msgid))),
+        });
     }
 
     /// The queue a REQUEST for `name` goes to: its own when it is (or was)

@@ -30,10 +30,12 @@ mod outcome;
 mod peers;
 mod queues;
 mod records;
+mod recovery;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+use emq_journal::Record;
 use emq_protocol::{Command, DecodeError, Message};
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
@@ -46,8 +48,10 @@ pub use history::{AttemptError, JobHistory, JobRecord, JobState};
 pub use intake::Refusal;
 pub use queues::QueueState;
 pub use records::{
-    DeadLetter, JobInFlight, JobManagerPeer, SchedulerPeer, StaleJobManager, StoredRequest, WaitingJob, WorkerSlot,
+    DeadLetter, InDoubtJob, JobInFlight, JobManagerPeer, SchedulerPeer, StaleJobManager, StoredRequest, WaitingJob,
+    WorkerSlot,
 };
+pub use recovery::RestoreSummary;
 pub use stats::{LatencyStats, QueueCounts, QueueStats, OTHER_QUEUE};
 
 /// Which of the router's sockets a message came from or goes to.
@@ -71,6 +75,9 @@ pub enum Event {
     Unreachable { socket: SocketKind, peer: PeerId, message: Message },
     /// Time passed: heartbeats to send, silent peers to expire.
     Tick,
+    /// SIGTERM / SIGINT: the first stops gracefully (no new jobs, running
+    /// ones may report for `stop_grace`), a second one stops at once.
+    Stop,
 }
 
 /// Something the poll loop must do.
@@ -81,6 +88,15 @@ pub enum Action {
         peer: PeerId,
         message: Message,
     },
+    /// Send once every record journaled before it is durable: a receipt
+    /// promises the job is on disk.
+    SendDurable {
+        socket: SocketKind,
+        peer: PeerId,
+        message: Message,
+    },
+    /// Append a record to the journal (in this pass's group commit).
+    Journal(Record),
     /// Drop anything still queued for this peer (it was forgotten; its jobs
     /// were requeued or failed, so late delivery would run them twice).
     Forget {
@@ -133,6 +149,9 @@ pub struct RouterConfig {
     /// Refuse REQUESTs for a queue nobody serves when `default` has no job
     /// manager either (instead of buffering them in `default`).
     pub reject_unknown_queues: bool,
+    /// On a graceful stop, how long job managers get to report the jobs
+    /// they are running before the router exits anyway.
+    pub stop_grace: Duration,
 }
 
 /// The whole router state.
@@ -169,6 +188,15 @@ pub struct RouterState {
     stale: HashMap<PeerId, StaleJobManager>,
     /// The last final failures, for the dashboard.
     recent_failures: VecDeque<serde_json::Value>,
+    /// Jobs that were running when the router last stopped: a job manager
+    /// that re-attaches may report them; else they run again or fail.
+    in_doubt: HashMap<Arc<str>, InDoubtJob>,
+    /// Jobs being rebuilt from the journal (only during a restore).
+    restoring: Option<Box<recovery::Restoring>>,
+    /// A graceful stop is under way; the router exits at this time at the
+    /// latest.
+    stopping: Option<Instant>,
+    /// KBYE sent and Shutdown asked for.
     shutting_down: bool,
 }
 
@@ -195,6 +223,9 @@ impl RouterState {
             metrics: Default::default(),
             stale: HashMap::default(),
             recent_failures: VecDeque::new(),
+            in_doubt: HashMap::default(),
+            restoring: None,
+            stopping: None,
             shutting_down: false,
         }
     }
@@ -203,7 +234,7 @@ impl RouterState {
     /// point: each arm hands the event to the room that owns it.
     pub fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         match event {
-            Event::Received { socket, peer, message: Err(e) } => self.on_decode_error(socket, &peer, e, now, out),
+            Event::Received { socket, peer, message: Err(e) } => self.on_decode_error(socket, &peer, e, out),
             Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m) } => {
                 self.on_frontend(peer, m, now, out)
             }
@@ -211,6 +242,11 @@ impl RouterState {
             Event::Received { socket: SocketKind::Admin, peer, message: Ok(m) } => self.on_admin(peer, m, now, out),
             Event::Unreachable { socket, peer, message } => self.on_unreachable(socket, peer, message, now, out),
             Event::Tick => self.on_tick(now, out),
+            Event::Stop => self.on_stop(now, out),
+        }
+        if self.stopping.is_some() {
+            // The last running job may just have reported.
+            self.finish_stop(now, out);
         }
     }
 
@@ -254,10 +290,59 @@ impl RouterState {
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
         self.next_tick_at = now.mono + self.tick_period();
         self.release_due_retries(now, out);
+        self.expire_in_doubt(now, out);
         self.expire_silent_job_managers(now, out);
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
         self.send_heartbeats(now, out);
+        self.finish_stop(now, out);
+    }
+
+    /// A stop signal: the first begins a graceful stop, a second one ends
+    /// it now.
+    fn on_stop(&mut self, now: Now, out: &mut Vec<Action>) {
+        match self.stopping {
+            Some(_) => {
+                tracing::warn!(in_flight = self.in_flight.len(), "second stop: stopping now");
+                self.stopping = Some(now.mono);
+            }
+            None => self.begin_stop(now),
+        }
+        self.finish_stop(now, out);
+    }
+
+    /// No new jobs from now on (REQUESTs are refused, buffered jobs stay
+    /// buffered); job managers have `stop_grace` to report what they run.
+    fn begin_stop(&mut self, now: Now) {
+        tracing::info!(in_flight = self.in_flight.len(), grace = ?self.cfg.stop_grace,
+            "stopping: no new jobs; waiting for running jobs to report");
+        self.stopping = Some(now.mono + self.cfg.stop_grace);
+    }
+
+    /// Tick step: once nothing is in flight (or the grace is over), say
+    /// goodbye to peers and ask the loop to exit. What is buffered, waiting
+    /// for a retry or still running stays in the journal for the next start.
+    fn finish_stop(&mut self, now: Now, out: &mut Vec<Action>) {
+        let Some(deadline) = self.stopping else { return };
+        if self.shutting_down || (!self.in_flight.is_empty() && now.mono < deadline) {
+            return;
+        }
+        self.shutting_down = true;
+        let buffered: usize = self.queues.values().map(|q| q.waiting.len()).sum();
+        tracing::info!(buffered, retrying = self.delayed.len(), in_flight = self.in_flight.len(),
+            dead_letters = self.dead.len(), "router stopping: these jobs are kept in the journal for the next start");
+        for p in self.job_managers.keys() {
+            out.push(send(SocketKind::Backend, p, Command::Kbye));
+        }
+        for p in self.schedulers.keys() {
+            out.push(send(SocketKind::Frontend, p, Command::Kbye));
+        }
+        out.push(Action::Shutdown);
+    }
+
+    /// Whether jobs may be handed out (not while stopping).
+    fn dispatching(&self) -> bool {
+        self.stopping.is_none()
     }
 
     /// Counts one anomaly of kind `what`.
@@ -286,6 +371,11 @@ impl RouterState {
     /// Jobs handed out and not reported done.
     pub fn in_flight(&self) -> &HashMap<Arc<str>, JobInFlight> {
         &self.in_flight
+    }
+
+    /// Jobs waiting in any queue.
+    pub fn buffered(&self) -> usize {
+        self.queues.values().map(|q| q.waiting.len()).sum()
     }
 
     /// Anomaly counters.

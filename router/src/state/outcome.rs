@@ -7,6 +7,7 @@
 use super::{
     send, Action, AttemptError, DeadLetter, JobInFlight, JobState, Now, RouterState, SocketKind, WaitingJob,
 };
+use emq_journal::{AttemptFailure, FinalState, Record};
 use emq_protocol::{Command, JobErrorKind, JobReply, Reply};
 use emq_receiver::PeerId;
 use std::sync::Arc;
@@ -30,9 +31,16 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        if !self.in_flight.contains_key(orig_msgid.as_str()) {
+            // A job that was running when the router stopped: its job
+            // manager re-attached and reports it now.
+            self.adopt_in_doubt(&orig_msgid, from, now, out);
+        }
         let Some(job) = self.in_flight.remove(orig_msgid.as_str()) else {
+            // Already settled (job managers send recent reports again after
+            // a reconnect, so this is common and not worth a warning) or unknown.
             self.count("reply_for_unknown_job");
-            warn!(peer = %from, msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
+            tracing::debug!(peer = %from, msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
             return;
         };
         if let Some(jm) = self.job_managers.get_mut(&job.job_manager) {
@@ -71,19 +79,32 @@ impl RouterState {
             let error = AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
             self.history.record_attempt_error(&id, error);
             if job.request.is_some() && job.attempts <= job.retry_count {
-                return self.schedule_retry(id, job, kind, reply_json, now);
+                let failure = AttemptFailure { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
+                return self.schedule_retry(id, job, failure, reply_json, now, out);
             }
         }
         let dead = error.is_some() && job.keep && job.request.is_some();
         let state = match (&error, dead) {
             (None, _) => JobState::Done,
             (Some(_), true) => JobState::Dead,
-            (Some((JobErrorKind::JobManagerLost, _)), false) => JobState::Lost,
+            (Some((JobErrorKind::JobManagerLost | JobErrorKind::RouterRestarted, _)), false) => JobState::Lost,
             (Some(_), false) => JobState::Failed,
         };
         if let Some(r) = self.history.mark(&id, state, now.unix) {
             r.result = Some(reply_json.clone());
         }
+        out.push(Action::Journal(Record::Finished {
+            msgid: id.to_string(),
+            state: final_state(state),
+            at: now.unix,
+            result: reply_json.clone(),
+            failure: error.as_ref().map(|(kind, message)| AttemptFailure {
+                attempt: job.attempts,
+                kind: kind.to_string(),
+                message: message.clone(),
+                at: now.unix,
+            }),
+        }));
         let secs = now.mono.saturating_duration_since(job.received);
         self.stats.finished(&job.queue, secs.as_secs_f64(), error.is_some());
         self.metrics.observe_finish(&job.queue, secs);
@@ -103,17 +124,31 @@ impl RouterState {
     }
 
     /// A failed attempt with retries left waits for its retry.
-    fn schedule_retry(&mut self, id: Arc<str>, job: JobInFlight, kind: &JobErrorKind, reply_json: String, now: Now) {
+    fn schedule_retry(
+        &mut self,
+        id: Arc<str>,
+        job: JobInFlight,
+        failure: AttemptFailure,
+        reply_json: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         let factor = self.cfg.retry_multiplier.powi((job.attempts as i32 - 1).min(30));
         let delay = Duration::try_from_secs_f64(self.cfg.retry_delay.as_secs_f64() * factor)
             .unwrap_or(MAX_RETRY_DELAY)
             .min(MAX_RETRY_DELAY);
         self.count("retried");
         self.stats.retried(&job.queue);
-        info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %kind, ?delay, "job failed: retrying");
+        info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %failure.kind, ?delay, "job failed: retrying");
         if let Some(r) = self.history.mark(&id, JobState::Retrying, now.unix) {
-            r.result = Some(reply_json);
+            r.result = Some(reply_json.clone());
         }
+        out.push(Action::Journal(Record::Retrying {
+            msgid: id.to_string(),
+            failure,
+            due: now.unix + delay.as_secs_f64(),
+            result: reply_json,
+        }));
         let request = job.request.clone().expect("a job with retries keeps its request");
         let waiting = self.waiting_again(id, &job, request, job.attempts);
         self.delayed_seq += 1;
@@ -178,5 +213,16 @@ impl RouterState {
         };
         self.requeue(d.queue, waiting, now, out);
         serde_json::json!({"requeued": msgid}).to_string()
+    }
+}
+
+/// The journal's name for a final job state.
+pub(super) fn final_state(state: JobState) -> FinalState {
+    match state {
+        JobState::Failed => FinalState::Failed,
+        JobState::Lost => FinalState::Lost,
+        JobState::Dead => FinalState::Dead,
+        JobState::Refused => FinalState::Refused,
+        _ => FinalState::Done,
     }
 }

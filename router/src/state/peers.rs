@@ -7,6 +7,7 @@
 use super::{
     send, Action, JobManagerPeer, JobState, Now, RouterState, SocketKind, StaleJobManager, StoredRequest,
 };
+use emq_journal::{FinalState, Record};
 use emq_protocol::{
     Ack, Command, Heartbeat, Inform, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, DEFAULT_QUEUE,
 };
@@ -32,7 +33,7 @@ impl RouterState {
             Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
                 self.on_job_done(&peer, m.msgid, reply_json, orig_msgid, now, out)
             }
-            Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb),
+            Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb, now, out),
             Command::Kbye => self.on_job_manager_kbye(&peer, now, out),
             other => {
                 self.count("unexpected_backend_command");
@@ -44,8 +45,14 @@ impl RouterState {
     /// A job manager (re)announces itself and its queues.
     fn on_inform(&mut self, peer: PeerId, msgid: String, inform: Inform, now: Now, out: &mut Vec<Action>) {
         if self.job_managers.contains_key(&peer) {
-            // Same identity again: start over, as for a new peer.
-            self.remove_job_manager(&peer, "re-INFORMed", now, out);
+            // Same identity again: it reconnected (a network blip, or it
+            // noticed a router restart) and may still be running our jobs.
+            // They are in doubt until its health or its reports say.
+            self.put_in_doubt(&peer, now);
+            self.job_managers.remove(&peer);
+            for q in self.queues.values_mut() {
+                q.job_managers.retain(|(_, p)| p != &peer);
+            }
         }
         self.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
@@ -102,6 +109,13 @@ impl RouterState {
                 self.stats.finished(&job.queue, now.mono.saturating_duration_since(job.received).as_secs_f64(), false);
             }
             self.history.mark(&id, JobState::Done, now.unix);
+            out.push(Action::Journal(Record::Finished {
+                msgid: id.to_string(),
+                state: FinalState::Done,
+                at: now.unix,
+                result: String::new(),
+                failure: None,
+            }));
         }
         if leaving {
             if idle {
@@ -115,7 +129,7 @@ impl RouterState {
     /// Liveness and, from our job managers, pool health — parsed once here
     /// (bounded in size) and read as a value by STATUS, metrics and the
     /// dashboard.
-    fn on_heartbeat(&mut self, peer: &PeerId, hb: Heartbeat) {
+    fn on_heartbeat(&mut self, peer: &PeerId, hb: Heartbeat, now: Now, out: &mut Vec<Action>) {
         let health = match hb.health.as_deref().map(PoolHealth::from_json) {
             None => None,
             Some(Ok(h)) => Some(h),
@@ -131,8 +145,19 @@ impl RouterState {
             return;
         };
         jm.last_heartbeat = Some(hb.timestamp);
-        if health.is_some() {
-            jm.health = health;
+        if let Some(h) = health {
+            // Jobs it holds that were running when the router last stopped
+            // are its again: settled when it reports them, nothing re-run.
+            if !self.in_doubt.is_empty() {
+                let held: Vec<String> =
+                    h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect();
+                for msgid in held {
+                    self.adopt_in_doubt(&msgid, peer, now, out);
+                }
+            }
+            if let Some(jm) = self.job_managers.get_mut(peer) {
+                jm.health = Some(h);
+            }
         }
     }
 

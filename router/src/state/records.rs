@@ -208,3 +208,15 @@ pub struct StaleJobManager {
     pub health: Option<PoolHealth>,
     pub processed: u64,
 }
+
+/// A job that was in flight when the router last stopped (or crashed). A
+/// job manager that re-attaches may still report it; if none does by
+/// `until`, it runs again (`guarantee`, retries left) or ends with
+/// `router restarted`.
+#[derive(Debug)]
+pub struct InDoubtJob {
+    pub queue: String,
+    /// `attempts` counts the dispatch that is in doubt.
+    pub job: WaitingJob,
+    pub until: Instant,
+}

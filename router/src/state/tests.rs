@@ -13,18 +13,37 @@ fn cfg() -> RouterConfig {
         retry_multiplier: 2.0,
         dead_letter_max: 100,
         reject_unknown_queues: false,
+        stop_grace: Duration::from_secs(10),
     }
 }
 
 struct Harness {
     r: RouterState,
     now: Now,
+    /// Everything journaled so far.
+    journal: Vec<emq_journal::Record>,
+}
+
+/// The actions as the poll loop performs them once the journal is durable:
+/// journal records set aside, durable sends as sends.
+fn performed(actions: Vec<Action>, journal: &mut Vec<emq_journal::Record>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Journal(r) => {
+                journal.push(r);
+                None
+            }
+            Action::SendDurable { socket, peer, message } => Some(Action::Send { socket, peer, message }),
+            other => Some(other),
+        })
+        .collect()
 }
 
 impl Harness {
     fn new() -> Self {
         let now = Now::real();
-        Harness { r: RouterState::new(cfg(), now), now }
+        Harness { r: RouterState::new(cfg(), now), now, journal: Vec::new() }
     }
     fn advance(&mut self, secs: f64) {
         self.now = self.now.after(Duration::from_secs_f64(secs));
@@ -33,7 +52,7 @@ impl Harness {
         self.recv_id(socket, peer, Message::new(command))
     }
     fn recv_id(&mut self, socket: SocketKind, peer: &str, m: Message) -> Vec<Action> {
-        self.r.handle_vec(Event::Received { socket, peer: PeerId::from(peer), message: Ok(m) }, self.now)
+        self.event(Event::Received { socket, peer: PeerId::from(peer), message: Ok(m) })
     }
     fn inform(&mut self, peer: &str, queues: &[(u32, &str)]) -> Vec<Action> {
         let q = QueueSpec(queues.iter().map(|(w, n)| (*w, n.to_string())).collect());
@@ -58,7 +77,11 @@ impl Harness {
         )
     }
     fn tick(&mut self) -> Vec<Action> {
-        self.r.handle_vec(Event::Tick, self.now)
+        self.event(Event::Tick)
+    }
+    fn event(&mut self, e: Event) -> Vec<Action> {
+        let out = self.r.handle_vec(e, self.now);
+        performed(out, &mut self.journal)
     }
 }
 
@@ -70,7 +93,7 @@ fn sends(actions: &[Action]) -> Vec<(SocketKind, String, String)> {
             Action::Send { socket, peer, message } => {
                 Some((*socket, peer.to_string(), message.command.name().to_owned()))
             }
-            Action::Shutdown | Action::Forget { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -304,7 +327,7 @@ fn unreachable_job_manager_job_is_requeued() {
     let Action::Send { message, .. } = out[0].clone() else { panic!() };
     h.inform("alive", &[(10, "default")]);
     let out =
-        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message }, h.now);
+        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message });
     assert!(dispatched_to(&out).is_empty());
     assert_eq!(h.r.waiting("default"), 1);
     assert_eq!(dispatched_to(&h.ready("alive")), vec![("alive".into(), "j".into())]);
@@ -352,12 +375,91 @@ fn admin_commands() {
     let out = h.recv(SocketKind::Admin, "cli", Command::Unknown { name: "FROB".into(), body: vec![] });
     let Action::Send { message, .. } = &out[0] else { panic!() };
     assert!(matches!(&message.command, Command::Reply(Reply::Single { body }) if body.contains("error")));
+    // DISCONNECT: ACK at once, then a graceful stop — new jobs refused,
+    // the running one may still report, then KBYE and shutdown.
     let out = h.recv_id(SocketKind::Admin, "cli", Message::with_msgid("admin:1", Command::Disconnect));
-    assert_eq!(
-        sends(&out),
-        vec![(SocketKind::Admin, "cli".into(), "ACK".into()), (SocketKind::Backend, "jm".into(), "KBYE".into())]
-    );
+    assert_eq!(sends(&out), vec![(SocketKind::Admin, "cli".into(), "ACK".into())]);
+    let out = h.request("c", "late", "default", "");
+    let refusal = result_to(&out, "late").expect("refused");
+    assert!(refusal.error.unwrap().message.contains("router stopping"));
+    let out = h.done("jm", "j", r#"{"value": 1}"#);
+    assert_eq!(sends(&out), vec![(SocketKind::Backend, "jm".into(), "KBYE".into())]);
     assert_eq!(out.last(), Some(&Action::Shutdown));
+}
+
+/// A stop with a job still running waits for it up to `stop_grace`; a
+/// second stop ends it at once. Nothing is dispatched meanwhile.
+#[test]
+fn graceful_stop_waits_for_running_jobs_up_to_the_grace() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "running", "default", "");
+    h.request("c", "buffered", "default", "");
+    let out = h.event(Event::Stop);
+    assert!(!out.contains(&Action::Shutdown), "a job is still running");
+    let out = h.ready("jm");
+    assert!(dispatched_to(&out).is_empty(), "nothing is handed out while stopping");
+    h.advance(5.0);
+    assert!(!h.tick().contains(&Action::Shutdown));
+    h.advance(6.0);
+    assert!(h.tick().contains(&Action::Shutdown), "grace over");
+    assert_eq!(h.r.waiting("default"), 1, "the buffered job stays for the next start");
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "running", "default", "");
+    h.event(Event::Stop);
+    assert!(h.event(Event::Stop).contains(&Action::Shutdown), "second stop: at once");
+}
+
+/// Journal, restart: every accepted job is where it was — buffered in
+/// order, retrying with its due time, dead letters — and jobs that were
+/// running are in doubt: a re-attached job manager's report settles them,
+/// the rest run again (guarantee) or end as `router restarted`.
+#[test]
+fn restart_from_the_journal_puts_every_job_back() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.ready("jm");
+    h.request("c", "reported", "default", "reply-requested");
+    h.request("c", "lost", "default", "reply-requested");
+    h.request("c", "b1", "default", "");
+    h.request("c", "b2", "default", "guarantee");
+    h.done("jm", "nothing", "{}");
+    let journal = h.journal.clone();
+    // The router restarts: a fresh state fed the journal.
+    let mut r = Harness::new();
+    for rec in journal.iter().cloned() {
+        r.r.restore(rec);
+    }
+    let summary = r.r.finish_restore(r.now);
+    assert_eq!((summary.buffered, summary.in_doubt), (2, 2), "{summary:?}");
+    assert_eq!(r.r.waiting("default"), 2);
+    // A job manager re-attaches under a new identity; its health says it
+    // still runs "reported", which then reports.
+    r.inform("jm2", &[(10, "default")]);
+    let health = emq_protocol::PoolHealth {
+        in_flight: vec![emq_protocol::JobHealth { msgid: "reported".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    heartbeat_with(&mut r, "jm2", &health);
+    assert_eq!(r.r.in_doubt_count(), 1);
+    let out = r.done("jm2", "reported", r#"{"value": 7}"#);
+    assert_eq!(result_to(&out, "reported").unwrap().value, serde_json::json!(7), "its result reaches the client");
+    // Nobody reports "lost": after heartbeat_timeout it ends as router restarted.
+    r.advance(3.0);
+    heartbeat_with(&mut r, "jm2", &emq_protocol::PoolHealth::default());
+    r.advance(3.0);
+    let out = r.tick();
+    let e = result_to(&out, "lost").expect("an error reply").error.unwrap();
+    assert_eq!(e.kind, emq_protocol::JobErrorKind::RouterRestarted);
+    // The buffered ones run, in their order.
+    let out = r.ready("jm2");
+    assert_eq!(dispatched_to(&out), vec![("jm2".to_string(), "b1".to_string())]);
+    let status: serde_json::Value = serde_json::from_str(&r.r.history.status_json("reported")).unwrap();
+    assert_eq!(status["state"], "done");
 }
 
 #[test]
@@ -579,7 +681,7 @@ fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
     let now = Now::real();
     let mut c = cfg();
     c.reject_unknown_queues = true;
-    let mut h = Harness { r: RouterState::new(c, now), now };
+    let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
     let out = h.request("c", "x", "nosuch", "");
     assert_eq!(result_to(&out, "x").unwrap().error.unwrap().kind.as_str(), "refused");
     h.inform("d", &[(10, "default")]);
@@ -594,9 +696,10 @@ fn places(r: &RouterState, msgid: &str) -> (usize, bool) {
     let in_flight = usize::from(r.in_flight.contains_key(msgid));
     let retrying = r.delayed.values().filter(|(_, j)| &*j.msgid == msgid).count();
     let dead = r.dead.iter().filter(|d| &*d.msgid == msgid).count();
+    let in_doubt = usize::from(r.in_doubt.contains_key(msgid));
     let finished =
         r.history.get(msgid).is_some_and(|rec| matches!(rec.state, JobState::Done | JobState::Failed | JobState::Lost));
-    (waiting + in_flight + retrying + dead, finished)
+    (waiting + in_flight + retrying + dead + in_doubt, finished)
 }
 
 /// Random event sequences against the state machine; after every event
@@ -626,7 +729,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
         c.job_history = 1_000_000;
         c.dead_letter_max = 1_000_000;
         c.reject_unknown_queues = rng() % 2 == 0;
-        let mut h = Harness { r: RouterState::new(c, now), now };
+        let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
         let mut accepted: Vec<String> = Vec::new();
         let mut next_id = 0;
         for _ in 0..200 {
@@ -678,7 +781,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
                             let request = Request { queue: "default".into(), headers: "".into(), payload: "[]".into() };
                             let message = Message::with_msgid(id.clone(), Command::Request(request));
                             let peer = PeerId::from(worker.as_str());
-                            h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer, message }, h.now)
+                            h.event(Event::Unreachable { socket: SocketKind::Backend, peer, message })
                         }
                         None => vec![],
                     }
@@ -746,12 +849,12 @@ fn unreachable_for_a_job_already_requeued_elsewhere_does_not_run_it_twice() {
     // Both sends to w failed. The first event requeues j1 and forgets w
     // (j2 goes with it, requeued as guaranteed, to w2).
     let out1 =
-        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m1 }, h.now);
+        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m1 });
     let d1 = dispatched_to(&out1);
     assert!(out1.iter().any(|a| matches!(a, Action::Forget { .. })));
     // The second must not take j2's new entry away from w2.
     let out2 =
-        h.r.handle_vec(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m2 }, h.now);
+        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m2 });
     let all: Vec<(String, String)> = d1.into_iter().chain(dispatched_to(&out2)).collect();
     assert_eq!(all.iter().filter(|(_, id)| id == "j2").count(), 1, "j2 dispatched once: {all:?}");
     assert_eq!(all.iter().filter(|(_, id)| id == "j1").count(), 1, "j1 dispatched once: {all:?}");

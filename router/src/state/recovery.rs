@@ -1,0 +1,429 @@
+//! Recovery: the router's state rebuilt from its journal at start, the
+//! checkpoint records that describe the live state, and the jobs "in
+//! doubt" — running when the router stopped.
+//!
+//! Replay hands every journal record to [`RouterState::restore`] in order;
+//! [`RouterState::finish_restore`] then puts each job where it was:
+//! buffered jobs wait again in their queues, in their order; failed jobs
+//! keep their retry's due time; dead letters and the recent job history
+//! come back. A job that was in flight is *in doubt* for
+//! `heartbeat_timeout`: a job manager that re-attaches and reports it
+//! (running, held, or finished) settles it and nothing runs twice; the rest
+//! run again (`guarantee`, retries left) or end as `router restarted`, with
+//! a reply to a `reply-requested` client.
+
+use super::outcome::final_state;
+use super::{Action, DeadLetter, InDoubtJob, JobRecord, JobState, Now, RouterState, StoredRequest, WaitingJob};
+use emq_journal::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record};
+use emq_protocol::{Headers, JobErrorKind, JobReply};
+use emq_receiver::PeerId;
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// A job being rebuilt from the journal.
+struct RestoredJob {
+    client: PeerId,
+    queue: String,
+    request: StoredRequest,
+    received: f64,
+    attempts: u32,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Buffered; the key orders its queue (requeued jobs go in front).
+    Waiting(i64),
+    InFlight,
+    /// Waiting for its retry, due at this unix time.
+    Retrying(f64),
+    Dead { failure: Option<AttemptFailure>, at: f64 },
+}
+
+/// Replay in progress.
+#[derive(Default)]
+pub(super) struct Restoring {
+    jobs: HashMap<Arc<str>, RestoredJob>,
+    next_back: i64,
+    next_front: i64,
+}
+
+/// What a restore put back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreSummary {
+    pub buffered: usize,
+    pub in_doubt: usize,
+    pub retrying: usize,
+    pub dead_letters: usize,
+    pub history: usize,
+}
+
+impl RouterState {
+    /// Applies one journal record (replay at start, before any event).
+    pub fn restore(&mut self, record: Record) {
+        let r = self.restoring.get_or_insert_with(Default::default);
+        match record {
+            Record::Accepted { job, attempts } => {
+                let msgid: Arc<str> = Arc::from(job.msgid.as_str());
+                r.next_back += 1;
+                let key = r.next_back;
+                let request = StoredRequest {
+                    queue: job.requested_queue.map(String::into_boxed_str),
+                    headers: job.headers.into_boxed_str(),
+                    payload: job.payload.into_boxed_str(),
+                };
+                let restored = RestoredJob {
+                    client: PeerId::from(job.client.as_slice()),
+                    queue: job.queue,
+                    request,
+                    received: job.received,
+                    attempts,
+                    phase: Phase::Waiting(key),
+                };
+                let queue = self.queue_name(&restored.queue);
+                self.history.insert(msgid.clone(), JobRecord::queued(queue, job.received));
+                if let Some(rec) = self.history.mark(&msgid, JobState::Queued, job.received) {
+                    rec.attempts = attempts;
+                }
+                self.restoring.as_mut().expect("restoring").jobs.insert(msgid, restored);
+            }
+            Record::Dispatched { msgid, job_manager, attempt, at } => {
+                if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
+                    j.phase = Phase::InFlight;
+                    j.attempts = attempt;
+                }
+                if let Some(rec) = self.history.mark(&msgid, JobState::Dispatched, at) {
+                    rec.job_manager = Some(PeerId::from(job_manager.as_slice()));
+                    rec.attempts = attempt;
+                }
+            }
+            Record::Requeued { msgid, attempts } => {
+                r.next_front -= 1;
+                let key = r.next_front;
+                if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
+                    j.phase = Phase::Waiting(key);
+                    j.attempts = attempts;
+                }
+                self.history.mark(&msgid, JobState::Queued, 0.0);
+            }
+            Record::Retrying { msgid, failure, due, result } => {
+                if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
+                    j.phase = Phase::Retrying(due);
+                    j.attempts = failure.attempt;
+                }
+                if !failure.kind.is_empty() {
+                    self.history.record_attempt_error(&msgid, attempt_error(&failure));
+                }
+                if let Some(rec) = self.history.mark(&msgid, JobState::Retrying, failure.at) {
+                    rec.result = Some(result).filter(|r| !r.is_empty()).or(rec.result.take());
+                }
+            }
+            Record::Finished { msgid, state, at, result, failure } => {
+                if state == FinalState::Dead {
+                    if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
+                        j.phase = Phase::Dead { failure: failure.clone(), at };
+                    }
+                } else {
+                    r.jobs.remove(msgid.as_str());
+                }
+                if let Some(f) = &failure {
+                    self.history.record_attempt_error(&msgid, attempt_error(f));
+                }
+                if let Some(rec) = self.history.mark(&msgid, job_state(state), at) {
+                    rec.result = Some(result).filter(|r| !r.is_empty());
+                }
+            }
+            Record::History(h) => {
+                let queue = self.queue_name(&h.queue);
+                let record = JobRecord {
+                    queue,
+                    state: job_state(h.state),
+                    job_manager: h.job_manager.as_deref().map(PeerId::from),
+                    received: h.received,
+                    dispatched: h.dispatched,
+                    finished: Some(h.finished),
+                    attempts: h.attempts,
+                    result: h.result,
+                    attempt_errors: h.failures.iter().map(attempt_error).collect(),
+                };
+                self.history.insert(Arc::from(h.msgid.as_str()), record);
+            }
+            Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
+        }
+    }
+
+    /// Puts every restored job where it was (see the module doc). Jobs that
+    /// were running are in doubt until `now + heartbeat_timeout`.
+    pub fn finish_restore(&mut self, now: Now) -> RestoreSummary {
+        let mut summary = RestoreSummary { history: self.history.len(), ..Default::default() };
+        let Some(r) = self.restoring.take() else { return summary };
+        let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
+        for (msgid, j) in r.jobs {
+            let age = Duration::try_from_secs_f64((now.unix - j.received).max(0.0)).unwrap_or_default();
+            let received = now.mono.checked_sub(age).unwrap_or(self.started);
+            let job = WaitingJob {
+                client: j.client,
+                msgid: msgid.clone(),
+                request: j.request,
+                received_ms: self.stamp(received),
+                attempts: j.attempts,
+            };
+            match j.phase {
+                Phase::Waiting(key) => waiting.push((j.queue, key, job)),
+                Phase::InFlight => {
+                    let until = now.mono + self.cfg.heartbeat_timeout;
+                    self.in_doubt.insert(msgid, InDoubtJob { queue: j.queue, job, until });
+                    summary.in_doubt += 1;
+                }
+                Phase::Retrying(due) => {
+                    let wait = Duration::try_from_secs_f64((due - now.unix).max(0.0)).unwrap_or_default();
+                    self.delayed_seq += 1;
+                    self.delayed.insert((now.mono + wait, self.delayed_seq), (j.queue, job));
+                    summary.retrying += 1;
+                }
+                Phase::Dead { failure, at } => {
+                    let (error_type, error_message) =
+                        failure.map(|f| (f.kind, f.message)).unwrap_or_else(|| ("unknown".into(), String::new()));
+                    self.dead.push_back(DeadLetter {
+                        msgid,
+                        client: job.client,
+                        queue: j.queue,
+                        request: job.request,
+                        attempts: job.attempts,
+                        error_type,
+                        error_message,
+                        at,
+                    });
+                    summary.dead_letters += 1;
+                }
+            }
+        }
+        // Oldest dead letters first, bounded as when they were made.
+        self.dead.make_contiguous().sort_by(|a, b| a.at.total_cmp(&b.at));
+        while self.dead.len() > self.cfg.dead_letter_max.max(1) {
+            self.dead.pop_front();
+        }
+        waiting.sort_by_key(|(_, key, _)| *key);
+        summary.buffered = waiting.len();
+        for (queue, _, job) in waiting {
+            let q = self.queues.entry(queue).or_default();
+            q.ever_served = true;
+            q.waiting.push_back(job);
+        }
+        info!(buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
+              dead_letters = summary.dead_letters, history = summary.history, "state restored from the journal");
+        summary
+    }
+
+    /// A job in doubt that `peer` reports (running, held, or finished) is
+    /// its again: in flight there, no slot used (it is already running).
+    pub(super) fn adopt_in_doubt(&mut self, msgid: &str, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+        let Some(d) = self.in_doubt.remove(msgid) else { return };
+        self.count("in_doubt_settled");
+        info!(%msgid, job_manager = %peer, "job in doubt reported by a job manager: it is not run again");
+        let attempt = d.job.attempts.max(1);
+        self.take_in_flight(peer.clone(), d.queue, d.job, attempt, false, now);
+        // Journaled, so a second restart knows where it is.
+        out.push(Action::Journal(Record::Dispatched {
+            msgid: msgid.to_owned(),
+            job_manager: peer.as_bytes().to_vec(),
+            attempt,
+            at: now.unix,
+        }));
+    }
+
+    /// Every job in flight at `peer` is in doubt from now on (for
+    /// `heartbeat_timeout`): `peer` re-INFORMed, so it may or may not still
+    /// have them.
+    pub(super) fn put_in_doubt(&mut self, peer: &PeerId, now: Now) {
+        let mine: Vec<Arc<str>> =
+            self.in_flight.iter().filter(|(_, j)| j.job_manager == *peer).map(|(id, _)| id.clone()).collect();
+        if !mine.is_empty() {
+            info!(%peer, jobs = mine.len(), "job manager INFORMed again: its jobs are in doubt until it reports them");
+        }
+        for id in mine {
+            let Some(j) = self.in_flight.remove(&id) else { continue };
+            let job = self.waiting_from_in_flight(id.clone(), &j);
+            let until = now.mono + self.cfg.heartbeat_timeout;
+            self.in_doubt.insert(id, InDoubtJob { queue: j.queue, job, until });
+        }
+    }
+
+    /// A job in flight as a waiting job again (attempts = its dispatches).
+    /// Jobs without `guarantee` or retries do not keep their request (they
+    /// never run again): their headers are rebuilt so the outcome still
+    /// goes to a client that asked for it.
+    pub(super) fn waiting_from_in_flight(&self, msgid: Arc<str>, j: &super::JobInFlight) -> WaitingJob {
+        let request = j.request.clone().unwrap_or_else(|| StoredRequest {
+            queue: None,
+            headers: Headers {
+                reply_requested: j.reply_requested,
+                guarantee: j.guarantee,
+                retry_count: Some(j.retry_count).filter(|n| *n > 0),
+                timeout_secs: None,
+                attempt: None,
+            }
+            .to_wire()
+            .into_boxed_str(),
+            payload: "".into(),
+        });
+        WaitingJob { client: j.client.clone(), msgid, request, received_ms: self.stamp(j.received), attempts: j.attempts }
+    }
+
+    /// Tick step: jobs in doubt that nobody reported in time run again
+    /// (`guarantee`; at the front of their queue) or end as `router
+    /// restarted` (retried when retries are left).
+    pub(super) fn expire_in_doubt(&mut self, now: Now, out: &mut Vec<Action>) {
+        if self.in_doubt.is_empty() || self.in_doubt.values().all(|d| d.until > now.mono) {
+            return;
+        }
+        let due: Vec<Arc<str>> =
+            self.in_doubt.iter().filter(|(_, d)| d.until <= now.mono).map(|(id, _)| id.clone()).collect();
+        for id in due {
+            let Some(d) = self.in_doubt.remove(&id) else { continue };
+            let headers = Headers::parse(&d.job.request.headers);
+            if headers.guarantee {
+                self.count("in_doubt_requeued");
+                info!(msgid = %id, queue = %d.queue, "job in doubt after a restart: requeued (guarantee)");
+                self.requeue(d.queue, d.job, now, out);
+                continue;
+            }
+            self.count("in_doubt_lost");
+            warn!(msgid = %id, queue = %d.queue, "job in doubt after a restart: no job manager reported it");
+            let attempt = d.job.attempts.max(1);
+            let placeholder = PeerId::from("router restarted");
+            self.take_in_flight(placeholder, d.queue, d.job, attempt, false, now);
+            let Some(job) = self.in_flight.remove(&id) else { continue };
+            let message = "the router restarted while the job was running, and no job manager reported it".to_owned();
+            let reply = JobReply::failed(JobErrorKind::RouterRestarted, message.clone(), "");
+            self.conclude(id, job, reply.to_json(), Some((JobErrorKind::RouterRestarted, message)), now, out);
+        }
+    }
+
+    /// The live state as journal records, for a checkpoint: after it, no
+    /// older record is needed. Jobs kept only as far as needed to finish
+    /// them (an in-flight job without `guarantee` or retries is never run
+    /// again, so only its headers are kept).
+    pub fn checkpoint_records(&self, now: Now) -> Vec<Record> {
+        let unix_of = |received_ms: u32| {
+            let at = self.started + Duration::from_millis(received_ms as u64);
+            now.unix - now.mono.saturating_duration_since(at).as_secs_f64()
+        };
+        let accepted = |msgid: &str, client: &PeerId, queue: &str, request: &StoredRequest, received: f64| AcceptedJob {
+            msgid: msgid.to_owned(),
+            client: client.as_bytes().to_vec(),
+            queue: queue.to_owned(),
+            requested_queue: request.queue.as_deref().map(str::to_owned),
+            headers: request.headers.to_string(),
+            payload: request.payload.to_string(),
+            received,
+        };
+        let mut out = Vec::new();
+        // Finished jobs' history first: live jobs' records are rebuilt by
+        // their own records below.
+        for (msgid, r) in self.history.iter() {
+            if r.state.is_final() && r.state != JobState::Dead {
+                out.push(Record::History(FinishedJob {
+                    msgid: msgid.to_string(),
+                    queue: r.queue.to_string(),
+                    state: final_state(r.state),
+                    job_manager: r.job_manager.as_ref().map(|p| p.as_bytes().to_vec()),
+                    received: r.received,
+                    dispatched: r.dispatched,
+                    finished: r.finished.unwrap_or(r.received),
+                    attempts: r.attempts,
+                    result: r.result.clone(),
+                    failures: r
+                        .attempt_errors
+                        .iter()
+                        .map(|e| AttemptFailure {
+                            attempt: e.attempt,
+                            kind: e.kind.clone(),
+                            message: e.message.clone(),
+                            at: e.at,
+                        })
+                        .collect(),
+                }));
+            }
+        }
+        for (name, q) in &self.queues {
+            for j in &q.waiting {
+                let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));
+                out.push(Record::Accepted { job, attempts: j.attempts });
+            }
+        }
+        for ((due, _), (queue, j)) in &self.delayed {
+            let job = accepted(&j.msgid, &j.client, queue, &j.request, unix_of(j.received_ms));
+            out.push(Record::Accepted { job, attempts: j.attempts });
+            let due = now.unix + due.saturating_duration_since(now.mono).as_secs_f64();
+            // No failure to repeat: the history records carry them.
+            let failure = AttemptFailure { attempt: j.attempts, kind: String::new(), message: String::new(), at: now.unix };
+            out.push(Record::Retrying { msgid: j.msgid.to_string(), failure, due, result: String::new() });
+        }
+        for (msgid, d) in &self.in_doubt {
+            let job = accepted(msgid, &d.job.client, &d.queue, &d.job.request, unix_of(d.job.received_ms));
+            out.push(Record::Accepted { job, attempts: d.job.attempts.saturating_sub(1) });
+            out.push(Record::Dispatched {
+                msgid: msgid.to_string(),
+                job_manager: Vec::new(),
+                attempt: d.job.attempts,
+                at: now.unix,
+            });
+        }
+        for (msgid, j) in &self.in_flight {
+            let w = self.waiting_from_in_flight(msgid.clone(), j);
+            let received = now.unix - now.mono.saturating_duration_since(j.received).as_secs_f64();
+            let job = accepted(msgid, &j.client, &j.queue, &w.request, received);
+            out.push(Record::Accepted { job, attempts: j.attempts.saturating_sub(1) });
+            out.push(Record::Dispatched {
+                msgid: msgid.to_string(),
+                job_manager: j.job_manager.as_bytes().to_vec(),
+                attempt: j.attempts,
+                at: now.unix,
+            });
+        }
+        for d in &self.dead {
+            let job = accepted(&d.msgid, &d.client, &d.queue, &d.request, d.at);
+            out.push(Record::Accepted { job, attempts: d.attempts });
+            out.push(Record::Finished {
+                msgid: d.msgid.to_string(),
+                state: FinalState::Dead,
+                at: d.at,
+                result: String::new(),
+                failure: Some(AttemptFailure {
+                    attempt: d.attempts,
+                    kind: d.error_type.clone(),
+                    message: d.error_message.clone(),
+                    at: d.at,
+                }),
+            });
+        }
+        out
+    }
+
+    /// Jobs in doubt (for STATUS and tests).
+    pub fn in_doubt_count(&self) -> usize {
+        self.in_doubt.len()
+    }
+
+    /// Whether any job is buffered, retrying, in flight or in doubt: what a
+    /// checkpoint would have to keep.
+    pub fn live_jobs(&self) -> usize {
+        self.buffered() + self.delayed.len() + self.in_flight.len() + self.in_doubt.len() + self.dead.len()
+    }
+}
+
+fn attempt_error(f: &AttemptFailure) -> super::AttemptError {
+    super::AttemptError { attempt: f.attempt, kind: f.kind.clone(), message: f.message.clone(), at: f.at }
+}
+
+fn job_state(s: FinalState) -> JobState {
+    match s {
+        FinalState::Done => JobState::Done,
+        FinalState::Failed => JobState::Failed,
+        FinalState::Lost => JobState::Lost,
+        FinalState::Dead => JobState::Dead,
+        FinalState::Refused => JobState::Refused,
+    }
+}
