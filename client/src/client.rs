@@ -386,11 +386,10 @@ impl Client {
     /// `failed`, `refused`, `lost`), job manager, timestamps, attempts,
     /// result.
     pub fn job_status(&mut self, msgid: &str, deadline: Instant) -> Result<Value, ClientError> {
-        let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.to_owned() }));
-        self.sender.send(&m)?;
+        self.ask_status(msgid)?;
         loop {
-            if let Some(pos) = self.status_answers.iter().position(|v| v["msgid"] == msgid) {
-                return Ok(self.status_answers.remove(pos).expect("position exists"));
+            if let Some(v) = self.take_status(msgid) {
+                return Ok(v);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -398,6 +397,21 @@ impl Client {
             }
             self.pump(left.as_millis().max(1) as i64)?;
         }
+    }
+
+    /// Sends a JOB_STATUS question without waiting; the answer (if the
+    /// router sends one: EventMQ's does not) is read by [`Client::pump`]
+    /// and taken with [`Client::take_status`].
+    pub fn ask_status(&mut self, msgid: &str) -> Result<(), ClientError> {
+        let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.to_owned() }));
+        self.sender.send(&m)?;
+        Ok(())
+    }
+
+    /// Takes an already-received JOB_STATUS answer for `msgid`.
+    pub fn take_status(&mut self, msgid: &str) -> Option<Value> {
+        let pos = self.status_answers.iter().position(|v| v["msgid"] == msgid)?;
+        self.status_answers.remove(pos)
     }
 
     fn recover_from_record(&mut self, msgid: &str, deadline: Instant) -> Result<Option<JobOutcome>, ClientError> {

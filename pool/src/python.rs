@@ -281,8 +281,19 @@ impl PythonRunner {
     }
 }
 
-/// Creates the importable `emq` module inside the worker.
+/// The importable `emq` module inside the worker. When the worker's Python
+/// can import the emq client package (`pip install ./python`, which has
+/// `current_job`), that package is the module: one `emq` for both, its
+/// `current_job()` reading the attributes set here. Otherwise a bare module
+/// holding just `msgid` and `attempt`.
 fn install_emq_module(py: Python<'_>) -> PyResult<Py<PyModule>> {
+    if let Ok(m) = py.import("emq") {
+        if m.hasattr("current_job").unwrap_or(false) {
+            m.setattr("msgid", py.None())?;
+            m.setattr("attempt", 0)?;
+            return Ok(m.unbind());
+        }
+    }
     let m = PyModule::new(py, "emq")?;
     m.setattr("__doc__", "Set by the emq worker before each job: msgid and attempt (1 = first run).")?;
     m.setattr("msgid", py.None())?;
