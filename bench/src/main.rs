@@ -11,8 +11,12 @@
 //! - `latency`: one job at a time, submit → result at the client.
 //! - `fill`: N fire-and-forget jobs of a given payload size, waiting for N
 //!   receipts (for the router's memory per buffered job).
+//! - `journal-store`: the journal's storage candidates (emq's own log, redb)
+//!   committing accepted-job records in groups, as the router does.
 //! - `recovery`: SIGKILL a busy worker, time until the job manager's READY
 //!   for its replacement shows at the router.
+
+mod journal_store;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -29,6 +33,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The journal's storage candidates: emq's own log vs redb, group commits.
+    JournalStore {
+        #[arg(long, default_value_t = 20_000)]
+        n: u64,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 10, 100, 1000])]
+        batches: Vec<u64>,
+    },
     StubJm {
         #[arg(long)]
         backend: String,
@@ -92,6 +103,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::JournalStore { n, batches } => journal_store::run(n, &batches),
         Cmd::StubJm { backend, slots } => stub_jm(&backend, slots),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
         Cmd::Throughput { frontend, n, window, path, callable } => throughput(&frontend, n, window, &path, &callable),
