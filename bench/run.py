@@ -196,6 +196,39 @@ def s2(args, jm_env=None):
                                                         "--n", str(args.s2_n), "--window", "1000"]), jm_env)
 
 
+def router_status(admin):
+    return run_json([os.path.join(REL, "emq-cli"), "--addr", admin, "--json", "--deadline", "5", "status"], timeout=15)
+
+
+def s7(args, scenario, mode):
+    """Scenario 1 (EventMQ's client) or 2 (Rust client with results) with
+    the journal's `journal_sync` set to `mode`; adds fsyncs per second and
+    jobs per fsync from the router's STATUS `journal` figures."""
+    a = addrs()
+    r = emq_router(a, env={"EMQ_JOURNAL_SYNC": mode})
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 2)
+        if scenario == 1:
+            out = os.path.join(tempfile.gettempdir(), "emq-bench-s7.txt")
+            res = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                            "--addr", a["frontend"], "--n", str(args.s1_n), "--out", out], env={"PYTHONPATH": JOBS})
+        else:
+            time.sleep(1.0)
+            res = run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                            "--n", str(args.s2_n), "--window", "1000"])
+        st = router_status(a["admin"])
+        jr = st.get("journal") or {}
+        syncs = jr.get("syncs", 0)
+        res.update({"mode": mode, "syncs": syncs, "fsyncs_per_sec": syncs / res["secs"],
+                    "jobs_per_fsync": st.get("accepted", 0) / syncs if syncs else 0.0,
+                    "journal_bytes": jr.get("bytes", 0)})
+        return res
+    finally:
+        stop(j)
+        stop(r)
+
+
 def s3(args):
     return with_router_and_jm(lambda a, r, j: run_json([os.path.join(REL, "emq-bench"), "latency", "--frontend", a["frontend"],
                                                         "--n", str(args.s3_n)]))
@@ -335,6 +368,13 @@ def main():
             res["s5"] = repeat("5", max(1, args.runs // 2), lambda: s5(args))
         if "6" in only:
             res["s6"] = repeat("6", max(1, args.runs // 2), lambda: s6(args))
+        if "7" in only:
+            # Interleaved, so the three modes see the same machine.
+            for k in range(args.runs):
+                for sc in (1, 2):
+                    for mode in ("fsync", "write", "off"):
+                        res.setdefault("s7_%d_%s" % (sc, mode), []).extend(
+                            repeat("7 s%d %s" % (sc, mode), 1, lambda: s7(args, sc, mode)))
     finally:
         stop_all()
 
@@ -372,6 +412,19 @@ def main():
     if "6" in only:
         row("6", "SIGKILLed busy worker → replacement READY at the router, p50 ms (%d kills)" % args.s6_kills, res.get("s6"), "p50_ms", fmt="{:.1f}", target="≤ 50")
 
+    if "7" in only:
+        for sc, what in ((1, "scenario 1 (EventMQ client, N=%d)" % args.s1_n), (2, "scenario 2 (Rust client with results, N=%d)" % args.s2_n)):
+            base = None
+            for mode in ("off", "write", "fsync"):
+                v = res.get("s7_%d_%s" % (sc, mode))
+                med = row("7", "%s, journal_sync=%s: jobs/s" % (what, mode), v, "jobs_per_sec")
+                base = base or med
+                if mode != "off":
+                    row("7", "  fsyncs/s · jobs per fsync", v, "fsyncs_per_sec")
+                    row("7", "", v, "jobs_per_fsync", fmt="{:.1f}")
+                if med and base and mode == "fsync":
+                    rows.append(("7", "  fsync cost vs off", "%.0f%%" % (100 * (1 - med / base)), "≤ 10%"))
+
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",
             "Measured %s on this machine (%d cores), all systems in the same run: `bench/run.sh %s`." %
@@ -386,7 +439,7 @@ def main():
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     # Only a run of every scenario replaces latest.md; partial runs keep
     # their own file.
-    name = "latest.md" if only >= set("123456") and not args.quick else "partial-%s.md" % "".join(sorted(only))
+    name = "latest.md" if only >= set("1234567") and not args.quick else "partial-%s.md" % "".join(sorted(only))
     with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
         f.write(text)
 

@@ -289,3 +289,72 @@ fn torn_journal_tail_is_truncated_and_the_rest_runs() {
         assert!((0..kept).all(|i| counts.contains_key(&i.to_string())), "the oldest {kept} ran");
     }
 }
+
+/// Past its disk budget (`journal_max_bytes`) the router stops reading the
+/// frontend: sends wait, nothing is refused; the admin socket still
+/// answers; once a job manager drains the buffers every job is accepted
+/// and runs. With `on_full = "refuse"` the same load gets refusals.
+#[test]
+fn a_full_router_makes_clients_wait_instead_of_refusing() {
+    let budget = [("EMQ_JOURNAL_MAX_BYTES", "16777216"), ("EMQ_BUFFER_MEMORY", "1048576")];
+    let (_router, a) = start_router(&budget);
+    let dir = tmp("full");
+    let ran = dir.join("ran.txt");
+    let pad = "x".repeat(100_000);
+    let n = 300; // ~30 MB of jobs for a 16 MiB budget
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let opts = Options { reply_requested: false, ..Default::default() };
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            client
+                .defer_job(
+                    "default",
+                    "benchjobs.append_line",
+                    vec![json!(ran), json!(format!("{i} {pad}"))],
+                    Default::default(),
+                    &opts,
+                )
+                .unwrap()
+        })
+        .collect();
+    // The router takes what fits, then waits: no refusals, STATUS answers.
+    let taken = eventually(Duration::from_secs(60), || {
+        let s = admin(&a.admin, "STATUS");
+        let acc = s["accepted"].as_u64()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let again = admin(&a.admin, "STATUS")["accepted"].as_u64()?;
+        (acc > 0 && acc == again).then_some((acc, s))
+    });
+    println!("accepted {} of {n} before the router was full; status: journal {}", taken.0, taken.1["journal"]);
+    assert!(taken.0 < n as u64, "the budget stopped intake");
+    assert_eq!(taken.1["errors"]["refused"].as_u64().unwrap_or(0), 0, "nothing refused");
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    let dl = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        client.wait_receipt(id, dl).expect("every job accepted in the end");
+    }
+    eventually(Duration::from_secs(120), || (read_lines(&ran).len() == n).then_some(()));
+    let firsts: HashSet<String> =
+        read_lines(&ran).iter().map(|l| l.split(' ').next().unwrap_or_default().to_owned()).collect();
+    assert_eq!(firsts.len(), n, "each job ran");
+
+    // on_full = "refuse": the same load is refused past the budget.
+    let mut env = budget.to_vec();
+    env.push(("EMQ_ON_FULL", "refuse"));
+    let (_router, a) = start_router(&env);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            client
+                .defer_job("default", "benchjobs.append_line", vec![json!(ran), json!(format!("{i} {pad}"))], Default::default(), &opts)
+                .unwrap()
+        })
+        .collect();
+    let dl = Instant::now() + Duration::from_secs(60);
+    let refused = ids
+        .iter()
+        .filter(|id| matches!(client.wait_receipt(id, dl), Ok(emq_client::Receipt::Refused(_))))
+        .count();
+    println!("on_full = refuse: {refused} of {n} refused");
+    assert!(refused > 0);
+}

@@ -85,6 +85,8 @@ pub struct JournalOptions {
 /// Figures for STATUS, metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct JournalStats {
+    /// The sync policy, as configured (`fsync`, `write`, `off`).
+    pub sync: std::sync::OnceLock<&'static str>,
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_micros: AtomicU64,
@@ -95,6 +97,24 @@ pub struct JournalStats {
     pub disk_bytes: AtomicU64,
     /// Write or sync failures (each retried).
     pub errors: AtomicU64,
+}
+
+impl JournalStats {
+    /// The figures as JSON (STATUS `journal`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "sync": self.sync.get().copied().unwrap_or("-"),
+            "batches": get(&self.batches),
+            "syncs": get(&self.syncs),
+            "sync_micros": get(&self.sync_micros),
+            "bytes": get(&self.bytes),
+            "records": get(&self.records),
+            "checkpoints": get(&self.checkpoints),
+            "disk_bytes": get(&self.disk_bytes),
+            "errors": get(&self.errors),
+        })
+    }
 }
 
 /// The store the router writes its job records to. [`Journal`] is the
@@ -160,6 +180,11 @@ impl Journal {
         }
         let writer = SegmentWriter::create(dir, report.last_seq + 1).map_err(io)?;
         let stats = Arc::new(JournalStats::default());
+        let _ = stats.sync.set(match opts.sync {
+            SyncPolicy::Fsync => "fsync",
+            SyncPolicy::Write => "write",
+            SyncPolicy::Off => "off",
+        });
         stats.disk_bytes.store(report.bytes.saturating_sub(report.torn_tail.as_ref().map_or(0, |t| t.2)), Ordering::Relaxed);
         let durable = Arc::new(AtomicU64::new(0));
         let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
@@ -208,6 +233,11 @@ impl Journal {
 
     pub fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    /// The figures, shared (for STATUS and `/metrics`).
+    pub fn stats_handle(&self) -> Arc<JournalStats> {
+        self.stats.clone()
     }
 
     pub fn sync_policy(&self) -> SyncPolicy {

@@ -66,6 +66,9 @@ pub struct Server {
     journal: Journal,
     /// Receipts waiting for their journal batch to be durable, in order.
     held: VecDeque<(u64, SocketKind, PeerId, Message)>,
+    /// The frontend is not read (buffers or journal past their budget):
+    /// clients' sends wait in ZeroMQ — back-pressure, nothing refused.
+    frontend_paused: bool,
     /// What the HTTP thread serves, refreshed every tick (when enabled).
     snapshot: Option<crate::http::SharedSnapshot>,
     /// The settings in force (for restart-only keys: the ones bound at
@@ -112,7 +115,12 @@ impl Server {
         let started = Instant::now();
         info!(data_dir = %opts.dir.display(), sync = ?opts.sync, "opening the journal");
         let (journal, report) = Journal::open(&opts, |record| state.restore(record))?;
+        let spill_dir = opts.dir.join("spill");
+        let spill = crate::state::spill::FileSpill::new(spill_dir.clone())
+            .map_err(|e| JournalError::Io { path: spill_dir, source: e })?;
+        state.set_spill(Box::new(spill));
         let summary = state.finish_restore(Now::real());
+        state.set_journal_stats(journal.stats_handle());
         info!(records = report.records, bytes = report.bytes, segments = report.segments,
               checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(),
               buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
@@ -135,6 +143,7 @@ impl Server {
             stops_seen: 0,
             journal,
             held: VecDeque::new(),
+            frontend_paused: false,
             settings: settings.clone(),
             reload: Arc::new(AtomicBool::new(false)),
             reloader: None,
@@ -204,9 +213,11 @@ impl Server {
         let mut shutdown = false;
         while !shutdown {
             let timeout = self.poll_timeout();
+            self.update_back_pressure();
+            let frontend_events = if self.frontend_paused { zmq::PollEvents::empty() } else { zmq::POLLIN };
             let readable = {
                 let mut items = [
-                    self.frontend.socket().as_poll_item(zmq::POLLIN),
+                    self.frontend.socket().as_poll_item(frontend_events),
                     self.backend.socket().as_poll_item(zmq::POLLIN),
                     self.admin.socket().as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(self.journal.notify_fd(), zmq::POLLIN),
@@ -226,7 +237,7 @@ impl Server {
                 shutdown |= self.step(Event::Stop);
             }
             for (i, kind) in [SocketKind::Frontend, SocketKind::Backend, SocketKind::Admin].into_iter().enumerate() {
-                if readable[i] {
+                if readable[i] && !(kind == SocketKind::Frontend && self.frontend_paused) {
                     shutdown |= self.drain(kind)?;
                 }
             }
@@ -247,6 +258,43 @@ impl Server {
         self.flush_outbox();
         info!("router stopped");
         Ok(())
+    }
+
+    /// Past `journal_max_bytes` (journal plus spilled buffers) with
+    /// `on_full = "wait"`, the frontend is not read until job managers
+    /// drain the buffers: clients' sends wait in ZeroMQ (and block them at
+    /// their high-water mark) instead of being refused. Job managers and
+    /// the admin socket are served all the while. (Memory needs no such
+    /// limit: past `buffer_memory` buffers spill to disk.)
+    fn update_back_pressure(&mut self) {
+        let cfg = self.state.config();
+        let (max, refuse) = (cfg.journal_max_bytes, cfg.refuse_when_full);
+        let mut used = self.disk_used();
+        if used > max && !self.frontend_paused && self.journal.bytes_since_checkpoint() > 0 {
+            // Reclaim what is settled before calling it full.
+            self.checkpoint();
+            used = self.disk_used();
+        }
+        // Full only while there are buffered jobs to drain: what is left
+        // past the budget otherwise (kept results in the history) does not
+        // go away by waiting, and must not stop the router for good.
+        let full = used > max && self.state.buffered() > 0;
+        self.state.set_disk_full(full);
+        let pause = full && !refuse;
+        if pause != self.frontend_paused {
+            self.frontend_paused = pause;
+            if pause {
+                warn!(disk_bytes = used, journal_max_bytes = max,
+                      "router full: not reading the frontend until job managers drain it (clients' sends wait)");
+            } else {
+                info!(disk_bytes = used, "reading the frontend again");
+            }
+        }
+    }
+
+    /// Journal and spilled buffers on disk.
+    fn disk_used(&self) -> u64 {
+        self.journal.stats().disk_bytes.load(Ordering::Relaxed) + self.state.spilled_bytes()
     }
 
     /// Receipts whose batch is durable go out, in order.

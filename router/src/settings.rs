@@ -20,7 +20,9 @@ pub struct RouterSettings {
     pub heartbeat_interval: f64,
     /// Seconds of silence after which a peer is declared dead.
     pub heartbeat_timeout: f64,
-    /// Most jobs buffered per queue while no slot is free.
+    /// Most jobs buffered per queue while no slot is free; 0 = no count
+    /// limit (the default: `buffer_memory` and `journal_max_bytes` bound
+    /// the buffers instead, with back-pressure rather than refusals).
     pub hwm: usize,
     /// ZeroMQ high-water mark of each socket (messages per peer pipe).
     pub socket_hwm: i32,
@@ -48,6 +50,15 @@ pub struct RouterSettings {
     pub journal_segment_bytes: u64,
     /// Seconds job managers get to report running jobs on a graceful stop.
     pub stop_grace: f64,
+    /// Bytes of buffered jobs the router holds in memory; past it the
+    /// frontend is full.
+    pub buffer_memory: u64,
+    /// Bytes of journal on disk; past it (after a checkpoint) the frontend
+    /// is full.
+    pub journal_max_bytes: u64,
+    /// When full: `wait` (stop reading the frontend: clients' sends wait in
+    /// ZeroMQ, nothing is lost) or `refuse` (an error reply per REQUEST).
+    pub on_full: String,
 }
 
 impl Default for RouterSettings {
@@ -58,7 +69,7 @@ impl Default for RouterSettings {
             administrative_addr: "tcp://127.0.0.1:47293".into(),
             heartbeat_interval: 3.0,
             heartbeat_timeout: 5.0,
-            hwm: 10_000,
+            hwm: 0,
             socket_hwm: 100_000,
             job_history: 100_000,
             retry_delay: 1.0,
@@ -71,6 +82,9 @@ impl Default for RouterSettings {
             journal_sync: "fsync".into(),
             journal_segment_bytes: 64 << 20,
             stop_grace: 10.0,
+            buffer_memory: 1 << 30,
+            journal_max_bytes: 16 << 30,
+            on_full: "wait".into(),
         }
     }
 }
@@ -100,13 +114,22 @@ impl RouterSettings {
         Ok(RouterConfig {
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
             heartbeat_timeout: v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?,
-            hwm: v::count("hwm", self.hwm, 1, MAX_JOBS)?,
+            hwm: v::count("hwm", self.hwm, 0, MAX_JOBS)?,
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
             dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
             reject_unknown_queues: self.reject_unknown_queues,
             stop_grace: v::seconds("stop_grace", self.stop_grace, Zero::Allowed)?,
+            buffer_memory: v::count("buffer_memory", self.buffer_memory, 1 << 20, 1 << 50)?,
+            journal_max_bytes: v::count("journal_max_bytes", self.journal_max_bytes, 16 << 20, 1 << 56)?,
+            refuse_when_full: match self.on_full.as_str() {
+                "wait" => false,
+                "refuse" => true,
+                other => {
+                    return Err(SettingsError::invalid("on_full", other, "must be \"wait\" or \"refuse\""));
+                }
+            },
         })
     }
 
@@ -169,7 +192,10 @@ impl RouterSettings {
             data_dir,
             journal_sync,
             journal_segment_bytes,
-            stop_grace
+            stop_grace,
+            buffer_memory,
+            journal_max_bytes,
+            on_full
         );
         out
     }
@@ -209,7 +235,8 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(5));
         assert_eq!(c.retry_delay, Duration::from_secs(1));
-        assert_eq!((c.hwm, c.job_history, c.dead_letter_max), (10_000, 100_000, 10_000));
+        assert_eq!((c.hwm, c.job_history, c.dead_letter_max), (0, 100_000, 10_000));
+        assert!(!c.refuse_when_full, "full means back-pressure by default");
         assert_eq!(c.retry_multiplier, 2.0);
     }
 
@@ -231,7 +258,10 @@ mod tests {
 
     #[test]
     fn counts_and_addresses() {
-        refused("hwm", |s| s.hwm = 0);
+        refused("buffer_memory", |s| s.buffer_memory = 0);
+        refused("journal_max_bytes", |s| s.journal_max_bytes = 1);
+        refused("on_full", |s| s.on_full = "sometimes".into());
+        refused("journal_sync", |s| s.journal_sync = "always".into());
         refused("hwm", |s| s.hwm = usize::MAX);
         refused("job_history", |s| s.job_history = usize::MAX);
         refused("dead_letter_max", |s| s.dead_letter_max = usize::MAX);

@@ -75,7 +75,7 @@ impl RouterState {
             *e = json!(e.as_u64().unwrap_or(0) + 1);
         }
         let waiting: Map<String, Value> =
-            self.queues.iter().map(|(name, q)| (name.clone(), json!(q.waiting.len()))).collect();
+            self.queues.keys().map(|name| (name.clone(), json!(self.queue_len(name)))).collect();
         let s = &self.stats;
         let latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.sum / c.latency.count as f64)));
         let max_latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.max)));
@@ -99,6 +99,12 @@ impl RouterState {
             "retrying": self.delayed.len(),
             "dead_letters": self.dead.len(),
             "free_slots": self.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
+            "in_doubt": self.in_doubt.len(),
+            "stopping": self.stopping.is_some(),
+            "journal": self.journal_stats.as_ref().map(|j| j.to_json()),
+            "buffered_bytes_in_memory": self.buffered_bytes,
+            "buffered_bytes_on_disk": self.spill.bytes(),
+            "buffered_jobs_on_disk": self.spill.total(),
         })
     }
 
@@ -255,8 +261,8 @@ impl RouterState {
             }
         }
         let waiting = gauge("emq_queue_waiting_jobs", "Jobs buffered, waiting for a free slot.", &["queue"]);
-        for (q, st) in &self.queues {
-            waiting.with_label_values(&[q.as_str()]).set(st.waiting.len() as f64);
+        for q in self.queues.keys() {
+            waiting.with_label_values(&[q.as_str()]).set(self.queue_len(q) as f64);
         }
         let in_flight = gauge("emq_queue_in_flight_jobs", "Jobs handed to job managers, not finished.", &["queue"]);
         for job in self.in_flight.values() {

@@ -129,9 +129,9 @@ impl RouterState {
             order.sort_by(|a, b| b.0.cmp(&a.0));
             let found = order
                 .iter()
-                .find_map(|(_, name)| self.queues.get(name).filter(|q| !q.waiting.is_empty()).map(|_| name.clone()));
+                .find_map(|(_, name)| (self.queue_len(name) > 0).then(|| name.clone()));
             let Some(queue) = found else { return };
-            let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.pop_front()).expect("non-empty");
+            let job = self.unbuffer(&queue).expect("non-empty");
             self.dispatch(jm.clone(), queue, job, now, out);
         }
     }
@@ -144,7 +144,7 @@ impl RouterState {
         if let Some(jm) = self.pick_job_manager(&queue) {
             self.dispatch(jm, queue, job, now, out);
         } else {
-            self.queues.entry(queue).or_default().waiting.push_front(job);
+            self.buffer(queue, job, true);
         }
     }
 
@@ -161,7 +161,8 @@ impl RouterState {
     }
 
     /// Jobs for `name` that fell back to `default` while nobody served it
-    /// now wait in their own queue, in order.
+    /// now wait in their own queue, in order (those in `default`'s disk
+    /// tail move when they are read back).
     pub(super) fn adopt_from_default(&mut self, name: &str) {
         let Some(default) = self.queues.get_mut(DEFAULT_QUEUE) else { return };
         if !default.waiting.iter().any(|j| j.request.queue(DEFAULT_QUEUE) == name) {

@@ -32,6 +32,9 @@ pub enum Refusal {
     QueueFull { queue: String, hwm: usize },
     /// A graceful stop is under way.
     Stopping,
+    /// The journal and spilled buffers are past `journal_max_bytes`, and
+    /// `on_full = "refuse"`.
+    Full,
 }
 
 impl Refusal {
@@ -45,6 +48,7 @@ impl Refusal {
             Refusal::DuplicateMsgid => Some("refused_duplicate_msgid"),
             Refusal::QueueFull { .. } => None,
             Refusal::Stopping => Some("refused_stopping"),
+            Refusal::Full => Some("refused_full"),
         }
     }
 
@@ -68,6 +72,7 @@ impl Refusal {
             Refusal::DuplicateMsgid => format!("msgid {msgid} is already in use by an unfinished job"),
             Refusal::QueueFull { queue, hwm } => format!("queue {queue:?} is full ({hwm} jobs waiting)"),
             Refusal::Stopping => "router stopping: not accepting jobs".into(),
+            Refusal::Full => "router full: its journal and buffers are past journal_max_bytes".into(),
         }
     }
 }
@@ -178,8 +183,11 @@ impl RouterState {
         let queue = self.resolve_queue(&request.queue);
         let target = self.pick_job_manager(&queue);
         let hwm = self.cfg.hwm;
-        if target.is_none() && self.queues.get(&queue).is_some_and(|q| q.waiting.len() >= hwm) {
+        if target.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
             return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);
+        }
+        if target.is_none() && self.cfg.refuse_when_full && self.disk_full {
+            return self.refuse(&client, msgid, Refusal::Full, out);
         }
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
         let queue_name = self.queue_name(&queue);
@@ -209,7 +217,7 @@ impl RouterState {
             Some(jm) => self.dispatch(jm, queue, job, now, out),
             None => {
                 debug!(%msgid, %queue, "no free slot: job buffered");
-                self.queues.entry(queue).or_default().waiting.push_back(job);
+                self.buffer(queue, job, false);
             }
         }
         // The receipt leaves once the Accepted record is durable.

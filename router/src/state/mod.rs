@@ -9,7 +9,8 @@
 //! 2. [`dispatch`]: a free [`WorkerSlot`] of a [`JobManagerPeer`] is picked
 //!    (highest weight, least recently used) and the REQUEST is forwarded
 //!    unchanged; with no free slot the job waits in its queue's buffer
-//!    (bounded by `hwm`). A receipt goes to the client either way.
+//!    (bounded by `buffer_memory`, and `hwm` when set). A receipt goes to
+//!    the client either way, once the job is journaled.
 //! 3. [`peers`]: job managers INFORM, announce slots with READY, heartbeat
 //!    (with their pool health), say KBYE or vanish — their unfinished jobs
 //!    are then requeued or failed.
@@ -31,6 +32,7 @@ mod peers;
 mod queues;
 mod records;
 mod recovery;
+pub mod spill;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -152,6 +154,13 @@ pub struct RouterConfig {
     /// On a graceful stop, how long job managers get to report the jobs
     /// they are running before the router exits anyway.
     pub stop_grace: Duration,
+    /// Bytes of buffered jobs held in memory before the frontend is full.
+    pub buffer_memory: u64,
+    /// Journal bytes on disk before the frontend is full.
+    pub journal_max_bytes: u64,
+    /// When full, refuse REQUESTs (else the poll loop stops reading the
+    /// frontend: back-pressure, nothing lost).
+    pub refuse_when_full: bool,
 }
 
 /// The whole router state.
@@ -171,6 +180,13 @@ pub struct RouterState {
     next_tick_at: Instant,
     /// Per-queue counts, the one place they are kept.
     stats: QueueStats,
+    /// Bytes of the jobs waiting in the in-memory part of queue buffers.
+    buffered_bytes: u64,
+    /// The disk tails of queue buffers (past `buffer_memory`).
+    spill: Box<dyn spill::SpillStore>,
+    /// The journal and spill files are past `journal_max_bytes` (set by
+    /// the poll loop, which knows the disk).
+    disk_full: bool,
     /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
     errors: BTreeMap<&'static str, u64>,
     /// Jobs accepted from clients.
@@ -198,6 +214,8 @@ pub struct RouterState {
     stopping: Option<Instant>,
     /// KBYE sent and Shutdown asked for.
     shutting_down: bool,
+    /// The journal's figures (shown in STATUS), when there is a journal.
+    journal_stats: Option<Arc<emq_journal::JournalStats>>,
 }
 
 impl RouterState {
@@ -215,6 +233,9 @@ impl RouterState {
             last_heartbeat_sent: None,
             next_tick_at: now.mono,
             stats: QueueStats::default(),
+            buffered_bytes: 0,
+            spill: Box::new(spill::MemSpill::default()),
+            disk_full: false,
             errors: BTreeMap::new(),
             accepted: 0,
             delayed: BTreeMap::new(),
@@ -227,6 +248,7 @@ impl RouterState {
             restoring: None,
             stopping: None,
             shutting_down: false,
+            journal_stats: None,
         }
     }
 
@@ -256,6 +278,11 @@ impl RouterState {
     pub fn reload(&mut self, cfg: RouterConfig) {
         self.history.set_cap(cfg.job_history);
         self.cfg = cfg;
+    }
+
+    /// Where STATUS reads the journal's figures from.
+    pub fn set_journal_stats(&mut self, stats: Arc<emq_journal::JournalStats>) {
+        self.journal_stats = Some(stats);
     }
 
     /// The settings in force.
@@ -328,7 +355,7 @@ impl RouterState {
             return;
         }
         self.shutting_down = true;
-        let buffered: usize = self.queues.values().map(|q| q.waiting.len()).sum();
+        let buffered = self.buffered();
         tracing::info!(buffered, retrying = self.delayed.len(), in_flight = self.in_flight.len(),
             dead_letters = self.dead.len(), "router stopping: these jobs are kept in the journal for the next start");
         for p in self.job_managers.keys() {
@@ -365,7 +392,7 @@ impl RouterState {
 
     /// Jobs waiting in `queue`'s buffer.
     pub fn waiting(&self, queue: &str) -> usize {
-        self.queues.get(queue).map_or(0, |q| q.waiting.len())
+        self.queue_len(queue)
     }
 
     /// Jobs handed out and not reported done.
@@ -373,9 +400,103 @@ impl RouterState {
         &self.in_flight
     }
 
+    /// Bytes of the jobs waiting in the in-memory part of queue buffers.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_bytes
+    }
+
+    /// Bytes of the buffers' disk tails.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spill.bytes()
+    }
+
+    /// Where buffers spill past `buffer_memory` (the poll loop gives a
+    /// directory-backed store; the default keeps the tails in memory).
+    pub fn set_spill(&mut self, spill: Box<dyn spill::SpillStore>) {
+        self.spill = spill;
+    }
+
+    /// The poll loop says whether the disk budget is used up.
+    pub fn set_disk_full(&mut self, full: bool) {
+        self.disk_full = full;
+    }
+
+    /// Puts a job in `queue`'s buffer: at the front when it waited before
+    /// (it goes next), else at the end — on disk when the memory part is
+    /// past `buffer_memory` or the queue already has a disk tail (order is
+    /// kept: memory part first, then the tail).
+    fn buffer(&mut self, queue: String, job: WaitingJob, front: bool) {
+        let size = job.memory_bytes();
+        let spill = !front && (self.spill.len(&queue) > 0 || self.buffered_bytes + size > self.cfg.buffer_memory);
+        if spill {
+            match self.spill.push(&queue, &job) {
+                Ok(()) => {
+                    self.queues.entry(queue).or_default();
+                    return;
+                }
+                Err(e) => {
+                    // Never lose it: keep it in memory (the journal has it).
+                    self.count("spill_errors");
+                    tracing::error!(error = %e, %queue, "cannot spill a buffered job to disk; kept in memory");
+                }
+            }
+        }
+        self.buffered_bytes += size;
+        let q = self.queues.entry(queue).or_default();
+        if front {
+            q.waiting.push_front(job);
+        } else {
+            q.waiting.push_back(job);
+        }
+    }
+
+    /// Takes the oldest job of `queue`'s buffer, reading the next chunk of
+    /// its disk tail back when the memory part is empty.
+    fn unbuffer(&mut self, queue: &str) -> Option<WaitingJob> {
+        if self.queues.get(queue).is_some_and(|q| q.waiting.is_empty()) && self.spill.len(queue) > 0 {
+            self.refill(queue);
+        }
+        let job = self.queues.get_mut(queue)?.waiting.pop_front()?;
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
+        Some(job)
+    }
+
+    /// Reads a chunk of `queue`'s disk tail into its memory part. A job
+    /// that fell back to `default` for a queue that is served now goes to
+    /// its own queue.
+    fn refill(&mut self, queue: &str) {
+        let chunk = (self.cfg.buffer_memory / 16).clamp(64 << 10, 16 << 20) as usize;
+        let jobs = match self.spill.pop_chunk(queue, chunk) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                self.count("spill_errors");
+                tracing::error!(error = %e, %queue, "cannot read buffered jobs back from disk");
+                return;
+            }
+        };
+        for mut job in jobs {
+            let own = job.request.queue(queue).to_owned();
+            if queue == emq_protocol::DEFAULT_QUEUE
+                && own != queue
+                && self.queues.get(own.as_str()).is_some_and(|q| q.ever_served)
+            {
+                job.request.queue = None;
+                self.buffer(own, job, false);
+                continue;
+            }
+            self.buffered_bytes += job.memory_bytes();
+            self.queues.entry(queue.to_owned()).or_default().waiting.push_back(job);
+        }
+    }
+
+    /// Jobs waiting in `queue`'s buffer (memory part and disk tail).
+    fn queue_len(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| q.waiting.len()) + self.spill.len(queue)
+    }
+
     /// Jobs waiting in any queue.
     pub fn buffered(&self) -> usize {
-        self.queues.values().map(|q| q.waiting.len()).sum()
+        self.queues.values().map(|q| q.waiting.len()).sum::<usize>() + self.spill.total()
     }
 
     /// Anomaly counters.

@@ -136,6 +136,18 @@ pub struct WaitingJob {
     pub attempts: u32,
 }
 
+impl WaitingJob {
+    /// Roughly what it holds in memory (for `buffer_memory`).
+    pub fn memory_bytes(&self) -> u64 {
+        (std::mem::size_of::<WaitingJob>()
+            + self.msgid.len()
+            + self.client.as_bytes().len()
+            + self.request.headers.len()
+            + self.request.payload.len()
+            + self.request.queue.as_ref().map_or(0, |q| q.len())) as u64
+    }
+}
+
 /// A REQUEST's three body frames, stored exactly as received (forwarded
 /// byte-identical), in exact-size boxes. The queue name is only stored when
 /// it differs from the queue the job waits in (a fallback to `default`).

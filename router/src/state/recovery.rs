@@ -207,9 +207,8 @@ impl RouterState {
         waiting.sort_by_key(|(_, key, _)| *key);
         summary.buffered = waiting.len();
         for (queue, _, job) in waiting {
-            let q = self.queues.entry(queue).or_default();
-            q.ever_served = true;
-            q.waiting.push_back(job);
+            self.queues.entry(queue.clone()).or_default().ever_served = true;
+            self.buffer(queue, job, false);
         }
         info!(buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
               dead_letters = summary.dead_letters, history = summary.history, "state restored from the journal");
@@ -305,7 +304,7 @@ impl RouterState {
     /// older record is needed. Jobs kept only as far as needed to finish
     /// them (an in-flight job without `guarantee` or retries is never run
     /// again, so only its headers are kept).
-    pub fn checkpoint_records(&self, now: Now) -> Vec<Record> {
+    pub fn checkpoint_records(&mut self, now: Now) -> Vec<Record> {
         let unix_of = |received_ms: u32| {
             let at = self.started + Duration::from_millis(received_ms as u64);
             now.unix - now.mono.saturating_duration_since(at).as_secs_f64()
@@ -351,6 +350,16 @@ impl RouterState {
             for j in &q.waiting {
                 let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));
                 out.push(Record::Accepted { job, attempts: j.attempts });
+            }
+        }
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            let mut read = |j: WaitingJob| {
+                let job = accepted(&j.msgid, &j.client, &name, &j.request, unix_of(j.received_ms));
+                out.push(Record::Accepted { job, attempts: j.attempts });
+            };
+            if let Err(e) = self.spill.for_each(&name, &mut read) {
+                tracing::error!(error = %e, queue = %name, "checkpoint: cannot read the spilled buffer back");
             }
         }
         for ((due, _), (queue, j)) in &self.delayed {

@@ -14,6 +14,9 @@ fn cfg() -> RouterConfig {
         dead_letter_max: 100,
         reject_unknown_queues: false,
         stop_grace: Duration::from_secs(10),
+        buffer_memory: 1 << 30,
+        journal_max_bytes: 1 << 34,
+        refuse_when_full: false,
     }
 }
 
@@ -938,4 +941,37 @@ fn job_history_marks_keep_timestamps_consistent() {
     let r = hist.mark("a", JobState::Queued, 4.0).unwrap();
     assert_eq!((r.state, r.finished), (JobState::Queued, None), "requeued: not finished any more");
     assert!(hist.mark("unknown", JobState::Done, 5.0).is_none());
+}
+
+/// Past `buffer_memory`, buffered jobs go to the queue's disk tail: memory
+/// stays bounded, the order is kept, every job comes back when slots free,
+/// and a checkpoint still describes all of them.
+#[test]
+fn buffers_spill_past_buffer_memory_and_keep_their_order() {
+    let mut c = cfg();
+    c.hwm = 0;
+    c.buffer_memory = 64 << 10;
+    let now = Now::real();
+    let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
+    for i in 0..5000 {
+        let out = h.request("c", &format!("m{i}"), "default", "");
+        assert!(is_receipt(&out[0], &format!("m{i}")), "all accepted, none refused");
+    }
+    assert_eq!(h.r.waiting("default"), 5000);
+    assert!(h.r.buffered_bytes() <= 64 << 10, "memory part bounded: {}", h.r.buffered_bytes());
+    assert!(h.r.spilled_bytes() > 0);
+    let checkpoint = h.r.checkpoint_records(h.now);
+    let accepted = checkpoint.iter().filter(|r| matches!(r, emq_journal::Record::Accepted { .. })).count();
+    assert_eq!(accepted, 5000, "a checkpoint reads the disk tail too");
+    h.inform("jm", &[(10, "default")]);
+    let mut order = Vec::new();
+    for _ in 0..5000 {
+        let out = h.ready("jm");
+        order.extend(dispatched_to(&out).into_iter().map(|(_, id)| id));
+        let id = order.last().cloned().unwrap();
+        h.done("jm", &id, "{}");
+    }
+    let want: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    assert_eq!(order, want, "first in, first out across memory and disk");
+    assert_eq!((h.r.waiting("default"), h.r.spilled_bytes(), h.r.buffered_bytes()), (0, 0, 0));
 }
