@@ -97,6 +97,9 @@ pub struct JournalStats {
     pub disk_bytes: AtomicU64,
     /// Write or sync failures (each retried).
     pub errors: AtomicU64,
+    /// Bytes handed to the writer and not yet written (a disk slower than
+    /// the router shows here).
+    pub queued_bytes: AtomicU64,
 }
 
 impl JournalStats {
@@ -113,6 +116,7 @@ impl JournalStats {
             "checkpoints": get(&self.checkpoints),
             "disk_bytes": get(&self.disk_bytes),
             "errors": get(&self.errors),
+            "queued_bytes": get(&self.queued_bytes),
         })
     }
 }
@@ -266,6 +270,7 @@ impl JobLog for Journal {
         let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(1 << 16));
         self.bytes_since_checkpoint += bytes.len() as u64;
         let records = std::mem::take(&mut self.pending_records);
+        self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
             let _ = tx.send(ToWriter::Batch { id: self.next_id, bytes, records });
         }
@@ -291,6 +296,7 @@ impl JobLog for Journal {
         }
         frame(&Record::CheckpointEnd { id }, &mut bytes);
         self.bytes_since_checkpoint = 0;
+        self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
             let _ = tx.send(ToWriter::Checkpoint { id: self.next_id, bytes });
         }
@@ -385,6 +391,7 @@ fn writer_loop(
                 }
             }
             retry(&stats, &mut failed, || seg.write(&bytes));
+            stats.queued_bytes.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
             stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             stats.disk_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             stats.records.fetch_add(records, Ordering::Relaxed);

@@ -42,6 +42,15 @@ pub enum BindError {
     Journal(#[from] JournalError),
 }
 
+/// Messages kept for one client whose pipe is full; past it, more are
+/// dropped (counted): receipts it does not read, results it can find in
+/// the job records.
+const FRONTEND_OUTBOX_MAX: usize = 10_000;
+
+/// Journal bytes handed to the writer and not yet written, past which the
+/// frontend is not read (the disk is slower than the clients).
+const JOURNAL_BACKLOG_MAX: u64 = 64 << 20;
+
 /// Journal growth before a checkpoint is considered at all.
 const CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
 /// A checkpoint is written when the journal has grown this many times past
@@ -280,7 +289,9 @@ impl Server {
         // go away by waiting, and must not stop the router for good.
         let full = used > max && self.state.buffered() > 0;
         self.state.set_disk_full(full);
-        let pause = full && !refuse;
+        // A disk slower than the clients: wait for the writer to catch up.
+        let behind = self.journal.stats().queued_bytes.load(Ordering::Relaxed) > JOURNAL_BACKLOG_MAX;
+        let pause = (full && !refuse) || behind;
         if pause != self.frontend_paused {
             self.frontend_paused = pause;
             if pause {
@@ -429,6 +440,14 @@ impl Server {
     fn send(&mut self, socket: SocketKind, peer: PeerId, message: Message) -> Option<Event> {
         let key = (socket, peer);
         if let Some(q) = self.outbox.get_mut(&key) {
+            if socket == SocketKind::Frontend && q.len() >= FRONTEND_OUTBOX_MAX {
+                // A client that does not read (EventMQ's fire-and-forget
+                // client never reads its receipts) must not grow the
+                // router without bound. Its results stay in the job
+                // records, where a client that comes back finds them.
+                self.state.count_anomaly("frontend_outbox_full_dropped");
+                return None;
+            }
             q.push_back(message);
             return None;
         }

@@ -28,6 +28,9 @@ pub struct RouterSettings {
     pub socket_hwm: i32,
     /// Recent jobs remembered for JOB_STATUS (oldest dropped first).
     pub job_history: usize,
+    /// Seconds a finished job's record and result are kept (for JOB_STATUS
+    /// and clients that missed the result).
+    pub result_ttl: f64,
     /// Seconds before the first retry of a failed `retry-count` job.
     pub retry_delay: f64,
     /// Each further retry waits this many times longer.
@@ -72,6 +75,7 @@ impl Default for RouterSettings {
             hwm: 0,
             socket_hwm: 100_000,
             job_history: 100_000,
+            result_ttl: 86_400.0,
             retry_delay: 1.0,
             retry_multiplier: 2.0,
             dead_letter_max: 10_000,
@@ -116,6 +120,7 @@ impl RouterSettings {
             heartbeat_timeout: v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?,
             hwm: v::count("hwm", self.hwm, 0, MAX_JOBS)?,
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
+            result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
             dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
@@ -183,6 +188,7 @@ impl RouterSettings {
             hwm,
             socket_hwm,
             job_history,
+            result_ttl,
             retry_delay,
             retry_multiplier,
             dead_letter_max,

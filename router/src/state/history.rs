@@ -130,6 +130,29 @@ impl JobHistory {
         self.records.insert(msgid, record);
     }
 
+    /// Forgets finished jobs (and their results) that finished before
+    /// `before` (unix seconds), oldest first; stops at the first record
+    /// that is still live or recent (records are in arrival order, so a
+    /// long-running old job holds back the expiry of the ones after it).
+    /// Returns how many went.
+    pub fn expire_finished(&mut self, before: f64) -> usize {
+        let mut n = 0;
+        while let Some(id) = self.order.front() {
+            match self.records.get(id) {
+                Some(r) if r.state.is_final() && r.finished.is_some_and(|f| f < before) => {
+                    let id = self.order.pop_front().expect("front exists");
+                    self.records.remove(&id);
+                    n += 1;
+                }
+                Some(_) => break,
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        n
+    }
+
     /// Changes the bound, dropping the oldest records beyond it.
     pub fn set_cap(&mut self, cap: usize) {
         self.cap = cap;

@@ -154,7 +154,11 @@ pub struct RouterConfig {
     /// On a graceful stop, how long job managers get to report the jobs
     /// they are running before the router exits anyway.
     pub stop_grace: Duration,
-    /// Bytes of buffered jobs held in memory before the frontend is full.
+    /// How long a finished job's record and result are kept for
+    /// JOB_STATUS and clients that missed the result (`job_history` bounds
+    /// their number too).
+    pub result_ttl: Duration,
+    /// Bytes of buffered jobs held in memory before buffers spill to disk.
     pub buffer_memory: u64,
     /// Journal bytes on disk before the frontend is full.
     pub journal_max_bytes: u64,
@@ -321,8 +325,17 @@ impl RouterState {
         self.expire_silent_job_managers(now, out);
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
+        self.expire_results(now);
         self.send_heartbeats(now, out);
         self.finish_stop(now, out);
+    }
+
+    /// Tick step: finished jobs older than `result_ttl` are forgotten.
+    fn expire_results(&mut self, now: Now) {
+        let n = self.history.expire_finished(now.unix - self.cfg.result_ttl.as_secs_f64());
+        if n > 0 {
+            tracing::debug!(records = n, "finished jobs past result_ttl forgotten");
+        }
     }
 
     /// A stop signal: the first begins a graceful stop, a second one ends
@@ -370,6 +383,11 @@ impl RouterState {
     /// Whether jobs may be handed out (not while stopping).
     fn dispatching(&self) -> bool {
         self.stopping.is_none()
+    }
+
+    /// Counts an anomaly the poll loop saw (shown in STATUS `errors`).
+    pub fn count_anomaly(&mut self, what: &'static str) {
+        self.count(what);
     }
 
     /// Counts one anomaly of kind `what`.

@@ -14,6 +14,7 @@ fn cfg() -> RouterConfig {
         dead_letter_max: 100,
         reject_unknown_queues: false,
         stop_grace: Duration::from_secs(10),
+        result_ttl: Duration::from_secs(3600),
         buffer_memory: 1 << 30,
         journal_max_bytes: 1 << 34,
         refuse_when_full: false,
@@ -974,4 +975,24 @@ fn buffers_spill_past_buffer_memory_and_keep_their_order() {
     let want: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
     assert_eq!(order, want, "first in, first out across memory and disk");
     assert_eq!((h.r.waiting("default"), h.r.spilled_bytes(), h.r.buffered_bytes()), (0, 0, 0));
+}
+
+/// Finished jobs are forgotten once `result_ttl` has passed; live ones stay.
+#[test]
+fn finished_jobs_expire_after_result_ttl() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "done", "default", "reply-requested");
+    h.done("jm", "done", "{}");
+    h.request("c", "waiting", "default", "");
+    h.advance(1800.0);
+    heartbeat_with(&mut h, "jm", &emq_protocol::PoolHealth::default());
+    h.tick();
+    assert!(h.r.history.get("done").is_some(), "kept for result_ttl");
+    h.advance(1801.0);
+    heartbeat_with(&mut h, "jm", &emq_protocol::PoolHealth::default());
+    h.tick();
+    assert!(h.r.history.get("done").is_none(), "gone after result_ttl");
+    assert!(h.r.history.get("waiting").is_some(), "a live job's record stays");
 }
