@@ -87,7 +87,8 @@ def main():
 
     def start_jm(i):
         return start("jm%d" % i, [os.path.join(REL, "emq-jobmanager"), "-B", be, "-J", "2",
-                                  "--python-path", os.path.join(ROOT, "jobs")], {"EMQ_HEARTBEAT_INTERVAL": "0.5"})
+                                  "--python-path", os.path.join(ROOT, "jobs")], {"EMQ_HEARTBEAT_INTERVAL": "0.5",
+                                                                                 "EMQ_ALLOWED_PATHS": "benchjobs"})
 
     try:
         deadline = time.time() + 20

@@ -133,7 +133,7 @@ def emq_router(a, env=None):
 
 def emq_jm(a, workers=2, env=None):
     return start([os.path.join(REL, "emq-jobmanager"), "-B", a["backend"], "-J", str(workers), "--python-path", JOBS],
-                 env=dict({"RUST_LOG": "error"}, **(env or {})), log_name="jobmanager")
+                 env=dict({"RUST_LOG": "error", "EMQ_ALLOWED_PATHS": "benchjobs"}, **(env or {})), log_name="jobmanager")
 
 
 # ---- scenarios --------------------------------------------------------------

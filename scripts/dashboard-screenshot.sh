@@ -16,8 +16,8 @@ trap cleanup EXIT
 EMQ_DATA_DIR=$(mktemp -d) EMQ_HTTP_ADDR=$HTTP EMQ_HEARTBEAT_INTERVAL=1 EMQ_HEARTBEAT_TIMEOUT=2 RUST_LOG=error \
   $R/emq-router --frontend-addr "$FE" --backend-addr "$BE" --administrative-addr "$AD" & pids+=($!)
 sleep 0.5
-EMQ_HEARTBEAT_INTERVAL=0.5 RUST_LOG=error $R/emq-jobmanager -B "$BE" -J 2 -n web --python-path jobs --python-path tests/pyjobs & pids+=($!)
-EMQ_HEARTBEAT_INTERVAL=0.5 RUST_LOG=error $R/emq-jobmanager -B "$BE" -J 1 -n batch -Q reports --python-path jobs & STOPPED=$!; pids+=($STOPPED)
+EMQ_ALLOWED_PATHS=benchjobs,testjobs EMQ_HEARTBEAT_INTERVAL=0.5 RUST_LOG=error $R/emq-jobmanager -B "$BE" -J 2 -n web --python-path jobs --python-path tests/pyjobs & pids+=($!)
+EMQ_ALLOWED_PATHS=benchjobs,testjobs EMQ_HEARTBEAT_INTERVAL=0.5 RUST_LOG=error $R/emq-jobmanager -B "$BE" -J 1 -n batch -Q reports --python-path jobs & STOPPED=$!; pids+=($STOPPED)
 sleep 2
 $R/emq-send --addr "$FE" --wait --count 2000 --window 200 benchjobs.noop > /dev/null
 $R/emq-send --addr "$FE" --wait --count 300 -q reports benchjobs.add 1 2 > /dev/null

@@ -250,6 +250,15 @@ fn bad_settings_exit_with_code_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "{args:?}");
     }
+    // Closed by default: no allowed_paths, no job manager.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-jobmanager"))
+        .current_dir(std::env::temp_dir())
+        .env_remove("EMQ_ALLOWED_PATHS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("allowed_paths") && err.contains("[\"*\"]"), "says how to set it: {err}");
 }
 
 #[test]
@@ -262,7 +271,7 @@ fn sighup_reloads_settings_and_reinforms() {
         std::fs::write(
             &cfg,
             format!(
-                "worker_addr = {:?}\nqueues = \"{queue}\"\nconcurrent_jobs = 1\nname = \"hup\"\nheartbeat_interval = 0.5\n",
+                "worker_addr = {:?}\nqueues = \"{queue}\"\nconcurrent_jobs = 1\nname = \"hup\"\nheartbeat_interval = 0.5\nallowed_paths = [\"benchjobs\"]\n",
                 a.backend
             ),
         )

@@ -13,8 +13,12 @@ fn root_file() -> std::path::PathBuf {
 fn settings_toml_equals_the_built_in_defaults() {
     let r: RouterSettings = emq_settings::load_from(Some(&root_file()), Path::new("/nonexistent")).unwrap();
     assert_eq!(r, RouterSettings::default());
-    let j: JobManagerSettings = emq_settings::load_from(Some(&root_file()), Path::new("/nonexistent")).unwrap();
-    let d = JobManagerSettings::default();
+    let mut j: JobManagerSettings = emq_settings::load_from(Some(&root_file()), Path::new("/nonexistent")).unwrap();
+    let mut d = JobManagerSettings::default();
+    assert_eq!(j.allowed_paths, d.allowed_paths);
+    assert!(d.to_config().is_err(), "no allowed_paths: closed by default");
+    j.allowed_paths = vec!["*".into()];
+    d.allowed_paths = vec!["*".into()];
     assert_eq!(j.to_config().unwrap(), d.to_config().unwrap());
     assert_eq!(j.worker_config(), d.worker_config());
     assert_eq!(j.queues.parse().unwrap(), d.queues.parse().unwrap());

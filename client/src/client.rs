@@ -224,7 +224,9 @@ impl Client {
                     });
                     let outcome = JobOutcome::from_reply(reply);
                     if let JobOutcome::Refused(e) = &outcome {
-                        self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
+                        if e.by_router {
+                            self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
+                        }
                     }
                     self.add_result(orig_msgid, outcome);
                 }
@@ -302,7 +304,9 @@ impl Client {
                 return Ok(r);
             }
             match self.results.get(msgid) {
-                Some(JobOutcome::Refused(e)) => return Ok(Receipt::Refused(e.clone())),
+                Some(JobOutcome::Refused(e)) if e.by_router => return Ok(Receipt::Refused(e.clone())),
+                // Any other outcome: the router accepted the job (its
+                // receipt is on its way, after the journal's sync).
                 Some(_) => return Ok(Receipt::Accepted),
                 None => {}
             }
@@ -448,6 +452,7 @@ pub fn outcome_from_status(status: &Value) -> Option<JobOutcome> {
             kind: JobErrorKind::JobManagerLost,
             message: "the job's job manager was lost".into(),
             traceback: String::new(),
+            by_router: false,
         })),
         _ => None,
     }

@@ -69,8 +69,8 @@ pub fn main() -> ExitCode {
         }
     };
     emq_settings::init_logging(&s.log_level);
-    if cfg.allowed_paths.is_empty() {
-        tracing::warn!("allowed_paths is empty: any importable callable can be run by anyone who can reach the router");
+    if cfg.allowed_paths.iter().any(|p| p == "*") {
+        tracing::warn!("allowed_paths = [\"*\"]: any importable callable can be run by anyone who can reach the router");
     }
     tracing::info!(
         router = %s.worker_addr, queues = %cfg.queues.to_wire(), workers = cfg.workers,

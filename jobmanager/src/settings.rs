@@ -187,8 +187,25 @@ impl JobManagerSettings {
             router_silence_limit,
             reconnect_timeout: v::seconds("reconnect_timeout", self.reconnect_timeout, Zero::Refused)?,
             addrs,
-            allowed_paths: self.allowed_paths.iter().filter(|p| !p.is_empty()).cloned().collect(),
+            allowed_paths: self.allowed_callables()?,
         })
+    }
+
+    /// `allowed_paths`, required: closed by default — a job manager that
+    /// would run any importable callable (`os.system` included) for whoever
+    /// reaches the router does not start unless told so with `["*"]`.
+    fn allowed_callables(&self) -> Result<Vec<String>, SettingsError> {
+        let paths: Vec<String> =
+            self.allowed_paths.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+        if paths.is_empty() {
+            return Err(SettingsError::invalid(
+                "allowed_paths",
+                "[]",
+                "no callable may run: list the module prefixes jobs may name, e.g. allowed_paths = [\"myapp.tasks\"] \
+                 (EMQ_ALLOWED_PATHS=myapp.tasks), or allow everything explicitly with [\"*\"]",
+            ));
+        }
+        Ok(paths)
     }
 
     /// What each worker process is told.
@@ -221,7 +238,7 @@ mod tests {
 
     #[test]
     fn header_timeout_or_global() {
-        let s = JobManagerSettings::default();
+        let s = JobManagerSettings { allowed_paths: vec!["*".into()], ..Default::default() };
         let c = s.to_config().unwrap();
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:5")), Duration::from_secs(5));
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:0")), Duration::from_secs(300));
@@ -230,7 +247,7 @@ mod tests {
 
     /// `to_config` of the defaults with one change must fail naming `key`.
     fn refused(key: &str, change: impl FnOnce(&mut JobManagerSettings)) -> String {
-        let mut s = JobManagerSettings::default();
+        let mut s = JobManagerSettings { allowed_paths: vec!["*".into()], ..Default::default() };
         change(&mut s);
         SettingsError::expect_refusal(s.to_config(), key)
     }
@@ -263,7 +280,7 @@ mod tests {
         });
         assert!(e.contains("heartbeat_timeout × heartbeat_liveness"), "{e}");
         refused("heartbeat_liveness", |s| s.heartbeat_liveness = 0.5);
-        let grace0 = JobManagerSettings { kill_grace_period: 0.0, ..Default::default() };
+        let grace0 = JobManagerSettings { kill_grace_period: 0.0, allowed_paths: vec!["*".into()], ..Default::default() };
         assert_eq!(grace0.to_config().unwrap().kill_grace, Duration::ZERO);
     }
 
@@ -282,7 +299,11 @@ mod tests {
         refused("worker_addr_failover", |s| s.worker_addr_failover = vec!["tcp://h".into()]);
         refused("queues", |s| s.queues = QueuesSetting::Text("x:y".into()));
         refused("log_level", |s| s.log_level = "info=bogus[".into());
-        let ok = JobManagerSettings { prefetch: 0, spare_workers: 0, ..Default::default() };
+        let ok = JobManagerSettings { prefetch: 0, spare_workers: 0, allowed_paths: vec!["*".into()], ..Default::default() };
         ok.to_config().unwrap();
+        // Closed by default: no allowed_paths, no job manager.
+        let e = refused("allowed_paths", |s| s.allowed_paths = vec![]);
+        assert!(e.contains("[\"*\"]"), "{e}");
+        refused("allowed_paths", |s| s.allowed_paths = vec!["  ".into()]);
     }
 }

@@ -31,11 +31,13 @@ pub use health::{HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotSta
 pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};
 
-/// A fresh message id. EventMQ uses UUID4 strings; any unique text works on
-/// the wire, so ids are 128 random bits formatted like a UUID4.
+/// A fresh message id: a UUID4 string, as EventMQ uses, whose 122 random
+/// bits come from the operating system's CSPRNG (`getrandom`). Identities
+/// and msgids must not be guessable: a peer that could compute the next
+/// client identity could connect under it and take that client's results.
 pub fn new_msgid() -> String {
-    let (a, b) = random_u128_halves();
-    let v = ((a as u128) << 64) | b as u128;
+    let b = random_16();
+    let v = u128::from_be_bytes(b);
     let v = (v & !(0xF000u128 << 64)) | (0x4000u128 << 64); // version 4
     let v = (v & !(0xC000_0000_0000_0000u128)) | 0x8000_0000_0000_0000u128; // variant
     format!(
@@ -48,38 +50,57 @@ pub fn new_msgid() -> String {
     )
 }
 
-/// Two random 64-bit halves from a process-wide xorshift generator seeded
-/// once from the OS hasher's per-process random keys plus the clock and pid.
-/// Msgids need uniqueness, not secrecy; this keeps the hot path free of
-/// syscalls.
-fn random_u128_halves() -> (u64, u64) {
-    use std::cell::Cell;
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
+/// `n` random bytes from the OS CSPRNG as lowercase hex (tokens).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    fill_random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// 16 bytes from the OS CSPRNG. Read 4 KiB at a time per thread (one
+/// syscall per 256 ids keeps the hot path cheap); never from a seeded
+/// generator. The buffer is dropped when the process id changes, so a
+/// forked child never reuses its parent's bytes.
+fn random_16() -> [u8; 16] {
+    use std::cell::RefCell;
     thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-            h.write_u32(std::process::id());
-            h.finish() | 1
-        });
+        static POOL: RefCell<(u32, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
     }
-    STATE.with(|s| {
-        let next = || {
-            // splitmix64: well distributed, cheap
-            let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            s.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        (next(), next())
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let pid = std::process::id();
+        if p.0 != pid || p.1.len() < 16 {
+            p.0 = pid;
+            p.1 = vec![0u8; 4096];
+            fill_random(&mut p.1);
+        }
+        let at = p.1.len() - 16;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&p.1[at..]);
+        p.1.truncate(at);
+        out
     })
+}
+
+/// Fills `buf` from the OS CSPRNG. Without one the process cannot make
+/// safe ids at all, so it stops rather than go on with guessable ones.
+fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        panic!("the operating system's random source failed: {e}");
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn msgids_do_not_repeat_and_tokens_are_hex() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| super::new_msgid()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let t = super::random_hex(32);
+        assert_eq!(t.len(), 64);
+        assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
     #[test]
     fn msgids_are_uuid_shaped_and_unique() {
         let a = super::new_msgid();

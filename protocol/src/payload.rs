@@ -197,6 +197,13 @@ pub struct JobError {
     pub message: String,
     #[serde(default)]
     pub traceback: String,
+    /// Set when the router itself refused the REQUEST (it was never
+    /// accepted, no receipt will come) — as opposed to a job manager that
+    /// refused a job the router had accepted. A receipt may arrive after a
+    /// job's outcome (receipts wait for the journal), so clients need to
+    /// tell the two apart. Absent on the wire when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_router: bool,
 }
 
 /// A job's outcome as it goes in `reply_json`.
@@ -219,8 +226,17 @@ impl JobReply {
         let message = message.into();
         JobReply {
             value: Value::String(message.clone()),
-            error: Some(JobError { kind: kind.into(), message, traceback: traceback.into() }),
+            error: Some(JobError { kind: kind.into(), message, traceback: traceback.into(), by_router: false }),
         }
+    }
+
+    /// The router's own refusal of a REQUEST (see [`JobError::by_router`]).
+    pub fn refused_by_router(message: impl Into<String>) -> Self {
+        let mut r = JobReply::failed(JobErrorKind::Refused, message, "");
+        if let Some(e) = r.error.as_mut() {
+            e.by_router = true;
+        }
+        r
     }
 
     /// Serialises to the `reply_json` frame.

@@ -113,7 +113,9 @@ def start_jobmanager(procs, backend, jobs=2, env=None):
     e = {"RUST_LOG": "warn", "EMQ_HEARTBEAT_INTERVAL": "0.5",
          # The worker imports this venv's packages, the installed emq among
          # them: jobs see the client package as their `emq` module.
-         "VIRTUAL_ENV": sys.prefix}
+         "VIRTUAL_ENV": sys.prefix,
+         # Closed by default: the test modules, nothing else.
+         "EMQ_ALLOWED_PATHS": "benchjobs,testjobs,pyclient_jobs"}
     e.update(env or {})
     return procs.start("jobmanager", [os.path.join(BIN, "emq-jobmanager"), "-B", backend, "-Q", "default",
                                       "-J", str(jobs), "--python-path", os.path.join(ROOT, "tests", "pyjobs"),

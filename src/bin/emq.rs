@@ -86,7 +86,11 @@ fn up(
     python_path: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let demo = demo_allowed_paths(&config);
     check_settings(&config, &queues, jobs, &python_path)?;
+    if demo {
+        eprintln!("emq up: allowed_paths = [\"benchjobs\"] (the demo module; set allowed_paths to serve your own)");
+    }
     let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only bumps an atomic counter.
@@ -168,6 +172,23 @@ fn exit_code(st: std::process::ExitStatus) -> u8 {
     } else {
         1
     }
+}
+
+/// The quick start serves the demo module `benchjobs`: when no
+/// `allowed_paths` is set anywhere, allow just that one (job managers are
+/// closed by default and would refuse to start).
+fn demo_allowed_paths(config: &Option<PathBuf>) -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if set("EMQ_ALLOWED_PATHS") || set("EVENTMQ_ALLOWED_PATHS") {
+        return false;
+    }
+    let from_file: Option<emq_jobmanager::JobManagerSettings> = emq_settings::load(config.as_deref()).ok();
+    if from_file.is_some_and(|s| s.allowed_paths.iter().any(|p| !p.trim().is_empty())) {
+        return false;
+    }
+    // Before any thread is started: the children inherit it.
+    std::env::set_var("EMQ_ALLOWED_PATHS", "benchjobs");
+    true
 }
 
 /// Loads and validates both children's settings exactly as they will

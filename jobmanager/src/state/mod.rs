@@ -83,13 +83,13 @@ impl JmConfig {
             .unwrap_or(self.global_timeout)
     }
 
-    /// Whether `payload`'s module may run here.
+    /// Whether `payload`'s module may run here: it is one of
+    /// `allowed_paths` or inside one (`myapp.tasks` allows
+    /// `myapp.tasks.email`), or `allowed_paths` is `["*"]`. Empty allows
+    /// nothing (settings refuse to start that way).
     fn allowed(&self, payload: &RunPayload) -> bool {
-        if self.allowed_paths.is_empty() {
-            return true;
-        }
         let (module, _) = payload.module_and_class();
-        self.allowed_paths.iter().any(|p| module == p || module.starts_with(&format!("{p}.")))
+        self.allowed_paths.iter().any(|p| p == "*" || module == p || module.starts_with(&format!("{p}.")))
     }
 }
 

@@ -20,7 +20,7 @@ fn cfg(workers: usize) -> JmConfig {
         spares: 0,
         steal_after: Duration::from_millis(10),
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
-        allowed_paths: vec![],
+        allowed_paths: vec!["*".into()],
     }
 }
 

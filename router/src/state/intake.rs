@@ -8,7 +8,7 @@
 use super::{send, Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
 use emq_journal::{AcceptedJob, Record};
 use emq_protocol::{
-    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobErrorKind, JobReply, Message, Reply, Request,
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobReply, Message, Reply, Request,
     DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
@@ -120,7 +120,7 @@ impl RouterState {
         }
         let message = why.message(&msgid);
         warn!(peer = %client, %msgid, reason = %message, "refused");
-        let reply = JobReply::failed(JobErrorKind::Refused, message, "").to_json();
+        let reply = JobReply::refused_by_router(message).to_json();
         out.push(send(
             SocketKind::Frontend,
             client,
