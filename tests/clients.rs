@@ -23,8 +23,12 @@ fn emq_send(frontend: &str, args: &[&str]) -> (i32, String, String) {
     run_cli(env!("CARGO_BIN_EXE_emq-send"), frontend, args)
 }
 
-fn emq_cli(admin_addr: &str, args: &[&str]) -> (i32, String, String) {
-    run_cli(env!("CARGO_BIN_EXE_emq-cli"), admin_addr, args)
+/// `emq-cli` against the router at `a`, with its admin token.
+fn emq_cli(a: &RouterAddrs, args: &[&str]) -> (i32, String, String) {
+    let token = a.data_dir.join("admin.token");
+    let mut all = vec!["--token-file", token.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_cli(env!("CARGO_BIN_EXE_emq-cli"), &a.admin, &all)
 }
 
 #[test]
@@ -144,8 +148,14 @@ fn client_outcomes_status_and_results_kept_across_reconnect() {
     let b =
         client.defer_job("default", "testjobs.sleep", vec![1.into()], Default::default(), &Options::default()).unwrap();
     let identity = client.identity().to_owned();
+    let token = client.owner_token().to_owned();
     drop(client);
+    // A stranger cannot read the result; the holder of the owner token can.
+    let mut stranger = Client::connect(&a.frontend).unwrap();
+    let s = stranger.job_status(&b, dl()).unwrap();
+    assert!(s.get("result").is_none(), "{s}");
     let mut again = Client::connect(&a.frontend).unwrap();
+    again.set_owner_token(&token);
     assert_ne!(again.identity(), identity);
     assert_eq!(again.wait(&b, dl()), JobOutcome::Value(1.into()), "recovered from the router's job record");
     let s = again.job_status(&b, dl()).unwrap();
@@ -158,40 +168,40 @@ fn emq_cli_status_workers_and_job_lifecycle() {
     // Queued before any job manager exists...
     let (code, msgid, err) = emq_send(&a.frontend, &["-q", "default", "testjobs.sleep", "2"]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+    let (code, out, err) = emq_cli(&a, &["--json", "job", &msgid]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["state"], "queued");
-    let (_, human, _) = emq_cli(&a.admin, &["job", &msgid]);
+    let (_, human, _) = emq_cli(&a, &["job", &msgid]);
     assert!(human.contains("queued"), "{human}");
     // ...dispatched, then done.
     let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
     eventually(Duration::from_secs(60), || {
-        let (_, out, _) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+        let (_, out, _) = emq_cli(&a, &["--json", "job", &msgid]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (v["state"] == "dispatched").then_some(())
     });
     let v = eventually(Duration::from_secs(60), || {
-        let (_, out, _) = emq_cli(&a.admin, &["--json", "job", &msgid]);
+        let (_, out, _) = emq_cli(&a, &["--json", "job", &msgid]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (v["state"] == "done").then_some(v)
     });
     assert_eq!(v["result"], json!({"value": 2}));
     assert_eq!(v["attempts"], 1);
 
-    let (code, out, _) = emq_cli(&a.admin, &["status", "--json"]);
+    let (code, out, _) = emq_cli(&a, &["status", "--json"]);
     assert_eq!(code, 0);
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     for k in EVENTMQ_STATUS_KEYS {
         assert!(s[k].is_object(), "{k}: {s}");
     }
-    let (_, table, _) = emq_cli(&a.admin, &["status"]);
+    let (_, table, _) = emq_cli(&a, &["status"]);
     assert!(table.lines().next().unwrap().starts_with("queue"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("default")), "{table}");
-    let (_, workers, _) = emq_cli(&a.admin, &["workers"]);
+    let (_, workers, _) = emq_cli(&a, &["workers"]);
     assert!(workers.contains("10:default"), "{workers}");
     println!("emq-cli status:\n{table}\nemq-cli workers:\n{workers}");
-    let (code, out, _) = emq_cli(&a.admin, &["shutdown"]);
+    let (code, out, _) = emq_cli(&a, &["shutdown"]);
     assert_eq!((code, out.as_str()), (0, "router acknowledged shutdown"));
 }
 
@@ -207,8 +217,10 @@ fn dead_lettered_job_reaches_a_client_that_missed_its_reply() {
     let mut client = Client::connect(&a.frontend).unwrap();
     let opts = Options { guarantee: true, ..Default::default() };
     let id = client.defer_job("default", "testjobs.fail", vec!["for good".into()], Default::default(), &opts).unwrap();
+    let token = client.owner_token().to_owned();
     drop(client);
     let mut again = Client::connect(&a.frontend).unwrap();
+    again.set_owner_token(&token);
     let dl = Instant::now() + Duration::from_secs(60);
     let status = eventually(Duration::from_secs(60), || {
         let s = again.job_status(&id, dl).ok()?;

@@ -13,8 +13,14 @@ fn tmp(tag: &str) -> std::path::PathBuf {
     d
 }
 
-fn cli(admin_addr: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli")).args(["--addr", admin_addr]).args(args).output().unwrap();
+/// `emq-cli` against the router at `a`, with its admin token.
+fn cli(a: &RouterAddrs, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["--addr", &a.admin, "--token-file"])
+        .arg(a.data_dir.join("admin.token"))
+        .args(args)
+        .output()
+        .unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -37,7 +43,7 @@ fn guarantee_job_of_a_sigkilled_job_manager_runs_on_another() {
     assert_eq!(v, json!({"value": second.pid()}), "ran to completion on the other job manager");
     let lines = read_lines(&marks);
     assert_eq!(lines, vec![first.pid().to_string(), second.pid().to_string()]);
-    let (_, out) = cli(&a.admin, &["--json", "job", &id]);
+    let (_, out) = cli(&a, &["--json", "job", &id]);
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(2)));
 }
@@ -59,11 +65,11 @@ fn retries_then_success_then_dead_letters_and_requeue() {
     assert_eq!(v["value"]["attempt"], 3, "emq.attempt in the job");
     assert_eq!(v["value"]["msgid"], id.as_str());
     assert!(c.dealer.recv_timeout(300).filter(|f| f.len() == 6).is_none(), "only the final outcome is sent");
-    let (_, out) = cli(&a.admin, &["--json", "job", &id]);
+    let (_, out) = cli(&a, &["--json", "job", &id]);
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(3)));
     assert_eq!(s["attempt_errors"].as_array().unwrap().len(), 2);
-    let (_, human) = cli(&a.admin, &["job", &id]);
+    let (_, human) = cli(&a, &["job", &id]);
     assert!(human.contains("flaky failure 1"), "{human}");
 
     // Always fails: after 1 + 1 attempts it is a dead letter.
@@ -72,15 +78,15 @@ fn retries_then_success_then_dead_letters_and_requeue() {
     let v = c.wait(&id, 60);
     assert_eq!(v["error"]["type"], "RuntimeError");
     assert_eq!(std::fs::read_to_string(&counter).unwrap(), "2");
-    let (code, out) = cli(&a.admin, &["--json", "dead"]);
+    let (code, out) = cli(&a, &["--json", "dead"]);
     assert_eq!(code, 0);
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(d["dead_letters"][0]["msgid"], id.as_str());
     assert_eq!(d["dead_letters"][0]["attempts"], 2);
-    let (_, table) = cli(&a.admin, &["dead"]);
+    let (_, table) = cli(&a, &["dead"]);
     assert!(table.contains(&id) && table.contains("RuntimeError"), "{table}");
     // Requeued, it runs again (twice more: its retries start afresh).
-    let (code, out) = cli(&a.admin, &["requeue", &id]);
+    let (code, out) = cli(&a, &["requeue", &id]);
     assert_eq!((code, out.trim()), (0, format!("requeued {id}").as_str()));
     eventually(Duration::from_secs(30), || (std::fs::read_to_string(&counter).ok()? == "4").then_some(()));
     let status = admin(&a.admin, "STATUS");

@@ -91,6 +91,13 @@ fn disconnect_acks_says_kbye_and_exits_cleanly() {
     let (mut router, a) = start_router(&[]);
     let jm = fake_job_manager(&a.backend, "", 1);
     let cli = Dealer::connect(&a.admin);
+    // Changing anything needs the admin token first.
+    cli.send(&["", "eMQP/1.0", "DISCONNECT", "admin:early"]);
+    let refused = cli.recv_timeout(HANG).unwrap();
+    assert!(refused[4].contains("not authorized"), "{refused:?}");
+    let token = std::fs::read_to_string(a.data_dir.join("admin.token")).unwrap();
+    cli.send(&["", "eMQP/1.0", "AUTHENTICATE", "admin:auth", &token]);
+    assert!(cli.recv_timeout(HANG).unwrap()[4].contains("true"));
     cli.send(&["", "eMQP/1.0", "DISCONNECT", "admin:bye"]);
     let ack = cli.recv_timeout(HANG).unwrap();
     assert_eq!((ack[2].as_str(), ack[4].as_str()), ("ACK", "admin:bye"));

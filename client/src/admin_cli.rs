@@ -33,6 +33,11 @@ pub struct Args {
     /// Print the router's raw JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The router's admin token file, needed for commands that change
+    /// something (and to read job results). Default: `admin.token` in the
+    /// router's `data_dir` (from the same settings sources).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -59,6 +64,7 @@ pub enum Cmd {
 #[serde(default)]
 struct AdminSetting {
     administrative_addr: Option<String>,
+    data_dir: Option<String>,
 }
 
 /// The `emq-cli` binary.
@@ -76,6 +82,40 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Proves to the router that this connection holds its admin token.
+/// Without a token file, changes are refused by the router (and job
+/// results hidden), which says so.
+fn authenticate(a: &Args, client: &AdminClient) -> anyhow::Result<()> {
+    let path = match &a.token_file {
+        Some(p) => p.clone(),
+        None => {
+            let dir = emq_settings::load::<AdminSetting>(a.config.as_deref())?
+                .data_dir
+                .filter(|d| !d.trim().is_empty())
+                .map(PathBuf::from)
+                .or_else(emq_settings::default_data_dir);
+            match dir {
+                Some(d) => d.join(emq_settings::ADMIN_TOKEN_FILE),
+                None => return Ok(()),
+            }
+        }
+    };
+    let Ok(token) = std::fs::read_to_string(&path) else {
+        if a.token_file.is_some() {
+            anyhow::bail!("cannot read the admin token file {}", path.display());
+        }
+        return Ok(());
+    };
+    let answer = client.request(Command::Admin(AdminCommand::Authenticate { token: token.trim().to_owned() }), a.deadline)?;
+    match answer.command {
+        Command::Reply(Reply::Single { body }) if body.contains("\"authenticated\":true") => {}
+        // Not fatal: a stale file from another router; what needs the
+        // token will be refused by the router, which says so.
+        _ => eprintln!("emq-cli: the router refused the admin token in {}", path.display()),
+    }
+    Ok(())
+}
+
 fn run(a: &Args) -> anyhow::Result<()> {
     let (key, addr) = match &a.addr {
         Some(x) => ("--addr", x.clone()),
@@ -88,12 +128,15 @@ fn run(a: &Args) -> anyhow::Result<()> {
     };
     crate::flags::endpoint(key, &addr)?;
     let client = AdminClient::connect(&addr)?;
+    if matches!(a.command, Cmd::Shutdown | Cmd::Requeue { .. } | Cmd::Job { .. }) {
+        authenticate(a, &client)?;
+    }
     let command = match &a.command {
         Cmd::Status => Command::Admin(AdminCommand::Status),
         Cmd::Workers => Command::Admin(AdminCommand::RouterShowWorkers),
         Cmd::Schedulers => Command::Admin(AdminCommand::RouterShowSchedulers),
         Cmd::Shutdown => Command::Disconnect,
-        Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone() }),
+        Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone(), owner_token: None }),
         Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
         Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
     };

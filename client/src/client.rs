@@ -50,7 +50,7 @@ impl Options {
             guarantee: self.guarantee,
             retry_count: self.retry_count,
             timeout_secs: self.timeout,
-            attempt: None,
+            ..Default::default()
         }
         .to_wire()
     }
@@ -124,6 +124,10 @@ pub struct Client {
     /// this client still waits on (asked about after a reconnect).
     pending: HashSet<String>,
     pending_order: VecDeque<String>,
+    /// A secret sent with every job (`owner:` header) and every status
+    /// question: the router shows this client its jobs' results from any
+    /// connection, and nobody else.
+    owner_token: String,
 }
 
 /// Status answers kept for [`Client::job_status`] callers (older ones are
@@ -160,7 +164,20 @@ impl Client {
             status_answers: VecDeque::new(),
             pending: HashSet::new(),
             pending_order: VecDeque::new(),
+            owner_token: emq_protocol::random_hex(16),
         }
+    }
+
+    /// The secret this client sends with its jobs (`owner:` header): a
+    /// later client given it (a restarted process, say) may read those
+    /// jobs' results ([`Client::set_owner_token`]); nobody else can.
+    pub fn owner_token(&self) -> &str {
+        &self.owner_token
+    }
+
+    /// Takes over an earlier client's owner token (see [`Client::owner_token`]).
+    pub fn set_owner_token(&mut self, token: &str) {
+        self.owner_token = token.to_owned();
     }
 
     /// This client's identity at the router.
@@ -170,7 +187,13 @@ impl Client {
 
     /// Submits a job; returns its msgid at once.
     pub fn send_request(&mut self, queue: &str, job: &RunPayload, options: &Options) -> Result<String, ClientError> {
-        let request = Request { queue: queue.to_owned(), headers: options.headers(), payload: job.to_wire() };
+        let mut headers = options.headers();
+        if !headers.is_empty() {
+            headers.push(',');
+        }
+        headers.push_str("owner:");
+        headers.push_str(&self.owner_token);
+        let request = Request { queue: queue.to_owned(), headers, payload: job.to_wire() };
         let m = Message::new(Command::Request(request));
         self.sender.send(&m)?;
         self.pending.insert(m.msgid.clone());
@@ -284,7 +307,10 @@ impl Client {
         let n = limit.min(self.pending_order.len());
         for _ in 0..n {
             let Some(id) = self.pending_order.pop_front() else { break };
-            let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: id.clone() }));
+            let m = Message::new(Command::Admin(AdminCommand::JobStatus {
+                job_msgid: id.clone(),
+                owner_token: Some(self.owner_token.clone()),
+            }));
             let _ = self.sender.send(&m);
             self.pending_order.push_back(id);
         }
@@ -407,7 +433,10 @@ impl Client {
     /// router sends one: EventMQ's does not) is read by [`Client::pump`]
     /// and taken with [`Client::take_status`].
     pub fn ask_status(&mut self, msgid: &str) -> Result<(), ClientError> {
-        let m = Message::new(Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.to_owned() }));
+        let m = Message::new(Command::Admin(AdminCommand::JobStatus {
+            job_msgid: msgid.to_owned(),
+            owner_token: Some(self.owner_token.clone()),
+        }));
         self.sender.send(&m)?;
         Ok(())
     }

@@ -89,6 +89,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    server.set_max_message_bytes(s.max_message_bytes as i64);
     ExitCode::from(server.run().clamp(0, 255) as u8)
 }
 

@@ -27,6 +27,8 @@ pub struct Server {
     socket: Option<Sender>,
     /// The router connection's monitor (reconnects).
     watch: Option<emq_sender::ConnectionWatch>,
+    /// `ZMQ_MAXMSGSIZE` of the router socket (`max_message_bytes`).
+    max_message_bytes: i64,
     workers: Vec<Option<WorkerProcess>>,
     state: JobManagerState,
     exe: PathBuf,
@@ -80,6 +82,7 @@ impl Server {
             ctx: zmq::Context::new(),
             socket: None,
             watch: None,
+            max_message_bytes: 16 << 20,
             workers,
             state,
             exe,
@@ -90,6 +93,11 @@ impl Server {
             last_tick: Instant::now(),
             proc_stats: Default::default(),
         })
+    }
+
+    /// The largest message the router may send us (`max_message_bytes`).
+    pub fn set_max_message_bytes(&mut self, n: i64) {
+        self.max_message_bytes = n;
     }
 
     /// Runs until the state machine says exit; returns the exit code.
@@ -267,6 +275,9 @@ impl Server {
                 self.watch = None;
                 match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
                     Ok(s) => {
+                        if let Err(e) = s.socket().set_maxmsgsize(self.max_message_bytes) {
+                            warn!(error = %e, "cannot set max_message_bytes on the router socket");
+                        }
                         // Tells us when the connection drops and comes back
                         // (a restarted router), so we re-attach at once.
                         match s.watch_connection() {

@@ -90,6 +90,8 @@ pub struct JobManagerSettings {
     pub allowed_paths: Vec<String>,
     /// Name prefix of this job manager's identity at the router.
     pub name: String,
+    /// Largest message the router may send (`ZMQ_MAXMSGSIZE`).
+    pub max_message_bytes: u64,
     pub log_level: String,
 }
 
@@ -120,6 +122,7 @@ impl Default for JobManagerSettings {
             python_venv: String::new(),
             allowed_paths: Vec::new(),
             name: String::new(),
+            max_message_bytes: 16 << 20,
             log_level: "info".into(),
         }
     }
@@ -150,6 +153,7 @@ impl JobManagerSettings {
     /// on SIGHUP): no value can panic the job manager, and the error names
     /// the key, the value and why.
     pub fn to_config(&self) -> Result<crate::state::JmConfig, SettingsError> {
+        v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
         let queues =
             self.queues.parse().map_err(|e| SettingsError::invalid("queues", self.queues.shown(), e.to_string()))?;
         v::zmq_endpoint("worker_addr", &self.worker_addr)?;

@@ -20,6 +20,10 @@ pub struct Headers {
     /// Our extension, added by the router on a re-run: which attempt this
     /// is (1 = first run; absent = first run).
     pub attempt: Option<u32>,
+    /// Our extension, `owner:TOKEN`: a secret the sending client chose. A
+    /// JOB_STATUS that presents it sees the job's result, from any
+    /// connection (the client reconnects under a new identity).
+    pub owner: Option<String>,
 }
 
 impl Headers {
@@ -37,6 +41,7 @@ impl Headers {
                 "guarantee" => h.guarantee = true,
                 "retry-count" => h.retry_count = value.and_then(|v| v.parse().ok()),
                 "attempt" => h.attempt = value.and_then(|v| v.parse().ok()),
+                "owner" => h.owner = value.filter(|v| !v.is_empty() && v.len() <= 128).map(str::to_owned),
                 "timeout" => {
                     h.timeout_secs = value
                         .and_then(|v| v.parse::<f64>().ok())
@@ -67,6 +72,9 @@ impl Headers {
         if let Some(a) = self.attempt {
             parts.push(format!("attempt:{a}"));
         }
+        if let Some(o) = &self.owner {
+            parts.push(format!("owner:{o}"));
+        }
         parts.join(",")
     }
 }
@@ -85,7 +93,8 @@ mod tests {
                 guarantee: true,
                 retry_count: Some(2),
                 timeout_secs: Some(5),
-                attempt: None
+                attempt: None,
+                owner: None,
             }
         );
         assert_eq!(Headers::parse(&h.to_wire()), h);

@@ -51,6 +51,21 @@ const FRONTEND_OUTBOX_MAX: usize = 10_000;
 /// frontend is not read (the disk is slower than the clients).
 const JOURNAL_BACKLOG_MAX: u64 = 64 << 20;
 
+/// A fresh admin token (from the OS CSPRNG) in `dir/admin.token`, readable
+/// by this user only: `emq-cli` reads it to prove it may change things.
+fn write_admin_token(dir: &std::path::Path) -> Result<String, JournalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = emq_protocol::random_hex(32);
+    let path = dir.join(emq_settings::ADMIN_TOKEN_FILE);
+    let io = |e| JournalError::Io { path: path.clone(), source: e };
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+    f.write_all(token.as_bytes()).map_err(io)?;
+    info!(token_file = %path.display(), "admin token written (emq-cli reads it)");
+    Ok(token)
+}
+
 /// Journal growth before a checkpoint is considered at all.
 const CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
 /// A checkpoint is written when the journal has grown this many times past
@@ -104,6 +119,11 @@ impl Server {
         let frontend = Receiver::bind(&ctx, &settings.frontend_addr, settings.socket_hwm)?;
         let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
         let admin = Receiver::bind(&ctx, &settings.administrative_addr, settings.socket_hwm)?;
+        // Before any peer connects: a bigger message drops its sender's
+        // connection instead of being held (memory exhaustion).
+        for r in [&frontend, &backend, &admin] {
+            r.socket().set_maxmsgsize(settings.max_message_bytes as i64).map_err(ReceiverError::from)?;
+        }
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         let snapshot = if settings.http_addr.trim().is_empty() {
             None
@@ -130,6 +150,7 @@ impl Server {
         state.set_spill(Box::new(spill));
         let summary = state.finish_restore(Now::real());
         state.set_journal_stats(journal.stats_handle());
+        state.set_admin_token(write_admin_token(&opts.dir)?);
         info!(records = report.records, bytes = report.bytes, segments = report.segments,
               checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(),
               buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,

@@ -31,6 +31,14 @@ pub struct RouterSettings {
     /// Seconds a finished job's record and result are kept (for JOB_STATUS
     /// and clients that missed the result).
     pub result_ttl: f64,
+    /// Largest message any peer may send (ZeroMQ's `ZMQ_MAXMSGSIZE` on
+    /// all three sockets): a peer sending a bigger one is disconnected
+    /// before the router holds it.
+    pub max_message_bytes: u64,
+    /// Who may INFORM as a scheduler on the frontend: CURVE user names, or
+    /// `*` for any peer (e.g. EventMQ's emq-scheduler on a trusted host).
+    /// Empty (the default): nobody.
+    pub allowed_schedulers: Vec<String>,
     /// Seconds before the first retry of a failed `retry-count` job.
     pub retry_delay: f64,
     /// Each further retry waits this many times longer.
@@ -76,6 +84,8 @@ impl Default for RouterSettings {
             socket_hwm: 100_000,
             job_history: 100_000,
             result_ttl: 86_400.0,
+            allowed_schedulers: Vec::new(),
+            max_message_bytes: 16 << 20,
             retry_delay: 1.0,
             retry_multiplier: 2.0,
             dead_letter_max: 10_000,
@@ -114,6 +124,7 @@ impl RouterSettings {
         self.check_addresses()?;
         v::count("socket_hwm", self.socket_hwm, 1, i32::MAX)?;
         v::log_filter("log_level", &self.log_level)?;
+        v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
         self.journal_options(false)?;
         Ok(RouterConfig {
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
@@ -121,6 +132,7 @@ impl RouterSettings {
             hwm: v::count("hwm", self.hwm, 0, MAX_JOBS)?,
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
             result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
+            allowed_schedulers: self.allowed_schedulers.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
             dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
@@ -147,7 +159,7 @@ impl RouterSettings {
             .map_err(|why| SettingsError::invalid("journal_sync", &self.journal_sync, why))?;
         let segment_bytes = v::count("journal_segment_bytes", self.journal_segment_bytes, 1 << 20, 1 << 40)?;
         let dir = match self.data_dir.trim() {
-            "" => default_data_dir()
+            "" => emq_settings::default_data_dir()
                 .ok_or_else(|| SettingsError::invalid("data_dir", "", "no XDG_STATE_HOME or HOME to put it under: set data_dir"))?,
             d => std::path::PathBuf::from(d),
         };
@@ -189,6 +201,8 @@ impl RouterSettings {
             socket_hwm,
             job_history,
             result_ttl,
+            allowed_schedulers,
+            max_message_bytes,
             retry_delay,
             retry_multiplier,
             dead_letter_max,
@@ -211,17 +225,9 @@ impl RouterSettings {
     /// the sockets' high-water mark (fixed when they are bound).
     pub const RESTART_KEYS: &'static [&'static str] =
         &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level", "data_dir",
-          "journal_sync", "journal_segment_bytes"];
+          "journal_sync", "journal_segment_bytes", "max_message_bytes"];
 }
 
-/// The per-user state directory: `$XDG_STATE_HOME/emq`, else
-/// `$HOME/.local/state/emq`.
-pub fn default_data_dir() -> Option<std::path::PathBuf> {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-    non_empty("XDG_STATE_HOME")
-        .map(|d| d.join("emq"))
-        .or_else(|| non_empty("HOME").map(|h| h.join(".local/state/emq")))
-}
 
 #[cfg(test)]
 mod tests {

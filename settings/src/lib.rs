@@ -22,7 +22,7 @@ use std::path::Path;
 use thiserror::Error;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: &[&str] = &["python_path", "allowed_paths", "worker_addr_failover"];
+const LIST_KEYS: &[&str] = &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers"];
 
 /// A settings file or value that cannot be used. Binaries print it as one
 /// line and exit with status 2; a server reloading on SIGHUP logs it and
@@ -69,6 +69,18 @@ impl SettingsError {
 }
 
 pub mod validate;
+
+/// The router's default data directory (its journal, its admin token):
+/// `$XDG_STATE_HOME/emq`, else `$HOME/.local/state/emq`.
+pub fn default_data_dir() -> Option<std::path::PathBuf> {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    non_empty("XDG_STATE_HOME")
+        .map(|d| d.join("emq"))
+        .or_else(|| non_empty("HOME").map(|h| h.join(".local/state/emq")))
+}
+
+/// The file the router writes its admin token to, in its data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Loads settings of type `T` from the file and the environment.
 pub fn load<T: DeserializeOwned>(config_path: Option<&Path>) -> Result<T, SettingsError> {

@@ -16,8 +16,14 @@ pub enum AdminCommand {
     RouterShowSchedulers,
     /// Sent by emq-cli on connect; never answered.
     Hello,
-    /// Our extension: the record of one job, by msgid.
-    JobStatus { job_msgid: String },
+    /// Our extension: the record of one job, by msgid; with the owner
+    /// token the job was sent with (its `owner:` header), the answer
+    /// includes the result from any connection.
+    JobStatus { job_msgid: String, owner_token: Option<String> },
+    /// Our extension: proves this admin connection holds the router's
+    /// admin token (`data_dir/admin.token`); commands that change
+    /// anything need it.
+    Authenticate { token: String },
     /// Our extension: jobs that used up their retries.
     DeadLetters,
     /// Our extension: run a dead letter again.
@@ -35,7 +41,8 @@ impl AdminCommand {
             "ROUTER_SHOW_WORKERS" => AdminCommand::RouterShowWorkers,
             "ROUTER_SHOW_SCHEDULERS" => AdminCommand::RouterShowSchedulers,
             "HELLO" => AdminCommand::Hello,
-            "JOB_STATUS" => AdminCommand::JobStatus { job_msgid: p.next_string()? },
+            "JOB_STATUS" => AdminCommand::JobStatus { job_msgid: p.next_string()?, owner_token: p.next_optional_string()? },
+            "AUTHENTICATE" => AdminCommand::Authenticate { token: p.next_string()? },
             "ROUTER_DEAD_LETTERS" => AdminCommand::DeadLetters,
             "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },
             _ => return Ok(None),
@@ -50,14 +57,23 @@ impl AdminCommand {
             AdminCommand::RouterShowSchedulers => "ROUTER_SHOW_SCHEDULERS",
             AdminCommand::Hello => "HELLO",
             AdminCommand::JobStatus { .. } => "JOB_STATUS",
+            AdminCommand::Authenticate { .. } => "AUTHENTICATE",
             AdminCommand::DeadLetters => "ROUTER_DEAD_LETTERS",
             AdminCommand::Requeue { .. } => "REQUEUE",
         }
     }
 
     pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
-        if let AdminCommand::JobStatus { job_msgid } | AdminCommand::Requeue { job_msgid } = self {
-            out.push(job_msgid.as_bytes().to_vec());
+        match self {
+            AdminCommand::JobStatus { job_msgid, owner_token } => {
+                out.push(job_msgid.as_bytes().to_vec());
+                if let Some(t) = owner_token {
+                    out.push(t.as_bytes().to_vec());
+                }
+            }
+            AdminCommand::Requeue { job_msgid } => out.push(job_msgid.as_bytes().to_vec()),
+            AdminCommand::Authenticate { token } => out.push(token.as_bytes().to_vec()),
+            _ => {}
         }
     }
 }

@@ -47,7 +47,9 @@ fn every_command_round_trips() {
         AdminCommand::RouterShowWorkers,
         AdminCommand::RouterShowSchedulers,
         AdminCommand::Hello,
-        AdminCommand::JobStatus { job_msgid: "j".into() },
+        AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: None },
+        AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: Some("t".into()) },
+        AdminCommand::Authenticate { token: "secret".into() },
         AdminCommand::DeadLetters,
         AdminCommand::Requeue { job_msgid: "j".into() },
     ] {

@@ -4,6 +4,7 @@
 //! `/api/status` and `/metrics`. EventMQ's JSON keys come first in each
 //! answer; ours are added after them.
 
+use super::history::constant_time_eq;
 use super::{records::display_name, send, Action, Now, RouterState, SocketKind};
 use emq_protocol::{Ack, AdminCommand, Command, Message, Reply};
 use emq_receiver::PeerId;
@@ -23,6 +24,9 @@ pub const EVENTMQ_STATUS_KEYS: [&str; 6] = [
     "processed_messages_by_worker",
 ];
 
+/// Authenticated admin connections remembered at once.
+const MAX_ADMIN_SESSIONS: usize = 1024;
+
 /// The `jobmanager` label of a job manager that never sent its name (an
 /// EventMQ job manager): one bounded series for all of them.
 const UNNAMED: &str = "unnamed";
@@ -35,10 +39,30 @@ impl RouterState {
             Command::Admin(AdminCommand::Status) => out.push(answer(self.status_json(now))),
             Command::Admin(AdminCommand::RouterShowWorkers) => out.push(answer(self.workers_json(now))),
             Command::Admin(AdminCommand::RouterShowSchedulers) => out.push(answer(self.schedulers_json(now))),
-            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
-                out.push(answer(self.history.status_json(&job_msgid)))
+            Command::Admin(AdminCommand::Authenticate { token }) => {
+                let ok = self.admin_token.as_deref().is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+                if ok {
+                    self.authorize_admin(&peer);
+                } else {
+                    self.count("admin_auth_failed");
+                    warn!(%peer, msgid = %m.msgid, "AUTHENTICATE with a wrong admin token");
+                }
+                out.push(answer(json!({"authenticated": ok}).to_string()));
+            }
+            Command::Admin(AdminCommand::JobStatus { job_msgid, owner_token }) => {
+                let full = self.is_admin(&peer)
+                    || self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
+                out.push(answer(self.history.status_json(&job_msgid, full)))
             }
             Command::Admin(AdminCommand::DeadLetters) => out.push(answer(self.dead_letters_json())),
+            Command::Admin(AdminCommand::Requeue { .. }) | Command::Disconnect if !self.is_admin(&peer) => {
+                // Changing anything needs the admin token (or, with CURVE,
+                // the admin key): whoever reaches the socket may only look.
+                self.count("admin_refused");
+                warn!(%peer, msgid = %m.msgid, command = m.command.name(), "admin command without authentication: refused");
+                let body = json!({"error": "not authorized: authenticate with the router's admin token (data_dir/admin.token) first"});
+                out.push(answer(body.to_string()));
+            }
             Command::Admin(AdminCommand::Requeue { job_msgid }) => {
                 let body = self.requeue_dead_letter(&job_msgid, now, out);
                 out.push(answer(body));
@@ -60,6 +84,28 @@ impl RouterState {
                 out.push(answer(body));
             }
         }
+    }
+
+    /// Admin connections that proved they hold the token (bounded: the
+    /// oldest is forgotten first; `emq-cli` connects anew for each call).
+    fn authorize_admin(&mut self, peer: &PeerId) {
+        if self.admins.insert(peer.clone()) {
+            self.admin_order.push_back(peer.clone());
+            while self.admin_order.len() > MAX_ADMIN_SESSIONS {
+                if let Some(old) = self.admin_order.pop_front() {
+                    self.admins.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn is_admin(&self, peer: &PeerId) -> bool {
+        self.admins.contains(peer)
+    }
+
+    /// The admin token the router wrote to `data_dir/admin.token`.
+    pub fn set_admin_token(&mut self, token: String) {
+        self.admin_token = Some(token);
     }
 
     /// `STATUS`: EventMQ's six maps, plus `errors`, `uptime_secs`,

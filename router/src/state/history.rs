@@ -71,6 +71,11 @@ pub struct JobRecord {
     pub result: Option<String>,
     /// Every failed attempt: which, why, when.
     pub attempt_errors: Vec<AttemptError>,
+    /// The client connection that sent it: it may read the result.
+    pub client: Option<PeerId>,
+    /// The `owner:` token it was sent with: whoever presents it may read
+    /// the result (a client that reconnected under a new identity).
+    pub owner: Option<Box<str>>,
 }
 
 impl JobRecord {
@@ -86,8 +91,23 @@ impl JobRecord {
             attempts: 0,
             result: None,
             attempt_errors: Vec::new(),
+            client: None,
+            owner: None,
         }
     }
+
+    /// Whether `peer` (presenting `token`) may read this job's result and
+    /// errors: the connection that sent it, or the holder of its owner
+    /// token (compared in constant time).
+    pub fn readable_by(&self, peer: &PeerId, token: Option<&str>) -> bool {
+        self.client.as_ref() == Some(peer)
+            || matches!((&self.owner, token), (Some(o), Some(t)) if constant_time_eq(o.as_bytes(), t.as_bytes()))
+    }
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One failed attempt of a job.
@@ -204,9 +224,21 @@ impl JobHistory {
         self.records.is_empty()
     }
 
-    /// The `JOB_STATUS` answer for `msgid`.
-    pub fn status_json(&self, msgid: &str) -> String {
+    /// The `JOB_STATUS` answer for `msgid`, with its result and error
+    /// messages only when `full` (the asker may read them: see
+    /// [`JobRecord::readable_by`]); others see the state and times.
+    pub fn status_json(&self, msgid: &str, full: bool) -> String {
         match self.records.get(msgid) {
+            Some(r) if !full => json!({
+                "msgid": msgid,
+                "state": r.state.as_str(),
+                "queue": &*r.queue,
+                "attempts": r.attempts,
+                "received": r.received,
+                "dispatched": r.dispatched,
+                "finished": r.finished,
+                "result_hidden": "only the client that sent the job (or its owner token) or an authenticated admin may read its result",
+            }),
             None => json!({"msgid": msgid, "error": "unknown job (never seen, or older than job_history)"}),
             Some(r) => json!({
                 "msgid": msgid,
@@ -245,7 +277,7 @@ mod tests {
         assert!(h.get("a").is_none());
         assert!(h.get("b").is_some() && h.get("c").is_some());
         assert_eq!(h.len(), 2);
-        assert!(h.status_json("a").contains("unknown job"));
+        assert!(h.status_json("a", true).contains("unknown job"));
         let mut z = JobHistory::new(0);
         z.insert(Arc::from("a"), rec());
         assert!(z.is_empty());

@@ -136,16 +136,25 @@ impl RouterState {
         }
         match m.command {
             Command::Request(request) => self.on_request(peer, m.msgid, request, now, out),
+            Command::Inform(Inform { kind, .. }) if kind == "scheduler" && !self.may_schedule() => {
+                // It would receive every client's SCHEDULE orders.
+                self.count("scheduler_refused");
+                warn!(%peer, msgid = %m.msgid, "INFORM as a scheduler from a peer not in allowed_schedulers: ignored");
+            }
             Command::Inform(Inform { kind, .. }) if kind == "scheduler" => {
                 info!(%peer, msgid = %m.msgid, "scheduler connected");
                 self.schedulers.insert(peer.clone(), super::SchedulerPeer { last_seen: now.mono });
                 out.push(send(SocketKind::Frontend, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
             }
             Command::Heartbeat(_) => {}
-            Command::Admin(AdminCommand::JobStatus { job_msgid }) => {
+            Command::Admin(AdminCommand::JobStatus { job_msgid, owner_token }) => {
                 // Clients may ask too; the answer is one JSON frame (a receipt's
                 // body is a msgid, never JSON, so the two cannot be confused).
-                let body = self.history.status_json(&job_msgid);
+                // The result only to the connection that sent the job or the
+                // holder of its owner token.
+                let full =
+                    self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
+                let body = self.history.status_json(&job_msgid, full);
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
             }
             Command::Kbye => {
@@ -191,7 +200,10 @@ impl RouterState {
         }
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
         let queue_name = self.queue_name(&queue);
-        self.history.insert(msgid_shared.clone(), JobRecord::queued(queue_name, now.unix));
+        let mut record = JobRecord::queued(queue_name, now.unix);
+        record.client = Some(client.clone());
+        record.owner = request.headers().owner.map(String::into_boxed_str);
+        self.history.insert(msgid_shared.clone(), record);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {
                 msgid: msgid.clone(),
@@ -226,6 +238,12 @@ impl RouterState {
             peer: client,
             message: Message::new(Command::Reply(Reply::receipt(msgid))),
         });
+    }
+
+    /// Whether a frontend peer may be a scheduler. Without CURVE users
+    /// only `allowed_schedulers = ["*"]` lets one in.
+    fn may_schedule(&self) -> bool {
+        self.cfg.allowed_schedulers.iter().any(|u| u == "*")
     }
 
     /// The queue a REQUEST for `name` goes to: its own when it is (or was)

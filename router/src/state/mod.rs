@@ -154,6 +154,10 @@ pub struct RouterConfig {
     /// On a graceful stop, how long job managers get to report the jobs
     /// they are running before the router exits anyway.
     pub stop_grace: Duration,
+    /// Who may INFORM as a scheduler on the frontend (and then receive
+    /// every client's SCHEDULE orders): CURVE user names, or `*` for any
+    /// peer. Empty (the default): nobody.
+    pub allowed_schedulers: Vec<String>,
     /// How long a finished job's record and result are kept for
     /// JOB_STATUS and clients that missed the result (`job_history` bounds
     /// their number too).
@@ -220,6 +224,11 @@ pub struct RouterState {
     shutting_down: bool,
     /// The journal's figures (shown in STATUS), when there is a journal.
     journal_stats: Option<Arc<emq_journal::JournalStats>>,
+    /// The token that authenticates admin connections (none: no admin
+    /// command that changes anything is accepted).
+    admin_token: Option<String>,
+    admins: rustc_hash::FxHashSet<PeerId>,
+    admin_order: VecDeque<PeerId>,
 }
 
 impl RouterState {
@@ -253,6 +262,9 @@ impl RouterState {
             stopping: None,
             shutting_down: false,
             journal_stats: None,
+            admin_token: None,
+            admins: Default::default(),
+            admin_order: VecDeque::new(),
         }
     }
 

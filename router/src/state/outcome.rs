@@ -31,10 +31,20 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        if !self.in_flight.contains_key(orig_msgid.as_str()) {
+        match self.in_flight.get(orig_msgid.as_str()).map(|j| j.job_manager.clone()) {
+            Some(owner) if owner != *from => {
+                // Only the job manager the job was handed to may end it: a
+                // peer that INFORMs on the backend must not be able to
+                // hand any client a forged result.
+                self.count("forged_reply");
+                warn!(peer = %from, %owner, msgid = %reply_msgid, %orig_msgid,
+                      "REPLY for a job dispatched to another job manager: dropped");
+                return;
+            }
+            Some(_) => {}
             // A job that was running when the router stopped: its job
             // manager re-attached and reports it now.
-            self.adopt_in_doubt(&orig_msgid, from, now, out);
+            None => self.adopt_in_doubt(&orig_msgid, from, now, out),
         }
         let Some(job) = self.in_flight.remove(orig_msgid.as_str()) else {
             // Already settled (job managers send recent reports again after

@@ -228,6 +228,9 @@ pub struct StaleJobManager {
 #[derive(Debug)]
 pub struct InDoubtJob {
     pub queue: String,
+    /// The job manager it was dispatched to: only that connection (the
+    /// same identity, re-attached) may report it.
+    pub job_manager: PeerId,
     /// `attempts` counts the dispatch that is in doubt.
     pub job: WaitingJob,
     pub until: Instant,

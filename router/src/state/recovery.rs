@@ -35,7 +35,8 @@ struct RestoredJob {
 enum Phase {
     /// Buffered; the key orders its queue (requeued jobs go in front).
     Waiting(i64),
-    InFlight,
+    /// Dispatched to this job manager identity.
+    InFlight(PeerId),
     /// Waiting for its retry, due at this unix time.
     Retrying(f64),
     Dead { failure: Option<AttemptFailure>, at: f64 },
@@ -82,7 +83,10 @@ impl RouterState {
                     phase: Phase::Waiting(key),
                 };
                 let queue = self.queue_name(&restored.queue);
-                self.history.insert(msgid.clone(), JobRecord::queued(queue, job.received));
+                let mut record = JobRecord::queued(queue, job.received);
+                record.client = Some(restored.client.clone());
+                record.owner = Headers::parse(&restored.request.headers).owner.map(String::into_boxed_str);
+                self.history.insert(msgid.clone(), record);
                 if let Some(rec) = self.history.mark(&msgid, JobState::Queued, job.received) {
                     rec.attempts = attempts;
                 }
@@ -90,7 +94,7 @@ impl RouterState {
             }
             Record::Dispatched { msgid, job_manager, attempt, at } => {
                 if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
-                    j.phase = Phase::InFlight;
+                    j.phase = Phase::InFlight(PeerId::from(job_manager.as_slice()));
                     j.attempts = attempt;
                 }
                 if let Some(rec) = self.history.mark(&msgid, JobState::Dispatched, at) {
@@ -146,6 +150,9 @@ impl RouterState {
                     attempts: h.attempts,
                     result: h.result,
                     attempt_errors: h.failures.iter().map(attempt_error).collect(),
+                    // Read back only by an admin after a restart.
+                    client: None,
+                    owner: None,
                 };
                 self.history.insert(Arc::from(h.msgid.as_str()), record);
             }
@@ -171,9 +178,9 @@ impl RouterState {
             };
             match j.phase {
                 Phase::Waiting(key) => waiting.push((j.queue, key, job)),
-                Phase::InFlight => {
+                Phase::InFlight(job_manager) => {
                     let until = now.mono + self.cfg.heartbeat_timeout;
-                    self.in_doubt.insert(msgid, InDoubtJob { queue: j.queue, job, until });
+                    self.in_doubt.insert(msgid, InDoubtJob { queue: j.queue, job_manager, job, until });
                     summary.in_doubt += 1;
                 }
                 Phase::Retrying(due) => {
@@ -217,7 +224,19 @@ impl RouterState {
 
     /// A job in doubt that `peer` reports (running, held, or finished) is
     /// its again: in flight there, no slot used (it is already running).
+    /// Only the job manager it was dispatched to may claim it (the same
+    /// identity, re-attached); a claim from anyone else is counted as
+    /// forged and changes nothing.
     pub(super) fn adopt_in_doubt(&mut self, msgid: &str, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+        match self.in_doubt.get(msgid).map(|d| d.job_manager.clone()) {
+            None => return,
+            Some(owner) if owner != *peer => {
+                self.count("forged_report");
+                warn!(%msgid, %peer, %owner, "a job manager claimed a job dispatched to another: ignored");
+                return;
+            }
+            Some(_) => {}
+        }
         let Some(d) = self.in_doubt.remove(msgid) else { return };
         self.count("in_doubt_settled");
         info!(%msgid, job_manager = %peer, "job in doubt reported by a job manager: it is not run again");
@@ -245,7 +264,7 @@ impl RouterState {
             let Some(j) = self.in_flight.remove(&id) else { continue };
             let job = self.waiting_from_in_flight(id.clone(), &j);
             let until = now.mono + self.cfg.heartbeat_timeout;
-            self.in_doubt.insert(id, InDoubtJob { queue: j.queue, job, until });
+            self.in_doubt.insert(id, InDoubtJob { queue: j.queue, job_manager: peer.clone(), job, until });
         }
     }
 
@@ -262,6 +281,7 @@ impl RouterState {
                 retry_count: Some(j.retry_count).filter(|n| *n > 0),
                 timeout_secs: None,
                 attempt: None,
+                owner: None,
             }
             .to_wire()
             .into_boxed_str(),
@@ -375,7 +395,7 @@ impl RouterState {
             out.push(Record::Accepted { job, attempts: d.job.attempts.saturating_sub(1) });
             out.push(Record::Dispatched {
                 msgid: msgid.to_string(),
-                job_manager: Vec::new(),
+                job_manager: d.job_manager.as_bytes().to_vec(),
                 attempt: d.job.attempts,
                 at: now.unix,
             });

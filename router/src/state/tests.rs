@@ -14,6 +14,7 @@ fn cfg() -> RouterConfig {
         dead_letter_max: 100,
         reject_unknown_queues: false,
         stop_grace: Duration::from_secs(10),
+        allowed_schedulers: vec![],
         result_ttl: Duration::from_secs(3600),
         buffer_memory: 1 << 30,
         journal_max_bytes: 1 << 34,
@@ -47,7 +48,14 @@ fn performed(actions: Vec<Action>, journal: &mut Vec<emq_journal::Record>) -> Ve
 impl Harness {
     fn new() -> Self {
         let now = Now::real();
-        Harness { r: RouterState::new(cfg(), now), now, journal: Vec::new() }
+        Harness::with(RouterState::new(cfg(), now), now)
+    }
+    /// A harness around `r` where the admin peer "cli" is authenticated.
+    fn with(mut r: RouterState, now: Now) -> Self {
+        r.set_admin_token("t0ken".into());
+        let mut h = Harness { r, now, journal: Vec::new() };
+        h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Authenticate { token: "t0ken".into() }));
+        h
     }
     fn advance(&mut self, secs: f64) {
         self.now = self.now.after(Duration::from_secs_f64(secs));
@@ -432,7 +440,19 @@ fn restart_from_the_journal_puts_every_job_back() {
     h.request("c", "b1", "default", "");
     h.request("c", "b2", "default", "guarantee");
     h.done("jm", "nothing", "{}");
-    let journal = h.journal.clone();
+    let journal: Vec<emq_journal::Record> = h
+        .journal
+        .iter()
+        .cloned()
+        .map(|rec| match rec {
+            // The same job manager, seen under the name the rest of this
+            // test uses for it.
+            emq_journal::Record::Dispatched { msgid, attempt, at, .. } => {
+                emq_journal::Record::Dispatched { msgid, job_manager: b"jm2".to_vec(), attempt, at }
+            }
+            other => other,
+        })
+        .collect();
     // The router restarts: a fresh state fed the journal.
     let mut r = Harness::new();
     for rec in journal.iter().cloned() {
@@ -441,8 +461,18 @@ fn restart_from_the_journal_puts_every_job_back() {
     let summary = r.r.finish_restore(r.now);
     assert_eq!((summary.buffered, summary.in_doubt), (2, 2), "{summary:?}");
     assert_eq!(r.r.waiting("default"), 2);
-    // A job manager re-attaches under a new identity; its health says it
-    // still runs "reported", which then reports.
+    // A stranger cannot claim the jobs in doubt.
+    r.inform("intruder", &[(10, "default")]);
+    let claim = emq_protocol::PoolHealth {
+        in_flight: vec![emq_protocol::JobHealth { msgid: "reported".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    heartbeat_with(&mut r, "intruder", &claim);
+    let out = r.done("intruder", "reported", r#"{"value": "forged"}"#);
+    assert!(result_to(&out, "reported").is_none(), "a forged report reaches nobody");
+    assert_eq!((r.r.errors()["forged_report"], r.r.in_doubt_count()), (2, 2));
+    // The job manager re-attaches under its own identity; its health says
+    // it still runs "reported", which then reports.
     r.inform("jm2", &[(10, "default")]);
     let health = emq_protocol::PoolHealth {
         in_flight: vec![emq_protocol::JobHealth { msgid: "reported".into(), ..Default::default() }],
@@ -462,7 +492,7 @@ fn restart_from_the_journal_puts_every_job_back() {
     // The buffered ones run, in their order.
     let out = r.ready("jm2");
     assert_eq!(dispatched_to(&out), vec![("jm2".to_string(), "b1".to_string())]);
-    let status: serde_json::Value = serde_json::from_str(&r.r.history.status_json("reported")).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&r.r.history.status_json("reported", true)).unwrap();
     assert_eq!(status["state"], "done");
 }
 
@@ -512,7 +542,7 @@ fn kbye_drains_running_jobs_then_forgets_the_job_manager() {
 fn job_status_follows_a_job_from_queued_to_done() {
     let mut h = Harness::new();
     let status = |h: &mut Harness| -> serde_json::Value {
-        let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::JobStatus { job_msgid: "j".into() }));
+        let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: None }));
         let Action::Send { message, .. } = &out[0] else { panic!() };
         let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
         serde_json::from_str(body).unwrap()
@@ -536,7 +566,7 @@ fn job_status_follows_a_job_from_queued_to_done() {
     h.ready("jm");
     h.request("c", "f", "default", "");
     h.done("jm", "f", r#"{"value": "boom", "error": {"type": "ValueError", "message": "boom", "traceback": ""}}"#);
-    let out = h.recv(SocketKind::Frontend, "c", Command::Admin(AdminCommand::JobStatus { job_msgid: "f".into() }));
+    let out = h.recv(SocketKind::Frontend, "c", Command::Admin(AdminCommand::JobStatus { job_msgid: "f".into(), owner_token: None }));
     let Action::Send { message, .. } = &out[0] else { panic!() };
     let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
     assert!(body.contains("\"failed\""), "{body}");
@@ -627,7 +657,7 @@ fn retries_with_growing_delay_and_only_the_final_outcome_reaches_the_client() {
     // Attempt 3 succeeds: one success reply.
     let r = result_to(&h.done("jm", "j", r#"{"value": 7}"#), "j").unwrap();
     assert_eq!(r, JobReply::ok(7.into()));
-    let s = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "j".into() });
+    let s = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: None });
     assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(3)));
     assert_eq!(s["attempt_errors"].as_array().unwrap().len(), 2);
     assert_eq!(s["attempt_errors"][1]["type"], "ValueError");
@@ -654,7 +684,7 @@ fn a_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued() {
         (dead["dead_letters"][0]["msgid"].as_str(), dead["dead_letters"][0]["attempts"].as_u64()),
         (Some("d"), Some(2))
     );
-    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into() })["state"], "dead");
+    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into(), owner_token: None })["state"], "dead");
     let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Requeue { job_msgid: "d".into() }));
     assert_eq!(dispatched_to(&out), vec![("jm".into(), "d".into())]);
     assert_eq!(admin_json(&mut h, AdminCommand::DeadLetters)["count"], 0);
@@ -677,7 +707,7 @@ fn lost_job_manager_fails_plain_jobs_and_retries_retryable_ones() {
     h.ready("jm2");
     h.advance(1.1);
     assert_eq!(dispatched_to(&h.tick()), vec![("jm2".into(), "retry".into())]);
-    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into() })["state"], "lost");
+    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into(), owner_token: None })["state"], "lost");
 }
 
 #[test]
@@ -685,7 +715,7 @@ fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
     let now = Now::real();
     let mut c = cfg();
     c.reject_unknown_queues = true;
-    let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
+    let mut h = Harness::with(RouterState::new(c, now), now);
     let out = h.request("c", "x", "nosuch", "");
     assert_eq!(result_to(&out, "x").unwrap().error.unwrap().kind.as_str(), "refused");
     h.inform("d", &[(10, "default")]);
@@ -733,7 +763,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
         c.job_history = 1_000_000;
         c.dead_letter_max = 1_000_000;
         c.reject_unknown_queues = rng() % 2 == 0;
-        let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
+        let mut h = Harness::with(RouterState::new(c, now), now);
         let mut accepted: Vec<String> = Vec::new();
         let mut next_id = 0;
         for _ in 0..200 {
@@ -953,7 +983,7 @@ fn buffers_spill_past_buffer_memory_and_keep_their_order() {
     c.hwm = 0;
     c.buffer_memory = 64 << 10;
     let now = Now::real();
-    let mut h = Harness { r: RouterState::new(c, now), now, journal: Vec::new() };
+    let mut h = Harness::with(RouterState::new(c, now), now);
     for i in 0..5000 {
         let out = h.request("c", &format!("m{i}"), "default", "");
         assert!(is_receipt(&out[0], &format!("m{i}")), "all accepted, none refused");
@@ -995,4 +1025,80 @@ fn finished_jobs_expire_after_result_ttl() {
     h.tick();
     assert!(h.r.history.get("done").is_none(), "gone after result_ttl");
     assert!(h.r.history.get("waiting").is_some(), "a live job's record stays");
+}
+
+/// Only the job manager a job was handed to may end it: a peer that
+/// INFORMs on the backend cannot forge a result for another's job.
+#[test]
+fn a_forged_reply_from_another_job_manager_is_dropped() {
+    let mut h = Harness::new();
+    h.inform("real", &[(10, "default")]);
+    h.ready("real");
+    h.request("c", "j", "default", "reply-requested");
+    h.inform("fake", &[(10, "default")]);
+    let out = h.done("fake", "j", r#"{"value": "forged"}"#);
+    assert!(result_to(&out, "j").is_none());
+    assert_eq!(h.r.errors()["forged_reply"], 1);
+    let out = h.done("real", "j", r#"{"value": "real"}"#);
+    assert_eq!(result_to(&out, "j").unwrap().value, serde_json::json!("real"), "the real result still arrives");
+}
+
+/// A frontend peer that INFORMs as a scheduler would receive every
+/// client's SCHEDULE orders: nobody may by default.
+#[test]
+fn schedulers_must_be_allowed() {
+    let inform = Command::Inform(Inform { queues: QueueSpec::default(), kind: "scheduler".into(), features: None });
+    let mut h = Harness::new();
+    assert!(h.recv(SocketKind::Frontend, "sneaky", inform.clone()).is_empty(), "no ACK");
+    assert_eq!(h.r.errors()["scheduler_refused"], 1);
+    let order = Command::Schedule(emq_protocol::Schedule {
+        queue: "default".into(),
+        headers: "".into(),
+        interval_secs: "60".into(),
+        payload: "[]".into(),
+        cron: String::new(),
+    });
+    let out = h.recv(SocketKind::Frontend, "client", order.clone());
+    assert!(sends(&out).iter().all(|(_, peer, _)| peer != "sneaky"), "no SCHEDULE reaches it");
+    let mut c = cfg();
+    c.allowed_schedulers = vec!["*".into()];
+    let now = Now::real();
+    let mut h = Harness::with(RouterState::new(c, now), now);
+    assert_eq!(sends(&h.recv(SocketKind::Frontend, "sched", inform)), vec![(SocketKind::Frontend, "sched".into(), "ACK".into())]);
+    let out = h.recv(SocketKind::Frontend, "client", order);
+    assert_eq!(sends(&out)[0].1, "sched");
+}
+
+/// Whoever reaches the admin socket may look, not change anything, and
+/// sees no job's result unless it sent the job (or holds its owner token)
+/// or is an authenticated admin.
+#[test]
+fn admin_changes_need_the_token_and_results_are_owned() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "j", "default", "reply-requested,owner:s3cret");
+    h.done("jm", "j", r#"{"value": "private"}"#);
+    // A stranger: no DISCONNECT, no REQUEUE, no result.
+    let out = h.recv_id(SocketKind::Admin, "stranger", Message::with_msgid("d1", Command::Disconnect));
+    assert!(!out.contains(&Action::Shutdown));
+    assert_eq!(h.r.errors()["admin_refused"], 1);
+    let wrong = h.recv(SocketKind::Admin, "stranger", Command::Admin(AdminCommand::Authenticate { token: "guess".into() }));
+    assert!(!sends(&wrong).is_empty());
+    assert_eq!(h.r.errors()["admin_auth_failed"], 1);
+    let status = |h: &mut Harness, socket, peer: &str, token: Option<&str>| -> serde_json::Value {
+        let cmd = AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: token.map(str::to_owned) };
+        let out = h.recv(socket, peer, Command::Admin(cmd));
+        let Action::Send { message, .. } = &out[0] else { panic!() };
+        let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
+        serde_json::from_str(body).unwrap()
+    };
+    let v = status(&mut h, SocketKind::Admin, "stranger", None);
+    assert_eq!((v["state"].as_str(), v.get("result")), (Some("done"), None), "{v}");
+    let v = status(&mut h, SocketKind::Frontend, "other-client", Some("guess"));
+    assert!(v.get("result").is_none(), "{v}");
+    // The sending connection, the owner token from a new connection, an admin.
+    assert_eq!(status(&mut h, SocketKind::Frontend, "c", None)["result"]["value"], "private");
+    assert_eq!(status(&mut h, SocketKind::Frontend, "c-reconnected", Some("s3cret"))["result"]["value"], "private");
+    assert_eq!(status(&mut h, SocketKind::Admin, "cli", None)["result"]["value"], "private");
 }
