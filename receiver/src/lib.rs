@@ -98,11 +98,27 @@ impl Receiver {
     /// Binds a ROUTER to `addr` (e.g. `tcp://127.0.0.1:47291`), with
     /// `ROUTER_MANDATORY` and the given high-water marks.
     pub fn bind(ctx: &zmq::Context, addr: &str, hwm: i32) -> Result<Receiver, ReceiverError> {
+        Self::bind_with(ctx, addr, hwm, -1)
+    }
+
+    /// [`Self::bind`], refusing messages larger than `max_message_bytes`
+    /// (`ZMQ_MAXMSGSIZE`; -1 = no limit): a peer that sends one is
+    /// disconnected before its message is held. Set before binding — the
+    /// listener copies its options then.
+    pub fn bind_with(
+        ctx: &zmq::Context,
+        addr: &str,
+        hwm: i32,
+        max_message_bytes: i64,
+    ) -> Result<Receiver, ReceiverError> {
         let socket = ctx.socket(zmq::ROUTER)?;
         socket.set_router_mandatory(true)?;
-        // A client reconnecting under its old identity takes over the route,
-        // so results still to come reach it.
-        socket.set_router_handover(true)?;
+        // No handover: a newcomer that connects under a live peer's
+        // identity must not take over its route (and its results). A
+        // client that reconnects does so under a new identity and finds
+        // its jobs by msgid and owner token.
+        socket.set_router_handover(false)?;
+        socket.set_maxmsgsize(max_message_bytes)?;
         socket.set_sndhwm(hwm)?;
         socket.set_rcvhwm(hwm)?;
         // Give KBYEs a moment to leave on shutdown, but never hang exit.

@@ -116,14 +116,12 @@ impl Server {
         let cfg = settings.to_config()?;
         let opts = settings.journal_options(journal_repair)?;
         let ctx = zmq::Context::new();
-        let frontend = Receiver::bind(&ctx, &settings.frontend_addr, settings.socket_hwm)?;
-        let backend = Receiver::bind(&ctx, &settings.backend_addr, settings.socket_hwm)?;
-        let admin = Receiver::bind(&ctx, &settings.administrative_addr, settings.socket_hwm)?;
-        // Before any peer connects: a bigger message drops its sender's
+        // A message bigger than max_message_bytes drops its sender's
         // connection instead of being held (memory exhaustion).
-        for r in [&frontend, &backend, &admin] {
-            r.socket().set_maxmsgsize(settings.max_message_bytes as i64).map_err(ReceiverError::from)?;
-        }
+        let max = settings.max_message_bytes as i64;
+        let frontend = Receiver::bind_with(&ctx, &settings.frontend_addr, settings.socket_hwm, max)?;
+        let backend = Receiver::bind_with(&ctx, &settings.backend_addr, settings.socket_hwm, max)?;
+        let admin = Receiver::bind_with(&ctx, &settings.administrative_addr, settings.socket_hwm, max)?;
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         let snapshot = if settings.http_addr.trim().is_empty() {
             None
