@@ -69,6 +69,9 @@ pub fn main() -> ExitCode {
         }
     };
     emq_settings::init_logging(&s.log_level);
+    if nix::unistd::geteuid().is_root() && s.worker_user.trim().is_empty() {
+        tracing::warn!("running as root: jobs run as root too; set worker_user to run them as another user");
+    }
     if cfg.allowed_paths.iter().any(|p| p == "*") {
         tracing::warn!("allowed_paths = [\"*\"]: any importable callable can be run by anyone who can reach the router");
     }

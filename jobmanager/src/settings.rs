@@ -92,6 +92,9 @@ pub struct JobManagerSettings {
     pub name: String,
     /// Largest message the router may send (`ZMQ_MAXMSGSIZE`).
     pub max_message_bytes: u64,
+    /// The user workers run as (a name or a numeric uid); empty: the job
+    /// manager's own. A job manager started as root warns unless set.
+    pub worker_user: String,
     pub log_level: String,
 }
 
@@ -123,6 +126,7 @@ impl Default for JobManagerSettings {
             allowed_paths: Vec::new(),
             name: String::new(),
             max_message_bytes: 16 << 20,
+            worker_user: String::new(),
             log_level: "info".into(),
         }
     }
@@ -154,6 +158,7 @@ impl JobManagerSettings {
     /// the key, the value and why.
     pub fn to_config(&self) -> Result<crate::state::JmConfig, SettingsError> {
         v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
+        self.worker_identity()?;
         let queues =
             self.queues.parse().map_err(|e| SettingsError::invalid("queues", self.queues.shown(), e.to_string()))?;
         v::zmq_endpoint("worker_addr", &self.worker_addr)?;
@@ -212,9 +217,26 @@ impl JobManagerSettings {
         Ok(paths)
     }
 
+    /// `worker_user` as `(uid, gid)`: a user name (its primary group), or
+    /// a numeric uid (same-numbered gid).
+    pub fn worker_identity(&self) -> Result<Option<(u32, u32)>, SettingsError> {
+        let u = self.worker_user.trim();
+        if u.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(uid) = u.parse::<u32>() {
+            return Ok(Some((uid, uid)));
+        }
+        match nix::unistd::User::from_name(u) {
+            Ok(Some(user)) => Ok(Some((user.uid.as_raw(), user.gid.as_raw()))),
+            _ => Err(SettingsError::invalid("worker_user", u, "no such user on this machine")),
+        }
+    }
+
     /// What each worker process is told.
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
+            run_as: self.worker_identity().ok().flatten(),
             python_path: self.python_path.clone(),
             python_venv: optional(&self.python_venv),
             subprocess_setup_func: optional(&self.subprocess_setup_func),
@@ -305,6 +327,13 @@ mod tests {
         refused("log_level", |s| s.log_level = "info=bogus[".into());
         let ok = JobManagerSettings { prefetch: 0, spare_workers: 0, allowed_paths: vec!["*".into()], ..Default::default() };
         ok.to_config().unwrap();
+        // worker_user: a name, a uid, or an error naming the key.
+        let with = |u: &str| JobManagerSettings { worker_user: u.into(), ..Default::default() };
+        assert_eq!(with("").worker_identity().unwrap(), None);
+        assert_eq!(with("1234").worker_identity().unwrap(), Some((1234, 1234)));
+        assert_eq!(with("root").worker_identity().unwrap(), Some((0, 0)));
+        assert_eq!(with("root").worker_config().run_as, Some((0, 0)));
+        refused("worker_user", |s| s.worker_user = "no-such-user-here".into());
         // Closed by default: no allowed_paths, no job manager.
         let e = refused("allowed_paths", |s| s.allowed_paths = vec![]);
         assert!(e.contains("[\"*\"]"), "{e}");

@@ -66,6 +66,12 @@ impl WorkerProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some((uid, gid)) = cfg.run_as {
+            // std sets the group, drops supplementary groups (setgroups)
+            // and sets the user in the child before exec.
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

@@ -62,6 +62,10 @@ pub struct WorkerConfig {
     pub job_exit_func: Option<String>,
     /// Log filter for the worker's own messages.
     pub log_level: String,
+    /// `(uid, gid)` the worker runs as (setting `worker_user`), so a job
+    /// never runs as root unless asked; `None`: the job manager's own.
+    #[serde(default)]
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Encodes one frame.

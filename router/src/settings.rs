@@ -31,6 +31,9 @@ pub struct RouterSettings {
     /// Seconds a finished job's record and result are kept (for JOB_STATUS
     /// and clients that missed the result).
     pub result_ttl: f64,
+    /// Bytes of job results the router keeps for JOB_STATUS (oldest
+    /// evicted first; a result larger than a sixteenth of it is not kept).
+    pub results_max_bytes: u64,
     /// Largest message any peer may send (ZeroMQ's `ZMQ_MAXMSGSIZE` on
     /// all three sockets): a peer sending a bigger one is disconnected
     /// before the router holds it.
@@ -86,6 +89,7 @@ impl Default for RouterSettings {
             result_ttl: 86_400.0,
             allowed_schedulers: Vec::new(),
             max_message_bytes: 16 << 20,
+            results_max_bytes: 256 << 20,
             retry_delay: 1.0,
             retry_multiplier: 2.0,
             dead_letter_max: 10_000,
@@ -132,6 +136,7 @@ impl RouterSettings {
             hwm: v::count("hwm", self.hwm, 0, MAX_JOBS)?,
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
             result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
+            results_max_bytes: v::count("results_max_bytes", self.results_max_bytes, 1 << 16, 1 << 40)?,
             allowed_schedulers: self.allowed_schedulers.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
@@ -203,6 +208,7 @@ impl RouterSettings {
             result_ttl,
             allowed_schedulers,
             max_message_bytes,
+            results_max_bytes,
             retry_delay,
             retry_multiplier,
             dead_letter_max,

@@ -120,17 +120,85 @@ pub struct AttemptError {
     pub at: f64,
 }
 
-/// Recent jobs by msgid, bounded.
+/// Recent jobs by msgid, bounded in number (`job_history`) and in the
+/// bytes of the results they keep (`results_max_bytes`).
 #[derive(Debug)]
 pub struct JobHistory {
     cap: usize,
     records: HashMap<Arc<str>, JobRecord>,
     order: VecDeque<Arc<str>>,
+    /// Bytes of results kept, at most `results_max_bytes`.
+    result_bytes: usize,
+    results_max_bytes: usize,
+    /// Jobs whose result is kept, oldest first (evicted first).
+    with_results: VecDeque<Arc<str>>,
 }
+
+/// What a JOB_STATUS shows in place of a result that was not kept.
+const RESULT_NOT_KEPT: &str = r#"{"value": null, "result_not_kept": "larger than the router keeps, or evicted to stay within results_max_bytes; the client that asked for a reply got it in full"}"#;
 
 impl JobHistory {
     pub fn new(cap: usize) -> Self {
-        JobHistory { cap, records: HashMap::default(), order: VecDeque::new() }
+        JobHistory {
+            cap,
+            records: HashMap::default(),
+            order: VecDeque::new(),
+            result_bytes: 0,
+            results_max_bytes: 256 << 20,
+            with_results: VecDeque::new(),
+        }
+    }
+
+    /// The byte budget of kept results.
+    pub fn set_results_max_bytes(&mut self, n: usize) {
+        self.results_max_bytes = n;
+        self.evict_results(0);
+    }
+
+    /// Keeps `result` as `msgid`'s result. One larger than a sixteenth of
+    /// the budget is not kept (a note says so: a small JOB_STATUS must not
+    /// fetch a huge answer); older results are evicted to stay within
+    /// `results_max_bytes`. A refusal flood or a few huge results cannot
+    /// grow the router.
+    pub fn set_result(&mut self, msgid: &str, result: String) {
+        let Some(r) = self.records.get_mut(msgid) else { return };
+        let old = r.result.take().map_or(0, |o| o.len());
+        self.result_bytes = self.result_bytes.saturating_sub(old);
+        if result.len() > self.results_max_bytes / 16 {
+            r.result = Some(RESULT_NOT_KEPT.to_owned());
+            return;
+        }
+        let len = result.len();
+        r.result = Some(result);
+        if old == 0 {
+            if let Some((k, _)) = self.records.get_key_value(msgid) {
+                self.with_results.push_back(k.clone());
+            }
+        }
+        self.result_bytes += len;
+        self.evict_results(0);
+    }
+
+    /// Drops the oldest kept results until `room` more bytes fit.
+    fn evict_results(&mut self, room: usize) {
+        while self.result_bytes + room > self.results_max_bytes {
+            let Some(id) = self.with_results.pop_front() else { break };
+            if let Some(r) = self.records.get_mut(&id) {
+                if let Some(old) = r.result.take() {
+                    self.result_bytes = self.result_bytes.saturating_sub(old.len());
+                    r.result = Some(RESULT_NOT_KEPT.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Forgets a record, with the bytes of its result.
+    fn forget(&mut self, id: &str) {
+        if let Some(r) = self.records.remove(id) {
+            if let Some(res) = r.result.filter(|x| x != RESULT_NOT_KEPT) {
+                self.result_bytes = self.result_bytes.saturating_sub(res.len());
+            }
+        }
     }
 
     /// Records a new job (a repeated msgid replaces its record).
@@ -144,7 +212,7 @@ impl JobHistory {
         }
         while self.records.len() >= self.cap {
             let Some(oldest) = self.order.pop_front() else { break };
-            self.records.remove(&oldest);
+            self.forget(&oldest);
         }
         self.order.push_back(msgid.clone());
         self.records.insert(msgid, record);
@@ -161,7 +229,7 @@ impl JobHistory {
             match self.records.get(id) {
                 Some(r) if r.state.is_final() && r.finished.is_some_and(|f| f < before) => {
                     let id = self.order.pop_front().expect("front exists");
-                    self.records.remove(&id);
+                    self.forget(&id);
                     n += 1;
                 }
                 Some(_) => break,
@@ -178,7 +246,7 @@ impl JobHistory {
         self.cap = cap;
         while self.records.len() > cap {
             let Some(oldest) = self.order.pop_front() else { break };
-            self.records.remove(&oldest);
+            self.forget(&oldest);
         }
     }
 

@@ -162,6 +162,9 @@ pub struct RouterConfig {
     /// JOB_STATUS and clients that missed the result (`job_history` bounds
     /// their number too).
     pub result_ttl: Duration,
+    /// Bytes of results kept for JOB_STATUS (oldest evicted first; one
+    /// larger than a sixteenth of it is not kept).
+    pub results_max_bytes: u64,
     /// Bytes of buffered jobs held in memory before buffers spill to disk.
     pub buffer_memory: u64,
     /// Journal bytes on disk before the frontend is full.
@@ -233,8 +236,10 @@ pub struct RouterState {
 
 impl RouterState {
     pub fn new(cfg: RouterConfig, now: Now) -> Self {
+        let mut history = JobHistory::new(cfg.job_history);
+        history.set_results_max_bytes(cfg.results_max_bytes as usize);
         RouterState {
-            history: JobHistory::new(cfg.job_history),
+            history,
             cfg,
             started: now.mono,
             job_managers: HashMap::default(),
@@ -293,6 +298,7 @@ impl RouterState {
     /// records; jobs already buffered past a smaller `hwm` stay).
     pub fn reload(&mut self, cfg: RouterConfig) {
         self.history.set_cap(cfg.job_history);
+        self.history.set_results_max_bytes(cfg.results_max_bytes as usize);
         self.cfg = cfg;
     }
 

@@ -100,9 +100,8 @@ impl RouterState {
             (Some((JobErrorKind::JobManagerLost | JobErrorKind::RouterRestarted, _)), false) => JobState::Lost,
             (Some(_), false) => JobState::Failed,
         };
-        if let Some(r) = self.history.mark(&id, state, now.unix) {
-            r.result = Some(reply_json.clone());
-        }
+        self.history.mark(&id, state, now.unix);
+        self.history.set_result(&id, reply_json.clone());
         out.push(Action::Journal(Record::Finished {
             msgid: id.to_string(),
             state: final_state(state),
@@ -150,9 +149,8 @@ impl RouterState {
         self.count("retried");
         self.stats.retried(&job.queue);
         info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %failure.kind, ?delay, "job failed: retrying");
-        if let Some(r) = self.history.mark(&id, JobState::Retrying, now.unix) {
-            r.result = Some(reply_json.clone());
-        }
+        self.history.mark(&id, JobState::Retrying, now.unix);
+        self.history.set_result(&id, reply_json.clone());
         out.push(Action::Journal(Record::Retrying {
             msgid: id.to_string(),
             failure,

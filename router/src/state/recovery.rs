@@ -119,8 +119,9 @@ impl RouterState {
                 if !failure.kind.is_empty() {
                     self.history.record_attempt_error(&msgid, attempt_error(&failure));
                 }
-                if let Some(rec) = self.history.mark(&msgid, JobState::Retrying, failure.at) {
-                    rec.result = Some(result).filter(|r| !r.is_empty()).or(rec.result.take());
+                self.history.mark(&msgid, JobState::Retrying, failure.at);
+                if !result.is_empty() {
+                    self.history.set_result(&msgid, result);
                 }
             }
             Record::Finished { msgid, state, at, result, failure } => {
@@ -134,12 +135,15 @@ impl RouterState {
                 if let Some(f) = &failure {
                     self.history.record_attempt_error(&msgid, attempt_error(f));
                 }
-                if let Some(rec) = self.history.mark(&msgid, job_state(state), at) {
-                    rec.result = Some(result).filter(|r| !r.is_empty());
+                self.history.mark(&msgid, job_state(state), at);
+                if !result.is_empty() {
+                    self.history.set_result(&msgid, result);
                 }
             }
             Record::History(h) => {
                 let queue = self.queue_name(&h.queue);
+                let result = h.result;
+                let msgid: Arc<str> = Arc::from(h.msgid.as_str());
                 let record = JobRecord {
                     queue,
                     state: job_state(h.state),
@@ -148,13 +152,16 @@ impl RouterState {
                     dispatched: h.dispatched,
                     finished: Some(h.finished),
                     attempts: h.attempts,
-                    result: h.result,
+                    result: None,
                     attempt_errors: h.failures.iter().map(attempt_error).collect(),
                     // Read back only by an admin after a restart.
                     client: None,
                     owner: None,
                 };
-                self.history.insert(Arc::from(h.msgid.as_str()), record);
+                self.history.insert(msgid.clone(), record);
+                if let Some(r) = result {
+                    self.history.set_result(&msgid, r);
+                }
             }
             Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }

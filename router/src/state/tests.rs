@@ -16,6 +16,7 @@ fn cfg() -> RouterConfig {
         stop_grace: Duration::from_secs(10),
         allowed_schedulers: vec![],
         result_ttl: Duration::from_secs(3600),
+        results_max_bytes: 256 << 20,
         buffer_memory: 1 << 30,
         journal_max_bytes: 1 << 34,
         refuse_when_full: false,
@@ -1101,4 +1102,29 @@ fn admin_changes_need_the_token_and_results_are_owned() {
     assert_eq!(status(&mut h, SocketKind::Frontend, "c", None)["result"]["value"], "private");
     assert_eq!(status(&mut h, SocketKind::Frontend, "c-reconnected", Some("s3cret"))["result"]["value"], "private");
     assert_eq!(status(&mut h, SocketKind::Admin, "cli", None)["result"]["value"], "private");
+}
+
+/// Kept results have a byte budget: a huge one is not kept (a small
+/// JOB_STATUS must not fetch it), the oldest are evicted first.
+#[test]
+fn kept_results_stay_within_their_budget() {
+    let mut c = cfg();
+    c.results_max_bytes = 40_000;
+    let now = Now::real();
+    let mut h = Harness::with(RouterState::new(c, now), now);
+    h.inform("jm", &[(10, "default")]);
+    let big = format!(r#"{{"value": "{}"}}"#, "x".repeat(2000));
+    for i in 0..20 {
+        h.ready("jm");
+        h.request("c", &format!("j{i}"), "default", "reply-requested");
+        let out = h.done("jm", &format!("j{i}"), &big);
+        assert!(result_to(&out, &format!("j{i}")).is_some(), "the client gets it in full");
+    }
+    let kept = |h: &Harness, id: &str| h.r.history.get(id).and_then(|r| r.result.clone()).unwrap();
+    assert!(kept(&h, "j0").contains("result_not_kept"), "oldest evicted");
+    assert_eq!(kept(&h, "j19"), big, "newest kept");
+    h.ready("jm");
+    h.request("c", "huge", "default", "");
+    h.done("jm", "huge", &format!(r#"{{"value": "{}"}}"#, "y".repeat(5000)));
+    assert!(kept(&h, "huge").contains("result_not_kept"));
 }
