@@ -46,9 +46,10 @@ pub enum CurveError {
     /// A key is not 40 Z85 characters.
     #[error("invalid CURVE key{}: expected 40 Z85 characters", .0.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     InvalidKey(Option<PathBuf>),
-    /// A key file or directory could not be read or written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A key file or directory could not be read or written. (The field
+    /// is not named `source`, so `{:#}` chains do not print it twice.)
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// Two entries of one allow-list share a name or a key: a user id must
     /// name exactly one key.
     #[error("duplicate allow-list entry {0:?}")]
@@ -88,7 +89,7 @@ impl Key {
     /// Reads a key file: the first line that is neither empty nor a `#`
     /// comment.
     pub fn from_file(path: &Path) -> Result<Key, CurveError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CurveError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CurveError::Io { path: path.to_owned(), error: source })?;
         let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("");
         Self::parse(line, Some(path))
     }
@@ -157,7 +158,7 @@ pub fn write_key_pair(dir: &Path, name: &str) -> Result<KeyFiles, CurveError> {
     let pair = zmq::CurveKeyPair::new()?;
     let (public, secret) = (Key(pair.public_key), Key(pair.secret_key));
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CurveError + '_ {
-        move |source| CurveError::Io { path: path.to_owned(), source }
+        move |source| CurveError::Io { path: path.to_owned(), error: source }
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let public_path = dir.join(format!("{name}.pub"));
@@ -166,7 +167,7 @@ pub fn write_key_pair(dir: &Path, name: &str) -> Result<KeyFiles, CurveError> {
         if p.exists() {
             return Err(CurveError::Io {
                 path: p.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (not overwritten)"),
+                error: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (not overwritten)"),
             });
         }
     }
@@ -222,7 +223,7 @@ impl AllowList {
     /// unreadable or malformed `.pub` file is an error, not a silent skip
     /// (a typo must not lock a client out without a word).
     pub fn from_dir(dir: &Path) -> Result<AllowList, CurveError> {
-        let io = |source| CurveError::Io { path: dir.to_owned(), source };
+        let io = |error| CurveError::Io { path: dir.to_owned(), error };
         let mut paths: Vec<PathBuf> =
             std::fs::read_dir(dir).map_err(io)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io)?;
         paths.sort();
@@ -293,7 +294,7 @@ impl ZapHandler {
             std::thread::Builder::new()
                 .name("emq-zap".into())
                 .spawn(move || serve(socket, domains, stop))
-                .map_err(|e| CurveError::Io { path: PathBuf::from("emq-zap thread"), source: e })?
+                .map_err(|e| CurveError::Io { path: PathBuf::from("emq-zap thread"), error: e })?
         };
         Ok(ZapHandler { domains, stop, thread: Some(thread) })
     }
