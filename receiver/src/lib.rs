@@ -7,6 +7,11 @@
 //! [`SendError::Unreachable`], a full pipe is [`SendError::WouldBlock`] (the
 //! caller keeps the message and retries — never drops it).
 //!
+//! Optionally a CURVE server ([`Receiver::bind_curve`], module [`curve`]):
+//! encrypted connections, clients admitted by a ZAP handler from a per-socket
+//! allow-list, and each message tagged with the client key's name
+//! ([`Incoming::user`]). Plaintext stays the default.
+//!
 //! Does not own: what to do with a message (router state machine), retry
 //! queues, or polling policy.
 
@@ -14,6 +19,9 @@ use emq_protocol::{DecodeError, Message};
 use std::fmt;
 use std::sync::Arc;
 use thiserror::Error;
+
+pub mod curve;
+pub use curve::{AllowList, CurveError, CurveServer, Key, ZapHandler};
 
 /// A peer's routing identity (frame 0 as a ROUTER receives it). Cheap to
 /// clone: the router keeps it in many records.
@@ -63,6 +71,10 @@ impl fmt::Debug for PeerId {
 pub struct Incoming {
     pub peer: PeerId,
     pub message: Result<Message, DecodeError>,
+    /// On a CURVE socket: the name of the client's key, as the ZAP handler
+    /// reported it (libzmq's `User-Id` message property) — who sent this,
+    /// for logs and job records. `None` on plaintext sockets.
+    pub user: Option<String>,
 }
 
 /// Socket-level failures.
@@ -72,6 +84,9 @@ pub enum ReceiverError {
     Bind { addr: String, source: zmq::Error },
     #[error("zmq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// CURVE was asked for but cannot be set up.
+    #[error("CURVE: {0}")]
+    Curve(#[from] CurveError),
 }
 
 /// Why a send did not happen. The message is handed back so nothing is lost.
@@ -92,13 +107,15 @@ pub enum SendError {
 pub struct Receiver {
     socket: zmq::Socket,
     addr: String,
+    /// A CURVE server socket: messages carry a `User-Id` to read.
+    curve: bool,
 }
 
 impl Receiver {
     /// Binds a ROUTER to `addr` (e.g. `tcp://127.0.0.1:47291`), with
     /// `ROUTER_MANDATORY` and the given high-water marks.
     pub fn bind(ctx: &zmq::Context, addr: &str, hwm: i32) -> Result<Receiver, ReceiverError> {
-        Self::bind_with(ctx, addr, hwm, -1)
+        Self::bind_inner(ctx, addr, hwm, -1, None)
     }
 
     /// [`Self::bind`], refusing messages larger than `max_message_bytes`
@@ -111,7 +128,55 @@ impl Receiver {
         hwm: i32,
         max_message_bytes: i64,
     ) -> Result<Receiver, ReceiverError> {
+        Self::bind_inner(ctx, addr, hwm, max_message_bytes, None)
+    }
+
+    /// Binds a ROUTER like [`Receiver::bind_with`], as a CURVE server: only
+    /// clients holding a key in the allow-list of `server.domain` (in
+    /// `zap`, which must run in the same `ctx`) get through, encrypted, and
+    /// each message says whose key it was ([`Incoming::user`]). Plaintext
+    /// clients are refused by libzmq during the handshake. Taking the
+    /// handler by reference keeps a CURVE socket from running unchecked
+    /// (libzmq admits every key when no handler is bound).
+    pub fn bind_curve(
+        ctx: &zmq::Context,
+        addr: &str,
+        hwm: i32,
+        server: &CurveServer,
+        zap: &ZapHandler,
+    ) -> Result<Receiver, ReceiverError> {
+        Self::bind_curve_with(ctx, addr, hwm, -1, server, zap)
+    }
+
+    /// [`Self::bind_curve`] with a `max_message_bytes` limit.
+    pub fn bind_curve_with(
+        ctx: &zmq::Context,
+        addr: &str,
+        hwm: i32,
+        max_message_bytes: i64,
+        server: &CurveServer,
+        zap: &ZapHandler,
+    ) -> Result<Receiver, ReceiverError> {
+        let _ = zap;
+        if !curve::curve_available() {
+            return Err(CurveError::Unsupported.into());
+        }
+        Self::bind_inner(ctx, addr, hwm, max_message_bytes, Some(server))
+    }
+
+    fn bind_inner(
+        ctx: &zmq::Context,
+        addr: &str,
+        hwm: i32,
+        max_message_bytes: i64,
+        curve: Option<&CurveServer>,
+    ) -> Result<Receiver, ReceiverError> {
         let socket = ctx.socket(zmq::ROUTER)?;
+        if let Some(c) = curve {
+            socket.set_curve_server(true)?;
+            socket.set_curve_secretkey(&c.secret.0)?;
+            socket.set_zap_domain(&c.domain)?;
+        }
         socket.set_router_mandatory(true)?;
         // No handover: a newcomer that connects under a live peer's
         // identity must not take over its route (and its results). A
@@ -125,7 +190,7 @@ impl Receiver {
         socket.set_linger(500)?;
         socket.bind(addr).map_err(|source| ReceiverError::Bind { addr: addr.to_owned(), source })?;
         let addr = socket.get_last_endpoint().ok().and_then(|r| r.ok()).unwrap_or_else(|| addr.to_owned());
-        Ok(Receiver { socket, addr })
+        Ok(Receiver { socket, addr, curve: curve.is_some() })
     }
 
     /// The bound endpoint (with the real port when bound to `:0` / `*`).
@@ -142,15 +207,51 @@ impl Receiver {
     /// waiting. A message without an identity frame cannot happen on a
     /// ROUTER, but is reported as an empty peer rather than a panic.
     pub fn try_recv(&self) -> Result<Option<Incoming>, ReceiverError> {
+        if self.curve {
+            return self.try_recv_curve();
+        }
         match self.socket.recv_multipart(zmq::DONTWAIT) {
             Ok(mut frames) => {
                 let peer = if frames.is_empty() { PeerId::from(&b""[..]) } else { PeerId::from(&frames.remove(0)[..]) };
                 let message = Message::from_frames(&frames);
-                Ok(Some(Incoming { peer, message }))
+                Ok(Some(Incoming { peer, message, user: None }))
             }
             Err(zmq::Error::EAGAIN) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// [`Receiver::try_recv`] on a CURVE socket: the identity frame is read
+    /// as a `zmq::Message` to get at its `User-Id` property (which libzmq
+    /// copies onto the identity frame from the peer's metadata); the rest
+    /// as on the plain path. Kept apart so the plain path pays nothing.
+    fn try_recv_curve(&self) -> Result<Option<Incoming>, ReceiverError> {
+        let mut first = match self.socket.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => m,
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut user = first.gets("User-Id").map(str::to_owned);
+        let peer = PeerId::from(&first[..]);
+        let mut frames = Vec::new();
+        let mut more = first.get_more();
+        while more {
+            // The rest of a multipart message is already here (ZeroMQ
+            // delivers messages whole): this does not block.
+            let mut m = self.socket.recv_msg(0)?;
+            if user.is_none() {
+                user = m.gets("User-Id").map(str::to_owned);
+            }
+            more = m.get_more();
+            frames.push(m.to_vec());
+        }
+        let message = Message::from_frames(&frames);
+        Ok(Some(Incoming { peer, message, user: user.filter(|u| !u.is_empty()) }))
+    }
+
+    /// Whether this socket is a CURVE server.
+    pub fn is_curve(&self) -> bool {
+        self.curve
     }
 
     /// Sends `message` to `peer` without blocking.

@@ -5,10 +5,17 @@
 //! [`Message`]s, and reconnecting — under a new identity, as EventMQ's job
 //! manager does after losing its router, so the router sees a new peer.
 //!
+//! Optionally a CURVE client ([`Sender::connect_curve`]): encrypted, and
+//! authenticated by its key pair to a router that knows its public key. The
+//! keys are kept, so [`Sender::reconnect`] and [`Sender::reopen`] stay
+//! CURVE clients.
+//!
 //! Does not own: what the messages mean (job manager, clients), heartbeat
 //! timing, or failover policy.
 
 use emq_protocol::{DecodeError, Message};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Socket-level failures.
@@ -18,6 +25,79 @@ pub enum SenderError {
     Connect { addr: String, source: zmq::Error },
     #[error("zmq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// A key is not 40 Z85 characters (or its file cannot be read).
+    #[error("invalid CURVE key {0}")]
+    InvalidKey(String),
+    /// The libzmq in this build has no CURVE (built without libsodium).
+    #[error("this libzmq has no CURVE support (built without libsodium)")]
+    CurveUnsupported,
+}
+
+/// Z85's alphabet: libzmq's decoder accepts other characters silently.
+const Z85_CHARS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
+/// Decodes a 40-character Z85 key; `what` names it in the error.
+fn z85_key(text: &str, what: &str) -> Result<[u8; 32], SenderError> {
+    let text = text.trim();
+    let bad = || SenderError::InvalidKey(what.to_owned());
+    if text.len() != 40 || !text.bytes().all(|b| Z85_CHARS.contains(&b)) {
+        return Err(bad());
+    }
+    zmq::z85_decode(text).map_err(|_| bad())?.try_into().map_err(|_| bad())
+}
+
+/// Reads a key file as `emq keygen` writes them: the first line that is
+/// neither empty nor a `#` comment, in Z85.
+fn key_file(path: &Path) -> Result<[u8; 32], SenderError> {
+    let what = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| SenderError::InvalidKey(format!("{what}: {e}")))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("");
+    z85_key(line, &what)
+}
+
+/// The keys a CURVE client needs: the server's public key (to know it talks
+/// to the right router) and its own key pair (whose public half the
+/// router's allow-list names). Binary, 32 bytes each.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CurveClientKeys {
+    pub server_public: [u8; 32],
+    pub public: [u8; 32],
+    pub secret: [u8; 32],
+}
+
+impl CurveClientKeys {
+    /// From the three keys in Z85 text.
+    pub fn from_z85(server_public: &str, public: &str, secret: &str) -> Result<Self, SenderError> {
+        Ok(CurveClientKeys {
+            server_public: z85_key(server_public, "(server public key)")?,
+            public: z85_key(public, "(client public key)")?,
+            secret: z85_key(secret, "(client secret key)")?,
+        })
+    }
+
+    /// From key files: the server's `.pub`, and this client's `NAME.pub`
+    /// and `NAME.key` (as `emq keygen` writes them).
+    pub fn from_files(server_public: &Path, public: &Path, secret: &Path) -> Result<Self, SenderError> {
+        Ok(CurveClientKeys {
+            server_public: key_file(server_public)?,
+            public: key_file(public)?,
+            secret: key_file(secret)?,
+        })
+    }
+
+    /// From `DIR/NAME.pub` and `DIR/NAME.key`, plus the server's public key
+    /// file.
+    pub fn from_key_dir(server_public: &Path, dir: &Path, name: &str) -> Result<Self, SenderError> {
+        let stem: PathBuf = dir.join(name);
+        Self::from_files(server_public, &stem.with_extension("pub"), &stem.with_extension("key"))
+    }
+}
+
+impl fmt::Debug for CurveClientKeys {
+    /// Never prints the secret key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CurveClientKeys(..)")
+    }
 }
 
 /// A connected DEALER socket speaking eMQP.
@@ -27,6 +107,8 @@ pub struct Sender {
     addr: String,
     identity: String,
     hwm: i32,
+    /// Kept for reconnects: a new socket must be a CURVE client too.
+    curve: Option<CurveClientKeys>,
 }
 
 impl Sender {
@@ -37,12 +119,43 @@ impl Sender {
 
     /// Connects a DEALER with the given identity and high-water mark.
     pub fn connect_with(ctx: &zmq::Context, addr: &str, identity: String, hwm: i32) -> Result<Sender, SenderError> {
-        let socket = Self::open(ctx, addr, &identity, hwm)?;
-        Ok(Sender { ctx: ctx.clone(), socket, addr: addr.to_owned(), identity, hwm })
+        let socket = Self::open(ctx, addr, &identity, hwm, None)?;
+        Ok(Sender { ctx: ctx.clone(), socket, addr: addr.to_owned(), identity, hwm, curve: None })
     }
 
-    fn open(ctx: &zmq::Context, addr: &str, identity: &str, hwm: i32) -> Result<zmq::Socket, SenderError> {
+    /// Connects a DEALER as a CURVE client with `keys` (encrypted; the
+    /// router admits it only if its allow-list has `keys.public`). A router
+    /// that refuses the key, or is not a CURVE server, never sees a
+    /// message: ZeroMQ keeps retrying the handshake quietly, so the caller
+    /// notices only by silence (no reply).
+    pub fn connect_curve(
+        ctx: &zmq::Context,
+        addr: &str,
+        identity: String,
+        hwm: i32,
+        keys: &CurveClientKeys,
+    ) -> Result<Sender, SenderError> {
+        if zmq::has("curve") != Some(true) {
+            return Err(SenderError::CurveUnsupported);
+        }
+        let socket = Self::open(ctx, addr, &identity, hwm, Some(keys))?;
+        Ok(Sender { ctx: ctx.clone(), socket, addr: addr.to_owned(), identity, hwm, curve: Some(keys.clone()) })
+    }
+
+    fn open(
+        ctx: &zmq::Context,
+        addr: &str,
+        identity: &str,
+        hwm: i32,
+        curve: Option<&CurveClientKeys>,
+    ) -> Result<zmq::Socket, SenderError> {
         let socket = ctx.socket(zmq::DEALER)?;
+        if let Some(k) = curve {
+            // Must precede connect: the mechanism is fixed per connection.
+            socket.set_curve_serverkey(&k.server_public)?;
+            socket.set_curve_publickey(&k.public)?;
+            socket.set_curve_secretkey(&k.secret)?;
+        }
         socket.set_identity(identity.as_bytes())?;
         socket.set_sndhwm(hwm)?;
         socket.set_rcvhwm(hwm)?;
@@ -68,11 +181,16 @@ impl Sender {
         &self.socket
     }
 
+    /// Whether this is a CURVE client.
+    pub fn is_curve(&self) -> bool {
+        self.curve.is_some()
+    }
+
     /// Drops the socket and connects a new one to `addr` under a new
     /// identity (the router must treat it as a new peer).
     pub fn reconnect(&mut self, addr: &str) -> Result<(), SenderError> {
         let identity = emq_protocol::new_msgid();
-        let socket = Self::open(&self.ctx, addr, &identity, self.hwm)?;
+        let socket = Self::open(&self.ctx, addr, &identity, self.hwm, self.curve.as_ref())?;
         // Pending outgoing frames of the old identity are discarded: the
         // router forgot that identity anyway.
         let _ = self.socket.set_linger(0);
@@ -89,7 +207,7 @@ impl Sender {
     /// message is still on it.)
     pub fn reopen(&mut self) -> Result<(), SenderError> {
         let identity = emq_protocol::new_msgid();
-        let socket = Self::open(&self.ctx, &self.addr, &identity, self.hwm)?;
+        let socket = Self::open(&self.ctx, &self.addr, &identity, self.hwm, self.curve.as_ref())?;
         self.socket = socket;
         self.identity = identity;
         Ok(())

@@ -5,6 +5,10 @@
 //! first — its running jobs finish and report — then the router. A second
 //! Ctrl-C stops everything at once. On servers, run the two binaries
 //! separately.
+//!
+//! `emq keygen`: writes a CURVE key pair (`NAME.key`, secret, mode 0600;
+//! `NAME.pub`, public) for a router or a client, one Z85 line per file,
+//! and prints the public key — the half to hand to the other side.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -40,6 +44,30 @@ enum Sub {
         #[arg(long = "python-path")]
         python_path: Vec<PathBuf>,
     },
+    /// Write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub
+    /// (public), one Z85 line each; print the public key.
+    Keygen {
+        /// Directory for the two files (created if missing).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Key name: the file stem, and the user id a router reports for a
+        /// client holding this key.
+        #[arg(long, default_value = "emq")]
+        name: String,
+    },
+}
+
+/// `emq keygen`: existing files are never overwritten (a replaced key
+/// locks its holders out), so a second run with the same name fails.
+fn keygen(out_dir: PathBuf, name: String) -> Result<ExitCode> {
+    let files = emq_receiver::curve::write_key_pair(&out_dir, &name)?;
+    eprintln!(
+        "emq keygen: wrote {} (secret, keep it private) and {} (public)",
+        files.secret_path.display(),
+        files.public_path.display()
+    );
+    println!("{}", files.public);
+    Ok(ExitCode::SUCCESS)
 }
 
 static STOPS: AtomicUsize = AtomicUsize::new(0);
@@ -226,6 +254,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Sub::Up { config, queues, jobs, python_path } => up(config, queues, jobs, python_path),
+        Sub::Keygen { out_dir, name } => keygen(out_dir, name),
     };
     result.unwrap_or_else(|e| {
         eprintln!("emq: {e:#}");
