@@ -121,3 +121,55 @@ fn eventmq_python_client_speaks_curve() {
     assert!(recv(Duration::from_millis(1500)).is_none(), "an unlisted Python client got through");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The whole path under CURVE: a router whose frontend and backend admit
+/// only listed keys, a job manager and a client with their keys. The job
+/// runs and its record names the client's key; a plaintext client and an
+/// unlisted key get nothing.
+#[test]
+fn router_job_manager_and_client_over_curve() {
+    use common::*;
+    let keys = std::env::temp_dir().join(format!("emq-curve-e2e-{}", uuid::Uuid::new_v4()));
+    keygen(&keys, "router");
+    keygen(&keys, "alice");
+    keygen(&keys, "jm1");
+    keygen(&keys, "mallory");
+    let (front, back) = (keys.join("front"), keys.join("back"));
+    for (dir, name) in [(&front, "alice"), (&back, "jm1")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(keys.join(format!("{name}.pub")), dir.join(format!("{name}.pub"))).unwrap();
+    }
+    let k = |p: &Path| p.to_str().unwrap().to_owned();
+    let (secret, fr, bk) = (k(&keys.join("router.key")), k(&front), k(&back));
+    let (_router, a) = start_router(&[
+        ("EMQ_CURVE_SECRET_KEY", secret.as_str()),
+        ("EMQ_CURVE_FRONTEND_KEYS", fr.as_str()),
+        ("EMQ_CURVE_BACKEND_KEYS", bk.as_str()),
+    ]);
+    let (server_pub, jm_key) = (k(&keys.join("router.pub")), k(&keys.join("jm1.key")));
+    let _jm = start_jobmanager(
+        &a.backend,
+        "default",
+        1,
+        &[("EMQ_CURVE_SERVER_KEY", server_pub.as_str()), ("EMQ_CURVE_KEY", jm_key.as_str())],
+    );
+    wait_slots(&a.admin, 1);
+    let send = |key: Option<&str>| {
+        let mut cmd = Process::new(env!("CARGO_BIN_EXE_emq-send"));
+        cmd.args(["--addr", &a.frontend, "--deadline", "5"]);
+        if let Some(name) = key {
+            cmd.args(["--curve-server-key", &server_pub, "--curve-key"]).arg(keys.join(format!("{name}.key")));
+        }
+        let out = cmd.args(["--wait", "benchjobs.add", "2", "3"]).current_dir(std::env::temp_dir()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let (code, out) = send(Some("alice"));
+    assert_eq!((code, out.as_str()), (Some(0), r#"{"value":5}"#));
+    assert_eq!(send(None).0, Some(3), "a plaintext client gets nothing");
+    assert_eq!(send(Some("mallory")).0, Some(3), "an unlisted key gets nothing");
+    let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+    let jm = w["connected_workers"].as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(jm["user"], "jm1", "{jm}");
+    let status = admin(&a.admin, "STATUS");
+    assert_eq!(status["accepted"], 1, "only alice's job was accepted");
+}

@@ -13,8 +13,17 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn connect(addr: &str) -> anyhow::Result<AdminClient> {
+        Self::connect_with(addr, None)
+    }
+
+    /// [`Self::connect`], as a CURVE client when `keys` are given.
+    pub fn connect_with(addr: &str, keys: Option<&emq_sender::CurveClientKeys>) -> anyhow::Result<AdminClient> {
         let ctx = zmq::Context::new();
-        Ok(AdminClient { sender: Sender::connect(&ctx, addr)?, addr: addr.to_owned() })
+        let sender = match keys {
+            Some(k) => Sender::connect_curve(&ctx, addr, emq_protocol::new_msgid(), 100_000, k)?,
+            None => Sender::connect(&ctx, addr)?,
+        };
+        Ok(AdminClient { sender, addr: addr.to_owned() })
     }
 
     /// Sends `command` (with `admin:` msgid, as emq-cli does) and waits up

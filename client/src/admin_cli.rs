@@ -38,6 +38,13 @@ pub struct Args {
     /// router's `data_dir` (from the same settings sources).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// The router's CURVE public key file (with --curve-key).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub curve_server_key: Option<PathBuf>,
+    /// This client's CURVE secret key file (NAME.pub beside it); an admin
+    /// key (`admin_users`) may change things without the token.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub curve_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -127,7 +134,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         ),
     };
     crate::flags::endpoint(key, &addr)?;
-    let client = AdminClient::connect(&addr)?;
+    let keys = crate::flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref())?;
+    let client = AdminClient::connect_with(&addr, keys.as_ref())?;
     if matches!(a.command, Cmd::Shutdown | Cmd::Requeue { .. } | Cmd::Job { .. }) {
         authenticate(a, &client)?;
     }

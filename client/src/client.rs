@@ -148,6 +148,13 @@ impl Client {
         Ok(Self::with_sender(Sender::connect(&ctx, addr)?))
     }
 
+    /// Connects as a CURVE client (encrypted; the router knows this
+    /// client by its key's name).
+    pub fn connect_curve(addr: &str, keys: &emq_sender::CurveClientKeys) -> Result<Client, ClientError> {
+        let ctx = zmq::Context::new();
+        Ok(Self::with_sender(Sender::connect_curve(&ctx, addr, emq_protocol::new_msgid(), 100_000, keys)?))
+    }
+
     /// Connects under a chosen identity: a new client with an old client's
     /// identity receives the results still to come for it.
     pub fn connect_as(addr: &str, identity: &str) -> Result<Client, ClientError> {

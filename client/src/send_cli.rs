@@ -23,6 +23,13 @@ pub struct Args {
     /// Settings file for the default address.
     #[arg(long, short = 'C')]
     pub config: Option<PathBuf>,
+    /// The router's CURVE public key file (with --curve-key: encrypted,
+    /// authenticated by this client's key).
+    #[arg(long, value_name = "FILE")]
+    pub curve_server_key: Option<PathBuf>,
+    /// This client's CURVE secret key file (`emq keygen`; NAME.pub beside it).
+    #[arg(long, value_name = "FILE")]
+    pub curve_key: Option<PathBuf>,
     #[arg(long, short = 'q', default_value = "default")]
     pub queue: String,
     /// Wait for the result and print it (asks for reply-requested).
@@ -133,7 +140,18 @@ pub fn main() -> ExitCode {
         }
     }
     let options = Options { reply_requested: a.wait, guarantee: a.guarantee, retry_count: a.retry, timeout: a.timeout };
-    let mut client = match Client::connect(&addr) {
+    let keys = match flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("emq-send: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let connected = match &keys {
+        Some(k) => Client::connect_curve(&addr, k),
+        None => Client::connect(&addr),
+    };
+    let mut client = match connected {
         Ok(c) => c,
         Err(e) => return usage(format!("cannot connect to {addr}: {e}")),
     };

@@ -93,6 +93,13 @@ pub fn main() -> ExitCode {
         }
     };
     server.set_max_message_bytes(s.max_message_bytes as i64);
+    match s.curve_keys() {
+        Ok(keys) => server.set_curve_keys(keys),
+        Err(e) => {
+            eprintln!("emq-jobmanager: {e}");
+            return ExitCode::from(2);
+        }
+    }
     ExitCode::from(server.run().clamp(0, 255) as u8)
 }
 

@@ -29,6 +29,8 @@ pub struct Server {
     watch: Option<emq_sender::ConnectionWatch>,
     /// `ZMQ_MAXMSGSIZE` of the router socket (`max_message_bytes`).
     max_message_bytes: i64,
+    /// CURVE keys for the router connection, when configured.
+    curve: Option<emq_sender::CurveClientKeys>,
     workers: Vec<Option<WorkerProcess>>,
     state: JobManagerState,
     exe: PathBuf,
@@ -83,6 +85,7 @@ impl Server {
             socket: None,
             watch: None,
             max_message_bytes: 16 << 20,
+            curve: None,
             workers,
             state,
             exe,
@@ -93,6 +96,11 @@ impl Server {
             last_tick: Instant::now(),
             proc_stats: Default::default(),
         })
+    }
+
+    /// Connect to the router as a CURVE client with these keys.
+    pub fn set_curve_keys(&mut self, keys: Option<emq_sender::CurveClientKeys>) {
+        self.curve = keys;
     }
 
     /// The largest message the router may send us (`max_message_bytes`).
@@ -273,7 +281,11 @@ impl Server {
                     let _ = old.socket().set_linger(100);
                 }
                 self.watch = None;
-                match Sender::connect_with(&self.ctx, &addr, identity, 100_000) {
+                let connected = match &self.curve {
+                    Some(keys) => Sender::connect_curve(&self.ctx, &addr, identity, 100_000, keys),
+                    None => Sender::connect_with(&self.ctx, &addr, identity, 100_000),
+                };
+                match connected {
                     Ok(s) => {
                         if let Err(e) = s.socket().set_maxmsgsize(self.max_message_bytes) {
                             warn!(error = %e, "cannot set max_message_bytes on the router socket");

@@ -92,6 +92,12 @@ pub struct JobManagerSettings {
     pub name: String,
     /// Largest message the router may send (`ZMQ_MAXMSGSIZE`).
     pub max_message_bytes: u64,
+    /// The router's CURVE public key file; with `curve_key`, the router
+    /// connection is encrypted and authenticated by this key pair.
+    pub curve_server_key: String,
+    /// This job manager's CURVE secret key file (`emq keygen`; NAME.pub
+    /// beside it).
+    pub curve_key: String,
     /// The user workers run as (a name or a numeric uid); empty: the job
     /// manager's own. A job manager started as root warns unless set.
     pub worker_user: String,
@@ -127,6 +133,8 @@ impl Default for JobManagerSettings {
             name: String::new(),
             max_message_bytes: 16 << 20,
             worker_user: String::new(),
+            curve_server_key: String::new(),
+            curve_key: String::new(),
             log_level: "info".into(),
         }
     }
@@ -159,6 +167,7 @@ impl JobManagerSettings {
     pub fn to_config(&self) -> Result<crate::state::JmConfig, SettingsError> {
         v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
         self.worker_identity()?;
+        self.curve_keys()?;
         let queues =
             self.queues.parse().map_err(|e| SettingsError::invalid("queues", self.queues.shown(), e.to_string()))?;
         v::zmq_endpoint("worker_addr", &self.worker_addr)?;
@@ -230,6 +239,21 @@ impl JobManagerSettings {
         match nix::unistd::User::from_name(u) {
             Ok(Some(user)) => Ok(Some((user.uid.as_raw(), user.gid.as_raw()))),
             _ => Err(SettingsError::invalid("worker_user", u, "no such user on this machine")),
+        }
+    }
+
+    /// The CURVE keys for the router connection (both files or neither).
+    pub fn curve_keys(&self) -> Result<Option<emq_sender::CurveClientKeys>, SettingsError> {
+        match (self.curve_server_key.trim(), self.curve_key.trim()) {
+            ("", "") => Ok(None),
+            ("", _) => Err(SettingsError::invalid("curve_server_key", "", "needed with curve_key")),
+            (_, "") => Err(SettingsError::invalid("curve_key", "", "needed with curve_server_key")),
+            (server, key) => {
+                let key = std::path::Path::new(key);
+                emq_sender::CurveClientKeys::from_files(std::path::Path::new(server), &key.with_extension("pub"), key)
+                    .map(Some)
+                    .map_err(|e| SettingsError::invalid("curve_key", key.display(), e.to_string()))
+            }
         }
     }
 

@@ -40,6 +40,8 @@ pub enum BindError {
     Socket(#[from] ReceiverError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("CURVE: {0}")]
+    Curve(#[from] emq_receiver::CurveError),
 }
 
 /// Messages kept for one client whose pipe is full; past it, more are
@@ -90,6 +92,10 @@ pub struct Server {
     journal: Journal,
     /// Receipts waiting for their journal batch to be durable, in order.
     held: VecDeque<(u64, SocketKind, PeerId, Message)>,
+    /// CURVE user names seen, shared.
+    user_names: HashMap<String, Arc<str>>,
+    /// Checks CURVE keys (when any socket uses CURVE); kept alive here.
+    _zap: Option<emq_receiver::ZapHandler>,
     /// The frontend is not read (buffers or journal past their budget):
     /// clients' sends wait in ZeroMQ — back-pressure, nothing refused.
     frontend_paused: bool,
@@ -119,9 +125,36 @@ impl Server {
         // A message bigger than max_message_bytes drops its sender's
         // connection instead of being held (memory exhaustion).
         let max = settings.max_message_bytes as i64;
-        let frontend = Receiver::bind_with(&ctx, &settings.frontend_addr, settings.socket_hwm, max)?;
-        let backend = Receiver::bind_with(&ctx, &settings.backend_addr, settings.socket_hwm, max)?;
-        let admin = Receiver::bind_with(&ctx, &settings.administrative_addr, settings.socket_hwm, max)?;
+        let secret = match settings.curve_secret_key.trim() {
+            "" => None,
+            path => Some(emq_receiver::Key::from_file(std::path::Path::new(path))?),
+        };
+        let dirs = [
+            ("frontend", &settings.frontend_addr, settings.curve_frontend_keys.trim()),
+            ("backend", &settings.backend_addr, settings.curve_backend_keys.trim()),
+            ("admin", &settings.administrative_addr, settings.curve_admin_keys.trim()),
+        ];
+        let zap = match &secret {
+            Some(_) if dirs.iter().any(|(_, _, d)| !d.is_empty()) => Some(emq_receiver::ZapHandler::start(&ctx)?),
+            _ => None,
+        };
+        let mut bound = Vec::new();
+        for (domain, addr, dir) in dirs {
+            let r = match (&secret, &zap) {
+                (Some(key), Some(zap)) if !dir.is_empty() => {
+                    let allowed = emq_receiver::AllowList::from_dir(std::path::Path::new(dir))?;
+                    info!(socket = domain, keys = allowed.len(), dir, "CURVE: encrypted, only allowed keys");
+                    zap.set_domain(domain, allowed);
+                    let server = emq_receiver::CurveServer { secret: key.clone(), domain: domain.to_owned() };
+                    Receiver::bind_curve_with(&ctx, addr, settings.socket_hwm, max, &server, zap)?
+                }
+                _ => Receiver::bind_with(&ctx, addr, settings.socket_hwm, max)?,
+            };
+            bound.push(r);
+        }
+        let admin = bound.pop().expect("three sockets");
+        let backend = bound.pop().expect("three sockets");
+        let frontend = bound.pop().expect("three sockets");
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         let snapshot = if settings.http_addr.trim().is_empty() {
             None
@@ -172,6 +205,8 @@ impl Server {
             journal,
             held: VecDeque::new(),
             frontend_paused: false,
+            user_names: HashMap::new(),
+            _zap: zap,
             settings: settings.clone(),
             reload: Arc::new(AtomicBool::new(false)),
             reloader: None,
@@ -413,9 +448,22 @@ impl Server {
         // Bounded so one busy socket cannot starve the others.
         for _ in 0..4096 {
             let Some(incoming) = self.socket(kind).try_recv()? else { break };
-            shutdown |= self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message });
+            let user = incoming.user.map(|u| self.user_name(u));
+            shutdown |= self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message, user });
         }
         Ok(shutdown)
+    }
+
+    /// The shared name of a CURVE user (a handful of key names).
+    fn user_name(&mut self, u: String) -> Arc<str> {
+        if let Some(n) = self.user_names.get(&u) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(u.as_str());
+        if self.user_names.len() < 10_000 {
+            self.user_names.insert(u, n.clone());
+        }
+        n
     }
 
     /// Feeds one event to the state machine and performs its actions.

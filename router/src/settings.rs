@@ -34,6 +34,19 @@ pub struct RouterSettings {
     /// Bytes of job results the router keeps for JOB_STATUS (oldest
     /// evicted first; a result larger than a sixteenth of it is not kept).
     pub results_max_bytes: u64,
+    /// The router's CURVE secret key file (`emq keygen` writes NAME.key);
+    /// empty: no CURVE (plaintext sockets).
+    pub curve_secret_key: String,
+    /// Per socket, a directory of allowed client public keys (`*.pub`;
+    /// the file name is the user name). A socket with a directory (and a
+    /// secret key) is CURVE-only; one without stays plaintext (e.g. a
+    /// frontend on loopback for unmodified EventMQ clients).
+    pub curve_frontend_keys: String,
+    pub curve_backend_keys: String,
+    pub curve_admin_keys: String,
+    /// CURVE users of the admin socket who may change things (no token
+    /// needed).
+    pub admin_users: Vec<String>,
     /// Largest message any peer may send (ZeroMQ's `ZMQ_MAXMSGSIZE` on
     /// all three sockets): a peer sending a bigger one is disconnected
     /// before the router holds it.
@@ -90,6 +103,11 @@ impl Default for RouterSettings {
             allowed_schedulers: Vec::new(),
             max_message_bytes: 16 << 20,
             results_max_bytes: 256 << 20,
+            curve_secret_key: String::new(),
+            curve_frontend_keys: String::new(),
+            curve_backend_keys: String::new(),
+            curve_admin_keys: String::new(),
+            admin_users: Vec::new(),
             retry_delay: 1.0,
             retry_multiplier: 2.0,
             dead_letter_max: 10_000,
@@ -137,6 +155,7 @@ impl RouterSettings {
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
             result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
             results_max_bytes: v::count("results_max_bytes", self.results_max_bytes, 1 << 16, 1 << 40)?,
+            admin_users: self.admin_users.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
             allowed_schedulers: self.allowed_schedulers.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
@@ -209,6 +228,11 @@ impl RouterSettings {
             allowed_schedulers,
             max_message_bytes,
             results_max_bytes,
+            curve_secret_key,
+            curve_frontend_keys,
+            curve_backend_keys,
+            curve_admin_keys,
+            admin_users,
             retry_delay,
             retry_multiplier,
             dead_letter_max,
@@ -231,7 +255,8 @@ impl RouterSettings {
     /// the sockets' high-water mark (fixed when they are bound).
     pub const RESTART_KEYS: &'static [&'static str] =
         &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level", "data_dir",
-          "journal_sync", "journal_segment_bytes", "max_message_bytes"];
+          "journal_sync", "journal_segment_bytes", "max_message_bytes", "curve_secret_key", "curve_frontend_keys",
+          "curve_backend_keys", "curve_admin_keys"];
 }
 
 

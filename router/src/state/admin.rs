@@ -99,8 +99,10 @@ impl RouterState {
         }
     }
 
+    /// A connection that proved it holds the admin token, or a message
+    /// signed with an admin's CURVE key.
     fn is_admin(&self, peer: &PeerId) -> bool {
-        self.admins.contains(peer)
+        self.admins.contains(peer) || self.user.as_deref().is_some_and(|u| self.cfg.admin_users.iter().any(|a| a == u))
     }
 
     /// The admin token the router wrote to `data_dir/admin.token`.
@@ -171,6 +173,7 @@ impl RouterState {
                 "hb": since_start(jm.last_seen),
                 "available_slots": jm.free_slots,
                 "name": jm.display_name(),
+                "user": jm.user.as_deref(),
                 "last_seen_secs_ago": age(jm.last_seen),
                 "in_flight": jm.in_flight,
                 "processed": jm.processed,

@@ -73,6 +73,9 @@ pub struct JobRecord {
     pub attempt_errors: Vec<AttemptError>,
     /// The client connection that sent it: it may read the result.
     pub client: Option<PeerId>,
+    /// The CURVE user it came from (the key's name), when the frontend
+    /// uses CURVE.
+    pub user: Option<Arc<str>>,
     /// The `owner:` token it was sent with: whoever presents it may read
     /// the result (a client that reconnected under a new identity).
     pub owner: Option<Box<str>>,
@@ -92,6 +95,7 @@ impl JobRecord {
             result: None,
             attempt_errors: Vec::new(),
             client: None,
+            user: None,
             owner: None,
         }
     }
@@ -299,6 +303,7 @@ impl JobHistory {
         match self.records.get(msgid) {
             Some(r) if !full => json!({
                 "msgid": msgid,
+                "user": r.user.as_deref(),
                 "state": r.state.as_str(),
                 "queue": &*r.queue,
                 "attempts": r.attempts,
@@ -313,6 +318,7 @@ impl JobHistory {
                 "state": r.state.as_str(),
                 "queue": &*r.queue,
                 "worker": r.job_manager.as_ref().map(|w| w.to_string()),
+                "user": r.user.as_deref(),
                 "attempts": r.attempts,
                 "received": r.received,
                 "dispatched": r.dispatched,

@@ -119,7 +119,7 @@ impl RouterState {
             self.stats.refused(q);
         }
         let message = why.message(&msgid);
-        warn!(peer = %client, %msgid, reason = %message, "refused");
+        warn!(peer = %client, user = self.user.as_deref().unwrap_or("-"), %msgid, reason = %message, "refused");
         let reply = JobReply::refused_by_router(message).to_json();
         out.push(send(
             SocketKind::Frontend,
@@ -202,6 +202,7 @@ impl RouterState {
         let queue_name = self.queue_name(&queue);
         let mut record = JobRecord::queued(queue_name, now.unix);
         record.client = Some(client.clone());
+        record.user = self.user.clone();
         record.owner = request.headers().owner.map(String::into_boxed_str);
         self.history.insert(msgid_shared.clone(), record);
         out.push(Action::Journal(Record::Accepted {
@@ -243,7 +244,7 @@ impl RouterState {
     /// Whether a frontend peer may be a scheduler. Without CURVE users
     /// only `allowed_schedulers = ["*"]` lets one in.
     fn may_schedule(&self) -> bool {
-        self.cfg.allowed_schedulers.iter().any(|u| u == "*")
+        self.cfg.allowed_schedulers.iter().any(|u| u == "*" || self.user.as_deref() == Some(u.as_str()))
     }
 
     /// The queue a REQUEST for `name` goes to: its own when it is (or was)

@@ -70,8 +70,10 @@ pub enum SocketKind {
 /// Something that happened to the router.
 #[derive(Debug)]
 pub enum Event {
-    /// A message (or an undecodable one) from `peer` on `socket`.
-    Received { socket: SocketKind, peer: PeerId, message: Result<Message, DecodeError> },
+    /// A message (or an undecodable one) from `peer` on `socket`; `user`
+    /// is the name of the CURVE key it came with (None on a plaintext
+    /// socket).
+    Received { socket: SocketKind, peer: PeerId, message: Result<Message, DecodeError>, user: Option<Arc<str>> },
     /// A send to `peer` failed because the peer is gone; the message is
     /// handed back so a job in it can go elsewhere.
     Unreachable { socket: SocketKind, peer: PeerId, message: Message },
@@ -158,6 +160,9 @@ pub struct RouterConfig {
     /// every client's SCHEDULE orders): CURVE user names, or `*` for any
     /// peer. Empty (the default): nobody.
     pub allowed_schedulers: Vec<String>,
+    /// CURVE users (key names) of the admin socket who may change things
+    /// without the token.
+    pub admin_users: Vec<String>,
     /// How long a finished job's record and result are kept for
     /// JOB_STATUS and clients that missed the result (`job_history` bounds
     /// their number too).
@@ -232,6 +237,8 @@ pub struct RouterState {
     admin_token: Option<String>,
     admins: rustc_hash::FxHashSet<PeerId>,
     admin_order: VecDeque<PeerId>,
+    /// The CURVE user of the message being handled (None: plaintext).
+    user: Option<Arc<str>>,
 }
 
 impl RouterState {
@@ -270,6 +277,7 @@ impl RouterState {
             admin_token: None,
             admins: Default::default(),
             admin_order: VecDeque::new(),
+            user: None,
         }
     }
 
@@ -277,12 +285,19 @@ impl RouterState {
     /// point: each arm hands the event to the room that owns it.
     pub fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
         match event {
-            Event::Received { socket, peer, message: Err(e) } => self.on_decode_error(socket, &peer, e, out),
-            Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m) } => {
+            Event::Received { socket, peer, message: Err(e), .. } => self.on_decode_error(socket, &peer, e, out),
+            Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m), user } => {
+                self.user = user;
                 self.on_frontend(peer, m, now, out)
             }
-            Event::Received { socket: SocketKind::Backend, peer, message: Ok(m) } => self.on_backend(peer, m, now, out),
-            Event::Received { socket: SocketKind::Admin, peer, message: Ok(m) } => self.on_admin(peer, m, now, out),
+            Event::Received { socket: SocketKind::Backend, peer, message: Ok(m), user } => {
+                self.user = user;
+                self.on_backend(peer, m, now, out)
+            }
+            Event::Received { socket: SocketKind::Admin, peer, message: Ok(m), user } => {
+                self.user = user;
+                self.on_admin(peer, m, now, out)
+            }
             Event::Unreachable { socket, peer, message } => self.on_unreachable(socket, peer, message, now, out),
             Event::Tick => self.on_tick(now, out),
             Event::Stop => self.on_stop(now, out),

@@ -57,7 +57,7 @@ impl RouterState {
         self.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
-        info!(%peer, %msgid, queues = %queues.to_wire(), "job manager connected");
+        info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
         for (weight, name) in &queues.0 {
             let newly_served = !self.queues.get(name).is_some_and(|q| q.ever_served);
             let q = self.queues.entry(name.clone()).or_default();
@@ -67,7 +67,9 @@ impl RouterState {
                 self.adopt_from_default(name);
             }
         }
-        self.job_managers.insert(peer.clone(), JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock));
+        let mut jm = JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock);
+        jm.user = self.user.clone();
+        self.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
     }
 

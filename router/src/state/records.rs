@@ -50,6 +50,8 @@ pub struct JobManagerPeer {
     pub processed: u64,
     /// Said KBYE: gets no new jobs; forgotten once its running jobs report.
     pub leaving: bool,
+    /// The CURVE user (key name) it INFORMed with, when the backend uses CURVE.
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 impl JobManagerPeer {
@@ -68,6 +70,7 @@ impl JobManagerPeer {
             last_ready_seq: dispatch_seq,
             processed: 0,
             leaving: false,
+            user: None,
         }
     }
 

@@ -156,6 +156,7 @@ impl RouterState {
                     attempt_errors: h.failures.iter().map(attempt_error).collect(),
                     // Read back only by an admin after a restart.
                     client: None,
+                    user: None,
                     owner: None,
                 };
                 self.history.insert(msgid.clone(), record);

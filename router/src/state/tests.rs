@@ -15,6 +15,7 @@ fn cfg() -> RouterConfig {
         reject_unknown_queues: false,
         stop_grace: Duration::from_secs(10),
         allowed_schedulers: vec![],
+        admin_users: vec![],
         result_ttl: Duration::from_secs(3600),
         results_max_bytes: 256 << 20,
         buffer_memory: 1 << 30,
@@ -28,6 +29,8 @@ struct Harness {
     now: Now,
     /// Everything journaled so far.
     journal: Vec<emq_journal::Record>,
+    /// The CURVE user the next messages come from (None: plaintext).
+    user: Option<Arc<str>>,
 }
 
 /// The actions as the poll loop performs them once the journal is durable:
@@ -54,7 +57,7 @@ impl Harness {
     /// A harness around `r` where the admin peer "cli" is authenticated.
     fn with(mut r: RouterState, now: Now) -> Self {
         r.set_admin_token("t0ken".into());
-        let mut h = Harness { r, now, journal: Vec::new() };
+        let mut h = Harness { r, now, journal: Vec::new(), user: None };
         h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Authenticate { token: "t0ken".into() }));
         h
     }
@@ -65,7 +68,7 @@ impl Harness {
         self.recv_id(socket, peer, Message::new(command))
     }
     fn recv_id(&mut self, socket: SocketKind, peer: &str, m: Message) -> Vec<Action> {
-        self.event(Event::Received { socket, peer: PeerId::from(peer), message: Ok(m) })
+        self.event(Event::Received { socket, peer: PeerId::from(peer), message: Ok(m), user: self.user.clone() })
     }
     fn inform(&mut self, peer: &str, queues: &[(u32, &str)]) -> Vec<Action> {
         let q = QueueSpec(queues.iter().map(|(w, n)| (*w, n.to_string())).collect());
@@ -502,14 +505,14 @@ fn decode_errors_are_counted_and_answered_where_due() {
     let mut h = Harness::new();
     let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/1.0", b"REQUEST", b"m1", b"q"]).unwrap_err();
     let out = h.r.handle_vec(
-        Event::Received { socket: SocketKind::Frontend, peer: PeerId::from("c"), message: Err(bad) },
+        Event::Received { socket: SocketKind::Frontend, peer: PeerId::from("c"), message: Err(bad), user: None },
         h.now,
     );
     assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
     let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/9", b"READY", b"m2"]).unwrap_err();
     let out = h
         .r
-        .handle_vec(Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad) }, h.now);
+        .handle_vec(Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad), user: None }, h.now);
     assert!(out.is_empty());
     assert_eq!(h.r.errors()["too_few_frames"], 1);
     assert_eq!(h.r.errors()["bad_protocol_version"], 1);
@@ -831,7 +834,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
                         (0..rng() % 7).map(|_| (0..rng() % 9).map(|_| rng() as u8).collect()).collect();
                     let message = Message::from_frames(&frames);
                     h.r.handle_vec(
-                        Event::Received { socket: SocketKind::Backend, peer: PeerId::from(w), message },
+                        Event::Received { socket: SocketKind::Backend, peer: PeerId::from(w), message, user: None },
                         h.now,
                     )
                 }
