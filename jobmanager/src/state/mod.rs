@@ -296,22 +296,31 @@ pub struct JobManagerState {
     exit_sent: bool,
     /// The time of the event being handled.
     clock: Instant,
-    /// REPLYs sent lately, oldest first: sent again after a (re)INFORM is
-    /// acknowledged, so a report lost with a router that crashed, or in a
-    /// dropped connection, still arrives (the router ignores what it has).
+    /// REPLYs the router has not confirmed yet, oldest first: sent again
+    /// after a (re)INFORM is acknowledged, so a report lost with a router
+    /// that crashed, or in a dropped connection, still arrives (the router
+    /// ignores what it has). Dropped once the router's heartbeat confirms
+    /// it holds them durably (a count of the REPLYs received since our
+    /// INFORM).
     recent_reports: VecDeque<RecentReport>,
     recent_report_bytes: usize,
+    /// REPLYs sent since the last INFORM (what the router counts).
+    reports_sent: u64,
+    /// Bumped at every INFORM: confirmations count from there.
+    inform_epoch: u64,
 }
 
-/// A REPLY kept for sending again.
+/// A REPLY kept until the router confirms it.
 #[derive(Debug)]
 struct RecentReport {
-    sent: Instant,
+    /// Its number among the REPLYs sent since INFORM `epoch`.
+    seq: u64,
+    epoch: u64,
     msgid: String,
     reply_json: String,
 }
 
-/// Bytes of recent REPLYs kept at most (oldest dropped first).
+/// Bytes of unconfirmed REPLYs kept at most (oldest dropped first).
 const RECENT_REPORT_BYTES: usize = 16 << 20;
 
 const PID_HISTORY: usize = 4096;
@@ -357,6 +366,8 @@ impl JobManagerState {
             clock: now,
             recent_reports: VecDeque::new(),
             recent_report_bytes: 0,
+            reports_sent: 0,
+            inform_epoch: 0,
         }
     }
 
@@ -438,24 +449,34 @@ impl JobManagerState {
         }))));
     }
 
-    /// Keeps a REPLY for sending again; forgets those older than the time
-    /// it takes to notice a lost router (and beyond the byte budget).
+    /// Keeps a REPLY until the router confirms it (past the byte budget
+    /// the oldest go, counted: a router gone for very long).
     fn keep_report(&mut self, msgid: &str, reply_json: &str) {
-        let keep_for = self.cfg.router_silence_limit + self.cfg.heartbeat_interval;
-        while let Some(old) = self.recent_reports.front() {
-            let stale = self.clock.saturating_duration_since(old.sent) > keep_for;
-            if !stale && self.recent_report_bytes + reply_json.len() <= RECENT_REPORT_BYTES {
-                break;
-            }
+        self.reports_sent += 1;
+        while self.recent_report_bytes + reply_json.len() > RECENT_REPORT_BYTES {
+            let Some(old) = self.recent_reports.pop_front() else { break };
             self.recent_report_bytes -= old.msgid.len() + old.reply_json.len();
-            self.recent_reports.pop_front();
+            *self.errors.entry("unconfirmed_reports_dropped").or_insert(0) += 1;
         }
         self.recent_report_bytes += msgid.len() + reply_json.len();
         self.recent_reports.push_back(RecentReport {
-            sent: self.clock,
+            seq: self.reports_sent,
+            epoch: self.inform_epoch,
             msgid: msgid.to_owned(),
             reply_json: reply_json.to_owned(),
         });
+    }
+
+    /// The router's heartbeat says it holds (durably) the first `n` REPLYs
+    /// sent since our INFORM: those need not be kept any more.
+    pub(super) fn reports_confirmed(&mut self, n: u64) {
+        while let Some(r) = self.recent_reports.front() {
+            if r.epoch != self.inform_epoch || r.seq > n {
+                break;
+            }
+            let r = self.recent_reports.pop_front().expect("front exists");
+            self.recent_report_bytes -= r.msgid.len() + r.reply_json.len();
+        }
     }
 
     /// After an ACK: the REPLYs of late go again (the router drops the ones
@@ -464,7 +485,11 @@ impl JobManagerState {
         if !self.recent_reports.is_empty() {
             info!(reports = self.recent_reports.len(), "sending recent job reports again after (re)attaching");
         }
-        for r in &self.recent_reports {
+        // They count as sent on this connection again, in order.
+        for r in self.recent_reports.iter_mut() {
+            self.reports_sent += 1;
+            r.seq = self.reports_sent;
+            r.epoch = self.inform_epoch;
             out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
                 reply_json: r.reply_json.clone(),
                 orig_msgid: r.msgid.clone(),

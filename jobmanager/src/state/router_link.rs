@@ -21,6 +21,9 @@ impl JobManagerState {
 
     pub(super) fn send_inform(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.phase = Phase::Informing { sent_at: now };
+        // The router counts our REPLYs from this INFORM on.
+        self.inform_epoch += 1;
+        self.reports_sent = 0;
         out.push(Action::Send(Message::new(Command::Inform(Inform {
             queues: self.cfg.queues.clone(),
             kind: "worker".into(),
@@ -60,7 +63,14 @@ impl JobManagerState {
                 }
             }
             Command::Request(request) => self.on_request(m.msgid, request, out),
-            Command::Heartbeat(_) => {}
+            Command::Heartbeat(hb) => {
+                // Our router says how many of our REPLYs it holds durably.
+                if self.phase == Phase::Acked {
+                    if let Some(n) = hb.health.as_deref().and_then(confirmed_reports) {
+                        self.reports_confirmed(n);
+                    }
+                }
+            }
             Command::Kbye | Command::Disconnect if self.stopping.is_none() => {
                 info!(command = m.command.name(), "router said goodbye: reconnecting");
                 self.connect(now, out);
@@ -133,4 +143,9 @@ impl JobManagerState {
             out.push(Action::Send(Message::new(Command::Ready)));
         }
     }
+}
+
+/// `{"reports": N}` in a router heartbeat's extra frame.
+fn confirmed_reports(frame: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(frame).ok()?.get("reports")?.as_u64()
 }

@@ -1,7 +1,7 @@
 //! Job manager state-machine tests with a fake clock.
 
 use super::*;
-use emq_protocol::{Ack, Message, Request};
+use emq_protocol::{Ack, Heartbeat, Message, Request};
 
 fn cfg(workers: usize) -> JmConfig {
     JmConfig {
@@ -258,9 +258,12 @@ fn reconnect_reinforms_and_sends_recent_reports_again() {
     let Action::Heartbeat(health) = &out[0] else { panic!() };
     assert_eq!(health.in_flight.iter().map(|j| j.msgid.as_str()).collect::<Vec<_>>(), vec!["j2"]);
     assert_eq!(reply_of(&out).0, "j1", "the report the router may have missed");
-    // Reports older than the time it takes to notice a lost router are let go.
-    h.adv(30.0);
+    // Kept until the router confirms them: its heartbeat says it holds the
+    // first REPLY sent since this INFORM (the j1 sent again), so only j2,
+    // finished next, is sent again after the next reconnect.
     h.ev(Event::WorkerDone { slot: 0, msgid: "j2".into(), reply_json: "{}".into(), error_type: None });
+    let confirm = Heartbeat { timestamp: "1".into(), health: Some(r#"{"reports":1}"#.into()) };
+    h.ev(Event::Router(Ok(Message::new(Command::Heartbeat(confirm)))));
     h.ev(Event::RouterReconnected);
     let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i3".into() })))));
     let resent: Vec<String> = out

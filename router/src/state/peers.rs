@@ -31,6 +31,9 @@ impl RouterState {
             Command::Inform(inform) => self.on_inform(peer, m.msgid, inform, now, out),
             Command::Ready => self.on_ready(peer, m.msgid, now, out),
             Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                if let Some(jm) = self.job_managers.get_mut(&peer) {
+                    jm.reports_received += 1;
+                }
                 self.on_job_done(&peer, m.msgid, reply_json, orig_msgid, now, out)
             }
             Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb, now, out),
@@ -322,8 +325,19 @@ impl RouterState {
         }
         self.last_heartbeat_sent = Some(now.mono);
         let hb = Heartbeat { timestamp: format!("{:.3}", now.unix), health: None };
-        for peer in self.job_managers.keys() {
-            out.push(send(SocketKind::Backend, peer, Command::Heartbeat(hb.clone())));
+        for (peer, jm) in &self.job_managers {
+            if jm.reports_all_completions {
+                // Ours: with how many of its REPLYs we hold. Sent once this
+                // pass's journal batch is durable, so the count is durable.
+                let confirm = Heartbeat { health: Some(format!(r#"{{"reports":{}}}"#, jm.reports_received)), ..hb.clone() };
+                out.push(Action::SendDurable {
+                    socket: SocketKind::Backend,
+                    peer: peer.clone(),
+                    message: Message::new(Command::Heartbeat(confirm)),
+                });
+            } else {
+                out.push(send(SocketKind::Backend, peer, Command::Heartbeat(hb.clone())));
+            }
         }
         for peer in self.schedulers.keys() {
             out.push(send(SocketKind::Frontend, peer, Command::Heartbeat(hb.clone())));

@@ -52,6 +52,10 @@ pub struct JobManagerPeer {
     pub leaving: bool,
     /// The CURVE user (key name) it INFORMed with, when the backend uses CURVE.
     pub user: Option<std::sync::Arc<str>>,
+    /// REPLYs received from it since its INFORM: our heartbeats tell our
+    /// job managers this count (once it is durable), so they can stop
+    /// keeping those reports.
+    pub reports_received: u64,
 }
 
 impl JobManagerPeer {
@@ -71,6 +75,7 @@ impl JobManagerPeer {
             processed: 0,
             leaving: false,
             user: None,
+            reports_received: 0,
         }
     }
 

@@ -1131,3 +1131,41 @@ fn kept_results_stay_within_their_budget() {
     h.done("jm", "huge", &format!(r#"{{"value": "{}"}}"#, "y".repeat(5000)));
     assert!(kept(&h, "huge").contains("result_not_kept"));
 }
+
+/// Our job managers keep every report until the router confirms it: the
+/// router's heartbeats to them carry how many REPLYs it received since
+/// their INFORM, sent only once the journal holds them (SendDurable).
+#[test]
+fn heartbeats_confirm_reports_once_durable() {
+    let mut h = Harness::new();
+    let inform = Inform {
+        queues: QueueSpec::default_queues(),
+        kind: "worker".into(),
+        features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
+    };
+    h.recv(SocketKind::Backend, "ours", Command::Inform(inform));
+    h.inform("eventmq", &[(10, "default")]);
+    for jm in ["ours", "eventmq"] {
+        h.ready(jm);
+    }
+    h.request("c", "a", "default", "reply-requested");
+    h.request("c", "b", "default", "reply-requested");
+    for (jm, id) in [("ours", "a"), ("eventmq", "b")] {
+        h.done(jm, id, "{}");
+    }
+    h.advance(3.1);
+    let raw = h.r.handle_vec(Event::Tick, h.now);
+    let beat = |peer: &str| {
+        raw.iter().find_map(|a| match a {
+            Action::SendDurable { peer: p, message, .. } if p.to_string() == peer => Some(("durable", message.clone())),
+            Action::Send { peer: p, message, .. } if p.to_string() == peer => Some(("now", message.clone())),
+            _ => None,
+        })
+    };
+    let (when, m) = beat("ours").expect("a heartbeat to ours");
+    assert_eq!(when, "durable");
+    assert_eq!(m.command, Command::Heartbeat(Heartbeat { timestamp: match &m.command { Command::Heartbeat(hb) => hb.timestamp.clone(), _ => unreachable!() }, health: Some(r#"{"reports":1}"#.into()) }));
+    let (when, m) = beat("eventmq").expect("a heartbeat to EventMQ's");
+    assert_eq!(when, "now");
+    assert!(matches!(m.command, Command::Heartbeat(Heartbeat { health: None, .. })), "EventMQ's gets a plain one");
+}
