@@ -235,3 +235,18 @@ fn dead_lettered_job_reaches_a_client_that_missed_its_reply() {
         other => panic!("a dead letter's outcome is its last error, got {other:?}"),
     }
 }
+
+/// `emq-send` options may come anywhere before `--`; after it everything
+/// is a job argument (`--wait` included).
+#[test]
+fn emq_send_options_anywhere_before_the_double_dash() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let (code, out, err) = emq_send(&a.frontend, &["benchjobs.add", "2", "3", "--wait"]);
+    assert_eq!((code, out.as_str()), (0, r#"{"value":5}"#), "{err}");
+    let (code, out, err) = emq_send(&a.frontend, &["--wait", "testjobs.echo", "-7", "--", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["value"]["args"], json!([-7, "--wait"]), "{v}");
+}

@@ -309,3 +309,28 @@ fn sighup_reloads_settings_and_reinforms() {
     let mut c = TestClient::connect(&a.frontend);
     assert_eq!(c.call("after", "benchjobs", "add", json!([20, 22])), json!({"value": 42}));
 }
+
+/// `-Q qa qb` (EventMQ's space-separated form) serves both queues; it used
+/// to be read as the default queue.
+#[test]
+fn space_separated_queues_are_served() {
+    let (_r, a) = start_router(&[]);
+    let root = repo_root();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_emq-jobmanager"));
+    cmd.args(["-B", &a.backend, "-Q", "qa", "qb", "-J", "1"])
+        .arg("--python-path")
+        .arg(root.join("jobs"))
+        .env("EMQ_ALLOWED_PATHS", "benchjobs")
+        .env("RUST_LOG", "warn")
+        .current_dir(std::env::temp_dir());
+    let _jm = ChildGuard::spawn("emq-jobmanager", cmd);
+    let served = eventually(Duration::from_secs(30), || {
+        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+        let mut q: Vec<String> = w["connected_queues"].as_object()?.keys().cloned().collect();
+        q.sort();
+        (!q.is_empty()).then_some(q)
+    });
+    assert_eq!(served, vec!["qa", "qb"]);
+    let mut c = TestClient::connect(&a.frontend);
+    assert_eq!(c.call("qb", "benchjobs", "add", json!([1, 2])), json!({"value": 3}));
+}

@@ -16,8 +16,9 @@ fn emq_up_serves_the_example_module_and_stops_both_on_ctrl_c() {
         .args(["--jobs", "2"])
         .current_dir(repo_root()) // ./jobs holds benchjobs.py
         .env("EMQ_FRONTEND_ADDR", &a.frontend)
+        // Only the router's backend address: emq up makes its job manager
+        // dial it (it used to dial the default port).
         .env("EMQ_BACKEND_ADDR", &a.backend)
-        .env("EMQ_WORKER_ADDR", &a.backend)
         .env("EMQ_ADMINISTRATIVE_ADDR", &a.admin)
         .env("EMQ_HTTP_ADDR", &a.http)
         .env("EMQ_DATA_DIR", &a.data_dir)

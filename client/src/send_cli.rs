@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Send a job to an emq (or EventMQ) router.
 #[derive(Debug, Parser)]
-#[command(name = "emq-send", version, trailing_var_arg = true)]
+#[command(name = "emq-send", version)]
 pub struct Args {
     /// Router frontend (default: frontend_addr from settings).
     #[arg(long)]
@@ -63,7 +63,9 @@ pub struct Args {
     pub callable: String,
     /// Positional ARGs and KEY=VALUE kwargs; each value is JSON when it
     /// parses as JSON, else a string.
-    #[arg(allow_hyphen_values = true)]
+    /// (Options may come anywhere before `--`; after it everything is a
+    /// job argument, `--wait` included.)
+    #[arg(allow_negative_numbers = true)]
     pub args: Vec<String>,
 }
 

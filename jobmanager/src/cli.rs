@@ -22,8 +22,8 @@ pub struct Args {
     #[arg(long = "broker-addr", short = 'B')]
     pub broker_addr: Option<String>,
     /// Queues: `a,b`, `20:heavy,10:default` or `[[20,"heavy"],[10,"default"]]`.
-    #[arg(long, short = 'Q')]
-    pub queues: Option<String>,
+    #[arg(long, short = 'Q', num_args = 1.., value_delimiter = None)]
+    pub queues: Option<Vec<String>>,
     /// Worker processes (concurrent_jobs).
     #[arg(long, short = 'J')]
     pub jobs: Option<usize>,
@@ -42,7 +42,8 @@ pub fn settings(args: &Args) -> Result<JobManagerSettings, SettingsError> {
         s.worker_addr = a.clone();
     }
     if let Some(q) = &args.queues {
-        s.queues = QueuesSetting::Text(q.clone());
+        // `-Q a b` (EventMQ's form, one word per queue) is `a,b`.
+        s.queues = QueuesSetting::Text(q.join(","));
     }
     if let Some(j) = args.jobs {
         s.concurrent_jobs = j;

@@ -156,6 +156,19 @@ pub fn http_addr(key: &str, v: &str) -> Result<Option<String>, SettingsError> {
 /// A `tracing` filter (`info`, `warn,emq_router=debug`, ...), as `log_level`
 /// takes it. A bad one would otherwise be ignored silently.
 pub fn log_filter(key: &str, v: &str) -> Result<(), SettingsError> {
+    // A bare word that is not a level parses as a *target* ("verbose"
+    // enables only a target named verbose): that silences every log, so
+    // each bare directive must be a level.
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(SettingsError::invalid(
+                key,
+                format!("{v:?}"),
+                format!("{d:?} is not a log level: use one of {} or target=level", LEVELS.join(", ")),
+            ));
+        }
+    }
     tracing_subscriber::EnvFilter::try_new(v).map(|_| ()).map_err(|e| {
         SettingsError::invalid(
             key,
@@ -168,6 +181,15 @@ pub fn log_filter(key: &str, v: &str) -> Result<(), SettingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_must_be_levels() {
+        assert!(log_filter("log_level", "verbose").is_err(), "a bare word would silence every log");
+        assert!(log_filter("log_level", "info,verbose").is_err());
+        for ok in ["info", "WARN", "warn,emq_router=debug", "emq_router=trace", "off"] {
+            log_filter("log_level", ok).unwrap();
+        }
+    }
 
     fn why(r: Result<impl std::fmt::Debug, SettingsError>) -> String {
         let e = r.expect_err("should be refused");

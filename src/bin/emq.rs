@@ -115,7 +115,7 @@ fn up(
 ) -> Result<ExitCode> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let demo = demo_allowed_paths(&config);
-    check_settings(&config, &queues, jobs, &python_path)?;
+    let backend = check_settings(&config, &queues, jobs, &python_path)?;
     if demo {
         eprintln!("emq up: allowed_paths = [\"benchjobs\"] (the demo module; set allowed_paths to serve your own)");
     }
@@ -133,6 +133,9 @@ fn up(
     if let Some(q) = &queues {
         jm_cmd.args(["--queues", q]);
     }
+    // The job manager dials the router started here, whatever backend
+    // address it was given.
+    jm_cmd.args(["--broker-addr", &backend]);
     if let Some(j) = jobs {
         jm_cmd.args(["--jobs", &j.to_string()]);
     }
@@ -228,7 +231,7 @@ fn check_settings(
     queues: &Option<String>,
     jobs: Option<usize>,
     python_path: &[PathBuf],
-) -> Result<(), emq_settings::SettingsError> {
+) -> Result<String, emq_settings::SettingsError> {
     let router = emq_router::cli::Args {
         config: config.clone(),
         frontend_addr: None,
@@ -237,17 +240,23 @@ fn check_settings(
         data_dir: None,
         journal_repair: false,
     };
-    emq_router::cli::settings(&router)?;
+    let router_settings = emq_router::cli::settings(&router)?;
     let jm = emq_jobmanager::cli::Args {
         config: config.clone(),
         broker_addr: None,
-        queues: queues.clone(),
+        queues: queues.clone().map(|q| vec![q]),
         jobs,
         name: None,
         python_path: python_path.iter().map(|p| p.display().to_string()).collect(),
     };
     emq_jobmanager::cli::settings(&jm)?;
-    Ok(())
+    Ok(dialable(&router_settings.backend_addr))
+}
+
+/// The address to dial for a bound one: a wildcard host (`*`, `0.0.0.0`)
+/// is reached on loopback.
+fn dialable(bound: &str) -> String {
+    bound.replacen("://*:", "://127.0.0.1:", 1).replacen("://0.0.0.0:", "://127.0.0.1:", 1)
 }
 
 fn main() -> ExitCode {
