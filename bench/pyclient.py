@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    conftest.BIN = os.environ.get("EMQ_BIN_DIR") or os.path.join(ROOT, "target", "release")
+    conftest.BIN = os.environ.get("EMQTEST_BIN_DIR") or os.path.join(ROOT, "target", "release")
     pyvenv = setup(os.path.join(ROOT, "scripts", "setup-pyclient.sh"))
     emqvenv = setup(os.path.join(ROOT, "scripts", "setup-venv.sh"))
     celery = setup(os.path.join(HERE, "celery", "setup.sh"))

@@ -58,12 +58,12 @@ fn rng(seed: u64) -> impl FnMut() -> u64 {
 /// least once, every reply-requested result reaches the client.
 #[test]
 fn receipted_jobs_survive_router_sigkills() {
-    let n: usize = std::env::var("EMQ_DURABILITY_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let seed: u64 = std::env::var("EMQ_DURABILITY_SEED")
+    let n: usize = std::env::var("EMQTEST_DURABILITY_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let seed: u64 = std::env::var("EMQTEST_DURABILITY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    println!("seed {seed} (EMQ_DURABILITY_SEED to replay), {n} jobs");
+    println!("seed {seed} (EMQTEST_DURABILITY_SEED to replay), {n} jobs");
     let mut next = rng(seed);
     let env = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2")];
     let (router, a) = start_router(&env);

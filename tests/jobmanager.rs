@@ -212,7 +212,7 @@ fn setup_entry_and_exit_hooks_run() {
         "default",
         1,
         &[
-            ("EMQ_TEST_HOOK_FILE", hooks.to_str().unwrap()),
+            ("EMQTEST_HOOK_FILE", hooks.to_str().unwrap()),
             ("EMQ_SUBPROCESS_SETUP_FUNC", "testjobs.setup"),
             ("EMQ_JOB_ENTRY_FUNC", "testjobs.entry"),
             ("EMQ_JOB_EXIT_FUNC", "testjobs.exit_"),

@@ -34,6 +34,11 @@ fn every_settings_key_is_documented() {
         .map(|l| l.split(" = ").next().unwrap().trim())
         .collect();
     assert!(keys.len() > 20, "{keys:?}");
+    let mut known: Vec<&str> = emq_settings::KNOWN_KEYS.to_vec();
+    let mut listed = keys.clone();
+    known.sort();
+    listed.sort();
+    assert_eq!(known, listed, "emq_settings::KNOWN_KEYS lists exactly the keys of settings.toml");
     for k in keys {
         assert!(doc.contains(&format!("`{k}`")), "docs/settings.md does not describe {k}");
     }

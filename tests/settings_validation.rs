@@ -67,6 +67,7 @@ fn router_refuses_bad_values_with_one_line_naming_the_key() {
         ("EMQ_RETRY_MULTIPLIER", "0.5", "retry_multiplier"),
         ("EMQ_BUFFER_MEMORY", "0", "buffer_memory"),
         ("EMQ_LOG_LEVEL", "verbose", "log_level"),
+        ("EMQ_HEARBEAT_INTERVAL", "1", "did you mean heartbeat_interval"),
         ("EMQ_ON_FULL", "sometimes", "on_full"),
         ("EMQ_HWM", "1e300", "hwm"),
         ("EMQ_SOCKET_HWM", "0", "socket_hwm"),

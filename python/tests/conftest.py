@@ -1,6 +1,6 @@
 """Fixtures: real emq-router / emq-jobmanager processes (and EventMQ's
 router) on free loopback ports, stopped by pid at the end even when a test
-fails. Binaries come from $EMQ_BIN_DIR, else <repo>/target/debug (built by
+fails. Binaries come from $EMQTEST_BIN_DIR, else <repo>/target/debug (built by
 `cargo test --workspace` / `cargo build --bins`)."""
 import json
 import os
@@ -14,7 +14,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("EMQ_BIN_DIR") or os.path.join(ROOT, "target", "debug")
+BIN = os.environ.get("EMQTEST_BIN_DIR") or os.path.join(ROOT, "target", "debug")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

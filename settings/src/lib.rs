@@ -42,6 +42,79 @@ pub enum SettingsError {
     /// operator sees says what to fix.
     #[error("invalid setting {key} = {value}: {why}")]
     Invalid { key: String, value: String, why: String },
+    /// A key no emq program knows (a typo must not be ignored silently):
+    /// where it was, and the closest known key.
+    #[error("unknown setting {key} in {place}{}", closest.as_ref().map(|c| format!(" (did you mean {c}?)")).unwrap_or_default())]
+    UnknownKey { key: String, place: String, closest: Option<String> },
+}
+
+/// Every key any emq program reads (one settings file serves them all):
+/// anything else in the file or in an `EMQ_*` variable is an error.
+/// `tests/settings_file.rs` keeps this equal to the keys of `settings.toml`.
+pub const KNOWN_KEYS: &[&str] = &[
+    "frontend_addr", "backend_addr", "administrative_addr", "hwm", "socket_hwm", "job_history",
+    "results_max_bytes", "curve_secret_key", "curve_frontend_keys", "curve_backend_keys", "curve_admin_keys",
+    "admin_users", "max_message_bytes", "allowed_schedulers", "result_ttl", "retry_delay", "retry_multiplier",
+    "dead_letter_max", "reject_unknown_queues", "http_addr", "data_dir", "journal_sync", "journal_segment_bytes",
+    "stop_grace", "buffer_memory", "journal_max_bytes", "on_full", "heartbeat_interval", "heartbeat_timeout",
+    "heartbeat_liveness", "log_level", "worker_addr", "worker_addr_failover", "queues", "concurrent_jobs",
+    "max_job_count", "global_timeout", "kill_escalation", "worker_pipeline", "steal_after", "prefetch",
+    "prefetch_below", "spare_workers", "kill_grace_period", "reconnect_timeout", "subprocess_setup_func",
+    "job_entry_func", "job_exit_func", "python_path", "python_venv", "allowed_paths", "curve_server_key",
+    "curve_key", "worker_user", "name",
+];
+
+/// `EMQ_*` variables that are not settings: the worker's own
+/// configuration, the build's, the tests'.
+const INTERNAL_ENV: &[&str] = &["EMQ_WORKER_CONFIG", "EMQ_PYTHON_LIBDIR", "EMQ_SKIP_INTEROP"];
+
+/// The known key nearest to `key` (edit distance at most 3).
+fn closest_key(key: &str) -> Option<String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    KNOWN_KEYS.iter().map(|k| (distance(key, k), *k)).filter(|(d, _)| *d <= 3).min().map(|(_, k)| k.to_owned())
+}
+
+/// Refuses keys nobody knows: the file's top-level keys and `EMQ_*`
+/// variables. (`EVENTMQ_*` are left alone: EventMQ's own programs read
+/// more of them than emq does.)
+fn check_known_keys(file: Option<&Path>) -> Result<(), SettingsError> {
+    use config::{Config, File, FileFormat};
+    if let Some(p) = file {
+        let map = Config::builder().add_source(File::from(p).format(FileFormat::Toml)).build()?.try_deserialize::<std::collections::HashMap<String, config::Value>>()?;
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        if let Some(k) = keys.into_iter().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            return Err(SettingsError::UnknownKey {
+                key: k.clone(),
+                place: format!("settings file {}", p.display()),
+                closest: closest_key(k),
+            });
+        }
+    }
+    let mut vars: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    vars.sort();
+    for var in vars {
+        let Some(rest) = var.strip_prefix("EMQ_") else { continue };
+        let key = rest.to_ascii_lowercase();
+        if INTERNAL_ENV.contains(&var.as_str()) || KNOWN_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        return Err(SettingsError::UnknownKey { key, place: format!("environment variable {var}"), closest: closest_key(&rest.to_ascii_lowercase()) });
+    }
+    Ok(())
 }
 
 impl SettingsError {
@@ -90,6 +163,14 @@ pub fn load<T: DeserializeOwned>(config_path: Option<&Path>) -> Result<T, Settin
 /// [`load`] with an explicit fallback file (for tests).
 pub fn load_from<T: DeserializeOwned>(config_path: Option<&Path>, fallback: &Path) -> Result<T, SettingsError> {
     use config::{Config, Environment, File, FileFormat};
+    let file = match config_path {
+        Some(p) => Some(p),
+        None if fallback.exists() => Some(fallback),
+        None => None,
+    };
+    if config_path.is_none_or(|p| p.exists()) {
+        check_known_keys(file)?;
+    }
     let mut b = Config::builder();
     match config_path {
         Some(p) => {
@@ -142,7 +223,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("emq-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("s.toml");
-        std::fs::write(&f, "frontend_addr = \"tcp://a:1\"\nhwm = 5\nunknown_key = 1\n").unwrap();
+        std::fs::write(&f, "frontend_addr = \"tcp://a:1\"\nhwm = 5\nhearbeat_interval = 1\n").unwrap();
+        // A typo is refused, naming the closest key.
+        let e = load_from::<S>(Some(&f), Path::new("/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("hearbeat_interval") && e.contains("did you mean heartbeat_interval"), "{e}");
+        std::fs::write(&f, "frontend_addr = \"tcp://a:1\"\nhwm = 5\n").unwrap();
         let s: S = load_from(Some(&f), Path::new("/nonexistent")).unwrap();
         assert_eq!(s.frontend_addr, "tcp://a:1");
         assert_eq!(s.hwm, 5);

@@ -273,7 +273,7 @@ pub fn start_jobmanager(backend: &str, queues: &str, jobs: usize, env: &[(&str, 
         .arg("--python-path")
         .arg(root.join("jobs"))
         .current_dir(std::env::temp_dir())
-        .env("RUST_LOG", std::env::var("EMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("RUST_LOG", std::env::var("EMQTEST_LOG").unwrap_or_else(|_| "warn".into()))
         .env("EMQ_HEARTBEAT_INTERVAL", "0.5")
         // Closed by default: the test modules, nothing else.
         .env("EMQ_ALLOWED_PATHS", "testjobs,benchjobs,pyclient_jobs,pkg,no_such_module");

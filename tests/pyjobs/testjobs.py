@@ -55,7 +55,7 @@ from benchjobs import append_line  # noqa: E402,F401  (the repo's jobs/ is on th
 
 
 def _mark(kind):
-    path = os.environ.get("EMQ_TEST_HOOK_FILE")
+    path = os.environ.get("EMQTEST_HOOK_FILE")
     if path:
         append_line(path, "%s %d" % (kind, os.getpid()))
 

@@ -741,12 +741,12 @@ fn places(r: &RouterState, msgid: &str) -> (usize, bool) {
 }
 
 /// Random event sequences against the state machine; after every event
-/// every accepted job must be in exactly one place. Runs for `EMQ_FUZZ_SECS`
+/// every accepted job must be in exactly one place. Runs for `EMQTEST_FUZZ_SECS`
 /// seconds (default 2; the 10-minute run is in docs/reliability.md).
 #[test]
 fn fuzz_every_accepted_job_is_in_exactly_one_place() {
-    let secs: f64 = std::env::var("EMQ_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let mut seed: u64 = std::env::var("EMQ_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let secs: f64 = std::env::var("EMQTEST_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let mut seed: u64 = std::env::var("EMQTEST_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
     let mut rng = move || {
         seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = seed;
