@@ -179,6 +179,37 @@ fn run(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unix seconds as local wall-clock time with its age, for people:
+/// `14:03:07, 3 s ago` (the date too when it is not today).
+pub fn when(unix: f64, now: f64) -> String {
+    let secs = unix as nix::libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`, which we own.
+    let (tm, today) = unsafe {
+        let mut tm: nix::libc::tm = std::mem::zeroed();
+        let mut t2: nix::libc::tm = std::mem::zeroed();
+        let n = now as nix::libc::time_t;
+        nix::libc::localtime_r(&secs, &mut tm);
+        nix::libc::localtime_r(&n, &mut t2);
+        let today = tm.tm_year == t2.tm_year && tm.tm_yday == t2.tm_yday;
+        (tm, today)
+    };
+    let clock = format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec);
+    let clock = if today { clock } else { format!("{}-{:02}-{:02} {clock}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday) };
+    let age = now - unix;
+    let ago = match age {
+        a if a < 0.0 => "in the future".to_owned(),
+        a if a < 90.0 => format!("{a:.0} s ago"),
+        a if a < 5400.0 => format!("{:.0} min ago", a / 60.0),
+        a if a < 172_800.0 => format!("{:.0} h ago", a / 3600.0),
+        a => format!("{:.0} days ago", a / 86_400.0),
+    };
+    format!("{clock}, {ago}")
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 fn num(v: &Value) -> String {
     match v {
         Value::Null => "0".into(),
@@ -250,6 +281,12 @@ pub fn render_status(v: &Value) -> String {
     out
 }
 
+/// A job manager as people know it: its name (`--name`, else host:pid),
+/// else its connection identity (EventMQ's, which sends no name).
+fn display(id: &str, w: &Value) -> String {
+    w["name"].as_str().map(str::to_owned).unwrap_or_else(|| id.to_owned())
+}
+
 /// `workers` as a table of job managers.
 pub fn render_workers(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["connected_workers"]
@@ -274,7 +311,7 @@ pub fn render_workers(v: &Value) -> String {
                     let workers =
                         w["health"]["workers"].as_array().map(|a| a.len().to_string()).unwrap_or_else(|| "-".into());
                     vec![
-                        id.clone(),
+                        display(id, w),
                         w["state"].as_str().unwrap_or("ok").to_owned(),
                         queues,
                         num(&w["available_slots"]),
@@ -310,7 +347,7 @@ pub fn render_workers(v: &Value) -> String {
                 if wk["spare"].as_bool().unwrap_or(false) { " (spare)" } else { "" }
             );
             detail.push(vec![
-                id.clone(),
+                display(id, w),
                 num(&wk["pid"]),
                 state,
                 num(&wk["jobs"]),
@@ -345,6 +382,7 @@ pub fn render_dead(v: &Value) -> String {
                         d["msgid"].as_str().unwrap_or("?").to_owned(),
                         d["queue"].as_str().unwrap_or("?").to_owned(),
                         num(&d["attempts"]),
+                        d["at"].as_f64().map(|t| when(t, now_unix())).unwrap_or_else(|| "-".into()),
                         format!(
                             "{}: {}",
                             d["error"]["type"].as_str().unwrap_or("?"),
@@ -355,15 +393,19 @@ pub fn render_dead(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    table(&["msgid", "queue", "attempts", "last error"], &rows)
+    table(&["msgid", "queue", "attempts", "dead since", "last error"], &rows)
 }
 
 pub fn render_job(v: &Value) -> String {
     let mut out = String::new();
-    for k in ["msgid", "state", "queue", "worker", "attempts", "received", "dispatched", "finished"] {
+    let now = now_unix();
+    for k in ["msgid", "state", "queue", "user", "worker", "attempts", "received", "dispatched", "finished"] {
         let val = match &v[k] {
             Value::String(s) => s.clone(),
             Value::Null => "-".into(),
+            Value::Number(n) if matches!(k, "received" | "dispatched" | "finished") => {
+                when(n.as_f64().unwrap_or(0.0), now)
+            }
             other => num(other),
         };
         out += &format!("{k:<11}{val}\n");
@@ -387,6 +429,19 @@ pub fn render_job(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn times_are_local_with_their_age() {
+        let now = 1_800_000_000.0;
+        let s = when(now - 3.0, now);
+        assert!(s.ends_with(", 3 s ago") && s.len() == "14:03:07, 3 s ago".len(), "{s}");
+        assert!(when(now - 600.0, now).ends_with("10 min ago"));
+        assert!(when(now - 3.0 * 86_400.0, now).contains("3 days ago"));
+        let job = render_job(&json!({"msgid": "m", "state": "done", "received": 1.0e9}));
+        assert!(job.contains("ago") && !job.contains("1000000000"), "no epoch seconds: {job}");
+        let w = render_workers(&json!({"connected_workers": {"3f1c-uuid": {"name": "billing-1", "queues": []}}}));
+        assert!(w.contains("billing-1") && !w.contains("3f1c-uuid"), "{w}");
+    }
 
     #[test]
     fn status_table_lists_every_queue() {
