@@ -78,6 +78,15 @@ impl Harness {
             Command::Inform(Inform { queues: q, kind: "worker".into(), features: None }),
         )
     }
+    /// INFORM as our job manager does: `default`, reporting every job.
+    fn inform_ours(&mut self, peer: &str) -> Vec<Action> {
+        let inform = Inform {
+            queues: QueueSpec::default_queues(),
+            kind: "worker".into(),
+            features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
+        };
+        self.recv(SocketKind::Backend, peer, Command::Inform(inform))
+    }
     fn ready(&mut self, peer: &str) -> Vec<Action> {
         self.recv(SocketKind::Backend, peer, Command::Ready)
     }
@@ -594,12 +603,7 @@ fn ticks_are_scheduled_ahead_never_in_the_past() {
 #[test]
 fn our_job_manager_declares_it_reports_every_job() {
     let mut h = Harness::new();
-    let inform = Inform {
-        queues: QueueSpec::default_queues(),
-        kind: "worker".into(),
-        features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
-    };
-    h.recv(SocketKind::Backend, "ours", Command::Inform(inform));
+    h.inform_ours("ours");
     h.request("c", "j", "default", "");
     h.ready("ours");
     h.ready("ours");
@@ -1138,12 +1142,7 @@ fn kept_results_stay_within_their_budget() {
 #[test]
 fn heartbeats_confirm_reports_once_durable() {
     let mut h = Harness::new();
-    let inform = Inform {
-        queues: QueueSpec::default_queues(),
-        kind: "worker".into(),
-        features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
-    };
-    h.recv(SocketKind::Backend, "ours", Command::Inform(inform));
+    h.inform_ours("ours");
     h.inform("eventmq", &[(10, "default")]);
     for jm in ["ours", "eventmq"] {
         h.ready(jm);
