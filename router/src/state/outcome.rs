@@ -193,6 +193,15 @@ impl RouterState {
         }));
     }
 
+    /// Whether a job under `msgid` is buffered, in flight, in doubt or
+    /// waiting for a retry.
+    fn is_live(&self, msgid: &str) -> bool {
+        self.in_flight.contains_key(msgid)
+            || self.in_doubt.contains_key(msgid)
+            || self.delayed.values().any(|(_, j)| &*j.msgid == msgid)
+            || self.history.get(msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Dispatched))
+    }
+
     /// Tick step: retries that are due go back to their queue.
     pub(super) fn release_due_retries(&mut self, now: Now, out: &mut Vec<Action>) {
         while let Some(entry) = self.delayed.first_entry() {
@@ -209,6 +218,13 @@ impl RouterState {
         let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
             return serde_json::json!({"error": format!("no dead letter {msgid}")}).to_string();
         };
+        if self.is_live(msgid) {
+            // A new job took the msgid since: two live jobs under one msgid
+            // would corrupt the tracking of both.
+            self.count("requeue_refused_live");
+            return serde_json::json!({"error": format!("msgid {msgid} is in use by a live job again: not requeued")})
+                .to_string();
+        }
         let d = self.dead.remove(pos).expect("position exists");
         info!(%msgid, queue = %d.queue, "dead letter requeued");
         self.count("requeued_dead_letters");

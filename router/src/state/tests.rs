@@ -1168,3 +1168,21 @@ fn heartbeats_confirm_reports_once_durable() {
     assert_eq!(when, "now");
     assert!(matches!(m.command, Command::Heartbeat(Heartbeat { health: None, .. })), "EventMQ's gets a plain one");
 }
+
+/// `requeue` of a dead letter whose msgid a new job took since is refused
+/// (two live jobs under one msgid would corrupt the tracking).
+#[test]
+fn requeue_refuses_a_msgid_that_is_live_again() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    h.request("c", "m", "default", "guarantee");
+    h.done("jm", "m", FAIL);
+    assert_eq!(h.r.dead.len(), 1);
+    h.request("c", "m", "default", "");
+    assert_eq!(h.r.waiting("default"), 1, "a new job under the same msgid");
+    let v = admin_json(&mut h, AdminCommand::Requeue { job_msgid: "m".into() });
+    assert!(v["error"].as_str().unwrap().contains("live"), "{v}");
+    assert_eq!(h.r.waiting("default"), 1, "nothing added");
+    assert_eq!(h.r.dead.len(), 1, "the dead letter stays");
+}
