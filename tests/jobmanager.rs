@@ -334,3 +334,31 @@ fn space_separated_queues_are_served() {
     let mut c = TestClient::connect(&a.frontend);
     assert_eq!(c.call("qb", "benchjobs", "add", json!([1, 2])), json!({"value": 3}));
 }
+
+/// Priorities hold end to end, with `worker_pipeline` and `prefetch` at
+/// their defaults: one worker busy with a backlog of `bulk` jobs (weight
+/// 10) prefetched and queued at the worker; an `urgent` job (weight 20)
+/// starts before every bulk job that was not already running.
+#[test]
+fn an_urgent_job_overtakes_prefetched_bulk_jobs() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "20:urgent,10:bulk", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let dir = std::env::temp_dir().join(format!("emq-prio-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let order = dir.join("order.txt");
+    let c = TestClient::connect(&a.frontend);
+    for i in 0..30 {
+        c.send("bulk", "", "testjobs", "sleep_then_append", json!([order, format!("bulk-{i}"), 0.1]));
+    }
+    eventually(Duration::from_secs(30), || (read_lines(&order).len() >= 2).then_some(()));
+    let done_before = read_lines(&order).len();
+    c.send("urgent", "", "testjobs", "sleep_then_append", json!([order, "urgent", 0]));
+    eventually(Duration::from_secs(60), || (read_lines(&order).len() == 31).then_some(()));
+    let lines = read_lines(&order);
+    let at = lines.iter().position(|l| l == "urgent").unwrap();
+    println!("{done_before} bulk jobs done when the urgent one was sent; it ran as job #{}", at + 1);
+    // At most the bulk job running then (and one that may have started
+    // while the urgent one was on its way) ran before it.
+    assert!(at <= done_before + 2, "urgent ran after {at} jobs; {done_before} were done when it was sent: {lines:?}");
+}

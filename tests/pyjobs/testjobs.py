@@ -97,3 +97,14 @@ def ppid_then_sleep(path, secs):
     append_line(path, str(os.getppid()))
     time.sleep(secs)
     return os.getppid()
+
+
+def sleep_then_append(path, line, secs):
+    """Sleep, then append one line to ``path`` (job order tests)."""
+    time.sleep(secs)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (str(line) + "\n").encode())
+    finally:
+        os.close(fd)
+    return True

@@ -107,13 +107,16 @@ impl JobManagerState {
         }
         debug!(%msgid, queue = %request.queue, "job received");
         let headers = request.headers();
-        self.local_queue.push_back(QueuedJob {
+        let queue = request.queue.clone();
+        let job = QueuedJob {
             msgid,
             queue: request.queue,
             payload: request.payload,
             timeout: self.cfg.timeout_for(&headers),
             attempt: headers.attempt.unwrap_or(1),
-        });
+        };
+        self.enqueue(job, false);
+        self.steal_for_priority(&queue, out);
     }
 
     /// Sends READYs until the router's count of our free slots matches the

@@ -527,3 +527,42 @@ fn health_counts_and_states_are_typed_with_todays_keys() {
     assert_eq!(v["in_flight"][0]["msgid"], "j");
     assert_eq!(v["restarts"]["died"], 1);
 }
+
+/// Priorities hold through prefetching: with bulk jobs running, queued at
+/// the worker and held here, an urgent job runs next — the bulk job queued
+/// at the worker is taken back and goes after it.
+#[test]
+fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
+    let mut c = cfg(1);
+    c.queues = QueueSpec(vec![(20, "urgent".into()), (10, "bulk".into())]);
+    c.worker_pipeline = 2;
+    c.prefetch = 64;
+    c.max_job_count = 1000;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 1 });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    let req = |h: &mut H, id: &str, q: &str| {
+        let r = Request { queue: q.into(), headers: "".into(), payload: ADD.into() };
+        h.ev(Event::Router(Ok(Message::with_msgid(id, Command::Request(r)))))
+    };
+    for i in 0..5 {
+        req(&mut h, &format!("b{i}"), "bulk");
+    }
+    // b0 runs, b1 is queued at the worker, b2..b4 wait here.
+    let out = req(&mut h, "u", "urgent");
+    assert!(out.contains(&Action::Steal { slot: 0 }), "the lower-weight job queued at the worker is taken back: {out:?}");
+    let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["b1".into()] });
+    let runs: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Run { msgid, .. } => Some(msgid.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, vec!["u"], "the urgent job is queued next at the worker");
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b0".into(), reply_json: "{}".into(), error_type: None });
+    assert!(out.iter().any(|a| matches!(a, Action::Run { msgid, .. } if msgid == "b1")), "then the bulk jobs, in order: {out:?}");
+    let SlotState::Busy(running) = &h.s.slots()[0].state else { panic!() };
+    assert_eq!(running.msgid, "u", "the urgent job runs right after the one that was running");
+}

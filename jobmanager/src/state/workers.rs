@@ -88,7 +88,49 @@ impl JobManagerState {
         let waiting = std::mem::take(&mut self.slots[slot].waiting);
         self.slots[slot].steal_pending = false;
         for job in waiting.into_iter().rev() {
-            self.local_queue.push_front(job);
+            self.enqueue(job, true);
+        }
+    }
+
+    /// The weight of `queue` in the queues this job manager serves.
+    fn weight_of(cfg: &super::JmConfig, queue: &str) -> u32 {
+        cfg.queues.0.iter().find(|(_, q)| q == queue).map_or(0, |(w, _)| *w)
+    }
+
+    /// Puts a job in the local queue, highest weight first: after the jobs
+    /// of its weight (a new job), or before them (`front`: one given back,
+    /// which was due earlier).
+    pub(super) fn enqueue(&mut self, job: QueuedJob, front: bool) {
+        let cfg = &self.cfg;
+        let w = Self::weight_of(cfg, &job.queue);
+        let pos = self
+            .local_queue
+            .iter()
+            .position(|j| {
+                let wj = Self::weight_of(cfg, &j.queue);
+                if front {
+                    wj <= w
+                } else {
+                    wj < w
+                }
+            })
+            .unwrap_or(self.local_queue.len());
+        self.local_queue.insert(pos, job);
+    }
+
+    /// A job of weight `w` just arrived: workers holding lower-weight jobs
+    /// queued behind their running one are asked to give them back, so
+    /// the new job runs next (priorities hold through prefetching).
+    pub(super) fn steal_for_priority(&mut self, queue: &str, out: &mut Vec<Action>) {
+        let w = Self::weight_of(&self.cfg, queue);
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            let lower = s.waiting.iter().any(|j| Self::weight_of(&self.cfg, &j.queue) < w);
+            if !s.spare && !s.steal_pending && lower && matches!(s.state, SlotState::Busy(_)) {
+                self.slots[slot].steal_pending = true;
+                debug!(slot, %queue, "a higher-weight job arrived: taking back lower-weight jobs queued at the worker");
+                out.push(Action::Steal { slot });
+            }
         }
     }
 
@@ -215,9 +257,9 @@ impl JobManagerState {
                 true
             }
         });
-        debug!(slot, jobs = back.len(), "jobs taken back from a worker busy with a long job");
+        debug!(slot, jobs = back.len(), "jobs taken back from a worker");
         for job in back.into_iter().rev() {
-            self.local_queue.push_front(job);
+            self.enqueue(job, true);
         }
     }
 
