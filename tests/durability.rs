@@ -59,10 +59,9 @@ fn rng(seed: u64) -> impl FnMut() -> u64 {
 #[test]
 fn receipted_jobs_survive_router_sigkills() {
     let n: usize = std::env::var("EMQTEST_DURABILITY_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let seed: u64 = std::env::var("EMQTEST_DURABILITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let seed: u64 = std::env::var("EMQTEST_DURABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
     println!("seed {seed} (EMQTEST_DURABILITY_SEED to replay), {n} jobs");
     let mut next = rng(seed);
     let env = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2")];
@@ -142,7 +141,10 @@ fn receipted_jobs_survive_router_sigkills() {
         if Instant::now() >= deadline {
             let lost: Vec<&String> = receipted.iter().filter(|id| !results.contains_key(*id)).take(5).collect();
             for id in &lost {
-                println!("no result for {id}: {}", client.job_status(id, Instant::now() + Duration::from_secs(5)).unwrap_or_default());
+                println!(
+                    "no result for {id}: {}",
+                    client.job_status(id, Instant::now() + Duration::from_secs(5)).unwrap_or_default()
+                );
             }
             println!("status: {}", admin(&a.admin, "STATUS"));
             panic!("{missing} receipted jobs without a result");
@@ -256,7 +258,13 @@ fn torn_journal_tail_is_truncated_and_the_rest_runs() {
         let ids: Vec<String> = (0..200)
             .map(|i| {
                 client
-                    .defer_job("default", "benchjobs.append_line", vec![json!(ran), json!(i)], Default::default(), &opts)
+                    .defer_job(
+                        "default",
+                        "benchjobs.append_line",
+                        vec![json!(ran), json!(i)],
+                        Default::default(),
+                        &opts,
+                    )
                     .unwrap()
             })
             .collect();
@@ -346,15 +354,19 @@ fn a_full_router_makes_clients_wait_instead_of_refusing() {
     let ids: Vec<String> = (0..n)
         .map(|i| {
             client
-                .defer_job("default", "benchjobs.append_line", vec![json!(ran), json!(format!("{i} {pad}"))], Default::default(), &opts)
+                .defer_job(
+                    "default",
+                    "benchjobs.append_line",
+                    vec![json!(ran), json!(format!("{i} {pad}"))],
+                    Default::default(),
+                    &opts,
+                )
                 .unwrap()
         })
         .collect();
     let dl = Instant::now() + Duration::from_secs(60);
-    let refused = ids
-        .iter()
-        .filter(|id| matches!(client.wait_receipt(id, dl), Ok(emq_client::Receipt::Refused(_))))
-        .count();
+    let refused =
+        ids.iter().filter(|id| matches!(client.wait_receipt(id, dl), Ok(emq_client::Receipt::Refused(_)))).count();
     println!("on_full = refuse: {refused} of {n} refused");
     assert!(refused > 0);
 }

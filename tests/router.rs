@@ -183,7 +183,10 @@ fn garbage_on_every_socket_does_not_stop_a_valid_job() {
 fn bad_settings_exit_with_code_2() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_emq-router"));
-        c.args(args).current_dir(std::env::temp_dir()).env("EMQ_HTTP_ADDR", "").env("EMQ_DATA_DIR", &RouterAddrs::fresh().data_dir);
+        c.args(args)
+            .current_dir(std::env::temp_dir())
+            .env("EMQ_HTTP_ADDR", "")
+            .env("EMQ_DATA_DIR", &RouterAddrs::fresh().data_dir);
         for (k, v) in env {
             c.env(k, v);
         }

@@ -11,7 +11,9 @@ const HANG: i64 = 10_000;
 fn rss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -62,7 +64,17 @@ fn an_unallowed_scheduler_gets_nothing() {
     sneaky.send(&["", "eMQP/1.0", "INFORM", "s-1", "", "scheduler"]);
     assert!(sneaky.recv_skip_heartbeats(1000).is_none(), "no ACK");
     let client = Dealer::connect(&a.frontend);
-    client.send(&["", "eMQP/1.0", "SCHEDULE", "sch-1", "default", "", "60", r#"["run", {"path": "a", "callable": "b"}]"#, ""]);
+    client.send(&[
+        "",
+        "eMQP/1.0",
+        "SCHEDULE",
+        "sch-1",
+        "default",
+        "",
+        "60",
+        r#"["run", {"path": "a", "callable": "b"}]"#,
+        "",
+    ]);
     assert!(sneaky.recv_skip_heartbeats(1000).is_none(), "no SCHEDULE reaches it");
     assert_eq!(admin(&a.admin, "STATUS")["errors"]["scheduler_refused"], 1);
 }
@@ -91,7 +103,10 @@ fn the_admin_socket_needs_the_token_to_change_or_read_results() {
     assert!(stranger.recv_timeout(HANG).unwrap()[4].contains("false"));
     let status = admin(&a.admin, "STATUS");
     assert!(router.child.try_wait().unwrap().is_none(), "still running");
-    assert_eq!((status["errors"]["admin_refused"].as_u64(), status["errors"]["admin_auth_failed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (status["errors"]["admin_refused"].as_u64(), status["errors"]["admin_auth_failed"].as_u64()),
+        (Some(1), Some(1))
+    );
     // The real admin.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-cli"))
         .args(["--addr", &a.admin, "--json", "--token-file"])
@@ -182,7 +197,15 @@ fn an_identity_takeover_gets_nothing() {
         s
     };
     let victim = dealer("victim-identity");
-    let frames = ["", "eMQP/1.0", "REQUEST", "job-1", "default", "reply-requested", r#"["run", {"path": "a", "callable": "b"}]"#];
+    let frames = [
+        "",
+        "eMQP/1.0",
+        "REQUEST",
+        "job-1",
+        "default",
+        "reply-requested",
+        r#"["run", {"path": "a", "callable": "b"}]"#,
+    ];
     victim.send_multipart(frames.iter().map(|f| f.as_bytes()), 0).unwrap();
     let req = jm.recv_skip_heartbeats(HANG).expect("dispatched");
     assert_eq!(req[3], "job-1");

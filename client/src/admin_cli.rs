@@ -113,7 +113,8 @@ fn authenticate(a: &Args, client: &AdminClient) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let answer = client.request(Command::Admin(AdminCommand::Authenticate { token: token.trim().to_owned() }), a.deadline)?;
+    let answer =
+        client.request(Command::Admin(AdminCommand::Authenticate { token: token.trim().to_owned() }), a.deadline)?;
     match answer.command {
         Command::Reply(Reply::Single { body }) if body.contains("\"authenticated\":true") => {}
         // Not fatal: a stale file from another router; what needs the
@@ -194,7 +195,8 @@ pub fn when(unix: f64, now: f64) -> String {
         (tm, today)
     };
     let clock = format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec);
-    let clock = if today { clock } else { format!("{}-{:02}-{:02} {clock}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday) };
+    let clock =
+        if today { clock } else { format!("{}-{:02}-{:02} {clock}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday) };
     let age = now - unix;
     let ago = match age {
         a if a < 0.0 => "in the future".to_owned(),

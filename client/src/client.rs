@@ -5,7 +5,9 @@
 //! result or a refusal for `orig_msgid`. Everything that arrives is kept
 //! until asked for, so waiting for one job never loses another's result.
 
-use emq_protocol::{AdminCommand, Command, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request, RunPayload};
+use emq_protocol::{
+    AdminCommand, Command, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request, RunPayload,
+};
 use emq_sender::{Sender, SenderError};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -529,9 +531,7 @@ mod tests {
     #[test]
     fn outcome_from_a_job_record() {
         let failed = JobReply::failed("ValueError", "boom", "tb").to_json();
-        let rec = |state: &str| {
-            serde_json::json!({"state": state, "result": serde_json::from_str::<Value>(&failed).unwrap()})
-        };
+        let rec = |state: &str| serde_json::json!({"state": state, "result": serde_json::from_str::<Value>(&failed).unwrap()});
         // A dead letter is over: its last error is the outcome (it used to
         // be taken for "still running", so a waiting client never heard).
         assert!(matches!(outcome_from_status(&rec("dead")), Some(JobOutcome::Failed(e)) if e.message == "boom"));

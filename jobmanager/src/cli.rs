@@ -74,7 +74,9 @@ pub fn main() -> ExitCode {
         tracing::warn!("running as root: jobs run as root too; set worker_user to run them as another user");
     }
     if cfg.allowed_paths.iter().any(|p| p == "*") {
-        tracing::warn!("allowed_paths = [\"*\"]: any importable callable can be run by anyone who can reach the router");
+        tracing::warn!(
+            "allowed_paths = [\"*\"]: any importable callable can be run by anyone who can reach the router"
+        );
     }
     tracing::info!(
         router = %s.worker_addr, queues = %cfg.queues.to_wire(), workers = cfg.workers,

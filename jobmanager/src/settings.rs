@@ -330,7 +330,8 @@ mod tests {
         });
         assert!(e.contains("heartbeat_timeout × heartbeat_liveness"), "{e}");
         refused("heartbeat_liveness", |s| s.heartbeat_liveness = 0.5);
-        let grace0 = JobManagerSettings { kill_grace_period: 0.0, allowed_paths: vec!["*".into()], ..Default::default() };
+        let grace0 =
+            JobManagerSettings { kill_grace_period: 0.0, allowed_paths: vec!["*".into()], ..Default::default() };
         assert_eq!(grace0.to_config().unwrap().kill_grace, Duration::ZERO);
     }
 
@@ -349,7 +350,8 @@ mod tests {
         refused("worker_addr_failover", |s| s.worker_addr_failover = vec!["tcp://h".into()]);
         refused("queues", |s| s.queues = QueuesSetting::Text("x:y".into()));
         refused("log_level", |s| s.log_level = "info=bogus[".into());
-        let ok = JobManagerSettings { prefetch: 0, spare_workers: 0, allowed_paths: vec!["*".into()], ..Default::default() };
+        let ok =
+            JobManagerSettings { prefetch: 0, spare_workers: 0, allowed_paths: vec!["*".into()], ..Default::default() };
         ok.to_config().unwrap();
         // worker_user: a name, a uid, or an error naming the key.
         let with = |u: &str| JobManagerSettings { worker_user: u.into(), ..Default::default() };

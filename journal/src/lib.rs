@@ -168,10 +168,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating it when missing) the journal in `opts.dir`, replays
     /// it through `on_record`, and starts the writer on a fresh segment.
-    pub fn open(
-        opts: &JournalOptions,
-        on_record: impl FnMut(Record),
-    ) -> Result<(Journal, ReplayReport), JournalError> {
+    pub fn open(opts: &JournalOptions, on_record: impl FnMut(Record)) -> Result<(Journal, ReplayReport), JournalError> {
         let dir = &opts.dir;
         let io = |e| JournalError::Io { path: dir.clone(), source: e };
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -189,7 +186,9 @@ impl Journal {
             SyncPolicy::Write => "write",
             SyncPolicy::Off => "off",
         });
-        stats.disk_bytes.store(report.bytes.saturating_sub(report.torn_tail.as_ref().map_or(0, |t| t.2)), Ordering::Relaxed);
+        stats
+            .disk_bytes
+            .store(report.bytes.saturating_sub(report.torn_tail.as_ref().map_or(0, |t| t.2)), Ordering::Relaxed);
         let durable = Arc::new(AtomicU64::new(0));
         let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io(std::io::Error::from(e)))?;
@@ -332,8 +331,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
         .open(&path)
         .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => locked.unlock().map_err(|(_, e)| JournalError::Io { path: path.clone(), source: e.into() }).and_then(
-            |f| {
+        Ok(locked) => {
+            locked.unlock().map_err(|(_, e)| JournalError::Io { path: path.clone(), source: e.into() }).and_then(|f| {
                 // Re-take it for the life of the journal (Flock unlocks on drop).
                 let raw = f.as_raw_fd();
                 // SAFETY: flock(2) on an fd we own, with no memory effects.
@@ -341,8 +340,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
                     return Err(JournalError::Locked { path: dir.to_path_buf() });
                 }
                 Ok(f)
-            },
-        ),
+            })
+        }
         Err(_) => Err(JournalError::Locked { path: dir.to_path_buf() }),
     }
 }

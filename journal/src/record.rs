@@ -109,23 +109,49 @@ pub struct FinishedJob {
 pub enum Record {
     /// Accepted from a client; its receipt waits until this is durable.
     /// In a checkpoint, `attempts` dispatches were behind it already.
-    Accepted { job: AcceptedJob, attempts: u32 },
+    Accepted {
+        job: AcceptedJob,
+        attempts: u32,
+    },
     /// Handed to a job manager (attempt number `attempt`).
-    Dispatched { msgid: String, job_manager: Vec<u8>, attempt: u32, at: f64 },
+    Dispatched {
+        msgid: String,
+        job_manager: Vec<u8>,
+        attempt: u32,
+        at: f64,
+    },
     /// Waiting in its queue again, at the front (its job manager was lost,
     /// its retry came due, or a dead letter was requeued), with `attempts`
     /// dispatches behind it.
-    Requeued { msgid: String, attempts: u32 },
+    Requeued {
+        msgid: String,
+        attempts: u32,
+    },
     /// An attempt failed; the next one is due at `due` (unix seconds).
-    Retrying { msgid: String, failure: AttemptFailure, due: f64, result: String },
+    Retrying {
+        msgid: String,
+        failure: AttemptFailure,
+        due: f64,
+        result: String,
+    },
     /// The final outcome. `failure` is set when it failed.
-    Finished { msgid: String, state: FinalState, at: f64, result: String, failure: Option<AttemptFailure> },
+    Finished {
+        msgid: String,
+        state: FinalState,
+        at: f64,
+        result: String,
+        failure: Option<AttemptFailure>,
+    },
     /// A finished job's history (checkpoints only).
     History(FinishedJob),
     /// A checkpoint starts: the records up to the matching end describe
     /// all live state; nothing before it is needed any more.
-    CheckpointBegin { id: u64 },
-    CheckpointEnd { id: u64 },
+    CheckpointBegin {
+        id: u64,
+    },
+    CheckpointEnd {
+        id: u64,
+    },
 }
 
 impl Record {
@@ -412,7 +438,13 @@ mod tests {
                 result: "{}".into(),
                 failure: Some(f.clone()),
             },
-            Record::Finished { msgid: "m2".into(), state: FinalState::Done, at: 10.0, result: "5".into(), failure: None },
+            Record::Finished {
+                msgid: "m2".into(),
+                state: FinalState::Done,
+                at: 10.0,
+                result: "5".into(),
+                failure: None,
+            },
             Record::History(FinishedJob {
                 msgid: "m3".into(),
                 queue: "q".into(),

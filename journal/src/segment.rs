@@ -106,7 +106,10 @@ pub fn read_segment_file(path: &Path) -> io::Result<Vec<u8>> {
             // Created, then a crash before the magic was whole: empty.
             return Ok(MAGIC.to_vec());
         }
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not an emq journal segment", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not an emq journal segment", path.display()),
+        ));
     }
     Ok(buf)
 }

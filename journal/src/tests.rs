@@ -155,7 +155,10 @@ fn torn_tail_is_truncated_at_every_offset() {
             assert!(report.torn_tail.is_none());
         } else {
             assert!(report.torn_tail.is_some(), "cut at {cut}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, frame_ends.iter().filter(|&&e| e <= cut).max().copied().unwrap_or(8));
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len() as usize,
+                frame_ends.iter().filter(|&&e| e <= cut).max().copied().unwrap_or(8)
+            );
         }
     }
 }

@@ -25,9 +25,9 @@ mod queues;
 pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, FEATURE_REPORTS_ALL};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
-pub use parse::Parse;
 pub use headers::{Headers, MAX_TIMEOUT_SECS};
 pub use health::{HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
+pub use parse::Parse;
 pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};
 

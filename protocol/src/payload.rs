@@ -142,7 +142,10 @@ impl JobErrorKind {
     pub fn is_infrastructure(&self) -> bool {
         matches!(
             self,
-            JobErrorKind::WorkerDied | JobErrorKind::JobManagerLost | JobErrorKind::RouterRestarted | JobErrorKind::Killed
+            JobErrorKind::WorkerDied
+                | JobErrorKind::JobManagerLost
+                | JobErrorKind::RouterRestarted
+                | JobErrorKind::Killed
         )
     }
 }

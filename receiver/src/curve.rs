@@ -89,7 +89,8 @@ impl Key {
     /// Reads a key file: the first line that is neither empty nor a `#`
     /// comment.
     pub fn from_file(path: &Path) -> Result<Key, CurveError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CurveError::Io { path: path.to_owned(), error: source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CurveError::Io { path: path.to_owned(), error: source })?;
         let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("");
         Self::parse(line, Some(path))
     }

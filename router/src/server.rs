@@ -16,8 +16,8 @@
 //! graceful stop.
 
 use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
-use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
 use crate::RouterSettings;
+use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
 use emq_protocol::Message;
 use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
@@ -286,7 +286,9 @@ impl Server {
                     zmq::PollItem::from_fd(self.journal.notify_fd(), zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => [items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), items[3].is_readable()],
+                    Ok(_) => {
+                        [items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), items[3].is_readable()]
+                    }
                     Err(zmq::Error::EINTR) => [false; 4],
                     Err(e) => return Err(e.into()),
                 }
@@ -349,8 +351,11 @@ impl Server {
         if pause != self.frontend_paused {
             self.frontend_paused = pause;
             if pause {
-                warn!(disk_bytes = used, journal_max_bytes = max,
-                      "router full: not reading the frontend until job managers drain it (clients' sends wait)");
+                warn!(
+                    disk_bytes = used,
+                    journal_max_bytes = max,
+                    "router full: not reading the frontend until job managers drain it (clients' sends wait)"
+                );
             } else {
                 info!(disk_bytes = used, "reading the frontend again");
             }
@@ -405,8 +410,12 @@ impl Server {
             let _ = self.send(socket, peer, message);
         }
         let st = self.journal.stats();
-        info!(batches = st.batches.load(Ordering::Relaxed), syncs = st.syncs.load(Ordering::Relaxed),
-              records = st.records.load(Ordering::Relaxed), "journal closed");
+        info!(
+            batches = st.batches.load(Ordering::Relaxed),
+            syncs = st.syncs.load(Ordering::Relaxed),
+            records = st.records.load(Ordering::Relaxed),
+            "journal closed"
+        );
     }
 
     /// The journal, for figures (STATUS, benchmarks).
@@ -449,7 +458,8 @@ impl Server {
         for _ in 0..4096 {
             let Some(incoming) = self.socket(kind).try_recv()? else { break };
             let user = incoming.user.map(|u| self.user_name(u));
-            shutdown |= self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message, user });
+            shutdown |=
+                self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message, user });
         }
         Ok(shutdown)
     }

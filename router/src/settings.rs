@@ -156,7 +156,12 @@ impl RouterSettings {
             result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
             results_max_bytes: v::count("results_max_bytes", self.results_max_bytes, 1 << 16, 1 << 40)?,
             admin_users: self.admin_users.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
-            allowed_schedulers: self.allowed_schedulers.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
+            allowed_schedulers: self
+                .allowed_schedulers
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
             retry_delay: v::seconds_at_most("retry_delay", self.retry_delay, Zero::Allowed, MAX_RETRY_DELAY)?,
             retry_multiplier: v::multiplier("retry_multiplier", self.retry_multiplier, MAX_RETRY_MULTIPLIER)?,
             dead_letter_max: v::count("dead_letter_max", self.dead_letter_max, 0, MAX_JOBS)?,
@@ -183,8 +188,9 @@ impl RouterSettings {
             .map_err(|why| SettingsError::invalid("journal_sync", &self.journal_sync, why))?;
         let segment_bytes = v::count("journal_segment_bytes", self.journal_segment_bytes, 1 << 20, 1 << 40)?;
         let dir = match self.data_dir.trim() {
-            "" => emq_settings::default_data_dir()
-                .ok_or_else(|| SettingsError::invalid("data_dir", "", "no XDG_STATE_HOME or HOME to put it under: set data_dir"))?,
+            "" => emq_settings::default_data_dir().ok_or_else(|| {
+                SettingsError::invalid("data_dir", "", "no XDG_STATE_HOME or HOME to put it under: set data_dir")
+            })?,
             d => std::path::PathBuf::from(d),
         };
         Ok(emq_journal::JournalOptions { dir, sync, segment_bytes, repair })
@@ -253,12 +259,23 @@ impl RouterSettings {
     /// Keys that only take effect on a restart: the bound sockets and the
     /// HTTP listener (rebinding would drop every peer's connection), and
     /// the sockets' high-water mark (fixed when they are bound).
-    pub const RESTART_KEYS: &'static [&'static str] =
-        &["frontend_addr", "backend_addr", "administrative_addr", "http_addr", "socket_hwm", "log_level", "data_dir",
-          "journal_sync", "journal_segment_bytes", "max_message_bytes", "curve_secret_key", "curve_frontend_keys",
-          "curve_backend_keys", "curve_admin_keys"];
+    pub const RESTART_KEYS: &'static [&'static str] = &[
+        "frontend_addr",
+        "backend_addr",
+        "administrative_addr",
+        "http_addr",
+        "socket_hwm",
+        "log_level",
+        "data_dir",
+        "journal_sync",
+        "journal_segment_bytes",
+        "max_message_bytes",
+        "curve_secret_key",
+        "curve_frontend_keys",
+        "curve_backend_keys",
+        "curve_admin_keys",
+    ];
 }
-
 
 #[cfg(test)]
 mod tests {

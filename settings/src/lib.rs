@@ -22,7 +22,8 @@ use std::path::Path;
 use thiserror::Error;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: &[&str] = &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users"];
+const LIST_KEYS: &[&str] =
+    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users"];
 
 /// A settings file or value that cannot be used. Binaries print it as one
 /// line and exit with status 2; a server reloading on SIGHUP logs it and
@@ -52,16 +53,61 @@ pub enum SettingsError {
 /// anything else in the file or in an `EMQ_*` variable is an error.
 /// `tests/settings_file.rs` keeps this equal to the keys of `settings.toml`.
 pub const KNOWN_KEYS: &[&str] = &[
-    "frontend_addr", "backend_addr", "administrative_addr", "hwm", "socket_hwm", "job_history",
-    "results_max_bytes", "curve_secret_key", "curve_frontend_keys", "curve_backend_keys", "curve_admin_keys",
-    "admin_users", "max_message_bytes", "allowed_schedulers", "result_ttl", "retry_delay", "retry_multiplier",
-    "dead_letter_max", "reject_unknown_queues", "http_addr", "data_dir", "journal_sync", "journal_segment_bytes",
-    "stop_grace", "buffer_memory", "journal_max_bytes", "on_full", "heartbeat_interval", "heartbeat_timeout",
-    "heartbeat_liveness", "log_level", "worker_addr", "worker_addr_failover", "queues", "concurrent_jobs",
-    "max_job_count", "global_timeout", "kill_escalation", "worker_pipeline", "steal_after", "prefetch",
-    "prefetch_below", "spare_workers", "kill_grace_period", "reconnect_timeout", "subprocess_setup_func",
-    "job_entry_func", "job_exit_func", "python_path", "python_venv", "allowed_paths", "curve_server_key",
-    "curve_key", "worker_user", "name",
+    "frontend_addr",
+    "backend_addr",
+    "administrative_addr",
+    "hwm",
+    "socket_hwm",
+    "job_history",
+    "results_max_bytes",
+    "curve_secret_key",
+    "curve_frontend_keys",
+    "curve_backend_keys",
+    "curve_admin_keys",
+    "admin_users",
+    "max_message_bytes",
+    "allowed_schedulers",
+    "result_ttl",
+    "retry_delay",
+    "retry_multiplier",
+    "dead_letter_max",
+    "reject_unknown_queues",
+    "http_addr",
+    "data_dir",
+    "journal_sync",
+    "journal_segment_bytes",
+    "stop_grace",
+    "buffer_memory",
+    "journal_max_bytes",
+    "on_full",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "heartbeat_liveness",
+    "log_level",
+    "worker_addr",
+    "worker_addr_failover",
+    "queues",
+    "concurrent_jobs",
+    "max_job_count",
+    "global_timeout",
+    "kill_escalation",
+    "worker_pipeline",
+    "steal_after",
+    "prefetch",
+    "prefetch_below",
+    "spare_workers",
+    "kill_grace_period",
+    "reconnect_timeout",
+    "subprocess_setup_func",
+    "job_entry_func",
+    "job_exit_func",
+    "python_path",
+    "python_venv",
+    "allowed_paths",
+    "curve_server_key",
+    "curve_key",
+    "worker_user",
+    "name",
 ];
 
 /// `EMQ_*` variables that are not settings: the worker's own
@@ -93,7 +139,10 @@ fn closest_key(key: &str) -> Option<String> {
 fn check_known_keys(file: Option<&Path>) -> Result<(), SettingsError> {
     use config::{Config, File, FileFormat};
     if let Some(p) = file {
-        let map = Config::builder().add_source(File::from(p).format(FileFormat::Toml)).build()?.try_deserialize::<std::collections::HashMap<String, config::Value>>()?;
+        let map = Config::builder()
+            .add_source(File::from(p).format(FileFormat::Toml))
+            .build()?
+            .try_deserialize::<std::collections::HashMap<String, config::Value>>()?;
         let mut keys: Vec<&String> = map.keys().collect();
         keys.sort();
         if let Some(k) = keys.into_iter().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
@@ -112,7 +161,11 @@ fn check_known_keys(file: Option<&Path>) -> Result<(), SettingsError> {
         if INTERNAL_ENV.contains(&var.as_str()) || KNOWN_KEYS.contains(&key.as_str()) {
             continue;
         }
-        return Err(SettingsError::UnknownKey { key, place: format!("environment variable {var}"), closest: closest_key(&rest.to_ascii_lowercase()) });
+        return Err(SettingsError::UnknownKey {
+            key,
+            place: format!("environment variable {var}"),
+            closest: closest_key(&rest.to_ascii_lowercase()),
+        });
     }
     Ok(())
 }
@@ -147,9 +200,7 @@ pub mod validate;
 /// `$XDG_STATE_HOME/emq`, else `$HOME/.local/state/emq`.
 pub fn default_data_dir() -> Option<std::path::PathBuf> {
     let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-    non_empty("XDG_STATE_HOME")
-        .map(|d| d.join("emq"))
-        .or_else(|| non_empty("HOME").map(|h| h.join(".local/state/emq")))
+    non_empty("XDG_STATE_HOME").map(|d| d.join("emq")).or_else(|| non_empty("HOME").map(|h| h.join(".local/state/emq")))
 }
 
 /// The file the router writes its admin token to, in its data directory.

@@ -551,7 +551,10 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
     }
     // b0 runs, b1 is queued at the worker, b2..b4 wait here.
     let out = req(&mut h, "u", "urgent");
-    assert!(out.contains(&Action::Steal { slot: 0 }), "the lower-weight job queued at the worker is taken back: {out:?}");
+    assert!(
+        out.contains(&Action::Steal { slot: 0 }),
+        "the lower-weight job queued at the worker is taken back: {out:?}"
+    );
     let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["b1".into()] });
     let runs: Vec<String> = out
         .iter()
@@ -562,7 +565,10 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
         .collect();
     assert_eq!(runs, vec!["u"], "the urgent job is queued next at the worker");
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b0".into(), reply_json: "{}".into(), error_type: None });
-    assert!(out.iter().any(|a| matches!(a, Action::Run { msgid, .. } if msgid == "b1")), "then the bulk jobs, in order: {out:?}");
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Run { msgid, .. } if msgid == "b1")),
+        "then the bulk jobs, in order: {out:?}"
+    );
     let SlotState::Busy(running) = &h.s.slots()[0].state else { panic!() };
     assert_eq!(running.msgid, "u", "the urgent job runs right after the one that was running");
 }

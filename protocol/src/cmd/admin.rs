@@ -41,7 +41,9 @@ impl AdminCommand {
             "ROUTER_SHOW_WORKERS" => AdminCommand::RouterShowWorkers,
             "ROUTER_SHOW_SCHEDULERS" => AdminCommand::RouterShowSchedulers,
             "HELLO" => AdminCommand::Hello,
-            "JOB_STATUS" => AdminCommand::JobStatus { job_msgid: p.next_string()?, owner_token: p.next_optional_string()? },
+            "JOB_STATUS" => {
+                AdminCommand::JobStatus { job_msgid: p.next_string()?, owner_token: p.next_optional_string()? }
+            }
             "AUTHENTICATE" => AdminCommand::Authenticate { token: p.next_string()? },
             "ROUTER_DEAD_LETTERS" => AdminCommand::DeadLetters,
             "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },

@@ -3,8 +3,8 @@
 //! [`Request::headers`] and [`crate::RunPayload::parse`] read them.
 
 use crate::error::DecodeErrorKind;
-use crate::parse::Parse;
 use crate::headers::Headers;
+use crate::parse::Parse;
 
 /// A job as it travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -127,9 +127,7 @@ impl RouterState {
             }
             let mut order: Vec<&(u32, String)> = peer.queues.0.iter().collect();
             order.sort_by(|a, b| b.0.cmp(&a.0));
-            let found = order
-                .iter()
-                .find_map(|(_, name)| (self.queue_len(name) > 0).then(|| name.clone()));
+            let found = order.iter().find_map(|(_, name)| (self.queue_len(name) > 0).then(|| name.clone()));
             let Some(queue) = found else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
             self.dispatch(jm.clone(), queue, job, now, out);

@@ -8,8 +8,7 @@
 use super::{send, Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
 use emq_journal::{AcceptedJob, Record};
 use emq_protocol::{
-    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobReply, Message, Reply, Request,
-    DEFAULT_QUEUE,
+    Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobReply, Message, Reply, Request, DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
 use std::sync::Arc;
@@ -152,8 +151,7 @@ impl RouterState {
                 // body is a msgid, never JSON, so the two cannot be confused).
                 // The result only to the connection that sent the job or the
                 // holder of its owner token.
-                let full =
-                    self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
+                let full = self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
                 let body = self.history.status_json(&job_msgid, full);
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
             }
@@ -185,7 +183,8 @@ impl RouterState {
         if self.stopping.is_some() {
             return self.refuse(&client, msgid, Refusal::Stopping, out);
         }
-        let unfinished = self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying));
+        let unfinished =
+            self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying));
         if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) || unfinished {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }

@@ -402,8 +402,13 @@ impl RouterState {
         }
         self.shutting_down = true;
         let buffered = self.buffered();
-        tracing::info!(buffered, retrying = self.delayed.len(), in_flight = self.in_flight.len(),
-            dead_letters = self.dead.len(), "router stopping: these jobs are kept in the journal for the next start");
+        tracing::info!(
+            buffered,
+            retrying = self.delayed.len(),
+            in_flight = self.in_flight.len(),
+            dead_letters = self.dead.len(),
+            "router stopping: these jobs are kept in the journal for the next start"
+        );
         for p in self.job_managers.keys() {
             out.push(send(SocketKind::Backend, p, Command::Kbye));
         }

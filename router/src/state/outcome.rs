@@ -4,9 +4,7 @@
 //! us to keep becomes a dead letter (which an operator can REQUEUE); the
 //! final outcome — and only it — goes to a `reply-requested` client.
 
-use super::{
-    send, Action, AttemptError, DeadLetter, JobInFlight, JobState, Now, RouterState, SocketKind, WaitingJob,
-};
+use super::{send, Action, AttemptError, DeadLetter, JobInFlight, JobState, Now, RouterState, SocketKind, WaitingJob};
 use emq_journal::{AttemptFailure, FinalState, Record};
 use emq_protocol::{Command, JobErrorKind, JobReply, Reply};
 use emq_receiver::PeerId;
@@ -86,10 +84,16 @@ impl RouterState {
         out: &mut Vec<Action>,
     ) {
         if let Some((kind, message)) = &error {
-            let error = AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
+            let error =
+                AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
             self.history.record_attempt_error(&id, error);
             if job.request.is_some() && job.attempts <= job.retry_count {
-                let failure = AttemptFailure { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
+                let failure = AttemptFailure {
+                    attempt: job.attempts,
+                    kind: kind.to_string(),
+                    message: message.clone(),
+                    at: now.unix,
+                };
                 return self.schedule_retry(id, job, failure, reply_json, now, out);
             }
         }

@@ -4,9 +4,7 @@
 //! is lost takes its unfinished jobs with it: `guarantee` ones go back to
 //! the front of their queue, the others end as `job manager lost`.
 
-use super::{
-    send, Action, JobManagerPeer, JobState, Now, RouterState, SocketKind, StaleJobManager, StoredRequest,
-};
+use super::{send, Action, JobManagerPeer, JobState, Now, RouterState, SocketKind, StaleJobManager, StoredRequest};
 use emq_journal::{FinalState, Record};
 use emq_protocol::{
     Ack, Command, Heartbeat, Inform, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, DEFAULT_QUEUE,
@@ -329,7 +327,8 @@ impl RouterState {
             if jm.reports_all_completions {
                 // Ours: with how many of its REPLYs we hold. Sent once this
                 // pass's journal batch is durable, so the count is durable.
-                let confirm = Heartbeat { health: Some(format!(r#"{{"reports":{}}}"#, jm.reports_received)), ..hb.clone() };
+                let confirm =
+                    Heartbeat { health: Some(format!(r#"{{"reports":{}}}"#, jm.reports_received)), ..hb.clone() };
                 out.push(Action::SendDurable {
                     socket: SocketKind::Backend,
                     peer: peer.clone(),

@@ -194,8 +194,7 @@ impl StoredRequest {
     /// Sets `attempt:N` (readable by the job as `emq.attempt`) on a re-run;
     /// a first dispatch stays byte-identical.
     pub fn mark_attempt(&mut self, attempt: u32) {
-        let kept: Vec<&str> =
-            self.headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
+        let kept: Vec<&str> = self.headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
         let mut h = kept.join(",");
         if !h.is_empty() {
             h.push(',');

@@ -39,7 +39,10 @@ enum Phase {
     InFlight(PeerId),
     /// Waiting for its retry, due at this unix time.
     Retrying(f64),
-    Dead { failure: Option<AttemptFailure>, at: f64 },
+    Dead {
+        failure: Option<AttemptFailure>,
+        at: f64,
+    },
 }
 
 /// Replay in progress.
@@ -225,8 +228,14 @@ impl RouterState {
             self.queues.entry(queue.clone()).or_default().ever_served = true;
             self.buffer(queue, job, false);
         }
-        info!(buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
-              dead_letters = summary.dead_letters, history = summary.history, "state restored from the journal");
+        info!(
+            buffered = summary.buffered,
+            in_doubt = summary.in_doubt,
+            retrying = summary.retrying,
+            dead_letters = summary.dead_letters,
+            history = summary.history,
+            "state restored from the journal"
+        );
         summary
     }
 
@@ -295,7 +304,13 @@ impl RouterState {
             .into_boxed_str(),
             payload: "".into(),
         });
-        WaitingJob { client: j.client.clone(), msgid, request, received_ms: self.stamp(j.received), attempts: j.attempts }
+        WaitingJob {
+            client: j.client.clone(),
+            msgid,
+            request,
+            received_ms: self.stamp(j.received),
+            attempts: j.attempts,
+        }
     }
 
     /// Tick step: jobs in doubt that nobody reported in time run again
@@ -337,15 +352,16 @@ impl RouterState {
             let at = self.started + Duration::from_millis(received_ms as u64);
             now.unix - now.mono.saturating_duration_since(at).as_secs_f64()
         };
-        let accepted = |msgid: &str, client: &PeerId, queue: &str, request: &StoredRequest, received: f64| AcceptedJob {
-            msgid: msgid.to_owned(),
-            client: client.as_bytes().to_vec(),
-            queue: queue.to_owned(),
-            requested_queue: request.queue.as_deref().map(str::to_owned),
-            headers: request.headers.to_string(),
-            payload: request.payload.to_string(),
-            received,
-        };
+        let accepted =
+            |msgid: &str, client: &PeerId, queue: &str, request: &StoredRequest, received: f64| AcceptedJob {
+                msgid: msgid.to_owned(),
+                client: client.as_bytes().to_vec(),
+                queue: queue.to_owned(),
+                requested_queue: request.queue.as_deref().map(str::to_owned),
+                headers: request.headers.to_string(),
+                payload: request.payload.to_string(),
+                received,
+            };
         let mut out = Vec::new();
         // Finished jobs' history first: live jobs' records are rebuilt by
         // their own records below.
@@ -395,7 +411,8 @@ impl RouterState {
             out.push(Record::Accepted { job, attempts: j.attempts });
             let due = now.unix + due.saturating_duration_since(now.mono).as_secs_f64();
             // No failure to repeat: the history records carry them.
-            let failure = AttemptFailure { attempt: j.attempts, kind: String::new(), message: String::new(), at: now.unix };
+            let failure =
+                AttemptFailure { attempt: j.attempts, kind: String::new(), message: String::new(), at: now.unix };
             out.push(Record::Retrying { msgid: j.msgid.to_string(), failure, due, result: String::new() });
         }
         for (msgid, d) in &self.in_doubt {

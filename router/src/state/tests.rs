@@ -351,8 +351,7 @@ fn unreachable_job_manager_job_is_requeued() {
     let out = h.request("c", "j", "default", "");
     let Action::Send { message, .. } = out[0].clone() else { panic!() };
     h.inform("alive", &[(10, "default")]);
-    let out =
-        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message });
+    let out = h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("gone"), message });
     assert!(dispatched_to(&out).is_empty());
     assert_eq!(h.r.waiting("default"), 1);
     assert_eq!(dispatched_to(&h.ready("alive")), vec![("alive".into(), "j".into())]);
@@ -519,9 +518,10 @@ fn decode_errors_are_counted_and_answered_where_due() {
     );
     assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())]);
     let bad = Message::from_frames(&[b"" as &[u8], b"eMQP/9", b"READY", b"m2"]).unwrap_err();
-    let out = h
-        .r
-        .handle_vec(Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad), user: None }, h.now);
+    let out = h.r.handle_vec(
+        Event::Received { socket: SocketKind::Backend, peer: PeerId::from("w"), message: Err(bad), user: None },
+        h.now,
+    );
     assert!(out.is_empty());
     assert_eq!(h.r.errors()["too_few_frames"], 1);
     assert_eq!(h.r.errors()["bad_protocol_version"], 1);
@@ -555,7 +555,11 @@ fn kbye_drains_running_jobs_then_forgets_the_job_manager() {
 fn job_status_follows_a_job_from_queued_to_done() {
     let mut h = Harness::new();
     let status = |h: &mut Harness| -> serde_json::Value {
-        let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: None }));
+        let out = h.recv(
+            SocketKind::Admin,
+            "cli",
+            Command::Admin(AdminCommand::JobStatus { job_msgid: "j".into(), owner_token: None }),
+        );
         let Action::Send { message, .. } = &out[0] else { panic!() };
         let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
         serde_json::from_str(body).unwrap()
@@ -579,7 +583,11 @@ fn job_status_follows_a_job_from_queued_to_done() {
     h.ready("jm");
     h.request("c", "f", "default", "");
     h.done("jm", "f", r#"{"value": "boom", "error": {"type": "ValueError", "message": "boom", "traceback": ""}}"#);
-    let out = h.recv(SocketKind::Frontend, "c", Command::Admin(AdminCommand::JobStatus { job_msgid: "f".into(), owner_token: None }));
+    let out = h.recv(
+        SocketKind::Frontend,
+        "c",
+        Command::Admin(AdminCommand::JobStatus { job_msgid: "f".into(), owner_token: None }),
+    );
     let Action::Send { message, .. } = &out[0] else { panic!() };
     let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
     assert!(body.contains("\"failed\""), "{body}");
@@ -692,7 +700,10 @@ fn a_job_that_always_fails_becomes_a_dead_letter_and_can_be_requeued() {
         (dead["dead_letters"][0]["msgid"].as_str(), dead["dead_letters"][0]["attempts"].as_u64()),
         (Some("d"), Some(2))
     );
-    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into(), owner_token: None })["state"], "dead");
+    assert_eq!(
+        admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into(), owner_token: None })["state"],
+        "dead"
+    );
     let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Requeue { job_msgid: "d".into() }));
     assert_eq!(dispatched_to(&out), vec![("jm".into(), "d".into())]);
     assert_eq!(admin_json(&mut h, AdminCommand::DeadLetters)["count"], 0);
@@ -715,7 +726,10 @@ fn lost_job_manager_fails_plain_jobs_and_retries_retryable_ones() {
     h.ready("jm2");
     h.advance(1.1);
     assert_eq!(dispatched_to(&h.tick()), vec![("jm2".into(), "retry".into())]);
-    assert_eq!(admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into(), owner_token: None })["state"], "lost");
+    assert_eq!(
+        admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into(), owner_token: None })["state"],
+        "lost"
+    );
 }
 
 #[test]
@@ -890,13 +904,11 @@ fn unreachable_for_a_job_already_requeued_elsewhere_does_not_run_it_twice() {
     h.ready("w2");
     // Both sends to w failed. The first event requeues j1 and forgets w
     // (j2 goes with it, requeued as guaranteed, to w2).
-    let out1 =
-        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m1 });
+    let out1 = h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m1 });
     let d1 = dispatched_to(&out1);
     assert!(out1.iter().any(|a| matches!(a, Action::Forget { .. })));
     // The second must not take j2's new entry away from w2.
-    let out2 =
-        h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m2 });
+    let out2 = h.event(Event::Unreachable { socket: SocketKind::Backend, peer: PeerId::from("w"), message: m2 });
     let all: Vec<(String, String)> = d1.into_iter().chain(dispatched_to(&out2)).collect();
     assert_eq!(all.iter().filter(|(_, id)| id == "j2").count(), 1, "j2 dispatched once: {all:?}");
     assert_eq!(all.iter().filter(|(_, id)| id == "j1").count(), 1, "j1 dispatched once: {all:?}");
@@ -1072,7 +1084,10 @@ fn schedulers_must_be_allowed() {
     c.allowed_schedulers = vec!["*".into()];
     let now = Now::real();
     let mut h = Harness::with(RouterState::new(c, now), now);
-    assert_eq!(sends(&h.recv(SocketKind::Frontend, "sched", inform)), vec![(SocketKind::Frontend, "sched".into(), "ACK".into())]);
+    assert_eq!(
+        sends(&h.recv(SocketKind::Frontend, "sched", inform)),
+        vec![(SocketKind::Frontend, "sched".into(), "ACK".into())]
+    );
     let out = h.recv(SocketKind::Frontend, "client", order);
     assert_eq!(sends(&out)[0].1, "sched");
 }
@@ -1091,7 +1106,8 @@ fn admin_changes_need_the_token_and_results_are_owned() {
     let out = h.recv_id(SocketKind::Admin, "stranger", Message::with_msgid("d1", Command::Disconnect));
     assert!(!out.contains(&Action::Shutdown));
     assert_eq!(h.r.errors()["admin_refused"], 1);
-    let wrong = h.recv(SocketKind::Admin, "stranger", Command::Admin(AdminCommand::Authenticate { token: "guess".into() }));
+    let wrong =
+        h.recv(SocketKind::Admin, "stranger", Command::Admin(AdminCommand::Authenticate { token: "guess".into() }));
     assert!(!sends(&wrong).is_empty());
     assert_eq!(h.r.errors()["admin_auth_failed"], 1);
     let status = |h: &mut Harness, socket, peer: &str, token: Option<&str>| -> serde_json::Value {
@@ -1163,7 +1179,16 @@ fn heartbeats_confirm_reports_once_durable() {
     };
     let (when, m) = beat("ours").expect("a heartbeat to ours");
     assert_eq!(when, "durable");
-    assert_eq!(m.command, Command::Heartbeat(Heartbeat { timestamp: match &m.command { Command::Heartbeat(hb) => hb.timestamp.clone(), _ => unreachable!() }, health: Some(r#"{"reports":1}"#.into()) }));
+    assert_eq!(
+        m.command,
+        Command::Heartbeat(Heartbeat {
+            timestamp: match &m.command {
+                Command::Heartbeat(hb) => hb.timestamp.clone(),
+                _ => unreachable!(),
+            },
+            health: Some(r#"{"reports":1}"#.into())
+        })
+    );
     let (when, m) = beat("eventmq").expect("a heartbeat to EventMQ's");
     assert_eq!(when, "now");
     assert!(matches!(m.command, Command::Heartbeat(Heartbeat { health: None, .. })), "EventMQ's gets a plain one");
