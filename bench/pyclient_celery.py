@@ -14,14 +14,14 @@ import collections
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "celery"))
+from run_celery import free_port, redis_ping, stop, wait_until  # noqa: E402  (the same helpers as scenario 1)
 BIN = os.path.dirname(sys.executable)
 
 APP = '''
@@ -37,35 +37,6 @@ app.conf.update(task_acks_late=False, result_expires=600)
 def add(a, b):
     return benchjobs.add(a, b)
 '''
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(p):
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait()
-
-
-def wait_until(cond, limit, what):
-    end = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > end:
-            raise RuntimeError("timed out waiting for " + what)
-        time.sleep(0.05)
 
 
 def main():
@@ -86,14 +57,7 @@ def main():
         sys.path.insert(0, tmp)
         from pyclient_tasks import add, app
 
-        def redis_up():
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-        wait_until(redis_up, 10, "redis")
+        wait_until(lambda: redis_ping(port), 10, "redis", [(redis, "redis-server")])
         with open(os.path.join(tmp, "worker.log"), "wb") as wlog:
             worker = subprocess.Popen([os.path.join(BIN, "celery"), "-A", "pyclient_tasks", "worker", "--pool",
                                        "prefork", "--concurrency", "2", "--without-gossip", "--without-mingle",
@@ -116,8 +80,8 @@ def main():
         secs = time.monotonic() - t0
         print(json.dumps({"n": a.n, "window": a.window, "secs": secs, "jobs_per_sec": a.n / secs}))
     finally:
-        stop(worker)
-        stop(redis)
+        stop(worker, "celery worker")
+        stop(redis, "redis-server")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

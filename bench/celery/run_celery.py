@@ -59,6 +59,16 @@ def stop(proc, name, grace=10.0):
     proc.wait()
 
 
+def redis_ping(port):
+    """Whether a redis-server answers PING on `port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def wait_until(cond, timeout, what, procs=()):
     deadline = time.monotonic() + timeout
     while True:
@@ -99,14 +109,7 @@ def main():
         sys.path.insert(0, HERE)
         from tasks import app, append_line  # reads BENCH_REDIS_PORT
 
-        def redis_up():
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-        wait_until(redis_up, 10, "redis-server", [(redis, "redis-server")])
+        wait_until(lambda: redis_ping(port), 10, "redis-server", [(redis, "redis-server")])
 
         with open(os.path.join(tmp, "worker.log"), "wb") as wlog:
             worker = subprocess.Popen(

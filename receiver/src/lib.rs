@@ -203,6 +203,21 @@ impl Receiver {
         &self.socket
     }
 
+    /// Waits up to `limit` for one message (tools and tests; the router's
+    /// poll loop uses [`Self::try_recv`]).
+    pub fn recv_timeout(&self, limit: std::time::Duration) -> Result<Option<Incoming>, ReceiverError> {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            let left = end.saturating_duration_since(std::time::Instant::now()).as_millis().clamp(1, 50) as i64;
+            if self.socket.poll(zmq::POLLIN, left)? > 0 {
+                if let Some(m) = self.try_recv()? {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Receives one message without blocking: `Ok(None)` when nothing is
     /// waiting. A message without an identity frame cannot happen on a
     /// ROUTER, but is reported as an empty peer rather than a panic.

@@ -6,7 +6,7 @@
 use emq_protocol::{Command, Message};
 use emq_receiver::{AllowList, CurveServer, Incoming, Key, Receiver, ZapHandler};
 use emq_sender::{CurveClientKeys, Sender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DOMAIN: &str = "frontend";
 
@@ -36,15 +36,7 @@ fn client_keys(server: &zmq::CurveKeyPair, me: &zmq::CurveKeyPair) -> CurveClien
 
 /// Waits up to `limit` for one message.
 fn recv(rx: &Receiver, limit: Duration) -> Option<Incoming> {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if rx.socket().poll(zmq::POLLIN, 50).unwrap() > 0 {
-            if let Some(m) = rx.try_recv().unwrap() {
-                return Some(m);
-            }
-        }
-    }
-    None
+    rx.recv_timeout(limit).unwrap()
 }
 
 /// How long a refused client is given to get a message through anyway.

@@ -102,9 +102,4 @@ def ppid_then_sleep(path, secs):
 def sleep_then_append(path, line, secs):
     """Sleep, then append one line to ``path`` (job order tests)."""
     time.sleep(secs)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (str(line) + "\n").encode())
-    finally:
-        os.close(fd)
-    return True
+    return append_line(path, line)
