@@ -7,7 +7,7 @@ def fp():
 def rss(pid):
     for l in open("/proc/%d/status"%pid):
         if l.startswith("VmRSS"): return int(l.split()[1])
-rel=sys.argv[1]; n=1000000
+rel=os.path.abspath(sys.argv[1]); n=1000000
 f,b,a=["tcp://127.0.0.1:%d"%fp() for _ in range(3)]
 d=tempfile.mkdtemp()
 env=dict(os.environ, RUST_LOG="error", EMQ_HTTP_ADDR="", EMQ_HWM=str(2*n), EMQ_DATA_DIR=d)
