@@ -19,7 +19,7 @@ pub mod record;
 mod replay;
 pub mod segment;
 
-pub use record::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record, RecordError};
+pub use record::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record, RecordError, ScheduleEntry};
 pub use replay::{replay, ReplayReport};
 
 use crossbeam_channel::{Receiver, Sender};

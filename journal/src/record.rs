@@ -104,6 +104,32 @@ pub struct FinishedJob {
     pub failures: Vec<AttemptFailure>,
 }
 
+/// A schedule as the router keeps it (EventMQ's SCHEDULE order plus what
+/// the router learnt running it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleEntry {
+    /// EventMQ's id: SHA-1 hex of the callable and its arguments.
+    pub id: String,
+    pub queue: String,
+    /// The SCHEDULE's header frame as received (schedule-only headers and
+    /// the fired jobs' headers).
+    pub headers: String,
+    /// Seconds between runs; -1 when `cron` is used.
+    pub interval_secs: i64,
+    pub cron: String,
+    pub payload: String,
+    /// Unix seconds of the next run.
+    pub next_due: f64,
+    /// Runs so far.
+    pub runs: u64,
+    /// Runs left; `None` for ever.
+    pub runs_left: Option<u64>,
+    /// Unix seconds it was (last) scheduled.
+    pub created: f64,
+    /// The CURVE user that scheduled it (none on a plaintext frontend).
+    pub user: Option<String>,
+}
+
 /// One entry of the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -152,6 +178,26 @@ pub enum Record {
     CheckpointEnd {
         id: u64,
     },
+    /// An accepted job (its `Accepted` record is before this) waits until
+    /// `due` (unix seconds) before it is queued: `delay:` / `eta:`.
+    Delayed {
+        msgid: String,
+        due: f64,
+    },
+    /// A schedule was made or replaced (in checkpoints: one per schedule).
+    ScheduleSet(ScheduleEntry),
+    /// A schedule was removed (UNSCHEDULE, or its runs were used up).
+    ScheduleRemoved {
+        id: String,
+    },
+    /// A schedule fired at `at` as job `msgid` (its `Accepted` record is
+    /// before this); it fires next at `next_due`.
+    ScheduleFired {
+        id: String,
+        msgid: String,
+        at: f64,
+        next_due: f64,
+    },
 }
 
 impl Record {
@@ -164,7 +210,11 @@ impl Record {
             | Record::Retrying { msgid, .. }
             | Record::Finished { msgid, .. } => Some(msgid),
             Record::History(h) => Some(&h.msgid),
-            Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => None,
+            Record::Delayed { msgid, .. } | Record::ScheduleFired { msgid, .. } => Some(msgid),
+            Record::CheckpointBegin { .. }
+            | Record::CheckpointEnd { .. }
+            | Record::ScheduleSet(_)
+            | Record::ScheduleRemoved { .. } => None,
         }
     }
 
@@ -246,6 +296,36 @@ impl Record {
                 w.u8(8);
                 w.u64(*id);
             }
+            Record::Delayed { msgid, due } => {
+                w.u8(9);
+                w.str(msgid);
+                w.f64(*due);
+            }
+            Record::ScheduleSet(e) => {
+                w.u8(10);
+                w.str(&e.id);
+                w.str(&e.queue);
+                w.str(&e.headers);
+                w.u64(e.interval_secs as u64);
+                w.str(&e.cron);
+                w.str(&e.payload);
+                w.f64(e.next_due);
+                w.u64(e.runs);
+                w.u64(e.runs_left.unwrap_or(u64::MAX));
+                w.f64(e.created);
+                w.opt_str(e.user.as_deref());
+            }
+            Record::ScheduleRemoved { id } => {
+                w.u8(11);
+                w.str(id);
+            }
+            Record::ScheduleFired { id, msgid, at, next_due } => {
+                w.u8(12);
+                w.str(id);
+                w.str(msgid);
+                w.f64(*at);
+                w.f64(*next_due);
+            }
         }
     }
 
@@ -313,6 +393,22 @@ impl Record {
             }
             7 => Record::CheckpointBegin { id: r.u64()? },
             8 => Record::CheckpointEnd { id: r.u64()? },
+            9 => Record::Delayed { msgid: r.str()?, due: r.f64()? },
+            10 => Record::ScheduleSet(ScheduleEntry {
+                id: r.str()?,
+                queue: r.str()?,
+                headers: r.str()?,
+                interval_secs: r.u64()? as i64,
+                cron: r.str()?,
+                payload: r.str()?,
+                next_due: r.f64()?,
+                runs: r.u64()?,
+                runs_left: Some(r.u64()?).filter(|n| *n != u64::MAX),
+                created: r.f64()?,
+                user: r.opt_str()?,
+            }),
+            11 => Record::ScheduleRemoved { id: r.str()? },
+            12 => Record::ScheduleFired { id: r.str()?, msgid: r.str()?, at: r.f64()?, next_due: r.f64()? },
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -459,6 +555,35 @@ mod tests {
             }),
             Record::CheckpointBegin { id: 7 },
             Record::CheckpointEnd { id: 7 },
+            Record::Delayed { msgid: "d".into(), due: 1.7e9 },
+            Record::ScheduleSet(ScheduleEntry {
+                id: "e037b3207577f260ad3c1dd8f4dd7db1acfb562f".into(),
+                queue: "default".into(),
+                headers: "guarantee,run_count:3".into(),
+                interval_secs: -1,
+                cron: "* * * * * 30".into(),
+                payload: r#"["run", {"path": "a", "callable": "b"}]"#.into(),
+                next_due: 1.7e9,
+                runs: 2,
+                runs_left: Some(1),
+                created: 1.6e9,
+                user: Some("alice".into()),
+            }),
+            Record::ScheduleSet(ScheduleEntry {
+                id: "x".into(),
+                queue: "q".into(),
+                headers: String::new(),
+                interval_secs: 5,
+                cron: String::new(),
+                payload: String::new(),
+                next_due: 3.0,
+                runs: 0,
+                runs_left: None,
+                created: 1.0,
+                user: None,
+            }),
+            Record::ScheduleRemoved { id: "x".into() },
+            Record::ScheduleFired { id: "x".into(), msgid: "m".into(), at: 2.0, next_due: 7.0 },
         ]
     }
 

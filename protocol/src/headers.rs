@@ -7,7 +7,7 @@
 pub const MAX_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// The headers this project understands.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Headers {
     /// The client wants the job's result forwarded to it.
     pub reply_requested: bool,
@@ -24,7 +24,21 @@ pub struct Headers {
     /// JOB_STATUS that presents it sees the job's result, from any
     /// connection (the client reconnects under a new identity).
     pub owner: Option<String>,
+    /// Our extension, `delay:SECONDS`: run the job no sooner than this many
+    /// seconds after the router accepts it.
+    pub delay_secs: Option<f64>,
+    /// Our extension, `eta:UNIX_SECONDS`: run the job no sooner than this
+    /// wall-clock time.
+    pub eta: Option<f64>,
+    /// Our extension, set by the router on a job a schedule fired:
+    /// `schedule:ID` (EventMQ's schedule id) ...
+    pub schedule_id: Option<String>,
+    /// ... and `fired:UNIX_SECONDS`, the time the run was due.
+    pub fired_at: Option<f64>,
 }
+
+/// Longest delay honoured (ten years), as for timeouts.
+pub const MAX_DELAY_SECS: f64 = MAX_TIMEOUT_SECS as f64;
 
 impl Headers {
     /// Parses a header frame. Never fails: malformed values of known headers
@@ -42,6 +56,15 @@ impl Headers {
                 "retry-count" => h.retry_count = value.and_then(|v| v.parse().ok()),
                 "attempt" => h.attempt = value.and_then(|v| v.parse().ok()),
                 "owner" => h.owner = value.filter(|v| !v.is_empty() && v.len() <= 128).map(str::to_owned),
+                "delay" => {
+                    h.delay_secs = value
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .filter(|t| t.is_finite() && *t > 0.0)
+                        .map(|t| t.min(MAX_DELAY_SECS))
+                }
+                "schedule" => h.schedule_id = value.filter(|v| !v.is_empty() && v.len() <= 64).map(str::to_owned),
+                "fired" => h.fired_at = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite()),
+                "eta" => h.eta = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite() && *t > 0.0),
                 "timeout" => {
                     h.timeout_secs = value
                         .and_then(|v| v.parse::<f64>().ok())
@@ -75,7 +98,27 @@ impl Headers {
         if let Some(o) = &self.owner {
             parts.push(format!("owner:{o}"));
         }
+        if let Some(d) = self.delay_secs {
+            parts.push(format!("delay:{d}"));
+        }
+        if let Some(t) = self.eta {
+            parts.push(format!("eta:{t}"));
+        }
+        if let Some(id) = &self.schedule_id {
+            parts.push(format!("schedule:{id}"));
+        }
+        if let Some(t) = self.fired_at {
+            parts.push(format!("fired:{t}"));
+        }
         parts.join(",")
+    }
+
+    /// When a job with these headers, accepted at `now` (unix seconds), is
+    /// due: the later of `eta` and `now + delay`; `None` when it is due at
+    /// once (no such header, or the time has passed).
+    pub fn due_at(&self, now: f64) -> Option<f64> {
+        let due = [self.eta, self.delay_secs.map(|d| now + d)].into_iter().flatten().fold(f64::NAN, f64::max);
+        (due > now).then_some(due)
     }
 }
 
@@ -95,8 +138,27 @@ mod tests {
                 timeout_secs: Some(5),
                 attempt: None,
                 owner: None,
+                delay_secs: None,
+                eta: None,
+                schedule_id: None,
+                fired_at: None,
             }
         );
+        assert_eq!(Headers::parse(&h.to_wire()), h);
+    }
+
+    #[test]
+    fn delay_and_eta() {
+        let h = Headers::parse("guarantee,delay:30");
+        assert_eq!(h.due_at(1000.0), Some(1030.0));
+        assert_eq!(Headers::parse("eta:2000").due_at(1000.0), Some(2000.0));
+        assert_eq!(Headers::parse("eta:500").due_at(1000.0), None, "past eta: at once");
+        assert_eq!(Headers::parse("eta:1010,delay:30").due_at(1000.0), Some(1030.0), "the later wins");
+        for bad in ["delay:-1", "delay:x", "delay:inf", "delay:NaN", "eta:nan", "eta:-5", "delay:0"] {
+            assert_eq!(Headers::parse(bad).due_at(1000.0), None, "{bad}");
+        }
+        assert_eq!(Headers::parse("delay:1e300").delay_secs, Some(MAX_DELAY_SECS), "clamped");
+        let h = Headers::parse("delay:2.5,eta:7");
         assert_eq!(Headers::parse(&h.to_wire()), h);
     }
 

@@ -20,12 +20,16 @@ mod headers;
 mod health;
 mod parse;
 mod payload;
+pub mod pyjson;
 mod queues;
 
-pub use cmd::{Ack, AdminCommand, Command, Heartbeat, Inform, Publish, Reply, Request, Schedule, FEATURE_REPORTS_ALL};
+pub use cmd::{
+    schedule_id_of_payload, Ack, AdminCommand, Command, Heartbeat, Inform, Misfire, Publish, Reply, Request, Schedule,
+    ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
+};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
-pub use headers::{Headers, MAX_TIMEOUT_SECS};
+pub use headers::{Headers, MAX_DELAY_SECS, MAX_TIMEOUT_SECS};
 pub use health::{HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
 pub use parse::Parse;
 pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod schedule;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -23,7 +23,12 @@ pub struct RouterMetrics {
     /// `stage="start"`: submit → handed to a job manager; `stage="finish"`:
     /// submit → result. Labelled by resolved queue (a bounded set).
     latency: HistogramVec,
+    /// Seconds a schedule's run fired after it was due.
+    fire_lateness: prometheus::Histogram,
 }
+
+/// Seconds: from 0.1 ms to 10 s.
+const LATENESS_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
 
 impl Default for RouterMetrics {
     fn default() -> Self {
@@ -35,7 +40,16 @@ impl Default for RouterMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(latency.clone())).expect("unique metric");
-        RouterMetrics { registry, latency }
+        let fire_lateness = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "emq_schedule_fire_lateness_seconds",
+                "Seconds a schedule's run fired after it was due.",
+            )
+            .buckets(LATENESS_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(fire_lateness.clone())).expect("unique metric");
+        RouterMetrics { registry, latency, fire_lateness }
     }
 }
 
@@ -48,6 +62,11 @@ impl RouterMetrics {
     /// A job from resolved queue `queue` finished `total` after submit.
     pub fn observe_finish(&self, queue: &str, total: Duration) {
         self.latency.with_label_values(&[queue, "finish"]).observe(total.as_secs_f64());
+    }
+
+    /// A schedule's run fired `secs` after it was due.
+    pub fn observe_fire_lateness(&self, secs: f64) {
+        self.fire_lateness.observe(secs);
     }
 
     /// The accumulated metrics in Prometheus text format.

@@ -101,6 +101,9 @@ pub struct Server {
     frontend_paused: bool,
     /// What the HTTP thread serves, refreshed every tick (when enabled).
     snapshot: Option<crate::http::SharedSnapshot>,
+    /// When the HTTP snapshot was last rebuilt (at most once a second:
+    /// ticks come as often as timers are due).
+    snapshot_at: Option<Instant>,
     /// The settings in force (for restart-only keys: the ones bound at
     /// start), to tell what a reload changes.
     settings: RouterSettings,
@@ -194,6 +197,7 @@ impl Server {
         }
         Ok(Server {
             snapshot,
+            snapshot_at: None,
             frontend,
             backend,
             admin,
@@ -306,9 +310,14 @@ impl Server {
                     shutdown |= self.drain(kind)?;
                 }
             }
-            if Instant::now() >= self.state.next_tick() {
-                shutdown |= self.step(Event::Tick);
-                self.refresh_snapshot();
+            let now = Instant::now();
+            if now >= self.state.next_tick() {
+                if self.state.tick_due(now) {
+                    shutdown |= self.step(Event::Tick);
+                    self.refresh_snapshot();
+                } else {
+                    shutdown |= self.step(Event::Timers);
+                }
             }
             // End of the pass: one group commit for all it journaled.
             self.journal.submit();
@@ -425,6 +434,10 @@ impl Server {
 
     fn refresh_snapshot(&mut self) {
         let Some(snap) = &self.snapshot else { return };
+        if self.snapshot_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.snapshot_at = Some(Instant::now());
         let now = Now::real();
         let fresh = crate::http::Snapshot {
             metrics: self.state.metrics_text(now),

@@ -86,6 +86,20 @@ pub struct RouterSettings {
     /// When full: `wait` (stop reading the frontend: clients' sends wait in
     /// ZeroMQ, nothing is lost) or `refuse` (an error reply per REQUEST).
     pub on_full: String,
+    /// Who runs SCHEDULE orders: `internal` (the router itself, kept in its
+    /// journal) or `external` (forwarded to an EventMQ `emq-scheduler` that
+    /// INFORMs on the frontend, as EventMQ's router does; it must also be
+    /// in `allowed_schedulers`). Never both, so nothing fires twice.
+    pub scheduler: String,
+    /// Runs a schedule missed while the router was down: `skip` (none),
+    /// `once` (one run at start for any number missed), `all` (every one,
+    /// at most 10,000). A schedule's `misfire:` header overrides it.
+    pub misfire: String,
+    /// Most schedules kept (a SCHEDULE past it is refused).
+    pub max_schedules: usize,
+    /// Bytes of delayed jobs (`delay:` / `eta:`) held in memory; a delayed
+    /// REQUEST past it is refused.
+    pub delayed_max_bytes: u64,
 }
 
 impl Default for RouterSettings {
@@ -121,6 +135,10 @@ impl Default for RouterSettings {
             buffer_memory: 1 << 30,
             journal_max_bytes: 16 << 30,
             on_full: "wait".into(),
+            scheduler: "internal".into(),
+            misfire: "once".into(),
+            max_schedules: 1_000_000,
+            delayed_max_bytes: 1 << 30,
         }
     }
 }
@@ -169,6 +187,18 @@ impl RouterSettings {
             stop_grace: v::seconds("stop_grace", self.stop_grace, Zero::Allowed)?,
             buffer_memory: v::count("buffer_memory", self.buffer_memory, 1 << 20, 1 << 50)?,
             journal_max_bytes: v::count("journal_max_bytes", self.journal_max_bytes, 16 << 20, 1 << 56)?,
+            scheduler_external: match self.scheduler.as_str() {
+                "internal" => false,
+                "external" => true,
+                other => {
+                    return Err(SettingsError::invalid("scheduler", other, "must be \"internal\" or \"external\""));
+                }
+            },
+            misfire: emq_protocol::Misfire::parse(&self.misfire).ok_or_else(|| {
+                SettingsError::invalid("misfire", &self.misfire, "must be \"skip\", \"once\" or \"all\"")
+            })?,
+            max_schedules: v::count("max_schedules", self.max_schedules, 0, MAX_JOBS)?,
+            delayed_max_bytes: v::count("delayed_max_bytes", self.delayed_max_bytes, 0, 1 << 50)?,
             refuse_when_full: match self.on_full.as_str() {
                 "wait" => false,
                 "refuse" => true,

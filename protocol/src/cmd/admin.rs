@@ -28,6 +28,13 @@ pub enum AdminCommand {
     DeadLetters,
     /// Our extension: run a dead letter again.
     Requeue { job_msgid: String },
+    /// Our extension: the router's schedules.
+    Schedules,
+    /// Our extension: remove a schedule by its id (EventMQ's SHA-1 hex).
+    RemoveSchedule { schedule_id: String },
+    /// Our extension: jobs waiting for their time (`delay:` / `eta:`), the
+    /// soonest first; at most `limit` of them (0: the router's default).
+    Delayed { limit: u32 },
 }
 
 impl AdminCommand {
@@ -47,6 +54,11 @@ impl AdminCommand {
             "AUTHENTICATE" => AdminCommand::Authenticate { token: p.next_string()? },
             "ROUTER_DEAD_LETTERS" => AdminCommand::DeadLetters,
             "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },
+            "ROUTER_SCHEDULES" => AdminCommand::Schedules,
+            "REMOVE_SCHEDULE" => AdminCommand::RemoveSchedule { schedule_id: p.next_string()? },
+            "ROUTER_DELAYED" => {
+                AdminCommand::Delayed { limit: p.next_optional_string()?.and_then(|s| s.parse().ok()).unwrap_or(0) }
+            }
             _ => return Ok(None),
         }))
     }
@@ -62,6 +74,9 @@ impl AdminCommand {
             AdminCommand::Authenticate { .. } => "AUTHENTICATE",
             AdminCommand::DeadLetters => "ROUTER_DEAD_LETTERS",
             AdminCommand::Requeue { .. } => "REQUEUE",
+            AdminCommand::Schedules => "ROUTER_SCHEDULES",
+            AdminCommand::RemoveSchedule { .. } => "REMOVE_SCHEDULE",
+            AdminCommand::Delayed { .. } => "ROUTER_DELAYED",
         }
     }
 
@@ -75,6 +90,8 @@ impl AdminCommand {
             }
             AdminCommand::Requeue { job_msgid } => out.push(job_msgid.as_bytes().to_vec()),
             AdminCommand::Authenticate { token } => out.push(token.as_bytes().to_vec()),
+            AdminCommand::RemoveSchedule { schedule_id } => out.push(schedule_id.as_bytes().to_vec()),
+            AdminCommand::Delayed { limit } => out.push(limit.to_string().into_bytes()),
             _ => {}
         }
     }

@@ -21,7 +21,7 @@ pub use inform::{Inform, FEATURE_REPORTS_ALL};
 pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;
-pub use schedule::Schedule;
+pub use schedule::{schedule_id_of_payload, Misfire, Schedule, ScheduleError, ScheduleOptions, Timing};
 
 use crate::error::DecodeErrorKind;
 use crate::parse::Parse;

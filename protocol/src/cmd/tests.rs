@@ -52,6 +52,9 @@ fn every_command_round_trips() {
         AdminCommand::Authenticate { token: "secret".into() },
         AdminCommand::DeadLetters,
         AdminCommand::Requeue { job_msgid: "j".into() },
+        AdminCommand::Schedules,
+        AdminCommand::RemoveSchedule { schedule_id: "abc".into() },
+        AdminCommand::Delayed { limit: 20 },
     ] {
         round_trip(Command::Admin(a));
     }
@@ -119,4 +122,56 @@ proptest! {
             prop_assert_eq!(Message::from_frames(&m.to_frames()).unwrap(), m);
         }
     }
+}
+
+/// Schedule ids as EventMQ 0.3.13's `Scheduler.schedule_hash` computed them
+/// (read off its Python for these payloads, as its client serialises them).
+#[test]
+fn schedule_id_matches_eventmq() {
+    for (payload, want) in [
+        (
+            r#"["run", {"callable": "add", "path": "emqjobs", "args": [1, 2], "kwargs": {}, "class_args": [], "class_kwargs": {}}]"#,
+            "e037b3207577f260ad3c1dd8f4dd7db1acfb562f",
+        ),
+        (
+            r#"["run", {"callable": "add", "path": "emqjobs", "args": ["\u00e9", 3.5, 1e+16], "kwargs": {"b": [1, {"z": 1, "a": 2}]}, "class_args": [], "class_kwargs": {}}]"#,
+            "5a3770eb035f459231db6359d1440597e9b38013",
+        ),
+        (
+            r#"["run", {"callable": "add", "path": "emqjobs", "args": [], "kwargs": {}, "class_args": [], "class_kwargs": {}}]"#,
+            "d4c7943019a2eac8582e01ddc0477f4147c513ec",
+        ),
+    ] {
+        assert_eq!(crate::schedule_id_of_payload(payload).unwrap(), want);
+    }
+    assert!(crate::schedule_id_of_payload("not json").is_err());
+    assert!(crate::schedule_id_of_payload(r#"{"a":1}"#).is_err());
+}
+
+#[test]
+fn schedule_options_and_timing() {
+    use crate::{Misfire, Schedule, ScheduleOptions, Timing};
+    let o = ScheduleOptions::parse(
+        "guarantee,nohaste,run_count:3,tz:Europe/Paris,no-overlap,misfire:all,delay:5,timeout:9",
+    );
+    assert!(o.nohaste && o.no_overlap);
+    assert_eq!(o.run_count, Some(3));
+    assert_eq!(o.tz.as_deref(), Some("Europe/Paris"));
+    assert_eq!(o.misfire, Some(Misfire::All));
+    assert_eq!(o.job_headers, "guarantee,timeout:9");
+    assert_eq!(ScheduleOptions::parse("run_count:-1").run_count, None, "EventMQ's for ever");
+    assert_eq!(ScheduleOptions::parse("misfire:never").misfire, None);
+    let s = |interval: &str, cron: &str| Schedule {
+        queue: "default".into(),
+        headers: String::new(),
+        interval_secs: interval.into(),
+        payload: String::new(),
+        cron: cron.into(),
+    };
+    assert_eq!(s("5", "").timing(), Ok(Timing::Interval(5)));
+    assert_eq!(s("0", "").timing(), Ok(Timing::Interval(1)), "no spinning");
+    assert_eq!(s("-1", "* * * * *").timing(), Ok(Timing::Cron("* * * * *".into())));
+    assert!(s("-1", "").timing().is_err());
+    assert!(s("1.5", "").timing().is_err());
+    assert!(s("abc", "* * * * *").timing().is_err());
 }

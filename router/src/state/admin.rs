@@ -55,7 +55,18 @@ impl RouterState {
                 out.push(answer(self.history.status_json(&job_msgid, full)))
             }
             Command::Admin(AdminCommand::DeadLetters) => out.push(answer(self.dead_letters_json())),
-            Command::Admin(AdminCommand::Requeue { .. }) | Command::Disconnect if !self.is_admin(&peer) => {
+            Command::Admin(AdminCommand::Schedules) => out.push(answer(self.schedules_json(now))),
+            Command::Admin(AdminCommand::Delayed { limit }) => {
+                let limit = match limit {
+                    0 => 100,
+                    n => (n as usize).min(10_000),
+                };
+                out.push(answer(self.delayed_json(limit, now)))
+            }
+            Command::Admin(AdminCommand::Requeue { .. } | AdminCommand::RemoveSchedule { .. })
+            | Command::Disconnect
+                if !self.is_admin(&peer) =>
+            {
                 // Changing anything needs the admin token (or, with CURVE,
                 // the admin key): whoever reaches the socket may only look.
                 self.count("admin_refused");
@@ -66,6 +77,14 @@ impl RouterState {
             Command::Admin(AdminCommand::Requeue { job_msgid }) => {
                 let body = self.requeue_dead_letter(&job_msgid, now, out);
                 out.push(answer(body));
+            }
+            Command::Admin(AdminCommand::RemoveSchedule { schedule_id }) => {
+                let body = if self.remove_schedule(&schedule_id, "removed by an admin", out) {
+                    json!({"removed": schedule_id})
+                } else {
+                    json!({"error": format!("no schedule {schedule_id}")})
+                };
+                out.push(answer(body.to_string()));
             }
             Command::Disconnect => {
                 // EventMQ's answer first (ACK), then the same graceful stop
@@ -144,7 +163,10 @@ impl RouterState {
             "retried_messages_by_queue": s.counter_map(|c| c.retried),
             "refused_messages_by_queue": s.counter_map(|c| c.refused),
             "job_managers": self.job_managers_value(now),
-            "retrying": self.delayed.len(),
+            "retrying": self.retrying_count(),
+            "delayed": self.delayed_count(),
+            "delayed_bytes": self.delayed_bytes,
+            "schedules": self.schedules.len(),
             "dead_letters": self.dead.len(),
             "free_slots": self.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
             "in_doubt": self.in_doubt.len(),
@@ -243,6 +265,8 @@ impl RouterState {
             "status": self.status_value(now),
             "workers": self.workers_value(now),
             "recent_failures": self.recent_failures,
+            "schedules": self.schedules_value(now, 200),
+            "delayed": serde_json::from_str::<Value>(&self.delayed_json(50, now)).unwrap_or(Value::Null),
             "generated_at": now.unix,
         })
         .to_string()
@@ -359,7 +383,11 @@ impl RouterState {
             age.with_label_values(&[name.as_str()]).set(*a);
         }
         let retrying = gauge("emq_jobs_retrying", "Failed jobs waiting for their retry.", &[]);
-        retrying.with_label_values::<&str>(&[]).set(self.delayed.len() as f64);
+        retrying.with_label_values::<&str>(&[]).set(self.retrying_count() as f64);
+        let delayed = gauge("emq_jobs_delayed", "Jobs waiting for their delay: / eta: time.", &[]);
+        delayed.with_label_values::<&str>(&[]).set(self.delayed_count() as f64);
+        let schedules = gauge("emq_schedules", "Schedules the router runs.", &[]);
+        schedules.with_label_values::<&str>(&[]).set(self.schedules.len() as f64);
         let dead = gauge("emq_dead_letters", "Jobs that used up their retries.", &[]);
         dead.with_label_values::<&str>(&[]).set(self.dead.len() as f64);
         let errors = counter("emq_router_anomalies_total", "Bad input and other anomalies, by kind.", &["kind"]);

@@ -31,6 +31,8 @@ pub enum JobState {
     Lost,
     /// Failed; waiting for its next attempt.
     Retrying,
+    /// Accepted with `delay:` / `eta:`; waiting for its time.
+    Delayed,
     /// Used up its retries: kept in the dead letters.
     Dead,
 }
@@ -50,6 +52,7 @@ impl JobState {
             JobState::Refused => "refused",
             JobState::Lost => "lost",
             JobState::Retrying => "retrying",
+            JobState::Delayed => "delayed",
             JobState::Dead => "dead",
         }
     }
@@ -69,16 +72,26 @@ pub struct JobRecord {
     pub attempts: u32,
     /// The reply JSON, once finished (or of the last failed attempt).
     pub result: Option<String>,
-    /// Every failed attempt: which, why, when.
-    pub attempt_errors: Vec<AttemptError>,
     /// The client connection that sent it: it may read the result.
     pub client: Option<PeerId>,
+    /// What most jobs do not have, boxed so a record of a plain job stays
+    /// small (the router keeps `job_history` of them, 100,000 by default).
+    pub extra: Option<Box<RecordExtra>>,
+}
+
+/// The rarer parts of a [`JobRecord`].
+#[derive(Debug, Clone, Default)]
+pub struct RecordExtra {
+    /// Every failed attempt: which, why, when.
+    pub attempt_errors: Vec<AttemptError>,
     /// The CURVE user it came from (the key's name), when the frontend
     /// uses CURVE.
     pub user: Option<Arc<str>>,
     /// The `owner:` token it was sent with: whoever presents it may read
     /// the result (a client that reconnected under a new identity).
     pub owner: Option<Box<str>>,
+    /// The schedule that fired it and the time it was due (unix seconds).
+    pub schedule: Option<(Box<str>, f64)>,
 }
 
 impl JobRecord {
@@ -93,10 +106,34 @@ impl JobRecord {
             finished: None,
             attempts: 0,
             result: None,
-            attempt_errors: Vec::new(),
             client: None,
-            user: None,
-            owner: None,
+            extra: None,
+        }
+    }
+
+    /// The rarer parts, made on first use.
+    pub fn extra_mut(&mut self) -> &mut RecordExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub fn attempt_errors(&self) -> &[AttemptError] {
+        self.extra.as_ref().map_or(&[], |e| &e.attempt_errors)
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.user.as_deref())
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.owner.as_deref())
+    }
+
+    /// Sets the CURVE user and owner token (nothing is stored for neither).
+    pub fn set_sender(&mut self, user: Option<Arc<str>>, owner: Option<String>) {
+        if user.is_some() || owner.is_some() {
+            let e = self.extra_mut();
+            e.user = user;
+            e.owner = owner.map(String::into_boxed_str);
         }
     }
 
@@ -105,7 +142,7 @@ impl JobRecord {
     /// token (compared in constant time).
     pub fn readable_by(&self, peer: &PeerId, token: Option<&str>) -> bool {
         self.client.as_ref() == Some(peer)
-            || matches!((&self.owner, token), (Some(o), Some(t)) if constant_time_eq(o.as_bytes(), t.as_bytes()))
+            || matches!((self.owner(), token), (Some(o), Some(t)) if constant_time_eq(o.as_bytes(), t.as_bytes()))
     }
 }
 
@@ -264,7 +301,7 @@ impl JobHistory {
         r.state = state;
         match state {
             JobState::Dispatched => r.dispatched = Some(now),
-            JobState::Queued | JobState::Retrying => r.finished = None,
+            JobState::Queued | JobState::Retrying | JobState::Delayed => r.finished = None,
             s if s.is_final() => r.finished = Some(now),
             _ => {}
         }
@@ -275,8 +312,12 @@ impl JobHistory {
     /// separately, through [`Self::mark`]).
     pub fn record_attempt_error(&mut self, msgid: &str, error: AttemptError) {
         if let Some(r) = self.records.get_mut(msgid) {
-            r.attempt_errors.push(error);
+            r.extra_mut().attempt_errors.push(error);
         }
+    }
+
+    pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
+        self.records.get_mut(msgid)
     }
 
     pub fn get(&self, msgid: &str) -> Option<&JobRecord> {
@@ -303,7 +344,7 @@ impl JobHistory {
         match self.records.get(msgid) {
             Some(r) if !full => json!({
                 "msgid": msgid,
-                "user": r.user.as_deref(),
+                "user": r.user(),
                 "state": r.state.as_str(),
                 "queue": &*r.queue,
                 "attempts": r.attempts,
@@ -318,13 +359,14 @@ impl JobHistory {
                 "state": r.state.as_str(),
                 "queue": &*r.queue,
                 "worker": r.job_manager.as_ref().map(|w| w.to_string()),
-                "user": r.user.as_deref(),
+                "user": r.user(),
                 "attempts": r.attempts,
                 "received": r.received,
                 "dispatched": r.dispatched,
                 "finished": r.finished,
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
-                "attempt_errors": r.attempt_errors.iter().map(|e| json!({
+                "schedule": r.extra.as_ref().and_then(|e| e.schedule.as_ref()).map(|(id, fired)| json!({"id": &**id, "fired_at": fired})),
+                "attempt_errors": r.attempt_errors().iter().map(|e| json!({
                     "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at,
                 })).collect::<Vec<_>>(),
             }),

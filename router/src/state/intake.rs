@@ -34,6 +34,10 @@ pub enum Refusal {
     /// The journal and spilled buffers are past `journal_max_bytes`, and
     /// `on_full = "refuse"`.
     Full,
+    /// A SCHEDULE / UNSCHEDULE the router cannot take (why).
+    BadSchedule(String),
+    /// Delayed jobs held are past `delayed_max_bytes`.
+    DelayedFull,
 }
 
 impl Refusal {
@@ -48,6 +52,8 @@ impl Refusal {
             Refusal::QueueFull { .. } => None,
             Refusal::Stopping => Some("refused_stopping"),
             Refusal::Full => Some("refused_full"),
+            Refusal::BadSchedule(_) => Some("refused_schedule"),
+            Refusal::DelayedFull => Some("refused_delayed_full"),
         }
     }
 
@@ -72,6 +78,8 @@ impl Refusal {
             Refusal::QueueFull { queue, hwm } => format!("queue {queue:?} is full ({hwm} jobs waiting)"),
             Refusal::Stopping => "router stopping: not accepting jobs".into(),
             Refusal::Full => "router full: its journal and buffers are past journal_max_bytes".into(),
+            Refusal::BadSchedule(why) => format!("schedule refused: {why}"),
+            Refusal::DelayedFull => "router full: delayed jobs are past delayed_max_bytes".into(),
         }
     }
 }
@@ -140,6 +148,12 @@ impl RouterState {
                 self.count("scheduler_refused");
                 warn!(%peer, msgid = %m.msgid, "INFORM as a scheduler from a peer not in allowed_schedulers: ignored");
             }
+            Command::Inform(Inform { kind, .. }) if kind == "scheduler" && !self.cfg.scheduler_external => {
+                // Two schedulers would fire everything twice.
+                self.count("scheduler_refused");
+                warn!(%peer, msgid = %m.msgid,
+                      "INFORM as a scheduler, but the router runs schedules itself (scheduler = \"internal\"): ignored");
+            }
             Command::Inform(Inform { kind, .. }) if kind == "scheduler" => {
                 info!(%peer, msgid = %m.msgid, "scheduler connected");
                 self.schedulers.insert(peer.clone(), super::SchedulerPeer { last_seen: now.mono });
@@ -160,13 +174,15 @@ impl RouterState {
                     info!(%peer, "scheduler said goodbye");
                 }
             }
-            Command::Schedule(_) | Command::Unschedule(_) => {
+            Command::Schedule(_) | Command::Unschedule(_) if self.cfg.scheduler_external => {
                 // Hand the order to a scheduler, unchanged, as EventMQ does.
                 match self.schedulers.keys().min().cloned() {
                     Some(s) => out.push(Action::Send { socket: SocketKind::Frontend, peer: s, message: m }),
                     None => self.refuse(&peer, m.msgid, Refusal::NoScheduler, out),
                 }
             }
+            Command::Schedule(order) => self.on_schedule(peer, m.msgid, order, now, out),
+            Command::Unschedule(order) => self.on_unschedule(peer, m.msgid, order, out),
             other => self.refuse(&peer, m.msgid, Refusal::UnexpectedCommand(other.name().to_owned()), out),
         }
     }
@@ -183,26 +199,33 @@ impl RouterState {
         if self.stopping.is_some() {
             return self.refuse(&client, msgid, Refusal::Stopping, out);
         }
-        let unfinished =
-            self.history.get(&msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying));
+        let unfinished = self
+            .history
+            .get(&msgid)
+            .is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying | JobState::Delayed));
         if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) || unfinished {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
+        let headers = request.headers();
+        // `delay:` / `eta:` in the future: the job waits for its time first.
+        let due = headers.due_at(now.unix);
         let queue = self.resolve_queue(&request.queue);
-        let target = self.pick_job_manager(&queue);
+        let target = if due.is_some() { None } else { self.pick_job_manager(&queue) };
         let hwm = self.cfg.hwm;
-        if target.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
+        if target.is_none() && due.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
             return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);
         }
         if target.is_none() && self.cfg.refuse_when_full && self.disk_full {
             return self.refuse(&client, msgid, Refusal::Full, out);
         }
+        if due.is_some() && self.delayed_bytes >= self.cfg.delayed_max_bytes {
+            return self.refuse(&client, msgid, Refusal::DelayedFull, out);
+        }
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
         let queue_name = self.queue_name(&queue);
         let mut record = JobRecord::queued(queue_name, now.unix);
         record.client = Some(client.clone());
-        record.user = self.user.clone();
-        record.owner = request.headers().owner.map(String::into_boxed_str);
+        record.set_sender(self.user.clone(), headers.owner);
         self.history.insert(msgid_shared.clone(), record);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {
@@ -225,9 +248,10 @@ impl RouterState {
         };
         self.accepted += 1;
         self.stats.accepted(&queue);
-        match target {
-            Some(jm) => self.dispatch(jm, queue, job, now, out),
-            None => {
+        match (due, target) {
+            (Some(due), _) => self.delay_job(queue, job, due, now, out),
+            (None, Some(jm)) => self.dispatch(jm, queue, job, now, out),
+            (None, None) => {
                 debug!(%msgid, %queue, "no free slot: job buffered");
                 self.buffer(queue, job, false);
             }

@@ -36,6 +36,7 @@ pub mod spill;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 use emq_journal::Record;
 use emq_protocol::{Command, DecodeError, Message};
@@ -55,6 +56,7 @@ pub use records::{
 };
 pub use recovery::RestoreSummary;
 pub use stats::{LatencyStats, QueueCounts, QueueStats, OTHER_QUEUE};
+pub use timers::{no_client, ScheduleState, Timer, TimerKey};
 
 /// Which of the router's sockets a message came from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,8 +79,12 @@ pub enum Event {
     /// A send to `peer` failed because the peer is gone; the message is
     /// handed back so a job in it can go elsewhere.
     Unreachable { socket: SocketKind, peer: PeerId, message: Message },
-    /// Time passed: heartbeats to send, silent peers to expire.
+    /// Time passed: heartbeats to send, silent peers to expire, and due
+    /// timers.
     Tick,
+    /// A timer (delayed job, retry, schedule) is due before the next tick:
+    /// only due timers are taken.
+    Timers,
     /// SIGTERM / SIGINT: the first stops gracefully (no new jobs, running
     /// ones may report for `stop_grace`), a second one stops at once.
     Stop,
@@ -177,6 +183,15 @@ pub struct RouterConfig {
     /// When full, refuse REQUESTs (else the poll loop stops reading the
     /// frontend: back-pressure, nothing lost).
     pub refuse_when_full: bool,
+    /// SCHEDULE orders go to an external EventMQ scheduler (else the
+    /// router runs them itself).
+    pub scheduler_external: bool,
+    /// What happens to runs missed while the router was down.
+    pub misfire: emq_protocol::Misfire,
+    /// Most schedules kept.
+    pub max_schedules: usize,
+    /// Bytes of delayed jobs held.
+    pub delayed_max_bytes: u64,
 }
 
 /// The whole router state.
@@ -208,9 +223,21 @@ pub struct RouterState {
     /// Jobs accepted from clients.
     accepted: u64,
     history: JobHistory,
-    /// Failed jobs waiting for their retry, by due time.
-    delayed: BTreeMap<(Instant, u64), (String, WaitingJob)>,
-    delayed_seq: u64,
+    /// The one ordered timer structure: delayed jobs, retries and
+    /// schedules' next runs, by due time (see [`timers`]).
+    timers: BTreeMap<TimerKey, Timer>,
+    timer_seq: u64,
+    /// Delayed jobs in `timers` (retries aside), and their bytes.
+    delayed_jobs: usize,
+    delayed_bytes: u64,
+    /// Retries in `timers`.
+    retry_timers: usize,
+    /// Schedules by EventMQ's id.
+    schedules: HashMap<Arc<str>, ScheduleState>,
+    /// Unfinished jobs a schedule fired: msgid → schedule id.
+    fired: HashMap<Arc<str>, Arc<str>>,
+    /// The last fire lateness samples (seconds).
+    lateness: VecDeque<f32>,
     /// Jobs that used up their retries (bounded, oldest dropped first).
     dead: VecDeque<DeadLetter>,
     /// Latency histograms (the counts are in `stats`).
@@ -263,8 +290,14 @@ impl RouterState {
             disk_full: false,
             errors: BTreeMap::new(),
             accepted: 0,
-            delayed: BTreeMap::new(),
-            delayed_seq: 0,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            delayed_jobs: 0,
+            delayed_bytes: 0,
+            retry_timers: 0,
+            schedules: HashMap::default(),
+            fired: HashMap::default(),
+            lateness: VecDeque::new(),
             dead: VecDeque::new(),
             metrics: Default::default(),
             stale: HashMap::default(),
@@ -300,6 +333,7 @@ impl RouterState {
             }
             Event::Unreachable { socket, peer, message } => self.on_unreachable(socket, peer, message, now, out),
             Event::Tick => self.on_tick(now, out),
+            Event::Timers => self.release_due_timers(now, out),
             Event::Stop => self.on_stop(now, out),
         }
         if self.stopping.is_some() {
@@ -335,10 +369,10 @@ impl RouterState {
     }
 
     /// When the next [`Event::Tick`] is due: the tick period, or sooner
-    /// when a retry is due sooner.
+    /// when a timer (delayed job, retry, schedule) is due sooner.
     pub fn next_tick(&self) -> Instant {
-        match self.delayed.keys().next() {
-            Some((due, _)) => self.next_tick_at.min(*due),
+        match self.first_timer() {
+            Some(due) => self.next_tick_at.min(due),
             None => self.next_tick_at,
         }
     }
@@ -350,10 +384,16 @@ impl RouterState {
         t.clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
+    /// Whether the periodic steps are due ([`Event::Tick`]); else only a
+    /// timer is ([`Event::Timers`]).
+    pub fn tick_due(&self, now: Instant) -> bool {
+        now >= self.next_tick_at
+    }
+
     /// Time passed: the tick's steps, in order.
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
         self.next_tick_at = now.mono + self.tick_period();
-        self.release_due_retries(now, out);
+        self.release_due_timers(now, out);
         self.expire_in_doubt(now, out);
         self.expire_silent_job_managers(now, out);
         self.forget_old_stale_job_managers(now);
@@ -404,7 +444,7 @@ impl RouterState {
         let buffered = self.buffered();
         tracing::info!(
             buffered,
-            retrying = self.delayed.len(),
+            waiting_for_time = self.timers.len(),
             in_flight = self.in_flight.len(),
             dead_letters = self.dead.len(),
             "router stopping: these jobs are kept in the journal for the next start"

@@ -127,7 +127,9 @@ impl RouterState {
                 self.keep_dead_letter(id.clone(), &job, kind, message, now);
             }
         }
-        if job.reply_requested {
+        self.schedule_job_finished(&id);
+        // A job a schedule fired has no client to answer.
+        if job.reply_requested && !job.client.as_bytes().is_empty() {
             out.push(send(
                 SocketKind::Frontend,
                 &job.client,
@@ -163,8 +165,7 @@ impl RouterState {
         }));
         let request = job.request.clone().expect("a job with retries keeps its request");
         let waiting = self.waiting_again(id, &job, request, job.attempts);
-        self.delayed_seq += 1;
-        self.delayed.insert((now.mono + delay, self.delayed_seq), (job.queue, waiting));
+        self.add_timer(now.unix + delay.as_secs_f64(), super::Timer::Job { queue: job.queue, job: waiting }, now);
     }
 
     /// A job that used up its retries is kept (bounded, oldest dropped).
@@ -202,19 +203,10 @@ impl RouterState {
     fn is_live(&self, msgid: &str) -> bool {
         self.in_flight.contains_key(msgid)
             || self.in_doubt.contains_key(msgid)
-            || self.delayed.values().any(|(_, j)| &*j.msgid == msgid)
-            || self.history.get(msgid).is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Dispatched))
-    }
-
-    /// Tick step: retries that are due go back to their queue.
-    pub(super) fn release_due_retries(&mut self, now: Now, out: &mut Vec<Action>) {
-        while let Some(entry) = self.delayed.first_entry() {
-            if entry.key().0 > now.mono {
-                return;
-            }
-            let (queue, job) = entry.remove();
-            self.requeue(queue, job, now, out);
-        }
+            || self.timers.values().any(|t| matches!(t, super::Timer::Job { job, .. } if &*job.msgid == msgid))
+            || self.history.get(msgid).is_some_and(|r| {
+                matches!(r.state, JobState::Queued | JobState::Dispatched | JobState::Delayed | JobState::Retrying)
+            })
     }
 
     /// `REQUEUE msgid`: a dead letter runs again, with its retries afresh.

@@ -39,6 +39,8 @@ enum Phase {
     InFlight(PeerId),
     /// Waiting for its retry, due at this unix time.
     Retrying(f64),
+    /// Accepted with `delay:` / `eta:`, due at this unix time.
+    Delayed(f64),
     Dead {
         failure: Option<AttemptFailure>,
         at: f64,
@@ -59,6 +61,11 @@ pub struct RestoreSummary {
     pub buffered: usize,
     pub in_doubt: usize,
     pub retrying: usize,
+    pub delayed: usize,
+    pub schedules: usize,
+    /// Schedule runs missed while the router was down (the misfire policy
+    /// decided how many run now).
+    pub missed_runs: usize,
     pub dead_letters: usize,
     pub history: usize,
 }
@@ -88,7 +95,7 @@ impl RouterState {
                 let queue = self.queue_name(&restored.queue);
                 let mut record = JobRecord::queued(queue, job.received);
                 record.client = Some(restored.client.clone());
-                record.owner = Headers::parse(&restored.request.headers).owner.map(String::into_boxed_str);
+                record.set_sender(None, Headers::parse(&restored.request.headers).owner);
                 self.history.insert(msgid.clone(), record);
                 if let Some(rec) = self.history.mark(&msgid, JobState::Queued, job.received) {
                     rec.attempts = attempts;
@@ -156,17 +163,31 @@ impl RouterState {
                     finished: Some(h.finished),
                     attempts: h.attempts,
                     result: None,
-                    attempt_errors: h.failures.iter().map(attempt_error).collect(),
                     // Read back only by an admin after a restart.
                     client: None,
-                    user: None,
-                    owner: None,
+                    extra: (!h.failures.is_empty()).then(|| {
+                        Box::new(super::history::RecordExtra {
+                            attempt_errors: h.failures.iter().map(attempt_error).collect(),
+                            ..Default::default()
+                        })
+                    }),
                 };
                 self.history.insert(msgid.clone(), record);
                 if let Some(r) = result {
                     self.history.set_result(&msgid, r);
                 }
             }
+            Record::Delayed { msgid, due } => {
+                if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
+                    j.phase = Phase::Delayed(due);
+                }
+                self.history.mark(&msgid, JobState::Delayed, 0.0);
+            }
+            Record::ScheduleSet(entry) => self.restore_schedule(entry),
+            Record::ScheduleRemoved { id } => {
+                self.schedules.remove(id.as_str());
+            }
+            Record::ScheduleFired { id, msgid, at, next_due } => self.restore_fired(&id, &msgid, at, next_due),
             Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }
     }
@@ -175,9 +196,18 @@ impl RouterState {
     /// were running are in doubt until `now + heartbeat_timeout`.
     pub fn finish_restore(&mut self, now: Now) -> RestoreSummary {
         let mut summary = RestoreSummary { history: self.history.len(), ..Default::default() };
-        let Some(r) = self.restoring.take() else { return summary };
+        let Some(r) = self.restoring.take() else {
+            self.finish_restore_schedules(Vec::new(), now);
+            return summary;
+        };
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
+        let mut live_fired = Vec::new();
         for (msgid, j) in r.jobs {
+            if !matches!(j.phase, Phase::Dead { .. }) && j.request.headers.contains("schedule:") {
+                if let Some(id) = Headers::parse(&j.request.headers).schedule_id {
+                    live_fired.push((msgid.clone(), id));
+                }
+            }
             let age = Duration::try_from_secs_f64((now.unix - j.received).max(0.0)).unwrap_or_default();
             let received = now.mono.checked_sub(age).unwrap_or(self.started);
             let job = WaitingJob {
@@ -195,10 +225,12 @@ impl RouterState {
                     summary.in_doubt += 1;
                 }
                 Phase::Retrying(due) => {
-                    let wait = Duration::try_from_secs_f64((due - now.unix).max(0.0)).unwrap_or_default();
-                    self.delayed_seq += 1;
-                    self.delayed.insert((now.mono + wait, self.delayed_seq), (j.queue, job));
+                    self.add_timer(due, super::Timer::Job { queue: j.queue, job }, now);
                     summary.retrying += 1;
+                }
+                Phase::Delayed(due) => {
+                    self.add_timer(due, super::Timer::Job { queue: j.queue, job }, now);
+                    summary.delayed += 1;
                 }
                 Phase::Dead { failure, at } => {
                     let (error_type, error_message) =
@@ -222,6 +254,9 @@ impl RouterState {
         while self.dead.len() > self.cfg.dead_letter_max.max(1) {
             self.dead.pop_front();
         }
+        let (schedules, missed) = self.finish_restore_schedules(live_fired, now);
+        summary.schedules = schedules;
+        summary.missed_runs = missed;
         waiting.sort_by_key(|(_, key, _)| *key);
         summary.buffered = waiting.len();
         for (queue, _, job) in waiting {
@@ -232,6 +267,9 @@ impl RouterState {
             buffered = summary.buffered,
             in_doubt = summary.in_doubt,
             retrying = summary.retrying,
+            delayed = summary.delayed,
+            schedules = summary.schedules,
+            missed_runs = summary.missed_runs,
             dead_letters = summary.dead_letters,
             history = summary.history,
             "state restored from the journal"
@@ -296,9 +334,7 @@ impl RouterState {
                 reply_requested: j.reply_requested,
                 guarantee: j.guarantee,
                 retry_count: Some(j.retry_count).filter(|n| *n > 0),
-                timeout_secs: None,
-                attempt: None,
-                owner: None,
+                ..Default::default()
             }
             .to_wire()
             .into_boxed_str(),
@@ -378,7 +414,7 @@ impl RouterState {
                     attempts: r.attempts,
                     result: r.result.clone(),
                     failures: r
-                        .attempt_errors
+                        .attempt_errors()
                         .iter()
                         .map(|e| AttemptFailure {
                             attempt: e.attempt,
@@ -406,10 +442,15 @@ impl RouterState {
                 tracing::error!(error = %e, queue = %name, "checkpoint: cannot read the spilled buffer back");
             }
         }
-        for ((due, _), (queue, j)) in &self.delayed {
+        for ((due, _), timer) in &self.timers {
+            let super::Timer::Job { queue, job: j } = timer else { continue };
             let job = accepted(&j.msgid, &j.client, queue, &j.request, unix_of(j.received_ms));
             out.push(Record::Accepted { job, attempts: j.attempts });
             let due = now.unix + due.saturating_duration_since(now.mono).as_secs_f64();
+            if j.attempts == 0 {
+                out.push(Record::Delayed { msgid: j.msgid.to_string(), due });
+                continue;
+            }
             // No failure to repeat: the history records carry them.
             let failure =
                 AttemptFailure { attempt: j.attempts, kind: String::new(), message: String::new(), at: now.unix };
@@ -437,6 +478,7 @@ impl RouterState {
                 at: now.unix,
             });
         }
+        self.schedule_checkpoint_records(&mut out);
         for d in &self.dead {
             let job = accepted(&d.msgid, &d.client, &d.queue, &d.request, d.at);
             out.push(Record::Accepted { job, attempts: d.attempts });
@@ -461,10 +503,15 @@ impl RouterState {
         self.in_doubt.len()
     }
 
-    /// Whether any job is buffered, retrying, in flight or in doubt: what a
-    /// checkpoint would have to keep.
+    /// Jobs buffered, delayed, retrying, in flight or in doubt, dead
+    /// letters and schedules: what a checkpoint would have to keep.
     pub fn live_jobs(&self) -> usize {
-        self.buffered() + self.delayed.len() + self.in_flight.len() + self.in_doubt.len() + self.dead.len()
+        self.buffered()
+            + self.timers.len()
+            + self.schedules.len()
+            + self.in_flight.len()
+            + self.in_doubt.len()
+            + self.dead.len()
     }
 }
 

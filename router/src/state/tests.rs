@@ -1,5 +1,7 @@
 //! State-machine tests with a fake clock: no sockets, no sleeping.
 
+mod time;
+
 use super::*;
 use emq_protocol::{Ack, AdminCommand, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply, Request};
 
@@ -21,6 +23,10 @@ fn cfg() -> RouterConfig {
         buffer_memory: 1 << 30,
         journal_max_bytes: 1 << 34,
         refuse_when_full: false,
+        scheduler_external: false,
+        misfire: emq_protocol::Misfire::Once,
+        max_schedules: 1000,
+        delayed_max_bytes: 1 << 30,
     }
 }
 
@@ -750,7 +756,7 @@ fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
 fn places(r: &RouterState, msgid: &str) -> (usize, bool) {
     let waiting = r.queues.values().map(|q| q.waiting.iter().filter(|j| &*j.msgid == msgid).count()).sum::<usize>();
     let in_flight = usize::from(r.in_flight.contains_key(msgid));
-    let retrying = r.delayed.values().filter(|(_, j)| &*j.msgid == msgid).count();
+    let retrying = r.timers.values().filter(|t| matches!(t, Timer::Job { job, .. } if &*job.msgid == msgid)).count();
     let dead = r.dead.iter().filter(|d| &*d.msgid == msgid).count();
     let in_doubt = usize::from(r.in_doubt.contains_key(msgid));
     let finished =
@@ -1082,6 +1088,7 @@ fn schedulers_must_be_allowed() {
     assert!(sends(&out).iter().all(|(_, peer, _)| peer != "sneaky"), "no SCHEDULE reaches it");
     let mut c = cfg();
     c.allowed_schedulers = vec!["*".into()];
+    c.scheduler_external = true;
     let now = Now::real();
     let mut h = Harness::with(RouterState::new(c, now), now);
     assert_eq!(
