@@ -65,6 +65,17 @@ pub enum Cmd {
     Dead,
     /// Run a dead letter again.
     Requeue { msgid: String },
+    /// The router's schedules: callable, queue, interval or cron, time
+    /// zone, next and last run, last outcome, runs so far.
+    Schedules,
+    /// Remove a schedule by its id (from `schedules`).
+    Unschedule { id: String },
+    /// Jobs waiting for their delay / eta, the soonest first.
+    Delayed {
+        /// Show at most this many (the total is printed too).
+        #[arg(long, default_value = "100")]
+        limit: u32,
+    },
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -137,7 +148,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
     crate::flags::endpoint(key, &addr)?;
     let keys = crate::flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref())?;
     let client = AdminClient::connect_with(&addr, keys.as_ref())?;
-    if matches!(a.command, Cmd::Shutdown | Cmd::Requeue { .. } | Cmd::Job { .. }) {
+    if matches!(a.command, Cmd::Shutdown | Cmd::Requeue { .. } | Cmd::Job { .. } | Cmd::Unschedule { .. }) {
         authenticate(a, &client)?;
     }
     let command = match &a.command {
@@ -148,6 +159,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone(), owner_token: None }),
         Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
         Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
+        Cmd::Schedules => Command::Admin(AdminCommand::Schedules),
+        Cmd::Unschedule { id } => Command::Admin(AdminCommand::RemoveSchedule { schedule_id: id.clone() }),
+        Cmd::Delayed { limit } => Command::Admin(AdminCommand::Delayed { limit: (*limit).max(1) }),
     };
     let answer = client.request(command, a.deadline)?;
     let body = match answer.command {
@@ -176,6 +190,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Dead => print!("{}", render_dead(&v)),
         Cmd::Requeue { msgid } => println!("requeued {msgid}"),
         Cmd::Shutdown => println!("{v}"),
+        Cmd::Schedules => print!("{}", render_schedules(&v, now_unix())),
+        Cmd::Unschedule { id } => println!("removed schedule {id}"),
+        Cmd::Delayed { .. } => print!("{}", render_delayed(&v, now_unix())),
     }
     Ok(())
 }
@@ -198,14 +215,14 @@ pub fn when(unix: f64, now: f64) -> String {
     let clock =
         if today { clock } else { format!("{}-{:02}-{:02} {clock}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday) };
     let age = now - unix;
-    let ago = match age {
-        a if a < 0.0 => "in the future".to_owned(),
-        a if a < 90.0 => format!("{a:.0} s ago"),
-        a if a < 5400.0 => format!("{:.0} min ago", a / 60.0),
-        a if a < 172_800.0 => format!("{:.0} h ago", a / 3600.0),
-        a => format!("{:.0} days ago", a / 86_400.0),
+    let span = |a: f64| match a {
+        a if a < 90.0 => format!("{a:.0} s"),
+        a if a < 5400.0 => format!("{:.0} min", a / 60.0),
+        a if a < 172_800.0 => format!("{:.0} h", a / 3600.0),
+        a => format!("{:.0} days", a / 86_400.0),
     };
-    format!("{clock}, {ago}")
+    let rel = if age < 0.0 { format!("in {}", span(-age)) } else { format!("{} ago", span(age)) };
+    format!("{clock}, {rel}")
 }
 
 fn now_unix() -> f64 {
@@ -374,6 +391,71 @@ pub fn render_schedulers(v: &Value) -> String {
     table(&["scheduler", "hb"], &rows)
 }
 
+/// `emq-cli schedules`.
+pub fn render_schedules(v: &Value, now: f64) -> String {
+    let at = |t: &Value| t.as_f64().map(|t| when(t, now)).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = v["schedules"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let timing = match s["interval_secs"].as_u64() {
+                        Some(n) => format!("every {n} s"),
+                        None => format!("cron {}", s["cron"].as_str().unwrap_or("?")),
+                    };
+                    let runs = match s["runs_left"].as_u64() {
+                        Some(left) => format!("{} ({left} left)", num(&s["runs"])),
+                        None => num(&s["runs"]),
+                    };
+                    vec![
+                        s["id"].as_str().unwrap_or("?").chars().take(12).collect(),
+                        s["callable"].as_str().unwrap_or("?").to_owned(),
+                        s["queue"].as_str().unwrap_or("?").to_owned(),
+                        timing,
+                        s["tz"].as_str().unwrap_or("UTC").to_owned(),
+                        at(&s["next_run"]),
+                        at(&s["last_run"]),
+                        s["last_state"].as_str().unwrap_or("-").to_owned(),
+                        runs,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out =
+        table(&["id", "callable", "queue", "when", "tz", "next run", "last run", "last outcome", "runs"], &rows);
+    let l = &v["lateness"];
+    if l["samples"].as_u64().unwrap_or(0) > 0 {
+        out.push_str(&format!(
+            "fire lateness over the last {} runs: p50 {} ms, p99 {} ms, max {} ms\n",
+            l["samples"], l["p50_ms"], l["p99_ms"], l["max_ms"]
+        ));
+    }
+    out
+}
+
+/// `emq-cli delayed`.
+pub fn render_delayed(v: &Value, now: f64) -> String {
+    let rows: Vec<Vec<String>> = v["delayed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        d["msgid"].as_str().unwrap_or("?").to_owned(),
+                        d["queue"].as_str().unwrap_or("?").to_owned(),
+                        d["callable"].as_str().unwrap_or("?").to_owned(),
+                        d["due"].as_f64().map(|t| when(t, now)).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = table(&["msgid", "queue", "callable", "due"], &rows);
+    out.push_str(&format!("{} delayed job(s) in all\n", num(&v["total"])));
+    out
+}
+
 pub fn render_dead(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["dead_letters"]
         .as_array()
@@ -439,6 +521,31 @@ mod tests {
         assert!(s.ends_with(", 3 s ago") && s.len() == "14:03:07, 3 s ago".len(), "{s}");
         assert!(when(now - 600.0, now).ends_with("10 min ago"));
         assert!(when(now - 3.0 * 86_400.0, now).contains("3 days ago"));
+        assert!(when(now + 180.0, now).ends_with("in 3 min"), "{}", when(now + 180.0, now));
+        let sched = render_schedules(
+            &json!({"schedules": [{"id": "e037b3207577f260ad3c", "callable": "emqjobs.add", "queue": "default",
+                "interval_secs": null, "cron": "*/5 * * * *", "tz": "Europe/Paris", "next_run": now + 180.0,
+                "last_run": now - 120.0, "last_state": "done", "runs": 7, "runs_left": 3}],
+                "lateness": {"samples": 7, "p50_ms": 0.4, "p99_ms": 1.2, "max_ms": 1.3}}),
+            now,
+        );
+        for want in [
+            "e037b3207577 ",
+            "cron */5 * * * *",
+            "Europe/Paris",
+            "in 3 min",
+            "2 min ago",
+            "done",
+            "7 (3 left)",
+            "p99 1.2 ms",
+        ] {
+            assert!(sched.contains(want), "{want:?} in\n{sched}");
+        }
+        let d = render_delayed(
+            &json!({"delayed": [{"msgid": "m1", "queue": "q", "callable": "a.b", "due": now + 30.0}], "total": 5}),
+            now,
+        );
+        assert!(d.contains("in 30 s") && d.contains("5 delayed job(s)"), "{d}");
         let job = render_job(&json!({"msgid": "m", "state": "done", "received": 1.0e9}));
         assert!(job.contains("ago") && !job.contains("1000000000"), "no epoch seconds: {job}");
         let w = render_workers(&json!({"connected_workers": {"3f1c-uuid": {"name": "billing-1", "queues": []}}}));

@@ -23,6 +23,8 @@ pub enum ClientError {
     Deadline,
     #[error("bad callable {0:?}: expected pkg.mod.func or pkg.mod:Class.method")]
     BadCallable(String),
+    #[error("refused by the router: {0}")]
+    Refused(String),
 }
 
 /// How a job should be handled (EventMQ's REQUEST headers).
@@ -36,11 +38,16 @@ pub struct Options {
     pub retry_count: Option<u32>,
     /// Seconds the job may run (else the job manager's global timeout).
     pub timeout: Option<u64>,
+    /// Run no sooner than this long after the router accepts it
+    /// (`delay:` header; the receipt comes at once).
+    pub delay: Option<Duration>,
+    /// Run no sooner than this time (`eta:` header).
+    pub at: Option<std::time::SystemTime>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { reply_requested: true, guarantee: false, retry_count: None, timeout: None }
+        Options { reply_requested: true, guarantee: false, retry_count: None, timeout: None, delay: None, at: None }
     }
 }
 
@@ -52,10 +59,116 @@ impl Options {
             guarantee: self.guarantee,
             retry_count: self.retry_count,
             timeout_secs: self.timeout,
+            delay_secs: self.delay.map(|d| d.as_secs_f64()).filter(|d| *d > 0.0),
+            eta: self.at.map(unix_seconds),
             ..Default::default()
         }
         .to_wire()
     }
+}
+
+/// Seconds since the Unix epoch (negative before it).
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// How a schedule is run: EventMQ's SCHEDULE headers and ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    /// Every N seconds, or at each match of a cron expression (croniter's
+    /// fields: 5, or 6 with the seconds last).
+    pub timing: emq_protocol::Timing,
+    /// Requeue a run whose job manager is lost (EventMQ's default: on).
+    pub guarantee: bool,
+    /// Do not run at once on scheduling (EventMQ's `nohaste`).
+    pub nohaste: bool,
+    /// Stop after this many runs (EventMQ's `run_count:N`).
+    pub run_count: Option<u64>,
+    /// The IANA time zone a cron expression is read in (UTC if none).
+    pub tz: Option<String>,
+    /// Skip a run while the previous one is unfinished.
+    pub no_overlap: bool,
+    /// Runs missed while the router was down: `skip`, `once` or `all`
+    /// (else the router's `misfire` setting).
+    pub misfire: Option<emq_protocol::Misfire>,
+    /// Each run's timeout and retries.
+    pub timeout: Option<u64>,
+    pub retry_count: Option<u32>,
+}
+
+impl ScheduleSpec {
+    /// Every `secs` seconds, EventMQ's defaults otherwise.
+    pub fn every(secs: u64) -> Self {
+        Self::with(emq_protocol::Timing::Interval(secs))
+    }
+
+    /// At each match of `cron`, EventMQ's defaults otherwise.
+    pub fn cron(cron: &str) -> Self {
+        Self::with(emq_protocol::Timing::Cron(cron.to_owned()))
+    }
+
+    fn with(timing: emq_protocol::Timing) -> Self {
+        ScheduleSpec {
+            timing,
+            guarantee: true,
+            nohaste: false,
+            run_count: None,
+            tz: None,
+            no_overlap: false,
+            misfire: None,
+            timeout: None,
+            retry_count: None,
+        }
+    }
+
+    /// The SCHEDULE header frame.
+    pub fn headers(&self) -> String {
+        let mut h: Vec<String> = Vec::new();
+        let job = Headers {
+            guarantee: self.guarantee,
+            retry_count: self.retry_count,
+            timeout_secs: self.timeout,
+            ..Default::default()
+        }
+        .to_wire();
+        if !job.is_empty() {
+            h.push(job);
+        }
+        if self.nohaste {
+            h.push("nohaste".into());
+        }
+        if let Some(n) = self.run_count {
+            h.push(format!("run_count:{n}"));
+        }
+        if let Some(tz) = &self.tz {
+            h.push(format!("tz:{tz}"));
+        }
+        if self.no_overlap {
+            h.push("no-overlap".into());
+        }
+        if let Some(m) = self.misfire {
+            h.push(format!("misfire:{}", m.as_str()));
+        }
+        h.join(",")
+    }
+}
+
+/// The payload EventMQ's `schedule()` sends: every one of the six keys,
+/// empty ones included, so the schedule id (SHA-1 of them) is the one its
+/// Python client computes for the same callable and arguments.
+pub fn schedule_payload(job: &RunPayload) -> String {
+    serde_json::json!(["run", {
+        "callable": job.callable,
+        "path": job.path,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "class_args": job.class_args,
+        "class_kwargs": job.class_kwargs,
+    }])
+    .to_string()
 }
 
 /// The router's answer to a REQUEST.
@@ -208,6 +321,64 @@ impl Client {
         self.pending.insert(m.msgid.clone());
         self.pending_order.push_back(m.msgid.clone());
         Ok(m.msgid)
+    }
+
+    /// Makes (or replaces) a schedule of `job` in `queue`; waits for the
+    /// router's receipt until `deadline`. Returns the schedule id (EventMQ's:
+    /// the same callable and arguments always give the same id).
+    pub fn schedule(
+        &mut self,
+        queue: &str,
+        job: &RunPayload,
+        spec: &ScheduleSpec,
+        deadline: Instant,
+    ) -> Result<String, ClientError> {
+        let (interval_secs, cron) = match &spec.timing {
+            emq_protocol::Timing::Interval(s) => (s.to_string(), String::new()),
+            emq_protocol::Timing::Cron(c) => ("-1".to_owned(), c.clone()),
+        };
+        let order = emq_protocol::Schedule {
+            queue: queue.to_owned(),
+            headers: spec.headers(),
+            interval_secs,
+            payload: schedule_payload(job),
+            cron,
+        };
+        let id = order.schedule_id().map_err(|e| ClientError::BadCallable(e.to_string()))?;
+        self.send_order(Command::Schedule(order), deadline)?;
+        Ok(id)
+    }
+
+    /// Removes the schedule of `job` (the same callable and arguments as
+    /// scheduled); waits for the router's receipt until `deadline`.
+    pub fn unschedule(&mut self, queue: &str, job: &RunPayload, deadline: Instant) -> Result<String, ClientError> {
+        let order = emq_protocol::Schedule {
+            queue: queue.to_owned(),
+            headers: String::new(),
+            interval_secs: "-1".into(),
+            payload: schedule_payload(job),
+            cron: String::new(),
+        };
+        let id = order.schedule_id().map_err(|e| ClientError::BadCallable(e.to_string()))?;
+        self.send_order(Command::Unschedule(order), deadline)?;
+        Ok(id)
+    }
+
+    /// Sends a SCHEDULE / UNSCHEDULE and waits for its receipt; a refusal
+    /// is [`ClientError::Refused`].
+    fn send_order(&mut self, command: Command, deadline: Instant) -> Result<(), ClientError> {
+        let m = Message::new(command);
+        self.sender.send(&m)?;
+        // Pending only while its receipt is awaited (not asked about later).
+        self.pending.insert(m.msgid.clone());
+        let outcome = self.wait_receipt(&m.msgid, deadline);
+        self.receipts.remove(&m.msgid);
+        self.take_result(&m.msgid);
+        self.pending.remove(&m.msgid);
+        match outcome? {
+            Receipt::Accepted => Ok(()),
+            Receipt::Refused(e) => Err(ClientError::Refused(e.message)),
+        }
     }
 
     /// EventMQ-style convenience: `callable` is `pkg.mod.func` (split at the
@@ -560,7 +731,32 @@ mod tests {
     #[test]
     fn options_to_headers() {
         assert_eq!(Options::default().headers(), "reply-requested");
-        let o = Options { reply_requested: false, guarantee: true, retry_count: Some(2), timeout: Some(5) };
-        assert_eq!(o.headers(), "guarantee,retry-count:2,timeout:5");
+        let o = Options {
+            reply_requested: false,
+            guarantee: true,
+            retry_count: Some(2),
+            timeout: Some(5),
+            delay: Some(Duration::from_millis(1500)),
+            at: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+        };
+        assert_eq!(o.headers(), "guarantee,retry-count:2,timeout:5,delay:1.5,eta:1800000000");
+    }
+
+    #[test]
+    fn schedule_headers_and_eventmq_payload() {
+        assert_eq!(ScheduleSpec::every(5).headers(), "guarantee", "EventMQ's default");
+        let mut s = ScheduleSpec::cron("0 9 * * 1-5");
+        s.nohaste = true;
+        s.run_count = Some(3);
+        s.tz = Some("Europe/Paris".into());
+        s.no_overlap = true;
+        s.misfire = Some(emq_protocol::Misfire::Skip);
+        assert_eq!(s.headers(), "guarantee,nohaste,run_count:3,tz:Europe/Paris,no-overlap,misfire:skip");
+        // The id EventMQ's Python gives `schedule(s, "emqjobs.add", args=(1, 2))`.
+        let job = RunPayload::new("emqjobs", "add", vec![1.into(), 2.into()]);
+        assert_eq!(
+            emq_protocol::schedule_id_of_payload(&schedule_payload(&job)).unwrap(),
+            "e037b3207577f260ad3c1dd8f4dd7db1acfb562f"
+        );
     }
 }

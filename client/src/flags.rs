@@ -28,6 +28,62 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     v::seconds("", x, Zero::Allowed).map_err(why)
 }
 
+/// `--delay`-style durations: plain seconds (`30`, `1.5`) or units
+/// (`250ms`, `30s`, `5m`, `2h`, `1d`, `1h30m`), at most ten years.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(x) = t.parse::<f64>() {
+        return v::seconds("", x, Zero::Allowed).map_err(why);
+    }
+    let bad = || format!("{t:?} is not a duration (e.g. 30s, 5m, 1h30m, 250ms, or seconds)");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += n * unit;
+    }
+    v::seconds("", total, Zero::Allowed).map_err(why)
+}
+
+/// `--at`: an RFC 3339 time (`2026-12-01T10:00:00Z`, `...+01:00`) or unix
+/// seconds.
+pub fn time(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = s.trim();
+    let secs = match t.parse::<f64>() {
+        Ok(x) => x,
+        Err(_) => {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    format!("{t:?} is not an RFC 3339 time like 2026-12-01T10:00:00Z, nor unix seconds ({e})")
+                })?
+                .timestamp_millis() as f64
+                / 1000.0
+        }
+    };
+    if !(0.0..=1e11).contains(&secs) {
+        return Err(format!("{t:?} is out of range"));
+    }
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
 /// A whole number within `[min, max]`.
 fn whole<T: FromStr + PartialOrd + Copy + std::fmt::Display>(s: &str, min: T, max: T) -> Result<T, String> {
     let n: T = s.trim().parse().map_err(|_| format!("is not a whole number from {min} to {max}"))?;
@@ -81,6 +137,23 @@ pub fn parse<T: Parser>(prog: &str) -> Result<T, ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "s", "5x", "-1", "inf", "1e300", "m5", "NaN", "99999999999d"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+        let t = time("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_796_119_200);
+        assert_eq!(time("2026-12-01T11:00:00+01:00").unwrap(), t);
+        assert_eq!(time("1796119200").unwrap(), t);
+        assert!(time("tomorrow").is_err() && time("-5").is_err());
+    }
 
     #[test]
     fn seconds_refuse_what_would_panic() {

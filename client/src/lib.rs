@@ -27,7 +27,9 @@ mod client;
 pub mod flags;
 pub mod send_cli;
 
-pub use client::{job_for, outcome_from_status, Client, ClientError, JobOutcome, Options, Receipt};
+pub use client::{
+    job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt, ScheduleSpec,
+};
 /// What to run: `path` (`pkg.mod` or `pkg.mod:Class`), `callable`, `args`,
 /// `kwargs`, `class_args`, `class_kwargs`.
 pub use emq_protocol::RunPayload as Job;

@@ -6,7 +6,7 @@
 
 use crate::client::job_for;
 use crate::flags;
-use crate::{Client, ClientError, JobOutcome, Options, Receipt};
+use crate::{Client, ClientError, JobOutcome, Options, Receipt, ScheduleSpec};
 use clap::Parser;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -47,6 +47,41 @@ pub struct Args {
     /// Requeue the job if its job manager is lost.
     #[arg(long)]
     pub guarantee: bool,
+    /// Run no sooner than this long from now (30s, 5m, 1h30m, or seconds):
+    /// the router keeps the job and queues it when due.
+    #[arg(long, value_name = "DURATION", value_parser = flags::duration)]
+    pub delay: Option<Duration>,
+    /// Run no sooner than this time (RFC 3339, e.g. 2026-12-01T10:00:00Z,
+    /// or unix seconds).
+    #[arg(long, value_name = "TIME", value_parser = flags::time)]
+    pub at: Option<std::time::SystemTime>,
+    /// Schedule the job instead: every DURATION (EventMQ's interval_secs,
+    /// whole seconds).
+    #[arg(long, value_name = "DURATION", value_parser = flags::duration, conflicts_with_all = ["cron", "count", "delay", "at"])]
+    pub every: Option<Duration>,
+    /// Schedule the job at each match of a cron expression (5 fields, or 6
+    /// with the seconds last, as EventMQ reads them).
+    #[arg(long, value_name = "EXPR", conflicts_with_all = ["count", "delay", "at"])]
+    pub cron: Option<String>,
+    /// With --cron: the IANA time zone it is read in (default UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+    /// With --every/--cron: stop after N runs.
+    #[arg(long, value_name = "N", value_parser = flags::job_count)]
+    pub run_count: Option<u64>,
+    /// With --every/--cron: do not run at once.
+    #[arg(long)]
+    pub nohaste: bool,
+    /// With --every/--cron: skip a run while the previous one is unfinished.
+    #[arg(long)]
+    pub no_overlap: bool,
+    /// With --every/--cron: runs missed while the router was down: skip,
+    /// once or all (default: the router's setting).
+    #[arg(long, value_parser = ["skip", "once", "all"])]
+    pub misfire: Option<String>,
+    /// Remove the schedule of this callable and these arguments.
+    #[arg(long, conflicts_with_all = ["every", "cron", "count", "wait"])]
+    pub unschedule: bool,
     /// JSON list of constructor args for pkg.mod:Class.method.
     #[arg(long = "class-args")]
     pub class_args: Option<String>,
@@ -141,7 +176,14 @@ pub fn main() -> ExitCode {
             _ => return usage("--class-kwargs must be a JSON object"),
         }
     }
-    let options = Options { reply_requested: a.wait, guarantee: a.guarantee, retry_count: a.retry, timeout: a.timeout };
+    let options = Options {
+        reply_requested: a.wait,
+        guarantee: a.guarantee,
+        retry_count: a.retry,
+        timeout: a.timeout,
+        delay: a.delay,
+        at: a.at,
+    };
     let keys = match flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref()) {
         Ok(k) => k,
         Err(e) => {
@@ -160,10 +202,47 @@ pub fn main() -> ExitCode {
     let start = Instant::now();
     // At most ten years (checked by the flag's parser): cannot overflow.
     let deadline = a.deadline.map(|d| start + d);
+    if a.every.is_some() || a.cron.is_some() || a.unschedule {
+        return schedule(&mut client, &a, &job, deadline);
+    }
     if a.count == 1 {
         send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, deadline)
     } else {
         send_many(&mut client, &a, &job, &options, deadline)
+    }
+}
+
+/// `--every` / `--cron` / `--unschedule`: prints the schedule id.
+fn schedule(client: &mut Client, a: &Args, job: &crate::Job, deadline: Option<Instant>) -> ExitCode {
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(10));
+    let done = if a.unschedule {
+        client.unschedule(&a.queue, job, deadline)
+    } else {
+        let mut spec = match (&a.every, &a.cron) {
+            (Some(d), _) => ScheduleSpec::every(d.as_secs().max(1)),
+            (None, Some(c)) => ScheduleSpec::cron(c),
+            (None, None) => unreachable!("checked by the caller"),
+        };
+        spec.guarantee = true;
+        spec.tz = a.tz.clone();
+        spec.run_count = a.run_count;
+        spec.nohaste = a.nohaste;
+        spec.no_overlap = a.no_overlap;
+        spec.misfire = a.misfire.as_deref().and_then(emq_protocol::Misfire::parse);
+        spec.timeout = a.timeout;
+        spec.retry_count = a.retry;
+        client.schedule(&a.queue, job, &spec, deadline)
+    };
+    match done {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Refused(why)) => {
+            eprintln!("emq-send: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => usage(e),
     }
 }
 
