@@ -5,20 +5,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::time::Duration;
-
-/// A minimal HTTP GET (the endpoint is ours; no client crate needed).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.to_owned())
-}
 
 /// Pids whose parent is `pid`.
 fn children(pid: i32) -> Vec<u64> {
@@ -172,8 +159,11 @@ fn a_stopped_job_manager_turns_stale_then_gone() {
     let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
     let entry = w["connected_workers"].as_object().unwrap().values().next().unwrap().clone();
     assert_eq!((entry["state"].as_str(), entry["available_slots"].as_u64()), (Some("stale"), Some(0)));
-    let (_, metrics) = http_get(&a.http, "/metrics");
-    assert!(metrics.lines().any(|l| l.starts_with("emq_jobmanager_up{") && l.ends_with(" 0")), "{metrics}");
+    // The HTTP snapshot is rebuilt at most once a second.
+    eventually(Duration::from_secs(10), || {
+        let (_, metrics) = http_get(&a.http, "/metrics");
+        metrics.lines().any(|l| l.starts_with("emq_jobmanager_up{") && l.ends_with(" 0")).then_some(())
+    });
     // Then gone.
     eventually(Duration::from_secs(20), || state().is_none().then_some(()));
     jm.signal(nix::sys::signal::Signal::SIGCONT);

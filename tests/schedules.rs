@@ -219,6 +219,15 @@ fn delayed_jobs_and_schedules_survive_sigkill_of_the_router() {
     let runs_after = after["runs"].as_u64().unwrap();
     assert!(runs_after >= runs_before + 3, "misfire all: missed runs fire at start ({runs_before} -> {runs_after})");
     assert_eq!(admin_job(a, &msgid)["state"], "delayed", "the delayed job survived, still waiting");
+    // Both in /api/status (the dashboard's source) and /metrics.
+    eventually(Duration::from_secs(20), || {
+        let v: Value = serde_json::from_str(&http_get(&a.http, "/api/status").1).ok()?;
+        (v["schedules"]["total"] == 1 && v["delayed"]["delayed"][0]["msgid"] == msgid.as_str()).then_some(())
+    });
+    let metrics = http_get(&a.http, "/metrics").1;
+    for want in ["emq_schedules 1", "emq_jobs_delayed 1", "emq_schedule_fire_lateness_seconds_bucket"] {
+        assert!(metrics.contains(want), "{want} in /metrics");
+    }
     // A job manager: the delayed job runs once, when due; the schedule runs on.
     let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
     eventually(Duration::from_secs(30), || (read_lines(&delayed_file).len() == 1).then_some(()));

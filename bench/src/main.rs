@@ -45,6 +45,10 @@ enum Cmd {
         backend: String,
         #[arg(long, default_value_t = 1000)]
         slots: usize,
+        /// Print the lateness (receipt here minus the `fired:` due time)
+        /// of scheduled jobs after every N of them, as one JSON line.
+        #[arg(long, default_value_t = 0)]
+        lateness_every: usize,
     },
     Forwarder {
         #[arg(long)]
@@ -81,6 +85,21 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "nobody")]
         queue: String,
+        /// REQUEST headers (e.g. `delay:86400` to fill the delayed jobs).
+        #[arg(long, default_value = "")]
+        headers: String,
+    },
+    /// Makes N schedules (distinct args) of benchjobs.noop, every
+    /// `interval` seconds, `nohaste`; waits for every receipt.
+    ScheduleLoad {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long, default_value_t = 1000)]
+        n: u64,
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        #[arg(long, default_value = "default")]
+        queue: String,
     },
     Recovery {
         #[arg(long)]
@@ -104,11 +123,12 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::JournalStore { n, batches } => journal_store::run(n, &batches),
-        Cmd::StubJm { backend, slots } => stub_jm(&backend, slots),
+        Cmd::StubJm { backend, slots, lateness_every } => stub_jm(&backend, slots, lateness_every),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
         Cmd::Throughput { frontend, n, window, path, callable } => throughput(&frontend, n, window, &path, &callable),
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
-        Cmd::Fill { frontend, n, size, queue } => fill(&frontend, n, size, &queue),
+        Cmd::Fill { frontend, n, size, queue, headers } => fill(&frontend, n, size, &queue, &headers),
+        Cmd::ScheduleLoad { frontend, n, interval, queue } => schedule_load(&frontend, n, interval, &queue),
         Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file, settle_ms } => {
             recovery(&frontend, &admin, jm_pid, kills, &pid_file, settle_ms)
         }
@@ -154,7 +174,8 @@ fn recv_batch(s: &zmq::Socket, timeout_ms: i64, mut f: impl FnMut(Vec<Vec<u8>>))
 
 // ---- stub job manager ------------------------------------------------------
 
-fn stub_jm(backend: &str, slots: usize) -> Result<()> {
+fn stub_jm(backend: &str, slots: usize, lateness_every: usize) -> Result<()> {
+    let mut lateness: Vec<f64> = Vec::new();
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, backend)?;
     let inform = Message::new(Command::Inform(Inform {
@@ -176,7 +197,25 @@ fn stub_jm(backend: &str, slots: usize) -> Result<()> {
                         let _ = send(&s, &Message::new(Command::Ready));
                     }
                 }
-                Command::Request(_) => {
+                Command::Request(r) => {
+                    if lateness_every > 0 {
+                        if let Some(fired) = emq_protocol::Headers::parse(&r.headers).fired_at {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs_f64())
+                                .unwrap_or(0.0);
+                            lateness.push((now - fired) * 1000.0);
+                            if lateness.len() >= lateness_every {
+                                lateness.sort_by(f64::total_cmp);
+                                let q = |p: f64| lateness[((lateness.len() - 1) as f64 * p).round() as usize];
+                                println!(
+                                    "{}",
+                                    json!({"lateness_ms": {"n": lateness.len(), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)}})
+                                );
+                                lateness.clear();
+                            }
+                        }
+                    }
                     let reply = Reply::Result { reply_json: value.into(), orig_msgid: m.msgid };
                     let _ = send(&s, &Message::new(Command::Reply(reply)));
                     let _ = send(&s, &Message::new(Command::Ready));
@@ -341,7 +380,7 @@ fn latency(frontend: &str, n: usize, warmup: usize) -> Result<()> {
 
 // ---- fill (memory) ------------------------------------------------------------------
 
-fn fill(frontend: &str, n: u64, size: usize, queue: &str) -> Result<()> {
+fn fill(frontend: &str, n: u64, size: usize, queue: &str, headers: &str) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
     // A payload frame of exactly `size` bytes.
@@ -352,7 +391,7 @@ fn fill(frontend: &str, n: u64, size: usize, queue: &str) -> Result<()> {
     let (mut sent, mut receipts, mut refused) = (0u64, 0u64, 0u64);
     while receipts + refused < n {
         while sent < n && sent - (receipts + refused) < 10_000 {
-            send(&s, &request(queue, "", &payload))?;
+            send(&s, &request(queue, headers, &payload))?;
             sent += 1;
         }
         let got = recv_batch(&s, 10_000, |f| match f.len() {
@@ -368,6 +407,44 @@ fn fill(frontend: &str, n: u64, size: usize, queue: &str) -> Result<()> {
         "{}",
         json!({"n": n, "payload_bytes": payload.len(), "receipts": receipts, "refused": refused, "secs": start.elapsed().as_secs_f64()})
     );
+    Ok(())
+}
+
+// ---- schedules --------------------------------------------------------------------------
+
+fn schedule_load(frontend: &str, n: u64, interval: u64, queue: &str) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, frontend)?;
+    let start = Instant::now();
+    let (mut sent, mut answers, mut refused) = (0u64, 0u64, 0u64);
+    while answers < n {
+        while sent < n && sent - answers < 10_000 {
+            let payload = json!(["run", {"path": "benchjobs", "callable": "noop", "args": [sent],
+                "kwargs": {}, "class_args": [], "class_kwargs": {}}])
+            .to_string();
+            let order = emq_protocol::Schedule {
+                queue: queue.into(),
+                headers: "nohaste".into(),
+                interval_secs: interval.to_string(),
+                payload,
+                cron: String::new(),
+            };
+            send(&s, &Message::new(Command::Schedule(order)))?;
+            sent += 1;
+        }
+        let got = recv_batch(&s, 10_000, |f| match f.len() {
+            5 => answers += 1,
+            6 => {
+                answers += 1;
+                refused += 1
+            }
+            _ => {}
+        })?;
+        if got == 0 {
+            bail!("stalled at {answers} answers");
+        }
+    }
+    println!("{}", json!({"schedules": n, "refused": refused, "secs": start.elapsed().as_secs_f64()}));
     Ok(())
 }
 

@@ -351,6 +351,9 @@ mod tests {
         refused("buffer_memory", |s| s.buffer_memory = 0);
         refused("journal_max_bytes", |s| s.journal_max_bytes = 1);
         refused("on_full", |s| s.on_full = "sometimes".into());
+        refused("scheduler", |s| s.scheduler = "both".into());
+        refused("misfire", |s| s.misfire = "never".into());
+        refused("max_schedules", |s| s.max_schedules = usize::MAX);
         refused("journal_sync", |s| s.journal_sync = "always".into());
         refused("hwm", |s| s.hwm = usize::MAX);
         refused("job_history", |s| s.job_history = usize::MAX);

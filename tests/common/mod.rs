@@ -354,3 +354,15 @@ impl TestClient {
         self.wait(&id, 60)
     }
 }
+
+/// A minimal HTTP GET (the endpoint is ours; no client crate needed).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_fmt(&mut s, format_args!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")).unwrap();
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
