@@ -305,7 +305,7 @@ class Client:
                 "within %s s: EventMQ's router?); jobs are still sent and run" % (self.addr, self.probe_timeout))
 
     def send(self, fn, *args, queue="default", timeout=None, retries=None, guarantee=False, result=True,
-             kwargs=None, class_args=None, class_kwargs=None, **job_kwargs):
+             kwargs=None, class_args=None, class_kwargs=None, delay=None, eta=None, **job_kwargs):
         """Sends ``fn(*args, **job_kwargs)`` to run on a worker and returns
         its :class:`Job` once the router's receipt is in.
 
@@ -315,7 +315,10 @@ class Client:
         run; ``retries``: re-runs allowed after a failure; ``guarantee``:
         requeue if its job manager is lost; ``result=False``: do not ask for
         the result. ``kwargs``: the job's keyword arguments when their names
-        clash with these options (merged with ``job_kwargs``).
+        clash with these options (merged with ``job_kwargs``). ``delay``:
+        seconds (or a ``timedelta``) to wait before it runs; ``eta``: a
+        ``datetime`` (or unix seconds) it runs at the earliest — the router
+        keeps the job and sends the receipt at once.
 
         Raises :class:`Refused` with the router's reason, ``ValueError`` for
         a malformed callable, ``TypeError`` for arguments that are not
@@ -334,10 +337,18 @@ class Client:
             timeout = max(1, int(-(-timeout // 1)))  # whole seconds on the wire, rounded up
         if not isinstance(queue, str) or not queue:
             raise ValueError("queue must be a non-empty string")
+        if delay is not None:
+            delay = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
+            if not delay >= 0:
+                raise ValueError("delay must be >= 0 seconds, not %r" % (delay,))
+        if eta is not None:
+            eta = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
+            if not eta >= 0:
+                raise ValueError("eta must be a datetime or unix seconds >= 0, not %r" % (eta,))
         msgid = self._native.send(
             queue, path, callable_, _dumps("args", list(args)), _dumps("kwargs", kw),
             _dumps("class_args", list(class_args or [])), _dumps("class_kwargs", dict(class_kwargs or {})),
-            bool(result), bool(guarantee), retries, timeout)
+            bool(result), bool(guarantee), retries, timeout, delay, eta)
         receipted = self._receipt(msgid, name)
         return Job(self, msgid, name, queue, receipted, bool(result))
 

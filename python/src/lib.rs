@@ -40,6 +40,7 @@ fn client_err(e: ClientError) -> PyErr {
         ClientError::BadCallable(c) => {
             PyValueError::new_err(format!("bad callable {c:?}: expected 'pkg.mod.func' or 'pkg.mod:Class.method'"))
         }
+        ClientError::Refused(why) => PyRuntimeError::new_err(format!("refused by the router: {why}")),
     }
 }
 
@@ -199,7 +200,7 @@ impl NativeClient {
 
     /// Sends one REQUEST; returns its msgid at once (no waiting).
     #[pyo3(signature = (queue, path, callable, args_json, kwargs_json, class_args_json, class_kwargs_json,
-                        reply_requested, guarantee, retries, timeout))]
+                        reply_requested, guarantee, retries, timeout, delay=None, eta=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -215,12 +216,24 @@ impl NativeClient {
         guarantee: bool,
         retries: Option<u32>,
         timeout: Option<u64>,
+        delay: Option<f64>,
+        eta: Option<f64>,
     ) -> PyResult<String> {
+        let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
+            v.map(|x| {
+                Duration::try_from_secs_f64(x).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err(format!("{what} must be a number of seconds >= 0, not {x}"))
+                })
+            })
+            .transpose()
+        };
+        let delay = secs("delay", delay)?;
+        let at = secs("eta", eta)?.map(|d| std::time::UNIX_EPOCH + d);
         let mut job = Job::new(path, callable, parse_json("args", args_json)?);
         job.kwargs = parse_json::<Map<String, Value>>("kwargs", kwargs_json)?;
         job.class_args = parse_json("class_args", class_args_json)?;
         job.class_kwargs = parse_json("class_kwargs", class_kwargs_json)?;
-        let options = Options { reply_requested, guarantee, retry_count: retries, timeout };
+        let options = Options { reply_requested, guarantee, retry_count: retries, timeout, delay, at };
         py.detach(|| self.with(|c| c.send_request(queue, &job, &options).map_err(client_err)))
     }
 

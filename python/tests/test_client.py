@@ -74,6 +74,20 @@ def test_status_after_the_job(client):
     assert client.status("no-such-msgid").state == "unknown"
 
 
+def test_delayed_job_waits_for_its_time(client):
+    import datetime
+    job = client.send("benchjobs.add", 4, 4, delay=datetime.timedelta(seconds=1.5))
+    assert job.receipted
+    assert job.status().state == "delayed"
+    assert job.result(30) == 8
+    st = job.status()
+    assert st.dispatched >= st.received + 1.5
+    later = client.send("benchjobs.add", 1, 2, eta=time.time() + 1.0)
+    assert later.result(30) == 3
+    with pytest.raises(ValueError):
+        client.send("benchjobs.add", 1, 2, delay=-1)
+
+
 def test_retries_and_current_job_attempt(client):
     path = os.path.join(tempfile.mkdtemp(), "attempts.txt")
     job = client.send("pyclient_jobs.fail_first_attempt", path, retries=2)
