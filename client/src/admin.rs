@@ -1,7 +1,7 @@
 //! A client for the router's administrative socket: one command, one
 //! answer. Works with EventMQ's router too (same frames).
 
-use emq_protocol::{Command, Message};
+use emq_protocol::{AdminCommand, Command, Message, Reply};
 use emq_sender::Sender;
 use std::time::Duration;
 
@@ -24,6 +24,52 @@ impl AdminClient {
             None => Sender::connect(&ctx, addr)?,
         };
         Ok(AdminClient { sender, addr: addr.to_owned() })
+    }
+
+    /// Proves this connection holds the router's admin token (its
+    /// `data_dir/admin.token`): the commands that change something need it.
+    pub fn authenticate(&self, token: &str, deadline: Duration) -> anyhow::Result<()> {
+        let v = self.json(Command::Admin(AdminCommand::Authenticate { token: token.trim().to_owned() }), deadline)?;
+        anyhow::ensure!(v["authenticated"] == true, "the router refused the admin token");
+        Ok(())
+    }
+
+    /// Cancels a job (buffered, delayed, retrying: removed; running: its
+    /// worker is stopped) or a schedule by its id. The router's answer.
+    pub fn cancel(&self, msgid: &str, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        self.change(Command::Admin(AdminCommand::Cancel { job_msgid: msgid.to_owned() }), deadline)
+    }
+
+    /// Removes every buffered job of `queue`; the answer has the count.
+    pub fn purge(&self, queue: &str, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        self.change(Command::Admin(AdminCommand::Purge { queue: queue.to_owned() }), deadline)
+    }
+
+    /// Stops handing out `queue`'s jobs (they are still accepted and kept).
+    pub fn pause(&self, queue: &str, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        self.change(Command::Admin(AdminCommand::Pause { queue: queue.to_owned() }), deadline)
+    }
+
+    /// Hands out `queue`'s jobs again.
+    pub fn resume(&self, queue: &str, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        self.change(Command::Admin(AdminCommand::Resume { queue: queue.to_owned() }), deadline)
+    }
+
+    /// A command whose answer is one JSON frame.
+    pub fn json(&self, command: Command, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        match self.request(command, deadline)?.command {
+            Command::Reply(Reply::Single { body }) => Ok(serde_json::from_str(&body)?),
+            other => anyhow::bail!("unexpected answer {}", other.name()),
+        }
+    }
+
+    /// [`Self::json`], with the router's `error` as an error.
+    fn change(&self, command: Command, deadline: Duration) -> anyhow::Result<serde_json::Value> {
+        let v = self.json(command, deadline)?;
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            anyhow::bail!("router: {e}");
+        }
+        Ok(v)
     }
 
     /// Sends `command` (with `admin:` msgid, as emq-cli does) and waits up

@@ -70,6 +70,15 @@ pub enum Cmd {
     Schedules,
     /// Remove a schedule by its id (from `schedules`).
     Unschedule { id: String },
+    /// Cancel a job (buffered, delayed, retrying: removed; running: its
+    /// worker is stopped) or a schedule (by its id).
+    Cancel { msgid: String },
+    /// Remove every buffered job of a queue (prints the count).
+    Purge { queue: String },
+    /// Stop handing out a queue's jobs (still accepted and kept).
+    Pause { queue: String },
+    /// Hand out a paused queue's jobs again.
+    Resume { queue: String },
     /// Jobs waiting for their delay / eta, the soonest first.
     Delayed {
         /// Show at most this many (the total is printed too).
@@ -148,7 +157,17 @@ fn run(a: &Args) -> anyhow::Result<()> {
     crate::flags::endpoint(key, &addr)?;
     let keys = crate::flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref())?;
     let client = AdminClient::connect_with(&addr, keys.as_ref())?;
-    if matches!(a.command, Cmd::Shutdown | Cmd::Requeue { .. } | Cmd::Job { .. } | Cmd::Unschedule { .. }) {
+    if matches!(
+        a.command,
+        Cmd::Shutdown
+            | Cmd::Requeue { .. }
+            | Cmd::Job { .. }
+            | Cmd::Unschedule { .. }
+            | Cmd::Cancel { .. }
+            | Cmd::Purge { .. }
+            | Cmd::Pause { .. }
+            | Cmd::Resume { .. }
+    ) {
         authenticate(a, &client)?;
     }
     let command = match &a.command {
@@ -160,6 +179,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
         Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
         Cmd::Schedules => Command::Admin(AdminCommand::Schedules),
+        Cmd::Cancel { msgid } => Command::Admin(AdminCommand::Cancel { job_msgid: msgid.clone() }),
+        Cmd::Purge { queue } => Command::Admin(AdminCommand::Purge { queue: queue.clone() }),
+        Cmd::Pause { queue } => Command::Admin(AdminCommand::Pause { queue: queue.clone() }),
+        Cmd::Resume { queue } => Command::Admin(AdminCommand::Resume { queue: queue.clone() }),
         Cmd::Unschedule { id } => Command::Admin(AdminCommand::RemoveSchedule { schedule_id: id.clone() }),
         Cmd::Delayed { limit } => Command::Admin(AdminCommand::Delayed { limit: (*limit).max(1) }),
     };
@@ -192,6 +215,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Shutdown => println!("{v}"),
         Cmd::Schedules => print!("{}", render_schedules(&v, now_unix())),
         Cmd::Unschedule { id } => println!("removed schedule {id}"),
+        Cmd::Cancel { msgid } => match v.get("cancelling") {
+            Some(_) => println!("cancelling {msgid}: its worker is being stopped"),
+            None => println!("cancelled {msgid} ({})", v["was"].as_str().unwrap_or("?")),
+        },
+        Cmd::Purge { queue } => println!("purged {} job(s) from {queue}", num(&v["purged"])),
+        Cmd::Pause { queue } => println!("paused {queue} ({} job(s) waiting)", num(&v["waiting"])),
+        Cmd::Resume { queue } => println!("resumed {queue}"),
         Cmd::Delayed { .. } => print!("{}", render_delayed(&v, now_unix())),
     }
     Ok(())

@@ -63,6 +63,8 @@ pub enum FinalState {
     /// Used up its retries: kept as a dead letter.
     Dead,
     Refused,
+    /// Cancelled or purged before it finished.
+    Cancelled,
 }
 
 impl FinalState {
@@ -73,6 +75,7 @@ impl FinalState {
             FinalState::Lost => 2,
             FinalState::Dead => 3,
             FinalState::Refused => 4,
+            FinalState::Cancelled => 5,
         }
     }
 
@@ -83,6 +86,7 @@ impl FinalState {
             2 => FinalState::Lost,
             3 => FinalState::Dead,
             4 => FinalState::Refused,
+            5 => FinalState::Cancelled,
             other => return Err(RecordError::UnknownState(other)),
         })
     }
@@ -198,6 +202,11 @@ pub enum Record {
         at: f64,
         next_due: f64,
     },
+    /// An operator paused (or resumed) a queue.
+    QueuePaused {
+        queue: String,
+        paused: bool,
+    },
 }
 
 impl Record {
@@ -214,7 +223,8 @@ impl Record {
             Record::CheckpointBegin { .. }
             | Record::CheckpointEnd { .. }
             | Record::ScheduleSet(_)
-            | Record::ScheduleRemoved { .. } => None,
+            | Record::ScheduleRemoved { .. }
+            | Record::QueuePaused { .. } => None,
         }
     }
 
@@ -319,6 +329,11 @@ impl Record {
                 w.u8(11);
                 w.str(id);
             }
+            Record::QueuePaused { queue, paused } => {
+                w.u8(13);
+                w.str(queue);
+                w.u8(u8::from(*paused));
+            }
             Record::ScheduleFired { id, msgid, at, next_due } => {
                 w.u8(12);
                 w.str(id);
@@ -408,6 +423,7 @@ impl Record {
                 user: r.opt_str()?,
             }),
             11 => Record::ScheduleRemoved { id: r.str()? },
+            13 => Record::QueuePaused { queue: r.str()?, paused: r.u8()? != 0 },
             12 => Record::ScheduleFired { id: r.str()?, msgid: r.str()?, at: r.f64()?, next_due: r.f64()? },
             other => return Err(RecordError::UnknownTag(other)),
         };
@@ -584,6 +600,14 @@ mod tests {
             }),
             Record::ScheduleRemoved { id: "x".into() },
             Record::ScheduleFired { id: "x".into(), msgid: "m".into(), at: 2.0, next_due: 7.0 },
+            Record::QueuePaused { queue: "q".into(), paused: true },
+            Record::Finished {
+                msgid: "c".into(),
+                state: FinalState::Cancelled,
+                at: 1.0,
+                result: String::new(),
+                failure: None,
+            },
         ]
     }
 

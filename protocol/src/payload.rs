@@ -112,6 +112,9 @@ pub enum JobErrorKind {
     /// Not accepted: queue full, unknown queue, callable not allowed,
     /// shutting down, malformed (`"refused"`).
     Refused,
+    /// Cancelled by an operator (or its owner) before it finished
+    /// (`"cancelled"`): never retried, never a dead letter.
+    Cancelled,
     /// The REQUEST payload is not a runnable `["run", {...}]` (`"BadPayload"`).
     BadPayload,
     /// A reply a client could not read (`"BadReply"`).
@@ -131,6 +134,7 @@ impl JobErrorKind {
             JobErrorKind::JobManagerLost => "job manager lost",
             JobErrorKind::RouterRestarted => "router restarted",
             JobErrorKind::Refused => "refused",
+            JobErrorKind::Cancelled => "cancelled",
             JobErrorKind::BadPayload => "BadPayload",
             JobErrorKind::BadReply => "BadReply",
             JobErrorKind::Exception(name) => name,
@@ -159,6 +163,7 @@ impl From<&str> for JobErrorKind {
             "job manager lost" => JobErrorKind::JobManagerLost,
             "router restarted" => JobErrorKind::RouterRestarted,
             "refused" => JobErrorKind::Refused,
+            "cancelled" => JobErrorKind::Cancelled,
             "BadPayload" => JobErrorKind::BadPayload,
             "BadReply" => JobErrorKind::BadReply,
             other => JobErrorKind::Exception(other.to_owned()),
@@ -309,6 +314,7 @@ mod tests {
             (JobManagerLost, "job manager lost"),
             (RouterRestarted, "router restarted"),
             (Refused, "refused"),
+            (Cancelled, "cancelled"),
             (BadPayload, "BadPayload"),
             (BadReply, "BadReply"),
             (Exception("ValueError".into()), "ValueError"),

@@ -308,6 +308,10 @@ pub struct JobManagerState {
     reports_sent: u64,
     /// Bumped at every INFORM: confirmations count from there.
     inform_epoch: u64,
+    /// Jobs the router asked to cancel that sit queued at a worker: a
+    /// Steal takes them back (then they are answered `cancelled`), or they
+    /// are stopped the moment they start.
+    cancel_pending: std::collections::HashSet<String>,
 }
 
 /// A REPLY kept until the router confirms it.
@@ -366,6 +370,7 @@ impl JobManagerState {
             clock: now,
             recent_reports: VecDeque::new(),
             recent_report_bytes: 0,
+            cancel_pending: Default::default(),
             reports_sent: 0,
             inform_epoch: 0,
         }
@@ -396,7 +401,7 @@ impl JobManagerState {
             Event::WorkerDone { slot, msgid, reply_json, error_type } => {
                 self.on_worker_done(slot, msgid, reply_json, error_type, now, out)
             }
-            Event::WorkerStole { slot, msgids } => self.on_worker_stole(slot, msgids),
+            Event::WorkerStole { slot, msgids } => self.on_worker_stole(slot, msgids, out),
             Event::WorkerExited { slot, pid, exit } => self.on_worker_exited(slot, pid, exit, now, out),
             Event::SpawnFailed { slot, error } => self.on_spawn_failed(slot, error, now),
             Event::Tick => self.on_tick(now, out),

@@ -63,6 +63,7 @@ impl JobManagerState {
                 }
             }
             Command::Request(request) => self.on_request(m.msgid, request, out),
+            Command::Admin(emq_protocol::AdminCommand::Cancel { job_msgid }) => self.on_cancel(&job_msgid, now, out),
             Command::Heartbeat(hb) => {
                 // Our router says how many of our REPLYs it holds durably.
                 if self.phase == Phase::Acked {

@@ -572,3 +572,54 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
     let SlotState::Busy(running) = &h.s.slots()[0].state else { panic!() };
     assert_eq!(running.msgid, "u", "the urgent job runs right after the one that was running");
 }
+
+fn cancel(h: &mut H, msgid: &str) -> Vec<Action> {
+    let c = Command::Admin(emq_protocol::AdminCommand::Cancel { job_msgid: msgid.into() });
+    h.ev(Event::Router(Ok(Message::new(c))))
+}
+
+#[test]
+fn cancel_stops_a_running_job_or_drops_a_queued_one() {
+    let (mut h, _) = H::running(1);
+    h.request("run", "", ADD);
+    let out = cancel(&mut h, "run");
+    assert_eq!(&names(&out)[..2], &["REPLY".to_string(), "kill0".to_string()]);
+    assert_eq!(reply_of(&out).1.error.unwrap().kind.as_str(), "cancelled");
+    assert_eq!(h.s.restarts["cancelled"], 1);
+    // A result racing the kill is ignored.
+    assert!(!names(&h.ev(Event::WorkerDone {
+        slot: 0,
+        msgid: "run".into(),
+        reply_json: "{}".into(),
+        error_type: None
+    }))
+    .contains(&"REPLY".to_string()));
+    // Unknown: nothing.
+    assert!(cancel(&mut h, "gone").is_empty());
+}
+
+#[test]
+fn cancel_of_a_job_queued_at_a_worker_steals_it_back() {
+    let (mut h, _) = H::running(1);
+    h.request("first", "", ADD);
+    h.request("second", "", ADD); // pipelined behind "first" (worker_pipeline 2)
+    let out = cancel(&mut h, "second");
+    if names(&out).contains(&"steal0".to_string()) {
+        // The worker gives it back unstarted: answered cancelled, never run.
+        let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["second".into()] });
+        let (msgid, reply) = reply_of(&out);
+        assert_eq!((msgid.as_str(), reply.error.unwrap().kind.as_str()), ("second", "cancelled"));
+    } else {
+        // It was still in the local queue.
+        let (msgid, reply) = reply_of(&out);
+        assert_eq!((msgid.as_str(), reply.error.unwrap().kind.as_str()), ("second", "cancelled"));
+    }
+    // "first" goes on undisturbed.
+    let out = h.ev(Event::WorkerDone {
+        slot: 0,
+        msgid: "first".into(),
+        reply_json: "{\"value\": 5}".into(),
+        error_type: None,
+    });
+    assert_eq!(reply_of(&out).0, "first");
+}

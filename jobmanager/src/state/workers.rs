@@ -216,7 +216,11 @@ impl JobManagerState {
         let s = &mut self.slots[slot];
         if let Some(next) = s.waiting.pop_front() {
             // The worker goes straight on with the job queued behind.
+            let cancelled = self.cancel_pending.remove(&next.msgid);
             s.state = SlotState::Busy(JobInFlight::start(next, now));
+            if cancelled {
+                self.stop_running(slot, now, out);
+            }
             return;
         }
         let recycle = s.jobs_done >= self.cfg.max_job_count || s.recycle_after_job;
@@ -236,7 +240,60 @@ impl JobManagerState {
         }
     }
 
-    pub(super) fn on_worker_stole(&mut self, slot: usize, msgids: Vec<String>) {
+    /// The router's CANCEL: a job still in the local queue is answered
+    /// `cancelled` at once; one queued at a worker is taken back (a Steal)
+    /// or stopped when it starts; a running one has its worker stopped
+    /// (SIGTERM, then SIGKILL after `kill_escalation`) and a fresh worker
+    /// takes the slot. Unknown (already finished): nothing to do.
+    pub(super) fn on_cancel(&mut self, msgid: &str, now: Instant, out: &mut Vec<Action>) {
+        if let Some(pos) = self.local_queue.iter().position(|j| j.msgid == msgid) {
+            self.local_queue.remove(pos);
+            info!(%msgid, "cancelled before it started");
+            self.answer_cancelled(msgid, out);
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if matches!(&self.slots[slot].state, SlotState::Busy(job) if job.msgid == msgid) {
+                self.stop_running(slot, now, out);
+                return;
+            }
+            if self.slots[slot].waiting.iter().any(|j| j.msgid == msgid) {
+                if self.cancel_pending.len() < 10_000 {
+                    self.cancel_pending.insert(msgid.to_owned());
+                }
+                if !self.slots[slot].steal_pending {
+                    self.slots[slot].steal_pending = true;
+                    out.push(Action::Steal { slot });
+                }
+                return;
+            }
+        }
+        debug!(%msgid, "CANCEL for a job not here (finished already?)");
+    }
+
+    /// Stops the job running in `slot` on CANCEL: its worker is killed
+    /// (the jobs queued behind it run elsewhere here) and it is answered
+    /// `cancelled`.
+    fn stop_running(&mut self, slot: usize, now: Instant, out: &mut Vec<Action>) {
+        let SlotState::Busy(job) = &self.slots[slot].state else { return };
+        let msgid = job.msgid.clone();
+        let pid = self.slots[slot].pid.unwrap_or(0);
+        info!(slot, pid, %msgid, "cancelled while running: stopping its worker");
+        *self.restarts.entry("cancelled").or_insert(0) += 1;
+        self.answer_cancelled(&msgid, out);
+        self.slots[slot].state = SlotState::Killing { since: now, forced: false };
+        out.push(Action::Kill { slot, force: false });
+        self.requeue_waiting(slot);
+        self.promote_spare(slot);
+    }
+
+    fn answer_cancelled(&mut self, msgid: &str, out: &mut Vec<Action>) {
+        self.jobs_failed += 1;
+        let reply = JobReply::failed(JobErrorKind::Cancelled, "cancelled by an operator", "");
+        self.send_reply(msgid, reply, out);
+    }
+
+    pub(super) fn on_worker_stole(&mut self, slot: usize, msgids: Vec<String>, out: &mut Vec<Action>) {
         let s = &mut self.slots[slot];
         s.steal_pending = false;
         let mut back = Vec::new();
@@ -259,6 +316,10 @@ impl JobManagerState {
         });
         debug!(slot, jobs = back.len(), "jobs taken back from a worker");
         for job in back.into_iter().rev() {
+            if self.cancel_pending.remove(&job.msgid) {
+                self.answer_cancelled(&job.msgid, out);
+                continue;
+            }
             self.enqueue(job, true);
         }
     }

@@ -32,6 +32,16 @@ pub enum AdminCommand {
     Schedules,
     /// Our extension: remove a schedule by its id (EventMQ's SHA-1 hex).
     RemoveSchedule { schedule_id: String },
+    /// Our extension: cancel a job (buffered, delayed or retrying: removed;
+    /// running: its worker is stopped) or a schedule (by its id). Also
+    /// router → our job manager: stop that job.
+    Cancel { job_msgid: String },
+    /// Our extension: remove every buffered job of a queue.
+    Purge { queue: String },
+    /// Our extension: keep accepting a queue's jobs but hand none out...
+    Pause { queue: String },
+    /// ... until this.
+    Resume { queue: String },
     /// Our extension: jobs waiting for their time (`delay:` / `eta:`), the
     /// soonest first; at most `limit` of them (0: the router's default).
     Delayed { limit: u32 },
@@ -54,6 +64,10 @@ impl AdminCommand {
             "AUTHENTICATE" => AdminCommand::Authenticate { token: p.next_string()? },
             "ROUTER_DEAD_LETTERS" => AdminCommand::DeadLetters,
             "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },
+            "CANCEL" => AdminCommand::Cancel { job_msgid: p.next_string()? },
+            "PURGE" => AdminCommand::Purge { queue: p.next_string()? },
+            "PAUSE" => AdminCommand::Pause { queue: p.next_string()? },
+            "RESUME" => AdminCommand::Resume { queue: p.next_string()? },
             "ROUTER_SCHEDULES" => AdminCommand::Schedules,
             "REMOVE_SCHEDULE" => AdminCommand::RemoveSchedule { schedule_id: p.next_string()? },
             "ROUTER_DELAYED" => {
@@ -74,6 +88,10 @@ impl AdminCommand {
             AdminCommand::Authenticate { .. } => "AUTHENTICATE",
             AdminCommand::DeadLetters => "ROUTER_DEAD_LETTERS",
             AdminCommand::Requeue { .. } => "REQUEUE",
+            AdminCommand::Cancel { .. } => "CANCEL",
+            AdminCommand::Purge { .. } => "PURGE",
+            AdminCommand::Pause { .. } => "PAUSE",
+            AdminCommand::Resume { .. } => "RESUME",
             AdminCommand::Schedules => "ROUTER_SCHEDULES",
             AdminCommand::RemoveSchedule { .. } => "REMOVE_SCHEDULE",
             AdminCommand::Delayed { .. } => "ROUTER_DELAYED",
@@ -88,7 +106,12 @@ impl AdminCommand {
                     out.push(t.as_bytes().to_vec());
                 }
             }
-            AdminCommand::Requeue { job_msgid } => out.push(job_msgid.as_bytes().to_vec()),
+            AdminCommand::Requeue { job_msgid } | AdminCommand::Cancel { job_msgid } => {
+                out.push(job_msgid.as_bytes().to_vec())
+            }
+            AdminCommand::Purge { queue } | AdminCommand::Pause { queue } | AdminCommand::Resume { queue } => {
+                out.push(queue.as_bytes().to_vec())
+            }
             AdminCommand::Authenticate { token } => out.push(token.as_bytes().to_vec()),
             AdminCommand::RemoveSchedule { schedule_id } => out.push(schedule_id.as_bytes().to_vec()),
             AdminCommand::Delayed { limit } => out.push(limit.to_string().into_bytes()),

@@ -53,6 +53,10 @@ fn every_command_round_trips() {
         AdminCommand::DeadLetters,
         AdminCommand::Requeue { job_msgid: "j".into() },
         AdminCommand::Schedules,
+        AdminCommand::Cancel { job_msgid: "j".into() },
+        AdminCommand::Purge { queue: "q".into() },
+        AdminCommand::Pause { queue: "q".into() },
+        AdminCommand::Resume { queue: "q".into() },
         AdminCommand::RemoveSchedule { schedule_id: "abc".into() },
         AdminCommand::Delayed { limit: 20 },
     ] {

@@ -63,7 +63,14 @@ impl RouterState {
                 };
                 out.push(answer(self.delayed_json(limit, now)))
             }
-            Command::Admin(AdminCommand::Requeue { .. } | AdminCommand::RemoveSchedule { .. })
+            Command::Admin(
+                AdminCommand::Requeue { .. }
+                | AdminCommand::RemoveSchedule { .. }
+                | AdminCommand::Cancel { .. }
+                | AdminCommand::Purge { .. }
+                | AdminCommand::Pause { .. }
+                | AdminCommand::Resume { .. },
+            )
             | Command::Disconnect
                 if !self.is_admin(&peer) =>
             {
@@ -77,6 +84,22 @@ impl RouterState {
             Command::Admin(AdminCommand::Requeue { job_msgid }) => {
                 let body = self.requeue_dead_letter(&job_msgid, now, out);
                 out.push(answer(body));
+            }
+            Command::Admin(AdminCommand::Cancel { job_msgid }) => {
+                let body = self.cancel_json(&job_msgid, now, out);
+                out.push(answer(body.to_string()));
+            }
+            Command::Admin(AdminCommand::Purge { queue }) => {
+                let body = self.purge(&queue, now, out);
+                out.push(answer(body.to_string()));
+            }
+            Command::Admin(AdminCommand::Pause { queue }) => {
+                let body = self.set_paused(&queue, true, now, out);
+                out.push(answer(body.to_string()));
+            }
+            Command::Admin(AdminCommand::Resume { queue }) => {
+                let body = self.set_paused(&queue, false, now, out);
+                out.push(answer(body.to_string()));
             }
             Command::Admin(AdminCommand::RemoveSchedule { schedule_id }) => {
                 let body = if self.remove_schedule(&schedule_id, "removed by an admin", out) {
@@ -167,6 +190,7 @@ impl RouterState {
             "delayed": self.delayed_count(),
             "delayed_bytes": self.delayed_bytes,
             "schedules": self.schedules.len(),
+            "paused_queues": self.paused_queues(),
             "dead_letters": self.dead.len(),
             "free_slots": self.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
             "in_doubt": self.in_doubt.len(),

@@ -20,6 +20,9 @@ impl RouterState {
             return None;
         }
         let q = self.queues.get(queue)?;
+        if q.paused {
+            return None;
+        }
         let mut best: Option<(u32, u64, &PeerId)> = None;
         for (weight, peer) in &q.job_managers {
             let Some(jm) = self.job_managers.get(peer) else { continue };
@@ -112,6 +115,7 @@ impl RouterState {
                 retry_count: headers.retry_count.unwrap_or(0),
                 keep,
                 dispatch_seq: self.lru_clock,
+                cancelling: false,
             },
         );
         (job.msgid, request)
@@ -127,7 +131,9 @@ impl RouterState {
             }
             let mut order: Vec<&(u32, String)> = peer.queues.0.iter().collect();
             order.sort_by(|a, b| b.0.cmp(&a.0));
-            let found = order.iter().find_map(|(_, name)| (self.queue_len(name) > 0).then(|| name.clone()));
+            let found = order
+                .iter()
+                .find_map(|(_, name)| (self.queue_len(name) > 0 && !self.is_paused(name)).then(|| name.clone()));
             let Some(queue) = found else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
             self.dispatch(jm.clone(), queue, job, now, out);

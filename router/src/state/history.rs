@@ -33,6 +33,8 @@ pub enum JobState {
     Retrying,
     /// Accepted with `delay:` / `eta:`; waiting for its time.
     Delayed,
+    /// Cancelled (or purged) before it finished.
+    Cancelled,
     /// Used up its retries: kept in the dead letters.
     Dead,
 }
@@ -40,7 +42,15 @@ pub enum JobState {
 impl JobState {
     /// Nothing more happens to the job (unless an operator requeues a dead letter).
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Done | JobState::Failed | JobState::Refused | JobState::Lost | JobState::Dead)
+        matches!(
+            self,
+            JobState::Done
+                | JobState::Failed
+                | JobState::Refused
+                | JobState::Lost
+                | JobState::Dead
+                | JobState::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +63,7 @@ impl JobState {
             JobState::Lost => "lost",
             JobState::Retrying => "retrying",
             JobState::Delayed => "delayed",
+            JobState::Cancelled => "cancelled",
             JobState::Dead => "dead",
         }
     }

@@ -169,6 +169,16 @@ impl RouterState {
                 let body = self.history.status_json(&job_msgid, full);
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
             }
+            Command::Admin(AdminCommand::Cancel { job_msgid }) => {
+                // A client may cancel its own jobs (the connection that sent them).
+                let own = self.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer));
+                let body = if own {
+                    self.cancel_json(&job_msgid, now, out)
+                } else {
+                    serde_json::json!({"error": format!("job {job_msgid} was not sent by this connection")})
+                };
+                out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body.to_string()))));
+            }
             Command::Kbye => {
                 if self.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler said goodbye");

@@ -24,6 +24,7 @@
 //! [`records`] holds the data types they share.
 
 mod admin;
+mod control;
 mod dispatch;
 mod history;
 mod intake;
@@ -238,6 +239,8 @@ pub struct RouterState {
     fired: HashMap<Arc<str>, Arc<str>>,
     /// The last fire lateness samples (seconds).
     lateness: VecDeque<f32>,
+    /// Jobs cancelled while in a buffer's disk tail: skipped when read back.
+    cancelled_spilled: rustc_hash::FxHashSet<Arc<str>>,
     /// Jobs that used up their retries (bounded, oldest dropped first).
     dead: VecDeque<DeadLetter>,
     /// Latency histograms (the counts are in `stats`).
@@ -298,6 +301,7 @@ impl RouterState {
             schedules: HashMap::default(),
             fired: HashMap::default(),
             lateness: VecDeque::new(),
+            cancelled_spilled: Default::default(),
             dead: VecDeque::new(),
             metrics: Default::default(),
             stale: HashMap::default(),
@@ -571,6 +575,9 @@ impl RouterState {
             }
         };
         for mut job in jobs {
+            if self.cancelled_spilled.remove(&job.msgid) {
+                continue;
+            }
             let own = job.request.queue(queue).to_owned();
             if queue == emq_protocol::DEFAULT_QUEUE
                 && own != queue

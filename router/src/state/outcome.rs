@@ -83,6 +83,12 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        if job.cancelling && error.is_some() {
+            // Stopped on CANCEL: no retry, no dead letter.
+            let message = "cancelled by an operator while running".to_owned();
+            let reply_json = JobReply::failed(JobErrorKind::Cancelled, message.clone(), "").to_json();
+            return self.conclude_cancelled(id, job, reply_json, message, now, out);
+        }
         if let Some((kind, message)) = &error {
             let error =
                 AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
@@ -135,6 +141,25 @@ impl RouterState {
                 &job.client,
                 Command::Reply(Reply::Result { reply_json, orig_msgid: id.to_string() }),
             ));
+        }
+    }
+
+    /// The end of a running job stopped by CANCEL.
+    fn conclude_cancelled(
+        &mut self,
+        id: Arc<str>,
+        job: JobInFlight,
+        reply_json: String,
+        message: String,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let request = self.waiting_from_in_flight(id.clone(), &job);
+        let queue = job.queue.clone();
+        self.end_unrun(queue, request, JobErrorKind::Cancelled, &message, now, out);
+        self.history.set_result(&id, reply_json);
+        if let Some(r) = self.history.get_mut(&id) {
+            r.attempts = job.attempts;
         }
     }
 
@@ -243,6 +268,7 @@ pub(super) fn final_state(state: JobState) -> FinalState {
         JobState::Lost => FinalState::Lost,
         JobState::Dead => FinalState::Dead,
         JobState::Refused => FinalState::Refused,
+        JobState::Cancelled => FinalState::Cancelled,
         _ => FinalState::Done,
     }
 }

@@ -15,4 +15,7 @@ pub struct QueueState {
     /// True once any job manager has served it: from then on REQUESTs for
     /// it wait here instead of falling back to `default`.
     pub ever_served: bool,
+    /// Paused by an operator: jobs are still accepted and kept, none is
+    /// handed out until it is resumed.
+    pub paused: bool,
 }

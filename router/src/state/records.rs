@@ -128,6 +128,8 @@ pub struct JobInFlight {
     pub keep: bool,
     /// Value of the router's dispatch counter when it was handed out.
     pub dispatch_seq: u64,
+    /// CANCEL asked its job manager to stop it: it ends `cancelled`.
+    pub cancelling: bool,
 }
 
 /// A job waiting for a free slot (or for its retry). Kept compact (boxed

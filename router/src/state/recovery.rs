@@ -184,6 +184,7 @@ impl RouterState {
                 self.history.mark(&msgid, JobState::Delayed, 0.0);
             }
             Record::ScheduleSet(entry) => self.restore_schedule(entry),
+            Record::QueuePaused { queue, paused } => self.queues.entry(queue).or_default().paused = paused,
             Record::ScheduleRemoved { id } => {
                 self.schedules.remove(id.as_str());
             }
@@ -479,6 +480,9 @@ impl RouterState {
             });
         }
         self.schedule_checkpoint_records(&mut out);
+        for queue in self.paused_queues() {
+            out.push(Record::QueuePaused { queue, paused: true });
+        }
         for d in &self.dead {
             let job = accepted(&d.msgid, &d.client, &d.queue, &d.request, d.at);
             out.push(Record::Accepted { job, attempts: d.attempts });
@@ -526,5 +530,6 @@ fn job_state(s: FinalState) -> JobState {
         FinalState::Lost => JobState::Lost,
         FinalState::Dead => JobState::Dead,
         FinalState::Refused => JobState::Refused,
+        FinalState::Cancelled => JobState::Cancelled,
     }
 }

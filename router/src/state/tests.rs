@@ -1,5 +1,6 @@
 //! State-machine tests with a fake clock: no sockets, no sleeping.
 
+mod control;
 mod time;
 
 use super::*;
@@ -643,9 +644,17 @@ const FAIL: &str = r#"{"value": "boom", "error": {"type": "ValueError", "message
 
 fn admin_json(h: &mut Harness, cmd: AdminCommand) -> serde_json::Value {
     let out = h.recv(SocketKind::Admin, "cli", Command::Admin(cmd));
-    let Action::Send { message, .. } = &out[0] else { panic!() };
-    let Command::Reply(Reply::Single { body }) = &message.command else { panic!() };
-    serde_json::from_str(body).unwrap()
+    let body = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { socket: SocketKind::Admin, message, .. } => match &message.command {
+                Command::Reply(Reply::Single { body }) => Some(body.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("an admin answer");
+    serde_json::from_str(&body).unwrap()
 }
 
 #[test]

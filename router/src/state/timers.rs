@@ -163,7 +163,7 @@ impl RouterState {
     }
 
     /// Removes the timer under `key`, keeping the delayed-job counts right.
-    fn take_timer(&mut self, key: &TimerKey) -> Option<Timer> {
+    pub(super) fn take_timer(&mut self, key: &TimerKey) -> Option<Timer> {
         let t = self.timers.remove(key)?;
         match &t {
             Timer::Job { job, .. } if job.attempts == 0 => {
