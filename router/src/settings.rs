@@ -100,6 +100,11 @@ pub struct RouterSettings {
     /// Bytes of delayed jobs (`delay:` / `eta:`) held in memory; a delayed
     /// REQUEST past it is refused.
     pub delayed_max_bytes: u64,
+    /// Seconds a job manager that went silent (past `heartbeat_timeout`)
+    /// has to come back with its late reports: its non-`guarantee` jobs end
+    /// `job manager lost` only then (its `guarantee` jobs run elsewhere at
+    /// once, and a late report is still taken).
+    pub suspect_timeout: f64,
 }
 
 impl Default for RouterSettings {
@@ -139,6 +144,7 @@ impl Default for RouterSettings {
             misfire: "once".into(),
             max_schedules: 1_000_000,
             delayed_max_bytes: 1 << 30,
+            suspect_timeout: 60.0,
         }
     }
 }
@@ -199,6 +205,7 @@ impl RouterSettings {
             })?,
             max_schedules: v::count("max_schedules", self.max_schedules, 0, MAX_JOBS)?,
             delayed_max_bytes: v::count("delayed_max_bytes", self.delayed_max_bytes, 0, 1 << 50)?,
+            suspect_timeout: v::seconds("suspect_timeout", self.suspect_timeout, Zero::Allowed)?,
             refuse_when_full: match self.on_full.as_str() {
                 "wait" => false,
                 "refuse" => true,

@@ -84,6 +84,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "misfire",
     "max_schedules",
     "delayed_max_bytes",
+    "suspect_timeout",
     "heartbeat_interval",
     "heartbeat_timeout",
     "heartbeat_liveness",

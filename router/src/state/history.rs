@@ -103,6 +103,9 @@ pub struct RecordExtra {
     pub owner: Option<Box<str>>,
     /// The schedule that fired it and the time it was due (unix seconds).
     pub schedule: Option<(Box<str>, f64)>,
+    /// Runs beyond the one whose result counts (a job manager that was
+    /// silent came back with a report for a job that ran again meanwhile).
+    pub duplicate_runs: u32,
 }
 
 impl JobRecord {
@@ -377,6 +380,7 @@ impl JobHistory {
                 "finished": r.finished,
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
                 "schedule": r.extra.as_ref().and_then(|e| e.schedule.as_ref()).map(|(id, fired)| json!({"id": &**id, "fired_at": fired})),
+                "duplicate_runs": r.extra.as_ref().map_or(0, |e| e.duplicate_runs),
                 "attempt_errors": r.attempt_errors().iter().map(|e| json!({
                     "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at,
                 })).collect::<Vec<_>>(),

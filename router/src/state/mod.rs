@@ -35,6 +35,7 @@ mod records;
 mod recovery;
 pub mod spill;
 mod stats;
+mod suspects;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -193,6 +194,9 @@ pub struct RouterConfig {
     pub max_schedules: usize,
     /// Bytes of delayed jobs held.
     pub delayed_max_bytes: u64,
+    /// How long a silent job manager's jobs wait for its late reports
+    /// (non-`guarantee` jobs end `job manager lost` after it).
+    pub suspect_timeout: Duration,
 }
 
 /// The whole router state.
@@ -239,6 +243,12 @@ pub struct RouterState {
     fired: HashMap<Arc<str>, Arc<str>>,
     /// The last fire lateness samples (seconds).
     lateness: VecDeque<f32>,
+    /// `guarantee` jobs requeued from a silent job manager, whose late
+    /// report is still taken (see [`suspects`]).
+    suspects: HashMap<Arc<str>, records::SuspectRun>,
+    /// Jobs whose result came from a late report while another run was
+    /// under way at this job manager: its report is a duplicate run.
+    superseded: HashMap<Arc<str>, PeerId>,
     /// Jobs cancelled while in a buffer's disk tail: skipped when read back.
     cancelled_spilled: rustc_hash::FxHashSet<Arc<str>>,
     /// Jobs that used up their retries (bounded, oldest dropped first).
@@ -302,6 +312,8 @@ impl RouterState {
             fired: HashMap::default(),
             lateness: VecDeque::new(),
             cancelled_spilled: Default::default(),
+            suspects: HashMap::default(),
+            superseded: HashMap::default(),
             dead: VecDeque::new(),
             metrics: Default::default(),
             stale: HashMap::default(),
@@ -400,6 +412,7 @@ impl RouterState {
         self.release_due_timers(now, out);
         self.expire_in_doubt(now, out);
         self.expire_silent_job_managers(now, out);
+        self.expire_suspects(now);
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
         self.expire_results(now);

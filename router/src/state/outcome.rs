@@ -31,6 +31,10 @@ impl RouterState {
     ) {
         match self.in_flight.get(orig_msgid.as_str()).map(|j| j.job_manager.clone()) {
             Some(owner) if owner != *from => {
+                // A job manager that was silent, back with a late report.
+                if self.take_late_report(from, &orig_msgid, &reply_json, now, out) {
+                    return;
+                }
                 // Only the job manager the job was handed to may end it: a
                 // peer that INFORMs on the backend must not be able to
                 // hand any client a forged result.
@@ -42,7 +46,15 @@ impl RouterState {
             Some(_) => {}
             // A job that was running when the router stopped: its job
             // manager re-attached and reports it now.
-            None => self.adopt_in_doubt(&orig_msgid, from, now, out),
+            None => {
+                self.adopt_in_doubt(&orig_msgid, from, now, out);
+                if !self.in_flight.contains_key(orig_msgid.as_str())
+                    && (self.take_late_report(from, &orig_msgid, &reply_json, now, out)
+                        || self.take_superseded_report(from, &orig_msgid))
+                {
+                    return;
+                }
+            }
         }
         let Some(job) = self.in_flight.remove(orig_msgid.as_str()) else {
             // Already settled (job managers send recent reports again after

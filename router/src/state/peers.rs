@@ -16,8 +16,10 @@ use tracing::{debug, info, warn};
 
 impl RouterState {
     pub(super) fn on_backend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
-        if let Some(jm) = self.job_managers.get_mut(&peer) {
-            jm.last_seen = now.mono;
+        match self.job_managers.get_mut(&peer) {
+            Some(jm) => jm.last_seen = now.mono,
+            None if !matches!(m.command, Command::Inform(_)) => self.wake_stale(&peer, out),
+            None => {}
         }
         match m.command {
             Command::Inform(inform) if inform.kind != "worker" => {
@@ -149,17 +151,24 @@ impl RouterState {
         };
         jm.last_heartbeat = Some(hb.timestamp);
         if let Some(h) = health {
-            // Jobs it holds that were running when the router last stopped
-            // are its again: settled when it reports them, nothing re-run.
-            if !self.in_doubt.is_empty() {
-                let held: Vec<String> =
-                    h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect();
-                for msgid in held {
-                    self.adopt_in_doubt(&msgid, peer, now, out);
-                }
-            }
+            let held: Vec<String> = if self.in_doubt.is_empty() && self.suspects.is_empty() {
+                Vec::new()
+            } else {
+                h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect()
+            };
+            // Its name first: the same job manager under a new identity is
+            // recognised by it.
             if let Some(jm) = self.job_managers.get_mut(peer) {
                 jm.health = Some(h);
+            }
+            // Jobs it holds that were running when the router last stopped
+            // (or when it went silent) are its again: settled when it
+            // reports them, nothing re-run.
+            for msgid in &held {
+                self.adopt_in_doubt(msgid, peer, now, out);
+            }
+            if !self.suspects.is_empty() {
+                self.reclaim_suspects(peer, &held, now);
             }
         }
     }
@@ -269,8 +278,8 @@ impl RouterState {
 
     // ---- tick steps --------------------------------------------------------
 
-    /// Job managers silent past `heartbeat_timeout` are removed (and shown
-    /// as stale for a while).
+    /// Job managers silent past `heartbeat_timeout` are suspected (see
+    /// `suspects.rs`) and removed (shown as stale for a while).
     pub(super) fn expire_silent_job_managers(&mut self, now: Now, out: &mut Vec<Action>) {
         let timeout = self.cfg.heartbeat_timeout;
         let silent: Vec<PeerId> = self
@@ -288,16 +297,18 @@ impl RouterState {
                     last_seen: jm.last_seen,
                     health: jm.health.clone(),
                     processed: jm.processed,
+                    told_to_reconnect: false,
                 };
                 self.stale.insert(peer.clone(), stale);
             }
-            self.remove_job_manager(&peer, "stopped heartbeating", now, out);
+            self.suspect_job_manager(&peer, now, out);
         }
     }
 
-    /// Stale job managers are shown for three more timeouts, then gone.
+    /// Stale job managers are shown for three more timeouts plus
+    /// `suspect_timeout` (while their late reports are awaited), then gone.
     pub(super) fn forget_old_stale_job_managers(&mut self, now: Now) {
-        let keep_for = self.cfg.heartbeat_timeout * 4;
+        let keep_for = self.cfg.heartbeat_timeout * 4 + self.cfg.suspect_timeout;
         self.stale.retain(|_, s| now.mono.saturating_duration_since(s.last_seen) < keep_for);
     }
 

@@ -228,6 +228,8 @@ pub struct StaleJobManager {
     pub last_seen: Instant,
     pub health: Option<PoolHealth>,
     pub processed: u64,
+    /// It spoke again and was told (once) to reconnect.
+    pub told_to_reconnect: bool,
 }
 
 /// A job that was in flight when the router last stopped (or crashed). A
@@ -242,5 +244,21 @@ pub struct InDoubtJob {
     pub job_manager: PeerId,
     /// `attempts` counts the dispatch that is in doubt.
     pub job: WaitingJob,
+    pub until: Instant,
+    /// Why it is in doubt: the router restarted, or its job manager went
+    /// silent (then it ends `job manager lost` if nobody reports it).
+    pub silent_job_manager: bool,
+    /// The job manager's name (`--name` or host:pid) when known: the same
+    /// job manager under a new connection identity may report it too.
+    pub who: Option<String>,
+}
+
+/// A `guarantee` job whose job manager went silent: it was requeued (it may
+/// run elsewhere), but a late report from that job manager is still taken
+/// until `until`.
+#[derive(Debug, Clone)]
+pub struct SuspectRun {
+    pub job_manager: PeerId,
+    pub who: Option<String>,
     pub until: Instant,
 }

@@ -222,7 +222,10 @@ impl RouterState {
                 Phase::Waiting(key) => waiting.push((j.queue, key, job)),
                 Phase::InFlight(job_manager) => {
                     let until = now.mono + self.cfg.heartbeat_timeout;
-                    self.in_doubt.insert(msgid, InDoubtJob { queue: j.queue, job_manager, job, until });
+                    self.in_doubt.insert(
+                        msgid,
+                        InDoubtJob { queue: j.queue, job_manager, job, until, silent_job_manager: false, who: None },
+                    );
                     summary.in_doubt += 1;
                 }
                 Phase::Retrying(due) => {
@@ -284,9 +287,9 @@ impl RouterState {
     /// identity, re-attached); a claim from anyone else is counted as
     /// forged and changes nothing.
     pub(super) fn adopt_in_doubt(&mut self, msgid: &str, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
-        match self.in_doubt.get(msgid).map(|d| d.job_manager.clone()) {
+        match self.in_doubt.get(msgid).map(|d| (d.job_manager.clone(), d.who.clone())) {
             None => return,
-            Some(owner) if owner != *peer => {
+            Some((owner, who)) if !self.same_job_manager(peer, &owner, who.as_deref()) => {
                 self.count("forged_report");
                 warn!(%msgid, %peer, %owner, "a job manager claimed a job dispatched to another: ignored");
                 return;
@@ -320,7 +323,11 @@ impl RouterState {
             let Some(j) = self.in_flight.remove(&id) else { continue };
             let job = self.waiting_from_in_flight(id.clone(), &j);
             let until = now.mono + self.cfg.heartbeat_timeout;
-            self.in_doubt.insert(id, InDoubtJob { queue: j.queue, job_manager: peer.clone(), job, until });
+            let who = self.job_managers.get(peer).and_then(|jm| jm.display_name());
+            self.in_doubt.insert(
+                id,
+                InDoubtJob { queue: j.queue, job_manager: peer.clone(), job, until, silent_job_manager: false, who },
+            );
         }
     }
 
@@ -369,14 +376,25 @@ impl RouterState {
                 continue;
             }
             self.count("in_doubt_lost");
-            warn!(msgid = %id, queue = %d.queue, "job in doubt after a restart: no job manager reported it");
+            let (kind, message) = if d.silent_job_manager {
+                warn!(msgid = %id, queue = %d.queue, job_manager = %d.job_manager, "its job manager stayed silent past suspect_timeout: job lost");
+                let m = format!(
+                    "job manager {} stopped heartbeating and did not report the job within suspect_timeout",
+                    d.job_manager
+                );
+                (JobErrorKind::JobManagerLost, m)
+            } else {
+                warn!(msgid = %id, queue = %d.queue, "job in doubt after a restart: no job manager reported it");
+                let m = "the router restarted while the job was running, and no job manager reported it".to_owned();
+                (JobErrorKind::RouterRestarted, m)
+            };
             let attempt = d.job.attempts.max(1);
-            let placeholder = PeerId::from("router restarted");
+            // Not a real peer: no job manager's counts change.
+            let placeholder = PeerId::from(if d.silent_job_manager { "job manager lost" } else { "router restarted" });
             self.take_in_flight(placeholder, d.queue, d.job, attempt, false, now);
             let Some(job) = self.in_flight.remove(&id) else { continue };
-            let message = "the router restarted while the job was running, and no job manager reported it".to_owned();
-            let reply = JobReply::failed(JobErrorKind::RouterRestarted, message.clone(), "");
-            self.conclude(id, job, reply.to_json(), Some((JobErrorKind::RouterRestarted, message)), now, out);
+            let reply = JobReply::failed(kind.clone(), message.clone(), "");
+            self.conclude(id, job, reply.to_json(), Some((kind, message)), now, out);
         }
     }
 

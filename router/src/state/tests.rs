@@ -1,6 +1,7 @@
 //! State-machine tests with a fake clock: no sockets, no sleeping.
 
 mod control;
+mod slow;
 mod time;
 
 use super::*;
@@ -28,6 +29,7 @@ fn cfg() -> RouterConfig {
         misfire: emq_protocol::Misfire::Once,
         max_schedules: 1000,
         delayed_max_bytes: 1 << 30,
+        suspect_timeout: Duration::from_secs(60),
     }
 }
 
@@ -326,10 +328,18 @@ fn job_manager_reconnecting_under_new_identity() {
     h.inform("new", &[(10, "default")]);
     h.ready("new");
     let out = h.tick();
-    // The old identity is forgotten; the guaranteed job went to the new one,
-    // the other failed with an error to its client.
+    // The old identity is forgotten (suspected); the guaranteed job went to
+    // the new one at once; the other waits for a late report...
     assert!(!h.r.job_managers().contains_key(&PeerId::from("old")));
     assert_eq!(dispatched_to(&out), vec![("new".into(), "g".into())]);
+    assert!(result_to(&out, "n").is_none(), "slow is not dead: no verdict yet");
+    // ... for suspect_timeout, then fails with an error to its client.
+    h.advance(30.0);
+    h.recv(SocketKind::Backend, "new", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
+    h.tick();
+    h.advance(30.5);
+    h.recv(SocketKind::Backend, "new", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
+    let out = h.tick();
     let failed: Vec<_> = out
         .iter()
         .filter_map(|a| match a {
@@ -345,9 +355,11 @@ fn job_manager_reconnecting_under_new_identity() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "n");
     assert_eq!(JobReply::from_json(&failed[0].1).unwrap().error.unwrap().kind.as_str(), "job manager lost");
-    // A READY from the forgotten identity is counted, not obeyed.
+    // A READY from the forgotten identity is counted, not obeyed; it is
+    // told (once) to reconnect.
+    assert_eq!(sends(&h.ready("old")), vec![(SocketKind::Backend, "old".into(), "DISCONNECT".into())]);
     assert!(h.ready("old").is_empty());
-    assert_eq!(h.r.errors()["ready_from_unknown_peer"], 1);
+    assert_eq!(h.r.errors()["ready_from_unknown_peer"], 2);
 }
 
 #[test]
@@ -734,12 +746,16 @@ fn lost_job_manager_fails_plain_jobs_and_retries_retryable_ones() {
     h.request("c", "plain", "default", "reply-requested");
     h.request("c", "retry", "default", "reply-requested,retry-count:1");
     h.advance(6.0);
+    assert!(result_to(&h.tick(), "plain").is_none(), "suspected, not yet lost");
+    h.inform("jm2", &[(10, "default")]);
+    h.ready("jm2");
+    h.advance(60.0);
+    h.recv(SocketKind::Backend, "jm2", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
     let out = h.tick();
     assert_eq!(result_to(&out, "plain").unwrap().error.unwrap().kind.as_str(), "job manager lost");
     assert!(result_to(&out, "retry").is_none(), "it will run again");
-    h.inform("jm2", &[(10, "default")]);
-    h.ready("jm2");
     h.advance(1.1);
+    h.recv(SocketKind::Backend, "jm2", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
     assert_eq!(dispatched_to(&h.tick()), vec![("jm2".into(), "retry".into())]);
     assert_eq!(
         admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "plain".into(), owner_token: None })["state"],

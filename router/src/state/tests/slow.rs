@@ -1,0 +1,113 @@
+//! Slow is not dead: a job manager silent past heartbeat_timeout comes
+//! back with late reports (fake clock).
+
+use super::*;
+
+fn named_health(name: &str, running: &[&str]) -> emq_protocol::PoolHealth {
+    emq_protocol::PoolHealth {
+        name: name.into(),
+        in_flight: running
+            .iter()
+            .map(|m| emq_protocol::JobHealth { msgid: (*m).into(), ..Default::default() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn results(out: &[Action]) -> Vec<String> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { socket: SocketKind::Frontend, message, .. } => match &message.command {
+                Command::Reply(Reply::Result { orig_msgid, .. }) => Some(orig_msgid.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn late_reports_of_a_paused_job_manager_are_taken_and_nothing_runs_twice() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    heartbeat_with(&mut h, "jm", &named_health("w1", &[]));
+    for _ in 0..4 {
+        h.ready("jm");
+    }
+    for m in ["g1", "g2"] {
+        h.request("c", m, "default", "reply-requested,guarantee");
+    }
+    for m in ["p1", "p2"] {
+        h.request("c", m, "default", "reply-requested");
+    }
+    // Frozen for 6 s: suspected; guarantee jobs wait again, plain ones in doubt.
+    h.advance(6.0);
+    let out = h.tick();
+    assert!(results(&out).is_empty(), "nobody is told 'lost' yet");
+    assert_eq!(h.r.waiting("default"), 2);
+    assert_eq!(h.r.in_doubt_count(), 2);
+    // It wakes: the reports of the jobs that finished meanwhile arrive on its old connection.
+    let out = h.done("jm", "g1", r#"{"value": 1}"#);
+    assert_eq!(results(&out), vec!["g1"]);
+    assert!(out.iter().any(|a| matches!(a, Action::Send { socket: SocketKind::Backend, message, .. } if message.command == Command::Disconnect)),
+        "told to reconnect");
+    assert_eq!(h.r.waiting("default"), 1, "g1 is not run again");
+    assert_eq!(results(&h.done("jm", "p1", r#"{"value": 2}"#)), vec!["p1"]);
+    // It reconnects under a new identity; its health says it still runs g2.
+    h.inform_ours("jm-new");
+    heartbeat_with(&mut h, "jm-new", &named_health("w1", &["g2"]));
+    assert_eq!(h.r.waiting("default"), 0, "g2 is its again, not run twice");
+    assert!(dispatched_to(&h.ready("jm-new")).is_empty());
+    assert_eq!(results(&h.done("jm-new", "g2", r#"{"value": 3}"#)), vec!["g2"]);
+    // p2's late report comes from the new identity (its resent reports).
+    assert_eq!(results(&h.done("jm-new", "p2", r#"{"value": 4}"#)), vec!["p2"]);
+    for (m, v) in [("g1", 1), ("g2", 3), ("p1", 2), ("p2", 4)] {
+        let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json(m, true)).unwrap();
+        assert_eq!((st["state"].as_str(), st["result"]["value"].as_i64()), (Some("done"), Some(v)), "{m}: {st}");
+        assert_eq!(st["duplicate_runs"], 0);
+    }
+    // Reports sent again later change nothing and reach nobody.
+    assert!(results(&h.done("jm-new", "g1", r#"{"value": 1}"#)).is_empty());
+}
+
+#[test]
+fn a_job_that_ran_again_elsewhere_keeps_the_first_result_and_shows_the_duplicate() {
+    let mut h = Harness::new();
+    h.inform_ours("a");
+    heartbeat_with(&mut h, "a", &named_health("a", &[]));
+    h.ready("a");
+    h.request("c", "g", "default", "reply-requested,guarantee");
+    h.inform_ours("b");
+    h.advance(6.0);
+    h.recv(SocketKind::Backend, "b", Command::Heartbeat(Heartbeat { timestamp: "1".into(), health: None }));
+    h.tick();
+    // "a" is suspected; "g" runs again at "b".
+    assert_eq!(dispatched_to(&h.ready("b")), vec![("b".to_string(), "g".to_string())]);
+    // "a" comes back first with its result: the client gets it, once.
+    assert_eq!(results(&h.done("a", "g", r#"{"value": "from a"}"#)), vec!["g"]);
+    // "b" finishes too: a duplicate run, no second result.
+    assert!(results(&h.done("b", "g", r#"{"value": "from b"}"#)).is_empty());
+    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("g", true)).unwrap();
+    assert_eq!(st["result"]["value"], "from a");
+    assert_eq!(st["duplicate_runs"], 1, "{st}");
+    assert_eq!(h.r.errors()["duplicate_runs"], 1);
+    // "b" got its slot back and is not confused: the next job goes to it.
+    h.ready("b");
+    h.request("c", "next", "default", "");
+    assert_eq!(h.r.in_flight().get("next").map(|j| j.job_manager.to_string()), Some("b".to_string()));
+}
+
+#[test]
+fn a_stranger_cannot_pass_for_a_suspected_job_manager() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    heartbeat_with(&mut h, "jm", &named_health("w1", &[]));
+    h.ready("jm");
+    h.request("c", "g", "default", "reply-requested,guarantee");
+    h.advance(6.0);
+    h.tick();
+    h.inform_ours("intruder");
+    heartbeat_with(&mut h, "intruder", &named_health("other", &["g"]));
+    assert_eq!(h.r.waiting("default"), 1, "not reclaimed by another name");
+    assert!(results(&h.done("intruder", "g", r#"{"value": "forged"}"#)).is_empty());
+}
