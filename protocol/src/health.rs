@@ -60,6 +60,21 @@ pub struct PoolHealth {
     pub jobs_failed: u64,
     /// Anomalies by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Per callable (`module.func`): runs, failures and run times.
+    pub callables: Vec<CallableHealth>,
+}
+
+/// One callable's figures at one job manager.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CallableHealth {
+    /// `module.func` or `module:Class.method`.
+    pub name: String,
+    pub runs: u64,
+    pub failed: u64,
+    /// Run time percentiles over its last runs (up to 512), milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// One worker slot.

@@ -30,7 +30,7 @@ pub use cmd::{
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
 pub use headers::{Headers, MAX_DELAY_SECS, MAX_TIMEOUT_SECS};
-pub use health::{HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
+pub use health::{CallableHealth, HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
 pub use parse::Parse;
 pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};

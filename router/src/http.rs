@@ -1,11 +1,24 @@
 //! The router's HTTP endpoint (`http_addr`, default 127.0.0.1:47294; off
 //! when empty): `GET /metrics` (Prometheus text), `GET /api/status` (JSON:
-//! STATUS and ROUTER_SHOW_WORKERS answers plus recent failures), `GET /`
-//! (a self-contained dashboard page that refreshes itself). Served from a
-//! thread of its own, from snapshots the poll loop refreshes every tick —
-//! the router's state is never touched from here.
+//! STATUS and ROUTER_SHOW_WORKERS answers, recent failures, dead letters,
+//! schedules, the last hour's series), `GET /` (a self-contained dashboard
+//! page that refreshes itself). Served from a thread of its own, from
+//! snapshots the poll loop refreshes at most once a second — the router's
+//! state is never touched from here.
+//!
+//! What needs the router itself goes through its admin socket, exactly as
+//! `emq-cli` does (same authentication, same checks, same journal):
+//! `GET /api/job/MSGID` (JOB_STATUS; with the admin token, results and
+//! tracebacks) and `POST /api/action` (`{"action": "cancel" | "requeue" |
+//! "delete_dead" | "pause" | "resume" | "purge", "target": ...}`), which
+//! needs `Authorization: Bearer <admin token>` — a header, so another site's
+//! form cannot post one. Off when the admin socket is CURVE-only.
 
+use emq_protocol::{AdminCommand, Command, Message, Reply};
+use serde_json::{json, Value};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// What the HTTP thread serves.
 #[derive(Default, Clone)]
@@ -18,27 +31,199 @@ pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Binds `addr` and serves from `snapshot` on a new thread.
-pub fn spawn(addr: &str, snapshot: SharedSnapshot) -> Result<String, String> {
+/// Largest POST body read.
+const MAX_BODY: u64 = 16 << 10;
+
+/// Binds `addr` and serves from `snapshot` on a new thread; `admin` is
+/// the router's admin address for job details and actions (None: off).
+pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Result<String, String> {
     let server = tiny_http::Server::http(addr).map_err(|e| format!("cannot bind http_addr {addr}: {e}"))?;
     let bound = server.server_addr().to_string();
     std::thread::Builder::new()
         .name("emq-http".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+            let ctx = zmq::Context::new();
+            for mut request in server.incoming_requests() {
                 let path = request.url().split('?').next().unwrap_or("/").to_owned();
-                let (body, content_type, code) = match path.as_str() {
-                    "/metrics" => (snap.metrics, "text/plain; version=0.0.4; charset=utf-8", 200),
-                    "/api/status" => (snap.status_json, "application/json", 200),
-                    "/" | "/index.html" => (DASHBOARD.to_owned(), "text/html; charset=utf-8", 200),
+                let token = bearer(&request);
+                let (body, content_type, code) = match (request.method(), path.as_str()) {
+                    (tiny_http::Method::Get, "/metrics") => {
+                        (snap(&snapshot).metrics, "text/plain; version=0.0.4; charset=utf-8", 200)
+                    }
+                    (tiny_http::Method::Get, "/api/status") => (snap(&snapshot).status_json, "application/json", 200),
+                    (tiny_http::Method::Get, "/" | "/index.html") => {
+                        (DASHBOARD.to_owned(), "text/html; charset=utf-8", 200)
+                    }
+                    (tiny_http::Method::Get, p) if p.starts_with("/api/job/") => {
+                        let msgid = percent_decode(&p["/api/job/".len()..]);
+                        let cmd = Command::Admin(AdminCommand::JobStatus { job_msgid: msgid, owner_token: None });
+                        json_answer(proxy(&ctx, admin.as_deref(), token.as_deref(), cmd))
+                    }
+                    (tiny_http::Method::Post, "/api/action") => {
+                        let mut raw = String::new();
+                        let read = request.as_reader().take(MAX_BODY).read_to_string(&mut raw);
+                        match (read, token) {
+                            (Err(e), _) => json_answer(Err((400, format!("unreadable body: {e}")))),
+                            (_, None) => json_answer(Err((
+                                401,
+                                "the admin token is needed (Authorization: Bearer <token>, from data_dir/admin.token)"
+                                    .into(),
+                            ))),
+                            (Ok(_), Some(t)) => match action(&raw) {
+                                Ok(cmd) => json_answer(proxy(&ctx, admin.as_deref(), Some(&t), cmd)),
+                                Err(e) => json_answer(Err((400, e))),
+                            },
+                        }
+                    }
                     _ => ("not found\n".to_owned(), "text/plain", 404),
                 };
                 let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("valid header");
-                let _ =
-                    request.respond(tiny_http::Response::from_string(body).with_header(header).with_status_code(code));
+                let nostore = tiny_http::Header::from_bytes("Cache-Control", "no-store").expect("valid header");
+                let _ = request.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_header(header)
+                        .with_header(nostore)
+                        .with_status_code(code),
+                );
             }
         })
         .map_err(|e| e.to_string())?;
     Ok(bound)
+}
+
+fn snap(s: &SharedSnapshot) -> Snapshot {
+    s.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+fn bearer(r: &tiny_http::Request) -> Option<String> {
+    r.headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+}
+
+/// A dashboard action as an admin command.
+pub fn action(body: &str) -> Result<Command, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let target = v["target"].as_str().filter(|t| !t.is_empty() && t.len() <= 512).ok_or("no \"target\"")?.to_owned();
+    let cmd = match v["action"].as_str().unwrap_or("") {
+        "cancel" => AdminCommand::Cancel { job_msgid: target },
+        "requeue" => AdminCommand::Requeue { job_msgid: target },
+        "delete_dead" => AdminCommand::DeleteDead { job_msgid: target },
+        "pause" => AdminCommand::Pause { queue: target },
+        "resume" => AdminCommand::Resume { queue: target },
+        "purge" => AdminCommand::Purge { queue: target },
+        other => return Err(format!("unknown action {other:?}")),
+    };
+    Ok(Command::Admin(cmd))
+}
+
+type Proxied = Result<String, (u16, String)>;
+
+/// One admin command through the router's admin socket (authenticated
+/// first when a token is given); its JSON answer.
+fn proxy(ctx: &zmq::Context, admin: Option<&str>, token: Option<&str>, cmd: Command) -> Proxied {
+    let Some(addr) = admin else {
+        return Err((503, "not available: the admin socket is CURVE-only; use emq-cli with a key".into()));
+    };
+    let unavailable = |e: zmq::Error| (503, format!("admin socket: {e}"));
+    let s = ctx.socket(zmq::DEALER).map_err(unavailable)?;
+    s.set_identity(format!("http:{}", emq_protocol::new_msgid()).as_bytes()).map_err(unavailable)?;
+    s.set_linger(0).map_err(unavailable)?;
+    s.connect(addr).map_err(unavailable)?;
+    let end = Instant::now() + Duration::from_secs(5);
+    let ask = |c: Command| -> Proxied {
+        let m = Message::with_msgid(format!("admin:{}", emq_protocol::new_msgid()), c);
+        s.send_multipart(m.to_frames(), 0).map_err(unavailable)?;
+        loop {
+            let left = end.saturating_duration_since(Instant::now()).as_millis() as i64;
+            if left == 0 || s.poll(zmq::POLLIN, left).map_err(unavailable)? == 0 {
+                return Err((504, "the router did not answer".into()));
+            }
+            let frames = s.recv_multipart(0).map_err(unavailable)?;
+            match Message::from_frames(&frames).map(|m| m.command) {
+                Ok(Command::Reply(Reply::Single { body })) => return Ok(body),
+                Ok(Command::Heartbeat(_)) => continue,
+                Ok(other) => return Err((502, format!("unexpected answer {}", other.name()))),
+                Err(e) => return Err((502, format!("unreadable answer: {e}"))),
+            }
+        }
+    };
+    if let Some(t) = token {
+        let v: Value = serde_json::from_str(&ask(Command::Admin(AdminCommand::Authenticate { token: t.into() }))?)
+            .unwrap_or(Value::Null);
+        if v["authenticated"] != true {
+            return Err((403, "the router refused this admin token".into()));
+        }
+    }
+    ask(cmd)
+}
+
+fn json_answer(r: Proxied) -> (String, &'static str, u16) {
+    match r {
+        Ok(body) => {
+            let code = match serde_json::from_str::<Value>(&body) {
+                Ok(v) if v.get("error").is_some() => {
+                    if v["error"].as_str().is_some_and(|e| e.starts_with("not authorized")) {
+                        403
+                    } else {
+                        409
+                    }
+                }
+                _ => 200,
+            };
+            (body, "application/json", code)
+        }
+        Err((code, why)) => (json!({ "error": why }).to_string(), "application/json", code),
+    }
+}
+
+/// `%XX` escapes of a URL path segment.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_map_to_admin_commands() {
+        assert_eq!(
+            action(r#"{"action": "pause", "target": "reports"}"#),
+            Ok(Command::Admin(AdminCommand::Pause { queue: "reports".into() }))
+        );
+        assert_eq!(
+            action(r#"{"action": "delete_dead", "target": "m1"}"#),
+            Ok(Command::Admin(AdminCommand::DeleteDead { job_msgid: "m1".into() }))
+        );
+        for bad in [
+            "",
+            "{}",
+            r#"{"action": "shutdown", "target": "x"}"#,
+            r#"{"action": "cancel"}"#,
+            r#"{"action": "cancel", "target": ""}"#,
+        ] {
+            assert!(action(bad).is_err(), "{bad}");
+        }
+        assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+        assert_eq!(percent_decode("%aé%é"), "%aé%é", "no panic on multibyte text after %");
+    }
 }

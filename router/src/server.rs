@@ -163,7 +163,11 @@ impl Server {
             None
         } else {
             let snap = crate::http::SharedSnapshot::default();
-            let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone()).map_err(|e| {
+            // Dashboard actions go through the admin socket (same checks as
+            // emq-cli); not when it is CURVE-only (the page has no key).
+            let admin_curve = secret.is_some() && !settings.curve_admin_keys.trim().is_empty();
+            let proxy = (!admin_curve).then(|| admin.addr().to_owned());
+            let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone(), proxy).map_err(|e| {
                 tracing::error!(error = %e, "http endpoint");
                 ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
             })?;

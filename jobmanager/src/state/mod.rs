@@ -167,6 +167,7 @@ pub enum Action {
 pub struct JobInFlight {
     pub msgid: String,
     pub queue: String,
+    pub callable: std::sync::Arc<str>,
     pub started: Instant,
     pub deadline: Instant,
     /// Kept so a job the worker gives back unstarted can be sent again.
@@ -182,6 +183,7 @@ impl JobInFlight {
             deadline: deadline(now, job.timeout),
             msgid: job.msgid,
             queue: job.queue,
+            callable: job.callable,
             started: now,
             payload: job.payload,
             timeout: job.timeout,
@@ -194,6 +196,7 @@ impl JobInFlight {
         QueuedJob {
             msgid: self.msgid.clone(),
             queue: self.queue.clone(),
+            callable: self.callable.clone(),
             payload: self.payload.clone(),
             timeout: self.timeout,
             attempt: self.attempt,
@@ -206,6 +209,8 @@ impl JobInFlight {
 struct QueuedJob {
     msgid: String,
     queue: String,
+    /// `module.func`, for the per-callable figures.
+    callable: std::sync::Arc<str>,
     /// Kept until the job starts: a job taken back from a worker is sent
     /// again as it was.
     payload: String,
@@ -312,7 +317,23 @@ pub struct JobManagerState {
     /// Steal takes them back (then they are answered `cancelled`), or they
     /// are stopped the moment they start.
     cancel_pending: std::collections::HashSet<String>,
+    /// Per callable: runs, failures, recent run times (bounded).
+    callables: std::collections::HashMap<std::sync::Arc<str>, CallableStats>,
 }
+
+/// Figures of one callable.
+#[derive(Debug, Default)]
+struct CallableStats {
+    runs: u64,
+    failed: u64,
+    /// The last run times, seconds.
+    recent: VecDeque<f32>,
+}
+
+/// Callables tracked at most (others count under `other`).
+const MAX_CALLABLES: usize = 200;
+/// Run times kept per callable.
+const CALLABLE_SAMPLES: usize = 512;
 
 /// A REPLY kept until the router confirms it.
 #[derive(Debug)]
@@ -371,6 +392,7 @@ impl JobManagerState {
             recent_reports: VecDeque::new(),
             recent_report_bytes: 0,
             cancel_pending: Default::default(),
+            callables: Default::default(),
             reports_sent: 0,
             inform_epoch: 0,
         }

@@ -88,7 +88,12 @@ impl JobManagerState {
     /// announced again), or queued locally to be handed out.
     fn on_request(&mut self, msgid: String, request: Request, out: &mut Vec<Action>) {
         self.announced = self.announced.saturating_sub(1);
-        let refusal = match RunPayload::parse(&request.payload) {
+        let parsed = RunPayload::parse(&request.payload);
+        let callable = match &parsed {
+            Ok(p) => self.callable_name(p),
+            Err(_) => std::sync::Arc::from("?"),
+        };
+        let refusal = match parsed {
             Err(e) => Some((JobErrorKind::BadPayload, e.to_string())),
             Ok(p) if !self.cfg.allowed(&p) => Some((
                 JobErrorKind::Refused,
@@ -112,6 +117,7 @@ impl JobManagerState {
         let job = QueuedJob {
             msgid,
             queue: request.queue,
+            callable,
             payload: request.payload,
             timeout: self.cfg.timeout_for(&headers),
             attempt: headers.attempt.unwrap_or(1),

@@ -196,6 +196,7 @@ impl JobManagerState {
         let pid = s.pid.unwrap_or(0);
         let elapsed = now.saturating_duration_since(job.started);
         self.job_secs_avg = 0.9 * self.job_secs_avg + 0.1 * elapsed.as_secs_f64();
+        self.count_callable(&job.callable, elapsed.as_secs_f64(), error_type.is_some());
         match &error_type {
             None => {
                 self.jobs_ok += 1;

@@ -36,6 +36,8 @@ pub enum AdminCommand {
     /// running: its worker is stopped) or a schedule (by its id). Also
     /// router → our job manager: stop that job.
     Cancel { job_msgid: String },
+    /// Our extension: forget a dead letter (it is not run).
+    DeleteDead { job_msgid: String },
     /// Our extension: remove every buffered job of a queue.
     Purge { queue: String },
     /// Our extension: keep accepting a queue's jobs but hand none out...
@@ -66,6 +68,7 @@ impl AdminCommand {
             "REQUEUE" => AdminCommand::Requeue { job_msgid: p.next_string()? },
             "CANCEL" => AdminCommand::Cancel { job_msgid: p.next_string()? },
             "PURGE" => AdminCommand::Purge { queue: p.next_string()? },
+            "DELETE_DEAD" => AdminCommand::DeleteDead { job_msgid: p.next_string()? },
             "PAUSE" => AdminCommand::Pause { queue: p.next_string()? },
             "RESUME" => AdminCommand::Resume { queue: p.next_string()? },
             "ROUTER_SCHEDULES" => AdminCommand::Schedules,
@@ -90,6 +93,7 @@ impl AdminCommand {
             AdminCommand::Requeue { .. } => "REQUEUE",
             AdminCommand::Cancel { .. } => "CANCEL",
             AdminCommand::Purge { .. } => "PURGE",
+            AdminCommand::DeleteDead { .. } => "DELETE_DEAD",
             AdminCommand::Pause { .. } => "PAUSE",
             AdminCommand::Resume { .. } => "RESUME",
             AdminCommand::Schedules => "ROUTER_SCHEDULES",
@@ -106,9 +110,9 @@ impl AdminCommand {
                     out.push(t.as_bytes().to_vec());
                 }
             }
-            AdminCommand::Requeue { job_msgid } | AdminCommand::Cancel { job_msgid } => {
-                out.push(job_msgid.as_bytes().to_vec())
-            }
+            AdminCommand::Requeue { job_msgid }
+            | AdminCommand::Cancel { job_msgid }
+            | AdminCommand::DeleteDead { job_msgid } => out.push(job_msgid.as_bytes().to_vec()),
             AdminCommand::Purge { queue } | AdminCommand::Pause { queue } | AdminCommand::Resume { queue } => {
                 out.push(queue.as_bytes().to_vec())
             }

@@ -55,6 +55,7 @@ fn every_command_round_trips() {
         AdminCommand::Schedules,
         AdminCommand::Cancel { job_msgid: "j".into() },
         AdminCommand::Purge { queue: "q".into() },
+        AdminCommand::DeleteDead { job_msgid: "d".into() },
         AdminCommand::Pause { queue: "q".into() },
         AdminCommand::Resume { queue: "q".into() },
         AdminCommand::RemoveSchedule { schedule_id: "abc".into() },

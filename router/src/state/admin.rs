@@ -68,6 +68,7 @@ impl RouterState {
                 | AdminCommand::RemoveSchedule { .. }
                 | AdminCommand::Cancel { .. }
                 | AdminCommand::Purge { .. }
+                | AdminCommand::DeleteDead { .. }
                 | AdminCommand::Pause { .. }
                 | AdminCommand::Resume { .. },
             )
@@ -87,6 +88,10 @@ impl RouterState {
             }
             Command::Admin(AdminCommand::Cancel { job_msgid }) => {
                 let body = self.cancel_json(&job_msgid, now, out);
+                out.push(answer(body.to_string()));
+            }
+            Command::Admin(AdminCommand::DeleteDead { job_msgid }) => {
+                let body = self.delete_dead_letter(&job_msgid, now, out);
                 out.push(answer(body.to_string()));
             }
             Command::Admin(AdminCommand::Purge { queue }) => {
@@ -290,6 +295,8 @@ impl RouterState {
             "workers": self.workers_value(now),
             "recent_failures": self.recent_failures,
             "schedules": self.schedules_value(now, 200),
+            "series": self.series_json(),
+            "dead_letters": serde_json::from_str::<Value>(&self.dead_letters_json()).unwrap_or(Value::Null),
             "delayed": serde_json::from_str::<Value>(&self.delayed_json(50, now)).unwrap_or(Value::Null),
             "generated_at": now.unix,
         })

@@ -190,6 +190,25 @@ impl RouterState {
         }));
     }
 
+    /// `DELETE_DEAD msgid`: a dead letter is forgotten (not run).
+    pub(super) fn delete_dead_letter(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> Value {
+        let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
+            return json!({"error": format!("no dead letter {msgid}")});
+        };
+        let d = self.dead.remove(pos).expect("position exists");
+        info!(%msgid, queue = %d.queue, "dead letter deleted");
+        self.count("dead_letters_deleted");
+        self.history.mark(msgid, JobState::Failed, now.unix);
+        out.push(Action::Journal(Record::Finished {
+            msgid: msgid.to_owned(),
+            state: FinalState::Failed,
+            at: now.unix,
+            result: String::new(),
+            failure: None,
+        }));
+        json!({"deleted": msgid})
+    }
+
     /// Paused queues (STATUS, checkpoints).
     pub fn paused_queues(&self) -> Vec<String> {
         let mut v: Vec<String> = self.queues.iter().filter(|(_, q)| q.paused).map(|(n, _)| n.clone()).collect();

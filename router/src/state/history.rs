@@ -103,6 +103,8 @@ pub struct RecordExtra {
     pub owner: Option<Box<str>>,
     /// The schedule that fired it and the time it was due (unix seconds).
     pub schedule: Option<(Box<str>, f64)>,
+    /// The REQUEST headers it was sent with (when there were any).
+    pub headers: Option<Box<str>>,
     /// Runs beyond the one whose result counts (a job manager that was
     /// silent came back with a report for a job that ran again meanwhile).
     pub duplicate_runs: u32,
@@ -171,6 +173,9 @@ pub struct AttemptError {
     pub attempt: u32,
     pub kind: String,
     pub message: String,
+    /// The Python traceback, when the job manager sent one (at most 8 KiB;
+    /// not journaled: gone after a restart).
+    pub traceback: String,
     /// Unix seconds.
     pub at: f64,
 }
@@ -381,8 +386,9 @@ impl JobHistory {
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
                 "schedule": r.extra.as_ref().and_then(|e| e.schedule.as_ref()).map(|(id, fired)| json!({"id": &**id, "fired_at": fired})),
                 "duplicate_runs": r.extra.as_ref().map_or(0, |e| e.duplicate_runs),
+                "headers": r.extra.as_ref().and_then(|e| e.headers.as_deref()),
                 "attempt_errors": r.attempt_errors().iter().map(|e| json!({
-                    "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at,
+                    "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at, "traceback": e.traceback,
                 })).collect::<Vec<_>>(),
             }),
         }

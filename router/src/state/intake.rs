@@ -236,6 +236,9 @@ impl RouterState {
         let mut record = JobRecord::queued(queue_name, now.unix);
         record.client = Some(client.clone());
         record.set_sender(self.user.clone(), headers.owner);
+        if !request.headers.is_empty() {
+            record.extra_mut().headers = Some(request.headers.as_str().into());
+        }
         self.history.insert(msgid_shared.clone(), record);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {

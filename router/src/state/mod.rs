@@ -249,6 +249,9 @@ pub struct RouterState {
     /// Jobs whose result came from a late report while another run was
     /// under way at this job manager: its report is a duplicate run.
     superseded: HashMap<Arc<str>, PeerId>,
+    /// Throughput and queue depth every [`SERIES_STEP`] over the last hour
+    /// (the dashboard's charts).
+    series: VecDeque<SeriesPoint>,
     /// Jobs cancelled while in a buffer's disk tail: skipped when read back.
     cancelled_spilled: rustc_hash::FxHashSet<Arc<str>>,
     /// Jobs that used up their retries (bounded, oldest dropped first).
@@ -312,6 +315,7 @@ impl RouterState {
             fired: HashMap::default(),
             lateness: VecDeque::new(),
             cancelled_spilled: Default::default(),
+            series: VecDeque::new(),
             suspects: HashMap::default(),
             superseded: HashMap::default(),
             dead: VecDeque::new(),
@@ -416,8 +420,40 @@ impl RouterState {
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
         self.expire_results(now);
+        self.sample_series(now);
         self.send_heartbeats(now, out);
         self.finish_stop(now, out);
+    }
+
+    /// Tick step: every [`SERIES_STEP`], a point of the last hour's series.
+    fn sample_series(&mut self, now: Now) {
+        if self.series.back().is_some_and(|p| now.unix - p.t < SERIES_STEP.as_secs_f64()) {
+            return;
+        }
+        let (processed, failed) = self.stats.iter().fold((0, 0), |(p, f), (_, c)| (p + c.processed, f + c.failed));
+        if self.series.len() >= SERIES_POINTS {
+            self.series.pop_front();
+        }
+        self.series.push_back(SeriesPoint {
+            t: now.unix,
+            processed,
+            failed,
+            waiting: self.buffered() as u64 + self.delayed_jobs as u64,
+            in_flight: self.in_flight.len() as u64,
+        });
+    }
+
+    /// The series as columns (for `/api/status`).
+    pub fn series_json(&self) -> serde_json::Value {
+        let col = |f: fn(&SeriesPoint) -> serde_json::Value| self.series.iter().map(f).collect::<Vec<_>>();
+        serde_json::json!({
+            "step_secs": SERIES_STEP.as_secs(),
+            "t": col(|p| p.t.into()),
+            "processed": col(|p| p.processed.into()),
+            "failed": col(|p| p.failed.into()),
+            "waiting": col(|p| p.waiting.into()),
+            "in_flight": col(|p| p.in_flight.into()),
+        })
     }
 
     /// Tick step: finished jobs older than `result_ttl` are forgotten.
@@ -624,6 +660,22 @@ impl RouterState {
     pub fn stats(&self) -> &QueueStats {
         &self.stats
     }
+}
+
+/// Seconds between two points of the dashboard's series.
+pub const SERIES_STEP: Duration = Duration::from_secs(10);
+/// Points kept: one hour.
+const SERIES_POINTS: usize = 360;
+
+/// One point of the dashboard's series: running totals and levels.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesPoint {
+    pub t: f64,
+    pub processed: u64,
+    pub failed: u64,
+    /// Buffered and delayed jobs.
+    pub waiting: u64,
+    pub in_flight: u64,
 }
 
 /// A send of a new message (fresh msgid) to `peer`.

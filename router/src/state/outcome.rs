@@ -102,8 +102,13 @@ impl RouterState {
             return self.conclude_cancelled(id, job, reply_json, message, now, out);
         }
         if let Some((kind, message)) = &error {
-            let error =
-                AttemptError { attempt: job.attempts, kind: kind.to_string(), message: message.clone(), at: now.unix };
+            let error = AttemptError {
+                attempt: job.attempts,
+                kind: kind.to_string(),
+                message: message.clone(),
+                at: now.unix,
+                traceback: traceback_of(&reply_json),
+            };
             self.history.record_attempt_error(&id, error);
             if job.request.is_some() && job.attempts <= job.retry_count {
                 let failure = AttemptFailure {
@@ -270,6 +275,21 @@ impl RouterState {
         };
         self.requeue(d.queue, waiting, now, out);
         serde_json::json!({"requeued": msgid}).to_string()
+    }
+}
+
+/// The traceback in a failed job's reply (at most 8 KiB of its end).
+fn traceback_of(reply_json: &str) -> String {
+    let tb = JobReply::from_json(reply_json).ok().and_then(|r| r.error).map(|e| e.traceback).unwrap_or_default();
+    match tb.len() {
+        n if n <= 8192 => tb,
+        n => {
+            let mut start = n - 8192;
+            while !tb.is_char_boundary(start) {
+                start += 1;
+            }
+            format!("…{}", &tb[start..])
+        }
     }
 }
 

@@ -538,7 +538,13 @@ impl RouterState {
 }
 
 fn attempt_error(f: &AttemptFailure) -> super::AttemptError {
-    super::AttemptError { attempt: f.attempt, kind: f.kind.clone(), message: f.message.clone(), at: f.at }
+    super::AttemptError {
+        attempt: f.attempt,
+        kind: f.kind.clone(),
+        message: f.message.clone(),
+        at: f.at,
+        traceback: String::new(),
+    }
 }
 
 fn job_state(s: FinalState) -> JobState {
