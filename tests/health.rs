@@ -146,7 +146,12 @@ fn health_reaches_status_and_metrics_move() {
 
 #[test]
 fn a_stopped_job_manager_turns_stale_then_gone() {
-    let (_r, a) = start_router(&[("EMQ_HEARTBEAT_INTERVAL", "0.2"), ("EMQ_HEARTBEAT_TIMEOUT", "1")]);
+    // Stale for 4 heartbeat timeouts plus suspect_timeout, then gone.
+    let (_r, a) = start_router(&[
+        ("EMQ_HEARTBEAT_INTERVAL", "0.2"),
+        ("EMQ_HEARTBEAT_TIMEOUT", "1"),
+        ("EMQ_SUSPECT_TIMEOUT", "1"),
+    ]);
     let jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_HEARTBEAT_INTERVAL", "0.2")]);
     wait_slots(&a.admin, 1);
     let state = || -> Option<String> {

@@ -109,7 +109,11 @@ fn disconnect_acks_says_kbye_and_exits_cleanly() {
 
 #[test]
 fn silent_job_manager_is_removed_with_its_slots() {
-    let (_router, a) = start_router(&[("EMQ_HEARTBEAT_INTERVAL", "0.2"), ("EMQ_HEARTBEAT_TIMEOUT", "1")]);
+    let (_router, a) = start_router(&[
+        ("EMQ_HEARTBEAT_INTERVAL", "0.2"),
+        ("EMQ_HEARTBEAT_TIMEOUT", "1"),
+        ("EMQ_SUSPECT_TIMEOUT", "1"),
+    ]);
     let jm = fake_job_manager(&a.backend, "", 2);
     // It heartbeats for a while and stays...
     for _ in 0..6 {
