@@ -14,7 +14,9 @@ use tracing::{debug, info};
 
 impl RouterState {
     /// The job manager with a free slot for `queue`: highest weight first,
-    /// least recently used among equals.
+    /// then one with an idle worker (a free slot may be only prefetch room
+    /// behind busy workers: a job must not wait there while another job
+    /// manager of its queue has a worker free), then least recently used.
     pub(super) fn pick_job_manager(&self, queue: &str) -> Option<PeerId> {
         if !self.dispatching() {
             return None;
@@ -23,21 +25,24 @@ impl RouterState {
         if q.paused {
             return None;
         }
-        let mut best: Option<(u32, u64, &PeerId)> = None;
+        let mut best: Option<(u32, bool, u64, &PeerId)> = None;
         for (weight, peer) in &q.job_managers {
             let Some(jm) = self.job_managers.get(peer) else { continue };
             if jm.free_slots == 0 {
                 continue;
             }
+            let idle = jm.has_idle_worker();
             let better = match best {
                 None => true,
-                Some((bw, bu, _)) => *weight > bw || (*weight == bw && jm.last_used < bu),
+                Some((bw, bi, bu, _)) => {
+                    *weight > bw || (*weight == bw && (idle && !bi || (idle == bi && jm.last_used < bu)))
+                }
             };
             if better {
-                best = Some((*weight, jm.last_used, peer));
+                best = Some((*weight, idle, jm.last_used, peer));
             }
         }
-        best.map(|(_, _, p)| p.clone())
+        best.map(|(_, _, _, p)| p.clone())
     }
 
     /// Hands `job` to `to` (which has a free slot), from `queue`.

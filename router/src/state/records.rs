@@ -79,6 +79,19 @@ impl JobManagerPeer {
         }
     }
 
+    /// Whether it likely has a worker with nothing to do: fewer jobs in
+    /// hand than (non-spare) workers, by its last health. Without health
+    /// (EventMQ's job manager: a READY is a free worker) every free slot is.
+    pub fn has_idle_worker(&self) -> bool {
+        match &self.health {
+            Some(h) if !h.workers.is_empty() => {
+                let workers = h.workers.iter().filter(|w| !w.spare).count();
+                self.in_flight < workers
+            }
+            _ => true,
+        }
+    }
+
     /// The name it goes by in metrics and tables: its `--name`, else
     /// `host:pid` from its health; `None` before any health arrived (an
     /// EventMQ job manager never sends one).

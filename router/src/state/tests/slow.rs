@@ -111,3 +111,37 @@ fn a_stranger_cannot_pass_for_a_suspected_job_manager() {
     assert_eq!(h.r.waiting("default"), 1, "not reclaimed by another name");
     assert!(results(&h.done("intruder", "g", r#"{"value": "forged"}"#)).is_empty());
 }
+
+/// Prefetch never makes a job wait while another job manager of its queue
+/// has a free worker: a free slot that is only prefetch room behind a busy
+/// worker comes after an idle worker elsewhere.
+#[test]
+fn an_idle_worker_elsewhere_comes_before_prefetch_room() {
+    let one_worker = |name: &str| emq_protocol::PoolHealth {
+        name: name.into(),
+        workers: vec![emq_protocol::WorkerHealth::default()],
+        ..Default::default()
+    };
+    let mut h = Harness::new();
+    for jm in ["a", "b"] {
+        h.inform_ours(jm);
+        heartbeat_with(&mut h, jm, &one_worker(jm));
+        for _ in 0..3 {
+            h.ready(jm); // its worker plus two prefetch slots
+        }
+    }
+    h.request("c", "j1", "default", "");
+    h.request("c", "j2", "default", "");
+    let at = |h: &Harness, m: &str| h.r.in_flight()[m].job_manager.to_string();
+    let (first, second) = (at(&h, "j1"), at(&h, "j2"));
+    assert_ne!(first, second, "one each");
+    // The second one finishes: it is idle and the most recently used; the
+    // first is busy and least recently used, with prefetch room left.
+    h.done(&second, "j2", "{}");
+    h.ready(&second);
+    h.request("c", "j3", "default", "");
+    assert_eq!(at(&h, "j3"), second, "the idle worker, not prefetch room behind a busy one");
+    // Both busy now: prefetch room is used rather than buffering.
+    h.request("c", "j4", "default", "");
+    assert!(h.r.in_flight().contains_key("j4"));
+}
