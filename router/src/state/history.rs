@@ -162,6 +162,16 @@ impl JobRecord {
     }
 }
 
+/// Headers as shown: an `owner:` token is a secret (whoever presents it
+/// reads the job's result), so only that there is one is shown.
+fn redact_owner(headers: &str) -> String {
+    headers
+        .split(',')
+        .map(|h| if h.trim_start().starts_with("owner:") { "owner:(hidden)" } else { h })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Equality that takes the same time wherever the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -386,7 +396,7 @@ impl JobHistory {
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
                 "schedule": r.extra.as_ref().and_then(|e| e.schedule.as_ref()).map(|(id, fired)| json!({"id": &**id, "fired_at": fired})),
                 "duplicate_runs": r.extra.as_ref().map_or(0, |e| e.duplicate_runs),
-                "headers": r.extra.as_ref().and_then(|e| e.headers.as_deref()),
+                "headers": r.extra.as_ref().and_then(|e| e.headers.as_deref()).map(redact_owner),
                 "attempt_errors": r.attempt_errors().iter().map(|e| json!({
                     "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at, "traceback": e.traceback,
                 })).collect::<Vec<_>>(),

@@ -127,3 +127,11 @@ fn control_needs_the_admin_token_and_a_client_may_cancel_only_its_own() {
     assert!(ask(&mut h, "owner").contains("\"cancelled\""));
     assert_eq!(h.r.waiting("default"), 0);
 }
+
+#[test]
+fn job_status_shows_headers_but_not_the_owner_token() {
+    let mut h = Harness::new();
+    h.request("c", "j", "default", "reply-requested,owner:s3cret,timeout:5");
+    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("j", true)).unwrap();
+    assert_eq!(st["headers"], "reply-requested,owner:(hidden),timeout:5");
+}
