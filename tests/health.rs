@@ -7,8 +7,28 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Pids whose parent is `pid`.
+/// The worker processes of job manager `pid`: its children, and its warm
+/// template's (the template itself aside).
 fn children(pid: i32) -> Vec<u64> {
+    let direct = direct_children(pid);
+    let mut out = Vec::new();
+    for c in direct {
+        let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+        let is_template = std::fs::read(format!("/proc/{c}/environ"))
+            .map(|e| e.windows(20).any(|w| w == b"EMQ_WORKER_TEMPLATE="))
+            .unwrap_or(false);
+        if is_template && cmdline.windows(12).any(|w| w == b"__emq_worker") {
+            out.extend(direct_children(c as i32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Pids whose parent is `pid`.
+fn direct_children(pid: i32) -> Vec<u64> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

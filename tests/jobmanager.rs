@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,11 @@ fn dead_worker_is_replaced_and_its_job_fails_visibly() {
     // Back to full size at the router, with new pids; later jobs run.
     wait_slots(&a.admin, 2);
     let v = c.call("default", "testjobs", "pid", json!([]));
-    assert_eq!(v["value"]["ppid"].as_u64().unwrap() as i32, jm.pid(), "workers are the job manager's children");
+    assert_eq!(
+        v["value"]["ppid"].as_u64().unwrap() as i32,
+        jm.pid(),
+        "workers belong to the job manager (its children, or its warm template's)"
+    );
     let after = pids(&mut c);
     assert_eq!(after.len(), 2, "two workers serve: {after:?}");
     assert!(after.is_disjoint(&before), "both crashed workers were replaced: before {before:?}, after {after:?}");
@@ -361,4 +365,29 @@ fn an_urgent_job_overtakes_prefetched_bulk_jobs() {
     // At most the bulk job running then (and one that may have started
     // while the urgent one was on its way) ran before it.
     assert!(at <= done_before + 2, "urgent ran after {at} jobs; {done_before} were done when it was sent: {lines:?}");
+}
+
+#[test]
+fn workers_are_forked_from_a_warm_template_each_with_its_own_random_state() {
+    let (_r, a) = start_router(&[]);
+    let jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut c = TestClient::connect(&a.frontend);
+    let v = c.call("default", "testjobs", "pid", json!([]))["value"].clone();
+    assert_eq!(v["ppid"].as_u64().unwrap() as i32, jm.pid());
+    assert_ne!(v["parent"].as_u64().unwrap() as i32, jm.pid(), "forked from the template, not exec'd: {v}");
+    // Two workers at once: different processes, different random numbers
+    // (the template's generator was reseeded after each fork).
+    let ids: Vec<String> =
+        (0..2).map(|_| c.send("default", "reply-requested", "testjobs", "random_after", json!([0.3]))).collect();
+    let got: Vec<Value> = ids.iter().map(|id| c.wait(id, 60)["value"].clone()).collect();
+    assert_ne!(got[0]["pid"], got[1]["pid"], "{got:?}");
+    assert_ne!(got[0]["r"], got[1]["r"], "each worker has its own random state: {got:?}");
+    // worker_start = exec: each worker is the job manager's own child.
+    let (_r2, b) = start_router(&[]);
+    let jm2 = start_jobmanager(&b.backend, "default", 1, &[("EMQ_WORKER_START", "exec")]);
+    wait_slots(&b.admin, 1);
+    let mut c2 = TestClient::connect(&b.frontend);
+    let v = c2.call("default", "testjobs", "pid", json!([]))["value"].clone();
+    assert_eq!(v["parent"].as_u64().unwrap() as i32, jm2.pid(), "{v}");
 }

@@ -96,6 +96,13 @@ pub fn main() -> ExitCode {
         }
     };
     server.set_max_message_bytes(s.max_message_bytes as i64);
+    match s.fork_workers() {
+        Ok(fork) => server.set_fork_workers(fork),
+        Err(e) => {
+            eprintln!("emq-jobmanager: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match s.curve_keys() {
         Ok(keys) => server.set_curve_keys(keys),
         Err(e) => {

@@ -5,13 +5,14 @@
 //! `emq_pool::WorkerProcess`.
 
 use crate::state::{Action, Event, JobManagerState};
-use emq_pool::{FromWorker, ToWorker, WorkerConfig, WorkerProcess};
+use emq_pool::{FromWorker, Template, ToWorker, WorkerConfig, WorkerProcess};
 use emq_protocol::{Command, Heartbeat, Message};
 use emq_sender::Sender;
 use nix::sys::signal::Signal;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
@@ -35,6 +36,11 @@ pub struct Server {
     state: JobManagerState,
     exe: PathBuf,
     worker_cfg: WorkerConfig,
+    /// Fork workers from a warm template (`worker_start = "fork"`).
+    fork_workers: bool,
+    template: Option<Arc<Mutex<Template>>>,
+    /// After a template failure, exec workers until then.
+    template_retry_at: Option<Instant>,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -90,12 +96,56 @@ impl Server {
             state,
             exe,
             worker_cfg,
+            fork_workers: false,
+            template: None,
+            template_retry_at: None,
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
             last_tick: Instant::now(),
             proc_stats: Default::default(),
         })
+    }
+
+    /// Fork workers from a warm template (else each starts its own
+    /// interpreter).
+    pub fn set_fork_workers(&mut self, fork: bool) {
+        self.fork_workers = fork;
+    }
+
+    /// Starts a worker: forked from the warm template when that works,
+    /// else by exec. A template that fails is dropped, and exec is used
+    /// for 10 s before a new template is tried.
+    fn start_worker(&mut self) -> std::io::Result<WorkerProcess> {
+        if self.fork_workers && self.template_retry_at.is_none_or(|t| Instant::now() >= t) {
+            if self.template.as_ref().is_some_and(|t| t.lock().map_or(true, |mut t| !t.alive())) {
+                warn!("worker template gone: starting a new one");
+                self.template = None;
+            }
+            if self.template.is_none() {
+                match Template::start(&self.exe, &self.worker_cfg, Duration::from_secs(60)) {
+                    Ok(t) => {
+                        info!(pid = t.pid(), "warm worker template started: workers are forked from it");
+                        self.template = Some(Arc::new(Mutex::new(t)));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot start the worker template: starting workers by exec for now");
+                        self.template_retry_at = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                }
+            }
+            if let Some(t) = &self.template {
+                match WorkerProcess::fork_from(t) {
+                    Ok(w) => return Ok(w),
+                    Err(e) => {
+                        warn!(error = %e, "cannot fork from the worker template: exec for now");
+                        self.template = None;
+                        self.template_retry_at = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+        WorkerProcess::spawn(&self.exe, &self.worker_cfg)
     }
 
     /// Connect to the router as a CURVE client with these keys.
@@ -209,6 +259,10 @@ impl Server {
                     Ok(Signal::SIGHUP) => match (self.reload)() {
                         Ok((cfg, worker_cfg)) => {
                             info!("SIGHUP: settings reloaded");
+                            if self.worker_cfg != worker_cfg {
+                                // New workers start from the new settings.
+                                self.template = None;
+                            }
                             self.worker_cfg = worker_cfg;
                             events.push(Event::Reloaded(cfg));
                         }
@@ -308,7 +362,7 @@ impl Server {
                 hb.health = Some(health.to_json());
                 self.send(&Message::new(Command::Heartbeat(hb)));
             }
-            Action::Spawn { slot } => match WorkerProcess::spawn(&self.exe, &self.worker_cfg) {
+            Action::Spawn { slot } => match self.start_worker() {
                 Ok(w) => {
                     info!(slot, pid = w.pid(), "worker started");
                     self.workers[slot] = Some(w);

@@ -16,10 +16,12 @@
 
 pub mod process;
 pub mod python;
+pub mod template;
 pub mod wire;
 pub mod worker;
 
 pub use process::{ExitInfo, ReadOutcome, WorkerProcess};
+pub use template::Template;
 pub use wire::{FromWorker, ToWorker, WorkerConfig};
 
 /// The hidden first argument that turns the job manager binary into a

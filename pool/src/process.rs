@@ -9,14 +9,18 @@
 //! worker; end-of-stream on the worker's output means it died, and
 //! [`WorkerProcess::reap`] collects its exit status at once.
 
+use crate::template::Template;
 use crate::wire::{encode, FrameBuffer, FromWorker, ToWorker, WorkerConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How a worker ended.
@@ -49,12 +53,28 @@ pub struct ReadOutcome {
     pub error: Option<String>,
 }
 
+/// How a worker process came to be, which says who reaps it.
+enum Proc {
+    /// fork+exec of our own binary: our child.
+    Exec(Child),
+    /// Forked from the warm template: the template's child, which reports
+    /// its exit.
+    Forked { pid: u32, template: Arc<Mutex<Template>>, reaped: bool },
+}
+
 /// A running worker process.
 pub struct WorkerProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
+    proc: Proc,
+    stdin: File,
+    stdout: File,
     buf: FrameBuffer,
+}
+
+fn set_nonblocking(f: &File) -> io::Result<()> {
+    let fl = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
+    Ok(())
 }
 
 impl WorkerProcess {
@@ -86,16 +106,26 @@ impl WorkerProcess {
             });
         }
         let mut child = cmd.spawn()?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let fl = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
-        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
-        Ok(WorkerProcess { child, stdin, stdout, buf: FrameBuffer::default() })
+        let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped stdin")));
+        let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
+        set_nonblocking(&stdout)?;
+        Ok(WorkerProcess { proc: Proc::Exec(child), stdin, stdout, buf: FrameBuffer::default() })
+    }
+
+    /// Forks a worker from the warm template (see [`Template`]).
+    pub fn fork_from(template: &Arc<Mutex<Template>>) -> io::Result<WorkerProcess> {
+        let (pid, stdin, stdout) = template.lock().map_err(|_| io::Error::other("template lock"))?.fork()?;
+        let (stdin, stdout) = (File::from(stdin), File::from(stdout));
+        set_nonblocking(&stdout)?;
+        let proc = Proc::Forked { pid, template: template.clone(), reaped: false };
+        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default() })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.proc {
+            Proc::Exec(child) => child.id(),
+            Proc::Forked { pid, .. } => *pid,
+        }
     }
 
     /// The descriptor to poll for readability.
@@ -144,7 +174,7 @@ impl WorkerProcess {
 
     /// Signals the worker's whole process group.
     pub fn signal(&self, sig: Signal) {
-        let pid = self.child.id() as i32;
+        let pid = self.pid() as i32;
         if kill(Pid::from_raw(-pid), sig).is_err() {
             let _ = kill(Pid::from_raw(pid), sig);
         }
@@ -153,18 +183,40 @@ impl WorkerProcess {
     /// Collects the exit status; a worker that is somehow still alive is
     /// SIGKILLed first, so this never waits long.
     pub fn reap(&mut self) -> ExitInfo {
-        let status = match self.child.try_wait() {
+        let child = match &mut self.proc {
+            Proc::Exec(child) => child,
+            Proc::Forked { pid, template, reaped } => {
+                let pid = *pid;
+                *reaped = true;
+                let template = template.clone();
+                let mut t = match template.lock() {
+                    Ok(t) => t,
+                    Err(_) => return ExitInfo { code: None, signal: None },
+                };
+                if let Some(e) = t.exit_of(pid, std::time::Duration::from_millis(200)) {
+                    return e;
+                }
+                let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                return t
+                    .exit_of(pid, std::time::Duration::from_secs(2))
+                    .unwrap_or(ExitInfo { code: None, signal: None });
+            }
+        };
+        let status = match child.try_wait() {
             Ok(Some(s)) => Ok(s),
             _ => {
                 // Output closed but not yet exited: give it a moment, then kill.
                 let end = Instant::now() + std::time::Duration::from_millis(200);
                 loop {
-                    match self.child.try_wait() {
+                    match child.try_wait() {
                         Ok(Some(s)) => break Ok(s),
                         Ok(None) if Instant::now() < end => std::thread::sleep(std::time::Duration::from_millis(2)),
                         _ => {
-                            self.signal(Signal::SIGKILL);
-                            break self.child.wait();
+                            let pid = child.id() as i32;
+                            if kill(Pid::from_raw(-pid), Signal::SIGKILL).is_err() {
+                                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                            }
+                            break child.wait();
                         }
                     }
                 }
@@ -180,9 +232,21 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     /// A worker never outlives its handle.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(Signal::SIGKILL);
-            let _ = self.child.wait();
+        match &mut self.proc {
+            Proc::Exec(child) => {
+                if let Ok(None) = child.try_wait() {
+                    let pid = child.id() as i32;
+                    if kill(Pid::from_raw(-pid), Signal::SIGKILL).is_err() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    let _ = child.wait();
+                }
+            }
+            // The template reaps it.
+            Proc::Forked { pid, reaped: false, .. } => {
+                let _ = kill(Pid::from_raw(-(*pid as i32)), Signal::SIGKILL);
+            }
+            Proc::Forked { .. } => {}
         }
     }
 }

@@ -164,6 +164,34 @@ impl PythonRunner {
         if let Err(e) = prepare_sys_path(py, cfg) {
             tracing::error!(error = %e, "could not prepare sys.path");
         }
+        Self::after_warm(py, cfg)
+    }
+
+    /// The warm template's preparation, before any worker is forked from
+    /// it: `sys.path`, and the modules workers will import (`preload`, the
+    /// hooks' modules) — imported, nothing called. What a worker must do on
+    /// its own (the setup function) comes after the fork, in
+    /// [`Self::after_warm`].
+    pub fn warm(py: Python<'_>, cfg: &crate::WorkerConfig) {
+        if let Err(e) = prepare_sys_path(py, cfg) {
+            tracing::error!(error = %e, "could not prepare sys.path");
+        }
+        let hooks = [&cfg.subprocess_setup_func, &cfg.job_entry_func, &cfg.job_exit_func];
+        let hook_modules = hooks.into_iter().flatten().filter_map(|f| f.rsplit_once('.').map(|(m, _)| m.to_owned()));
+        for module in cfg.preload.iter().cloned().chain(hook_modules) {
+            let module = module.split(':').next().unwrap_or_default().to_owned();
+            if module.is_empty() {
+                continue;
+            }
+            if let Err(e) = py.import(module.as_str()) {
+                tracing::debug!(%module, error = %e, "template: module not preloaded (workers import it themselves)");
+            }
+        }
+    }
+
+    /// A worker's own start after `sys.path` is set (in a worker forked
+    /// from the warm template, or after [`Self::new`]'s own preparation).
+    pub fn after_warm(py: Python<'_>, cfg: &crate::WorkerConfig) -> PythonRunner {
         let mut runner = PythonRunner::default();
         match install_emq_module(py) {
             Ok(m) => runner.emq_module = Some(m),

@@ -66,6 +66,10 @@ pub struct WorkerConfig {
     /// never runs as root unless asked; `None`: the job manager's own.
     #[serde(default)]
     pub run_as: Option<(u32, u32)>,
+    /// Modules the warm template imports before forking workers (the
+    /// modules `allowed_paths` names exactly).
+    #[serde(default)]
+    pub preload: Vec<String>,
 }
 
 /// Encodes one frame.

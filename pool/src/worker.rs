@@ -38,12 +38,47 @@ pub fn worker_main() -> i32 {
         Err(_) => WorkerConfig::default(),
     };
     tracing_subscriber_init(&cfg.log_level);
-    // Private frame channel: dup the original stdout, then send fd 1 to stderr.
+    if std::env::var_os(crate::template::TEMPLATE_ENV).is_some() {
+        // The warm template: Python up and modules imported once; each
+        // worker is forked from here and goes on below as its own process.
+        return Python::attach(|py| {
+            PythonRunner::warm(py, &cfg);
+            match crate::template::serve_forks() {
+                Err(code) => code,
+                Ok(()) => {
+                    if let Some((uid, gid)) = cfg.run_as {
+                        if let Err(e) = drop_privileges(uid, gid) {
+                            eprintln!("emq worker: cannot switch to uid {uid}: {e}");
+                            return 2;
+                        }
+                    }
+                    let runner = PythonRunner::after_warm(py, &cfg);
+                    match frame_channel() {
+                        Ok(out) => serve(py, runner, out),
+                        Err(code) => code,
+                    }
+                }
+            }
+        });
+    }
+    let out = match frame_channel() {
+        Ok(out) => out,
+        Err(code) => return code,
+    };
+    Python::attach(|py| {
+        let runner = PythonRunner::new(py, &cfg);
+        serve(py, runner, out)
+    })
+}
+
+/// Private frame channel: a copy of the original stdout; fd 1 then goes to
+/// stderr, so `print()` in a job cannot corrupt the frame stream.
+fn frame_channel() -> Result<Arc<Mutex<BufWriter<File>>>, i32> {
     let frames_fd = match nix::fcntl::fcntl(std::io::stdout(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("emq worker: cannot dup stdout: {e}");
-            return 2;
+            return Err(2);
         }
     };
     // SAFETY: fd 1 and 2 are open for the whole process life.
@@ -51,16 +86,25 @@ pub fn worker_main() -> i32 {
         nix::libc::dup2(2, 1);
     }
     // SAFETY: frames_fd was just created by F_DUPFD_CLOEXEC and is ours.
-    let out = Arc::new(Mutex::new(BufWriter::new(unsafe { File::from_raw_fd(frames_fd) })));
+    Ok(Arc::new(Mutex::new(BufWriter::new(unsafe { File::from_raw_fd(frames_fd) }))))
+}
+
+/// A worker forked from a template running as root becomes `worker_user`.
+fn drop_privileges(uid: u32, gid: u32) -> nix::Result<()> {
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+}
+
+/// The worker's life: the reader thread, `Ready`, then jobs one at a time.
+fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File>>>) -> i32 {
     let inbox: Shared<Inbox> = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
     let pid = std::process::id();
     {
         let (inbox, out) = (inbox.clone(), out.clone());
         std::thread::spawn(move || read_commands(inbox, out));
     }
-
-    Python::attach(|py| {
-        let mut runner = PythonRunner::new(py, &cfg);
+    {
         if send(&out, &FromWorker::Ready { pid }).is_err() {
             return 1;
         }
@@ -91,7 +135,7 @@ pub fn worker_main() -> i32 {
                 return 1; // parent gone
             }
         }
-    })
+    }
 }
 
 fn send(out: &Mutex<BufWriter<File>>, msg: &FromWorker) -> std::io::Result<()> {

@@ -85,6 +85,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_schedules",
     "delayed_max_bytes",
     "suspect_timeout",
+    "worker_start",
     "heartbeat_interval",
     "heartbeat_timeout",
     "heartbeat_liveness",

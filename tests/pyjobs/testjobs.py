@@ -1,5 +1,6 @@
 """Job functions for the end-to-end tests, some deliberately misbehaving."""
 import os
+import random
 import sys
 import time
 
@@ -8,9 +9,31 @@ def add(a, b):
     return a + b
 
 
+def _job_manager_pid():
+    """The job manager this worker belongs to: its parent, or its parent's
+    parent when the worker was forked from the job manager's warm template."""
+    parent = os.getppid()
+    try:
+        with open("/proc/%d/cmdline" % parent, "rb") as f:
+            is_template = b"__emq_worker" in f.read()
+        if is_template:
+            with open("/proc/%d/stat" % parent) as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        pass
+    return parent
+
+
 def pid():
-    """The worker's pid and its parent (the job manager)."""
-    return {"pid": os.getpid(), "ppid": os.getppid()}
+    """The worker's pid and its job manager's (``ppid``)."""
+    return {"pid": os.getpid(), "ppid": _job_manager_pid(), "parent": os.getppid()}
+
+
+def random_after(secs):
+    """A random number from this worker's generator (imported before the
+    warm template forked it: each worker must have its own state)."""
+    time.sleep(secs)
+    return {"pid": os.getpid(), "r": random.random()}
 
 
 def slow_pid(secs):
@@ -93,10 +116,11 @@ def flaky(counter_path, fail_times):
 
 
 def ppid_then_sleep(path, secs):
-    """Record which job manager runs this (the worker's parent), then sleep."""
-    append_line(path, str(os.getppid()))
+    """Record which job manager runs this, then sleep."""
+    jm = _job_manager_pid()
+    append_line(path, str(jm))
     time.sleep(secs)
-    return os.getppid()
+    return jm
 
 
 def sleep_then_append(path, line, secs):
