@@ -391,3 +391,20 @@ fn workers_are_forked_from_a_warm_template_each_with_its_own_random_state() {
     let v = c2.call("default", "testjobs", "pid", json!([]))["value"].clone();
     assert_eq!(v["parent"].as_u64().unwrap() as i32, jm2.pid(), "{v}");
 }
+
+#[test]
+fn workers_past_max_memory_per_worker_are_replaced() {
+    let (_r, a) = start_router(&[]);
+    // Every worker is past one byte: each is replaced after its job.
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_MAX_MEMORY_PER_WORKER", "1")]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..4 {
+        pids.insert(c.call("default", "testjobs", "slow_pid", json!([1.2]))["value"].as_u64().unwrap());
+    }
+    assert!(pids.len() >= 3, "workers replaced for memory: {pids:?}");
+    let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
+    let health = w["connected_workers"].as_object().unwrap().values().next().unwrap()["health"].clone();
+    assert!(health["restarts"]["memory"].as_u64().unwrap_or(0) >= 2, "{}", health["restarts"]);
+}

@@ -41,6 +41,7 @@ pub struct Server {
     template: Option<Arc<Mutex<Template>>>,
     /// After a template failure, exec workers until then.
     template_retry_at: Option<Instant>,
+    last_memory_check: Instant,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -99,6 +100,7 @@ impl Server {
             fork_workers: false,
             template: None,
             template_retry_at: None,
+            last_memory_check: Instant::now(),
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
@@ -148,6 +150,32 @@ impl Server {
         WorkerProcess::spawn(&self.exe, &self.worker_cfg)
     }
 
+    /// Once a second, with `max_memory_per_worker` set: workers past it.
+    fn check_memory(&mut self) -> Vec<Event> {
+        let limit = self.state.max_memory_per_worker();
+        if limit == 0 || self.last_memory_check.elapsed() < Duration::from_secs(1) {
+            return Vec::new();
+        }
+        self.last_memory_check = Instant::now();
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as u64,
+            _ => 4096,
+        };
+        let mut over = Vec::new();
+        for (slot, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            let rss = std::fs::read_to_string(format!("/proc/{}/statm", w.pid()))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+                .map(|pages| pages * page);
+            if let Some(rss_bytes) = rss.filter(|r| *r > limit) {
+                over.push(Event::WorkerOverMemory { slot, rss_bytes });
+            }
+        }
+        over
+    }
+
     /// Connect to the router as a CURVE client with these keys.
     pub fn set_curve_keys(&mut self, keys: Option<emq_sender::CurveClientKeys>) {
         self.curve = keys;
@@ -175,6 +203,11 @@ impl Server {
                 self.last_tick = Instant::now();
                 if let Some(code) = self.step(Event::Tick) {
                     return self.finish(code);
+                }
+                for e in self.check_memory() {
+                    if let Some(code) = self.step(e) {
+                        return self.finish(code);
+                    }
                 }
             }
         }

@@ -54,6 +54,9 @@ pub struct JobManagerSettings {
     pub concurrent_jobs: usize,
     /// Jobs after which a worker process is replaced.
     pub max_job_count: u64,
+    /// Bytes of RSS past which a worker is replaced after its current job
+    /// (Celery's `worker_max_memory_per_child`); 0 = no limit.
+    pub max_memory_per_worker: u64,
     /// Seconds a job may run when its REQUEST has no `timeout:N` header.
     pub global_timeout: f64,
     /// Seconds running jobs get to finish after SIGTERM/SIGINT/SIGQUIT.
@@ -116,6 +119,7 @@ impl Default for JobManagerSettings {
             queues: QueuesSetting::Text(r#"[[10, "default"]]"#.into()),
             concurrent_jobs: 4,
             max_job_count: 1024,
+            max_memory_per_worker: 0,
             global_timeout: 300.0,
             kill_grace_period: 300.0,
             kill_escalation: 1.0,
@@ -198,6 +202,7 @@ impl JobManagerSettings {
             queues,
             workers: v::count("concurrent_jobs", self.concurrent_jobs, 1, MAX_WORKERS)?,
             max_job_count: v::count("max_job_count", self.max_job_count, 1, u64::MAX)?,
+            max_memory_per_worker: v::count("max_memory_per_worker", self.max_memory_per_worker, 0, 1 << 50)?,
             global_timeout: v::seconds("global_timeout", self.global_timeout, Zero::Refused)?,
             kill_grace: v::seconds("kill_grace_period", self.kill_grace_period, Zero::Allowed)?,
             kill_escalation: v::seconds("kill_escalation", self.kill_escalation, Zero::Refused)?,

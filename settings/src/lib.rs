@@ -95,6 +95,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "queues",
     "concurrent_jobs",
     "max_job_count",
+    "max_memory_per_worker",
     "global_timeout",
     "kill_escalation",
     "worker_pipeline",

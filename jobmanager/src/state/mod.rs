@@ -47,6 +47,8 @@ pub struct JmConfig {
     pub queues: QueueSpec,
     pub workers: usize,
     pub max_job_count: u64,
+    /// RSS bytes past which a worker is replaced after its job (0: off).
+    pub max_memory_per_worker: u64,
     pub global_timeout: Duration,
     pub kill_grace: Duration,
     pub kill_escalation: Duration,
@@ -111,6 +113,12 @@ pub enum Event {
         msgid: String,
         reply_json: String,
         error_type: Option<JobErrorKind>,
+    },
+    /// A worker's RSS is past `max_memory_per_worker` (the poll loop reads
+    /// `/proc`).
+    WorkerOverMemory {
+        slot: usize,
+        rss_bytes: u64,
     },
     /// A worker gave back jobs it had not started (answer to Steal).
     WorkerStole {
@@ -423,6 +431,7 @@ impl JobManagerState {
             Event::WorkerDone { slot, msgid, reply_json, error_type } => {
                 self.on_worker_done(slot, msgid, reply_json, error_type, now, out)
             }
+            Event::WorkerOverMemory { slot, rss_bytes } => self.on_worker_over_memory(slot, rss_bytes, out),
             Event::WorkerStole { slot, msgids } => self.on_worker_stole(slot, msgids, out),
             Event::WorkerExited { slot, pid, exit } => self.on_worker_exited(slot, pid, exit, now, out),
             Event::SpawnFailed { slot, error } => self.on_spawn_failed(slot, error, now),
@@ -450,6 +459,11 @@ impl JobManagerState {
     }
 
     /// Convenience for tests.
+    /// `max_memory_per_worker` in force (0: off).
+    pub fn max_memory_per_worker(&self) -> u64 {
+        self.cfg.max_memory_per_worker
+    }
+
     pub fn handle_vec(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         self.handle(event, now, &mut out);

@@ -8,6 +8,7 @@ fn cfg(workers: usize) -> JmConfig {
         queues: QueueSpec::default_queues(),
         workers,
         max_job_count: 3,
+        max_memory_per_worker: 0,
         global_timeout: Duration::from_secs(300),
         kill_grace: Duration::from_secs(10),
         kill_escalation: Duration::from_secs(1),
@@ -622,4 +623,25 @@ fn cancel_of_a_job_queued_at_a_worker_steals_it_back() {
         error_type: None,
     });
     assert_eq!(reply_of(&out).0, "first");
+}
+
+#[test]
+fn a_worker_past_max_memory_is_recycled_idle_now_busy_after_its_job() {
+    let mut c = cfg(1);
+    c.max_memory_per_worker = 100 << 20;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 100 });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    // Idle: retired at once.
+    let out = h.ev(Event::WorkerOverMemory { slot: 0, rss_bytes: 200 << 20 });
+    assert!(names(&out).contains(&"retire0".to_string()), "{:?}", names(&out));
+    assert_eq!(h.s.restarts["memory"], 1);
+    // Busy: after its job.
+    let (mut h, _) = H::running(1);
+    h.s.cfg.max_memory_per_worker = 100 << 20;
+    h.request("j", "", ADD);
+    assert!(!names(&h.ev(Event::WorkerOverMemory { slot: 0, rss_bytes: 200 << 20 })).contains(&"retire0".to_string()));
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), vec!["REPLY", "retire0"]);
 }

@@ -294,6 +294,27 @@ impl JobManagerState {
         self.send_reply(msgid, reply, out);
     }
 
+    /// A worker grew past `max_memory_per_worker`: an idle one retires now
+    /// (a spare takes its place), a busy one after its job.
+    pub(super) fn on_worker_over_memory(&mut self, slot: usize, rss_bytes: u64, out: &mut Vec<Action>) {
+        let limit = self.cfg.max_memory_per_worker;
+        let Some(s) = self.slots.get_mut(slot) else { return };
+        if limit == 0 || s.recycle_after_job {
+            return;
+        }
+        info!(slot, pid = s.pid.unwrap_or(0), rss_bytes, limit, "worker past max_memory_per_worker: recycling");
+        *self.restarts.entry("memory").or_insert(0) += 1;
+        match s.state {
+            SlotState::Idle => {
+                s.state = SlotState::Retiring;
+                out.push(Action::Retire { slot });
+                self.promote_spare(slot);
+            }
+            SlotState::Busy(_) => s.recycle_after_job = true,
+            _ => {}
+        }
+    }
+
     pub(super) fn on_worker_stole(&mut self, slot: usize, msgids: Vec<String>, out: &mut Vec<Action>) {
         let s = &mut self.slots[slot];
         s.steal_pending = false;
