@@ -498,10 +498,14 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
         while admin_free_slots(&admin)? != full - 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
-            s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok())
-        });
-        if ppid != Some(jm_pid) {
+        let parent = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+                s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok())
+            })
+        };
+        // Its job manager's child, or its warm template's.
+        let ppid = parent(pid);
+        if ppid != Some(jm_pid) && ppid.and_then(parent) != Some(jm_pid) {
             bail!("pid {pid} is not a worker of job manager {jm_pid}");
         }
         let t = Instant::now();

@@ -187,6 +187,13 @@ impl PythonRunner {
                 tracing::debug!(%module, error = %e, "template: module not preloaded (workers import it themselves)");
             }
         }
+        // What exists now is shared with every worker forked from here:
+        // out of the garbage collector's sight, so a worker's collections
+        // do not write to (and copy) those pages (CPython's `gc.freeze`,
+        // meant for pre-fork servers).
+        if let Err(e) = py.import("gc").and_then(|gc| gc.call_method0("freeze")) {
+            tracing::debug!(error = %e, "template: gc.freeze not available");
+        }
     }
 
     /// A worker's own start after `sys.path` is set (in a worker forked

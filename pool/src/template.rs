@@ -173,15 +173,36 @@ pub(crate) fn serve_forks() -> Result<(), i32> {
         Ok(fd) => fd,
         Err(_) => return Err(1),
     };
+    // A worker's exit is reported the moment it happens (the job manager
+    // waits for it when it reaps): SIGCHLD through a signalfd.
+    let mut chld = nix::sys::signal::SigSet::empty();
+    chld.add(nix::sys::signal::Signal::SIGCHLD);
+    let old_mask = chld.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).map_err(|_| 1)?;
+    let sigfd = nix::sys::signalfd::SignalFd::with_flags(
+        &chld,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|_| 1)?;
     send(ctl_fd.as_raw_fd(), "READY");
     loop {
         report_exits(ctl_fd.as_raw_fd());
-        let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&ctl_fd), nix::poll::PollFlags::POLLIN)];
-        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16)) {
+        let mut pfd = [
+            nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&ctl_fd), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sigfd), nix::poll::PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(1000u16)) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return Err(1),
+        }
+        if pfd[1].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)) {
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+            report_exits(ctl_fd.as_raw_fd());
+        }
+        if !pfd[0].revents().is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLHUP))
+        {
+            continue;
         }
         let mut buf = [0u8; 64];
         let mut space = nix::cmsg_space!([RawFd; 2]);
@@ -228,7 +249,9 @@ pub(crate) fn serve_forks() -> Result<(), i32> {
                     nix::libc::dup2(stdin_r.as_raw_fd(), 0);
                     nix::libc::dup2(stdout_w.as_raw_fd(), 1);
                 }
-                drop((stdin_r, stdout_w, ctl_fd));
+                drop((stdin_r, stdout_w, ctl_fd, sigfd));
+                // The worker's signal mask is the job manager's, not the template's.
+                let _ = old_mask.thread_set_mask();
                 return Ok(());
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => {
