@@ -50,6 +50,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         lateness_every: usize,
     },
+    /// Many stub job managers in one process (the scale scenario): `peers`
+    /// DEALERs, each serving `queues` queues with `slots` slots.
+    ScaleJm {
+        #[arg(long)]
+        backend: String,
+        #[arg(long, default_value_t = 1)]
+        peers: usize,
+        #[arg(long, default_value_t = 1000)]
+        slots: usize,
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+    },
     Forwarder {
         #[arg(long)]
         frontend: String,
@@ -67,6 +79,12 @@ enum Cmd {
         path: String,
         #[arg(long, default_value = "noop")]
         callable: String,
+        /// Spread the jobs over this many queues (`q0`, `q1`, ...; 1 = `default`).
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+        /// Pad each payload to about this many bytes.
+        #[arg(long, default_value_t = 0)]
+        size: usize,
     },
     Latency {
         #[arg(long)]
@@ -125,7 +143,10 @@ fn main() -> Result<()> {
         Cmd::JournalStore { n, batches } => journal_store::run(n, &batches),
         Cmd::StubJm { backend, slots, lateness_every } => stub_jm(&backend, slots, lateness_every),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
-        Cmd::Throughput { frontend, n, window, path, callable } => throughput(&frontend, n, window, &path, &callable),
+        Cmd::ScaleJm { backend, peers, slots, queues } => scale_jm(&backend, peers, slots, queues),
+        Cmd::Throughput { frontend, n, window, path, callable, queues, size } => {
+            throughput(&frontend, n, window, &path, &callable, queues, size)
+        }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
         Cmd::Fill { frontend, n, size, queue, headers } => fill(&frontend, n, size, &queue, &headers),
         Cmd::ScheduleLoad { frontend, n, interval, queue } => schedule_load(&frontend, n, interval, &queue),
@@ -231,6 +252,72 @@ fn stub_jm(backend: &str, slots: usize, lateness_every: usize) -> Result<()> {
     }
 }
 
+// ---- many stub job managers (scale scenario) -----------------------------------
+
+/// Queue `i` of `q` queues: `default` alone, else `q0`, `q1`, ...
+fn queue_name(i: usize, q: usize) -> String {
+    if q <= 1 {
+        "default".into()
+    } else {
+        format!("q{}", i % q)
+    }
+}
+
+fn scale_jm(backend: &str, peers: usize, slots: usize, queues: usize) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let spec = QueueSpec((0..queues.max(1)).map(|i| (10, queue_name(i, queues))).collect());
+    let mut socks = Vec::with_capacity(peers);
+    for _ in 0..peers {
+        let s = dealer(&ctx, backend)?;
+        send(
+            &s,
+            &Message::new(Command::Inform(Inform { queues: spec.clone(), kind: "worker".into(), features: None })),
+        )?;
+        socks.push(s);
+    }
+    let value = r#"{"value":null}"#;
+    let mut acked = vec![false; peers];
+    let mut last_hb = Instant::now();
+    loop {
+        let mut items: Vec<zmq::PollItem> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+        zmq::poll(&mut items, 100)?;
+        let ready: Vec<usize> = items.iter().enumerate().filter(|(_, i)| i.is_readable()).map(|(k, _)| k).collect();
+        drop(items);
+        for k in ready {
+            let s = &socks[k];
+            loop {
+                let frames = match s.recv_multipart(zmq::DONTWAIT) {
+                    Ok(f) => f,
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let Ok(m) = Message::from_frames(&frames) else { continue };
+                match m.command {
+                    Command::Ack(_) if !acked[k] => {
+                        acked[k] = true;
+                        for _ in 0..slots {
+                            send(s, &Message::new(Command::Ready))?;
+                        }
+                    }
+                    Command::Request(_) => {
+                        let reply = Reply::Result { reply_json: value.into(), orig_msgid: m.msgid };
+                        send(s, &Message::new(Command::Reply(reply)))?;
+                        send(s, &Message::new(Command::Ready))?;
+                    }
+                    Command::Kbye | Command::Disconnect => std::process::exit(0),
+                    _ => {}
+                }
+            }
+        }
+        if last_hb.elapsed() > Duration::from_secs(1) {
+            last_hb = Instant::now();
+            for s in &socks {
+                send(s, &Message::new(Command::Heartbeat(Heartbeat::now())))?;
+            }
+        }
+    }
+}
+
 // ---- bare forwarder -----------------------------------------------------------
 
 fn forwarder(frontend: &str, backend: &str) -> Result<()> {
@@ -307,21 +394,35 @@ fn forwarder(frontend: &str, backend: &str) -> Result<()> {
 
 // ---- throughput with results ----------------------------------------------------
 
-fn throughput(frontend: &str, n: u64, window: u64, path: &str, callable: &str) -> Result<()> {
+fn throughput(
+    frontend: &str,
+    n: u64,
+    window: u64,
+    path: &str,
+    callable: &str,
+    queues: usize,
+    size: usize,
+) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
-    let payload = json!(["run", {"path": path, "callable": callable}]).to_string();
+    let base = json!(["run", {"path": path, "callable": callable}]).to_string();
+    let payload = if size > base.len() + 20 {
+        json!(["run", {"path": path, "callable": callable, "args": ["x".repeat(size - base.len() - 20)]}]).to_string()
+    } else {
+        base
+    };
+    let names: Vec<String> = (0..queues.max(1)).map(|i| queue_name(i, queues)).collect();
     // Warm-up: one job through, so connection set-up is not timed.
-    send(&s, &request("default", "reply-requested", &payload))?;
+    send(&s, &request(&names[0], "reply-requested", &payload))?;
     wait_results(&s, 1, Duration::from_secs(60))?;
     let start = Instant::now();
     let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
     while done < n {
         while sent < n && sent - done < window {
-            send(&s, &request("default", "reply-requested", &payload))?;
+            send(&s, &request(&names[sent as usize % names.len()], "reply-requested", &payload))?;
             sent += 1;
         }
-        let got = recv_batch(&s, 10_000, |f| {
+        let got = recv_batch(&s, 30_000, |f| {
             if f.len() == 6 && f[2] == b"REPLY" {
                 done += 1;
                 if f[4].windows(7).any(|w| w == b"\"error\"") {
@@ -334,7 +435,11 @@ fn throughput(frontend: &str, n: u64, window: u64, path: &str, callable: &str) -
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("{}", json!({"n": n, "window": window, "secs": secs, "jobs_per_sec": n as f64 / secs, "failed": failed}));
+    println!(
+        "{}",
+        json!({"n": n, "window": window, "secs": secs, "jobs_per_sec": n as f64 / secs, "failed": failed,
+               "payload_bytes": payload.len(), "queues": names.len()})
+    );
     Ok(())
 }
 

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 
+/// A job manager of at most this many queues leaves their free sets when
+/// it has no free slot; one of more stays (see `slot_taken`).
+const EAGER_QUEUES: usize = 64;
+
 impl RouterState {
     /// The job manager with a free slot for `queue`: highest weight first,
     /// then one with an idle worker (a free slot may be only prefetch room
@@ -25,24 +29,27 @@ impl RouterState {
         if q.paused {
             return None;
         }
-        let mut best: Option<(u32, bool, u64, &PeerId)> = None;
-        for (weight, peer) in &q.job_managers {
-            let Some(jm) = self.job_managers.get(peer) else { continue };
-            if jm.free_slots == 0 {
-                continue;
+        // The first of the highest weight that has an idle worker, looking
+        // at a bounded number of them; else the first.
+        let mut first: Option<(u32, &PeerId)> = None;
+        let mut looked = 0;
+        for (std::cmp::Reverse(weight), _, peer) in &q.free {
+            // A job manager of many queues stays in the sets while busy.
+            let Some(jm) = self.job_managers.get(peer).filter(|jm| jm.free_slots > 0) else { continue };
+            looked += 1;
+            if looked > 16 {
+                break;
             }
-            let idle = jm.has_idle_worker();
-            let better = match best {
-                None => true,
-                Some((bw, bi, bu, _)) => {
-                    *weight > bw || (*weight == bw && (idle && !bi || (idle == bi && jm.last_used < bu)))
-                }
-            };
-            if better {
-                best = Some((*weight, idle, jm.last_used, peer));
+            match first {
+                None => first = Some((*weight, peer)),
+                Some((w, _)) if w != *weight => break,
+                Some(_) => {}
+            }
+            if jm.has_idle_worker() {
+                return Some(peer.clone());
             }
         }
-        best.map(|(_, _, _, p)| p.clone())
+        first.map(|(_, p)| p.clone())
     }
 
     /// Hands `job` to `to` (which has a free slot), from `queue`.
@@ -84,10 +91,10 @@ impl RouterState {
     ) -> (Arc<str>, Request) {
         self.lru_clock += 1;
         let headers = job.request.headers();
+        if uses_slot {
+            self.slot_taken(&to, &queue);
+        }
         if let Some(jm) = self.job_managers.get_mut(&to) {
-            if uses_slot {
-                jm.free_slots = jm.free_slots.saturating_sub(1);
-            }
             jm.last_used = self.lru_clock;
             jm.in_flight += 1;
             if !jm.reports_all_completions && !headers.reply_requested {
@@ -126,6 +133,58 @@ impl RouterState {
         (job.msgid, request)
     }
 
+    /// One of `jm`'s free slots is used by a job from `queue`: with none
+    /// left it leaves every queue's free set; else it goes to the back of
+    /// `queue`'s (least recently used first, per queue).
+    fn slot_taken(&mut self, jm: &PeerId, queue: &str) {
+        let Some(peer) = self.job_managers.get_mut(jm) else { return };
+        peer.free_slots = peer.free_slots.saturating_sub(1);
+        if peer.free_slots == 0 && peer.queues.0.len() <= EAGER_QUEUES {
+            self.leave_free_sets(jm);
+            return;
+        }
+        // Leaving and joining every set of a job manager of 10,000 queues
+        // at each full/free change would cost 10,000 updates; it stays, and
+        // a pick skips it while it has no free slot.
+        let Some((weight, old)) = peer.free_keys.get(queue).copied() else { return };
+        self.free_seq += 1;
+        let seq = self.free_seq;
+        peer.free_keys.insert(queue.to_owned(), (weight, seq));
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.free.remove(&(std::cmp::Reverse(weight), old, jm.clone()));
+            q.free.insert((std::cmp::Reverse(weight), seq, jm.clone()));
+        }
+    }
+
+    /// `jm` has a free slot again (it had none): it joins the free set of
+    /// each of its queues, at the back.
+    pub(super) fn join_free_sets(&mut self, jm: &PeerId) {
+        let Some(peer) = self.job_managers.get_mut(jm) else { return };
+        if !peer.free_keys.is_empty() || peer.leaving {
+            return;
+        }
+        for (weight, name) in &peer.queues.0 {
+            self.free_seq += 1;
+            peer.free_keys.insert(name.clone(), (*weight, self.free_seq));
+            self.queues.entry(name.clone()).or_default().free.insert((
+                std::cmp::Reverse(*weight),
+                self.free_seq,
+                jm.clone(),
+            ));
+        }
+    }
+
+    /// `jm` has no free slot (or is gone): out of every free set.
+    pub(super) fn leave_free_sets(&mut self, jm: &PeerId) {
+        let Some(peer) = self.job_managers.get_mut(jm) else { return };
+        let keys = std::mem::take(&mut peer.free_keys);
+        for (name, (weight, seq)) in keys {
+            if let Some(q) = self.queues.get_mut(&name) {
+                q.free.remove(&(std::cmp::Reverse(weight), seq, jm.clone()));
+            }
+        }
+    }
+
     /// Hands waiting jobs to `jm` while it has free slots, from its
     /// highest-weight non-empty queue first.
     pub(super) fn drain_to(&mut self, jm: &PeerId, now: Now, out: &mut Vec<Action>) {
@@ -134,15 +193,42 @@ impl RouterState {
             if peer.free_slots == 0 || !self.dispatching() {
                 return;
             }
-            let mut order: Vec<&(u32, String)> = peer.queues.0.iter().collect();
-            order.sort_by(|a, b| b.0.cmp(&a.0));
-            let found = order
-                .iter()
-                .find_map(|(_, name)| (self.queue_len(name) > 0 && !self.is_paused(name)).then(|| name.clone()));
-            let Some(queue) = found else { return };
+            let Some(queue) = self.next_queue_for(jm) else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
             self.dispatch(jm.clone(), queue, job, now, out);
         }
+    }
+
+    /// The queue `jm` takes its next job from: its highest-weight queue with
+    /// waiting jobs (not paused). Looks through the queues that may have
+    /// waiting jobs or through `jm`'s own, whichever list is shorter —
+    /// never sorts, never scans 10,000 empty queues per READY.
+    fn next_queue_for(&mut self, jm: &PeerId) -> Option<String> {
+        if self.maybe_waiting.is_empty() {
+            return None;
+        }
+        let peer = self.job_managers.get(jm)?;
+        let mut empty: Vec<String> = Vec::new();
+        let found = if self.maybe_waiting.len() < peer.by_weight.len() {
+            let mut best: Option<(usize, &String)> = None;
+            for name in &self.maybe_waiting {
+                if self.queue_len(name) == 0 {
+                    empty.push(name.clone());
+                    continue;
+                }
+                let Some(&rank) = peer.rank.get(name) else { continue };
+                if !self.is_paused(name) && best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, name));
+                }
+            }
+            best.map(|(_, n)| n.clone())
+        } else {
+            peer.by_weight.iter().find(|name| self.queue_len(name) > 0 && !self.is_paused(name)).cloned()
+        };
+        for name in empty {
+            self.maybe_waiting.remove(&name);
+        }
+        found
     }
 
     /// Puts a job back at the front of its queue (marked queued) and hands
@@ -187,6 +273,7 @@ impl RouterState {
             j
         });
         self.queues.get_mut(name).expect("just created").waiting.extend(mine);
+        self.maybe_waiting.insert(name.to_owned());
         info!(queue = name, jobs = n, "moved waiting jobs from default to their own queue");
     }
 }

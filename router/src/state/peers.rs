@@ -52,6 +52,7 @@ impl RouterState {
             // noticed a router restart) and may still be running our jobs.
             // They are in doubt until its health or its reports say.
             self.put_in_doubt(&peer, now);
+            self.leave_free_sets(&peer);
             self.job_managers.remove(&peer);
             for q in self.queues.values_mut() {
                 q.job_managers.retain(|(_, p)| p != &peer);
@@ -87,7 +88,11 @@ impl RouterState {
         };
         if !jm.leaving {
             jm.free_slots += 1;
+            if jm.free_slots == 1 {
+                self.join_free_sets(&peer);
+            }
         }
+        let Some(jm) = self.job_managers.get_mut(&peer) else { return };
         let mut retired = None;
         if !jm.reports_all_completions {
             // Only a job handed out before its previous READY can be the
@@ -182,6 +187,7 @@ impl RouterState {
         jm.leaving = true;
         jm.free_slots = 0;
         let idle = jm.in_flight == 0;
+        self.leave_free_sets(peer);
         for q in self.queues.values_mut() {
             q.job_managers.retain(|(_, p)| p != peer);
         }
@@ -194,6 +200,7 @@ impl RouterState {
     /// ones go back to the front of their queue; the others fail (or retry),
     /// with an error to the client when it asked for a reply.
     pub(super) fn remove_job_manager(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
+        self.leave_free_sets(peer);
         let Some(jm) = self.job_managers.remove(peer) else { return };
         out.push(Action::Forget { socket: SocketKind::Backend, peer: peer.clone() });
         for q in self.queues.values_mut() {

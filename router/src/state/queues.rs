@@ -18,4 +18,9 @@ pub struct QueueState {
     /// Paused by an operator: jobs are still accepted and kept, none is
     /// handed out until it is resumed.
     pub paused: bool,
+    /// The job managers with a free slot for this queue, in the order they
+    /// get the next job: highest weight first, then the one that waited
+    /// longest here (its key's sequence number). Picking is `O(log n)`
+    /// however many job managers serve the queue.
+    pub free: std::collections::BTreeSet<(std::cmp::Reverse<u32>, u64, PeerId)>,
 }

@@ -26,6 +26,16 @@ pub type WorkerSlot = u32;
 #[derive(Debug)]
 pub struct JobManagerPeer {
     pub queues: QueueSpec,
+    /// Its queue names, highest weight first (ties in the order it listed
+    /// them): the order a READY takes waiting jobs in.
+    pub by_weight: Vec<String>,
+    /// Queue name → position in `by_weight` (lower goes first).
+    pub rank: rustc_hash::FxHashMap<String, usize>,
+    /// Its keys in the queues' `free` sets (queue → weight, sequence
+    /// number), while it has a free slot — or, for a job manager of many
+    /// queues, until it leaves (it stays in them while busy: see
+    /// `dispatch.rs`).
+    pub free_keys: rustc_hash::FxHashMap<String, (u32, u64)>,
     /// READYs received minus jobs handed out.
     pub free_slots: WorkerSlot,
     pub last_seen: Instant,
@@ -61,8 +71,16 @@ pub struct JobManagerPeer {
 impl JobManagerPeer {
     /// A job manager that has just INFORMed.
     pub fn new(queues: QueueSpec, reports_all_completions: bool, now: Instant, dispatch_seq: u64) -> Self {
+        let mut order: Vec<(u32, usize, String)> =
+            queues.0.iter().enumerate().map(|(i, (w, n))| (*w, i, n.clone())).collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let by_weight: Vec<String> = order.into_iter().map(|(_, _, n)| n).collect();
+        let rank = by_weight.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         JobManagerPeer {
             queues,
+            by_weight,
+            rank,
+            free_keys: Default::default(),
             free_slots: 0,
             last_seen: now,
             last_used: 0,

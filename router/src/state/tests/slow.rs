@@ -145,3 +145,27 @@ fn an_idle_worker_elsewhere_comes_before_prefetch_room() {
     h.request("c", "j4", "default", "");
     assert!(h.r.in_flight().contains_key("j4"));
 }
+
+/// A job manager of many queues stays in their free sets while busy; picks
+/// skip it then, and take it again once it has a free slot.
+#[test]
+fn a_job_manager_of_many_queues_is_picked_right_through_full_and_free() {
+    let mut h = Harness::new();
+    let names: Vec<String> = (0..100).map(|i| format!("q{i}")).collect();
+    let queues: Vec<(u32, &str)> = names.iter().map(|n| (10, n.as_str())).collect();
+    h.inform("many", &queues);
+    h.inform("few", &[(10, "q7")]);
+    h.ready("many");
+    assert_eq!(dispatched_to(&h.request("c", "a", "q5", "")), vec![("many".to_string(), "a".to_string())]);
+    // "many" is full: q5 waits, q7 goes to "few".
+    assert!(dispatched_to(&h.request("c", "b", "q5", "")).is_empty());
+    h.ready("few");
+    assert_eq!(dispatched_to(&h.request("c", "c", "q7", "")), vec![("few".to_string(), "c".to_string())]);
+    // A free slot again: the waiting job goes, then new ones.
+    assert_eq!(dispatched_to(&h.ready("many")), vec![("many".to_string(), "b".to_string())]);
+    h.ready("many");
+    assert_eq!(dispatched_to(&h.request("c", "d", "q99", "")), vec![("many".to_string(), "d".to_string())]);
+    // Gone: out of every set.
+    h.recv(SocketKind::Backend, "many", Command::Kbye);
+    assert!(h.r.queues.values().all(|q| q.free.iter().all(|(_, _, p)| p.to_string() != "many")));
+}
