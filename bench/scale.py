@@ -167,6 +167,7 @@ def plot(res, path):
         t.set_ylim(bottom=0)
         if i == 3:
             t.set_ylabel("router CPU µs per job")
+    fig.suptitle("router jobs/s (green, left axis) and router CPU µs per job (brown, dashed, right axis); stub job managers, no Python", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -178,7 +179,12 @@ def main():
     p.add_argument("--png", default=os.path.join(R.ROOT, "docs", "scale.png"))
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument("--only", default="peers,queues,backlog,payload")
+    p.add_argument("--plot-from", help="only draw the plot from a JSON this script printed")
     args = p.parse_args()
+    if args.plot_from:
+        with open(args.plot_from) as f:
+            plot(json.load(f), args.png)
+        return
     args.peers = [1, 10, 100, 1000]
     args.queues = [1, 100, 10_000]
     args.backlog = [0, 10_000, 1_000_000]
