@@ -55,7 +55,7 @@ def main():
     ctx = zmq.Context.instance()
     s = Sender()
     s.connect(a.addr)
-    if not wait_connected(s.zsocket, 10.0):
+    if not wait_connected(s.zsocket, 30.0):
         print('no connection to %s' % a.addr, file=sys.stderr)
         return 2
     msgid = schedule(s, a.func, interval_secs=a.interval,

@@ -42,6 +42,8 @@ pub struct Server {
     /// After a template failure, exec workers until then.
     template_retry_at: Option<Instant>,
     last_memory_check: Instant,
+    /// REPLYs and READYs of this poll pass, sent as one BATCH at its end.
+    batch: emq_protocol::Batch,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -101,6 +103,7 @@ impl Server {
             template: None,
             template_retry_at: None,
             last_memory_check: Instant::now(),
+            batch: Default::default(),
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
@@ -210,10 +213,13 @@ impl Server {
                     }
                 }
             }
+            // End of the pass: its REPLYs and READYs in one message.
+            self.flush_batch();
         }
     }
 
     fn finish(&mut self, code: i32) -> i32 {
+        self.flush_batch();
         // Give the last REPLYs / KBYE a moment to leave (socket linger).
         self.socket = None;
         for w in self.workers.iter_mut() {
@@ -356,6 +362,9 @@ impl Server {
     fn perform(&mut self, action: Action, feedback: &mut Vec<Event>) -> Option<i32> {
         match action {
             Action::Connect { addr } => {
+                // What was gathered for the old connection: a reconnect
+                // sends the unconfirmed reports again anyway.
+                self.batch = Default::default();
                 let identity = if self.identity_prefix.is_empty() {
                     emq_protocol::new_msgid()
                 } else {
@@ -388,7 +397,7 @@ impl Server {
                     Err(e) => error!(%addr, error = %e, "cannot connect"),
                 }
             }
-            Action::Send(m) => self.send(&m),
+            Action::Send(m) => self.send_or_batch(m),
             Action::Heartbeat(mut health) => {
                 self.proc_stats.fill(&mut health);
                 let mut hb = Heartbeat::now();
@@ -428,6 +437,44 @@ impl Server {
             Action::Exit(code) => return Some(code),
         }
         None
+    }
+
+    /// REPLYs and READYs wait for the end of the poll pass (one BATCH) when
+    /// the router takes batches; anything else goes now, after them.
+    fn send_or_batch(&mut self, m: Message) {
+        if self.state.router_batches() {
+            match m.command {
+                Command::Reply(emq_protocol::Reply::Result { reply_json, orig_msgid }) => {
+                    self.batch.replies.push((reply_json, orig_msgid));
+                    if self.batch.replies.len() >= emq_protocol::MAX_BATCH_REPLIES {
+                        self.flush_batch();
+                    }
+                    return;
+                }
+                Command::Ready => {
+                    self.batch.ready += 1;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.flush_batch();
+        self.send(&m);
+    }
+
+    /// Sends what the pass gathered: one BATCH (a lone READY or REPLY goes
+    /// as itself).
+    fn flush_batch(&mut self) {
+        let b = std::mem::take(&mut self.batch);
+        match (b.replies.len(), b.ready) {
+            (0, 0) => {}
+            (0, 1) => self.send(&Message::new(Command::Ready)),
+            (1, 0) => {
+                let (reply_json, orig_msgid) = b.replies.into_iter().next().expect("one");
+                self.send(&Message::new(Command::Reply(emq_protocol::Reply::Result { reply_json, orig_msgid })));
+            }
+            _ => self.send(&Message::new(Command::Batch(b))),
+        }
     }
 
     fn send(&self, m: &Message) {

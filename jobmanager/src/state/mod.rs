@@ -325,6 +325,9 @@ pub struct JobManagerState {
     /// Steal takes them back (then they are answered `cancelled`), or they
     /// are stopped the moment they start.
     cancel_pending: std::collections::HashSet<String>,
+    /// The router takes BATCH messages (it said so in a heartbeat after our
+    /// INFORM): the poll loop may coalesce our REPLYs and READYs.
+    router_batches: bool,
     /// Per callable: runs, failures, recent run times (bounded).
     callables: std::collections::HashMap<std::sync::Arc<str>, CallableStats>,
 }
@@ -400,6 +403,7 @@ impl JobManagerState {
             recent_reports: VecDeque::new(),
             recent_report_bytes: 0,
             cancel_pending: Default::default(),
+            router_batches: false,
             callables: Default::default(),
             reports_sent: 0,
             inform_epoch: 0,
@@ -459,6 +463,11 @@ impl JobManagerState {
     }
 
     /// Convenience for tests.
+    /// Whether the router takes BATCH messages.
+    pub fn router_batches(&self) -> bool {
+        self.router_batches
+    }
+
     /// `max_memory_per_worker` in force (0: off).
     pub fn max_memory_per_worker(&self) -> u64 {
         self.cfg.max_memory_per_worker

@@ -21,6 +21,7 @@ impl JobManagerState {
 
     pub(super) fn send_inform(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.phase = Phase::Informing { sent_at: now };
+        self.router_batches = false;
         // The router counts our REPLYs from this INFORM on.
         self.inform_epoch += 1;
         self.reports_sent = 0;
@@ -28,7 +29,9 @@ impl JobManagerState {
             queues: self.cfg.queues.clone(),
             kind: "worker".into(),
             // We REPLY for every job: the router can track ours exactly.
-            features: Some(emq_protocol::FEATURE_REPORTS_ALL.into()),
+            // And we send the REPLYs and READYs of a poll pass as one BATCH
+            // once the router says it takes them.
+            features: Some(format!("{},{}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH)),
         }))));
     }
 
@@ -69,6 +72,9 @@ impl JobManagerState {
                 if self.phase == Phase::Acked {
                     if let Some(n) = hb.health.as_deref().and_then(confirmed_reports) {
                         self.reports_confirmed(n);
+                    }
+                    if hb.health.as_deref().is_some_and(|h| h.contains(r#""batch":true"#)) {
+                        self.router_batches = true;
                     }
                 }
             }

@@ -7,6 +7,7 @@
 
 mod ack;
 mod admin;
+mod batch;
 mod heartbeat;
 mod inform;
 mod publish;
@@ -16,6 +17,7 @@ mod schedule;
 
 pub use ack::Ack;
 pub use admin::AdminCommand;
+pub use batch::{Batch, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use heartbeat::Heartbeat;
 pub use inform::{Inform, FEATURE_REPORTS_ALL};
 pub use publish::Publish;
@@ -53,6 +55,8 @@ pub enum Command {
     Publish(Publish),
     /// Admin-socket queries (STATUS, ROUTER_SHOW_WORKERS, ...).
     Admin(AdminCommand),
+    /// Our job manager → our router: the REPLYs and READYs of one poll pass.
+    Batch(Batch),
     /// A command name this crate does not know, with its raw body frames.
     Unknown { name: String, body: Vec<String> },
 }
@@ -72,6 +76,7 @@ impl Command {
             "SCHEDULE" => Command::Schedule(Schedule::parse_frames(parse)?),
             "UNSCHEDULE" => Command::Unschedule(Schedule::parse_frames(parse)?),
             "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
+            "BATCH" => Command::Batch(Batch::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
                 Some(admin) => Command::Admin(admin),
                 None => return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? }),
@@ -95,6 +100,7 @@ impl Command {
             Command::Schedule(_) => "SCHEDULE",
             Command::Unschedule(_) => "UNSCHEDULE",
             Command::Publish(_) => "PUBLISH",
+            Command::Batch(_) => "BATCH",
             Command::Admin(a) => a.name(),
             Command::Unknown { name, .. } => name,
         }
@@ -110,6 +116,7 @@ impl Command {
             Command::Heartbeat(c) => c.write_body(out),
             Command::Schedule(c) | Command::Unschedule(c) => c.write_body(out),
             Command::Publish(c) => c.write_body(out),
+            Command::Batch(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),
             Command::Unknown { body, .. } => out.extend(body.iter().map(|b| b.as_bytes().to_vec())),
             Command::Ready | Command::Kbye | Command::Disconnect => {}

@@ -12,6 +12,11 @@ fn round_trip(command: Command) {
 
 #[test]
 fn every_command_round_trips() {
+    round_trip(Command::Batch(Batch {
+        ready: 3,
+        replies: vec![("{}".into(), "m1".into()), ("{\"value\": 1}".into(), "m2".into())],
+    }));
+    round_trip(Command::Batch(Batch { ready: 1, replies: vec![] }));
     round_trip(Command::Inform(Inform { queues: QueueSpec::default_queues(), kind: "worker".into(), features: None }));
     round_trip(Command::Inform(Inform { queues: QueueSpec::default(), kind: "scheduler".into(), features: None }));
     round_trip(Command::Inform(Inform {

@@ -36,6 +36,18 @@ impl RouterState {
                 }
                 self.on_job_done(&peer, m.msgid, reply_json, orig_msgid, now, out)
             }
+            Command::Batch(batch) => {
+                // Exactly as its REPLYs in order, then its READYs.
+                for (reply_json, orig_msgid) in batch.replies {
+                    if let Some(jm) = self.job_managers.get_mut(&peer) {
+                        jm.reports_received += 1;
+                    }
+                    self.on_job_done(&peer, m.msgid.clone(), reply_json, orig_msgid, now, out);
+                }
+                for _ in 0..batch.ready {
+                    self.on_ready(peer.clone(), m.msgid.clone(), now, out);
+                }
+            }
             Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb, now, out),
             Command::Kbye => self.on_job_manager_kbye(&peer, now, out),
             other => {
@@ -60,6 +72,7 @@ impl RouterState {
         }
         self.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
+        let batches = inform.has_feature(emq_protocol::FEATURE_BATCH);
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
         for (weight, name) in &queues.0 {
@@ -73,8 +86,17 @@ impl RouterState {
         }
         let mut jm = JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock);
         jm.user = self.user.clone();
+        jm.batches = batches;
         self.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
+        if batches {
+            // At once, not at the next heartbeat: it may batch from now on.
+            let hb = Heartbeat {
+                timestamp: format!("{:.3}", now.unix),
+                health: Some(r#"{"reports":0,"batch":true}"#.into()),
+            };
+            out.push(send(SocketKind::Backend, &peer, Command::Heartbeat(hb)));
+        }
     }
 
     /// One more free slot at `peer`; it takes the oldest waiting job of its
@@ -345,8 +367,12 @@ impl RouterState {
             if jm.reports_all_completions {
                 // Ours: with how many of its REPLYs we hold. Sent once this
                 // pass's journal batch is durable, so the count is durable.
-                let confirm =
-                    Heartbeat { health: Some(format!(r#"{{"reports":{}}}"#, jm.reports_received)), ..hb.clone() };
+                let extra = if jm.batches {
+                    format!(r#"{{"reports":{},"batch":true}}"#, jm.reports_received)
+                } else {
+                    format!(r#"{{"reports":{}}}"#, jm.reports_received)
+                };
+                let confirm = Heartbeat { health: Some(extra), ..hb.clone() };
                 out.push(Action::SendDurable {
                     socket: SocketKind::Backend,
                     peer: peer.clone(),

@@ -62,6 +62,9 @@ pub struct JobManagerPeer {
     pub leaving: bool,
     /// The CURVE user (key name) it INFORMed with, when the backend uses CURVE.
     pub user: Option<std::sync::Arc<str>>,
+    /// It said it sends BATCH messages (our job manager): our heartbeats
+    /// tell it we take them.
+    pub batches: bool,
     /// REPLYs received from it since its INFORM: our heartbeats tell our
     /// job managers this count (once it is durable), so they can stop
     /// keeping those reports.
@@ -94,6 +97,7 @@ impl JobManagerPeer {
             leaving: false,
             user: None,
             reports_received: 0,
+            batches: false,
         }
     }
 

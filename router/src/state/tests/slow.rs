@@ -169,3 +169,36 @@ fn a_job_manager_of_many_queues_is_picked_right_through_full_and_free() {
     h.recv(SocketKind::Backend, "many", Command::Kbye);
     assert!(h.r.queues.values().all(|q| q.free.iter().all(|(_, _, p)| p.to_string() != "many")));
 }
+
+/// Our job manager's BATCH: REPLYs in order, then READYs; asked for at
+/// INFORM, granted at once in a heartbeat.
+#[test]
+fn a_batch_is_its_replies_then_its_readies() {
+    let mut h = Harness::new();
+    let inform = Inform {
+        queues: QueueSpec::default_queues(),
+        kind: "worker".into(),
+        features: Some(format!("{},{}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH)),
+    };
+    let out = h.recv(SocketKind::Backend, "jm", Command::Inform(inform));
+    assert!(out.iter().any(|a| matches!(a, Action::Send { message, .. }
+        if matches!(&message.command, Command::Heartbeat(hb) if hb.health.as_deref().is_some_and(|x| x.contains("\"batch\":true"))))));
+    let batch = |ready: u32, replies: Vec<(&str, &str)>| {
+        Command::Batch(emq_protocol::Batch {
+            ready,
+            replies: replies.into_iter().map(|(j, m)| (j.to_string(), m.to_string())).collect(),
+        })
+    };
+    h.recv(SocketKind::Backend, "jm", batch(2, vec![]));
+    h.request("c", "a", "default", "reply-requested");
+    h.request("c", "b", "default", "reply-requested");
+    h.request("c", "w", "default", "reply-requested");
+    assert_eq!(h.r.waiting("default"), 1);
+    // Both finish in one pass: both results, then the freed slots take "w".
+    let out = h.recv(SocketKind::Backend, "jm", batch(2, vec![(r#"{"value": 1}"#, "a"), (r#"{"value": 2}"#, "b")]));
+    assert_eq!(result_to(&out, "a").unwrap().value, serde_json::json!(1));
+    assert_eq!(result_to(&out, "b").unwrap().value, serde_json::json!(2));
+    assert_eq!(dispatched_to(&out), vec![("jm".to_string(), "w".to_string())]);
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].free_slots, 1);
+    assert_eq!(h.r.job_managers()[&PeerId::from("jm")].reports_received, 2);
+}
