@@ -123,7 +123,7 @@ impl Default for JobManagerSettings {
             global_timeout: 300.0,
             kill_grace_period: 300.0,
             kill_escalation: 1.0,
-            worker_pipeline: 2,
+            worker_pipeline: 4,
             steal_after: 0.01,
             prefetch: 64,
             prefetch_below: 0.005,

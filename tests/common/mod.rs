@@ -292,9 +292,9 @@ pub fn router_free_slots(admin_addr: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Router slots one of our workers announces: `worker_pipeline` (default 2:
-/// one running job plus one queued behind it).
-pub const SLOTS_PER_WORKER: u64 = 2;
+/// Router slots one of our workers announces: `worker_pipeline` (default 4:
+/// one running job plus three queued behind it).
+pub const SLOTS_PER_WORKER: u64 = 4;
 
 /// Waits until the router sees at least the free slots of `workers` idle
 /// workers of ours (prefetch, on by default, may add more).
