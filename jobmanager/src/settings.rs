@@ -125,7 +125,7 @@ impl Default for JobManagerSettings {
             kill_escalation: 1.0,
             worker_pipeline: 4,
             steal_after: 0.01,
-            prefetch: 64,
+            prefetch: 128,
             prefetch_below: 0.005,
             spare_workers: 1,
             heartbeat_interval: 3.0,
