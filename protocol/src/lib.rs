@@ -27,7 +27,7 @@ pub use cmd::{
     schedule_id_of_payload, Ack, AdminCommand, Command, Heartbeat, Inform, Misfire, Publish, Reply, Request, Schedule,
     ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
 };
-pub use cmd::{Batch, FEATURE_BATCH, MAX_BATCH_REPLIES};
+pub use cmd::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
 pub use headers::{Headers, MAX_DELAY_SECS, MAX_TIMEOUT_SECS};

@@ -18,7 +18,7 @@
 use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
 use crate::RouterSettings;
 use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
-use emq_protocol::Message;
+use emq_protocol::{Command, Message};
 use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
 use std::collections::{HashMap, VecDeque};
@@ -84,6 +84,9 @@ pub struct Server {
     state: RouterState,
     /// Messages waiting for a full pipe to drain, per socket and peer.
     outbox: HashMap<(SocketKind, PeerId), VecDeque<Message>>,
+    /// REQUESTs for job managers that take batches, gathered during a poll
+    /// pass and sent at its end as one REQUESTS message per job manager.
+    requests: HashMap<PeerId, Vec<(String, emq_protocol::Request)>>,
     actions: Vec<Action>,
     /// Stop signals received (the handler counts); the loop feeds one
     /// `Event::Stop` per new one.
@@ -207,6 +210,7 @@ impl Server {
             admin,
             state,
             outbox: HashMap::new(),
+            requests: HashMap::new(),
             actions: Vec::new(),
             stop: Arc::new(AtomicU32::new(0)),
             stops_seen: 0,
@@ -323,7 +327,9 @@ impl Server {
                     shutdown |= self.step(Event::Timers);
                 }
             }
-            // End of the pass: one group commit for all it journaled.
+            // End of the pass: the REQUESTs it gathered, then one group
+            // commit for all it journaled.
+            self.flush_requests();
             self.journal.submit();
             if readable[3] {
                 self.journal.drain_notify();
@@ -501,7 +507,22 @@ impl Server {
         let mut follow_up = Vec::new();
         for action in actions.drain(..) {
             match action {
+                Action::Send {
+                    socket: SocketKind::Backend,
+                    peer,
+                    message: Message { msgid, command: Command::Request(r), .. },
+                } if self.state.batches_to(&peer) => {
+                    let jobs = self.requests.entry(peer.clone()).or_default();
+                    jobs.push((msgid, r));
+                    if jobs.len() >= emq_protocol::MAX_BATCH_REPLIES {
+                        follow_up.extend(self.flush_requests_to(&peer));
+                    }
+                }
                 Action::Send { socket, peer, message } => {
+                    if socket == SocketKind::Backend && self.requests.contains_key(&peer) {
+                        // Keep the order: its REQUESTs before anything else for it.
+                        follow_up.extend(self.flush_requests_to(&peer));
+                    }
                     if let Some(e) = self.send(socket, peer, message) {
                         follow_up.push(e);
                     }
@@ -556,6 +577,48 @@ impl Server {
                 error!(error = %e, "send failed");
                 Some(Event::Unreachable { socket, peer: key.1, message })
             }
+        }
+    }
+
+    /// Sends every job manager's gathered REQUESTs (see `requests`); what
+    /// cannot be delivered comes back to the state machine.
+    fn flush_requests(&mut self) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let peers: Vec<PeerId> = self.requests.keys().cloned().collect();
+        let mut events = Vec::new();
+        for p in peers {
+            events.extend(self.flush_requests_to(&p));
+        }
+        for e in events {
+            self.step(e);
+        }
+    }
+
+    /// One job manager's gathered REQUESTs: alone as a REQUEST, several as
+    /// REQUESTS. An unreachable peer hands each job back as its own
+    /// REQUEST, so the state machine requeues them one by one.
+    fn flush_requests_to(&mut self, peer: &PeerId) -> Vec<Event> {
+        let Some(mut jobs) = self.requests.remove(peer) else { return Vec::new() };
+        let message = if jobs.len() == 1 {
+            let (msgid, r) = jobs.pop().expect("one");
+            Message::with_msgid(msgid, Command::Request(r))
+        } else {
+            Message::new(Command::Requests(emq_protocol::Requests { jobs }))
+        };
+        match self.send(SocketKind::Backend, peer.clone(), message) {
+            None => Vec::new(),
+            Some(Event::Unreachable { socket, peer, message: Message { command: Command::Requests(rs), .. } }) => rs
+                .jobs
+                .into_iter()
+                .map(|(msgid, r)| Event::Unreachable {
+                    socket,
+                    peer: peer.clone(),
+                    message: Message::with_msgid(msgid, Command::Request(r)),
+                })
+                .collect(),
+            Some(e) => vec![e],
         }
     }
 

@@ -66,6 +66,12 @@ impl JobManagerState {
                 }
             }
             Command::Request(request) => self.on_request(m.msgid, request, out),
+            // Our router: a poll pass's REQUESTs in one message.
+            Command::Requests(batch) => {
+                for (msgid, request) in batch.jobs {
+                    self.on_request(msgid, request, out);
+                }
+            }
             Command::Admin(emq_protocol::AdminCommand::Cancel { job_msgid }) => self.on_cancel(&job_msgid, now, out),
             Command::Heartbeat(hb) => {
                 // Our router says how many of our REPLYs it holds durably.

@@ -645,3 +645,22 @@ fn a_worker_past_max_memory_is_recycled_idle_now_busy_after_its_job() {
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
     assert_eq!(names(&out), vec!["REPLY", "retire0"]);
 }
+
+#[test]
+fn a_requests_batch_is_its_requests_in_order() {
+    let (mut h, _) = H::running(1);
+    let jobs = (1..=3)
+        .map(|i| (format!("j{i}"), Request { queue: "default".into(), headers: String::new(), payload: ADD.into() }))
+        .collect();
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Requests(emq_protocol::Requests { jobs })))));
+    // The first runs; the others wait, in order.
+    let mut runs: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Run { msgid, .. } => Some(msgid.clone()),
+            _ => None,
+        })
+        .collect();
+    runs.extend(h.s.health(h.now).held);
+    assert_eq!(runs, vec!["j1".to_string(), "j2".to_string(), "j3".to_string()]);
+}

@@ -57,3 +57,44 @@ impl Batch {
         }
     }
 }
+
+/// `REQUESTS (msgid queue headers payload)*` — our extension, router → our
+/// job manager only (one that asked for batches at INFORM): the jobs a
+/// poll pass hands it, in one message. Each is exactly a REQUEST with that
+/// msgid, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Requests {
+    pub jobs: Vec<(String, crate::Request)>,
+}
+
+impl Requests {
+    pub(crate) fn parse_frames<F: AsRef<[u8]>>(p: &mut Parse<'_, F>) -> Result<Self, DecodeErrorKind> {
+        let rest = p.rest()?;
+        if rest.len() % 4 != 0 || rest.len() / 4 > MAX_BATCH_REPLIES {
+            return Err(DecodeErrorKind::BadJson {
+                field: "REQUESTS jobs",
+                reason: format!(
+                    "{} frames: expected groups of msgid, queue, headers, payload (at most {MAX_BATCH_REPLIES})",
+                    rest.len()
+                ),
+            });
+        }
+        let mut it = rest.into_iter();
+        let mut jobs = Vec::new();
+        while let (Some(msgid), Some(queue), Some(headers), Some(payload)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
+            jobs.push((msgid, crate::Request { queue, headers, payload }));
+        }
+        Ok(Requests { jobs })
+    }
+
+    pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
+        for (msgid, r) in &self.jobs {
+            out.push(msgid.as_bytes().to_vec());
+            out.push(r.queue.as_bytes().to_vec());
+            out.push(r.headers.as_bytes().to_vec());
+            out.push(r.payload.as_bytes().to_vec());
+        }
+    }
+}

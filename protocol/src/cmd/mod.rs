@@ -17,7 +17,7 @@ mod schedule;
 
 pub use ack::Ack;
 pub use admin::AdminCommand;
-pub use batch::{Batch, FEATURE_BATCH, MAX_BATCH_REPLIES};
+pub use batch::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use heartbeat::Heartbeat;
 pub use inform::{Inform, FEATURE_REPORTS_ALL};
 pub use publish::Publish;
@@ -57,6 +57,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Our job manager → our router: the REPLYs and READYs of one poll pass.
     Batch(Batch),
+    /// Our router → our job manager: the REQUESTs of one poll pass.
+    Requests(Requests),
     /// A command name this crate does not know, with its raw body frames.
     Unknown { name: String, body: Vec<String> },
 }
@@ -77,6 +79,7 @@ impl Command {
             "UNSCHEDULE" => Command::Unschedule(Schedule::parse_frames(parse)?),
             "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
             "BATCH" => Command::Batch(Batch::parse_frames(parse)?),
+            "REQUESTS" => Command::Requests(Requests::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
                 Some(admin) => Command::Admin(admin),
                 None => return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? }),
@@ -101,6 +104,7 @@ impl Command {
             Command::Unschedule(_) => "UNSCHEDULE",
             Command::Publish(_) => "PUBLISH",
             Command::Batch(_) => "BATCH",
+            Command::Requests(_) => "REQUESTS",
             Command::Admin(a) => a.name(),
             Command::Unknown { name, .. } => name,
         }
@@ -117,6 +121,7 @@ impl Command {
             Command::Schedule(c) | Command::Unschedule(c) => c.write_body(out),
             Command::Publish(c) => c.write_body(out),
             Command::Batch(c) => c.write_body(out),
+            Command::Requests(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),
             Command::Unknown { body, .. } => out.extend(body.iter().map(|b| b.as_bytes().to_vec())),
             Command::Ready | Command::Kbye | Command::Disconnect => {}

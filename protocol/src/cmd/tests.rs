@@ -17,6 +17,12 @@ fn every_command_round_trips() {
         replies: vec![("{}".into(), "m1".into()), ("{\"value\": 1}".into(), "m2".into())],
     }));
     round_trip(Command::Batch(Batch { ready: 1, replies: vec![] }));
+    round_trip(Command::Requests(Requests {
+        jobs: vec![
+            ("m1".into(), Request { queue: "q".into(), headers: "".into(), payload: "[]".into() }),
+            ("m2".into(), Request { queue: "default".into(), headers: "guarantee".into(), payload: "x".into() }),
+        ],
+    }));
     round_trip(Command::Inform(Inform { queues: QueueSpec::default_queues(), kind: "worker".into(), features: None }));
     round_trip(Command::Inform(Inform { queues: QueueSpec::default(), kind: "scheduler".into(), features: None }));
     round_trip(Command::Inform(Inform {

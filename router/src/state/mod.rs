@@ -545,6 +545,12 @@ impl RouterState {
     // ---- read access (admin answers, tests) -------------------------------
 
     /// Connected job managers.
+    /// Whether `peer` is our job manager and asked for batches (the poll
+    /// loop then sends it a pass's REQUESTs as one REQUESTS).
+    pub fn batches_to(&self, peer: &PeerId) -> bool {
+        self.job_managers.get(peer).is_some_and(|jm| jm.batches)
+    }
+
     pub fn job_managers(&self) -> &HashMap<PeerId, JobManagerPeer> {
         &self.job_managers
     }
