@@ -519,7 +519,7 @@ impl Server {
                     }
                 }
                 Action::Send { socket, peer, message } => {
-                    if socket == SocketKind::Backend && self.requests.contains_key(&peer) {
+                    if socket == SocketKind::Backend && !self.requests.is_empty() && self.requests.contains_key(&peer) {
                         // Keep the order: its REQUESTs before anything else for it.
                         follow_up.extend(self.flush_requests_to(&peer));
                     }

@@ -146,10 +146,11 @@ impl RouterState {
         // Leaving and joining every set of a job manager of 10,000 queues
         // at each full/free change would cost 10,000 updates; it stays, and
         // a pick skips it while it has no free slot.
-        let Some((weight, old)) = peer.free_keys.get(queue).copied() else { return };
+        let Some(entry) = peer.free_keys.get_mut(queue) else { return };
+        let (weight, old) = *entry;
         self.free_seq += 1;
         let seq = self.free_seq;
-        peer.free_keys.insert(queue.to_owned(), (weight, seq));
+        entry.1 = seq;
         if let Some(q) = self.queues.get_mut(queue) {
             q.free.remove(&(std::cmp::Reverse(weight), old, jm.clone()));
             q.free.insert((std::cmp::Reverse(weight), seq, jm.clone()));
