@@ -84,6 +84,16 @@ impl Refusal {
     }
 }
 
+/// Where an accepted job goes first.
+pub(super) enum Placement {
+    /// Waits for its time (`delay:` / `eta:`), unix seconds.
+    Delayed(f64),
+    /// To this job manager's free slot.
+    Dispatch(PeerId),
+    /// Into its queue's buffer.
+    Buffer,
+}
+
 impl RouterState {
     // ---- bad input -------------------------------------------------------
 
@@ -239,10 +249,42 @@ impl RouterState {
         if !request.headers.is_empty() {
             record.extra_mut().headers = Some(request.headers.as_str().into());
         }
-        self.history.insert(msgid_shared.clone(), record);
+        let placement = match (due, target) {
+            (Some(due), _) => Placement::Delayed(due),
+            (None, Some(jm)) => Placement::Dispatch(jm),
+            (None, None) => {
+                debug!(%msgid, %queue, "no free slot: job buffered");
+                Placement::Buffer
+            }
+        };
+        self.admit(client.clone(), msgid_shared, request, queue, record, placement, now, out);
+        // The receipt leaves once the Accepted record is durable.
+        out.push(Action::SendDurable {
+            socket: SocketKind::Frontend,
+            peer: client,
+            message: Message::new(Command::Reply(Reply::receipt(msgid))),
+        });
+    }
+
+    /// A job the router takes — a client's, or one a schedule fired: its
+    /// record, the journal's `Accepted`, the counts, then its first place.
+    /// The one way in for every job.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit(
+        &mut self,
+        client: PeerId,
+        msgid: Arc<str>,
+        request: Request,
+        queue: String,
+        record: JobRecord,
+        placement: Placement,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        self.history.insert(msgid.clone(), record);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {
-                msgid: msgid.clone(),
+                msgid: msgid.to_string(),
                 client: client.as_bytes().to_vec(),
                 queue: queue.clone(),
                 requested_queue: (request.queue != queue).then(|| request.queue.clone()),
@@ -253,28 +295,19 @@ impl RouterState {
             attempts: 0,
         }));
         let job = WaitingJob {
-            client: client.clone(),
-            msgid: msgid_shared,
+            client,
+            msgid,
             request: StoredRequest::new(request, &queue),
             received_ms: self.stamp(now.mono),
             attempts: 0,
         };
         self.accepted += 1;
         self.stats.accepted(&queue);
-        match (due, target) {
-            (Some(due), _) => self.delay_job(queue, job, due, now, out),
-            (None, Some(jm)) => self.dispatch(jm, queue, job, now, out),
-            (None, None) => {
-                debug!(%msgid, %queue, "no free slot: job buffered");
-                self.buffer(queue, job, false);
-            }
+        match placement {
+            Placement::Delayed(due) => self.delay_job(queue, job, due, now, out),
+            Placement::Dispatch(jm) => self.dispatch(jm, queue, job, now, out),
+            Placement::Buffer => self.buffer(queue, job, false),
         }
-        // The receipt leaves once the Accepted record is durable.
-        out.push(Action::SendDurable {
-            socket: SocketKind::Frontend,
-            peer: client,
-            message: Message::new(Command::Reply(Reply::receipt(msgid))),
-        });
     }
 
     /// Whether a frontend peer may be a scheduler. Without CURVE users

@@ -18,9 +18,9 @@
 //! `fired:DUE`. Runs missed while the router was down follow the misfire
 //! policy at the next start.
 
-use super::{Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob};
+use super::{Action, JobRecord, JobState, Now, RouterState, SocketKind, WaitingJob};
 use crate::schedule::cron::CronSchedule;
-use emq_journal::{AcceptedJob, Record, ScheduleEntry};
+use emq_journal::{Record, ScheduleEntry};
 use emq_protocol::{Command, Message, Misfire, Reply, Request, Schedule, ScheduleOptions, Timing, DEFAULT_QUEUE};
 use emq_receiver::PeerId;
 use serde_json::{json, Value};
@@ -480,8 +480,8 @@ impl RouterState {
         }));
     }
 
-    /// Accepts a job the router made itself (a schedule's run): recorded,
-    /// journaled, dispatched or buffered; nobody to receipt.
+    /// Accepts a job the router made itself (a schedule's run): like a
+    /// client's, with nobody to receipt.
     fn accept_internal(
         &mut self,
         msgid: Arc<str>,
@@ -491,37 +491,15 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let queue_name = self.queue_name(queue);
-        let mut record = JobRecord::queued(queue_name, now.unix);
+        let mut record = JobRecord::queued(self.queue_name(queue), now.unix);
         if let Some((id, due)) = &schedule {
             record.extra_mut().schedule = Some((Box::from(&**id), *due));
         }
-        self.history.insert(msgid.clone(), record);
-        out.push(Action::Journal(Record::Accepted {
-            job: AcceptedJob {
-                msgid: msgid.to_string(),
-                client: Vec::new(),
-                queue: queue.to_owned(),
-                requested_queue: (request.queue != queue).then(|| request.queue.clone()),
-                headers: request.headers.clone(),
-                payload: request.payload.clone(),
-                received: now.unix,
-            },
-            attempts: 0,
-        }));
-        let job = WaitingJob {
-            client: no_client(),
-            msgid,
-            request: StoredRequest::new(request, queue),
-            received_ms: self.stamp(now.mono),
-            attempts: 0,
+        let placement = match self.pick_job_manager(queue) {
+            Some(jm) => super::intake::Placement::Dispatch(jm),
+            None => super::intake::Placement::Buffer,
         };
-        self.accepted += 1;
-        self.stats.accepted(queue);
-        match self.pick_job_manager(queue) {
-            Some(jm) => self.dispatch(jm, queue.to_owned(), job, now, out),
-            None => self.buffer(queue.to_owned(), job, false),
-        }
+        self.admit(no_client(), msgid, request, queue.to_owned(), record, placement, now, out);
     }
 
     /// A job ended for good: if a schedule fired it, that schedule has one
