@@ -22,6 +22,7 @@ import run as R  # noqa: E402
 import timers as T  # noqa: E402
 
 BENCH = os.path.join(R.REL, "emq-bench")
+ARGS = None  # the command line, once parsed
 
 
 def cpu(pid):
@@ -59,33 +60,29 @@ def with_stub(peers=1, slots=1000, queues=1, router_env=None):
     return a, r, stub
 
 
-def peers_curve(args):
+def stub_curve(name, points, stub_kwargs, measure_kwargs):
+    """One curve against stub job managers: at each point, a fresh router
+    and stub, then the throughput run."""
     out = []
-    for k in args.peers:
-        a, r, stub = with_stub(peers=k, slots=max(2, 1000 // k))
+    for x in points:
+        a, r, stub = with_stub(**stub_kwargs(x))
         try:
-            m = measure(a, r, args.n)
-            m["peers"] = k
+            m = measure(a, r, ARGS.n, **measure_kwargs(x))
+            m[name] = x
             out.append(m)
-            R.log("scale peers=%d: %.0f jobs/s, %.1f us router CPU/job" % (k, m["jobs_per_sec"], m["router_cpu_us_per_job"]))
+            R.log("scale %s=%d: %.0f jobs/s, %.1f us router CPU/job" % (name, x, m["jobs_per_sec"], m["router_cpu_us_per_job"]))
         finally:
             R.stop(stub)
             R.stop(r)
     return out
+
+
+def peers_curve(args):
+    return stub_curve("peers", args.peers, lambda k: {"peers": k, "slots": max(2, 1000 // k)}, lambda k: {})
 
 
 def queues_curve(args):
-    out = []
-    for q in args.queues:
-        a, r, stub = with_stub(peers=1, slots=1000, queues=q)
-        try:
-            m = measure(a, r, args.n, queues=q)
-            out.append(m)
-            R.log("scale queues=%d: %.0f jobs/s, %.1f us router CPU/job" % (q, m["jobs_per_sec"], m["router_cpu_us_per_job"]))
-        finally:
-            R.stop(stub)
-            R.stop(r)
-    return out
+    return stub_curve("queues", args.queues, lambda q: {"queues": q}, lambda q: {"queues": q})
 
 
 def backlog_curve(args):
@@ -181,6 +178,8 @@ def main():
     p.add_argument("--only", default="peers,queues,backlog,payload")
     p.add_argument("--plot-from", help="only draw the plot from a JSON this script printed")
     args = p.parse_args()
+    global ARGS
+    ARGS = args
     if args.plot_from:
         with open(args.plot_from) as f:
             plot(json.load(f), args.png)

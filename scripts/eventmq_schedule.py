@@ -13,29 +13,13 @@ schedule() returned.
 import argparse
 import json
 import sys
-import time
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from eventmq.client.messages import schedule
 from eventmq.sender import Sender
 
-
-def wait_connected(sock, timeout_s):
-    mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    deadline = time.monotonic() + timeout_s
-    ok = False
-    try:
-        while not ok:
-            left = deadline - time.monotonic()
-            if left <= 0 or not mon.poll(int(left * 1000)):
-                break
-            ok = recv_monitor_message(mon)['event'] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-    finally:
-        sock.disable_monitor()
-        mon.close(linger=0)
-    return ok
+from eventmq_send import wait_connected  # beside this script
 
 
 def main():

@@ -43,14 +43,9 @@ fn find(admin_addr: &str, id: Option<&str>) -> Option<Value> {
 }
 
 fn emq_cli(a: &RouterAddrs, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
-        .args(["-a", &a.admin, "--token-file"])
-        .arg(a.data_dir.join("admin.token"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "emq-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, out) = emq_cli_as_admin(a, args);
+    assert!(ok, "emq-cli {args:?}: {out}");
+    out
 }
 
 fn emq_send(frontend: &str, args: &[&str]) -> String {
@@ -110,11 +105,6 @@ fn eventmq_client_schedules_runs_every_second_and_unschedules() {
     });
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(read_lines(&file).len(), settled, "no run after UNSCHEDULE");
-}
-
-fn admin_job(a: &RouterAddrs, msgid: &str) -> Value {
-    let out = emq_cli(a, &["--json", "job", msgid]);
-    serde_json::from_str(out.trim()).unwrap()
 }
 
 #[test]

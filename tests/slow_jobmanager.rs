@@ -63,7 +63,7 @@ fn a_paused_job_manager_comes_back_and_every_client_gets_exactly_one_true_result
         let got = &results[msgid];
         assert_eq!(got.len(), 1, "exactly one result for {msgid}: {got:?}");
         assert!(got[0].get("error").is_none(), "{msgid} (guarantee {guarantee}) succeeded: {:?}", got[0]);
-        let status = admin_job_status(&a, msgid);
+        let status = admin_job(&a, msgid);
         assert_eq!(status["state"], "done", "job status tells the truth: {status}");
         // How often it really ran, as its status says.
         let ran = runs.iter().filter(|l| *l == msgid).count() as u64;
@@ -75,15 +75,4 @@ fn a_paused_job_manager_comes_back_and_every_client_gets_exactly_one_true_result
     // The job manager is not confused: it serves new jobs.
     let mut c = TestClient::connect(&a.frontend);
     assert_eq!(c.call("default", "testjobs", "add", json!([2, 3]))["value"], 5);
-}
-
-/// JOB_STATUS with the admin token (results and details).
-fn admin_job_status(a: &RouterAddrs, msgid: &str) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-cli"))
-        .args(["-a", &a.admin, "--token-file"])
-        .arg(a.data_dir.join("admin.token"))
-        .args(["--json", "job", msgid])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -383,3 +383,29 @@ pub fn http_request(addr: &str, method: &str, path: &str, token: Option<&str>, b
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, body.to_owned())
 }
+
+/// `emq-cli` against a test router, authenticated with its admin token:
+/// (success, stdout and stderr).
+pub fn emq_cli_as_admin(a: &RouterAddrs, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["-a", &a.admin, "--token-file"])
+        .arg(a.data_dir.join("admin.token"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A job's record as an authenticated admin sees it (result, attempts,
+/// schedule, duplicate runs).
+pub fn admin_job(a: &RouterAddrs, msgid: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .args(["-a", &a.admin, "--token-file"])
+        .arg(a.data_dir.join("admin.token"))
+        .args(["--json", "job", msgid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "emq-cli job {msgid}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
