@@ -346,17 +346,37 @@ impl Server {
     }
 
     /// Feeds one event and performs the actions; `Some(code)` to exit.
+    ///
+    /// Workers are started last, after what the event made us tell the
+    /// router has gone out: a fork waits for the template, and a spare
+    /// that took a dead worker's place is announced (READY) before its
+    /// replacement is forked, not after.
     fn step(&mut self, event: Event) -> Option<i32> {
         let mut queue = vec![event];
-        while let Some(event) = queue.pop() {
-            let actions = self.state.handle_vec(event, Instant::now());
-            for action in actions {
-                if let Some(code) = self.perform(action, &mut queue) {
+        let mut spawns = Vec::new();
+        loop {
+            while let Some(event) = queue.pop() {
+                let actions = self.state.handle_vec(event, Instant::now());
+                for action in actions {
+                    if let Action::Spawn { slot } = action {
+                        spawns.push(slot);
+                        continue;
+                    }
+                    if let Some(code) = self.perform(action, &mut queue) {
+                        return Some(code);
+                    }
+                }
+            }
+            if spawns.is_empty() {
+                return None;
+            }
+            self.flush_batch();
+            for slot in spawns.drain(..) {
+                if let Some(code) = self.perform(Action::Spawn { slot }, &mut queue) {
                     return Some(code);
                 }
             }
         }
-        None
     }
 
     fn perform(&mut self, action: Action, feedback: &mut Vec<Event>) -> Option<i32> {
