@@ -10,7 +10,7 @@ def rss(pid):
 rel=os.path.abspath(sys.argv[1]); n=1000000
 f,b,a=["tcp://127.0.0.1:%d"%fp() for _ in range(3)]
 d=tempfile.mkdtemp()
-env=dict(os.environ, RUST_LOG="error", EMQ_HTTP_ADDR="", EMQ_HWM=str(2*n), EMQ_DATA_DIR=d)
+env=dict(os.environ, **dict(RUST_LOG="error", EMQ_HTTP_ADDR="", EMQ_HWM=str(2*n), EMQ_DATA_DIR=d))
 r=subprocess.Popen([rel+"/emq-router","--frontend-addr",f,"--backend-addr",b,"--administrative-addr",a],env=env,cwd=d)
 try:
     time.sleep(1.5); before=rss(r.pid)

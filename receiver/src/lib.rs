@@ -35,6 +35,45 @@ impl PeerId {
     }
 }
 
+impl std::borrow::Borrow<[u8]> for PeerId {
+    /// Looked up by its bytes (see [`PeerCache`]): hashes and compares as
+    /// the bytes do.
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The identities of peers seen lately, so every message from one peer
+/// shares one [`PeerId`] allocation instead of a copy each: a million jobs
+/// buffered from one client hold one identity, not a million (64 bytes per
+/// buffered job saved). Bounded: past [`PeerCache::MAX`] entries those no
+/// longer held anywhere else are dropped (all, if that is not enough).
+#[derive(Default)]
+pub struct PeerCache {
+    peers: std::collections::HashSet<PeerId>,
+}
+
+impl PeerCache {
+    /// Identities kept at most.
+    pub const MAX: usize = 65_536;
+
+    /// The shared [`PeerId`] for these identity bytes.
+    pub fn intern(&mut self, bytes: &[u8]) -> PeerId {
+        if let Some(p) = self.peers.get(bytes) {
+            return p.clone();
+        }
+        if self.peers.len() >= Self::MAX {
+            self.peers.retain(|p| Arc::strong_count(&p.0) > 1);
+            if self.peers.len() >= Self::MAX / 2 {
+                self.peers.clear();
+            }
+        }
+        let p = PeerId::from(bytes);
+        self.peers.insert(p.clone());
+        p
+    }
+}
+
 impl From<&[u8]> for PeerId {
     fn from(b: &[u8]) -> Self {
         PeerId(Arc::from(b))
@@ -109,6 +148,8 @@ pub struct Receiver {
     addr: String,
     /// A CURVE server socket: messages carry a `User-Id` to read.
     curve: bool,
+    /// Identities of recent senders, shared by their messages.
+    peers: std::cell::RefCell<PeerCache>,
 }
 
 impl Receiver {
@@ -190,7 +231,7 @@ impl Receiver {
         socket.set_linger(500)?;
         socket.bind(addr).map_err(|source| ReceiverError::Bind { addr: addr.to_owned(), source })?;
         let addr = socket.get_last_endpoint().ok().and_then(|r| r.ok()).unwrap_or_else(|| addr.to_owned());
-        Ok(Receiver { socket, addr, curve: curve.is_some() })
+        Ok(Receiver { socket, addr, curve: curve.is_some(), peers: Default::default() })
     }
 
     /// The bound endpoint (with the real port when bound to `:0` / `*`).
@@ -227,7 +268,11 @@ impl Receiver {
         }
         match self.socket.recv_multipart(zmq::DONTWAIT) {
             Ok(mut frames) => {
-                let peer = if frames.is_empty() { PeerId::from(&b""[..]) } else { PeerId::from(&frames.remove(0)[..]) };
+                let peer = if frames.is_empty() {
+                    PeerId::from(&b""[..])
+                } else {
+                    self.peers.borrow_mut().intern(&frames.remove(0))
+                };
                 let message = Message::from_frames(&frames);
                 Ok(Some(Incoming { peer, message, user: None }))
             }
@@ -247,7 +292,7 @@ impl Receiver {
             Err(e) => return Err(e.into()),
         };
         let mut user = first.gets("User-Id").map(str::to_owned);
-        let peer = PeerId::from(&first[..]);
+        let peer = self.peers.borrow_mut().intern(&first[..]);
         let mut frames = Vec::new();
         let mut more = first.get_more();
         while more {
@@ -292,5 +337,33 @@ impl Receiver {
             self.socket.send(&f[..], flags).map_err(|e| SendError::Zmq(peer.clone(), e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_identity_is_one_allocation() {
+        let mut c = PeerCache::default();
+        let a = c.intern(b"client-1");
+        let b = c.intern(b"client-1");
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, PeerId::from("client-1"));
+        assert!(!Arc::ptr_eq(&a.0, &c.intern(b"client-2").0));
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_keeps_identities_in_use() {
+        let mut c = PeerCache::default();
+        let held = c.intern(b"held");
+        for i in 0..(3 * PeerCache::MAX) {
+            c.intern(format!("peer-{i}").as_bytes());
+            assert!(c.peers.len() <= PeerCache::MAX);
+        }
+        // Still shared unless everything had to go.
+        let again = c.intern(b"held");
+        assert_eq!(again, held);
     }
 }

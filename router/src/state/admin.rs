@@ -324,7 +324,7 @@ impl RouterState {
                 json!({
                     "msgid": &*d.msgid, "queue": d.queue, "attempts": d.attempts,
                     "error": {"type": d.error_type, "message": d.error_message},
-                    "at": d.at, "payload": &*d.request.payload,
+                    "at": d.at, "payload": d.request.payload(),
                 })
             })
             .collect();

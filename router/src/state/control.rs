@@ -9,7 +9,7 @@
 
 use super::{send, Action, JobState, Now, RouterState, SocketKind, Timer, WaitingJob};
 use emq_journal::{AttemptFailure, FinalState, Record};
-use emq_protocol::{AdminCommand, Command, Headers, JobErrorKind, JobReply, Reply, DEFAULT_QUEUE};
+use emq_protocol::{AdminCommand, Command, JobErrorKind, JobReply, Reply, DEFAULT_QUEUE};
 use emq_receiver::PeerId;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -166,7 +166,7 @@ impl RouterState {
         self.count("cancelled_jobs");
         self.schedule_job_finished(&job.msgid);
         let client = job.client.clone();
-        if !client.as_bytes().is_empty() && Headers::parse(&job.request.headers).reply_requested {
+        if !client.as_bytes().is_empty() && job.request.headers().reply_requested {
             out.push(send(
                 SocketKind::Frontend,
                 &client,

@@ -270,7 +270,7 @@ impl RouterState {
         let n = mine.len();
         // In their own queue the name need not be stored any more.
         let mine = mine.into_iter().map(|mut j| {
-            j.request.queue = None;
+            j.request.clear_requested_queue();
             j
         });
         self.queues.get_mut(name).expect("just created").waiting.extend(mine);

@@ -282,25 +282,20 @@ impl RouterState {
         out: &mut Vec<Action>,
     ) {
         self.history.insert(msgid.clone(), record);
+        let stored = StoredRequest::new(request, &queue);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {
                 msgid: msgid.to_string(),
                 client: client.as_bytes().to_vec(),
                 queue: queue.clone(),
-                requested_queue: (request.queue != queue).then(|| request.queue.clone()),
-                headers: request.headers.clone(),
-                payload: request.payload.clone(),
+                requested_queue: stored.requested_queue().map(str::to_owned),
+                headers: stored.headers_str().to_owned(),
+                payload: stored.payload().to_owned(),
                 received: now.unix,
             },
             attempts: 0,
         }));
-        let job = WaitingJob {
-            client,
-            msgid,
-            request: StoredRequest::new(request, &queue),
-            received_ms: self.stamp(now.mono),
-            attempts: 0,
-        };
+        let job = WaitingJob { client, msgid, request: stored, received_ms: self.stamp(now.mono), attempts: 0 };
         self.accepted += 1;
         self.stats.accepted(&queue);
         match placement {

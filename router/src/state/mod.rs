@@ -651,7 +651,7 @@ impl RouterState {
                 && own != queue
                 && self.queues.get(own.as_str()).is_some_and(|q| q.ever_served)
             {
-                job.request.queue = None;
+                job.request.clear_requested_queue();
                 self.buffer(own, job, false);
                 continue;
             }

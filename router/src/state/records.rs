@@ -187,57 +187,115 @@ impl WaitingJob {
         (std::mem::size_of::<WaitingJob>()
             + self.msgid.len()
             + self.client.as_bytes().len()
-            + self.request.headers.len()
-            + self.request.payload.len()
-            + self.request.queue.as_ref().map_or(0, |q| q.len())) as u64
+            + self.request.heap_bytes()) as u64
     }
 }
 
 /// A REQUEST's three body frames, stored exactly as received (forwarded
-/// byte-identical), in exact-size boxes. The queue name is only stored when
-/// it differs from the queue the job waits in (a fallback to `default`).
+/// byte-identical), in one exact-size box: `"<headers len>,<queue len>;"`
+/// then the headers, the queue name and the payload. One allocation and
+/// 16 bytes inline instead of three boxes (48 bytes): a buffered job is
+/// mostly this. The queue name is only stored when it differs from the
+/// queue the job waits in (a fallback to `default`); a queue length of 0
+/// means none.
 #[derive(Debug, Clone)]
 pub struct StoredRequest {
-    pub queue: Option<Box<str>>,
-    pub headers: Box<str>,
-    pub payload: Box<str>,
+    body: Box<str>,
 }
 
 impl StoredRequest {
     /// Stores `r`, which is going to wait in (or be sent from) `resolved`.
     pub fn new(r: Request, resolved: &str) -> Self {
-        let queue = (r.queue != resolved).then(|| r.queue.into_boxed_str());
-        StoredRequest { queue, headers: r.headers.into(), payload: r.payload.into() }
+        let queue = (r.queue != resolved).then_some(r.queue.as_str());
+        Self::from_parts(queue, &r.headers, &r.payload)
+    }
+
+    /// From its parts; `queue`: the name the client asked for, when it is
+    /// not where the job waits.
+    pub fn from_parts(queue: Option<&str>, headers: &str, payload: &str) -> Self {
+        let queue = queue.unwrap_or("");
+        let mut body = String::with_capacity(24 + headers.len() + queue.len() + payload.len());
+        body.push_str(&headers.len().to_string());
+        body.push(',');
+        body.push_str(&queue.len().to_string());
+        body.push(';');
+        body.push_str(headers);
+        body.push_str(queue);
+        body.push_str(payload);
+        StoredRequest { body: body.into_boxed_str() }
+    }
+
+    /// `(headers, queue, payload)`.
+    fn parts(&self) -> (&str, &str, &str) {
+        let b = &*self.body;
+        // Written by `from_parts` only: the prefix is always there.
+        let semi = b.find(';').unwrap_or(0);
+        let (h, q) = b[..semi].split_once(',').unwrap_or(("0", "0"));
+        let (h, q) = (h.parse::<usize>().unwrap_or(0), q.parse::<usize>().unwrap_or(0));
+        let rest = &b[semi + 1..];
+        (&rest[..h], &rest[h..h + q], &rest[h + q..])
     }
 
     /// The REQUEST as it was received; `resolved` is its queue here.
     pub fn into_request(self, resolved: &str) -> Request {
+        let (h, q, p) = self.parts();
         Request {
-            queue: self.queue.map_or_else(|| resolved.to_owned(), String::from),
-            headers: self.headers.into(),
-            payload: self.payload.into(),
+            queue: if q.is_empty() { resolved } else { q }.to_owned(),
+            headers: h.to_owned(),
+            payload: p.to_owned(),
         }
     }
 
     /// The queue name the client asked for.
     pub fn queue<'a>(&'a self, resolved: &'a str) -> &'a str {
-        self.queue.as_deref().unwrap_or(resolved)
+        self.requested_queue().unwrap_or(resolved)
+    }
+
+    /// The queue name the client asked for, when it is not where the job
+    /// waits.
+    pub fn requested_queue(&self) -> Option<&str> {
+        Some(self.parts().1).filter(|q| !q.is_empty())
+    }
+
+    /// Forgets the requested queue name: the job now waits in that queue.
+    pub fn clear_requested_queue(&mut self) {
+        if self.requested_queue().is_some() {
+            let (h, _, p) = self.parts();
+            *self = Self::from_parts(None, h, p);
+        }
+    }
+
+    /// The headers frame, as received.
+    pub fn headers_str(&self) -> &str {
+        self.parts().0
+    }
+
+    /// The payload frame, as received.
+    pub fn payload(&self) -> &str {
+        self.parts().2
     }
 
     pub fn headers(&self) -> emq_protocol::Headers {
-        emq_protocol::Headers::parse(&self.headers)
+        emq_protocol::Headers::parse(self.headers_str())
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.body.len()
     }
 
     /// Sets `attempt:N` (readable by the job as `emq.attempt`) on a re-run;
     /// a first dispatch stays byte-identical.
     pub fn mark_attempt(&mut self, attempt: u32) {
-        let kept: Vec<&str> = self.headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
+        let (headers, queue, payload) = self.parts();
+        let kept: Vec<&str> = headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
         let mut h = kept.join(",");
         if !h.is_empty() {
             h.push(',');
         }
         h.push_str(&format!("attempt:{attempt}"));
-        self.headers = h.into_boxed_str();
+        let queue = Some(queue).filter(|q| !q.is_empty());
+        *self = Self::from_parts(queue, &h, payload);
     }
 }
 

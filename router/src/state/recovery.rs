@@ -79,11 +79,7 @@ impl RouterState {
                 let msgid: Arc<str> = Arc::from(job.msgid.as_str());
                 r.next_back += 1;
                 let key = r.next_back;
-                let request = StoredRequest {
-                    queue: job.requested_queue.map(String::into_boxed_str),
-                    headers: job.headers.into_boxed_str(),
-                    payload: job.payload.into_boxed_str(),
-                };
+                let request = StoredRequest::from_parts(job.requested_queue.as_deref(), &job.headers, &job.payload);
                 let restored = RestoredJob {
                     client: PeerId::from(job.client.as_slice()),
                     queue: job.queue,
@@ -95,7 +91,7 @@ impl RouterState {
                 let queue = self.queue_name(&restored.queue);
                 let mut record = JobRecord::queued(queue, job.received);
                 record.client = Some(restored.client.clone());
-                record.set_sender(None, Headers::parse(&restored.request.headers).owner);
+                record.set_sender(None, restored.request.headers().owner);
                 self.history.insert(msgid.clone(), record);
                 if let Some(rec) = self.history.mark(&msgid, JobState::Queued, job.received) {
                     rec.attempts = attempts;
@@ -204,8 +200,8 @@ impl RouterState {
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
         let mut live_fired = Vec::new();
         for (msgid, j) in r.jobs {
-            if !matches!(j.phase, Phase::Dead { .. }) && j.request.headers.contains("schedule:") {
-                if let Some(id) = Headers::parse(&j.request.headers).schedule_id {
+            if !matches!(j.phase, Phase::Dead { .. }) && j.request.headers_str().contains("schedule:") {
+                if let Some(id) = j.request.headers().schedule_id {
                     live_fired.push((msgid.clone(), id));
                 }
             }
@@ -336,17 +332,15 @@ impl RouterState {
     /// never run again): their headers are rebuilt so the outcome still
     /// goes to a client that asked for it.
     pub(super) fn waiting_from_in_flight(&self, msgid: Arc<str>, j: &super::JobInFlight) -> WaitingJob {
-        let request = j.request.clone().unwrap_or_else(|| StoredRequest {
-            queue: None,
-            headers: Headers {
+        let request = j.request.clone().unwrap_or_else(|| {
+            let headers = Headers {
                 reply_requested: j.reply_requested,
                 guarantee: j.guarantee,
                 retry_count: Some(j.retry_count).filter(|n| *n > 0),
                 ..Default::default()
             }
-            .to_wire()
-            .into_boxed_str(),
-            payload: "".into(),
+            .to_wire();
+            StoredRequest::from_parts(None, &headers, "")
         });
         WaitingJob {
             client: j.client.clone(),
@@ -368,7 +362,7 @@ impl RouterState {
             self.in_doubt.iter().filter(|(_, d)| d.until <= now.mono).map(|(id, _)| id.clone()).collect();
         for id in due {
             let Some(d) = self.in_doubt.remove(&id) else { continue };
-            let headers = Headers::parse(&d.job.request.headers);
+            let headers = d.job.request.headers();
             if headers.guarantee {
                 self.count("in_doubt_requeued");
                 info!(msgid = %id, queue = %d.queue, "job in doubt after a restart: requeued (guarantee)");
@@ -412,9 +406,9 @@ impl RouterState {
                 msgid: msgid.to_owned(),
                 client: client.as_bytes().to_vec(),
                 queue: queue.to_owned(),
-                requested_queue: request.queue.as_deref().map(str::to_owned),
-                headers: request.headers.to_string(),
-                payload: request.payload.to_string(),
+                requested_queue: request.requested_queue().map(str::to_owned),
+                headers: request.headers_str().to_owned(),
+                payload: request.payload().to_owned(),
                 received,
             };
         let mut out = Vec::new();

@@ -47,9 +47,9 @@ fn encode(job: &WaitingJob, out: &mut Vec<u8>) {
             msgid: job.msgid.to_string(),
             client: job.client.as_bytes().to_vec(),
             queue: String::new(),
-            requested_queue: job.request.queue.as_deref().map(str::to_owned),
-            headers: job.request.headers.to_string(),
-            payload: job.request.payload.to_string(),
+            requested_queue: job.request.requested_queue().map(str::to_owned),
+            headers: job.request.headers_str().to_owned(),
+            payload: job.request.payload().to_owned(),
             received: job.received_ms as f64,
         },
         attempts: job.attempts,
@@ -62,11 +62,7 @@ fn decode(rec: Record) -> Option<WaitingJob> {
     Some(WaitingJob {
         client: PeerId::from(job.client.as_slice()),
         msgid: Arc::from(job.msgid.as_str()),
-        request: StoredRequest {
-            queue: job.requested_queue.map(String::into_boxed_str),
-            headers: job.headers.into_boxed_str(),
-            payload: job.payload.into_boxed_str(),
-        },
+        request: StoredRequest::from_parts(job.requested_queue.as_deref(), &job.headers, &job.payload),
         received_ms: job.received as u32,
         attempts,
     })
@@ -297,7 +293,7 @@ mod tests {
         WaitingJob {
             client: PeerId::from("c"),
             msgid: Arc::from(format!("m{i}").as_str()),
-            request: StoredRequest { queue: None, headers: "h".into(), payload: format!("p{i}").into() },
+            request: StoredRequest::from_parts(None, "h", &format!("p{i}")),
             received_ms: i,
             attempts: 0,
         }
@@ -331,7 +327,7 @@ mod tests {
 
     impl WaitingJob {
         fn payload_str(&self) -> String {
-            self.request.payload.to_string()
+            self.request.payload().to_owned()
         }
     }
 

@@ -243,7 +243,7 @@ impl RouterState {
                     "msgid": &*job.msgid,
                     "queue": job.request.queue(queue),
                     "due": now.unix + key.0.saturating_duration_since(now.mono).as_secs_f64(),
-                    "callable": emq_protocol::RunPayload::parse(&job.request.payload)
+                    "callable": emq_protocol::RunPayload::parse(job.request.payload())
                         .map(|p| format!("{}.{}", p.path, p.callable)).ok(),
                 })),
                 _ => None,
