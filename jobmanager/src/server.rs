@@ -213,12 +213,27 @@ impl Server {
                     }
                 }
             }
-            // End of the pass: its REPLYs and READYs in one message.
+            // End of the pass: the workers' new jobs, then its REPLYs and
+            // READYs in one message.
+            self.flush_workers();
             self.flush_batch();
         }
     }
 
+    /// Writes the commands queued for each worker this pass.
+    fn flush_workers(&mut self) {
+        for (slot, w) in self.workers.iter_mut().enumerate() {
+            if let Some(w) = w {
+                if let Err(e) = w.flush() {
+                    // Its death shows up as end-of-stream on its pipe.
+                    warn!(slot, pid = w.pid(), error = %e, "cannot hand commands to worker");
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, code: i32) -> i32 {
+        self.flush_workers();
         self.flush_batch();
         // Give the last REPLYs / KBYE a moment to leave (socket linger).
         self.socket = None;
@@ -431,22 +446,21 @@ impl Server {
                 }
                 Err(e) => feedback.push(Event::SpawnFailed { slot, error: e.to_string() }),
             },
+            // Commands to workers are written at the end of the poll pass
+            // (`flush_workers`), one write per worker.
             Action::Run { slot, msgid, payload, attempt } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    if let Err(e) = w.send(&ToWorker::Run { msgid, payload, attempt }) {
-                        // Its death shows up as end-of-stream on its pipe.
-                        warn!(slot, pid = w.pid(), error = %e, "cannot hand job to worker");
-                    }
+                    w.queue(&ToWorker::Run { msgid, payload, attempt });
                 }
             }
             Action::Steal { slot } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    let _ = w.send(&ToWorker::Steal);
+                    w.queue(&ToWorker::Steal);
                 }
             }
             Action::Retire { slot } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    let _ = w.send(&ToWorker::Shutdown);
+                    w.queue(&ToWorker::Shutdown);
                 }
             }
             Action::Kill { slot, force } => {

@@ -68,6 +68,9 @@ pub struct WorkerProcess {
     stdin: File,
     stdout: File,
     buf: FrameBuffer,
+    /// Commands queued by [`WorkerProcess::queue`], written by
+    /// [`WorkerProcess::flush`].
+    pending: Vec<u8>,
 }
 
 fn set_nonblocking(f: &File) -> io::Result<()> {
@@ -109,7 +112,7 @@ impl WorkerProcess {
         let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped stdin")));
         let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
         set_nonblocking(&stdout)?;
-        Ok(WorkerProcess { proc: Proc::Exec(child), stdin, stdout, buf: FrameBuffer::default() })
+        Ok(WorkerProcess { proc: Proc::Exec(child), stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new() })
     }
 
     /// Forks a worker from the warm template (see [`Template`]).
@@ -118,7 +121,7 @@ impl WorkerProcess {
         let (stdin, stdout) = (File::from(stdin), File::from(stdout));
         set_nonblocking(&stdout)?;
         let proc = Proc::Forked { pid, template: template.clone(), reaped: false };
-        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default() })
+        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,8 +139,25 @@ impl WorkerProcess {
     /// Sends a command. Commands are small and a worker only gets one when
     /// it is idle and reading, so this does not stall the poll loop.
     pub fn send(&mut self, msg: &ToWorker) -> io::Result<()> {
-        self.stdin.write_all(&encode(msg))?;
-        self.stdin.flush()
+        self.queue(msg);
+        self.flush()
+    }
+
+    /// Queues a command for the next [`WorkerProcess::flush`]: the jobs a
+    /// poll pass hands one worker (its pipeline) go in one write, waking
+    /// its reader once instead of once per job.
+    pub fn queue(&mut self, msg: &ToWorker) {
+        self.pending.extend_from_slice(&encode(msg));
+    }
+
+    /// Writes what was queued.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let r = self.stdin.write_all(&self.pending);
+        self.pending.clear();
+        r
     }
 
     /// Reads whatever is available without blocking.

@@ -21,6 +21,10 @@ use std::sync::{Arc, Condvar, Mutex};
 struct Inbox {
     jobs: VecDeque<(String, String, u32)>,
     closed: bool,
+    /// The main thread is waiting on the condvar: only then is it woken
+    /// (a notify is a futex syscall even with nobody waiting, and with
+    /// jobs queued behind the running one nobody is).
+    waiting: bool,
 }
 
 type Shared<T> = Arc<(Mutex<T>, Condvar)>;
@@ -119,7 +123,9 @@ fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File
                     if g.closed {
                         return None;
                     }
+                    g.waiting = true;
                     g = cv.wait(g).expect("inbox lock");
+                    g.waiting = false;
                 }
             });
             let Some((msgid, payload, attempt)) = next else { return 0 };
@@ -165,9 +171,11 @@ fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
                 g.closed = true;
             }
         }
-        let closed = g.closed;
+        let (closed, wake) = (g.closed, g.waiting);
         drop(g);
-        cv.notify_one();
+        if wake {
+            cv.notify_one();
+        }
         if closed {
             return;
         }
