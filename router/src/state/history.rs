@@ -192,11 +192,21 @@ pub struct AttemptError {
 
 /// Recent jobs by msgid, bounded in number (`job_history`) and in the
 /// bytes of the results they keep (`results_max_bytes`).
+///
+/// Records sit in arrival order in a ring, found through an index of
+/// sequence numbers; they only ever leave from the front (the oldest). A
+/// map of whole records churned by inserts and removals doubled its table
+/// (tombstones: hashbrown grows rather than rehash in place once more than
+/// half full), 38 MB for the default 100,000; the ring holds records
+/// densely and the index entries are 24 bytes.
 #[derive(Debug)]
 pub struct JobHistory {
     cap: usize,
-    records: HashMap<Arc<str>, JobRecord>,
-    order: VecDeque<Arc<str>>,
+    /// Records oldest first: `ring[i]` has sequence number `base + i`.
+    ring: VecDeque<(Arc<str>, JobRecord)>,
+    base: u64,
+    /// msgid → sequence number.
+    index: HashMap<Arc<str>, u64>,
     /// Bytes of results kept, at most `results_max_bytes`.
     result_bytes: usize,
     results_max_bytes: usize,
@@ -211,12 +221,18 @@ impl JobHistory {
     pub fn new(cap: usize) -> Self {
         JobHistory {
             cap,
-            records: HashMap::default(),
-            order: VecDeque::new(),
+            ring: VecDeque::new(),
+            base: 0,
+            index: HashMap::default(),
             result_bytes: 0,
             results_max_bytes: 256 << 20,
             with_results: VecDeque::new(),
         }
+    }
+
+    /// Where `msgid`'s record is in the ring.
+    fn position(&self, msgid: &str) -> Option<usize> {
+        self.index.get(msgid).map(|seq| (seq - self.base) as usize)
     }
 
     /// The byte budget of kept results.
@@ -231,7 +247,8 @@ impl JobHistory {
     /// `results_max_bytes`. A refusal flood or a few huge results cannot
     /// grow the router.
     pub fn set_result(&mut self, msgid: &str, result: String) {
-        let Some(r) = self.records.get_mut(msgid) else { return };
+        let Some(i) = self.position(msgid) else { return };
+        let (key, r) = &mut self.ring[i];
         let old = r.result.take().map_or(0, |o| o.len());
         self.result_bytes = self.result_bytes.saturating_sub(old);
         if result.len() > self.results_max_bytes / 16 {
@@ -241,9 +258,7 @@ impl JobHistory {
         let len = result.len();
         r.result = Some(result);
         if old == 0 {
-            if let Some((k, _)) = self.records.get_key_value(msgid) {
-                self.with_results.push_back(k.clone());
-            }
+            self.with_results.push_back(key.clone());
         }
         self.result_bytes += len;
         self.evict_results(0);
@@ -253,21 +268,22 @@ impl JobHistory {
     fn evict_results(&mut self, room: usize) {
         while self.result_bytes + room > self.results_max_bytes {
             let Some(id) = self.with_results.pop_front() else { break };
-            if let Some(r) = self.records.get_mut(&id) {
-                if let Some(old) = r.result.take() {
-                    self.result_bytes = self.result_bytes.saturating_sub(old.len());
-                    r.result = Some(RESULT_NOT_KEPT.to_owned());
-                }
+            let Some(i) = self.position(&id) else { continue };
+            let r = &mut self.ring[i].1;
+            if let Some(old) = r.result.take() {
+                self.result_bytes = self.result_bytes.saturating_sub(old.len());
+                r.result = Some(RESULT_NOT_KEPT.to_owned());
             }
         }
     }
 
-    /// Forgets a record, with the bytes of its result.
-    fn forget(&mut self, id: &str) {
-        if let Some(r) = self.records.remove(id) {
-            if let Some(res) = r.result.filter(|x| x != RESULT_NOT_KEPT) {
-                self.result_bytes = self.result_bytes.saturating_sub(res.len());
-            }
+    /// Forgets the oldest record, with the bytes of its result.
+    fn forget_oldest(&mut self) {
+        let Some((id, r)) = self.ring.pop_front() else { return };
+        self.base += 1;
+        self.index.remove(&*id);
+        if let Some(res) = r.result.filter(|x| x != RESULT_NOT_KEPT) {
+            self.result_bytes = self.result_bytes.saturating_sub(res.len());
         }
     }
 
@@ -276,16 +292,15 @@ impl JobHistory {
         if self.cap == 0 {
             return;
         }
-        if let Some(r) = self.records.get_mut(&*msgid) {
-            *r = record;
+        if let Some(i) = self.position(&msgid) {
+            self.ring[i].1 = record;
             return;
         }
-        while self.records.len() >= self.cap {
-            let Some(oldest) = self.order.pop_front() else { break };
-            self.forget(&oldest);
+        while self.ring.len() >= self.cap {
+            self.forget_oldest();
         }
-        self.order.push_back(msgid.clone());
-        self.records.insert(msgid, record);
+        self.index.insert(msgid.clone(), self.base + self.ring.len() as u64);
+        self.ring.push_back((msgid, record));
     }
 
     /// Forgets finished jobs (and their results) that finished before
@@ -295,18 +310,12 @@ impl JobHistory {
     /// Returns how many went.
     pub fn expire_finished(&mut self, before: f64) -> usize {
         let mut n = 0;
-        while let Some(id) = self.order.front() {
-            match self.records.get(id) {
-                Some(r) if r.state.is_final() && r.finished.is_some_and(|f| f < before) => {
-                    let id = self.order.pop_front().expect("front exists");
-                    self.forget(&id);
-                    n += 1;
-                }
-                Some(_) => break,
-                None => {
-                    self.order.pop_front();
-                }
+        while let Some((_, r)) = self.ring.front() {
+            if !(r.state.is_final() && r.finished.is_some_and(|f| f < before)) {
+                break;
             }
+            self.forget_oldest();
+            n += 1;
         }
         n
     }
@@ -314,9 +323,8 @@ impl JobHistory {
     /// Changes the bound, dropping the oldest records beyond it.
     pub fn set_cap(&mut self, cap: usize) {
         self.cap = cap;
-        while self.records.len() > cap {
-            let Some(oldest) = self.order.pop_front() else { break };
-            self.forget(&oldest);
+        while self.ring.len() > cap {
+            self.forget_oldest();
         }
     }
 
@@ -326,7 +334,7 @@ impl JobHistory {
     /// details of the change; `None` when the job is not (or no longer)
     /// remembered.
     pub fn mark(&mut self, msgid: &str, state: JobState, now: f64) -> Option<&mut JobRecord> {
-        let r = self.records.get_mut(msgid)?;
+        let r = self.get_mut(msgid)?;
         r.state = state;
         match state {
             JobState::Dispatched => r.dispatched = Some(now),
@@ -340,37 +348,39 @@ impl JobHistory {
     /// Adds a failed attempt to `msgid`'s record (its state changes
     /// separately, through [`Self::mark`]).
     pub fn record_attempt_error(&mut self, msgid: &str, error: AttemptError) {
-        if let Some(r) = self.records.get_mut(msgid) {
+        if let Some(r) = self.get_mut(msgid) {
             r.extra_mut().attempt_errors.push(error);
         }
     }
 
     pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
-        self.records.get_mut(msgid)
+        let i = self.position(msgid)?;
+        Some(&mut self.ring[i].1)
     }
 
     pub fn get(&self, msgid: &str) -> Option<&JobRecord> {
-        self.records.get(msgid)
+        let i = self.position(msgid)?;
+        Some(&self.ring[i].1)
     }
 
     /// Records, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &JobRecord)> {
-        self.order.iter().filter_map(|id| self.records.get_key_value(&**id))
+        self.ring.iter().map(|(id, r)| (id, r))
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.ring.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.ring.is_empty()
     }
 
     /// The `JOB_STATUS` answer for `msgid`, with its result and error
     /// messages only when `full` (the asker may read them: see
     /// [`JobRecord::readable_by`]); others see the state and times.
     pub fn status_json(&self, msgid: &str, full: bool) -> String {
-        match self.records.get(msgid) {
+        match self.get(msgid) {
             Some(r) if !full => json!({
                 "msgid": msgid,
                 "user": r.user(),
@@ -428,5 +438,28 @@ mod tests {
         let mut z = JobHistory::new(0);
         z.insert(Arc::from("a"), rec());
         assert!(z.is_empty());
+    }
+
+    #[test]
+    fn the_ring_finds_records_after_the_oldest_went() {
+        let mut h = JobHistory::new(3);
+        for id in ["a", "b", "c", "d", "e"] {
+            h.insert(Arc::from(id), rec());
+            h.mark(id, JobState::Done, 2.0);
+        }
+        let ids: Vec<&str> = h.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(ids, ["c", "d", "e"], "oldest first");
+        h.set_result("d", "{\"value\": 1}".into());
+        assert_eq!(h.get("d").and_then(|r| r.result.as_deref()), Some("{\"value\": 1}"));
+        assert_eq!(h.get("e").map(|r| r.state), Some(JobState::Done));
+        // Expiry stops at the first record still live.
+        h.mark("d", JobState::Dispatched, 3.0);
+        assert_eq!(h.expire_finished(10.0), 1);
+        assert!(h.get("c").is_none() && h.get("d").is_some() && h.get("e").is_some());
+        h.set_cap(1);
+        assert_eq!(h.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(), ["e"]);
+        assert_eq!(h.result_bytes, 0, "the forgotten result's bytes are given back");
+        h.insert(Arc::from("f"), rec());
+        assert!(h.get("e").is_none() && h.get("f").is_some());
     }
 }
