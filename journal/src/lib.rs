@@ -142,6 +142,11 @@ pub trait JobLog {
     fn close(&mut self);
 }
 
+/// Batch buffers handed back by the writer for reuse, at most.
+const SPARE_BUFFERS: usize = 8;
+/// Larger buffers (a burst's) are freed, not kept.
+const SPARE_BUFFER_MAX: usize = 256 << 10;
+
 enum ToWriter {
     Batch { id: u64, bytes: Vec<u8>, records: u64 },
     Checkpoint { id: u64, bytes: Vec<u8> },
@@ -155,6 +160,11 @@ pub struct Journal {
     thread: Option<std::thread::JoinHandle<()>>,
     pending: Vec<u8>,
     pending_records: u64,
+    /// Batch buffers the writer is done with, for the next batches: the
+    /// writer thread freeing them would leave their memory with the
+    /// allocator of this thread, in use again only when it next
+    /// allocates that size (tens of MB of RSS after a burst).
+    spare: Receiver<Vec<u8>>,
     /// Id of the batch being built.
     next_id: u64,
     sync: SyncPolicy,
@@ -193,12 +203,13 @@ impl Journal {
         let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io(std::io::Error::from(e)))?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (spare_tx, spare) = crossbeam_channel::bounded(SPARE_BUFFERS);
         let thread = {
             let (durable, stats, dir, sync) = (durable.clone(), stats.clone(), dir.clone(), opts.sync);
             let seg_bytes = opts.segment_bytes.max(1 << 20);
             std::thread::Builder::new()
                 .name("emq-journal".into())
-                .spawn(move || writer_loop(rx, writer, dir, sync, seg_bytes, durable, notify_w, stats))
+                .spawn(move || writer_loop(rx, spare_tx, writer, dir, sync, seg_bytes, durable, notify_w, stats))
                 .map_err(io)?
         };
         let journal = Journal {
@@ -206,8 +217,9 @@ impl Journal {
             durable,
             notify_r,
             thread: Some(thread),
-            pending: Vec::with_capacity(1 << 16),
+            pending: Vec::new(),
             pending_records: 0,
+            spare,
             next_id: 1,
             sync: opts.sync,
             stats,
@@ -266,7 +278,8 @@ impl JobLog for Journal {
         if self.pending.is_empty() {
             return;
         }
-        let bytes = std::mem::replace(&mut self.pending, Vec::with_capacity(1 << 16));
+        let next = self.spare.try_recv().unwrap_or_default();
+        let bytes = std::mem::replace(&mut self.pending, next);
         self.bytes_since_checkpoint += bytes.len() as u64;
         let records = std::mem::take(&mut self.pending_records);
         self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -347,8 +360,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn writer_loop(
     rx: Receiver<ToWriter>,
+    spare: crossbeam_channel::Sender<Vec<u8>>,
     mut seg: SegmentWriter,
     dir: PathBuf,
     sync: SyncPolicy,
@@ -396,6 +411,11 @@ fn writer_loop(
             stats.records.fetch_add(records, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
             max_id = max_id.max(id);
+            if !is_checkpoint && bytes.capacity() <= SPARE_BUFFER_MAX {
+                let mut bytes = bytes;
+                bytes.clear();
+                let _ = spare.try_send(bytes);
+            }
         }
         if sync == SyncPolicy::Fsync {
             let t = Instant::now();
