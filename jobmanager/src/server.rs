@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often timers are checked when nothing else happens.
 const TICK: Duration = Duration::from_millis(20);
@@ -354,9 +354,14 @@ impl Server {
             w.signal(Signal::SIGKILL);
         }
         if outcome.eof || outcome.error.is_some() {
-            let exit = w.reap();
+            let exit = if w.retiring() && outcome.error.is_none() {
+                // Recycled or stopping: not worth a wait in this loop.
+                w.reap_retired().map_or_else(|| "exited after it was told to stop".to_owned(), |e| e.to_string())
+            } else {
+                w.reap().to_string()
+            };
             self.workers[slot] = None;
-            events.push(Event::WorkerExited { slot, pid, exit: exit.to_string() });
+            events.push(Event::WorkerExited { slot, pid, exit });
         }
     }
 
@@ -441,7 +446,7 @@ impl Server {
             }
             Action::Spawn { slot } => match self.start_worker() {
                 Ok(w) => {
-                    info!(slot, pid = w.pid(), "worker started");
+                    debug!(slot, "worker starting");
                     self.workers[slot] = Some(w);
                 }
                 Err(e) => feedback.push(Event::SpawnFailed { slot, error: e.to_string() }),

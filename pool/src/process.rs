@@ -58,8 +58,9 @@ enum Proc {
     /// fork+exec of our own binary: our child.
     Exec(Child),
     /// Forked from the warm template: the template's child, which reports
-    /// its exit.
-    Forked { pid: u32, template: Arc<Mutex<Template>>, reaped: bool },
+    /// its exit. `pid` is 0 until known (the template's answer to fork
+    /// number `fork_no`, or the worker's `Ready`).
+    Forked { pid: std::cell::Cell<u32>, fork_no: u64, template: Arc<Mutex<Template>>, reaped: bool },
 }
 
 /// A running worker process.
@@ -71,6 +72,8 @@ pub struct WorkerProcess {
     /// Commands queued by [`WorkerProcess::queue`], written by
     /// [`WorkerProcess::flush`].
     pending: Vec<u8>,
+    /// It was told to finish and exit (`Shutdown`).
+    retiring: bool,
 }
 
 fn set_nonblocking(f: &File) -> io::Result<()> {
@@ -112,22 +115,43 @@ impl WorkerProcess {
         let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped stdin")));
         let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
         set_nonblocking(&stdout)?;
-        Ok(WorkerProcess { proc: Proc::Exec(child), stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new() })
+        Ok(WorkerProcess {
+            proc: Proc::Exec(child),
+            stdin,
+            stdout,
+            buf: FrameBuffer::default(),
+            pending: Vec::new(),
+            retiring: false,
+        })
     }
 
     /// Forks a worker from the warm template (see [`Template`]).
     pub fn fork_from(template: &Arc<Mutex<Template>>) -> io::Result<WorkerProcess> {
-        let (pid, stdin, stdout) = template.lock().map_err(|_| io::Error::other("template lock"))?.fork()?;
+        let (fork_no, stdin, stdout) = template.lock().map_err(|_| io::Error::other("template lock"))?.fork()?;
         let (stdin, stdout) = (File::from(stdin), File::from(stdout));
         set_nonblocking(&stdout)?;
-        let proc = Proc::Forked { pid, template: template.clone(), reaped: false };
-        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new() })
+        let proc = Proc::Forked { pid: Default::default(), fork_no, template: template.clone(), reaped: false };
+        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new(), retiring: false })
     }
 
+    /// Its pid; 0 while a forked worker's is not known yet (never waits).
     pub fn pid(&self) -> u32 {
+        self.resolve_pid(std::time::Duration::ZERO)
+    }
+
+    /// Its pid, waiting up to `wait` for the template's answer; 0 when
+    /// there is none (the fork failed).
+    fn resolve_pid(&self, wait: std::time::Duration) -> u32 {
         match &self.proc {
             Proc::Exec(child) => child.id(),
-            Proc::Forked { pid, .. } => *pid,
+            Proc::Forked { pid, fork_no, template, .. } => {
+                if pid.get() == 0 {
+                    if let Some(p) = template.lock().ok().and_then(|mut t| t.pid_of(*fork_no, wait)) {
+                        pid.set(p);
+                    }
+                }
+                pid.get()
+            }
         }
     }
 
@@ -147,7 +171,13 @@ impl WorkerProcess {
     /// poll pass hands one worker (its pipeline) go in one write, waking
     /// its reader once instead of once per job.
     pub fn queue(&mut self, msg: &ToWorker) {
+        self.retiring |= matches!(msg, ToWorker::Shutdown);
         self.pending.extend_from_slice(&encode(msg));
+    }
+
+    /// Whether it was told to finish and exit.
+    pub fn retiring(&self) -> bool {
+        self.retiring
     }
 
     /// Writes what was queued.
@@ -182,7 +212,16 @@ impl WorkerProcess {
         }
         while let Some(frame) = self.buf.next_frame::<FromWorker>() {
             match frame {
-                Ok(f) => out.frames.push(f),
+                Ok(f) => {
+                    if let (FromWorker::Ready { pid: p }, Proc::Forked { pid, .. }) = (&f, &self.proc) {
+                        if pid.get() == 0 && *p > 0 {
+                            // Collect the template's answer too (no wait).
+                            let _ = self.resolve_pid(std::time::Duration::ZERO);
+                            pid.set(*p);
+                        }
+                    }
+                    out.frames.push(f)
+                }
                 Err(e) => {
                     out.error = Some(format!("bad frame from worker: {e}"));
                     break;
@@ -194,9 +233,32 @@ impl WorkerProcess {
 
     /// Signals the worker's whole process group.
     pub fn signal(&self, sig: Signal) {
-        let pid = self.pid() as i32;
+        let pid = self.resolve_pid(std::time::Duration::from_secs(2)) as i32;
+        if pid <= 0 {
+            return; // a fork that failed: nothing to signal (and -0 is us)
+        }
         if kill(Pid::from_raw(-pid), sig).is_err() {
             let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// For a worker that was told to stop and closed its output: its exit
+    /// status when already known, without waiting for a forked worker's
+    /// template to report it (that wait is a scheduling round of a busy
+    /// machine, in the job manager's loop, at every recycling); an
+    /// exec'd worker is reaped as by [`WorkerProcess::reap`].
+    pub fn reap_retired(&mut self) -> Option<ExitInfo> {
+        match &mut self.proc {
+            Proc::Exec(_) => Some(self.reap()),
+            Proc::Forked { .. } => {
+                let pid = self.resolve_pid(std::time::Duration::ZERO);
+                let Proc::Forked { template, reaped, .. } = &mut self.proc else { return None };
+                *reaped = true;
+                if pid == 0 {
+                    return None;
+                }
+                template.lock().ok()?.release(pid)
+            }
         }
     }
 
@@ -205,9 +267,16 @@ impl WorkerProcess {
     pub fn reap(&mut self) -> ExitInfo {
         let child = match &mut self.proc {
             Proc::Exec(child) => child,
-            Proc::Forked { pid, template, reaped } => {
-                let pid = *pid;
+            Proc::Forked { .. } => {
+                let pid = self.resolve_pid(std::time::Duration::from_secs(2));
+                let Proc::Forked { template, reaped, .. } = &mut self.proc else {
+                    return ExitInfo { code: None, signal: None };
+                };
                 *reaped = true;
+                if pid == 0 {
+                    // The fork failed: its pipes closed, nothing ran.
+                    return ExitInfo { code: None, signal: None };
+                }
                 let template = template.clone();
                 let mut t = match template.lock() {
                     Ok(t) => t,
@@ -263,8 +332,11 @@ impl Drop for WorkerProcess {
                 }
             }
             // The template reaps it.
-            Proc::Forked { pid, reaped: false, .. } => {
-                let _ = kill(Pid::from_raw(-(*pid as i32)), Signal::SIGKILL);
+            Proc::Forked { reaped: false, .. } => {
+                let pid = self.resolve_pid(std::time::Duration::from_secs(1)) as i32;
+                if pid > 0 {
+                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                }
             }
             Proc::Forked { .. } => {}
         }

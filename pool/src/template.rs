@@ -41,6 +41,15 @@ pub struct Template {
     sock: OwnedFd,
     /// Exits reported and not yet collected, by pid.
     exits: HashMap<u32, ExitInfo>,
+    /// Workers whose exit nobody will collect ([`Template::release`]):
+    /// their report is dropped when it comes.
+    released: std::collections::HashSet<u32>,
+    /// `FORK`s sent, and `PID` answers received (they come in order: the
+    /// n-th answer is for the n-th fork).
+    forks_sent: u64,
+    pids_received: u64,
+    /// Answers not yet collected, by fork number (0: the fork failed).
+    pids: HashMap<u64, u32>,
 }
 
 impl Template {
@@ -66,7 +75,15 @@ impl Template {
             });
         }
         let child = cmd.spawn()?;
-        let mut t = Template { child, sock: ours, exits: HashMap::new() };
+        let mut t = Template {
+            child,
+            sock: ours,
+            exits: HashMap::new(),
+            released: Default::default(),
+            forks_sent: 0,
+            pids_received: 0,
+            pids: HashMap::new(),
+        };
         match t.recv_until(Instant::now() + limit, |m| m == "READY")? {
             Some(_) => Ok(t),
             None => Err(io::Error::new(io::ErrorKind::TimedOut, "the worker template did not get ready")),
@@ -78,9 +95,13 @@ impl Template {
         self.child.id()
     }
 
-    /// Forks a new worker from the template: returns its pid and the job
-    /// manager's ends of its stdin and stdout pipes.
-    pub fn fork(&mut self) -> io::Result<(u32, OwnedFd, OwnedFd)> {
+    /// Asks the template for a new worker and returns at once: the fork's
+    /// number (for [`Template::pid_of`]) and the job manager's ends of the
+    /// new worker's stdin and stdout pipes. The job manager's loop does not
+    /// wait for the template to be scheduled and fork: the worker's `Ready`
+    /// frame says when it is up (and its pid); a failed fork closes its
+    /// pipes (end-of-stream, as a worker that died starting).
+    pub fn fork(&mut self) -> io::Result<(u64, OwnedFd, OwnedFd)> {
         use nix::fcntl::OFlag;
         let (to_r, to_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let (from_r, from_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
@@ -89,11 +110,27 @@ impl Template {
         sendmsg::<()>(self.sock.as_raw_fd(), &[IoSlice::new(b"FORK")], &cmsg, MsgFlags::empty(), None)
             .map_err(io::Error::from)?;
         drop((to_r, from_w));
-        let reply = self.recv_until(Instant::now() + Duration::from_secs(10), |m| m.starts_with("PID "))?;
-        let pid = reply
-            .and_then(|m| m["PID ".len()..].trim().parse::<u32>().ok())
-            .ok_or_else(|| io::Error::other("the worker template did not fork"))?;
-        Ok((pid, to_w, from_r))
+        let n = self.forks_sent;
+        self.forks_sent += 1;
+        // Answers nobody asked for yet are kept; bounded like the exits.
+        let _ = self.recv_until(Instant::now(), |_| false);
+        Ok((n, to_w, from_r))
+    }
+
+    /// The pid of fork number `n`, waiting up to `wait` for the answer;
+    /// `None` when it did not come or the fork failed.
+    pub fn pid_of(&mut self, n: u64, wait: Duration) -> Option<u32> {
+        if let Some(pid) = self.pids.remove(&n) {
+            return Some(pid).filter(|p| *p > 0);
+        }
+        let end = Instant::now() + wait;
+        while self.pids_received <= n {
+            match self.recv_until(end, |m| m.starts_with("PID ")) {
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        self.pids.remove(&n).filter(|p| *p > 0)
     }
 
     /// The exit of worker `pid` (forked from here), waiting up to `wait`
@@ -105,6 +142,17 @@ impl Template {
         let want = format!("EXIT {pid} ");
         let _ = self.recv_until(Instant::now() + wait, |m| m.starts_with(&want));
         self.exits.remove(&pid)
+    }
+
+    /// The exit of worker `pid` if it was reported already; else nobody
+    /// waits for it (its report is dropped when it comes). Never blocks.
+    pub fn release(&mut self, pid: u32) -> Option<ExitInfo> {
+        let _ = self.recv_until(Instant::now(), |_| false);
+        let e = self.exits.remove(&pid);
+        if e.is_none() && self.released.len() < 4096 {
+            self.released.insert(pid);
+        }
+        e
     }
 
     /// Whether the template process is still there.
@@ -136,9 +184,20 @@ impl Template {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the worker template exited"));
             }
             let m = String::from_utf8_lossy(&buf[..len]).into_owned();
+            if let Some(rest) = m.strip_prefix("PID ") {
+                let n = self.pids_received;
+                self.pids_received += 1;
+                self.pids.insert(n, rest.trim().parse().unwrap_or(0));
+                if self.pids.len() > 4096 {
+                    self.pids.clear(); // nobody collects them: bounded
+                }
+            }
             if let Some(rest) = m.strip_prefix("EXIT ") {
                 let mut it = rest.split_whitespace().map(|x| x.parse::<i32>().ok());
                 if let (Some(Some(pid)), Some(code), Some(signal)) = (it.next(), it.next(), it.next()) {
+                    if self.released.remove(&(pid as u32)) {
+                        continue;
+                    }
                     self.exits.insert(
                         pid as u32,
                         ExitInfo { code: code.filter(|c| *c >= 0), signal: signal.filter(|s| *s > 0) },

@@ -256,6 +256,10 @@ pub struct WorkerSlot {
     pub pid: Option<u32>,
     /// Jobs run by the current process (for `max_job_count`).
     pub jobs_done: u64,
+    /// How much below `max_job_count` this process is recycled, as a
+    /// fraction of a sixteenth of it (0..=65535): see
+    /// [`JobManagerState::job_limit`].
+    pub limit_jitter: u16,
     /// Consecutive deaths before Ready, for respawn backoff.
     pub quick_deaths: u32,
     /// Replace after the current job (settings reloaded).
@@ -290,6 +294,8 @@ pub struct JobManagerState {
     /// Set by the first stop signal: when the grace period ends.
     stopping: Option<Instant>,
     /// Jobs completed per worker pid (bounded to the most recent pids).
+    /// Workers started so far (each gets its own recycling jitter).
+    spawns: u64,
     pub jobs_by_pid: BTreeMap<u32, u64>,
     /// Worker replacements by reason: died, timeout, recycled.
     pub restarts: BTreeMap<&'static str, u64>,
@@ -373,6 +379,7 @@ impl JobManagerState {
                 state: SlotState::Gone,
                 pid: None,
                 jobs_done: 0,
+                limit_jitter: 0,
                 quick_deaths: 0,
                 recycle_after_job: false,
                 waiting: VecDeque::new(),
@@ -390,6 +397,7 @@ impl JobManagerState {
             last_heartbeat: now,
             announced: 0,
             stopping: None,
+            spawns: 0,
             jobs_by_pid: BTreeMap::new(),
             restarts: BTreeMap::new(),
             jobs_ok: 0,

@@ -664,3 +664,17 @@ fn a_requests_batch_is_its_requests_in_order() {
     runs.extend(h.s.health(h.now).held);
     assert_eq!(runs, vec!["j1".to_string(), "j2".to_string(), "j3".to_string()]);
 }
+
+#[test]
+fn workers_started_together_are_recycled_at_different_counts() {
+    let mut c = cfg(4);
+    c.max_job_count = 1024;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    let limits: Vec<u64> = h.s.slots().iter().map(|s| super::workers::job_limit(1024, s)).collect();
+    assert!(limits.iter().all(|l| (960..=1024).contains(l)), "{limits:?}");
+    let distinct: std::collections::BTreeSet<_> = limits.iter().collect();
+    assert!(distinct.len() >= 3, "spread: {limits:?}");
+    // Small counts are exact.
+    assert!(h.s.slots().iter().all(|s| super::workers::job_limit(3, s) == 3));
+}

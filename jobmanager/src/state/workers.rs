@@ -3,7 +3,7 @@
 //! respawned; spares that take over a slot at once; and handing locally
 //! queued jobs to workers.
 
-use super::{Action, JobInFlight, JobManagerState, QueuedJob, SlotState, PID_HISTORY};
+use super::{Action, JobInFlight, JobManagerState, QueuedJob, SlotState, WorkerSlot, PID_HISTORY};
 use emq_protocol::{JobErrorKind, JobReply};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -66,7 +66,7 @@ impl JobManagerState {
                     1 + s.waiting.len() < depth
                         && !s.recycle_after_job
                         && !s.steal_pending
-                        && s.jobs_done + 1 + (s.waiting.len() as u64) < self.cfg.max_job_count
+                        && s.jobs_done + 1 + (s.waiting.len() as u64) < job_limit(self.cfg.max_job_count, s)
                         && now.saturating_duration_since(job.started) < self.cfg.steal_after
                 }
                 _ => false,
@@ -135,10 +135,13 @@ impl JobManagerState {
     }
 
     pub(super) fn spawn(&mut self, slot: usize, out: &mut Vec<Action>) {
+        self.spawns += 1;
+        let jitter = spread(self.spawns);
         let s = &mut self.slots[slot];
         s.state = SlotState::Starting;
         s.pid = None;
         s.jobs_done = 0;
+        s.limit_jitter = jitter;
         s.recycle_after_job = false;
         s.waiting.clear();
         s.steal_pending = false;
@@ -224,7 +227,7 @@ impl JobManagerState {
             }
             return;
         }
-        let recycle = s.jobs_done >= self.cfg.max_job_count || s.recycle_after_job;
+        let recycle = s.jobs_done >= job_limit(self.cfg.max_job_count, s) || s.recycle_after_job;
         let stopping_idle = self.stopping.is_some() && self.local_queue.is_empty();
         if recycle || stopping_idle {
             if recycle && !stopping_idle {
@@ -392,4 +395,24 @@ impl JobManagerState {
             self.spawn(slot, out);
         }
     }
+}
+
+/// Jobs the process in `s` runs before it is recycled: `max_job_count`
+/// less up to a sixteenth of it, different for each process (as gunicorn's
+/// `max_requests_jitter`). Workers that started together would otherwise
+/// reach the count together, and the second would go before the spare that
+/// replaced the first is up: a slot short for a few milliseconds at every
+/// round.
+pub(super) fn job_limit(max_job_count: u64, s: &WorkerSlot) -> u64 {
+    max_job_count - (max_job_count / 16) * u64::from(s.limit_jitter) / 65_536
+}
+
+/// A well-spread 16-bit value for the n-th spawn (splitmix64): which
+/// process gets which jitter needs no secrecy, only spread, and keeps the
+/// state machine deterministic.
+fn spread(n: u64) -> u16 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 48) as u16
 }
