@@ -90,6 +90,7 @@ impl RouterState {
         now: Now,
     ) -> (Arc<str>, Request) {
         self.lru_clock += 1;
+        let id = self.history.shared_key(&job.msgid).unwrap_or_else(|| job.msgid.to_arc());
         let headers = job.request.headers();
         if uses_slot {
             self.slot_taken(&to, &queue);
@@ -98,7 +99,7 @@ impl RouterState {
             jm.last_used = self.lru_clock;
             jm.in_flight += 1;
             if !jm.reports_all_completions && !headers.reply_requested {
-                jm.unreported.push_back(job.msgid.clone());
+                jm.unreported.push_back(id.clone());
             }
         }
         let queue_name = self.queue_names.get(queue.as_str()).cloned();
@@ -113,7 +114,7 @@ impl RouterState {
         let kept = keep.then(|| job.request.clone());
         let request = job.request.into_request(&queue);
         self.in_flight.insert(
-            job.msgid.clone(),
+            id.clone(),
             JobInFlight {
                 client: job.client,
                 job_manager: to,
@@ -130,7 +131,7 @@ impl RouterState {
                 cancelling: false,
             },
         );
-        (job.msgid, request)
+        (id, request)
     }
 
     /// One of `jm`'s free slots is used by a job from `queue`: with none
@@ -253,7 +254,13 @@ impl RouterState {
         request: StoredRequest,
         attempts: u32,
     ) -> WaitingJob {
-        WaitingJob { client: job.client.clone(), msgid, request, received_ms: self.stamp(job.received), attempts }
+        WaitingJob {
+            client: job.client.clone(),
+            msgid: msgid.into(),
+            request,
+            received_ms: self.stamp(job.received),
+            attempts,
+        }
     }
 
     /// Jobs for `name` that fell back to `default` while nobody served it

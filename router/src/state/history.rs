@@ -353,6 +353,13 @@ impl JobHistory {
         }
     }
 
+    /// The shared string `msgid` is kept under (no new allocation for
+    /// maps that key by it too).
+    pub fn shared_key(&self, msgid: &str) -> Option<Arc<str>> {
+        let i = self.position(msgid)?;
+        Some(self.ring[i].0.clone())
+    }
+
     pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
         let i = self.position(msgid)?;
         Some(&mut self.ring[i].1)

@@ -295,7 +295,8 @@ impl RouterState {
             },
             attempts: 0,
         }));
-        let job = WaitingJob { client, msgid, request: stored, received_ms: self.stamp(now.mono), attempts: 0 };
+        let job =
+            WaitingJob { client, msgid: msgid.into(), request: stored, received_ms: self.stamp(now.mono), attempts: 0 };
         self.accepted += 1;
         self.stats.accepted(&queue);
         match placement {

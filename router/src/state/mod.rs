@@ -53,8 +53,8 @@ pub use history::{AttemptError, JobHistory, JobRecord, JobState};
 pub use intake::Refusal;
 pub use queues::QueueState;
 pub use records::{
-    DeadLetter, InDoubtJob, JobInFlight, JobManagerPeer, SchedulerPeer, StaleJobManager, StoredRequest, WaitingJob,
-    WorkerSlot,
+    DeadLetter, InDoubtJob, JobId, JobInFlight, JobManagerPeer, SchedulerPeer, StaleJobManager, StoredRequest,
+    WaitingJob, WorkerSlot,
 };
 pub use recovery::RestoreSummary;
 pub use stats::{LatencyStats, QueueCounts, QueueStats, OTHER_QUEUE};
@@ -643,7 +643,7 @@ impl RouterState {
             }
         };
         for mut job in jobs {
-            if self.cancelled_spilled.remove(&job.msgid) {
+            if self.cancelled_spilled.remove(&*job.msgid) {
                 continue;
             }
             let own = job.request.queue(queue).to_owned();

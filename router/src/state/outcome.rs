@@ -268,7 +268,7 @@ impl RouterState {
         self.count("requeued_dead_letters");
         let waiting = WaitingJob {
             client: d.client,
-            msgid: d.msgid,
+            msgid: d.msgid.into(),
             request: d.request,
             received_ms: self.stamp(now.mono),
             attempts: 0,

@@ -167,13 +167,85 @@ pub struct JobInFlight {
     pub cancelling: bool,
 }
 
-/// A job waiting for a free slot (or for its retry). Kept compact (boxed
-/// frames, a msgid shared with its in-flight and history records): a
-/// router may hold a million of these.
+/// A waiting job's msgid: inline when it is at most 38 bytes (a UUID's
+/// 36 characters — every EventMQ and emq msgid), else shared. A router may
+/// hold a million waiting jobs and keeps history records of only the last
+/// `job_history`: the older ones would each keep a 64-byte heap string
+/// alive just for their id.
+#[derive(Clone)]
+pub enum JobId {
+    Inline { len: u8, bytes: [u8; 38] },
+    Shared(Arc<str>),
+}
+
+impl JobId {
+    /// The id as a shared string: `history`'s when it has one (no copy).
+    pub fn to_arc(&self) -> Arc<str> {
+        match self {
+            JobId::Shared(s) => s.clone(),
+            JobId::Inline { .. } => Arc::from(&**self),
+        }
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(s: &str) -> Self {
+        if s.len() <= 38 {
+            let mut bytes = [0u8; 38];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            JobId::Inline { len: s.len() as u8, bytes }
+        } else {
+            JobId::Shared(Arc::from(s))
+        }
+    }
+}
+
+impl From<Arc<str>> for JobId {
+    fn from(s: Arc<str>) -> Self {
+        if s.len() <= 38 {
+            JobId::from(&*s)
+        } else {
+            JobId::Shared(s)
+        }
+    }
+}
+
+impl From<&Arc<str>> for JobId {
+    fn from(s: &Arc<str>) -> Self {
+        JobId::from(s.clone())
+    }
+}
+
+impl std::ops::Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            // Only ever filled from a `&str`: valid UTF-8.
+            JobId::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default(),
+            JobId::Shared(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
+}
+
+/// A job waiting for a free slot (or for its retry). Kept compact (the
+/// frames in one box, the msgid inline): a router may hold a million of
+/// these.
 #[derive(Debug)]
 pub struct WaitingJob {
     pub client: PeerId,
-    pub msgid: Arc<str>,
+    pub msgid: JobId,
     pub request: StoredRequest,
     /// Milliseconds since the router started (4 bytes, not a 16-byte Instant).
     pub received_ms: u32,

@@ -209,7 +209,7 @@ impl RouterState {
             let received = now.mono.checked_sub(age).unwrap_or(self.started);
             let job = WaitingJob {
                 client: j.client,
-                msgid: msgid.clone(),
+                msgid: (&msgid).into(),
                 request: j.request,
                 received_ms: self.stamp(received),
                 attempts: j.attempts,
@@ -344,7 +344,7 @@ impl RouterState {
         });
         WaitingJob {
             client: j.client.clone(),
-            msgid,
+            msgid: msgid.into(),
             request,
             received_ms: self.stamp(j.received),
             attempts: j.attempts,

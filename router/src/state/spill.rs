@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Where jobs that do not fit in memory wait, per queue, in order.
 pub trait SpillStore: Send {
@@ -61,7 +60,7 @@ fn decode(rec: Record) -> Option<WaitingJob> {
     let Record::Accepted { job, attempts } = rec else { return None };
     Some(WaitingJob {
         client: PeerId::from(job.client.as_slice()),
-        msgid: Arc::from(job.msgid.as_str()),
+        msgid: super::JobId::from(job.msgid.as_str()),
         request: StoredRequest::from_parts(job.requested_queue.as_deref(), &job.headers, &job.payload),
         received_ms: job.received as u32,
         attempts,
@@ -292,7 +291,7 @@ mod tests {
     fn job(i: u32) -> WaitingJob {
         WaitingJob {
             client: PeerId::from("c"),
-            msgid: Arc::from(format!("m{i}").as_str()),
+            msgid: super::super::JobId::from(format!("m{i}").as_str()),
             request: StoredRequest::from_parts(None, "h", &format!("p{i}")),
             received_ms: i,
             attempts: 0,
