@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 use emq_protocol::{Command, Heartbeat, Inform, Message, QueueSpec, Reply, Request};
 use serde_json::json;
 use std::collections::HashMap;
+use std::os::fd::{AsFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -581,6 +582,7 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
         bail!("no free slots at the router");
     }
     let mut samples = Vec::new();
+    let (mut teardown, mut after_exit) = (Vec::new(), Vec::new());
     for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(settle_ms));
         let _ = std::fs::remove_file(pid_file);
@@ -613,9 +615,28 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
         if ppid != Some(jm_pid) && ppid.and_then(parent) != Some(jm_pid) {
             bail!("pid {pid} is not a worker of job manager {jm_pid}");
         }
+        // A pidfd turns readable when the process has exited: after the
+        // kernel has torn it down (its memory, then its descriptors — the
+        // job manager learns of the death from its pipe closing, not
+        // before), so "exit → READY" is the part the job manager and the
+        // router spend, "kill → READY" includes the kernel's teardown.
+        // SAFETY: pidfd_open has no memory arguments.
+        let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a new descriptor, ours alone.
+        let pidfd = (raw >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) });
+        let exited = |wait_ms: u16| {
+            pidfd.as_ref().is_some_and(|fd| {
+                let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(wait_ms)).unwrap_or(0) > 0
+            })
+        };
         let t = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        let mut exit_at = None;
         loop {
+            if exit_at.is_none() && exited(0) {
+                exit_at = Some(t.elapsed());
+            }
             if admin_free_slots(&admin)? == full {
                 break;
             }
@@ -623,14 +644,29 @@ fn recovery(frontend: &str, admin_addr: &str, jm_pid: i32, kills: usize, pid_fil
                 bail!("replacement never became ready");
             }
         }
-        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        let ready_at = t.elapsed();
+        if exit_at.is_none() && exited(5000) {
+            exit_at = Some(t.elapsed());
+        }
+        samples.push(ready_at.as_secs_f64() * 1e3);
+        if let Some(e) = exit_at {
+            teardown.push(e.as_secs_f64() * 1e3);
+            after_exit.push(ready_at.saturating_sub(e).as_secs_f64() * 1e3);
+        }
         // Drain the job's error reply and receipts.
         recv_batch(&client, 0, |_| {})?;
     }
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    let (exit_p50, after_exit_p50) = (p50(&mut teardown), p50(&mut after_exit));
     samples.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
-        json!({"kills": kills, "settle_ms": settle_ms, "p50_ms": samples[samples.len() / 2], "min_ms": samples[0], "max_ms": samples[samples.len() - 1]})
+        json!({"kills": kills, "settle_ms": settle_ms, "p50_ms": samples[samples.len() / 2], "min_ms": samples[0],
+               "max_ms": samples[samples.len() - 1], "kill_to_exit_p50_ms": exit_p50,
+               "exit_to_ready_p50_ms": after_exit_p50})
     );
     Ok(())
 }
