@@ -461,9 +461,9 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    # Only a run of every scenario replaces latest.md; partial runs keep
+    # Only a run of every default scenario (1-6) replaces latest.md; partial runs keep
     # their own file.
-    name = "latest.md" if only >= set("1234567") and not args.quick else "partial-%s.md" % "".join(sorted(only))
+    name = "latest.md" if only >= set("123456") and not args.quick else "partial-%s.md" % "".join(sorted(only))
     with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
         f.write(text)
 
