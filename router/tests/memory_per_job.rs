@@ -53,7 +53,7 @@ fn bytes_per_buffered_job(n: usize, queue: &str) -> f64 {
     let payload = shell(100 - shell(0).len());
     assert_eq!(payload.len(), 100);
     // Warm up the shared parts (queue, stats, client) before counting.
-    let mut send = |r: &mut RouterState, i: usize| {
+    let send = |r: &mut RouterState, i: usize| {
         let m = Message::with_msgid(
             format!("{:08x}-0000-4000-8000-{:012x}", i, i),
             Command::Request(Request { queue: queue.into(), headers: String::new(), payload: payload.clone() }),
