@@ -290,6 +290,11 @@ pub(crate) fn serve_forks() -> Result<(), i32> {
                 // SAFETY: received descriptors are ours to close.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
+            if &buf[..len] == b"FORK" {
+                // Every FORK gets its answer, in order: the job manager
+                // numbers the answers to match them to its forks.
+                send(ctl_fd.as_raw_fd(), "PID 0");
+            }
             continue;
         }
         // SAFETY: received descriptors are ours.
