@@ -232,7 +232,10 @@ impl JobHistory {
 
     /// Where `msgid`'s record is in the ring.
     fn position(&self, msgid: &str) -> Option<usize> {
-        self.index.get(msgid).map(|seq| (seq - self.base) as usize)
+        let i = self.index.get(msgid)?.checked_sub(self.base)? as usize;
+        // Always in range (records leave the ring and the index together);
+        // checked all the same: a wrong index must not panic the router.
+        (i < self.ring.len()).then_some(i)
     }
 
     /// The byte budget of kept results.
