@@ -214,9 +214,13 @@ impl WorkerProcess {
             match frame {
                 Ok(f) => {
                     if let (FromWorker::Ready { pid: p }, Proc::Forked { pid, .. }) = (&f, &self.proc) {
-                        if pid.get() == 0 && *p > 0 {
-                            // Collect the template's answer too (no wait).
-                            let _ = self.resolve_pid(std::time::Duration::ZERO);
+                        if *p > 0 {
+                            // Collect the template's answer too (no wait);
+                            // the worker's own word is the one kept.
+                            let answered = self.resolve_pid(std::time::Duration::ZERO);
+                            if answered != 0 && answered != *p {
+                                tracing::warn!(template_said = answered, worker_said = *p, "worker pid mismatch");
+                            }
                             pid.set(*p);
                         }
                     }

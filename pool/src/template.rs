@@ -15,7 +15,8 @@
 //! Control channel: a `SOCK_SEQPACKET` socket pair (one message per
 //! packet). Job manager → template: `FORK` with two descriptors (the new
 //! worker's stdin and stdout pipes) as `SCM_RIGHTS`. Template → job
-//! manager: `READY` once warm, `PID n` after each fork, `EXIT n code
+//! manager: `READY` once warm, `PID k n` after `FORK k` (fork number k
+//! made pid n; 0 when it failed), `EXIT n code
 //! signal` when a worker it forked ends (it is their parent, so it reaps
 //! them).
 
@@ -44,11 +45,10 @@ pub struct Template {
     /// Workers whose exit nobody will collect ([`Template::release`]):
     /// their report is dropped when it comes.
     released: std::collections::HashSet<u32>,
-    /// `FORK`s sent, and `PID` answers received (they come in order: the
-    /// n-th answer is for the n-th fork).
+    /// `FORK`s sent (the next fork's number).
     forks_sent: u64,
-    pids_received: u64,
-    /// Answers not yet collected, by fork number (0: the fork failed).
+    /// Answers not yet collected, by fork number (0: the fork failed);
+    /// each answer names its fork, so a lost one cannot shift the others.
     pids: HashMap<u64, u32>,
 }
 
@@ -81,7 +81,6 @@ impl Template {
             exits: HashMap::new(),
             released: Default::default(),
             forks_sent: 0,
-            pids_received: 0,
             pids: HashMap::new(),
         };
         match t.recv_until(Instant::now() + limit, |m| m == "READY")? {
@@ -107,10 +106,11 @@ impl Template {
         let (from_r, from_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let fds = [to_r.as_raw_fd(), from_w.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(self.sock.as_raw_fd(), &[IoSlice::new(b"FORK")], &cmsg, MsgFlags::empty(), None)
+        let n = self.forks_sent;
+        let msg = format!("FORK {n}");
+        sendmsg::<()>(self.sock.as_raw_fd(), &[IoSlice::new(msg.as_bytes())], &cmsg, MsgFlags::empty(), None)
             .map_err(io::Error::from)?;
         drop((to_r, from_w));
-        let n = self.forks_sent;
         self.forks_sent += 1;
         // Answers nobody asked for yet are kept; bounded like the exits.
         let _ = self.recv_until(Instant::now(), |_| false);
@@ -123,13 +123,8 @@ impl Template {
         if let Some(pid) = self.pids.remove(&n) {
             return Some(pid).filter(|p| *p > 0);
         }
-        let end = Instant::now() + wait;
-        while self.pids_received <= n {
-            match self.recv_until(end, |m| m.starts_with("PID ")) {
-                Ok(Some(_)) => {}
-                _ => break,
-            }
-        }
+        let want = format!("PID {n} ");
+        let _ = self.recv_until(Instant::now() + wait, |m| m.starts_with(&want));
         self.pids.remove(&n).filter(|p| *p > 0)
     }
 
@@ -185,11 +180,15 @@ impl Template {
             }
             let m = String::from_utf8_lossy(&buf[..len]).into_owned();
             if let Some(rest) = m.strip_prefix("PID ") {
-                let n = self.pids_received;
-                self.pids_received += 1;
-                self.pids.insert(n, rest.trim().parse().unwrap_or(0));
+                let mut it = rest.split_whitespace().map(|x| x.parse::<u64>().ok());
+                if let (Some(Some(n)), Some(Some(pid))) = (it.next(), it.next()) {
+                    self.pids.insert(n, u32::try_from(pid).unwrap_or(0));
+                }
                 if self.pids.len() > 4096 {
-                    self.pids.clear(); // nobody collects them: bounded
+                    // Answers nobody collected (the worker's Ready said its
+                    // pid first): only old ones go.
+                    let recent = self.forks_sent.saturating_sub(1024);
+                    self.pids.retain(|k, _| *k >= recent);
                 }
             }
             if let Some(rest) = m.strip_prefix("EXIT ") {
@@ -285,18 +284,18 @@ pub(crate) fn serve_forks() -> Result<(), i32> {
         if len == 0 {
             return Err(0); // the job manager is gone
         }
-        if &buf[..len] != b"FORK" || fds.len() != 2 {
+        let fork_no = std::str::from_utf8(&buf[..len]).ok().and_then(|m| m.strip_prefix("FORK ")).map(str::to_owned);
+        let Some(fork_no) = fork_no.filter(|_| fds.len() == 2) else {
             for fd in fds {
                 // SAFETY: received descriptors are ours to close.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
-            if &buf[..len] == b"FORK" {
-                // Every FORK gets its answer, in order: the job manager
-                // numbers the answers to match them to its forks.
-                send(ctl_fd.as_raw_fd(), "PID 0");
+            if let Some(k) = std::str::from_utf8(&buf[..len]).ok().and_then(|m| m.strip_prefix("FORK ")) {
+                // Every FORK gets its answer (a truncated one: failed).
+                send(ctl_fd.as_raw_fd(), &format!("PID {k} 0"));
             }
             continue;
-        }
+        };
         // SAFETY: received descriptors are ours.
         let (stdin_r, stdout_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: the template is single-threaded; Python is told around the fork.
@@ -322,20 +321,23 @@ pub(crate) fn serve_forks() -> Result<(), i32> {
                 // SAFETY: back in the template, GIL held.
                 unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
                 drop((stdin_r, stdout_w));
-                send(ctl_fd.as_raw_fd(), &format!("PID {}", child.as_raw()));
+                send(ctl_fd.as_raw_fd(), &format!("PID {fork_no} {}", child.as_raw()));
             }
             Err(e) => {
                 // SAFETY: as above.
                 unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
                 tracing::error!(error = %e, "template: fork failed");
-                send(ctl_fd.as_raw_fd(), "PID 0");
+                send(ctl_fd.as_raw_fd(), &format!("PID {fork_no} 0"));
             }
         }
     }
 }
 
 fn send(fd: RawFd, msg: &str) {
-    let _ = sendmsg::<()>(fd, &[IoSlice::new(msg.as_bytes())], &[], MsgFlags::empty(), None);
+    // Python's signal handlers are installed without SA_RESTART.
+    while let Err(nix::errno::Errno::EINTR) =
+        sendmsg::<()>(fd, &[IoSlice::new(msg.as_bytes())], &[], MsgFlags::empty(), None)
+    {}
 }
 
 /// Reaps every worker that ended and tells the job manager.

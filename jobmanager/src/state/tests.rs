@@ -675,6 +675,7 @@ fn workers_started_together_are_recycled_at_different_counts() {
     assert!(limits.iter().all(|l| (960..=1024).contains(l)), "{limits:?}");
     let distinct: std::collections::BTreeSet<_> = limits.iter().collect();
     assert!(distinct.len() >= 3, "spread: {limits:?}");
-    // Small counts are exact.
+    // Small counts are exact; a huge one ("never") does not overflow.
     assert!(h.s.slots().iter().all(|s| super::workers::job_limit(3, s) == 3));
+    assert!(h.s.slots().iter().all(|s| super::workers::job_limit(u64::MAX, s) >= u64::MAX - u64::MAX / 16));
 }

@@ -404,7 +404,8 @@ impl JobManagerState {
 /// replaced the first is up: a slot short for a few milliseconds at every
 /// round.
 pub(super) fn job_limit(max_job_count: u64, s: &WorkerSlot) -> u64 {
-    max_job_count - (max_job_count / 16) * u64::from(s.limit_jitter) / 65_536
+    // In u128: `max_job_count` may be set near u64::MAX ("never").
+    max_job_count - (u128::from(max_job_count / 16) * u128::from(s.limit_jitter) / 65_536) as u64
 }
 
 /// A well-spread 16-bit value for the n-th spawn (splitmix64): which

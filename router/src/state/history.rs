@@ -210,8 +210,10 @@ pub struct JobHistory {
     /// Bytes of results kept, at most `results_max_bytes`.
     result_bytes: usize,
     results_max_bytes: usize,
-    /// Jobs whose result is kept, oldest first (evicted first).
-    with_results: VecDeque<Arc<str>>,
+    /// Sequence numbers of the records whose result is kept, oldest result
+    /// first (evicted first); those of forgotten records are skipped, and
+    /// dropped in bulk before they could outnumber the records.
+    with_results: VecDeque<u64>,
 }
 
 /// What a JOB_STATUS shows in place of a result that was not kept.
@@ -251,8 +253,10 @@ impl JobHistory {
     /// grow the router.
     pub fn set_result(&mut self, msgid: &str, result: String) {
         let Some(i) = self.position(msgid) else { return };
-        let (key, r) = &mut self.ring[i];
-        let old = r.result.take().map_or(0, |o| o.len());
+        let seq = self.base + i as u64;
+        let r = &mut self.ring[i].1;
+        // The note that stands for a result not kept was never counted.
+        let old = r.result.take().filter(|o| o != RESULT_NOT_KEPT).map_or(0, |o| o.len());
         self.result_bytes = self.result_bytes.saturating_sub(old);
         if result.len() > self.results_max_bytes / 16 {
             r.result = Some(RESULT_NOT_KEPT.to_owned());
@@ -261,7 +265,11 @@ impl JobHistory {
         let len = result.len();
         r.result = Some(result);
         if old == 0 {
-            self.with_results.push_back(key.clone());
+            self.with_results.push_back(seq);
+            if self.with_results.len() > 2 * self.ring.len() + 1024 {
+                let base = self.base;
+                self.with_results.retain(|s| *s >= base);
+            }
         }
         self.result_bytes += len;
         self.evict_results(0);
@@ -270,11 +278,15 @@ impl JobHistory {
     /// Drops the oldest kept results until `room` more bytes fit.
     fn evict_results(&mut self, room: usize) {
         while self.result_bytes + room > self.results_max_bytes {
-            let Some(id) = self.with_results.pop_front() else { break };
-            let Some(i) = self.position(&id) else { continue };
-            let r = &mut self.ring[i].1;
+            let Some(seq) = self.with_results.pop_front() else { break };
+            let Some(r) = seq.checked_sub(self.base).and_then(|i| self.ring.get_mut(i as usize)).map(|e| &mut e.1)
+            else {
+                continue;
+            };
             if let Some(old) = r.result.take() {
-                self.result_bytes = self.result_bytes.saturating_sub(old.len());
+                if old != RESULT_NOT_KEPT {
+                    self.result_bytes = self.result_bytes.saturating_sub(old.len());
+                }
                 r.result = Some(RESULT_NOT_KEPT.to_owned());
             }
         }
@@ -471,5 +483,25 @@ mod tests {
         assert_eq!(h.result_bytes, 0, "the forgotten result's bytes are given back");
         h.insert(Arc::from("f"), rec());
         assert!(h.get("e").is_none() && h.get("f").is_some());
+    }
+
+    #[test]
+    fn kept_results_are_accounted_and_their_list_stays_bounded() {
+        let mut h = JobHistory::new(100);
+        for i in 0..10_000 {
+            let id = format!("j{i}");
+            h.insert(Arc::from(id.as_str()), rec());
+            h.set_result(&id, "{\"value\": 1}".into());
+        }
+        assert!(h.with_results.len() <= 2 * 100 + 1024, "{}", h.with_results.len());
+        assert_eq!(h.result_bytes, 100 * "{\"value\": 1}".len(), "only the records kept count");
+        // A result too big to keep, then a normal one: counted once.
+        h.set_results_max_bytes(16 * 64);
+        let before = h.result_bytes;
+        h.set_result("j9999", "x".repeat(100));
+        assert_eq!(h.get("j9999").and_then(|r| r.result.as_deref()), Some(RESULT_NOT_KEPT));
+        h.set_result("j9999", "{\"value\": 2}".into());
+        assert!(h.result_bytes <= before, "{} > {before}", h.result_bytes);
+        assert!(h.result_bytes <= 16 * 64);
     }
 }

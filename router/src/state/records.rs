@@ -285,11 +285,13 @@ impl StoredRequest {
     /// From its parts; `queue`: the name the client asked for, when it is
     /// not where the job waits.
     pub fn from_parts(queue: Option<&str>, headers: &str, payload: &str) -> Self {
+        // The queue's length + 1; 0: none (an empty name is a name).
+        let queue_code = queue.map_or(0, |q| q.len() + 1);
         let queue = queue.unwrap_or("");
         let mut body = String::with_capacity(24 + headers.len() + queue.len() + payload.len());
         body.push_str(&headers.len().to_string());
         body.push(',');
-        body.push_str(&queue.len().to_string());
+        body.push_str(&queue_code.to_string());
         body.push(';');
         body.push_str(headers);
         body.push_str(queue);
@@ -297,25 +299,23 @@ impl StoredRequest {
         StoredRequest { body: body.into_boxed_str() }
     }
 
-    /// `(headers, queue, payload)`.
-    fn parts(&self) -> (&str, &str, &str) {
+    /// `(headers, requested queue, payload)`.
+    fn parts(&self) -> (&str, Option<&str>, &str) {
         let b = &*self.body;
         // Written by `from_parts` only: the prefix is always there.
         let semi = b.find(';').unwrap_or(0);
         let (h, q) = b[..semi].split_once(',').unwrap_or(("0", "0"));
         let (h, q) = (h.parse::<usize>().unwrap_or(0), q.parse::<usize>().unwrap_or(0));
         let rest = &b[semi + 1..];
-        (&rest[..h], &rest[h..h + q], &rest[h + q..])
+        let q_len = q.saturating_sub(1);
+        let queue = (q > 0).then(|| rest.get(h..h + q_len).unwrap_or_default());
+        (rest.get(..h).unwrap_or_default(), queue, rest.get(h + q_len..).unwrap_or_default())
     }
 
     /// The REQUEST as it was received; `resolved` is its queue here.
     pub fn into_request(self, resolved: &str) -> Request {
         let (h, q, p) = self.parts();
-        Request {
-            queue: if q.is_empty() { resolved } else { q }.to_owned(),
-            headers: h.to_owned(),
-            payload: p.to_owned(),
-        }
+        Request { queue: q.unwrap_or(resolved).to_owned(), headers: h.to_owned(), payload: p.to_owned() }
     }
 
     /// The queue name the client asked for.
@@ -326,7 +326,7 @@ impl StoredRequest {
     /// The queue name the client asked for, when it is not where the job
     /// waits.
     pub fn requested_queue(&self) -> Option<&str> {
-        Some(self.parts().1).filter(|q| !q.is_empty())
+        self.parts().1
     }
 
     /// Forgets the requested queue name: the job now waits in that queue.
@@ -366,7 +366,6 @@ impl StoredRequest {
             h.push(',');
         }
         h.push_str(&format!("attempt:{attempt}"));
-        let queue = Some(queue).filter(|q| !q.is_empty());
         *self = Self::from_parts(queue, &h, payload);
     }
 }
@@ -426,4 +425,40 @@ pub struct SuspectRun {
     pub job_manager: PeerId,
     pub who: Option<String>,
     pub until: Instant,
+}
+
+#[cfg(test)]
+mod stored_request_tests {
+    use super::*;
+
+    #[test]
+    fn the_frames_come_back_as_they_went_in() {
+        for queue in [None, Some(""), Some("nobody")] {
+            for headers in ["", "guarantee,retry-count:2"] {
+                let payload = r#"["run", {"path": "m;x,y", "callable": "f"}]"#;
+                let mut r = StoredRequest::from_parts(queue, headers, payload);
+                assert_eq!((r.requested_queue(), r.headers_str(), r.payload()), (queue, headers, payload));
+                assert_eq!(r.queue("default"), queue.unwrap_or("default"));
+                r.mark_attempt(2);
+                assert_eq!(r.requested_queue(), queue, "a re-run keeps its queue name");
+                assert!(r.headers_str().ends_with("attempt:2"));
+                assert_eq!(r.payload(), payload);
+                let req = r.clone().into_request("default");
+                assert_eq!(req.queue, queue.unwrap_or("default"));
+                r.clear_requested_queue();
+                assert_eq!(r.requested_queue(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_msgid_is_inline_up_to_38_bytes() {
+        let uuid = "8b4cf65c-e6aa-4a8e-9d1e-0123456789ab";
+        assert!(matches!(JobId::from(uuid), JobId::Inline { .. }));
+        assert_eq!(&*JobId::from(uuid), uuid);
+        let long = "x".repeat(39);
+        assert!(matches!(JobId::from(long.as_str()), JobId::Shared(_)));
+        assert_eq!(&*JobId::from(long.as_str()), long);
+        assert_eq!(&*JobId::from(""), "");
+    }
 }
