@@ -223,7 +223,10 @@ impl JobHistory {
     pub fn new(cap: usize) -> Self {
         JobHistory {
             cap,
-            ring: VecDeque::new(),
+            // Exactly `job_history` records (a doubled ring would keep up to
+            // a third more slots than it ever fills); pages are touched
+            // only as records come.
+            ring: VecDeque::with_capacity(cap.min(1 << 18)),
             base: 0,
             index: HashMap::default(),
             result_bytes: 0,
@@ -340,6 +343,9 @@ impl JobHistory {
         self.cap = cap;
         while self.ring.len() > cap {
             self.forget_oldest();
+        }
+        if cap.min(1 << 18) > self.ring.capacity() {
+            self.ring.reserve_exact(cap.min(1 << 18) - self.ring.len());
         }
     }
 
