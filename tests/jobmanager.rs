@@ -393,6 +393,46 @@ fn workers_are_forked_from_a_warm_template_each_with_its_own_random_state() {
 }
 
 #[test]
+fn a_killed_template_is_replaced_and_jobs_go_on() {
+    // The warm template dies (its workers die with it: PR_SET_PDEATHSIG):
+    // the job manager sees its workers' pipes close, starts a new template
+    // and forks new workers from it; jobs keep running, none is lost.
+    let (_r, a) = start_router(&[]);
+    let jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let v = c.call("default", "testjobs", "pid", json!([]))["value"].clone();
+    let template = v["parent"].as_u64().unwrap() as i32;
+    assert_ne!(template, jm.pid(), "forked from the template: {v}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(template), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // A job that reaches a worker dying with the template fails visibly
+    // ("worker died"); once the job manager has replaced them, jobs run on
+    // workers of a new template.
+    let end = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let v = c.call("default", "testjobs", "pid", json!([]));
+        if v["value"]["parent"].as_u64().is_some_and(|p| p as i32 != template) {
+            break v["value"].clone();
+        }
+        assert!(Instant::now() < end, "no worker of a new template: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let parent = v["parent"].as_u64().unwrap() as i32;
+    let parent_of = |pid: i32| -> Option<i32> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    };
+    assert!(
+        parent == jm.pid() || parent_of(parent) == Some(jm.pid()),
+        "the new worker belongs to the job manager: {v}"
+    );
+    for i in 0..20 {
+        let v = c.call("default", "testjobs", "add", json!([i, 1]));
+        assert_eq!(v["value"], json!(i + 1), "{v}");
+    }
+}
+
+#[test]
 fn workers_past_max_memory_per_worker_are_replaced() {
     let (_r, a) = start_router(&[]);
     // Every worker is past one byte: each is replaced after its job.
