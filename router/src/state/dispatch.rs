@@ -90,7 +90,21 @@ impl RouterState {
         now: Now,
     ) -> (Arc<str>, Request) {
         self.lru_clock += 1;
-        let id = self.history.shared_key(&job.msgid).unwrap_or_else(|| job.msgid.to_arc());
+        // One look-up: the record, and the msgid string it is kept under
+        // (shared by the maps below; a new one only for a job the history
+        // no longer holds).
+        let queue_name = self.queue_names.get(queue.as_str()).cloned();
+        let id = match self.history.mark_shared(&job.msgid, JobState::Dispatched, now.unix) {
+            Some((key, r)) => {
+                r.job_manager = Some(to.clone());
+                r.attempts = attempt;
+                if *r.queue != *queue {
+                    r.queue = queue_name.unwrap_or_else(|| Arc::from(queue.as_str()));
+                }
+                key.clone()
+            }
+            None => job.msgid.to_arc(),
+        };
         let headers = job.request.headers();
         if uses_slot {
             self.slot_taken(&to, &queue);
@@ -100,14 +114,6 @@ impl RouterState {
             jm.in_flight += 1;
             if !jm.reports_all_completions && !headers.reply_requested {
                 jm.unreported.push_back(id.clone());
-            }
-        }
-        let queue_name = self.queue_names.get(queue.as_str()).cloned();
-        if let Some(r) = self.history.mark(&job.msgid, JobState::Dispatched, now.unix) {
-            r.job_manager = Some(to.clone());
-            r.attempts = attempt;
-            if *r.queue != *queue {
-                r.queue = queue_name.unwrap_or_else(|| Arc::from(queue.as_str()));
             }
         }
         let keep = headers.guarantee || headers.retry_count.is_some();

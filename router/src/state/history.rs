@@ -355,7 +355,14 @@ impl JobHistory {
     /// details of the change; `None` when the job is not (or no longer)
     /// remembered.
     pub fn mark(&mut self, msgid: &str, state: JobState, now: f64) -> Option<&mut JobRecord> {
-        let r = self.get_mut(msgid)?;
+        self.mark_shared(msgid, state, now).map(|(_, r)| r)
+    }
+
+    /// [`Self::mark`], with the shared string the record is kept under
+    /// (for maps that key by the msgid too: no copy of it).
+    pub fn mark_shared(&mut self, msgid: &str, state: JobState, now: f64) -> Option<(&Arc<str>, &mut JobRecord)> {
+        let i = self.position(msgid)?;
+        let (key, r) = &mut self.ring[i];
         r.state = state;
         match state {
             JobState::Dispatched => r.dispatched = Some(now),
@@ -363,7 +370,7 @@ impl JobHistory {
             s if s.is_final() => r.finished = Some(now),
             _ => {}
         }
-        Some(r)
+        Some((&*key, r))
     }
 
     /// Adds a failed attempt to `msgid`'s record (its state changes
@@ -372,13 +379,6 @@ impl JobHistory {
         if let Some(r) = self.get_mut(msgid) {
             r.extra_mut().attempt_errors.push(error);
         }
-    }
-
-    /// The shared string `msgid` is kept under (no new allocation for
-    /// maps that key by it too).
-    pub fn shared_key(&self, msgid: &str) -> Option<Arc<str>> {
-        let i = self.position(msgid)?;
-        Some(self.ring[i].0.clone())
     }
 
     pub fn get_mut(&mut self, msgid: &str) -> Option<&mut JobRecord> {
