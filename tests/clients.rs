@@ -46,13 +46,21 @@ fn emq_send_wait_prints_results_and_exit_codes() {
     let (code, out, _) = emq_send(&a.frontend, &["--wait", "--class-args", "[1]", "pkg.mod:Counter.bump", "4"]);
     assert_eq!((code, out.as_str()), (0, r#"{"value":5}"#));
     // A failing job: exit 1, the traceback in the JSON.
-    let (code, out, _) = emq_send(&a.frontend, &["--wait", "testjobs.fail", "bad things"]);
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "--json", "testjobs.fail", "bad things"]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["error"]["type"], "ValueError");
     assert!(v["error"]["traceback"].as_str().unwrap().contains("Traceback"), "{v}");
+    // Without --json: for people, on stderr, the traceback as Python printed it.
+    let (code, out, err) = emq_send(&a.frontend, &["--wait", "testjobs.fail", "bad things"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with("emq-send: job failed: ValueError: bad things\nTraceback (most recent call last):"),
+        "{err}"
+    );
+    assert!(!err.contains("\\n") && err.lines().count() > 3, "real lines: {err}");
     // A job timeout is a failure too.
-    let (code, out, _) = emq_send(&a.frontend, &["--wait", "--timeout", "1", "testjobs.sleep", "10"]);
+    let (code, out, _) = emq_send(&a.frontend, &["--wait", "--json", "--timeout", "1", "testjobs.sleep", "10"]);
     assert_eq!(code, 1);
     assert!(out.contains("\"timeout\""), "{out}");
     // Without --wait: the msgid, once the receipt is in.
@@ -72,8 +80,9 @@ fn emq_send_deadline_without_job_manager_exits_3_and_no_router_exits_2() {
     let (code, _, err) = emq_send(&a.frontend, &["--wait", "--deadline", "1", "benchjobs.add", "2", "3"]);
     assert_eq!(code, 3, "{err}");
     let nobody = tcp(free_port());
+    // Nothing listens there: said at once, before anything is sent (exit 2).
     let (code, _, err) = emq_send(&nobody, &["--deadline", "1", "benchjobs.add", "2", "3"]);
-    assert_eq!(code, 3, "user deadline first: {err}");
+    assert_eq!((code, err), (2, format!("emq-send: no router at {nobody}: connection refused")));
     let out = Command::new(env!("CARGO_BIN_EXE_emq-cli"))
         .args(["--addr", &nobody, "--deadline", "0.5", "status"])
         .output()

@@ -42,6 +42,9 @@ fn dashboard_actions_need_the_token_and_job_detail_shows_every_attempt() {
     let (_, body) = http_request(&a.http, "GET", &format!("/api/job/{bad}"), Some(token), "");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["headers"], "reply-requested,retry-count:1");
+    // What the dead letter runs, and on which job manager by its name.
+    assert_eq!(v["job"], json!({"callable": "testjobs.fail", "args": ["disk full"], "kwargs": {}}), "{v}");
+    assert!(v["job_manager_name"].as_str().is_some_and(|n| n.contains(':')), "host:pid: {v}");
     let attempts = v["attempt_errors"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{v}");
     for at in attempts {
@@ -71,7 +74,7 @@ fn dashboard_actions_need_the_token_and_job_detail_shows_every_attempt() {
     let (code, v) = post(&a, Some(token), "delete_dead", &bad);
     assert_eq!(code, 200, "{v}");
     assert_eq!(admin(&a.admin, "ROUTER_DEAD_LETTERS")["dead_letters"].as_array().unwrap().len(), 0);
-    assert_eq!(post(&a, Some(token), "delete_dead", &bad).0, 409, "already gone");
+    assert_eq!(post(&a, Some(token), "delete_dead", &bad).0, 404, "already gone: nothing by that id");
 
     // Cancel from the page.
     let long = c.send("default", "reply-requested", "testjobs", "sleep", json!([300]));

@@ -90,7 +90,7 @@ fn retries_then_success_then_dead_letters_and_requeue() {
     assert_eq!((code, out.trim()), (0, format!("requeued {id}").as_str()));
     eventually(Duration::from_secs(30), || (std::fs::read_to_string(&counter).ok()? == "4").then_some(()));
     let status = admin(&a.admin, "STATUS");
-    assert!(status["errors"]["retried"].as_u64().unwrap() >= 3, "{status}");
+    assert!(status["activity"]["retried"].as_u64().unwrap() >= 3, "{status}");
     assert_eq!(status["dead_letters"], 1);
 }
 

@@ -7,6 +7,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 const HANG: i64 = 10_000;
+const HANG_DURATION: Duration = Duration::from_secs(30);
 
 fn rss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -19,21 +20,57 @@ fn rss_kb(pid: i32) -> u64 {
 
 /// `os.system` and friends: refused unless a job manager allows them.
 #[test]
-fn callables_outside_allowed_paths_are_refused() {
+fn callables_outside_allowed_paths_never_reach_the_job_manager() {
     let (_r, a) = start_router(&[]);
     let _jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_ALLOWED_PATHS", "benchjobs")]);
     wait_slots(&a.admin, 1);
     let mut c = TestClient::connect(&a.frontend);
-    let v = c.call("default", "os", "system", json!(["echo pwned"]));
-    assert_eq!(v["error"]["type"], "refused", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("allowed_paths"), "{v}");
+    let id = c.send("default", "reply-requested", "os", "system", json!(["echo pwned"]));
     assert_eq!(c.call("default", "benchjobs", "add", json!([1, 2])), json!({"value": 3}));
-    // Counted (seen in the job manager's health at its next heartbeat).
-    eventually(Duration::from_secs(20), || {
-        let w = admin(&a.admin, "ROUTER_SHOW_WORKERS");
-        let jm = w["connected_workers"].as_object()?.values().next()?.clone();
-        (jm["health"]["errors"]["refused_jobs"] == 1).then_some(())
-    });
+    // It waits at the router, which says why; the job manager never saw it.
+    let st = admin(&a.admin, "STATUS");
+    assert_eq!(st["waiting_not_allowed"]["default"]["modules"], json!(["os"]), "{st}");
+    assert_eq!(admin_job(&a, &id)["state"], "queued");
+}
+
+/// Whatever router sends it a job (EventMQ's does not know `allowed_paths`),
+/// the job manager refuses a callable outside them, without importing it,
+/// and counts it. The router here is a bare ROUTER socket speaking frames.
+#[test]
+fn a_job_manager_refuses_callables_outside_allowed_paths_from_any_router() {
+    let port = free_port();
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.bind(&tcp(port)).unwrap();
+    let _jm = start_jobmanager(&tcp(port), "default", 1, &[("EMQ_ALLOWED_PATHS", "benchjobs")]);
+    let recv = |want: &str| -> Vec<Vec<u8>> {
+        let end = std::time::Instant::now() + HANG_DURATION;
+        loop {
+            assert!(std::time::Instant::now() < end, "no {want} from the job manager");
+            if router.poll(zmq::POLLIN, 500).unwrap() == 0 {
+                continue;
+            }
+            let f = router.recv_multipart(0).unwrap();
+            if f.get(3).map(|c| c.as_slice()) == Some(want.as_bytes()) {
+                return f;
+            }
+        }
+    };
+    let inform = recv("INFORM");
+    let features = String::from_utf8_lossy(inform.get(7).map(|f| f.as_slice()).unwrap_or_default()).to_string();
+    assert!(features.split(',').any(|t| t == "allow=benchjobs"), "it says what it allows: {features}");
+    let id = inform[0].clone();
+    router.send_multipart([id.as_slice(), b"", b"eMQP/1.0", b"ACK", b"ack-1", &inform[4]], 0).unwrap();
+    recv("READY");
+    let payload = json!(["run", {"path": "os", "callable": "system", "args": ["echo pwned"]}]).to_string();
+    let job =
+        [id.as_slice(), b"", b"eMQP/1.0", b"REQUEST", b"job-1", b"default", b"reply-requested", payload.as_bytes()];
+    router.send_multipart(job, 0).unwrap();
+    let reply = recv("REPLY");
+    let v: serde_json::Value = serde_json::from_slice(&reply[5]).unwrap();
+    assert_eq!((v["error"]["type"].as_str(), reply[6].as_slice()), (Some("refused"), b"job-1".as_slice()), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("allowed_paths"), "{v}");
 }
 
 /// A peer on the backend that INFORMs for a queue cannot end another job

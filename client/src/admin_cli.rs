@@ -18,6 +18,8 @@ pub struct Args {
     /// Router admin address (default: administrative_addr from settings).
     #[arg(long, short = 'a', global = true)]
     pub addr: Option<String>,
+    /// Settings file (TOML) to read administrative_addr and data_dir from.
+    /// Default: ./settings.toml when present.
     #[arg(long, short = 'C', global = true)]
     pub config: Option<PathBuf>,
     /// Seconds to wait for the router's answer (0 up to ten years).
@@ -85,6 +87,18 @@ pub enum Cmd {
         #[arg(long, default_value = "100")]
         limit: u32,
     },
+    /// The admin token (kept across router restarts).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a new admin token: the old one stops working at once; the
+    /// router writes the new one to its token file (emq-cli reads it).
+    Rotate,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -167,6 +181,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
             | Cmd::Purge { .. }
             | Cmd::Pause { .. }
             | Cmd::Resume { .. }
+            | Cmd::Token { .. }
     ) {
         authenticate(a, &client)?;
     }
@@ -185,6 +200,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Resume { queue } => Command::Admin(AdminCommand::Resume { queue: queue.clone() }),
         Cmd::Unschedule { id } => Command::Admin(AdminCommand::RemoveSchedule { schedule_id: id.clone() }),
         Cmd::Delayed { limit } => Command::Admin(AdminCommand::Delayed { limit: (*limit).max(1) }),
+        Cmd::Token { action: TokenAction::Rotate } => Command::Admin(AdminCommand::RotateToken),
     };
     let answer = client.request(command, a.deadline)?;
     let body = match answer.command {
@@ -214,7 +230,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Requeue { msgid } => println!("requeued {msgid}"),
         Cmd::Shutdown => println!("{v}"),
         Cmd::Schedules => print!("{}", render_schedules(&v, now_unix())),
-        Cmd::Unschedule { id } => println!("removed schedule {id}"),
+        Cmd::Unschedule { id } => println!("removed schedule {}", v["removed"].as_str().unwrap_or(id)),
         Cmd::Cancel { msgid } => match v.get("cancelling") {
             Some(_) => println!("cancelling {msgid}: its worker is being stopped"),
             None => println!("cancelled {msgid} ({})", v["was"].as_str().unwrap_or("?")),
@@ -223,6 +239,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Pause { queue } => println!("paused {queue} ({} job(s) waiting)", num(&v["waiting"])),
         Cmd::Resume { queue } => println!("resumed {queue}"),
         Cmd::Delayed { .. } => print!("{}", render_delayed(&v, now_unix())),
+        Cmd::Token { .. } => {
+            println!("admin token rotated: the old one no longer works; the router wrote the new one to its token file")
+        }
     }
     Ok(())
 }
@@ -313,10 +332,24 @@ pub fn render_status(v: &Value) -> String {
         })
         .collect();
     let mut out = table(&["queue", "waiting", "in flight", "processed", "avg latency", "max latency"], &rows);
-    if let Some(e) = v["errors"].as_object().filter(|e| !e.is_empty()) {
-        out += "\nerrors: ";
-        out += &e.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
-        out += "\n";
+    // Jobs that wait because no job manager allows them: say so.
+    if let Some(m) = v["waiting_not_allowed"].as_object() {
+        for (queue, w) in m {
+            let modules: Vec<&str> = w["modules"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            out += &format!(
+                "\nqueue {queue}: {} job(s) wait: no job manager of it allows {} (allowed_paths)\n",
+                num(&w["waiting"]),
+                modules.join(", ")
+            );
+        }
+    }
+    // Normal activity apart from anomalies: a retry is not an error.
+    for key in ["activity", "errors"] {
+        if let Some(e) = v[key].as_object().filter(|e| !e.is_empty()) {
+            out += &format!("\n{key}: ");
+            out += &e.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
+            out += "\n";
+        }
     }
     if v.get("connected_workers").is_some() {
         out += &format!(
@@ -495,6 +528,7 @@ pub fn render_dead(v: &Value) -> String {
                     vec![
                         d["msgid"].as_str().unwrap_or("?").to_owned(),
                         d["queue"].as_str().unwrap_or("?").to_owned(),
+                        call_line(&d["job"]),
                         num(&d["attempts"]),
                         d["at"].as_f64().map(|t| when(t, now_unix())).unwrap_or_else(|| "-".into()),
                         format!(
@@ -507,13 +541,54 @@ pub fn render_dead(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    table(&["msgid", "queue", "attempts", "dead since", "last error"], &rows)
+    table(&["msgid", "queue", "job", "attempts", "dead since", "last error"], &rows)
+}
+
+/// `pkg.mod.func(1, "a", k=2)` from a job detail (`callable`, `args`,
+/// `kwargs`), "-" when the router no longer holds it.
+fn call_line(job: &Value) -> String {
+    let Some(callable) = job["callable"].as_str() else { return "-".into() };
+    let mut parts: Vec<String> = match &job["args"] {
+        Value::Array(a) => a.iter().map(Value::to_string).collect(),
+        Value::String(cut) => vec![cut.clone()],
+        _ => Vec::new(),
+    };
+    match &job["kwargs"] {
+        Value::Object(m) => parts.extend(m.iter().map(|(k, v)| format!("{k}={v}"))),
+        Value::String(cut) => parts.push(cut.clone()),
+        _ => {}
+    }
+    format!("{callable}({})", parts.join(", "))
 }
 
 pub fn render_job(v: &Value) -> String {
     let mut out = String::new();
     let now = now_unix();
-    for k in ["msgid", "state", "queue", "user", "worker", "attempts", "received", "dispatched", "finished"] {
+    // The job manager by the name `emq-cli workers` shows.
+    let mut v = v.clone();
+    if let Some(name) = v.get("job_manager_name").cloned() {
+        v["worker"] = name;
+    }
+    if v.get("job").is_some() {
+        v["job"] = Value::String(call_line(&v["job"]));
+    }
+    let v = &v;
+    for k in [
+        "msgid",
+        "state",
+        "queue",
+        "job",
+        "headers",
+        "user",
+        "worker",
+        "attempts",
+        "received",
+        "dispatched",
+        "finished",
+    ] {
+        if (k == "job" || k == "headers") && v[k].is_null() {
+            continue;
+        }
         let val = match &v[k] {
             Value::String(s) => s.clone(),
             Value::Null => "-".into(),
@@ -578,6 +653,11 @@ mod tests {
         assert!(d.contains("in 30 s") && d.contains("5 delayed job(s)"), "{d}");
         let job = render_job(&json!({"msgid": "m", "state": "done", "received": 1.0e9}));
         assert!(job.contains("ago") && !job.contains("1000000000"), "no epoch seconds: {job}");
+        let job =
+            render_job(&json!({"msgid": "m", "state": "dead", "worker": "3f1c-uuid", "job_manager_name": "vm:5620",
+            "job": {"callable": "billing.charge", "args": [42, "eur"], "kwargs": {"retry": true}}}));
+        assert!(job.contains("vm:5620") && !job.contains("3f1c-uuid"), "the name workers shows: {job}");
+        assert!(job.contains(r#"billing.charge(42, "eur", retry=true)"#), "{job}");
         let w = render_workers(&json!({"connected_workers": {"3f1c-uuid": {"name": "billing-1", "queues": []}}}));
         assert!(w.contains("billing-1") && !w.contains("3f1c-uuid"), "{w}");
     }
@@ -587,9 +667,12 @@ mod tests {
         let v = json!({
             "waiting_messages_by_queue": {"a": 2}, "inflight_messages_by_queue": {"b": 1},
             "processed_messages_by_queue": {"a": 7}, "latency_messages_by_queue": {}, "max_latency_messages_by_queue": {},
-            "errors": {"refused": 1}
+            "errors": {"refused": 1}, "activity": {"retried": 4}
         });
         let t = render_status(&v);
+        let line_of = |k: &str| t.lines().find(|l| l.contains(k)).unwrap_or("").to_owned();
+        assert!(line_of("retried=4").starts_with("activity:"), "a retry is activity, not an error: {t}");
+        assert!(line_of("refused=1").starts_with("errors:"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("queue"));
         assert!(lines[2].starts_with("a ") && lines[2].contains('7'), "{t}");

@@ -243,6 +243,92 @@ pub struct Client {
     /// question: the router shows this client its jobs' results from any
     /// connection, and nobody else.
     owner_token: String,
+    /// Whether the router is answering (see [`RouterNotice`]).
+    liveness: RouterWatch,
+    /// Who hears of [`RouterNotice`]s during `wait` / `wait_any` (default:
+    /// `tracing`).
+    notice_hook: Option<NoticeHook>,
+}
+
+/// What a waiting client says about its router, once each time it changes:
+/// a job the router accepted is kept in its journal while it is away, so
+/// waiting on is right; but a client that hears nothing for minutes must
+/// say why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterNotice {
+    /// Questions to the router went unanswered for this long: it stopped,
+    /// crashed or is unreachable.
+    Silent(Duration),
+    /// It answers again.
+    Back,
+}
+
+impl std::fmt::Display for RouterNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouterNotice::Silent(d) => write!(
+                f,
+                "the router has not answered for {} s: it stopped or is unreachable; jobs it accepted are kept in its journal and run when it is back — still waiting",
+                d.as_secs()
+            ),
+            RouterNotice::Back => write!(f, "the router answers again"),
+        }
+    }
+}
+
+/// Where a [`Client`] reports [`RouterNotice`]s.
+type NoticeHook = Box<dyn FnMut(&RouterNotice) + Send>;
+
+/// How long questions may go unanswered before the router counts as
+/// silent. Our router answers a JOB_STATUS at once; the wait loops ask
+/// every second.
+pub const ROUTER_SILENT_AFTER: Duration = Duration::from_secs(3);
+
+/// Tracks whether the router answers: only once it has answered a
+/// question (EventMQ's router answers none, so it is never called silent).
+#[derive(Debug, Default)]
+struct RouterWatch {
+    /// It answered a JOB_STATUS at least once.
+    answers: bool,
+    /// The first question sent since it last spoke.
+    asked_since_heard: Option<Instant>,
+    silent: bool,
+    notices: VecDeque<RouterNotice>,
+}
+
+impl RouterWatch {
+    fn asked(&mut self, now: Instant) {
+        self.asked_since_heard.get_or_insert(now);
+    }
+
+    fn heard(&mut self) {
+        self.asked_since_heard = None;
+        if self.silent {
+            self.silent = false;
+            self.push(RouterNotice::Back);
+        }
+    }
+
+    fn check(&mut self, now: Instant) {
+        if !self.answers || self.silent {
+            return;
+        }
+        if let Some(t) = self.asked_since_heard {
+            let quiet = now.saturating_duration_since(t);
+            if quiet >= ROUTER_SILENT_AFTER {
+                self.silent = true;
+                self.push(RouterNotice::Silent(quiet));
+            }
+        }
+    }
+
+    fn push(&mut self, n: RouterNotice) {
+        // Only the latest changes matter; a client nobody asks stays small.
+        if self.notices.len() >= 4 {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
+    }
 }
 
 /// Status answers kept for [`Client::job_status`] callers (older ones are
@@ -287,6 +373,42 @@ impl Client {
             pending: HashSet::new(),
             pending_order: VecDeque::new(),
             owner_token: emq_protocol::random_hex(16),
+            liveness: RouterWatch::default(),
+            notice_hook: None,
+        }
+    }
+
+    /// Where `wait` / `wait_any` report [`RouterNotice`]s (instead of
+    /// `tracing`): `emq-send` prints them on stderr.
+    pub fn on_router_notice(&mut self, hook: impl FnMut(&RouterNotice) + Send + 'static) {
+        self.notice_hook = Some(Box::new(hook));
+    }
+
+    /// Changes in the router's liveness seen while pumping, oldest first
+    /// (each said once). [`Client::wait`] and [`Client::wait_any`] log them
+    /// (`tracing`, target `emq_client`); other callers show them their way.
+    pub fn take_router_notices(&mut self) -> Vec<RouterNotice> {
+        self.liveness.notices.drain(..).collect()
+    }
+
+    /// Whether the router has gone silent (see [`RouterNotice::Silent`]).
+    pub fn router_silent(&self) -> bool {
+        self.liveness.silent
+    }
+
+    fn log_router_notices(&mut self) {
+        if self.liveness.notices.is_empty() {
+            return;
+        }
+        for n in self.take_router_notices() {
+            if let Some(hook) = self.notice_hook.as_mut() {
+                hook(&n);
+                continue;
+            }
+            match n {
+                RouterNotice::Silent(_) => tracing::warn!(router = %self.sender.addr(), "{n}"),
+                RouterNotice::Back => tracing::info!(router = %self.sender.addr(), "{n}"),
+            }
         }
     }
 
@@ -405,12 +527,17 @@ impl Client {
         loop {
             let got = if first { self.sender.recv_timeout(timeout_ms)? } else { self.sender.try_recv()? };
             first = false;
-            let Some(m) = got else { return Ok(n) };
+            let Some(m) = got else {
+                self.liveness.check(Instant::now());
+                return Ok(n);
+            };
             n += 1;
+            self.liveness.heard();
             let Ok(m) = m else { continue }; // garbage from a router: ignore
             match m.command {
                 Command::Reply(Reply::Single { body }) => {
                     if body.starts_with('{') {
+                        self.liveness.answers = true;
                         if let Ok(v) = serde_json::from_str::<Value>(&body) {
                             self.take_status_answer(v);
                         }
@@ -491,7 +618,9 @@ impl Client {
                 job_msgid: id.clone(),
                 owner_token: Some(self.owner_token.clone()),
             }));
-            let _ = self.sender.send(&m);
+            if self.sender.send(&m).is_ok() {
+                self.liveness.asked(Instant::now());
+            }
             self.pending_order.push_back(id);
         }
     }
@@ -530,6 +659,7 @@ impl Client {
     pub fn wait(&mut self, msgid: &str, deadline: Instant) -> JobOutcome {
         let mut last_poll = Instant::now();
         loop {
+            self.log_router_notices();
             if let Some(o) = self.take_result(msgid) {
                 return o;
             }
@@ -555,6 +685,7 @@ impl Client {
     pub fn wait_any(&mut self, deadline: Instant) -> Option<(String, JobOutcome)> {
         let mut last_heard = Instant::now();
         loop {
+            self.log_router_notices();
             while let Some(id) = self.result_order.pop_front() {
                 if let Some(o) = self.results.remove(&id) {
                     self.settle(&id);
@@ -613,11 +744,20 @@ impl Client {
     /// router sends one: EventMQ's does not) is read by [`Client::pump`]
     /// and taken with [`Client::take_status`].
     pub fn ask_status(&mut self, msgid: &str) -> Result<(), ClientError> {
+        let token = self.owner_token.clone();
+        self.ask_status_as(msgid, &token)
+    }
+
+    /// [`Client::ask_status`] with another client's owner token (a job sent
+    /// by another process: Celery's `AsyncResult(id)`): the router shows
+    /// its result only to the holder of the token it was sent with.
+    pub fn ask_status_as(&mut self, msgid: &str, owner_token: &str) -> Result<(), ClientError> {
         let m = Message::new(Command::Admin(AdminCommand::JobStatus {
             job_msgid: msgid.to_owned(),
-            owner_token: Some(self.owner_token.clone()),
+            owner_token: Some(owner_token.to_owned()),
         }));
         self.sender.send(&m)?;
+        self.liveness.asked(Instant::now());
         Ok(())
     }
 

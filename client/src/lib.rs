@@ -28,7 +28,8 @@ pub mod flags;
 pub mod send_cli;
 
 pub use client::{
-    job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt, ScheduleSpec,
+    job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt, RouterNotice,
+    ScheduleSpec, ROUTER_SILENT_AFTER,
 };
 /// What to run: `path` (`pkg.mod` or `pkg.mod:Class`), `callable`, `args`,
 /// `kwargs`, `class_args`, `class_kwargs`.

@@ -35,6 +35,11 @@ pub struct Args {
     /// Wait for the result and print it (asks for reply-requested).
     #[arg(long)]
     pub wait: bool,
+    /// A failed job as JSON on stdout (error type, message, traceback), as
+    /// a successful one is; without it the failure is written for people
+    /// on stderr, traceback and all.
+    #[arg(long)]
+    pub json: bool,
     /// Give up after this many seconds (exit 3); 0 up to ten years.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = flags::seconds)]
     pub deadline: Option<Duration>,
@@ -191,6 +196,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A wrong address is said at once, before anything is sent (exit 2).
+    if let Err(why) = emq_sender::refuses_connections(&addr) {
+        eprintln!("emq-send: {why}");
+        return ExitCode::from(2);
+    }
     let connected = match &keys {
         Some(k) => Client::connect_curve(&addr, k),
         None => Client::connect(&addr),
@@ -199,6 +209,10 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("cannot connect to {addr}: {e}")),
     };
+    // A router that stops answering while we wait is said once (and its
+    // return), not waited on in silence.
+    let notice_addr = addr.clone();
+    client.on_router_notice(move |n| eprintln!("emq-send: router at {notice_addr}: {n}"));
     let start = Instant::now();
     // At most ten years (checked by the flag's parser): cannot overflow.
     let deadline = a.deadline.map(|d| start + d);
@@ -206,7 +220,7 @@ pub fn main() -> ExitCode {
         return schedule(&mut client, &a, &job, deadline);
     }
     if a.count == 1 {
-        send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, deadline)
+        send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, a.json, deadline)
     } else {
         send_many(&mut client, &a, &job, &options, deadline)
     }
@@ -246,6 +260,7 @@ fn schedule(client: &mut Client, a: &Args, job: &crate::Job, deadline: Option<In
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn send_one(
     client: &mut Client,
     addr: &str,
@@ -253,6 +268,7 @@ fn send_one(
     job: &crate::Job,
     options: &Options,
     wait: bool,
+    json: bool,
     deadline: Option<Instant>,
 ) -> ExitCode {
     let msgid = match client.send_request(queue, job, options) {
@@ -266,14 +282,17 @@ fn send_one(
     match client.wait_receipt(&msgid, receipt_deadline) {
         Ok(Receipt::Accepted) => {}
         Ok(Receipt::Refused(e)) => {
-            println!("{}", JobOutcome::Refused(e).to_json().expect("refusal has JSON"));
+            report_failure(&JobOutcome::Refused(e), json);
             return ExitCode::from(1);
         }
         Err(ClientError::Deadline) if deadline.is_some_and(|d| Instant::now() >= d) => {
             eprintln!("emq-send: deadline passed before the router's receipt for {msgid}");
             return ExitCode::from(3);
         }
-        Err(e) => return usage(format!("no receipt from the router at {addr} ({e}); is it running?")),
+        Err(ClientError::Deadline) => {
+            return usage(format!("no receipt from the router at {addr} within 10 s; is it running?"))
+        }
+        Err(e) => return usage(format!("no receipt from the router at {addr}: {e}")),
     }
     if !wait {
         println!("{msgid}");
@@ -285,15 +304,39 @@ fn send_one(
             eprintln!("emq-send: no result for {msgid} before the deadline");
             ExitCode::from(3)
         }
-        o => {
+        o if o.is_success() => {
             println!("{}", o.to_json().expect("an outcome with JSON"));
-            if o.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::SUCCESS
+        }
+        o => {
+            report_failure(&o, json);
+            ExitCode::from(1)
         }
     }
+}
+
+/// A failed (or refused) job: its JSON on stdout with `--json`, else for
+/// people on stderr — `emq-send: job failed: TYPE: MESSAGE`, then the
+/// traceback as Python printed it (real lines, not `\n` escapes).
+fn report_failure(o: &JobOutcome, json: bool) {
+    let v = o.to_json().unwrap_or(Value::Null);
+    if json {
+        println!("{v}");
+        return;
+    }
+    eprintln!("{}", failure_text(&v));
+}
+
+fn failure_text(v: &Value) -> String {
+    let e = &v["error"];
+    let kind = e["type"].as_str().unwrap_or("error");
+    let message = e["message"].as_str().unwrap_or("");
+    let mut text = format!("emq-send: job failed: {kind}: {message}");
+    if let Some(tb) = e["traceback"].as_str().filter(|t| !t.trim().is_empty()) {
+        text.push('\n');
+        text.push_str(tb.trim_end());
+    }
+    text
 }
 
 fn send_many(
@@ -380,6 +423,16 @@ fn send_many(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_failure_reads_as_python_printed_it() {
+        let v = json!({"value": null, "error": {"type": "ValueError", "message": "bad",
+            "traceback": "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n"}});
+        let t = failure_text(&v);
+        assert_eq!(t.lines().next(), Some("emq-send: job failed: ValueError: bad"));
+        assert_eq!(t.lines().nth(2), Some("  File \"x.py\", line 1"), "{t}");
+        assert!(!t.contains("\\n"), "no escapes: {t}");
+    }
 
     #[test]
     fn args_are_json_when_they_parse() {

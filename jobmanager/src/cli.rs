@@ -70,6 +70,7 @@ pub fn main() -> ExitCode {
         }
     };
     emq_settings::init_logging(&s.log_level);
+    emq_settings::warn_unused_eventmq_vars();
     if nix::unistd::geteuid().is_root() && s.worker_user.trim().is_empty() {
         tracing::warn!("running as root: jobs run as root too; set worker_user to run them as another user");
     }
@@ -82,6 +83,12 @@ pub fn main() -> ExitCode {
         router = %s.worker_addr, queues = %cfg.queues.to_wire(), workers = cfg.workers,
         python = %python_description(), "job manager starting"
     );
+    // A wrong address is said at once (exit 2), not as "router silent"
+    // for ever; a router starting beside us gets a moment to bind.
+    if let Err(why) = router_listening(&cfg.addrs, std::time::Duration::from_secs(3)) {
+        eprintln!("emq-jobmanager: {why}");
+        return ExitCode::from(2);
+    }
     let reload_args = args.clone();
     let reload = Box::new(move || {
         let s = settings(&reload_args)?;
@@ -111,6 +118,25 @@ pub fn main() -> ExitCode {
         }
     }
     ExitCode::from(server.run().clamp(0, 255) as u8)
+}
+
+/// Ok once one of the router addresses does not refuse connections;
+/// `Err` when all of them refused for all of `patience`.
+fn router_listening(addrs: &[String], patience: std::time::Duration) -> Result<(), String> {
+    let end = std::time::Instant::now() + patience;
+    loop {
+        let mut last = String::new();
+        for a in addrs {
+            match emq_sender::refuses_connections(a) {
+                Ok(()) => return Ok(()),
+                Err(why) => last = why,
+            }
+        }
+        if std::time::Instant::now() >= end || addrs.is_empty() {
+            return if addrs.is_empty() { Ok(()) } else { Err(last) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Which libpython this binary was built against (for the start-up log).

@@ -129,6 +129,11 @@ pub trait JobLog {
     /// The id the current batch will have: what a receipt for a job
     /// accepted in this pass must wait for.
     fn current_batch(&self) -> u64;
+    /// What a message sent now must wait for to promise that every record
+    /// appended so far is durable: the current batch when it holds
+    /// records, else the last one handed to the writer (an empty batch is
+    /// never submitted, so waiting for it would wait forever).
+    fn covering_batch(&self) -> u64;
     /// Ends the pass: hands the batch to the writer (nothing when empty).
     fn submit(&mut self);
     /// The highest batch id that is durable (per the sync policy).
@@ -181,7 +186,7 @@ impl Journal {
     pub fn open(opts: &JournalOptions, on_record: impl FnMut(Record)) -> Result<(Journal, ReplayReport), JournalError> {
         let dir = &opts.dir;
         let io = |e| JournalError::Io { path: dir.clone(), source: e };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        make_private_dir(dir).map_err(io)?;
         let lock = lock_dir(dir)?;
         let report = replay(dir, opts.repair, on_record)?;
         for old in &report.obsolete {
@@ -274,6 +279,14 @@ impl JobLog for Journal {
         self.next_id
     }
 
+    fn covering_batch(&self) -> u64 {
+        if self.pending.is_empty() {
+            self.next_id - 1
+        } else {
+            self.next_id
+        }
+    }
+
     fn submit(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -334,15 +347,43 @@ impl Drop for Journal {
     }
 }
 
+/// The journal holds job arguments and results: `dir` is created 0700 and
+/// its files are this user's only (0600); a directory or files left more
+/// open by an earlier version are closed up, and that is said.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        // Only a directory of ours that is not a shared one (sticky, like
+        // /tmp) is changed; otherwise it is only said.
+        if meta.uid() == me && mode & 0o1000 == 0 {
+            warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data_dir was readable by others: made 0700");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        } else {
+            warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o7777), "data_dir is readable by others and not ours to change: give the router a private directory");
+        }
+    }
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let Ok(m) = entry.metadata() else { continue };
+        if m.is_file() && m.uid() == me && m.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// One router per journal directory: an exclusive lock on `dir/lock`.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
     let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        0o600,
+    )
+    .open(&path)
+    .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
     match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(locked) => {
             locked.unlock().map_err(|(_, e)| JournalError::Io { path: path.clone(), source: e.into() }).and_then(|f| {
@@ -359,7 +400,6 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 fn writer_loop(
     rx: Receiver<ToWriter>,

@@ -126,7 +126,9 @@ impl SegmentWriter {
     /// Creates segment `seq` in `dir` (and makes its name durable).
     pub fn create(dir: &Path, seq: u64) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, seq);
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        // Job arguments and results: for this user only.
+        let mut file = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create_new(true).append(true), 0o600)
+            .open(&path)?;
         file.write_all(MAGIC)?;
         file.sync_all()?;
         sync_dir(dir)?;

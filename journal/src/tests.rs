@@ -180,3 +180,21 @@ fn damage_before_the_tail_stops_unless_repair() {
     assert_eq!(report.repaired.len(), 1);
     assert!(!records.contains(&accepted(1)));
 }
+
+/// A message that promises only "everything appended so far is durable"
+/// (the router's heartbeat confirming reports) must not wait for an empty
+/// batch: empty batches are never submitted. Idle, it covers nothing new.
+#[test]
+fn covering_batch_of_an_idle_journal_is_already_durable() {
+    let dir = tmpdir("covering");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    assert!(j.covering_batch() <= j.durable(), "nothing appended: nothing to wait for");
+    j.append(&accepted(1));
+    let covering = j.covering_batch();
+    assert_eq!(covering, j.current_batch(), "a pending record: wait for its batch");
+    assert!(covering > j.durable());
+    j.submit();
+    assert_eq!(j.covering_batch(), covering, "submitted, not yet durable: still that batch");
+    wait_durable(&j, covering);
+    assert!(j.covering_batch() <= j.durable(), "idle again: nothing to wait for");
+}

@@ -316,6 +316,18 @@ impl PythonRunner {
     }
 }
 
+/// The bare `emq` module's `__getattr__` (PEP 562): a clear error for any
+/// name of the client package.
+const BARE_EMQ_GETATTR: &std::ffi::CStr = c"
+def __getattr__(name):
+    if name.startswith('__'):
+        raise AttributeError(name)
+    raise AttributeError(
+        'emq.%s: the emq package is not importable in this worker (it has only the bare emq module '
+        'with msgid and attempt). Install it (pip install ./python) into a virtualenv and point the '
+        'job manager at it with python_venv (or VIRTUAL_ENV)' % name)
+";
+
 /// The importable `emq` module inside the worker. When the worker's Python
 /// can import the emq client package (`pip install ./python`, which has
 /// `current_job`), that package is the module: one `emq` for both, its
@@ -333,6 +345,9 @@ fn install_emq_module(py: Python<'_>) -> PyResult<Py<PyModule>> {
     m.setattr("__doc__", "Set by the emq worker before each job: msgid and attempt (1 = first run).")?;
     m.setattr("msgid", py.None())?;
     m.setattr("attempt", 0)?;
+    // Anything else (`@emq.task`, `emq.Client`) means the job expected the
+    // client package: say that it is not importable here, and how to fix it.
+    py.run(BARE_EMQ_GETATTR, Some(&m.dict()), None)?;
     py.import("sys")?.getattr("modules")?.set_item("emq", &m)?;
     Ok(m.unbind())
 }

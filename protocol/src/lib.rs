@@ -23,6 +23,7 @@ mod payload;
 pub mod pyjson;
 mod queues;
 
+pub use cmd::{allow_feature, path_allowed, FEATURE_ALLOW_PREFIX, MAX_ALLOWED_PATHS};
 pub use cmd::{
     schedule_id_of_payload, Ack, AdminCommand, Command, Heartbeat, Inform, Misfire, Publish, Reply, Request, Schedule,
     ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
@@ -33,7 +34,7 @@ pub use frame::{Message, PROTOCOL_VERSION};
 pub use headers::{Headers, MAX_DELAY_SECS, MAX_TIMEOUT_SECS};
 pub use health::{CallableHealth, HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
 pub use parse::Parse;
-pub use payload::{JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
+pub use payload::{payload_module, JobError, JobErrorKind, JobReply, PayloadError, RunPayload};
 pub use queues::{QueueSpec, QueueSpecError, DEFAULT_QUEUE, DEFAULT_WEIGHT};
 
 /// A fresh message id: a UUID4 string, as EventMQ uses, whose 122 random

@@ -97,6 +97,28 @@ impl RunPayload {
     }
 }
 
+/// The module a payload names (`pkg.mod`, also of `pkg.mod:Class`), read
+/// without building its arguments (serde skips them): what a router needs
+/// to hand a job only to a job manager that allows it. `None` for a payload
+/// that is not `["run", {"path": ...}]`.
+pub fn payload_module(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct PathOnly<'a> {
+        #[serde(borrow)]
+        path: std::borrow::Cow<'a, str>,
+    }
+    let (action, p) = serde_json::from_str::<(std::borrow::Cow<'_, str>, PathOnly<'_>)>(raw).ok()?;
+    if action != "run" || p.path.is_empty() {
+        return None;
+    }
+    Some(match p.path {
+        std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.split_once(':').map_or(s, |(m, _)| m)),
+        std::borrow::Cow::Owned(s) => {
+            std::borrow::Cow::Owned(s.split_once(':').map_or(s.as_str(), |(m, _)| m).to_owned())
+        }
+    })
+}
+
 /// What kind of failure ended a job: one of ours, or the type name of the
 /// Python exception the job raised. On the wire it is the `error.type`
 /// string, unchanged from what earlier versions (and EventMQ-facing tools)
@@ -315,6 +337,16 @@ mod tests {
             RunPayload::parse(r#"["run", {"path": "m", "callable": "f", "args": null}]"#),
             Err(PayloadError::BadRunArguments(_))
         ));
+    }
+
+    #[test]
+    fn payload_module_reads_the_path_only() {
+        let raw = r#"["run", {"args": [{"path": "not.this"}], "path": "pkg.mod:Cls", "callable": "m"}]"#;
+        assert_eq!(payload_module(raw).as_deref(), Some("pkg.mod"));
+        assert_eq!(payload_module(r#"["run", {"path": "a\u002eb", "callable": "f"}]"#).as_deref(), Some("a.b"));
+        assert_eq!(payload_module(r#"["stop", {"path": "a"}]"#), None);
+        assert_eq!(payload_module("not json"), None);
+        assert_eq!(payload_module(r#"["run", {"callable": "f"}]"#), None);
     }
 
     #[test]

@@ -150,7 +150,7 @@ class JobStatus:
 class Job:
     """A job sent with :meth:`Client.send`. ``await job`` works in asyncio."""
 
-    def __init__(self, client, msgid, name, queue, receipted, wants_result):
+    def __init__(self, client, msgid, name, queue, receipted, wants_result, owner=None, foreign=False):
         self.client = client
         self.msgid = msgid
         self.name = name
@@ -158,7 +158,13 @@ class Job:
         #: False when the router sent no receipt (EventMQ's router buffers a
         #: job silently when no worker is free).
         self.receipted = receipted
+        #: The secret the job was sent with: another process holding it gets
+        #: the job's result and status with ``Client.job(msgid, owner=...)``
+        #: (Celery's ``AsyncResult(id)``). Keep it as secret as the result.
+        self.owner = owner
         self._wants_result = wants_result
+        # Sent by another client: the result is read from the router's record.
+        self._foreign = foreign
         self._outcome = None
 
     def __repr__(self):
@@ -173,7 +179,13 @@ class Job:
     def _wait(self, timeout):
         if self._outcome is None:
             self._check_results()
-            got = self.client._native.wait_result(self.msgid, timeout)
+            try:
+                got = self.client._native.wait_result(self.msgid, timeout,
+                                                      self.owner if self._foreign else None)
+            except PermissionError as e:
+                raise Error(str(e)) from None
+            except LookupError as e:
+                raise Error(str(e)) from None
             if got is not None and self._outcome is None:
                 self._outcome = _Outcome(*got)
         return self._outcome
@@ -215,7 +227,7 @@ class Job:
 
     def status(self, timeout=5.0):
         """The router's record of the job (:class:`JobStatus`)."""
-        return self.client.status(self.msgid, timeout=timeout)
+        return self.client.status(self.msgid, timeout=timeout, owner=self.owner if self._foreign else None)
 
     def __await__(self):
         import asyncio
@@ -350,7 +362,20 @@ class Client:
             _dumps("class_args", list(class_args or [])), _dumps("class_kwargs", dict(class_kwargs or {})),
             bool(result), bool(guarantee), retries, timeout, delay, eta)
         receipted = self._receipt(msgid, name)
-        return Job(self, msgid, name, queue, receipted, bool(result))
+        return Job(self, msgid, name, queue, receipted, bool(result), owner=self._native.owner_token)
+
+    def job(self, msgid, owner=None):
+        """A :class:`Job` for ``msgid`` sent by any client, in any process
+        (Celery's ``AsyncResult(id)``, RQ's ``Job.fetch(id)``): its
+        ``result()`` and ``status()`` read the router's record. ``owner``:
+        the sending job's :attr:`Job.owner` token; without it the router
+        shows the job's state but never its result, and ``result()`` raises
+        :class:`Error` saying so."""
+        if not isinstance(msgid, str) or not msgid:
+            raise ValueError("msgid must be a non-empty string")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ValueError("owner must be the sending job's Job.owner token (a string)")
+        return Job(self, msgid, "?", None, True, True, owner=owner, foreign=True)
 
     def _receipt(self, msgid, name):
         n = self._native
@@ -374,12 +399,14 @@ class Client:
             raise Refused("router refused %s: %s" % (name, e.get("message", "refused")), msgid)
         return True
 
-    def status(self, msgid, timeout=5.0):
-        """The router's record of a job (:class:`JobStatus`) by msgid."""
+    def status(self, msgid, timeout=5.0, owner=None):
+        """The router's record of a job (:class:`JobStatus`) by msgid;
+        ``owner``: the token of the client that sent it, when that was
+        another one (else the result is hidden)."""
         if isinstance(msgid, Job):
-            msgid = msgid.msgid
+            msgid, owner = msgid.msgid, (owner or (msgid.owner if msgid._foreign else None))
         self._require_results()
-        raw = self._native.status(msgid, timeout)
+        raw = self._native.status(msgid, timeout, owner)
         if raw is None:
             raise Timeout("no JOB_STATUS answer for %s within %s s" % (msgid, timeout))
         return JobStatus(json.loads(raw))

@@ -15,8 +15,10 @@
 //! [`SLICE`], unlock), so threads sharing one client each get their own
 //! results and sends are never held up for longer than a slice.
 
-use emq_client::{job_for, outcome_from_status, Client, ClientError, Job, JobOutcome, Options, Receipt};
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError, PyValueError};
+use emq_client::{job_for, outcome_from_status, Client, ClientError, Job, JobOutcome, Options, Receipt, RouterNotice};
+use pyo3::exceptions::{
+    PyConnectionError, PyLookupError, PyPermissionError, PyRuntimeError, PyTimeoutError, PyValueError,
+};
 use pyo3::prelude::*;
 use serde_json::{Map, Value};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -94,6 +96,10 @@ fn wait_reachable(addr: &str, timeout: Duration) -> Result<(), String> {
                     let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
                     match TcpStream::connect_timeout(&a, left.min(Duration::from_secs(1))) {
                         Ok(_) => return Ok(()),
+                        // A definite no: said at once, not after the whole timeout.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            return Err(format!("no router at {addr}: connection refused"))
+                        }
                         Err(e) => last = e.to_string(),
                     }
                 }
@@ -132,6 +138,33 @@ impl NativeClient {
     /// threads for longer.
     fn pump_slice(c: &mut Client, end: Option<Instant>) -> PyResult<()> {
         c.pump(slice_ms(end)).map(|_| ()).map_err(client_err)
+    }
+
+    /// Says once, on the `emq` logger, that the router stopped answering a
+    /// waiting client (and when it answers again). Taken under the lock,
+    /// said after it is released: the GIL is never asked for while the
+    /// socket is held.
+    fn say_router_notices(&self) {
+        let notices = match self.lock().as_mut() {
+            Some(c) => c.take_router_notices(),
+            None => return,
+        };
+        if notices.is_empty() {
+            return;
+        }
+        Python::attach(|py| {
+            let said: PyResult<()> = (|| {
+                let log = py.import("logging")?.call_method1("getLogger", ("emq",))?;
+                for n in notices {
+                    let level = if n == RouterNotice::Back { "info" } else { "warning" };
+                    log.call_method1(level, (format!("router at {}: {n}", self.addr),))?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = said {
+                e.print(py);
+            }
+        });
     }
 
     fn probe_blocking(&self, timeout: Duration) -> PyResult<bool> {
@@ -174,7 +207,11 @@ impl NativeClient {
         let t = Duration::from_secs_f64(connect_timeout.clamp(0.0, 1e6));
         let client = py.detach(|| {
             wait_reachable(&addr, t).map_err(|e| {
-                PyConnectionError::new_err(format!("no router at {addr} within {connect_timeout} s ({e})"))
+                if e.starts_with("no router") {
+                    PyConnectionError::new_err(e)
+                } else {
+                    PyConnectionError::new_err(format!("no router at {addr} within {connect_timeout} s ({e})"))
+                }
             })?;
             Client::connect(&addr).map_err(|e| PyConnectionError::new_err(format!("cannot connect to {addr}: {e}")))
         })?;
@@ -196,6 +233,13 @@ impl NativeClient {
     #[getter]
     fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The secret sent with this client's jobs: whoever holds it may read
+    /// their results from any process (`Job.owner`, `Client.job`).
+    #[getter]
+    fn owner_token(&self) -> PyResult<String> {
+        self.with(|c| Ok(c.owner_token().to_owned()))
     }
 
     /// Sends one REQUEST; returns its msgid at once (no waiting).
@@ -279,16 +323,24 @@ impl NativeClient {
 
     /// Waits for the outcome of `msgid`: `(kind, json)` (see `encode`), or
     /// `None` when `timeout` seconds pass (`None`: wait for ever).
-    #[pyo3(signature = (msgid, timeout))]
+    /// With `owner` (another client's token: a job sent elsewhere), the
+    /// result is read from the router's record, asked with that token.
+    #[pyo3(signature = (msgid, timeout, owner = None))]
     fn wait_result(
         &self,
         py: Python<'_>,
         msgid: &str,
         timeout: Option<f64>,
+        owner: Option<&str>,
     ) -> PyResult<Option<(&'static str, String)>> {
         let end = deadline(timeout);
         py.detach(|| {
-            let mut last_poll = Instant::now();
+            // A job sent elsewhere: its result never comes here as a
+            // REPLY, so its record is asked at once.
+            let mut last_poll = match owner {
+                Some(_) => Instant::now().checked_sub(STATUS_POLL).unwrap_or_else(Instant::now),
+                None => Instant::now(),
+            };
             let mut asked = false;
             loop {
                 let got = self.with(|c| {
@@ -301,6 +353,17 @@ impl NativeClient {
                             if let Some(o) = outcome_from_status(&st) {
                                 return Ok(Some(o));
                             }
+                            if let Some(why) = st.get("result_hidden").and_then(Value::as_str) {
+                                return Err(PyPermissionError::new_err(format!(
+                                    "the result of job {msgid} is not shown to this client ({why}): pass the \
+                                     sending client's token (Job.owner there) as owner="
+                                )));
+                            }
+                            if st.get("error").is_some() && st.get("state").is_none() {
+                                // The router does not know the job.
+                                let e = st["error"].as_str().unwrap_or("unknown job").to_owned();
+                                return Err(PyLookupError::new_err(format!("job {msgid}: {e}")));
+                            }
                         }
                     }
                     if self.results.load(Ordering::Relaxed) == YES && last_poll.elapsed() >= STATUS_POLL {
@@ -308,7 +371,11 @@ impl NativeClient {
                         // router's job record.
                         last_poll = Instant::now();
                         if !asked {
-                            c.ask_status(msgid).map_err(client_err)?;
+                            match owner {
+                                Some(t) => c.ask_status_as(msgid, t),
+                                None => c.ask_status(msgid),
+                            }
+                            .map_err(client_err)?;
                             asked = true;
                         }
                     }
@@ -318,6 +385,7 @@ impl NativeClient {
                     Self::pump_slice(c, end)?;
                     Ok(c.take_result(msgid))
                 })?;
+                self.say_router_notices();
                 if let Some(o) = got {
                     self.results.store(YES, Ordering::Relaxed);
                     return Ok(encode(o));
@@ -363,11 +431,17 @@ impl NativeClient {
 
     /// The router's record of `msgid` as JSON text, or `None` when no
     /// answer came within `timeout` seconds.
-    #[pyo3(signature = (msgid, timeout))]
-    fn status(&self, py: Python<'_>, msgid: &str, timeout: f64) -> PyResult<Option<String>> {
+    #[pyo3(signature = (msgid, timeout, owner = None))]
+    fn status(&self, py: Python<'_>, msgid: &str, timeout: f64, owner: Option<&str>) -> PyResult<Option<String>> {
         let end = deadline(Some(timeout));
         py.detach(|| {
-            self.with(|c| c.ask_status(msgid).map_err(client_err))?;
+            self.with(|c| {
+                match owner {
+                    Some(t) => c.ask_status_as(msgid, t),
+                    None => c.ask_status(msgid),
+                }
+                .map_err(client_err)
+            })?;
             loop {
                 let got = self.with(|c| {
                     if let Some(v) = c.take_status(msgid) {

@@ -1,6 +1,11 @@
 """The Python client against real emq-router / emq-jobmanager processes."""
 import asyncio
+import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -8,7 +13,7 @@ import time
 import pytest
 
 import emq
-from conftest import free_port, start_router
+from conftest import cli_json, free_port, start_router
 
 
 def test_result_of_a_job(client):
@@ -112,11 +117,14 @@ def test_current_job_outside_a_worker_is_none():
     assert emq.current_job() is None
 
 
-def test_refused_by_the_job_manager(client):
-    job = client.send("os.getcwd")  # not in allowed_paths
-    with pytest.raises(emq.Refused) as ei:
-        job.result(30)
-    assert "os" in str(ei.value)
+def test_a_job_no_job_manager_allows_waits_at_the_router(client, stack):
+    job = client.send("os.getcwd")  # in no job manager's allowed_paths
+    with pytest.raises(emq.Timeout):
+        job.result(2)
+    assert job.status().state == "queued"
+    st = cli_json(stack.admin, "status")
+    assert "os" in st["waiting_not_allowed"]["default"]["modules"], st
+    assert client.send("benchjobs.add", 1, 1).result(30) == 2, "the jobs behind it go on"
 
 
 def test_refused_by_the_router(procs):
@@ -226,3 +234,57 @@ def test_task_decorator(stack, monkeypatch):
         assert c.send(pyclient_jobs.mul, 2, b=8).result(30) == 16
         assert pyclient_jobs.mul.send_with(3, 3, client=c, timeout=5).result(30) == 9
     emq.default_client().close()
+
+
+def test_a_refused_connection_is_said_at_once():
+    addr = "tcp://127.0.0.1:%d" % free_port()
+    # Not after the whole connect_timeout, and not as a time-out.
+    with pytest.raises(emq.ConnectError, match=re.escape("no router at %s: connection refused" % addr) + "$"):
+        emq.Client(addr, connect_timeout=60)
+
+
+_OTHER_PROCESS = r'''
+import emq, sys
+addr, msgid, owner = sys.argv[1], sys.argv[2], (sys.argv[3] or None)
+with emq.Client(addr) as c:
+    job = c.job(msgid, owner=owner)
+    try:
+        print("RESULT", job.result(30))
+        print("STATE", job.status().state)
+    except emq.Error as e:
+        print("ERROR", e)
+'''
+
+
+def test_a_job_read_from_another_process_with_its_owner_token(stack):
+    with emq.Client(stack.frontend) as c:
+        job = c.send("benchjobs.add", 20, 22)
+        assert isinstance(job.owner, str) and len(job.owner) >= 32
+        owner = job.owner
+
+    def other(token):
+        out = subprocess.run([sys.executable, "-c", _OTHER_PROCESS, stack.frontend, job.msgid, token],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split("\n")
+
+    assert other(owner)[:2] == ["RESULT 42", "STATE done"]
+    for token in ("", "0" * len(owner)):
+        lines = other(token)
+        assert lines[0].startswith("ERROR ") and "not shown to this client" in lines[0], lines
+        assert not any(line.startswith("RESULT") for line in lines), lines
+
+
+def test_a_waiting_client_says_once_that_its_router_is_gone(procs, caplog):
+    s = start_router(procs)  # no job manager: the job stays buffered
+    router = procs.procs[-1]
+    with emq.Client(s.frontend) as c:
+        job = c.send("benchjobs.add", 1, 2)
+        threading.Timer(3.0, router.send_signal, (signal.SIGTERM,)).start()
+        with caplog.at_level(logging.INFO, logger="emq"):
+            with pytest.raises(emq.Timeout):
+                job.result(timeout=12)
+    said = [r for r in caplog.records if "has not answered" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert said[0].levelno == logging.WARNING and s.frontend in said[0].getMessage()
+    assert router.wait(10) == 0

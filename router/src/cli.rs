@@ -26,6 +26,9 @@ pub struct Args {
     /// Address emq-cli connects to (administrative_addr).
     #[arg(long)]
     pub administrative_addr: Option<String>,
+    /// Address of the dashboard, metrics and HTTP API (http_addr; "" = off).
+    #[arg(long)]
+    pub http_addr: Option<String>,
     /// Where the journal lives (data_dir).
     #[arg(long)]
     pub data_dir: Option<String>,
@@ -47,6 +50,9 @@ pub fn settings(args: &Args) -> Result<RouterSettings, SettingsError> {
     if let Some(a) = &args.administrative_addr {
         s.administrative_addr = a.clone();
     }
+    if let Some(a) = &args.http_addr {
+        s.http_addr = a.clone();
+    }
     if let Some(d) = &args.data_dir {
         s.data_dir = d.clone();
     }
@@ -65,6 +71,7 @@ pub fn main() -> ExitCode {
         }
     };
     emq_settings::init_logging(&settings.log_level);
+    emq_settings::warn_unused_eventmq_vars();
     let mut server = match Server::bind_with(&settings, args.journal_repair) {
         Ok(s) => s,
         Err(e) => {

@@ -34,6 +34,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Largest POST body read.
 const MAX_BODY: u64 = 16 << 10;
 
+/// Longest URL served (a msgid is at most a few hundred bytes).
+const MAX_URL: usize = 8 << 10;
+
 /// Binds `addr` and serves from `snapshot` on a new thread; `admin` is
 /// the router's admin address for job details and actions (None: off).
 pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Result<String, String> {
@@ -47,6 +50,10 @@ pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Res
                 let path = request.url().split('?').next().unwrap_or("/").to_owned();
                 let token = bearer(&request);
                 let (body, content_type, code) = match (request.method(), path.as_str()) {
+                    // No path of ours is long: refused at once, not sent on.
+                    _ if request.url().len() > MAX_URL => {
+                        json_answer(Err((414, format!("URL longer than {MAX_URL} bytes"))))
+                    }
                     (tiny_http::Method::Get, "/metrics") => {
                         (snap(&snapshot).metrics, "text/plain; version=0.0.4; charset=utf-8", 200)
                     }
@@ -97,11 +104,15 @@ fn snap(s: &SharedSnapshot) -> Snapshot {
 
 /// The token of an `Authorization: Bearer ...` header.
 fn bearer(r: &tiny_http::Request) -> Option<String> {
-    r.headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
-        .filter(|t| !t.is_empty() && t.len() <= 256)
+    r.headers().iter().find(|h| h.field.equiv("Authorization")).and_then(|h| bearer_token(h.value.as_str()))
+}
+
+/// The token of an `Authorization` value `Bearer TOKEN`; the scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256).then(|| token.to_owned())
 }
 
 /// A dashboard action as an admin command.
@@ -166,8 +177,12 @@ fn json_answer(r: Proxied) -> (String, &'static str, u16) {
         Ok(body) => {
             let code = match serde_json::from_str::<Value>(&body) {
                 Ok(v) if v.get("error").is_some() => {
-                    if v["error"].as_str().is_some_and(|e| e.starts_with("not authorized")) {
+                    let e = v["error"].as_str().unwrap_or("");
+                    if e.starts_with("not authorized") {
                         403
+                    } else if e.starts_with("unknown job") || e.starts_with("no ") {
+                        // Nothing by that id: not a conflict.
+                        404
                     } else {
                         409
                     }
@@ -224,6 +239,18 @@ mod tests {
             assert!(action(bad).is_err(), "{bad}");
         }
         assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+        for (value, token) in [
+            ("Bearer t0k", Some("t0k")),
+            ("bearer t0k", Some("t0k")),
+            ("BEARER  t0k ", Some("t0k")),
+            ("Basic t0k", None),
+            ("Bearer", None),
+        ] {
+            assert_eq!(bearer_token(value).as_deref(), token, "{value}");
+        }
+        assert_eq!(json_answer(Ok(r#"{"msgid":"m","error":"unknown job (never seen)"}"#.into())).2, 404);
+        assert_eq!(json_answer(Ok(r#"{"error":"no live job or schedule m"}"#.into())).2, 404);
+        assert_eq!(json_answer(Ok(r#"{"error":"job m already ended (done)"}"#.into())).2, 409);
         assert_eq!(percent_decode("%aé%é"), "%aé%é", "no panic on multibyte text after %");
     }
 }

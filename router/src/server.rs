@@ -53,19 +53,44 @@ const FRONTEND_OUTBOX_MAX: usize = 10_000;
 /// frontend is not read (the disk is slower than the clients).
 const JOURNAL_BACKLOG_MAX: u64 = 64 << 20;
 
-/// A fresh admin token (from the OS CSPRNG) in `dir/admin.token`, readable
-/// by this user only: `emq-cli` reads it to prove it may change things.
-fn write_admin_token(dir: &std::path::Path) -> Result<String, JournalError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token = emq_protocol::random_hex(32);
+/// The admin token in `dir/admin.token`, readable by this user only:
+/// `emq-cli` reads it to prove it may change things. Kept across restarts
+/// (dashboards and scripts holding it go on working); a new one (OS CSPRNG)
+/// only when there is none yet, or the file is not one this router wrote
+/// (not 64 hex digits, or readable by others). `emq-cli token rotate`
+/// replaces it.
+fn load_or_write_admin_token(dir: &std::path::Path) -> Result<String, JournalError> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join(emq_settings::ADMIN_TOKEN_FILE);
-    let io = |e| JournalError::Io { path: path.clone(), source: e };
-    let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
-    f.write_all(token.as_bytes()).map_err(io)?;
+    if let (Ok(meta), Ok(text)) = (std::fs::symlink_metadata(&path), std::fs::read_to_string(&path)) {
+        let token = text.trim();
+        let private = meta.file_type().is_file() && meta.mode() & 0o077 == 0;
+        if private && token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            info!(token_file = %path.display(), "admin token kept from the last start (emq-cli reads it)");
+            return Ok(token.to_owned());
+        }
+        warn!(token_file = %path.display(), "admin token file unusable (not private, or not a token): writing a new one");
+    }
+    let token = emq_protocol::random_hex(32);
+    write_admin_token(dir, &token)?;
     info!(token_file = %path.display(), "admin token written (emq-cli reads it)");
     Ok(token)
+}
+
+/// Writes `token` to `dir/admin.token` (mode 0600), replacing the file
+/// whole (a new file renamed over the old: never half a token).
+fn write_admin_token(dir: &std::path::Path, token: &str) -> Result<(), JournalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(emq_settings::ADMIN_TOKEN_FILE);
+    let tmp = dir.join(format!("{}.new", emq_settings::ADMIN_TOKEN_FILE));
+    let io = |e| JournalError::Io { path: path.clone(), source: e };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+    f.write_all(token.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(())
 }
 
 /// Journal growth before a checkpoint is considered at all.
@@ -161,7 +186,6 @@ impl Server {
         let admin = bound.pop().expect("three sockets");
         let backend = bound.pop().expect("three sockets");
         let frontend = bound.pop().expect("three sockets");
-        info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         let snapshot = if settings.http_addr.trim().is_empty() {
             None
         } else {
@@ -177,6 +201,8 @@ impl Server {
             info!(http = %bound, "dashboard and metrics");
             Some(snap)
         };
+        // Only once every address is bound: "listening" is then true.
+        info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         // Sockets first (an address problem is one line and no journal
         // touched), then the journal replay; peers that connect meanwhile
         // wait in ZeroMQ until the loop starts.
@@ -191,7 +217,7 @@ impl Server {
         state.set_spill(Box::new(spill));
         let summary = state.finish_restore(Now::real());
         state.set_journal_stats(journal.stats_handle());
-        state.set_admin_token(write_admin_token(&opts.dir)?);
+        state.set_admin_token(load_or_write_admin_token(&opts.dir)?);
         info!(records = report.records, bytes = report.bytes, segments = report.segments,
               checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(),
               buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
@@ -528,12 +554,18 @@ impl Server {
                     }
                 }
                 Action::SendDurable { socket, peer, message } => {
-                    if self.journal.sync_policy() == SyncPolicy::Off {
+                    // Waits only for what was journaled before it: with
+                    // nothing pending and all durable (an idle router's
+                    // heartbeat confirming reports), it goes out at once.
+                    let covering = self.journal.covering_batch();
+                    if self.journal.sync_policy() == SyncPolicy::Off
+                        || (self.held.is_empty() && covering <= self.journal.durable())
+                    {
                         if let Some(e) = self.send(socket, peer, message) {
                             follow_up.push(e);
                         }
                     } else {
-                        self.held.push_back((self.journal.current_batch(), socket, peer, message));
+                        self.held.push_back((covering, socket, peer, message));
                     }
                 }
                 Action::Journal(record) => self.journal.append(&record),
@@ -541,6 +573,10 @@ impl Server {
                     self.outbox.remove(&(socket, peer));
                 }
                 Action::Shutdown => shutdown = true,
+                Action::WriteAdminToken(token) => match write_admin_token(self.journal.dir(), &token) {
+                    Ok(()) => info!("new admin token written"),
+                    Err(e) => error!(error = %e, "cannot write the new admin token: emq-cli cannot read it"),
+                },
             }
         }
         self.actions = actions;

@@ -297,3 +297,50 @@ impl ConnectionWatch {
         out
     }
 }
+
+/// Whether something listens at a `tcp://host:port` address, asked once
+/// with a plain TCP connect (a quick look before anything is sent, so a
+/// wrong address is said at once instead of as a silence later).
+/// `Err` only for a definite no — the connection refused, or a name that
+/// does not resolve — with a line saying so; any other transport, or an
+/// answer that is not a definite no (a slow network, a time-out), is `Ok`:
+/// ZeroMQ keeps trying then, as it should.
+pub fn refuses_connections(addr: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Some(hostport) = addr.strip_prefix("tcp://") else { return Ok(()) };
+    let targets: Vec<_> = match hostport.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return Err(format!("no router at {addr}: cannot resolve {hostport:?} ({e})")),
+    };
+    let mut refused = 0;
+    for a in &targets {
+        match TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => {}
+        }
+    }
+    if refused > 0 && refused == targets.len() {
+        Err(format!("no router at {addr}: connection refused"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::refuses_connections;
+
+    #[test]
+    fn a_closed_port_is_refused_and_an_open_one_is_not() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = format!("tcp://{}", l.local_addr().unwrap());
+        assert_eq!(refuses_connections(&open), Ok(()));
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let closed = format!("tcp://127.0.0.1:{port}");
+        let e = refuses_connections(&closed).unwrap_err();
+        assert_eq!(e, format!("no router at {closed}: connection refused"));
+        assert_eq!(refuses_connections("ipc:///tmp/x"), Ok(()), "only tcp is looked at");
+    }
+}

@@ -252,6 +252,27 @@ pub fn load_from<T: DeserializeOwned>(config_path: Option<&Path>, fallback: &Pat
     Ok(b.build()?.try_deserialize()?)
 }
 
+/// `EVENTMQ_*` variables (EventMQ's names) of settings emq does not have
+/// (e.g. `EVENTMQ_REDIS_HOST`), from `vars`, sorted: they are not refused
+/// (EventMQ's own programs may share the environment) but must not be
+/// silently ignored either.
+pub fn unused_eventmq_vars(vars: impl Iterator<Item = String>) -> Vec<String> {
+    let mut unused: Vec<String> = vars
+        .filter(|v| v.strip_prefix("EVENTMQ_").is_some_and(|k| !KNOWN_KEYS.contains(&k.to_ascii_lowercase().as_str())))
+        .collect();
+    unused.sort();
+    unused
+}
+
+/// Logs (one line) the `EVENTMQ_*` variables in the environment that emq
+/// does not use; call after [`init_logging`].
+pub fn warn_unused_eventmq_vars() {
+    let unused = unused_eventmq_vars(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+    if !unused.is_empty() {
+        tracing::warn!(variables = %unused.join(", "), "EventMQ settings that emq does not use: ignored");
+    }
+}
+
 /// Sets up `tracing` to stderr. `RUST_LOG` wins over `level` (the
 /// `log_level` setting).
 pub fn init_logging(level: &str) {
@@ -274,6 +295,15 @@ mod tests {
         frontend_addr: String,
         hwm: u64,
         python_path: Vec<String>,
+    }
+
+    #[test]
+    fn eventmq_variables_emq_does_not_use_are_named() {
+        let vars = ["EVENTMQ_REDIS_HOST", "EVENTMQ_HWM", "EMQ_HWM", "PATH", "EVENTMQ_FRONTEND_ADDR", "EVENTMQ_A"];
+        assert_eq!(
+            unused_eventmq_vars(vars.iter().map(|s| s.to_string())),
+            vec!["EVENTMQ_A".to_string(), "EVENTMQ_REDIS_HOST".to_string()]
+        );
     }
 
     #[test]

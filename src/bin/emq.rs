@@ -43,6 +43,8 @@ enum Sub {
         /// Extra directories for the workers' sys.path (./jobs is added when present).
         #[arg(long = "python-path")]
         python_path: Vec<PathBuf>,
+        #[command(flatten)]
+        router: RouterFlags,
     },
     /// Write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub
     /// (public), one Z85 line each; print the public key.
@@ -55,6 +57,47 @@ enum Sub {
         #[arg(long, default_value = "emq")]
         name: String,
     },
+}
+
+/// The router's address and journal flags, as `emq-router` takes them
+/// (each overrides the settings file and environment).
+#[derive(clap::Args, Clone, Default)]
+struct RouterFlags {
+    /// Address clients connect to (frontend_addr).
+    #[arg(long)]
+    frontend_addr: Option<String>,
+    /// Address job managers connect to (backend_addr); the job manager
+    /// started here dials it.
+    #[arg(long)]
+    backend_addr: Option<String>,
+    /// Address emq-cli connects to (administrative_addr).
+    #[arg(long)]
+    administrative_addr: Option<String>,
+    /// Dashboard, metrics and HTTP API (http_addr; "" = off).
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Where the router's journal lives (data_dir).
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+impl RouterFlags {
+    fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (flag, val) in [
+            ("--frontend-addr", &self.frontend_addr),
+            ("--backend-addr", &self.backend_addr),
+            ("--administrative-addr", &self.administrative_addr),
+            ("--http-addr", &self.http_addr),
+            ("--data-dir", &self.data_dir),
+        ] {
+            if let Some(x) = val {
+                v.push(flag.to_owned());
+                v.push(x.clone());
+            }
+        }
+        v
+    }
 }
 
 /// `emq keygen`: existing files are never overwritten (a replaced key
@@ -112,10 +155,11 @@ fn up(
     queues: Option<String>,
     jobs: Option<usize>,
     python_path: Vec<PathBuf>,
+    flags: RouterFlags,
 ) -> Result<ExitCode> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let demo = demo_allowed_paths(&config);
-    let backend = check_settings(&config, &queues, jobs, &python_path)?;
+    let backend = check_settings(&config, &queues, jobs, &python_path, &flags)?;
     if demo {
         eprintln!("emq up: allowed_paths = [\"benchjobs\"] (the demo module; set allowed_paths to serve your own)");
     }
@@ -130,6 +174,7 @@ fn up(
         router_cmd.arg("--config").arg(c);
         jm_cmd.arg("--config").arg(c);
     }
+    router_cmd.args(flags.to_args());
     if let Some(q) = &queues {
         jm_cmd.args(["--queues", q]);
     }
@@ -148,6 +193,15 @@ fn up(
         jm_cmd.arg("--python-path").arg(p);
     }
     let mut router = spawn(router_cmd, "emq-router")?;
+    // The job manager only once the router is bound (it refuses to start
+    // against an address where nothing listens); a router that could not
+    // bind has said why and exited.
+    if let Some(st) = wait_listening(&mut router, &backend) {
+        if st.code() != Some(2) {
+            eprintln!("emq up: router exited ({st}) before it listened");
+        }
+        return Ok(ExitCode::from(exit_code(st)));
+    }
     let mut jm = spawn(jm_cmd, "emq-jobmanager")?;
     eprintln!(
         "emq up: router pid {} and job manager pid {} running (python path: {:?}); Ctrl-C stops both",
@@ -195,6 +249,26 @@ fn up(
     Ok(ExitCode::from(code))
 }
 
+/// Waits until something accepts connections at `addr` (the router's
+/// backend), or the router exits (its status then), or a minute passes.
+fn wait_listening(router: &mut Child, addr: &str) -> Option<std::process::ExitStatus> {
+    let hostport = addr.strip_prefix("tcp://")?;
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if let Ok(Some(st)) = router.try_wait() {
+            return Some(st);
+        }
+        let reached = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .map(|mut a| a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()))
+            .unwrap_or(false);
+        if reached {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// 2 when a child refused its settings (as the children and every other
 /// binary report it), else 1.
 fn exit_code(st: std::process::ExitStatus) -> u8 {
@@ -231,13 +305,15 @@ fn check_settings(
     queues: &Option<String>,
     jobs: Option<usize>,
     python_path: &[PathBuf],
+    flags: &RouterFlags,
 ) -> Result<String, emq_settings::SettingsError> {
     let router = emq_router::cli::Args {
         config: config.clone(),
-        frontend_addr: None,
-        backend_addr: None,
-        administrative_addr: None,
-        data_dir: None,
+        frontend_addr: flags.frontend_addr.clone(),
+        backend_addr: flags.backend_addr.clone(),
+        administrative_addr: flags.administrative_addr.clone(),
+        http_addr: flags.http_addr.clone(),
+        data_dir: flags.data_dir.clone(),
         journal_repair: false,
     };
     let router_settings = emq_router::cli::settings(&router)?;
@@ -262,7 +338,7 @@ fn dialable(bound: &str) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Sub::Up { config, queues, jobs, python_path } => up(config, queues, jobs, python_path),
+        Sub::Up { config, queues, jobs, python_path, router } => up(config, queues, jobs, python_path, router),
         Sub::Keygen { out_dir, name } => keygen(out_dir, name),
     };
     result.unwrap_or_else(|e| {

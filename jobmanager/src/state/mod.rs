@@ -90,8 +90,7 @@ impl JmConfig {
     /// `myapp.tasks.email`), or `allowed_paths` is `["*"]`. Empty allows
     /// nothing (settings refuse to start that way).
     fn allowed(&self, payload: &RunPayload) -> bool {
-        let (module, _) = payload.module_and_class();
-        self.allowed_paths.iter().any(|p| p == "*" || module == p || module.starts_with(&format!("{p}.")))
+        emq_protocol::path_allowed(&self.allowed_paths, payload.module_and_class().0)
     }
 }
 

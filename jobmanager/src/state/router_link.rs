@@ -31,7 +31,12 @@ impl JobManagerState {
             // We REPLY for every job: the router can track ours exactly.
             // And we send the REPLYs and READYs of a poll pass as one BATCH
             // once the router says it takes them.
-            features: Some(format!("{},{}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH)),
+            // And what we run (allowed_paths): the router hands us only
+            // jobs we allow, instead of jobs we would refuse.
+            features: Some(match emq_protocol::allow_feature(&self.cfg.allowed_paths) {
+                Some(allow) => format!("{},{},{allow}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH),
+                None => format!("{},{}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH),
+            }),
         }))));
     }
 

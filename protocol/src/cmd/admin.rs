@@ -47,6 +47,9 @@ pub enum AdminCommand {
     /// Our extension: jobs waiting for their time (`delay:` / `eta:`), the
     /// soonest first; at most `limit` of them (0: the router's default).
     Delayed { limit: u32 },
+    /// Our extension: make a new admin token (the old one stops working;
+    /// the router writes the new one to `data_dir/admin.token`).
+    RotateToken,
 }
 
 impl AdminCommand {
@@ -73,6 +76,7 @@ impl AdminCommand {
             "RESUME" => AdminCommand::Resume { queue: p.next_string()? },
             "ROUTER_SCHEDULES" => AdminCommand::Schedules,
             "REMOVE_SCHEDULE" => AdminCommand::RemoveSchedule { schedule_id: p.next_string()? },
+            "ROTATE_TOKEN" => AdminCommand::RotateToken,
             "ROUTER_DELAYED" => {
                 AdminCommand::Delayed { limit: p.next_optional_string()?.and_then(|s| s.parse().ok()).unwrap_or(0) }
             }
@@ -99,6 +103,7 @@ impl AdminCommand {
             AdminCommand::Schedules => "ROUTER_SCHEDULES",
             AdminCommand::RemoveSchedule { .. } => "REMOVE_SCHEDULE",
             AdminCommand::Delayed { .. } => "ROUTER_DELAYED",
+            AdminCommand::RotateToken => "ROTATE_TOKEN",
         }
     }
 

@@ -19,7 +19,7 @@ pub use ack::Ack;
 pub use admin::AdminCommand;
 pub use batch::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use heartbeat::Heartbeat;
-pub use inform::{Inform, FEATURE_REPORTS_ALL};
+pub use inform::{allow_feature, path_allowed, Inform, FEATURE_ALLOW_PREFIX, FEATURE_REPORTS_ALL, MAX_ALLOWED_PATHS};
 pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;

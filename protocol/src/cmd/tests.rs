@@ -71,6 +71,7 @@ fn every_command_round_trips() {
         AdminCommand::Resume { queue: "q".into() },
         AdminCommand::RemoveSchedule { schedule_id: "abc".into() },
         AdminCommand::Delayed { limit: 20 },
+        AdminCommand::RotateToken,
     ] {
         round_trip(Command::Admin(a));
     }

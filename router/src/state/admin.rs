@@ -52,7 +52,9 @@ impl RouterState {
             Command::Admin(AdminCommand::JobStatus { job_msgid, owner_token }) => {
                 let full = self.is_admin(&peer)
                     || self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
-                out.push(answer(self.history.status_json(&job_msgid, full)))
+                let status = self.history.status_json(&job_msgid, full);
+                let status = if full { self.with_job_detail(&job_msgid, status) } else { status };
+                out.push(answer(status))
             }
             Command::Admin(AdminCommand::DeadLetters) => out.push(answer(self.dead_letters_json())),
             Command::Admin(AdminCommand::Schedules) => out.push(answer(self.schedules_json(now))),
@@ -70,7 +72,8 @@ impl RouterState {
                 | AdminCommand::Purge { .. }
                 | AdminCommand::DeleteDead { .. }
                 | AdminCommand::Pause { .. }
-                | AdminCommand::Resume { .. },
+                | AdminCommand::Resume { .. }
+                | AdminCommand::RotateToken,
             )
             | Command::Disconnect
                 if !self.is_admin(&peer) =>
@@ -81,6 +84,18 @@ impl RouterState {
                 warn!(%peer, msgid = %m.msgid, command = m.command.name(), "admin command without authentication: refused");
                 let body = json!({"error": "not authorized: authenticate with the router's admin token (data_dir/admin.token) first"});
                 out.push(answer(body.to_string()));
+            }
+            Command::Admin(AdminCommand::RotateToken) => {
+                // A new token (OS CSPRNG): every session that proved the old
+                // one is forgotten, except the one asking.
+                let token = emq_protocol::random_hex(32);
+                self.admin_token = Some(token.clone());
+                self.admins.clear();
+                self.admin_order.clear();
+                self.authorize_admin(&peer);
+                info!(%peer, "admin token rotated");
+                out.push(Action::WriteAdminToken(token));
+                out.push(answer(json!({"rotated": true}).to_string()));
             }
             Command::Admin(AdminCommand::Requeue { job_msgid }) => {
                 let body = self.requeue_dead_letter(&job_msgid, now, out);
@@ -107,10 +122,12 @@ impl RouterState {
                 out.push(answer(body.to_string()));
             }
             Command::Admin(AdminCommand::RemoveSchedule { schedule_id }) => {
-                let body = if self.remove_schedule(&schedule_id, "removed by an admin", out) {
-                    json!({"removed": schedule_id})
-                } else {
-                    json!({"error": format!("no schedule {schedule_id}")})
+                let body = match self.schedule_id_for(&schedule_id) {
+                    Ok(id) => {
+                        self.remove_schedule(&id, "removed by an admin", out);
+                        json!({"removed": &*id})
+                    }
+                    Err(why) => json!({"error": why}),
                 };
                 out.push(answer(body.to_string()));
             }
@@ -131,6 +148,37 @@ impl RouterState {
                 out.push(answer(body));
             }
         }
+    }
+
+    /// A job record as its owner or an admin sees it: the job manager also
+    /// by the name `emq-cli workers` shows (`--name`, else host:pid), and
+    /// what the job runs (callable, arguments) while the router still
+    /// holds its request (a dead letter, a retry, a delayed job).
+    pub(super) fn with_job_detail(&self, msgid: &str, status: String) -> String {
+        let Ok(mut v) = serde_json::from_str::<Value>(&status) else { return status };
+        if let Some(id) = v.get("worker").and_then(Value::as_str) {
+            let peer = PeerId::from(id);
+            let name = self
+                .job_managers
+                .get(&peer)
+                .and_then(|jm| jm.display_name())
+                .or_else(|| self.stale.get(&peer).and_then(|s| super::records::display_name(s.health.as_ref())));
+            if let Some(n) = name {
+                v["job_manager_name"] = json!(n);
+            }
+        }
+        let payload = self.dead.iter().find(|d| &*d.msgid == msgid).map(|d| d.request.payload()).or_else(|| {
+            self.timers.values().find_map(|t| match t {
+                super::Timer::Job { job, .. } if &*job.msgid == msgid => Some(job.request.payload()),
+                _ => None,
+            })
+        });
+        let payload =
+            payload.or_else(|| self.in_flight.get(msgid).and_then(|j| j.request.as_ref()).map(|r| r.payload()));
+        if let Some(p) = payload {
+            v["job"] = job_summary(p);
+        }
+        v.to_string()
     }
 
     /// Admin connections that proved they hold the token (bounded: the
@@ -184,6 +232,7 @@ impl RouterState {
             "processed_messages_by_queue": s.counter_map(|c| c.processed),
             "processed_messages_by_worker": by_job_manager,
             "errors": self.errors,
+            "activity": self.activity,
             "accepted": self.accepted,
             "uptime_secs": now.mono.saturating_duration_since(self.started).as_secs_f64(),
             "connected_workers": self.job_managers.len(),
@@ -204,7 +253,50 @@ impl RouterState {
             "buffered_bytes_in_memory": self.buffered_bytes,
             "buffered_bytes_on_disk": self.spill.bytes(),
             "buffered_jobs_on_disk": self.spill.total(),
+            "waiting_not_allowed": self.waiting_not_allowed(),
         })
+    }
+
+    /// Why jobs wait although job managers of their queue are there: none
+    /// of them allows the job's module (`allowed_paths`). Per queue: how
+    /// many (of the first 1,000 waiting) and which modules (up to five).
+    fn waiting_not_allowed(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (name, q) in &self.queues {
+            if q.waiting.is_empty() {
+                continue;
+            }
+            let jms: Vec<&super::JobManagerPeer> =
+                q.job_managers.iter().filter_map(|(_, p)| self.job_managers.get(p)).collect();
+            if jms.is_empty() || jms.iter().all(|jm| jm.allowed.is_none()) {
+                continue;
+            }
+            let mut n = 0u64;
+            let mut modules: Vec<String> = Vec::new();
+            for job in q.waiting.iter().take(1000) {
+                let payload = job.request.payload();
+                if jms.iter().any(|jm| jm.allows_payload(payload)) {
+                    continue;
+                }
+                n += 1;
+                if let Some(m) = emq_protocol::payload_module(payload) {
+                    if modules.len() < 5 && !modules.iter().any(|x| *x == *m) {
+                        modules.push(m.into_owned());
+                    }
+                }
+            }
+            if n > 0 {
+                out.insert(
+                    name.clone(),
+                    json!({
+                        "waiting": n,
+                        "modules": modules,
+                        "why": "no job manager of this queue allows these modules (allowed_paths): they wait for one that does",
+                    }),
+                );
+            }
+        }
+        out
     }
 
     /// `ROUTER_SHOW_WORKERS`: EventMQ's `connected_workers` (with `queues`,
@@ -325,6 +417,7 @@ impl RouterState {
                     "msgid": &*d.msgid, "queue": d.queue, "attempts": d.attempts,
                     "error": {"type": d.error_type, "message": d.error_message},
                     "at": d.at, "payload": d.request.payload(),
+                    "job": job_summary(d.request.payload()),
                 })
             })
             .collect();
@@ -425,10 +518,53 @@ impl RouterState {
         for (k, n) in &self.errors {
             errors.with_label_values(&[*k]).inc_by(*n);
         }
+        let activity = counter(
+            "emq_router_activity_total",
+            "Normal activity (retries, schedule runs, cancels...), by kind.",
+            &["kind"],
+        );
+        for (k, n) in &self.activity {
+            activity.with_label_values(&[*k]).inc_by(*n);
+        }
         let uptime = gauge("emq_router_uptime_seconds", "Seconds since the router started.", &[]);
         uptime.with_label_values::<&str>(&[]).set(now.mono.saturating_duration_since(self.started).as_secs_f64());
         let mut text = self.metrics.render();
         text.push_str(&crate::metrics::encode(&r));
         text
+    }
+}
+
+/// Most bytes of a job's arguments shown in its detail (the rest is cut,
+/// and said so): a status answer stays small whatever the job carries.
+const SHOWN_ARGS_BYTES: usize = 4096;
+
+/// What a payload runs, for people: `callable` (`pkg.mod.func` or
+/// `pkg.mod:Class.method`), `args`, `kwargs` (cut past
+/// [`SHOWN_ARGS_BYTES`] each, with `args_cut: true`).
+fn job_summary(payload: &str) -> Value {
+    match emq_protocol::RunPayload::parse(payload) {
+        Ok(p) => {
+            let mut cut = false;
+            let mut shown = |v: Value| -> Value {
+                let text = v.to_string();
+                if text.len() <= SHOWN_ARGS_BYTES {
+                    return v;
+                }
+                cut = true;
+                let mut end = SHOWN_ARGS_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Value::String(format!("{}…", &text[..end]))
+            };
+            let args = shown(Value::Array(p.args.clone()));
+            let kwargs = shown(Value::Object(p.kwargs.clone()));
+            let mut v = json!({"callable": format!("{}.{}", p.path, p.callable), "args": args, "kwargs": kwargs});
+            if cut {
+                v["args_cut"] = json!(true);
+            }
+            v
+        }
+        Err(e) => json!({"unreadable_payload": e.to_string()}),
     }
 }

@@ -32,6 +32,14 @@ impl RouterState {
             self.remove_schedule(msgid, "cancelled", out);
             return CancelOutcome::Removed("schedule");
         }
+        // A schedule by the short id `emq-cli schedules` shows (a unique
+        // prefix), unless it is a job's msgid.
+        if self.history.get(msgid).is_none() {
+            if let Ok(id) = self.schedule_id_for(msgid) {
+                self.remove_schedule(&id, "cancelled", out);
+                return CancelOutcome::Removed("schedule");
+            }
+        }
         let why = "cancelled by an operator";
         // Running at a job manager.
         if let Some(j) = self.in_flight.get_mut(msgid) {

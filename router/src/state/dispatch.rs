@@ -16,12 +16,24 @@ use tracing::{debug, info};
 /// it has no free slot; one of more stays (see `slot_taken`).
 const EAGER_QUEUES: usize = 64;
 
+/// Free-set entries looked at for one pick (job managers that do not allow
+/// the job, or have no free slot, are skipped up to this many).
+const MAX_PICK_SCAN: usize = 256;
+
+/// Waiting jobs looked at for one job manager with `allowed_paths` when the
+/// oldest ones are not for it.
+const MAX_ALLOWED_SCAN: usize = 1024;
+
 impl RouterState {
     /// The job manager with a free slot for `queue`: highest weight first,
     /// then one with an idle worker (a free slot may be only prefetch room
     /// behind busy workers: a job must not wait there while another job
     /// manager of its queue has a worker free), then least recently used.
-    pub(super) fn pick_job_manager(&self, queue: &str) -> Option<PeerId> {
+    ///
+    /// With `payload` (the job's), only a job manager that allows its
+    /// callable (`allowed_paths`, said at INFORM) is picked; `None` asks
+    /// whether any slot is free at all.
+    pub(super) fn pick_job_manager(&self, queue: &str, payload: Option<&str>) -> Option<PeerId> {
         if !self.dispatching() {
             return None;
         }
@@ -33,9 +45,17 @@ impl RouterState {
         // at a bounded number of them; else the first.
         let mut first: Option<(u32, &PeerId)> = None;
         let mut looked = 0;
+        let mut scanned = 0;
         for (std::cmp::Reverse(weight), _, peer) in &q.free {
+            scanned += 1;
+            if scanned > MAX_PICK_SCAN {
+                break;
+            }
             // A job manager of many queues stays in the sets while busy.
             let Some(jm) = self.job_managers.get(peer).filter(|jm| jm.free_slots > 0) else { continue };
+            if payload.is_some_and(|p| !jm.allows_payload(p)) {
+                continue;
+            }
             looked += 1;
             if looked > 16 {
                 break;
@@ -201,10 +221,49 @@ impl RouterState {
             if peer.free_slots == 0 || !self.dispatching() {
                 return;
             }
+            if peer.allowed.is_some() {
+                if !self.dispatch_one_allowed(jm, now, out) {
+                    return;
+                }
+                continue;
+            }
             let Some(queue) = self.next_queue_for(jm) else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
             self.dispatch(jm.clone(), queue, job, now, out);
         }
+    }
+
+    /// For a job manager with `allowed_paths`: the oldest waiting job it
+    /// allows, from its highest-weight queue that has one, is handed to it
+    /// (jobs it does not allow wait for another job manager: no job waits
+    /// behind them). False when there is none (within a bounded look).
+    fn dispatch_one_allowed(&mut self, jm: &PeerId, now: Now, out: &mut Vec<Action>) -> bool {
+        if self.maybe_waiting.is_empty() {
+            return false;
+        }
+        let Some(n_queues) = self.job_managers.get(jm).map(|p| p.by_weight.len()) else { return false };
+        for i in 0..n_queues {
+            let Some(peer) = self.job_managers.get(jm) else { return false };
+            let queue = &peer.by_weight[i];
+            if self.queue_len(queue) == 0 || self.is_paused(queue) {
+                continue;
+            }
+            let queue = queue.clone();
+            if self.queues.get(&queue).is_some_and(|q| q.waiting.is_empty()) && self.spill.len(&queue) > 0 {
+                self.refill(&queue);
+            }
+            let (Some(peer), Some(q)) = (self.job_managers.get(jm), self.queues.get(&queue)) else { continue };
+            let Some(pos) =
+                q.waiting.iter().take(MAX_ALLOWED_SCAN).position(|j| peer.allows_payload(j.request.payload()))
+            else {
+                continue;
+            };
+            let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.remove(pos)).expect("just found");
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
+            self.dispatch(jm.clone(), queue, job, now, out);
+            return true;
+        }
+        false
     }
 
     /// The queue `jm` takes its next job from: its highest-weight queue with
@@ -244,7 +303,7 @@ impl RouterState {
     pub(super) fn requeue(&mut self, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
         self.history.mark(&job.msgid, JobState::Queued, now.unix);
         out.push(Action::Journal(Record::Requeued { msgid: job.msgid.to_string(), attempts: job.attempts }));
-        if let Some(jm) = self.pick_job_manager(&queue) {
+        if let Some(jm) = self.pick_job_manager(&queue, Some(job.request.payload())) {
             self.dispatch(jm, queue, job, now, out);
         } else {
             self.buffer(queue, job, true);

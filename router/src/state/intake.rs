@@ -230,7 +230,7 @@ impl RouterState {
         // `delay:` / `eta:` in the future: the job waits for its time first.
         let due = headers.due_at(now.unix);
         let queue = self.resolve_queue(&request.queue);
-        let target = if due.is_some() { None } else { self.pick_job_manager(&queue) };
+        let target = if due.is_some() { None } else { self.pick_job_manager(&queue, Some(&request.payload)) };
         let hwm = self.cfg.hwm;
         if target.is_none() && due.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
             return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);

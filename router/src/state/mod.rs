@@ -60,6 +60,25 @@ pub use recovery::RestoreSummary;
 pub use stats::{LatencyStats, QueueCounts, QueueStats, OTHER_QUEUE};
 pub use timers::{no_client, ScheduleState, Timer, TimerKey};
 
+/// Counters of things that happen in normal operation: shown under
+/// `activity`, never under `errors` (nor as anomalies on the dashboard).
+pub const ACTIVITY_COUNTERS: &[&str] = &[
+    "cancelled_jobs",
+    "dead_letters",
+    "dead_letters_deleted",
+    "in_doubt_requeued",
+    "in_doubt_settled",
+    "job_manager_reconnected",
+    "late_reports_taken",
+    "purged_jobs",
+    "reply_for_unknown_job",
+    "requeued",
+    "requeued_dead_letters",
+    "retried",
+    "schedule_runs",
+    "suspect_jobs_reclaimed",
+];
+
 /// Which of the router's sockets a message came from or goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SocketKind {
@@ -117,6 +136,8 @@ pub enum Action {
     },
     /// Stop the router (after the sends before it).
     Shutdown,
+    /// Replace `data_dir/admin.token` with this token (`ROTATE_TOKEN`).
+    WriteAdminToken(String),
 }
 
 /// The injected clock: a monotonic instant for timing, wall-clock seconds
@@ -225,6 +246,10 @@ pub struct RouterState {
     disk_full: bool,
     /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
     errors: BTreeMap<&'static str, u64>,
+    /// Normal activity worth counting (retries, schedule runs, cancels...),
+    /// kept apart from `errors` so nobody reads them as anomalies (STATUS
+    /// `activity`).
+    activity: BTreeMap<&'static str, u64>,
     /// Jobs accepted from clients.
     accepted: u64,
     history: JobHistory,
@@ -313,6 +338,7 @@ impl RouterState {
             spill: Box::new(spill::MemSpill::default()),
             disk_full: false,
             errors: BTreeMap::new(),
+            activity: BTreeMap::new(),
             accepted: 0,
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -531,9 +557,11 @@ impl RouterState {
         self.count(what);
     }
 
-    /// Counts one anomaly of kind `what`.
+    /// Counts one event of kind `what`: normal activity (see
+    /// [`ACTIVITY_COUNTERS`]) or an anomaly.
     fn count(&mut self, what: &'static str) {
-        *self.errors.entry(what).or_insert(0) += 1;
+        let map = if ACTIVITY_COUNTERS.contains(&what) { &mut self.activity } else { &mut self.errors };
+        *map.entry(what).or_insert(0) += 1;
     }
 
     /// `t` as milliseconds since the router started (saturating at ~49 days
@@ -676,6 +704,11 @@ impl RouterState {
     /// Anomaly counters.
     pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
         &self.errors
+    }
+
+    /// Counts of normal activity (STATUS `activity`).
+    pub fn activity(&self) -> &BTreeMap<&'static str, u64> {
+        &self.activity
     }
 
     /// Per-queue counts.

@@ -73,6 +73,8 @@ impl RouterState {
         self.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let batches = inform.has_feature(emq_protocol::FEATURE_BATCH);
+        let allowed: Option<Arc<[Box<str>]>> =
+            inform.allowed_paths().map(|v| v.into_iter().map(String::into_boxed_str).collect());
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
         for (weight, name) in &queues.0 {
@@ -87,6 +89,7 @@ impl RouterState {
         let mut jm = JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock);
         jm.user = self.user.clone();
         jm.batches = batches;
+        jm.allowed = allowed;
         self.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
         if batches {
@@ -178,16 +181,21 @@ impl RouterState {
         };
         jm.last_heartbeat = Some(hb.timestamp);
         if let Some(h) = health {
-            let held: Vec<String> = if self.in_doubt.is_empty() && self.suspects.is_empty() {
-                Vec::new()
-            } else {
-                h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect()
-            };
+            let named_now = jm.display_name().is_none() && super::records::display_name(Some(&h)).is_some();
             // Its name first: the same job manager under a new identity is
             // recognised by it.
-            if let Some(jm) = self.job_managers.get_mut(peer) {
-                jm.health = Some(h);
+            jm.health = Some(h);
+            if named_now {
+                // Its first health on this connection: an earlier
+                // connection of the same job manager hands its jobs over.
+                self.retire_earlier_connections(peer, now, out);
             }
+            let held: Vec<String> = match self.job_managers.get(peer).and_then(|jm| jm.health.as_ref()) {
+                Some(h) if !(self.in_doubt.is_empty() && self.suspects.is_empty()) => {
+                    h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect()
+                }
+                _ => Vec::new(),
+            };
             // Jobs it holds that were running when the router last stopped
             // (or when it went silent) are its again: settled when it
             // reports them, nothing re-run.
@@ -286,14 +294,14 @@ impl RouterState {
                 if let Some(jm) = self.job_managers.get_mut(&peer).filter(|_| job.is_some()) {
                     jm.in_flight = jm.in_flight.saturating_sub(1);
                 }
-                self.remove_job_manager(&peer, "became unreachable", now, out);
+                self.suspect_job_manager(&peer, "became unreachable", now, out);
                 if let Some((key, job)) = job {
                     let request = StoredRequest::new(request, &job.queue);
                     let waiting = self.waiting_again(key, &job, request, job.attempts - 1);
                     self.requeue(job.queue, waiting, now, out);
                 }
             }
-            (SocketKind::Backend, _) => self.remove_job_manager(&peer, "became unreachable", now, out),
+            (SocketKind::Backend, _) => self.suspect_job_manager(&peer, "became unreachable", now, out),
             (SocketKind::Frontend, cmd) => {
                 if self.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler unreachable: removed");
@@ -330,7 +338,7 @@ impl RouterState {
                 };
                 self.stale.insert(peer.clone(), stale);
             }
-            self.suspect_job_manager(&peer, now, out);
+            self.suspect_job_manager(&peer, "stopped heartbeating", now, out);
         }
     }
 

@@ -69,6 +69,10 @@ pub struct JobManagerPeer {
     /// job managers this count (once it is durable), so they can stop
     /// keeping those reports.
     pub reports_received: u64,
+    /// The module prefixes it runs (its `allowed_paths`, said at INFORM):
+    /// only jobs it allows go to it. `None`: anything (EventMQ's job
+    /// manager, or `*`).
+    pub allowed: Option<Arc<[Box<str>]>>,
 }
 
 impl JobManagerPeer {
@@ -98,6 +102,19 @@ impl JobManagerPeer {
             user: None,
             reports_received: 0,
             batches: false,
+            allowed: None,
+        }
+    }
+
+    /// Whether it runs a job whose payload is `payload` (a payload that
+    /// names no module goes anywhere: the job manager says what is wrong).
+    pub fn allows_payload(&self, payload: &str) -> bool {
+        match &self.allowed {
+            None => true,
+            Some(prefixes) => match emq_protocol::payload_module(payload) {
+                Some(module) => emq_protocol::path_allowed(prefixes, &module),
+                None => true,
+            },
         }
     }
 

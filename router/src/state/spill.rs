@@ -93,7 +93,7 @@ impl FileSpill {
     /// from the journal).
     pub fn new(dir: PathBuf) -> io::Result<FileSpill> {
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        emq_journal::make_private_dir(&dir)?;
         Ok(FileSpill { dir, files: HashMap::default(), next: 0, bytes: 0, total: 0 })
     }
 
@@ -101,7 +101,11 @@ impl FileSpill {
         if !self.files.contains_key(queue) {
             self.next += 1;
             let path = self.dir.join(format!("{}.spill", self.next));
-            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+            let file = std::os::unix::fs::OpenOptionsExt::mode(
+                OpenOptions::new().create(true).truncate(true).read(true).write(true),
+                0o600,
+            )
+            .open(path)?;
             self.files.insert(queue.to_owned(), SpillFile { file, head: 0, tail: 0, count: 0, pending: Vec::new() });
         }
         Ok(self.files.get_mut(queue).expect("just inserted"))

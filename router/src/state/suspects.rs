@@ -31,7 +31,7 @@ const MAX_SUSPECTS: usize = 100_000;
 impl RouterState {
     /// Tick step (for a job manager silent past `heartbeat_timeout`): its
     /// jobs are suspect, then it is removed (shown as stale).
-    pub(super) fn suspect_job_manager(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+    pub(super) fn suspect_job_manager(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
         let who = self.job_managers.get(peer).and_then(|jm| jm.display_name());
         let until = now.mono + self.cfg.suspect_timeout;
         let mine: Vec<Arc<str>> =
@@ -63,7 +63,34 @@ impl RouterState {
                 },
             );
         }
-        self.remove_job_manager(peer, "stopped heartbeating", now, out);
+        self.remove_job_manager(peer, why, now, out);
+    }
+
+    /// `peer` just named itself (its first health on this connection): a
+    /// job manager still listed under another identity with the same name
+    /// and CURVE user is this one's earlier connection — it reconnected
+    /// because the router was silent to it (a router paused, a cut
+    /// connection), not because it lost its jobs. The earlier connection
+    /// is retired without failing anything: its jobs are in doubt, claimed
+    /// at once by this connection's health (the jobs it runs or holds) and
+    /// by its reports, so a REPLY through the new identity is taken, not
+    /// dropped as forged, and nothing is declared lost while it runs.
+    pub(super) fn retire_earlier_connections(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
+        let Some(jm) = self.job_managers.get(peer) else { return };
+        let Some(name) = jm.display_name() else { return };
+        let user = jm.user.clone();
+        let earlier: Vec<PeerId> = self
+            .job_managers
+            .iter()
+            .filter(|(p, j)| *p != peer && j.user == user && j.display_name().as_deref() == Some(name.as_str()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for old in earlier {
+            self.count("job_manager_reconnected");
+            info!(job_manager = %peer, earlier = %old, name = %name, "job manager reconnected under a new identity: its jobs go with it");
+            self.put_in_doubt(&old, now);
+            self.remove_job_manager(&old, "reconnected under a new identity", now, out);
+        }
     }
 
     /// Whether `peer` is the job manager `owner` (same connection), or the

@@ -546,7 +546,7 @@ fn decode_errors_are_counted_and_answered_where_due() {
     assert_eq!(h.r.errors()["bad_protocol_version"], 1);
     // A reply for an unknown job is ignored and counted.
     assert!(h.done("w", "nope", "{}").is_empty());
-    assert_eq!(h.r.errors()["reply_for_unknown_job"], 1);
+    assert_eq!(h.r.activity()["reply_for_unknown_job"], 1);
 }
 
 #[test]
@@ -1242,4 +1242,88 @@ fn requeue_refuses_a_msgid_that_is_live_again() {
     assert!(v["error"].as_str().unwrap().contains("live"), "{v}");
     assert_eq!(h.r.waiting("default"), 1, "nothing added");
     assert_eq!(h.r.dead.len(), 1, "the dead letter stays");
+}
+
+/// Job managers that say what they allow (`allowed_paths` at INFORM) get
+/// only those jobs; a job no job manager allows waits (STATUS says why)
+/// while the jobs behind it go on; a job manager that allows it takes it.
+#[test]
+fn jobs_go_only_to_job_managers_that_allow_their_module() {
+    let mut h = Harness::new();
+    let inform = |allow: &str| {
+        Command::Inform(Inform {
+            queues: QueueSpec::default_queues(),
+            kind: "worker".into(),
+            features: Some(format!("reports-all,allow={allow}")),
+        })
+    };
+    h.recv(SocketKind::Backend, "bench", inform("benchjobs"));
+    h.recv(SocketKind::Backend, "test", inform("testjobs|pkg"));
+    let job = |h: &mut Harness, id: &str, module: &str| {
+        let payload = format!(r#"["run", {{"path": "{module}", "callable": "f"}}]"#);
+        let r = Request { queue: "default".into(), headers: "reply-requested".into(), payload };
+        h.recv_id(SocketKind::Frontend, "c", Message::with_msgid(id, Command::Request(r)))
+    };
+    // Slots first: each job goes to the one that allows it, whatever the order.
+    for _ in 0..2 {
+        h.ready("bench");
+        h.ready("test");
+    }
+    for (id, m) in [("t1", "testjobs"), ("b1", "benchjobs"), ("t2", "pkg.mod:C"), ("b2", "benchjobs.sub")] {
+        job(&mut h, id, m);
+    }
+    let at = |h: &Harness, id: &str| h.r.in_flight().get(id).map(|j| j.job_manager.to_string());
+    assert_eq!(at(&h, "t1").as_deref(), Some("test"));
+    assert_eq!(at(&h, "t2").as_deref(), Some("test"));
+    assert_eq!(at(&h, "b1").as_deref(), Some("bench"));
+    assert_eq!(at(&h, "b2").as_deref(), Some("bench"));
+    // Jobs first: "bench" is full; its job waits, and the test job behind it
+    // goes to "test" when it frees a slot; an unknown module waits with why.
+    h.ready("test");
+    job(&mut h, "x", "elsewhere");
+    job(&mut h, "b3", "benchjobs");
+    assert_eq!(at(&h, "x"), None, "nobody allows it");
+    assert_eq!(at(&h, "b3"), None, "bench is full");
+    h.ready("bench");
+    assert_eq!(at(&h, "b3").as_deref(), Some("bench"), "not stuck behind x");
+    let st: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(st["waiting_not_allowed"]["default"]["waiting"], 1, "{st}");
+    assert_eq!(st["waiting_not_allowed"]["default"]["modules"], serde_json::json!(["elsewhere"]));
+    // A job manager that allows everything (EventMQ's) takes it.
+    h.inform("eventmq", &[(10, "default")]);
+    h.ready("eventmq");
+    assert_eq!(at(&h, "x").as_deref(), Some("eventmq"));
+    let st: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert!(st["waiting_not_allowed"].as_object().unwrap().is_empty(), "{st}");
+}
+
+/// A dead letter's detail says what it runs: callable and arguments (in
+/// JOB_STATUS for its owner or an admin, and in the dead letter list).
+#[test]
+fn a_dead_letter_shows_its_callable_and_arguments() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.ready("jm");
+    let payload =
+        r#"["run", {"path": "billing.tasks", "callable": "charge", "args": [42, "eur"], "kwargs": {"retry": true}}]"#;
+    let r =
+        Request { queue: "default".into(), headers: "reply-requested,retry-count:0".into(), payload: payload.into() };
+    h.recv_id(SocketKind::Frontend, "c", Message::with_msgid("d", Command::Request(r)));
+    h.done("jm", "d", FAIL);
+    let st = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "d".into(), owner_token: None });
+    assert_eq!(st["state"], "dead", "{st}");
+    assert_eq!(
+        st["job"],
+        serde_json::json!({"callable": "billing.tasks.charge", "args": [42, "eur"], "kwargs": {"retry": true}})
+    );
+    assert_eq!(st["headers"], "reply-requested,retry-count:0");
+    let dead = admin_json(&mut h, AdminCommand::DeadLetters);
+    assert_eq!(dead["dead_letters"][0]["job"]["callable"], "billing.tasks.charge");
+    // A stranger sees neither.
+    let v = h.recv(
+        SocketKind::Admin,
+        "stranger",
+        Command::Admin(AdminCommand::JobStatus { job_msgid: "d".into(), owner_token: None }),
+    );
+    assert!(!format!("{v:?}").contains("charge"), "{v:?}");
 }

@@ -80,6 +80,9 @@ pub struct ScheduleState {
     catch_up: Vec<f64>,
 }
 
+/// Shortest prefix of a schedule id taken in its place.
+pub const MIN_ID_PREFIX: usize = 4;
+
 impl ScheduleState {
     /// Reads a journaled schedule (the error says why it cannot run).
     fn from_entry(entry: ScheduleEntry) -> Result<Self, String> {
@@ -361,6 +364,27 @@ impl RouterState {
     }
 
     /// Removes schedule `id` (journaled); false when there was none.
+    /// The schedule a user means by `given`: its whole id, or — as git
+    /// takes commit ids — a prefix of at least [`MIN_ID_PREFIX`] characters
+    /// that only one schedule's id starts with (`emq-cli schedules` shows
+    /// 12). `Err` says why not (none, or which ones it could be).
+    pub(super) fn schedule_id_for(&self, given: &str) -> Result<Arc<str>, String> {
+        if let Some((id, _)) = self.schedules.get_key_value(given) {
+            return Ok(id.clone());
+        }
+        if given.len() < MIN_ID_PREFIX {
+            return Err(format!("no schedule {given} (give at least {MIN_ID_PREFIX} characters of its id)"));
+        }
+        let mut found = self.schedules.keys().filter(|id| id.starts_with(given));
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (None, _) => Err(format!("no schedule {given}")),
+            (Some(a), Some(b)) => Err(format!(
+                "{given} is ambiguous: schedules {a}, {b} and maybe more start with it; give more of the id"
+            )),
+        }
+    }
+
     pub(super) fn remove_schedule(&mut self, id: &str, why: &str, out: &mut Vec<Action>) -> bool {
         let Some(s) = self.schedules.remove(id) else { return false };
         if let Some(k) = s.key {
@@ -428,7 +452,9 @@ impl RouterState {
         let queue_name = s.entry.queue.clone();
         let queue = self.resolve_queue(&queue_name);
         let skip = skip.or_else(|| {
-            (self.cfg.hwm > 0 && self.pick_job_manager(&queue).is_none() && self.queue_len(&queue) >= self.cfg.hwm)
+            (self.cfg.hwm > 0
+                && self.pick_job_manager(&queue, None).is_none()
+                && self.queue_len(&queue) >= self.cfg.hwm)
                 .then_some("its queue is full (hwm)")
         });
         if let Some(why) = skip {
@@ -495,7 +521,11 @@ impl RouterState {
         if let Some((id, due)) = &schedule {
             record.extra_mut().schedule = Some((Box::from(&**id), *due));
         }
-        let placement = match self.pick_job_manager(queue) {
+        if !request.headers.is_empty() {
+            // Shown in its status, as a client's job's are.
+            record.extra_mut().headers = Some(request.headers.as_str().into());
+        }
+        let placement = match self.pick_job_manager(queue, Some(&request.payload)) {
             Some(jm) => super::intake::Placement::Dispatch(jm),
             None => super::intake::Placement::Buffer,
         };

@@ -202,3 +202,50 @@ fn a_batch_is_its_replies_then_its_readies() {
     assert_eq!(h.r.job_managers()[&PeerId::from("jm")].free_slots, 1);
     assert_eq!(h.r.job_managers()[&PeerId::from("jm")].reports_received, 2);
 }
+
+/// The router was silent to a job manager (a paused router, a cut
+/// connection) while the router still lists it: the job manager reconnects
+/// under a new identity before the router noticed anything. Its first
+/// health names it: the earlier connection is retired without failing its
+/// jobs, the jobs it still runs are its again, and their REPLYs through the
+/// new identity are taken (not dropped as forged), once.
+#[test]
+fn a_job_manager_that_reconnects_while_still_listed_keeps_its_running_jobs() {
+    let mut h = Harness::new();
+    h.inform_ours("old");
+    heartbeat_with(&mut h, "old", &named_health("vm:5620", &[]));
+    for _ in 0..3 {
+        h.ready("old");
+    }
+    for m in ["a", "b", "c"] {
+        h.request("client", m, "default", "reply-requested");
+    }
+    assert_eq!(h.r.in_flight().len(), 3);
+    // A stranger with another name claims nothing.
+    h.inform_ours("stranger");
+    heartbeat_with(&mut h, "stranger", &named_health("other:1", &["a"]));
+    assert!(results(&h.done("stranger", "a", r#"{"value": "forged"}"#)).is_empty());
+    assert_eq!(h.r.errors()["forged_reply"], 1);
+    // The same job manager, new identity; "c" finished meanwhile and its
+    // report comes among the resent ones.
+    h.inform_ours("new");
+    let out = heartbeat_with(&mut h, "new", &named_health("vm:5620", &["a", "b"]));
+    assert!(results(&out).is_empty(), "nobody is told 'lost': {out:?}");
+    assert!(!h.r.job_managers().contains_key(&PeerId::from("old")), "the earlier connection is retired");
+    assert_eq!(h.r.in_flight().get("a").map(|j| j.job_manager.to_string()), Some("new".into()));
+    assert_eq!(results(&h.done("new", "a", r#"{"value": 1}"#)), vec!["a"]);
+    assert_eq!(results(&h.done("new", "c", r#"{"value": 3}"#)), vec!["c"]);
+    // Long after every timeout, "b" is still running there: not lost.
+    for _ in 0..40 {
+        h.advance(1.0);
+        heartbeat_with(&mut h, "new", &named_health("vm:5620", &["b"]));
+        assert!(results(&h.tick()).is_empty());
+    }
+    assert_eq!(results(&h.done("new", "b", r#"{"value": 2}"#)), vec!["b"]);
+    assert!(results(&h.done("new", "b", r#"{"value": 2}"#)).is_empty(), "once");
+    assert_eq!(h.r.errors()["forged_reply"], 1, "no new forged reply");
+    for m in ["a", "b", "c"] {
+        let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json(m, true)).unwrap();
+        assert_eq!(st["state"], "done", "{m}: {st}");
+    }
+}

@@ -348,3 +348,38 @@ fn many_timers_cost_nothing_until_due() {
     // The poll loop sleeps until the first is due (d0 at +1000 s), capped by the tick period.
     assert!(h.r.next_tick() <= h.now.mono + Duration::from_secs(1));
 }
+
+/// `emq-cli schedules` shows 12 characters of an id: that (any unique
+/// prefix of at least 4) works for unschedule and cancel, as git takes
+/// commit ids; too short or ambiguous is a clear refusal.
+#[test]
+fn a_schedule_is_named_by_a_unique_prefix_of_its_id() {
+    let mut h = harness_with_slots(1);
+    schedule(&mut h, "nohaste", "5", "");
+    let remove = |h: &mut Harness, id: &str| admin_json(h, AdminCommand::RemoveSchedule { schedule_id: id.into() });
+    let v = remove(&mut h, &ID[..3]);
+    assert!(v["error"].as_str().unwrap().contains("at least 4"), "{v}");
+    assert_eq!(h.r.schedule_count(), 1);
+    let v = remove(&mut h, "ffff");
+    assert_eq!(v["error"], "no schedule ffff");
+    let v = remove(&mut h, &ID[..12]);
+    assert_eq!(v["removed"], ID, "{v}");
+    assert_eq!(h.r.schedule_count(), 0);
+    // CANCEL takes the short id too.
+    schedule(&mut h, "nohaste", "5", "");
+    let v = admin_json(&mut h, AdminCommand::Cancel { job_msgid: ID[..12].into() });
+    assert_eq!(v["was"], "schedule", "{v}");
+    assert_eq!(h.r.schedule_count(), 0);
+}
+
+/// A scheduled run's record shows its headers (it showed `null`).
+#[test]
+fn a_scheduled_run_shows_its_headers() {
+    let mut h = harness_with_slots(1);
+    schedule(&mut h, "nohaste", "5", "");
+    let runs = run_for(&mut h, 6.0, 0.5);
+    let (msgid, _) = runs.first().expect("a run").clone();
+    let st = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: msgid, owner_token: None });
+    let headers = st["headers"].as_str().unwrap_or_else(|| panic!("headers: {st}"));
+    assert!(headers.contains(&format!("schedule:{ID}")), "{headers}");
+}
