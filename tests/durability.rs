@@ -370,3 +370,76 @@ fn a_full_router_makes_clients_wait_instead_of_refusing() {
     println!("on_full = refuse: {refused} of {n} refused");
     assert!(refused > 0);
 }
+
+/// Issue 23 (9): a client that only waits — it never asks JOB_STATUS, as
+/// EventMQ-style clients do not — gets the result of every receipted
+/// `guarantee` + `reply-requested` job across four router SIGKILLs. Results
+/// that finished while its connection was down (the router restarting)
+/// used to be dropped ("client gone before its reply").
+#[test]
+fn every_receipted_result_reaches_a_client_that_only_waits_across_four_kills() {
+    let n: usize = std::env::var("EMQTEST_RESULT_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(4_000);
+    let env = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2")];
+    let (router, a) = start_router(&env);
+    let mut router = Some(router);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let client = Dealer::connect(&a.frontend);
+    let mut receipted: HashSet<String> = HashSet::new();
+    let mut results: HashMap<String, usize> = HashMap::new();
+    let read = |client: &Dealer, receipted: &mut HashSet<String>, results: &mut HashMap<String, usize>, ms: i64| {
+        let mut first = true;
+        while let Some(f) = client.recv_timeout(if first { ms } else { 0 }) {
+            first = false;
+            match (f.get(2).map(String::as_str), f.len()) {
+                (Some("REPLY"), 5) => {
+                    receipted.insert(f[4].clone());
+                }
+                (Some("REPLY"), 6) => {
+                    receipted.insert(f[5].clone());
+                    *results.entry(f[5].clone()).or_insert(0) += 1;
+                }
+                _ => {}
+            }
+        }
+    };
+    let kills: Vec<usize> = (1..=4).map(|k| k * n / 5).collect();
+    for i in 0..n {
+        let payload = json!(["run", {"path": "benchjobs", "callable": "add", "args": [i, 1]}]).to_string();
+        let id = format!("r{i}-{}", uuid::Uuid::new_v4());
+        client.send(&["", "eMQP/1.0", "REQUEST", &id, "default", "reply-requested,guarantee", &payload]);
+        if i % 50 == 0 {
+            read(&client, &mut receipted, &mut results, 1);
+        }
+        if kills.contains(&i) {
+            let mut r = router.take().unwrap();
+            r.signal(Signal::SIGKILL);
+            r.wait_exit(Duration::from_secs(10)).expect("killed");
+            println!(
+                "router SIGKILLed after {} sends ({} receipted, {} results)",
+                i + 1,
+                receipted.len(),
+                results.len()
+            );
+            router = Some(restart(&a, &env));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        read(&client, &mut receipted, &mut results, 500);
+        let missing = receipted.iter().filter(|id| !results.contains_key(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            println!("status: {}", admin(&a.admin, "STATUS"));
+            panic!("{missing} of {} receipted jobs: no result reached the client", receipted.len());
+        }
+    }
+    let twice = results.values().filter(|c| **c > 1).count();
+    println!(
+        "{n} sent, {} receipted, {} results reached the client, 0 missing, {twice} results sent twice",
+        receipted.len(),
+        results.len()
+    );
+}

@@ -15,15 +15,19 @@
 //! The router talks to it through the [`JobLog`] trait, so that another
 //! store (e.g. PostgreSQL for a standby router) can take its place.
 
+pub mod fs;
 pub mod record;
 mod replay;
 pub mod segment;
+#[cfg(test)]
+mod sim;
 
 pub use record::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record, RecordError, ScheduleEntry};
 pub use replay::{replay, ReplayReport};
 
 use crossbeam_channel::{Receiver, Sender};
-use segment::{frame, sync_dir, SegmentWriter};
+use fs::{Fs, RealFs};
+use segment::{frame, SegmentWriter};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,15 +190,19 @@ impl Journal {
     pub fn open(opts: &JournalOptions, on_record: impl FnMut(Record)) -> Result<(Journal, ReplayReport), JournalError> {
         let dir = &opts.dir;
         let io = |e| JournalError::Io { path: dir.clone(), source: e };
+        let created = !dir.exists();
         make_private_dir(dir).map_err(io)?;
-        let lock = lock_dir(dir)?;
-        let report = replay(dir, opts.repair, on_record)?;
-        for old in &report.obsolete {
-            if let Err(e) = std::fs::remove_file(old) {
-                warn!(segment = %old.display(), error = %e, "cannot delete an obsolete segment");
+        let mut fs: Box<dyn Fs> = Box::new(RealFs::default());
+        if created {
+            // Its name durable too: a power loss must not take the new directory.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent).map_err(io)?;
             }
         }
-        let writer = SegmentWriter::create(dir, report.last_seq + 1).map_err(io)?;
+        let lock = lock_dir(dir)?;
+        let report = replay(fs.as_mut(), dir, opts.repair, on_record)?;
+        settle_after_replay(fs.as_mut(), dir, &report)?;
+        let writer = SegmentWriter::create(fs.as_mut(), dir, report.last_seq + 1, None).map_err(io)?;
         let stats = Arc::new(JournalStats::default());
         let _ = stats.sync.set(match opts.sync {
             SyncPolicy::Fsync => "fsync",
@@ -210,11 +218,11 @@ impl Journal {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (spare_tx, spare) = crossbeam_channel::bounded(SPARE_BUFFERS);
         let thread = {
-            let (durable, stats, dir, sync) = (durable.clone(), stats.clone(), dir.clone(), opts.sync);
-            let seg_bytes = opts.segment_bytes.max(1 << 20);
+            let w = Writer::new(fs, dir.clone(), opts.sync, opts.segment_bytes.max(1 << 20), writer, stats.clone());
+            let durable = durable.clone();
             std::thread::Builder::new()
                 .name("emq-journal".into())
-                .spawn(move || writer_loop(rx, spare_tx, writer, dir, sync, seg_bytes, durable, notify_w, stats))
+                .spawn(move || writer_loop(rx, spare_tx, w, durable, notify_w))
                 .map_err(io)?
         };
         let journal = Journal {
@@ -400,122 +408,342 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn writer_loop(
     rx: Receiver<ToWriter>,
     spare: crossbeam_channel::Sender<Vec<u8>>,
-    mut seg: SegmentWriter,
-    dir: PathBuf,
-    sync: SyncPolicy,
-    segment_bytes: u64,
+    mut w: Writer,
     durable: Arc<AtomicU64>,
     notify_w: OwnedFd,
-    stats: Arc<JournalStats>,
 ) {
-    // Segments to delete once the checkpoint after them is durable.
-    let mut obsolete_before: Option<u64> = None;
-    let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut msgs = vec![first];
         msgs.extend(rx.try_iter());
-        let mut max_id = 0;
         for m in msgs {
-            let (id, bytes, is_checkpoint, records) = match m {
+            let (id, bytes, checkpoint, records) = match m {
                 ToWriter::Batch { id, bytes, records } => (id, bytes, false, records),
                 ToWriter::Checkpoint { id, bytes } => (id, bytes, true, 0),
             };
-            if is_checkpoint || seg.len >= segment_bytes {
-                // A checkpoint starts a segment of its own; so does a full one.
-                // What is in the old one is synced first.
-                retry(&stats, &mut failed, || seg.sync());
-                let next = seg.seq + 1;
-                seg = loop {
-                    match SegmentWriter::create(&dir, next) {
-                        Ok(s) => break s,
-                        Err(e) => {
-                            error!(error = %e, "journal: cannot start a new segment; retrying");
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_millis(500));
-                        }
-                    }
-                };
-                if is_checkpoint {
-                    obsolete_before = Some(seg.seq);
-                    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            retry(&stats, &mut failed, || seg.write(&bytes));
-            stats.queued_bytes.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
-            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            stats.disk_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            stats.records.fetch_add(records, Ordering::Relaxed);
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            max_id = max_id.max(id);
-            if !is_checkpoint && bytes.capacity() <= SPARE_BUFFER_MAX {
-                let mut bytes = bytes;
+            w.stats.queued_bytes.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+            w.stats.records.fetch_add(records, Ordering::Relaxed);
+            w.stats.batches.fetch_add(1, Ordering::Relaxed);
+            w.write(Chunk { id, bytes, checkpoint });
+        }
+        let id = w.end_pass();
+        for mut bytes in w.take_spent() {
+            if bytes.capacity() <= SPARE_BUFFER_MAX {
                 bytes.clear();
                 let _ = spare.try_send(bytes);
             }
         }
-        if sync == SyncPolicy::Fsync {
-            let t = Instant::now();
-            retry(&stats, &mut failed, || seg.sync());
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        durable.store(max_id, Ordering::Release);
+        durable.store(id, Ordering::Release);
         let _ = nix::unistd::write(&notify_w, &[1]);
-        if let Some(before) = obsolete_before.take() {
-            delete_before(&dir, before, &stats);
-        }
     }
     // The router closed the journal: make everything durable.
-    if let Err(e) = seg.sync() {
-        error!(error = %e, "journal: final sync failed");
-    }
+    w.finish();
 }
 
-/// Runs `op` until it succeeds, logging and counting failures (a full disk
-/// may clear; receipts wait meanwhile — nothing is acknowledged that is
-/// not written).
-fn retry(stats: &JournalStats, failed: &mut bool, mut op: impl FnMut() -> std::io::Result<()>) {
-    loop {
-        match op() {
+/// What is written in one go: a batch of one poll pass, or a checkpoint
+/// (which starts a segment of its own).
+pub(crate) struct Chunk {
+    pub id: u64,
+    pub bytes: Vec<u8>,
+    pub checkpoint: bool,
+}
+
+/// The journal writer, synchronous (its thread is [`writer_loop`]; tests
+/// drive it directly over a simulated file system).
+///
+/// What it promises: [`Writer::end_pass`] returns only ids of batches that
+/// are durable by the sync policy — for `fsync`, synced. A failed write or
+/// sync is never retried in place: after a failed fdatasync the kernel may
+/// have dropped the dirty pages, so a later success proves nothing
+/// ("fsyncgate"), and after a partial write the segment holds half a
+/// batch. Instead the segment is abandoned at the length known good, and
+/// everything written after that is written again from memory into a new
+/// segment whose header names that length (replay reads the abandoned one
+/// only up to it). Receipts wait meanwhile; it is logged and counted.
+/// A checkpoint is synced before the segments it covers are deleted,
+/// whatever the sync policy.
+pub(crate) struct Writer {
+    fs: Box<dyn Fs>,
+    dir: PathBuf,
+    sync: SyncPolicy,
+    segment_bytes: u64,
+    seg: SegmentWriter,
+    /// Length of `seg` known synced.
+    good_len: u64,
+    /// Chunks in `seg` past `good_len` (written, not synced), in order:
+    /// written again after a failure. At most a segment's worth.
+    unsynced: Vec<Chunk>,
+    /// The highest id durable by the policy.
+    durable_id: u64,
+    /// Segments before this one are covered by a checkpoint, to delete
+    /// once it is durable.
+    obsolete_before: Option<u64>,
+    /// Buffers of chunks that are durable (handed back for reuse).
+    spent: Vec<Vec<u8>>,
+    pub(crate) stats: Arc<JournalStats>,
+    /// In a failure episode (logged once, and when it ends).
+    failing: bool,
+    /// Backoff between attempts while the disk fails.
+    backoff: Duration,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        fs: Box<dyn Fs>,
+        dir: PathBuf,
+        sync: SyncPolicy,
+        segment_bytes: u64,
+        seg: SegmentWriter,
+        stats: Arc<JournalStats>,
+    ) -> Writer {
+        let good_len = seg.len;
+        Writer {
+            fs,
+            dir,
+            sync,
+            segment_bytes,
+            seg,
+            good_len,
+            unsynced: Vec::new(),
+            durable_id: 0,
+            obsolete_before: None,
+            spent: Vec::new(),
+            stats,
+            failing: false,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Sets the pause between attempts while the disk fails (tests: none).
+    #[cfg(test)]
+    pub(crate) fn set_backoff(&mut self, d: Duration) {
+        self.backoff = d;
+    }
+
+    /// The file system (tests look at it).
+    /// Writes one chunk to the page cache (a checkpoint, or a full
+    /// segment, starts a new segment first).
+    pub(crate) fn write(&mut self, chunk: Chunk) {
+        if chunk.checkpoint || self.seg.len >= self.segment_bytes {
+            self.rotate();
+        }
+        self.append_or_recover(chunk);
+    }
+
+    /// Ends a poll pass: syncs (`fsync`; any policy when a checkpoint waits
+    /// to delete what it covers) and returns the highest durable id.
+    pub(crate) fn end_pass(&mut self) -> u64 {
+        if (self.sync == SyncPolicy::Fsync || self.obsolete_before.is_some()) && !self.unsynced.is_empty() {
+            let t = Instant::now();
+            if !self.try_sync() {
+                self.recover(Vec::new());
+            }
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if let Some(before) = self.obsolete_before {
+            if self.unsynced.iter().all(|c| !c.checkpoint) {
+                self.obsolete_before = None;
+                self.delete_before(before);
+            }
+        }
+        self.durable_id
+    }
+
+    /// Buffers of durable chunks, for reuse.
+    pub(crate) fn take_spent(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.spent)
+    }
+
+    /// At close: everything durable.
+    pub(crate) fn finish(&mut self) {
+        if !self.unsynced.is_empty() && !self.try_sync() {
+            self.recover(Vec::new());
+        }
+    }
+
+    /// The current segment synced, then a new one started.
+    fn rotate(&mut self) {
+        if !self.unsynced.is_empty() && !self.try_sync() {
+            self.recover(Vec::new());
+        }
+        self.start_segment(None);
+    }
+
+    fn append_or_recover(&mut self, mut chunk: Chunk) {
+        segment::seal(&mut chunk.bytes, self.seg.salt);
+        if let Err(e) = self.seg.write(self.fs.as_mut(), &chunk.bytes) {
+            self.failed("write", &e);
+            self.recover(vec![chunk]);
+            return;
+        }
+        self.wrote(chunk);
+    }
+
+    /// `chunk` is in the current segment.
+    fn wrote(&mut self, chunk: Chunk) {
+        let n = chunk.bytes.len() as u64;
+        self.stats.bytes.fetch_add(n, Ordering::Relaxed);
+        self.stats.disk_bytes.fetch_add(n, Ordering::Relaxed);
+        if chunk.checkpoint {
+            self.obsolete_before = Some(self.seg.seq);
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.sync != SyncPolicy::Fsync {
+            // `write` / `off`: written is what they promise.
+            self.durable_id = self.durable_id.max(chunk.id);
+        }
+        self.unsynced.push(chunk);
+    }
+
+    /// fdatasync of the current segment: true when it worked (what was in
+    /// it is durable).
+    fn try_sync(&mut self) -> bool {
+        match self.seg.sync(self.fs.as_mut()) {
             Ok(()) => {
-                if *failed {
-                    info!("journal: writing again");
-                    *failed = false;
+                self.good_len = self.seg.len;
+                for c in self.unsynced.drain(..) {
+                    self.durable_id = self.durable_id.max(c.id);
+                    self.spent.push(c.bytes);
                 }
-                return;
+                if self.failing {
+                    self.failing = false;
+                    info!(segment = self.seg.seq, "journal: writing and syncing again; receipts go out");
+                }
+                true
             }
             Err(e) => {
-                if !*failed {
-                    error!(error = %e, "journal: write failed; receipts wait until it works again");
-                }
-                *failed = true;
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(200));
+                self.failed("sync", &e);
+                false
             }
         }
     }
-}
 
-fn delete_before(dir: &Path, seq: u64, stats: &JournalStats) {
-    let Ok(segments) = segment::list_segments(dir) else { return };
-    let mut freed = 0;
-    for (s, path) in segments {
-        if s >= seq {
-            break;
+    fn failed(&mut self, what: &str, e: &std::io::Error) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.failing {
+            error!(error = %e, segment = self.seg.seq, good_len = self.good_len,
+                   "journal: {what} failed; what was not durable is written again from memory into a new segment (never retried in place); receipts wait");
         }
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        match std::fs::remove_file(&path) {
-            Ok(()) => freed += len,
-            Err(e) => warn!(segment = %path.display(), error = %e, "cannot delete a checkpointed segment"),
+        self.failing = true;
+    }
+
+    /// A new segment after the current one, whose header says the current
+    /// one is valid up to `cut` (None: all of it). Retried until it can be
+    /// made (a full disk may clear); receipts wait meanwhile.
+    fn start_segment(&mut self, cut: Option<u64>) {
+        let next = self.seg.seq + 1;
+        loop {
+            match SegmentWriter::create(self.fs.as_mut(), &self.dir, next, cut) {
+                Ok(s) => {
+                    let old = std::mem::replace(&mut self.seg, s);
+                    old.close(self.fs.as_mut());
+                    self.good_len = self.seg.len;
+                    return;
+                }
+                Err(e) => {
+                    self.failed("segment creation", &e);
+                    std::thread::sleep(self.backoff);
+                }
+            }
         }
     }
-    let _ = sync_dir(dir);
-    stats.disk_bytes.fetch_sub(freed.min(stats.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+
+    /// After a failed write or sync: the current segment is abandoned at
+    /// `good_len`; its unsynced chunks and `pending` are written again into
+    /// a new segment (a checkpoint still starts a segment of its own), and
+    /// synced. Repeats until it works.
+    fn recover(&mut self, pending: Vec<Chunk>) {
+        let mut todo: std::collections::VecDeque<Chunk> = self.unsynced.drain(..).chain(pending).collect();
+        'attempt: loop {
+            let cut = self.good_len;
+            self.start_segment(Some(cut));
+            while let Some(mut chunk) = todo.pop_front() {
+                if chunk.checkpoint && self.seg.len > segment::HEADER as u64 {
+                    // The checkpoint must open a segment: what is before it
+                    // is made durable first.
+                    if !self.unsynced.is_empty() && !self.try_sync() {
+                        todo.push_front(chunk);
+                        for c in self.unsynced.drain(..).rev() {
+                            todo.push_front(c);
+                        }
+                        std::thread::sleep(self.backoff);
+                        continue 'attempt;
+                    }
+                    self.start_segment(None);
+                }
+                // A new segment, a new salt.
+                segment::seal(&mut chunk.bytes, self.seg.salt);
+                match self.seg.write(self.fs.as_mut(), &chunk.bytes) {
+                    Ok(()) => {
+                        if chunk.checkpoint {
+                            self.obsolete_before = Some(self.seg.seq);
+                        }
+                        self.unsynced.push(chunk);
+                    }
+                    Err(e) => {
+                        self.failed("write", &e);
+                        todo.push_front(chunk);
+                        for c in self.unsynced.drain(..).rev() {
+                            todo.push_front(c);
+                        }
+                        std::thread::sleep(self.backoff);
+                        continue 'attempt;
+                    }
+                }
+            }
+            if self.try_sync() {
+                return;
+            }
+            for c in self.unsynced.drain(..).rev() {
+                todo.push_front(c);
+            }
+            std::thread::sleep(self.backoff);
+        }
+    }
+
+    /// Deletes the segments a durable checkpoint covers (and makes that
+    /// durable).
+    fn delete_before(&mut self, seq: u64) {
+        let Ok(segments) = segment::list_segments(self.fs.as_mut(), &self.dir) else { return };
+        let mut freed = 0;
+        for (s, path) in segments {
+            if s >= seq {
+                break;
+            }
+            let len = self.fs.len(&path).unwrap_or(0);
+            match self.fs.remove(&path) {
+                Ok(()) => freed += len,
+                Err(e) => warn!(segment = %path.display(), error = %e, "cannot delete a checkpointed segment"),
+            }
+        }
+        let _ = self.fs.sync_dir(&self.dir);
+        let stats = &self.stats;
+        stats.disk_bytes.fetch_sub(freed.min(stats.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
 }
 
+/// After replay, before anything is deleted or written: what replay
+/// trusts (the checkpoint it started from and every segment after it) is
+/// made durable — it may have been read from the page cache of a process
+/// that crashed before syncing it, and a new segment after it would make a
+/// later power loss's torn tail look like damage — then the segments it
+/// covers go, durably.
+pub(crate) fn settle_after_replay(fs: &mut dyn Fs, dir: &Path, report: &ReplayReport) -> Result<(), JournalError> {
+    for path in &report.live {
+        fs.sync_path(path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+    }
+    for old in &report.obsolete {
+        if let Err(e) = fs.remove(old) {
+            warn!(segment = %old.display(), error = %e, "cannot delete an obsolete segment");
+        }
+    }
+    fs.sync_dir(dir).map_err(|e| JournalError::Io { path: dir.to_path_buf(), source: e })
+}
+
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -2,20 +2,35 @@
 //! (or the oldest segment when there is none) to the end, handing every
 //! record to the caller in order.
 //!
-//! What it does with damage: a torn tail (bad frame at the end of the
-//! newest segment, nothing valid after it) is truncated with a warning —
-//! that is what a crash mid-write leaves. Anything else (a bad frame with
-//! valid frames after it, or in an older segment) stops the start with
-//! [`JournalError::Damaged`], unless `repair` is set: then every valid
-//! record is kept, the bad ranges are skipped and listed in the report.
-//! An unfinished checkpoint (a crash while writing one) is dropped: the
-//! older checkpoint and the segments after it are still there.
+//! What it does with what a crash, a power loss or a failing disk leaves
+//! (as PostgreSQL and SQLite do at the end of their logs):
+//! - the newest segment ends at its first record that does not check — a
+//!   torn or partly written tail, later bytes that reached the disk when
+//!   earlier ones did not: the file is cut there, loudly, saying how much
+//!   was dropped; the router comes back by itself;
+//! - a segment the writer abandoned after a failed write or sync is read
+//!   only up to the length the next segment's header gives (what was
+//!   rewritten from memory is in that next segment), and cut there;
+//! - a segment whose header never became whole (a crash while it was
+//!   created) holds nothing and is removed;
+//! - a bad record inside an older, closed segment is damage: the start
+//!   stops with [`JournalError::Damaged`], unless `repair` is set — then
+//!   the segment is rewritten without the damaged ranges (listed in the
+//!   report), so the next plain start finds it clean;
+//! - an unfinished checkpoint (a crash while writing one) is dropped: the
+//!   older checkpoint and the segments after it are still there.
+//!
+//! Replay itself deletes nothing: [`crate::Journal::open`] first makes
+//! what replay trusts durable, then deletes what it covers.
 
+use crate::fs::Fs;
 use crate::record::Record;
-use crate::segment::{list_segments, next_valid_frame, read_frame, read_segment_file, BadFrame, MAGIC};
+use crate::segment::{
+    list_segments, next_valid_frame, parse_segment, read_frame_salted, read_segment, BadFrame, HEADER,
+};
 use crate::JournalError;
 use std::path::{Path, PathBuf};
-use tracing::warn;
+use tracing::{error, warn};
 
 /// What a replay found.
 #[derive(Debug, Default, Clone)]
@@ -28,22 +43,27 @@ pub struct ReplayReport {
     pub bytes: u64,
     /// The checkpoint replay started from.
     pub checkpoint: Option<u64>,
-    /// `(segment, offset, bytes dropped)` of a torn tail that was truncated.
+    /// `(segment, offset, bytes dropped)` of the newest segment's tail that
+    /// was cut (torn, or power-loss debris).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
-    /// `(segment, from, to)` byte ranges skipped by repair.
+    /// `(segment, from, to)` byte ranges dropped by repair.
     pub repaired: Vec<(PathBuf, u64, u64)>,
-    /// Segments older than the checkpoint (to delete) and an unfinished
-    /// checkpoint's segment (to delete).
+    /// Segments older than the checkpoint, an unfinished checkpoint's
+    /// segment, a segment that was never born: to delete once what replay
+    /// trusts is durable.
     pub obsolete: Vec<PathBuf>,
+    /// The segments replayed (to sync before anything is deleted).
+    pub live: Vec<PathBuf>,
     /// The highest segment number seen (a new segment gets the next one).
     pub last_seq: u64,
 }
 
-/// Where a checkpoint's begin and end stand in a segment.
-fn checkpoint_in(buf: &[u8]) -> Option<(u64, bool)> {
-    let (first, mut pos) = read_frame(buf, MAGIC.len()).ok()?;
+/// Whether the records in `buf[start..end]` open with a checkpoint, and
+/// whether it is complete.
+fn checkpoint_in(buf: &[u8], start: usize, salt: u64) -> Option<(u64, bool)> {
+    let (first, mut pos) = read_frame_salted(buf, start, salt).ok()?;
     let Record::CheckpointBegin { id } = first else { return None };
-    while let Ok((rec, next)) = read_frame(buf, pos) {
+    while let Ok((rec, next)) = read_frame_salted(buf, pos, salt) {
         if rec == (Record::CheckpointEnd { id }) {
             return Some((id, true));
         }
@@ -52,21 +72,71 @@ fn checkpoint_in(buf: &[u8]) -> Option<(u64, bool)> {
     Some((id, false))
 }
 
+/// A segment's bytes as they count: up to the cut its successor names.
+fn read_counted(fs: &mut dyn Fs, path: &Path, cut: Option<u64>) -> Result<(Vec<u8>, usize, u64), JournalError> {
+    let seg = read_segment(fs, path).map_err(|e| JournalError::Io { path: path.to_path_buf(), source: e })?;
+    let mut bytes = seg.bytes;
+    if let Some(c) = cut {
+        let c = (c as usize).max(seg.data_start);
+        if bytes.len() > c {
+            bytes.truncate(c);
+        }
+    }
+    Ok((bytes, seg.data_start, seg.salt))
+}
+
 /// Replays `dir`, calling `on_record` for each record in order.
-pub fn replay(dir: &Path, repair: bool, mut on_record: impl FnMut(Record)) -> Result<ReplayReport, JournalError> {
+pub fn replay(
+    fs: &mut dyn Fs,
+    dir: &Path,
+    repair: bool,
+    mut on_record: impl FnMut(Record),
+) -> Result<ReplayReport, JournalError> {
     let io = |e: std::io::Error| JournalError::Io { path: dir.to_path_buf(), source: e };
-    let segments = list_segments(dir).map_err(io)?;
+    let mut segments = list_segments(fs, dir).map_err(io)?;
     let mut report = ReplayReport { last_seq: segments.last().map_or(0, |s| s.0), ..Default::default() };
+    // Headers: which segments were never born, and each one's cut.
+    let mut heads = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        let head = fs.read(path).map(|b| {
+            // The header, or the whole file when it may be all zeros.
+            let n =
+                if b.len() >= HEADER && b[..HEADER].iter().all(|x| *x == 0) { b.len() } else { b.len().min(HEADER) };
+            parse_segment(b[..n].to_vec())
+        });
+        match head {
+            Ok(Ok(h)) => heads.push((h.unborn, h.cut_prev)),
+            Ok(Err(why)) => {
+                return Err(JournalError::Damaged { path: path.clone(), offset: 0, problem: why });
+            }
+            Err(e) => return Err(JournalError::Io { path: path.clone(), source: e }),
+        }
+    }
+    // A segment never born (no whole header, or only zeros: nothing of it
+    // reached the disk) holds nothing: removed.
+    let mut k = 0;
+    while k < heads.len() {
+        if heads[k].0 {
+            let (_, path) = segments.remove(k);
+            heads.remove(k);
+            warn!(segment = %path.display(), "segment with no whole header (its creation was cut short, or none of it reached the disk): removed");
+            report.obsolete.push(path);
+        } else {
+            k += 1;
+        }
+    }
     if segments.is_empty() {
         return Ok(report);
     }
+    let cut_of = |i: usize| heads.get(i + 1).and_then(|h| h.1);
     // The newest segment that starts with a complete checkpoint; newer
     // segments starting with an unfinished one are garbage.
     let mut start = 0;
     let mut stop_at = segments.len();
-    for (i, (_, path)) in segments.iter().enumerate().rev() {
-        let buf = read_segment_file(path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
-        match checkpoint_in(&buf) {
+    for i in (0..segments.len()).rev() {
+        let path = segments[i].1.clone();
+        let (buf, data_start, salt) = read_counted(fs, &path, cut_of(i))?;
+        match checkpoint_in(&buf, data_start, salt) {
             Some((id, true)) => {
                 start = i;
                 report.checkpoint = Some(id);
@@ -81,50 +151,93 @@ pub fn replay(dir: &Path, repair: bool, mut on_record: impl FnMut(Record)) -> Re
     }
     report.obsolete.extend(segments[..start].iter().map(|s| s.1.clone()));
     report.obsolete.extend(segments[stop_at..].iter().map(|s| s.1.clone()));
-    let live = &segments[start..stop_at];
-    for (k, (_, path)) in live.iter().enumerate() {
-        let newest = k + 1 == live.len();
-        let buf = read_segment_file(path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+    for i in start..stop_at {
+        let path = segments[i].1.clone();
+        let newest = i + 1 == stop_at;
+        let cut = cut_of(i);
+        let whole_len = fs.len(&path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+        let (buf, data_start, salt) = read_counted(fs, &path, cut)?;
+        if (buf.len() as u64) < whole_len {
+            warn!(segment = %path.display(), valid_to = buf.len(), dropped = whole_len - buf.len() as u64,
+                  "segment abandoned after a failed write or sync: read up to where the next one says (its rest was rewritten there)");
+            fs.truncate(&path, buf.len() as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+        }
         report.segments += 1;
         report.bytes += buf.len() as u64;
-        let mut pos = MAGIC.len();
+        report.live.push(path.clone());
+        let mut pos = data_start;
+        let mut damaged: Vec<(usize, usize)> = Vec::new();
         while pos < buf.len() {
-            match read_frame(&buf, pos) {
+            match read_frame_salted(&buf, pos, salt) {
                 Ok((rec, next)) => {
                     report.records += 1;
                     on_record(rec);
                     pos = next;
                 }
-                Err(bad) => {
-                    let resume = next_valid_frame(&buf, pos + 1);
-                    match resume {
-                        None if newest => {
-                            let dropped = (buf.len() - pos) as u64;
-                            warn!(segment = %path.display(), offset = pos, dropped, problem = ?bad,
-                                  "torn tail (crash mid-write): truncated at the last good record");
-                            truncate(path, pos as u64)?;
-                            report.torn_tail = Some((path.clone(), pos as u64, dropped));
-                            break;
-                        }
-                        _ if repair => {
-                            let to = resume.unwrap_or(buf.len());
-                            warn!(segment = %path.display(), from = pos, to, problem = ?bad, "repair: damaged bytes skipped");
-                            report.repaired.push((path.clone(), pos as u64, to as u64));
-                            pos = to;
-                        }
-                        _ => {
-                            return Err(JournalError::Damaged {
-                                path: path.clone(),
-                                offset: pos as u64,
-                                problem: describe(&bad),
-                            })
-                        }
+                Err(bad) if newest => {
+                    let dropped = (buf.len() - pos) as u64;
+                    let later = next_valid_frame(&buf, pos + 1, salt).is_some();
+                    if later {
+                        error!(segment = %path.display(), offset = pos, dropped, problem = ?bad,
+                               "the journal ends here: a record that does not check, with intact-looking bytes after it (a power loss wrote later parts and not earlier ones); the rest of the segment is dropped");
+                    } else {
+                        warn!(segment = %path.display(), offset = pos, dropped, problem = ?bad,
+                              "torn tail (crash mid-write): cut at the last good record");
                     }
+                    fs.truncate(&path, pos as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+                    report.torn_tail = Some((path.clone(), pos as u64, dropped));
+                    report.bytes -= dropped;
+                    break;
+                }
+                Err(_) if repair => {
+                    let to = next_valid_frame(&buf, pos + 1, salt).unwrap_or(buf.len());
+                    warn!(segment = %path.display(), from = pos, to, "repair: damaged bytes dropped");
+                    report.repaired.push((path.clone(), pos as u64, to as u64));
+                    damaged.push((pos, to));
+                    pos = to;
+                }
+                Err(bad) => {
+                    return Err(JournalError::Damaged {
+                        path: path.clone(),
+                        offset: pos as u64,
+                        problem: describe(&bad),
+                    })
                 }
             }
         }
+        if !damaged.is_empty() {
+            rewrite_without(fs, dir, &path, &buf, &damaged)?;
+        }
     }
     Ok(report)
+}
+
+/// Repair: `path` written again without the `damaged` byte ranges (a new
+/// file synced, renamed over it, the directory synced), so the next start
+/// finds it clean.
+fn rewrite_without(
+    fs: &mut dyn Fs,
+    dir: &Path,
+    path: &Path,
+    buf: &[u8],
+    damaged: &[(usize, usize)],
+) -> Result<(), JournalError> {
+    let err = |e| JournalError::Io { path: path.to_path_buf(), source: e };
+    let mut clean = Vec::with_capacity(buf.len());
+    let mut pos = 0;
+    for &(from, to) in damaged {
+        clean.extend_from_slice(&buf[pos..from]);
+        pos = to;
+    }
+    clean.extend_from_slice(&buf[pos..]);
+    let tmp = path.with_extension("repaired");
+    let f = fs.create(&tmp).map_err(err)?;
+    let written = fs.append(f, &clean).and_then(|_| fs.sync(f));
+    fs.close(f);
+    written.map_err(err)?;
+    fs.rename(&tmp, path).map_err(err)?;
+    fs.sync_dir(dir).map_err(err)?;
+    Ok(())
 }
 
 fn describe(bad: &BadFrame) -> String {
@@ -134,12 +247,4 @@ fn describe(bad: &BadFrame) -> String {
         BadFrame::BadChecksum => "checksum mismatch".into(),
         BadFrame::BadRecord(e) => format!("unreadable record: {e}"),
     }
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), JournalError> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| JournalError::Io { path: path.to_path_buf(), source: e })?;
-    f.set_len(len).and_then(|_| f.sync_all()).map_err(|e| JournalError::Io { path: path.to_path_buf(), source: e })
 }

@@ -1,19 +1,32 @@
-//! Segment files: `<dir>/<seq, 16 digits>.journal`, each starting with an
-//! 8-byte magic, then frames `[len u32 LE][crc32c u32 LE][record]`.
+//! Segment files: `<dir>/<seq, 16 digits>.journal`. Format 2 starts with
+//! a 24-byte header — the magic `EMQJRNL2`; a little-endian u64: the length
+//! the *previous* segment is valid up to, when the writer abandoned it
+//! after a failed write or sync (`u64::MAX`: no cut); a u64 salt, random
+//! per segment (OS CSPRNG) — then frames `[len u32 LE][crc u32 LE][record]`
+//! where crc is CRC32C of the salt's 8 bytes and the record: a frame inside
+//! a client's payload cannot pass for a record when a reader looks for the
+//! next valid frame (it cannot know the salt). Salt 0: plain CRC32C of the
+//! record. Format 1 (`EMQJRNL1`, 8 bytes of magic, no cut, no salt) is still
+//! read.
 //!
-//! Reading tells a torn tail (a crash mid-write: a bad frame at the end of
-//! the last segment, nothing valid after it — truncated with a warning)
-//! from damage (a bad frame with valid frames after it, or in an older
-//! segment — the start stops, unless repair mode skips to the next valid
-//! frame and reports what it dropped).
+//! Reading tells what a crash or power loss leaves at the end of the
+//! newest segment (a torn or partly written tail: the log ends at its first
+//! bad record) from damage in an older, closed segment (the start stops,
+//! unless repair mode rewrites the segment without the damaged ranges).
 
+use crate::fs::{FileId, Fs};
 use crate::record::{Record, RecordError};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// First bytes of every segment: what the file is and its format version.
-pub const MAGIC: &[u8; 8] = b"EMQJRNL1";
+/// First bytes of a format-2 segment (the one written).
+pub const MAGIC: &[u8; 8] = b"EMQJRNL2";
+/// First bytes of a format-1 segment (read only).
+pub const MAGIC_V1: &[u8; 8] = b"EMQJRNL1";
+/// Bytes of a format-2 header: magic, the previous segment's cut, salt.
+pub const HEADER: usize = 24;
+/// "No cut" in a header.
+const NO_CUT: u64 = u64::MAX;
 /// Length and checksum before each record.
 pub const FRAME_HEADER: usize = 8;
 /// Largest record accepted when reading (a length beyond it is damage).
@@ -36,15 +49,13 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// Segments in `dir`, oldest first.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub fn list_segments(fs: &mut dyn Fs, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for path in fs.list(dir)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let Some(stem) = name.strip_suffix(".journal") else { continue };
         if let Ok(seq) = stem.parse::<u64>() {
-            out.push((seq, entry.path()));
+            out.push((seq, path));
         }
     }
     out.sort();
@@ -70,8 +81,38 @@ pub enum BadFrame {
     BadRecord(RecordError),
 }
 
-/// Reads one frame at `pos` of `buf`: `Ok((record, next_pos))`.
+/// The checksum of a record body in a segment with `salt` (0: none).
+fn checksum(salt: u64, body: &[u8]) -> u32 {
+    if salt == 0 {
+        crc32c::crc32c(body)
+    } else {
+        crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), body)
+    }
+}
+
+/// Re-checksums every frame of `bytes` (whole frames, as [`frame`] made
+/// them) for a segment with `salt`.
+pub fn seal(bytes: &mut [u8], salt: u64) {
+    let mut pos = 0;
+    while bytes.len() - pos >= FRAME_HEADER {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let body = pos + FRAME_HEADER;
+        if bytes.len() - body < len {
+            return;
+        }
+        let crc = checksum(salt, &bytes[body..body + len]);
+        bytes[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
+        pos = body + len;
+    }
+}
+
+/// Reads one frame at `pos` of `buf` (no salt): `Ok((record, next_pos))`.
 pub fn read_frame(buf: &[u8], pos: usize) -> Result<(Record, usize), BadFrame> {
+    read_frame_salted(buf, pos, 0)
+}
+
+/// Reads one frame at `pos` of a segment with `salt`.
+pub fn read_frame_salted(buf: &[u8], pos: usize, salt: u64) -> Result<(Record, usize), BadFrame> {
     if buf.len() - pos < FRAME_HEADER {
         return Err(BadFrame::Truncated);
     }
@@ -85,70 +126,115 @@ pub fn read_frame(buf: &[u8], pos: usize) -> Result<(Record, usize), BadFrame> {
         return Err(BadFrame::Truncated);
     }
     let body = &buf[body_start..body_start + len];
-    if crc32c::crc32c(body) != crc {
+    if checksum(salt, body) != crc {
         return Err(BadFrame::BadChecksum);
     }
     let record = Record::decode(body).map_err(BadFrame::BadRecord)?;
     Ok((record, body_start + len))
 }
 
-/// The next offset after `from` where a valid frame starts, if any.
-pub fn next_valid_frame(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len().saturating_sub(FRAME_HEADER - 1)).find(|&p| read_frame(buf, p).is_ok())
+/// The next offset after `from` where a valid frame (of a segment with
+/// `salt`) starts, if any.
+pub fn next_valid_frame(buf: &[u8], from: usize, salt: u64) -> Option<usize> {
+    (from..buf.len().saturating_sub(FRAME_HEADER - 1)).find(|&p| read_frame_salted(buf, p, salt).is_ok())
 }
 
-/// Reads a whole segment file into memory, checking its magic.
-pub fn read_segment_file(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    File::open(path)?.read_to_end(&mut buf)?;
-    if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
-        if buf.len() < MAGIC.len() && MAGIC.starts_with(&buf) {
-            // Created, then a crash before the magic was whole: empty.
-            return Ok(MAGIC.to_vec());
-        }
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not an emq journal segment", path.display()),
-        ));
+/// A segment read into memory.
+pub struct SegmentData {
+    pub bytes: Vec<u8>,
+    /// Where its frames start (after the header).
+    pub data_start: usize,
+    /// The length its predecessor is valid up to (see the module doc).
+    pub cut_prev: Option<u64>,
+    /// Its header never became whole (a crash while it was created): it
+    /// holds nothing, and its cut is unknown.
+    pub unborn: bool,
+    /// Its frames' salt (0: none).
+    pub salt: u64,
+}
+
+/// Reads a whole segment file into memory and its header.
+pub fn read_segment(fs: &mut dyn Fs, path: &Path) -> io::Result<SegmentData> {
+    let bytes = fs.read(path)?;
+    parse_segment(bytes).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display())))
+}
+
+/// The header of a segment's bytes.
+pub fn parse_segment(bytes: Vec<u8>) -> Result<SegmentData, String> {
+    if bytes.len() >= HEADER && &bytes[..8] == MAGIC {
+        let cut = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let salt = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        let cut_prev = (cut != NO_CUT).then_some(cut);
+        return Ok(SegmentData { bytes, data_start: HEADER, cut_prev, unborn: false, salt });
     }
-    Ok(buf)
+    if bytes.len() >= MAGIC_V1.len() && &bytes[..8] == MAGIC_V1 {
+        return Ok(SegmentData { bytes, data_start: MAGIC_V1.len(), cut_prev: None, unborn: false, salt: 0 });
+    }
+    // Created, then a crash before its header was whole (zeros where the
+    // file system had not written it yet count the same): nothing in it.
+    let magic_part = &bytes[..bytes.len().min(MAGIC.len())];
+    let newborn = magic_part.iter().zip(MAGIC.iter()).all(|(a, b)| a == b || *a == 0);
+    // Only zeros: its data never reached the disk (a power loss right
+    // after it was created, or a failed sync): nothing to read in it.
+    if (bytes.len() < HEADER && newborn) || bytes.iter().all(|b| *b == 0) {
+        let n = bytes.len();
+        return Ok(SegmentData { bytes, data_start: n, cut_prev: None, unborn: true, salt: 0 });
+    }
+    Err("not an emq journal segment".into())
+}
+
+/// The header of a new segment.
+fn header(cut_prev: Option<u64>, salt: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&cut_prev.unwrap_or(NO_CUT).to_le_bytes());
+    h[16..].copy_from_slice(&salt.to_le_bytes());
+    h
 }
 
 /// The segment being appended to.
 pub struct SegmentWriter {
     pub seq: u64,
-    file: File,
-    /// Bytes in the file, magic included.
+    /// Its frames' salt: chunks are [`seal`]ed with it before they are written.
+    pub salt: u64,
+    file: FileId,
+    /// Bytes in the file, header included.
     pub len: u64,
 }
 
 impl SegmentWriter {
-    /// Creates segment `seq` in `dir` (and makes its name durable).
-    pub fn create(dir: &Path, seq: u64) -> io::Result<SegmentWriter> {
+    /// Creates segment `seq` in `dir` — its header (with the previous
+    /// segment's cut, if any) synced and its name durable before it is
+    /// used. A failed attempt may leave the file; the next attempt starts
+    /// it afresh.
+    pub fn create(fs: &mut dyn Fs, dir: &Path, seq: u64, cut_prev: Option<u64>) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, seq);
-        // Job arguments and results: for this user only.
-        let mut file = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create_new(true).append(true), 0o600)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        file.sync_all()?;
-        sync_dir(dir)?;
-        Ok(SegmentWriter { seq, file, len: MAGIC.len() as u64 })
+        let salt = fs.random_salt().max(1);
+        let file = fs.create(&path)?;
+        let made = fs.append(file, &header(cut_prev, salt)).and_then(|_| fs.sync(file)).and_then(|_| fs.sync_dir(dir));
+        if let Err(e) = made {
+            fs.close(file);
+            return Err(e);
+        }
+        Ok(SegmentWriter { seq, salt, file, len: HEADER as u64 })
     }
 
-    /// Appends bytes (whole frames) to the page cache.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+    /// Appends bytes (whole frames) to the page cache. On error the
+    /// segment may hold any prefix of them: the caller must not append
+    /// to it again (see the writer's recovery).
+    pub fn write(&mut self, fs: &mut dyn Fs, bytes: &[u8]) -> io::Result<()> {
+        fs.append(self.file, bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
-    /// fdatasync: what was written survives power loss.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+    /// fdatasync: what was written survives power loss. On error, what was
+    /// not synced before may be lost whatever a later sync says.
+    pub fn sync(&mut self, fs: &mut dyn Fs) -> io::Result<()> {
+        fs.sync(self.file)
     }
-}
 
-/// fsync of a directory, so created and deleted names are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    pub fn close(self, fs: &mut dyn Fs) {
+        fs.close(self.file);
+    }
 }

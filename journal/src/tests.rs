@@ -2,8 +2,13 @@
 //! group commit, checkpoints, torn tails, damage and repair.
 
 use super::*;
+use crate::fs::RealFs;
 use crate::record::AcceptedJob;
-use crate::segment::{list_segments, segment_path};
+use crate::segment::segment_path;
+
+fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    segment::list_segments(&mut RealFs::default(), dir)
+}
 
 fn tmpdir(tag: &str) -> PathBuf {
     let mut n = [0u8; 8];
@@ -46,9 +51,15 @@ fn journal_with(tag: &str, n: u64) -> (PathBuf, PathBuf) {
     (dir, path)
 }
 
+/// The salt in a segment's header.
+fn salt_of(bytes: &[u8]) -> u64 {
+    segment::parse_segment(bytes.to_vec()).unwrap().salt
+}
+
 fn read_all(dir: &Path, repair: bool) -> Result<(Vec<Record>, ReplayReport), JournalError> {
     let mut out = Vec::new();
-    let report = replay(dir, repair, |r| out.push(r))?;
+    let report = replay(&mut RealFs::default(), dir, repair, |r| out.push(r))?;
+    settle_after_replay(&mut RealFs::default(), dir, &report)?;
     Ok((out, report))
 }
 
@@ -128,12 +139,15 @@ fn unfinished_checkpoint_is_ignored() {
     assert_eq!(segment_path(&dir, last), path);
     // A crash while writing a checkpoint: its begin and some records, no end.
     let mut bytes = segment::MAGIC.to_vec();
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // no salt
     frame(&Record::CheckpointBegin { id: 1 }, &mut bytes);
     frame(&accepted(3), &mut bytes);
     std::fs::write(segment_path(&dir, last + 1), &bytes).unwrap();
     let (records, report) = read_all(&dir, false).unwrap();
     assert_eq!(records.len(), 10, "the ten jobs, not the partial checkpoint");
     assert_eq!(report.obsolete, vec![segment_path(&dir, last + 1)]);
+    assert!(!segment_path(&dir, last + 1).exists(), "deleted once what replay trusts is synced");
 }
 
 #[test]
@@ -141,34 +155,39 @@ fn torn_tail_is_truncated_at_every_offset() {
     let (dir, path) = journal_with("torn", 5);
     let whole = std::fs::read(&path).unwrap();
     let mut frame_ends = Vec::new();
-    let mut pos = segment::MAGIC.len();
-    while let Ok((_, next)) = segment::read_frame(&whole, pos) {
+    let mut pos = segment::HEADER;
+    while let Ok((_, next)) = segment::read_frame_salted(&whole, pos, salt_of(&whole)) {
         frame_ends.push(next);
         pos = next;
     }
-    for cut in segment::MAGIC.len()..whole.len() {
+    for cut in segment::HEADER..whole.len() {
         std::fs::write(&path, &whole[..cut]).unwrap();
         let (records, report) = read_all(&dir, false).unwrap();
         let whole_frames = frame_ends.iter().filter(|&&e| e <= cut).count();
         assert_eq!(records.len(), whole_frames, "cut at {cut}");
-        if cut == segment::MAGIC.len() || frame_ends.contains(&cut) {
+        if cut == segment::HEADER || frame_ends.contains(&cut) {
             assert!(report.torn_tail.is_none());
         } else {
             assert!(report.torn_tail.is_some(), "cut at {cut}");
             assert_eq!(
                 std::fs::metadata(&path).unwrap().len() as usize,
-                frame_ends.iter().filter(|&&e| e <= cut).max().copied().unwrap_or(8)
+                frame_ends.iter().filter(|&&e| e <= cut).max().copied().unwrap_or(segment::HEADER)
             );
         }
     }
 }
 
 #[test]
-fn damage_before_the_tail_stops_unless_repair() {
+fn damage_in_an_older_segment_stops_unless_repair_which_rewrites_it() {
     let (dir, path) = journal_with("damage", 5);
+    // A later start: the damaged segment is no longer the newest.
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    j.append(&accepted(5));
+    j.close();
+    drop(j);
     let mut bytes = std::fs::read(&path).unwrap();
     // Flip a byte inside the second record's body.
-    let (_, second) = segment::read_frame(&bytes, segment::MAGIC.len()).unwrap();
+    let (_, second) = segment::read_frame_salted(&bytes, segment::HEADER, salt_of(&bytes)).unwrap();
     bytes[second + 20] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     match read_all(&dir, false) {
@@ -176,9 +195,33 @@ fn damage_before_the_tail_stops_unless_repair() {
         other => panic!("expected damage, got {:?}", other.map(|r| r.0.len())),
     }
     let (records, report) = read_all(&dir, true).unwrap();
-    assert_eq!(records.len(), 4, "every valid record kept");
+    assert_eq!(records.len(), 5, "every valid record kept");
     assert_eq!(report.repaired.len(), 1);
     assert!(!records.contains(&accepted(1)));
+    // Repair rewrote the segment: a plain start is clean again.
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!((records.len(), report.repaired.len()), (5, 0));
+}
+
+/// Power-loss debris at the end of the newest segment — a record that
+/// does not check with intact bytes after it (later sectors reached the
+/// disk, earlier ones did not) — ends the log there: the start goes on by
+/// itself, and the file is cut.
+#[test]
+fn debris_in_the_newest_segment_ends_the_log_without_help() {
+    let (dir, path) = journal_with("debris", 6);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (_, second) = segment::read_frame_salted(&bytes, segment::HEADER, salt_of(&bytes)).unwrap();
+    for b in &mut bytes[second..second + 16] {
+        *b = 0;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records, vec![accepted(0)], "the log ends at the first bad record");
+    assert_eq!(report.torn_tail.as_ref().map(|t| t.1 as usize), Some(second));
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, second, "cut there");
+    let (records, _) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 1, "and the next start is plain");
 }
 
 /// A message that promises only "everything appended so far is durable"
@@ -197,4 +240,24 @@ fn covering_batch_of_an_idle_journal_is_already_durable() {
     assert_eq!(j.covering_batch(), covering, "submitted, not yet durable: still that batch");
     wait_durable(&j, covering);
     assert!(j.covering_batch() <= j.durable(), "idle again: nothing to wait for");
+}
+
+/// A frame a client could smuggle inside its payload carries a plain
+/// checksum; real frames are checksummed with their segment's secret salt,
+/// so repair's search for the next valid frame never takes the smuggled
+/// one for a record.
+#[test]
+fn repair_never_takes_a_frame_without_the_segments_salt() {
+    let (dir, path) = journal_with("salt", 3);
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    j.close();
+    drop(j);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_ne!(salt_of(&bytes), 0, "segments are salted");
+    bytes.extend_from_slice(&[0x55; 8]);
+    frame(&accepted(999), &mut bytes); // a frame as frame() makes it: no salt
+    std::fs::write(&path, &bytes).unwrap();
+    let (records, report) = read_all(&dir, true).unwrap();
+    assert_eq!(records, vec![accepted(0), accepted(1), accepted(2)], "the smuggled record is not replayed");
+    assert_eq!(report.repaired.len(), 1);
 }

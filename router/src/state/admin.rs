@@ -254,6 +254,7 @@ impl RouterState {
             "buffered_bytes_on_disk": self.spill.bytes(),
             "buffered_jobs_on_disk": self.spill.total(),
             "waiting_not_allowed": self.waiting_not_allowed(),
+            "results_waiting_for_clients": self.undelivered.len(),
         })
     }
 

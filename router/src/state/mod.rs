@@ -39,6 +39,7 @@ mod suspects;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod undelivered;
 
 use emq_journal::Record;
 use emq_protocol::{Command, DecodeError, Message};
@@ -250,6 +251,9 @@ pub struct RouterState {
     /// kept apart from `errors` so nobody reads them as anomalies (STATUS
     /// `activity`).
     activity: BTreeMap<&'static str, u64>,
+    /// Results whose client was not connected when they were sent: sent
+    /// again at every tick (see [`undelivered`]).
+    undelivered: undelivered::UndeliveredResults,
     /// Jobs accepted from clients.
     accepted: u64,
     history: JobHistory,
@@ -339,6 +343,7 @@ impl RouterState {
             disk_full: false,
             errors: BTreeMap::new(),
             activity: BTreeMap::new(),
+            undelivered: Default::default(),
             accepted: 0,
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -456,9 +461,21 @@ impl RouterState {
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
         self.expire_results(now);
+        self.retry_undelivered(now, out);
         self.sample_series(now);
         self.send_heartbeats(now, out);
         self.finish_stop(now, out);
+    }
+
+    /// Tick step: results whose client was away go again (those past
+    /// `result_ttl` are given up: the job record still holds them).
+    fn retry_undelivered(&mut self, now: Now, out: &mut Vec<Action>) {
+        for (peer, message) in self.undelivered.take_for_retry(now.mono, self.cfg.result_ttl) {
+            out.push(Action::Send { socket: SocketKind::Frontend, peer, message });
+        }
+        for _ in 0..self.undelivered.take_given_up() {
+            self.count("results_undeliverable");
+        }
     }
 
     /// Tick step: every [`SERIES_STEP`], a point of the last hour's series.

@@ -302,6 +302,16 @@ impl RouterState {
                 }
             }
             (SocketKind::Backend, _) => self.suspect_job_manager(&peer, "became unreachable", now, out),
+            (SocketKind::Frontend, Command::Reply(reply @ Reply::Result { .. }))
+                if !self.schedulers.contains_key(&peer) =>
+            {
+                // The client is away for a moment (a router restart, a
+                // blip): its result waits and goes again at the next ticks.
+                debug!(%peer, msgid = %message.msgid, "client not connected: its result is kept to be sent again");
+                let m = Message::with_msgid(message.msgid, Command::Reply(reply));
+                let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
+                self.undelivered.keep(peer, m, now.mono, budget);
+            }
             (SocketKind::Frontend, cmd) => {
                 if self.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler unreachable: removed");
