@@ -207,6 +207,16 @@ pub enum Record {
         queue: String,
         paused: bool,
     },
+    /// A finished job's result could not reach its client (not connected:
+    /// the router had just restarted): it is sent again until it does,
+    /// also after a restart (in checkpoints: one per result still waiting).
+    ResultPending {
+        msgid: String,
+    },
+    /// ... and now it went out.
+    ResultDelivered {
+        msgid: String,
+    },
 }
 
 impl Record {
@@ -220,6 +230,7 @@ impl Record {
             | Record::Finished { msgid, .. } => Some(msgid),
             Record::History(h) => Some(&h.msgid),
             Record::Delayed { msgid, .. } | Record::ScheduleFired { msgid, .. } => Some(msgid),
+            Record::ResultPending { msgid } | Record::ResultDelivered { msgid } => Some(msgid),
             Record::CheckpointBegin { .. }
             | Record::CheckpointEnd { .. }
             | Record::ScheduleSet(_)
@@ -334,6 +345,14 @@ impl Record {
                 w.str(queue);
                 w.u8(u8::from(*paused));
             }
+            Record::ResultPending { msgid } => {
+                w.u8(14);
+                w.str(msgid);
+            }
+            Record::ResultDelivered { msgid } => {
+                w.u8(15);
+                w.str(msgid);
+            }
             Record::ScheduleFired { id, msgid, at, next_due } => {
                 w.u8(12);
                 w.str(id);
@@ -425,6 +444,8 @@ impl Record {
             11 => Record::ScheduleRemoved { id: r.str()? },
             13 => Record::QueuePaused { queue: r.str()?, paused: r.u8()? != 0 },
             12 => Record::ScheduleFired { id: r.str()?, msgid: r.str()?, at: r.f64()?, next_due: r.f64()? },
+            14 => Record::ResultPending { msgid: r.str()? },
+            15 => Record::ResultDelivered { msgid: r.str()? },
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -601,6 +622,8 @@ mod tests {
             Record::ScheduleRemoved { id: "x".into() },
             Record::ScheduleFired { id: "x".into(), msgid: "m".into(), at: 2.0, next_due: 7.0 },
             Record::QueuePaused { queue: "q".into(), paused: true },
+            Record::ResultPending { msgid: "r".into() },
+            Record::ResultDelivered { msgid: "r".into() },
             Record::Finished {
                 msgid: "c".into(),
                 state: FinalState::Cancelled,

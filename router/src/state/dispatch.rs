@@ -24,6 +24,10 @@ const MAX_PICK_SCAN: usize = 256;
 /// oldest ones are not for it.
 const MAX_ALLOWED_SCAN: usize = 1024;
 
+/// Queues looked at for such a job manager when its best one holds nothing
+/// it allows.
+const MAX_ALLOWED_QUEUES: usize = 256;
+
 impl RouterState {
     /// The job manager with a free slot for `queue`: highest weight first,
     /// then one with an idle worker (a free slot may be only prefetch room
@@ -236,34 +240,42 @@ impl RouterState {
     /// For a job manager with `allowed_paths`: the oldest waiting job it
     /// allows, from its highest-weight queue that has one, is handed to it
     /// (jobs it does not allow wait for another job manager: no job waits
-    /// behind them). False when there is none (within a bounded look).
+    /// behind them). Its best queue is looked at first, as for any job
+    /// manager; the others only when that one holds nothing it allows (at
+    /// most [`MAX_ALLOWED_QUEUES`] of them). False when there is none.
     fn dispatch_one_allowed(&mut self, jm: &PeerId, now: Now, out: &mut Vec<Action>) -> bool {
-        if self.maybe_waiting.is_empty() {
-            return false;
-        }
-        let Some(n_queues) = self.job_managers.get(jm).map(|p| p.by_weight.len()) else { return false };
-        for i in 0..n_queues {
-            let Some(peer) = self.job_managers.get(jm) else { return false };
-            let queue = &peer.by_weight[i];
-            if self.queue_len(queue) == 0 || self.is_paused(queue) {
-                continue;
-            }
-            let queue = queue.clone();
-            if self.queues.get(&queue).is_some_and(|q| q.waiting.is_empty()) && self.spill.len(&queue) > 0 {
-                self.refill(&queue);
-            }
-            let (Some(peer), Some(q)) = (self.job_managers.get(jm), self.queues.get(&queue)) else { continue };
-            let Some(pos) =
-                q.waiting.iter().take(MAX_ALLOWED_SCAN).position(|j| peer.allows_payload(j.request.payload()))
-            else {
-                continue;
-            };
-            let job = self.queues.get_mut(&queue).and_then(|q| q.waiting.remove(pos)).expect("just found");
-            self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
-            self.dispatch(jm.clone(), queue, job, now, out);
+        let Some(best) = self.next_queue_for(jm) else { return false };
+        if self.dispatch_allowed_from(jm, &best, now, out) {
             return true;
         }
+        let Some(n_queues) = self.job_managers.get(jm).map(|p| p.by_weight.len()) else { return false };
+        for i in 0..n_queues.min(MAX_ALLOWED_QUEUES) {
+            let Some(queue) = self.job_managers.get(jm).map(|p| p.by_weight[i].clone()) else { return false };
+            if queue == best || self.queue_len(&queue) == 0 || self.is_paused(&queue) {
+                continue;
+            }
+            if self.dispatch_allowed_from(jm, &queue, now, out) {
+                return true;
+            }
+        }
         false
+    }
+
+    /// The oldest job of `queue` (within [`MAX_ALLOWED_SCAN`]) that `jm`
+    /// allows, handed to it.
+    fn dispatch_allowed_from(&mut self, jm: &PeerId, queue: &str, now: Now, out: &mut Vec<Action>) -> bool {
+        if self.queues.get(queue).is_some_and(|q| q.waiting.is_empty()) && self.spill.len(queue) > 0 {
+            self.refill(queue);
+        }
+        let (Some(peer), Some(q)) = (self.job_managers.get(jm), self.queues.get(queue)) else { return false };
+        let Some(pos) = q.waiting.iter().take(MAX_ALLOWED_SCAN).position(|j| peer.allows_payload(j.request.payload()))
+        else {
+            return false;
+        };
+        let job = self.queues.get_mut(queue).and_then(|q| q.waiting.remove(pos)).expect("just found");
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
+        self.dispatch(jm.clone(), queue.to_owned(), job, now, out);
+        true
     }
 
     /// The queue `jm` takes its next job from: its highest-weight queue with

@@ -476,6 +476,9 @@ impl RouterState {
         for _ in 0..self.undelivered.take_given_up() {
             self.count("results_undeliverable");
         }
+        for msgid in self.undelivered.take_settled() {
+            out.push(Action::Journal(Record::ResultDelivered { msgid }));
+        }
     }
 
     /// Tick step: every [`SERIES_STEP`], a point of the last hour's series.

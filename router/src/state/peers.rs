@@ -308,9 +308,16 @@ impl RouterState {
                 // The client is away for a moment (a router restart, a
                 // blip): its result waits and goes again at the next ticks.
                 debug!(%peer, msgid = %message.msgid, "client not connected: its result is kept to be sent again");
+                let msgid = match &reply {
+                    Reply::Result { orig_msgid, .. } => orig_msgid.clone(),
+                    _ => String::new(),
+                };
                 let m = Message::with_msgid(message.msgid, Command::Reply(reply));
                 let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
-                self.undelivered.keep(peer, m, now.mono, budget);
+                if self.undelivered.keep(peer, m, now.mono, budget) {
+                    // Kept across a restart too.
+                    out.push(Action::Journal(Record::ResultPending { msgid }));
+                }
             }
             (SocketKind::Frontend, cmd) => {
                 if self.schedulers.remove(&peer).is_some() {

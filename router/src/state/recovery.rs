@@ -15,7 +15,7 @@
 use super::outcome::final_state;
 use super::{Action, DeadLetter, InDoubtJob, JobRecord, JobState, Now, RouterState, StoredRequest, WaitingJob};
 use emq_journal::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record};
-use emq_protocol::{Headers, JobErrorKind, JobReply};
+use emq_protocol::{Command, Headers, JobErrorKind, JobReply, Message};
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ enum Phase {
 #[derive(Default)]
 pub(super) struct Restoring {
     jobs: HashMap<Arc<str>, RestoredJob>,
+    /// Results that had not reached their client (sent again at start).
+    results_pending: rustc_hash::FxHashSet<String>,
     next_back: i64,
     next_front: i64,
 }
@@ -185,6 +187,12 @@ impl RouterState {
                 self.schedules.remove(id.as_str());
             }
             Record::ScheduleFired { id, msgid, at, next_due } => self.restore_fired(&id, &msgid, at, next_due),
+            Record::ResultPending { msgid } => {
+                r.results_pending.insert(msgid);
+            }
+            Record::ResultDelivered { msgid } => {
+                r.results_pending.remove(&msgid);
+            }
             Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }
     }
@@ -197,6 +205,19 @@ impl RouterState {
             self.finish_restore_schedules(Vec::new(), now);
             return summary;
         };
+        // Results that had not reached their client: sent again from the
+        // job records (the client's connection is back by then, or they
+        // wait for it).
+        for msgid in &r.results_pending {
+            let Some(rec) = self.history.get(msgid) else { continue };
+            let (Some(result), Some(client)) = (rec.result.clone(), rec.client.clone()) else { continue };
+            let m = Message::new(Command::Reply(emq_protocol::Reply::Result {
+                reply_json: result,
+                orig_msgid: msgid.clone(),
+            }));
+            let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
+            self.undelivered.keep(client, m, now.mono, budget);
+        }
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
         let mut live_fired = Vec::new();
         for (msgid, j) in r.jobs {
@@ -494,6 +515,9 @@ impl RouterState {
         self.schedule_checkpoint_records(&mut out);
         for queue in self.paused_queues() {
             out.push(Record::QueuePaused { queue, paused: true });
+        }
+        for msgid in self.undelivered.pending_ids() {
+            out.push(Record::ResultPending { msgid: msgid.clone() });
         }
         for d in &self.dead {
             let job = accepted(&d.msgid, &d.client, &d.queue, &d.request, d.at);

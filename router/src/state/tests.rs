@@ -1327,3 +1327,32 @@ fn a_dead_letter_shows_its_callable_and_arguments() {
     );
     assert!(!format!("{v:?}").contains("charge"), "{v:?}");
 }
+
+/// A job manager whose best queue holds only jobs it does not allow takes
+/// from its next queue instead of idling.
+#[test]
+fn an_allow_list_looks_past_a_queue_it_cannot_serve() {
+    let mut h = Harness::new();
+    let q = QueueSpec(vec![(20, "a".into()), (10, "b".into())]);
+    h.recv(
+        SocketKind::Backend,
+        "other",
+        Command::Inform(Inform {
+            queues: q.clone(),
+            kind: "worker".into(),
+            features: Some("reports-all,allow=x".into()),
+        }),
+    );
+    h.recv(
+        SocketKind::Backend,
+        "bench",
+        Command::Inform(Inform { queues: q, kind: "worker".into(), features: Some("reports-all,allow=bench".into()) }),
+    );
+    for (id, queue, module) in [("xa", "a", "x"), ("bb", "b", "bench")] {
+        let payload = format!(r#"["run", {{"path": "{module}", "callable": "f"}}]"#);
+        let r = Request { queue: queue.into(), headers: String::new(), payload };
+        h.recv_id(SocketKind::Frontend, "c", Message::with_msgid(id, Command::Request(r)));
+    }
+    assert_eq!(dispatched_to(&h.ready("bench")), vec![("bench".to_string(), "bb".to_string())]);
+    assert_eq!(dispatched_to(&h.ready("other")), vec![("other".to_string(), "xa".to_string())]);
+}

@@ -8,12 +8,16 @@
 //! within a byte budget (past it the oldest are given up: their results
 //! stay readable in the job records).
 //!
+//! A result kept here is journaled (`ResultPending`) and, once it went
+//! out, marked again (`ResultDelivered`): a router that dies meanwhile
+//! sends it again after its restart.
+//!
 //! Owns: [`UndeliveredResults`] and its bounds. Does not own: when ticks
 //! come, or what a result is (the outcome room makes them).
 
 use emq_protocol::{Command, Message, Reply};
 use emq_receiver::PeerId;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -32,9 +36,23 @@ pub struct UndeliveredResults {
     bytes: usize,
     /// Results given up (budget or age) since the caller last took the count.
     given_up: u64,
+    /// Msgids of the results here or sent again at the last tick (not
+    /// known delivered yet).
+    pending: HashSet<String>,
+    /// Msgids sent again at the last tick.
+    retried: Vec<String>,
+    /// Msgids no longer pending (delivered, or given up), to journal.
+    settled: Vec<String>,
 }
 
 /// Bytes of a result message as counted against the budget.
+fn msgid_of(m: &Message) -> &str {
+    match &m.command {
+        Command::Reply(Reply::Result { orig_msgid, .. }) => orig_msgid,
+        _ => "",
+    }
+}
+
 fn size(m: &Message) -> usize {
     match &m.command {
         Command::Reply(Reply::Result { reply_json, orig_msgid }) => reply_json.len() + orig_msgid.len() + 64,
@@ -46,7 +64,10 @@ impl UndeliveredResults {
     /// A result that could not reach `peer` now: kept to be sent again,
     /// unless that would go past `budget` bytes (the oldest are given up
     /// first) — a flood of vanished clients cannot grow the router.
-    pub fn keep(&mut self, peer: PeerId, message: Message, now: Instant, budget: usize) {
+    ///
+    /// True when the result was not pending yet (the caller journals it).
+    pub fn keep(&mut self, peer: PeerId, message: Message, now: Instant, budget: usize) -> bool {
+        let newly = self.pending.insert(msgid_of(&message).to_owned());
         let n = size(&message);
         self.bytes += n;
         self.by_peer
@@ -61,12 +82,16 @@ impl UndeliveredResults {
                 Some(m) => {
                     self.bytes = self.bytes.saturating_sub(size(&m));
                     self.given_up += 1;
+                    if self.pending.remove(msgid_of(&m)) {
+                        self.settled.push(msgid_of(&m).to_owned());
+                    }
                 }
                 None => {
                     self.by_peer.remove(&oldest);
                 }
             }
         }
+        newly
     }
 
     /// Tick step: every kept result, to send again now. Those that still
@@ -76,19 +101,43 @@ impl UndeliveredResults {
     /// than `ttl` are given up instead.
     pub fn take_for_retry(&mut self, now: Instant, ttl: Duration) -> Vec<(PeerId, Message)> {
         self.by_peer.retain(|_, b| !b.messages.is_empty());
+        // Sent again at the last tick and not back: delivered.
+        let back: HashSet<&str> = self.by_peer.values().flat_map(|b| b.messages.iter().map(msgid_of)).collect();
+        let delivered: Vec<String> = self.retried.drain(..).filter(|id| !back.contains(id.as_str())).collect();
+        for id in delivered {
+            if self.pending.remove(&id) {
+                self.settled.push(id);
+            }
+        }
         let mut out = Vec::new();
-        let mut given_up = 0;
+        let mut given_up = Vec::new();
         self.by_peer.retain(|peer, b| {
             if now.saturating_duration_since(b.since) > ttl {
-                given_up += b.messages.len() as u64;
+                given_up.extend(b.messages.drain(..));
                 return false;
             }
             out.extend(b.messages.drain(..).map(|m| (peer.clone(), m)));
             true
         });
-        self.given_up += given_up;
+        self.given_up += given_up.len() as u64;
+        for m in given_up {
+            if self.pending.remove(msgid_of(&m)) {
+                self.settled.push(msgid_of(&m).to_owned());
+            }
+        }
+        self.retried = out.iter().map(|(_, m)| msgid_of(m).to_owned()).collect();
         self.bytes = 0;
         out
+    }
+
+    /// Msgids no longer pending since the last call (to journal).
+    pub fn take_settled(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.settled)
+    }
+
+    /// Msgids of the results still pending (for a checkpoint).
+    pub fn pending_ids(&self) -> impl Iterator<Item = &String> {
+        self.pending.iter()
     }
 
     /// Results given up since the last call (the caller counts them).
@@ -114,16 +163,21 @@ mod tests {
     fn kept_results_go_again_keep_their_age_and_are_bounded() {
         let t0 = Instant::now();
         let mut u = UndeliveredResults::default();
-        u.keep(PeerId::from("c"), result("a", 10), t0, 10_000);
+        assert!(u.keep(PeerId::from("c"), result("a", 10), t0, 10_000), "newly pending");
         u.keep(PeerId::from("c"), result("b", 10), t0, 10_000);
         let again = u.take_for_retry(t0 + Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(again.len(), 2);
         // One fails again: it keeps the backlog's age.
-        u.keep(PeerId::from("c"), again[1].1.clone(), t0 + Duration::from_secs(1), 10_000);
+        assert!(!u.keep(PeerId::from("c"), again[1].1.clone(), t0 + Duration::from_secs(1), 10_000), "still pending");
         assert_eq!(u.len(), 1);
+        // At the next round, the one that did not come back was delivered.
+        let again = u.take_for_retry(t0 + Duration::from_secs(2), Duration::from_secs(60));
+        assert_eq!(u.take_settled(), vec!["a".to_string()]);
+        u.keep(PeerId::from("c"), again[0].1.clone(), t0 + Duration::from_secs(2), 10_000);
         // Past the ttl (counted from the first failure) it is given up.
         assert!(u.take_for_retry(t0 + Duration::from_secs(61), Duration::from_secs(60)).is_empty());
         assert_eq!((u.len(), u.take_given_up()), (0, 1));
+        assert_eq!(u.take_settled(), vec!["b".to_string()], "given up: no longer pending");
         // The budget gives up the oldest first.
         for i in 0..10 {
             u.keep(PeerId::from(format!("p{i}").as_str()), result("r", 1000), t0 + Duration::from_secs(i), 5_000);
