@@ -453,3 +453,20 @@ fn workers_past_max_memory_per_worker_are_replaced() {
     let health = w["connected_workers"].as_object().unwrap().values().next().unwrap()["health"].clone();
     assert!(health["restarts"]["memory"].as_u64().unwrap_or(0) >= 2, "{}", health["restarts"]);
 }
+
+/// `--broker-addr A,B`: a router and its standby, tried in turn — the job
+/// manager finds the one that answers (here the second) and serves it.
+#[test]
+fn a_job_manager_given_several_router_addresses_serves_the_one_that_answers() {
+    let (_r, a) = start_router(&[]);
+    let nobody = tcp(free_port());
+    let _jm = start_jobmanager(
+        &format!("{nobody},{}", a.backend),
+        "default",
+        1,
+        &[("EMQ_HEARTBEAT_TIMEOUT", "1"), ("EMQ_HEARTBEAT_LIVENESS", "2")],
+    );
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    assert_eq!(c.call("default", "benchjobs", "add", json!([2, 5])), json!({"value": 7}));
+}

@@ -239,3 +239,36 @@ fn http_addr_in_use_is_a_one_line_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A REQUEST sent again under the same msgid — a client retrying after a
+/// lost receipt or a failover, EventMQ's included — gets the receipt again
+/// (and, once the job is over, its result) and never makes a second job.
+#[test]
+fn a_request_sent_again_under_its_msgid_runs_once() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let file = std::env::temp_dir().join(format!("emq-once-{}", uuid::Uuid::new_v4()));
+    let payload =
+        serde_json::json!(["run", {"path": "benchjobs", "callable": "append_line", "args": [file, "ran"]}]).to_string();
+    let c = Dealer::connect(&a.frontend);
+    let send = || c.send(&["", "eMQP/1.0", "REQUEST", "retry-1", "default", "reply-requested", &payload]);
+    let (mut receipts, mut results) = (0, 0);
+    let mut read = |ms: i64| {
+        while let Some(f) = c.recv_timeout(ms) {
+            match f.len() {
+                5 if f[4] == "retry-1" => receipts += 1,
+                6 if f[5] == "retry-1" => results += 1,
+                _ => {}
+            }
+        }
+    };
+    send();
+    send();
+    read(2000);
+    send(); // after it finished: receipt and result again
+    read(2000);
+    assert_eq!((receipts, results), (3, 2), "a receipt per send; the result when over (and again on request)");
+    assert_eq!(read_lines(&file), vec!["ran"], "ran once");
+    let _ = std::fs::remove_file(file);
+}

@@ -179,8 +179,13 @@ impl JobManagerSettings {
         self.curve_keys()?;
         let queues =
             self.queues.parse().map_err(|e| SettingsError::invalid("queues", self.queues.shown(), e.to_string()))?;
-        v::zmq_endpoint("worker_addr", &self.worker_addr)?;
-        let mut addrs = vec![self.worker_addr.clone()];
+        // `A,B`: the router and its standbys, tried in turn (as with
+        // worker_addr_failover) — whichever leads answers.
+        let mut addrs = Vec::new();
+        for a in self.worker_addr.split(',').map(str::trim) {
+            v::zmq_endpoint("worker_addr", a)?;
+            addrs.push(a.to_owned());
+        }
         for a in self.worker_addr_failover.iter().filter(|a| !a.is_empty()) {
             v::zmq_endpoint("worker_addr_failover", a)?;
             addrs.push(a.clone());
@@ -368,6 +373,18 @@ mod tests {
         let e = refused("worker_addr", |s| s.worker_addr = "tcp://127.0.0.1:99999".into());
         assert!(e.contains("99999"), "{e}");
         refused("worker_addr_failover", |s| s.worker_addr_failover = vec!["tcp://h".into()]);
+        refused("worker_addr", |s| s.worker_addr = "tcp://127.0.0.1:1,nope".into());
+        let two = JobManagerSettings {
+            worker_addr: "tcp://127.0.0.1:1, tcp://127.0.0.1:2".into(),
+            worker_addr_failover: vec!["tcp://127.0.0.1:3".into()],
+            allowed_paths: vec!["*".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            two.to_config().unwrap().addrs,
+            vec!["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"],
+            "a router and its standbys, in turn"
+        );
         refused("queues", |s| s.queues = QueuesSetting::Text("x:y".into()));
         refused("log_level", |s| s.log_level = "info=bogus[".into());
         let ok =

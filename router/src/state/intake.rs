@@ -5,7 +5,7 @@
 //! answers the peer, counts, logs and records the refusal the same way
 //! whatever the reason.
 
-use super::{send, Action, JobRecord, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
+use super::{send, Action, JobRecord, Now, RouterState, SocketKind, StoredRequest, WaitingJob, OTHER_QUEUE};
 use emq_journal::{AcceptedJob, Record};
 use emq_protocol::{
     Ack, AdminCommand, Command, DecodeError, DecodeErrorKind, Inform, JobReply, Message, Reply, Request, DEFAULT_QUEUE,
@@ -74,7 +74,7 @@ impl Refusal {
             Refusal::NoScheduler => "no scheduler connected".into(),
             Refusal::UnexpectedCommand(name) => format!("unexpected command {name} on the frontend"),
             Refusal::UnknownQueue(q) => format!("unknown queue {q:?} and no job manager serves {DEFAULT_QUEUE:?}"),
-            Refusal::DuplicateMsgid => format!("msgid {msgid} is already in use by an unfinished job"),
+            Refusal::DuplicateMsgid => format!("msgid {msgid} is already in use by another client's job"),
             Refusal::QueueFull { queue, hwm } => format!("queue {queue:?} is full ({hwm} jobs waiting)"),
             Refusal::Stopping => "router stopping: not accepting jobs".into(),
             Refusal::Full => "router full: its journal and buffers are past journal_max_bytes".into(),
@@ -219,14 +219,39 @@ impl RouterState {
         if self.stopping.is_some() {
             return self.refuse(&client, msgid, Refusal::Stopping, out);
         }
-        let unfinished = self
-            .history
-            .get(&msgid)
-            .is_some_and(|r| matches!(r.state, JobState::Queued | JobState::Retrying | JobState::Delayed));
-        if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) || unfinished {
+        let headers = request.headers();
+        // A msgid the router holds: never a second job. Its sender sending
+        // it again (a retry after a failover or a lost receipt) gets the
+        // receipt again — and the result, when the job is over and it
+        // asks for one; anyone else is refused.
+        let held = self.history.get(&msgid).map(|rec| {
+            let same_sender = rec.readable_by(&client, headers.owner.as_deref());
+            let result = (rec.state.is_final() && headers.reply_requested).then(|| rec.result.clone()).flatten();
+            (same_sender, result)
+        });
+        if let Some((same_sender, result)) = held {
+            if same_sender {
+                self.count("duplicate_requests_answered");
+                debug!(%msgid, peer = %client, "REQUEST for a msgid already held: receipt again, no second job");
+                out.push(Action::SendDurable {
+                    socket: SocketKind::Frontend,
+                    peer: client.clone(),
+                    message: Message::new(Command::Reply(Reply::receipt(msgid.clone()))),
+                });
+                if let Some(reply_json) = result {
+                    out.push(send(
+                        SocketKind::Frontend,
+                        &client,
+                        Command::Reply(Reply::Result { reply_json, orig_msgid: msgid }),
+                    ));
+                }
+                return;
+            }
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
-        let headers = request.headers();
+        if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) {
+            return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
+        }
         // `delay:` / `eta:` in the future: the job waits for its time first.
         let due = headers.due_at(now.unix);
         let queue = self.resolve_queue(&request.queue);

@@ -67,6 +67,7 @@ pub const ACTIVITY_COUNTERS: &[&str] = &[
     "cancelled_jobs",
     "dead_letters",
     "dead_letters_deleted",
+    "duplicate_requests_answered",
     "in_doubt_requeued",
     "in_doubt_settled",
     "job_manager_reconnected",

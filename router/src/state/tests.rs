@@ -1226,22 +1226,24 @@ fn heartbeats_confirm_reports_once_durable() {
     assert!(matches!(m.command, Command::Heartbeat(Heartbeat { health: None, .. })), "EventMQ's gets a plain one");
 }
 
-/// `requeue` of a dead letter whose msgid a new job took since is refused
-/// (two live jobs under one msgid would corrupt the tracking).
+/// A dead letter's msgid sent again is not a second job (by its sender: the
+/// receipt again; by anyone else: refused), and `requeue` still runs it.
 #[test]
-fn requeue_refuses_a_msgid_that_is_live_again() {
+fn a_dead_letters_msgid_sent_again_is_not_a_second_job() {
     let mut h = Harness::new();
     h.inform("jm", &[(10, "default")]);
     h.ready("jm");
     h.request("c", "m", "default", "guarantee");
     h.done("jm", "m", FAIL);
     assert_eq!(h.r.dead.len(), 1);
-    h.request("c", "m", "default", "");
-    assert_eq!(h.r.waiting("default"), 1, "a new job under the same msgid");
+    let out = h.request("c", "m", "default", "");
+    assert!(out.iter().any(|a| is_receipt(a, "m")));
+    let out = h.request("stranger", "m", "default", "");
+    assert_eq!(result_to(&out, "m").unwrap().error.unwrap().kind.as_str(), "refused");
+    assert_eq!(h.r.waiting("default"), 0, "no second job under the same msgid");
     let v = admin_json(&mut h, AdminCommand::Requeue { job_msgid: "m".into() });
-    assert!(v["error"].as_str().unwrap().contains("live"), "{v}");
-    assert_eq!(h.r.waiting("default"), 1, "nothing added");
-    assert_eq!(h.r.dead.len(), 1, "the dead letter stays");
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!((h.r.waiting("default"), h.r.dead.len()), (1, 0), "the dead letter runs again");
 }
 
 /// Job managers that say what they allow (`allowed_paths` at INFORM) get
@@ -1355,4 +1357,28 @@ fn an_allow_list_looks_past_a_queue_it_cannot_serve() {
     }
     assert_eq!(dispatched_to(&h.ready("bench")), vec![("bench".to_string(), "bb".to_string())]);
     assert_eq!(dispatched_to(&h.ready("other")), vec![("other".to_string(), "xa".to_string())]);
+}
+
+/// A REQUEST for a msgid the router holds, from its sender (a retry after
+/// a lost receipt or a failover): the receipt again and never a second job;
+/// once the job is over, its result again too. From anyone else: refused.
+#[test]
+fn a_request_sent_again_is_answered_with_its_receipt_never_a_second_job() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    h.request("c", "same", "default", "reply-requested,owner:tok");
+    let out = h.request("c", "same", "default", "reply-requested,owner:tok");
+    assert!(out.iter().any(|a| is_receipt(a, "same")), "the receipt again: {out:?}");
+    assert!(result_to(&out, "same").is_none(), "not over: no result, no refusal");
+    assert_eq!(h.r.waiting("default"), 1, "one job");
+    // The same owner from another connection (a client after a failover).
+    let out = h.request("c-new", "same", "default", "reply-requested,owner:tok");
+    assert!(out.iter().any(|a| is_receipt(a, "same")));
+    assert_eq!(h.r.waiting("default"), 1);
+    h.ready("jm");
+    h.done("jm", "same", r#"{"value": 7}"#);
+    let out = h.request("c", "same", "default", "reply-requested,owner:tok");
+    assert_eq!(result_to(&out, "same").unwrap().value, serde_json::json!(7), "the result again");
+    assert!(dispatched_to(&h.ready("jm")).is_empty(), "never run twice");
+    assert_eq!(h.r.activity()["duplicate_requests_answered"], 3);
 }

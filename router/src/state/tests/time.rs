@@ -219,10 +219,14 @@ fn a_delayed_job_is_receipted_at_once_and_runs_when_due() {
     h.done("jm", "later", "{}");
     h.ready("jm");
     assert_eq!(dispatched_to(&h.request("c", "late", "default", &past)).len(), 1);
-    // A msgid that is waiting for its time is live.
+    // A msgid that is waiting for its time is live: sent again, it is
+    // receipted again (its sender) or refused (anyone else), never doubled.
     h.request("c", "d2", "default", "eta:99999999999");
     let out = h.request("c", "d2", "default", "");
-    assert!(result_to(&out, "d2").unwrap().error.is_some(), "duplicate msgid refused");
+    assert!(out.iter().any(|a| is_receipt(a, "d2")) && result_to(&out, "d2").is_none());
+    let out = h.request("c2", "d2", "default", "");
+    assert!(result_to(&out, "d2").unwrap().error.is_some(), "another client's msgid refused");
+    assert_eq!(h.r.delayed_count(), 1);
 }
 
 #[test]
