@@ -652,29 +652,32 @@ impl Writer {
     }
 
     /// After a failed write or sync: the current segment is abandoned at
-    /// `good_len`; its unsynced chunks and `pending` are written again into
-    /// a new segment (a checkpoint still starts a segment of its own), and
-    /// synced. Repeats until it works.
+    /// `good_len` (what it holds synced); its unsynced chunks and `pending`
+    /// are written again from memory. The first new segment carries the
+    /// cut in its header, so it is written under a temporary name and
+    /// published only once synced: until then a restart reads the old
+    /// segment whole (a process crash keeps what `write` promised; a power
+    /// loss ends the log at its first bad record). A checkpoint still opens
+    /// a segment of its own. Repeats, with a pause, until it works;
+    /// failed attempts reuse the temporary name (no pile of files).
     fn recover(&mut self, pending: Vec<Chunk>) {
         let mut todo: std::collections::VecDeque<Chunk> = self.unsynced.drain(..).chain(pending).collect();
-        'attempt: loop {
-            let cut = self.good_len;
-            self.start_segment(Some(cut));
+        loop {
+            if !self.rewrite_first(&mut todo) {
+                std::thread::sleep(self.backoff);
+                continue;
+            }
+            // What is left starts with a checkpoint: ordinary segments.
+            let mut ok = true;
             while let Some(mut chunk) = todo.pop_front() {
-                if chunk.checkpoint && self.seg.len > segment::HEADER as u64 {
-                    // The checkpoint must open a segment: what is before it
-                    // is made durable first.
+                if chunk.checkpoint {
                     if !self.unsynced.is_empty() && !self.try_sync() {
                         todo.push_front(chunk);
-                        for c in self.unsynced.drain(..).rev() {
-                            todo.push_front(c);
-                        }
-                        std::thread::sleep(self.backoff);
-                        continue 'attempt;
+                        ok = false;
+                        break;
                     }
                     self.start_segment(None);
                 }
-                // A new segment, a new salt.
                 segment::seal(&mut chunk.bytes, self.seg.salt);
                 match self.seg.write(self.fs.as_mut(), &chunk.bytes) {
                     Ok(()) => {
@@ -686,15 +689,12 @@ impl Writer {
                     Err(e) => {
                         self.failed("write", &e);
                         todo.push_front(chunk);
-                        for c in self.unsynced.drain(..).rev() {
-                            todo.push_front(c);
-                        }
-                        std::thread::sleep(self.backoff);
-                        continue 'attempt;
+                        ok = false;
+                        break;
                     }
                 }
             }
-            if self.try_sync() {
+            if ok && self.try_sync() {
                 return;
             }
             for c in self.unsynced.drain(..).rev() {
@@ -702,6 +702,64 @@ impl Writer {
             }
             std::thread::sleep(self.backoff);
         }
+    }
+
+    /// The first segment of a recovery (see [`Writer::recover`]): the
+    /// chunks of `todo` up to a checkpoint (or one checkpoint and what
+    /// follows it up to the next), written, synced and published. False
+    /// (and `todo` as it was) when any step failed.
+    fn rewrite_first(&mut self, todo: &mut std::collections::VecDeque<Chunk>) -> bool {
+        let next = self.seg.seq + 1;
+        let mut fresh = match SegmentWriter::create_pending(self.fs.as_mut(), &self.dir, next, Some(self.good_len)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed("segment creation", &e);
+                return false;
+            }
+        };
+        let mut written: Vec<Chunk> = Vec::new();
+        let mut failure = None;
+        while todo.front().is_some_and(|c| !(c.checkpoint && !written.is_empty())) {
+            let mut chunk = todo.pop_front().expect("front exists");
+            segment::seal(&mut chunk.bytes, fresh.salt);
+            if let Err(e) = fresh.write(self.fs.as_mut(), &chunk.bytes) {
+                todo.push_front(chunk);
+                failure = Some(("write", e));
+                break;
+            }
+            written.push(chunk);
+        }
+        if failure.is_none() {
+            if let Err(e) = fresh.sync(self.fs.as_mut()).and_then(|_| fresh.publish(self.fs.as_mut(), &self.dir)) {
+                failure = Some(("sync", e));
+            }
+        }
+        if let Some((what, e)) = failure {
+            self.failed(what, &e);
+            fresh.close(self.fs.as_mut());
+            for c in written.into_iter().rev() {
+                todo.push_front(c);
+            }
+            return false;
+        }
+        let old = std::mem::replace(&mut self.seg, fresh);
+        old.close(self.fs.as_mut());
+        self.good_len = self.seg.len;
+        if written.iter().any(|c| c.checkpoint) {
+            self.obsolete_before = Some(self.seg.seq);
+        }
+        for c in written {
+            self.durable_id = self.durable_id.max(c.id);
+            self.spent.push(c.bytes);
+        }
+        if self.failing {
+            self.failing = false;
+            info!(
+                segment = self.seg.seq,
+                "journal: rewritten into a new segment; writing and syncing again, receipts go out"
+            );
+        }
+        true
     }
 
     /// Deletes the segments a durable checkpoint covers (and makes that

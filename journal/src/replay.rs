@@ -95,6 +95,12 @@ pub fn replay(
     let io = |e: std::io::Error| JournalError::Io { path: dir.to_path_buf(), source: e };
     let mut segments = list_segments(fs, dir).map_err(io)?;
     let mut report = ReplayReport { last_seq: segments.last().map_or(0, |s| s.0), ..Default::default() };
+    // A segment the writer was rewriting when it died, never published.
+    for path in fs.list(dir).map_err(io)? {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".journal.tmp")) {
+            report.obsolete.push(path);
+        }
+    }
     // Headers: which segments were never born, and each one's cut.
     let mut heads = Vec::with_capacity(segments.len());
     for (_, path) in &segments {

@@ -1,8 +1,8 @@
 //! Segment files: `<dir>/<seq, 16 digits>.journal`. Format 2 starts with
-//! a 24-byte header — the magic `EMQJRNL2`; a little-endian u64: the length
+//! a 28-byte header — the magic `EMQJRNL2`; a little-endian u64: the length
 //! the *previous* segment is valid up to, when the writer abandoned it
 //! after a failed write or sync (`u64::MAX`: no cut); a u64 salt, random
-//! per segment (OS CSPRNG) — then frames `[len u32 LE][crc u32 LE][record]`
+//! per segment (OS CSPRNG); a CRC32C of those 24 bytes — then frames `[len u32 LE][crc u32 LE][record]`
 //! where crc is CRC32C of the salt's 8 bytes and the record: a frame inside
 //! a client's payload cannot pass for a record when a reader looks for the
 //! next valid frame (it cannot know the salt). Salt 0: plain CRC32C of the
@@ -23,8 +23,10 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: &[u8; 8] = b"EMQJRNL2";
 /// First bytes of a format-1 segment (read only).
 pub const MAGIC_V1: &[u8; 8] = b"EMQJRNL1";
-/// Bytes of a format-2 header: magic, the previous segment's cut, salt.
-pub const HEADER: usize = 24;
+/// Bytes of a format-2 header: magic, the previous segment's cut, salt,
+/// and a CRC32C of those 24 bytes (a flipped bit in the cut must not cut a
+/// good segment short).
+pub const HEADER: usize = 28;
 /// "No cut" in a header.
 const NO_CUT: u64 = u64::MAX;
 /// Length and checksum before each record.
@@ -46,6 +48,12 @@ pub fn frame(record: &Record, out: &mut Vec<u8>) {
 /// The file of segment `seq`.
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016}.journal"))
+}
+
+/// Where segment `seq` is written before it is published (see
+/// [`SegmentWriter::create_pending`]).
+pub fn pending_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.journal.tmp"))
 }
 
 /// Segments in `dir`, oldest first.
@@ -162,6 +170,10 @@ pub fn read_segment(fs: &mut dyn Fs, path: &Path) -> io::Result<SegmentData> {
 /// The header of a segment's bytes.
 pub fn parse_segment(bytes: Vec<u8>) -> Result<SegmentData, String> {
     if bytes.len() >= HEADER && &bytes[..8] == MAGIC {
+        let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[..24]) != crc {
+            return Err("segment header checksum mismatch".into());
+        }
         let cut = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let salt = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
         let cut_prev = (cut != NO_CUT).then_some(cut);
@@ -188,7 +200,9 @@ fn header(cut_prev: Option<u64>, salt: u64) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&cut_prev.unwrap_or(NO_CUT).to_le_bytes());
-    h[16..].copy_from_slice(&salt.to_le_bytes());
+    h[16..24].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..24]);
+    h[24..].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -208,10 +222,33 @@ impl SegmentWriter {
     /// used. A failed attempt may leave the file; the next attempt starts
     /// it afresh.
     pub fn create(fs: &mut dyn Fs, dir: &Path, seq: u64, cut_prev: Option<u64>) -> io::Result<SegmentWriter> {
-        let path = segment_path(dir, seq);
+        let w = Self::begin(fs, &segment_path(dir, seq), seq, cut_prev)?;
+        if let Err(e) = fs.sync_dir(dir) {
+            w.close(fs);
+            return Err(e);
+        }
+        Ok(w)
+    }
+
+    /// Segment `seq` written under a temporary name (`<seq>.journal.tmp`,
+    /// which replay ignores and removes), to appear whole, by
+    /// [`SegmentWriter::publish`], once its content is synced: a segment
+    /// that rewrites what a failed one held, whose header cuts that one
+    /// short, must not be seen before the rewrite is durable.
+    pub fn create_pending(fs: &mut dyn Fs, dir: &Path, seq: u64, cut_prev: Option<u64>) -> io::Result<SegmentWriter> {
+        Self::begin(fs, &pending_path(dir, seq), seq, cut_prev)
+    }
+
+    /// Renames a pending segment into place, durably.
+    pub fn publish(&self, fs: &mut dyn Fs, dir: &Path) -> io::Result<()> {
+        fs.rename(&pending_path(dir, self.seq), &segment_path(dir, self.seq))?;
+        fs.sync_dir(dir)
+    }
+
+    fn begin(fs: &mut dyn Fs, path: &Path, seq: u64, cut_prev: Option<u64>) -> io::Result<SegmentWriter> {
         let salt = fs.random_salt().max(1);
-        let file = fs.create(&path)?;
-        let made = fs.append(file, &header(cut_prev, salt)).and_then(|_| fs.sync(file)).and_then(|_| fs.sync_dir(dir));
+        let file = fs.create(path)?;
+        let made = fs.append(file, &header(cut_prev, salt)).and_then(|_| fs.sync(file));
         if let Err(e) = made {
             fs.close(file);
             return Err(e);

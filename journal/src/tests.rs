@@ -141,6 +141,8 @@ fn unfinished_checkpoint_is_ignored() {
     let mut bytes = segment::MAGIC.to_vec();
     bytes.extend_from_slice(&u64::MAX.to_le_bytes());
     bytes.extend_from_slice(&0u64.to_le_bytes()); // no salt
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
     frame(&Record::CheckpointBegin { id: 1 }, &mut bytes);
     frame(&accepted(3), &mut bytes);
     std::fs::write(segment_path(&dir, last + 1), &bytes).unwrap();
