@@ -248,7 +248,21 @@ pub struct Client {
     /// Who hears of [`RouterNotice`]s during `wait` / `wait_any` (default:
     /// `tracing`).
     notice_hook: Option<NoticeHook>,
+    /// REQUESTs without a receipt yet, oldest first: sent again under the
+    /// same msgid while the router is silent (a failover to a standby, a
+    /// message lost with a router that died). A router that holds the
+    /// msgid answers with its receipt and makes no second job.
+    unreceipted: VecDeque<(String, Message, Instant)>,
 }
+
+/// Requests without a receipt kept for sending again, at most.
+const MAX_UNRECEIPTED: usize = 100_000;
+
+/// How long a request waits for its receipt before it is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+
+/// Requests sent again per pump at most (no burst after a long outage).
+const RESEND_BATCH: usize = 1_000;
 
 /// What a waiting client says about its router, once each time it changes:
 /// a job the router accepted is kept in its journal while it is away, so
@@ -375,6 +389,7 @@ impl Client {
             owner_token: emq_protocol::random_hex(16),
             liveness: RouterWatch::default(),
             notice_hook: None,
+            unreceipted: VecDeque::new(),
         }
     }
 
@@ -442,6 +457,9 @@ impl Client {
         self.sender.send(&m)?;
         self.pending.insert(m.msgid.clone());
         self.pending_order.push_back(m.msgid.clone());
+        if self.unreceipted.len() < MAX_UNRECEIPTED {
+            self.unreceipted.push_back((m.msgid.clone(), m.clone(), Instant::now()));
+        }
         Ok(m.msgid)
     }
 
@@ -529,6 +547,7 @@ impl Client {
             first = false;
             let Some(m) = got else {
                 self.liveness.check(Instant::now());
+                self.resend_unreceipted();
                 return Ok(n);
             };
             n += 1;
@@ -541,11 +560,14 @@ impl Client {
                         if let Ok(v) = serde_json::from_str::<Value>(&body) {
                             self.take_status_answer(v);
                         }
-                    } else if self.pending.contains(&body) {
-                        // A receipt may come after its result (the router
-                        // sends it once the job is on disk): only jobs
-                        // still waited on keep one.
-                        self.receipts.insert(body, Receipt::Accepted);
+                    } else {
+                        self.forget_unreceipted(&body);
+                        if self.pending.contains(&body) {
+                            // A receipt may come after its result (the router
+                            // sends it once the job is on disk): only jobs
+                            // still waited on keep one.
+                            self.receipts.insert(body, Receipt::Accepted);
+                        }
                     }
                 }
                 Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
@@ -553,6 +575,7 @@ impl Client {
                         JobReply::failed("BadReply", format!("unreadable reply {reply_json:?}: {e}"), "")
                     });
                     let outcome = JobOutcome::from_reply(reply);
+                    self.forget_unreceipted(&orig_msgid);
                     if let JobOutcome::Refused(e) = &outcome {
                         if e.by_router {
                             self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
@@ -562,6 +585,49 @@ impl Client {
                 }
                 _ => {} // heartbeats and the like
             }
+        }
+    }
+
+    /// `msgid` has its receipt (or its outcome): nothing to send again.
+    fn forget_unreceipted(&mut self, msgid: &str) {
+        if self.unreceipted.is_empty() {
+            return;
+        }
+        if self.unreceipted.front().is_some_and(|(id, ..)| id == msgid) {
+            self.unreceipted.pop_front();
+        } else if let Some(pos) = self.unreceipted.iter().position(|(id, ..)| id == msgid) {
+            self.unreceipted.remove(pos);
+        }
+    }
+
+    /// Requests whose receipt has not come for [`RESEND_AFTER`] go again
+    /// under their msgid (to whichever router now answers), oldest first.
+    ///
+    /// Only to a router known to be ours (it answered a JOB_STATUS): it
+    /// makes no second job of a msgid it holds. EventMQ's router would run
+    /// each copy (and sends no receipt while no worker is free).
+    fn resend_unreceipted(&mut self) {
+        if !self.liveness.answers {
+            return;
+        }
+        let Some((_, _, oldest)) = self.unreceipted.front() else { return };
+        if oldest.elapsed() < RESEND_AFTER {
+            return;
+        }
+        let now = Instant::now();
+        let mut sent = 0;
+        while sent < RESEND_BATCH {
+            let Some((_, m, at)) = self.unreceipted.front() else { break };
+            if now.saturating_duration_since(*at) < RESEND_AFTER || !matches!(self.sender.try_send(m), Ok(true)) {
+                break;
+            }
+            let mut entry = self.unreceipted.pop_front().expect("front exists");
+            entry.2 = now;
+            self.unreceipted.push_back(entry);
+            sent += 1;
+        }
+        if sent > 0 {
+            tracing::debug!(requests = sent, "no receipt for a while: sent again under the same msgids");
         }
     }
 

@@ -115,7 +115,11 @@ pub fn window(s: &str) -> Result<usize, String> {
 /// A ZeroMQ endpoint from a flag or a setting, checked before connecting:
 /// ZeroMQ connects to a bad one without complaint and waits forever.
 pub fn endpoint(key: &str, addr: &str) -> Result<(), SettingsError> {
-    v::zmq_endpoint(key, addr)
+    // `A,B`: a router and its standbys, each a valid endpoint.
+    for a in addr.split(',').map(str::trim) {
+        v::zmq_endpoint(key, a)?;
+    }
+    Ok(())
 }
 
 /// Parses the command line. A bad value is one line on stderr (clap's

@@ -405,11 +405,18 @@ impl Server {
                 // What was gathered for the old connection: a reconnect
                 // sends the unconfirmed reports again anyway.
                 self.batch = Default::default();
-                let identity = if self.identity_prefix.is_empty() {
-                    emq_protocol::new_msgid()
-                } else {
-                    format!("{}:{}", self.identity_prefix, emq_protocol::new_msgid())
-                };
+                // Another address (a standby that took over): the same
+                // identity, so the new router matches the jobs we run to
+                // the ones its journal says it handed us. The same address
+                // again: a new one (the router may still hold the old).
+                let moved = self.socket.as_ref().filter(|s| s.addr() != addr).map(|s| s.identity().to_owned());
+                let identity = moved.unwrap_or_else(|| {
+                    if self.identity_prefix.is_empty() {
+                        emq_protocol::new_msgid()
+                    } else {
+                        format!("{}:{}", self.identity_prefix, emq_protocol::new_msgid())
+                    }
+                });
                 if let Some(old) = self.socket.take() {
                     // Tell the router to forget the old identity now rather
                     // than at its heartbeat timeout; never wait for it.

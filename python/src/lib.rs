@@ -86,6 +86,24 @@ fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> PyResult<T
 /// Waits until something answers at a `tcp://host:port` address, or
 /// `timeout` passes. Other transports are not checked.
 fn wait_reachable(addr: &str, timeout: Duration) -> Result<(), String> {
+    // `A,B` (a router and its standbys): fine as soon as one answers.
+    if addr.contains(',') {
+        let addrs: Vec<&str> = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        let end = Instant::now() + timeout;
+        loop {
+            let mut last = String::new();
+            for a in &addrs {
+                match wait_reachable(a, Duration::ZERO) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() >= end {
+                return Err(if addrs.len() > 1 { format!("no router at any of {addr}: {last}") } else { last });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let Some(hostport) = addr.strip_prefix("tcp://") else { return Ok(()) };
     let end = Instant::now() + timeout;
     let mut last = String::from("not tried");

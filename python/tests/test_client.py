@@ -288,3 +288,10 @@ def test_a_waiting_client_says_once_that_its_router_is_gone(procs, caplog):
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
     assert said[0].levelno == logging.WARNING and s.frontend in said[0].getMessage()
     assert router.wait(10) == 0
+
+
+def test_a_router_and_its_standby_address(stack):
+    # The standby binds nothing: the client uses whichever router answers.
+    standby = "tcp://127.0.0.1:%d" % free_port()
+    with emq.Client("%s,%s" % (standby, stack.frontend)) as c:
+        assert c.send("benchjobs.add", 40, 2).result(30) == 42

@@ -162,7 +162,19 @@ impl Sender {
         socket.set_linger(1000)?;
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(2000)?;
-        socket.connect(addr).map_err(|source| SenderError::Connect { addr: addr.to_owned(), source })?;
+        // `A,B`: a router and its standbys. Only a connection that is up
+        // takes messages (a standby binds nothing), so whichever leads
+        // gets them; a message never waits at one that is down.
+        let addrs: Vec<&str> = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        if addrs.len() > 1 {
+            socket.set_immediate(true)?;
+            // With none of them up a send would wait for ever: give up
+            // after a second (the caller's loop tries again).
+            socket.set_sndtimeo(1000)?;
+        }
+        for a in addrs {
+            socket.connect(a).map_err(|source| SenderError::Connect { addr: a.to_owned(), source })?;
+        }
         Ok(socket)
     }
 
@@ -306,6 +318,17 @@ impl ConnectionWatch {
 /// answer that is not a definite no (a slow network, a time-out), is `Ok`:
 /// ZeroMQ keeps trying then, as it should.
 pub fn refuses_connections(addr: &str) -> Result<(), String> {
+    // `A,B`: fine when any of them is.
+    if addr.contains(',') {
+        let mut last = Ok(());
+        for a in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            last = refuses_connections(a);
+            if last.is_ok() {
+                return Ok(());
+            }
+        }
+        return last;
+    }
     use std::net::{TcpStream, ToSocketAddrs};
     let Some(hostport) = addr.strip_prefix("tcp://") else { return Ok(()) };
     let targets: Vec<_> = match hostport.to_socket_addrs() {
@@ -336,11 +359,14 @@ mod probe_tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = format!("tcp://{}", l.local_addr().unwrap());
         assert_eq!(refuses_connections(&open), Ok(()));
-        let port = l.local_addr().unwrap().port();
-        drop(l);
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l2.local_addr().unwrap().port();
+        drop(l2);
         let closed = format!("tcp://127.0.0.1:{port}");
         let e = refuses_connections(&closed).unwrap_err();
         assert_eq!(e, format!("no router at {closed}: connection refused"));
         assert_eq!(refuses_connections("ipc:///tmp/x"), Ok(()), "only tcp is looked at");
+        assert_eq!(refuses_connections(&format!("{closed},{open}")), Ok(()), "one of a list answers");
+        assert!(refuses_connections(&format!("{closed},{closed}")).is_err());
     }
 }
