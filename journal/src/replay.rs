@@ -159,7 +159,9 @@ pub fn replay(
     report.obsolete.extend(segments[stop_at..].iter().map(|s| s.1.clone()));
     for i in start..stop_at {
         let path = segments[i].1.clone();
-        let newest = i + 1 == stop_at;
+        // Only the last segment can end torn: every older one (also one
+        // before an unfinished checkpoint) was synced before the next began.
+        let newest = i + 1 == segments.len();
         let cut = cut_of(i);
         let whole_len = fs.len(&path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
         let (buf, data_start, salt) = read_counted(fs, &path, cut)?;
