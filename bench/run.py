@@ -301,6 +301,214 @@ def s6(args):
                                                         "--pid-file", pid_file]))
 
 
+
+# ---- high availability (PostgreSQL journal) ---------------------------------
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class PgCluster:
+    """A private PostgreSQL 15 cluster (initdb + pg_ctl, free port, temp dir;
+    as the postgres user when run as root), stopped by stop()."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="emq-bench-pg-")
+        self.port = free_port()
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres:postgres", self.dir], check=True)
+        self._run("initdb", "-A", "trust", "-U", "emq", "--no-sync", "-D", os.path.join(self.dir, "data"))
+        self._run("pg_ctl", "-w", "-D", os.path.join(self.dir, "data"), "-l", os.path.join(self.dir, "log"), "-o",
+                  "-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=200" % (self.port, self.dir), "start")
+        self.url = "postgresql://emq@127.0.0.1:%d/postgres" % self.port
+
+    def _run(self, binary, *argv):
+        cmd = [os.path.join(PG_BIN, binary)] + list(argv)
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def stop(self):
+        try:
+            self._run("pg_ctl", "-w", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "stop")
+        except Exception:
+            pass
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+def http_health(port):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        s.settimeout(1)
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body or b"null")
+    except Exception:
+        return 0, None
+
+
+def ha_router(a, url, http_port, env=None):
+    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    base = {"RUST_LOG": "error", "EMQ_HTTP_ADDR": "127.0.0.1:%d" % http_port, "EMQ_DATA_DIR": data_dir,
+            "EMQ_JOURNAL_URL": url}
+    return start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
+                  "--administrative-addr", a["admin"]], env=dict(base, **(env or {})), log_name="router-ha-%d" % http_port)
+
+
+def wait_role(port, role, limit=60):
+    end = time.time() + limit
+    while time.time() < end:
+        code, h = http_health(port)
+        if h and h.get("role") == role:
+            return h
+        time.sleep(0.02)
+    raise RuntimeError("router at http %d never became %s" % (port, role))
+
+
+def s8(args, journal):
+    """Scenario 2 with the PostgreSQL journal (journal_url on a local
+    cluster) or the file journal: jobs/s, and jobs per commit."""
+    a = addrs()
+    pg = PgCluster() if journal == "postgresql" else None
+    r = ha_router(a, pg.url, free_port()) if pg else emq_router(a)
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 2)
+        time.sleep(1.0)
+        res = run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                        "--n", str(args.s2_n), "--window", "1000"])
+        st = router_status(a["admin"])
+        jr = st.get("journal") or {}
+        commits = jr.get("syncs", 0)
+        res.update({"journal": journal, "commits": commits,
+                    "jobs_per_commit": st.get("accepted", 0) / commits if commits else 0.0,
+                    "commit_ms": jr.get("sync_micros", 0) / commits / 1000 if commits else 0.0})
+        return res
+    finally:
+        stop(j)
+        stop(r)
+        if pg:
+            pg.stop()
+
+
+def s9(args):
+    """Failover: the leader SIGKILLed, then one job sent to both routers
+    (emq-send --addr A,B --wait): kill → its result, over args.s9_kills
+    kills at default settings (lease_ttl 4 s, heartbeats 3 s / 5 s). Also
+    planned switchovers (SIGTERM → the standby leads)."""
+    pg = PgCluster()
+    a, b = addrs(), addrs()
+    hp = [free_port(), free_port()]
+    routers = [ha_router(a, pg.url, hp[0]), None]
+    wait_role(hp[0], "leader")
+    routers[1] = ha_router(b, pg.url, hp[1])
+    wait_role(hp[1], "standby")
+    j = start([os.path.join(REL, "emq-jobmanager"), "-B", "%s,%s" % (a["backend"], b["backend"]), "-J", "2",
+               "--python-path", JOBS], env={"RUST_LOG": "error", "EMQ_ALLOWED_PATHS": "benchjobs"}, log_name="jobmanager-ha")
+    both = "%s,%s" % (a["frontend"], b["frontend"])
+    sets = [a, b]
+    times, switch = [], []
+    try:
+        wait_slots(a["admin"], 2)
+        leader = 0
+
+        def probe():
+            run_json([os.path.join(REL, "emq-send"), "--addr", both, "--wait", "--json", "--deadline", "120",
+                      "benchjobs.add", "1", "2"], timeout=180)
+        probe()
+        for k in range(args.s9_kills + args.s9_switchovers):
+            planned = k >= args.s9_kills
+            time.sleep(1.0)
+            t0 = time.time()
+            if planned:
+                routers[leader].send_signal(signal.SIGTERM)
+            else:
+                routers[leader].kill()
+            if planned:
+                wait_role(hp[1 - leader], "leader")
+                switch.append(time.time() - t0)
+                probe()
+            else:
+                probe()
+                times.append(time.time() - t0)
+            routers[leader].wait()
+            procs.remove(routers[leader]) if routers[leader] in procs else None
+            log("s9 %s %d: %.2f s" % ("switchover" if planned else "kill", k, (switch if planned else times)[-1]))
+            routers[leader] = ha_router(sets[leader], pg.url, hp[leader])
+            wait_role(hp[leader], "standby")
+            leader = 1 - leader
+        times.sort()
+        switch.sort()
+        pct = lambda xs, q: xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+        return {"kills": len(times), "p50_s": pct(times, 0.5), "p99_s": pct(times, 0.99), "max_s": times[-1],
+                "switchovers": len(switch), "switch_p50_s": pct(switch, 0.5) if switch else 0,
+                "switch_max_s": switch[-1] if switch else 0}
+    finally:
+        stop(j)
+        for r in routers:
+            if r:
+                stop(r)
+        pg.stop()
+
+
+def s10(args):
+    """Takeover with args.s10_n buffered jobs: the leader SIGKILLed, then
+    the time until the new leader has dispatched its first job (its STATUS
+    shows a job in flight or processed), and until it leads."""
+    pg = PgCluster()
+    a, b = addrs(), addrs()
+    hp = [free_port(), free_port()]
+    env = {"EMQ_HWM": str(args.s10_n * 2)}
+    r0 = ha_router(a, pg.url, hp[0], env)
+    wait_role(hp[0], "leader")
+    r1 = ha_router(b, pg.url, hp[1], env)
+    wait_role(hp[1], "standby")
+    j = None
+    try:
+        t = time.time()
+        fill = run_json([os.path.join(REL, "emq-bench"), "fill", "--frontend", a["frontend"], "--n", str(args.s10_n),
+                         "--size", "100"])
+        fill_secs = time.time() - t
+        rows = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", "emq", "-d", "postgres", "-p", str(pg.port),
+                               "-c", "SELECT count(*), pg_size_pretty(pg_total_relation_size('emq_journal')) FROM emq_journal"],
+                              capture_output=True, text=True).stdout.strip()
+        j = start([os.path.join(REL, "emq-jobmanager"), "-B", "%s,%s" % (a["backend"], b["backend"]), "-J", "2",
+                   "--python-path", JOBS], env={"RUST_LOG": "error", "EMQ_ALLOWED_PATHS": "benchjobs"}, log_name="jobmanager-ha")
+        # Let the job manager attach to the leader first, then kill it.
+        time.sleep(2)
+        t0 = time.time()
+        r0.kill()
+        wait_role(hp[1], "leader", limit=600)
+        leads = time.time() - t0
+        end = time.time() + 600
+        first = None
+        while time.time() < end:
+            try:
+                st = router_status(b["admin"])
+            except Exception:
+                time.sleep(0.05)
+                continue
+            inflight = sum((st.get("inflight_messages_by_queue") or {}).values())
+            processed = sum((st.get("processed_messages_by_queue") or {}).values())
+            if inflight + processed > 0:
+                first = time.time() - t0
+                break
+            time.sleep(0.05)
+        return {"n": args.s10_n, "fill_secs": fill_secs, "fill_jobs_per_sec": args.s10_n / fill_secs,
+                "journal_rows_and_size": rows, "leads_s": leads, "first_dispatch_s": first}
+    finally:
+        if j:
+            stop(j)
+        stop(r0)
+        stop(r1)
+        pg.stop()
+
 # ---- running and reporting ---------------------------------------------------
 
 def repeat(name, k, fn):
@@ -348,6 +556,9 @@ def main():
     ap.add_argument("--s4-n", type=int, default=200000)
     ap.add_argument("--s5-n", type=int, default=1000000)
     ap.add_argument("--s6-kills", type=int, default=50)
+    ap.add_argument("--s9-kills", type=int, default=20)
+    ap.add_argument("--s9-switchovers", type=int, default=5)
+    ap.add_argument("--s10-n", type=int, default=1000000)
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -385,6 +596,15 @@ def main():
                     for mode in ("fsync", "write", "off"):
                         res.setdefault("s7_%d_%s" % (sc, mode), []).extend(
                             repeat("7 s%d %s" % (sc, mode), 1, lambda: s7(args, sc, mode)))
+        if "8" in only:
+            # Interleaved, so both journals see the same machine.
+            for k in range(args.runs):
+                for journal in ("file", "postgresql"):
+                    res.setdefault("s8_" + journal, []).extend(repeat("8 " + journal, 1, lambda: s8(args, journal)))
+        if "9" in only:
+            res["s9"] = repeat("9", 1, lambda: s9(args))
+        if "10" in only:
+            res["s10"] = repeat("10", 1, lambda: s10(args))
     finally:
         stop_all()
 
@@ -448,6 +668,25 @@ def main():
                     row("7", "", v, "jobs_per_fsync", fmt="{:.1f}")
                 if med and base and mode == "fsync":
                     rows.append(("7", "  fsync cost vs off", "%.0f%%" % (100 * (1 - med / base)), "≤ 10%"))
+
+    if "8" in only:
+        f = row("8", "scenario 2 (N=%d), file journal (fsync): jobs/s" % args.s2_n, res.get("s8_file"), "jobs_per_sec")
+        row("8", "  jobs per fsync", res.get("s8_file"), "jobs_per_commit", fmt="{:.1f}")
+        p = row("8", "scenario 2, journal_url on a local PostgreSQL 15: jobs/s", res.get("s8_postgresql"), "jobs_per_sec")
+        row("8", "  jobs per commit", res.get("s8_postgresql"), "jobs_per_commit", fmt="{:.1f}")
+        row("8", "  ms per commit (group of batches, one row, fenced INSERT)", res.get("s8_postgresql"), "commit_ms", fmt="{:.2f}")
+        if f and p:
+            rows.append(("8", "  PostgreSQL / file", "%.0f%%" % (100 * p / f), "≥ 50%"))
+    if "9" in only:
+        row("9", "leader SIGKILL → first job's result from the new leader, p50 s (%d kills, defaults)" % args.s9_kills, res.get("s9"), "p50_s", fmt="{:.2f}")
+        row("9", "  p99 s", res.get("s9"), "p99_s", fmt="{:.2f}", target="≤ 7")
+        row("9", "  max s", res.get("s9"), "max_s", fmt="{:.2f}")
+        row("9", "planned switchover (SIGTERM) → the standby leads, p50 s (%d)" % args.s9_switchovers, res.get("s9"), "switch_p50_s", fmt="{:.3f}", target="≤ 1")
+        row("9", "  max s", res.get("s9"), "switch_max_s", fmt="{:.3f}")
+    if "10" in only:
+        row("10", "takeover with %d buffered jobs: leader SIGKILL → the standby leads, s" % args.s10_n, res.get("s10"), "leads_s", fmt="{:.2f}")
+        row("10", "  → its first dispatch, s", res.get("s10"), "first_dispatch_s", fmt="{:.2f}")
+        row("10", "  filling the leader (emq-bench fill, PostgreSQL journal): jobs/s", res.get("s10"), "fill_jobs_per_sec")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

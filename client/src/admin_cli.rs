@@ -360,6 +360,26 @@ pub fn render_status(v: &Value) -> String {
             num(&v["uptime_secs"])
         );
     }
+    // A shared journal: who leads, under which epoch, and the other routers.
+    if let Some(ha) = v.get("ha").filter(|h| h.is_object()) {
+        out += &format!(
+            "role: {}  epoch: {}  lease expires in: {:.1} s  failovers: {}\n",
+            ha["role"].as_str().unwrap_or("-"),
+            num(&ha["epoch"]),
+            ha["lease_expires_in"].as_f64().unwrap_or(0.0),
+            num(&ha["failovers"])
+        );
+        for r in ha["routers"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  router {} ({}): frontend {}  http {}  seen {:.1} s ago\n",
+                r["holder"].as_str().unwrap_or("-"),
+                r["role"].as_str().unwrap_or("-"),
+                r["frontend_addr"].as_str().unwrap_or("-"),
+                r["http_addr"].as_str().unwrap_or("-"),
+                r["seen_secs_ago"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     out
 }
 

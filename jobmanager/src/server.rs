@@ -236,6 +236,10 @@ impl Server {
         self.flush_workers();
         self.flush_batch();
         // Give the last REPLYs / KBYE a moment to leave (socket linger).
+        if let Some(s) = self.socket.as_mut() {
+            s.stop_watching();
+        }
+        self.watch = None;
         self.socket = None;
         for w in self.workers.iter_mut() {
             *w = None; // Drop kills any straggler
@@ -278,7 +282,7 @@ impl Server {
             for e in w.events() {
                 match e {
                     emq_sender::ConnectionEvent::Reconnected => events.push(Event::RouterReconnected),
-                    emq_sender::ConnectionEvent::Disconnected => info!("connection to the router dropped"),
+                    emq_sender::ConnectionEvent::Disconnected => events.push(Event::RouterDisconnected),
                 }
             }
         }
@@ -417,7 +421,10 @@ impl Server {
                         format!("{}:{}", self.identity_prefix, emq_protocol::new_msgid())
                     }
                 });
-                if let Some(old) = self.socket.take() {
+                if let Some(mut old) = self.socket.take() {
+                    // Its monitor first: an event for a monitor nobody reads
+                    // would block ZeroMQ's I/O thread (every connection).
+                    old.stop_watching();
                     // Tell the router to forget the old identity now rather
                     // than at its heartbeat timeout; never wait for it.
                     let _ = old.try_send(&Message::new(Command::Kbye));

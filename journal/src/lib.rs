@@ -149,6 +149,22 @@ pub trait JobLog {
     fn bytes_since_checkpoint(&self) -> u64;
     /// Waits until everything submitted is durable, then stops the writer.
     fn close(&mut self);
+    /// The fd the poll loop watches: readable when a batch became durable
+    /// (or the store has something to say, e.g. it was fenced).
+    fn notify_fd(&self) -> RawFd;
+    /// Empties the notification pipe.
+    fn drain_notify(&self);
+    /// The figures.
+    fn stats(&self) -> &JournalStats;
+    /// The figures, shared (for STATUS and `/metrics`).
+    fn stats_handle(&self) -> Arc<JournalStats>;
+    /// When receipts may go out.
+    fn sync_policy(&self) -> SyncPolicy;
+    /// Why this store refuses to go on (a shared store taken over by
+    /// another router: it must stop at once), if it does.
+    fn fenced(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Batch buffers handed back by the writer for reuse, at most.
@@ -244,34 +260,6 @@ impl Journal {
         Ok((journal, report))
     }
 
-    /// The fd the poll loop watches: readable when a batch became durable.
-    pub fn notify_fd(&self) -> RawFd {
-        self.notify_r.as_raw_fd()
-    }
-
-    /// Empties the notification pipe.
-    pub fn drain_notify(&self) {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = nix::unistd::read(&self.notify_r, &mut buf) {
-            if n < buf.len() {
-                break;
-            }
-        }
-    }
-
-    pub fn stats(&self) -> &JournalStats {
-        &self.stats
-    }
-
-    /// The figures, shared (for STATUS and `/metrics`).
-    pub fn stats_handle(&self) -> Arc<JournalStats> {
-        self.stats.clone()
-    }
-
-    pub fn sync_policy(&self) -> SyncPolicy {
-        self.sync
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -340,6 +328,26 @@ impl JobLog for Journal {
         self.bytes_since_checkpoint
     }
 
+    fn notify_fd(&self) -> RawFd {
+        self.notify_r.as_raw_fd()
+    }
+
+    fn drain_notify(&self) {
+        drain_pipe(&self.notify_r);
+    }
+
+    fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    fn stats_handle(&self) -> Arc<JournalStats> {
+        self.stats.clone()
+    }
+
+    fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
     fn close(&mut self) {
         self.submit();
         self.tx = None; // the writer drains what is queued, then ends
@@ -352,6 +360,16 @@ impl JobLog for Journal {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Empties a non-blocking notification pipe.
+pub fn drain_pipe(fd: &OwnedFd) {
+    let mut buf = [0u8; 256];
+    while let Ok(n) = nix::unistd::read(fd, &mut buf) {
+        if n < buf.len() {
+            break;
+        }
     }
 }
 

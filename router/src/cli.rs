@@ -32,6 +32,10 @@ pub struct Args {
     /// Where the journal lives (data_dir).
     #[arg(long)]
     pub data_dir: Option<String>,
+    /// A shared PostgreSQL journal (journal_url): routers sharing it elect
+    /// one leader; the others stand by.
+    #[arg(long)]
+    pub journal_url: Option<String>,
     /// Start past damaged journal records: keep every valid record, drop
     /// and list the damaged ones (without it, damage stops the start).
     #[arg(long)]
@@ -56,6 +60,9 @@ pub fn settings(args: &Args) -> Result<RouterSettings, SettingsError> {
     if let Some(d) = &args.data_dir {
         s.data_dir = d.clone();
     }
+    if let Some(u) = &args.journal_url {
+        s.journal_url = u.clone();
+    }
     s.validate()?;
     Ok(s)
 }
@@ -72,6 +79,20 @@ pub fn main() -> ExitCode {
     };
     emq_settings::init_logging(&settings.log_level);
     emq_settings::warn_unused_eventmq_vars();
+    if let Ok(Some((url, ttl))) = settings.lease() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        for sig in [signal_hook_consts::SIGINT, signal_hook_consts::SIGTERM] {
+            let _ = install_stop(sig, stop.clone());
+        }
+        let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _ = install_reload(reload.clone());
+        return crate::ha::run(&settings, &url, ttl, stop, |server| {
+            // SIGHUP sets the one flag installed above; each leader reads it.
+            server.set_reload_flag(reload.clone());
+            let reload_args = args.clone();
+            server.set_reloader(Box::new(move || crate::cli::settings(&reload_args)));
+        });
+    }
     let mut server = match Server::bind_with(&settings, args.journal_repair) {
         Ok(s) => s,
         Err(e) => {
@@ -88,7 +109,7 @@ pub fn main() -> ExitCode {
     let reload_args = args.clone();
     server.set_reloader(Box::new(move || crate::cli::settings(&reload_args)));
     match server.run() {
-        Ok(()) => {
+        Ok(_) => {
             server.drain_outbox(std::time::Duration::from_millis(500));
             ExitCode::SUCCESS
         }

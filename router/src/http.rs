@@ -2,7 +2,8 @@
 //! when empty): `GET /metrics` (Prometheus text), `GET /api/status` (JSON:
 //! STATUS and ROUTER_SHOW_WORKERS answers, recent failures, dead letters,
 //! schedules, the last hour's series), `GET /` (a self-contained dashboard
-//! page that refreshes itself). Served from a thread of its own, from
+//! page that refreshes itself), `GET /health` (200 with the role on the
+//! router that serves, 503 on a standby: what a load balancer checks). Served from a thread of its own, from
 //! snapshots the poll loop refreshes at most once a second — the router's
 //! state is never touched from here.
 //!
@@ -25,6 +26,10 @@ use std::time::{Duration, Instant};
 pub struct Snapshot {
     pub metrics: String,
     pub status_json: String,
+    /// `GET /health`: the status code and JSON body (200 on the router that
+    /// serves — the leader, or a router without a shared journal; 503 on a
+    /// standby or while starting).
+    pub health: (u16, String),
 }
 
 pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
@@ -56,6 +61,13 @@ pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Res
                     }
                     (tiny_http::Method::Get, "/metrics") => {
                         (snap(&snapshot).metrics, "text/plain; version=0.0.4; charset=utf-8", 200)
+                    }
+                    (tiny_http::Method::Get, "/health") => {
+                        let (code, body) = snap(&snapshot).health;
+                        match code {
+                            0 => (r#"{"role":"starting","status":"starting"}"#.to_owned(), "application/json", 503),
+                            c => (body, "application/json", c),
+                        }
                     }
                     (tiny_http::Method::Get, "/api/status") => (snap(&snapshot).status_json, "application/json", 200),
                     (tiny_http::Method::Get, "/" | "/index.html") => {

@@ -11,6 +11,7 @@
 //! (`emq-receiver`), or running jobs (`emq-jobmanager`).
 
 pub mod cli;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod schedule;

@@ -18,6 +18,8 @@
 use crate::state::{Action, Event, Now, RouterConfig, RouterState, SocketKind};
 use crate::RouterSettings;
 use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
+use emq_pgjournal::lease::LeaseShared;
+use emq_pgjournal::{PgError, PgJournal};
 use emq_protocol::{Command, Message};
 use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
@@ -42,6 +44,75 @@ pub enum BindError {
     Journal(#[from] JournalError),
     #[error("CURVE: {0}")]
     Curve(#[from] emq_receiver::CurveError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+/// Where the journal is.
+enum JournalSource {
+    /// Segment files in `data_dir`.
+    File { repair: bool },
+    /// A shared PostgreSQL journal, under a lease this router holds.
+    Postgres { url: String, lease: Arc<LeaseShared> },
+}
+
+/// How [`Server::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stopped (stop signals, admin DISCONNECT).
+    Stopped,
+    /// The leader lease was lost (or the journal fenced this router):
+    /// nothing more was sent; the process stands by again.
+    LeaseLost(String),
+}
+
+/// The three bound sockets.
+struct Sockets {
+    frontend: Receiver,
+    backend: Receiver,
+    admin: Receiver,
+    zap: Option<emq_receiver::ZapHandler>,
+    /// The admin socket takes only CURVE clients (the dashboard cannot proxy).
+    admin_curve: bool,
+}
+
+/// Binds the frontend, backend and admin sockets (CURVE where set).
+fn bind_sockets(settings: &RouterSettings, ctx: &zmq::Context) -> Result<Sockets, BindError> {
+    // A message bigger than max_message_bytes drops its sender's
+    // connection instead of being held (memory exhaustion).
+    let max = settings.max_message_bytes as i64;
+    let secret = match settings.curve_secret_key.trim() {
+        "" => None,
+        path => Some(emq_receiver::Key::from_file(std::path::Path::new(path))?),
+    };
+    let dirs = [
+        ("frontend", &settings.frontend_addr, settings.curve_frontend_keys.trim()),
+        ("backend", &settings.backend_addr, settings.curve_backend_keys.trim()),
+        ("admin", &settings.administrative_addr, settings.curve_admin_keys.trim()),
+    ];
+    let zap = match &secret {
+        Some(_) if dirs.iter().any(|(_, _, d)| !d.is_empty()) => Some(emq_receiver::ZapHandler::start(ctx)?),
+        _ => None,
+    };
+    let mut bound = Vec::new();
+    for (domain, addr, dir) in dirs {
+        let r = match (&secret, &zap) {
+            (Some(key), Some(zap)) if !dir.is_empty() => {
+                let allowed = emq_receiver::AllowList::from_dir(std::path::Path::new(dir))?;
+                info!(socket = domain, keys = allowed.len(), dir, "CURVE: encrypted, only allowed keys");
+                zap.set_domain(domain, allowed);
+                let server = emq_receiver::CurveServer { secret: key.clone(), domain: domain.to_owned() };
+                Receiver::bind_curve_with(ctx, addr, settings.socket_hwm, max, &server, zap)?
+            }
+            _ => Receiver::bind_with(ctx, addr, settings.socket_hwm, max)?,
+        };
+        bound.push(r);
+    }
+    let admin = bound.pop().expect("three sockets");
+    let backend = bound.pop().expect("three sockets");
+    let frontend = bound.pop().expect("three sockets");
+    let admin_curve = secret.is_some() && !settings.curve_admin_keys.trim().is_empty();
+    Ok(Sockets { frontend, backend, admin, zap, admin_curve })
 }
 
 /// Messages kept for one client whose pipe is full; past it, more are
@@ -117,7 +188,16 @@ pub struct Server {
     /// `Event::Stop` per new one.
     stop: Arc<AtomicU32>,
     stops_seen: u32,
-    journal: Journal,
+    journal: Box<dyn JobLog + Send>,
+    /// Where the admin token and spilled buffers live.
+    data_dir: std::path::PathBuf,
+    /// The leader lease (with a shared journal): nothing is sent once it
+    /// no longer holds, and the loop stops.
+    lease: Option<Arc<LeaseShared>>,
+    /// REQUESTs wait, as receipts do, until the record of their dispatch
+    /// is committed (with a shared journal: a new leader must know every
+    /// job that may be running, or it would run it a second time).
+    dispatch_after_commit: bool,
     /// Receipts waiting for their journal batch to be durable, in order.
     held: VecDeque<(u64, SocketKind, PeerId, Message)>,
     /// CURVE user names seen, shared.
@@ -147,70 +227,96 @@ impl Server {
         Self::bind_with(settings, false)
     }
 
+    /// Uses `stop` as the stop-signal counter (the HA loop keeps one for
+    /// the whole process, across roles).
+    pub fn set_stop_counter(&mut self, stop: Arc<AtomicU32>) {
+        self.stops_seen = stop.load(Ordering::Relaxed);
+        self.stop = stop;
+    }
+
     /// [`Self::bind`], replaying the journal past damaged records when
     /// `journal_repair` (the `--journal-repair` flag).
     pub fn bind_with(settings: &RouterSettings, journal_repair: bool) -> Result<Server, BindError> {
+        Self::start(settings, JournalSource::File { repair: journal_repair }, None)
+    }
+
+    /// The leader of routers sharing a PostgreSQL journal: the journal is
+    /// replayed first (the lease is ours: every earlier epoch's commit is
+    /// visible), then the sockets are bound. `http` is the endpoint the
+    /// process serves in every role.
+    pub fn bind_leader(
+        settings: &RouterSettings,
+        url: &str,
+        lease: Arc<LeaseShared>,
+        http: Option<crate::http::SharedSnapshot>,
+    ) -> Result<Server, BindError> {
+        Self::start(settings, JournalSource::Postgres { url: url.to_owned(), lease }, http)
+    }
+
+    fn start(
+        settings: &RouterSettings,
+        source: JournalSource,
+        http: Option<crate::http::SharedSnapshot>,
+    ) -> Result<Server, BindError> {
         let cfg = settings.to_config()?;
-        let opts = settings.journal_options(journal_repair)?;
+        let repair = matches!(source, JournalSource::File { repair: true });
+        let opts = settings.journal_options(repair)?;
         let ctx = zmq::Context::new();
-        // A message bigger than max_message_bytes drops its sender's
-        // connection instead of being held (memory exhaustion).
-        let max = settings.max_message_bytes as i64;
-        let secret = match settings.curve_secret_key.trim() {
-            "" => None,
-            path => Some(emq_receiver::Key::from_file(std::path::Path::new(path))?),
-        };
-        let dirs = [
-            ("frontend", &settings.frontend_addr, settings.curve_frontend_keys.trim()),
-            ("backend", &settings.backend_addr, settings.curve_backend_keys.trim()),
-            ("admin", &settings.administrative_addr, settings.curve_admin_keys.trim()),
-        ];
-        let zap = match &secret {
-            Some(_) if dirs.iter().any(|(_, _, d)| !d.is_empty()) => Some(emq_receiver::ZapHandler::start(&ctx)?),
-            _ => None,
-        };
-        let mut bound = Vec::new();
-        for (domain, addr, dir) in dirs {
-            let r = match (&secret, &zap) {
-                (Some(key), Some(zap)) if !dir.is_empty() => {
-                    let allowed = emq_receiver::AllowList::from_dir(std::path::Path::new(dir))?;
-                    info!(socket = domain, keys = allowed.len(), dir, "CURVE: encrypted, only allowed keys");
-                    zap.set_domain(domain, allowed);
-                    let server = emq_receiver::CurveServer { secret: key.clone(), domain: domain.to_owned() };
-                    Receiver::bind_curve_with(&ctx, addr, settings.socket_hwm, max, &server, zap)?
+        let mut state = RouterState::new(cfg, Now::real());
+        let started = Instant::now();
+        let (sockets, journal, lease) = match source {
+            JournalSource::File { .. } => {
+                // Sockets first (an address problem is one line and no
+                // journal touched), then the journal replay; peers that
+                // connect meanwhile wait in ZeroMQ until the loop starts.
+                let sockets = bind_sockets(settings, &ctx)?;
+                info!(data_dir = %opts.dir.display(), sync = ?opts.sync, "opening the journal");
+                let (journal, report) = Journal::open(&opts, |record| state.restore(record))?;
+                info!(records = report.records, bytes = report.bytes, segments = report.segments,
+                      checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(), "journal replayed");
+                if let Some((path, offset, dropped)) = &report.torn_tail {
+                    warn!(segment = %path.display(), offset, dropped, "journal: torn tail truncated (a crash mid-write)");
                 }
-                _ => Receiver::bind_with(&ctx, addr, settings.socket_hwm, max)?,
-            };
-            bound.push(r);
-        }
-        let admin = bound.pop().expect("three sockets");
-        let backend = bound.pop().expect("three sockets");
-        let frontend = bound.pop().expect("three sockets");
-        let snapshot = if settings.http_addr.trim().is_empty() {
-            None
-        } else {
-            let snap = crate::http::SharedSnapshot::default();
-            // Dashboard actions go through the admin socket (same checks as
-            // emq-cli); not when it is CURVE-only (the page has no key).
-            let admin_curve = secret.is_some() && !settings.curve_admin_keys.trim().is_empty();
-            let proxy = (!admin_curve).then(|| admin.addr().to_owned());
-            let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone(), proxy).map_err(|e| {
-                tracing::error!(error = %e, "http endpoint");
-                ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
-            })?;
-            info!(http = %bound, "dashboard and metrics");
-            Some(snap)
+                for (path, from, to) in &report.repaired {
+                    warn!(segment = %path.display(), from, to, "journal repair: damaged bytes dropped");
+                }
+                (sockets, Box::new(journal) as Box<dyn JobLog + Send>, None)
+            }
+            JournalSource::Postgres { url, lease } => {
+                emq_journal::make_private_dir(&opts.dir)
+                    .map_err(|e| JournalError::Io { path: opts.dir.clone(), source: e })?;
+                info!(journal = %emq_pgjournal::redact(&url), epoch = lease.epoch, "replaying the PostgreSQL journal");
+                let (journal, report) = PgJournal::open(&url, lease.clone(), |record| state.restore(record))?;
+                info!(
+                    rows = report.rows,
+                    records = report.records,
+                    bytes = report.bytes,
+                    secs = started.elapsed().as_secs_f64(),
+                    "PostgreSQL journal replayed"
+                );
+                let sockets = bind_sockets(settings, &ctx)?;
+                (sockets, Box::new(journal) as Box<dyn JobLog + Send>, Some(lease))
+            }
+        };
+        let Sockets { frontend, backend, admin, zap, admin_curve } = sockets;
+        let snapshot = match http {
+            Some(snap) => Some(snap),
+            None if settings.http_addr.trim().is_empty() => None,
+            None => {
+                let snap = crate::http::SharedSnapshot::default();
+                // Dashboard actions go through the admin socket (same checks as
+                // emq-cli); not when it is CURVE-only (the page has no key).
+                let proxy = (!admin_curve).then(|| admin.addr().to_owned());
+                let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone(), proxy).map_err(|e| {
+                    tracing::error!(error = %e, "http endpoint");
+                    ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
+                })?;
+                info!(http = %bound, "dashboard and metrics");
+                Some(snap)
+            }
         };
         // Only once every address is bound: "listening" is then true.
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
-        // Sockets first (an address problem is one line and no journal
-        // touched), then the journal replay; peers that connect meanwhile
-        // wait in ZeroMQ until the loop starts.
-        let now = Now::real();
-        let mut state = RouterState::new(cfg, now);
-        let started = Instant::now();
-        info!(data_dir = %opts.dir.display(), sync = ?opts.sync, "opening the journal");
-        let (journal, report) = Journal::open(&opts, |record| state.restore(record))?;
         let spill_dir = opts.dir.join("spill");
         let spill = crate::state::spill::FileSpill::new(spill_dir.clone())
             .map_err(|e| JournalError::Io { path: spill_dir, source: e })?;
@@ -218,17 +324,15 @@ impl Server {
         let summary = state.finish_restore(Now::real());
         state.set_journal_stats(journal.stats_handle());
         state.set_admin_token(load_or_write_admin_token(&opts.dir)?);
-        info!(records = report.records, bytes = report.bytes, segments = report.segments,
-              checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(),
-              buffered = summary.buffered, in_doubt = summary.in_doubt, retrying = summary.retrying,
-              dead_letters = summary.dead_letters, "journal replayed");
-        if let Some((path, offset, dropped)) = &report.torn_tail {
-            warn!(segment = %path.display(), offset, dropped, "journal: torn tail truncated (a crash mid-write)");
-        }
-        for (path, from, to) in &report.repaired {
-            warn!(segment = %path.display(), from, to, "journal repair: damaged bytes dropped");
-        }
-        Ok(Server {
+        info!(
+            secs = started.elapsed().as_secs_f64(),
+            buffered = summary.buffered,
+            in_doubt = summary.in_doubt,
+            retrying = summary.retrying,
+            dead_letters = summary.dead_letters,
+            "state restored"
+        );
+        let mut server = Server {
             snapshot,
             snapshot_at: None,
             frontend,
@@ -240,7 +344,10 @@ impl Server {
             actions: Vec::new(),
             stop: Arc::new(AtomicU32::new(0)),
             stops_seen: 0,
+            dispatch_after_commit: lease.is_some(),
+            lease,
             journal,
+            data_dir: opts.dir.clone(),
             held: VecDeque::new(),
             frontend_paused: false,
             user_names: HashMap::new(),
@@ -248,13 +355,20 @@ impl Server {
             settings: settings.clone(),
             reload: Arc::new(AtomicBool::new(false)),
             reloader: None,
-        })
+        };
+        server.refresh_ha();
+        Ok(server)
     }
 
     /// A flag that makes the loop reload settings when set (the SIGHUP
     /// handler sets it).
     pub fn reload_flag(&self) -> Arc<AtomicBool> {
         self.reload.clone()
+    }
+
+    /// Uses `flag` as the reload flag (the HA loop keeps one per process).
+    pub fn set_reload_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.reload = flag;
     }
 
     /// How to re-read the settings on SIGHUP (without one, SIGHUP is
@@ -310,7 +424,7 @@ impl Server {
 
     /// Runs until the state machine asks to shut down (admin DISCONNECT,
     /// stop signals), then flushes the journal.
-    pub fn run(&mut self) -> Result<(), ReceiverError> {
+    pub fn run(&mut self) -> Result<RunEnd, ReceiverError> {
         let mut shutdown = false;
         while !shutdown {
             let timeout = self.poll_timeout();
@@ -331,6 +445,12 @@ impl Server {
                     Err(e) => return Err(e.into()),
                 }
             };
+            // Before anything read is acted on: a router whose lease is
+            // gone (a SIGSTOP past it, a cut link) does nothing more.
+            if let Some(why) = self.lease_lost() {
+                self.abandon(&why);
+                return Ok(RunEnd::LeaseLost(why));
+            }
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_settings();
             }
@@ -338,6 +458,12 @@ impl Server {
             while self.stops_seen < stops {
                 self.stops_seen += 1;
                 shutdown |= self.step(Event::Stop);
+                if self.lease.is_some() {
+                    // A leader hands over at once: its job managers report
+                    // what they run to the next leader, and clients send
+                    // again what has no receipt.
+                    shutdown |= self.step(Event::Stop);
+                }
             }
             for (i, kind) in [SocketKind::Frontend, SocketKind::Backend, SocketKind::Admin].into_iter().enumerate() {
                 if readable[i] && !(kind == SocketKind::Frontend && self.frontend_paused) {
@@ -347,6 +473,7 @@ impl Server {
             let now = Instant::now();
             if now >= self.state.next_tick() {
                 if self.state.tick_due(now) {
+                    self.refresh_ha();
                     shutdown |= self.step(Event::Tick);
                     self.refresh_snapshot();
                 } else {
@@ -364,10 +491,55 @@ impl Server {
             self.maybe_checkpoint();
             self.flush_outbox();
         }
+        if let Some(why) = self.lease_lost() {
+            self.abandon(&why);
+            return Ok(RunEnd::LeaseLost(why));
+        }
         self.close_journal();
         self.flush_outbox();
         info!("router stopped");
-        Ok(())
+        Ok(RunEnd::Stopped)
+    }
+
+    /// Why this router may no longer act as the leader, if so.
+    fn lease_lost(&self) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        if let Some(why) = self.journal.fenced() {
+            return Some(why);
+        }
+        lease.why_lost()
+    }
+
+    /// The lease is gone: nothing more goes out (held receipts and queued
+    /// messages are dropped; the sockets close without lingering).
+    fn abandon(&mut self, why: &str) {
+        error!(
+            why,
+            epoch = self.lease.as_ref().map_or(0, |l| l.epoch),
+            "leadership lost: stopping at once (no dispatch, no receipt)"
+        );
+        self.held.clear();
+        self.outbox.clear();
+        self.requests.clear();
+        for r in [&self.frontend, &self.backend, &self.admin] {
+            let _ = r.socket().set_linger(0);
+        }
+        self.journal.close();
+    }
+
+    /// Leadership figures for STATUS, metrics and `/health`.
+    fn refresh_ha(&mut self) {
+        let Some(lease) = &self.lease else {
+            self.state.set_ha_status(None);
+            return;
+        };
+        let mut v = lease.info();
+        v["role"] = serde_json::json!("leader");
+        v["epoch"] = serde_json::json!(lease.epoch);
+        v["holder"] = serde_json::json!(lease.holder);
+        v["lease_expires_in"] =
+            serde_json::json!(lease.valid_until().saturating_duration_since(Instant::now()).as_secs_f64());
+        self.state.set_ha_status(Some(v));
     }
 
     /// Past `journal_max_bytes` (journal plus spilled buffers) with
@@ -415,12 +587,32 @@ impl Server {
     /// Receipts whose batch is durable go out, in order.
     fn release_durable(&mut self) {
         let durable = self.journal.durable();
+        let mut events = Vec::new();
         while self.held.front().is_some_and(|(id, ..)| *id <= durable) {
             let (_, socket, peer, message) = self.held.pop_front().expect("non-empty");
-            if let Some(e) = self.send(socket, peer, message) {
-                self.step(e);
+            match message {
+                // A dispatch held for its commit: batched as usual.
+                Message { msgid, command: Command::Request(r), .. }
+                    if socket == SocketKind::Backend && self.state.batches_to(&peer) =>
+                {
+                    let jobs = self.requests.entry(peer.clone()).or_default();
+                    jobs.push((msgid, r));
+                    if jobs.len() >= emq_protocol::MAX_BATCH_REPLIES {
+                        events.extend(self.flush_requests_to(&peer));
+                    }
+                }
+                message => {
+                    if socket == SocketKind::Backend && self.requests.contains_key(&peer) {
+                        events.extend(self.flush_requests_to(&peer));
+                    }
+                    events.extend(self.send(socket, peer, message));
+                }
             }
         }
+        for e in events {
+            self.step(e);
+        }
+        self.flush_requests();
     }
 
     /// A checkpoint once the journal has grown well past the live state.
@@ -464,24 +656,34 @@ impl Server {
     }
 
     /// The journal, for figures (STATUS, benchmarks).
-    pub fn journal(&self) -> &Journal {
-        &self.journal
+    pub fn journal(&self) -> &dyn JobLog {
+        self.journal.as_ref()
     }
 
     fn refresh_snapshot(&mut self) {
-        let Some(snap) = &self.snapshot else { return };
+        let Some(snap) = self.snapshot.clone() else { return };
         if self.snapshot_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
         self.snapshot_at = Some(Instant::now());
         let now = Now::real();
+        let health = match &self.lease {
+            None => serde_json::json!({"role": "single", "status": "ok"}),
+            Some(_) => {
+                self.refresh_ha();
+                let mut v = self.state.ha_status().cloned().unwrap_or_default();
+                v["status"] = serde_json::json!("ok");
+                v
+            }
+        };
         let fresh = crate::http::Snapshot {
             metrics: self.state.metrics_text(now),
             status_json: self.state.api_status_json(now),
+            health: (200, health.to_string()),
         };
         if let Ok(mut s) = snap.lock() {
             *s = fresh;
-        }
+        };
     }
 
     fn poll_timeout(&self) -> i64 {
@@ -533,6 +735,11 @@ impl Server {
         let mut follow_up = Vec::new();
         for action in actions.drain(..) {
             match action {
+                Action::Send { socket: SocketKind::Backend, peer, message }
+                    if self.dispatch_after_commit && matches!(message.command, Command::Request(_)) =>
+                {
+                    self.held.push_back((self.journal.covering_batch(), SocketKind::Backend, peer, message));
+                }
                 Action::Send {
                     socket: SocketKind::Backend,
                     peer,
@@ -570,10 +777,16 @@ impl Server {
                 }
                 Action::Journal(record) => self.journal.append(&record),
                 Action::Forget { socket, peer } => {
+                    // Also what waits for a commit or for the end of the
+                    // pass: its jobs were requeued or failed.
+                    self.held.retain(|(_, s, p, _)| !(*s == socket && *p == peer));
+                    if socket == SocketKind::Backend {
+                        self.requests.remove(&peer);
+                    }
                     self.outbox.remove(&(socket, peer));
                 }
                 Action::Shutdown => shutdown = true,
-                Action::WriteAdminToken(token) => match write_admin_token(self.journal.dir(), &token) {
+                Action::WriteAdminToken(token) => match write_admin_token(&self.data_dir, &token) {
                     Ok(()) => info!("new admin token written"),
                     Err(e) => error!(error = %e, "cannot write the new admin token: emq-cli cannot read it"),
                 },
@@ -589,6 +802,10 @@ impl Server {
     /// Sends now, or queues behind earlier messages for a full pipe. An
     /// unreachable peer becomes an event for the state machine.
     fn send(&mut self, socket: SocketKind, peer: PeerId, message: Message) -> Option<Event> {
+        if self.lease.as_ref().is_some_and(|l| !l.valid()) {
+            // Not the leader any more: the loop stops at its next check.
+            return None;
+        }
         let key = (socket, peer);
         if let Some(q) = self.outbox.get_mut(&key) {
             if socket == SocketKind::Frontend && q.len() >= FRONTEND_OUTBOX_MAX {

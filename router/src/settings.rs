@@ -75,6 +75,13 @@ pub struct RouterSettings {
     pub journal_sync: String,
     /// A journal segment is closed past this many bytes.
     pub journal_segment_bytes: u64,
+    /// PostgreSQL URL of a shared journal (high availability: routers that
+    /// share it elect one leader); empty = the file journal in `data_dir`.
+    /// E.g. `postgresql://emq@db1,db2/emq?target_session_attrs=read-write`.
+    pub journal_url: String,
+    /// Seconds a leader's lease lasts without a renewal (with `journal_url`):
+    /// a standby takes over at most this long after the leader is gone.
+    pub lease_ttl: f64,
     /// Seconds job managers get to report running jobs on a graceful stop.
     pub stop_grace: f64,
     /// Bytes of buffered jobs the router holds in memory; past it the
@@ -136,6 +143,8 @@ impl Default for RouterSettings {
             data_dir: String::new(),
             journal_sync: "fsync".into(),
             journal_segment_bytes: 64 << 20,
+            journal_url: String::new(),
+            lease_ttl: 4.0,
             stop_grace: 10.0,
             buffer_memory: 1 << 30,
             journal_max_bytes: 16 << 30,
@@ -243,7 +252,30 @@ impl RouterSettings {
             v::zmq_endpoint(k, a)?;
         }
         v::http_addr("http_addr", &self.http_addr)?;
+        self.lease()?;
         Ok(())
+    }
+
+    /// The shared journal's URL and lease, when `journal_url` is set.
+    pub fn lease(&self) -> Result<Option<(String, std::time::Duration)>, SettingsError> {
+        let url = self.journal_url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(SettingsError::invalid("journal_url", &emq_pgjournal::redact(url), "not a postgresql:// URL"));
+        }
+        if url.parse::<emq_pgjournal::UrlConfig>().is_err() {
+            return Err(SettingsError::invalid(
+                "journal_url",
+                &emq_pgjournal::redact(url),
+                "not a valid PostgreSQL URL",
+            ));
+        }
+        if !(self.lease_ttl.is_finite() && (1.0..=300.0).contains(&self.lease_ttl)) {
+            return Err(SettingsError::invalid("lease_ttl", &self.lease_ttl.to_string(), "seconds between 1 and 300"));
+        }
+        Ok(Some((url.to_owned(), std::time::Duration::from_secs_f64(self.lease_ttl))))
     }
 
     /// Rejects values that would make the router misbehave (all of
@@ -285,6 +317,8 @@ impl RouterSettings {
             data_dir,
             journal_sync,
             journal_segment_bytes,
+            journal_url,
+            lease_ttl,
             stop_grace,
             buffer_memory,
             journal_max_bytes,
@@ -306,6 +340,8 @@ impl RouterSettings {
         "data_dir",
         "journal_sync",
         "journal_segment_bytes",
+        "journal_url",
+        "lease_ttl",
         "max_message_bytes",
         "curve_secret_key",
         "curve_frontend_keys",

@@ -161,7 +161,9 @@ impl Sender {
         socket.set_rcvhwm(hwm)?;
         socket.set_linger(1000)?;
         socket.set_reconnect_ivl(100)?;
-        socket.set_reconnect_ivl_max(2000)?;
+        // A standby that takes over binds within seconds: find it within
+        // half a second, not after an exponential back-off.
+        socket.set_reconnect_ivl_max(500)?;
         // `A,B`: a router and its standbys. Only a connection that is up
         // takes messages (a standby binds nothing), so whichever leads
         // gets them; a message never waits at one that is down.
@@ -237,6 +239,20 @@ impl Sender {
         let pair = self.ctx.socket(zmq::PAIR)?;
         pair.connect(&endpoint)?;
         Ok(ConnectionWatch { socket: pair, disconnected: false })
+    }
+
+    /// Stops the monitor [`Self::watch_connection`] started. Must come
+    /// before its [`ConnectionWatch`] is dropped while this socket lives on
+    /// (e.g. lingering after close): libzmq sends monitor events with a
+    /// blocking send from its I/O thread, and an event for a PAIR nobody
+    /// reads any more blocks that thread — and with it every connection of
+    /// the context — for good.
+    pub fn stop_watching(&mut self) {
+        // SAFETY: a live socket pointer; a NULL endpoint is libzmq's
+        // documented way to stop monitoring.
+        unsafe {
+            zmq_sys::zmq_socket_monitor(self.socket.as_mut_ptr(), std::ptr::null(), 0);
+        }
     }
 
     /// Sends a message; blocks only when the pipe is at its high-water mark.

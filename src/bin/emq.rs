@@ -314,6 +314,7 @@ fn check_settings(
         administrative_addr: flags.administrative_addr.clone(),
         http_addr: flags.http_addr.clone(),
         data_dir: flags.data_dir.clone(),
+        journal_url: None,
         journal_repair: false,
     };
     let router_settings = emq_router::cli::settings(&router)?;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -408,4 +410,84 @@ pub fn admin_job(a: &RouterAddrs, msgid: &str) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "emq-cli job {msgid}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Starts an `emq-router` sharing the PostgreSQL journal at `url` (a
+/// standby binds nothing: no waiting here; see [`wait_leader`]).
+pub fn spawn_ha_router(addrs: &RouterAddrs, url: &str, env: &[(&str, &str)]) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
+    cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
+        .args(["--administrative-addr", &addrs.admin, "--journal-url", url])
+        .current_dir(std::env::temp_dir())
+        .env("EMQ_HTTP_ADDR", &addrs.http)
+        .env("EMQ_DATA_DIR", &addrs.data_dir)
+        .env("RUST_LOG", std::env::var("EMQTEST_LOG").unwrap_or_else(|_| "warn".into()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard::spawn("emq-router", cmd)
+}
+
+/// `GET /health` of a router: status code and JSON (code 0: no answer).
+pub fn health(addrs: &RouterAddrs) -> (u16, serde_json::Value) {
+    let (code, body) = http_get_quiet(&addrs.http, "/health");
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Which of `routers` leads (health 200), waiting for one (hang guard 60 s);
+/// `not` excludes one (the leader that was just stopped).
+pub fn wait_leader(routers: &[&RouterAddrs], not: Option<usize>) -> usize {
+    eventually(Duration::from_secs(60), || {
+        routers.iter().enumerate().filter(|(i, _)| Some(*i) != not).find_map(|(i, r)| {
+            let (code, h) = health(r);
+            (code == 200 && h["role"] == "leader").then_some(i)
+        })
+    })
+}
+
+/// An HTTP GET that answers (0, "") when nothing listens.
+pub fn http_get_quiet(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(500)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// Lines `start TAG PID` / `end TAG PID` of `testjobs.run_log`: the tags
+/// that started while a run of the same tag had not ended (a job running
+/// twice at the same time), and how often each tag started.
+pub fn overlapping_runs(lines: &[String]) -> (Vec<String>, std::collections::HashMap<String, usize>) {
+    let mut running: std::collections::HashMap<String, usize> = Default::default();
+    let mut starts: std::collections::HashMap<String, usize> = Default::default();
+    let mut overlaps = Vec::new();
+    for l in lines {
+        let mut w = l.split_whitespace();
+        let (Some(kind), Some(tag)) = (w.next(), w.next()) else { continue };
+        match kind {
+            "start" => {
+                *starts.entry(tag.to_owned()).or_default() += 1;
+                let n = running.entry(tag.to_owned()).or_default();
+                if *n > 0 {
+                    overlaps.push(tag.to_owned());
+                }
+                *n += 1;
+            }
+            "end" => {
+                if let Some(n) = running.get_mut(tag) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            _ => {}
+        }
+    }
+    (overlaps, starts)
 }

@@ -127,3 +127,12 @@ def sleep_then_append(path, line, secs):
     """Sleep, then append one line to ``path`` (job order tests)."""
     time.sleep(secs)
     return append_line(path, line)
+
+
+def run_log(path, tag, secs):
+    """Append ``start TAG PID``, sleep, append ``end TAG PID``: a test reads
+    the file to tell whether a job ever ran twice at the same time."""
+    append_line(path, "start %s %d" % (tag, os.getpid()))
+    time.sleep(secs)
+    append_line(path, "end %s %d" % (tag, os.getpid()))
+    return tag

@@ -143,6 +143,8 @@ pub enum Event {
     /// The TCP connection to the router dropped and came back: a restarted
     /// router does not know us yet (INFORM again, same identity).
     RouterReconnected,
+    /// The connection to the router dropped (ZeroMQ's monitor).
+    RouterDisconnected,
 }
 
 /// What the poll loop must do, in order.
@@ -450,6 +452,7 @@ impl JobManagerState {
             Event::Stop => self.on_stop(now, out),
             Event::Reloaded(cfg) => self.on_reloaded(cfg, now, out),
             Event::RouterReconnected => self.on_router_reconnected(now, out),
+            Event::RouterDisconnected => self.on_router_disconnected(now, out),
         }
         self.settle(now, out);
     }

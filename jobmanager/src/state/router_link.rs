@@ -53,6 +53,18 @@ impl JobManagerState {
         self.send_inform(now, out);
     }
 
+    /// The connection dropped. With one address ZeroMQ reconnects to it by
+    /// itself; with a leader and standbys the leader is likely gone: try
+    /// the next address at once instead of waiting for the silence limit.
+    pub(super) fn on_router_disconnected(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.stopping.is_some() || self.cfg.addrs.len() < 2 {
+            return;
+        }
+        info!("connection to the router dropped: trying the next address");
+        self.addr_index += 1;
+        self.connect(now, out);
+    }
+
     pub(super) fn on_router(&mut self, m: Message, now: Instant, out: &mut Vec<Action>) {
         self.last_heard = now;
         match m.command {
@@ -90,6 +102,9 @@ impl JobManagerState {
                 }
             }
             Command::Kbye | Command::Disconnect if self.stopping.is_none() => {
+                // A router that says goodbye is going away: with several
+                // addresses (a leader and standbys), try the next one.
+                self.addr_index += 1;
                 info!(command = m.command.name(), "router said goodbye: reconnecting");
                 self.connect(now, out);
             }

@@ -105,15 +105,41 @@ fn start_informs_spawns_and_announces_after_ack() {
 }
 
 #[test]
-fn reinform_until_ack_and_reconnect_with_failover_when_router_is_silent() {
-    let mut h = H::new(1);
+fn one_address_reinform_until_ack_and_reconnect_when_router_is_silent() {
+    let mut h = H::with(JmConfig { addrs: vec!["tcp://a".into()], ..cfg(1) });
     h.ev(Event::Start);
     h.adv(5.0);
     assert_eq!(names(&h.ev(Event::Tick)), vec!["INFORM"]);
     h.adv(10.0);
     let out = h.ev(Event::Tick);
+    assert_eq!(out[0], Action::Connect { addr: "tcp://a".into() });
+    assert_eq!(names(&out), vec!["connect", "INFORM"]);
+    // A dropped connection: ZeroMQ reconnects to the one address by itself.
+    assert!(h.ev(Event::RouterDisconnected).is_empty());
+}
+
+#[test]
+fn with_standbys_an_address_without_ack_is_left_for_the_next() {
+    let mut h = H::new(1);
+    h.ev(Event::Start);
+    // A standby binds nothing: no ACK within 2 s, the next address.
+    h.adv(1.9);
+    assert!(names(&h.ev(Event::Tick)).is_empty());
+    h.adv(0.2);
+    let out = h.ev(Event::Tick);
     assert_eq!(out[0], Action::Connect { addr: "tcp://b".into() }, "failover address next");
     assert_eq!(names(&out), vec!["connect", "INFORM"]);
+    h.adv(2.1);
+    assert_eq!(h.ev(Event::Tick)[0], Action::Connect { addr: "tcp://a".into() }, "and round again");
+    // Once ACKed it stays; a dropped connection moves on at once (the
+    // leader is likely gone), and so does a goodbye.
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    h.adv(3.0);
+    let out = h.ev(Event::Tick);
+    assert!(!out.iter().any(|a| matches!(a, Action::Connect { .. })), "{out:?}");
+    assert_eq!(h.ev(Event::RouterDisconnected)[0], Action::Connect { addr: "tcp://b".into() });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    assert_eq!(h.ev(Event::Router(Ok(Message::new(Command::Kbye))))[0], Action::Connect { addr: "tcp://a".into() });
 }
 
 #[test]

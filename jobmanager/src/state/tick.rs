@@ -5,6 +5,10 @@ use emq_protocol::{JobErrorKind, JobReply};
 use std::time::Instant;
 use tracing::{debug, warn};
 
+/// With several router addresses, how long an INFORM waits for an ACK at
+/// one before the next is tried.
+const MULTI_ADDRESS_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl JobManagerState {
     pub(super) fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.watch_router(now, out);
@@ -29,7 +33,12 @@ impl JobManagerState {
             self.addr_index += 1;
             self.connect(now, out);
         } else if let Phase::Informing { sent_at } = self.phase {
-            if now.saturating_duration_since(sent_at) >= self.cfg.reconnect_timeout {
+            if self.cfg.addrs.len() > 1 && now.saturating_duration_since(sent_at) >= MULTI_ADDRESS_PROBE {
+                // A standby binds nothing: no answer here, try the next one.
+                debug!("no ACK from this address: trying the next");
+                self.addr_index += 1;
+                self.connect(now, out);
+            } else if now.saturating_duration_since(sent_at) >= self.cfg.reconnect_timeout {
                 debug!("no ACK yet: INFORM again");
                 self.send_inform(now, out);
             }

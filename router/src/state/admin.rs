@@ -250,6 +250,7 @@ impl RouterState {
             "in_doubt": self.in_doubt.len(),
             "stopping": self.stopping.is_some(),
             "journal": self.journal_stats.as_ref().map(|j| j.to_json()),
+            "ha": self.ha,
             "buffered_bytes_in_memory": self.buffered_bytes,
             "buffered_bytes_on_disk": self.spill.bytes(),
             "buffered_jobs_on_disk": self.spill.total(),
@@ -529,9 +530,33 @@ impl RouterState {
         }
         let uptime = gauge("emq_router_uptime_seconds", "Seconds since the router started.", &[]);
         uptime.with_label_values::<&str>(&[]).set(now.mono.saturating_duration_since(self.started).as_secs_f64());
+        if let Some(ha) = &self.ha {
+            let num = |k: &str| ha.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            let leader = gauge("emq_leader", "1 when this router leads (shared journal), else 0.", &[]);
+            leader.with_label_values::<&str>(&[]).set(if ha.get("role").and_then(Value::as_str) == Some("leader") {
+                1.0
+            } else {
+                0.0
+            });
+            gauge("emq_epoch", "The lease epoch this router leads under (the fencing token).", &[])
+                .with_label_values::<&str>(&[])
+                .set(num("epoch"));
+            let failovers = counter("emq_failovers_total", "Times the lease passed to another router.", &[]);
+            failovers.with_label_values::<&str>(&[]).inc_by(num("failovers") as u64);
+        }
         let mut text = self.metrics.render();
         text.push_str(&crate::metrics::encode(&r));
         text
+    }
+
+    /// Leadership as STATUS shows it (`ha`): role, epoch, lease, the other
+    /// routers. None: no shared journal.
+    pub fn set_ha_status(&mut self, ha: Option<Value>) {
+        self.ha = ha;
+    }
+
+    pub fn ha_status(&self) -> Option<&Value> {
+        self.ha.as_ref()
     }
 }
 

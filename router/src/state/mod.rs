@@ -313,6 +313,8 @@ pub struct RouterState {
     shutting_down: bool,
     /// The journal's figures (shown in STATUS), when there is a journal.
     journal_stats: Option<Arc<emq_journal::JournalStats>>,
+    /// Leadership (with a shared journal), for STATUS and metrics.
+    ha: Option<serde_json::Value>,
     /// The token that authenticates admin connections (none: no admin
     /// command that changes anything is accepted).
     admin_token: Option<String>,
@@ -369,6 +371,7 @@ impl RouterState {
             stopping: None,
             shutting_down: false,
             journal_stats: None,
+            ha: None,
             admin_token: None,
             admins: Default::default(),
             admin_order: VecDeque::new(),

@@ -13,6 +13,10 @@
 //! a reply to a `reply-requested` client.
 
 use super::outcome::final_state;
+/// Least time a job that was running when the router stopped waits for its
+/// job manager to come back and report it, before it runs again (or fails).
+const RESTORED_IN_DOUBT_MIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 use super::{Action, DeadLetter, InDoubtJob, JobRecord, JobState, Now, RouterState, StoredRequest, WaitingJob};
 use emq_journal::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record};
 use emq_protocol::{Command, Headers, JobErrorKind, JobReply, Message};
@@ -238,7 +242,10 @@ impl RouterState {
             match j.phase {
                 Phase::Waiting(key) => waiting.push((j.queue, key, job)),
                 Phase::InFlight(job_manager) => {
-                    let until = now.mono + self.cfg.heartbeat_timeout;
+                    // Its job manager must notice the restart (or the
+                    // failover), find this router and INFORM: twice the
+                    // heartbeat timeout, and never under RESTORED_IN_DOUBT_MIN.
+                    let until = now.mono + (self.cfg.heartbeat_timeout * 2).max(RESTORED_IN_DOUBT_MIN);
                     self.in_doubt.insert(
                         msgid,
                         InDoubtJob { queue: j.queue, job_manager, job, until, silent_job_manager: false, who: None },
@@ -400,7 +407,12 @@ impl RouterState {
                 (JobErrorKind::JobManagerLost, m)
             } else {
                 warn!(msgid = %id, queue = %d.queue, "job in doubt after a restart: no job manager reported it");
-                let m = "the router restarted while the job was running, and no job manager reported it".to_owned();
+                let m = if self.ha.is_some() {
+                    "router failed over: the job was running when the leader changed, and no job manager reported it"
+                        .to_owned()
+                } else {
+                    "the router restarted while the job was running, and no job manager reported it".to_owned()
+                };
                 (JobErrorKind::RouterRestarted, m)
             };
             let attempt = d.job.attempts.max(1);

@@ -513,10 +513,16 @@ fn restart_from_the_journal_puts_every_job_back() {
     assert_eq!(r.r.in_doubt_count(), 1);
     let out = r.done("jm2", "reported", r#"{"value": 7}"#);
     assert_eq!(result_to(&out, "reported").unwrap().value, serde_json::json!(7), "its result reaches the client");
-    // Nobody reports "lost": after heartbeat_timeout it ends as router restarted.
+    // Nobody reports "lost": after twice heartbeat_timeout (at least 5 s:
+    // time for job managers to find a restarted or new router) it ends as
+    // router restarted.
+    for _ in 0..3 {
+        r.advance(3.0);
+        heartbeat_with(&mut r, "jm2", &emq_protocol::PoolHealth::default());
+        assert!(result_to(&r.tick(), "lost").is_none(), "not before twice heartbeat_timeout");
+    }
     r.advance(3.0);
     heartbeat_with(&mut r, "jm2", &emq_protocol::PoolHealth::default());
-    r.advance(3.0);
     let out = r.tick();
     let e = result_to(&out, "lost").expect("an error reply").error.unwrap();
     assert_eq!(e.kind, emq_protocol::JobErrorKind::RouterRestarted);
