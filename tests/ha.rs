@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 /// Routers: heartbeats every 0.5 s (job managers notice a silent router in
 /// about a second); the default lease (4 s).
 const ROUTER_ENV: [(&str, &str); 2] = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2")];
+/// The same, the journal's URL in EMQ_JOURNAL_URL instead of the flag.
+const ROUTER_ENV_URL: [(&str, &str); 3] =
+    [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2"), ("EMQ_JOURNAL_URL", "")];
 const JM_ENV: [(&str, &str); 2] = [("EMQ_HEARTBEAT_TIMEOUT", "1"), ("EMQ_HEARTBEAT_LIVENESS", "2")];
 
 /// Two routers on one journal, a job manager and a client given both.
@@ -51,7 +54,8 @@ impl Pair {
         let addrs = [RouterAddrs::fresh(), RouterAddrs::fresh()];
         let first = spawn_ha_router(&addrs[0], &urls[0], &ROUTER_ENV);
         assert_eq!(wait_leader(&[&addrs[0]], None), 0);
-        let second = spawn_ha_router(&addrs[1], &urls[1], &ROUTER_ENV);
+        // The second takes its URL from the environment (the first: the flag).
+        let second = spawn_ha_router(&addrs[1], &urls[1], &ROUTER_ENV_URL);
         eventually(Duration::from_secs(30), || (health(&addrs[1]).1["role"] == "standby").then_some(()));
         let jm = start_jobmanager(&format!("{},{}", addrs[0].backend, addrs[1].backend), "default", 2, &JM_ENV);
         wait_slots(&addrs[0].admin, 2);
@@ -99,7 +103,8 @@ impl Pair {
 
     /// Starts router `i` again (it stands by).
     fn restart(&mut self, i: usize) {
-        self.routers[i] = Some(spawn_ha_router(&self.addrs[i], &self.urls[i], &ROUTER_ENV));
+        let env: &[(&str, &str)] = if i == 0 { &ROUTER_ENV } else { &ROUTER_ENV_URL };
+        self.routers[i] = Some(spawn_ha_router(&self.addrs[i], &self.urls[i], env));
     }
 
     fn leader(&self, not: Option<usize>) -> usize {

@@ -463,6 +463,26 @@ impl Client {
         Ok(m.msgid)
     }
 
+    /// [`Client::send_request`], trying again while no router is reachable
+    /// (a client given a leader and its standbys, during a failover: a send
+    /// gives up after a second when none of them is up) until `until`.
+    pub fn send_request_until(
+        &mut self,
+        queue: &str,
+        job: &RunPayload,
+        options: &Options,
+        until: Instant,
+    ) -> Result<String, ClientError> {
+        loop {
+            match self.send_request(queue, job, options) {
+                Err(ClientError::Socket(SenderError::Zmq(zmq::Error::EAGAIN))) if Instant::now() < until => {
+                    let _ = self.pump(100);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Makes (or replaces) a schedule of `job` in `queue`; waits for the
     /// router's receipt until `deadline`. Returns the schedule id (EventMQ's:
     /// the same callable and arguments always give the same id).

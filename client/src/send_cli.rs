@@ -197,9 +197,21 @@ pub fn main() -> ExitCode {
         }
     };
     // A wrong address is said at once, before anything is sent (exit 2).
-    if let Err(why) = emq_sender::refuses_connections(&addr) {
-        eprintln!("emq-send: {why}");
-        return ExitCode::from(2);
+    // Several addresses (a leader and its standbys) may all refuse for a
+    // few seconds during a failover: then only once none answered for a
+    // while (the job manager's rule).
+    let several = addr.split(',').filter(|x| !x.trim().is_empty()).count() > 1;
+    let refused_for = if several { Duration::from_secs(10) } else { Duration::ZERO };
+    let checking_since = Instant::now();
+    loop {
+        match emq_sender::refuses_connections(&addr) {
+            Ok(()) => break,
+            Err(why) if checking_since.elapsed() >= refused_for => {
+                eprintln!("emq-send: {why}");
+                return ExitCode::from(2);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
     let connected = match &keys {
         Some(k) => Client::connect_curve(&addr, k),
@@ -271,7 +283,10 @@ fn send_one(
     json: bool,
     deadline: Option<Instant>,
 ) -> ExitCode {
-    let msgid = match client.send_request(queue, job, options) {
+    // With several addresses (a leader and standbys) during a failover no
+    // router may be up for a few seconds: keep trying, within the deadline.
+    let send_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+    let msgid = match client.send_request_until(queue, job, options, send_until) {
         Ok(id) => id,
         Err(e) => return usage(e),
     };
@@ -353,7 +368,8 @@ fn send_many(
     let mut deadline_passed = false;
     while sent < a.count || outstanding > 0 {
         while outstanding < a.window && sent < a.count {
-            if let Err(e) = client.send_request(&a.queue, job, options) {
+            let send_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+            if let Err(e) = client.send_request_until(&a.queue, job, options, send_until) {
                 return usage(e);
             }
             sent += 1;

@@ -363,6 +363,28 @@ mod tests {
     }
 
     #[test]
+    fn journal_url_and_lease_ttl_are_checked() {
+        refused("journal_url", |s| s.journal_url = "mysql://emq@db/emq".into());
+        refused("journal_url", |s| s.journal_url = "postgresql://emq@db/emq?sslmode=nonsense".into());
+        refused("lease_ttl", |s| {
+            s.journal_url = "postgresql://emq@db/emq".into();
+            s.lease_ttl = 0.5;
+        });
+        refused("lease_ttl", |s| {
+            s.journal_url = "postgresql://emq@db/emq".into();
+            s.lease_ttl = f64::NAN;
+        });
+        let s = RouterSettings {
+            journal_url: "postgresql://emq@db1,db2/emq?target_session_attrs=read-write".into(),
+            ..Default::default()
+        };
+        let (url, ttl) = s.lease().unwrap().expect("a shared journal");
+        assert!(url.contains("db1,db2"));
+        assert_eq!(ttl, Duration::from_secs(4));
+        assert!(RouterSettings::default().lease().unwrap().is_none(), "the file journal by default");
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = RouterSettings::default().to_config().unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(3));

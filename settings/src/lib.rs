@@ -76,6 +76,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "data_dir",
     "journal_sync",
     "journal_segment_bytes",
+    "journal_url",
+    "lease_ttl",
     "stop_grace",
     "buffer_memory",
     "journal_max_bytes",

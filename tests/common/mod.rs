@@ -414,15 +414,22 @@ pub fn admin_job(a: &RouterAddrs, msgid: &str) -> serde_json::Value {
 
 /// Starts an `emq-router` sharing the PostgreSQL journal at `url` (a
 /// standby binds nothing: no waiting here; see [`wait_leader`]).
+/// The URL goes in `--journal-url`, or in `EMQ_JOURNAL_URL` when `env`
+/// names it (`("EMQ_JOURNAL_URL", "")` as a marker: replaced by `url`).
 pub fn spawn_ha_router(addrs: &RouterAddrs, url: &str, env: &[(&str, &str)]) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emq-router"));
     cmd.args(["--frontend-addr", &addrs.frontend, "--backend-addr", &addrs.backend])
-        .args(["--administrative-addr", &addrs.admin, "--journal-url", url])
-        .current_dir(std::env::temp_dir())
+        .args(["--administrative-addr", &addrs.admin]);
+    if env.iter().any(|(k, _)| *k == "EMQ_JOURNAL_URL") {
+        cmd.env("EMQ_JOURNAL_URL", url);
+    } else {
+        cmd.args(["--journal-url", url]);
+    }
+    cmd.current_dir(std::env::temp_dir())
         .env("EMQ_HTTP_ADDR", &addrs.http)
         .env("EMQ_DATA_DIR", &addrs.data_dir)
         .env("RUST_LOG", std::env::var("EMQTEST_LOG").unwrap_or_else(|_| "warn".into()));
-    for (k, v) in env {
+    for (k, v) in env.iter().filter(|(k, _)| *k != "EMQ_JOURNAL_URL") {
         cmd.env(k, v);
     }
     ChildGuard::spawn("emq-router", cmd)
