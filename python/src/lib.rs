@@ -26,6 +26,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How long a send keeps trying while none of the client's routers is up
+/// (a failover takes a few seconds; a router that is simply down is said
+/// after this).
+const SEND_RETRY: Duration = Duration::from_secs(10);
+
 /// Longest time one waiting thread holds the socket.
 const SLICE: Duration = Duration::from_millis(5);
 /// How often a waiter with nothing arriving asks the router's job record.
@@ -296,7 +301,10 @@ impl NativeClient {
         job.class_args = parse_json("class_args", class_args_json)?;
         job.class_kwargs = parse_json("class_kwargs", class_kwargs_json)?;
         let options = Options { reply_requested, guarantee, retry_count: retries, timeout, delay, at };
-        py.detach(|| self.with(|c| c.send_request(queue, &job, &options).map_err(client_err)))
+        // Given a leader and standbys (`A,B`), no router may be up for a
+        // few seconds of a failover: keep trying for up to SEND_RETRY.
+        let until = Instant::now() + SEND_RETRY;
+        py.detach(|| self.with(|c| c.send_request_until(queue, &job, &options, until).map_err(client_err)))
     }
 
     /// The router's receipt for `msgid`: `(True, None)` accepted, `(False,
