@@ -167,6 +167,72 @@ pub trait JobLog {
     }
 }
 
+/// The batch a poll pass builds: its framed records, and the id it will
+/// have (what a receipt for a job accepted in this pass waits for). Shared
+/// by the file and PostgreSQL journals.
+#[derive(Debug)]
+pub struct PendingBatch {
+    bytes: Vec<u8>,
+    records: u64,
+    next_id: u64,
+}
+
+impl Default for PendingBatch {
+    fn default() -> Self {
+        PendingBatch { bytes: Vec::new(), records: 0, next_id: 1 }
+    }
+}
+
+impl PendingBatch {
+    /// Adds one framed record.
+    pub fn append(&mut self, record: &Record) {
+        frame(record, &mut self.bytes);
+        self.records += 1;
+    }
+
+    /// The id the batch being built will have.
+    pub fn current(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The id covering everything appended so far: the current batch when
+    /// it holds records, else the last one taken (an empty batch is never
+    /// handed over, so waiting for it would wait forever).
+    pub fn covering(&self) -> u64 {
+        if self.bytes.is_empty() {
+            self.next_id - 1
+        } else {
+            self.next_id
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The last id handed out.
+    pub fn last(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// Takes the batch — `(id, bytes, records)`, `None` when empty — and
+    /// goes on building in `buffer`.
+    pub fn take(&mut self, buffer: Vec<u8>) -> Option<(u64, Vec<u8>, u64)> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::replace(&mut self.bytes, buffer);
+        let records = std::mem::take(&mut self.records);
+        Some((self.allocate(), bytes, records))
+    }
+
+    /// An id for something handed over besides the batches (a checkpoint).
+    pub fn allocate(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+}
+
 /// Batch buffers handed back by the writer for reuse, at most.
 const SPARE_BUFFERS: usize = 8;
 /// Larger buffers (a burst's) are freed, not kept.
@@ -183,15 +249,12 @@ pub struct Journal {
     durable: Arc<AtomicU64>,
     notify_r: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
-    pending: Vec<u8>,
-    pending_records: u64,
+    batch: PendingBatch,
     /// Batch buffers the writer is done with, for the next batches: the
     /// writer thread freeing them would leave their memory with the
     /// allocator of this thread, in use again only when it next
     /// allocates that size (tens of MB of RSS after a burst).
     spare: Receiver<Vec<u8>>,
-    /// Id of the batch being built.
-    next_id: u64,
     sync: SyncPolicy,
     stats: Arc<JournalStats>,
     bytes_since_checkpoint: u64,
@@ -246,10 +309,8 @@ impl Journal {
             durable,
             notify_r,
             thread: Some(thread),
-            pending: Vec::new(),
-            pending_records: 0,
+            batch: PendingBatch::default(),
             spare,
-            next_id: 1,
             sync: opts.sync,
             stats,
             bytes_since_checkpoint: report.bytes,
@@ -267,41 +328,34 @@ impl Journal {
 
 impl JobLog for Journal {
     fn append(&mut self, record: &Record) {
-        frame(record, &mut self.pending);
-        self.pending_records += 1;
+        self.batch.append(record);
     }
 
     fn current_batch(&self) -> u64 {
-        self.next_id
+        self.batch.current()
     }
 
     fn covering_batch(&self) -> u64 {
-        if self.pending.is_empty() {
-            self.next_id - 1
-        } else {
-            self.next_id
-        }
+        self.batch.covering()
     }
 
     fn submit(&mut self) {
-        if self.pending.is_empty() {
+        if self.batch.is_empty() {
             return;
         }
         let next = self.spare.try_recv().unwrap_or_default();
-        let bytes = std::mem::replace(&mut self.pending, next);
+        let Some((id, bytes, records)) = self.batch.take(next) else { return };
         self.bytes_since_checkpoint += bytes.len() as u64;
-        let records = std::mem::take(&mut self.pending_records);
         self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
-            let _ = tx.send(ToWriter::Batch { id: self.next_id, bytes, records });
+            let _ = tx.send(ToWriter::Batch { id, bytes, records });
         }
-        self.next_id += 1;
     }
 
     fn durable(&self) -> u64 {
         match self.sync {
             // Receipts do not wait for the writer.
-            SyncPolicy::Off => self.next_id - 1,
+            SyncPolicy::Off => self.batch.last(),
             _ => self.durable.load(Ordering::Acquire),
         }
     }
@@ -318,10 +372,10 @@ impl JobLog for Journal {
         frame(&Record::CheckpointEnd { id }, &mut bytes);
         self.bytes_since_checkpoint = 0;
         self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let id = self.batch.allocate();
         if let Some(tx) = &self.tx {
-            let _ = tx.send(ToWriter::Checkpoint { id: self.next_id, bytes });
+            let _ = tx.send(ToWriter::Checkpoint { id, bytes });
         }
-        self.next_id += 1;
     }
 
     fn bytes_since_checkpoint(&self) -> u64 {

@@ -263,3 +263,18 @@ fn repair_never_takes_a_frame_without_the_segments_salt() {
     assert_eq!(records, vec![accepted(0), accepted(1), accepted(2)], "the smuggled record is not replayed");
     assert_eq!(report.repaired.len(), 1);
 }
+
+#[test]
+fn a_pending_batch_counts_ids_and_an_empty_one_is_never_waited_for() {
+    let mut b = crate::PendingBatch::default();
+    assert_eq!((b.current(), b.covering(), b.last()), (1, 0, 0), "nothing appended: nothing to wait for");
+    assert!(b.take(Vec::new()).is_none(), "an empty batch is never handed over");
+    b.append(&crate::Record::CheckpointBegin { id: 9 });
+    assert_eq!(b.covering(), 1, "a receipt now waits for batch 1");
+    let (id, bytes, records) = b.take(Vec::new()).expect("one batch");
+    assert_eq!((id, records), (1, 1));
+    assert!(!bytes.is_empty());
+    assert_eq!((b.current(), b.covering(), b.last()), (2, 1, 1));
+    assert_eq!(b.allocate(), 2, "a checkpoint takes the next id");
+    assert_eq!((b.current(), b.covering()), (3, 2));
+}

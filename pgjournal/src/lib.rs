@@ -21,7 +21,7 @@ pub mod schema;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use db::{Db, DbError};
 use emq_journal::segment::{frame, read_frame};
-use emq_journal::{drain_pipe, JobLog, JournalStats, Record, SyncPolicy};
+use emq_journal::{drain_pipe, JobLog, JournalStats, PendingBatch, Record, SyncPolicy};
 use futures_util::{pin_mut, TryStreamExt};
 use lease::LeaseShared;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -228,9 +228,7 @@ pub struct PgJournal {
     durable: Arc<AtomicU64>,
     notify_r: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
-    pending: Vec<u8>,
-    pending_records: u64,
-    next_id: u64,
+    batch: PendingBatch,
     stats: Arc<JournalStats>,
     bytes_since_checkpoint: u64,
     fenced: Arc<Mutex<Option<String>>>,
@@ -275,9 +273,7 @@ impl PgJournal {
                 durable,
                 notify_r,
                 thread: Some(thread),
-                pending: Vec::new(),
-                pending_records: 0,
-                next_id: 1,
+                batch: PendingBatch::default(),
                 stats,
                 bytes_since_checkpoint: report.bytes,
                 fenced,
@@ -338,34 +334,24 @@ fn replay(db: &mut Db, mut on_record: impl FnMut(Record)) -> Result<PgReplayRepo
 
 impl JobLog for PgJournal {
     fn append(&mut self, record: &Record) {
-        frame(record, &mut self.pending);
-        self.pending_records += 1;
+        self.batch.append(record);
     }
 
     fn current_batch(&self) -> u64 {
-        self.next_id
+        self.batch.current()
     }
 
     fn covering_batch(&self) -> u64 {
-        if self.pending.is_empty() {
-            self.next_id - 1
-        } else {
-            self.next_id
-        }
+        self.batch.covering()
     }
 
     fn submit(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let bytes = std::mem::take(&mut self.pending);
+        let Some((id, bytes, records)) = self.batch.take(Vec::new()) else { return };
         self.bytes_since_checkpoint += bytes.len() as u64;
-        let records = std::mem::take(&mut self.pending_records);
         self.stats.queued_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
-            let _ = tx.send(ToWriter::Batch { id: self.next_id, bytes, records });
+            let _ = tx.send(ToWriter::Batch { id, bytes, records });
         }
-        self.next_id += 1;
     }
 
     fn durable(&self) -> u64 {
@@ -375,7 +361,7 @@ impl JobLog for PgJournal {
     fn checkpoint(&mut self, records: &mut dyn Iterator<Item = Record>) {
         self.submit();
         let mut parts = vec![(Vec::with_capacity(1 << 20), 0u64)];
-        let id = self.next_id;
+        let id = self.batch.allocate();
         frame(&Record::CheckpointBegin { id }, &mut parts[0].0);
         for r in records {
             if parts.last().is_some_and(|p| p.0.len() >= CHECKPOINT_PART_BYTES) {
@@ -392,7 +378,6 @@ impl JobLog for PgJournal {
         if let Some(tx) = &self.tx {
             let _ = tx.send(ToWriter::Checkpoint { id, parts });
         }
-        self.next_id += 1;
     }
 
     fn bytes_since_checkpoint(&self) -> u64 {
@@ -460,6 +445,17 @@ enum Commit {
     Done,
     Fenced,
     Failed(DbError),
+}
+
+impl From<Result<bool, DbError>> for Commit {
+    /// A commit attempt's answer: committed (true), fenced (false), or not known.
+    fn from(r: Result<bool, DbError>) -> Commit {
+        match r {
+            Ok(true) => Commit::Done,
+            Ok(false) => Commit::Fenced,
+            Err(e) => Commit::Failed(e),
+        }
+    }
 }
 
 impl PgWriter {
@@ -597,11 +593,7 @@ impl PgWriter {
             .await;
             (c, r)
         });
-        match r {
-            Ok(true) => Commit::Done,
-            Ok(false) => Commit::Fenced,
-            Err(e) => Commit::Failed(e),
-        }
+        Commit::from(r)
     }
 
     fn commit_checkpoint(&mut self, id: u64, parts: &[(Vec<u8>, u64)]) -> Commit {
@@ -632,11 +624,7 @@ impl PgWriter {
             .await;
             (c, r)
         });
-        match r {
-            Ok(true) => Commit::Done,
-            Ok(false) => Commit::Fenced,
-            Err(e) => Commit::Failed(e),
-        }
+        Commit::from(r)
     }
 }
 
