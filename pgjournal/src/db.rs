@@ -21,6 +21,9 @@ pub struct Db {
     rt: tokio::runtime::Runtime,
     url: String,
     client: Option<Client>,
+    /// The task driving the connection: aborted (its socket closed at
+    /// once, its pending requests dropped) when a call fails or times out.
+    connection: Option<tokio::task::JoinHandle<()>>,
     /// Statements prepared on the current connection (cleared when it is
     /// replaced): a prepared statement saves a round trip per call.
     prepared: HashMap<&'static str, Statement>,
@@ -50,7 +53,7 @@ impl Db {
     /// Not connected yet: the first call connects.
     pub fn new(url: &str, timeout: Duration) -> std::io::Result<Db> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Db { rt, url: url.to_owned(), client: None, prepared: HashMap::new(), timeout })
+        Ok(Db { rt, url: url.to_owned(), client: None, connection: None, prepared: HashMap::new(), timeout })
     }
 
     /// Connects when not connected.
@@ -58,8 +61,7 @@ impl Db {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        self.client = None;
-        self.prepared.clear();
+        self.reset();
         let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| DbError::Failed(format!("{e}")))?;
         config.connect_timeout(self.timeout);
         if config.get_application_name().is_none() {
@@ -71,12 +73,13 @@ impl Db {
             Ok(Err(e)) => return Err(DbError::Failed(describe(&e))),
             Err(_) => return Err(DbError::TimedOut),
         };
-        self.rt.spawn(async move {
+        let task = self.rt.spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "PostgreSQL connection ended");
             }
         });
         self.client = Some(client);
+        self.connection = Some(task);
         Ok(())
     }
 
@@ -98,11 +101,11 @@ impl Db {
                 Ok(v)
             }
             Ok((_, Err(e))) => {
-                self.prepared.clear();
+                self.reset();
                 Err(DbError::Failed(describe(&e)))
             }
             Err(_) => {
-                self.prepared.clear();
+                self.reset();
                 Err(DbError::TimedOut)
             }
         }
@@ -127,6 +130,9 @@ impl Db {
     pub fn reset(&mut self) {
         self.client = None;
         self.prepared.clear();
+        if let Some(task) = self.connection.take() {
+            task.abort();
+        }
     }
 }
 

@@ -135,8 +135,16 @@ impl LeaseShared {
     /// Whether this router may act as the leader now. Cheap (one atomic
     /// load and a clock read): called before every dispatch and receipt.
     pub fn valid(&self) -> bool {
-        !self.lost.load(Ordering::Acquire)
-            && (self.base.elapsed().as_nanos() as u64) < self.until_nanos.load(Ordering::Acquire)
+        if self.lost.load(Ordering::Acquire) {
+            return false;
+        }
+        if (self.base.elapsed().as_nanos() as u64) < self.until_nanos.load(Ordering::Acquire) {
+            return true;
+        }
+        // Lost for good: a renewal answered late must never reopen it
+        // (the router may already have acted on the loss).
+        self.lost.store(true, Ordering::Release);
+        false
     }
 
     /// Why the lease is gone (None while it holds).
@@ -267,6 +275,9 @@ fn keep(mut db: Db, mut window: LeaseWindow, ttl: Duration, s: Arc<LeaseShared>,
             })
         });
         match answer {
+            // An answer that comes after the window closed is too late:
+            // the router may already have stopped acting.
+            Ok(Some(_)) if !window.check(Instant::now()) => {}
             Ok(Some(_)) => {
                 window.renewed(sent);
                 s.renewals.fetch_add(1, Ordering::Relaxed);
@@ -276,12 +287,16 @@ fn keep(mut db: Db, mut window: LeaseWindow, ttl: Duration, s: Arc<LeaseShared>,
                 }
                 if presence_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
                     presence_at = Some(Instant::now());
+                    // Housekeeping on a short leash: a slow database must
+                    // not eat the time the next renewal needs.
+                    db.timeout = ttl / (RENEWALS_PER_LEASE * 4);
                     let _ = crate::present(&mut db, &s.holder, &presence.0, &presence.1, "leader");
                     if let (Ok(l), Ok(r)) = (crate::leader(&mut db), crate::routers(&mut db)) {
                         if let Ok(mut i) = s.info.lock() {
                             *i = crate::ha_json(&l, &r);
                         }
                     }
+                    db.timeout = ttl / RENEWALS_PER_LEASE;
                 }
             }
             Ok(None) => {
@@ -357,13 +372,20 @@ mod tests {
     }
 
     #[test]
-    fn lease_lost_during_a_commit_is_seen_by_the_next_check() {
-        // The shared view the poll loop reads: the keeper publishes a loss
-        // while the loop is between checks (mid-commit); the next check sees it.
-        let t0 = Instant::now();
-        let w = LeaseWindow::acquired(TTL, t0);
-        let s = LeaseShared {
-            base: t0,
+    fn a_closed_window_never_reopens_for_the_router() {
+        // The router saw the window closed (and may have acted on it): a
+        // renewal answered later must not make it leader again.
+        let t0 = Instant::now() - Duration::from_secs(10);
+        let s = shared(t0);
+        s.publish(&LeaseWindow::acquired(TTL, t0));
+        assert!(!s.valid(), "closed 6 s ago");
+        s.publish(&LeaseWindow::acquired(TTL, Instant::now()));
+        assert!(!s.valid(), "lost for good");
+    }
+
+    fn shared(base: Instant) -> LeaseShared {
+        LeaseShared {
+            base,
             until_nanos: AtomicU64::new(0),
             lost: AtomicBool::new(false),
             why: Mutex::new(None),
@@ -373,7 +395,16 @@ mod tests {
             renewals: AtomicU64::new(0),
             renewal_errors: AtomicU64::new(0),
             info: Mutex::new(serde_json::json!({})),
-        };
+        }
+    }
+
+    #[test]
+    fn lease_lost_during_a_commit_is_seen_by_the_next_check() {
+        // The shared view the poll loop reads: the keeper publishes a loss
+        // while the loop is between checks (mid-commit); the next check sees it.
+        let t0 = Instant::now();
+        let w = LeaseWindow::acquired(TTL, t0);
+        let s = shared(t0);
         s.publish(&w);
         assert!(s.valid());
         let mut w2 = w.clone();

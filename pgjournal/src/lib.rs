@@ -601,21 +601,33 @@ impl PgWriter {
         let batch = id as i64;
         let bytes: usize = parts.iter().map(|p| p.0.len()).sum();
         let limit = Duration::from_secs(10) + Duration::from_millis((bytes / (1 << 20)) as u64 * 200);
+        let idle_ms = (lease_ttl_hint(&self.lease).as_millis() as u64 / 2).max(500);
+        let idle_limit = format!("SET LOCAL idle_in_transaction_session_timeout = {idle_ms}");
         let r = self.db.call(Some(limit), |mut c| async move {
             let r = async {
                 if c.query_opt(schema::COMMITTED, &[&epoch, &batch]).await?.is_some() {
                     return Ok(true);
                 }
                 let tx = c.transaction().await?;
+                // A session stuck mid-transaction (its router frozen or cut
+                // off) must not hold the lease row for hours.
+                tx.batch_execute(&idle_limit).await?;
                 for (part, (body, records)) in parts.iter().enumerate() {
                     let (part, records) = (part as i32, (*records).min(i32::MAX as u64) as i32);
                     let n = tx
-                        .execute(schema::APPEND, &[&epoch, &holder, &batch, &part, &true, &records, &body.as_slice()])
+                        .execute(schema::APPEND_PART, &[&epoch, &batch, &part, &true, &records, &body.as_slice()])
                         .await?;
                     if n != 1 {
+                        // Committed by an earlier attempt whose answer was lost?
                         tx.rollback().await?;
-                        return Ok(false);
+                        return Ok(c.query_opt(schema::COMMITTED, &[&epoch, &batch]).await?.is_some());
                     }
+                }
+                // The fence last: the lease row is locked only from here
+                // to the commit.
+                if tx.query_opt(schema::FENCE, &[&epoch, &holder]).await?.is_none() {
+                    tx.rollback().await?;
+                    return Ok(false);
                 }
                 tx.execute(schema::DELETE_BEFORE, &[&epoch, &batch]).await?;
                 tx.commit().await?;

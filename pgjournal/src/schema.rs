@@ -73,7 +73,8 @@ pub const RELEASE: &str = "UPDATE emq_lease SET expires_at = '-infinity' WHERE i
 /// Who leads: epoch, holder, seconds left, failovers.
 pub const LEADER: &str = "
 SELECT epoch, holder,
-    GREATEST(extract(epoch FROM expires_at - clock_timestamp()), -1e9)::float8,
+    CASE WHEN isfinite(expires_at) THEN extract(epoch FROM expires_at - clock_timestamp())::float8
+         ELSE -1e9::float8 END,
     failovers
 FROM emq_lease WHERE id = 1";
 
@@ -87,6 +88,21 @@ SELECT $1, $3, $4, $5, $6, $7 FROM emq_lease
 WHERE id = 1 AND epoch = $1 AND holder = $2 AND expires_at > clock_timestamp()
 FOR SHARE
 ON CONFLICT (epoch, batch, part) DO NOTHING";
+
+/// A checkpoint's parts, inserted unfenced inside its transaction (the
+/// fence, [`FENCE`], comes last, so the lease row is locked only for the
+/// delete and the commit). Same parameters as [`APPEND`] but `$2`.
+pub const APPEND_PART: &str = "
+INSERT INTO emq_journal (epoch, batch, part, checkpoint, records, body)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (epoch, batch, part) DO NOTHING";
+
+/// The fence on its own: the lease row, locked `FOR SHARE` until the
+/// transaction ends, if it still names us. `$1` epoch, `$2` holder.
+pub const FENCE: &str = "
+SELECT 1 FROM emq_lease
+WHERE id = 1 AND epoch = $1 AND holder = $2 AND expires_at > clock_timestamp()
+FOR SHARE";
 
 /// Whether a row is in the journal. `$1` epoch, `$2` batch.
 pub const COMMITTED: &str = "SELECT 1 FROM emq_journal WHERE epoch = $1 AND batch = $2 AND part = 0";

@@ -642,10 +642,11 @@ impl Server {
         self.journal.submit();
         self.checkpoint();
         self.journal.close();
-        let held = std::mem::take(&mut self.held);
-        for (_, socket, peer, message) in held {
-            let _ = self.send(socket, peer, message);
-        }
+        // What waited for the journal goes out only if its batch is
+        // durable now (always, with the file journal: close waits; with a
+        // shared journal that lost its lease, nothing is).
+        self.release_durable();
+        self.held.clear();
         let st = self.journal.stats();
         info!(
             batches = st.batches.load(Ordering::Relaxed),
@@ -878,6 +879,11 @@ impl Server {
     /// Retries queued messages, oldest first, per peer.
     fn flush_outbox(&mut self) {
         if self.outbox.is_empty() {
+            return;
+        }
+        if self.lease.as_ref().is_some_and(|l| !l.valid()) {
+            // Not the leader any more: nothing more leaves.
+            self.outbox.clear();
             return;
         }
         let mut events = Vec::new();
