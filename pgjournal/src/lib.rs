@@ -641,4 +641,5 @@ impl PgWriter {
 }
 
 /// A parsed PostgreSQL URL (for settings validation).
+pub use tokio_postgres::config::SslMode;
 pub use tokio_postgres::Config as UrlConfig;

@@ -265,11 +265,20 @@ impl RouterSettings {
         if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
             return Err(SettingsError::invalid("journal_url", &emq_pgjournal::redact(url), "not a postgresql:// URL"));
         }
-        if url.parse::<emq_pgjournal::UrlConfig>().is_err() {
+        let Ok(parsed) = url.parse::<emq_pgjournal::UrlConfig>() else {
             return Err(SettingsError::invalid(
                 "journal_url",
                 &emq_pgjournal::redact(url),
                 "not a valid PostgreSQL URL",
+            ));
+        };
+        if matches!(parsed.get_ssl_mode(), emq_pgjournal::SslMode::Require) {
+            // Said now rather than as a connection that never succeeds.
+            return Err(SettingsError::invalid(
+                "journal_url",
+                &emq_pgjournal::redact(url),
+                "sslmode=require: this router does not speak TLS to PostgreSQL \
+                 (use a trusted network or a TLS proxy, and sslmode=disable or prefer)",
             ));
         }
         if !(self.lease_ttl.is_finite() && (1.0..=300.0).contains(&self.lease_ttl)) {
@@ -366,6 +375,7 @@ mod tests {
     fn journal_url_and_lease_ttl_are_checked() {
         refused("journal_url", |s| s.journal_url = "mysql://emq@db/emq".into());
         refused("journal_url", |s| s.journal_url = "postgresql://emq@db/emq?sslmode=nonsense".into());
+        refused("journal_url", |s| s.journal_url = "postgresql://emq@db/emq?sslmode=require".into());
         refused("lease_ttl", |s| {
             s.journal_url = "postgresql://emq@db/emq".into();
             s.lease_ttl = 0.5;
