@@ -124,17 +124,9 @@ pub fn run(
 
 /// The HTTP endpoint, up in every role (a load balancer asks each router).
 fn spawn_http(settings: &RouterSettings) -> Result<Option<SharedSnapshot>, String> {
-    let addr = settings.http_addr.trim();
-    if addr.is_empty() {
-        return Ok(None);
-    }
-    let snap = SharedSnapshot::default();
-    let admin_curve = !settings.curve_secret_key.trim().is_empty() && !settings.curve_admin_keys.trim().is_empty();
-    let proxy = (!admin_curve).then(|| settings.administrative_addr.clone());
-    let bound = crate::http::spawn(addr, snap.clone(), proxy)?;
-    info!(http = %bound, "health, dashboard and metrics");
-    set_health(Some(&snap), 503, json!({"role": "standby", "status": "starting"}));
-    Ok(Some(snap))
+    let snap = crate::http::spawn_for(settings, &settings.administrative_addr)?;
+    set_health(snap.as_ref(), 503, json!({"role": "standby", "status": "starting"}));
+    Ok(snap)
 }
 
 fn set_health(http: Option<&SharedSnapshot>, code: u16, body: serde_json::Value) {

@@ -42,6 +42,21 @@ const MAX_BODY: u64 = 16 << 10;
 /// Longest URL served (a msgid is at most a few hundred bytes).
 const MAX_URL: usize = 8 << 10;
 
+/// The endpoint of `settings.http_addr` (None when empty), proxying job
+/// details and actions to `admin_addr` — not when the admin socket takes
+/// only CURVE clients (the page has no key).
+pub fn spawn_for(settings: &crate::RouterSettings, admin_addr: &str) -> Result<Option<SharedSnapshot>, String> {
+    let addr = settings.http_addr.trim();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let admin_curve = !settings.curve_secret_key.trim().is_empty() && !settings.curve_admin_keys.trim().is_empty();
+    let snap = SharedSnapshot::default();
+    let bound = spawn(addr, snap.clone(), (!admin_curve).then(|| admin_addr.to_owned()))?;
+    tracing::info!(http = %bound, "health, dashboard and metrics");
+    Ok(Some(snap))
+}
+
 /// Binds `addr` and serves from `snapshot` on a new thread; `admin` is
 /// the router's admin address for job details and actions (None: off).
 pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Result<String, String> {

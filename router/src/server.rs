@@ -72,8 +72,6 @@ struct Sockets {
     backend: Receiver,
     admin: Receiver,
     zap: Option<emq_receiver::ZapHandler>,
-    /// The admin socket takes only CURVE clients (the dashboard cannot proxy).
-    admin_curve: bool,
 }
 
 /// Binds the frontend, backend and admin sockets (CURVE where set).
@@ -111,8 +109,7 @@ fn bind_sockets(settings: &RouterSettings, ctx: &zmq::Context) -> Result<Sockets
     let admin = bound.pop().expect("three sockets");
     let backend = bound.pop().expect("three sockets");
     let frontend = bound.pop().expect("three sockets");
-    let admin_curve = secret.is_some() && !settings.curve_admin_keys.trim().is_empty();
-    Ok(Sockets { frontend, backend, admin, zap, admin_curve })
+    Ok(Sockets { frontend, backend, admin, zap })
 }
 
 /// Messages kept for one client whose pipe is full; past it, more are
@@ -192,12 +189,11 @@ pub struct Server {
     /// Where the admin token and spilled buffers live.
     data_dir: std::path::PathBuf,
     /// The leader lease (with a shared journal): nothing is sent once it
-    /// no longer holds, and the loop stops.
+    /// no longer holds, and the loop stops. With it, REQUESTs also wait,
+    /// as receipts do, until the record of their dispatch is committed (a
+    /// new leader must know every job that may be running, or it would run
+    /// it a second time).
     lease: Option<Arc<LeaseShared>>,
-    /// REQUESTs wait, as receipts do, until the record of their dispatch
-    /// is committed (with a shared journal: a new leader must know every
-    /// job that may be running, or it would run it a second time).
-    dispatch_after_commit: bool,
     /// Receipts waiting for their journal batch to be durable, in order.
     held: VecDeque<(u64, SocketKind, PeerId, Message)>,
     /// CURVE user names seen, shared.
@@ -298,22 +294,13 @@ impl Server {
                 (sockets, Box::new(journal) as Box<dyn JobLog + Send>, Some(lease))
             }
         };
-        let Sockets { frontend, backend, admin, zap, admin_curve } = sockets;
+        let Sockets { frontend, backend, admin, zap } = sockets;
         let snapshot = match http {
             Some(snap) => Some(snap),
-            None if settings.http_addr.trim().is_empty() => None,
-            None => {
-                let snap = crate::http::SharedSnapshot::default();
-                // Dashboard actions go through the admin socket (same checks as
-                // emq-cli); not when it is CURVE-only (the page has no key).
-                let proxy = (!admin_curve).then(|| admin.addr().to_owned());
-                let bound = crate::http::spawn(settings.http_addr.trim(), snap.clone(), proxy).map_err(|e| {
-                    tracing::error!(error = %e, "http endpoint");
-                    ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
-                })?;
-                info!(http = %bound, "dashboard and metrics");
-                Some(snap)
-            }
+            None => crate::http::spawn_for(settings, admin.addr()).map_err(|e| {
+                tracing::error!(error = %e, "http endpoint");
+                ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
+            })?,
         };
         // Only once every address is bound: "listening" is then true.
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
@@ -344,7 +331,6 @@ impl Server {
             actions: Vec::new(),
             stop: Arc::new(AtomicU32::new(0)),
             stops_seen: 0,
-            dispatch_after_commit: lease.is_some(),
             lease,
             journal,
             data_dir: opts.dir.clone(),
@@ -670,8 +656,8 @@ impl Server {
         let now = Now::real();
         let health = match &self.lease {
             None => serde_json::json!({"role": "single", "status": "ok"}),
+            // `refresh_ha` ran with the tick this snapshot follows.
             Some(_) => {
-                self.refresh_ha();
                 let mut v = self.state.ha_status().cloned().unwrap_or_default();
                 v["status"] = serde_json::json!("ok");
                 v
@@ -737,7 +723,7 @@ impl Server {
         for action in actions.drain(..) {
             match action {
                 Action::Send { socket: SocketKind::Backend, peer, message }
-                    if self.dispatch_after_commit && matches!(message.command, Command::Request(_)) =>
+                    if self.lease.is_some() && matches!(message.command, Command::Request(_)) =>
                 {
                     self.held.push_back((self.journal.covering_batch(), SocketKind::Backend, peer, message));
                 }
