@@ -11,6 +11,7 @@ use emq_receiver::PeerId;
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -31,6 +32,44 @@ const MAX_ADMIN_SESSIONS: usize = 1024;
 /// EventMQ job manager): one bounded series for all of them.
 const UNNAMED: &str = "unnamed";
 
+/// Admin sessions: the token that authenticates them and the peers that
+/// presented it (bounded, oldest forgotten first).
+#[derive(Default)]
+pub(crate) struct Admin {
+    /// The token that authenticates admin connections (none: no admin
+    /// command that changes anything is accepted).
+    pub(crate) token: Option<String>,
+    pub(crate) sessions: rustc_hash::FxHashSet<PeerId>,
+    pub(crate) order: VecDeque<PeerId>,
+}
+
+impl Admin {
+    /// `peer` proved it holds the token; the oldest session is forgotten
+    /// past [`MAX_ADMIN_SESSIONS`].
+    pub(crate) fn authorize(&mut self, peer: &PeerId) {
+        if self.sessions.insert(peer.clone()) {
+            self.order.push_back(peer.clone());
+            while self.order.len() > MAX_ADMIN_SESSIONS {
+                if let Some(old) = self.order.pop_front() {
+                    self.sessions.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A new token: every session authorized with the old one ends.
+    pub(crate) fn rotate(&mut self, token: String) {
+        self.token = Some(token);
+        self.sessions.clear();
+        self.order.clear();
+    }
+
+    /// Whether `token` is the admin token (constant time).
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
+        self.token.as_deref().is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    }
+}
+
 impl RouterState {
     pub(super) fn on_admin(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
         let answer = |body: String| send(SocketKind::Admin, &peer, Command::Reply(Reply::admin_answer(body)));
@@ -40,7 +79,7 @@ impl RouterState {
             Command::Admin(AdminCommand::RouterShowWorkers) => out.push(answer(self.workers_json(now))),
             Command::Admin(AdminCommand::RouterShowSchedulers) => out.push(answer(self.schedulers_json(now))),
             Command::Admin(AdminCommand::Authenticate { token }) => {
-                let ok = self.admin_token.as_deref().is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+                let ok = self.admin.token_matches(&token);
                 if ok {
                     self.authorize_admin(&peer);
                 } else {
@@ -51,8 +90,12 @@ impl RouterState {
             }
             Command::Admin(AdminCommand::JobStatus { job_msgid, owner_token }) => {
                 let full = self.is_admin(&peer)
-                    || self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
-                let status = self.history.status_json(&job_msgid, full);
+                    || self
+                        .outcomes
+                        .history
+                        .get(&job_msgid)
+                        .is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
+                let status = self.outcomes.history.status_json(&job_msgid, full);
                 let status = if full { self.with_job_detail(&job_msgid, status) } else { status };
                 out.push(answer(status))
             }
@@ -89,9 +132,7 @@ impl RouterState {
                 // A new token (OS CSPRNG): every session that proved the old
                 // one is forgotten, except the one asking.
                 let token = emq_protocol::random_hex(32);
-                self.admin_token = Some(token.clone());
-                self.admins.clear();
-                self.admin_order.clear();
+                self.admin.rotate(token.clone());
                 self.authorize_admin(&peer);
                 info!(%peer, "admin token rotated");
                 out.push(Action::WriteAdminToken(token));
@@ -136,7 +177,7 @@ impl RouterState {
                 // as SIGTERM: KBYE to peers and exit once running jobs report.
                 info!(%peer, msgid = %m.msgid, "DISCONNECT from admin: stopping");
                 out.push(send(SocketKind::Admin, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
-                if self.stopping.is_none() {
+                if self.lifecycle.stopping.is_none() {
                     self.begin_stop(now);
                 }
                 self.finish_stop(now, out);
@@ -158,21 +199,21 @@ impl RouterState {
         let Ok(mut v) = serde_json::from_str::<Value>(&status) else { return status };
         if let Some(id) = v.get("worker").and_then(Value::as_str) {
             let peer = PeerId::from(id);
-            let name = self
-                .job_managers
-                .get(&peer)
-                .and_then(|jm| jm.display_name())
-                .or_else(|| self.stale.get(&peer).and_then(|s| super::records::display_name(s.health.as_ref())));
+            let name =
+                self.peers.job_managers.get(&peer).and_then(|jm| jm.display_name()).or_else(|| {
+                    self.peers.stale.get(&peer).and_then(|s| super::records::display_name(s.health.as_ref()))
+                });
             if let Some(n) = name {
                 v["job_manager_name"] = json!(n);
             }
         }
-        let payload = self.dead.iter().find(|d| &*d.msgid == msgid).map(|d| d.request.payload()).or_else(|| {
-            self.timers.values().find_map(|t| match t {
-                super::Timer::Job { job, .. } if &*job.msgid == msgid => Some(job.request.payload()),
-                _ => None,
-            })
-        });
+        let payload =
+            self.outcomes.dead.iter().find(|d| &*d.msgid == msgid).map(|d| d.request.payload()).or_else(|| {
+                self.timers.by_due.values().find_map(|t| match t {
+                    super::Timer::Job { job, .. } if &*job.msgid == msgid => Some(job.request.payload()),
+                    _ => None,
+                })
+            });
         let payload =
             payload.or_else(|| self.in_flight.get(msgid).and_then(|j| j.request.as_ref()).map(|r| r.payload()));
         if let Some(p) = payload {
@@ -184,25 +225,19 @@ impl RouterState {
     /// Admin connections that proved they hold the token (bounded: the
     /// oldest is forgotten first; `emq-cli` connects anew for each call).
     fn authorize_admin(&mut self, peer: &PeerId) {
-        if self.admins.insert(peer.clone()) {
-            self.admin_order.push_back(peer.clone());
-            while self.admin_order.len() > MAX_ADMIN_SESSIONS {
-                if let Some(old) = self.admin_order.pop_front() {
-                    self.admins.remove(&old);
-                }
-            }
-        }
+        self.admin.authorize(peer);
     }
 
     /// A connection that proved it holds the admin token, or a message
     /// signed with an admin's CURVE key.
     fn is_admin(&self, peer: &PeerId) -> bool {
-        self.admins.contains(peer) || self.user.as_deref().is_some_and(|u| self.cfg.admin_users.iter().any(|a| a == u))
+        self.admin.sessions.contains(peer)
+            || self.user.as_deref().is_some_and(|u| self.cfg.admin_users.iter().any(|a| a == u))
     }
 
     /// The admin token the router wrote to `data_dir/admin.token`.
     pub fn set_admin_token(&mut self, token: String) {
-        self.admin_token = Some(token);
+        self.admin.token = Some(token);
     }
 
     /// `STATUS`: EventMQ's six maps, plus `errors`, `uptime_secs`,
@@ -218,12 +253,12 @@ impl RouterState {
             *e = json!(e.as_u64().unwrap_or(0) + 1);
         }
         let waiting: Map<String, Value> =
-            self.queues.keys().map(|name| (name.clone(), json!(self.queue_len(name)))).collect();
-        let s = &self.stats;
+            self.dispatch.queues.keys().map(|name| (name.clone(), json!(self.queue_len(name)))).collect();
+        let s = &self.telemetry.stats;
         let latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.sum / c.latency.count as f64)));
         let max_latency = s.map(|c| (c.latency.count > 0).then(|| json!(c.latency.max)));
         let by_job_manager: Map<String, Value> =
-            self.job_managers.iter().map(|(p, jm)| (p.to_string(), json!(jm.processed))).collect();
+            self.peers.job_managers.iter().map(|(p, jm)| (p.to_string(), json!(jm.processed))).collect();
         json!({
             "inflight_messages_by_queue": inflight,
             "latency_messages_by_queue": latency,
@@ -231,31 +266,31 @@ impl RouterState {
             "waiting_messages_by_queue": waiting,
             "processed_messages_by_queue": s.counter_map(|c| c.processed),
             "processed_messages_by_worker": by_job_manager,
-            "errors": self.errors,
-            "activity": self.activity,
-            "accepted": self.accepted,
-            "uptime_secs": now.mono.saturating_duration_since(self.started).as_secs_f64(),
-            "connected_workers": self.job_managers.len(),
+            "errors": self.counters.errors,
+            "activity": self.counters.activity,
+            "accepted": self.counters.accepted,
+            "uptime_secs": now.mono.saturating_duration_since(self.lifecycle.started).as_secs_f64(),
+            "connected_workers": self.peers.job_managers.len(),
             "failed_messages_by_queue": s.counter_map(|c| c.failed),
             "retried_messages_by_queue": s.counter_map(|c| c.retried),
             "refused_messages_by_queue": s.counter_map(|c| c.refused),
             "job_managers": self.job_managers_value(now),
             "retrying": self.retrying_count(),
             "delayed": self.delayed_count(),
-            "delayed_bytes": self.delayed_bytes,
-            "schedules": self.schedules.len(),
+            "delayed_bytes": self.timers.delayed_bytes,
+            "schedules": self.timers.schedules.len(),
             "paused_queues": self.paused_queues(),
-            "dead_letters": self.dead.len(),
-            "free_slots": self.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
-            "in_doubt": self.in_doubt.len(),
-            "stopping": self.stopping.is_some(),
-            "journal": self.journal_stats.as_ref().map(|j| j.to_json()),
-            "ha": self.ha,
-            "buffered_bytes_in_memory": self.buffered_bytes,
-            "buffered_bytes_on_disk": self.spill.bytes(),
-            "buffered_jobs_on_disk": self.spill.total(),
+            "dead_letters": self.outcomes.dead.len(),
+            "free_slots": self.peers.job_managers.values().map(|jm| jm.free_slots as u64).sum::<u64>(),
+            "in_doubt": self.suspects.in_doubt.len(),
+            "stopping": self.lifecycle.stopping.is_some(),
+            "journal": self.telemetry.journal_stats.as_ref().map(|j| j.to_json()),
+            "ha": self.telemetry.ha,
+            "buffered_bytes_in_memory": self.dispatch.buffered_bytes,
+            "buffered_bytes_on_disk": self.dispatch.spill.bytes(),
+            "buffered_jobs_on_disk": self.dispatch.spill.total(),
             "waiting_not_allowed": self.waiting_not_allowed(),
-            "results_waiting_for_clients": self.undelivered.len(),
+            "results_waiting_for_clients": self.outcomes.undelivered.len(),
         })
     }
 
@@ -264,12 +299,12 @@ impl RouterState {
     /// many (of the first 1,000 waiting) and which modules (up to five).
     fn waiting_not_allowed(&self) -> Map<String, Value> {
         let mut out = Map::new();
-        for (name, q) in &self.queues {
+        for (name, q) in &self.dispatch.queues {
             if q.waiting.is_empty() {
                 continue;
             }
             let jms: Vec<&super::JobManagerPeer> =
-                q.job_managers.iter().filter_map(|(_, p)| self.job_managers.get(p)).collect();
+                q.job_managers.iter().filter_map(|(_, p)| self.peers.job_managers.get(p)).collect();
             if jms.is_empty() || jms.iter().all(|jm| jm.allowed.is_none()) {
                 continue;
             }
@@ -310,9 +345,9 @@ impl RouterState {
     }
 
     fn workers_value(&self, now: Now) -> Value {
-        let since_start = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
+        let since_start = |t: Instant| t.saturating_duration_since(self.lifecycle.started).as_secs_f64();
         let age = |t: Instant| now.mono.saturating_duration_since(t).as_secs_f64();
-        let live = self.job_managers.iter().map(|(peer, jm)| {
+        let live = self.peers.job_managers.iter().map(|(peer, jm)| {
             let v = json!({
                 "queues": jm.queues.0,
                 "hb": since_start(jm.last_seen),
@@ -327,7 +362,7 @@ impl RouterState {
             });
             (peer.to_string(), v)
         });
-        let stale = self.stale.iter().map(|(peer, s)| {
+        let stale = self.peers.stale.iter().map(|(peer, s)| {
             let v = json!({
                 "queues": s.queues.0,
                 "hb": since_start(s.last_seen),
@@ -343,6 +378,7 @@ impl RouterState {
         });
         let workers: Map<String, Value> = live.chain(stale).collect();
         let queues: Map<String, Value> = self
+            .dispatch
             .queues
             .iter()
             .filter(|(_, q)| !q.job_managers.is_empty())
@@ -367,7 +403,7 @@ impl RouterState {
     /// Per job manager: state (ok / late / stale), heartbeat age, health.
     fn job_managers_value(&self, now: Now) -> Map<String, Value> {
         let age = |t: Instant| now.mono.saturating_duration_since(t).as_secs_f64();
-        let live = self.job_managers.iter().map(|(p, jm)| {
+        let live = self.peers.job_managers.iter().map(|(p, jm)| {
             let v = json!({
                 "state": self.liveness(now, jm.last_seen),
                 "heartbeat_age_secs": age(jm.last_seen),
@@ -375,7 +411,7 @@ impl RouterState {
             });
             (p.to_string(), v)
         });
-        let stale = self.stale.iter().map(|(p, s)| {
+        let stale = self.peers.stale.iter().map(|(p, s)| {
             let v = json!({"state": "stale", "heartbeat_age_secs": age(s.last_seen), "health": s.health});
             (p.to_string(), v)
         });
@@ -387,7 +423,7 @@ impl RouterState {
         json!({
             "status": self.status_value(now),
             "workers": self.workers_value(now),
-            "recent_failures": self.recent_failures,
+            "recent_failures": self.outcomes.recent_failures,
             "schedules": self.schedules_value(now, 200),
             "series": self.series_json(),
             "dead_letters": serde_json::from_str::<Value>(&self.dead_letters_json()).unwrap_or(Value::Null),
@@ -400,10 +436,14 @@ impl RouterState {
     /// `ROUTER_SHOW_SCHEDULERS`.
     pub fn schedulers_json(&self, _now: Now) -> String {
         let s: Map<String, Value> = self
+            .peers
             .schedulers
             .iter()
             .map(|(p, s)| {
-                (p.to_string(), json!({"hb": s.last_seen.saturating_duration_since(self.started).as_secs_f64()}))
+                (
+                    p.to_string(),
+                    json!({"hb": s.last_seen.saturating_duration_since(self.lifecycle.started).as_secs_f64()}),
+                )
             })
             .collect();
         json!({ "connected_schedulers": s }).to_string()
@@ -412,6 +452,7 @@ impl RouterState {
     /// `ROUTER_DEAD_LETTERS`.
     pub fn dead_letters_json(&self) -> String {
         let list: Vec<Value> = self
+            .outcomes
             .dead
             .iter()
             .map(|d| {
@@ -446,7 +487,7 @@ impl RouterState {
         let processed = counter("emq_jobs_processed_total", "Jobs finished (any outcome, final attempt).", &["queue"]);
         let failed = counter("emq_jobs_failed_total", "Jobs whose final attempt failed.", &["queue"]);
         let retried = counter("emq_jobs_retried_total", "Failed attempts scheduled to run again.", &["queue"]);
-        for (q, c) in self.stats.iter() {
+        for (q, c) in self.telemetry.stats.iter() {
             for (metric, n) in [
                 (&accepted, c.accepted),
                 (&refused, c.refused),
@@ -460,7 +501,7 @@ impl RouterState {
             }
         }
         let waiting = gauge("emq_queue_waiting_jobs", "Jobs buffered, waiting for a free slot.", &["queue"]);
-        for q in self.queues.keys() {
+        for q in self.dispatch.queues.keys() {
             waiting.with_label_values(&[q.as_str()]).set(self.queue_len(q) as f64);
         }
         let in_flight = gauge("emq_queue_in_flight_jobs", "Jobs handed to job managers, not finished.", &["queue"]);
@@ -483,7 +524,7 @@ impl RouterState {
         let rss = gauge("emq_worker_rss_bytes", "Resident memory of a worker process.", &["jobmanager", "pid"]);
         let jobs = gauge("emq_worker_jobs_completed", "Jobs completed by a worker process.", &["jobmanager", "pid"]);
         let mut ages: BTreeMap<String, f64> = BTreeMap::new();
-        for jm in self.job_managers.values() {
+        for jm in self.peers.job_managers.values() {
             let name = jm.display_name().unwrap_or_else(|| UNNAMED.to_owned());
             let a = ages.entry(name.clone()).or_insert(0.0);
             *a = a.max(now.mono.saturating_duration_since(jm.last_seen).as_secs_f64());
@@ -498,7 +539,7 @@ impl RouterState {
                 }
             }
         }
-        for s in self.stale.values() {
+        for s in self.peers.stale.values() {
             let name = display_name(s.health.as_ref()).unwrap_or_else(|| UNNAMED.to_owned());
             if !ages.contains_key(&name) {
                 ages.insert(name.clone(), now.mono.saturating_duration_since(s.last_seen).as_secs_f64());
@@ -513,11 +554,11 @@ impl RouterState {
         let delayed = gauge("emq_jobs_delayed", "Jobs waiting for their delay: / eta: time.", &[]);
         delayed.with_label_values::<&str>(&[]).set(self.delayed_count() as f64);
         let schedules = gauge("emq_schedules", "Schedules the router runs.", &[]);
-        schedules.with_label_values::<&str>(&[]).set(self.schedules.len() as f64);
+        schedules.with_label_values::<&str>(&[]).set(self.timers.schedules.len() as f64);
         let dead = gauge("emq_dead_letters", "Jobs that used up their retries.", &[]);
-        dead.with_label_values::<&str>(&[]).set(self.dead.len() as f64);
+        dead.with_label_values::<&str>(&[]).set(self.outcomes.dead.len() as f64);
         let errors = counter("emq_router_anomalies_total", "Bad input and other anomalies, by kind.", &["kind"]);
-        for (k, n) in &self.errors {
+        for (k, n) in &self.counters.errors {
             errors.with_label_values(&[*k]).inc_by(*n);
         }
         let activity = counter(
@@ -525,12 +566,14 @@ impl RouterState {
             "Normal activity (retries, schedule runs, cancels...), by kind.",
             &["kind"],
         );
-        for (k, n) in &self.activity {
+        for (k, n) in &self.counters.activity {
             activity.with_label_values(&[*k]).inc_by(*n);
         }
         let uptime = gauge("emq_router_uptime_seconds", "Seconds since the router started.", &[]);
-        uptime.with_label_values::<&str>(&[]).set(now.mono.saturating_duration_since(self.started).as_secs_f64());
-        if let Some(ha) = &self.ha {
+        uptime
+            .with_label_values::<&str>(&[])
+            .set(now.mono.saturating_duration_since(self.lifecycle.started).as_secs_f64());
+        if let Some(ha) = &self.telemetry.ha {
             let num = |k: &str| ha.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             let leader = gauge("emq_leader", "1 when this router leads (shared journal), else 0.", &[]);
             leader.with_label_values::<&str>(&[]).set(if ha.get("role").and_then(Value::as_str) == Some("leader") {
@@ -544,7 +587,7 @@ impl RouterState {
             let failovers = counter("emq_failovers_total", "Times the lease passed to another router.", &[]);
             failovers.with_label_values::<&str>(&[]).inc_by(num("failovers") as u64);
         }
-        let mut text = self.metrics.render();
+        let mut text = self.telemetry.metrics.render();
         text.push_str(&crate::metrics::encode(&r));
         text
     }
@@ -552,11 +595,11 @@ impl RouterState {
     /// Leadership as STATUS shows it (`ha`): role, epoch, lease, the other
     /// routers. None: no shared journal.
     pub fn set_ha_status(&mut self, ha: Option<Value>) {
-        self.ha = ha;
+        self.telemetry.ha = ha;
     }
 
     pub fn ha_status(&self) -> Option<&Value> {
-        self.ha.as_ref()
+        self.telemetry.ha.as_ref()
     }
 }
 
@@ -592,5 +635,31 @@ fn job_summary(payload: &str) -> Value {
             v
         }
         Err(e) => json!({"unreadable_payload": e.to_string()}),
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    //! The [`Admin`] room alone.
+    use super::{Admin, MAX_ADMIN_SESSIONS};
+    use emq_receiver::PeerId;
+
+    #[test]
+    fn sessions_are_bounded_oldest_first_and_end_with_the_token() {
+        let mut a = Admin::default();
+        assert!(!a.token_matches(""), "no token: nothing matches");
+        a.rotate("t1".into());
+        assert!(a.token_matches("t1") && !a.token_matches("t2") && !a.token_matches("t"));
+        let peers: Vec<PeerId> =
+            (0..MAX_ADMIN_SESSIONS + 3).map(|i| PeerId::from(format!("p{i}").as_bytes())).collect();
+        for p in &peers {
+            a.authorize(p);
+            a.authorize(p);
+        }
+        assert_eq!(a.sessions.len(), MAX_ADMIN_SESSIONS);
+        assert_eq!(a.order.len(), MAX_ADMIN_SESSIONS);
+        assert!(!a.sessions.contains(&peers[0]) && a.sessions.contains(peers.last().unwrap()));
+        a.rotate("t2".into());
+        assert!(a.sessions.is_empty() && a.order.is_empty() && a.token_matches("t2"));
     }
 }

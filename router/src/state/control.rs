@@ -28,13 +28,13 @@ pub enum CancelOutcome {
 impl RouterState {
     /// `CANCEL msgid` (a job's msgid, or a schedule's id).
     pub(super) fn cancel(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> CancelOutcome {
-        if self.schedules.contains_key(msgid) {
+        if self.timers.schedules.contains_key(msgid) {
             self.remove_schedule(msgid, "cancelled", out);
             return CancelOutcome::Removed("schedule");
         }
         // A schedule by the short id `emq-cli schedules` shows (a unique
         // prefix), unless it is a job's msgid.
-        if self.history.get(msgid).is_none() {
+        if self.outcomes.history.get(msgid).is_none() {
             if let Ok(id) = self.schedule_id_for(msgid) {
                 self.remove_schedule(&id, "cancelled", out);
                 return CancelOutcome::Removed("schedule");
@@ -43,7 +43,7 @@ impl RouterState {
         let why = "cancelled by an operator";
         // Running at a job manager.
         if let Some(j) = self.in_flight.get_mut(msgid) {
-            let ours = self.job_managers.get(&j.job_manager).is_some_and(|jm| jm.reports_all_completions);
+            let ours = self.peers.job_managers.get(&j.job_manager).is_some_and(|jm| jm.reports_all_completions);
             if !ours {
                 return CancelOutcome::Refused(
                     "the job is running on a job manager that cannot stop a single job (EventMQ's); it will finish"
@@ -60,16 +60,12 @@ impl RouterState {
             ));
             return CancelOutcome::Stopping;
         }
-        if let Some(d) = self.in_doubt.remove(msgid) {
+        if let Some(d) = self.suspects.in_doubt.remove(msgid) {
             self.end_unrun(d.queue, d.job, JobErrorKind::Cancelled, why, now, out);
             return CancelOutcome::Removed("in doubt");
         }
         // Waiting for its time (delay / eta) or for its retry.
-        let key = self
-            .timers
-            .iter()
-            .find(|(_, t)| matches!(t, Timer::Job { job, .. } if &*job.msgid == msgid))
-            .map(|(k, _)| *k);
+        let key = self.timers.find_job(msgid);
         if let Some(key) = key {
             if let Some(Timer::Job { queue, job }) = self.take_timer(&key) {
                 let what = if job.attempts == 0 { "delayed" } else { "retrying" };
@@ -78,29 +74,31 @@ impl RouterState {
             }
         }
         // Buffered: the memory part of its queue, else its disk tail.
-        let queue = self.history.get(msgid).map(|r| r.queue.to_string());
+        let queue = self.outcomes.history.get(msgid).map(|r| r.queue.to_string());
         let queues: Vec<String> = match queue {
             Some(q) => vec![q, DEFAULT_QUEUE.to_owned()],
-            None => self.queues.keys().cloned().collect(),
+            None => self.dispatch.queues.keys().cloned().collect(),
         };
         for q in queues {
-            let Some(state) = self.queues.get_mut(&q) else { continue };
+            let Some(state) = self.dispatch.queues.get_mut(&q) else { continue };
             if let Some(pos) = state.waiting.iter().position(|j| &*j.msgid == msgid) {
                 let job = state.waiting.remove(pos).expect("position exists");
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
+                self.dispatch.buffered_bytes = self.dispatch.buffered_bytes.saturating_sub(job.memory_bytes());
                 self.end_unrun(q, job, JobErrorKind::Cancelled, why, now, out);
                 return CancelOutcome::Removed("buffered");
             }
         }
-        if self.history.get(msgid).is_some_and(|r| r.state == JobState::Queued) && self.spill.total() > 0 {
+        if self.outcomes.history.get(msgid).is_some_and(|r| r.state == JobState::Queued)
+            && self.dispatch.spill.total() > 0
+        {
             // In a disk tail: skipped when it is read back.
             let id: Arc<str> = Arc::from(msgid);
-            self.cancelled_spilled.insert(id.clone());
-            self.history.mark(msgid, JobState::Cancelled, now.unix);
+            self.dispatch.cancelled_spilled.insert(id.clone());
+            self.outcomes.history.mark(msgid, JobState::Cancelled, now.unix);
             self.journal_cancelled(msgid, why, 0, now, out);
             return CancelOutcome::Removed("buffered on disk");
         }
-        match self.history.get(msgid) {
+        match self.outcomes.history.get(msgid) {
             Some(r) if r.state.is_final() => {
                 CancelOutcome::Refused(format!("job {msgid} already ended ({})", r.state.as_str()))
             }
@@ -131,7 +129,7 @@ impl RouterState {
 
     /// `PAUSE queue` / `RESUME queue`.
     pub(super) fn set_paused(&mut self, queue: &str, paused: bool, now: Now, out: &mut Vec<Action>) -> Value {
-        let q = self.queues.entry(queue.to_owned()).or_default();
+        let q = self.dispatch.queues.entry(queue.to_owned()).or_default();
         let changed = q.paused != paused;
         q.paused = paused;
         if changed {
@@ -141,7 +139,7 @@ impl RouterState {
         if !paused {
             // Free slots may be waiting for exactly these jobs.
             let jms: Vec<PeerId> =
-                self.job_managers.iter().filter(|(_, j)| j.free_slots > 0).map(|(p, _)| p.clone()).collect();
+                self.peers.job_managers.iter().filter(|(_, j)| j.free_slots > 0).map(|(p, _)| p.clone()).collect();
             for jm in jms {
                 self.drain_to(&jm, now, out);
             }
@@ -151,7 +149,7 @@ impl RouterState {
 
     /// Whether `queue` is paused.
     pub(super) fn is_paused(&self, queue: &str) -> bool {
-        self.queues.get(queue).is_some_and(|q| q.paused)
+        self.dispatch.queues.get(queue).is_some_and(|q| q.paused)
     }
 
     /// A job that will not run (cancelled, purged): its record, the
@@ -167,10 +165,10 @@ impl RouterState {
         out: &mut Vec<Action>,
     ) {
         let reply = JobReply::failed(kind, message, "").to_json();
-        self.history.mark(&job.msgid, JobState::Cancelled, now.unix);
-        self.history.set_result(&job.msgid, reply.clone());
+        self.outcomes.history.mark(&job.msgid, JobState::Cancelled, now.unix);
+        self.outcomes.history.set_result(&job.msgid, reply.clone());
         self.journal_cancelled(&job.msgid, message, job.attempts, now, out);
-        self.stats.finished(&queue, 0.0, true);
+        self.telemetry.stats.finished(&queue, 0.0, true);
         self.count("cancelled_jobs");
         self.schedule_job_finished(&job.msgid);
         let client = job.client.clone();
@@ -200,13 +198,13 @@ impl RouterState {
 
     /// `DELETE_DEAD msgid`: a dead letter is forgotten (not run).
     pub(super) fn delete_dead_letter(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> Value {
-        let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
+        let Some(pos) = self.outcomes.dead.iter().position(|d| &*d.msgid == msgid) else {
             return json!({"error": format!("no dead letter {msgid}")});
         };
-        let d = self.dead.remove(pos).expect("position exists");
+        let d = self.outcomes.dead.remove(pos).expect("position exists");
         info!(%msgid, queue = %d.queue, "dead letter deleted");
         self.count("dead_letters_deleted");
-        self.history.mark(msgid, JobState::Failed, now.unix);
+        self.outcomes.history.mark(msgid, JobState::Failed, now.unix);
         out.push(Action::Journal(Record::Finished {
             msgid: msgid.to_owned(),
             state: FinalState::Failed,
@@ -219,7 +217,8 @@ impl RouterState {
 
     /// Paused queues (STATUS, checkpoints).
     pub fn paused_queues(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.queues.iter().filter(|(_, q)| q.paused).map(|(n, _)| n.clone()).collect();
+        let mut v: Vec<String> =
+            self.dispatch.queues.iter().filter(|(_, q)| q.paused).map(|(n, _)| n.clone()).collect();
         v.sort();
         v
     }

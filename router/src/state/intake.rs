@@ -133,7 +133,7 @@ impl RouterState {
             self.count(c);
         }
         if let Some(q) = why.queue() {
-            self.stats.refused(q);
+            self.telemetry.stats.refused(q);
         }
         let message = why.message(&msgid);
         warn!(peer = %client, user = self.user.as_deref().unwrap_or("-"), %msgid, reason = %message, "refused");
@@ -148,7 +148,7 @@ impl RouterState {
     // ---- frontend: clients and schedulers --------------------------------
 
     pub(super) fn on_frontend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
-        if let Some(s) = self.schedulers.get_mut(&peer) {
+        if let Some(s) = self.peers.schedulers.get_mut(&peer) {
             s.last_seen = now.mono;
         }
         match m.command {
@@ -166,7 +166,7 @@ impl RouterState {
             }
             Command::Inform(Inform { kind, .. }) if kind == "scheduler" => {
                 info!(%peer, msgid = %m.msgid, "scheduler connected");
-                self.schedulers.insert(peer.clone(), super::SchedulerPeer { last_seen: now.mono });
+                self.peers.schedulers.insert(peer.clone(), super::SchedulerPeer { last_seen: now.mono });
                 out.push(send(SocketKind::Frontend, &peer, Command::Ack(Ack { acked_msgid: m.msgid })));
             }
             Command::Heartbeat(_) => {}
@@ -175,13 +175,14 @@ impl RouterState {
                 // body is a msgid, never JSON, so the two cannot be confused).
                 // The result only to the connection that sent the job or the
                 // holder of its owner token.
-                let full = self.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
-                let body = self.history.status_json(&job_msgid, full);
+                let full =
+                    self.outcomes.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
+                let body = self.outcomes.history.status_json(&job_msgid, full);
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
             }
             Command::Admin(AdminCommand::Cancel { job_msgid }) => {
                 // A client may cancel its own jobs (the connection that sent them).
-                let own = self.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer));
+                let own = self.outcomes.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer));
                 let body = if own {
                     self.cancel_json(&job_msgid, now, out)
                 } else {
@@ -190,13 +191,13 @@ impl RouterState {
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body.to_string()))));
             }
             Command::Kbye => {
-                if self.schedulers.remove(&peer).is_some() {
+                if self.peers.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler said goodbye");
                 }
             }
             Command::Schedule(_) | Command::Unschedule(_) if self.cfg.scheduler_external => {
                 // Hand the order to a scheduler, unchanged, as EventMQ does.
-                match self.schedulers.keys().min().cloned() {
+                match self.peers.schedulers.keys().min().cloned() {
                     Some(s) => out.push(Action::Send { socket: SocketKind::Frontend, peer: s, message: m }),
                     None => self.refuse(&peer, m.msgid, Refusal::NoScheduler, out),
                 }
@@ -211,12 +212,12 @@ impl RouterState {
     /// receipted.
     fn on_request(&mut self, client: PeerId, msgid: String, request: Request, now: Now, out: &mut Vec<Action>) {
         if self.cfg.reject_unknown_queues
-            && !self.queues.get(request.queue.as_str()).is_some_and(|q| q.ever_served)
-            && self.queues.get(DEFAULT_QUEUE).is_none_or(|q| q.job_managers.is_empty())
+            && !self.dispatch.queues.get(request.queue.as_str()).is_some_and(|q| q.ever_served)
+            && self.dispatch.queues.get(DEFAULT_QUEUE).is_none_or(|q| q.job_managers.is_empty())
         {
             return self.refuse(&client, msgid, Refusal::UnknownQueue(request.queue), out);
         }
-        if self.stopping.is_some() {
+        if self.lifecycle.stopping.is_some() {
             return self.refuse(&client, msgid, Refusal::Stopping, out);
         }
         let headers = request.headers();
@@ -224,7 +225,7 @@ impl RouterState {
         // it again (a retry after a failover or a lost receipt) gets the
         // receipt again — and the result, when the job is over and it
         // asks for one; anyone else is refused.
-        let held = self.history.get(&msgid).map(|rec| {
+        let held = self.outcomes.history.get(&msgid).map(|rec| {
             let same_sender = rec.readable_by(&client, headers.owner.as_deref());
             let result = (rec.state.is_final() && headers.reply_requested).then(|| rec.result.clone()).flatten();
             (same_sender, result)
@@ -249,7 +250,7 @@ impl RouterState {
             }
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
-        if self.in_flight.contains_key(msgid.as_str()) || self.in_doubt.contains_key(msgid.as_str()) {
+        if self.in_flight.contains_key(msgid.as_str()) || self.suspects.in_doubt.contains_key(msgid.as_str()) {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
         // `delay:` / `eta:` in the future: the job waits for its time first.
@@ -260,10 +261,10 @@ impl RouterState {
         if target.is_none() && due.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
             return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);
         }
-        if target.is_none() && self.cfg.refuse_when_full && self.disk_full {
+        if target.is_none() && self.cfg.refuse_when_full && self.dispatch.disk_full {
             return self.refuse(&client, msgid, Refusal::Full, out);
         }
-        if due.is_some() && self.delayed_bytes >= self.cfg.delayed_max_bytes {
+        if due.is_some() && self.timers.delayed_bytes >= self.cfg.delayed_max_bytes {
             return self.refuse(&client, msgid, Refusal::DelayedFull, out);
         }
         let msgid_shared: Arc<str> = Arc::from(msgid.as_str());
@@ -306,7 +307,7 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        self.history.insert(msgid.clone(), record);
+        self.outcomes.history.insert(msgid.clone(), record);
         let stored = StoredRequest::new(request, &queue);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {
@@ -322,8 +323,8 @@ impl RouterState {
         }));
         let job =
             WaitingJob { client, msgid: msgid.into(), request: stored, received_ms: self.stamp(now.mono), attempts: 0 };
-        self.accepted += 1;
-        self.stats.accepted(&queue);
+        self.counters.accepted += 1;
+        self.telemetry.stats.accepted(&queue);
         match placement {
             Placement::Delayed(due) => self.delay_job(queue, job, due, now, out),
             Placement::Dispatch(jm) => self.dispatch(jm, queue, job, now, out),
@@ -340,7 +341,7 @@ impl RouterState {
     /// The queue a REQUEST for `name` goes to: its own when it is (or was)
     /// served by a job manager, else `default` (EventMQ's fallback).
     pub(super) fn resolve_queue(&self, name: &str) -> String {
-        match self.queues.get(name) {
+        match self.dispatch.queues.get(name) {
             Some(q) if q.ever_served => name.to_owned(),
             _ => DEFAULT_QUEUE.to_owned(),
         }
@@ -349,11 +350,11 @@ impl RouterState {
     /// The shared name of a resolved queue (served queues and `default`:
     /// a bounded set).
     pub(super) fn queue_name(&mut self, queue: &str) -> Arc<str> {
-        if let Some(n) = self.queue_names.get(queue) {
+        if let Some(n) = self.dispatch.queue_names.get(queue) {
             return n.clone();
         }
         let n: Arc<str> = Arc::from(queue);
-        self.queue_names.insert(queue.to_owned(), n.clone());
+        self.dispatch.queue_names.insert(queue.to_owned(), n.clone());
         n
     }
 }

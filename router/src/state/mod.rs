@@ -45,7 +45,7 @@ use emq_journal::Record;
 use emq_protocol::{Command, DecodeError, Message};
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -222,106 +222,51 @@ pub struct RouterConfig {
     pub suspect_timeout: Duration,
 }
 
-/// The whole router state.
+/// The whole router state: the settings, then one room per concern. Each
+/// room's type owns its data and keeps its invariants; the rooms' behaviour
+/// (what an event does) is in the `impl RouterState` of the room's file.
 pub struct RouterState {
     cfg: RouterConfig,
-    started: Instant,
-    job_managers: HashMap<PeerId, JobManagerPeer>,
-    schedulers: HashMap<PeerId, SchedulerPeer>,
-    queues: HashMap<String, QueueState>,
+    /// Start, tick and heartbeat times; the graceful stop.
+    lifecycle: Lifecycle,
+    /// Connected job managers and schedulers, and recently lost ones.
+    peers: peers::Peers,
+    /// Queues, their buffers (memory part and disk tails) and free slots.
+    dispatch: dispatch::Dispatch,
+    /// Jobs handed out and not reported done.
     in_flight: HashMap<Arc<str>, JobInFlight>,
-    /// Resolved queue names, shared by every record that names them.
-    queue_names: HashMap<String, Arc<str>>,
-    /// Counts dispatches: least-recently-used order and READY bookkeeping.
-    lru_clock: u64,
-    last_heartbeat_sent: Option<Instant>,
-    /// When the next [`Event::Tick`] is due (advanced by every tick).
-    next_tick_at: Instant,
-    /// Per-queue counts, the one place they are kept.
-    stats: QueueStats,
-    /// Bytes of the jobs waiting in the in-memory part of queue buffers.
-    buffered_bytes: u64,
-    /// The disk tails of queue buffers (past `buffer_memory`).
-    spill: Box<dyn spill::SpillStore>,
-    /// The journal and spill files are past `journal_max_bytes` (set by
-    /// the poll loop, which knows the disk).
-    disk_full: bool,
-    /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
-    errors: BTreeMap<&'static str, u64>,
-    /// Normal activity worth counting (retries, schedule runs, cancels...),
-    /// kept apart from `errors` so nobody reads them as anomalies (STATUS
-    /// `activity`).
-    activity: BTreeMap<&'static str, u64>,
-    /// Results whose client was not connected when they were sent: sent
-    /// again at every tick (see [`undelivered`]).
-    undelivered: undelivered::UndeliveredResults,
-    /// Jobs accepted from clients.
-    accepted: u64,
-    history: JobHistory,
-    /// The one ordered timer structure: delayed jobs, retries and
-    /// schedules' next runs, by due time (see [`timers`]).
-    timers: BTreeMap<TimerKey, Timer>,
-    timer_seq: u64,
-    /// Delayed jobs in `timers` (retries aside), and their bytes.
-    delayed_jobs: usize,
-    delayed_bytes: u64,
-    /// Retries in `timers`.
-    retry_timers: usize,
-    /// Schedules by EventMQ's id.
-    schedules: HashMap<Arc<str>, ScheduleState>,
-    /// Unfinished jobs a schedule fired: msgid → schedule id.
-    fired: HashMap<Arc<str>, Arc<str>>,
-    /// The last fire lateness samples (seconds).
-    lateness: VecDeque<f32>,
-    /// `guarantee` jobs requeued from a silent job manager, whose late
-    /// report is still taken (see [`suspects`]).
-    suspects: HashMap<Arc<str>, records::SuspectRun>,
-    /// Jobs whose result came from a late report while another run was
-    /// under way at this job manager: its report is a duplicate run.
-    superseded: HashMap<Arc<str>, PeerId>,
-    /// Throughput and queue depth every [`SERIES_STEP`] over the last hour
-    /// (the dashboard's charts).
-    series: VecDeque<SeriesPoint>,
-    /// Queues that may have waiting jobs: every queue a job is put in is
-    /// added; an entry found empty is dropped when looked at. A READY looks
-    /// here (when it is the shorter list) instead of at each of its job
-    /// manager's queues: 10,000 queues cost nothing while their buffers are
-    /// empty.
-    maybe_waiting: rustc_hash::FxHashSet<String>,
-    /// Sequence numbers of the queues' free sets (see `QueueState::free`).
-    free_seq: u64,
-    /// Jobs cancelled while in a buffer's disk tail: skipped when read back.
-    cancelled_spilled: rustc_hash::FxHashSet<Arc<str>>,
-    /// Jobs that used up their retries (bounded, oldest dropped first).
-    dead: VecDeque<DeadLetter>,
-    /// Latency histograms (the counts are in `stats`).
-    pub(crate) metrics: crate::metrics::RouterMetrics,
-    /// Job managers that stopped heartbeating: shown as stale for a while
-    /// after they were removed, then gone.
-    stale: HashMap<PeerId, StaleJobManager>,
-    /// The last final failures, for the dashboard.
-    recent_failures: VecDeque<serde_json::Value>,
-    /// Jobs that were running when the router last stopped: a job manager
-    /// that re-attaches may report them; else they run again or fail.
-    in_doubt: HashMap<Arc<str>, InDoubtJob>,
+    /// Runs whose job manager went silent or whose router stopped: their
+    /// late reports are still taken (see [`suspects`]).
+    suspects: suspects::Suspects,
+    /// Delayed jobs, retries and schedules, by due time (see [`timers`]).
+    timers: timers::Timers,
+    /// Authenticated admin sessions and the token.
+    admin: admin::Admin,
+    /// Anomalies and activity, by kind; jobs accepted.
+    counters: stats::Counters,
+    /// Per-queue counts, latency histograms, the dashboard's series, the
+    /// journal's and leadership's figures.
+    pub(crate) telemetry: stats::Telemetry,
+    /// Finished jobs: records and results, dead letters, recent failures,
+    /// results waiting for their client.
+    outcomes: outcome::Outcomes,
     /// Jobs being rebuilt from the journal (only during a restore).
     restoring: Option<Box<recovery::Restoring>>,
-    /// A graceful stop is under way; the router exits at this time at the
-    /// latest.
-    stopping: Option<Instant>,
-    /// KBYE sent and Shutdown asked for.
-    shutting_down: bool,
-    /// The journal's figures (shown in STATUS), when there is a journal.
-    journal_stats: Option<Arc<emq_journal::JournalStats>>,
-    /// Leadership (with a shared journal), for STATUS and metrics.
-    ha: Option<serde_json::Value>,
-    /// The token that authenticates admin connections (none: no admin
-    /// command that changes anything is accepted).
-    admin_token: Option<String>,
-    admins: rustc_hash::FxHashSet<PeerId>,
-    admin_order: VecDeque<PeerId>,
     /// The CURVE user of the message being handled (None: plaintext).
     user: Option<Arc<str>>,
+}
+
+/// Start, tick and heartbeat times, and the graceful stop.
+pub(crate) struct Lifecycle {
+    pub(crate) started: Instant,
+    pub(crate) last_heartbeat_sent: Option<Instant>,
+    /// When the next [`Event::Tick`] is due (advanced by every tick).
+    pub(crate) next_tick_at: Instant,
+    /// A graceful stop is under way; the router exits at this time at the
+    /// latest.
+    pub(crate) stopping: Option<Instant>,
+    /// KBYE sent and Shutdown asked for.
+    pub(crate) shutting_down: bool,
 }
 
 impl RouterState {
@@ -329,52 +274,24 @@ impl RouterState {
         let mut history = JobHistory::new(cfg.job_history);
         history.set_results_max_bytes(cfg.results_max_bytes as usize);
         RouterState {
-            history,
             cfg,
-            started: now.mono,
-            job_managers: HashMap::default(),
-            schedulers: HashMap::default(),
-            queues: HashMap::default(),
+            lifecycle: Lifecycle {
+                started: now.mono,
+                last_heartbeat_sent: None,
+                next_tick_at: now.mono,
+                stopping: None,
+                shutting_down: false,
+            },
+            peers: Default::default(),
+            dispatch: Default::default(),
             in_flight: HashMap::default(),
-            queue_names: HashMap::default(),
-            lru_clock: 0,
-            last_heartbeat_sent: None,
-            next_tick_at: now.mono,
-            stats: QueueStats::default(),
-            buffered_bytes: 0,
-            spill: Box::new(spill::MemSpill::default()),
-            disk_full: false,
-            errors: BTreeMap::new(),
-            activity: BTreeMap::new(),
-            undelivered: Default::default(),
-            accepted: 0,
-            timers: BTreeMap::new(),
-            timer_seq: 0,
-            delayed_jobs: 0,
-            delayed_bytes: 0,
-            retry_timers: 0,
-            schedules: HashMap::default(),
-            fired: HashMap::default(),
-            lateness: VecDeque::new(),
-            cancelled_spilled: Default::default(),
-            maybe_waiting: Default::default(),
-            free_seq: 0,
-            series: VecDeque::new(),
-            suspects: HashMap::default(),
-            superseded: HashMap::default(),
-            dead: VecDeque::new(),
-            metrics: Default::default(),
-            stale: HashMap::default(),
-            recent_failures: VecDeque::new(),
-            in_doubt: HashMap::default(),
+            suspects: Default::default(),
+            timers: Default::default(),
+            admin: Default::default(),
+            counters: Default::default(),
+            telemetry: Default::default(),
+            outcomes: outcome::Outcomes::new(history),
             restoring: None,
-            stopping: None,
-            shutting_down: false,
-            journal_stats: None,
-            ha: None,
-            admin_token: None,
-            admins: Default::default(),
-            admin_order: VecDeque::new(),
             user: None,
         }
     }
@@ -401,7 +318,7 @@ impl RouterState {
             Event::Timers => self.release_due_timers(now, out),
             Event::Stop => self.on_stop(now, out),
         }
-        if self.stopping.is_some() {
+        if self.lifecycle.stopping.is_some() {
             // The last running job may just have reported.
             self.finish_stop(now, out);
         }
@@ -411,14 +328,14 @@ impl RouterState {
     /// shrink apply from now on (a smaller `job_history` drops the oldest
     /// records; jobs already buffered past a smaller `hwm` stay).
     pub fn reload(&mut self, cfg: RouterConfig) {
-        self.history.set_cap(cfg.job_history);
-        self.history.set_results_max_bytes(cfg.results_max_bytes as usize);
+        self.outcomes.history.set_cap(cfg.job_history);
+        self.outcomes.history.set_results_max_bytes(cfg.results_max_bytes as usize);
         self.cfg = cfg;
     }
 
     /// Where STATUS reads the journal's figures from.
     pub fn set_journal_stats(&mut self, stats: Arc<emq_journal::JournalStats>) {
-        self.journal_stats = Some(stats);
+        self.telemetry.journal_stats = Some(stats);
     }
 
     /// The settings in force.
@@ -437,8 +354,8 @@ impl RouterState {
     /// when a timer (delayed job, retry, schedule) is due sooner.
     pub fn next_tick(&self) -> Instant {
         match self.first_timer() {
-            Some(due) => self.next_tick_at.min(due),
-            None => self.next_tick_at,
+            Some(due) => self.lifecycle.next_tick_at.min(due),
+            None => self.lifecycle.next_tick_at,
         }
     }
 
@@ -452,12 +369,12 @@ impl RouterState {
     /// Whether the periodic steps are due ([`Event::Tick`]); else only a
     /// timer is ([`Event::Timers`]).
     pub fn tick_due(&self, now: Instant) -> bool {
-        now >= self.next_tick_at
+        now >= self.lifecycle.next_tick_at
     }
 
     /// Time passed: the tick's steps, in order.
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
-        self.next_tick_at = now.mono + self.tick_period();
+        self.lifecycle.next_tick_at = now.mono + self.tick_period();
         self.release_due_timers(now, out);
         self.expire_in_doubt(now, out);
         self.expire_silent_job_managers(now, out);
@@ -474,38 +391,39 @@ impl RouterState {
     /// Tick step: results whose client was away go again (those past
     /// `result_ttl` are given up: the job record still holds them).
     fn retry_undelivered(&mut self, now: Now, out: &mut Vec<Action>) {
-        for (peer, message) in self.undelivered.take_for_retry(now.mono, self.cfg.result_ttl) {
+        for (peer, message) in self.outcomes.undelivered.take_for_retry(now.mono, self.cfg.result_ttl) {
             out.push(Action::Send { socket: SocketKind::Frontend, peer, message });
         }
-        for _ in 0..self.undelivered.take_given_up() {
+        for _ in 0..self.outcomes.undelivered.take_given_up() {
             self.count("results_undeliverable");
         }
-        for msgid in self.undelivered.take_settled() {
+        for msgid in self.outcomes.undelivered.take_settled() {
             out.push(Action::Journal(Record::ResultDelivered { msgid }));
         }
     }
 
     /// Tick step: every [`SERIES_STEP`], a point of the last hour's series.
     fn sample_series(&mut self, now: Now) {
-        if self.series.back().is_some_and(|p| now.unix - p.t < SERIES_STEP.as_secs_f64()) {
+        if self.telemetry.series.back().is_some_and(|p| now.unix - p.t < SERIES_STEP.as_secs_f64()) {
             return;
         }
-        let (processed, failed) = self.stats.iter().fold((0, 0), |(p, f), (_, c)| (p + c.processed, f + c.failed));
-        if self.series.len() >= SERIES_POINTS {
-            self.series.pop_front();
+        let (processed, failed) =
+            self.telemetry.stats.iter().fold((0, 0), |(p, f), (_, c)| (p + c.processed, f + c.failed));
+        if self.telemetry.series.len() >= SERIES_POINTS {
+            self.telemetry.series.pop_front();
         }
-        self.series.push_back(SeriesPoint {
+        self.telemetry.series.push_back(SeriesPoint {
             t: now.unix,
             processed,
             failed,
-            waiting: self.buffered() as u64 + self.delayed_jobs as u64,
+            waiting: self.buffered() as u64 + self.timers.delayed_jobs as u64,
             in_flight: self.in_flight.len() as u64,
         });
     }
 
     /// The series as columns (for `/api/status`).
     pub fn series_json(&self) -> serde_json::Value {
-        let col = |f: fn(&SeriesPoint) -> serde_json::Value| self.series.iter().map(f).collect::<Vec<_>>();
+        let col = |f: fn(&SeriesPoint) -> serde_json::Value| self.telemetry.series.iter().map(f).collect::<Vec<_>>();
         serde_json::json!({
             "step_secs": SERIES_STEP.as_secs(),
             "t": col(|p| p.t.into()),
@@ -518,7 +436,7 @@ impl RouterState {
 
     /// Tick step: finished jobs older than `result_ttl` are forgotten.
     fn expire_results(&mut self, now: Now) {
-        let n = self.history.expire_finished(now.unix - self.cfg.result_ttl.as_secs_f64());
+        let n = self.outcomes.history.expire_finished(now.unix - self.cfg.result_ttl.as_secs_f64());
         if n > 0 {
             tracing::debug!(records = n, "finished jobs past result_ttl forgotten");
         }
@@ -527,10 +445,10 @@ impl RouterState {
     /// A stop signal: the first begins a graceful stop, a second one ends
     /// it now.
     fn on_stop(&mut self, now: Now, out: &mut Vec<Action>) {
-        match self.stopping {
+        match self.lifecycle.stopping {
             Some(_) => {
                 tracing::warn!(in_flight = self.in_flight.len(), "second stop: stopping now");
-                self.stopping = Some(now.mono);
+                self.lifecycle.stopping = Some(now.mono);
             }
             None => self.begin_stop(now),
         }
@@ -542,30 +460,30 @@ impl RouterState {
     fn begin_stop(&mut self, now: Now) {
         tracing::info!(in_flight = self.in_flight.len(), grace = ?self.cfg.stop_grace,
             "stopping: no new jobs; waiting for running jobs to report");
-        self.stopping = Some(now.mono + self.cfg.stop_grace);
+        self.lifecycle.stopping = Some(now.mono + self.cfg.stop_grace);
     }
 
     /// Tick step: once nothing is in flight (or the grace is over), say
     /// goodbye to peers and ask the loop to exit. What is buffered, waiting
     /// for a retry or still running stays in the journal for the next start.
     fn finish_stop(&mut self, now: Now, out: &mut Vec<Action>) {
-        let Some(deadline) = self.stopping else { return };
-        if self.shutting_down || (!self.in_flight.is_empty() && now.mono < deadline) {
+        let Some(deadline) = self.lifecycle.stopping else { return };
+        if self.lifecycle.shutting_down || (!self.in_flight.is_empty() && now.mono < deadline) {
             return;
         }
-        self.shutting_down = true;
+        self.lifecycle.shutting_down = true;
         let buffered = self.buffered();
         tracing::info!(
             buffered,
-            waiting_for_time = self.timers.len(),
+            waiting_for_time = self.timers.by_due.len(),
             in_flight = self.in_flight.len(),
-            dead_letters = self.dead.len(),
+            dead_letters = self.outcomes.dead.len(),
             "router stopping: these jobs are kept in the journal for the next start"
         );
-        for p in self.job_managers.keys() {
+        for p in self.peers.job_managers.keys() {
             out.push(send(SocketKind::Backend, p, Command::Kbye));
         }
-        for p in self.schedulers.keys() {
+        for p in self.peers.schedulers.keys() {
             out.push(send(SocketKind::Frontend, p, Command::Kbye));
         }
         out.push(Action::Shutdown);
@@ -573,7 +491,7 @@ impl RouterState {
 
     /// Whether jobs may be handed out (not while stopping).
     fn dispatching(&self) -> bool {
-        self.stopping.is_none()
+        self.lifecycle.stopping.is_none()
     }
 
     /// Counts an anomaly the poll loop saw (shown in STATUS `errors`).
@@ -584,14 +502,13 @@ impl RouterState {
     /// Counts one event of kind `what`: normal activity (see
     /// [`ACTIVITY_COUNTERS`]) or an anomaly.
     fn count(&mut self, what: &'static str) {
-        let map = if ACTIVITY_COUNTERS.contains(&what) { &mut self.activity } else { &mut self.errors };
-        *map.entry(what).or_insert(0) += 1;
+        self.counters.count(what);
     }
 
     /// `t` as milliseconds since the router started (saturating at ~49 days
     /// of age, which only affects latency figures).
     fn stamp(&self, t: Instant) -> u32 {
-        t.saturating_duration_since(self.started).as_millis().min(u32::MAX as u128) as u32
+        t.saturating_duration_since(self.lifecycle.started).as_millis().min(u32::MAX as u128) as u32
     }
 
     // ---- read access (admin answers, tests) -------------------------------
@@ -600,11 +517,11 @@ impl RouterState {
     /// Whether `peer` is our job manager and asked for batches (the poll
     /// loop then sends it a pass's REQUESTs as one REQUESTS).
     pub fn batches_to(&self, peer: &PeerId) -> bool {
-        self.job_managers.get(peer).is_some_and(|jm| jm.batches)
+        self.peers.job_managers.get(peer).is_some_and(|jm| jm.batches)
     }
 
     pub fn job_managers(&self) -> &HashMap<PeerId, JobManagerPeer> {
-        &self.job_managers
+        &self.peers.job_managers
     }
 
     /// Jobs waiting in `queue`'s buffer.
@@ -619,125 +536,68 @@ impl RouterState {
 
     /// Bytes of the jobs waiting in the in-memory part of queue buffers.
     pub fn buffered_bytes(&self) -> u64 {
-        self.buffered_bytes
+        self.dispatch.buffered_bytes
     }
 
     /// Bytes of the buffers' disk tails.
     pub fn spilled_bytes(&self) -> u64 {
-        self.spill.bytes()
+        self.dispatch.spill.bytes()
     }
 
     /// Where buffers spill past `buffer_memory` (the poll loop gives a
     /// directory-backed store; the default keeps the tails in memory).
     pub fn set_spill(&mut self, spill: Box<dyn spill::SpillStore>) {
-        self.spill = spill;
+        self.dispatch.spill = spill;
     }
 
     /// The poll loop says whether the disk budget is used up.
     pub fn set_disk_full(&mut self, full: bool) {
-        self.disk_full = full;
+        self.dispatch.disk_full = full;
     }
 
-    /// Puts a job in `queue`'s buffer: at the front when it waited before
-    /// (it goes next), else at the end — on disk when the memory part is
-    /// past `buffer_memory` or the queue already has a disk tail (order is
-    /// kept: memory part first, then the tail).
+    /// Puts a job in `queue`'s buffer (see [`dispatch::Dispatch::buffer`]).
     fn buffer(&mut self, queue: String, job: WaitingJob, front: bool) {
-        let size = job.memory_bytes();
-        if !self.maybe_waiting.contains(queue.as_str()) {
-            self.maybe_waiting.insert(queue.clone());
-        }
-        let spill = !front && (self.spill.len(&queue) > 0 || self.buffered_bytes + size > self.cfg.buffer_memory);
-        if spill {
-            match self.spill.push(&queue, &job) {
-                Ok(()) => {
-                    self.queues.entry(queue).or_default();
-                    return;
-                }
-                Err(e) => {
-                    // Never lose it: keep it in memory (the journal has it).
-                    self.count("spill_errors");
-                    tracing::error!(error = %e, %queue, "cannot spill a buffered job to disk; kept in memory");
-                }
-            }
-        }
-        self.buffered_bytes += size;
-        let q = self.queues.entry(queue).or_default();
-        if front {
-            q.waiting.push_front(job);
-        } else {
-            q.waiting.push_back(job);
+        if let Err(e) = self.dispatch.buffer(queue, job, front, self.cfg.buffer_memory) {
+            // Never lost: kept in memory (the journal has it).
+            self.count("spill_errors");
+            tracing::error!(error = %e, "cannot spill a buffered job to disk; kept in memory");
         }
     }
 
-    /// Takes the oldest job of `queue`'s buffer, reading the next chunk of
-    /// its disk tail back when the memory part is empty.
+    /// Takes the oldest job of `queue`'s buffer (see
+    /// [`dispatch::Dispatch::unbuffer`]).
     fn unbuffer(&mut self, queue: &str) -> Option<WaitingJob> {
-        if self.queues.get(queue).is_some_and(|q| q.waiting.is_empty()) && self.spill.len(queue) > 0 {
-            self.refill(queue);
+        let (job, err) = self.dispatch.unbuffer(queue, self.cfg.buffer_memory);
+        if let Some(e) = err {
+            self.count("spill_errors");
+            tracing::error!(error = %e, %queue, "cannot read buffered jobs back from disk");
         }
-        let job = self.queues.get_mut(queue)?.waiting.pop_front()?;
-        self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
-        Some(job)
-    }
-
-    /// Reads a chunk of `queue`'s disk tail into its memory part. A job
-    /// that fell back to `default` for a queue that is served now goes to
-    /// its own queue.
-    fn refill(&mut self, queue: &str) {
-        let chunk = (self.cfg.buffer_memory / 16).clamp(64 << 10, 16 << 20) as usize;
-        let jobs = match self.spill.pop_chunk(queue, chunk) {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                self.count("spill_errors");
-                tracing::error!(error = %e, %queue, "cannot read buffered jobs back from disk");
-                return;
-            }
-        };
-        for mut job in jobs {
-            if self.cancelled_spilled.remove(&*job.msgid) {
-                continue;
-            }
-            let own = job.request.queue(queue).to_owned();
-            if queue == emq_protocol::DEFAULT_QUEUE
-                && own != queue
-                && self.queues.get(own.as_str()).is_some_and(|q| q.ever_served)
-            {
-                job.request.clear_requested_queue();
-                self.buffer(own, job, false);
-                continue;
-            }
-            self.buffered_bytes += job.memory_bytes();
-            if !self.maybe_waiting.contains(queue) {
-                self.maybe_waiting.insert(queue.to_owned());
-            }
-            self.queues.entry(queue.to_owned()).or_default().waiting.push_back(job);
-        }
+        job
     }
 
     /// Jobs waiting in `queue`'s buffer (memory part and disk tail).
     fn queue_len(&self, queue: &str) -> usize {
-        self.queues.get(queue).map_or(0, |q| q.waiting.len()) + self.spill.len(queue)
+        self.dispatch.queue_len(queue)
     }
 
     /// Jobs waiting in any queue.
     pub fn buffered(&self) -> usize {
-        self.queues.values().map(|q| q.waiting.len()).sum::<usize>() + self.spill.total()
+        self.dispatch.buffered()
     }
 
     /// Anomaly counters.
     pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
-        &self.errors
+        &self.counters.errors
     }
 
     /// Counts of normal activity (STATUS `activity`).
     pub fn activity(&self) -> &BTreeMap<&'static str, u64> {
-        &self.activity
+        &self.counters.activity
     }
 
     /// Per-queue counts.
     pub fn stats(&self) -> &QueueStats {
-        &self.stats
+        &self.telemetry.stats
     }
 }
 

@@ -4,10 +4,12 @@
 //! us to keep becomes a dead letter (which an operator can REQUEUE); the
 //! final outcome — and only it — goes to a `reply-requested` client.
 
+use super::JobHistory;
 use super::{send, Action, AttemptError, DeadLetter, JobInFlight, JobState, Now, RouterState, SocketKind, WaitingJob};
 use emq_journal::{AttemptFailure, FinalState, Record};
 use emq_protocol::{Command, JobErrorKind, JobReply, Reply};
 use emq_receiver::PeerId;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -17,6 +19,25 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
 
 /// Final failures kept for the dashboard.
 const RECENT_FAILURES: usize = 50;
+
+/// What finished: job records and results (for JOB_STATUS), dead letters,
+/// the last failures (dashboard), and results waiting for their client.
+pub(crate) struct Outcomes {
+    pub(crate) history: JobHistory,
+    /// Jobs that used up their retries (bounded, oldest dropped first).
+    pub(crate) dead: VecDeque<DeadLetter>,
+    /// The last final failures, for the dashboard.
+    pub(crate) recent_failures: VecDeque<serde_json::Value>,
+    /// Results whose client was not connected when they were sent: sent
+    /// again at every tick (see [`super::undelivered`]).
+    pub(crate) undelivered: super::undelivered::UndeliveredResults,
+}
+
+impl Outcomes {
+    pub(crate) fn new(history: JobHistory) -> Self {
+        Outcomes { history, dead: VecDeque::new(), recent_failures: VecDeque::new(), undelivered: Default::default() }
+    }
+}
 
 impl RouterState {
     /// A REPLY from job manager `from` for `orig_msgid`.
@@ -63,7 +84,7 @@ impl RouterState {
             tracing::debug!(peer = %from, msgid = %reply_msgid, %orig_msgid, "REPLY for a job not in flight: ignored");
             return;
         };
-        if let Some(jm) = self.job_managers.get_mut(&job.job_manager) {
+        if let Some(jm) = self.peers.job_managers.get_mut(&job.job_manager) {
             jm.in_flight = jm.in_flight.saturating_sub(1);
             jm.processed += 1;
             if !job.reply_requested && !jm.reports_all_completions {
@@ -109,7 +130,7 @@ impl RouterState {
                 at: now.unix,
                 traceback: traceback_of(&reply_json),
             };
-            self.history.record_attempt_error(&id, error);
+            self.outcomes.history.record_attempt_error(&id, error);
             if job.request.is_some() && job.attempts <= job.retry_count {
                 let failure = AttemptFailure {
                     attempt: job.attempts,
@@ -127,8 +148,8 @@ impl RouterState {
             (Some((JobErrorKind::JobManagerLost | JobErrorKind::RouterRestarted, _)), false) => JobState::Lost,
             (Some(_), false) => JobState::Failed,
         };
-        self.history.mark(&id, state, now.unix);
-        self.history.set_result(&id, reply_json.clone());
+        self.outcomes.history.mark(&id, state, now.unix);
+        self.outcomes.history.set_result(&id, reply_json.clone());
         out.push(Action::Journal(Record::Finished {
             msgid: id.to_string(),
             state: final_state(state),
@@ -142,8 +163,8 @@ impl RouterState {
             }),
         }));
         let secs = now.mono.saturating_duration_since(job.received);
-        self.stats.finished(&job.queue, secs.as_secs_f64(), error.is_some());
-        self.metrics.observe_finish(&job.queue, secs);
+        self.telemetry.stats.finished(&job.queue, secs.as_secs_f64(), error.is_some());
+        self.telemetry.metrics.observe_finish(&job.queue, secs);
         if let Some((kind, message)) = &error {
             self.remember_failure(&id, &job.queue, kind, message, now);
             if dead {
@@ -174,8 +195,8 @@ impl RouterState {
         let request = self.waiting_from_in_flight(id.clone(), &job);
         let queue = job.queue.clone();
         self.end_unrun(queue, request, JobErrorKind::Cancelled, &message, now, out);
-        self.history.set_result(&id, reply_json);
-        if let Some(r) = self.history.get_mut(&id) {
+        self.outcomes.history.set_result(&id, reply_json);
+        if let Some(r) = self.outcomes.history.get_mut(&id) {
             r.attempts = job.attempts;
         }
     }
@@ -195,10 +216,10 @@ impl RouterState {
             .unwrap_or(MAX_RETRY_DELAY)
             .min(MAX_RETRY_DELAY);
         self.count("retried");
-        self.stats.retried(&job.queue);
+        self.telemetry.stats.retried(&job.queue);
         info!(msgid = %id, queue = %job.queue, attempt = job.attempts, error = %failure.kind, ?delay, "job failed: retrying");
-        self.history.mark(&id, JobState::Retrying, now.unix);
-        self.history.set_result(&id, reply_json.clone());
+        self.outcomes.history.mark(&id, JobState::Retrying, now.unix);
+        self.outcomes.history.set_result(&id, reply_json.clone());
         out.push(Action::Journal(Record::Retrying {
             msgid: id.to_string(),
             failure,
@@ -214,11 +235,11 @@ impl RouterState {
     fn keep_dead_letter(&mut self, id: Arc<str>, job: &JobInFlight, kind: &JobErrorKind, message: &str, now: Now) {
         self.count("dead_letters");
         warn!(msgid = %id, queue = %job.queue, attempts = job.attempts, error = %kind, "job used up its retries: dead letter");
-        if self.dead.len() >= self.cfg.dead_letter_max.max(1) {
-            self.dead.pop_front();
+        if self.outcomes.dead.len() >= self.cfg.dead_letter_max.max(1) {
+            self.outcomes.dead.pop_front();
             self.count("dead_letters_dropped");
         }
-        self.dead.push_back(DeadLetter {
+        self.outcomes.dead.push_back(DeadLetter {
             msgid: id,
             client: job.client.clone(),
             queue: job.queue.clone(),
@@ -232,10 +253,10 @@ impl RouterState {
 
     /// The last final failures, for the dashboard.
     fn remember_failure(&mut self, id: &str, queue: &str, kind: &JobErrorKind, message: &str, now: Now) {
-        if self.recent_failures.len() >= RECENT_FAILURES {
-            self.recent_failures.pop_front();
+        if self.outcomes.recent_failures.len() >= RECENT_FAILURES {
+            self.outcomes.recent_failures.pop_front();
         }
-        self.recent_failures.push_back(serde_json::json!({
+        self.outcomes.recent_failures.push_back(serde_json::json!({
             "msgid": id, "queue": queue, "type": kind, "message": message, "at": now.unix,
         }));
     }
@@ -244,16 +265,16 @@ impl RouterState {
     /// waiting for a retry.
     fn is_live(&self, msgid: &str) -> bool {
         self.in_flight.contains_key(msgid)
-            || self.in_doubt.contains_key(msgid)
-            || self.timers.values().any(|t| matches!(t, super::Timer::Job { job, .. } if &*job.msgid == msgid))
-            || self.history.get(msgid).is_some_and(|r| {
+            || self.suspects.in_doubt.contains_key(msgid)
+            || self.timers.find_job(msgid).is_some()
+            || self.outcomes.history.get(msgid).is_some_and(|r| {
                 matches!(r.state, JobState::Queued | JobState::Dispatched | JobState::Delayed | JobState::Retrying)
             })
     }
 
     /// `REQUEUE msgid`: a dead letter runs again, with its retries afresh.
     pub(super) fn requeue_dead_letter(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> String {
-        let Some(pos) = self.dead.iter().position(|d| &*d.msgid == msgid) else {
+        let Some(pos) = self.outcomes.dead.iter().position(|d| &*d.msgid == msgid) else {
             return serde_json::json!({"error": format!("no dead letter {msgid}")}).to_string();
         };
         if self.is_live(msgid) {
@@ -263,7 +284,7 @@ impl RouterState {
             return serde_json::json!({"error": format!("msgid {msgid} is in use by a live job again: not requeued")})
                 .to_string();
         }
-        let d = self.dead.remove(pos).expect("position exists");
+        let d = self.outcomes.dead.remove(pos).expect("position exists");
         info!(%msgid, queue = %d.queue, "dead letter requeued");
         self.count("requeued_dead_letters");
         let waiting = WaitingJob {

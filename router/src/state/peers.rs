@@ -4,19 +4,32 @@
 //! is lost takes its unfinished jobs with it: `guarantee` ones go back to
 //! the front of their queue, the others end as `job manager lost`.
 
+use super::SchedulerPeer;
 use super::{send, Action, JobManagerPeer, JobState, Now, RouterState, SocketKind, StaleJobManager, StoredRequest};
 use emq_journal::{FinalState, Record};
 use emq_protocol::{
     Ack, Command, Heartbeat, Inform, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, DEFAULT_QUEUE,
 };
 use emq_receiver::PeerId;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The peers: connected job managers and schedulers, and job managers
+/// lost recently (shown as stale for a while).
+#[derive(Default)]
+pub(crate) struct Peers {
+    pub(crate) job_managers: HashMap<PeerId, JobManagerPeer>,
+    pub(crate) schedulers: HashMap<PeerId, SchedulerPeer>,
+    /// Job managers that stopped heartbeating: shown as stale for a while
+    /// after they were removed, then gone.
+    pub(crate) stale: HashMap<PeerId, StaleJobManager>,
+}
+
 impl RouterState {
     pub(super) fn on_backend(&mut self, peer: PeerId, m: Message, now: Now, out: &mut Vec<Action>) {
-        match self.job_managers.get_mut(&peer) {
+        match self.peers.job_managers.get_mut(&peer) {
             Some(jm) => jm.last_seen = now.mono,
             None if !matches!(m.command, Command::Inform(_)) => self.wake_stale(&peer, out),
             None => {}
@@ -31,7 +44,7 @@ impl RouterState {
             Command::Inform(inform) => self.on_inform(peer, m.msgid, inform, now, out),
             Command::Ready => self.on_ready(peer, m.msgid, now, out),
             Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
-                if let Some(jm) = self.job_managers.get_mut(&peer) {
+                if let Some(jm) = self.peers.job_managers.get_mut(&peer) {
                     jm.reports_received += 1;
                 }
                 self.on_job_done(&peer, m.msgid, reply_json, orig_msgid, now, out)
@@ -39,7 +52,7 @@ impl RouterState {
             Command::Batch(batch) => {
                 // Exactly as its REPLYs in order, then its READYs.
                 for (reply_json, orig_msgid) in batch.replies {
-                    if let Some(jm) = self.job_managers.get_mut(&peer) {
+                    if let Some(jm) = self.peers.job_managers.get_mut(&peer) {
                         jm.reports_received += 1;
                     }
                     self.on_job_done(&peer, m.msgid.clone(), reply_json, orig_msgid, now, out);
@@ -59,18 +72,18 @@ impl RouterState {
 
     /// A job manager (re)announces itself and its queues.
     fn on_inform(&mut self, peer: PeerId, msgid: String, inform: Inform, now: Now, out: &mut Vec<Action>) {
-        if self.job_managers.contains_key(&peer) {
+        if self.peers.job_managers.contains_key(&peer) {
             // Same identity again: it reconnected (a network blip, or it
             // noticed a router restart) and may still be running our jobs.
             // They are in doubt until its health or its reports say.
             self.put_in_doubt(&peer, now);
             self.leave_free_sets(&peer);
-            self.job_managers.remove(&peer);
-            for q in self.queues.values_mut() {
+            self.peers.job_managers.remove(&peer);
+            for q in self.dispatch.queues.values_mut() {
                 q.job_managers.retain(|(_, p)| p != &peer);
             }
         }
-        self.stale.remove(&peer);
+        self.peers.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let batches = inform.has_feature(emq_protocol::FEATURE_BATCH);
         let allowed: Option<Arc<[Box<str>]>> =
@@ -78,19 +91,19 @@ impl RouterState {
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
         for (weight, name) in &queues.0 {
-            let newly_served = !self.queues.get(name).is_some_and(|q| q.ever_served);
-            let q = self.queues.entry(name.clone()).or_default();
+            let newly_served = !self.dispatch.queues.get(name).is_some_and(|q| q.ever_served);
+            let q = self.dispatch.queues.entry(name.clone()).or_default();
             q.ever_served = true;
             q.job_managers.push((*weight, peer.clone()));
             if newly_served && name != DEFAULT_QUEUE {
                 self.adopt_from_default(name);
             }
         }
-        let mut jm = JobManagerPeer::new(queues, reports_all, now.mono, self.lru_clock);
+        let mut jm = JobManagerPeer::new(queues, reports_all, now.mono, self.dispatch.lru_clock);
         jm.user = self.user.clone();
         jm.batches = batches;
         jm.allowed = allowed;
-        self.job_managers.insert(peer.clone(), jm);
+        self.peers.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
         if batches {
             // At once, not at the next heartbeat: it may batch from now on.
@@ -106,7 +119,7 @@ impl RouterState {
     /// best queue. For EventMQ's job manager, a READY is also the only sign
     /// that a job without `reply-requested` ended.
     fn on_ready(&mut self, peer: PeerId, msgid: String, now: Now, out: &mut Vec<Action>) {
-        let Some(jm) = self.job_managers.get_mut(&peer) else {
+        let Some(jm) = self.peers.job_managers.get_mut(&peer) else {
             self.count("ready_from_unknown_peer");
             warn!(%peer, %msgid, "READY from unknown job manager (no INFORM yet): ignored");
             return;
@@ -117,7 +130,7 @@ impl RouterState {
                 self.join_free_sets(&peer);
             }
         }
-        let Some(jm) = self.job_managers.get_mut(&peer) else { return };
+        let Some(jm) = self.peers.job_managers.get_mut(&peer) else { return };
         let mut retired = None;
         if !jm.reports_all_completions {
             // Only a job handed out before its previous READY can be the
@@ -137,13 +150,17 @@ impl RouterState {
                 }
             }
         }
-        jm.last_ready_seq = self.lru_clock;
+        jm.last_ready_seq = self.dispatch.lru_clock;
         let (leaving, idle) = (jm.leaving, jm.in_flight == 0);
         if let Some(id) = retired {
             if let Some(job) = self.in_flight.remove(&id) {
-                self.stats.finished(&job.queue, now.mono.saturating_duration_since(job.received).as_secs_f64(), false);
+                self.telemetry.stats.finished(
+                    &job.queue,
+                    now.mono.saturating_duration_since(job.received).as_secs_f64(),
+                    false,
+                );
             }
-            self.history.mark(&id, JobState::Done, now.unix);
+            self.outcomes.history.mark(&id, JobState::Done, now.unix);
             out.push(Action::Journal(Record::Finished {
                 msgid: id.to_string(),
                 state: FinalState::Done,
@@ -174,7 +191,7 @@ impl RouterState {
                 None
             }
         };
-        let Some(jm) = self.job_managers.get_mut(peer) else {
+        let Some(jm) = self.peers.job_managers.get_mut(peer) else {
             self.count("heartbeat_from_unknown_peer");
             debug!(%peer, "heartbeat from unknown job manager");
             return;
@@ -190,8 +207,8 @@ impl RouterState {
                 // connection of the same job manager hands its jobs over.
                 self.retire_earlier_connections(peer, now, out);
             }
-            let held: Vec<String> = match self.job_managers.get(peer).and_then(|jm| jm.health.as_ref()) {
-                Some(h) if !(self.in_doubt.is_empty() && self.suspects.is_empty()) => {
+            let held: Vec<String> = match self.peers.job_managers.get(peer).and_then(|jm| jm.health.as_ref()) {
+                Some(h) if !(self.suspects.in_doubt.is_empty() && self.suspects.runs.is_empty()) => {
                     h.in_flight.iter().map(|j| j.msgid.clone()).chain(h.held.iter().cloned()).collect()
                 }
                 _ => Vec::new(),
@@ -202,7 +219,7 @@ impl RouterState {
             for msgid in &held {
                 self.adopt_in_doubt(msgid, peer, now, out);
             }
-            if !self.suspects.is_empty() {
+            if !self.suspects.runs.is_empty() {
                 self.reclaim_suspects(peer, &held, now);
             }
         }
@@ -212,13 +229,13 @@ impl RouterState {
     /// running may still report (a draining shutdown); it is forgotten once
     /// they have, or when it stops heartbeating.
     fn on_job_manager_kbye(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
-        let Some(jm) = self.job_managers.get_mut(peer) else { return };
+        let Some(jm) = self.peers.job_managers.get_mut(peer) else { return };
         info!(%peer, jobs_in_flight = jm.in_flight, "job manager said goodbye");
         jm.leaving = true;
         jm.free_slots = 0;
         let idle = jm.in_flight == 0;
         self.leave_free_sets(peer);
-        for q in self.queues.values_mut() {
+        for q in self.dispatch.queues.values_mut() {
             q.job_managers.retain(|(_, p)| p != peer);
         }
         if idle {
@@ -231,9 +248,9 @@ impl RouterState {
     /// with an error to the client when it asked for a reply.
     pub(super) fn remove_job_manager(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
         self.leave_free_sets(peer);
-        let Some(jm) = self.job_managers.remove(peer) else { return };
+        let Some(jm) = self.peers.job_managers.remove(peer) else { return };
         out.push(Action::Forget { socket: SocketKind::Backend, peer: peer.clone() });
-        for q in self.queues.values_mut() {
+        for q in self.dispatch.queues.values_mut() {
             q.job_managers.retain(|(_, p)| p != peer);
         }
         info!(%peer, why, jobs_in_flight = jm.in_flight, "job manager removed");
@@ -291,7 +308,7 @@ impl RouterState {
                 // requeued (and perhaps re-dispatched) when it was forgotten.
                 let owned = self.in_flight.get(msgid.as_str()).is_some_and(|j| j.job_manager == peer);
                 let job = if owned { self.in_flight.remove_entry(msgid.as_str()) } else { None };
-                if let Some(jm) = self.job_managers.get_mut(&peer).filter(|_| job.is_some()) {
+                if let Some(jm) = self.peers.job_managers.get_mut(&peer).filter(|_| job.is_some()) {
                     jm.in_flight = jm.in_flight.saturating_sub(1);
                 }
                 self.suspect_job_manager(&peer, "became unreachable", now, out);
@@ -303,7 +320,7 @@ impl RouterState {
             }
             (SocketKind::Backend, _) => self.suspect_job_manager(&peer, "became unreachable", now, out),
             (SocketKind::Frontend, Command::Reply(reply @ Reply::Result { .. }))
-                if !self.schedulers.contains_key(&peer) =>
+                if !self.peers.schedulers.contains_key(&peer) =>
             {
                 // The client is away for a moment (a router restart, a
                 // blip): its result waits and goes again at the next ticks.
@@ -314,13 +331,13 @@ impl RouterState {
                 };
                 let m = Message::with_msgid(message.msgid, Command::Reply(reply));
                 let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
-                if self.undelivered.keep(peer, m, now.mono, budget) {
+                if self.outcomes.undelivered.keep(peer, m, now.mono, budget) {
                     // Kept across a restart too.
                     out.push(Action::Journal(Record::ResultPending { msgid }));
                 }
             }
             (SocketKind::Frontend, cmd) => {
-                if self.schedulers.remove(&peer).is_some() {
+                if self.peers.schedulers.remove(&peer).is_some() {
                     info!(%peer, "scheduler unreachable: removed");
                 } else {
                     debug!(%peer, msgid = %message.msgid, command = cmd.name(), "client gone before its reply");
@@ -337,6 +354,7 @@ impl RouterState {
     pub(super) fn expire_silent_job_managers(&mut self, now: Now, out: &mut Vec<Action>) {
         let timeout = self.cfg.heartbeat_timeout;
         let silent: Vec<PeerId> = self
+            .peers
             .job_managers
             .iter()
             .filter(|(_, jm)| now.mono.saturating_duration_since(jm.last_seen) > timeout)
@@ -345,7 +363,7 @@ impl RouterState {
         for peer in silent {
             self.count("heartbeat_timeouts");
             warn!(%peer, "job manager silent past heartbeat_timeout: removed");
-            if let Some(jm) = self.job_managers.get(&peer) {
+            if let Some(jm) = self.peers.job_managers.get(&peer) {
                 let stale = StaleJobManager {
                     queues: jm.queues.clone(),
                     last_seen: jm.last_seen,
@@ -353,7 +371,7 @@ impl RouterState {
                     processed: jm.processed,
                     told_to_reconnect: false,
                 };
-                self.stale.insert(peer.clone(), stale);
+                self.peers.stale.insert(peer.clone(), stale);
             }
             self.suspect_job_manager(&peer, "stopped heartbeating", now, out);
         }
@@ -363,12 +381,12 @@ impl RouterState {
     /// `suspect_timeout` (while their late reports are awaited), then gone.
     pub(super) fn forget_old_stale_job_managers(&mut self, now: Now) {
         let keep_for = self.cfg.heartbeat_timeout * 4 + self.cfg.suspect_timeout;
-        self.stale.retain(|_, s| now.mono.saturating_duration_since(s.last_seen) < keep_for);
+        self.peers.stale.retain(|_, s| now.mono.saturating_duration_since(s.last_seen) < keep_for);
     }
 
     pub(super) fn expire_silent_schedulers(&mut self, now: Now) {
         let timeout = self.cfg.heartbeat_timeout;
-        self.schedulers.retain(|peer, s| {
+        self.peers.schedulers.retain(|peer, s| {
             let alive = now.mono.saturating_duration_since(s.last_seen) <= timeout;
             if !alive {
                 warn!(%peer, "scheduler silent past heartbeat_timeout: removed");
@@ -381,14 +399,15 @@ impl RouterState {
     /// scheduler (none once shutting down).
     pub(super) fn send_heartbeats(&mut self, now: Now, out: &mut Vec<Action>) {
         let due = self
+            .lifecycle
             .last_heartbeat_sent
             .is_none_or(|t| now.mono.saturating_duration_since(t) >= self.cfg.heartbeat_interval);
-        if !due || self.shutting_down {
+        if !due || self.lifecycle.shutting_down {
             return;
         }
-        self.last_heartbeat_sent = Some(now.mono);
+        self.lifecycle.last_heartbeat_sent = Some(now.mono);
         let hb = Heartbeat { timestamp: format!("{:.3}", now.unix), health: None };
-        for (peer, jm) in &self.job_managers {
+        for (peer, jm) in &self.peers.job_managers {
             if jm.reports_all_completions {
                 // Ours: with how many of its REPLYs we hold. Sent once this
                 // pass's journal batch is durable, so the count is durable.
@@ -407,7 +426,7 @@ impl RouterState {
                 out.push(send(SocketKind::Backend, peer, Command::Heartbeat(hb.clone())));
             }
         }
-        for peer in self.schedulers.keys() {
+        for peer in self.peers.schedulers.keys() {
             out.push(send(SocketKind::Frontend, peer, Command::Heartbeat(hb.clone())));
         }
     }

@@ -98,8 +98,8 @@ impl RouterState {
                 let mut record = JobRecord::queued(queue, job.received);
                 record.client = Some(restored.client.clone());
                 record.set_sender(None, restored.request.headers().owner);
-                self.history.insert(msgid.clone(), record);
-                if let Some(rec) = self.history.mark(&msgid, JobState::Queued, job.received) {
+                self.outcomes.history.insert(msgid.clone(), record);
+                if let Some(rec) = self.outcomes.history.mark(&msgid, JobState::Queued, job.received) {
                     rec.attempts = attempts;
                 }
                 self.restoring.as_mut().expect("restoring").jobs.insert(msgid, restored);
@@ -109,7 +109,7 @@ impl RouterState {
                     j.phase = Phase::InFlight(PeerId::from(job_manager.as_slice()));
                     j.attempts = attempt;
                 }
-                if let Some(rec) = self.history.mark(&msgid, JobState::Dispatched, at) {
+                if let Some(rec) = self.outcomes.history.mark(&msgid, JobState::Dispatched, at) {
                     rec.job_manager = Some(PeerId::from(job_manager.as_slice()));
                     rec.attempts = attempt;
                 }
@@ -121,7 +121,7 @@ impl RouterState {
                     j.phase = Phase::Waiting(key);
                     j.attempts = attempts;
                 }
-                self.history.mark(&msgid, JobState::Queued, 0.0);
+                self.outcomes.history.mark(&msgid, JobState::Queued, 0.0);
             }
             Record::Retrying { msgid, failure, due, result } => {
                 if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
@@ -129,11 +129,11 @@ impl RouterState {
                     j.attempts = failure.attempt;
                 }
                 if !failure.kind.is_empty() {
-                    self.history.record_attempt_error(&msgid, attempt_error(&failure));
+                    self.outcomes.history.record_attempt_error(&msgid, attempt_error(&failure));
                 }
-                self.history.mark(&msgid, JobState::Retrying, failure.at);
+                self.outcomes.history.mark(&msgid, JobState::Retrying, failure.at);
                 if !result.is_empty() {
-                    self.history.set_result(&msgid, result);
+                    self.outcomes.history.set_result(&msgid, result);
                 }
             }
             Record::Finished { msgid, state, at, result, failure } => {
@@ -145,11 +145,11 @@ impl RouterState {
                     r.jobs.remove(msgid.as_str());
                 }
                 if let Some(f) = &failure {
-                    self.history.record_attempt_error(&msgid, attempt_error(f));
+                    self.outcomes.history.record_attempt_error(&msgid, attempt_error(f));
                 }
-                self.history.mark(&msgid, job_state(state), at);
+                self.outcomes.history.mark(&msgid, job_state(state), at);
                 if !result.is_empty() {
-                    self.history.set_result(&msgid, result);
+                    self.outcomes.history.set_result(&msgid, result);
                 }
             }
             Record::History(h) => {
@@ -174,21 +174,21 @@ impl RouterState {
                         })
                     }),
                 };
-                self.history.insert(msgid.clone(), record);
+                self.outcomes.history.insert(msgid.clone(), record);
                 if let Some(r) = result {
-                    self.history.set_result(&msgid, r);
+                    self.outcomes.history.set_result(&msgid, r);
                 }
             }
             Record::Delayed { msgid, due } => {
                 if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
                     j.phase = Phase::Delayed(due);
                 }
-                self.history.mark(&msgid, JobState::Delayed, 0.0);
+                self.outcomes.history.mark(&msgid, JobState::Delayed, 0.0);
             }
             Record::ScheduleSet(entry) => self.restore_schedule(entry),
-            Record::QueuePaused { queue, paused } => self.queues.entry(queue).or_default().paused = paused,
+            Record::QueuePaused { queue, paused } => self.dispatch.queues.entry(queue).or_default().paused = paused,
             Record::ScheduleRemoved { id } => {
-                self.schedules.remove(id.as_str());
+                self.timers.schedules.remove(id.as_str());
             }
             Record::ScheduleFired { id, msgid, at, next_due } => self.restore_fired(&id, &msgid, at, next_due),
             Record::ResultPending { msgid } => {
@@ -204,7 +204,7 @@ impl RouterState {
     /// Puts every restored job where it was (see the module doc). Jobs that
     /// were running are in doubt until `now + heartbeat_timeout`.
     pub fn finish_restore(&mut self, now: Now) -> RestoreSummary {
-        let mut summary = RestoreSummary { history: self.history.len(), ..Default::default() };
+        let mut summary = RestoreSummary { history: self.outcomes.history.len(), ..Default::default() };
         let Some(r) = self.restoring.take() else {
             self.finish_restore_schedules(Vec::new(), now);
             return summary;
@@ -213,14 +213,14 @@ impl RouterState {
         // job records (the client's connection is back by then, or they
         // wait for it).
         for msgid in &r.results_pending {
-            let Some(rec) = self.history.get(msgid) else { continue };
+            let Some(rec) = self.outcomes.history.get(msgid) else { continue };
             let (Some(result), Some(client)) = (rec.result.clone(), rec.client.clone()) else { continue };
             let m = Message::new(Command::Reply(emq_protocol::Reply::Result {
                 reply_json: result,
                 orig_msgid: msgid.clone(),
             }));
             let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
-            self.undelivered.keep(client, m, now.mono, budget);
+            self.outcomes.undelivered.keep(client, m, now.mono, budget);
         }
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
         let mut live_fired = Vec::new();
@@ -231,7 +231,7 @@ impl RouterState {
                 }
             }
             let age = Duration::try_from_secs_f64((now.unix - j.received).max(0.0)).unwrap_or_default();
-            let received = now.mono.checked_sub(age).unwrap_or(self.started);
+            let received = now.mono.checked_sub(age).unwrap_or(self.lifecycle.started);
             let job = WaitingJob {
                 client: j.client,
                 msgid: (&msgid).into(),
@@ -246,7 +246,7 @@ impl RouterState {
                     // failover), find this router and INFORM: twice the
                     // heartbeat timeout, and never under RESTORED_IN_DOUBT_MIN.
                     let until = now.mono + (self.cfg.heartbeat_timeout * 2).max(RESTORED_IN_DOUBT_MIN);
-                    self.in_doubt.insert(
+                    self.suspects.in_doubt.insert(
                         msgid,
                         InDoubtJob { queue: j.queue, job_manager, job, until, silent_job_manager: false, who: None },
                     );
@@ -263,7 +263,7 @@ impl RouterState {
                 Phase::Dead { failure, at } => {
                     let (error_type, error_message) =
                         failure.map(|f| (f.kind, f.message)).unwrap_or_else(|| ("unknown".into(), String::new()));
-                    self.dead.push_back(DeadLetter {
+                    self.outcomes.dead.push_back(DeadLetter {
                         msgid,
                         client: job.client,
                         queue: j.queue,
@@ -278,9 +278,9 @@ impl RouterState {
             }
         }
         // Oldest dead letters first, bounded as when they were made.
-        self.dead.make_contiguous().sort_by(|a, b| a.at.total_cmp(&b.at));
-        while self.dead.len() > self.cfg.dead_letter_max.max(1) {
-            self.dead.pop_front();
+        self.outcomes.dead.make_contiguous().sort_by(|a, b| a.at.total_cmp(&b.at));
+        while self.outcomes.dead.len() > self.cfg.dead_letter_max.max(1) {
+            self.outcomes.dead.pop_front();
         }
         let (schedules, missed) = self.finish_restore_schedules(live_fired, now);
         summary.schedules = schedules;
@@ -288,7 +288,7 @@ impl RouterState {
         waiting.sort_by_key(|(_, key, _)| *key);
         summary.buffered = waiting.len();
         for (queue, _, job) in waiting {
-            self.queues.entry(queue.clone()).or_default().ever_served = true;
+            self.dispatch.queues.entry(queue.clone()).or_default().ever_served = true;
             self.buffer(queue, job, false);
         }
         info!(
@@ -311,7 +311,7 @@ impl RouterState {
     /// identity, re-attached); a claim from anyone else is counted as
     /// forged and changes nothing.
     pub(super) fn adopt_in_doubt(&mut self, msgid: &str, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
-        match self.in_doubt.get(msgid).map(|d| (d.job_manager.clone(), d.who.clone())) {
+        match self.suspects.in_doubt.get(msgid).map(|d| (d.job_manager.clone(), d.who.clone())) {
             None => return,
             Some((owner, who)) if !self.same_job_manager(peer, &owner, who.as_deref()) => {
                 self.count("forged_report");
@@ -320,7 +320,7 @@ impl RouterState {
             }
             Some(_) => {}
         }
-        let Some(d) = self.in_doubt.remove(msgid) else { return };
+        let Some(d) = self.suspects.in_doubt.remove(msgid) else { return };
         self.count("in_doubt_settled");
         info!(%msgid, job_manager = %peer, "job in doubt reported by a job manager: it is not run again");
         let attempt = d.job.attempts.max(1);
@@ -347,8 +347,8 @@ impl RouterState {
             let Some(j) = self.in_flight.remove(&id) else { continue };
             let job = self.waiting_from_in_flight(id.clone(), &j);
             let until = now.mono + self.cfg.heartbeat_timeout;
-            let who = self.job_managers.get(peer).and_then(|jm| jm.display_name());
-            self.in_doubt.insert(
+            let who = self.peers.job_managers.get(peer).and_then(|jm| jm.display_name());
+            self.suspects.in_doubt.insert(
                 id,
                 InDoubtJob { queue: j.queue, job_manager: peer.clone(), job, until, silent_job_manager: false, who },
             );
@@ -383,13 +383,13 @@ impl RouterState {
     /// (`guarantee`; at the front of their queue) or end as `router
     /// restarted` (retried when retries are left).
     pub(super) fn expire_in_doubt(&mut self, now: Now, out: &mut Vec<Action>) {
-        if self.in_doubt.is_empty() || self.in_doubt.values().all(|d| d.until > now.mono) {
+        if self.suspects.in_doubt.is_empty() || self.suspects.in_doubt.values().all(|d| d.until > now.mono) {
             return;
         }
         let due: Vec<Arc<str>> =
-            self.in_doubt.iter().filter(|(_, d)| d.until <= now.mono).map(|(id, _)| id.clone()).collect();
+            self.suspects.in_doubt.iter().filter(|(_, d)| d.until <= now.mono).map(|(id, _)| id.clone()).collect();
         for id in due {
-            let Some(d) = self.in_doubt.remove(&id) else { continue };
+            let Some(d) = self.suspects.in_doubt.remove(&id) else { continue };
             let headers = d.job.request.headers();
             if headers.guarantee {
                 self.count("in_doubt_requeued");
@@ -407,7 +407,7 @@ impl RouterState {
                 (JobErrorKind::JobManagerLost, m)
             } else {
                 warn!(msgid = %id, queue = %d.queue, "job in doubt after a restart: no job manager reported it");
-                let m = if self.ha.is_some() {
+                let m = if self.telemetry.ha.is_some() {
                     "router failed over: the job was running when the leader changed, and no job manager reported it"
                         .to_owned()
                 } else {
@@ -431,7 +431,7 @@ impl RouterState {
     /// again, so only its headers are kept).
     pub fn checkpoint_records(&mut self, now: Now) -> Vec<Record> {
         let unix_of = |received_ms: u32| {
-            let at = self.started + Duration::from_millis(received_ms as u64);
+            let at = self.lifecycle.started + Duration::from_millis(received_ms as u64);
             now.unix - now.mono.saturating_duration_since(at).as_secs_f64()
         };
         let accepted =
@@ -447,7 +447,7 @@ impl RouterState {
         let mut out = Vec::new();
         // Finished jobs' history first: live jobs' records are rebuilt by
         // their own records below.
-        for (msgid, r) in self.history.iter() {
+        for (msgid, r) in self.outcomes.history.iter() {
             if r.state.is_final() && r.state != JobState::Dead {
                 out.push(Record::History(FinishedJob {
                     msgid: msgid.to_string(),
@@ -472,23 +472,23 @@ impl RouterState {
                 }));
             }
         }
-        for (name, q) in &self.queues {
+        for (name, q) in &self.dispatch.queues {
             for j in &q.waiting {
                 let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));
                 out.push(Record::Accepted { job, attempts: j.attempts });
             }
         }
-        let names: Vec<String> = self.queues.keys().cloned().collect();
+        let names: Vec<String> = self.dispatch.queues.keys().cloned().collect();
         for name in names {
             let mut read = |j: WaitingJob| {
                 let job = accepted(&j.msgid, &j.client, &name, &j.request, unix_of(j.received_ms));
                 out.push(Record::Accepted { job, attempts: j.attempts });
             };
-            if let Err(e) = self.spill.for_each(&name, &mut read) {
+            if let Err(e) = self.dispatch.spill.for_each(&name, &mut read) {
                 tracing::error!(error = %e, queue = %name, "checkpoint: cannot read the spilled buffer back");
             }
         }
-        for ((due, _), timer) in &self.timers {
+        for ((due, _), timer) in &self.timers.by_due {
             let super::Timer::Job { queue, job: j } = timer else { continue };
             let job = accepted(&j.msgid, &j.client, queue, &j.request, unix_of(j.received_ms));
             out.push(Record::Accepted { job, attempts: j.attempts });
@@ -502,7 +502,7 @@ impl RouterState {
                 AttemptFailure { attempt: j.attempts, kind: String::new(), message: String::new(), at: now.unix };
             out.push(Record::Retrying { msgid: j.msgid.to_string(), failure, due, result: String::new() });
         }
-        for (msgid, d) in &self.in_doubt {
+        for (msgid, d) in &self.suspects.in_doubt {
             let job = accepted(msgid, &d.job.client, &d.queue, &d.job.request, unix_of(d.job.received_ms));
             out.push(Record::Accepted { job, attempts: d.job.attempts.saturating_sub(1) });
             out.push(Record::Dispatched {
@@ -528,10 +528,10 @@ impl RouterState {
         for queue in self.paused_queues() {
             out.push(Record::QueuePaused { queue, paused: true });
         }
-        for msgid in self.undelivered.pending_ids() {
+        for msgid in self.outcomes.undelivered.pending_ids() {
             out.push(Record::ResultPending { msgid: msgid.clone() });
         }
-        for d in &self.dead {
+        for d in &self.outcomes.dead {
             let job = accepted(&d.msgid, &d.client, &d.queue, &d.request, d.at);
             out.push(Record::Accepted { job, attempts: d.attempts });
             out.push(Record::Finished {
@@ -552,18 +552,18 @@ impl RouterState {
 
     /// Jobs in doubt (for STATUS and tests).
     pub fn in_doubt_count(&self) -> usize {
-        self.in_doubt.len()
+        self.suspects.in_doubt.len()
     }
 
     /// Jobs buffered, delayed, retrying, in flight or in doubt, dead
     /// letters and schedules: what a checkpoint would have to keep.
     pub fn live_jobs(&self) -> usize {
         self.buffered()
-            + self.timers.len()
-            + self.schedules.len()
+            + self.timers.by_due.len()
+            + self.timers.schedules.len()
             + self.in_flight.len()
-            + self.in_doubt.len()
-            + self.dead.len()
+            + self.suspects.in_doubt.len()
+            + self.outcomes.dead.len()
     }
 }
 

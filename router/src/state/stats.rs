@@ -88,3 +88,59 @@ impl QueueStats {
         self.map(|c| Some(pick(c)).filter(|n| *n > 0).map(|n| json!(n)))
     }
 }
+
+/// Anomalies and normal activity, by kind, and jobs accepted.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Bad input and other anomalies, by kind (shown in STATUS `errors`).
+    pub(crate) errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Normal activity worth counting (retries, schedule runs, cancels...),
+    /// kept apart from `errors` so nobody reads them as anomalies (STATUS
+    /// `activity`).
+    pub(crate) activity: std::collections::BTreeMap<&'static str, u64>,
+    /// Jobs accepted from clients.
+    pub(crate) accepted: u64,
+}
+
+impl Counters {
+    /// Counts one event of kind `what`: normal activity (see
+    /// [`super::ACTIVITY_COUNTERS`]) or an anomaly.
+    pub(crate) fn count(&mut self, what: &'static str) {
+        let map = if super::ACTIVITY_COUNTERS.contains(&what) { &mut self.activity } else { &mut self.errors };
+        *map.entry(what).or_insert(0) += 1;
+    }
+}
+
+/// What the router shows about itself: per-queue counts, latency
+/// histograms, the last hour's series, the journal's and leadership's
+/// figures.
+#[derive(Default)]
+pub(crate) struct Telemetry {
+    /// Per-queue counts, the one place they are kept.
+    pub(crate) stats: QueueStats,
+    /// Latency histograms (the counts are in `stats`).
+    pub(crate) metrics: crate::metrics::RouterMetrics,
+    /// Throughput and queue depth every [`super::SERIES_STEP`] over the
+    /// last hour (the dashboard's charts).
+    pub(crate) series: std::collections::VecDeque<super::SeriesPoint>,
+    /// The journal's figures (shown in STATUS), when there is a journal.
+    pub(crate) journal_stats: Option<std::sync::Arc<emq_journal::JournalStats>>,
+    /// Leadership (with a shared journal), for STATUS and metrics.
+    pub(crate) ha: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::Counters;
+
+    #[test]
+    fn activity_is_never_counted_as_an_error() {
+        let mut c = Counters::default();
+        c.count("retried");
+        c.count("retried");
+        c.count("bad_frames");
+        assert_eq!(c.activity.get("retried"), Some(&2));
+        assert_eq!(c.errors.get("bad_frames"), Some(&1));
+        assert!(!c.errors.contains_key("retried") && !c.activity.contains_key("bad_frames"));
+    }
+}

@@ -21,6 +21,7 @@ use super::{Action, InDoubtJob, JobInFlight, Now, RouterState, SocketKind};
 use crate::state::records::SuspectRun;
 use emq_protocol::{Command, JobErrorKind, JobReply, Message};
 use emq_receiver::PeerId;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -28,11 +29,27 @@ use tracing::{info, warn};
 /// grow the router without bound).
 const MAX_SUSPECTS: usize = 100_000;
 
+/// Runs whose outcome is not known yet because their job manager went
+/// silent (suspects) or the router stopped (in doubt), and jobs whose
+/// result came from a late report while another run was under way.
+#[derive(Default)]
+pub(crate) struct Suspects {
+    /// `guarantee` jobs requeued from a silent job manager, whose late
+    /// report is still taken.
+    pub(crate) runs: HashMap<Arc<str>, super::records::SuspectRun>,
+    /// Jobs whose result came from a late report while another run was
+    /// under way at this job manager: its report is a duplicate run.
+    pub(crate) superseded: HashMap<Arc<str>, PeerId>,
+    /// Jobs that were running when the router last stopped: a job manager
+    /// that re-attaches may report them; else they run again or fail.
+    pub(crate) in_doubt: HashMap<Arc<str>, InDoubtJob>,
+}
+
 impl RouterState {
     /// Tick step (for a job manager silent past `heartbeat_timeout`): its
     /// jobs are suspect, then it is removed (shown as stale).
     pub(super) fn suspect_job_manager(&mut self, peer: &PeerId, why: &str, now: Now, out: &mut Vec<Action>) {
-        let who = self.job_managers.get(peer).and_then(|jm| jm.display_name());
+        let who = self.peers.job_managers.get(peer).and_then(|jm| jm.display_name());
         let until = now.mono + self.cfg.suspect_timeout;
         let mine: Vec<Arc<str>> =
             self.in_flight.iter().filter(|(_, j)| j.job_manager == *peer).map(|(id, _)| id.clone()).collect();
@@ -40,18 +57,18 @@ impl RouterState {
             let guarantee = self.in_flight.get(&id).is_some_and(|j| j.guarantee && j.request.is_some());
             if guarantee {
                 // Requeued by remove_job_manager below; a late report is still taken.
-                if self.suspects.len() < MAX_SUSPECTS {
-                    self.suspects.insert(id, SuspectRun { job_manager: peer.clone(), who: who.clone(), until });
+                if self.suspects.runs.len() < MAX_SUSPECTS {
+                    self.suspects.runs.insert(id, SuspectRun { job_manager: peer.clone(), who: who.clone(), until });
                 }
                 continue;
             }
             let Some(j) = self.in_flight.remove(&id) else { continue };
-            if let Some(jm) = self.job_managers.get_mut(peer) {
+            if let Some(jm) = self.peers.job_managers.get_mut(peer) {
                 jm.in_flight = jm.in_flight.saturating_sub(1);
             }
             self.count("suspect_jobs_in_doubt");
             let job = self.waiting_from_in_flight(id.clone(), &j);
-            self.in_doubt.insert(
+            self.suspects.in_doubt.insert(
                 id,
                 InDoubtJob {
                     queue: j.queue,
@@ -76,10 +93,11 @@ impl RouterState {
     /// by its reports, so a REPLY through the new identity is taken, not
     /// dropped as forged, and nothing is declared lost while it runs.
     pub(super) fn retire_earlier_connections(&mut self, peer: &PeerId, now: Now, out: &mut Vec<Action>) {
-        let Some(jm) = self.job_managers.get(peer) else { return };
+        let Some(jm) = self.peers.job_managers.get(peer) else { return };
         let Some(name) = jm.display_name() else { return };
         let user = jm.user.clone();
         let earlier: Vec<PeerId> = self
+            .peers
             .job_managers
             .iter()
             .filter(|(p, j)| *p != peer && j.user == user && j.display_name().as_deref() == Some(name.as_str()))
@@ -100,7 +118,7 @@ impl RouterState {
             return true;
         }
         let Some(who) = who else { return false };
-        let now_named = self.job_managers.get(peer).and_then(|jm| jm.display_name());
+        let now_named = self.peers.job_managers.get(peer).and_then(|jm| jm.display_name());
         now_named.as_deref() == Some(who)
     }
 
@@ -115,20 +133,20 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) -> bool {
-        let Some(s) = self.suspects.get(msgid) else { return false };
+        let Some(s) = self.suspects.runs.get(msgid) else { return false };
         if !self.same_job_manager(from, &s.job_manager, s.who.as_deref()) {
             return false;
         }
-        let s = self.suspects.remove(msgid).expect("just found");
+        let s = self.suspects.runs.remove(msgid).expect("just found");
         let id: Arc<str> = Arc::from(msgid);
         self.count("late_reports_taken");
         // Its result is the job's result, wherever the job is now.
         let job: Option<JobInFlight> = if let Some(j) = self.in_flight.remove(msgid) {
             // Handed out again meanwhile: the other run's report will be a duplicate.
-            if let Some(jm) = self.job_managers.get_mut(&j.job_manager) {
+            if let Some(jm) = self.peers.job_managers.get_mut(&j.job_manager) {
                 jm.in_flight = jm.in_flight.saturating_sub(1);
             }
-            self.superseded.insert(id.clone(), j.job_manager.clone());
+            self.suspects.superseded.insert(id.clone(), j.job_manager.clone());
             Some(j)
         } else if let Some((queue, waiting)) = self.take_waiting(msgid) {
             let attempt = waiting.attempts.max(1);
@@ -153,9 +171,9 @@ impl RouterState {
 
     /// A report for a job whose result was already taken from another run.
     pub(super) fn take_superseded_report(&mut self, from: &PeerId, msgid: &str) -> bool {
-        match self.superseded.get(msgid) {
+        match self.suspects.superseded.get(msgid) {
             Some(owner) if owner == from => {
-                self.superseded.remove(msgid);
+                self.suspects.superseded.remove(msgid);
                 self.record_duplicate_run(msgid, from);
                 true
             }
@@ -166,7 +184,7 @@ impl RouterState {
     fn record_duplicate_run(&mut self, msgid: &str, from: &PeerId) {
         self.count("duplicate_runs");
         warn!(%msgid, job_manager = %from, "a job ran twice (its job manager was silent and came back): the first result stands");
-        if let Some(r) = self.history.get_mut(msgid) {
+        if let Some(r) = self.outcomes.history.get_mut(msgid) {
             r.extra_mut().duplicate_runs += 1;
         }
     }
@@ -174,21 +192,17 @@ impl RouterState {
     /// Takes a job that waits in a queue buffer (memory part) or in the
     /// timers (retry), with its queue.
     fn take_waiting(&mut self, msgid: &str) -> Option<(String, super::WaitingJob)> {
-        let key = self
-            .timers
-            .iter()
-            .find(|(_, t)| matches!(t, super::Timer::Job { job, .. } if &*job.msgid == msgid))
-            .map(|(k, _)| *k);
+        let key = self.timers.find_job(msgid);
         if let Some(key) = key {
             if let Some(super::Timer::Job { queue, job }) = self.take_timer(&key) {
                 return Some((queue, job));
             }
         }
-        let queue = self.history.get(msgid).map(|r| r.queue.to_string())?;
-        let q = self.queues.get_mut(&queue)?;
+        let queue = self.outcomes.history.get(msgid).map(|r| r.queue.to_string())?;
+        let q = self.dispatch.queues.get_mut(&queue)?;
         let pos = q.waiting.iter().position(|j| &*j.msgid == msgid)?;
         let job = q.waiting.remove(pos)?;
-        self.buffered_bytes = self.buffered_bytes.saturating_sub(job.memory_bytes());
+        self.dispatch.buffered_bytes = self.dispatch.buffered_bytes.saturating_sub(job.memory_bytes());
         Some((queue, job))
     }
 
@@ -197,14 +211,14 @@ impl RouterState {
     /// second run).
     pub(super) fn reclaim_suspects(&mut self, peer: &PeerId, held: &[String], now: Now) {
         for msgid in held {
-            let Some(s) = self.suspects.get(msgid.as_str()) else { continue };
+            let Some(s) = self.suspects.runs.get(msgid.as_str()) else { continue };
             if !self.same_job_manager(peer, &s.job_manager, s.who.as_deref())
                 || self.in_flight.contains_key(msgid.as_str())
             {
                 continue;
             }
             if let Some((queue, waiting)) = self.take_waiting(msgid) {
-                self.suspects.remove(msgid.as_str());
+                self.suspects.runs.remove(msgid.as_str());
                 self.count("suspect_jobs_reclaimed");
                 info!(%msgid, job_manager = %peer, "a job manager that was silent still runs the job: it is its again");
                 let attempt = waiting.attempts.max(1);
@@ -216,7 +230,7 @@ impl RouterState {
     /// A message from a job manager that was removed for silence: it is
     /// told once to reconnect, so it INFORMs afresh.
     pub(super) fn wake_stale(&mut self, peer: &PeerId, out: &mut Vec<Action>) {
-        let Some(s) = self.stale.get_mut(peer) else { return };
+        let Some(s) = self.peers.stale.get_mut(peer) else { return };
         if s.told_to_reconnect {
             return;
         }
@@ -232,11 +246,11 @@ impl RouterState {
 
     /// Tick step: suspect runs past `suspect_timeout` are forgotten.
     pub(super) fn expire_suspects(&mut self, now: Now) {
-        if !self.suspects.is_empty() {
-            self.suspects.retain(|_, s| s.until > now.mono);
+        if !self.suspects.runs.is_empty() {
+            self.suspects.runs.retain(|_, s| s.until > now.mono);
         }
-        if self.suspects.is_empty() && !self.superseded.is_empty() && self.in_flight.is_empty() {
-            self.superseded.clear();
+        if self.suspects.runs.is_empty() && !self.suspects.superseded.is_empty() && self.in_flight.is_empty() {
+            self.suspects.superseded.clear();
         }
     }
 }

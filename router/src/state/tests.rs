@@ -529,7 +529,7 @@ fn restart_from_the_journal_puts_every_job_back() {
     // The buffered ones run, in their order.
     let out = r.ready("jm2");
     assert_eq!(dispatched_to(&out), vec![("jm2".to_string(), "b1".to_string())]);
-    let status: serde_json::Value = serde_json::from_str(&r.r.history.status_json("reported", true)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&r.r.outcomes.history.status_json("reported", true)).unwrap();
     assert_eq!(status["state"], "done");
 }
 
@@ -785,13 +785,18 @@ fn unknown_queue_is_refused_when_asked_and_nobody_serves_default() {
 /// Where an accepted job is: in how many of buffered / in flight / retrying
 /// / dead, and whether it finished.
 fn places(r: &RouterState, msgid: &str) -> (usize, bool) {
-    let waiting = r.queues.values().map(|q| q.waiting.iter().filter(|j| &*j.msgid == msgid).count()).sum::<usize>();
+    let waiting =
+        r.dispatch.queues.values().map(|q| q.waiting.iter().filter(|j| &*j.msgid == msgid).count()).sum::<usize>();
     let in_flight = usize::from(r.in_flight.contains_key(msgid));
-    let retrying = r.timers.values().filter(|t| matches!(t, Timer::Job { job, .. } if &*job.msgid == msgid)).count();
-    let dead = r.dead.iter().filter(|d| &*d.msgid == msgid).count();
-    let in_doubt = usize::from(r.in_doubt.contains_key(msgid));
-    let finished =
-        r.history.get(msgid).is_some_and(|rec| matches!(rec.state, JobState::Done | JobState::Failed | JobState::Lost));
+    let retrying =
+        r.timers.by_due.values().filter(|t| matches!(t, Timer::Job { job, .. } if &*job.msgid == msgid)).count();
+    let dead = r.outcomes.dead.iter().filter(|d| &*d.msgid == msgid).count();
+    let in_doubt = usize::from(r.suspects.in_doubt.contains_key(msgid));
+    let finished = r
+        .outcomes
+        .history
+        .get(msgid)
+        .is_some_and(|rec| matches!(rec.state, JobState::Done | JobState::Failed | JobState::Lost));
     (waiting + in_flight + retrying + dead + in_doubt, finished)
 }
 
@@ -880,7 +885,7 @@ fn fuzz_every_accepted_job_is_in_exactly_one_place() {
                     }
                 }
                 10 => {
-                    let dead: Vec<String> = h.r.dead.iter().map(|d| d.msgid.to_string()).collect();
+                    let dead: Vec<String> = h.r.outcomes.dead.iter().map(|d| d.msgid.to_string()).collect();
                     let id = dead.get((rng() as usize) % dead.len().max(1)).cloned().unwrap_or_else(|| "none".into());
                     h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Requeue { job_msgid: id }))
                 }
@@ -1076,12 +1081,12 @@ fn finished_jobs_expire_after_result_ttl() {
     h.advance(1800.0);
     heartbeat_with(&mut h, "jm", &emq_protocol::PoolHealth::default());
     h.tick();
-    assert!(h.r.history.get("done").is_some(), "kept for result_ttl");
+    assert!(h.r.outcomes.history.get("done").is_some(), "kept for result_ttl");
     h.advance(1801.0);
     heartbeat_with(&mut h, "jm", &emq_protocol::PoolHealth::default());
     h.tick();
-    assert!(h.r.history.get("done").is_none(), "gone after result_ttl");
-    assert!(h.r.history.get("waiting").is_some(), "a live job's record stays");
+    assert!(h.r.outcomes.history.get("done").is_none(), "gone after result_ttl");
+    assert!(h.r.outcomes.history.get("waiting").is_some(), "a live job's record stays");
 }
 
 /// Only the job manager a job was handed to may end it: a peer that
@@ -1181,7 +1186,7 @@ fn kept_results_stay_within_their_budget() {
         let out = h.done("jm", &format!("j{i}"), &big);
         assert!(result_to(&out, &format!("j{i}")).is_some(), "the client gets it in full");
     }
-    let kept = |h: &Harness, id: &str| h.r.history.get(id).and_then(|r| r.result.clone()).unwrap();
+    let kept = |h: &Harness, id: &str| h.r.outcomes.history.get(id).and_then(|r| r.result.clone()).unwrap();
     assert!(kept(&h, "j0").contains("result_not_kept"), "oldest evicted");
     assert_eq!(kept(&h, "j19"), big, "newest kept");
     h.ready("jm");
@@ -1241,7 +1246,7 @@ fn a_dead_letters_msgid_sent_again_is_not_a_second_job() {
     h.ready("jm");
     h.request("c", "m", "default", "guarantee");
     h.done("jm", "m", FAIL);
-    assert_eq!(h.r.dead.len(), 1);
+    assert_eq!(h.r.outcomes.dead.len(), 1);
     let out = h.request("c", "m", "default", "");
     assert!(out.iter().any(|a| is_receipt(a, "m")));
     let out = h.request("stranger", "m", "default", "");
@@ -1249,7 +1254,7 @@ fn a_dead_letters_msgid_sent_again_is_not_a_second_job() {
     assert_eq!(h.r.waiting("default"), 0, "no second job under the same msgid");
     let v = admin_json(&mut h, AdminCommand::Requeue { job_msgid: "m".into() });
     assert!(v.get("error").is_none(), "{v}");
-    assert_eq!((h.r.waiting("default"), h.r.dead.len()), (1, 0), "the dead letter runs again");
+    assert_eq!((h.r.waiting("default"), h.r.outcomes.dead.len()), (1, 0), "the dead letter runs again");
 }
 
 /// Job managers that say what they allow (`allowed_paths` at INFORM) get

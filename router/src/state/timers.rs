@@ -23,7 +23,9 @@ use crate::schedule::cron::CronSchedule;
 use emq_journal::{Record, ScheduleEntry};
 use emq_protocol::{Command, Message, Misfire, Reply, Request, Schedule, ScheduleOptions, Timing, DEFAULT_QUEUE};
 use emq_receiver::PeerId;
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -144,15 +146,33 @@ impl ScheduleState {
     }
 }
 
-impl RouterState {
-    // ---- the timer structure ------------------------------------------------
+/// The one ordered timer structure — delayed jobs, retries and schedules'
+/// next runs, by due time — with the schedules and their figures.
+#[derive(Default)]
+pub(crate) struct Timers {
+    pub(crate) by_due: BTreeMap<TimerKey, Timer>,
+    /// Makes keys of timers due at the same instant unique.
+    pub(crate) seq: u64,
+    /// Delayed jobs in `by_due` (retries aside), and their bytes.
+    pub(crate) delayed_jobs: usize,
+    pub(crate) delayed_bytes: u64,
+    /// Retries in `by_due`.
+    pub(crate) retry_timers: usize,
+    /// Schedules by EventMQ's id.
+    pub(crate) schedules: HashMap<Arc<str>, ScheduleState>,
+    /// Unfinished jobs a schedule fired: msgid → schedule id.
+    pub(crate) fired: HashMap<Arc<str>, Arc<str>>,
+    /// The last fire lateness samples (seconds).
+    pub(crate) lateness: VecDeque<f32>,
+}
 
-    /// Adds `timer`, due at `due` (unix seconds), and returns its key.
-    pub(super) fn add_timer(&mut self, due: f64, timer: Timer, now: Now) -> TimerKey {
-        let wait =
-            Duration::try_from_secs_f64((due - now.unix).max(0.0)).unwrap_or(Duration::from_secs(10 * 365 * 86_400));
-        self.timer_seq += 1;
-        let key = (now.mono + wait, self.timer_seq);
+impl Timers {
+    /// Adds `timer`, due at `due`, and returns its key; the delayed-job and
+    /// retry counts follow (a job never attempted is delayed, else it waits
+    /// for a retry).
+    pub(crate) fn insert(&mut self, due: Instant, timer: Timer) -> TimerKey {
+        self.seq += 1;
+        let key = (due, self.seq);
         match &timer {
             Timer::Job { job, .. } if job.attempts == 0 => {
                 self.delayed_jobs += 1;
@@ -161,13 +181,13 @@ impl RouterState {
             Timer::Job { .. } => self.retry_timers += 1,
             Timer::Fire(_) => {}
         }
-        self.timers.insert(key, timer);
+        self.by_due.insert(key, timer);
         key
     }
 
-    /// Removes the timer under `key`, keeping the delayed-job counts right.
-    pub(super) fn take_timer(&mut self, key: &TimerKey) -> Option<Timer> {
-        let t = self.timers.remove(key)?;
+    /// Removes the timer under `key`, keeping the counts right.
+    pub(crate) fn remove(&mut self, key: &TimerKey) -> Option<Timer> {
+        let t = self.by_due.remove(key)?;
         match &t {
             Timer::Job { job, .. } if job.attempts == 0 => {
                 self.delayed_jobs -= 1;
@@ -179,14 +199,40 @@ impl RouterState {
         Some(t)
     }
 
+    /// The key of the job timer holding `msgid`, if any.
+    pub(crate) fn find_job(&self, msgid: &str) -> Option<TimerKey> {
+        self.by_due.iter().find_map(|(k, t)| matches!(t, Timer::Job { job, .. } if &*job.msgid == msgid).then_some(*k))
+    }
+
+    /// When the first timer is due.
+    pub(crate) fn first_due(&self) -> Option<Instant> {
+        self.by_due.keys().next().map(|k| k.0)
+    }
+}
+
+impl RouterState {
+    // ---- the timer structure ------------------------------------------------
+
+    /// Adds `timer`, due at `due` (unix seconds), and returns its key.
+    pub(super) fn add_timer(&mut self, due: f64, timer: Timer, now: Now) -> TimerKey {
+        let wait =
+            Duration::try_from_secs_f64((due - now.unix).max(0.0)).unwrap_or(Duration::from_secs(10 * 365 * 86_400));
+        self.timers.insert(now.mono + wait, timer)
+    }
+
+    /// Removes the timer under `key`, keeping the delayed-job counts right.
+    pub(super) fn take_timer(&mut self, key: &TimerKey) -> Option<Timer> {
+        self.timers.remove(key)
+    }
+
     /// Tick step: every timer that is due, in due order — jobs go to the
     /// front of their queue, schedules fire.
     pub(super) fn release_due_timers(&mut self, now: Now, out: &mut Vec<Action>) {
-        while let Some((&key, _)) = self.timers.first_key_value() {
+        while let Some((&key, _)) = self.timers.by_due.first_key_value() {
             if key.0 > now.mono {
                 return;
             }
-            if matches!(self.timers.get(&key), Some(Timer::Fire(_))) && !self.dispatching() {
+            if matches!(self.timers.by_due.get(&key), Some(Timer::Fire(_))) && !self.dispatching() {
                 // Stopping: schedules wait for the next start (misfire policy).
                 return;
             }
@@ -205,7 +251,7 @@ impl RouterState {
     /// queue if that became served meanwhile.
     fn release_queue(&self, queue: String, job: &WaitingJob) -> String {
         let own = job.request.queue(&queue);
-        if queue == DEFAULT_QUEUE && own != queue && self.queues.get(own).is_some_and(|q| q.ever_served) {
+        if queue == DEFAULT_QUEUE && own != queue && self.dispatch.queues.get(own).is_some_and(|q| q.ever_served) {
             return own.to_owned();
         }
         queue
@@ -213,7 +259,7 @@ impl RouterState {
 
     /// The due time of the first timer, for the poll timeout.
     pub(super) fn first_timer(&self) -> Option<Instant> {
-        self.timers.keys().next().map(|k| k.0)
+        self.timers.first_due()
     }
 
     // ---- delayed jobs -----------------------------------------------------
@@ -221,25 +267,26 @@ impl RouterState {
     /// An accepted job with `delay:` / `eta:` waits for `due` (unix seconds).
     pub(super) fn delay_job(&mut self, queue: String, job: WaitingJob, due: f64, now: Now, out: &mut Vec<Action>) {
         debug!(msgid = %job.msgid, %queue, due, "job delayed");
-        self.history.mark(&job.msgid, JobState::Delayed, now.unix);
+        self.outcomes.history.mark(&job.msgid, JobState::Delayed, now.unix);
         out.push(Action::Journal(Record::Delayed { msgid: job.msgid.to_string(), due }));
         self.add_timer(due, Timer::Job { queue, job }, now);
     }
 
     /// Failed jobs waiting for their retry.
     pub fn retrying_count(&self) -> usize {
-        self.retry_timers
+        self.timers.retry_timers
     }
 
     /// Delayed jobs (no dispatch behind them) waiting for their time.
     pub fn delayed_count(&self) -> usize {
-        self.delayed_jobs
+        self.timers.delayed_jobs
     }
 
     /// `ROUTER_DELAYED`: the soonest `limit` delayed jobs.
     pub fn delayed_json(&self, limit: usize, now: Now) -> String {
         let jobs: Vec<Value> = self
             .timers
+            .by_due
             .iter()
             .filter_map(|(key, t)| match t {
                 Timer::Job { queue, job } if job.attempts == 0 => Some(json!({
@@ -253,7 +300,7 @@ impl RouterState {
             })
             .take(limit)
             .collect();
-        json!({"delayed": jobs, "total": self.delayed_jobs, "bytes": self.delayed_bytes}).to_string()
+        json!({"delayed": jobs, "total": self.timers.delayed_jobs, "bytes": self.timers.delayed_bytes}).to_string()
     }
 
     // ---- schedules ----------------------------------------------------------
@@ -294,19 +341,19 @@ impl RouterState {
             Ok(s) => s,
             Err(why) => return self.refuse(&client, msgid, super::Refusal::BadSchedule(why), out),
         };
-        if self.stopping.is_some() {
+        if self.lifecycle.stopping.is_some() {
             return self.refuse(&client, msgid, super::Refusal::Stopping, out);
         }
         let id: Arc<str> = Arc::from(s.entry.id.as_str());
-        if let Some(old) = self.schedules.get(&id) {
+        if let Some(old) = self.timers.schedules.get(&id) {
             if old.entry.user.is_some() && old.entry.user.as_deref() != self.user.as_deref() {
                 let why = "a schedule with this id belongs to another user".to_owned();
                 return self.refuse(&client, msgid, super::Refusal::BadSchedule(why), out);
             }
-        } else if self.schedules.len() >= self.cfg.max_schedules {
+        } else if self.timers.schedules.len() >= self.cfg.max_schedules {
             return self.refuse(&client, msgid, super::Refusal::BadSchedule("max_schedules reached".into()), out);
         }
-        if let Some(old) = self.schedules.remove(&id) {
+        if let Some(old) = self.timers.schedules.remove(&id) {
             info!(schedule = %id, "schedule replaced");
             if let Some(k) = old.key {
                 self.take_timer(&k);
@@ -321,11 +368,11 @@ impl RouterState {
         info!(peer = %client, %msgid, schedule = %id, callable = %s.callable(), queue = %s.entry.queue,
               interval = s.entry.interval_secs, cron = %s.entry.cron, headers = %s.entry.headers, "schedule made");
         out.push(Action::Journal(Record::ScheduleSet(s.entry.clone())));
-        self.schedules.insert(id.clone(), s);
-        if self.schedules[&id].entry.runs_left == Some(0) {
+        self.timers.schedules.insert(id.clone(), s);
+        if self.timers.schedules[&id].entry.runs_left == Some(0) {
             self.remove_schedule(&id, "run_count:0", out);
         } else if haste {
-            let next = self.schedules[&id].entry.next_due;
+            let next = self.timers.schedules[&id].entry.next_due;
             self.fire(&id, now.unix, next, now, out);
             self.rearm(&id, now, out);
         } else {
@@ -345,7 +392,7 @@ impl RouterState {
             Ok(id) => id,
             Err(e) => return self.refuse(&client, msgid, super::Refusal::BadSchedule(e.to_string()), out),
         };
-        match self.schedules.get(id.as_str()) {
+        match self.timers.schedules.get(id.as_str()) {
             Some(s) if s.entry.user.is_some() && s.entry.user.as_deref() != self.user.as_deref() => {
                 let why = "a schedule with this id belongs to another user".to_owned();
                 return self.refuse(&client, msgid, super::Refusal::BadSchedule(why), out);
@@ -369,13 +416,13 @@ impl RouterState {
     /// that only one schedule's id starts with (`emq-cli schedules` shows
     /// 12). `Err` says why not (none, or which ones it could be).
     pub(super) fn schedule_id_for(&self, given: &str) -> Result<Arc<str>, String> {
-        if let Some((id, _)) = self.schedules.get_key_value(given) {
+        if let Some((id, _)) = self.timers.schedules.get_key_value(given) {
             return Ok(id.clone());
         }
         if given.len() < MIN_ID_PREFIX {
             return Err(format!("no schedule {given} (give at least {MIN_ID_PREFIX} characters of its id)"));
         }
-        let mut found = self.schedules.keys().filter(|id| id.starts_with(given));
+        let mut found = self.timers.schedules.keys().filter(|id| id.starts_with(given));
         match (found.next(), found.next()) {
             (Some(id), None) => Ok(id.clone()),
             (None, _) => Err(format!("no schedule {given}")),
@@ -386,7 +433,7 @@ impl RouterState {
     }
 
     pub(super) fn remove_schedule(&mut self, id: &str, why: &str, out: &mut Vec<Action>) -> bool {
-        let Some(s) = self.schedules.remove(id) else { return false };
+        let Some(s) = self.timers.schedules.remove(id) else { return false };
         if let Some(k) = s.key {
             self.take_timer(&k);
         }
@@ -398,7 +445,7 @@ impl RouterState {
     /// Puts schedule `id`'s next run (its `next_due`, or its catch-up runs
     /// at once) in the timers, or removes it when it has none left.
     fn rearm(&mut self, id: &Arc<str>, now: Now, out: &mut Vec<Action>) {
-        let Some(s) = self.schedules.get(id) else { return };
+        let Some(s) = self.timers.schedules.get(id) else { return };
         if s.entry.runs_left == Some(0) || !s.entry.next_due.is_finite() {
             let why = if s.entry.runs_left == Some(0) { "run_count used up" } else { "no further cron match" };
             self.remove_schedule(id, why, out);
@@ -406,14 +453,14 @@ impl RouterState {
         }
         let due = if s.catch_up.is_empty() { s.entry.next_due } else { now.unix };
         let key = self.add_timer(due, Timer::Fire(id.clone()), now);
-        if let Some(s) = self.schedules.get_mut(id) {
+        if let Some(s) = self.timers.schedules.get_mut(id) {
             s.key = Some(key);
         }
     }
 
     /// Timer step: schedule `id`'s run is due.
     fn fire_due(&mut self, id: Arc<str>, key: TimerKey, now: Now, out: &mut Vec<Action>) {
-        let Some(s) = self.schedules.get_mut(&id) else { return };
+        let Some(s) = self.timers.schedules.get_mut(&id) else { return };
         if s.key != Some(key) {
             return; // replaced meanwhile
         }
@@ -422,7 +469,7 @@ impl RouterState {
         if !catch_up.is_empty() {
             let next = s.entry.next_due;
             for due in catch_up {
-                if self.schedules.get(&id).is_some_and(|s| s.entry.runs_left != Some(0)) {
+                if self.timers.schedules.get(&id).is_some_and(|s| s.entry.runs_left != Some(0)) {
                     self.fire(&id, due, next, now, out);
                 }
             }
@@ -442,7 +489,7 @@ impl RouterState {
     /// A run is skipped (not counted) while the previous one is unfinished
     /// and the schedule says `no-overlap`, or when its queue is full.
     fn fire(&mut self, id: &Arc<str>, due: f64, next: f64, now: Now, out: &mut Vec<Action>) {
-        let Some(s) = self.schedules.get_mut(id) else { return };
+        let Some(s) = self.timers.schedules.get_mut(id) else { return };
         s.entry.next_due = next;
         let skip = if s.options.no_overlap && s.running > 0 {
             Some("the previous run is unfinished (no-overlap)")
@@ -458,7 +505,7 @@ impl RouterState {
                 .then_some("its queue is full (hwm)")
         });
         if let Some(why) = skip {
-            let s = self.schedules.get_mut(id).expect("exists");
+            let s = self.timers.schedules.get_mut(id).expect("exists");
             s.skipped += 1;
             self.count("schedule_runs_skipped");
             info!(schedule = %id, due, why, "schedule run skipped");
@@ -470,7 +517,7 @@ impl RouterState {
             }));
             return;
         }
-        let s = self.schedules.get_mut(id).expect("exists");
+        let s = self.timers.schedules.get_mut(id).expect("exists");
         let mut headers = s.options.job_headers.clone();
         for extra in [
             (!emq_protocol::Headers::parse(&headers).reply_requested).then(|| "reply-requested".to_owned()),
@@ -494,7 +541,7 @@ impl RouterState {
         let msgid: Arc<str> = Arc::from(emq_protocol::new_msgid().as_str());
         s.last_fire = Some(due);
         s.last_msgid = Some(msgid.clone());
-        self.fired.insert(msgid.clone(), id.clone());
+        self.timers.fired.insert(msgid.clone(), id.clone());
         self.count("schedule_runs");
         debug!(schedule = %id, msgid = %msgid, due, "schedule fired");
         self.accept_internal(msgid.clone(), request, &queue, Some((id.clone(), due)), now, out);
@@ -535,25 +582,25 @@ impl RouterState {
     /// A job ended for good: if a schedule fired it, that schedule has one
     /// unfinished run fewer.
     pub(super) fn schedule_job_finished(&mut self, msgid: &str) {
-        if let Some(id) = self.fired.remove(msgid) {
-            if let Some(s) = self.schedules.get_mut(&id) {
+        if let Some(id) = self.timers.fired.remove(msgid) {
+            if let Some(s) = self.timers.schedules.get_mut(&id) {
                 s.running = s.running.saturating_sub(1);
             }
         }
     }
 
     fn record_lateness(&mut self, secs: f64) {
-        if self.lateness.len() >= LATENESS_SAMPLES {
-            self.lateness.pop_front();
+        if self.timers.lateness.len() >= LATENESS_SAMPLES {
+            self.timers.lateness.pop_front();
         }
         let secs = secs.max(0.0);
-        self.lateness.push_back(secs as f32);
-        self.metrics.observe_fire_lateness(secs);
+        self.timers.lateness.push_back(secs as f32);
+        self.telemetry.metrics.observe_fire_lateness(secs);
     }
 
     /// Percentiles of the last fire lateness samples, in milliseconds.
     fn lateness_json(&self) -> Value {
-        let mut v: Vec<f32> = self.lateness.iter().copied().collect();
+        let mut v: Vec<f32> = self.timers.lateness.iter().copied().collect();
         if v.is_empty() {
             return json!({"samples": 0});
         }
@@ -564,7 +611,7 @@ impl RouterState {
 
     /// Schedules (for tests and the admin views).
     pub fn schedule_count(&self) -> usize {
-        self.schedules.len()
+        self.timers.schedules.len()
     }
 
     /// `ROUTER_SCHEDULES`: every schedule, soonest first, with its last
@@ -574,7 +621,7 @@ impl RouterState {
     }
 
     pub(super) fn schedules_value(&self, _now: Now, limit: usize) -> Value {
-        let mut list: Vec<&ScheduleState> = self.schedules.values().collect();
+        let mut list: Vec<&ScheduleState> = self.timers.schedules.values().collect();
         let by_due = |a: &&ScheduleState, b: &&ScheduleState| a.entry.next_due.total_cmp(&b.entry.next_due);
         if limit < list.len() {
             // The soonest `limit` without sorting them all.
@@ -586,7 +633,8 @@ impl RouterState {
             .into_iter()
             .take(limit)
             .map(|s| {
-                let last_state = s.last_msgid.as_ref().and_then(|m| self.history.get(m)).map(|r| r.state.as_str());
+                let last_state =
+                    s.last_msgid.as_ref().and_then(|m| self.outcomes.history.get(m)).map(|r| r.state.as_str());
                 json!({
                     "id": s.entry.id,
                     "callable": s.callable(),
@@ -610,7 +658,7 @@ impl RouterState {
                 })
             })
             .collect();
-        json!({"schedules": items, "total": self.schedules.len(), "lateness": self.lateness_json()})
+        json!({"schedules": items, "total": self.timers.schedules.len(), "lateness": self.lateness_json()})
     }
 
     // ---- restart -------------------------------------------------------------
@@ -620,19 +668,19 @@ impl RouterState {
         let id: Arc<str> = Arc::from(entry.id.as_str());
         match ScheduleState::from_entry(entry) {
             Ok(s) => {
-                self.schedules.insert(id, s);
+                self.timers.schedules.insert(id, s);
             }
             Err(why) => {
                 self.count("schedules_unreadable");
                 warn!(schedule = %id, why, "journaled schedule cannot run any more: dropped");
-                self.schedules.remove(&id);
+                self.timers.schedules.remove(&id);
             }
         }
     }
 
     /// Replay: a run of a schedule (or a skipped one, without a msgid).
     pub(super) fn restore_fired(&mut self, id: &str, msgid: &str, at: f64, next_due: f64) {
-        let Some(s) = self.schedules.get_mut(id) else { return };
+        let Some(s) = self.timers.schedules.get_mut(id) else { return };
         s.entry.next_due = next_due;
         if msgid.is_empty() {
             return;
@@ -643,7 +691,7 @@ impl RouterState {
         }
         s.last_fire = Some(at);
         s.last_msgid = Some(Arc::from(msgid));
-        if let Some(r) = self.history.get_mut(msgid) {
+        if let Some(r) = self.outcomes.history.get_mut(msgid) {
             r.extra_mut().schedule = Some((Box::from(id), at));
         }
     }
@@ -653,19 +701,19 @@ impl RouterState {
     /// the router was down are queued by the misfire policy.
     pub(super) fn finish_restore_schedules(&mut self, live_fired: Vec<(Arc<str>, String)>, now: Now) -> (usize, usize) {
         for (msgid, id) in live_fired {
-            if let Some((key, _)) = self.schedules.get_key_value(id.as_str()) {
+            if let Some((key, _)) = self.timers.schedules.get_key_value(id.as_str()) {
                 let key = key.clone();
-                self.fired.insert(msgid, key.clone());
-                if let Some(s) = self.schedules.get_mut(&key) {
+                self.timers.fired.insert(msgid, key.clone());
+                if let Some(s) = self.timers.schedules.get_mut(&key) {
                     s.running += 1;
                 }
             }
         }
-        let ids: Vec<Arc<str>> = self.schedules.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = self.timers.schedules.keys().cloned().collect();
         let mut missed_total = 0;
         let mut drop = Vec::new();
         for id in &ids {
-            let s = self.schedules.get_mut(id).expect("listed");
+            let s = self.timers.schedules.get_mut(id).expect("listed");
             if s.entry.next_due < now.unix {
                 let mut missed = vec![s.entry.next_due];
                 while missed.len() < MAX_CATCH_UP {
@@ -698,18 +746,69 @@ impl RouterState {
         for id in drop {
             self.remove_schedule(&id, "nothing left to run", &mut sink);
         }
-        for id in self.schedules.keys().cloned().collect::<Vec<_>>() {
+        for id in self.timers.schedules.keys().cloned().collect::<Vec<_>>() {
             self.rearm(&id, now, &mut sink);
         }
         // Journal records from here are re-created by the next checkpoint;
         // a removal is repeated at the next start if it was not journaled.
-        (self.schedules.len(), missed_total)
+        (self.timers.schedules.len(), missed_total)
     }
 
     /// Checkpoint: every schedule as it stands.
     pub(super) fn schedule_checkpoint_records(&self, out: &mut Vec<Record>) {
-        for s in self.schedules.values() {
+        for s in self.timers.schedules.values() {
             out.push(Record::ScheduleSet(s.entry.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    //! The [`Timers`] room alone: its counts follow what it holds.
+    use super::{Timer, Timers};
+    use crate::state::{StoredRequest, WaitingJob};
+    use emq_protocol::Request;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn job(msgid: &str, attempts: u32) -> Timer {
+        let request = Request { queue: "q".into(), headers: String::new(), payload: "x".repeat(100) };
+        let job = WaitingJob {
+            client: emq_receiver::PeerId::from("c"),
+            msgid: msgid.into(),
+            request: StoredRequest::new(request, "q"),
+            received_ms: 0,
+            attempts,
+        };
+        Timer::Job { queue: "q".into(), job }
+    }
+
+    #[test]
+    fn counts_follow_inserts_and_removals() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let a = t.insert(t0 + Duration::from_secs(2), job("delayed", 0));
+        let b = t.insert(t0 + Duration::from_secs(1), job("retry", 1));
+        let c = t.insert(t0, Timer::Fire(Arc::from("sched")));
+        assert_eq!((t.delayed_jobs, t.retry_timers, t.by_due.len()), (1, 1, 3));
+        assert!(t.delayed_bytes >= 100);
+        assert_eq!(t.first_due(), Some(t0));
+        assert_eq!(t.find_job("retry"), Some(b));
+        assert_eq!(t.find_job("sched"), None, "a schedule is not a job");
+        assert!(t.remove(&c).is_some());
+        assert!(t.remove(&c).is_none(), "a key is removed once");
+        assert!(t.remove(&a).is_some());
+        assert_eq!((t.delayed_jobs, t.delayed_bytes), (0, 0));
+        assert!(t.remove(&b).is_some());
+        assert_eq!((t.retry_timers, t.by_due.len(), t.first_due()), (0, 0, None));
+    }
+
+    #[test]
+    fn timers_due_at_the_same_instant_keep_their_order() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let keys: Vec<_> = (0..5).map(|i| t.insert(t0, job(&format!("j{i}"), 0))).collect();
+        let order: Vec<_> = t.by_due.keys().copied().collect();
+        assert_eq!(keys, order);
     }
 }

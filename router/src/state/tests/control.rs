@@ -28,7 +28,7 @@ fn cancel_removes_a_waiting_job_and_tells_its_client() {
     assert_eq!(h.r.waiting("default"), 1);
     assert_eq!(cancel(&mut h, "d1")["was"], "delayed");
     assert_eq!(h.r.delayed_count(), 0);
-    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("b1", true)).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json("b1", true)).unwrap();
     assert_eq!(st["state"], "cancelled");
     assert!(cancel(&mut h, "b1")["error"].as_str().unwrap().contains("already ended"));
     assert!(cancel(&mut h, "nope")["error"].is_string());
@@ -51,8 +51,8 @@ fn cancel_of_a_running_job_asks_its_job_manager_and_ends_cancelled() {
     let e = result_to(&out, "r1").unwrap().error.unwrap();
     assert_eq!(e.kind, emq_protocol::JobErrorKind::Cancelled);
     assert_eq!(h.r.retrying_count(), 0);
-    assert!(h.r.dead.is_empty());
-    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("r1", true)).unwrap();
+    assert!(h.r.outcomes.dead.is_empty());
+    let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json("r1", true)).unwrap();
     assert_eq!(st["state"], "cancelled");
     // EventMQ's job manager cannot stop one job: refused with the reason.
     h.inform("evq", &[(10, "default")]);
@@ -132,6 +132,6 @@ fn control_needs_the_admin_token_and_a_client_may_cancel_only_its_own() {
 fn job_status_shows_headers_but_not_the_owner_token() {
     let mut h = Harness::new();
     h.request("c", "j", "default", "reply-requested,owner:s3cret,timeout:5");
-    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("j", true)).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json("j", true)).unwrap();
     assert_eq!(st["headers"], "reply-requested,owner:(hidden),timeout:5");
 }

@@ -62,7 +62,7 @@ fn late_reports_of_a_paused_job_manager_are_taken_and_nothing_runs_twice() {
     // p2's late report comes from the new identity (its resent reports).
     assert_eq!(results(&h.done("jm-new", "p2", r#"{"value": 4}"#)), vec!["p2"]);
     for (m, v) in [("g1", 1), ("g2", 3), ("p1", 2), ("p2", 4)] {
-        let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json(m, true)).unwrap();
+        let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json(m, true)).unwrap();
         assert_eq!((st["state"].as_str(), st["result"]["value"].as_i64()), (Some("done"), Some(v)), "{m}: {st}");
         assert_eq!(st["duplicate_runs"], 0);
     }
@@ -87,7 +87,7 @@ fn a_job_that_ran_again_elsewhere_keeps_the_first_result_and_shows_the_duplicate
     assert_eq!(results(&h.done("a", "g", r#"{"value": "from a"}"#)), vec!["g"]);
     // "b" finishes too: a duplicate run, no second result.
     assert!(results(&h.done("b", "g", r#"{"value": "from b"}"#)).is_empty());
-    let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json("g", true)).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json("g", true)).unwrap();
     assert_eq!(st["result"]["value"], "from a");
     assert_eq!(st["duplicate_runs"], 1, "{st}");
     assert_eq!(h.r.errors()["duplicate_runs"], 1);
@@ -167,7 +167,7 @@ fn a_job_manager_of_many_queues_is_picked_right_through_full_and_free() {
     assert_eq!(dispatched_to(&h.request("c", "d", "q99", "")), vec![("many".to_string(), "d".to_string())]);
     // Gone: out of every set.
     h.recv(SocketKind::Backend, "many", Command::Kbye);
-    assert!(h.r.queues.values().all(|q| q.free.iter().all(|(_, _, p)| p.to_string() != "many")));
+    assert!(h.r.dispatch.queues.values().all(|q| q.free.iter().all(|(_, _, p)| p.to_string() != "many")));
 }
 
 /// Our job manager's BATCH: REPLYs in order, then READYs; asked for at
@@ -245,7 +245,7 @@ fn a_job_manager_that_reconnects_while_still_listed_keeps_its_running_jobs() {
     assert!(results(&h.done("new", "b", r#"{"value": 2}"#)).is_empty(), "once");
     assert_eq!(h.r.errors()["forged_reply"], 1, "no new forged reply");
     for m in ["a", "b", "c"] {
-        let st: serde_json::Value = serde_json::from_str(&h.r.history.status_json(m, true)).unwrap();
+        let st: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json(m, true)).unwrap();
         assert_eq!(st["state"], "done", "{m}: {st}");
     }
 }

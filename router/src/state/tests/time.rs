@@ -76,7 +76,7 @@ fn an_interval_schedule_fires_at_once_then_every_interval() {
     assert!(headers.contains(&format!("schedule:{ID}")) && headers.contains(",fired:"));
     h.done("jm", msgid, r#"{"value": 3}"#);
     h.ready("jm");
-    let status: serde_json::Value = serde_json::from_str(&h.r.history.status_json(msgid, true)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json(msgid, true)).unwrap();
     assert_eq!(status["schedule"]["id"], ID);
     assert_eq!(status["state"], "done");
     // Exactly one run per 10 s over a minute.
@@ -198,7 +198,7 @@ fn a_delayed_job_is_receipted_at_once_and_runs_when_due() {
     assert!(out.iter().any(|a| is_receipt(a, "later")), "receipt now");
     assert!(dispatched_to(&out).is_empty(), "not run yet although a slot is free");
     assert!(matches!(h.journal.last(), Some(emq_journal::Record::Delayed { .. })));
-    let status: serde_json::Value = serde_json::from_str(&h.r.history.status_json("later", true)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&h.r.outcomes.history.status_json("later", true)).unwrap();
     assert_eq!(status["state"], "delayed");
     let d = admin_json(&mut h, AdminCommand::Delayed { limit: 0 });
     assert_eq!(d["total"], 1);
@@ -241,7 +241,7 @@ fn delayed_jobs_are_bounded_in_bytes() {
         refused += usize::from(result_to(&out, &format!("d{i}")).is_some_and(|r| r.error.is_some()));
     }
     assert!(refused > 0 && refused < 20, "{refused}");
-    assert!(h.r.delayed_bytes <= 1000 + 200);
+    assert!(h.r.timers.delayed_bytes <= 1000 + 200);
 }
 
 /// Restart with the schedule's next run `missed` seconds in the past.
@@ -348,7 +348,7 @@ fn many_timers_cost_nothing_until_due() {
         h.advance(1.0);
         assert!(dispatched_to(&h.tick()).is_empty());
     }
-    assert_eq!(h.r.timers.len(), 21_000);
+    assert_eq!(h.r.timers.by_due.len(), 21_000);
     // The poll loop sleeps until the first is due (d0 at +1000 s), capped by the tick period.
     assert!(h.r.next_tick() <= h.now.mono + Duration::from_secs(1));
 }
