@@ -26,6 +26,7 @@ impl JobManagerState {
     /// flight, counters, and the name and queues it serves now.
     pub fn health(&self, now: Instant) -> PoolHealth {
         let workers = self
+            .workers
             .slots
             .iter()
             .enumerate()
@@ -40,6 +41,7 @@ impl JobManagerState {
             })
             .collect();
         let in_flight = self
+            .workers
             .slots
             .iter()
             .filter_map(|s| match &s.state {
@@ -59,68 +61,21 @@ impl JobManagerState {
             queues: self.cfg.queues.0.clone(),
             workers,
             in_flight,
-            queued_locally: self.local_queue.len(),
+            queued_locally: self.workers.queued().len(),
             held: self
-                .local_queue
+                .workers
+                .queued()
                 .iter()
-                .chain(self.slots.iter().flat_map(|s| s.waiting.iter()))
+                .chain(self.workers.slots.iter().flat_map(|s| s.waiting.iter()))
                 .map(|j| j.msgid.clone())
                 .collect(),
-            jobs_by_pid: self.jobs_by_pid.clone(),
-            restarts: by_name(&self.restarts),
-            jobs_ok: self.jobs_ok,
-            jobs_failed: self.jobs_failed,
-            errors: by_name(&self.errors),
-            callables: self.callable_health(),
+            jobs_by_pid: self.stats.jobs_by_pid().clone(),
+            restarts: by_name(self.stats.restarts()),
+            jobs_ok: self.stats.jobs_ok(),
+            jobs_failed: self.stats.jobs_failed(),
+            errors: by_name(self.stats.errors()),
+            callables: self.stats.callable_health(),
             ..Default::default()
         }
-    }
-
-    /// The name a job's callable is counted under: `module.func`, shared
-    /// (one allocation per callable); past [`super::MAX_CALLABLES`] names,
-    /// `other`.
-    pub(super) fn callable_name(&self, p: &emq_protocol::RunPayload) -> std::sync::Arc<str> {
-        let name = format!("{}.{}", p.path, p.callable);
-        if let Some((k, _)) = self.callables.get_key_value(name.as_str()) {
-            return k.clone();
-        }
-        if self.callables.len() >= super::MAX_CALLABLES {
-            return std::sync::Arc::from("other");
-        }
-        std::sync::Arc::from(name.as_str())
-    }
-
-    /// One finished run of `callable`.
-    pub(super) fn count_callable(&mut self, callable: &std::sync::Arc<str>, secs: f64, failed: bool) {
-        let s = self.callables.entry(callable.clone()).or_default();
-        s.runs += 1;
-        s.failed += u64::from(failed);
-        if s.recent.len() >= super::CALLABLE_SAMPLES {
-            s.recent.pop_front();
-        }
-        s.recent.push_back(secs as f32);
-    }
-
-    fn callable_health(&self) -> Vec<emq_protocol::CallableHealth> {
-        let mut v: Vec<emq_protocol::CallableHealth> = self
-            .callables
-            .iter()
-            .map(|(name, s)| {
-                let mut t: Vec<f32> = s.recent.iter().copied().collect();
-                t.sort_by(f32::total_cmp);
-                let q = |p: f64| {
-                    t.get(((t.len().max(1) - 1) as f64 * p).round() as usize).map_or(0.0, |x| *x as f64 * 1000.0)
-                };
-                emq_protocol::CallableHealth {
-                    name: name.to_string(),
-                    runs: s.runs,
-                    failed: s.failed,
-                    p50_ms: q(0.5),
-                    p99_ms: q(0.99),
-                }
-            })
-            .collect();
-        v.sort_by(|a, b| b.runs.cmp(&a.runs));
-        v
     }
 }

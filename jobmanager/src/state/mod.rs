@@ -15,7 +15,9 @@
 //!   exited), spares, and handing out jobs (pipelining);
 //! - [`tick`]: the timers, as a list of named steps;
 //! - [`stopping`]: stop, kill, exit, reload;
-//! - [`health`]: the pool's [`PoolHealth`] for heartbeats.
+//! - [`health`]: the pool's [`PoolHealth`] for heartbeats;
+//! - [`stats`]: the pool's counters ([`PoolStats`]);
+//! - [`reports`]: REPLYs the router has not confirmed yet.
 //!
 //! Slot accounting with the router: `announced` counts READYs sent minus
 //! REQUESTs received since the last ACK — the router's idea of our free
@@ -27,17 +29,26 @@
 //! being lost.
 
 mod health;
+mod reports;
 mod router_link;
+mod stats;
 mod stopping;
 #[cfg(test)]
 mod tests;
 mod tick;
 mod workers;
 
+pub use stats::PoolStats;
+
+use reports::{UnconfirmedReports, RECENT_REPORT_BYTES};
+use router_link::RouterLink;
+use stopping::Lifecycle;
+use workers::Workers;
+
 use emq_protocol::{
     Command, DecodeError, Headers, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, RunPayload,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -273,100 +284,24 @@ pub struct WorkerSlot {
     pub spare: bool,
 }
 
-#[derive(Debug, PartialEq)]
-enum Phase {
-    /// INFORM sent, no ACK yet.
-    Informing {
-        sent_at: Instant,
-    },
-    Acked,
-}
-
-/// The whole job manager state.
+/// The whole job manager state: its settings and name, and one room per
+/// part of the state machine, each keeping its own invariants.
 pub struct JobManagerState {
     cfg: JmConfig,
-    slots: Vec<WorkerSlot>,
-    local_queue: VecDeque<QueuedJob>,
-    phase: Phase,
-    addr_index: usize,
-    last_heard: Instant,
-    last_heartbeat: Instant,
-    announced: u64,
-    /// Set by the first stop signal: when the grace period ends.
-    stopping: Option<Instant>,
-    /// Jobs completed per worker pid (bounded to the most recent pids).
-    /// Workers started so far (each gets its own recycling jitter).
-    spawns: u64,
-    pub jobs_by_pid: BTreeMap<u32, u64>,
-    /// Worker replacements by reason: died, timeout, recycled.
-    pub restarts: BTreeMap<&'static str, u64>,
-    pub jobs_ok: u64,
-    pub jobs_failed: u64,
-    /// Moving average of job run time, seconds (drives prefetch).
-    pub job_secs_avg: f64,
-    /// Anomalies by kind (bad frames, refusals...).
-    pub errors: BTreeMap<&'static str, u64>,
     /// The `--name` this job manager was started with (empty when unnamed),
     /// for its health.
     name: String,
-    /// Exit with this code once the current event is settled: set when the
-    /// last worker is gone while stopping, or by a second stop signal.
-    exit: Option<i32>,
-    /// [`Action::Exit`] went out (it goes once).
-    exit_sent: bool,
-    /// The time of the event being handled.
-    clock: Instant,
-    /// REPLYs the router has not confirmed yet, oldest first: sent again
-    /// after a (re)INFORM is acknowledged, so a report lost with a router
-    /// that crashed, or in a dropped connection, still arrives (the router
-    /// ignores what it has). Dropped once the router's heartbeat confirms
-    /// it holds them durably (a count of the REPLYs received since our
-    /// INFORM).
-    recent_reports: VecDeque<RecentReport>,
-    recent_report_bytes: usize,
-    /// REPLYs sent since the last INFORM (what the router counts).
-    reports_sent: u64,
-    /// Bumped at every INFORM: confirmations count from there.
-    inform_epoch: u64,
-    /// Jobs the router asked to cancel that sit queued at a worker: a
-    /// Steal takes them back (then they are answered `cancelled`), or they
-    /// are stopped the moment they start.
-    cancel_pending: std::collections::HashSet<String>,
-    /// The router takes BATCH messages (it said so in a heartbeat after our
-    /// INFORM): the poll loop may coalesce our REPLYs and READYs.
-    router_batches: bool,
-    /// Per callable: runs, failures, recent run times (bounded).
-    callables: std::collections::HashMap<std::sync::Arc<str>, CallableStats>,
+    /// Worker slots, the local queue, cancellations pending at workers.
+    workers: Workers,
+    /// Connection, INFORM / ACK, heartbeats, READYs announced.
+    link: RouterLink,
+    /// REPLYs the router has not confirmed yet (sent again after an ACK).
+    reports: UnconfirmedReports,
+    /// Stopping and exiting.
+    lifecycle: Lifecycle,
+    /// Counters for the health.
+    stats: PoolStats,
 }
-
-/// Figures of one callable.
-#[derive(Debug, Default)]
-struct CallableStats {
-    runs: u64,
-    failed: u64,
-    /// The last run times, seconds.
-    recent: VecDeque<f32>,
-}
-
-/// Callables tracked at most (others count under `other`).
-const MAX_CALLABLES: usize = 200;
-/// Run times kept per callable.
-const CALLABLE_SAMPLES: usize = 512;
-
-/// A REPLY kept until the router confirms it.
-#[derive(Debug)]
-struct RecentReport {
-    /// Its number among the REPLYs sent since INFORM `epoch`.
-    seq: u64,
-    epoch: u64,
-    msgid: String,
-    reply_json: String,
-}
-
-/// Bytes of unconfirmed REPLYs kept at most (oldest dropped first).
-const RECENT_REPORT_BYTES: usize = 16 << 20;
-
-const PID_HISTORY: usize = 4096;
 
 /// `now + timeout`, saturating far in the future instead of overflowing.
 fn deadline(now: Instant, timeout: Duration) -> Instant {
@@ -375,47 +310,14 @@ fn deadline(now: Instant, timeout: Duration) -> Instant {
 
 impl JobManagerState {
     pub fn new(cfg: JmConfig, now: Instant) -> Self {
-        let slots = (0..cfg.workers + cfg.spares)
-            .map(|i| WorkerSlot {
-                state: SlotState::Gone,
-                pid: None,
-                jobs_done: 0,
-                limit_jitter: 0,
-                quick_deaths: 0,
-                recycle_after_job: false,
-                waiting: VecDeque::new(),
-                steal_pending: false,
-                spare: i >= cfg.workers,
-            })
-            .collect();
         JobManagerState {
+            workers: Workers::new(cfg.workers, cfg.spares),
             cfg,
-            slots,
-            local_queue: VecDeque::new(),
-            phase: Phase::Informing { sent_at: now },
-            addr_index: 0,
-            last_heard: now,
-            last_heartbeat: now,
-            announced: 0,
-            stopping: None,
-            spawns: 0,
-            jobs_by_pid: BTreeMap::new(),
-            restarts: BTreeMap::new(),
-            jobs_ok: 0,
-            jobs_failed: 0,
-            job_secs_avg: 0.0,
-            errors: BTreeMap::new(),
             name: String::new(),
-            exit: None,
-            exit_sent: false,
-            clock: now,
-            recent_reports: VecDeque::new(),
-            recent_report_bytes: 0,
-            cancel_pending: Default::default(),
-            router_batches: false,
-            callables: Default::default(),
-            reports_sent: 0,
-            inform_epoch: 0,
+            link: RouterLink::new(now),
+            reports: UnconfirmedReports::with_budget(RECENT_REPORT_BYTES),
+            lifecycle: Lifecycle::default(),
+            stats: PoolStats::default(),
         }
     }
 
@@ -425,19 +327,23 @@ impl JobManagerState {
     }
 
     pub fn slots(&self) -> &[WorkerSlot] {
-        &self.slots
+        &self.workers.slots
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// Handles one event, appending actions to `out`: the event's own
     /// handler records what happened, then [`Self::settle`] follows up.
     pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
-        self.clock = now;
         match event {
             Event::Start => self.on_start(now, out),
             Event::Router(Ok(m)) => self.on_router(m, now, out),
             Event::Router(Err(e)) => {
-                self.last_heard = now;
-                *self.errors.entry("bad_router_frame").or_insert(0) += 1;
+                self.link.heard(now);
+                self.stats.error("bad_router_frame");
                 warn!(msgid = e.msgid.as_deref().unwrap_or("-"), error = %e.kind, "malformed message from router");
             }
             Event::WorkerUp { slot, pid } => self.on_worker_up(slot, pid, out),
@@ -475,7 +381,7 @@ impl JobManagerState {
     /// Convenience for tests.
     /// Whether the router takes BATCH messages.
     pub fn router_batches(&self) -> bool {
-        self.router_batches
+        self.link.batches()
     }
 
     /// `max_memory_per_worker` in force (0: off).
@@ -492,7 +398,7 @@ impl JobManagerState {
     /// Connects to the router and starts every worker.
     fn on_start(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.connect(now, out);
-        for slot in 0..self.slots.len() {
+        for slot in 0..self.workers.slots.len() {
             self.spawn(slot, out);
         }
     }
@@ -512,47 +418,20 @@ impl JobManagerState {
     /// Keeps a REPLY until the router confirms it (past the byte budget
     /// the oldest go, counted: a router gone for very long).
     fn keep_report(&mut self, msgid: &str, reply_json: &str) {
-        self.reports_sent += 1;
-        while self.recent_report_bytes + reply_json.len() > RECENT_REPORT_BYTES {
-            let Some(old) = self.recent_reports.pop_front() else { break };
-            self.recent_report_bytes -= old.msgid.len() + old.reply_json.len();
-            *self.errors.entry("unconfirmed_reports_dropped").or_insert(0) += 1;
-        }
-        self.recent_report_bytes += msgid.len() + reply_json.len();
-        self.recent_reports.push_back(RecentReport {
-            seq: self.reports_sent,
-            epoch: self.inform_epoch,
-            msgid: msgid.to_owned(),
-            reply_json: reply_json.to_owned(),
-        });
-    }
-
-    /// The router's heartbeat says it holds (durably) the first `n` REPLYs
-    /// sent since our INFORM: those need not be kept any more.
-    pub(super) fn reports_confirmed(&mut self, n: u64) {
-        while let Some(r) = self.recent_reports.front() {
-            if r.epoch != self.inform_epoch || r.seq > n {
-                break;
-            }
-            let r = self.recent_reports.pop_front().expect("front exists");
-            self.recent_report_bytes -= r.msgid.len() + r.reply_json.len();
-        }
+        let dropped = self.reports.sent(msgid, reply_json);
+        self.stats.errors_of("unconfirmed_reports_dropped", dropped);
     }
 
     /// After an ACK: the REPLYs of late go again (the router drops the ones
     /// it has), so none is lost with a crashed router or a dropped link.
     fn resend_recent_reports(&mut self, out: &mut Vec<Action>) {
-        if !self.recent_reports.is_empty() {
-            info!(reports = self.recent_reports.len(), "sending recent job reports again after (re)attaching");
+        if !self.reports.is_empty() {
+            info!(reports = self.reports.len(), "sending recent job reports again after (re)attaching");
         }
-        // They count as sent on this connection again, in order.
-        for r in self.recent_reports.iter_mut() {
-            self.reports_sent += 1;
-            r.seq = self.reports_sent;
-            r.epoch = self.inform_epoch;
+        for (msgid, reply_json) in self.reports.resend() {
             out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
-                reply_json: r.reply_json.clone(),
-                orig_msgid: r.msgid.clone(),
+                reply_json: reply_json.to_owned(),
+                orig_msgid: msgid.to_owned(),
             }))));
         }
     }

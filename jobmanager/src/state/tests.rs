@@ -150,7 +150,7 @@ fn ready_only_after_the_reply_and_one_per_job() {
     let out =
         h.ev(Event::WorkerDone { slot: 0, msgid: "j1".into(), reply_json: r#"{"value":5}"#.into(), error_type: None });
     assert_eq!(names(&out), vec!["REPLY", "READY"]);
-    assert_eq!(h.s.jobs_by_pid[&100], 1);
+    assert_eq!(h.s.stats().jobs_by_pid()[&100], 1);
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn worker_death_during_a_job_is_an_error_and_the_replacement_is_announced_when_u
     let (id, r) = reply_of(&out);
     assert_eq!(id, "j");
     assert_eq!(r.error.unwrap().kind.as_str(), "worker died");
-    assert_eq!(h.s.restarts["died"], 1);
+    assert_eq!(h.s.stats().restarts()["died"], 1);
     assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["READY"]);
 }
 
@@ -224,10 +224,10 @@ fn recycles_after_max_job_count() {
             assert_eq!(names(&out), vec!["REPLY", "retire0"]);
         }
     }
-    assert_eq!(h.s.jobs_by_pid[&100], 3);
+    assert_eq!(h.s.stats().jobs_by_pid()[&100], 3);
     assert_eq!(names(&h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "exit status 0".into() })), vec!["spawn0"]);
     assert_eq!(names(&h.ev(Event::WorkerUp { slot: 0, pid: 101 })), vec!["READY"]);
-    assert_eq!(h.s.restarts["recycled"], 1);
+    assert_eq!(h.s.stats().restarts()["recycled"], 1);
 }
 
 #[test]
@@ -340,7 +340,7 @@ fn pipelining_announces_depth_per_worker_and_queues_behind_short_jobs() {
     assert_eq!(names(&out), vec!["REPLY", "READY"]);
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b".into(), reply_json: "{}".into(), error_type: None });
     assert_eq!(names(&out), vec!["REPLY", "READY"]);
-    assert_eq!(h.s.jobs_by_pid[&100], 2);
+    assert_eq!(h.s.stats().jobs_by_pid()[&100], 2);
 }
 
 #[test]
@@ -412,7 +412,7 @@ fn prefetch_only_while_jobs_are_short() {
         h.adv(0.05);
         h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
     }
-    assert!(h.s.job_secs_avg > 0.005);
+    assert!(h.s.stats().job_secs_avg() > 0.005);
     let out = h.request("x", "", ADD);
     assert_eq!(names(&out), vec!["run0"]);
     h.adv(0.05);
@@ -612,7 +612,7 @@ fn cancel_stops_a_running_job_or_drops_a_queued_one() {
     let out = cancel(&mut h, "run");
     assert_eq!(&names(&out)[..2], &["REPLY".to_string(), "kill0".to_string()]);
     assert_eq!(reply_of(&out).1.error.unwrap().kind.as_str(), "cancelled");
-    assert_eq!(h.s.restarts["cancelled"], 1);
+    assert_eq!(h.s.stats().restarts()["cancelled"], 1);
     // A result racing the kill is ignored.
     assert!(!names(&h.ev(Event::WorkerDone {
         slot: 0,
@@ -662,7 +662,7 @@ fn a_worker_past_max_memory_is_recycled_idle_now_busy_after_its_job() {
     // Idle: retired at once.
     let out = h.ev(Event::WorkerOverMemory { slot: 0, rss_bytes: 200 << 20 });
     assert!(names(&out).contains(&"retire0".to_string()), "{:?}", names(&out));
-    assert_eq!(h.s.restarts["memory"], 1);
+    assert_eq!(h.s.stats().restarts()["memory"], 1);
     // Busy: after its job.
     let (mut h, _) = H::running(1);
     h.s.cfg.max_memory_per_worker = 100 << 20;

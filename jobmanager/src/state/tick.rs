@@ -1,6 +1,6 @@
 //! The timers: on every tick, a fixed list of named steps.
 
-use super::{Action, JobManagerState, Phase, SlotState};
+use super::{Action, JobManagerState, SlotState};
 use emq_protocol::{JobErrorKind, JobReply};
 use std::time::Instant;
 use tracing::{debug, warn};
@@ -24,19 +24,19 @@ impl JobManagerState {
     /// been silent too long; INFORM again while no ACK comes. Not while
     /// stopping.
     fn watch_router(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.stopping.is_some() {
+        if self.lifecycle.is_stopping() {
             return;
         }
-        if now.saturating_duration_since(self.last_heard) >= self.cfg.router_silence_limit {
-            *self.errors.entry("router_lost").or_insert(0) += 1;
-            warn!(silent_for = ?now.saturating_duration_since(self.last_heard), "router silent: reconnecting");
-            self.addr_index += 1;
+        if self.link.silent_for(now) >= self.cfg.router_silence_limit {
+            self.stats.error("router_lost");
+            warn!(silent_for = ?self.link.silent_for(now), "router silent: reconnecting");
+            self.link.next_addr();
             self.connect(now, out);
-        } else if let Phase::Informing { sent_at } = self.phase {
+        } else if let Some(sent_at) = self.link.informing_since() {
             if self.cfg.addrs.len() > 1 && now.saturating_duration_since(sent_at) >= MULTI_ADDRESS_PROBE {
                 // A standby binds nothing: no answer here, try the next one.
                 debug!("no ACK from this address: trying the next");
-                self.addr_index += 1;
+                self.link.next_addr();
                 self.connect(now, out);
             } else if now.saturating_duration_since(sent_at) >= self.cfg.reconnect_timeout {
                 debug!("no ACK yet: INFORM again");
@@ -48,10 +48,7 @@ impl JobManagerState {
     /// Once ACKed, a heartbeat with the pool's health every
     /// `heartbeat_interval` (also while draining, so the router keeps us).
     fn heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.phase == Phase::Acked
-            && now.saturating_duration_since(self.last_heartbeat) >= self.cfg.heartbeat_interval
-        {
-            self.last_heartbeat = now;
+        if self.link.heartbeat_due(now, self.cfg.heartbeat_interval) {
             out.push(Action::Heartbeat(self.health(now)));
         }
     }
@@ -60,33 +57,33 @@ impl JobManagerState {
     /// killed; the jobs queued behind it go back to the local queue, and a
     /// ready spare takes the slot's place.
     fn time_out_jobs(&mut self, now: Instant, out: &mut Vec<Action>) {
-        for slot in 0..self.slots.len() {
-            let job = match &self.slots[slot].state {
+        for slot in 0..self.workers.slots.len() {
+            let job = match &self.workers.slots[slot].state {
                 SlotState::Busy(job) if now >= job.deadline => job.clone(),
                 _ => continue,
             };
-            let pid = self.slots[slot].pid.unwrap_or(0);
+            let pid = self.workers.slots[slot].pid.unwrap_or(0);
             let limit = job.deadline.saturating_duration_since(job.started);
             warn!(slot, pid, msgid = %job.msgid, ?limit, "job timed out: killing its worker");
-            *self.restarts.entry("timeout").or_insert(0) += 1;
-            self.jobs_failed += 1;
+            self.stats.restart("timeout");
+            self.stats.job_failed();
             let reply = JobReply::failed(
                 JobErrorKind::Timeout,
                 format!("job exceeded its timeout of {:.3} s; worker pid {pid} killed", limit.as_secs_f64()),
                 "",
             );
             self.send_reply(&job.msgid, reply, out);
-            self.slots[slot].state = SlotState::Killing { since: now, forced: false };
+            self.workers.slots[slot].state = SlotState::Killing { since: now, forced: false };
             out.push(Action::Kill { slot, force: false });
             self.requeue_waiting(slot);
-            self.promote_spare(slot);
+            self.workers.promote_spare(slot);
         }
     }
 
     /// Jobs queued behind one that has run `steal_after` are asked back, so
     /// they can run elsewhere (one Steal at a time per worker).
     fn steal_from_long_jobs(&mut self, now: Instant, out: &mut Vec<Action>) {
-        for (slot, s) in self.slots.iter_mut().enumerate() {
+        for (slot, s) in self.workers.slots.iter_mut().enumerate() {
             if let SlotState::Busy(job) = &s.state {
                 if !s.waiting.is_empty()
                     && !s.steal_pending
@@ -101,7 +98,7 @@ impl JobManagerState {
 
     /// A worker that ignored SIGTERM for `kill_escalation` gets SIGKILL.
     fn escalate_kills(&mut self, now: Instant, out: &mut Vec<Action>) {
-        for (slot, s) in self.slots.iter_mut().enumerate() {
+        for (slot, s) in self.workers.slots.iter_mut().enumerate() {
             if let SlotState::Killing { since, forced: false } = s.state {
                 if now.saturating_duration_since(since) >= self.cfg.kill_escalation {
                     s.state = SlotState::Killing { since, forced: true };
@@ -114,11 +111,11 @@ impl JobManagerState {
     /// Workers that died at start are restarted once their backoff is over
     /// (not while stopping).
     fn respawn_waiting(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.stopping.is_some() {
+        if self.lifecycle.is_stopping() {
             return;
         }
-        for slot in 0..self.slots.len() {
-            if matches!(self.slots[slot].state, SlotState::Waiting { respawn_at } if now >= respawn_at) {
+        for slot in 0..self.workers.slots.len() {
+            if matches!(self.workers.slots[slot].state, SlotState::Waiting { respawn_at } if now >= respawn_at) {
                 self.spawn(slot, out);
             }
         }
@@ -126,7 +123,7 @@ impl JobManagerState {
 
     /// Shutdown grace over: kill what still runs.
     fn end_shutdown_grace(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.stopping.is_some_and(|deadline| now >= deadline) {
+        if self.lifecycle.grace_over(now) {
             self.kill_running("job manager stopped: kill_grace_period over", now, out);
         }
     }

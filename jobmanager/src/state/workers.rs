@@ -3,12 +3,58 @@
 //! respawned; spares that take over a slot at once; and handing locally
 //! queued jobs to workers.
 
-use super::{Action, JobInFlight, JobManagerState, QueuedJob, SlotState, WorkerSlot, PID_HISTORY};
-use emq_protocol::{JobErrorKind, JobReply};
+use super::{Action, JobInFlight, JobManagerState, QueuedJob, SlotState, WorkerSlot};
+use emq_protocol::{JobErrorKind, JobReply, QueueSpec};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-impl JobManagerState {
+/// Jobs cancelled while queued at a worker remembered at most.
+const MAX_CANCEL_PENDING: usize = 10_000;
+
+/// The worker slots and the jobs waiting for them.
+///
+/// Owns: one [`WorkerSlot`] per worker and per spare, the local queue
+/// (jobs received from the router, not yet handed to a worker), the jobs
+/// the router cancelled while they sat queued at a worker, and the count
+/// of workers spawned (each spawn's recycling jitter derives from it).
+///
+/// Keeps: the number of slots never changes (workers first, then
+/// spares); the local queue is ordered by queue weight, highest first,
+/// in arrival order within a weight, with jobs given back ahead of their
+/// weight's; at most [`MAX_CANCEL_PENDING`] cancellations are pending.
+#[derive(Debug)]
+pub(super) struct Workers {
+    pub(super) slots: Vec<WorkerSlot>,
+    local_queue: VecDeque<QueuedJob>,
+    /// Jobs the router asked to cancel that sit queued at a worker: a
+    /// Steal takes them back (then they are answered `cancelled`), or they
+    /// are stopped the moment they start.
+    cancel_pending: HashSet<String>,
+    /// Workers started so far (each gets its own recycling jitter).
+    spawns: u64,
+}
+
+impl Workers {
+    /// `workers` slots, then `spares` spare ones, none started.
+    pub(super) fn new(workers: usize, spares: usize) -> Self {
+        let slots = (0..workers + spares)
+            .map(|i| WorkerSlot {
+                state: SlotState::Gone,
+                pid: None,
+                jobs_done: 0,
+                limit_jitter: 0,
+                quick_deaths: 0,
+                recycle_after_job: false,
+                waiting: VecDeque::new(),
+                steal_pending: false,
+                spare: i >= workers,
+            })
+            .collect();
+        Workers { slots, local_queue: VecDeque::new(), cancel_pending: HashSet::new(), spawns: 0 }
+    }
+
+    /// An idle worker (not a spare).
     pub(super) fn idle_slot(&self) -> Option<usize> {
         self.slots.iter().position(|s| !s.spare && matches!(s.state, SlotState::Idle))
     }
@@ -28,16 +74,111 @@ impl JobManagerState {
         true
     }
 
+    /// The recycling jitter of the next worker spawned.
+    pub(super) fn next_spawn_jitter(&mut self) -> u16 {
+        self.spawns += 1;
+        spread(self.spawns)
+    }
+
+    /// Every slot is [`SlotState::Gone`].
+    pub(super) fn all_gone(&self) -> bool {
+        self.slots.iter().all(|s| matches!(s.state, SlotState::Gone))
+    }
+
+    /// Jobs received and not yet handed to a worker, in the order they go.
+    pub(super) fn queued(&self) -> &VecDeque<QueuedJob> {
+        &self.local_queue
+    }
+
+    /// The next job to hand out.
+    pub(super) fn pop_queued(&mut self) -> Option<QueuedJob> {
+        self.local_queue.pop_front()
+    }
+
+    /// Takes `msgid` out of the local queue; whether it was there.
+    pub(super) fn remove_queued(&mut self, msgid: &str) -> bool {
+        let Some(pos) = self.local_queue.iter().position(|j| j.msgid == msgid) else { return false };
+        self.local_queue.remove(pos);
+        true
+    }
+
+    /// The weight of `queue` in the queues this job manager serves.
+    fn weight_of(queues: &QueueSpec, queue: &str) -> u32 {
+        queues.0.iter().find(|(_, q)| q == queue).map_or(0, |(w, _)| *w)
+    }
+
+    /// Puts a job in the local queue, highest weight first: after the jobs
+    /// of its weight (a new job), or before them (`front`: one given back,
+    /// which was due earlier).
+    pub(super) fn enqueue(&mut self, job: QueuedJob, front: bool, queues: &QueueSpec) {
+        let w = Self::weight_of(queues, &job.queue);
+        let pos = self
+            .local_queue
+            .iter()
+            .position(|j| {
+                let wj = Self::weight_of(queues, &j.queue);
+                if front {
+                    wj <= w
+                } else {
+                    wj < w
+                }
+            })
+            .unwrap_or(self.local_queue.len());
+        self.local_queue.insert(pos, job);
+    }
+
+    /// Jobs a worker held but never started go back to the front of the
+    /// local queue, in order, to run elsewhere.
+    pub(super) fn requeue_waiting(&mut self, slot: usize, queues: &QueueSpec) {
+        let waiting = std::mem::take(&mut self.slots[slot].waiting);
+        self.slots[slot].steal_pending = false;
+        for job in waiting.into_iter().rev() {
+            self.enqueue(job, true, queues);
+        }
+    }
+
+    /// Busy workers holding, queued behind their running job, a job of
+    /// lower weight than `queue`'s and not already asked to give jobs back:
+    /// now asked (marked `steal_pending`).
+    pub(super) fn steal_below(&mut self, queue: &str, queues: &QueueSpec) -> Vec<usize> {
+        let w = Self::weight_of(queues, queue);
+        let mut asked = Vec::new();
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            let lower = s.waiting.iter().any(|j| Self::weight_of(queues, &j.queue) < w);
+            if !s.spare && !s.steal_pending && lower && matches!(s.state, SlotState::Busy(_)) {
+                s.steal_pending = true;
+                asked.push(slot);
+            }
+        }
+        asked
+    }
+
+    /// The router cancelled `msgid`, queued at a worker: remembered (up to
+    /// [`MAX_CANCEL_PENDING`]) until it is given back or starts.
+    pub(super) fn cancel_later(&mut self, msgid: &str) {
+        if self.cancel_pending.len() < MAX_CANCEL_PENDING {
+            self.cancel_pending.insert(msgid.to_owned());
+        }
+    }
+
+    /// Whether `msgid` was cancelled while queued at a worker (forgotten
+    /// now: it is being dealt with).
+    pub(super) fn take_cancelled(&mut self, msgid: &str) -> bool {
+        self.cancel_pending.remove(msgid)
+    }
+}
+
+impl JobManagerState {
     /// Settle step: starts locally queued jobs on idle workers, then queues
     /// more behind running jobs that just started (up to `worker_pipeline`).
     /// Nothing when nothing is queued.
     pub(super) fn hand_out_queued_jobs(&mut self, now: Instant, out: &mut Vec<Action>) {
-        while !self.local_queue.is_empty() {
-            if let Some(slot) = self.idle_slot() {
-                let job = self.local_queue.pop_front().expect("non-empty");
+        while !self.workers.queued().is_empty() {
+            if let Some(slot) = self.workers.idle_slot() {
+                let job = self.workers.pop_queued().expect("non-empty");
                 self.start(slot, job, now, out);
             } else if let Some(slot) = self.pipeline_slot(now) {
-                let job = self.local_queue.pop_front().expect("non-empty");
+                let job = self.workers.pop_queued().expect("non-empty");
                 debug!(msgid = %job.msgid, slot, "job queued at worker");
                 out.push(Action::Run {
                     slot,
@@ -45,7 +186,7 @@ impl JobManagerState {
                     payload: job.payload.clone(),
                     attempt: job.attempt,
                 });
-                self.slots[slot].waiting.push_back(job);
+                self.workers.slots[slot].waiting.push_back(job);
             } else {
                 return;
             }
@@ -57,7 +198,8 @@ impl JobManagerState {
     /// recycled, and a running job young enough to be probably short.
     fn pipeline_slot(&self, now: Instant) -> Option<usize> {
         let depth = self.cfg.worker_pipeline.max(1);
-        self.slots
+        self.workers
+            .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.spare)
@@ -77,67 +219,36 @@ impl JobManagerState {
 
     /// Hands a job to an idle worker.
     fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
-        debug!(msgid = %job.msgid, slot, pid = ?self.slots[slot].pid, "job started");
+        debug!(msgid = %job.msgid, slot, pid = ?self.workers.slots[slot].pid, "job started");
         out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone(), attempt: job.attempt });
-        self.slots[slot].state = SlotState::Busy(JobInFlight::start(job, now));
+        self.workers.slots[slot].state = SlotState::Busy(JobInFlight::start(job, now));
     }
 
     /// Jobs a worker held but never started go back to the front of the
     /// local queue, in order, to run elsewhere.
     pub(super) fn requeue_waiting(&mut self, slot: usize) {
-        let waiting = std::mem::take(&mut self.slots[slot].waiting);
-        self.slots[slot].steal_pending = false;
-        for job in waiting.into_iter().rev() {
-            self.enqueue(job, true);
-        }
+        self.workers.requeue_waiting(slot, &self.cfg.queues);
     }
 
-    /// The weight of `queue` in the queues this job manager serves.
-    fn weight_of(cfg: &super::JmConfig, queue: &str) -> u32 {
-        cfg.queues.0.iter().find(|(_, q)| q == queue).map_or(0, |(w, _)| *w)
-    }
-
-    /// Puts a job in the local queue, highest weight first: after the jobs
-    /// of its weight (a new job), or before them (`front`: one given back,
-    /// which was due earlier).
+    /// Puts a job in the local queue by its queue's weight (see
+    /// [`Workers::enqueue`]).
     pub(super) fn enqueue(&mut self, job: QueuedJob, front: bool) {
-        let cfg = &self.cfg;
-        let w = Self::weight_of(cfg, &job.queue);
-        let pos = self
-            .local_queue
-            .iter()
-            .position(|j| {
-                let wj = Self::weight_of(cfg, &j.queue);
-                if front {
-                    wj <= w
-                } else {
-                    wj < w
-                }
-            })
-            .unwrap_or(self.local_queue.len());
-        self.local_queue.insert(pos, job);
+        self.workers.enqueue(job, front, &self.cfg.queues);
     }
 
     /// A job of weight `w` just arrived: workers holding lower-weight jobs
     /// queued behind their running one are asked to give them back, so
     /// the new job runs next (priorities hold through prefetching).
     pub(super) fn steal_for_priority(&mut self, queue: &str, out: &mut Vec<Action>) {
-        let w = Self::weight_of(&self.cfg, queue);
-        for slot in 0..self.slots.len() {
-            let s = &self.slots[slot];
-            let lower = s.waiting.iter().any(|j| Self::weight_of(&self.cfg, &j.queue) < w);
-            if !s.spare && !s.steal_pending && lower && matches!(s.state, SlotState::Busy(_)) {
-                self.slots[slot].steal_pending = true;
-                debug!(slot, %queue, "a higher-weight job arrived: taking back lower-weight jobs queued at the worker");
-                out.push(Action::Steal { slot });
-            }
+        for slot in self.workers.steal_below(queue, &self.cfg.queues) {
+            debug!(slot, %queue, "a higher-weight job arrived: taking back lower-weight jobs queued at the worker");
+            out.push(Action::Steal { slot });
         }
     }
 
     pub(super) fn spawn(&mut self, slot: usize, out: &mut Vec<Action>) {
-        self.spawns += 1;
-        let jitter = spread(self.spawns);
-        let s = &mut self.slots[slot];
+        let jitter = self.workers.next_spawn_jitter();
+        let s = &mut self.workers.slots[slot];
         s.state = SlotState::Starting;
         s.pid = None;
         s.jobs_done = 0;
@@ -149,26 +260,27 @@ impl JobManagerState {
     }
 
     fn backoff(&self, slot: usize) -> Duration {
-        let n = self.slots[slot].quick_deaths.min(6);
+        let n = self.workers.slots[slot].quick_deaths.min(6);
         Duration::from_millis(100 << n).min(Duration::from_secs(5))
     }
 
     pub(super) fn on_spawn_failed(&mut self, slot: usize, error: String, now: Instant) {
         warn!(slot, %error, "cannot start worker");
-        self.slots[slot].quick_deaths += 1;
-        self.slots[slot].state = SlotState::Waiting { respawn_at: now + self.backoff(slot) };
-        *self.restarts.entry("spawn_failed").or_insert(0) += 1;
+        self.workers.slots[slot].quick_deaths += 1;
+        self.workers.slots[slot].state = SlotState::Waiting { respawn_at: now + self.backoff(slot) };
+        self.stats.restart("spawn_failed");
     }
 
     pub(super) fn on_worker_up(&mut self, slot: usize, pid: u32, out: &mut Vec<Action>) {
-        let s = &mut self.slots[slot];
+        let stopping_idle = self.lifecycle.is_stopping() && self.workers.queued().is_empty();
+        let s = &mut self.workers.slots[slot];
         s.pid = Some(pid);
         s.quick_deaths = 0;
         if !matches!(s.state, SlotState::Starting) {
             return;
         }
         info!(slot, pid, "worker ready");
-        if self.stopping.is_some() && self.local_queue.is_empty() {
+        if stopping_idle {
             s.state = SlotState::Retiring;
             out.push(Action::Retire { slot });
             return;
@@ -186,7 +298,7 @@ impl JobManagerState {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let s = &mut self.slots[slot];
+        let s = &mut self.workers.slots[slot];
         let job = match &s.state {
             SlotState::Busy(job) if job.msgid == msgid => job.clone(),
             _ => {
@@ -198,46 +310,34 @@ impl JobManagerState {
         s.jobs_done += 1;
         let pid = s.pid.unwrap_or(0);
         let elapsed = now.saturating_duration_since(job.started);
-        self.job_secs_avg = 0.9 * self.job_secs_avg + 0.1 * elapsed.as_secs_f64();
-        self.count_callable(&job.callable, elapsed.as_secs_f64(), error_type.is_some());
+        self.stats.run_finished(pid, &job.callable, elapsed.as_secs_f64(), error_type.is_some());
         match &error_type {
-            None => {
-                self.jobs_ok += 1;
-                debug!(%msgid, pid, queue = %job.queue, ?elapsed, "job done");
-            }
-            Some(kind) => {
-                self.jobs_failed += 1;
-                info!(%msgid, pid, queue = %job.queue, error_type = %kind, "job failed");
-            }
-        }
-        *self.jobs_by_pid.entry(pid).or_insert(0) += 1;
-        if self.jobs_by_pid.len() > PID_HISTORY {
-            let oldest = *self.jobs_by_pid.keys().next().expect("non-empty");
-            self.jobs_by_pid.remove(&oldest);
+            None => debug!(%msgid, pid, queue = %job.queue, ?elapsed, "job done"),
+            Some(kind) => info!(%msgid, pid, queue = %job.queue, error_type = %kind, "job failed"),
         }
         // The reply goes out now, before settling can announce this slot again.
         self.send_reply_json(&msgid, reply_json, out);
-        let s = &mut self.slots[slot];
-        if let Some(next) = s.waiting.pop_front() {
+        if let Some(next) = self.workers.slots[slot].waiting.pop_front() {
             // The worker goes straight on with the job queued behind.
-            let cancelled = self.cancel_pending.remove(&next.msgid);
-            s.state = SlotState::Busy(JobInFlight::start(next, now));
+            let cancelled = self.workers.take_cancelled(&next.msgid);
+            self.workers.slots[slot].state = SlotState::Busy(JobInFlight::start(next, now));
             if cancelled {
                 self.stop_running(slot, now, out);
             }
             return;
         }
+        let stopping_idle = self.lifecycle.is_stopping() && self.workers.queued().is_empty();
+        let s = &mut self.workers.slots[slot];
         let recycle = s.jobs_done >= job_limit(self.cfg.max_job_count, s) || s.recycle_after_job;
-        let stopping_idle = self.stopping.is_some() && self.local_queue.is_empty();
         if recycle || stopping_idle {
             if recycle && !stopping_idle {
                 info!(slot, pid, jobs = s.jobs_done, "worker reached max_job_count: recycling");
-                *self.restarts.entry("recycled").or_insert(0) += 1;
+                self.stats.restart("recycled");
             }
             s.state = SlotState::Retiring;
             out.push(Action::Retire { slot });
             if !stopping_idle {
-                self.promote_spare(slot);
+                self.workers.promote_spare(slot);
             }
         } else {
             s.state = SlotState::Idle;
@@ -250,23 +350,20 @@ impl JobManagerState {
     /// (SIGTERM, then SIGKILL after `kill_escalation`) and a fresh worker
     /// takes the slot. Unknown (already finished): nothing to do.
     pub(super) fn on_cancel(&mut self, msgid: &str, now: Instant, out: &mut Vec<Action>) {
-        if let Some(pos) = self.local_queue.iter().position(|j| j.msgid == msgid) {
-            self.local_queue.remove(pos);
+        if self.workers.remove_queued(msgid) {
             info!(%msgid, "cancelled before it started");
             self.answer_cancelled(msgid, out);
             return;
         }
-        for slot in 0..self.slots.len() {
-            if matches!(&self.slots[slot].state, SlotState::Busy(job) if job.msgid == msgid) {
+        for slot in 0..self.workers.slots.len() {
+            if matches!(&self.workers.slots[slot].state, SlotState::Busy(job) if job.msgid == msgid) {
                 self.stop_running(slot, now, out);
                 return;
             }
-            if self.slots[slot].waiting.iter().any(|j| j.msgid == msgid) {
-                if self.cancel_pending.len() < 10_000 {
-                    self.cancel_pending.insert(msgid.to_owned());
-                }
-                if !self.slots[slot].steal_pending {
-                    self.slots[slot].steal_pending = true;
+            if self.workers.slots[slot].waiting.iter().any(|j| j.msgid == msgid) {
+                self.workers.cancel_later(msgid);
+                if !self.workers.slots[slot].steal_pending {
+                    self.workers.slots[slot].steal_pending = true;
                     out.push(Action::Steal { slot });
                 }
                 return;
@@ -279,20 +376,20 @@ impl JobManagerState {
     /// (the jobs queued behind it run elsewhere here) and it is answered
     /// `cancelled`.
     fn stop_running(&mut self, slot: usize, now: Instant, out: &mut Vec<Action>) {
-        let SlotState::Busy(job) = &self.slots[slot].state else { return };
+        let SlotState::Busy(job) = &self.workers.slots[slot].state else { return };
         let msgid = job.msgid.clone();
-        let pid = self.slots[slot].pid.unwrap_or(0);
+        let pid = self.workers.slots[slot].pid.unwrap_or(0);
         info!(slot, pid, %msgid, "cancelled while running: stopping its worker");
-        *self.restarts.entry("cancelled").or_insert(0) += 1;
+        self.stats.restart("cancelled");
         self.answer_cancelled(&msgid, out);
-        self.slots[slot].state = SlotState::Killing { since: now, forced: false };
+        self.workers.slots[slot].state = SlotState::Killing { since: now, forced: false };
         out.push(Action::Kill { slot, force: false });
         self.requeue_waiting(slot);
-        self.promote_spare(slot);
+        self.workers.promote_spare(slot);
     }
 
     fn answer_cancelled(&mut self, msgid: &str, out: &mut Vec<Action>) {
-        self.jobs_failed += 1;
+        self.stats.job_failed();
         let reply = JobReply::failed(JobErrorKind::Cancelled, "cancelled by an operator", "");
         self.send_reply(msgid, reply, out);
     }
@@ -301,17 +398,17 @@ impl JobManagerState {
     /// (a spare takes its place), a busy one after its job.
     pub(super) fn on_worker_over_memory(&mut self, slot: usize, rss_bytes: u64, out: &mut Vec<Action>) {
         let limit = self.cfg.max_memory_per_worker;
-        let Some(s) = self.slots.get_mut(slot) else { return };
+        let Some(s) = self.workers.slots.get_mut(slot) else { return };
         if limit == 0 || s.recycle_after_job {
             return;
         }
         info!(slot, pid = s.pid.unwrap_or(0), rss_bytes, limit, "worker past max_memory_per_worker: recycling");
-        *self.restarts.entry("memory").or_insert(0) += 1;
+        self.stats.restart("memory");
         match s.state {
             SlotState::Idle => {
                 s.state = SlotState::Retiring;
                 out.push(Action::Retire { slot });
-                self.promote_spare(slot);
+                self.workers.promote_spare(slot);
             }
             SlotState::Busy(_) => s.recycle_after_job = true,
             _ => {}
@@ -319,7 +416,7 @@ impl JobManagerState {
     }
 
     pub(super) fn on_worker_stole(&mut self, slot: usize, msgids: Vec<String>, out: &mut Vec<Action>) {
-        let s = &mut self.slots[slot];
+        let s = &mut self.workers.slots[slot];
         s.steal_pending = false;
         let mut back = Vec::new();
         // The worker may give back the job we took for started (it had
@@ -341,7 +438,7 @@ impl JobManagerState {
         });
         debug!(slot, jobs = back.len(), "jobs taken back from a worker");
         for job in back.into_iter().rev() {
-            if self.cancel_pending.remove(&job.msgid) {
+            if self.workers.take_cancelled(&job.msgid) {
                 self.answer_cancelled(&job.msgid, out);
                 continue;
             }
@@ -358,11 +455,11 @@ impl JobManagerState {
         out: &mut Vec<Action>,
     ) {
         self.requeue_waiting(slot);
-        let previous = std::mem::replace(&mut self.slots[slot].state, SlotState::Gone);
+        let previous = std::mem::replace(&mut self.workers.slots[slot].state, SlotState::Gone);
         match previous {
             SlotState::Busy(job) => {
-                *self.restarts.entry("died").or_insert(0) += 1;
-                self.jobs_failed += 1;
+                self.stats.restart("died");
+                self.stats.job_failed();
                 warn!(slot, pid, msgid = %job.msgid, %exit, "worker died while running a job");
                 let reply = JobReply::failed(
                     JobErrorKind::WorkerDied,
@@ -372,25 +469,25 @@ impl JobManagerState {
                 self.send_reply(&job.msgid, reply, out);
             }
             SlotState::Idle => {
-                *self.restarts.entry("died").or_insert(0) += 1;
+                self.stats.restart("died");
                 warn!(slot, pid, %exit, "idle worker died");
             }
             SlotState::Starting => {
-                *self.restarts.entry("died").or_insert(0) += 1;
-                self.slots[slot].quick_deaths += 1;
+                self.stats.restart("died");
+                self.workers.slots[slot].quick_deaths += 1;
                 warn!(slot, pid, %exit, "worker died while starting");
             }
             SlotState::Retiring | SlotState::Killing { .. } => debug!(slot, pid, %exit, "worker exited"),
             SlotState::Waiting { .. } | SlotState::Gone => {}
         }
-        if self.stopping.is_some() {
+        if self.lifecycle.is_stopping() {
             // Stays gone; settling exits once every slot is.
             return;
         }
-        self.promote_spare(slot);
-        if self.slots[slot].quick_deaths > 0 {
+        self.workers.promote_spare(slot);
+        if self.workers.slots[slot].quick_deaths > 0 {
             let at = now + self.backoff(slot);
-            self.slots[slot].state = SlotState::Waiting { respawn_at: at };
+            self.workers.slots[slot].state = SlotState::Waiting { respawn_at: at };
         } else {
             self.spawn(slot, out);
         }
@@ -416,4 +513,125 @@ fn spread(n: u64) -> u16 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 48) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues() -> QueueSpec {
+        QueueSpec(vec![(10, "high".into()), (1, "low".into())])
+    }
+
+    fn job(msgid: &str, queue: &str) -> QueuedJob {
+        QueuedJob {
+            msgid: msgid.into(),
+            queue: queue.into(),
+            callable: "m.f".into(),
+            payload: String::new(),
+            timeout: Duration::from_secs(1),
+            attempt: 1,
+        }
+    }
+
+    fn queued(w: &Workers) -> Vec<&str> {
+        w.queued().iter().map(|j| j.msgid.as_str()).collect()
+    }
+
+    #[test]
+    fn new_has_workers_then_spares_all_gone() {
+        let w = Workers::new(2, 1);
+        let spares: Vec<bool> = w.slots.iter().map(|s| s.spare).collect();
+        assert_eq!(spares, [false, false, true]);
+        assert!(w.all_gone());
+        assert!(w.queued().is_empty());
+        assert_eq!(w.idle_slot(), None);
+    }
+
+    #[test]
+    fn the_local_queue_is_by_weight_and_given_back_jobs_go_first_in_their_weight() {
+        let mut w = Workers::new(1, 0);
+        let q = queues();
+        w.enqueue(job("l1", "low"), false, &q);
+        w.enqueue(job("h1", "high"), false, &q);
+        w.enqueue(job("l2", "low"), false, &q);
+        w.enqueue(job("h2", "high"), false, &q);
+        w.enqueue(job("u1", "unknown"), false, &q);
+        assert_eq!(queued(&w), ["h1", "h2", "l1", "l2", "u1"]);
+        w.enqueue(job("l0", "low"), true, &q);
+        w.enqueue(job("h0", "high"), true, &q);
+        assert_eq!(queued(&w), ["h0", "h1", "h2", "l0", "l1", "l2", "u1"]);
+        assert!(w.remove_queued("l1"));
+        assert!(!w.remove_queued("l1"));
+        assert_eq!(w.pop_queued().map(|j| j.msgid), Some("h0".into()));
+        assert_eq!(queued(&w), ["h1", "h2", "l0", "l2", "u1"]);
+    }
+
+    #[test]
+    fn requeued_waiting_jobs_keep_their_order_ahead_of_their_weight() {
+        let mut w = Workers::new(1, 0);
+        let q = queues();
+        w.enqueue(job("h9", "high"), false, &q);
+        w.enqueue(job("l9", "low"), false, &q);
+        w.slots[0].waiting.extend([job("l1", "low"), job("h1", "high"), job("l2", "low")]);
+        w.slots[0].steal_pending = true;
+        w.requeue_waiting(0, &q);
+        assert_eq!(queued(&w), ["h1", "h9", "l1", "l2", "l9"]);
+        assert!(w.slots[0].waiting.is_empty());
+        assert!(!w.slots[0].steal_pending);
+    }
+
+    #[test]
+    fn an_idle_spare_takes_the_place_of_a_worker() {
+        let mut w = Workers::new(1, 1);
+        w.slots[1].state = SlotState::Idle;
+        assert_eq!(w.idle_slot(), None, "a spare is not handed jobs");
+        assert!(!w.promote_spare(1), "a spare is not replaced");
+        assert!(w.promote_spare(0));
+        assert!(w.slots[0].spare && !w.slots[1].spare);
+        assert_eq!(w.idle_slot(), Some(1));
+        assert!(!w.promote_spare(1), "no idle spare left");
+    }
+
+    #[test]
+    fn steal_below_asks_busy_workers_holding_lower_weight_jobs_once() {
+        let now = Instant::now();
+        let q = queues();
+        let mut w = Workers::new(3, 0);
+        for (slot, waiting) in [(0, "low"), (1, "high"), (2, "low")] {
+            w.slots[slot].state = SlotState::Busy(JobInFlight::start(job("r", "low"), now));
+            w.slots[slot].waiting.push_back(job("w", waiting));
+        }
+        w.slots[2].spare = true;
+        assert_eq!(w.steal_below("high", &q), [0]);
+        assert!(w.slots[0].steal_pending);
+        assert!(w.steal_below("high", &q).is_empty(), "one Steal at a time");
+        assert!(w.steal_below("low", &q).is_empty());
+    }
+
+    #[test]
+    fn cancellations_pending_are_taken_once_and_bounded() {
+        let mut w = Workers::new(1, 0);
+        w.cancel_later("a");
+        assert!(w.take_cancelled("a"));
+        assert!(!w.take_cancelled("a"));
+        for i in 0..MAX_CANCEL_PENDING + 5 {
+            w.cancel_later(&i.to_string());
+        }
+        assert_eq!(w.cancel_pending.len(), MAX_CANCEL_PENDING);
+        assert!(!w.take_cancelled(&MAX_CANCEL_PENDING.to_string()), "past the bound: not remembered");
+    }
+
+    #[test]
+    fn each_spawn_gets_the_next_jitter_deterministically() {
+        let (mut a, mut b) = (Workers::new(1, 0), Workers::new(1, 0));
+        let ja: Vec<u16> = (0..8).map(|_| a.next_spawn_jitter()).collect();
+        let jb: Vec<u16> = (0..8).map(|_| b.next_spawn_jitter()).collect();
+        assert_eq!(ja, jb);
+        assert_eq!(ja[0], spread(1));
+        let mut distinct = ja.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ja.len());
+    }
 }
