@@ -25,6 +25,8 @@ pub enum ClientError {
     BadCallable(String),
     #[error("refused by the router: {0}")]
     Refused(String),
+    #[error("bad workflow: {0}")]
+    BadWorkflow(String),
 }
 
 /// How a job should be handled (EventMQ's REQUEST headers).
@@ -43,11 +45,28 @@ pub struct Options {
     pub delay: Option<Duration>,
     /// Run no sooner than this time (`eta:` header).
     pub at: Option<std::time::SystemTime>,
+    /// `unique:KEY`: while a job with this key in this queue is not final,
+    /// the router answers with that job ([`Receipt::Deduplicated`]).
+    pub unique: Option<String>,
+    /// `depends_on:ID;ID`: run once these jobs are done.
+    pub depends_on: Vec<String>,
+    /// `on_dependency_failure:run`: run even when a dependency failed.
+    pub run_on_dependency_failure: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { reply_requested: true, guarantee: false, retry_count: None, timeout: None, delay: None, at: None }
+        Options {
+            reply_requested: true,
+            guarantee: false,
+            retry_count: None,
+            timeout: None,
+            delay: None,
+            at: None,
+            unique: None,
+            depends_on: Vec::new(),
+            run_on_dependency_failure: false,
+        }
     }
 }
 
@@ -61,6 +80,9 @@ impl Options {
             timeout_secs: self.timeout,
             delay_secs: self.delay.map(|d| d.as_secs_f64()).filter(|d| *d > 0.0),
             eta: self.at.map(unix_seconds),
+            unique: self.unique.clone(),
+            depends_on: self.depends_on.clone(),
+            run_on_dependency_failure: self.run_on_dependency_failure,
             ..Default::default()
         }
         .to_wire()
@@ -176,6 +198,9 @@ pub fn schedule_payload(job: &RunPayload) -> String {
 pub enum Receipt {
     Accepted,
     Refused(JobError),
+    /// `unique:` — the router holds a job with that key: this one (its
+    /// msgid) instead of a new one.
+    Deduplicated(String),
 }
 
 /// How a job ended, as seen by its client.
@@ -463,6 +488,47 @@ impl Client {
         Ok(m.msgid)
     }
 
+    /// Results of `msgid` (a job this client did not send, e.g. the one a
+    /// `unique` key pointed to) are kept for [`Client::wait`].
+    pub fn expect(&mut self, msgid: &str) {
+        if self.pending.insert(msgid.to_owned()) {
+            self.pending_order.push_back(msgid.to_owned());
+        }
+    }
+
+    /// Submits a workflow (see [`crate::workflow`]); returns its id (the
+    /// WORKFLOW's msgid) at once. The receipt and the result come as for
+    /// a job: [`Client::wait_receipt`], [`Client::wait`].
+    pub fn submit_workflow(&mut self, graph: &emq_protocol::WorkflowGraph) -> Result<String, ClientError> {
+        let m = Message::new(Command::Workflow(emq_protocol::Workflow { graph: graph.clone() }));
+        self.sender.send(&m)?;
+        self.pending.insert(m.msgid.clone());
+        self.pending_order.push_back(m.msgid.clone());
+        if self.unreceipted.len() < MAX_UNRECEIPTED {
+            self.unreceipted.push_back((m.msgid.clone(), m.clone(), Instant::now()));
+        }
+        Ok(m.msgid)
+    }
+
+    /// [`Client::submit_workflow`] of a canvas (made into a graph with this
+    /// client's owner token), trying again while no router is reachable
+    /// until `until`.
+    pub fn submit_canvas_until(
+        &mut self,
+        canvas: &crate::workflow::Canvas,
+        until: Instant,
+    ) -> Result<String, ClientError> {
+        let graph = canvas.to_graph(&self.owner_token).map_err(ClientError::BadWorkflow)?;
+        loop {
+            match self.submit_workflow(&graph) {
+                Err(ClientError::Socket(SenderError::Zmq(zmq::Error::EAGAIN))) if Instant::now() < until => {
+                    let _ = self.pump(100);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// [`Client::send_request`], trying again while no router is reachable
     /// (a client given a leader and its standbys, during a failover: a send
     /// gives up after a second when none of them is up) until `until`.
@@ -536,7 +602,7 @@ impl Client {
         self.take_result(&m.msgid);
         self.pending.remove(&m.msgid);
         match outcome? {
-            Receipt::Accepted => Ok(()),
+            Receipt::Accepted | Receipt::Deduplicated(_) => Ok(()),
             Receipt::Refused(e) => Err(ClientError::Refused(e.message)),
         }
     }
@@ -591,6 +657,18 @@ impl Client {
                     }
                 }
                 Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
+                    if reply_json.contains("\"deduplicated\"") {
+                        if let Some(holder) = serde_json::from_str::<Value>(&reply_json)
+                            .ok()
+                            .and_then(|v| v["deduplicated"].as_str().map(str::to_owned))
+                        {
+                            self.forget_unreceipted(&orig_msgid);
+                            if self.pending.remove(&orig_msgid) {
+                                self.receipts.insert(orig_msgid, Receipt::Deduplicated(holder));
+                            }
+                            continue;
+                        }
+                    }
                     let reply = JobReply::from_json(&reply_json).unwrap_or_else(|e| {
                         JobReply::failed("BadReply", format!("unreadable reply {reply_json:?}: {e}"), "")
                     });
@@ -964,6 +1042,7 @@ mod tests {
             timeout: Some(5),
             delay: Some(Duration::from_millis(1500)),
             at: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            ..Options::default()
         };
         assert_eq!(o.headers(), "guarantee,retry-count:2,timeout:5,delay:1.5,eta:1800000000");
     }

@@ -26,6 +26,7 @@ pub mod admin_cli;
 mod client;
 pub mod flags;
 pub mod send_cli;
+pub mod workflow;
 
 pub use client::{
     job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt, RouterNotice,

@@ -99,8 +99,27 @@ pub struct Args {
     /// With --count: most jobs outstanding at once (1 to 1000000).
     #[arg(long, default_value = "1000", allow_negative_numbers = true, value_parser = flags::window)]
     pub window: usize,
+    /// `unique:KEY`: while a job with this key in this queue is not final,
+    /// the router answers with that job (its msgid is printed) instead of
+    /// making a new one.
+    #[arg(long, value_name = "KEY")]
+    pub unique: Option<String>,
+    /// Run once this job (msgid) is done; repeat or comma-separate for
+    /// several. If one fails for good the job is cancelled.
+    #[arg(long = "depends-on", value_name = "MSGID", value_delimiter = ',')]
+    pub depends_on: Vec<String>,
+    /// With --depends-on: run even when a dependency failed.
+    #[arg(long, value_parser = ["cancel", "run"], default_value = "cancel")]
+    pub on_dependency_failure: String,
+    /// Submit a workflow instead: a canvas as JSON from FILE (`-`: stdin),
+    /// e.g. {"chain": [{"sig": {"fn": "m.f", "args": [1]}}, {"sig": {"fn":
+    /// "m.g"}}]} (see docs/workflows.md). Prints the workflow id, or with
+    /// --wait its result.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["every", "cron", "unschedule", "depends_on", "unique"])]
+    pub workflow: Option<PathBuf>,
     /// pkg.mod.func or pkg.mod:Class.method
-    pub callable: String,
+    #[arg(required_unless_present = "workflow")]
+    pub callable: Option<String>,
     /// Positional ARGs and KEY=VALUE kwargs; each value is JSON when it
     /// parses as JSON, else a string.
     /// (Options may come anywhere before `--`; after it everything is a
@@ -162,7 +181,29 @@ pub fn main() -> ExitCode {
     if let Err(e) = flags::endpoint(key, &addr) {
         return usage(e);
     }
-    let mut job = match job_for(&a.callable) {
+    let canvas = match &a.workflow {
+        None => None,
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(path)
+            };
+            let parsed = text
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|t| {
+                    serde_json::from_str::<Value>(&t).map_err(|e| format!("{}: not JSON: {e}", path.display()))
+                })
+                .and_then(|v| crate::workflow::Canvas::from_json(&v));
+            match parsed {
+                Ok(c) => Some(c),
+                Err(e) => return usage(e),
+            }
+        }
+    };
+    let callable = a.callable.clone().unwrap_or_else(|| "emq.workflow".into());
+    let mut job = match job_for(&callable) {
         Ok(j) => j,
         Err(e) => return usage(e),
     };
@@ -188,6 +229,9 @@ pub fn main() -> ExitCode {
         timeout: a.timeout,
         delay: a.delay,
         at: a.at,
+        unique: a.unique.clone(),
+        depends_on: a.depends_on.iter().map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).collect(),
+        run_on_dependency_failure: a.on_dependency_failure == "run",
     };
     let keys = match flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref()) {
         Ok(k) => k,
@@ -228,6 +272,9 @@ pub fn main() -> ExitCode {
     let start = Instant::now();
     // At most ten years (checked by the flag's parser): cannot overflow.
     let deadline = a.deadline.map(|d| start + d);
+    if let Some(canvas) = &canvas {
+        return send_workflow(&mut client, &addr, canvas, a.wait, a.json, deadline);
+    }
     if a.every.is_some() || a.cron.is_some() || a.unschedule {
         return schedule(&mut client, &a, &job, deadline);
     }
@@ -294,8 +341,14 @@ fn send_one(
     // connection problem, unless the user's own deadline ran out first.
     let receipt_limit = Instant::now() + Duration::from_secs(10);
     let receipt_deadline = deadline.map_or(receipt_limit, |d| d.min(receipt_limit));
+    let mut msgid = msgid;
     match client.wait_receipt(&msgid, receipt_deadline) {
         Ok(Receipt::Accepted) => {}
+        Ok(Receipt::Deduplicated(holder)) => {
+            eprintln!("emq-send: deduplicated: job {holder} holds this unique key; no new job");
+            msgid = holder;
+            client.expect(&msgid);
+        }
         Ok(Receipt::Refused(e)) => {
             report_failure(&JobOutcome::Refused(e), json);
             return ExitCode::from(1);
@@ -317,6 +370,55 @@ fn send_one(
     match client.wait(&msgid, deadline.unwrap_or(far)) {
         JobOutcome::NoReply => {
             eprintln!("emq-send: no result for {msgid} before the deadline");
+            ExitCode::from(3)
+        }
+        o if o.is_success() => {
+            println!("{}", o.to_json().expect("an outcome with JSON"));
+            ExitCode::SUCCESS
+        }
+        o => {
+            report_failure(&o, json);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--workflow`: submits the canvas; prints its id, or with `--wait` its
+/// result (exit codes as for a job).
+fn send_workflow(
+    client: &mut Client,
+    addr: &str,
+    canvas: &crate::workflow::Canvas,
+    wait: bool,
+    json: bool,
+    deadline: Option<Instant>,
+) -> ExitCode {
+    let send_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+    let id = match client.submit_canvas_until(canvas, send_until) {
+        Ok(id) => id,
+        Err(e) => return usage(e),
+    };
+    let receipt_deadline = Instant::now() + Duration::from_secs(10);
+    match client.wait_receipt(&id, deadline.map_or(receipt_deadline, |d| d.min(receipt_deadline))) {
+        Ok(Receipt::Accepted) | Ok(Receipt::Deduplicated(_)) => {}
+        Ok(Receipt::Refused(e)) => {
+            report_failure(&JobOutcome::Refused(e), json);
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            return usage(format!(
+                "no receipt from the router at {addr} for the workflow: {e} (EventMQ's router does not take workflows)"
+            ))
+        }
+    }
+    if !wait {
+        println!("{id}");
+        return ExitCode::SUCCESS;
+    }
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    match client.wait(&id, deadline.unwrap_or(far)) {
+        JobOutcome::NoReply => {
+            eprintln!("emq-send: no result for workflow {id} before the deadline");
             ExitCode::from(3)
         }
         o if o.is_success() => {
@@ -405,7 +507,7 @@ fn send_many(
             for (_, r) in client.drain_receipts() {
                 outstanding = outstanding.saturating_sub(1);
                 match r {
-                    Receipt::Accepted => ok += 1,
+                    Receipt::Accepted | Receipt::Deduplicated(_) => ok += 1,
                     Receipt::Refused(e) => {
                         failed += 1;
                         first_error.get_or_insert_with(|| JobOutcome::Refused(e).to_json().unwrap_or(Value::Null));

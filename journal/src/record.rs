@@ -217,6 +217,10 @@ pub enum Record {
     ResultDelivered {
         msgid: String,
     },
+    /// The workflows room's own record (a workflow or a held job accepted,
+    /// a node's input, a workflow's end): JSON the router's `workflows`
+    /// module writes and reads; the journal only stores it.
+    Workflow(String),
 }
 
 impl Record {
@@ -235,7 +239,8 @@ impl Record {
             | Record::CheckpointEnd { .. }
             | Record::ScheduleSet(_)
             | Record::ScheduleRemoved { .. }
-            | Record::QueuePaused { .. } => None,
+            | Record::QueuePaused { .. }
+            | Record::Workflow(_) => None,
         }
     }
 
@@ -353,6 +358,10 @@ impl Record {
                 w.u8(15);
                 w.str(msgid);
             }
+            Record::Workflow(body) => {
+                w.u8(16);
+                w.str(body);
+            }
             Record::ScheduleFired { id, msgid, at, next_due } => {
                 w.u8(12);
                 w.str(id);
@@ -446,6 +455,7 @@ impl Record {
             12 => Record::ScheduleFired { id: r.str()?, msgid: r.str()?, at: r.f64()?, next_due: r.f64()? },
             14 => Record::ResultPending { msgid: r.str()? },
             15 => Record::ResultDelivered { msgid: r.str()? },
+            16 => Record::Workflow(r.str()?),
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -624,6 +634,7 @@ mod tests {
             Record::QueuePaused { queue: "q".into(), paused: true },
             Record::ResultPending { msgid: "r".into() },
             Record::ResultDelivered { msgid: "r".into() },
+            Record::Workflow(r#"{"t":"flow"}"#.into()),
             Record::Finished {
                 msgid: "c".into(),
                 state: FinalState::Cancelled,

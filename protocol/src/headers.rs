@@ -35,7 +35,19 @@ pub struct Headers {
     pub schedule_id: Option<String>,
     /// ... and `fired:UNIX_SECONDS`, the time the run was due.
     pub fired_at: Option<f64>,
+    /// Our extension, `unique:KEY`: while a job with this key in this
+    /// queue is not final, another send gets that job instead of a new one.
+    pub unique: Option<String>,
+    /// Our extension, `depends_on:ID;ID`: the job runs once these jobs are
+    /// done (at most [`MAX_DEPENDS_ON`]).
+    pub depends_on: Vec<String>,
+    /// Our extension, `on_dependency_failure:run`: run even when a
+    /// dependency failed for good (else the job is cancelled).
+    pub run_on_dependency_failure: bool,
 }
+
+/// Most jobs one job may depend on.
+pub const MAX_DEPENDS_ON: usize = 1000;
 
 /// Longest delay honoured (ten years), as for timeouts.
 pub const MAX_DELAY_SECS: f64 = MAX_TIMEOUT_SECS as f64;
@@ -64,6 +76,13 @@ impl Headers {
                 }
                 "schedule" => h.schedule_id = value.filter(|v| !v.is_empty() && v.len() <= 64).map(str::to_owned),
                 "fired" => h.fired_at = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite()),
+                "unique" => h.unique = value.filter(|v| !v.is_empty() && v.len() <= 200).map(str::to_owned),
+                "depends_on" => {
+                    h.depends_on = value
+                        .map(|v| v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                        .unwrap_or_default()
+                }
+                "on_dependency_failure" => h.run_on_dependency_failure = value == Some("run"),
                 "eta" => h.eta = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite() && *t > 0.0),
                 "timeout" => {
                     h.timeout_secs = value
@@ -110,6 +129,15 @@ impl Headers {
         if let Some(t) = self.fired_at {
             parts.push(format!("fired:{t}"));
         }
+        if let Some(k) = &self.unique {
+            parts.push(format!("unique:{k}"));
+        }
+        if !self.depends_on.is_empty() {
+            parts.push(format!("depends_on:{}", self.depends_on.join(";")));
+        }
+        if self.run_on_dependency_failure {
+            parts.push("on_dependency_failure:run".into());
+        }
         parts.join(",")
     }
 
@@ -142,9 +170,21 @@ mod tests {
                 eta: None,
                 schedule_id: None,
                 fired_at: None,
+                ..Default::default()
             }
         );
         assert_eq!(Headers::parse(&h.to_wire()), h);
+    }
+
+    #[test]
+    fn unique_and_depends_on() {
+        let h = Headers::parse("reply-requested,unique:report-42,depends_on:a1;b2;;c3,on_dependency_failure:run");
+        assert_eq!(h.unique.as_deref(), Some("report-42"));
+        assert_eq!(h.depends_on, ["a1", "b2", "c3"]);
+        assert!(h.run_on_dependency_failure);
+        assert_eq!(Headers::parse(&h.to_wire()), h);
+        assert_eq!(Headers::parse("unique:").unique, None);
+        assert!(!Headers::parse("on_dependency_failure:cancel").run_on_dependency_failure);
     }
 
     #[test]

@@ -29,9 +29,12 @@ pub use cmd::{
     ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
 };
 pub use cmd::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
+pub use cmd::{
+    OnParentFailure, Pass, ResultOf, Workflow, WorkflowGraph, WorkflowNode, MAX_NODE_MSGID, MAX_WORKFLOW_NODES,
+};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
-pub use headers::{Headers, MAX_DELAY_SECS, MAX_TIMEOUT_SECS};
+pub use headers::{Headers, MAX_DELAY_SECS, MAX_DEPENDS_ON, MAX_TIMEOUT_SECS};
 pub use health::{CallableHealth, HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
 pub use parse::Parse;
 pub use payload::{payload_module, JobError, JobErrorKind, JobReply, PayloadError, RunPayload};

@@ -48,6 +48,7 @@ fn client_err(e: ClientError) -> PyErr {
             PyValueError::new_err(format!("bad callable {c:?}: expected 'pkg.mod.func' or 'pkg.mod:Class.method'"))
         }
         ClientError::Refused(why) => PyRuntimeError::new_err(format!("refused by the router: {why}")),
+        ClientError::BadWorkflow(why) => PyValueError::new_err(format!("bad workflow: {why}")),
     }
 }
 
@@ -267,7 +268,8 @@ impl NativeClient {
 
     /// Sends one REQUEST; returns its msgid at once (no waiting).
     #[pyo3(signature = (queue, path, callable, args_json, kwargs_json, class_args_json, class_kwargs_json,
-                        reply_requested, guarantee, retries, timeout, delay=None, eta=None))]
+                        reply_requested, guarantee, retries, timeout, delay=None, eta=None, unique=None,
+                        depends_on=Vec::new(), run_on_dependency_failure=false))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -285,6 +287,9 @@ impl NativeClient {
         timeout: Option<u64>,
         delay: Option<f64>,
         eta: Option<f64>,
+        unique: Option<String>,
+        depends_on: Vec<String>,
+        run_on_dependency_failure: bool,
     ) -> PyResult<String> {
         let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
             v.map(|x| {
@@ -300,15 +305,41 @@ impl NativeClient {
         job.kwargs = parse_json::<Map<String, Value>>("kwargs", kwargs_json)?;
         job.class_args = parse_json("class_args", class_args_json)?;
         job.class_kwargs = parse_json("class_kwargs", class_kwargs_json)?;
-        let options = Options { reply_requested, guarantee, retry_count: retries, timeout, delay, at };
+        if unique.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200 || k.contains(',')) {
+            return Err(PyValueError::new_err("unique must be 1 to 200 characters without a comma"));
+        }
+        if let Some(d) = depends_on.iter().find(|d| d.is_empty() || d.contains([',', ';'])) {
+            return Err(PyValueError::new_err(format!("depends_on: {d:?} is not a msgid")));
+        }
+        let options = Options {
+            reply_requested,
+            guarantee,
+            retry_count: retries,
+            timeout,
+            delay,
+            at,
+            unique,
+            depends_on,
+            run_on_dependency_failure,
+        };
         // Given a leader and standbys (`A,B`), no router may be up for a
         // few seconds of a failover: keep trying for up to SEND_RETRY.
         let until = Instant::now() + SEND_RETRY;
         py.detach(|| self.with(|c| c.send_request_until(queue, &job, &options, until).map_err(client_err)))
     }
 
+    /// Submits a workflow given as a canvas (JSON text, see
+    /// `emq_client::workflow::Canvas::from_json`); returns its id at once.
+    fn submit_workflow(&self, py: Python<'_>, canvas_json: &str) -> PyResult<String> {
+        let v: Value = parse_json("workflow", canvas_json)?;
+        let canvas = emq_client::workflow::Canvas::from_json(&v).map_err(PyValueError::new_err)?;
+        let until = Instant::now() + SEND_RETRY;
+        py.detach(|| self.with(|c| c.submit_canvas_until(&canvas, until).map_err(client_err)))
+    }
+
     /// The router's receipt for `msgid`: `(True, None)` accepted, `(False,
-    /// error_json)` refused, `None` nothing before `timeout` seconds.
+    /// error_json)` refused, `(True, "=" + other_msgid)` deduplicated (a
+    /// `unique` key held by that job), `None` nothing before `timeout`.
     #[pyo3(signature = (msgid, timeout))]
     fn wait_receipt(
         &self,
@@ -322,6 +353,10 @@ impl NativeClient {
                 let slice_end = Instant::now() + Duration::from_millis(slice_ms(end) as u64);
                 match c.wait_receipt(msgid, slice_end) {
                     Ok(Receipt::Accepted) => Ok(Some((true, None))),
+                    Ok(Receipt::Deduplicated(holder)) => {
+                        c.expect(&holder);
+                        Ok(Some((true, Some(format!("={holder}")))))
+                    }
                     Ok(Receipt::Refused(e)) => {
                         c.take_result(msgid); // the refusal is also kept as an outcome
                         Ok(Some((false, Some(serde_json::to_string(&e).expect("error serialises")))))

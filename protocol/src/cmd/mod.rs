@@ -14,6 +14,7 @@ mod publish;
 mod reply;
 mod request;
 mod schedule;
+mod workflow;
 
 pub use ack::Ack;
 pub use admin::AdminCommand;
@@ -24,6 +25,9 @@ pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;
 pub use schedule::{schedule_id_of_payload, Misfire, Schedule, ScheduleError, ScheduleOptions, Timing};
+pub use workflow::{
+    OnParentFailure, Pass, ResultOf, Workflow, WorkflowGraph, WorkflowNode, MAX_NODE_MSGID, MAX_WORKFLOW_NODES,
+};
 
 use crate::error::DecodeErrorKind;
 use crate::parse::Parse;
@@ -59,6 +63,8 @@ pub enum Command {
     Batch(Batch),
     /// Our router → our job manager: the REQUESTs of one poll pass.
     Requests(Requests),
+    /// Our client → our router: jobs that depend on each other.
+    Workflow(Workflow),
     /// A command name this crate does not know, with its raw body frames.
     Unknown { name: String, body: Vec<String> },
 }
@@ -80,6 +86,7 @@ impl Command {
             "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
             "BATCH" => Command::Batch(Batch::parse_frames(parse)?),
             "REQUESTS" => Command::Requests(Requests::parse_frames(parse)?),
+            "WORKFLOW" => Command::Workflow(Workflow::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
                 Some(admin) => Command::Admin(admin),
                 None => return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? }),
@@ -105,6 +112,7 @@ impl Command {
             Command::Publish(_) => "PUBLISH",
             Command::Batch(_) => "BATCH",
             Command::Requests(_) => "REQUESTS",
+            Command::Workflow(_) => "WORKFLOW",
             Command::Admin(a) => a.name(),
             Command::Unknown { name, .. } => name,
         }
@@ -122,6 +130,7 @@ impl Command {
             Command::Publish(c) => c.write_body(out),
             Command::Batch(c) => c.write_body(out),
             Command::Requests(c) => c.write_body(out),
+            Command::Workflow(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),
             Command::Unknown { body, .. } => out.extend(body.iter().map(|b| b.as_bytes().to_vec())),
             Command::Ready | Command::Kbye | Command::Disconnect => {}

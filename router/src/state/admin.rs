@@ -95,7 +95,7 @@ impl RouterState {
                         .history
                         .get(&job_msgid)
                         .is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
-                let status = self.outcomes.history.status_json(&job_msgid, full);
+                let status = self.job_status_json(&job_msgid, full);
                 let status = if full { self.with_job_detail(&job_msgid, status) } else { status };
                 out.push(answer(status))
             }

@@ -108,6 +108,9 @@ impl RouterState {
 
     /// The admin answer of a CANCEL.
     pub(super) fn cancel_json(&mut self, msgid: &str, now: Now, out: &mut Vec<Action>) -> Value {
+        if let Some(answer) = self.cancel_in_workflows(msgid, now, out) {
+            return answer;
+        }
         match self.cancel(msgid, now, out) {
             CancelOutcome::Removed(what) => json!({"cancelled": msgid, "was": what}),
             CancelOutcome::Stopping => json!({"cancelling": msgid, "was": "running"}),

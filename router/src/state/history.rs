@@ -37,6 +37,8 @@ pub enum JobState {
     Cancelled,
     /// Used up its retries: kept in the dead letters.
     Dead,
+    /// Waiting for other jobs (a workflow node, `depends_on`).
+    Held,
 }
 
 impl JobState {
@@ -65,6 +67,7 @@ impl JobState {
             JobState::Delayed => "delayed",
             JobState::Cancelled => "cancelled",
             JobState::Dead => "dead",
+            JobState::Held => "held",
         }
     }
 }

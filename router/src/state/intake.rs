@@ -38,6 +38,8 @@ pub enum Refusal {
     BadSchedule(String),
     /// Delayed jobs held are past `delayed_max_bytes`.
     DelayedFull,
+    /// A workflow or `depends_on` the router cannot take (why).
+    BadWorkflow(String),
 }
 
 impl Refusal {
@@ -54,6 +56,7 @@ impl Refusal {
             Refusal::Full => Some("refused_full"),
             Refusal::BadSchedule(_) => Some("refused_schedule"),
             Refusal::DelayedFull => Some("refused_delayed_full"),
+            Refusal::BadWorkflow(_) => Some("refused_workflow"),
         }
     }
 
@@ -79,7 +82,8 @@ impl Refusal {
             Refusal::Stopping => "router stopping: not accepting jobs".into(),
             Refusal::Full => "router full: its journal and buffers are past journal_max_bytes".into(),
             Refusal::BadSchedule(why) => format!("schedule refused: {why}"),
-            Refusal::DelayedFull => "router full: delayed jobs are past delayed_max_bytes".into(),
+            Refusal::DelayedFull => "router full: delayed and held jobs are past delayed_max_bytes".into(),
+            Refusal::BadWorkflow(why) => format!("workflow refused: {why}"),
         }
     }
 }
@@ -153,6 +157,7 @@ impl RouterState {
         }
         match m.command {
             Command::Request(request) => self.on_request(peer, m.msgid, request, now, out),
+            Command::Workflow(w) => self.on_workflow(peer, m.msgid, w.graph, now, out),
             Command::Inform(Inform { kind, .. }) if kind == "scheduler" && !self.may_schedule() => {
                 // It would receive every client's SCHEDULE orders.
                 self.count("scheduler_refused");
@@ -177,12 +182,13 @@ impl RouterState {
                 // holder of its owner token.
                 let full =
                     self.outcomes.history.get(&job_msgid).is_some_and(|r| r.readable_by(&peer, owner_token.as_deref()));
-                let body = self.outcomes.history.status_json(&job_msgid, full);
+                let body = self.job_status_json(&job_msgid, full);
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body))));
             }
             Command::Admin(AdminCommand::Cancel { job_msgid }) => {
                 // A client may cancel its own jobs (the connection that sent them).
-                let own = self.outcomes.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer));
+                let own = self.outcomes.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer))
+                    || self.workflows.flows.get(job_msgid.as_str()).is_some_and(|f| f.client == peer);
                 let body = if own {
                     self.cancel_json(&job_msgid, now, out)
                 } else {
@@ -250,8 +256,29 @@ impl RouterState {
             }
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
-        if self.in_flight.contains_key(msgid.as_str()) || self.suspects.in_doubt.contains_key(msgid.as_str()) {
+        if self.in_flight.contains_key(msgid.as_str())
+            || self.suspects.in_doubt.contains_key(msgid.as_str())
+            || self.workflows.held.contains_key(msgid.as_str())
+        {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
+        }
+        // `unique:KEY`: while a job holds the key in this queue, the
+        // sender gets that job (its msgid), not a second one.
+        if let Some(key) = &headers.unique {
+            if let Some(holder) = self.workflows.unique_holder(&request.queue, key).cloned() {
+                self.count("deduplicated");
+                let reply = serde_json::json!({"value": null, "deduplicated": &*holder}).to_string();
+                debug!(%msgid, existing = %holder, %key, "unique key held: answered with the existing job");
+                out.push(Action::SendDurable {
+                    socket: SocketKind::Frontend,
+                    peer: client,
+                    message: Message::new(Command::Reply(Reply::Result { reply_json: reply, orig_msgid: msgid })),
+                });
+                return;
+            }
+        }
+        if !headers.depends_on.is_empty() {
+            return self.hold_request(client, msgid, request, now, out);
         }
         // `delay:` / `eta:` in the future: the job waits for its time first.
         let due = headers.due_at(now.unix);
@@ -308,6 +335,11 @@ impl RouterState {
         out: &mut Vec<Action>,
     ) {
         self.outcomes.history.insert(msgid.clone(), record);
+        if request.headers.contains("unique:") {
+            if let Some(key) = request.headers().unique {
+                self.workflows.claim_unique(&request.queue, &key, &msgid);
+            }
+        }
         let stored = StoredRequest::new(request, &queue);
         out.push(Action::Journal(Record::Accepted {
             job: AcceptedJob {

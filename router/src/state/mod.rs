@@ -40,6 +40,7 @@ mod suspects;
 mod tests;
 mod timers;
 mod undelivered;
+mod workflows;
 
 use emq_journal::Record;
 use emq_protocol::{Command, DecodeError, Message};
@@ -250,6 +251,9 @@ pub struct RouterState {
     /// Finished jobs: records and results, dead letters, recent failures,
     /// results waiting for their client.
     outcomes: outcome::Outcomes,
+    /// Jobs that wait for other jobs: workflows, `depends_on`, `unique`
+    /// keys (see [`workflows`]).
+    workflows: workflows::Workflows,
     /// Jobs being rebuilt from the journal (only during a restore).
     restoring: Option<Box<recovery::Restoring>>,
     /// The CURVE user of the message being handled (None: plaintext).
@@ -291,6 +295,7 @@ impl RouterState {
             counters: Default::default(),
             telemetry: Default::default(),
             outcomes: outcome::Outcomes::new(history),
+            workflows: Default::default(),
             restoring: None,
             user: None,
         }
@@ -299,6 +304,7 @@ impl RouterState {
     /// Handles one event, appending what to do to `out`. The single entry
     /// point: each arm hands the event to the room that owns it.
     pub fn handle(&mut self, event: Event, now: Now, out: &mut Vec<Action>) {
+        let start = out.len();
         match event {
             Event::Received { socket, peer, message: Err(e), .. } => self.on_decode_error(socket, &peer, e, out),
             Event::Received { socket: SocketKind::Frontend, peer, message: Ok(m), user } => {
@@ -317,6 +323,10 @@ impl RouterState {
             Event::Tick => self.on_tick(now, out),
             Event::Timers => self.release_due_timers(now, out),
             Event::Stop => self.on_stop(now, out),
+        }
+        if self.workflows.watching() || !self.workflows.steps.is_empty() {
+            // Jobs that ended in this event release (or cancel) what waits for them.
+            self.follow_ends(start, now, out);
         }
         if self.lifecycle.stopping.is_some() {
             // The last running job may just have reported.

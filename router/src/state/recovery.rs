@@ -83,6 +83,13 @@ impl RouterState {
         match record {
             Record::Accepted { job, attempts } => {
                 let msgid: Arc<str> = Arc::from(job.msgid.as_str());
+                self.workflows.mark_released(&msgid);
+                if job.headers.contains("unique:") {
+                    if let Some(key) = emq_protocol::Headers::parse(&job.headers).unique {
+                        self.workflows.claim_unique(job.requested_queue.as_deref().unwrap_or(&job.queue), &key, &msgid);
+                    }
+                }
+                let r = self.restoring.get_or_insert_with(Default::default);
                 r.next_back += 1;
                 let key = r.next_back;
                 let request = StoredRequest::from_parts(job.requested_queue.as_deref(), &job.headers, &job.payload);
@@ -137,6 +144,11 @@ impl RouterState {
                 }
             }
             Record::Finished { msgid, state, at, result, failure } => {
+                if self.workflows.watching() {
+                    let ended = super::workflows::Ended::from_record(state, &result, failure.as_ref());
+                    self.workflows.on_end(&msgid, &ended);
+                }
+                let r = self.restoring.get_or_insert_with(Default::default);
                 if state == FinalState::Dead {
                     if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
                         j.phase = Phase::Dead { failure: failure.clone(), at };
@@ -197,6 +209,7 @@ impl RouterState {
             Record::ResultDelivered { msgid } => {
                 r.results_pending.remove(&msgid);
             }
+            Record::Workflow(body) => self.restore_workflow(&body),
             Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }
     }
@@ -444,7 +457,8 @@ impl RouterState {
                 payload: request.payload().to_owned(),
                 received,
             };
-        let mut out = Vec::new();
+        // The workflows room first: its snapshot holds what is not a job yet.
+        let mut out = self.workflow_checkpoint_records();
         // Finished jobs' history first: live jobs' records are rebuilt by
         // their own records below.
         for (msgid, r) in self.outcomes.history.iter() {

@@ -3,6 +3,7 @@
 mod control;
 mod slow;
 mod time;
+mod workflows;
 
 use super::*;
 use emq_protocol::{Ack, AdminCommand, Heartbeat, Inform, JobReply, Message, QueueSpec, Reply, Request};
