@@ -17,6 +17,11 @@ def noop():
     return None
 
 
+def count(values):
+    """A chord callback that does next to nothing: how many results it got."""
+    return len(values)
+
+
 def append_line(path, line):
     """Append one line to ``path`` with O_APPEND: concurrent workers never
     interleave partial lines, so counting lines counts finished jobs."""

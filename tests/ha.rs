@@ -373,3 +373,65 @@ fn eventmq_unchanged_client_through_haproxy_across_a_failover() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&cfg_path);
 }
+
+/// Issue 25 with the shared journal: 200 chords of 10 while the leader is
+/// SIGKILLed once; the standby takes over from PostgreSQL and every
+/// callback runs exactly once with every member's value.
+#[test]
+fn chords_across_a_failover_run_each_callback_once() {
+    let Some(mut p) = Pair::start("chords", |pg| [pg.url(), pg.url()]) else { return };
+    const CHORDS: usize = 200;
+    let callbacks = |log: &std::path::Path| {
+        let mut m = std::collections::HashMap::<String, usize>::new();
+        for l in read_lines(log) {
+            if let Some(tag) = l.strip_prefix("callback ") {
+                *m.entry(tag.to_owned()).or_insert(0) += 1;
+            }
+        }
+        m
+    };
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    for c in 0..CHORDS {
+        let header: Vec<serde_json::Value> = (0..10)
+            .map(|k| json!({"sig": {"fn": "testjobs.member", "args": [p.log, format!("c{c}m{k}"), k, 0.02], "guarantee": true}}))
+            .collect();
+        let v = json!({"chord": header, "callback": {"sig": {"fn": "testjobs.chord_sum", "args": [p.log, format!("c{c}")], "guarantee": true}}});
+        let canvas = emq_client::workflow::Canvas::from_json(&v).unwrap();
+        // Sent while no router leads: the client sends them again.
+        let id = eventually(Duration::from_secs(60), || {
+            let r = p.client.submit_canvas_until(&canvas, Instant::now() + Duration::from_secs(1));
+            if r.is_err() {
+                let _ = p.client.pump(100);
+            }
+            r.ok()
+        });
+        ids.push(id);
+        let _ = p.client.pump(0);
+        if c == CHORDS / 2 {
+            // Half sent, some done, others running: the leader dies.
+            eventually(Duration::from_secs(120), || (callbacks(&p.log).len() >= 20).then_some(()));
+            p.kill(0);
+            println!(
+                "leader killed with {} callbacks run, {} chords sent in {:.2} s",
+                callbacks(&p.log).len(),
+                c + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let next = p.leader(Some(0));
+    println!("router {next} leads; {} callbacks had run", callbacks(&p.log).len());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for (c, id) in ids.iter().enumerate() {
+        match p.client.wait(id, deadline) {
+            JobOutcome::Value(v) if v == json!(45) => {}
+            other => panic!("chord {c} ({id}): {other:?}"),
+        }
+    }
+    let cb = callbacks(&p.log);
+    assert_eq!(cb.len(), CHORDS, "every callback ran");
+    let twice: Vec<_> = cb.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "callbacks run more than once: {twice:?}");
+    println!("{CHORDS} chords across a failover: every callback once");
+}

@@ -87,6 +87,28 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         size: usize,
     },
+    /// N chords of M no-op members (the callback gets their results), W
+    /// outstanding: workflows/s and jobs/s; then, for the last `sample`
+    /// chords, the time from the last member's end to the callback's
+    /// dispatch (the router's own timestamps, read over the admin socket).
+    /// With `--fill`: only submit and wait for the receipts (no job
+    /// manager: the router's memory per waiting node).
+    Chords {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long)]
+        admin: String,
+        #[arg(long, default_value_t = 10_000)]
+        n: u64,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 200)]
+        window: u64,
+        #[arg(long, default_value_t = 500)]
+        sample: usize,
+        #[arg(long)]
+        fill: bool,
+    },
     Latency {
         #[arg(long)]
         frontend: String,
@@ -149,6 +171,9 @@ fn main() -> Result<()> {
             throughput(&frontend, n, window, &path, &callable, queues, size)
         }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
+        Cmd::Chords { frontend, admin, n, members, window, sample, fill } => {
+            chords(&frontend, &admin, n, members, window, sample, fill)
+        }
         Cmd::Fill { frontend, n, size, queue, headers } => fill(&frontend, n, size, &queue, &headers),
         Cmd::ScheduleLoad { frontend, n, interval, queue } => schedule_load(&frontend, n, interval, &queue),
         Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file, settle_ms } => {
@@ -394,6 +419,98 @@ fn forwarder(frontend: &str, backend: &str) -> Result<()> {
 }
 
 // ---- throughput with results ----------------------------------------------------
+
+fn chord_graph(members: usize) -> Result<emq_protocol::WorkflowGraph> {
+    let sig = json!({"sig": {"fn": "benchjobs.noop"}});
+    let v = json!({"chord": vec![sig.clone(); members], "callback": {"sig": {"fn": "benchjobs.count"}}});
+    let canvas = emq_client::workflow::Canvas::from_json(&v).map_err(anyhow::Error::msg)?;
+    canvas.to_graph("bench").map_err(anyhow::Error::msg)
+}
+
+fn chords(frontend: &str, admin: &str, n: u64, members: usize, window: u64, sample: usize, fill: bool) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let s = dealer(&ctx, frontend)?;
+    let wf = |g: emq_protocol::WorkflowGraph| Message::new(Command::Workflow(emq_protocol::Workflow { graph: g }));
+    let start = Instant::now();
+    let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
+    let mut ids: Vec<String> = Vec::with_capacity(n as usize);
+    let window = if fill { 5000 } else { window };
+    while done < n {
+        while sent < n && sent - done < window {
+            let m = wf(chord_graph(members)?);
+            ids.push(m.msgid.clone());
+            send(&s, &m)?;
+            sent += 1;
+        }
+        let got = recv_batch(&s, 60_000, |f| {
+            // A receipt has 5 frames, a result 6.
+            let result = f.len() == 6 && f[2] == b"REPLY";
+            if (fill && f.len() == 5 && f[2] == b"REPLY") || (!fill && result) {
+                done += 1;
+            }
+            if f.len() == 6 && f[4].windows(7).any(|w| w == b"\"error\"") {
+                failed += 1;
+                if fill {
+                    done += 1;
+                }
+            }
+        })?;
+        if got == 0 {
+            bail!("stalled: {done}/{n} after {:?}", start.elapsed());
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let jobs = n * (members as u64 + 1);
+    if fill {
+        println!("{}", json!({"chords": n, "nodes": jobs, "secs": secs, "refused": failed}));
+        return Ok(());
+    }
+    // The router's timestamps: last member finished → callback dispatched.
+    let a = dealer(&ctx, admin)?;
+    let status = |id: &str| -> Result<serde_json::Value> {
+        let m = Message::new(Command::Admin(emq_protocol::AdminCommand::JobStatus {
+            job_msgid: id.to_owned(),
+            owner_token: None,
+        }));
+        send(&a, &m)?;
+        loop {
+            let f = a.recv_multipart(0)?;
+            if f.len() >= 5 && f[2] == b"REPLY" {
+                return Ok(serde_json::from_slice(&f[4])?);
+            }
+        }
+    };
+    let mut gaps = Vec::new();
+    for id in ids.iter().rev().take(sample) {
+        let st = status(id)?;
+        let Some(nodes) = st["workflow"]["nodes"].as_array() else { continue };
+        let mut last_member = f64::MIN;
+        let mut cb_dispatched = None;
+        for node in nodes {
+            let msgid = node["msgid"].as_str().unwrap_or_default();
+            let rec = status(msgid)?;
+            if node["parents"].as_array().is_some_and(|p| !p.is_empty()) {
+                cb_dispatched = rec["dispatched"].as_f64();
+            } else if let Some(t) = rec["finished"].as_f64() {
+                last_member = last_member.max(t);
+            }
+        }
+        if let Some(d) = cb_dispatched {
+            if last_member > f64::MIN {
+                gaps.push((d - last_member) * 1e6);
+            }
+        }
+    }
+    gaps.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| gaps.get(((gaps.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    println!(
+        "{}",
+        json!({"chords": n, "members": members, "secs": secs, "chords_per_sec": n as f64 / secs,
+               "jobs_per_sec": jobs as f64 / secs, "failed": failed, "sampled": gaps.len(),
+               "release_p50_us": pct(0.5), "release_p99_us": pct(0.99), "release_max_us": pct(1.0)})
+    );
+    Ok(())
+}
 
 fn throughput(
     frontend: &str,

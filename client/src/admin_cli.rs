@@ -63,6 +63,9 @@ pub enum Cmd {
     Shutdown,
     /// One job's record: state, job manager, timestamps, attempts, result.
     Job { msgid: String },
+    /// A workflow's graph: every node with its state, parents and error
+    /// handlers (ID: the workflow id, or any node's msgid).
+    Workflow { id: String },
     /// Jobs that used up their retries.
     Dead,
     /// Run a dead letter again.
@@ -176,6 +179,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Shutdown
             | Cmd::Requeue { .. }
             | Cmd::Job { .. }
+            | Cmd::Workflow { .. }
             | Cmd::Unschedule { .. }
             | Cmd::Cancel { .. }
             | Cmd::Purge { .. }
@@ -191,6 +195,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Schedulers => Command::Admin(AdminCommand::RouterShowSchedulers),
         Cmd::Shutdown => Command::Disconnect,
         Cmd::Job { msgid } => Command::Admin(AdminCommand::JobStatus { job_msgid: msgid.clone(), owner_token: None }),
+        Cmd::Workflow { id } => Command::Admin(AdminCommand::JobStatus { job_msgid: id.clone(), owner_token: None }),
         Cmd::Dead => Command::Admin(AdminCommand::DeadLetters),
         Cmd::Requeue { msgid } => Command::Admin(AdminCommand::Requeue { job_msgid: msgid.clone() }),
         Cmd::Schedules => Command::Admin(AdminCommand::Schedules),
@@ -212,8 +217,15 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Command::Reply(Reply::Result { reply_json, .. }) => reply_json,
         other => anyhow::bail!("unexpected answer {}", other.name()),
     };
-    let v: Value =
+    let mut v: Value =
         serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("router answered non-JSON {body:?}: {e}"))?;
+    if let (Cmd::Workflow { .. }, Some(flow)) = (&a.command, v["workflow_id"].as_str().map(str::to_owned)) {
+        // A node's msgid: show its workflow.
+        let ask = Command::Admin(AdminCommand::JobStatus { job_msgid: flow, owner_token: None });
+        if let Command::Reply(Reply::Single { body }) = client.request(ask, a.deadline)?.command {
+            v = serde_json::from_str(&body).unwrap_or(v);
+        }
+    }
     if a.json {
         println!("{v}");
         return Ok(());
@@ -226,6 +238,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Workers => print!("{}", render_workers(&v)),
         Cmd::Schedulers => print!("{}", render_schedulers(&v)),
         Cmd::Job { .. } => print!("{}", render_job(&v)),
+        Cmd::Workflow { id } => match v.get("workflow") {
+            Some(_) => print!("{}", render_workflow(&v)),
+            None => anyhow::bail!("{id} is not a workflow nor a node of one the router remembers"),
+        },
         Cmd::Dead => print!("{}", render_dead(&v)),
         Cmd::Requeue { msgid } => println!("requeued {msgid}"),
         Cmd::Shutdown => println!("{v}"),
@@ -581,6 +597,62 @@ fn call_line(job: &Value) -> String {
     format!("{callable}({})", parts.join(", "))
 }
 
+/// `emq-cli workflow`: the workflow's state, then one line per node —
+/// state, name, msgid — with its parents (by line number) and what an
+/// error handler watches.
+pub fn render_workflow(v: &Value) -> String {
+    let mut out = String::new();
+    let w = &v["workflow"];
+    let nodes = w["nodes"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!(
+        "workflow {}  {}  ({} nodes)\n",
+        w["id"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        nodes.len()
+    ));
+    let index: std::collections::HashMap<&str, usize> =
+        nodes.iter().enumerate().filter_map(|(i, n)| n["msgid"].as_str().map(|m| (m, i + 1))).collect();
+    let refs = |key: &str, n: &Value| -> String {
+        n[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str())
+                    .map(|p| index.get(p).map_or(p.to_owned(), |i| format!("#{i}")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        let parents = refs("parents", n);
+        let watches = refs("on_error_of", n);
+        let mut line = format!(
+            "#{:<3} {:<10} {:<30} {}",
+            i + 1,
+            n["state"].as_str().unwrap_or("?"),
+            n["name"].as_str().unwrap_or("?"),
+            n["msgid"].as_str().unwrap_or("?")
+        );
+        if !parents.is_empty() {
+            line.push_str(&format!("  after {parents}"));
+        }
+        if !watches.is_empty() {
+            line.push_str(&format!("  on error of {watches}"));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if let Some(e) = v["result"].get("error").filter(|e| e.is_object()) {
+        out.push_str(&format!(
+            "error: {}: {}\n",
+            e["type"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
 pub fn render_job(v: &Value) -> String {
     let mut out = String::new();
     let now = now_unix();
@@ -618,6 +690,15 @@ pub fn render_job(v: &Value) -> String {
             other => num(other),
         };
         out += &format!("{k:<11}{val}\n");
+    }
+    if let Some(w) = v["workflow_id"].as_str() {
+        out += &format!("{:<11}{w}\n", "workflow");
+    }
+    for k in ["parents", "children"] {
+        if let Some(list) = v[k].as_array().filter(|l| !l.is_empty()) {
+            let ids: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+            out += &format!("{k:<11}{}\n", ids.join(", "));
+        }
     }
     if !v["result"].is_null() {
         out += &format!("{:<11}{}\n", "result", v["result"]);

@@ -136,3 +136,19 @@ def run_log(path, tag, secs):
     time.sleep(secs)
     append_line(path, "end %s %d" % (tag, os.getpid()))
     return tag
+
+
+def member(path, tag, value, secs=0):
+    """A chord member: logs ``member TAG``, sleeps ``secs`` and returns
+    ``value``."""
+    append_line(path, "member %s" % tag)
+    if secs:
+        time.sleep(secs)
+    return value
+
+
+def chord_sum(values, path, tag):
+    """A chord callback: logs ``callback TAG`` and returns the sum of the
+    members' values (the list the router passes first)."""
+    append_line(path, "callback %s" % tag)
+    return sum(values)

@@ -278,6 +278,9 @@ impl RouterState {
             "retrying": self.retrying_count(),
             "delayed": self.delayed_count(),
             "delayed_bytes": self.timers.delayed_bytes,
+            "held": self.held_count(),
+            "workflows": self.workflow_count(),
+            "held_bytes": self.workflows.bytes,
             "schedules": self.timers.schedules.len(),
             "paused_queues": self.paused_queues(),
             "dead_letters": self.outcomes.dead.len(),
@@ -553,6 +556,10 @@ impl RouterState {
         retrying.with_label_values::<&str>(&[]).set(self.retrying_count() as f64);
         let delayed = gauge("emq_jobs_delayed", "Jobs waiting for their delay: / eta: time.", &[]);
         delayed.with_label_values::<&str>(&[]).set(self.delayed_count() as f64);
+        let held = gauge("emq_jobs_held", "Jobs waiting for other jobs (workflow nodes, depends_on).", &[]);
+        held.with_label_values::<&str>(&[]).set(self.held_count() as f64);
+        let flows = gauge("emq_workflows", "Workflows under way.", &[]);
+        flows.with_label_values::<&str>(&[]).set(self.workflow_count() as f64);
         let schedules = gauge("emq_schedules", "Schedules the router runs.", &[]);
         schedules.with_label_values::<&str>(&[]).set(self.timers.schedules.len() as f64);
         let dead = gauge("emq_dead_letters", "Jobs that used up their retries.", &[]);

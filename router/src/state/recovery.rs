@@ -578,6 +578,8 @@ impl RouterState {
             + self.in_flight.len()
             + self.suspects.in_doubt.len()
             + self.outcomes.dead.len()
+            + self.workflows.held.len()
+            + self.workflows.flows.len()
     }
 }
 
