@@ -511,6 +511,42 @@ def s10(args):
 
 # ---- running and reporting ---------------------------------------------------
 
+def s11(args):
+    """Workflows (issue 25): N chords of M no-op members against N×(M+1)
+    plain no-op jobs on the same router and job manager, in the same run;
+    the release gap (last member's end → callback dispatched, the router's
+    own timestamps); and the router's memory per waiting node (chords sent
+    with no job manager: members buffered, callbacks held)."""
+    n, m = args.s11_n, args.s11_members
+    jobs = n * (m + 1)
+
+    def both(a, r, j):
+        plain = run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                          "--n", str(jobs), "--window", "1000"])
+        ch = run_json([os.path.join(REL, "emq-bench"), "chords", "--frontend", a["frontend"], "--admin", a["admin"],
+                       "--n", str(n), "--members", str(m), "--window", "200"])
+        return {"plain_jobs_per_sec": plain["jobs_per_sec"], "chord_jobs_per_sec": ch["jobs_per_sec"],
+                "ratio_pct": 100 * ch["jobs_per_sec"] / plain["jobs_per_sec"],
+                "release_p50_us": ch["release_p50_us"], "release_p99_us": ch["release_p99_us"],
+                "chords_per_sec": ch["chords_per_sec"], "failed": ch["failed"]}
+    out = with_router_and_jm(both)
+    a = addrs()
+    r = emq_router(a, env={"EMQ_HWM": str(jobs * 2)})
+    try:
+        time.sleep(0.5)
+        before = rss_kb(r.pid)
+        run_json([os.path.join(REL, "emq-bench"), "chords", "--frontend", a["frontend"], "--admin", a["admin"],
+                  "--n", str(n), "--members", str(m), "--fill"])
+        time.sleep(0.5)
+        after = rss_kb(r.pid)
+        st = router_status(a["admin"])
+    finally:
+        stop(r)
+    out.update({"n": n, "members": m, "bytes_per_waiting_node": (after - before) * 1024 / jobs,
+                "held": st.get("held"), "buffered_members": sum((st.get("waiting_messages_by_queue") or {}).values())})
+    return out
+
+
 def repeat(name, k, fn):
     vals = []
     for i in range(k):
@@ -559,6 +595,8 @@ def main():
     ap.add_argument("--s9-kills", type=int, default=20)
     ap.add_argument("--s9-switchovers", type=int, default=5)
     ap.add_argument("--s10-n", type=int, default=1000000)
+    ap.add_argument("--s11-n", type=int, default=10000)
+    ap.add_argument("--s11-members", type=int, default=10)
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -605,6 +643,8 @@ def main():
             res["s9"] = repeat("9", 1, lambda: s9(args))
         if "10" in only:
             res["s10"] = repeat("10", 1, lambda: s10(args))
+        if "11" in only:
+            res["s11"] = repeat("11", args.runs, lambda: s11(args))
     finally:
         stop_all()
 
@@ -687,6 +727,15 @@ def main():
         row("10", "takeover with %d buffered jobs: leader SIGKILL → the standby leads, s" % args.s10_n, res.get("s10"), "leads_s", fmt="{:.2f}")
         row("10", "  → its first dispatch, s", res.get("s10"), "first_dispatch_s", fmt="{:.2f}")
         row("10", "  filling the leader (emq-bench fill, PostgreSQL journal): jobs/s", res.get("s10"), "fill_jobs_per_sec")
+
+    if "11" in only:
+        jobs = args.s11_n * (args.s11_members + 1)
+        row("11", "%d chords of %d no-op members: jobs/s (members + callbacks)" % (args.s11_n, args.s11_members), res.get("s11"), "chord_jobs_per_sec")
+        row("11", "  the same number of plain no-op jobs (%d), same router, same run: jobs/s" % jobs, res.get("s11"), "plain_jobs_per_sec")
+        row("11", "  chords / plain", res.get("s11"), "ratio_pct", fmt="{:.0f}%", target="≥ 70%")
+        row("11", "last member's end → callback dispatched (router timestamps), p50 µs", res.get("s11"), "release_p50_us")
+        row("11", "  p99 µs", res.get("s11"), "release_p99_us")
+        row("11", "router memory per waiting node (chords with no job manager: members buffered, callbacks held), bytes", res.get("s11"), "bytes_per_waiting_node")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",
