@@ -926,6 +926,24 @@ impl Client {
     }
 
     /// Takes an already-received JOB_STATUS answer for `msgid`.
+    /// Cancels a job (or workflow) this client sent: the router's answer
+    /// (`{"cancelled": .., "was": ..}`, `{"cancelling": ..}` for a running
+    /// job being stopped, or `{"error": ..}`), waiting until `deadline`.
+    pub fn cancel(&mut self, msgid: &str, deadline: Instant) -> Result<Value, ClientError> {
+        let m = Message::new(Command::Admin(AdminCommand::Cancel { job_msgid: msgid.to_owned() }));
+        self.sender.send(&m)?;
+        loop {
+            if let Some(pos) = self.status_answers.iter().position(|v| v["cancel"] == msgid) {
+                return Ok(self.status_answers.remove(pos).expect("position exists"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Deadline);
+            }
+            self.pump(left.as_millis().max(1) as i64)?;
+        }
+    }
+
     pub fn take_status(&mut self, msgid: &str) -> Option<Value> {
         let pos = self.status_answers.iter().position(|v| v["msgid"] == msgid)?;
         self.status_answers.remove(pos)
@@ -966,6 +984,8 @@ pub fn outcome_from_status(status: &Value) -> Option<JobOutcome> {
             message: "the job's job manager was lost".into(),
             traceback: String::new(),
             by_router: false,
+            node: None,
+            node_name: None,
         })),
         _ => None,
     }

@@ -242,6 +242,11 @@ pub struct JobError {
     /// tell the two apart. Absent on the wire when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_router: bool,
+    /// A workflow's failure: the node that failed (its msgid and name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// A job's outcome as it goes in `reply_json`.
@@ -264,7 +269,14 @@ impl JobReply {
         let message = message.into();
         JobReply {
             value: Value::String(message.clone()),
-            error: Some(JobError { kind: kind.into(), message, traceback: traceback.into(), by_router: false }),
+            error: Some(JobError {
+                kind: kind.into(),
+                message,
+                traceback: traceback.into(),
+                by_router: false,
+                node: None,
+                node_name: None,
+            }),
         }
     }
 

@@ -287,6 +287,25 @@ class Job:
         own failure."""
         return self._wait(_nonneg("timeout", timeout)) is not None
 
+    def cancel(self, timeout=5.0):
+        """Cancels the job — a workflow: every unfinished node (held ones end
+        unrun, running ones are stopped); what depends on a cancelled job
+        is cancelled too. Only the client that sent it may. Returns the
+        router's answer (``{"cancelled": msgid, "was": ...}``, or
+        ``{"cancelling": msgid}`` while a running job's worker is being
+        stopped); the job's result then raises :class:`JobFailed` of kind
+        ``cancelled``. Raises :class:`Error` with the router's reason (not
+        this client's job, already over), :class:`Timeout`."""
+        self.client._require_results()
+        raw = self.client._native.cancel(self.msgid, _nonneg("timeout", timeout))
+        if raw is None:
+            raise Timeout("no answer to CANCEL %s within %s s" % (self.msgid, timeout))
+        answer = json.loads(raw)
+        answer.pop("cancel", None)
+        if "error" in answer:
+            raise Error("cannot cancel %s: %s" % (self.msgid, answer["error"]))
+        return answer
+
     def done(self):
         """True once the job's outcome is in (does not block)."""
         return self._wait(0) is not None

@@ -328,6 +328,19 @@ impl NativeClient {
         py.detach(|| self.with(|c| c.send_request_until(queue, &job, &options, until).map_err(client_err)))
     }
 
+    /// Cancels a job or workflow this client sent: the router's answer as
+    /// JSON text, `None` when none came within `timeout` seconds.
+    fn cancel(&self, py: Python<'_>, msgid: &str, timeout: f64) -> PyResult<Option<String>> {
+        let end = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(|| {
+            self.with(|c| match c.cancel(msgid, end) {
+                Ok(v) => Ok(Some(v.to_string())),
+                Err(ClientError::Deadline) => Ok(None),
+                Err(e) => Err(client_err(e)),
+            })
+        })
+    }
+
     /// Submits a workflow given as a canvas (JSON text, see
     /// `emq_client::workflow::Canvas::from_json`); returns its id at once.
     fn submit_workflow(&self, py: Python<'_>, canvas_json: &str) -> PyResult<String> {

@@ -345,6 +345,31 @@ def test_workflow_status_lists_nodes_with_parents_and_cancel_ends_them(admin_sta
     assert [n["state"] for n in st.nodes] == ["cancelled"] * 4
 
 
+def test_the_client_cancels_its_own_workflow_and_a_held_job(client, tmp, gate):
+    log = os.path.join(tmp, "log")
+    wf = client.submit(emq.chain(emq.sig(J + "gated", gate, log, "C", value=1), emq.sig(J + "double"),
+                                 emq.sig(J + "double")))
+    eventually(30, lambda: lines(log), "the first step to start")
+    answer = wf.cancel()
+    assert answer.get("cancelled") == wf.id and answer.get("was") == "workflow", answer
+    with pytest.raises(emq.JobFailed) as ei:
+        wf.result(timeout=60)
+    assert ei.value.kind == "cancelled"
+    st = final_status(wf)
+    assert [n["state"] for n in st.nodes] == ["cancelled"] * 3
+    # A plain job held by depends_on: cancelled while it waits.
+    first = client.send(J + "gated", gate, log, "D", value=2)
+    held = client.send(J + "double", 3, depends_on=[first])
+    assert held.cancel().get("was") == "held"
+    with pytest.raises(emq.JobFailed) as ei:
+        held.result(timeout=30)
+    assert ei.value.kind == "cancelled"
+    open_gate(gate)
+    assert first.result(timeout=60) == 2
+    with pytest.raises(emq.Error):
+        first.cancel()  # over: nothing to cancel
+
+
 # ---------------------------------------------------------------- EventMQ's router
 
 def test_submit_to_eventmq_router_raises_results_unavailable(eventmq_router):

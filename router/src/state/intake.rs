@@ -189,11 +189,13 @@ impl RouterState {
                 // A client may cancel its own jobs (the connection that sent them).
                 let own = self.outcomes.history.get(&job_msgid).is_some_and(|r| r.client.as_ref() == Some(&peer))
                     || self.workflows.flows.get(job_msgid.as_str()).is_some_and(|f| f.client == peer);
-                let body = if own {
+                let mut body = if own {
                     self.cancel_json(&job_msgid, now, out)
                 } else {
                     serde_json::json!({"error": format!("job {job_msgid} was not sent by this connection")})
                 };
+                // Which CANCEL this answers (a client may have several out).
+                body["cancel"] = serde_json::Value::String(job_msgid.clone());
                 out.push(send(SocketKind::Frontend, &peer, Command::Reply(Reply::admin_answer(body.to_string()))));
             }
             Command::Kbye => {

@@ -144,7 +144,7 @@ impl RouterState {
                 }
             }
             Record::Finished { msgid, state, at, result, failure } => {
-                if self.workflows.watching() {
+                if self.workflows.cares(&msgid) {
                     let ended = super::workflows::Ended::from_record(state, &result, failure.as_ref());
                     self.workflows.on_end(&msgid, &ended);
                 }

@@ -216,6 +216,12 @@ impl Workflows {
         !self.watchers.is_empty() || !self.unique_of.is_empty()
     }
 
+    /// Whether the end of job `msgid` changes anything here (cheap: the
+    /// result is only parsed for these).
+    pub(crate) fn cares(&self, msgid: &str) -> bool {
+        self.watchers.contains_key(msgid) || self.unique_of.contains_key(msgid) || self.held.contains_key(msgid)
+    }
+
     // ---- unique keys --------------------------------------------------------
 
     /// The job holding `key` in `queue`, if any.
@@ -689,7 +695,7 @@ impl RouterState {
         loop {
             while i < out.len() {
                 if let Action::Journal(Record::Finished { msgid, state, result, failure, .. }) = &out[i] {
-                    if self.workflows.watching() {
+                    if self.workflows.cares(msgid) {
                         let ended = Ended::from_record(*state, result, failure.as_ref());
                         let msgid = msgid.clone();
                         self.workflows.on_end(&msgid, &ended);
