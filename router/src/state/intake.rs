@@ -96,6 +96,9 @@ pub(super) enum Placement {
     Dispatch(PeerId),
     /// Into its queue's buffer.
     Buffer,
+    /// Into the front of its queue's buffer (a released workflow node:
+    /// work under way finishes before new work starts, as retries do).
+    BufferFront,
 }
 
 impl RouterState {
@@ -363,6 +366,7 @@ impl RouterState {
             Placement::Delayed(due) => self.delay_job(queue, job, due, now, out),
             Placement::Dispatch(jm) => self.dispatch(jm, queue, job, now, out),
             Placement::Buffer => self.buffer(queue, job, false),
+            Placement::BufferFront => self.buffer(queue, job, true),
         }
     }
 

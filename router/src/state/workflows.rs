@@ -104,21 +104,26 @@ pub(crate) struct Flow {
     pub(crate) reply: bool,
     pub(crate) received: f64,
     pub(crate) result: ResultOf,
-    /// Each node's end, when it ended: state, value (done), error object.
-    pub(crate) ended: Vec<Option<(FinalState, Value, Value)>>,
+    /// Each node's final state, once it ended.
+    pub(crate) ended: Vec<Option<FinalState>>,
+    /// What ended nodes passed on, kept only where still needed: the value
+    /// of a result node or of a node with children still held, and the
+    /// error object of a node that did not succeed.
+    pub(crate) kept: HashMap<u32, (Value, Value)>,
+    /// Bytes of `kept` (in the room's budget until the workflow ends).
+    kept_bytes: u64,
     /// Nodes released (their own jobs now).
     pub(crate) released: Vec<bool>,
     /// Nodes not final yet.
     open: u32,
 }
 
-/// What a job's end means for a watcher.
+/// What a job's end means for a watcher (a workflow's own nodes are found
+/// through `member_of`).
 #[derive(Debug, Clone)]
 enum Watch {
     /// Held job `msgid`, whose parent number `i` this is.
     Child(Arc<str>, u32),
-    /// Workflow `id`, whose node number `i` this is.
-    Flow(Arc<str>, u32),
 }
 
 /// Work the router must do for the room.
@@ -213,13 +218,16 @@ impl Workflows {
     /// Whether any job's end may matter here (else `Finished` records need
     /// not be read).
     pub(crate) fn watching(&self) -> bool {
-        !self.watchers.is_empty() || !self.unique_of.is_empty()
+        !self.watchers.is_empty() || !self.unique_of.is_empty() || !self.flows.is_empty()
     }
 
     /// Whether the end of job `msgid` changes anything here (cheap: the
     /// result is only parsed for these).
     pub(crate) fn cares(&self, msgid: &str) -> bool {
-        self.watchers.contains_key(msgid) || self.unique_of.contains_key(msgid) || self.held.contains_key(msgid)
+        self.watchers.contains_key(msgid)
+            || self.unique_of.contains_key(msgid)
+            || self.held.contains_key(msgid)
+            || self.member_of.get(msgid).is_some_and(|(f, _)| self.flows.contains_key(f))
     }
 
     // ---- unique keys --------------------------------------------------------
@@ -275,6 +283,8 @@ impl Workflows {
                 received,
                 result: graph.result.clone(),
                 ended: vec![None; n],
+                kept: HashMap::default(),
+                kept_bytes: 0,
                 released: vec![false; n],
                 open: n as u32,
             },
@@ -282,7 +292,6 @@ impl Workflows {
         for (i, node) in graph.nodes.iter().enumerate() {
             let msgid = nodes[i].clone();
             self.member_of.insert(msgid.clone(), (id.clone(), i as u32));
-            self.watchers.entry(msgid.clone()).or_default().push(Watch::Flow(id.clone(), i as u32));
             let handler = !node.on_error_of.is_empty();
             let parent_ix = if handler { &node.on_error_of } else { &node.after };
             let parents: Vec<Arc<str>> = parent_ix.iter().map(|&p| nodes[p as usize].clone()).collect();
@@ -347,12 +356,13 @@ impl Workflows {
             self.bytes = self.bytes.saturating_sub(j.bytes());
         }
         self.free_unique(msgid);
-        let Some(watches) = self.watchers.remove(msgid) else { return };
-        for w in watches {
-            match w {
-                Watch::Child(child, k) => self.parent_ended(&child, k, ended),
-                Watch::Flow(flow, i) => self.node_ended(&flow, i, ended),
-            }
+        let watches = self.watchers.remove(msgid).unwrap_or_default();
+        let feeds_held = !watches.is_empty();
+        for Watch::Child(child, k) in watches {
+            self.parent_ended(&child, k, ended);
+        }
+        if let Some((flow, i)) = self.member_of.get(msgid).cloned() {
+            self.node_ended(&flow, i, ended, feeds_held);
         }
     }
 
@@ -405,14 +415,28 @@ impl Workflows {
         }
     }
 
-    /// Node `i` of workflow `id` ended.
-    fn node_ended(&mut self, id: &Arc<str>, i: u32, ended: &Ended) {
+    /// Node `i` of workflow `id` ended (`feeds_held`: children of it were
+    /// waiting for it).
+    fn node_ended(&mut self, id: &Arc<str>, i: u32, ended: &Ended, feeds_held: bool) {
         let Some(f) = self.flows.get_mut(id) else { return };
+        let result_node = match &f.result {
+            ResultOf::Node(r) => *r == i,
+            ResultOf::List(v) => v.contains(&i),
+        };
         let Some(slot) = f.ended.get_mut(i as usize) else { return };
         if slot.is_some() {
             return;
         }
-        *slot = Some((ended.state, ended.value.clone(), ended.error.clone()));
+        *slot = Some(ended.state);
+        let value = if result_node || feeds_held { ended.value.clone() } else { Value::Null };
+        if !value.is_null() || !ended.error.is_null() {
+            let size = (serde_json::to_string(&value).map_or(0, |s| s.len())
+                + serde_json::to_string(&ended.error).map_or(0, |s| s.len())
+                + 64) as u64;
+            f.kept_bytes += size;
+            self.bytes += size;
+            f.kept.insert(i, (value, ended.error.clone()));
+        }
         f.open = f.open.saturating_sub(1);
         if f.open == 0 {
             self.steps.push_back(Step::FlowEnd(id.clone()));
@@ -443,6 +467,7 @@ impl Workflows {
     /// A workflow is over: taken out (its shape is kept for status).
     pub(crate) fn end_flow(&mut self, id: &str) -> Option<Flow> {
         let (id, f) = self.flows.remove_entry(id)?;
+        self.bytes = self.bytes.saturating_sub(f.kept_bytes);
         if self.ended_shapes.len() >= ENDED_SHAPES {
             if let Some((old, shape)) = self.ended_shapes.pop_front() {
                 self.ended_index.remove(&old);
@@ -521,7 +546,10 @@ impl Workflows {
                 .ended
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| e.as_ref().map(|(s, v, err)| json!([i, state_name(*s), v, err])))
+                .filter_map(|(i, e)| {
+                    let (v, err) = f.kept.get(&(i as u32)).cloned().unwrap_or((Value::Null, Value::Null));
+                    e.map(|s| json!([i, state_name(s), v, err]))
+                })
                 .collect();
             let released: Vec<usize> = (0..f.released.len()).filter(|i| f.released[*i]).collect();
             out.push(
@@ -777,7 +805,7 @@ impl RouterState {
         let placement = match (due, target) {
             (Some(due), _) => super::intake::Placement::Delayed(due),
             (None, Some(jm)) => super::intake::Placement::Dispatch(jm),
-            (None, None) => super::intake::Placement::Buffer,
+            (None, None) => super::intake::Placement::BufferFront,
         };
         debug!(%msgid, %queue, "held job released");
         self.count("workflow_released");
@@ -789,14 +817,12 @@ impl RouterState {
     fn finish_flow(&mut self, id: Arc<str>, now: Now, out: &mut Vec<Action>) {
         let Some(f) = self.workflows.end_flow(&id) else { return };
         let is_handler = |i: usize| !f.shape.on_error_of[i].is_empty();
-        let failed = (0..f.ended.len()).filter(|i| !is_handler(*i)).find(|i| {
-            f.ended[*i].as_ref().is_some_and(|(s, ..)| !matches!(s, FinalState::Done | FinalState::Cancelled))
-        });
-        let cancelled = (0..f.ended.len())
+        let failed = (0..f.ended.len())
             .filter(|i| !is_handler(*i))
-            .find(|i| f.ended[*i].as_ref().is_some_and(|(s, ..)| *s == FinalState::Cancelled));
-        let value_of =
-            |i: u32| f.ended.get(i as usize).and_then(|e| e.as_ref()).map_or(Value::Null, |(_, v, _)| v.clone());
+            .find(|i| f.ended[*i].is_some_and(|s| !matches!(s, FinalState::Done | FinalState::Cancelled)));
+        let cancelled =
+            (0..f.ended.len()).filter(|i| !is_handler(*i)).find(|i| f.ended[*i] == Some(FinalState::Cancelled));
+        let value_of = |i: u32| f.kept.get(&i).map_or(Value::Null, |(v, _)| v.clone());
         let (state, reply) = match (failed, cancelled) {
             (None, None) => {
                 let value = match &f.result {
@@ -806,7 +832,8 @@ impl RouterState {
                 (FinalState::Done, JobReply::ok(value).to_json())
             }
             (Some(i), _) | (None, Some(i)) => {
-                let (state, _, err) = f.ended[i].clone().expect("ended");
+                let state = f.ended[i].expect("ended");
+                let err = f.kept.get(&(i as u32)).map_or(Value::Null, |(_, e)| e.clone());
                 let node = &f.shape.nodes[i];
                 let name = &f.shape.names[i];
                 let kind = err["type"].as_str().unwrap_or(state_name(state)).to_owned();
@@ -1238,7 +1265,7 @@ mod room_tests {
         w.on_end("err", &Ended { state: FinalState::Cancelled, value: Value::Null, error: Value::Null });
         assert_eq!(take(&mut w), [Step::FlowEnd("f".into())]);
         let f = w.end_flow("f").unwrap();
-        assert_eq!(f.ended[2].as_ref().unwrap().1, json!(3));
+        assert_eq!(f.kept[&2].0, json!(3));
         assert!(w.held.is_empty() && !w.watching() && w.bytes == 0, "nothing left: {} bytes", w.bytes);
     }
 
