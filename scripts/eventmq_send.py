@@ -27,6 +27,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from eventmq.client.messages import send_request
 from eventmq.sender import Sender
+from eventmq.utils.messages import send_emqp_message
+from json import dumps as serialize  # as eventmq.client.messages does
 
 
 def wait_connected(sock, timeout_s):
@@ -75,6 +77,10 @@ def main():
                         'results) before closing')
     p.add_argument('--wait', type=float, default=10.0,
                    help='seconds to wait for --expect-replies')
+    p.add_argument('--header', action='append', default=[],
+                   help='an extra REQUEST header (e.g. unique:KEY): the '
+                        'request is then sent with EventMQ\'s own '
+                        'send_emqp_message, as send_request does')
     p.add_argument('--print-msgids', action='store_true',
                    help='print each sent msgid on stderr')
     a = p.parse_args()
@@ -103,11 +109,18 @@ def main():
     t0 = time.monotonic()
     first = last = None
     for _ in range(a.count):
-        last = send_request(s, message,
-                            reply_requested=a.reply_requested,
-                            guarantee=a.guarantee,
-                            retry_count=a.retry_count,
-                            timeout=a.timeout, queue=a.queue)
+        if a.header:
+            # send_request's own body, with the extra headers.
+            headers = (['reply-requested'] if a.reply_requested else []) + \
+                (['guarantee'] if a.guarantee else []) + a.header
+            last = send_emqp_message(s, 'REQUEST', (a.queue, ','.join(headers),
+                                                    serialize(message)))
+        else:
+            last = send_request(s, message,
+                                reply_requested=a.reply_requested,
+                                guarantee=a.guarantee,
+                                retry_count=a.retry_count,
+                                timeout=a.timeout, queue=a.queue)
         if first is None:
             first = last
         if a.print_msgids:

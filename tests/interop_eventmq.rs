@@ -139,3 +139,34 @@ fn our_job_manager_works_under_eventmq_router() {
     let log = std::fs::read_to_string(work.join("router.log")).unwrap_or_default();
     assert!(!log.contains("Traceback"), "EventMQ's router raised:\n{log}");
 }
+
+/// `unique:KEY` from EventMQ's own client code (its `send_emqp_message`,
+/// which `send_request` calls, with the extra header): three sends while no
+/// job manager is up make one job, run once.
+#[test]
+fn eventmq_client_unique_header_makes_one_job() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let (_router, a) = start_router(&[]);
+    let root = repo_root();
+    let work = tempdir("interop-unique");
+    let out_file = work.join("lines.txt");
+    for _ in 0..3 {
+        let out = Command::new(venv.join("bin/python"))
+            .arg(root.join("scripts/eventmq_send.py"))
+            .args(["--addr", &a.frontend, "--queue", "default", "--path", "benchjobs", "--callable", "append_line"])
+            .args(["--args", &serde_json::json!([out_file, "unique"]).to_string(), "--header", "unique:nightly"])
+            .args(["--expect-replies", "1", "--wait", "10"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eventmq_send: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let st = admin(&a.admin, "STATUS");
+    assert_eq!(st["waiting_messages_by_queue"]["default"].as_u64(), Some(1), "one job held the key: {st}");
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[]);
+    eventually(Duration::from_secs(60), || (read_lines(&out_file).len() == 1).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_lines(&out_file), ["unique"], "run once");
+}

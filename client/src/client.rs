@@ -478,7 +478,12 @@ impl Client {
         headers.push_str("owner:");
         headers.push_str(&self.owner_token);
         let request = Request { queue: queue.to_owned(), headers, payload: job.to_wire() };
-        let m = Message::new(Command::Request(request));
+        self.send_tracked(Message::new(Command::Request(request)))
+    }
+
+    /// Sends a job (REQUEST or WORKFLOW): its outcome is waited on, and it
+    /// goes again under the same msgid while no receipt came.
+    fn send_tracked(&mut self, m: Message) -> Result<String, ClientError> {
         self.sender.send(&m)?;
         self.pending.insert(m.msgid.clone());
         self.pending_order.push_back(m.msgid.clone());
@@ -500,14 +505,7 @@ impl Client {
     /// WORKFLOW's msgid) at once. The receipt and the result come as for
     /// a job: [`Client::wait_receipt`], [`Client::wait`].
     pub fn submit_workflow(&mut self, graph: &emq_protocol::WorkflowGraph) -> Result<String, ClientError> {
-        let m = Message::new(Command::Workflow(emq_protocol::Workflow { graph: graph.clone() }));
-        self.sender.send(&m)?;
-        self.pending.insert(m.msgid.clone());
-        self.pending_order.push_back(m.msgid.clone());
-        if self.unreceipted.len() < MAX_UNRECEIPTED {
-            self.unreceipted.push_back((m.msgid.clone(), m.clone(), Instant::now()));
-        }
-        Ok(m.msgid)
+        self.send_tracked(Message::new(Command::Workflow(emq_protocol::Workflow { graph: graph.clone() })))
     }
 
     /// [`Client::submit_workflow`] of a canvas (made into a graph with this

@@ -362,12 +362,18 @@ fn send_one(
         }
         Err(e) => return usage(format!("no receipt from the router at {addr}: {e}")),
     }
+    print_outcome(client, &msgid, wait, json, deadline)
+}
+
+/// Prints the msgid, or with `wait` the job's (or workflow's) result:
+/// exit 0 on a value, 1 on a failure, 3 past the deadline.
+fn print_outcome(client: &mut Client, msgid: &str, wait: bool, json: bool, deadline: Option<Instant>) -> ExitCode {
     if !wait {
         println!("{msgid}");
         return ExitCode::SUCCESS;
     }
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    match client.wait(&msgid, deadline.unwrap_or(far)) {
+    match client.wait(msgid, deadline.unwrap_or(far)) {
         JobOutcome::NoReply => {
             eprintln!("emq-send: no result for {msgid} before the deadline");
             ExitCode::from(3)
@@ -411,25 +417,7 @@ fn send_workflow(
             ))
         }
     }
-    if !wait {
-        println!("{id}");
-        return ExitCode::SUCCESS;
-    }
-    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    match client.wait(&id, deadline.unwrap_or(far)) {
-        JobOutcome::NoReply => {
-            eprintln!("emq-send: no result for workflow {id} before the deadline");
-            ExitCode::from(3)
-        }
-        o if o.is_success() => {
-            println!("{}", o.to_json().expect("an outcome with JSON"));
-            ExitCode::SUCCESS
-        }
-        o => {
-            report_failure(&o, json);
-            ExitCode::from(1)
-        }
-    }
+    print_outcome(client, &id, wait, json, deadline)
 }
 
 /// A failed (or refused) job: its JSON on stdout with `--json`, else for
