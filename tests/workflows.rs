@@ -108,8 +108,11 @@ fn a_thousand_chords_through_two_router_kills_run_each_callback_once() {
     let twice: Vec<_> = callbacks.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "callbacks run more than once: {twice:?}");
     assert_eq!(members.len(), CHORDS * MEMBERS, "no member lost");
-    let reruns = members.values().filter(|n| **n > 1).count();
-    println!("{CHORDS} chords of {MEMBERS}: every callback once; {reruns} members ran again after a kill (guarantee)");
+    // Every node is dispatched once per attempt: a dispatch that was sent
+    // is durable first, so a restart never sends it again.
+    let reruns: Vec<_> = members.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(reruns.is_empty(), "members run more than once: {reruns:?}");
+    println!("{CHORDS} chords of {MEMBERS}: every callback and every member ran once");
     let st = wait_for_status(&addrs.admin);
     assert_eq!((st["held"].as_u64(), st["workflows"].as_u64()), (Some(0), Some(0)), "nothing left waiting");
 }

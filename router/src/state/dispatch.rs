@@ -235,11 +235,17 @@ impl RouterState {
         let received = self.lifecycle.started + Duration::from_millis(job.received_ms as u64);
         self.telemetry.metrics.observe_start(&queue, now.mono.saturating_duration_since(received));
         let msgid = job.msgid.to_string();
+        // A workflow node (or a job others wait for) goes out only once its
+        // Dispatched record is durable: after a crash it is then either in
+        // doubt (its job manager reports it, or it never got it) or never
+        // sent — never run twice because the dispatch was forgotten.
+        let exact = self.workflows.cares(&msgid);
         let (_, request) = self.take_in_flight(to.clone(), queue, job, attempt, true, now);
-        out.push(Action::Send {
-            socket: SocketKind::Backend,
-            peer: to,
-            message: Message::with_msgid(msgid, Command::Request(request)),
+        let message = Message::with_msgid(msgid, Command::Request(request));
+        out.push(if exact {
+            Action::SendDurable { socket: SocketKind::Backend, peer: to, message }
+        } else {
+            Action::Send { socket: SocketKind::Backend, peer: to, message }
         });
     }
 

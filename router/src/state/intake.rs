@@ -264,6 +264,7 @@ impl RouterState {
         if self.in_flight.contains_key(msgid.as_str())
             || self.suspects.in_doubt.contains_key(msgid.as_str())
             || self.workflows.held.contains_key(msgid.as_str())
+            || self.workflows.flows.contains_key(msgid.as_str())
         {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }

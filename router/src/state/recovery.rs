@@ -457,8 +457,7 @@ impl RouterState {
                 payload: request.payload().to_owned(),
                 received,
             };
-        // The workflows room first: its snapshot holds what is not a job yet.
-        let mut out = self.workflow_checkpoint_records();
+        let mut out = Vec::new();
         // Finished jobs' history first: live jobs' records are rebuilt by
         // their own records below.
         for (msgid, r) in self.outcomes.history.iter() {
@@ -486,6 +485,10 @@ impl RouterState {
                 }));
             }
         }
+        // Then the workflows room (what is not a job yet), before the live
+        // jobs: its history records are then newer than the finished ones
+        // (not the first evicted after a restart).
+        out.extend(self.workflow_checkpoint_records());
         for (name, q) in &self.dispatch.queues {
             for j in &q.waiting {
                 let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));

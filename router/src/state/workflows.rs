@@ -31,7 +31,7 @@ use emq_journal::{FinalState, Record};
 #[cfg(test)]
 use emq_protocol::WorkflowNode;
 use emq_protocol::{
-    Command, JobErrorKind, JobReply, Message, OnParentFailure, Pass, Reply, Request, ResultOf, WorkflowGraph,
+    Command, Headers, JobErrorKind, JobReply, Message, OnParentFailure, Pass, Reply, Request, ResultOf, WorkflowGraph,
 };
 use emq_receiver::PeerId;
 use rustc_hash::FxHashMap as HashMap;
@@ -42,6 +42,8 @@ use tracing::{debug, info, warn};
 
 /// Ended workflows whose shape is kept for status (parents, children).
 const ENDED_SHAPES: usize = 10_000;
+/// ... and at most this many nodes in them all.
+const ENDED_SHAPE_NODES: usize = 200_000;
 
 /// A job waiting for its parents.
 #[derive(Debug)]
@@ -206,6 +208,8 @@ pub(crate) struct Workflows {
     /// Shapes of ended workflows (oldest first) for status.
     ended_shapes: VecDeque<(Arc<str>, Arc<FlowShape>)>,
     ended_index: HashMap<Arc<str>, Arc<FlowShape>>,
+    /// Nodes in `ended_shapes`.
+    ended_nodes: usize,
     /// (queue, key) → the job holding it, and back.
     unique: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
     unique_of: HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
@@ -294,7 +298,7 @@ impl Workflows {
             self.member_of.insert(msgid.clone(), (id.clone(), i as u32));
             let handler = !node.on_error_of.is_empty();
             let parent_ix = if handler { &node.on_error_of } else { &node.after };
-            let parents: Vec<Arc<str>> = parent_ix.iter().map(|&p| nodes[p as usize].clone()).collect();
+            let parents: Vec<Arc<str>> = parent_ix.iter().filter_map(|&p| nodes.get(p as usize).cloned()).collect();
             for (k, p) in parents.iter().enumerate() {
                 self.watchers.entry(p.clone()).or_default().push(Watch::Child(msgid.clone(), k as u32));
             }
@@ -468,18 +472,19 @@ impl Workflows {
     pub(crate) fn end_flow(&mut self, id: &str) -> Option<Flow> {
         let (id, f) = self.flows.remove_entry(id)?;
         self.bytes = self.bytes.saturating_sub(f.kept_bytes);
-        if self.ended_shapes.len() >= ENDED_SHAPES {
-            if let Some((old, shape)) = self.ended_shapes.pop_front() {
-                self.ended_index.remove(&old);
-                for n in &shape.nodes {
-                    if self.member_of.get(n).is_some_and(|(fid, _)| *fid == old) {
-                        self.member_of.remove(n);
-                    }
+        self.ended_nodes += f.shape.nodes.len();
+        self.ended_index.insert(id.clone(), f.shape.clone());
+        self.ended_shapes.push_back((id, f.shape.clone()));
+        while self.ended_shapes.len() > ENDED_SHAPES || self.ended_nodes > ENDED_SHAPE_NODES {
+            let Some((old, shape)) = self.ended_shapes.pop_front() else { break };
+            self.ended_nodes = self.ended_nodes.saturating_sub(shape.nodes.len());
+            self.ended_index.remove(&old);
+            for n in &shape.nodes {
+                if self.member_of.get(n).is_some_and(|(fid, _)| *fid == old) {
+                    self.member_of.remove(n);
                 }
             }
         }
-        self.ended_index.insert(id.clone(), f.shape.clone());
-        self.ended_shapes.push_back((id, f.shape.clone()));
         Some(f)
     }
 
@@ -566,6 +571,11 @@ impl Workflows {
                 continue;
             }
             out.push(held_record(msgid, j, &self.settled_of(msgid, j)).to_string());
+        }
+        // The keys held (a running job's rebuilt Accepted record may not
+        // carry its headers).
+        for ((queue, key), msgid) in &self.unique {
+            out.push(json!({"t": "unique", "queue": &**queue, "key": &**key, "msgid": &**msgid}).to_string());
         }
         out
     }
@@ -663,6 +673,12 @@ impl Workflows {
                 self.hold(msgid.clone(), job, &settled);
                 Replayed::Held { msgid, queue, headers, received, client }
             }
+            Some("unique") => {
+                if let (Some(q), Some(k), Some(m)) = (v["queue"].as_str(), v["key"].as_str(), v["msgid"].as_str()) {
+                    self.claim_unique(q, k, &Arc::from(m));
+                }
+                Replayed::Nothing
+            }
             Some("flow_end") => {
                 let id = v["id"].as_str().unwrap_or_default();
                 self.end_flow(id);
@@ -755,6 +771,37 @@ impl RouterState {
         }
     }
 
+    /// Ends a held job `failed` without running it (its payload cannot take
+    /// its parents' results): what depends on it is cancelled, `on_error`
+    /// runs, the workflow fails.
+    fn fail_unrun(&mut self, msgid: &Arc<str>, j: &HeldJob, why: &str, now: Now, out: &mut Vec<Action>) {
+        let reply = JobReply::failed(JobErrorKind::BadPayload, why, "").to_json();
+        self.outcomes.history.mark(msgid, JobState::Failed, now.unix);
+        self.outcomes.history.set_result(msgid, reply.clone());
+        out.push(Action::Journal(Record::Finished {
+            msgid: msgid.to_string(),
+            state: FinalState::Failed,
+            at: now.unix,
+            result: reply.clone(),
+            failure: Some(emq_journal::AttemptFailure {
+                attempt: 0,
+                kind: JobErrorKind::BadPayload.to_string(),
+                message: why.to_owned(),
+                at: now.unix,
+            }),
+        }));
+        if !j.client.as_bytes().is_empty() && Headers::parse(&j.headers).reply_requested {
+            out.push(Action::Send {
+                socket: SocketKind::Frontend,
+                peer: j.client.clone(),
+                message: Message::new(Command::Reply(Reply::Result {
+                    reply_json: reply,
+                    orig_msgid: msgid.to_string(),
+                })),
+            });
+        }
+    }
+
     fn held_as_waiting(&self, msgid: &Arc<str>, j: HeldJob, now: Now) -> WaitingJob {
         let request =
             StoredRequest::new(Request { queue: j.queue.clone(), headers: j.headers, payload: j.payload }, &j.queue);
@@ -784,9 +831,7 @@ impl RouterState {
             Err(why) => {
                 warn!(%msgid, error = %why, "held job cannot take its parents' results: failed");
                 self.count("workflow_bad_payload");
-                let queue = j.queue.clone();
-                let job = self.held_as_waiting(&msgid, j, now);
-                self.end_unrun(queue, job, JobErrorKind::BadPayload, &why, now, out);
+                self.fail_unrun(&msgid, &j, &why, now, out);
                 return;
             }
         };
@@ -864,6 +909,15 @@ impl RouterState {
             json!({"t": "flow_end", "id": &*id, "state": state_name(state), "result": reply, "at": now.unix})
                 .to_string(),
         )));
+        // Also an ordinary job end: jobs that `depends_on` the workflow move on
+        // (live through follow_ends, on replay through restore).
+        out.push(Action::Journal(Record::Finished {
+            msgid: id.to_string(),
+            state,
+            at: now.unix,
+            result: reply.clone(),
+            failure: None,
+        }));
         if f.reply && !f.client.as_bytes().is_empty() {
             out.push(Action::Send {
                 socket: SocketKind::Frontend,
@@ -892,6 +946,13 @@ impl RouterState {
         });
         let held = self.outcomes.history.get(&msgid).map(|rec| {
             (rec.readable_by(&client, owner.as_deref()), rec.state.is_final().then(|| rec.result.clone()).flatten())
+        });
+        let held = held.or_else(|| {
+            // A live workflow whose history record was evicted.
+            self.workflows
+                .flows
+                .get(msgid.as_str())
+                .map(|f| (f.client == client || (f.owner.is_some() && f.owner == owner), None))
         });
         if let Some((same_sender, result)) = held {
             if same_sender {
@@ -1066,12 +1127,8 @@ impl RouterState {
                     if self.workflows.held.contains_key(node.msgid.as_str()) {
                         self.record_held(&node.msgid, &node.queue, &node.headers, &client, received);
                     }
-                    let h = Request { queue: String::new(), headers: node.headers.clone(), payload: String::new() }
-                        .headers();
-                    if let (Some(key), true) = (h.unique, self.workflows.held.contains_key(node.msgid.as_str())) {
-                        let m: Arc<str> = Arc::from(node.msgid.as_str());
-                        self.workflows.claim_unique(&node.queue, &key, &m);
-                    }
+                    // A node's unique key is claimed when it is released (its
+                    // Accepted record), live and on replay alike.
                 }
             }
             Replayed::Held { msgid, queue, headers, received, client } => {
@@ -1136,8 +1193,8 @@ impl RouterState {
                         "msgid": &*shape.nodes[i],
                         "name": shape.names[i],
                         "state": node_state(&shape.nodes[i]),
-                        "parents": shape.after[i].iter().map(|p| &*shape.nodes[*p as usize]).collect::<Vec<_>>(),
-                        "on_error_of": shape.on_error_of[i].iter().map(|p| &*shape.nodes[*p as usize]).collect::<Vec<_>>(),
+                        "parents": shape.after[i].iter().filter_map(|p| shape.nodes.get(*p as usize).map(|n| &**n)).collect::<Vec<_>>(),
+                        "on_error_of": shape.on_error_of[i].iter().filter_map(|p| shape.nodes.get(*p as usize).map(|n| &**n)).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -1156,8 +1213,10 @@ impl RouterState {
                     .map(|k| &*shape.nodes[k])
                     .collect();
                 status["workflow_id"] = json!(&**flow);
-                status["parents"] =
-                    json!(shape.after[i].iter().map(|p| &*shape.nodes[*p as usize]).collect::<Vec<_>>());
+                status["parents"] = json!(shape.after[i]
+                    .iter()
+                    .filter_map(|p| shape.nodes.get(*p as usize).map(|n| &**n))
+                    .collect::<Vec<_>>());
                 status["children"] = json!(children);
             }
         } else if let Some(j) = self.workflows.held.get(msgid) {

@@ -235,3 +235,87 @@ fn a_checkpoint_mid_workflow_keeps_the_members_values() {
     let p: serde_json::Value = serde_json::from_str(&cb.1).unwrap();
     assert_eq!(p[1]["args"][0], serde_json::json!([10, 20]));
 }
+
+/// A node's REQUEST leaves only once its Dispatched record is durable (a
+/// crash cannot forget a dispatch that ran); a plain job's goes at once.
+#[test]
+fn a_node_is_dispatched_after_its_record_is_durable() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    h.ready("jm");
+    h.ready("jm");
+    let m = Message::with_msgid("wf", Command::Workflow(Workflow { graph: chain3() }));
+    let raw = h.r.handle_vec(
+        Event::Received { socket: SocketKind::Frontend, peer: PeerId::from("client"), message: Ok(m), user: None },
+        h.now,
+    );
+    assert!(
+        raw.iter().any(|a| matches!(a, Action::SendDurable { socket: SocketKind::Backend, message, .. }
+        if message.msgid == "s1")),
+        "{raw:?}"
+    );
+    let r = Request { queue: "default".into(), headers: String::new(), payload: "[\"run\", {}]".into() };
+    let m = Message::with_msgid("plain", Command::Request(r));
+    let raw = h.r.handle_vec(
+        Event::Received { socket: SocketKind::Frontend, peer: PeerId::from("client"), message: Ok(m), user: None },
+        h.now,
+    );
+    assert!(
+        raw.iter().any(|a| matches!(a, Action::Send { socket: SocketKind::Backend, message, .. }
+        if message.msgid == "plain")),
+        "{raw:?}"
+    );
+}
+
+/// A job that `depends_on` a workflow runs once the workflow is done.
+#[test]
+fn depends_on_a_workflow_waits_for_its_end() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    h.ready("jm");
+    submit(&mut h, "wf", chain3());
+    h.request("client", "after", "default", "reply-requested,depends_on:wf");
+    for (step, v) in [("s1", "1"), ("s2", "2")] {
+        h.done("jm", step, &format!(r#"{{"value": {v}}}"#));
+        h.ready("jm");
+    }
+    let mut out = h.done("jm", "s3", r#"{"value": 3}"#);
+    out.extend(h.ready("jm"));
+    assert_eq!(dispatched(&out).first().map(|d| d.0.as_str()), Some("after"), "{out:?}");
+}
+
+/// A node whose payload cannot take its parent's result fails (it is not
+/// "cancelled"): the workflow fails naming it.
+#[test]
+fn a_node_that_cannot_take_its_inputs_fails_the_workflow() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    h.ready("jm");
+    let mut g = chain3();
+    g.nodes[1].payload = r#"["run", {"path": "m", "callable": "f", "args": "not a list"}]"#.into();
+    submit(&mut h, "wf", g);
+    let out = h.done("jm", "s1", r#"{"value": 1}"#);
+    let r = result_for(&out, "wf").expect("the workflow ends");
+    assert_eq!(r["error"]["type"], "BadPayload", "{r}");
+    let st: serde_json::Value = serde_json::from_str(&h.r.job_status_json("s2", true)).unwrap();
+    assert_eq!(st["state"], "failed");
+}
+
+/// A running job's unique key survives a checkpoint and restart (its
+/// rebuilt Accepted record may not carry its headers).
+#[test]
+fn a_unique_key_survives_a_checkpoint() {
+    let mut h = Harness::new();
+    h.inform_ours("jm");
+    h.ready("jm");
+    h.request("client", "u1", "default", "unique:k");
+    let now = h.now;
+    let mut r = RouterState::new(cfg(), now);
+    for rec in h.r.checkpoint_records(now) {
+        r.restore(rec);
+    }
+    r.finish_restore(now);
+    let mut h2 = Harness::with(r, now);
+    let out = h2.request("client", "u2", "default", "unique:k");
+    assert_eq!(result_for(&out, "u2").map(|v| v["deduplicated"].clone()), Some(serde_json::json!("u1")));
+}
