@@ -158,7 +158,7 @@ fn eventmq_client_unique_header_makes_one_job() {
             .arg(root.join("scripts/eventmq_send.py"))
             .args(["--addr", &a.frontend, "--queue", "default", "--path", "benchjobs", "--callable", "append_line"])
             .args(["--args", &serde_json::json!([out_file, "unique"]).to_string(), "--header", "unique:nightly"])
-            .args(["--expect-replies", "1", "--wait", "10"])
+            .args(["--expect-replies", "1", "--wait", "30", "--connect-timeout", "30"])
             .output()
             .unwrap();
         assert!(out.status.success(), "eventmq_send: {}", String::from_utf8_lossy(&out.stderr));
