@@ -832,6 +832,9 @@ impl Client {
             if now.duration_since(last_poll) >= STATUS_POLL {
                 last_poll = now;
                 if let Ok(Some(o)) = self.recover_from_record(msgid, deadline) {
+                    // Asking may have heard the router come back: say so
+                    // before returning (as when the REPLY itself comes).
+                    self.log_router_notices();
                     return o;
                 }
                 continue;
