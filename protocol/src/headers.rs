@@ -44,6 +44,9 @@ pub struct Headers {
     /// Our extension, `on_dependency_failure:run`: run even when a
     /// dependency failed for good (else the job is cancelled).
     pub run_on_dependency_failure: bool,
+    /// Our extension, `limit:NAME` or `limit:NAME/PARTITION`: the router
+    /// starts the job only within that limit (issue 26).
+    pub limit: Option<String>,
 }
 
 /// Most jobs one job may depend on.
@@ -83,6 +86,7 @@ impl Headers {
                         .unwrap_or_default()
                 }
                 "on_dependency_failure" => h.run_on_dependency_failure = value == Some("run"),
+                "limit" => h.limit = value.filter(|v| !v.is_empty() && v.len() <= 400).map(str::to_owned),
                 "eta" => h.eta = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite() && *t > 0.0),
                 "timeout" => {
                     h.timeout_secs = value
@@ -138,6 +142,9 @@ impl Headers {
         if self.run_on_dependency_failure {
             parts.push("on_dependency_failure:run".into());
         }
+        if let Some(l) = &self.limit {
+            parts.push(format!("limit:{l}"));
+        }
         parts.join(",")
     }
 
@@ -185,6 +192,9 @@ mod tests {
         assert_eq!(Headers::parse(&h.to_wire()), h);
         assert_eq!(Headers::parse("unique:").unique, None);
         assert!(!Headers::parse("on_dependency_failure:cancel").run_on_dependency_failure);
+        let h = Headers::parse("reply-requested,limit:api/customer-7");
+        assert_eq!(h.limit.as_deref(), Some("api/customer-7"));
+        assert_eq!(Headers::parse(&h.to_wire()), h);
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod control;
 mod dispatch;
 mod history;
 mod intake;
+pub mod limits;
 mod outcome;
 mod peers;
 mod queues;
