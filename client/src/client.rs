@@ -517,8 +517,19 @@ impl Client {
         until: Instant,
     ) -> Result<String, ClientError> {
         let graph = canvas.to_graph(&self.owner_token).map_err(ClientError::BadWorkflow)?;
+        self.until_reachable(until, |c| c.submit_workflow(&graph))
+    }
+
+    /// Runs `send` again while no router is reachable (the send timed out:
+    /// a client given a leader and its standbys, during a failover) until
+    /// `until`, reading what arrives in between.
+    fn until_reachable(
+        &mut self,
+        until: Instant,
+        mut send: impl FnMut(&mut Self) -> Result<String, ClientError>,
+    ) -> Result<String, ClientError> {
         loop {
-            match self.submit_workflow(&graph) {
+            match send(self) {
                 Err(ClientError::Socket(SenderError::Zmq(zmq::Error::EAGAIN))) if Instant::now() < until => {
                     let _ = self.pump(100);
                 }
@@ -537,14 +548,7 @@ impl Client {
         options: &Options,
         until: Instant,
     ) -> Result<String, ClientError> {
-        loop {
-            match self.send_request(queue, job, options) {
-                Err(ClientError::Socket(SenderError::Zmq(zmq::Error::EAGAIN))) if Instant::now() < until => {
-                    let _ = self.pump(100);
-                }
-                other => return other,
-            }
-        }
+        self.until_reachable(until, |c| c.send_request(queue, job, options))
     }
 
     /// Makes (or replaces) a schedule of `job` in `queue`; waits for the
