@@ -47,6 +47,10 @@ pub struct Headers {
     /// Our extension, `limit:NAME` or `limit:NAME/PARTITION`: the router
     /// starts the job only within that limit (issue 26).
     pub limit: Option<String>,
+    /// Our extension, added by the router on a retried attempt:
+    /// `checkpoint:JSON` (`%` and `,` escaped), the last checkpoint an
+    /// earlier attempt kept (issue 26).
+    pub checkpoint: Option<String>,
 }
 
 /// Most jobs one job may depend on.
@@ -87,6 +91,9 @@ impl Headers {
                 }
                 "on_dependency_failure" => h.run_on_dependency_failure = value == Some("run"),
                 "limit" => h.limit = value.filter(|v| !v.is_empty() && v.len() <= 400).map(str::to_owned),
+                "checkpoint" => {
+                    h.checkpoint = value.filter(|v| !v.is_empty()).map(crate::cmd::decode_checkpoint_header)
+                }
                 "eta" => h.eta = value.and_then(|v| v.parse::<f64>().ok()).filter(|t| t.is_finite() && *t > 0.0),
                 "timeout" => {
                     h.timeout_secs = value
@@ -144,6 +151,9 @@ impl Headers {
         }
         if let Some(l) = &self.limit {
             parts.push(format!("limit:{l}"));
+        }
+        if let Some(c) = &self.checkpoint {
+            parts.push(format!("checkpoint:{}", crate::cmd::encode_checkpoint_header(c)));
         }
         parts.join(",")
     }

@@ -25,6 +25,10 @@ mod queues;
 
 pub use cmd::{allow_feature, path_allowed, FEATURE_ALLOW_PREFIX, MAX_ALLOWED_PATHS};
 pub use cmd::{
+    decode_checkpoint_header, encode_checkpoint_header, JobUpdate, JobUpdates, Progress, MAX_CHECKPOINT_BYTES,
+    MAX_JOB_UPDATES, MAX_PROGRESS_MESSAGE,
+};
+pub use cmd::{
     schedule_id_of_payload, Ack, AdminCommand, Command, Heartbeat, Inform, Misfire, Publish, Reply, Request, Schedule,
     ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
 };

@@ -14,6 +14,7 @@ mod publish;
 mod reply;
 mod request;
 mod schedule;
+mod update;
 mod workflow;
 
 pub use ack::Ack;
@@ -25,6 +26,10 @@ pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;
 pub use schedule::{schedule_id_of_payload, Misfire, Schedule, ScheduleError, ScheduleOptions, Timing};
+pub use update::{
+    decode_checkpoint_header, encode_checkpoint_header, JobUpdate, JobUpdates, Progress, MAX_CHECKPOINT_BYTES,
+    MAX_JOB_UPDATES, MAX_PROGRESS_MESSAGE,
+};
 pub use workflow::{
     OnParentFailure, Pass, ResultOf, Workflow, WorkflowGraph, WorkflowNode, MAX_NODE_MSGID, MAX_WORKFLOW_NODES,
 };
@@ -65,6 +70,8 @@ pub enum Command {
     Requests(Requests),
     /// Our client → our router: jobs that depend on each other.
     Workflow(Workflow),
+    /// Our job manager → our router: running jobs' progress and checkpoints.
+    JobUpdate(JobUpdates),
     /// A command name this crate does not know, with its raw body frames.
     Unknown { name: String, body: Vec<String> },
 }
@@ -87,6 +94,7 @@ impl Command {
             "BATCH" => Command::Batch(Batch::parse_frames(parse)?),
             "REQUESTS" => Command::Requests(Requests::parse_frames(parse)?),
             "WORKFLOW" => Command::Workflow(Workflow::parse_frames(parse)?),
+            "JOB_UPDATE" => Command::JobUpdate(JobUpdates::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
                 Some(admin) => Command::Admin(admin),
                 None => return Ok(Command::Unknown { name: other.to_owned(), body: parse.rest()? }),
@@ -113,6 +121,7 @@ impl Command {
             Command::Batch(_) => "BATCH",
             Command::Requests(_) => "REQUESTS",
             Command::Workflow(_) => "WORKFLOW",
+            Command::JobUpdate(_) => "JOB_UPDATE",
             Command::Admin(a) => a.name(),
             Command::Unknown { name, .. } => name,
         }
@@ -131,6 +140,7 @@ impl Command {
             Command::Batch(c) => c.write_body(out),
             Command::Requests(c) => c.write_body(out),
             Command::Workflow(c) => c.write_body(out),
+            Command::JobUpdate(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),
             Command::Unknown { body, .. } => out.extend(body.iter().map(|b| b.as_bytes().to_vec())),
             Command::Ready | Command::Kbye | Command::Disconnect => {}
