@@ -112,6 +112,106 @@ pub struct RouterSettings {
     /// `job manager lost` only then (its `guarantee` jobs run elsewhere at
     /// once, and a late report is still taken).
     pub suspect_timeout: f64,
+    /// Limits per key: `NAME = { concurrency = N, rate = "N/PERIOD" }`
+    /// (either or both). A job names one with `limit:NAME` or
+    /// `limit:NAME/PARTITION` (counted per partition). In a TOML file a
+    /// `[limits]` table; in `EMQ_LIMITS` a string
+    /// `"NAME=concurrency:N rate:N/PERIOD; NAME=..."`.
+    pub limits: LimitsSetting,
+}
+
+/// One limit as written in the settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSetting {
+    /// Jobs of a key running at once.
+    pub concurrency: Option<i64>,
+    /// `"N/PERIOD"`: at most N starts in any PERIOD (`500ms`, `1s`, `10s`,
+    /// `1m`, `1h`).
+    pub rate: Option<String>,
+}
+
+/// The `limits` setting: a table (TOML) or its one-line form (environment).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum LimitsSetting {
+    Table(std::collections::BTreeMap<String, LimitSetting>),
+    Text(String),
+}
+
+impl Default for LimitsSetting {
+    fn default() -> Self {
+        LimitsSetting::Table(Default::default())
+    }
+}
+
+/// Most limits configured.
+pub const MAX_LIMITS: usize = 10_000;
+
+impl LimitsSetting {
+    /// The limits, validated: names of 1–128 characters without `/`, `,`,
+    /// `:` or spaces; concurrency 1 to 1,000,000; a rate `N/PERIOD`; at
+    /// least one of the two.
+    pub fn to_specs(&self) -> Result<Vec<(String, crate::state::limits::LimitSpec)>, SettingsError> {
+        let table = match self {
+            LimitsSetting::Table(t) => t.clone(),
+            LimitsSetting::Text(text) => Self::parse_text(text)?,
+        };
+        if table.len() > MAX_LIMITS {
+            return Err(SettingsError::invalid("limits", table.len(), format!("at most {MAX_LIMITS} limits")));
+        }
+        let mut out = Vec::new();
+        for (name, l) in table {
+            let key = format!("limits.{name}");
+            if name.is_empty()
+                || name.len() > 128
+                || name.chars().any(|c| c == '/' || c == ',' || c == ':' || c == ';' || c.is_whitespace())
+            {
+                return Err(SettingsError::invalid(
+                    "limits",
+                    &name,
+                    "a limit name is 1 to 128 characters, without '/', ',', ':', ';' or spaces",
+                ));
+            }
+            let concurrency = match l.concurrency {
+                Some(c) => Some(v::count(&format!("{key}.concurrency"), c, 1, 1_000_000)? as u32),
+                None => None,
+            };
+            let rate = match &l.rate {
+                Some(r) => Some(
+                    crate::state::limits::LimitSpec::parse_rate(r)
+                        .map_err(|why| SettingsError::invalid(&format!("{key}.rate"), r, why))?,
+                ),
+                None => None,
+            };
+            if concurrency.is_none() && rate.is_none() {
+                return Err(SettingsError::invalid(&key, "{}", "give concurrency, rate or both"));
+            }
+            out.push((name, crate::state::limits::LimitSpec { concurrency, rate }));
+        }
+        Ok(out)
+    }
+
+    /// `"api=concurrency:3 rate:50/10s; scan=concurrency:1"`.
+    fn parse_text(text: &str) -> Result<std::collections::BTreeMap<String, LimitSetting>, SettingsError> {
+        let mut table = std::collections::BTreeMap::new();
+        for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = |why: &str| SettingsError::invalid("limits", item, why.to_owned());
+            let (name, rest) = item.split_once('=').ok_or_else(|| bad("expected NAME=concurrency:N rate:N/PERIOD"))?;
+            let mut l = LimitSetting::default();
+            for part in rest.split_whitespace() {
+                match part.split_once(':') {
+                    Some(("concurrency", n)) => {
+                        l.concurrency = Some(n.parse().map_err(|_| bad("concurrency must be a count"))?)
+                    }
+                    Some(("rate", r)) => l.rate = Some(r.to_owned()),
+                    _ => return Err(bad("expected concurrency:N and/or rate:N/PERIOD")),
+                }
+            }
+            table.insert(name.trim().to_owned(), l);
+        }
+        Ok(table)
+    }
 }
 
 impl Default for RouterSettings {
@@ -154,6 +254,7 @@ impl Default for RouterSettings {
             max_schedules: 1_000_000,
             delayed_max_bytes: 1 << 30,
             suspect_timeout: 60.0,
+            limits: LimitsSetting::default(),
         }
     }
 }
@@ -215,6 +316,7 @@ impl RouterSettings {
             max_schedules: v::count("max_schedules", self.max_schedules, 0, MAX_JOBS)?,
             delayed_max_bytes: v::count("delayed_max_bytes", self.delayed_max_bytes, 0, 1 << 50)?,
             suspect_timeout: v::seconds("suspect_timeout", self.suspect_timeout, Zero::Allowed)?,
+            limits: self.limits.to_specs()?,
             refuse_when_full: match self.on_full.as_str() {
                 "wait" => false,
                 "refuse" => true,
@@ -392,6 +494,35 @@ mod tests {
         assert!(url.contains("db1,db2"));
         assert_eq!(ttl, Duration::from_secs(4));
         assert!(RouterSettings::default().lease().unwrap().is_none(), "the file journal by default");
+    }
+
+    #[test]
+    fn limits_come_from_a_table_a_file_or_one_line_and_bad_ones_say_why() {
+        let dir = std::env::temp_dir().join(format!("emq-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(
+            &file,
+            "log_level = \"info\"\n[limits]\nApi = { concurrency = 3, rate = \"50/10s\" }\nreports = { concurrency = 1 }\n",
+        )
+        .unwrap();
+        let s: RouterSettings = emq_settings::load_from(Some(&file), &file).unwrap();
+        let c = s.to_config().unwrap();
+        let names: Vec<&str> = c.limits.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Api", "reports"], "names keep their case");
+        assert_eq!(c.limits[0].1.concurrency, Some(3));
+        assert_eq!(c.limits[0].1.rate, Some((50, Duration::from_secs(10))));
+        let text = LimitsSetting::Text("api=concurrency:3 rate:50/10s; reports=concurrency:1".into());
+        let specs = text.to_specs().unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].1.concurrency, Some(1));
+        for bad in ["api", "api=threads:3", "api=concurrency:x", "a/b=concurrency:1", "api=", "api=concurrency:0"] {
+            let e = LimitsSetting::Text(bad.into()).to_specs().unwrap_err();
+            assert!(e.to_string().contains("limits"), "{bad}: {e}");
+        }
+        let e = LimitsSetting::Text("api=rate:5/1d".into()).to_specs().unwrap_err();
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

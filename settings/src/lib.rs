@@ -87,6 +87,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_schedules",
     "delayed_max_bytes",
     "suspect_timeout",
+    "limits",
     "worker_start",
     "heartbeat_interval",
     "heartbeat_timeout",

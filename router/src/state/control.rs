@@ -73,6 +73,11 @@ impl RouterState {
                 return CancelOutcome::Removed(what);
             }
         }
+        // Waiting for its limit.
+        if let Some(p) = self.limits.take_parked(msgid) {
+            self.end_unrun(p.queue, p.job, JobErrorKind::Cancelled, why, now, out);
+            return CancelOutcome::Removed("waiting for its limit");
+        }
         // Buffered: the memory part of its queue, else its disk tail.
         let queue = self.outcomes.history.get(msgid).map(|r| r.queue.to_string());
         let queues: Vec<String> = match queue {
@@ -122,6 +127,10 @@ impl RouterState {
     pub(super) fn purge(&mut self, queue: &str, now: Now, out: &mut Vec<Action>) -> Value {
         let mut n = 0u64;
         while let Some(job) = self.unbuffer(queue) {
+            self.end_unrun(queue.to_owned(), job, JobErrorKind::Cancelled, "purged by an operator", now, out);
+            n += 1;
+        }
+        for job in self.limits.take_parked_of_queue(queue) {
             self.end_unrun(queue.to_owned(), job, JobErrorKind::Cancelled, "purged by an operator", now, out);
             n += 1;
         }

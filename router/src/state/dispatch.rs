@@ -3,6 +3,7 @@
 //! draining a queue's buffer into a job manager that just freed slots, and
 //! putting a job back at the front of its queue.
 
+use super::limits::Handed;
 use super::QueueState;
 use super::{Action, JobInFlight, JobState, Now, RouterState, SocketKind, StoredRequest, WaitingJob};
 use emq_journal::Record;
@@ -219,8 +220,21 @@ impl RouterState {
         first.map(|(_, p)| p.clone())
     }
 
-    /// Hands `job` to `to` (which has a free slot), from `queue`.
-    pub(super) fn dispatch(&mut self, to: PeerId, queue: String, mut job: WaitingJob, now: Now, out: &mut Vec<Action>) {
+    /// Hands `job` to `to` (which has a free slot), from `queue` — unless
+    /// the job is over its limit: then it is parked (see [`super::limits`])
+    /// and the slot stays free for the next job.
+    pub(super) fn dispatch(
+        &mut self,
+        to: PeerId,
+        queue: String,
+        job: WaitingJob,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) -> Handed {
+        let mut job = match self.limit_gate(&queue, job, now) {
+            Ok(job) => job,
+            Err(handed) => return handed,
+        };
         let attempt = job.attempts + 1;
         if attempt > 1 {
             job.request.mark_attempt(attempt);
@@ -247,6 +261,7 @@ impl RouterState {
         } else {
             Action::Send { socket: SocketKind::Backend, peer: to, message }
         });
+        Handed::Sent
     }
 
     /// Records `job` as in flight at `to` (attempt `attempt`): one of the
@@ -279,6 +294,9 @@ impl RouterState {
             None => job.msgid.to_arc(),
         };
         let headers = job.request.headers();
+        if headers.limit.is_some() {
+            self.limit_started(&id, headers.limit.as_deref(), now);
+        }
         if uses_slot {
             self.slot_taken(&to, &queue);
         }
@@ -382,7 +400,12 @@ impl RouterState {
             }
             let Some(queue) = self.next_queue_for(jm) else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
-            self.dispatch(jm.clone(), queue, job, now, out);
+            if let Handed::Blocked(job) = self.dispatch(jm.clone(), queue.clone(), job, now, out) {
+                // Jobs waiting for their limit are at their budget: this
+                // queue waits until some start.
+                self.buffer(queue, job, true);
+                return;
+            }
         }
     }
 
@@ -426,7 +449,10 @@ impl RouterState {
         };
         let job = self.dispatch.queues.get_mut(queue).and_then(|q| q.waiting.remove(pos)).expect("just found");
         self.dispatch.buffered_bytes = self.dispatch.buffered_bytes.saturating_sub(job.memory_bytes());
-        self.dispatch(jm.clone(), queue.to_owned(), job, now, out);
+        if let Handed::Blocked(job) = self.dispatch(jm.clone(), queue.to_owned(), job, now, out) {
+            self.buffer(queue.to_owned(), job, true);
+            return false;
+        }
         true
     }
 
@@ -467,8 +493,12 @@ impl RouterState {
     pub(super) fn requeue(&mut self, queue: String, job: WaitingJob, now: Now, out: &mut Vec<Action>) {
         self.outcomes.history.mark(&job.msgid, JobState::Queued, now.unix);
         out.push(Action::Journal(Record::Requeued { msgid: job.msgid.to_string(), attempts: job.attempts }));
+        // Its earlier run (if any) holds no slot of its limit any more.
+        self.limits.ended(&job.msgid);
         if let Some(jm) = self.pick_job_manager(&queue, Some(job.request.payload())) {
-            self.dispatch(jm, queue, job, now, out);
+            if let Handed::Blocked(job) = self.dispatch(jm, queue.clone(), job, now, out) {
+                self.buffer(queue, job, true);
+            }
         } else {
             self.buffer(queue, job, true);
         }

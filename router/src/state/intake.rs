@@ -40,6 +40,8 @@ pub enum Refusal {
     DelayedFull,
     /// A workflow or `depends_on` the router cannot take (why).
     BadWorkflow(String),
+    /// A `limit:` naming no configured limit, or malformed (why).
+    BadLimit(String),
 }
 
 impl Refusal {
@@ -57,6 +59,7 @@ impl Refusal {
             Refusal::BadSchedule(_) => Some("refused_schedule"),
             Refusal::DelayedFull => Some("refused_delayed_full"),
             Refusal::BadWorkflow(_) => Some("refused_workflow"),
+            Refusal::BadLimit(_) => Some("refused_limit"),
         }
     }
 
@@ -84,6 +87,7 @@ impl Refusal {
             Refusal::BadSchedule(why) => format!("schedule refused: {why}"),
             Refusal::DelayedFull => "router full: delayed and held jobs are past delayed_max_bytes".into(),
             Refusal::BadWorkflow(why) => format!("workflow refused: {why}"),
+            Refusal::BadLimit(why) => format!("limit refused: {why}"),
         }
     }
 }
@@ -268,6 +272,9 @@ impl RouterState {
         {
             return self.refuse(&client, msgid, Refusal::DuplicateMsgid, out);
         }
+        if let Err(why) = self.check_limit(headers.limit.as_deref()) {
+            return self.refuse(&client, msgid, Refusal::BadLimit(why), out);
+        }
         // `unique:KEY`: while a job holds the key in this queue, the
         // sender gets that job (its msgid), not a second one.
         if let Some(key) = &headers.unique {
@@ -365,7 +372,11 @@ impl RouterState {
         self.telemetry.stats.accepted(&queue);
         match placement {
             Placement::Delayed(due) => self.delay_job(queue, job, due, now, out),
-            Placement::Dispatch(jm) => self.dispatch(jm, queue, job, now, out),
+            Placement::Dispatch(jm) => {
+                if let super::limits::Handed::Blocked(job) = self.dispatch(jm, queue.clone(), job, now, out) {
+                    self.buffer(queue, job, false);
+                }
+            }
             Placement::Buffer => self.buffer(queue, job, false),
             Placement::BufferFront => self.buffer(queue, job, true),
         }

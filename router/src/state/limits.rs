@@ -1,18 +1,32 @@
-//! Limits per key (issue 26, first part: the room alone, not yet wired to
-//! dispatch or settings): `NAME = { concurrency = N, rate = "N/PERIOD" }`.
-//! A job names `NAME` or `NAME/PARTITION`; with a partition the limit
-//! counts per partition. The room answers "may a job of this key start
-//! now?" and is told when one starts and ends; the dispatch room will skip
-//! a job over its limit (it waits: not an attempt, no retry used) and take
-//! the next one.
+//! Limits per key: `NAME = { concurrency = N, rate = "N/PERIOD" }` (the
+//! router setting `limits`). A job names `NAME` or `NAME/PARTITION`
+//! (header `limit:`); with a partition the limit counts per partition.
+//!
+//! Enforced where jobs are handed out: a job over its limit is not an
+//! attempt and uses no retry — [`RouterState::dispatch`] parks it here
+//! (out of its queue, so the jobs behind it and other partitions take the
+//! free workers: no head-of-line blocking) and takes the next one. A
+//! parked job goes back to the end of its queue when its key may start
+//! again: when one of its running jobs ends (done, failed, retrying,
+//! requeued, lost, cancelled: every end frees its slot, once) or when its
+//! rate window opens (a wake-up timer). Partitions thereby take turns.
 //!
 //! Rate is a sliding window: at most N starts in any PERIOD (the start
-//! times of the window kept, at most N per key). Concurrency counts jobs
-//! started and not ended. Both bounded: partitions with nothing running
-//! and no start in their window are dropped (`forget_idle`).
+//! times of the window kept, at most N per key). Concurrency counts the
+//! jobs started and not ended, by msgid (a second start or end of the same
+//! job changes nothing): jobs in doubt after a restart or failover count
+//! until a job manager reports them or they end. Bounded: partitions with
+//! nothing running, nothing parked and no start in their window are
+//! dropped (`forget_idle`); at most [`MAX_PARTITIONS`] per limit; parked
+//! jobs within a byte budget (`buffer_memory`; past it the queue waits).
+//!
+//! Parking is not journaled: a parked job is an accepted job (its
+//! `Accepted` record) and is parked again after a restart if need be.
 
+use super::{Action, Now, RouterState, WaitingJob};
 use rustc_hash::FxHashMap as HashMap;
-use std::collections::VecDeque;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,21 +106,57 @@ struct KeyState {
     running: u32,
     /// Start times within the rate window, oldest first.
     starts: VecDeque<Instant>,
+    /// Jobs over the limit, oldest first (by `received_ms`), each with its
+    /// queue.
+    parked: VecDeque<(String, WaitingJob)>,
+    /// A wake-up is set for this key (its rate window opens then).
+    wake: Option<Instant>,
+}
+
+/// A parked job, as [`Limits::take_parked`] gives it back.
+pub struct ParkedJob {
+    pub key: LimitKey,
+    pub queue: String,
+    pub job: WaitingJob,
 }
 
 /// The limits room.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Limits {
     specs: HashMap<Arc<str>, LimitSpec>,
     keys: HashMap<LimitKey, KeyState>,
     partitions: HashMap<Arc<str>, usize>,
+    /// Running limited jobs: msgid → key (an end frees the key's slot once).
+    running_jobs: HashMap<Arc<str>, LimitKey>,
+    /// Parked jobs: msgid → key (cancel, purge, reclaim find them here).
+    parked_index: HashMap<Arc<str>, LimitKey>,
+    /// Bytes of the parked jobs (within `buffer_memory`).
+    pub(crate) parked_bytes: u64,
+    /// Keys whose rate window opens, by time.
+    wakes: BTreeMap<(Instant, u64), LimitKey>,
+    wake_seq: u64,
+    /// Keys that may start parked jobs now (a slot freed, a window opened,
+    /// new settings): released after the event.
+    pending: Vec<LimitKey>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("specs", &self.specs)
+            .field("keys", &self.keys.len())
+            .field("running", &self.running_jobs.len())
+            .field("parked", &self.parked_index.len())
+            .finish()
+    }
 }
 
 impl Limits {
     /// The limits in force (a SIGHUP replaces them; counts of running jobs
-    /// are kept).
+    /// are kept, and every key with parked jobs is looked at again).
     pub fn set_specs(&mut self, specs: impl IntoIterator<Item = (String, LimitSpec)>) {
         self.specs = specs.into_iter().map(|(n, s)| (Arc::from(n.as_str()), s)).collect();
+        self.pending.extend(self.keys.iter().filter(|(_, s)| !s.parked.is_empty()).map(|(k, _)| k.clone()));
     }
 
     /// Whether `name` is a configured limit.
@@ -114,8 +164,14 @@ impl Limits {
         self.specs.contains_key(name)
     }
 
+    /// Whether any limit is configured (else a job's `limit:` is refused
+    /// and nothing here is looked at).
+    pub fn any(&self) -> bool {
+        !self.specs.is_empty() || !self.running_jobs.is_empty() || !self.parked_index.is_empty()
+    }
+
     /// May a job of `key` start at `now`? An unknown limit: no (its job is
-    /// refused at send).
+    /// refused at send; the caller lets a job of a removed limit go).
     pub fn check(&mut self, key: &LimitKey, now: Instant) -> Result<(), Wait> {
         let Some(spec) = self.specs.get(&key.name).copied() else { return Err(Wait::Unknown) };
         let Some(state) = self.keys.get_mut(key) else {
@@ -136,14 +192,41 @@ impl Limits {
         Ok(())
     }
 
-    /// A job of `key` started at `now` (after [`Self::check`] said yes, or
-    /// re-attached after a restart: counted whatever the limit).
-    pub fn started(&mut self, key: &LimitKey, now: Instant) {
-        let spec = self.specs.get(&key.name).copied();
+    /// How many jobs of `key` may start at `now` (`usize::MAX`: no bound,
+    /// e.g. its limit was removed).
+    fn room(&mut self, key: &LimitKey, now: Instant) -> usize {
+        let Some(spec) = self.specs.get(&key.name).copied() else { return usize::MAX };
+        let Some(state) = self.keys.get_mut(key) else { return usize::MAX };
+        let mut room = usize::MAX;
+        if let Some(c) = spec.concurrency {
+            room = room.min(c.saturating_sub(state.running) as usize);
+        }
+        if let Some((n, period)) = spec.rate {
+            while state.starts.front().is_some_and(|t| now.saturating_duration_since(*t) >= period) {
+                state.starts.pop_front();
+            }
+            room = room.min((n as usize).saturating_sub(state.starts.len()));
+        }
+        room
+    }
+
+    fn key_state(&mut self, key: &LimitKey) -> &mut KeyState {
         if !self.keys.contains_key(key) {
             *self.partitions.entry(key.name.clone()).or_insert(0) += 1;
         }
-        let state = self.keys.entry(key.clone()).or_default();
+        self.keys.entry(key.clone()).or_default()
+    }
+
+    /// Job `msgid` of `key` started at `now` (after [`Self::check`] said
+    /// yes, or re-attached after a restart: counted whatever the limit). A
+    /// job already counted is not counted twice.
+    pub fn started(&mut self, msgid: &Arc<str>, key: &LimitKey, now: Instant) {
+        if self.running_jobs.contains_key(msgid) {
+            return;
+        }
+        self.running_jobs.insert(msgid.clone(), key.clone());
+        let spec = self.specs.get(&key.name).copied();
+        let state = self.key_state(key);
         state.running += 1;
         if let Some((n, _)) = spec.and_then(|s| s.rate) {
             state.starts.push_back(now);
@@ -153,12 +236,23 @@ impl Limits {
         }
     }
 
-    /// A job of `key` ended (done, failed, timeout, worker died, job
-    /// manager lost, cancelled): its slot is free.
-    pub fn ended(&mut self, key: &LimitKey) {
-        if let Some(state) = self.keys.get_mut(key) {
+    /// Job `msgid` ended (done, failed, retrying, requeued, timeout, worker
+    /// died, job manager lost, cancelled): its slot is free. Nothing for a
+    /// job not counted (or already ended). A key with parked jobs is
+    /// released after the event.
+    pub fn ended(&mut self, msgid: &str) {
+        let Some(key) = self.running_jobs.remove(msgid) else { return };
+        if let Some(state) = self.keys.get_mut(&key) {
             state.running = state.running.saturating_sub(1);
+            if !state.parked.is_empty() {
+                self.pending.push(key);
+            }
         }
+    }
+
+    /// Whether job `msgid` is counted as running.
+    pub fn is_running(&self, msgid: &str) -> bool {
+        self.running_jobs.contains_key(msgid)
     }
 
     /// Running jobs of `key`.
@@ -166,14 +260,153 @@ impl Limits {
         self.keys.get(key).map_or(0, |s| s.running)
     }
 
-    /// Drops keys with nothing running and no start in their rate window
-    /// (a tick step): memory follows the active partitions only.
+    /// Parks `job` (of `queue`) until `key` may start it: behind the older
+    /// jobs of its key. `wake`: when its rate window opens. Gives the job
+    /// back when the parked jobs are at `budget` bytes.
+    pub fn park(
+        &mut self,
+        key: LimitKey,
+        queue: String,
+        job: WaitingJob,
+        wake: Option<Instant>,
+        budget: u64,
+    ) -> Result<(), WaitingJob> {
+        let size = job.memory_bytes();
+        if self.parked_bytes + size > budget {
+            return Err(job);
+        }
+        self.parked_bytes += size;
+        self.parked_index.insert(job.msgid.to_arc(), key.clone());
+        let state = self.key_state(&key);
+        // Usually the newest; a job that was released and lost its turn
+        // goes back among the older ones.
+        let at = state.parked.partition_point(|(_, j)| j.received_ms <= job.received_ms);
+        state.parked.insert(at, (queue, job));
+        if let Some(t) = wake {
+            if state.wake.is_none_or(|w| w > t) {
+                state.wake = Some(t);
+                self.wake_seq += 1;
+                self.wakes.insert((t, self.wake_seq), key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `key` has parked jobs received before `received_ms` (a
+    /// newer job of it parks behind them; the oldest may go).
+    pub fn has_parked_before(&self, key: &LimitKey, received_ms: u32) -> bool {
+        self.keys.get(key).and_then(|s| s.parked.front()).is_some_and(|(_, j)| j.received_ms < received_ms)
+    }
+
+    /// Parked jobs in all.
+    pub fn parked(&self) -> usize {
+        self.parked_index.len()
+    }
+
+    /// Takes parked job `msgid` out (cancel, reclaim).
+    pub fn take_parked(&mut self, msgid: &str) -> Option<ParkedJob> {
+        let key = self.parked_index.remove(msgid)?;
+        let state = self.keys.get_mut(&key)?;
+        let pos = state.parked.iter().position(|(_, j)| &*j.msgid == msgid)?;
+        let (queue, job) = state.parked.remove(pos)?;
+        self.parked_bytes = self.parked_bytes.saturating_sub(job.memory_bytes());
+        Some(ParkedJob { key, queue, job })
+    }
+
+    /// Takes every parked job of `queue` out (purge).
+    pub fn take_parked_of_queue(&mut self, queue: &str) -> Vec<WaitingJob> {
+        let mut taken = Vec::new();
+        for state in self.keys.values_mut() {
+            if !state.parked.iter().any(|(q, _)| q == queue) {
+                continue;
+            }
+            let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(&mut state.parked).into_iter().partition(|(q, _)| q == queue);
+            state.parked = rest;
+            taken.extend(mine.into_iter().map(|(_, j)| j));
+        }
+        for j in &taken {
+            self.parked_index.remove(&*j.msgid);
+            self.parked_bytes = self.parked_bytes.saturating_sub(j.memory_bytes());
+        }
+        taken
+    }
+
+    /// Every parked job, with its queue (checkpoint).
+    pub fn parked_jobs(&self) -> impl Iterator<Item = (&str, &WaitingJob)> {
+        self.keys.values().flat_map(|s| s.parked.iter().map(|(q, j)| (q.as_str(), j)))
+    }
+
+    /// The key job `msgid` is parked under.
+    pub fn parked_key(&self, msgid: &str) -> Option<&LimitKey> {
+        self.parked_index.get(msgid)
+    }
+
+    /// The first wake-up (for the poll timeout).
+    pub fn first_wake(&self) -> Option<Instant> {
+        self.wakes.first_key_value().map(|((t, _), _)| *t)
+    }
+
+    /// Whether anything is to be released at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        !self.pending.is_empty() || self.first_wake().is_some_and(|t| t <= now)
+    }
+
+    /// The parked jobs that may start now: for each key pending or whose
+    /// wake-up is due, as many as its room, oldest first. Keys still
+    /// parked behind a rate window get their next wake-up.
+    pub fn take_released(&mut self, now: Instant) -> Vec<(String, WaitingJob)> {
+        while let Some(entry) = self.wakes.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(s) = self.keys.get_mut(&key) {
+                s.wake = None;
+            }
+            self.pending.push(key);
+        }
+        let mut out = Vec::new();
+        let keys = std::mem::take(&mut self.pending);
+        for key in keys {
+            let room = self.room(&key, now);
+            let Some(state) = self.keys.get_mut(&key) else { continue };
+            let n = room.min(state.parked.len());
+            for _ in 0..n {
+                let (queue, job) = state.parked.pop_front().expect("counted");
+                self.parked_bytes = self.parked_bytes.saturating_sub(job.memory_bytes());
+                self.parked_index.remove(&*job.msgid);
+                out.push((queue, job));
+            }
+            if state.parked.is_empty() || state.wake.is_some() {
+                continue;
+            }
+            // Still parked: a rate window opens later (a concurrency slot
+            // is freed by an end, which releases it then).
+            let next = self.specs.get(&key.name).and_then(|s| s.rate).and_then(|(n, period)| {
+                (state.starts.len() >= n as usize).then(|| state.starts.front().map(|t| *t + period)).flatten()
+            });
+            let partitions_full = self.partitions.get(&key.name).is_some_and(|n| *n >= MAX_PARTITIONS);
+            if let Some(t) = next.or(partitions_full.then(|| now + Duration::from_secs(1))) {
+                state.wake = Some(t);
+                self.wake_seq += 1;
+                self.wakes.insert((t, self.wake_seq), key);
+            }
+        }
+        out
+    }
+
+    /// Drops keys with nothing running, nothing parked and no start in
+    /// their rate window (a tick step): memory follows the active
+    /// partitions only.
     pub fn forget_idle(&mut self, now: Instant) {
         let specs = &self.specs;
         let partitions = &mut self.partitions;
         self.keys.retain(|k, s| {
             let window = specs.get(&k.name).and_then(|sp| sp.rate).map(|(_, p)| p).unwrap_or_default();
-            let keep = s.running > 0 || s.starts.back().is_some_and(|t| now.saturating_duration_since(*t) < window);
+            let keep = s.running > 0
+                || !s.parked.is_empty()
+                || s.starts.back().is_some_and(|t| now.saturating_duration_since(*t) < window);
             if !keep {
                 if let Some(n) = partitions.get_mut(&k.name) {
                     *n = n.saturating_sub(1);
@@ -181,11 +414,199 @@ impl Limits {
             }
             keep
         });
+        self.partitions.retain(|_, n| *n > 0);
     }
 
     /// Keys tracked (for tests and STATUS).
     pub fn tracked(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Each limit with its partitions: running, waiting (parked), rate
+    /// used in the current window. At most `max_partitions` partitions per
+    /// limit are listed (the busiest first); the totals cover all.
+    pub fn to_json(&self, now: Instant, max_partitions: usize) -> Value {
+        let mut out = serde_json::Map::new();
+        for (name, spec) in &self.specs {
+            let mut parts: Vec<(&LimitKey, &KeyState)> = self.keys.iter().filter(|(k, _)| k.name == *name).collect();
+            let used = |s: &KeyState| match spec.rate {
+                Some((_, p)) => s.starts.iter().filter(|t| now.saturating_duration_since(**t) < p).count(),
+                None => 0,
+            };
+            let (running, waiting) =
+                parts.iter().fold((0u64, 0u64), |(r, w), (_, s)| (r + s.running as u64, w + s.parked.len() as u64));
+            parts.sort_by_key(|(k, s)| (std::cmp::Reverse(s.running as usize + s.parked.len()), k.partition.clone()));
+            let partitions: Vec<Value> = parts
+                .iter()
+                .take(max_partitions)
+                .map(|(k, s)| {
+                    json!({"partition": &*k.partition, "running": s.running, "waiting": s.parked.len(), "rate_used": used(s)})
+                })
+                .collect();
+            out.insert(
+                name.to_string(),
+                json!({
+                    "concurrency": spec.concurrency,
+                    "rate": spec.rate.map(|(n, p)| format!("{n}/{}", fmt_period(p))),
+                    "running": running,
+                    "waiting": waiting,
+                    "active_partitions": parts.len(),
+                    "partitions": partitions,
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// A period as a setting writes it (`500ms`, `10s`, `1m`, `1h`).
+fn fmt_period(p: Duration) -> String {
+    let ms = p.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// What became of a job handed to [`RouterState::dispatch`].
+#[derive(Debug)]
+pub(crate) enum Handed {
+    /// Sent to the job manager.
+    Sent,
+    /// Over its limit: parked until its key may start it.
+    Parked,
+    /// Over its limit and the parked jobs are at their byte budget: given
+    /// back (the caller puts it at the front of its queue and stops
+    /// draining it).
+    Blocked(WaitingJob),
+}
+
+/// Rounds of releases in one event (a release may free room that parks
+/// and releases again; bounded so an event always ends).
+const MAX_RELEASE_ROUNDS: usize = 8;
+
+impl RouterState {
+    /// The limit `job` names, when limits are in use (a cheap test first:
+    /// most jobs name none).
+    pub(super) fn limit_key_of(&self, job: &WaitingJob) -> Option<LimitKey> {
+        if !self.limits.any() || !job.request.headers_str().contains("limit:") {
+            return None;
+        }
+        job.request.headers().limit.as_deref().and_then(LimitKey::parse)
+    }
+
+    /// Before a job is handed out: `Ok` when it may start now (no limit,
+    /// within it, or its limit was removed); else it is parked (or given
+    /// back when the parked jobs are at their budget).
+    pub(super) fn limit_gate(&mut self, queue: &str, job: WaitingJob, now: Now) -> Result<WaitingJob, Handed> {
+        let Some(key) = self.limit_key_of(&job) else { return Ok(job) };
+        let behind = self.limits.has_parked_before(&key, job.received_ms);
+        let wake = match self.limits.check(&key, now.mono) {
+            Ok(()) | Err(Wait::Unknown) if !behind => return Ok(job),
+            Ok(()) | Err(Wait::Unknown) => {
+                // Room, but older jobs of the key are parked: they go first.
+                self.limits.pending.push(key.clone());
+                None
+            }
+            Err(Wait::Concurrency) => None,
+            Err(Wait::Rate(t)) => Some(t),
+            Err(Wait::TooManyPartitions) => Some(now.mono + Duration::from_secs(1)),
+        };
+        let msgid = job.msgid.to_arc();
+        match self.limits.park(key.clone(), queue.to_owned(), job, wake, self.cfg.buffer_memory) {
+            Ok(()) => {
+                tracing::debug!(%msgid, %queue, limit = %key.name, partition = %key.partition, "over its limit: waits");
+                Err(Handed::Parked)
+            }
+            Err(job) => {
+                self.count("limit_waiting_full");
+                Err(Handed::Blocked(job))
+            }
+        }
+    }
+
+    /// A job's `limit:` at send: a configured limit (else the job is
+    /// refused with why).
+    pub(super) fn check_limit(&self, limit: Option<&str>) -> Result<(), String> {
+        let Some(raw) = limit else { return Ok(()) };
+        let Some(key) = LimitKey::parse(raw) else {
+            return Err(format!("{raw:?} is not NAME or NAME/PARTITION (name ≤ 128 bytes, partition ≤ 256)"));
+        };
+        if !self.limits.knows(&key.name) {
+            let mut known: Vec<&str> = self.cfg.limits.iter().map(|(n, _)| n.as_str()).take(20).collect();
+            known.sort_unstable();
+            return Err(if known.is_empty() {
+                format!("unknown limit {:?}: this router has no limits configured", &*key.name)
+            } else {
+                format!("unknown limit {:?} (configured: {})", &*key.name, known.join(", "))
+            });
+        }
+        Ok(())
+    }
+
+    /// A job was handed out (or re-attached): its limit counts it.
+    pub(super) fn limit_started(&mut self, msgid: &Arc<str>, limit: Option<&str>, now: Now) {
+        let Some(key) = limit.and_then(LimitKey::parse) else { return };
+        if self.limits.knows(&key.name) {
+            self.limits.started(msgid, &key, now.mono);
+        }
+    }
+
+    /// After an event: parked jobs whose key may start again go to the end
+    /// of their queue (partitions take turns), and free job managers take
+    /// them.
+    pub(super) fn release_limited(&mut self, now: Now, out: &mut Vec<Action>) {
+        for _ in 0..MAX_RELEASE_ROUNDS {
+            if !self.limits.due(now.mono) {
+                return;
+            }
+            let released = self.limits.take_released(now.mono);
+            let mut queues: Vec<String> = Vec::new();
+            for (queue, job) in released {
+                if !queues.contains(&queue) {
+                    queues.push(queue.clone());
+                }
+                self.buffer(queue, job, false);
+            }
+            for queue in queues {
+                self.fill_free_slots(&queue, now, out);
+            }
+        }
+    }
+
+    /// Free job managers of `queue` take waiting jobs (jobs may wait while
+    /// slots are free once limits park some).
+    fn fill_free_slots(&mut self, queue: &str, now: Now, out: &mut Vec<Action>) {
+        for _ in 0..1024 {
+            let Some(jm) = self.pick_job_manager(queue, None) else { return };
+            let before = self.peers.job_managers.get(&jm).map_or(0, |p| p.free_slots);
+            self.drain_to(&jm, now, out);
+            if self.peers.job_managers.get(&jm).map_or(0, |p| p.free_slots) >= before {
+                return;
+            }
+        }
+    }
+
+    /// Tick step: partitions with nothing running or waiting are dropped.
+    pub(super) fn forget_idle_limits(&mut self, now: Now) {
+        if self.limits.tracked() > 0 {
+            self.limits.forget_idle(now.mono);
+        }
+    }
+
+    /// `emq-cli limits` / STATUS `limits`.
+    pub fn limits_json(&self, now: Now, max_partitions: usize) -> Value {
+        self.limits.to_json(now.mono, max_partitions)
+    }
+
+    /// Jobs waiting for their limit.
+    pub fn limit_waiting(&self) -> usize {
+        self.limits.parked()
     }
 }
 
@@ -195,6 +616,10 @@ mod tests {
 
     fn key(s: &str) -> LimitKey {
         LimitKey::parse(s).unwrap()
+    }
+
+    fn id(s: &str) -> Arc<str> {
+        Arc::from(s)
     }
 
     fn limits(spec: LimitSpec) -> Limits {
@@ -226,19 +651,21 @@ mod tests {
         let mut l = limits(LimitSpec { concurrency: Some(2), rate: None });
         let t = Instant::now();
         let (x, y) = (key("k/x"), key("k/y"));
-        for _ in 0..2 {
+        for i in 0..2 {
             assert_eq!(l.check(&x, t), Ok(()));
-            l.started(&x, t);
+            l.started(&id(&format!("x{i}")), &x, t);
         }
+        l.started(&id("x1"), &x, t);
+        assert_eq!(l.running(&x), 2, "a job counted once");
         assert_eq!(l.check(&x, t), Err(Wait::Concurrency));
         assert_eq!(l.check(&y, t), Ok(()), "another partition is not held up");
-        l.ended(&x);
+        l.ended("x0");
         assert_eq!(l.check(&x, t), Ok(()));
         assert_eq!(l.check(&key("nope/x"), t), Err(Wait::Unknown));
-        l.ended(&x);
-        l.ended(&x);
-        l.ended(&x);
-        assert_eq!(l.running(&x), 0, "never below zero");
+        l.ended("x1");
+        l.ended("x1");
+        l.ended("x0");
+        assert_eq!(l.running(&x), 0, "an end counted once");
         l.forget_idle(t);
         assert_eq!(l.tracked(), 0, "idle partitions are dropped");
     }
@@ -251,8 +678,8 @@ mod tests {
         for i in 0..5 {
             let t = t0 + Duration::from_millis(100 * i);
             assert_eq!(l.check(&k, t), Ok(()));
-            l.started(&k, t);
-            l.ended(&k);
+            l.started(&id(&format!("j{i}")), &k, t);
+            l.ended(&format!("j{i}"));
         }
         let t = t0 + Duration::from_millis(900);
         assert_eq!(
@@ -272,8 +699,8 @@ mod tests {
         let mut l = limits(LimitSpec { concurrency: Some(1), rate: None });
         let t = Instant::now();
         // Re-attached after a restart: counted even past the limit.
-        l.started(&key("k/a"), t);
-        l.started(&key("k/a"), t);
+        l.started(&id("a1"), &key("k/a"), t);
+        l.started(&id("a2"), &key("k/a"), t);
         assert_eq!(l.running(&key("k/a")), 2);
         assert_eq!(l.check(&key("k/a"), t), Err(Wait::Concurrency));
         // A SIGHUP that raises the limit keeps the counts.

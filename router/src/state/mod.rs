@@ -222,6 +222,8 @@ pub struct RouterConfig {
     /// How long a silent job manager's jobs wait for its late reports
     /// (non-`guarantee` jobs end `job manager lost` after it).
     pub suspect_timeout: Duration,
+    /// Limits per key (`limits`): name → concurrency and rate.
+    pub limits: Vec<(String, limits::LimitSpec)>,
 }
 
 /// The whole router state: the settings, then one room per concern. Each
@@ -255,6 +257,9 @@ pub struct RouterState {
     /// Jobs that wait for other jobs: workflows, `depends_on`, `unique`
     /// keys (see [`workflows`]).
     workflows: workflows::Workflows,
+    /// Limits per key: running jobs per key and partition, rate windows,
+    /// jobs waiting for their limit (see [`limits`]).
+    limits: limits::Limits,
     /// Jobs being rebuilt from the journal (only during a restore).
     restoring: Option<Box<recovery::Restoring>>,
     /// The CURVE user of the message being handled (None: plaintext).
@@ -278,6 +283,8 @@ impl RouterState {
     pub fn new(cfg: RouterConfig, now: Now) -> Self {
         let mut history = JobHistory::new(cfg.job_history);
         history.set_results_max_bytes(cfg.results_max_bytes as usize);
+        let mut limits = limits::Limits::default();
+        limits.set_specs(cfg.limits.iter().cloned());
         RouterState {
             cfg,
             lifecycle: Lifecycle {
@@ -297,6 +304,7 @@ impl RouterState {
             telemetry: Default::default(),
             outcomes: outcome::Outcomes::new(history),
             workflows: Default::default(),
+            limits,
             restoring: None,
             user: None,
         }
@@ -329,6 +337,11 @@ impl RouterState {
             // Jobs that ended in this event release (or cancel) what waits for them.
             self.follow_ends(start, now, out);
         }
+        if self.limits.due(now.mono) {
+            // Slots freed and rate windows opened in this event start what
+            // waited for them.
+            self.release_limited(now, out);
+        }
         if self.lifecycle.stopping.is_some() {
             // The last running job may just have reported.
             self.finish_stop(now, out);
@@ -341,6 +354,7 @@ impl RouterState {
     pub fn reload(&mut self, cfg: RouterConfig) {
         self.outcomes.history.set_cap(cfg.job_history);
         self.outcomes.history.set_results_max_bytes(cfg.results_max_bytes as usize);
+        self.limits.set_specs(cfg.limits.iter().cloned());
         self.cfg = cfg;
     }
 
@@ -364,7 +378,11 @@ impl RouterState {
     /// When the next [`Event::Tick`] is due: the tick period, or sooner
     /// when a timer (delayed job, retry, schedule) is due sooner.
     pub fn next_tick(&self) -> Instant {
-        match self.first_timer() {
+        let due = match (self.first_timer(), self.limits.first_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match due {
             Some(due) => self.lifecycle.next_tick_at.min(due),
             None => self.lifecycle.next_tick_at,
         }
@@ -393,6 +411,7 @@ impl RouterState {
         self.forget_old_stale_job_managers(now);
         self.expire_silent_schedulers(now);
         self.expire_results(now);
+        self.forget_idle_limits(now);
         self.retry_undelivered(now, out);
         self.sample_series(now);
         self.send_heartbeats(now, out);
@@ -593,7 +612,7 @@ impl RouterState {
 
     /// Jobs waiting in any queue.
     pub fn buffered(&self) -> usize {
-        self.dispatch.buffered()
+        self.dispatch.buffered() + self.limits.parked()
     }
 
     /// Anomaly counters.

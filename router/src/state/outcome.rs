@@ -116,6 +116,8 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        // The attempt is over: its limit's slot is free.
+        self.limits.ended(&id);
         if job.cancelling && error.is_some() {
             // Stopped on CANCEL: no retry, no dead letter.
             let message = "cancelled by an operator while running".to_owned();

@@ -161,6 +161,7 @@ impl RouterState {
                 );
             }
             self.outcomes.history.mark(&id, JobState::Done, now.unix);
+            self.limits.ended(&id);
             out.push(Action::Journal(Record::Finished {
                 msgid: id.to_string(),
                 state: FinalState::Done,

@@ -290,6 +290,18 @@ impl RouterState {
                 }
             }
         }
+        // Jobs in doubt hold their limit's slots until they are reported or
+        // end (so a restart or failover never lets a key run over its limit).
+        let limited: Vec<(Arc<str>, Option<String>)> = self
+            .suspects
+            .in_doubt
+            .iter()
+            .filter(|(_, d)| d.job.request.headers_str().contains("limit:"))
+            .map(|(id, d)| (id.clone(), d.job.request.headers().limit))
+            .collect();
+        for (id, limit) in limited {
+            self.limit_started(&id, limit.as_deref(), now);
+        }
         // Oldest dead letters first, bounded as when they were made.
         self.outcomes.dead.make_contiguous().sort_by(|a, b| a.at.total_cmp(&b.at));
         while self.outcomes.dead.len() > self.cfg.dead_letter_max.max(1) {
@@ -494,6 +506,10 @@ impl RouterState {
                 let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));
                 out.push(Record::Accepted { job, attempts: j.attempts });
             }
+        }
+        for (name, j) in self.limits.parked_jobs() {
+            let job = accepted(&j.msgid, &j.client, name, &j.request, unix_of(j.received_ms));
+            out.push(Record::Accepted { job, attempts: j.attempts });
         }
         let names: Vec<String> = self.dispatch.queues.keys().cloned().collect();
         for name in names {

@@ -198,6 +198,9 @@ impl RouterState {
                 return Some((queue, job));
             }
         }
+        if let Some(p) = self.limits.take_parked(msgid) {
+            return Some((p.queue, p.job));
+        }
         let queue = self.outcomes.history.get(msgid).map(|r| r.queue.to_string())?;
         let q = self.dispatch.queues.get_mut(&queue)?;
         let pos = q.waiting.iter().position(|j| &*j.msgid == msgid)?;

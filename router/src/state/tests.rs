@@ -1,6 +1,7 @@
 //! State-machine tests with a fake clock: no sockets, no sleeping.
 
 mod control;
+mod limits;
 mod slow;
 mod time;
 mod workflows;
@@ -31,6 +32,7 @@ fn cfg() -> RouterConfig {
         max_schedules: 1000,
         delayed_max_bytes: 1 << 30,
         suspect_timeout: Duration::from_secs(60),
+        limits: Vec::new(),
     }
 }
 

@@ -983,6 +983,11 @@ impl RouterState {
             let why = format!("node msgid {} is already in use", n.msgid);
             return self.refuse(&client, msgid, Refusal::BadWorkflow(why), out);
         }
+        for n in &graph.nodes {
+            if let Err(why) = self.check_limit(emq_protocol::Headers::parse(&n.headers).limit.as_deref()) {
+                return self.refuse(&client, msgid, super::Refusal::BadLimit(format!("node {}: {why}", n.msgid)), out);
+            }
+        }
         let size: u64 = graph.nodes.iter().map(|n| (n.payload.len() + n.headers.len() + 256) as u64).sum();
         if self.workflows.bytes + size > self.cfg.delayed_max_bytes {
             return self.refuse(&client, msgid, Refusal::DelayedFull, out);
