@@ -66,6 +66,9 @@ pub enum Cmd {
     /// A workflow's graph: every node with its state, parents and error
     /// handlers (ID: the workflow id, or any node's msgid).
     Workflow { id: String },
+    /// Limits per key: each limit's concurrency and rate, jobs running and
+    /// waiting, and its busiest partitions (running, waiting, rate used).
+    Limits,
     /// Jobs that used up their retries.
     Dead,
     /// Run a dead letter again.
@@ -190,7 +193,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         authenticate(a, &client)?;
     }
     let command = match &a.command {
-        Cmd::Status => Command::Admin(AdminCommand::Status),
+        Cmd::Status | Cmd::Limits => Command::Admin(AdminCommand::Status),
         Cmd::Workers => Command::Admin(AdminCommand::RouterShowWorkers),
         Cmd::Schedulers => Command::Admin(AdminCommand::RouterShowSchedulers),
         Cmd::Shutdown => Command::Disconnect,
@@ -235,6 +238,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
     }
     match &a.command {
         Cmd::Status => print!("{}", render_status(&v)),
+        Cmd::Limits => print!("{}", render_limits(&v)),
         Cmd::Workers => print!("{}", render_workers(&v)),
         Cmd::Schedulers => print!("{}", render_schedulers(&v)),
         Cmd::Job { .. } => print!("{}", render_job(&v)),
@@ -322,6 +326,77 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out += &line(r.clone());
     }
     out
+}
+
+/// A job's progress for people: `30 / 120 (25 %) "page 3" — 14:03:07, 2 s ago`.
+pub fn progress_line(p: &Value, now: f64) -> String {
+    let done = p["done"].as_f64().unwrap_or(0.0);
+    let mut s = match p["total"].as_f64() {
+        Some(t) if t > 0.0 => format!("{} / {} ({:.0} %)", fmt_num(done), fmt_num(t), 100.0 * done / t),
+        _ => fmt_num(done),
+    };
+    if let Some(m) = p["message"].as_str() {
+        s += &format!(" {m:?}");
+    }
+    if let Some(at) = p["at"].as_f64() {
+        s += &format!(" — {}", when(at, now));
+    }
+    s
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// `limits`: one row per limit, then its busiest partitions.
+pub fn render_limits(v: &Value) -> String {
+    let Some(limits) = v.get("limits").and_then(Value::as_object).filter(|l| !l.is_empty()) else {
+        return "no limits configured (router setting `limits`)\n".into();
+    };
+    let mut rows = Vec::new();
+    for (name, l) in limits {
+        let opt = |k: &str| l[k].as_u64().map(|n| n.to_string()).or(l[k].as_str().map(str::to_owned));
+        rows.push(vec![
+            name.clone(),
+            String::new(),
+            opt("concurrency").unwrap_or_else(|| "-".into()),
+            opt("rate").unwrap_or_else(|| "-".into()),
+            num(&l["running"]),
+            num(&l["waiting"]),
+            String::new(),
+        ]);
+        let parts = l["partitions"].as_array().cloned().unwrap_or_default();
+        let shown = parts.len();
+        for p in parts {
+            let part = p["partition"].as_str().unwrap_or("");
+            rows.push(vec![
+                String::new(),
+                if part.is_empty() { "(all)".into() } else { part.to_owned() },
+                String::new(),
+                String::new(),
+                num(&p["running"]),
+                num(&p["waiting"]),
+                num(&p["rate_used"]),
+            ]);
+        }
+        let active = l["active_partitions"].as_u64().unwrap_or(0) as usize;
+        if active > shown {
+            rows.push(vec![
+                String::new(),
+                format!("… {} more", active - shown),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    table(&["LIMIT", "PARTITION", "CONCURRENCY", "RATE", "RUNNING", "WAITING", "RATE USED"], &rows)
 }
 
 /// `status` as a table of queues.
@@ -690,6 +765,9 @@ pub fn render_job(v: &Value) -> String {
             other => num(other),
         };
         out += &format!("{k:<11}{val}\n");
+    }
+    if let Some(p) = v.get("progress").filter(|p| p.is_object()) {
+        out += &format!("{:<11}{}\n", "progress", progress_line(p, now));
     }
     if let Some(w) = v["workflow_id"].as_str() {
         out += &format!("{:<11}{w}\n", "workflow");

@@ -221,6 +221,12 @@ pub enum Record {
     /// a node's input, a workflow's end): JSON the router's `workflows`
     /// module writes and reads; the journal only stores it.
     Workflow(String),
+    /// A running job kept a checkpoint (its JSON text): a retried attempt
+    /// is handed the last one; dropped when the job is final.
+    JobCheckpoint {
+        msgid: String,
+        data: String,
+    },
 }
 
 impl Record {
@@ -235,6 +241,7 @@ impl Record {
             Record::History(h) => Some(&h.msgid),
             Record::Delayed { msgid, .. } | Record::ScheduleFired { msgid, .. } => Some(msgid),
             Record::ResultPending { msgid } | Record::ResultDelivered { msgid } => Some(msgid),
+            Record::JobCheckpoint { msgid, .. } => Some(msgid),
             Record::CheckpointBegin { .. }
             | Record::CheckpointEnd { .. }
             | Record::ScheduleSet(_)
@@ -362,6 +369,11 @@ impl Record {
                 w.u8(16);
                 w.str(body);
             }
+            Record::JobCheckpoint { msgid, data } => {
+                w.u8(17);
+                w.str(msgid);
+                w.str(data);
+            }
             Record::ScheduleFired { id, msgid, at, next_due } => {
                 w.u8(12);
                 w.str(id);
@@ -456,6 +468,7 @@ impl Record {
             14 => Record::ResultPending { msgid: r.str()? },
             15 => Record::ResultDelivered { msgid: r.str()? },
             16 => Record::Workflow(r.str()?),
+            17 => Record::JobCheckpoint { msgid: r.str()?, data: r.str()? },
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -635,6 +648,7 @@ mod tests {
             Record::ResultPending { msgid: "r".into() },
             Record::ResultDelivered { msgid: "r".into() },
             Record::Workflow(r#"{"t":"flow"}"#.into()),
+            Record::JobCheckpoint { msgid: "c".into(), data: r#"{"page":3}"#.into() },
             Record::Finished {
                 msgid: "c".into(),
                 state: FinalState::Cancelled,

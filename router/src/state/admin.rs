@@ -281,6 +281,10 @@ impl RouterState {
             "held": self.held_count(),
             "workflows": self.workflow_count(),
             "held_bytes": self.workflows.bytes,
+            "limits": self.limits_json(now, 50),
+            "limit_waiting": self.limit_waiting(),
+            "limit_waiting_bytes": self.limits.parked_bytes,
+            "checkpointed_jobs": self.checkpointed_jobs(),
             "schedules": self.timers.schedules.len(),
             "paused_queues": self.paused_queues(),
             "dead_letters": self.outcomes.dead.len(),
@@ -560,6 +564,19 @@ impl RouterState {
         held.with_label_values::<&str>(&[]).set(self.held_count() as f64);
         let flows = gauge("emq_workflows", "Workflows under way.", &[]);
         flows.with_label_values::<&str>(&[]).set(self.workflow_count() as f64);
+        let limits = self.limits_json(now, 0);
+        if let Some(limits) = limits.as_object().filter(|l| !l.is_empty()) {
+            let running = gauge("emq_limit_running", "Jobs of a limit running (all its partitions).", &["limit"]);
+            let waiting = gauge("emq_limit_waiting", "Jobs waiting for their limit.", &["limit"]);
+            let parts =
+                gauge("emq_limit_partitions", "Partitions of a limit with jobs running or waiting.", &["limit"]);
+            for (name, l) in limits {
+                let num = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                running.with_label_values(&[name.as_str()]).set(num("running"));
+                waiting.with_label_values(&[name.as_str()]).set(num("waiting"));
+                parts.with_label_values(&[name.as_str()]).set(num("active_partitions"));
+            }
+        }
         let schedules = gauge("emq_schedules", "Schedules the router runs.", &[]);
         schedules.with_label_values::<&str>(&[]).set(self.timers.schedules.len() as f64);
         let dead = gauge("emq_dead_letters", "Jobs that used up their retries.", &[]);

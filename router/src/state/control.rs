@@ -194,6 +194,7 @@ impl RouterState {
     }
 
     fn journal_cancelled(&mut self, msgid: &str, message: &str, attempt: u32, now: Now, out: &mut Vec<Action>) {
+        self.checkpoints.forget(msgid);
         out.push(Action::Journal(Record::Finished {
             msgid: msgid.to_owned(),
             state: FinalState::Cancelled,

@@ -237,7 +237,8 @@ impl RouterState {
         };
         let attempt = job.attempts + 1;
         if attempt > 1 {
-            job.request.mark_attempt(attempt);
+            let checkpoint = self.checkpoints.get(&job.msgid).map(str::to_owned);
+            job.request.mark_retry(attempt, checkpoint.as_deref());
         }
         debug!(msgid = %job.msgid, %queue, job_manager = %to, "dispatched");
         out.push(Action::Journal(Record::Dispatched {

@@ -111,6 +111,8 @@ pub struct RecordExtra {
     /// Runs beyond the one whose result counts (a job manager that was
     /// silent came back with a report for a job that ran again meanwhile).
     pub duplicate_runs: u32,
+    /// How far the job said it is (JOB_UPDATE), the last value.
+    pub progress: Option<Box<emq_protocol::Progress>>,
 }
 
 impl JobRecord {
@@ -437,6 +439,7 @@ impl JobHistory {
                 "result": r.result.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_owned()))),
                 "schedule": r.extra.as_ref().and_then(|e| e.schedule.as_ref()).map(|(id, fired)| json!({"id": &**id, "fired_at": fired})),
                 "duplicate_runs": r.extra.as_ref().map_or(0, |e| e.duplicate_runs),
+                "progress": r.extra.as_ref().and_then(|e| e.progress.as_deref()),
                 "headers": r.extra.as_ref().and_then(|e| e.headers.as_deref()).map(redact_owner),
                 "attempt_errors": r.attempt_errors().iter().map(|e| json!({
                     "attempt": e.attempt, "type": e.kind, "message": e.message, "at": e.at, "traceback": e.traceback,

@@ -31,6 +31,7 @@ mod intake;
 pub mod limits;
 mod outcome;
 mod peers;
+mod progress;
 mod queues;
 mod records;
 mod recovery;
@@ -260,6 +261,8 @@ pub struct RouterState {
     /// Limits per key: running jobs per key and partition, rate windows,
     /// jobs waiting for their limit (see [`limits`]).
     limits: limits::Limits,
+    /// Checkpoints of live jobs (see [`progress`]).
+    checkpoints: progress::Checkpoints,
     /// Jobs being rebuilt from the journal (only during a restore).
     restoring: Option<Box<recovery::Restoring>>,
     /// The CURVE user of the message being handled (None: plaintext).
@@ -305,6 +308,7 @@ impl RouterState {
             outcomes: outcome::Outcomes::new(history),
             workflows: Default::default(),
             limits,
+            checkpoints: Default::default(),
             restoring: None,
             user: None,
         }

@@ -152,6 +152,7 @@ impl RouterState {
         };
         self.outcomes.history.mark(&id, state, now.unix);
         self.outcomes.history.set_result(&id, reply_json.clone());
+        self.checkpoints.forget(&id);
         out.push(Action::Journal(Record::Finished {
             msgid: id.to_string(),
             state: final_state(state),

@@ -62,6 +62,7 @@ impl RouterState {
                 }
             }
             Command::Heartbeat(hb) => self.on_heartbeat(&peer, hb, now, out),
+            Command::JobUpdate(updates) => self.on_job_updates(&peer, updates, out),
             Command::Kbye => self.on_job_manager_kbye(&peer, now, out),
             other => {
                 self.count("unexpected_backend_command");

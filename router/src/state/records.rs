@@ -376,13 +376,26 @@ impl StoredRequest {
     /// Sets `attempt:N` (readable by the job as `emq.attempt`) on a re-run;
     /// a first dispatch stays byte-identical.
     pub fn mark_attempt(&mut self, attempt: u32) {
+        self.mark_retry(attempt, None);
+    }
+
+    /// As [`Self::mark_attempt`], with the last checkpoint an earlier
+    /// attempt kept (`checkpoint:` header, replacing one from before).
+    pub fn mark_retry(&mut self, attempt: u32, checkpoint: Option<&str>) {
         let (headers, queue, payload) = self.parts();
-        let kept: Vec<&str> = headers.split(',').filter(|h| !h.is_empty() && !h.starts_with("attempt:")).collect();
+        let kept: Vec<&str> = headers
+            .split(',')
+            .filter(|h| !h.is_empty() && !h.starts_with("attempt:") && !h.starts_with("checkpoint:"))
+            .collect();
         let mut h = kept.join(",");
         if !h.is_empty() {
             h.push(',');
         }
         h.push_str(&format!("attempt:{attempt}"));
+        if let Some(c) = checkpoint {
+            h.push_str(",checkpoint:");
+            h.push_str(&emq_protocol::encode_checkpoint_header(c));
+        }
         *self = Self::from_parts(queue, &h, payload);
     }
 }

@@ -144,6 +144,7 @@ impl RouterState {
                 }
             }
             Record::Finished { msgid, state, at, result, failure } => {
+                self.checkpoints.forget(&msgid);
                 if self.workflows.cares(&msgid) {
                     let ended = super::workflows::Ended::from_record(state, &result, failure.as_ref());
                     self.workflows.on_end(&msgid, &ended);
@@ -210,6 +211,10 @@ impl RouterState {
                 r.results_pending.remove(&msgid);
             }
             Record::Workflow(body) => self.restore_workflow(&body),
+            Record::JobCheckpoint { msgid, data } => {
+                // Replayed in order: within the budget it had when written.
+                self.checkpoints.set(Arc::from(msgid.as_str()), &data, u64::MAX);
+            }
             Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }
     }
@@ -557,6 +562,7 @@ impl RouterState {
                 at: now.unix,
             });
         }
+        out.extend(self.checkpoint_notes_records());
         self.schedule_checkpoint_records(&mut out);
         for queue in self.paused_queues() {
             out.push(Record::QueuePaused { queue, paused: true });
