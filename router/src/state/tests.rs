@@ -2,6 +2,7 @@
 
 mod control;
 mod limits;
+mod progress;
 mod slow;
 mod time;
 mod workflows;
