@@ -168,8 +168,8 @@ fn no_slot_leaks_through_worker_kills_a_lost_job_manager_and_a_router_restart() 
     }
     assert_eq!(running(&a), 0);
 
-    // 2. A job manager SIGKILLed with two k jobs running: they run again
-    // at the next job manager, within the limit.
+    // 2. A job manager SIGKILLed with two k jobs running (its workers die
+    // with it): they run again at the next job manager, within the limit.
     let ids: Vec<String> =
         (0..2).map(|i| span_job(&c, "reply-requested,guarantee,limit:k", &log, &format!("g{i}"), 1.5)).collect();
     eventually(Duration::from_secs(30), || (read_lines(&log).len() >= 2).then_some(()));
