@@ -178,9 +178,9 @@ def s1_celery(args, n):
                      "--n", str(n), "--out", out])
 
 
-def with_router_and_jm(fn, jm_env=None, workers=2):
+def with_router_and_jm(fn, jm_env=None, workers=2, router_env=None):
     a = addrs()
-    r = emq_router(a)
+    r = emq_router(a, router_env)
     j = emq_jm(a, workers, jm_env)
     try:
         wait_slots(a["admin"], 1)
@@ -547,6 +547,33 @@ def s11(args):
     return out
 
 
+def s12(args):
+    """Limits (issue 26): scenario 2's no-op jobs, each under limit `p`
+    (concurrency 1 per partition) over 10,000 partitions, against the same
+    jobs with no limit, on the same router and job manager in the same run
+    (the order alternates between runs)."""
+    env = {"EMQ_LIMITS": "p=concurrency:1"}
+    flip = len(getattr(s12, "runs", []))
+    s12.runs = getattr(s12, "runs", []) + [1]
+
+    def both(a, r, j):
+        def run(limited):
+            cmd = [os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                   "--n", str(args.s2_n), "--window", "1000"]
+            if limited:
+                cmd += ["--limit", "p", "--partitions", str(args.s12_partitions)]
+            return run_json(cmd)
+        first, second = (True, False) if flip % 2 else (False, True)
+        x = run(first)
+        y = run(second)
+        lim, plain = (x, y) if first else (y, x)
+        st = router_status(a["admin"])
+        return {"plain_jobs_per_sec": plain["jobs_per_sec"], "limited_jobs_per_sec": lim["jobs_per_sec"],
+                "ratio_pct": 100 * lim["jobs_per_sec"] / plain["jobs_per_sec"], "failed": lim["failed"],
+                "limit_running_after": (st.get("limits") or {}).get("p", {}).get("running")}
+    return with_router_and_jm(both, router_env=env)
+
+
 def repeat(name, k, fn):
     vals = []
     for i in range(k):
@@ -597,6 +624,7 @@ def main():
     ap.add_argument("--s10-n", type=int, default=1000000)
     ap.add_argument("--s11-n", type=int, default=10000)
     ap.add_argument("--s11-members", type=int, default=10)
+    ap.add_argument("--s12-partitions", type=int, default=10000)
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -645,6 +673,8 @@ def main():
             res["s10"] = repeat("10", 1, lambda: s10(args))
         if "11" in only:
             res["s11"] = repeat("11", args.runs, lambda: s11(args))
+        if "12" in only:
+            res["s12"] = repeat("12", args.runs, lambda: s12(args))
     finally:
         stop_all()
 
@@ -736,6 +766,11 @@ def main():
         row("11", "last member's end → callback dispatched (router timestamps), p50 µs", res.get("s11"), "release_p50_us")
         row("11", "  p99 µs", res.get("s11"), "release_p99_us")
         row("11", "router memory per waiting node (chords with no job manager: members buffered, callbacks held), bytes", res.get("s11"), "bytes_per_waiting_node")
+
+    if "12" in only:
+        row("12", "no-op jobs each under limit p (concurrency 1 per partition), %d partitions: jobs/s (N=%d)" % (args.s12_partitions, args.s2_n), res.get("s12"), "limited_jobs_per_sec")
+        row("12", "  the same jobs without a limit, same router, same run: jobs/s", res.get("s12"), "plain_jobs_per_sec")
+        row("12", "  limited / plain", res.get("s12"), "ratio_pct", fmt="{:.0f}%", target="≥ 80%")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

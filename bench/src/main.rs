@@ -86,6 +86,13 @@ enum Cmd {
         /// Pad each payload to about this many bytes.
         #[arg(long, default_value_t = 0)]
         size: usize,
+        /// Send each job under this limit (`limit:NAME/PARTITION`)...
+        #[arg(long)]
+        limit: Option<String>,
+        /// ... spread over this many partitions (hashed from the job's
+        /// number: some jobs of a partition meet, and wait).
+        #[arg(long, default_value_t = 1)]
+        partitions: u64,
     },
     /// N chords of M no-op members (the callback gets their results), W
     /// outstanding: workflows/s and jobs/s; then, for the last `sample`
@@ -167,8 +174,8 @@ fn main() -> Result<()> {
         Cmd::StubJm { backend, slots, lateness_every } => stub_jm(&backend, slots, lateness_every),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
         Cmd::ScaleJm { backend, peers, slots, queues } => scale_jm(&backend, peers, slots, queues),
-        Cmd::Throughput { frontend, n, window, path, callable, queues, size } => {
-            throughput(&frontend, n, window, &path, &callable, queues, size)
+        Cmd::Throughput { frontend, n, window, path, callable, queues, size, limit, partitions } => {
+            throughput(&frontend, n, window, &path, &callable, queues, size, limit.as_deref(), partitions)
         }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
         Cmd::Chords { frontend, admin, n, members, window, sample, fill } => {
@@ -512,6 +519,7 @@ fn chords(frontend: &str, admin: &str, n: u64, members: usize, window: u64, samp
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn throughput(
     frontend: &str,
     n: u64,
@@ -520,6 +528,8 @@ fn throughput(
     callable: &str,
     queues: usize,
     size: usize,
+    limit: Option<&str>,
+    partitions: u64,
 ) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
@@ -537,7 +547,14 @@ fn throughput(
     let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
     while done < n {
         while sent < n && sent - done < window {
-            send(&s, &request(&names[sent as usize % names.len()], "reply-requested", &payload))?;
+            let queue = &names[sent as usize % names.len()];
+            match limit {
+                None => send(&s, &request(queue, "reply-requested", &payload))?,
+                Some(l) => {
+                    let p = (sent.wrapping_mul(2_654_435_761) >> 7) % partitions.max(1);
+                    send(&s, &request(queue, &format!("reply-requested,limit:{l}/p{p}"), &payload))?
+                }
+            }
             sent += 1;
         }
         let got = recv_batch(&s, 30_000, |f| {
@@ -556,7 +573,7 @@ fn throughput(
     println!(
         "{}",
         json!({"n": n, "window": window, "secs": secs, "jobs_per_sec": n as f64 / secs, "failed": failed,
-               "payload_bytes": payload.len(), "queues": names.len()})
+               "payload_bytes": payload.len(), "queues": names.len(), "limit": limit, "partitions": partitions})
     );
     Ok(())
 }
