@@ -285,6 +285,7 @@ impl RouterState {
             "limit_waiting": self.limit_waiting(),
             "limit_waiting_bytes": self.limits.parked_bytes,
             "checkpointed_jobs": self.checkpointed_jobs(),
+            "running_progress": self.running_progress(),
             "schedules": self.timers.schedules.len(),
             "paused_queues": self.paused_queues(),
             "dead_letters": self.outcomes.dead.len(),

@@ -95,6 +95,24 @@ impl RouterState {
         }
     }
 
+    /// Running jobs' progress (STATUS `running_progress`, the dashboard's
+    /// bars): at most 200, looking at most 10,000 running jobs.
+    pub(super) fn running_progress(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (msgid, _) in self.in_flight.iter().take(10_000) {
+            let Some(p) =
+                self.outcomes.history.get(msgid).and_then(|r| r.extra.as_ref()).and_then(|e| e.progress.as_deref())
+            else {
+                continue;
+            };
+            out.insert(msgid.to_string(), serde_json::to_value(p).unwrap_or_default());
+            if out.len() >= 200 {
+                break;
+            }
+        }
+        serde_json::Value::Object(out)
+    }
+
     /// The checkpoints as journal records (for a journal checkpoint).
     pub(super) fn checkpoint_notes_records(&self) -> Vec<Record> {
         self.checkpoints
