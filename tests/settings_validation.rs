@@ -234,12 +234,17 @@ fn router_survives_a_bad_sighup_reload_and_applies_a_good_one() {
     assert!(matches!(router.child.try_wait(), Ok(None)), "router died on a bad SIGHUP:\n{}", log_text());
     let status = admin(&a.admin, "STATUS");
     assert!(status.get("waiting_messages_by_queue").is_some(), "{status}");
+    // No limit "new" yet: a job naming it is refused.
+    let mut c = TestClient::connect(&a.frontend);
+    let id = c.send("default", "reply-requested,limit:new", "benchjobs", "add", json!([1, 1]));
+    let v = c.wait(&id, 30);
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("unknown limit"), "{v}");
 
     // A good change (and an address change, which needs a restart): hwm
     // applies at once, the old frontend stays bound.
     let moved = RouterAddrs { frontend: tcp(free_port()), ..RouterAddrs::fresh() };
     let good = format!(
-        "frontend_addr = \"{}\"\nbackend_addr = \"{}\"\nadministrative_addr = \"{}\"\nhttp_addr = \"\"\nhwm = 3\n",
+        "frontend_addr = \"{}\"\nbackend_addr = \"{}\"\nadministrative_addr = \"{}\"\nhttp_addr = \"\"\nhwm = 3\n[limits]\nnew = {{ concurrency = 1 }}\n",
         moved.frontend, a.backend, a.admin
     );
     std::fs::write(&file, good).unwrap();
@@ -256,4 +261,5 @@ fn router_survives_a_bad_sighup_reload_and_applies_a_good_one() {
     assert!(v["error"]["message"].as_str().unwrap().contains("full"), "{v}");
     let s = admin(&a.admin, "STATUS");
     assert_eq!(s["waiting_messages_by_queue"]["default"], 3, "{s}");
+    assert_eq!(s["limits"]["new"]["concurrency"], 1, "SIGHUP applied the new limit: {s}");
 }
