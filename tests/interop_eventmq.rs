@@ -170,3 +170,39 @@ fn eventmq_client_unique_header_makes_one_job() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(read_lines(&out_file), ["unique"], "run once");
 }
+
+/// `limit:NAME` from EventMQ's own client code: the router holds the limit
+/// (concurrency 1) for jobs EventMQ's client sent, while two workers are free.
+#[test]
+fn eventmq_client_limit_header_is_enforced() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let (_router, a) = start_router(&[("EMQ_LIMITS", "one=concurrency:1")]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[("EMQ_ALLOWED_PATHS", "limitjobs")]);
+    wait_slots(&a.admin, 2);
+    let root = repo_root();
+    let work = tempdir("interop-limit");
+    let log = work.join("runs.log");
+    for i in 0..4 {
+        let out = Command::new(venv.join("bin/python"))
+            .arg(root.join("scripts/eventmq_send.py"))
+            .args(["--addr", &a.frontend, "--queue", "default", "--path", "limitjobs", "--callable", "span"])
+            .args(["--args", &serde_json::json!([log, format!("e{i}"), 0.3]).to_string(), "--header", "limit:one"])
+            .args(["--expect-replies", "1", "--wait", "30", "--connect-timeout", "30"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eventmq_send: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    eventually(Duration::from_secs(60), || {
+        (read_lines(&log).iter().filter(|l| l.starts_with("end")).count() == 4).then_some(())
+    });
+    // Never two at once: each start comes after the previous end.
+    let lines = read_lines(&log);
+    let mut running = 0;
+    for l in &lines {
+        running += if l.starts_with("start") { 1 } else { -1 };
+        assert!(running <= 1, "two jobs of limit one at once: {lines:?}");
+    }
+}
