@@ -288,3 +288,35 @@ fn a_checkpoint_keeps_the_waiting_jobs() {
         assert!(accepted.contains(&m), "{m} missing from the checkpoint: {accepted:?}");
     }
 }
+
+#[test]
+fn waiting_partitions_take_turns() {
+    // One partition sent its jobs first: once both wait for their limit,
+    // the free slots go to each in turn, not to the one that came first.
+    let mut h = harness(&[("k", Some(1), None)]);
+    job_manager(&mut h, 2);
+    for i in 0..5 {
+        h.request("c", &format!("a{i}"), "default", "limit:k/a");
+    }
+    for i in 0..5 {
+        h.request("c", &format!("b{i}"), "default", "limit:k/b");
+    }
+    let mut order: Vec<String> = h.r.in_flight().keys().map(|k| k.to_string()).collect();
+    order.sort();
+    assert_eq!(order, ["a0", "b0"], "b0 did not wait behind a's backlog");
+    // Whichever ends, both partitions keep one job running each.
+    for step in 0..8 {
+        let running: Vec<String> = h.r.in_flight().keys().map(|k| k.to_string()).collect();
+        let mut kinds: Vec<&str> = running.iter().map(|m| &m[..1]).collect();
+        kinds.sort();
+        assert_eq!(kinds, ["a", "b"], "step {step}: {running:?}");
+        let ending = if step % 3 == 0 { running.iter().max() } else { running.iter().min() }.unwrap().clone();
+        order.extend(sent(&h.done("jm", &ending, r#"{"value": 1}"#)));
+        order.extend(sent(&h.ready("jm")));
+    }
+    while let Some(m) = h.r.in_flight().keys().next().map(|k| k.to_string()) {
+        order.extend(sent(&h.done("jm", &m, r#"{"value": 1}"#)));
+        order.extend(sent(&h.ready("jm")));
+    }
+    assert_eq!(order.len(), 10, "every job ran once: {order:?}");
+}
