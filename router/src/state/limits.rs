@@ -426,19 +426,31 @@ impl Limits {
     /// used in the current window. At most `max_partitions` partitions per
     /// limit are listed (the busiest first); the totals cover all.
     pub fn to_json(&self, now: Instant, max_partitions: usize) -> Value {
+        // One pass over the keys, grouped by limit.
+        let mut by_name: HashMap<&str, Vec<(&LimitKey, &KeyState)>> = HashMap::default();
+        for (k, s) in &self.keys {
+            by_name.entry(&*k.name).or_default().push((k, s));
+        }
         let mut out = serde_json::Map::new();
         for (name, spec) in &self.specs {
-            let mut parts: Vec<(&LimitKey, &KeyState)> = self.keys.iter().filter(|(k, _)| k.name == *name).collect();
+            let mut parts = by_name.remove(&**name).unwrap_or_default();
             let used = |s: &KeyState| match spec.rate {
                 Some((_, p)) => s.starts.iter().filter(|t| now.saturating_duration_since(**t) < p).count(),
                 None => 0,
             };
             let (running, waiting) =
                 parts.iter().fold((0u64, 0u64), |(r, w), (_, s)| (r + s.running as u64, w + s.parked.len() as u64));
-            parts.sort_by_key(|(k, s)| (std::cmp::Reverse(s.running as usize + s.parked.len()), k.partition.clone()));
+            let busiest = |(k, s): &(&LimitKey, &KeyState)| {
+                (std::cmp::Reverse(s.running as usize + s.parked.len()), k.partition.clone())
+            };
+            let active = parts.len();
+            if parts.len() > max_partitions && max_partitions > 0 {
+                parts.select_nth_unstable_by_key(max_partitions - 1, busiest);
+            }
+            parts.truncate(max_partitions);
+            parts.sort_by_key(busiest);
             let partitions: Vec<Value> = parts
                 .iter()
-                .take(max_partitions)
                 .map(|(k, s)| {
                     json!({"partition": &*k.partition, "running": s.running, "waiting": s.parked.len(), "rate_used": used(s)})
                 })
@@ -450,7 +462,7 @@ impl Limits {
                     "rate": spec.rate.map(|(n, p)| format!("{n}/{}", fmt_period(p))),
                     "running": running,
                     "waiting": waiting,
-                    "active_partitions": parts.len(),
+                    "active_partitions": active,
                     "partitions": partitions,
                 }),
             );
