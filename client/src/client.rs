@@ -52,6 +52,32 @@ pub struct Options {
     pub depends_on: Vec<String>,
     /// `on_dependency_failure:run`: run even when a dependency failed.
     pub run_on_dependency_failure: bool,
+    /// `limit:NAME` or `limit:NAME/PARTITION`: the router starts the job
+    /// only within that limit (see [`check_limit`]); a name the router
+    /// does not know is refused.
+    pub limit: Option<String>,
+}
+
+/// Longest limit name, and partition, a `limit` header may carry.
+pub const MAX_LIMIT_NAME: usize = 128;
+pub const MAX_LIMIT_PARTITION: usize = 256;
+
+/// Whether `limit` is `NAME` or `NAME/PARTITION` as the router reads it:
+/// a name of 1 to 128 characters, a partition of at most 256, no comma.
+pub fn check_limit(limit: &str) -> Result<(), String> {
+    let (name, partition) = limit.split_once('/').unwrap_or((limit, ""));
+    if name.trim().is_empty() || name.trim().len() > MAX_LIMIT_NAME {
+        return Err(format!(
+            "limit {limit:?}: expected NAME or NAME/PARTITION, NAME of 1 to {MAX_LIMIT_NAME} characters"
+        ));
+    }
+    if partition.len() > MAX_LIMIT_PARTITION {
+        return Err(format!("limit {limit:?}: the partition is longer than {MAX_LIMIT_PARTITION} characters"));
+    }
+    if limit.contains(',') {
+        return Err(format!("limit {limit:?}: no comma allowed"));
+    }
+    Ok(())
 }
 
 impl Default for Options {
@@ -66,6 +92,7 @@ impl Default for Options {
             unique: None,
             depends_on: Vec::new(),
             run_on_dependency_failure: false,
+            limit: None,
         }
     }
 }
@@ -83,6 +110,7 @@ impl Options {
             unique: self.unique.clone(),
             depends_on: self.depends_on.clone(),
             run_on_dependency_failure: self.run_on_dependency_failure,
+            limit: self.limit.clone(),
             ..Default::default()
         }
         .to_wire()
@@ -1070,6 +1098,15 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(o.headers(), "guarantee,retry-count:2,timeout:5,delay:1.5,eta:1800000000");
+        let o = Options { limit: Some("api/customer-42".into()), ..Options::default() };
+        assert_eq!(o.headers(), "reply-requested,limit:api/customer-42");
+        assert_eq!(emq_protocol::Headers::parse(&o.headers()).limit.as_deref(), Some("api/customer-42"));
+        for ok in ["api", "api/x", "api/"] {
+            check_limit(ok).unwrap();
+        }
+        for bad in ["", "/x", " /x", "a,b", &"n".repeat(129), &format!("a/{}", "p".repeat(257))] {
+            assert!(check_limit(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

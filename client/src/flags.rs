@@ -101,6 +101,11 @@ pub fn retries(s: &str) -> Result<u32, String> {
     whole(s, 0, u32::MAX)
 }
 
+/// `--limit`: `NAME` or `NAME/PARTITION` (see [`crate::check_limit`]).
+pub fn limit(s: &str) -> Result<String, String> {
+    crate::check_limit(s).map(|()| s.to_owned())
+}
+
 /// `--count`: jobs to send, at least 1.
 pub fn job_count(s: &str) -> Result<u64, String> {
     whole(s, 1, u64::MAX)

@@ -29,8 +29,8 @@ pub mod send_cli;
 pub mod workflow;
 
 pub use client::{
-    job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt, RouterNotice,
-    ScheduleSpec, ROUTER_SILENT_AFTER,
+    check_limit, job_for, outcome_from_status, schedule_payload, Client, ClientError, JobOutcome, Options, Receipt,
+    RouterNotice, ScheduleSpec, ROUTER_SILENT_AFTER,
 };
 /// What to run: `path` (`pkg.mod` or `pkg.mod:Class`), `callable`, `args`,
 /// `kwargs`, `class_args`, `class_kwargs`.

@@ -108,6 +108,11 @@ pub struct Args {
     /// several. If one fails for good the job is cancelled.
     #[arg(long = "depends-on", value_name = "MSGID", value_delimiter = ',')]
     pub depends_on: Vec<String>,
+    /// `limit:NAME[/PARTITION]`: the router starts the job only within that
+    /// limit (its concurrency / rate, per partition); a name the router
+    /// does not know is refused.
+    #[arg(long, value_name = "NAME[/PARTITION]", value_parser = flags::limit)]
+    pub limit: Option<String>,
     /// With --depends-on: run even when a dependency failed.
     #[arg(long, value_parser = ["cancel", "run"], default_value = "cancel")]
     pub on_dependency_failure: String,
@@ -232,6 +237,7 @@ pub fn main() -> ExitCode {
         unique: a.unique.clone(),
         depends_on: a.depends_on.iter().map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).collect(),
         run_on_dependency_failure: a.on_dependency_failure == "run",
+        limit: a.limit.clone(),
     };
     let keys = match flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref()) {
         Ok(k) => k,

@@ -39,7 +39,8 @@ pub enum Canvas {
 impl Canvas {
     /// Reads a canvas: `{"sig": {"fn": "pkg.mod.func", "args": [], "kwargs":
     /// {}, "class_args": [], "class_kwargs": {}, "queue": "default",
-    /// "retries": N, "timeout": S, "guarantee": bool, "unique": "KEY"}}`,
+    /// "retries": N, "timeout": S, "guarantee": bool, "unique": "KEY",
+    /// "limit": "NAME/PARTITION"}}`,
     /// `{"chain": [...], "on_error": {sig}}`, `{"group": [...]}`,
     /// `{"chord": [...], "callback": {...}}`.
     pub fn from_json(v: &Value) -> Result<Canvas, String> {
@@ -116,6 +117,14 @@ fn sig_of(v: &Value) -> Result<Sig, String> {
         timeout: v["timeout"].as_f64().filter(|t| *t > 0.0).map(|t| t.ceil() as u64),
         unique: v["unique"].as_str().map(str::to_owned),
         run_on_dependency_failure: v["on_parent_failure"].as_str() == Some("run"),
+        limit: match v.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(l)) => {
+                crate::check_limit(l)?;
+                Some(l.clone())
+            }
+            Some(_) => return Err("limit must be a string: NAME or NAME/PARTITION".into()),
+        },
         ..Options::default()
     };
     Ok(Sig { queue: v["queue"].as_str().unwrap_or(emq_protocol::DEFAULT_QUEUE).to_owned(), job, options })

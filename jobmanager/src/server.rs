@@ -44,6 +44,9 @@ pub struct Server {
     last_memory_check: Instant,
     /// REPLYs and READYs of this poll pass, sent as one BATCH at its end.
     batch: emq_protocol::Batch,
+    /// Running jobs' updates of this poll pass, sent as one JOB_UPDATE
+    /// just before the BATCH (an update goes before its job's REPLY).
+    batch_updates: Vec<emq_protocol::JobUpdate>,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -104,6 +107,7 @@ impl Server {
             template_retry_at: None,
             last_memory_check: Instant::now(),
             batch: Default::default(),
+            batch_updates: Vec::new(),
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
@@ -351,6 +355,10 @@ impl Server {
                     Event::WorkerDone { slot, msgid, reply_json, error_type }
                 }
                 FromWorker::Stolen { msgids } => Event::WorkerStole { slot, msgids },
+                FromWorker::Update { msgid, progress, checkpoint } => {
+                    Event::WorkerUpdate { slot, msgid, progress, checkpoint }
+                }
+                FromWorker::Extend { msgid, seconds } => Event::WorkerExtend { slot, msgid, seconds },
             });
         }
         if let Some(e) = &outcome.error {
@@ -409,6 +417,7 @@ impl Server {
                 // What was gathered for the old connection: a reconnect
                 // sends the unconfirmed reports again anyway.
                 self.batch = Default::default();
+                self.batch_updates.clear();
                 // Another address (a standby that took over): the same
                 // identity, so the new router matches the jobs we run to
                 // the ones its journal says it handed us. The same address
@@ -467,9 +476,9 @@ impl Server {
             },
             // Commands to workers are written at the end of the poll pass
             // (`flush_workers`), one write per worker.
-            Action::Run { slot, msgid, payload, attempt } => {
+            Action::Run { slot, msgid, payload, attempt, checkpoint } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    w.queue(&ToWorker::Run { msgid, payload, attempt });
+                    w.queue(&ToWorker::Run { msgid, payload, attempt, checkpoint });
                 }
             }
             Action::Steal { slot } => {
@@ -493,10 +502,18 @@ impl Server {
     }
 
     /// REPLYs and READYs wait for the end of the poll pass (one BATCH) when
-    /// the router takes batches; anything else goes now, after them.
+    /// the router takes batches, and running jobs' updates with them (one
+    /// JOB_UPDATE, sent first); anything else goes now, after them.
     fn send_or_batch(&mut self, m: Message) {
         if self.state.router_batches() {
             match m.command {
+                Command::JobUpdate(u) => {
+                    self.batch_updates.extend(u.updates);
+                    if self.batch_updates.len() >= emq_protocol::MAX_JOB_UPDATES {
+                        self.flush_batch();
+                    }
+                    return;
+                }
                 Command::Reply(emq_protocol::Reply::Result { reply_json, orig_msgid }) => {
                     self.batch.replies.push((reply_json, orig_msgid));
                     if self.batch.replies.len() >= emq_protocol::MAX_BATCH_REPLIES {
@@ -515,9 +532,15 @@ impl Server {
         self.send(&m);
     }
 
-    /// Sends what the pass gathered: one BATCH (a lone READY or REPLY goes
-    /// as itself).
+    /// Sends what the pass gathered: its jobs' updates (JOB_UPDATE), then
+    /// one BATCH (a lone READY or REPLY goes as itself).
     fn flush_batch(&mut self) {
+        let mut updates = std::mem::take(&mut self.batch_updates);
+        while !updates.is_empty() {
+            let rest = updates.split_off(updates.len().min(emq_protocol::MAX_JOB_UPDATES));
+            self.send(&Message::new(Command::JobUpdate(emq_protocol::JobUpdates { updates })));
+            updates = rest;
+        }
         let b = std::mem::take(&mut self.batch);
         match (b.replies.len(), b.ready) {
             (0, 0) => {}

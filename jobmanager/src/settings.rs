@@ -59,6 +59,9 @@ pub struct JobManagerSettings {
     pub max_memory_per_worker: u64,
     /// Seconds a job may run when its REQUEST has no `timeout:N` header.
     pub global_timeout: f64,
+    /// Seconds a job may run at most, whatever its timeout and however
+    /// often it calls `extend()`.
+    pub max_runtime: f64,
     /// Seconds running jobs get to finish after SIGTERM/SIGINT/SIGQUIT.
     pub kill_grace_period: f64,
     /// Seconds between SIGTERM and SIGKILL for a timed-out job's worker.
@@ -121,6 +124,7 @@ impl Default for JobManagerSettings {
             max_job_count: 1024,
             max_memory_per_worker: 0,
             global_timeout: 300.0,
+            max_runtime: 86_400.0,
             kill_grace_period: 300.0,
             kill_escalation: 1.0,
             worker_pipeline: 4,
@@ -209,6 +213,7 @@ impl JobManagerSettings {
             max_job_count: v::count("max_job_count", self.max_job_count, 1, u64::MAX)?,
             max_memory_per_worker: v::count("max_memory_per_worker", self.max_memory_per_worker, 0, 1 << 50)?,
             global_timeout: v::seconds("global_timeout", self.global_timeout, Zero::Refused)?,
+            max_runtime: v::seconds("max_runtime", self.max_runtime, Zero::Refused)?,
             kill_grace: v::seconds("kill_grace_period", self.kill_grace_period, Zero::Allowed)?,
             kill_escalation: v::seconds("kill_escalation", self.kill_escalation, Zero::Refused)?,
             worker_pipeline: v::count("worker_pipeline", self.worker_pipeline, 1, MAX_PIPELINE)?,
@@ -318,6 +323,11 @@ mod tests {
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:5")), Duration::from_secs(5));
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:0")), Duration::from_secs(300));
         assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("")), Duration::from_secs(300));
+        assert_eq!(c.max_runtime, Duration::from_secs(86_400));
+        let short = JobManagerSettings { max_runtime: 60.0, ..s };
+        let c = short.to_config().unwrap();
+        assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("timeout:500")), Duration::from_secs(60));
+        assert_eq!(c.timeout_for(&emq_protocol::Headers::parse("")), Duration::from_secs(60), "capped too");
     }
 
     /// `to_config` of the defaults with one change must fail naming `key`.
@@ -331,6 +341,7 @@ mod tests {
     fn every_duration_refuses_inf_nan_negative_huge() {
         for bad in [f64::INFINITY, f64::NAN, -1.0, 1e300, f64::NEG_INFINITY] {
             refused("global_timeout", |s| s.global_timeout = bad);
+            refused("max_runtime", |s| s.max_runtime = bad);
             refused("kill_grace_period", |s| s.kill_grace_period = bad);
             refused("kill_escalation", |s| s.kill_escalation = bad);
             refused("steal_after", |s| s.steal_after = bad);
@@ -340,9 +351,10 @@ mod tests {
             refused("heartbeat_liveness", |s| s.heartbeat_liveness = bad);
             refused("reconnect_timeout", |s| s.reconnect_timeout = bad);
         }
-        for key in ["global_timeout", "heartbeat_interval", "heartbeat_timeout", "reconnect_timeout"] {
+        for key in ["global_timeout", "max_runtime", "heartbeat_interval", "heartbeat_timeout", "reconnect_timeout"] {
             refused(key, |s| match key {
                 "global_timeout" => s.global_timeout = 0.0,
+                "max_runtime" => s.max_runtime = 0.0,
                 "heartbeat_interval" => s.heartbeat_interval = 0.0,
                 "heartbeat_timeout" => s.heartbeat_timeout = 0.0,
                 _ => s.reconnect_timeout = 0.0,

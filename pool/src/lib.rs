@@ -8,6 +8,8 @@
 //!   (`PR_SET_PDEATHSIG`), non-blocking reads of its frames, SIGTERM/SIGKILL
 //!   and reaping;
 //! - [`worker`]: the worker process's main loop;
+//! - [`report`]: what a running job says about itself (progress,
+//!   checkpoint, extend), coalesced and rate-limited on its way out;
 //! - [`python`]: running `path` + `callable` through pyo3, with JSON ⇄
 //!   Python conversion, tracebacks, and the setup/entry/exit hooks.
 //!
@@ -16,6 +18,7 @@
 
 pub mod process;
 pub mod python;
+pub mod report;
 pub mod template;
 pub mod wire;
 pub mod worker;

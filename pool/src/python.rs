@@ -5,12 +5,15 @@
 //! become `{type, message, traceback}`; an import failure names the module
 //! and the `sys.path` searched.
 
-use emq_protocol::{JobReply, RunPayload};
-use pyo3::exceptions::{PyImportError, PyTypeError, PyValueError};
+use crate::report::Reporter;
+use emq_protocol::{JobReply, Progress, RunPayload, MAX_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE};
+use pyo3::exceptions::{PyImportError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Deepest nesting converted; deeper (or self-referencing) values are a
 /// `ValueError` instead of a stack overflow.
@@ -229,12 +232,36 @@ impl PythonRunner {
     }
 
     /// Tells jobs which job they are: `emq.msgid`, `emq.attempt` (1 on the
-    /// first run; more when a `retry-count` or `guarantee` job runs again).
-    pub fn set_current_job(&self, py: Python<'_>, msgid: &str, attempt: u32) {
+    /// first run; more when a `retry-count` or `guarantee` job runs again),
+    /// and the checkpoint an earlier attempt kept (JSON text, read by
+    /// `emq.current_job().last_checkpoint`).
+    pub fn set_current_job(&self, py: Python<'_>, msgid: &str, attempt: u32, checkpoint: Option<&str>) {
         if let Some(m) = &self.emq_module {
             let m = m.bind(py);
             let _ = m.setattr("msgid", msgid);
             let _ = m.setattr("attempt", attempt);
+            let checkpoint = checkpoint.filter(|c| {
+                let ok = serde_json::from_str::<serde::de::IgnoredAny>(c).is_ok();
+                if !ok {
+                    tracing::warn!(%msgid, "the job's checkpoint header is not JSON: ignored");
+                }
+                ok
+            });
+            let _ = m.setattr(LAST_CHECKPOINT_ATTR, checkpoint);
+        }
+    }
+
+    /// Gives jobs `progress()`, `extend()` and `checkpoint()`: the `emq`
+    /// module's `_job_control` (a [`JobControl`]) records into `reporter`.
+    pub fn install_reporter(&self, py: Python<'_>, reporter: Arc<Reporter>) {
+        let Some(m) = &self.emq_module else { return };
+        match Py::new(py, JobControl { reporter }) {
+            Ok(control) => {
+                if let Err(e) = m.bind(py).setattr(JOB_CONTROL_ATTR, control) {
+                    tracing::error!(error = %e, "cannot install emq._job_control");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot make emq._job_control"),
         }
     }
 
@@ -316,38 +343,157 @@ impl PythonRunner {
     }
 }
 
-/// The bare `emq` module's `__getattr__` (PEP 562): a clear error for any
-/// name of the client package.
-const BARE_EMQ_GETATTR: &std::ffi::CStr = c"
+/// The `emq` module attribute holding the worker's [`JobControl`].
+const JOB_CONTROL_ATTR: &str = "_job_control";
+/// The `emq` module attribute holding the running job's last checkpoint
+/// (JSON text, or None).
+const LAST_CHECKPOINT_ATTR: &str = "_last_checkpoint";
+
+/// What a running job says about itself, through the `emq` module's
+/// `_job_control` (which the methods of `emq.current_job()` call):
+/// checked here, recorded in the worker's [`Reporter`], sent coalesced.
+#[pyclass(frozen, module = "emq")]
+pub struct JobControl {
+    reporter: Arc<Reporter>,
+}
+
+fn not_running(e: crate::report::NotRunning) -> PyErr {
+    PyRuntimeError::new_err(e.to_string())
+}
+
+/// `v` when it is a finite number >= 0.
+fn finite_non_negative(what: &str, v: f64) -> PyResult<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(PyValueError::new_err(format!("{what} must be a finite number >= 0, not {v}")))
+    }
+}
+
+#[pymethods]
+impl JobControl {
+    /// Records the progress of job `msgid` (the running one).
+    #[pyo3(signature = (msgid, done, total=None, message=None))]
+    fn progress(&self, msgid: &str, done: f64, total: Option<f64>, message: Option<String>) -> PyResult<()> {
+        let done = finite_non_negative("done", done)?;
+        let total = total.map(|t| finite_non_negative("total", t)).transpose()?;
+        let message = message.map(|mut m| {
+            if m.len() > MAX_PROGRESS_MESSAGE {
+                let mut end = MAX_PROGRESS_MESSAGE;
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                m.truncate(end);
+            }
+            m
+        });
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.reporter.progress(msgid, Progress { done, total, message, at }, Instant::now()).map_err(not_running)
+    }
+
+    /// Keeps `value` (JSON-serialisable, at most 64 KiB as JSON text) as
+    /// the checkpoint of job `msgid`.
+    fn checkpoint(&self, msgid: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let json = py_to_json(value)?.to_string();
+        if json.len() > MAX_CHECKPOINT_BYTES {
+            return Err(PyValueError::new_err(format!(
+                "a checkpoint is at most {MAX_CHECKPOINT_BYTES} bytes of JSON; this one is {}",
+                json.len()
+            )));
+        }
+        self.reporter.checkpoint(msgid, json, Instant::now()).map_err(not_running)
+    }
+
+    /// Job `msgid`'s timeout starts again: `seconds` from now (never past
+    /// the job manager's `max_runtime`).
+    fn extend(&self, msgid: &str, seconds: f64) -> PyResult<()> {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err(PyValueError::new_err(format!("seconds must be a finite number > 0, not {seconds}")));
+        }
+        self.reporter.extend(msgid, seconds, Instant::now()).map_err(not_running)
+    }
+}
+
+/// The bare `emq` module's code: the package's `current_job()` (with
+/// `progress`, `extend`, `checkpoint`, `last_checkpoint`), and its
+/// `__getattr__` (PEP 562): a clear error for any other name of the
+/// client package.
+const BARE_EMQ_CODE: &std::ffi::CStr = c"
+import json as _json
+
+
+class CurrentJob(tuple):
+    '(msgid, attempt) of the running job, with progress(), extend(), checkpoint(), last_checkpoint.'
+
+    def __new__(cls, msgid, attempt, last_checkpoint_json=None):
+        self = tuple.__new__(cls, (msgid, attempt))
+        self._checkpoint_json = last_checkpoint_json
+        return self
+
+    msgid = property(lambda self: self[0])
+    attempt = property(lambda self: self[1])
+
+    @property
+    def last_checkpoint(self):
+        'The checkpoint an earlier attempt kept (None when there is none).'
+        j = self._checkpoint_json
+        return None if j is None else _json.loads(j)
+
+    def progress(self, done, total=None, message=None):
+        'How far the job is: done (of total), with a message.'
+        _job_control.progress(self[0], done, total, message)
+
+    def extend(self, seconds):
+        'The timeout starts again: seconds from now (at most max_runtime after the start).'
+        _job_control.extend(self[0], seconds)
+
+    def checkpoint(self, data):
+        'Keeps data (JSON, at most 64 KiB) for a retried attempt (last_checkpoint).'
+        _job_control.checkpoint(self[0], data)
+
+    def __repr__(self):
+        return 'CurrentJob(msgid=%r, attempt=%r)' % tuple(self)
+
+
+def current_job():
+    'The job this worker is running (CurrentJob), or None.'
+    if msgid is None:
+        return None
+    return CurrentJob(msgid, attempt, _last_checkpoint)
+
+
 def __getattr__(name):
     if name.startswith('__'):
         raise AttributeError(name)
     raise AttributeError(
         'emq.%s: the emq package is not importable in this worker (it has only the bare emq module '
-        'with msgid and attempt). Install it (pip install ./python) into a virtualenv and point the '
-        'job manager at it with python_venv (or VIRTUAL_ENV)' % name)
+        'with msgid, attempt and current_job()). Install it (pip install ./python) into a virtualenv and '
+        'point the job manager at it with python_venv (or VIRTUAL_ENV)' % name)
 ";
 
 /// The importable `emq` module inside the worker. When the worker's Python
 /// can import the emq client package (`pip install ./python`, which has
 /// `current_job`), that package is the module: one `emq` for both, its
 /// `current_job()` reading the attributes set here. Otherwise a bare module
-/// holding just `msgid` and `attempt`.
+/// holding `msgid`, `attempt` and the same `current_job()`.
 fn install_emq_module(py: Python<'_>) -> PyResult<Py<PyModule>> {
     if let Ok(m) = py.import("emq") {
         if m.hasattr("current_job").unwrap_or(false) {
             m.setattr("msgid", py.None())?;
             m.setattr("attempt", 0)?;
+            m.setattr(LAST_CHECKPOINT_ATTR, py.None())?;
             return Ok(m.unbind());
         }
     }
     let m = PyModule::new(py, "emq")?;
-    m.setattr("__doc__", "Set by the emq worker before each job: msgid and attempt (1 = first run).")?;
+    m.setattr("__doc__", "Set by the emq worker before each job: msgid, attempt (1 = first run), current_job().")?;
     m.setattr("msgid", py.None())?;
     m.setattr("attempt", 0)?;
+    m.setattr(LAST_CHECKPOINT_ATTR, py.None())?;
+    m.setattr(JOB_CONTROL_ATTR, py.None())?;
     // Anything else (`@emq.task`, `emq.Client`) means the job expected the
     // client package: say that it is not importable here, and how to fix it.
-    py.run(BARE_EMQ_GETATTR, Some(&m.dict()), None)?;
+    py.run(BARE_EMQ_CODE, Some(&m.dict()), None)?;
     py.import("sys")?.getattr("modules")?.set_item("emq", &m)?;
     Ok(m.unbind())
 }
@@ -455,6 +601,79 @@ mod tests {
             assert_eq!(r.run(py, &p), JobReply::ok(json!([["a", 2]])));
             let p = RunPayload::new("builtins", "object", vec![]);
             assert_eq!(r.run(py, &p).error.unwrap().kind.as_str(), "TypeError");
+        });
+    }
+}
+
+#[cfg(test)]
+mod job_control_tests {
+    use super::*;
+    use crate::report::{Reporter, Sink};
+    use crate::FromWorker;
+    use std::sync::Mutex;
+
+    const JOB_CODE: &std::ffi::CStr = c"
+j = emq.current_job()
+assert j == ('m1', 2) and j.msgid == 'm1' and j.attempt == 2, j
+assert j.last_checkpoint == {'step': 3}, j.last_checkpoint
+j.progress(1, 10, 'one')
+j.checkpoint({'step': 4})
+j.extend(5)
+def refused(exc, f):
+    try:
+        f()
+    except exc:
+        return
+    raise AssertionError('no %s' % exc.__name__)
+refused(ValueError, lambda: j.progress(float('nan')))
+refused(ValueError, lambda: j.progress(-1))
+refused(ValueError, lambda: j.progress(1, float('inf')))
+refused(TypeError, lambda: j.progress('x'))
+refused(TypeError, lambda: j.progress(1, message=3))
+refused(ValueError, lambda: j.extend(-1))
+refused(ValueError, lambda: j.extend(float('nan')))
+refused(ValueError, lambda: j.checkpoint(float('nan')))
+refused(TypeError, lambda: j.checkpoint(object()))
+refused(ValueError, lambda: j.checkpoint('x' * 70000))
+";
+
+    #[test]
+    fn a_job_reports_through_current_job_and_bad_values_are_refused() {
+        Python::attach(|py| {
+            let r = PythonRunner::new(py, &crate::WorkerConfig::default());
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let s = sent.clone();
+            let sink: Sink = Box::new(move |m| {
+                s.lock().unwrap().push(m.clone());
+                Ok(())
+            });
+            let reporter = Arc::new(Reporter::new(sink, crate::report::REPORT_EVERY));
+            r.install_reporter(py, reporter.clone());
+            reporter.job_started("m1");
+            r.set_current_job(py, "m1", 2, Some(r#"{"step":3}"#));
+            // This runner's own module (tests in parallel each make one and
+            // put it in sys.modules).
+            let globals = PyDict::new(py);
+            globals.set_item("emq", r.emq_module.as_ref().unwrap().bind(py)).unwrap();
+            py.run(JOB_CODE, Some(&globals), None).unwrap();
+            reporter.job_ended(Instant::now()).unwrap();
+            let sent = std::mem::take(&mut *sent.lock().unwrap());
+            match sent.as_slice() {
+                [FromWorker::Update { progress: Some(p), checkpoint: None, .. }, FromWorker::Update { progress: None, checkpoint: Some(c), .. }, FromWorker::Extend { msgid, seconds }] =>
+                {
+                    assert_eq!((p.done, p.total, p.message.as_deref()), (1.0, Some(10.0), Some("one")));
+                    assert_eq!(c, r#"{"step":4}"#);
+                    assert_eq!(msgid, "m1");
+                    assert!(*seconds > 0.0 && *seconds <= 5.0, "{seconds}");
+                }
+                other => panic!("{other:?}"),
+            }
+            // The job ended: its CurrentJob is refused; the next job
+            // without a checkpoint reads None.
+            let after = py.run(c"emq.current_job().progress(2)", Some(&globals), None).unwrap_err();
+            assert!(after.is_instance_of::<PyRuntimeError>(py), "{after}");
+            r.set_current_job(py, "m2", 1, None);
+            py.run(c"assert emq.current_job().last_checkpoint is None", Some(&globals), None).unwrap();
         });
     }
 }

@@ -23,6 +23,11 @@ pub enum ToWorker {
         /// `emq.attempt` so at-least-once jobs can be made idempotent.
         #[serde(default = "first_attempt")]
         attempt: u32,
+        /// The last checkpoint an earlier attempt kept (JSON text, from the
+        /// REQUEST's `checkpoint:` header), readable by the job as
+        /// `emq.current_job().last_checkpoint`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
     },
     /// Give back every job received but not started yet (they are queued
     /// behind a job that runs long); answered with [`FromWorker::Stolen`].
@@ -45,6 +50,22 @@ pub enum FromWorker {
     Done { msgid: String, reply_json: String, error_type: Option<emq_protocol::JobErrorKind> },
     /// Jobs handed back after [`ToWorker::Steal`], never started.
     Stolen { msgids: Vec<String> },
+    /// What the running job said about itself since the last one (the
+    /// worker coalesces: last progress and last checkpoint win, at most one
+    /// every [`crate::report::REPORT_EVERY`], the last one before `Done`).
+    Update {
+        msgid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<emq_protocol::Progress>,
+        /// The checkpoint's JSON text (at most
+        /// [`emq_protocol::MAX_CHECKPOINT_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+    },
+    /// The running job asked for its timeout to start again: `seconds`
+    /// from when the job manager reads this (the worker already took off
+    /// the time the request waited on its side).
+    Extend { msgid: String, seconds: f64 },
 }
 
 /// What a worker needs to know, passed in [`crate::WORKER_CONFIG_ENV`].
@@ -156,6 +177,12 @@ mod tests {
             FromWorker::Ready { pid: 7 },
             FromWorker::Done { msgid: "m".into(), reply_json: r#"{"value":5}"#.into(), error_type: None },
             FromWorker::Done { msgid: "n".into(), reply_json: "{}".into(), error_type: Some("ValueError".into()) },
+            FromWorker::Update {
+                msgid: "m".into(),
+                progress: Some(emq_protocol::Progress { done: 1.0, total: None, message: None, at: 2.5 }),
+                checkpoint: Some(r#"{"k":[1]}"#.into()),
+            },
+            FromWorker::Extend { msgid: "m".into(), seconds: 1.5 },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(encode).collect();
         for chunk in [1, 3, 7, bytes.len()] {
@@ -173,13 +200,19 @@ mod tests {
 
     #[test]
     fn blocking_reader_round_trip_and_eof() {
-        let mut bytes = encode(&ToWorker::Run { msgid: "a".into(), payload: "[]".into(), attempt: 1 });
+        let run = ToWorker::Run { msgid: "a".into(), payload: "[]".into(), attempt: 1, checkpoint: None };
+        let retried = ToWorker::Run {
+            msgid: "a".into(),
+            payload: "[]".into(),
+            attempt: 2,
+            checkpoint: Some("{\"step\":2}".into()),
+        };
+        let mut bytes = encode(&run);
+        bytes.extend(encode(&retried));
         bytes.extend(encode(&ToWorker::Shutdown));
         let mut r = &bytes[..];
-        assert_eq!(
-            read_frame::<ToWorker>(&mut r).unwrap(),
-            Some(ToWorker::Run { msgid: "a".into(), payload: "[]".into(), attempt: 1 })
-        );
+        assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(run));
+        assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(retried));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(ToWorker::Shutdown));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), None);
         let huge = (u32::MAX).to_le_bytes();

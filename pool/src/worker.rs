@@ -2,11 +2,14 @@
 //! into an inbox (so the job manager can queue a job behind the running one,
 //! and take queued ones back with `Steal`); the main thread runs jobs from
 //! the inbox in the embedded interpreter, one at a time, and answers
-//! [`FromWorker`] frames on a private copy of its original stdout. Before
-//! Python starts, fd 1 is pointed at stderr, so `print()` in a job cannot
-//! corrupt the frame stream.
+//! [`FromWorker`] frames on a private copy of its original stdout (what a
+//! running job says about itself goes through [`crate::report`], whatever
+//! is pending before the job's `Done`). Before Python starts, fd 1 is
+//! pointed at stderr, so `print()` in a job cannot corrupt the frame
+//! stream.
 
 use crate::python::PythonRunner;
+use crate::report::{Reporter, REPORT_EVERY};
 use crate::wire::{read_frame, write_frame, FromWorker, ToWorker, WorkerConfig};
 use emq_protocol::{JobErrorKind, JobReply, RunPayload};
 use pyo3::prelude::*;
@@ -15,11 +18,21 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// A job received and not started yet.
+struct InboxJob {
+    msgid: String,
+    payload: String,
+    attempt: u32,
+    /// The last checkpoint of an earlier attempt (JSON text).
+    checkpoint: Option<String>,
+}
 
 /// Jobs received and not started, plus whether input has ended.
 #[derive(Default)]
 struct Inbox {
-    jobs: VecDeque<(String, String, u32)>,
+    jobs: VecDeque<InboxJob>,
     closed: bool,
     /// The main thread is waiting on the condvar: only then is it woken
     /// (a notify is a futex syscall even with nobody waiting, and with
@@ -100,7 +113,8 @@ fn drop_privileges(uid: u32, gid: u32) -> nix::Result<()> {
     nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
 }
 
-/// The worker's life: the reader thread, `Ready`, then jobs one at a time.
+/// The worker's life: the reader thread, the reports' flusher thread,
+/// `Ready`, then jobs one at a time.
 fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File>>>) -> i32 {
     let inbox: Shared<Inbox> = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
     let pid = std::process::id();
@@ -108,6 +122,15 @@ fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File
         let (inbox, out) = (inbox.clone(), out.clone());
         std::thread::spawn(move || read_commands(inbox, out));
     }
+    let reporter = {
+        let out = out.clone();
+        Arc::new(Reporter::new(Box::new(move |m| send(&out, m)), REPORT_EVERY))
+    };
+    {
+        let reporter = reporter.clone();
+        std::thread::spawn(move || reporter.run_flusher());
+    }
+    runner.install_reporter(py, reporter.clone());
     {
         if send(&out, &FromWorker::Ready { pid }).is_err() {
             return 1;
@@ -128,16 +151,23 @@ fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File
                     g.waiting = false;
                 }
             });
-            let Some((msgid, payload, attempt)) = next else { return 0 };
+            let Some(InboxJob { msgid, payload, attempt, checkpoint }) = next else {
+                reporter.close();
+                return 0;
+            };
             let reply = match RunPayload::parse(&payload) {
                 Ok(p) => {
-                    runner.set_current_job(py, &msgid, attempt);
+                    reporter.job_started(&msgid);
+                    runner.set_current_job(py, &msgid, attempt, checkpoint.as_deref());
                     runner.run(py, &p)
                 }
                 Err(e) => JobReply::failed(JobErrorKind::BadPayload, e.to_string(), ""),
             };
             let error_type = reply.error.as_ref().map(|e| e.kind.clone());
-            if send(&out, &FromWorker::Done { msgid, reply_json: reply.to_json(), error_type }).is_err() {
+            // What the job said and is not sent yet goes before its Done.
+            let reported = reporter.job_ended(Instant::now());
+            let done = FromWorker::Done { msgid, reply_json: reply.to_json(), error_type };
+            if reported.is_err() || send(&out, &done).is_err() {
                 return 1; // parent gone
             }
         }
@@ -156,9 +186,11 @@ fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
         let frame = read_frame::<ToWorker>(&mut input);
         let mut g = lock.lock().expect("inbox lock");
         match frame {
-            Ok(Some(ToWorker::Run { msgid, payload, attempt })) => g.jobs.push_back((msgid, payload, attempt)),
+            Ok(Some(ToWorker::Run { msgid, payload, attempt, checkpoint })) => {
+                g.jobs.push_back(InboxJob { msgid, payload, attempt, checkpoint })
+            }
             Ok(Some(ToWorker::Steal)) => {
-                let msgids: Vec<String> = g.jobs.drain(..).map(|(id, _, _)| id).collect();
+                let msgids: Vec<String> = g.jobs.drain(..).map(|j| j.msgid).collect();
                 drop(g);
                 if send(&out, &FromWorker::Stolen { msgids }).is_err() {
                     std::process::exit(1);

@@ -14,7 +14,8 @@ The protocol is implemented once, in Rust (``emq._native`` wraps the
 
 Inside a worker of ``emq-jobmanager`` this same module also carries the
 running job: :func:`current_job` (and the module attributes ``msgid`` and
-``attempt`` that the worker sets before each job).
+``attempt`` that the worker sets before each job), whose ``progress()``,
+``extend()`` and ``checkpoint()`` tell the job manager about it.
 """
 import functools
 import json
@@ -36,6 +37,10 @@ __version__ = "0.1.0"
 # attributes; see current_job()). Outside a worker: None and 0.
 msgid = None
 attempt = 0
+# Also set by the worker: the running job's last checkpoint (JSON text) and
+# the native object behind CurrentJob.progress / extend / checkpoint.
+_last_checkpoint = None
+_job_control = None
 
 
 # ---------------------------------------------------------------- errors
@@ -145,11 +150,14 @@ class JobStatus:
     the failed attempts (``attempt``, ``type``, ``message``, ``at``);
     ``workflow_id`` (a workflow's node: its workflow, else None),
     ``parents`` (the jobs it waits for) and ``children`` (the nodes that
-    wait for it); ``raw``: the whole answer.
+    wait for it); ``progress``: what the job last said with
+    ``current_job().progress()`` — a dict with ``done``, ``total`` (or
+    None), ``message`` (or None) and ``at`` (Unix time), kept after it
+    ends — or None; ``raw``: the whole answer.
     """
 
     __slots__ = ("msgid", "state", "queue", "attempts", "jobmanager", "received", "dispatched", "finished",
-                 "errors", "workflow_id", "parents", "children", "raw")
+                 "errors", "workflow_id", "parents", "children", "progress", "raw")
 
     #: The states after which nothing more happens to a job.
     FINAL = frozenset(("done", "failed", "cancelled", "refused", "lost", "dead"))
@@ -168,6 +176,9 @@ class JobStatus:
         self.workflow_id = raw.get("workflow_id")
         self.parents = raw.get("parents", [])
         self.children = raw.get("children", [])
+        p = raw.get("progress")
+        self.progress = None if p is None else {"done": p.get("done"), "total": p.get("total"),
+                                                "message": p.get("message"), "at": p.get("at")}
 
     @property
     def done(self):
@@ -386,6 +397,19 @@ def _check_unique(unique):
     return unique
 
 
+def _check_limit(limit):
+    """``NAME`` or ``NAME/PARTITION`` as the router reads it (or None)."""
+    if limit is None:
+        return None
+    if not isinstance(limit, str):
+        raise TypeError("limit must be a string NAME or NAME/PARTITION, not %r" % (limit,))
+    name, _, partition = limit.partition("/")
+    if not 0 < len(name.strip()) <= 128 or len(partition) > 256 or "," in limit:
+        raise ValueError("limit must be NAME or NAME/PARTITION (a name of 1 to 128 characters, a partition of "
+                         "at most 256, no comma), not %r" % (limit,))
+    return limit
+
+
 def _check_on_dependency_failure(v):
     if v not in ("cancel", "run"):
         raise ValueError('on_dependency_failure must be "cancel" or "run", not %r' % (v,))
@@ -502,7 +526,7 @@ class Client:
 
     def send(self, fn, *args, queue="default", timeout=None, retries=None, guarantee=False, result=True,
              kwargs=None, class_args=None, class_kwargs=None, delay=None, eta=None, unique=None,
-             depends_on=None, on_dependency_failure="cancel", **job_kwargs):
+             depends_on=None, on_dependency_failure="cancel", limit=None, **job_kwargs):
         """Sends ``fn(*args, **job_kwargs)`` to run on a worker and returns
         its :class:`Job` once the router's receipt is in.
 
@@ -525,7 +549,12 @@ class Client:
         (state ``held``). When one of them fails for good it is cancelled
         (its result raises :class:`JobFailed` kind ``cancelled``), unless
         ``on_dependency_failure="run"``. An unknown msgid is refused.
-        Both need emq's router (:class:`ResultsUnavailable` on EventMQ's).
+        ``limit``: ``"NAME"`` or ``"NAME/PARTITION"``: the router starts
+        the job only within that limit (its ``limits`` setting: so many
+        running at once, so many starts per period, per partition); a name
+        it does not know is refused (:class:`Refused` with its reason).
+        These three need emq's router (:class:`ResultsUnavailable` on
+        EventMQ's).
 
         Raises :class:`Refused` with the router's reason, ``ValueError`` for
         a malformed callable, ``TypeError`` for arguments that are not
@@ -537,9 +566,10 @@ class Client:
         unique = _check_unique(unique)
         deps = _msgids("depends_on", depends_on)
         _check_on_dependency_failure(on_dependency_failure)
-        if unique is not None or deps:
-            # EventMQ's router would ignore both and run the job at once.
-            self._require_results("unique= and depends_on=")
+        limit = _check_limit(limit)
+        if unique is not None or deps or limit is not None:
+            # EventMQ's router would ignore them and run the job at once.
+            self._require_results("unique=, depends_on= and limit=")
         if delay is not None:
             delay = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
             if not delay >= 0:
@@ -550,7 +580,7 @@ class Client:
                 raise ValueError("eta must be a datetime or unix seconds >= 0, not %r" % (eta,))
         msgid = self._native.send(queue, path, callable_, *texts, bool(result), bool(guarantee), retries, timeout,
                                   delay, eta, unique=unique, depends_on=deps,
-                                  run_on_dependency_failure=on_dependency_failure == "run")
+                                  run_on_dependency_failure=on_dependency_failure == "run", limit=limit)
         receipted, holder = self._receipt(msgid, name)
         return Job(self, holder or msgid, name, queue, receipted, bool(result), owner=self._native.owner_token,
                    deduplicated=holder is not None)
@@ -708,10 +738,12 @@ class Task:
     ``f.send(2, 3)`` sends it to a worker (by its import path) and returns
     a :class:`Job`."""
 
-    def __init__(self, fn, queue="default", timeout=None, retries=None, guarantee=False, client=None):
+    def __init__(self, fn, queue="default", timeout=None, retries=None, guarantee=False, client=None, limit=None):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.options = {"queue": queue, "timeout": timeout, "retries": retries, "guarantee": guarantee}
+        if limit is not None:
+            self.options["limit"] = _check_limit(limit)
         self.client = client
 
     @property
@@ -744,12 +776,13 @@ class Task:
         return "<emq.task %s>" % (self.path if getattr(self.fn, "__module__", None) else self.fn)
 
 
-def task(fn=None, *, queue="default", timeout=None, retries=None, guarantee=False, client=None):
+def task(fn=None, *, queue="default", timeout=None, retries=None, guarantee=False, client=None, limit=None):
     """Decorator: ``@emq.task`` or ``@emq.task(queue="heavy", timeout=60,
-    retries=2)``. The function must be importable by the worker under the
-    same module path (not defined in ``__main__``)."""
+    retries=2, limit="api")``. The function must be importable by the
+    worker under the same module path (not defined in ``__main__``)."""
     def wrap(f):
-        return Task(f, queue=queue, timeout=timeout, retries=retries, guarantee=guarantee, client=client)
+        return Task(f, queue=queue, timeout=timeout, retries=retries, guarantee=guarantee, client=client,
+                    limit=limit)
     return wrap(fn) if fn is not None else wrap
 
 
@@ -791,7 +824,7 @@ class Signature(Canvas):
     arguments and options. Read-only once made."""
 
     __slots__ = ("name", "args", "kwargs", "class_args", "class_kwargs", "queue", "timeout", "retries",
-                 "guarantee", "unique", "on_dependency_failure")
+                 "guarantee", "unique", "on_dependency_failure", "limit")
 
     def to_dict(self):
         d = {"fn": self.name, "args": self.args, "kwargs": self.kwargs, "queue": self.queue,
@@ -806,6 +839,8 @@ class Signature(Canvas):
             d["timeout"] = self.timeout
         if self.unique is not None:
             d["unique"] = self.unique
+        if self.limit is not None:
+            d["limit"] = self.limit
         if self.on_dependency_failure == "run":
             d["on_parent_failure"] = "run"
         return {"sig": d}
@@ -814,7 +849,7 @@ class Signature(Canvas):
         parts = [repr(self.name)] + [repr(a) for a in self.args]
         parts += ["%s=%r" % kv for kv in self.kwargs.items()]
         for opt, default in (("queue", "default"), ("timeout", None), ("retries", None), ("guarantee", False),
-                             ("unique", None), ("on_dependency_failure", "cancel")):
+                             ("unique", None), ("on_dependency_failure", "cancel"), ("limit", None)):
             v = getattr(self, opt)
             if v != default:
                 parts.append("%s=%r" % (opt, v))
@@ -874,12 +909,12 @@ def _with_on_error(d, on_error):
 
 
 def sig(fn, *args, queue="default", timeout=None, retries=None, guarantee=False, kwargs=None, class_args=None,
-        class_kwargs=None, unique=None, on_dependency_failure="cancel", **job_kwargs):
+        class_kwargs=None, unique=None, on_dependency_failure="cancel", limit=None, **job_kwargs):
     """A :class:`Signature`: ``fn(*args, **job_kwargs)`` as one job of a
     workflow, not sent yet. The options and checks are
     :meth:`Client.send`'s (``queue``, ``timeout``, ``retries``,
     ``guarantee``, ``kwargs``, ``class_args``, ``class_kwargs``,
-    ``unique``; ``ValueError`` for a malformed callable, ``TypeError`` for
+    ``unique``, ``limit``; ``ValueError`` for a malformed callable, ``TypeError`` for
     arguments that are not JSON-serialisable). In a chain, a job gets the
     previous step's result as its FIRST argument, before ``args``.
     ``on_dependency_failure="run"``: it runs even when a job before it
@@ -901,6 +936,7 @@ def sig(fn, *args, queue="default", timeout=None, retries=None, guarantee=False,
     s.args, s.kwargs, s.class_args, s.class_kwargs = (json.loads(t) for t in texts)
     s.unique = _check_unique(unique)
     s.on_dependency_failure = _check_on_dependency_failure(on_dependency_failure)
+    s.limit = _check_limit(limit)
     return s
 
 
@@ -995,18 +1031,59 @@ def _describe(c, limit=3):
 
 class CurrentJob(tuple):
     """``(msgid, attempt)`` of the job running in this worker; ``attempt``
-    is 1 on the first run."""
+    is 1 on the first run. Also tells the job manager about the job:
 
-    __slots__ = ()
+    - ``progress(done, total=None, message=None)``: how far it is (shown
+      by ``Job.status().progress``, ``emq-cli job`` and the dashboard; the
+      last value wins, sent at most every 50 ms, so calling it in a tight
+      loop costs little);
+    - ``extend(seconds)``: its timeout starts again, ``seconds`` from now
+      (never past the job manager's ``max_runtime``); a job that stops
+      extending is killed when that runs out;
+    - ``checkpoint(data)``: keeps ``data`` (JSON-serialisable, at most 64
+      KiB as JSON) with the job; a retried attempt reads it as
+      ``last_checkpoint`` (None when there is none).
 
-    def __new__(cls, msgid, attempt):
-        return tuple.__new__(cls, (msgid, attempt))
+    Bad values raise ``ValueError`` (NaN, a negative number, a checkpoint
+    too large) or ``TypeError`` (not a number, not JSON-serialisable); a
+    job that is over raises ``RuntimeError``.
+    """
+
+    def __new__(cls, msgid, attempt, last_checkpoint_json=None):
+        self = tuple.__new__(cls, (msgid, attempt))
+        self._checkpoint_json = last_checkpoint_json
+        return self
 
     msgid = property(lambda self: self[0])
     attempt = property(lambda self: self[1])
 
+    @property
+    def last_checkpoint(self):
+        """The checkpoint an earlier attempt kept (decoded JSON), or None."""
+        j = self._checkpoint_json
+        return None if j is None else json.loads(j)
+
+    def progress(self, done, total=None, message=None):
+        """How far the job is: ``done`` (of ``total``), with a ``message``."""
+        _control().progress(self[0], done, total, message)
+
+    def extend(self, seconds):
+        """The job's timeout starts again: ``seconds`` (> 0) from now."""
+        _control().extend(self[0], seconds)
+
+    def checkpoint(self, data):
+        """Keeps ``data`` with the job for a retried attempt (last one wins)."""
+        _control().checkpoint(self[0], data)
+
     def __repr__(self):
-        return "CurrentJob(msgid=%r, attempt=%r)" % self
+        return "CurrentJob(msgid=%r, attempt=%r)" % tuple(self)
+
+
+def _control():
+    c = globals().get("_job_control")
+    if c is None:
+        raise RuntimeError("not in an emq worker: progress(), extend() and checkpoint() work inside a job")
+    return c
 
 
 def current_job():
@@ -1016,4 +1093,4 @@ def current_job():
     g = globals()
     if g.get("msgid") is None:
         return None
-    return CurrentJob(g["msgid"], g.get("attempt", 0))
+    return CurrentJob(g["msgid"], g.get("attempt", 0), g.get("_last_checkpoint"))

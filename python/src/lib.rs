@@ -269,7 +269,7 @@ impl NativeClient {
     /// Sends one REQUEST; returns its msgid at once (no waiting).
     #[pyo3(signature = (queue, path, callable, args_json, kwargs_json, class_args_json, class_kwargs_json,
                         reply_requested, guarantee, retries, timeout, delay=None, eta=None, unique=None,
-                        depends_on=Vec::new(), run_on_dependency_failure=false))]
+                        depends_on=Vec::new(), run_on_dependency_failure=false, limit=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -290,6 +290,7 @@ impl NativeClient {
         unique: Option<String>,
         depends_on: Vec<String>,
         run_on_dependency_failure: bool,
+        limit: Option<String>,
     ) -> PyResult<String> {
         let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
             v.map(|x| {
@@ -311,6 +312,9 @@ impl NativeClient {
         if let Some(d) = depends_on.iter().find(|d| d.is_empty() || d.contains([',', ';'])) {
             return Err(PyValueError::new_err(format!("depends_on: {d:?} is not a msgid")));
         }
+        if let Some(l) = &limit {
+            emq_client::check_limit(l).map_err(PyValueError::new_err)?;
+        }
         let options = Options {
             reply_requested,
             guarantee,
@@ -321,6 +325,7 @@ impl NativeClient {
             unique,
             depends_on,
             run_on_dependency_failure,
+            limit,
         };
         // Given a leader and standbys (`A,B`), no router may be up for a
         // few seconds of a failover: keep trying for up to SEND_RETRY.

@@ -100,6 +100,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_job_count",
     "max_memory_per_worker",
     "global_timeout",
+    "max_runtime",
     "kill_escalation",
     "worker_pipeline",
     "steal_after",

@@ -17,7 +17,9 @@
 //! - [`stopping`]: stop, kill, exit, reload;
 //! - [`health`]: the pool's [`PoolHealth`] for heartbeats;
 //! - [`stats`]: the pool's counters ([`PoolStats`]);
-//! - [`reports`]: REPLYs the router has not confirmed yet.
+//! - [`reports`]: REPLYs the router has not confirmed yet;
+//! - [`updates`]: running jobs' progress and checkpoints on their way to
+//!   the router (JOB_UPDATE), and a job's `extend()`.
 //!
 //! Slot accounting with the router: `announced` counts READYs sent minus
 //! REQUESTs received since the last ACK — the router's idea of our free
@@ -36,6 +38,7 @@ mod stopping;
 #[cfg(test)]
 mod tests;
 mod tick;
+mod updates;
 mod workers;
 
 pub use stats::PoolStats;
@@ -43,10 +46,11 @@ pub use stats::PoolStats;
 use reports::{UnconfirmedReports, RECENT_REPORT_BYTES};
 use router_link::RouterLink;
 use stopping::Lifecycle;
+use updates::PendingUpdates;
 use workers::Workers;
 
 use emq_protocol::{
-    Command, DecodeError, Headers, JobErrorKind, JobReply, Message, PoolHealth, QueueSpec, Reply, RunPayload,
+    Command, DecodeError, Headers, JobErrorKind, JobReply, Message, PoolHealth, Progress, QueueSpec, Reply, RunPayload,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -61,6 +65,8 @@ pub struct JmConfig {
     /// RSS bytes past which a worker is replaced after its job (0: off).
     pub max_memory_per_worker: u64,
     pub global_timeout: Duration,
+    /// The longest a job may run, whatever its timeout and `extend()`s.
+    pub max_runtime: Duration,
     pub kill_grace: Duration,
     pub kill_escalation: Duration,
     pub heartbeat_interval: Duration,
@@ -89,11 +95,13 @@ pub struct JmConfig {
 }
 
 impl JmConfig {
-    /// `timeout:N` when given (and > 0), else `global_timeout`.
+    /// `timeout:N` when given (and > 0), else `global_timeout`; at most
+    /// `max_runtime`.
     pub fn timeout_for(&self, h: &Headers) -> Duration {
         h.timeout_secs
             .map(|t| Duration::from_secs(t.min(emq_protocol::MAX_TIMEOUT_SECS)))
             .unwrap_or(self.global_timeout)
+            .min(self.max_runtime)
     }
 
     /// Whether `payload`'s module may run here: it is one of
@@ -129,6 +137,21 @@ pub enum Event {
     WorkerOverMemory {
         slot: usize,
         rss_bytes: u64,
+    },
+    /// What a worker's running job said about itself (coalesced by the
+    /// worker): its progress and / or its checkpoint (JSON text).
+    WorkerUpdate {
+        slot: usize,
+        msgid: String,
+        progress: Option<Progress>,
+        checkpoint: Option<String>,
+    },
+    /// A worker's running job asked for its timeout to start again,
+    /// `seconds` from now.
+    WorkerExtend {
+        slot: usize,
+        msgid: String,
+        seconds: f64,
     },
     /// A worker gave back jobs it had not started (answer to Steal).
     WorkerStole {
@@ -170,8 +193,9 @@ pub enum Action {
     Heartbeat(PoolHealth),
     /// Start a worker process for `slot`.
     Spawn { slot: usize },
-    /// Hand a job to the worker in `slot`.
-    Run { slot: usize, msgid: String, payload: String, attempt: u32 },
+    /// Hand a job to the worker in `slot` (with the checkpoint an earlier
+    /// attempt kept, as JSON text).
+    Run { slot: usize, msgid: String, payload: String, attempt: u32, checkpoint: Option<String> },
     /// Ask the worker in `slot` to exit after its current job (recycling).
     Retire { slot: usize },
     /// Ask the worker in `slot` to give back jobs it has not started.
@@ -194,6 +218,9 @@ pub struct JobInFlight {
     payload: String,
     timeout: Duration,
     attempt: u32,
+    checkpoint: Option<String>,
+    /// The job moved its deadline (`extend()`).
+    extended: bool,
 }
 
 impl JobInFlight {
@@ -208,6 +235,8 @@ impl JobInFlight {
             payload: job.payload,
             timeout: job.timeout,
             attempt: job.attempt,
+            checkpoint: job.checkpoint,
+            extended: false,
         }
     }
 
@@ -220,6 +249,7 @@ impl JobInFlight {
             payload: self.payload.clone(),
             timeout: self.timeout,
             attempt: self.attempt,
+            checkpoint: self.checkpoint.clone(),
         }
     }
 }
@@ -237,6 +267,9 @@ struct QueuedJob {
     timeout: Duration,
     /// 1 on the first run; the router's `attempt:N` header on re-runs.
     attempt: u32,
+    /// The router's `checkpoint:` header on re-runs: what an earlier
+    /// attempt kept (JSON text).
+    checkpoint: Option<String>,
 }
 
 /// Life cycle of one worker slot.
@@ -301,6 +334,8 @@ pub struct JobManagerState {
     lifecycle: Lifecycle,
     /// Counters for the health.
     stats: PoolStats,
+    /// Running jobs' progress and checkpoints not sent to the router yet.
+    updates: PendingUpdates,
 }
 
 /// `now + timeout`, saturating far in the future instead of overflowing.
@@ -318,6 +353,7 @@ impl JobManagerState {
             reports: UnconfirmedReports::with_budget(RECENT_REPORT_BYTES),
             lifecycle: Lifecycle::default(),
             stats: PoolStats::default(),
+            updates: PendingUpdates::default(),
         }
     }
 
@@ -351,6 +387,10 @@ impl JobManagerState {
                 self.on_worker_done(slot, msgid, reply_json, error_type, now, out)
             }
             Event::WorkerOverMemory { slot, rss_bytes } => self.on_worker_over_memory(slot, rss_bytes, out),
+            Event::WorkerUpdate { slot, msgid, progress, checkpoint } => {
+                self.on_worker_update(slot, msgid, progress, checkpoint)
+            }
+            Event::WorkerExtend { slot, msgid, seconds } => self.on_worker_extend(slot, msgid, seconds, now),
             Event::WorkerStole { slot, msgids } => self.on_worker_stole(slot, msgids, out),
             Event::WorkerExited { slot, pid, exit } => self.on_worker_exited(slot, pid, exit, now, out),
             Event::SpawnFailed { slot, error } => self.on_spawn_failed(slot, error, now),
@@ -407,7 +447,10 @@ impl JobManagerState {
         self.send_reply_json(msgid, reply.to_json(), out);
     }
 
+    /// A job's REPLY, after what the job said and is not sent yet (its
+    /// checkpoint must be at the router before its failure is handled).
     fn send_reply_json(&mut self, msgid: &str, reply_json: String, out: &mut Vec<Action>) {
+        self.update_before_reply(msgid, out);
         self.keep_report(msgid, &reply_json);
         out.push(Action::Send(Message::new(Command::Reply(Reply::Result {
             reply_json,

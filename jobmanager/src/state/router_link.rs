@@ -289,6 +289,7 @@ impl JobManagerState {
             payload: request.payload,
             timeout: self.cfg.timeout_for(&headers),
             attempt: headers.attempt.unwrap_or(1),
+            checkpoint: headers.checkpoint,
         };
         self.enqueue(job, false);
         self.steal_for_priority(&queue, out);

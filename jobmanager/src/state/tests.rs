@@ -10,6 +10,7 @@ fn cfg(workers: usize) -> JmConfig {
         max_job_count: 3,
         max_memory_per_worker: 0,
         global_timeout: Duration::from_secs(300),
+        max_runtime: Duration::from_secs(86_400),
         kill_grace: Duration::from_secs(10),
         kill_escalation: Duration::from_secs(1),
         heartbeat_interval: Duration::from_secs(3),
@@ -704,4 +705,182 @@ fn workers_started_together_are_recycled_at_different_counts() {
     // Small counts are exact; a huge one ("never") does not overflow.
     assert!(h.s.slots().iter().all(|s| super::workers::job_limit(3, s) == 3));
     assert!(h.s.slots().iter().all(|s| super::workers::job_limit(u64::MAX, s) >= u64::MAX - u64::MAX / 16));
+}
+
+// ---- issue 26: progress, checkpoint, extend
+
+/// Our router: ACKed, and its heartbeat says it takes batches.
+fn running_with_batches(workers: usize) -> H {
+    let (mut h, _) = H::running(workers);
+    let hb = Heartbeat { timestamp: "1".into(), health: Some(r#"{"batch":true}"#.into()) };
+    h.ev(Event::Router(Ok(Message::new(Command::Heartbeat(hb)))));
+    assert!(h.s.router_batches());
+    h
+}
+
+fn progress(done: f64) -> Option<emq_protocol::Progress> {
+    Some(emq_protocol::Progress { done, total: Some(10.0), message: None, at: 1.0 })
+}
+
+fn update(msgid: &str, done: Option<f64>, checkpoint: Option<&str>) -> Event {
+    Event::WorkerUpdate {
+        slot: 0,
+        msgid: msgid.into(),
+        progress: done.and_then(progress),
+        checkpoint: checkpoint.map(str::to_owned),
+    }
+}
+
+fn job_updates(out: &[Action]) -> Vec<emq_protocol::JobUpdate> {
+    out.iter()
+        .flat_map(|a| match a {
+            Action::Send(Message { command: Command::JobUpdate(u), .. }) => u.updates.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn replied(out: &[Action]) -> bool {
+    names(out).iter().any(|n| n == "REPLY")
+}
+
+fn extend(msgid: &str, seconds: f64) -> Event {
+    Event::WorkerExtend { slot: 0, msgid: msgid.into(), seconds }
+}
+
+#[test]
+fn extend_restarts_the_timeout_never_past_max_runtime() {
+    let mut h = H::with(JmConfig { max_runtime: Duration::from_secs(10), ..cfg(1) });
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 100 });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    h.request("j", "timeout:2", ADD);
+    h.adv(1.5);
+    assert!(h.ev(extend("j", 2.0)).is_empty());
+    assert!(h.ev(extend("other", 0.1)).is_empty(), "another job's extend is ignored");
+    h.adv(1.9); // 3.4 s: past the first timeout, within the extended one
+    assert!(!replied(&h.ev(Event::Tick)));
+    h.ev(extend("j", 1.0)); // a shorter one counts too: now 4.4 s
+    h.adv(0.9);
+    assert!(!replied(&h.ev(Event::Tick)));
+    h.ev(extend("j", 3600.0)); // capped at start + 10 s
+    h.adv(5.6); // 9.9 s
+    assert!(!replied(&h.ev(Event::Tick)));
+    h.adv(0.1);
+    let out = h.ev(Event::Tick);
+    assert_eq!(names(&out).iter().filter(|n| *n != "HEARTBEAT").collect::<Vec<_>>(), ["REPLY", "kill0"]);
+    let e = reply_of(&out).1.error.unwrap();
+    assert_eq!(e.kind.as_str(), "timeout");
+    assert!(e.message.contains("max_runtime"), "{}", e.message);
+}
+
+#[test]
+fn an_extended_job_that_stops_extending_times_out_and_the_base_timeout_is_capped_too() {
+    let mut h = H::with(JmConfig { max_runtime: Duration::from_secs(10), ..cfg(1) });
+    h.ev(Event::Start);
+    h.ev(Event::WorkerUp { slot: 0, pid: 100 });
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    h.request("j", "timeout:2", ADD);
+    h.adv(1.0);
+    h.ev(extend("j", 2.0));
+    h.adv(1.99);
+    assert!(!replied(&h.ev(Event::Tick)));
+    h.adv(0.01);
+    let out = h.ev(Event::Tick);
+    let e = reply_of(&out).1.error.unwrap();
+    assert_eq!(e.kind.as_str(), "timeout");
+    assert!(e.message.contains("extended"), "{}", e.message);
+    // A timeout header past max_runtime is cut to it.
+    h.ev(Event::WorkerExited { slot: 0, pid: 100, exit: "signal 15".into() });
+    h.ev(Event::WorkerUp { slot: 0, pid: 101 });
+    h.request("k", "timeout:100", ADD);
+    h.adv(9.9);
+    assert!(!replied(&h.ev(Event::Tick)));
+    h.adv(0.1);
+    assert_eq!(reply_of(&h.ev(Event::Tick)).1.error.unwrap().kind.as_str(), "timeout");
+}
+
+#[test]
+fn updates_are_coalesced_last_wins_and_flushed_at_most_every_100_ms() {
+    let mut h = running_with_batches(1);
+    h.request("j", "", ADD);
+    for (done, cp) in [(Some(1.0), None), (None, Some(r#"{"step":1}"#)), (Some(2.0), Some(r#"{"step":2}"#))] {
+        assert!(h.ev(update("j", done, cp)).is_empty(), "nothing sent at once");
+    }
+    h.ev(update("j", Some(3.0), None));
+    let out = h.ev(Event::Tick);
+    assert_eq!(names(&out), ["JOB_UPDATE"]);
+    assert_eq!(
+        job_updates(&out),
+        [emq_protocol::JobUpdate {
+            msgid: "j".into(),
+            progress: progress(3.0),
+            checkpoint: Some(r#"{"step":2}"#.into())
+        }]
+    );
+    assert!(job_updates(&h.ev(Event::Tick)).is_empty(), "nothing new");
+    h.ev(update("j", Some(4.0), None));
+    h.adv(0.05);
+    assert!(job_updates(&h.ev(Event::Tick)).is_empty(), "50 ms after the last flush");
+    h.adv(0.05);
+    assert_eq!(job_updates(&h.ev(Event::Tick)).iter().map(|u| u.progress.clone()).collect::<Vec<_>>(), [progress(4.0)]);
+}
+
+#[test]
+fn a_jobs_pending_update_goes_before_its_reply_also_on_a_timeout() {
+    let mut h = running_with_batches(1);
+    h.request("j", "", ADD);
+    h.ev(Event::Tick); // the flush clock starts
+    h.ev(update("j", Some(5.0), Some(r#"{"step":5}"#)));
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
+    assert_eq!(names(&out), ["JOB_UPDATE", "REPLY", "READY"], "before the REPLY, not 100 ms later");
+    assert_eq!(job_updates(&out)[0].checkpoint.as_deref(), Some(r#"{"step":5}"#));
+    h.request("slow", "timeout:1", ADD);
+    h.ev(update("slow", None, Some("[1]")));
+    h.adv(1.0);
+    let out = h.ev(Event::Tick);
+    assert_eq!(names(&out), ["JOB_UPDATE", "REPLY", "kill0"]);
+    assert_eq!(job_updates(&out)[0].msgid, "slow");
+    assert_eq!(reply_of(&out).1.error.unwrap().kind.as_str(), "timeout");
+}
+
+#[test]
+fn updates_of_a_job_that_ended_or_never_ran_here_are_dropped() {
+    let mut h = running_with_batches(1);
+    h.request("j", "", ADD);
+    h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None });
+    h.ev(update("j", Some(9.0), Some("[9]")));
+    h.ev(update("nope", Some(1.0), None));
+    h.adv(1.0);
+    assert!(job_updates(&h.ev(Event::Tick)).is_empty());
+    h.ev(extend("j", 100.0));
+    assert!(h.ev(Event::Tick).is_empty(), "an extend of an ended job changes nothing");
+}
+
+#[test]
+fn an_eventmq_router_never_gets_a_job_update() {
+    let (mut h, _) = H::running(1);
+    assert!(!h.s.router_batches());
+    h.request("j", "", ADD);
+    h.ev(update("j", Some(1.0), Some("[1]")));
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        h.adv(0.2);
+        all.extend(h.ev(Event::Tick));
+    }
+    all.extend(h.ev(Event::WorkerDone { slot: 0, msgid: "j".into(), reply_json: "{}".into(), error_type: None }));
+    assert!(!names(&all).iter().any(|n| n == "JOB_UPDATE"), "{:?}", names(&all));
+    assert!(names(&all).iter().any(|n| n == "REPLY"));
+}
+
+#[test]
+fn a_retried_attempt_gets_the_checkpoint_header_in_its_run() {
+    let (mut h, _) = H::running(1);
+    let header = format!("attempt:2,checkpoint:{}", emq_protocol::encode_checkpoint_header(r#"{"a":1,"b":"50%"}"#));
+    let out = h.request("j", &header, ADD);
+    let run = out.iter().find_map(|a| match a {
+        Action::Run { attempt, checkpoint, .. } => Some((*attempt, checkpoint.clone())),
+        _ => None,
+    });
+    assert_eq!(run, Some((2, Some(r#"{"a":1,"b":"50%"}"#.to_owned()))));
 }

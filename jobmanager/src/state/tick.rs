@@ -13,6 +13,7 @@ impl JobManagerState {
     pub(super) fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.watch_router(now, out);
         self.heartbeat(now, out);
+        self.flush_job_updates(now, out);
         self.time_out_jobs(now, out);
         self.steal_from_long_jobs(now, out);
         self.escalate_kills(now, out);
@@ -53,9 +54,10 @@ impl JobManagerState {
         }
     }
 
-    /// A job past its deadline fails with a timeout REPLY and its worker is
-    /// killed; the jobs queued behind it go back to the local queue, and a
-    /// ready spare takes the slot's place.
+    /// A job past its deadline (its timeout, moved by its `extend()`s, at
+    /// most `max_runtime` after it started) fails with a timeout REPLY and
+    /// its worker is killed; the jobs queued behind it go back to the local
+    /// queue, and a ready spare takes the slot's place.
     fn time_out_jobs(&mut self, now: Instant, out: &mut Vec<Action>) {
         for slot in 0..self.workers.slots.len() {
             let job = match &self.workers.slots[slot].state {
@@ -64,14 +66,17 @@ impl JobManagerState {
             };
             let pid = self.workers.slots[slot].pid.unwrap_or(0);
             let limit = job.deadline.saturating_duration_since(job.started);
-            warn!(slot, pid, msgid = %job.msgid, ?limit, "job timed out: killing its worker");
+            warn!(slot, pid, msgid = %job.msgid, ?limit, extended = job.extended, "job timed out: killing its worker");
             self.stats.restart("timeout");
             self.stats.job_failed();
-            let reply = JobReply::failed(
-                JobErrorKind::Timeout,
-                format!("job exceeded its timeout of {:.3} s; worker pid {pid} killed", limit.as_secs_f64()),
-                "",
-            );
+            let why = if limit >= self.cfg.max_runtime {
+                format!("job reached max_runtime ({:.3} s)", self.cfg.max_runtime.as_secs_f64())
+            } else if job.extended {
+                format!("job exceeded its extended timeout ({:.3} s after it started)", limit.as_secs_f64())
+            } else {
+                format!("job exceeded its timeout of {:.3} s", limit.as_secs_f64())
+            };
+            let reply = JobReply::failed(JobErrorKind::Timeout, format!("{why}; worker pid {pid} killed"), "");
             self.send_reply(&job.msgid, reply, out);
             self.workers.slots[slot].state = SlotState::Killing { since: now, forced: false };
             out.push(Action::Kill { slot, force: false });

@@ -185,6 +185,7 @@ impl JobManagerState {
                     msgid: job.msgid.clone(),
                     payload: job.payload.clone(),
                     attempt: job.attempt,
+                    checkpoint: job.checkpoint.clone(),
                 });
                 self.workers.slots[slot].waiting.push_back(job);
             } else {
@@ -220,7 +221,13 @@ impl JobManagerState {
     /// Hands a job to an idle worker.
     fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
         debug!(msgid = %job.msgid, slot, pid = ?self.workers.slots[slot].pid, "job started");
-        out.push(Action::Run { slot, msgid: job.msgid.clone(), payload: job.payload.clone(), attempt: job.attempt });
+        out.push(Action::Run {
+            slot,
+            msgid: job.msgid.clone(),
+            payload: job.payload.clone(),
+            attempt: job.attempt,
+            checkpoint: job.checkpoint.clone(),
+        });
         self.workers.slots[slot].state = SlotState::Busy(JobInFlight::start(job, now));
     }
 
@@ -531,6 +538,7 @@ mod tests {
             payload: String::new(),
             timeout: Duration::from_secs(1),
             attempt: 1,
+            checkpoint: None,
         }
     }
 
