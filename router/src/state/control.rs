@@ -177,6 +177,9 @@ impl RouterState {
         out: &mut Vec<Action>,
     ) {
         let reply = JobReply::failed(kind, message, "").to_json();
+        // An in-doubt job held its limit's slot; a released one its turn.
+        self.limits.ended(&job.msgid);
+        self.limits.forget_released(&job.msgid);
         self.outcomes.history.mark(&job.msgid, JobState::Cancelled, now.unix);
         self.outcomes.history.set_result(&job.msgid, reply.clone());
         self.journal_cancelled(&job.msgid, message, job.attempts, now, out);

@@ -309,7 +309,10 @@ impl RouterState {
             }
         }
         let keep = headers.guarantee || headers.retry_count.is_some();
-        let kept = keep.then(|| job.request.clone());
+        // A limited job keeps its request too (not to run it again): a
+        // checkpoint then still names its limit, so after a restart it
+        // holds its slot while in doubt.
+        let kept = (keep || headers.limit.is_some()).then(|| job.request.clone());
         let request = job.request.into_request(&queue);
         self.in_flight.insert(
             id.clone(),

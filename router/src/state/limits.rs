@@ -106,8 +106,7 @@ struct KeyState {
     running: u32,
     /// Start times within the rate window, oldest first.
     starts: VecDeque<Instant>,
-    /// Jobs over the limit, oldest first (by `received_ms`), each with its
-    /// queue.
+    /// Jobs over the limit, oldest first, each with its queue.
     parked: VecDeque<(String, WaitingJob)>,
     /// A wake-up is set for this key (its rate window opens then).
     wake: Option<Instant>,
@@ -138,6 +137,12 @@ pub struct Limits {
     /// Keys that may start parked jobs now (a slot freed, a window opened,
     /// new settings): released after the event.
     pending: Vec<LimitKey>,
+    /// Jobs released back into their queue and not handed out yet: they
+    /// go before the parked jobs of their key (the others park behind).
+    released: HashMap<Arc<str>, LimitKey>,
+    /// Queues that stopped draining because the parked jobs were at their
+    /// budget: drained again when parked jobs leave.
+    blocked_queues: Vec<String>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -221,6 +226,9 @@ impl Limits {
     /// yes, or re-attached after a restart: counted whatever the limit). A
     /// job already counted is not counted twice.
     pub fn started(&mut self, msgid: &Arc<str>, key: &LimitKey, now: Instant) {
+        if !self.released.is_empty() {
+            self.released.remove(msgid);
+        }
         if self.running_jobs.contains_key(msgid) {
             return;
         }
@@ -276,12 +284,17 @@ impl Limits {
             return Err(job);
         }
         self.parked_bytes += size;
-        self.parked_index.insert(job.msgid.to_arc(), key.clone());
+        let msgid = job.msgid.to_arc();
+        // A job released earlier that lost its turn, or one that ran
+        // before (a retry, a requeue): first, as in its queue.
+        let front = self.released.remove(&msgid).is_some() || job.attempts > 0;
+        self.parked_index.insert(msgid, key.clone());
         let state = self.key_state(&key);
-        // Usually the newest; a job that was released and lost its turn
-        // goes back among the older ones.
-        let at = state.parked.partition_point(|(_, j)| j.received_ms <= job.received_ms);
-        state.parked.insert(at, (queue, job));
+        if front {
+            state.parked.push_front((queue, job));
+        } else {
+            state.parked.push_back((queue, job));
+        }
         if let Some(t) = wake {
             if state.wake.is_none_or(|w| w > t) {
                 state.wake = Some(t);
@@ -292,10 +305,28 @@ impl Limits {
         Ok(())
     }
 
-    /// Whether `key` has parked jobs received before `received_ms` (a
-    /// newer job of it parks behind them; the oldest may go).
-    pub fn has_parked_before(&self, key: &LimitKey, received_ms: u32) -> bool {
-        self.keys.get(key).and_then(|s| s.parked.front()).is_some_and(|(_, j)| j.received_ms < received_ms)
+    /// Whether job `msgid` of `key` must park behind older parked jobs of
+    /// its key (it is not one of them released, and some are parked).
+    pub fn must_wait_behind(&mut self, key: &LimitKey, msgid: &str) -> bool {
+        if self.released.remove(msgid).is_some() {
+            return false;
+        }
+        self.keys.get(key).is_some_and(|s| !s.parked.is_empty())
+    }
+
+    /// A released job left its queue without starting (cancelled,
+    /// purged): its key may start another.
+    pub fn forget_released(&mut self, msgid: &str) {
+        if let Some(key) = self.released.remove(msgid) {
+            self.pending.push(key);
+        }
+    }
+
+    /// `queue` stopped draining at the parked budget.
+    pub fn blocked(&mut self, queue: &str) {
+        if !self.blocked_queues.iter().any(|q| q == queue) && self.blocked_queues.len() < 1024 {
+            self.blocked_queues.push(queue.to_owned());
+        }
     }
 
     /// Parked jobs in all.
@@ -376,6 +407,9 @@ impl Limits {
                 let (queue, job) = state.parked.pop_front().expect("counted");
                 self.parked_bytes = self.parked_bytes.saturating_sub(job.memory_bytes());
                 self.parked_index.remove(&*job.msgid);
+                if self.released.len() < 1_000_000 {
+                    self.released.insert(job.msgid.to_arc(), key.clone());
+                }
                 out.push((queue, job));
             }
             if state.parked.is_empty() || state.wake.is_some() {
@@ -402,7 +436,20 @@ impl Limits {
     pub fn forget_idle(&mut self, now: Instant) {
         let specs = &self.specs;
         let partitions = &mut self.partitions;
+        let pending = &mut self.pending;
         self.keys.retain(|k, s| {
+            if !s.parked.is_empty() && s.wake.is_none() {
+                // A safety net: parked jobs of a key with room (a released
+                // job that left its queue another way) are looked at again.
+                let spec = specs.get(&k.name);
+                let conc_room = spec.and_then(|sp| sp.concurrency).is_none_or(|c| s.running < c);
+                let rate_room = spec.and_then(|sp| sp.rate).is_none_or(|(n, p)| {
+                    s.starts.iter().filter(|t| now.saturating_duration_since(**t) < p).count() < n as usize
+                });
+                if conc_room && rate_room {
+                    pending.push(k.clone());
+                }
+            }
             let window = specs.get(&k.name).and_then(|sp| sp.rate).map(|(_, p)| p).unwrap_or_default();
             let keep = s.running > 0
                 || !s.parked.is_empty()
@@ -517,7 +564,9 @@ impl RouterState {
     /// back when the parked jobs are at their budget).
     pub(super) fn limit_gate(&mut self, queue: &str, job: WaitingJob, now: Now) -> Result<WaitingJob, Handed> {
         let Some(key) = self.limit_key_of(&job) else { return Ok(job) };
-        let behind = self.limits.has_parked_before(&key, job.received_ms);
+        // New jobs do not overtake the parked ones; a retried or requeued
+        // job goes first, as it does in its queue.
+        let behind = self.limits.must_wait_behind(&key, &job.msgid) && job.attempts == 0;
         let wake = match self.limits.check(&key, now.mono) {
             Ok(()) | Err(Wait::Unknown) if !behind => return Ok(job),
             Ok(()) | Err(Wait::Unknown) => {
@@ -537,6 +586,7 @@ impl RouterState {
             }
             Err(job) => {
                 self.count("limit_waiting_full");
+                self.limits.blocked(queue);
                 Err(Handed::Blocked(job))
             }
         }
@@ -578,7 +628,8 @@ impl RouterState {
                 return;
             }
             let released = self.limits.take_released(now.mono);
-            let mut queues: Vec<String> = Vec::new();
+            let mut queues: Vec<String> =
+                if released.is_empty() { Vec::new() } else { std::mem::take(&mut self.limits.blocked_queues) };
             for (queue, job) in released {
                 if !queues.contains(&queue) {
                     queues.push(queue.clone());
@@ -592,15 +643,26 @@ impl RouterState {
     }
 
     /// Free job managers of `queue` take waiting jobs (jobs may wait while
-    /// slots are free once limits park some).
+    /// slots are free once limits park some): each of them in turn, as a
+    /// job manager that allows only some callables may take none.
     fn fill_free_slots(&mut self, queue: &str, now: Now, out: &mut Vec<Action>) {
-        for _ in 0..1024 {
-            let Some(jm) = self.pick_job_manager(queue, None) else { return };
-            let before = self.peers.job_managers.get(&jm).map_or(0, |p| p.free_slots);
-            self.drain_to(&jm, now, out);
-            if self.peers.job_managers.get(&jm).map_or(0, |p| p.free_slots) >= before {
+        if !self.dispatching() || self.is_paused(queue) {
+            return;
+        }
+        let Some(q) = self.dispatch.queues.get(queue) else { return };
+        let free: Vec<emq_receiver::PeerId> = q
+            .free
+            .iter()
+            .map(|(_, _, p)| p)
+            .filter(|p| self.peers.job_managers.get(*p).is_some_and(|jm| jm.free_slots > 0))
+            .take(64)
+            .cloned()
+            .collect();
+        for jm in free {
+            if self.queue_len(queue) == 0 {
                 return;
             }
+            self.drain_to(&jm, now, out);
         }
     }
 

@@ -320,3 +320,84 @@ fn waiting_partitions_take_turns() {
     }
     assert_eq!(order.len(), 10, "every job ran once: {order:?}");
 }
+
+#[test]
+fn a_cancelled_job_in_doubt_frees_its_slot() {
+    let mut h = harness(&[("k", Some(1), None)]);
+    job_manager(&mut h, 2);
+    h.request("c", "a", "default", "limit:k");
+    h.request("c", "b", "default", "limit:k");
+    // A checkpoint (the journal starts again from it), then a restart.
+    let records = h.r.checkpoint_records(h.now);
+    let now = Now::real();
+    let mut r = RouterState::new(limited_cfg(&[("k", Some(1), None)]), now);
+    for rec in records {
+        r.restore(rec);
+    }
+    r.finish_restore(now);
+    let mut h = Harness::with(r, now);
+    let k = crate::state::limits::LimitKey::parse("k").unwrap();
+    assert_eq!(h.r.limits.running(&k), 1, "a (no guarantee, no retries) is in doubt and holds the slot");
+    job_manager(&mut h, 2);
+    assert!(h.r.in_flight().is_empty(), "b waits");
+    let out = h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Cancel { job_msgid: "a".into() }));
+    assert_eq!(sent(&out), ["b"], "cancelling a frees its slot");
+}
+
+#[test]
+fn a_released_job_goes_to_a_job_manager_that_allows_it() {
+    let mut h = harness(&[("k", Some(1), None)]);
+    // A job manager of higher weight that only allows `reports`, and one
+    // that allows anything.
+    let inform = |paths: &str| Inform {
+        queues: QueueSpec(vec![(if paths.is_empty() { 10 } else { 20 }, "default".into())]),
+        kind: "worker".into(),
+        features: Some(if paths.is_empty() {
+            emq_protocol::FEATURE_REPORTS_ALL.to_owned()
+        } else {
+            format!(
+                "{},{}",
+                emq_protocol::FEATURE_REPORTS_ALL,
+                emq_protocol::allow_feature(&[paths.to_owned()]).unwrap()
+            )
+        }),
+    };
+    h.recv(SocketKind::Backend, "narrow", Command::Inform(inform("reports")));
+    h.recv(SocketKind::Backend, "wide", Command::Inform(inform("")));
+    for _ in 0..2 {
+        h.ready("narrow");
+        h.ready("wide");
+    }
+    let api = |h: &mut Harness, m: &str| {
+        let r = Request {
+            queue: "default".into(),
+            headers: "limit:k".into(),
+            payload: r#"["run", {"path": "api", "callable": "call"}]"#.into(),
+        };
+        h.recv_id(SocketKind::Frontend, "c", Message::with_msgid(m, Command::Request(r)))
+    };
+    let out = api(&mut h, "a");
+    let out2 = api(&mut h, "b");
+    assert_eq!(dispatched_to(&out), [("wide".to_owned(), "a".to_owned())]);
+    assert!(sent(&out2).is_empty());
+    let out = h.done("wide", "a", r#"{"value": 1}"#);
+    assert_eq!(dispatched_to(&out), [("wide".to_owned(), "b".to_owned())], "not stuck behind narrow");
+}
+
+#[test]
+fn a_released_job_cancelled_in_its_queue_lets_the_next_one_go() {
+    let mut h = harness(&[("k", Some(1), None)]);
+    job_manager(&mut h, 1);
+    for m in ["a", "b", "c"] {
+        h.request("c", m, "default", "limit:k");
+    }
+    // The job manager is busy with a: when a ends, b is released into the
+    // queue, but no slot is free (no READY yet).
+    h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Pause { queue: "default".into() }));
+    h.done("jm", "a", r#"{"value": 1}"#);
+    h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Cancel { job_msgid: "b".into() }));
+    h.recv(SocketKind::Admin, "cli", Command::Admin(AdminCommand::Resume { queue: "default".into() }));
+    let mut out = h.ready("jm");
+    out.extend(h.tick());
+    assert_eq!(sent(&out), ["c"], "c is not stranded");
+}
