@@ -180,13 +180,7 @@ impl JobManagerState {
             } else if let Some(slot) = self.pipeline_slot(now) {
                 let job = self.workers.pop_queued().expect("non-empty");
                 debug!(msgid = %job.msgid, slot, "job queued at worker");
-                out.push(Action::Run {
-                    slot,
-                    msgid: job.msgid.clone(),
-                    payload: job.payload.clone(),
-                    attempt: job.attempt,
-                    checkpoint: job.checkpoint.clone(),
-                });
+                out.push(run_action(slot, &job));
                 self.workers.slots[slot].waiting.push_back(job);
             } else {
                 return;
@@ -221,13 +215,7 @@ impl JobManagerState {
     /// Hands a job to an idle worker.
     fn start(&mut self, slot: usize, job: QueuedJob, now: Instant, out: &mut Vec<Action>) {
         debug!(msgid = %job.msgid, slot, pid = ?self.workers.slots[slot].pid, "job started");
-        out.push(Action::Run {
-            slot,
-            msgid: job.msgid.clone(),
-            payload: job.payload.clone(),
-            attempt: job.attempt,
-            checkpoint: job.checkpoint.clone(),
-        });
+        out.push(run_action(slot, &job));
         self.workers.slots[slot].state = SlotState::Busy(JobInFlight::start(job, now));
     }
 
@@ -520,6 +508,17 @@ fn spread(n: u64) -> u16 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 48) as u16
+}
+
+/// The command that hands `job` to the worker of `slot`.
+fn run_action(slot: usize, job: &QueuedJob) -> Action {
+    Action::Run {
+        slot,
+        msgid: job.msgid.clone(),
+        payload: job.payload.clone(),
+        attempt: job.attempt,
+        checkpoint: job.checkpoint.clone(),
+    }
 }
 
 #[cfg(test)]
