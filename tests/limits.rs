@@ -144,6 +144,15 @@ fn concurrency_partitions_and_rate_are_held_while_other_jobs_run_beside() {
     assert!(at[11] - at[0] >= 2.0, "twelve jobs need three windows: {at:?}");
     let s = limits_status(&a);
     assert_eq!(s["r"]["rate"], "5/1s");
+    // Metrics: one series per limit (bounded labels), no partition label.
+    let (code, text) = eventually(Duration::from_secs(10), || {
+        let (code, text) = http_get(&a.http, "/metrics");
+        text.contains("emq_limit_running{limit=\"k\"}").then_some((code, text))
+    });
+    assert_eq!(code, 200);
+    assert!(!text.contains("partition="), "partitions are never labels");
+    let (_, body) = http_get(&a.http, "/api/status");
+    assert!(body.contains("\"limits\""), "the dashboard's data has the limits");
 }
 
 #[test]
