@@ -574,6 +574,56 @@ def s12(args):
     return with_router_and_jm(both, router_env=env)
 
 
+def s13(args):
+    """Progress (issue 26): scenario 2 while 10 other jobs (a second job
+    manager, queue `progress`) each call progress() 100 times a second —
+    1,000 updates/s — against scenario 2 beside the same 10 jobs sleeping
+    the same steps without reporting. Same router, same run; the order
+    alternates between runs."""
+    flip = len(getattr(s13, "runs", []))
+    s13.runs = getattr(s13, "runs", []) + [1]
+
+    def both(a, r, j):
+        j2 = emq_jm(a, 10, {"EMQ_QUEUES": "10:progress"})
+        try:
+            wait_slots(a["admin"], 12)
+            time.sleep(1.0)
+
+            def run(report):
+                # Long enough to cover the measurement; each load job's
+                # emq-send waits for its end, so the next run starts clean.
+                secs = args.s13_load_secs
+                load = [run_json_bg([os.path.join(REL, "emq-send"), "--addr", a["frontend"], "--queue", "progress",
+                                     "--wait", "benchjobs.progress_loop", "--", str(secs), "100",
+                                     "true" if report else "false"])
+                        for _ in range(10)]
+                time.sleep(1.5)
+                st = router_status(a["admin"])
+                out = run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                                "--n", str(args.s2_n), "--window", "1000"])
+                st2 = router_status(a["admin"])
+                for m in load:
+                    m.wait()
+                if out["secs"] + 1.5 > secs:
+                    log("13: the load ended before the measurement (raise --s13-load-secs)")
+                return out, st, st2
+            order = (True, False) if flip % 2 else (False, True)
+            got = {rep: run(rep) for rep in order}
+        finally:
+            stop(j2)
+        (rep, st, st2), (quiet, _, _) = got[True], got[False]
+        return {"with_progress_jobs_per_sec": rep["jobs_per_sec"], "without_jobs_per_sec": quiet["jobs_per_sec"],
+                "ratio_pct": 100 * rep["jobs_per_sec"] / quiet["jobs_per_sec"],
+                "running_with_progress": len(st2.get("running_progress") or {}),
+                "load_running": (st2.get("inflight_messages_by_queue") or {}).get("progress", 0)}
+    return with_router_and_jm(both)
+
+
+def run_json_bg(cmd):
+    """Starts ``cmd`` (its output discarded): a load beside a measurement."""
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def repeat(name, k, fn):
     vals = []
     for i in range(k):
@@ -625,6 +675,7 @@ def main():
     ap.add_argument("--s11-n", type=int, default=10000)
     ap.add_argument("--s11-members", type=int, default=10)
     ap.add_argument("--s12-partitions", type=int, default=10000)
+    ap.add_argument("--s13-load-secs", type=int, default=15)
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -675,6 +726,8 @@ def main():
             res["s11"] = repeat("11", args.runs, lambda: s11(args))
         if "12" in only:
             res["s12"] = repeat("12", args.runs, lambda: s12(args))
+        if "13" in only:
+            res["s13"] = repeat("13", args.runs, lambda: s13(args))
     finally:
         stop_all()
 
@@ -771,6 +824,13 @@ def main():
         row("12", "no-op jobs each under limit p (concurrency 1 per partition), %d partitions: jobs/s (N=%d)" % (args.s12_partitions, args.s2_n), res.get("s12"), "limited_jobs_per_sec")
         row("12", "  the same jobs without a limit, same router, same run: jobs/s", res.get("s12"), "plain_jobs_per_sec")
         row("12", "  limited / plain", res.get("s12"), "ratio_pct", fmt="{:.0f}%", target="≥ 80%")
+
+    if "13" in only:
+        row("13", "scenario 2 (N=%d) while 10 jobs report progress 100 times a second each (1,000 updates/s): jobs/s" % args.s2_n, res.get("s13"), "with_progress_jobs_per_sec")
+        row("13", "  the same beside the same 10 jobs not reporting, same run: jobs/s", res.get("s13"), "without_jobs_per_sec")
+        row("13", "  with / without", res.get("s13"), "ratio_pct", fmt="{:.0f}%", target="≥ 95%")
+        row("13", "  load jobs running at the end of the measurement / those the router shows progress for", res.get("s13"), "load_running")
+        row("13", "", res.get("s13"), "running_with_progress")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

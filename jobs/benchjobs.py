@@ -42,3 +42,23 @@ def pid_then_sleep(path, secs):
     os.rename(path + ".tmp", path)
     time.sleep(secs)
     return True
+
+
+def progress_loop(secs, per_sec, report=True):
+    """Runs ``secs`` seconds, ``per_sec`` steps a second; with ``report``,
+    each step calls ``emq.current_job().progress`` (the progress benchmark:
+    the same load with and without the calls)."""
+    import time
+
+    import emq
+
+    job = emq.current_job() if report else None
+    steps = int(secs * per_sec)
+    start = time.time()
+    for i in range(steps):
+        if job is not None:
+            job.progress(i + 1, steps, "step %d" % (i + 1))
+        delay = start + (i + 1) / per_sec - time.time()
+        if delay > 0:
+            time.sleep(delay)
+    return steps

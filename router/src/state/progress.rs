@@ -18,11 +18,13 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use tracing::warn;
 
-/// Checkpoints of live jobs.
+/// Checkpoints of live jobs, and the progress of running ones (kept here
+/// too: a long job's record may leave the bounded history while it runs).
 #[derive(Debug, Default)]
 pub(crate) struct Checkpoints {
     by_job: HashMap<Arc<str>, Box<str>>,
     bytes: u64,
+    progress: HashMap<Arc<str>, Progress>,
 }
 
 impl Checkpoints {
@@ -39,10 +41,13 @@ impl Checkpoints {
         true
     }
 
-    /// The job is final: its checkpoint goes.
+    /// The job is final: its checkpoint and progress go.
     pub(crate) fn forget(&mut self, msgid: &str) {
         if let Some(d) = self.by_job.remove(msgid) {
             self.bytes -= d.len() as u64;
+        }
+        if !self.progress.is_empty() {
+            self.progress.remove(msgid);
         }
     }
 
@@ -72,7 +77,10 @@ impl RouterState {
                 continue;
             }
             if let Some(p) = u.progress {
-                self.set_progress(&u.msgid, p);
+                let id: Arc<str> =
+                    self.in_flight.get_key_value(u.msgid.as_str()).map(|(k, _)| k.clone()).expect("runs it");
+                self.set_progress(&u.msgid, p.clone());
+                self.checkpoints.progress.insert(id, p);
             }
             if let Some(data) = u.checkpoint {
                 let id: Arc<str> =
@@ -96,20 +104,16 @@ impl RouterState {
     }
 
     /// Running jobs' progress (STATUS `running_progress`, the dashboard's
-    /// bars): at most 200, looking at most 10,000 running jobs.
+    /// bars): at most 200.
     pub(super) fn running_progress(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (msgid, _) in self.in_flight.iter().take(10_000) {
-            let Some(p) =
-                self.outcomes.history.get(msgid).and_then(|r| r.extra.as_ref()).and_then(|e| e.progress.as_deref())
-            else {
-                continue;
-            };
-            out.insert(msgid.to_string(), serde_json::to_value(p).unwrap_or_default());
-            if out.len() >= 200 {
-                break;
-            }
-        }
+        let out: serde_json::Map<String, serde_json::Value> = self
+            .checkpoints
+            .progress
+            .iter()
+            .filter(|(m, _)| self.in_flight.contains_key(&***m))
+            .take(200)
+            .map(|(m, p)| (m.to_string(), serde_json::to_value(p).unwrap_or_default()))
+            .collect();
         serde_json::Value::Object(out)
     }
 

@@ -52,9 +52,11 @@ fn progress_shows_while_running_and_after_the_end() {
     update(&mut h, "other", "j", Some((99.0, 10.0)), None);
     assert_eq!(status(&mut h, "j")["progress"]["done"], 7.0);
     assert_eq!(h.r.errors().get("update_for_unknown_job"), Some(&1));
+    assert_eq!(h.r.running_progress()["j"]["done"], 7.0, "the dashboard's bars");
     h.done("jm", "j", r#"{"value": 1}"#);
     let s = status(&mut h, "j");
     assert_eq!((s["state"].as_str(), s["progress"]["done"].as_f64()), (Some("done"), Some(7.0)));
+    assert_eq!(h.r.running_progress(), serde_json::json!({}), "not running any more");
 }
 
 #[test]
