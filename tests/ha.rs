@@ -20,10 +20,16 @@ use std::time::{Duration, Instant};
 
 /// Routers: heartbeats every 0.5 s (job managers notice a silent router in
 /// about a second); the default lease (4 s).
-const ROUTER_ENV: [(&str, &str); 2] = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2")];
+/// A limit `one` (concurrency 1) for the limit test; no other job names it.
+const ROUTER_ENV: [(&str, &str); 3] =
+    [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2"), ("EMQ_LIMITS", "one=concurrency:1")];
 /// The same, the journal's URL in EMQ_JOURNAL_URL instead of the flag.
-const ROUTER_ENV_URL: [(&str, &str); 3] =
-    [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_HEARTBEAT_TIMEOUT", "2"), ("EMQ_JOURNAL_URL", "")];
+const ROUTER_ENV_URL: [(&str, &str); 4] = [
+    ("EMQ_HEARTBEAT_INTERVAL", "0.5"),
+    ("EMQ_HEARTBEAT_TIMEOUT", "2"),
+    ("EMQ_JOURNAL_URL", ""),
+    ("EMQ_LIMITS", "one=concurrency:1"),
+];
 const JM_ENV: [(&str, &str); 2] = [("EMQ_HEARTBEAT_TIMEOUT", "1"), ("EMQ_HEARTBEAT_LIVENESS", "2")];
 
 /// Two routers on one journal, a job manager and a client given both.
@@ -76,7 +82,12 @@ impl Pair {
 
     /// Sends `n` jobs that log their runs (each takes `secs`).
     fn send(&mut self, n: usize, secs: f64) {
-        let opts = Options { guarantee: true, ..Default::default() };
+        self.send_with(n, secs, None)
+    }
+
+    /// As [`Self::send`], each job under `limit`.
+    fn send_with(&mut self, n: usize, secs: f64, limit: Option<&str>) {
+        let opts = Options { guarantee: true, limit: limit.map(str::to_owned), ..Default::default() };
         for _ in 0..n {
             let tag = format!("j{}", self.sent.len());
             let args = vec![json!(self.log), json!(tag), json!(secs)];
@@ -377,6 +388,26 @@ fn eventmq_unchanged_client_through_haproxy_across_a_failover() {
 /// Issue 25 with the shared journal: 200 chords of 10 while the leader is
 /// SIGKILLed once; the standby takes over from PostgreSQL and every
 /// callback runs exactly once with every member's value.
+/// A limit of concurrency 1 across a leader SIGKILL: the new leader counts
+/// the job that was running (in doubt until the job manager re-attaches
+/// and reports it), so no two jobs of the limit ever run at once.
+#[test]
+fn a_limit_holds_across_a_failover() {
+    let Some(mut p) = Pair::start("limit", |pg| [pg.url(), pg.url()]) else { return };
+    p.send_with(6, 0.8, Some("one"));
+    let starts = |log: &std::path::Path| read_lines(log).iter().filter(|l| l.starts_with("start")).count();
+    eventually(Duration::from_secs(60), || (starts(&p.log) >= 2).then_some(()));
+    p.kill(0);
+    p.leader(Some(0));
+    p.check_all_done();
+    let lines = read_lines(&p.log);
+    let mut running = 0i32;
+    for l in &lines {
+        running += if l.starts_with("start") { 1 } else { -1 };
+        assert!(running <= 1, "two jobs of limit one at once: {lines:?}");
+    }
+}
+
 #[test]
 fn chords_across_a_failover_run_each_callback_once() {
     let Some(mut p) = Pair::start("chords", |pg| [pg.url(), pg.url()]) else { return };
