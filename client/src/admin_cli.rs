@@ -40,6 +40,11 @@ pub struct Args {
     /// router's `data_dir` (from the same settings sources).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// The router's `data_dir` (its admin token, its HTTP client tokens).
+    /// Default: the directory of --token-file, else `data_dir` from the
+    /// settings, else the router's default.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// The router's CURVE public key file (with --curve-key).
     #[arg(long, global = true, value_name = "FILE")]
     pub curve_server_key: Option<PathBuf>,
@@ -93,7 +98,9 @@ pub enum Cmd {
         #[arg(long, default_value = "100")]
         limit: u32,
     },
-    /// The admin token (kept across router restarts).
+    /// The admin token (kept across router restarts) and the HTTP API's
+    /// client tokens (create, list, revoke: in the router's data_dir, with
+    /// no router needed).
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -105,6 +112,19 @@ pub enum TokenAction {
     /// Make a new admin token: the old one stops working at once; the
     /// router writes the new one to its token file (emq-cli reads it).
     Rotate,
+    /// Make a client token for the HTTP API: printed once (only its hash is
+    /// kept, in the router's data_dir).
+    Create {
+        /// Its name: 1 to 64 characters of A-Z a-z 0-9 _ . -
+        name: String,
+    },
+    /// The client tokens: names and when they were made.
+    List,
+    /// End a client token (the router notices within a second).
+    Revoke {
+        /// Its name (from `token list`).
+        name: String,
+    },
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -129,23 +149,29 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The router's `data_dir` from --data-dir, else the settings' `data_dir`,
+/// else the router's default (none without a home directory).
+fn settings_data_dir(a: &Args) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(d) = &a.data_dir {
+        return Ok(Some(d.clone()));
+    }
+    Ok(emq_settings::load::<AdminSetting>(a.config.as_deref())?
+        .data_dir
+        .filter(|d| !d.trim().is_empty())
+        .map(PathBuf::from)
+        .or_else(emq_settings::default_data_dir))
+}
+
 /// Proves to the router that this connection holds its admin token.
 /// Without a token file, changes are refused by the router (and job
 /// results hidden), which says so.
 fn authenticate(a: &Args, client: &AdminClient) -> anyhow::Result<()> {
     let path = match &a.token_file {
         Some(p) => p.clone(),
-        None => {
-            let dir = emq_settings::load::<AdminSetting>(a.config.as_deref())?
-                .data_dir
-                .filter(|d| !d.trim().is_empty())
-                .map(PathBuf::from)
-                .or_else(emq_settings::default_data_dir);
-            match dir {
-                Some(d) => d.join(emq_settings::ADMIN_TOKEN_FILE),
-                None => return Ok(()),
-            }
-        }
+        None => match settings_data_dir(a)? {
+            Some(d) => d.join(emq_settings::ADMIN_TOKEN_FILE),
+            None => return Ok(()),
+        },
     };
     let Ok(token) = std::fs::read_to_string(&path) else {
         if a.token_file.is_some() {
@@ -164,7 +190,74 @@ fn authenticate(a: &Args, client: &AdminClient) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the client tokens are: --data-dir, else the directory of
+/// --token-file, else as [`settings_data_dir`].
+fn tokens_dir(a: &Args) -> anyhow::Result<PathBuf> {
+    if a.data_dir.is_none() {
+        if let Some(parent) = a.token_file.as_deref().and_then(std::path::Path::parent) {
+            return Ok(if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() });
+        }
+    }
+    settings_data_dir(a)?.ok_or_else(|| anyhow::anyhow!("no data_dir (no HOME nor XDG_STATE_HOME): pass --data-dir"))
+}
+
+/// `token create|list|revoke`: the client tokens in `dir`, with no router.
+/// `out` gets the token (create), the table or JSON (list); `err` the
+/// notes. (Rotate is the router's: not here.)
+fn client_tokens(
+    dir: &std::path::Path,
+    action: &TokenAction,
+    json: bool,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let file = dir.join(crate::tokens::TOKENS_FILE);
+    match action {
+        TokenAction::Rotate => anyhow::bail!("`token rotate` is done by the router"),
+        TokenAction::Create { name } => {
+            let token = crate::tokens::create(dir, name)?;
+            writeln!(out, "{token}")?;
+            writeln!(
+                err,
+                "emq-cli: client token {name:?} created (only its hash is kept, in {}): it is shown only this once",
+                file.display()
+            )?;
+        }
+        TokenAction::List => {
+            let tokens = crate::tokens::load(dir)?;
+            if json {
+                let list: Vec<Value> =
+                    tokens.iter().map(|t| serde_json::json!({"name": t.name, "created": t.created})).collect();
+                writeln!(out, "{}", Value::Array(list))?;
+            } else if tokens.is_empty() {
+                writeln!(out, "no client tokens in {} (make one with `emq-cli token create NAME`)", file.display())?;
+            } else {
+                let now = now_unix();
+                let rows: Vec<Vec<String>> =
+                    tokens.iter().map(|t| vec![t.name.clone(), when(t.created, now)]).collect();
+                write!(out, "{}", table(&["name", "created"], &rows))?;
+            }
+        }
+        TokenAction::Revoke { name } => {
+            if !crate::tokens::revoke(dir, name)? {
+                anyhow::bail!("no client token named {name:?} in {}", file.display());
+            }
+            writeln!(out, "revoked client token {name:?}")?;
+        }
+    }
+    Ok(())
+}
+
 fn run(a: &Args) -> anyhow::Result<()> {
+    // Client tokens live in the router's data_dir: no router needed.
+    if let Cmd::Token {
+        action: action @ (TokenAction::Create { .. } | TokenAction::List | TokenAction::Revoke { .. }),
+    } = &a.command
+    {
+        let dir = tokens_dir(a)?;
+        client_tokens(&dir, action, a.json, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())?;
+        return Ok(());
+    }
     let (key, addr) = match &a.addr {
         Some(x) => ("--addr", x.clone()),
         None => (
@@ -209,6 +302,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Cmd::Unschedule { id } => Command::Admin(AdminCommand::RemoveSchedule { schedule_id: id.clone() }),
         Cmd::Delayed { limit } => Command::Admin(AdminCommand::Delayed { limit: (*limit).max(1) }),
         Cmd::Token { action: TokenAction::Rotate } => Command::Admin(AdminCommand::RotateToken),
+        Cmd::Token { .. } => unreachable!("client tokens are handled before connecting"),
     };
     let answer = client.request(command, a.deadline)?;
     let body = match answer.command {
@@ -839,6 +933,51 @@ mod tests {
         assert!(job.contains(r#"billing.charge(42, "eur", retry=true)"#), "{job}");
         let w = render_workers(&json!({"connected_workers": {"3f1c-uuid": {"name": "billing-1", "queues": []}}}));
         assert!(w.contains("billing-1") && !w.contains("3f1c-uuid"), "{w}");
+    }
+
+    #[test]
+    fn client_token_commands_need_no_router() {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).unwrap();
+        let root = std::env::temp_dir().join(format!("emq-cli-tokens-{}", u64::from_le_bytes(r)));
+        let dir = root.join("data");
+        let dir_s = dir.to_str().unwrap();
+        // An address nothing listens on, a deadline of nothing: any attempt
+        // to reach a router would fail.
+        let args = |cmd: &[&str]| {
+            let mut v = vec!["emq-cli", "--addr", "tcp://127.0.0.1:1", "--deadline", "0", "--data-dir", dir_s, "token"];
+            v.extend_from_slice(cmd);
+            Args::try_parse_from(v).unwrap()
+        };
+        let call = |cmd: &[&str]| {
+            let a = args(cmd);
+            let Cmd::Token { action } = &a.command else { unreachable!() };
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let r = client_tokens(&tokens_dir(&a).unwrap(), action, a.json, &mut out, &mut err);
+            (r, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        };
+        let (r, out, err) = call(&["create", "ci-bot"]);
+        r.unwrap();
+        let token = out.trim_end();
+        assert!(out.lines().count() == 1 && token.starts_with("emqc_") && token.len() == 69, "{out:?}");
+        assert!(err.lines().count() == 1 && err.contains("only"), "{err:?}");
+        let (r, out, _) = call(&["list"]);
+        r.unwrap();
+        assert!(out.starts_with("name") && out.contains("ci-bot") && out.contains("s ago"), "{out}");
+        assert!(!out.contains(&crate::tokens::hash(token)), "no hashes: {out}");
+        let (r, out, _) = call(&["--json", "list"]);
+        r.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["name"], "ci-bot");
+        assert!(call(&["create", "ci-bot"]).0.is_err(), "a name is made once");
+        assert!(run(&args(&["revoke", "ci-bot"])).is_ok(), "run() handles it without a router");
+        let e = call(&["revoke", "ci-bot"]).0.unwrap_err().to_string();
+        assert!(e.contains("no client token named \"ci-bot\""), "{e}");
+        assert!(run(&args(&["revoke", "ci-bot"])).is_err());
+        assert!(call(&["list"]).1.starts_with("no client tokens"));
+        // --token-file's directory stands for the data_dir.
+        let a = Args::try_parse_from(["emq-cli", "--token-file", "/srv/emq/admin.token", "token", "list"]).unwrap();
+        assert_eq!(tokens_dir(&a).unwrap(), PathBuf::from("/srv/emq"));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -509,6 +509,35 @@ impl Client {
         self.send_tracked(Message::new(Command::Request(request)))
     }
 
+    /// Sends `command` (a REQUEST or WORKFLOW) under a msgid the caller
+    /// chose — the same msgid twice is one job, so a caller that derives it
+    /// from an idempotency key gets the first job again — and waits for the
+    /// router's receipt until `deadline`. Nothing about it is kept after:
+    /// the caller reads its outcome from the router's job record (an HTTP
+    /// front end answering many requests on one client).
+    pub fn send_as(&mut self, msgid: &str, command: Command, deadline: Instant) -> Result<Receipt, ClientError> {
+        let m = Message::with_msgid(msgid.to_owned(), command);
+        self.sender.send(&m)?;
+        self.pending.insert(m.msgid.clone());
+        let outcome = self.wait_receipt(&m.msgid, deadline);
+        self.receipts.remove(&m.msgid);
+        self.results.remove(&m.msgid);
+        self.pending.remove(&m.msgid);
+        outcome
+    }
+
+    /// The REQUEST [`Client::send_request`] would send, with this client's
+    /// owner token.
+    pub fn request_command(&self, queue: &str, job: &RunPayload, options: &Options) -> Command {
+        let mut headers = options.headers();
+        if !headers.is_empty() {
+            headers.push(',');
+        }
+        headers.push_str("owner:");
+        headers.push_str(&self.owner_token);
+        Command::Request(Request { queue: queue.to_owned(), headers, payload: job.to_wire() })
+    }
+
     /// Sends a job (REQUEST or WORKFLOW): its outcome is waited on, and it
     /// goes again under the same msgid while no receipt came.
     fn send_tracked(&mut self, m: Message) -> Result<String, ClientError> {

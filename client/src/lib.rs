@@ -3,8 +3,9 @@
 //! Owns: the Rust client API ([`Client`]: `send_request` / `defer_job` →
 //! msgid, `wait` → [`JobOutcome`], many jobs in flight on one socket with
 //! results matched by msgid, `job_status`), a small admin client
-//! ([`admin::AdminClient`]), and the logic of the `emq-send` and `emq-cli`
-//! command lines ([`send_cli`], [`admin_cli`]).
+//! ([`admin::AdminClient`]), the HTTP API's client tokens ([`tokens`]), and
+//! the logic of the `emq-send` and `emq-cli` command lines ([`send_cli`],
+//! [`admin_cli`]).
 //!
 //! Does not own: the wire format (`emq-protocol`) or the socket
 //! (`emq-sender`).
@@ -26,6 +27,7 @@ pub mod admin_cli;
 mod client;
 pub mod flags;
 pub mod send_cli;
+pub mod tokens;
 pub mod workflow;
 
 pub use client::{

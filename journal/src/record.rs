@@ -227,6 +227,11 @@ pub enum Record {
         msgid: String,
         data: String,
     },
+    /// The event stream's own record (JSON the router's `events` module
+    /// writes and reads: an event no other record tells — progress, a
+    /// deduplicated send, a job manager coming or going — or the event
+    /// cursor): the journal only stores it.
+    Event(String),
 }
 
 impl Record {
@@ -247,7 +252,8 @@ impl Record {
             | Record::ScheduleSet(_)
             | Record::ScheduleRemoved { .. }
             | Record::QueuePaused { .. }
-            | Record::Workflow(_) => None,
+            | Record::Workflow(_)
+            | Record::Event(_) => None,
         }
     }
 
@@ -369,6 +375,10 @@ impl Record {
                 w.u8(16);
                 w.str(body);
             }
+            Record::Event(body) => {
+                w.u8(18);
+                w.str(body);
+            }
             Record::JobCheckpoint { msgid, data } => {
                 w.u8(17);
                 w.str(msgid);
@@ -469,6 +479,7 @@ impl Record {
             15 => Record::ResultDelivered { msgid: r.str()? },
             16 => Record::Workflow(r.str()?),
             17 => Record::JobCheckpoint { msgid: r.str()?, data: r.str()? },
+            18 => Record::Event(r.str()?),
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -649,6 +660,7 @@ mod tests {
             Record::ResultDelivered { msgid: "r".into() },
             Record::Workflow(r#"{"t":"flow"}"#.into()),
             Record::JobCheckpoint { msgid: "c".into(), data: r#"{"page":3}"#.into() },
+            Record::Event(r#"{"t":"cursor","next":7}"#.into()),
             Record::Finished {
                 msgid: "c".into(),
                 state: FinalState::Cancelled,

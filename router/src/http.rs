@@ -17,11 +17,10 @@
 
 use emq_protocol::{AdminCommand, Command, Message, Reply};
 use serde_json::{json, Value};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the HTTP thread serves.
+/// What the HTTP thread serves from the router's snapshots.
 #[derive(Default, Clone)]
 pub struct Snapshot {
     pub metrics: String,
@@ -32,111 +31,138 @@ pub struct Snapshot {
     pub health: (u16, String),
 }
 
-pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
+/// What the poll loop shares with the HTTP threads: the snapshot, and the
+/// event window while this router serves.
+#[derive(Default)]
+pub struct Shared {
+    snap: Mutex<Snapshot>,
+    events: Mutex<Option<Arc<crate::events::EventWindow>>>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Snapshot>> {
+        self.snap.lock()
+    }
+
+    /// The event window readers read (None on a standby).
+    pub fn events(&self) -> Option<Arc<crate::events::EventWindow>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_events(&self, w: Option<Arc<crate::events::EventWindow>>) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = w;
+    }
+}
+
+pub type SharedSnapshot = Arc<Shared>;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Largest POST body read.
-const MAX_BODY: u64 = 16 << 10;
+const MAX_BODY: usize = 16 << 10;
 
-/// Longest URL served (a msgid is at most a few hundred bytes).
-const MAX_URL: usize = 8 << 10;
+/// An address to connect to from this host for one bound as `addr`.
+fn connectable(addr: &str) -> String {
+    addr.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+}
 
-/// The endpoint of `settings.http_addr` (None when empty), proxying job
-/// details and actions to `admin_addr` — not when the admin socket takes
-/// only CURVE clients (the page has no key).
+/// The endpoint of `settings.http_addr` (None when empty): the dashboard's
+/// routes and the HTTP API v1, reaching the router through `admin_addr`
+/// and the frontend — not when those take only CURVE clients (the server
+/// has no key).
 pub fn spawn_for(settings: &crate::RouterSettings, admin_addr: &str) -> Result<Option<SharedSnapshot>, String> {
     let addr = settings.http_addr.trim();
     if addr.is_empty() {
         return Ok(None);
     }
-    let admin_curve = !settings.curve_secret_key.trim().is_empty() && !settings.curve_admin_keys.trim().is_empty();
+    let curve = !settings.curve_secret_key.trim().is_empty();
+    let admin_curve = curve && !settings.curve_admin_keys.trim().is_empty();
+    let frontend_curve = curve && !settings.curve_frontend_keys.trim().is_empty();
+    let data_dir = settings.journal_options(false).map_err(|e| e.to_string())?.dir;
+    let cfg = crate::api::ApiConfig {
+        admin_addr: (!admin_curve).then(|| connectable(admin_addr)),
+        frontend_addr: (!frontend_curve).then(|| connectable(&settings.frontend_addr)),
+        data_dir,
+        max_connections: settings.http_max_connections,
+        idempotency_ttl: settings.idempotency_ttl,
+    };
     let snap = SharedSnapshot::default();
-    let bound = spawn(addr, snap.clone(), (!admin_curve).then(|| admin_addr.to_owned()))?;
-    tracing::info!(http = %bound, "health, dashboard and metrics");
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind http_addr {addr}: {e}"))?;
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    crate::api::serve(listener, snap.clone(), cfg).map_err(|e| e.to_string())?;
+    tracing::info!(http = %bound, "HTTP API, health, dashboard and metrics");
     Ok(Some(snap))
 }
 
-/// Binds `addr` and serves from `snapshot` on a new thread; `admin` is
-/// the router's admin address for job details and actions (None: off).
-pub fn spawn(addr: &str, snapshot: SharedSnapshot, admin: Option<String>) -> Result<String, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("cannot bind http_addr {addr}: {e}"))?;
-    let bound = server.server_addr().to_string();
-    std::thread::Builder::new()
-        .name("emq-http".into())
-        .spawn(move || {
-            let ctx = zmq::Context::new();
-            for mut request in server.incoming_requests() {
-                let path = request.url().split('?').next().unwrap_or("/").to_owned();
-                let token = bearer(&request);
-                let (body, content_type, code) = match (request.method(), path.as_str()) {
-                    // No path of ours is long: refused at once, not sent on.
-                    _ if request.url().len() > MAX_URL => {
-                        json_answer(Err((414, format!("URL longer than {MAX_URL} bytes"))))
-                    }
-                    (tiny_http::Method::Get, "/metrics") => {
-                        (snap(&snapshot).metrics, "text/plain; version=0.0.4; charset=utf-8", 200)
-                    }
-                    (tiny_http::Method::Get, "/health") => {
-                        let (code, body) = snap(&snapshot).health;
-                        match code {
-                            0 => (r#"{"role":"starting","status":"starting"}"#.to_owned(), "application/json", 503),
-                            c => (body, "application/json", c),
-                        }
-                    }
-                    (tiny_http::Method::Get, "/api/status") => (snap(&snapshot).status_json, "application/json", 200),
-                    (tiny_http::Method::Get, "/" | "/index.html") => {
-                        (DASHBOARD.to_owned(), "text/html; charset=utf-8", 200)
-                    }
-                    (tiny_http::Method::Get, p) if p.starts_with("/api/job/") => {
-                        let msgid = percent_decode(&p["/api/job/".len()..]);
-                        let cmd = Command::Admin(AdminCommand::JobStatus { job_msgid: msgid, owner_token: None });
-                        json_answer(proxy(&ctx, admin.as_deref(), token.as_deref(), cmd))
-                    }
-                    (tiny_http::Method::Post, "/api/action") => {
-                        let mut raw = String::new();
-                        let read = request.as_reader().take(MAX_BODY).read_to_string(&mut raw);
-                        match (read, token) {
-                            (Err(e), _) => json_answer(Err((400, format!("unreadable body: {e}")))),
-                            (_, None) => json_answer(Err((
-                                401,
-                                "the admin token is needed (Authorization: Bearer <token>, from data_dir/admin.token)"
-                                    .into(),
-                            ))),
-                            (Ok(_), Some(t)) => match action(&raw) {
-                                Ok(cmd) => json_answer(proxy(&ctx, admin.as_deref(), Some(&t), cmd)),
-                                Err(e) => json_answer(Err((400, e))),
-                            },
-                        }
-                    }
-                    _ => ("not found\n".to_owned(), "text/plain", 404),
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("valid header");
-                let nostore = tiny_http::Header::from_bytes("Cache-Control", "no-store").expect("valid header");
-                let _ = request.respond(
-                    tiny_http::Response::from_string(body)
-                        .with_header(header)
-                        .with_header(nostore)
-                        .with_status_code(code),
-                );
+/// The dashboard's routes (everything but `/v1/` and `/openapi.json`).
+pub fn dashboard_route(
+    req: &crate::api::Request,
+    shared: &SharedSnapshot,
+    admin: Option<&str>,
+) -> crate::api::Response {
+    use crate::api::Response;
+    let snap = || shared.lock().map(|s| s.clone()).unwrap_or_default();
+    let text = |body: String, content_type: &'static str, status: u16| Response {
+        status,
+        content_type,
+        body: body.into_bytes(),
+        headers: Vec::new(),
+    };
+    let token = req.header("authorization").and_then(bearer_token);
+    let (body, content_type, code) = match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/metrics") => (snap().metrics, "text/plain; version=0.0.4; charset=utf-8", 200),
+        ("GET", "/health") => {
+            let (code, body) = snap().health;
+            match code {
+                0 => (r#"{"role":"starting","status":"starting"}"#.to_owned(), "application/json", 503),
+                c => (body, "application/json", c),
             }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(bound)
+        }
+        ("GET", "/api/status") => (snap().status_json, "application/json", 200),
+        ("GET", "/" | "/index.html") => (DASHBOARD.to_owned(), "text/html; charset=utf-8", 200),
+        ("GET", p) if p.starts_with("/api/job/") => {
+            let msgid = percent_decode(&p["/api/job/".len()..]);
+            let cmd = Command::Admin(AdminCommand::JobStatus { job_msgid: msgid, owner_token: None });
+            let ctx = zmq::Context::new();
+            json_answer(proxy(&ctx, admin, token.as_deref(), cmd))
+        }
+        ("POST", "/api/action") => {
+            let raw = String::from_utf8_lossy(&req.body[..req.body.len().min(MAX_BODY)]).into_owned();
+            match token {
+                None => json_answer(Err((
+                    401,
+                    "the admin token is needed (Authorization: Bearer <token>, from data_dir/admin.token)".into(),
+                ))),
+                Some(t) => match action(&raw) {
+                    Ok(cmd) => {
+                        let ctx = zmq::Context::new();
+                        json_answer(proxy(&ctx, admin, Some(&t), cmd))
+                    }
+                    Err(e) => json_answer(Err((400, e))),
+                },
+            }
+        }
+        _ => ("not found\n".to_owned(), "text/plain", 404),
+    };
+    text(body, content_type, code)
 }
 
-fn snap(s: &SharedSnapshot) -> Snapshot {
-    s.lock().map(|s| s.clone()).unwrap_or_default()
-}
-
-/// The token of an `Authorization: Bearer ...` header.
-fn bearer(r: &tiny_http::Request) -> Option<String> {
-    r.headers().iter().find(|h| h.field.equiv("Authorization")).and_then(|h| bearer_token(h.value.as_str()))
+/// `%XX` escapes for a path segment (an id in a `Location`).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The token of an `Authorization` value `Bearer TOKEN`; the scheme is
 /// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
-fn bearer_token(value: &str) -> Option<String> {
+pub fn bearer_token(value: &str) -> Option<String> {
     let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256).then(|| token.to_owned())
@@ -223,7 +249,7 @@ fn json_answer(r: Proxied) -> (String, &'static str, u16) {
 }
 
 /// `%XX` escapes of a URL path segment.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -10,7 +10,9 @@
 //! Does not own: the wire format (`emq-protocol`), socket mechanics
 //! (`emq-receiver`), or running jobs (`emq-jobmanager`).
 
+pub mod api;
 pub mod cli;
+pub mod events;
 pub mod ha;
 pub mod http;
 pub mod metrics;

@@ -213,6 +213,8 @@ pub struct Server {
     settings: RouterSettings,
     /// Set by the SIGHUP handler; the loop clears it and reloads.
     reload: Arc<AtomicBool>,
+    /// The event stream: records → events, published once durable.
+    events: crate::events::EventLog,
     reloader: Option<Reloader>,
 }
 
@@ -260,14 +262,20 @@ impl Server {
         let ctx = zmq::Context::new();
         let mut state = RouterState::new(cfg, Now::real());
         let started = Instant::now();
-        let (sockets, journal, lease) = match source {
+        let events_dir = opts.dir.join("events");
+        let mut events = crate::events::EventLog::open(&events_dir, settings.retention()?)
+            .map_err(|e| JournalError::Io { path: events_dir.clone(), source: e })?;
+        let (sockets, mut journal, lease) = match source {
             JournalSource::File { .. } => {
                 // Sockets first (an address problem is one line and no
                 // journal touched), then the journal replay; peers that
                 // connect meanwhile wait in ZeroMQ until the loop starts.
                 let sockets = bind_sockets(settings, &ctx)?;
                 info!(data_dir = %opts.dir.display(), sync = ?opts.sync, "opening the journal");
-                let (journal, report) = Journal::open(&opts, |record| state.restore(record))?;
+                let (journal, report) = Journal::open(&opts, |record| {
+                    events.on_replay(&record);
+                    state.restore(record)
+                })?;
                 info!(records = report.records, bytes = report.bytes, segments = report.segments,
                       checkpoint = ?report.checkpoint, secs = started.elapsed().as_secs_f64(), "journal replayed");
                 if let Some((path, offset, dropped)) = &report.torn_tail {
@@ -282,7 +290,10 @@ impl Server {
                 emq_journal::make_private_dir(&opts.dir)
                     .map_err(|e| JournalError::Io { path: opts.dir.clone(), source: e })?;
                 info!(journal = %emq_pgjournal::redact(&url), epoch = lease.epoch, "replaying the PostgreSQL journal");
-                let (journal, report) = PgJournal::open(&url, lease.clone(), |record| state.restore(record))?;
+                let (journal, report) = PgJournal::open(&url, lease.clone(), |record| {
+                    events.on_replay(&record);
+                    state.restore(record)
+                })?;
                 info!(
                     rows = report.rows,
                     records = report.records,
@@ -294,6 +305,9 @@ impl Server {
                 (sockets, Box::new(journal) as Box<dyn JobLog + Send>, Some(lease))
             }
         };
+        // The event cursor past everything a reader may have seen, first
+        // thing in this run's journal (see `events`).
+        journal.append(&events.finish_replay());
         let Sockets { frontend, backend, admin, zap } = sockets;
         let snapshot = match http {
             Some(snap) => Some(snap),
@@ -302,6 +316,9 @@ impl Server {
                 ReceiverError::Bind { addr: settings.http_addr.clone(), source: zmq::Error::EADDRINUSE }
             })?,
         };
+        if let Some(s) = &snapshot {
+            s.set_events(Some(events.window()));
+        }
         // Only once every address is bound: "listening" is then true.
         info!(frontend = frontend.addr(), backend = backend.addr(), admin = admin.addr(), "router listening");
         let spill_dir = opts.dir.join("spill");
@@ -322,6 +339,7 @@ impl Server {
         let mut server = Server {
             snapshot,
             snapshot_at: None,
+            events,
             frontend,
             backend,
             admin,
@@ -507,6 +525,10 @@ impl Server {
         self.held.clear();
         self.outbox.clear();
         self.requests.clear();
+        // Readers go to the new leader (its window).
+        if let Some(s) = &self.snapshot {
+            s.set_events(None);
+        }
         for r in [&self.frontend, &self.backend, &self.admin] {
             let _ = r.socket().set_linger(0);
         }
@@ -573,6 +595,7 @@ impl Server {
     /// Receipts whose batch is durable go out, in order.
     fn release_durable(&mut self) {
         let durable = self.journal.durable();
+        self.events.release(durable);
         let mut events = Vec::new();
         while self.held.front().is_some_and(|(id, ..)| *id <= durable) {
             let (_, socket, peer, message) = self.held.pop_front().expect("non-empty");
@@ -616,7 +639,8 @@ impl Server {
 
     fn checkpoint(&mut self) {
         let t = Instant::now();
-        let records = self.state.checkpoint_records(Now::real());
+        let mut records = self.state.checkpoint_records(Now::real());
+        records.extend(self.events.checkpoint_records());
         let n = records.len();
         self.journal.checkpoint(&mut records.into_iter());
         info!(records = n, secs = t.elapsed().as_secs_f64(), "journal checkpoint written");
@@ -633,6 +657,7 @@ impl Server {
         // shared journal that lost its lease, nothing is).
         self.release_durable();
         self.held.clear();
+        self.events.close();
         let st = self.journal.stats();
         info!(
             batches = st.batches.load(Ordering::Relaxed),
@@ -762,7 +787,10 @@ impl Server {
                         self.held.push_back((covering, socket, peer, message));
                     }
                 }
-                Action::Journal(record) => self.journal.append(&record),
+                Action::Journal(record) => {
+                    self.journal.append(&record);
+                    self.events.on_live(&record, self.journal.current_batch());
+                }
                 Action::Forget { socket, peer } => {
                     // Also what waits for a commit or for the end of the
                     // pass: its jobs were requeued or failed.

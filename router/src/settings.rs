@@ -63,8 +63,16 @@ pub struct RouterSettings {
     pub dead_letter_max: usize,
     /// Refuse jobs for unserved queues when `default` has no job manager.
     pub reject_unknown_queues: bool,
-    /// HTTP endpoint for /metrics, /api/status and the dashboard; empty = off.
+    /// HTTP endpoint for /metrics, /api/status, the dashboard and the HTTP
+    /// API v1; empty = off.
     pub http_addr: String,
+    /// Connections the HTTP endpoint serves at once; more are answered 503.
+    pub http_max_connections: usize,
+    /// Seconds an HTTP `Idempotency-Key` is remembered (at least 86400).
+    pub idempotency_ttl: f64,
+    /// How much of the event stream is kept: a size and/or an age
+    /// (`"64MiB 7d"`).
+    pub events_retention: String,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
     /// Where the journal lives; empty = the per-user state directory
@@ -239,6 +247,9 @@ impl Default for RouterSettings {
             dead_letter_max: 10_000,
             reject_unknown_queues: false,
             http_addr: "127.0.0.1:47294".into(),
+            http_max_connections: 64,
+            idempotency_ttl: 86400.0,
+            events_retention: "64MiB 7d".into(),
             log_level: "info".into(),
             data_dir: String::new(),
             journal_sync: "fsync".into(),
@@ -281,6 +292,15 @@ impl RouterSettings {
         v::count("socket_hwm", self.socket_hwm, 1, i32::MAX)?;
         v::log_filter("log_level", &self.log_level)?;
         v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
+        v::count("http_max_connections", self.http_max_connections, 1, 100_000)?;
+        if !(86400.0..=(3650.0 * 86400.0)).contains(&self.idempotency_ttl) {
+            return Err(SettingsError::invalid(
+                "idempotency_ttl",
+                &self.idempotency_ttl.to_string(),
+                "must be between 86400 (24 h) and 315360000 seconds",
+            ));
+        }
+        self.retention()?;
         self.journal_options(false)?;
         Ok(RouterConfig {
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
@@ -325,6 +345,13 @@ impl RouterSettings {
                 }
             },
         })
+    }
+
+    /// `events_retention`, parsed.
+    pub fn retention(&self) -> Result<crate::events::Retention, SettingsError> {
+        self.events_retention
+            .parse()
+            .map_err(|why: String| SettingsError::invalid("events_retention", &self.events_retention, &why))
     }
 
     /// Where and how to keep the journal. `repair` comes from the
@@ -424,6 +451,9 @@ impl RouterSettings {
             dead_letter_max,
             reject_unknown_queues,
             http_addr,
+            http_max_connections,
+            idempotency_ttl,
+            events_retention,
             log_level,
             data_dir,
             journal_sync,
@@ -446,6 +476,9 @@ impl RouterSettings {
         "backend_addr",
         "administrative_addr",
         "http_addr",
+        "http_max_connections",
+        "idempotency_ttl",
+        "events_retention",
         "socket_hwm",
         "log_level",
         "data_dir",

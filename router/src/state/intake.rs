@@ -282,6 +282,12 @@ impl RouterState {
                 self.count("deduplicated");
                 let reply = serde_json::json!({"value": null, "deduplicated": &*holder}).to_string();
                 debug!(%msgid, existing = %holder, %key, "unique key held: answered with the existing job");
+                let mut ev = serde_json::json!({"t": "deduplicated", "job": &msgid, "queue": &request.queue,
+                    "duplicate_of": &*holder, "at": now.unix});
+                if let Some(o) = &headers.owner {
+                    ev["o"] = o.as_str().into();
+                }
+                out.push(Action::Journal(Record::Event(ev.to_string())));
                 out.push(Action::SendDurable {
                     socket: SocketKind::Frontend,
                     peer: client,

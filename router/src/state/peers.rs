@@ -91,6 +91,9 @@ impl RouterState {
             inform.allowed_paths().map(|v| v.into_iter().map(String::into_boxed_str).collect());
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
+        let names: Vec<&str> = queues.0.iter().map(|(_, n)| n.as_str()).collect();
+        let ev = serde_json::json!({"t": "jobmanager_online", "job_manager": peer.to_string(), "queues": names, "at": now.unix});
+        out.push(Action::Journal(Record::Event(ev.to_string())));
         for (weight, name) in &queues.0 {
             let newly_served = !self.dispatch.queues.get(name).is_some_and(|q| q.ever_served);
             let q = self.dispatch.queues.entry(name.clone()).or_default();
@@ -256,6 +259,9 @@ impl RouterState {
             q.job_managers.retain(|(_, p)| p != peer);
         }
         info!(%peer, why, jobs_in_flight = jm.in_flight, "job manager removed");
+        let ev =
+            serde_json::json!({"t": "jobmanager_offline", "job_manager": peer.to_string(), "why": why, "at": now.unix});
+        out.push(Action::Journal(Record::Event(ev.to_string())));
         let mut mine: Vec<(Instant, Arc<str>)> = if jm.in_flight == 0 {
             Vec::new()
         } else {

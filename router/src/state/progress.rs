@@ -80,6 +80,16 @@ impl RouterState {
                 let id: Arc<str> =
                     self.in_flight.get_key_value(u.msgid.as_str()).map(|(k, _)| k.clone()).expect("runs it");
                 self.set_progress(&u.msgid, p.clone());
+                // An event for the stream (journaled: its offset comes
+                // from the journal, like every other event's).
+                let mut ev = serde_json::json!({"t": "progress", "job": &u.msgid, "done": p.done, "at": p.at});
+                if let Some(t) = p.total {
+                    ev["total"] = t.into();
+                }
+                if let Some(m) = &p.message {
+                    ev["message"] = m.as_str().into();
+                }
+                out.push(Action::Journal(Record::Event(ev.to_string())));
                 self.checkpoints.progress.insert(id, p);
             }
             if let Some(data) = u.checkpoint {

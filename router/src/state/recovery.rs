@@ -215,7 +215,8 @@ impl RouterState {
                 // Replayed in order: within the budget it had when written.
                 self.checkpoints.set(Arc::from(msgid.as_str()), &data, u64::MAX);
             }
-            Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
+            // The event stream's (the server's `events` module reads them).
+            Record::Event(_) | Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
         }
     }
 

@@ -1,0 +1,436 @@
+//! The HTTP API v1 and the event stream (docs/http.md), against the real
+//! router and job manager on loopback: submit / status / result / cancel,
+//! 404 / 401 / 403, Idempotency-Key (same job, 422, 409, after a restart),
+//! a reader that resumes across a router SIGKILL, a pruned offset's gap,
+//! server-sent events with Last-Event-ID.
+
+mod common;
+
+use common::*;
+use emq_client::{Client, JobOutcome, Options};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const JM_ENV: [(&str, &str); 0] = [];
+
+/// One HTTP/1.1 request on a fresh connection: (status, headers, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> (u16, HashMap<String, String>, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let code = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
+}
+
+fn admin_token(a: &RouterAddrs) -> String {
+    std::fs::read_to_string(a.data_dir.join("admin.token")).unwrap().trim().to_owned()
+}
+
+fn client_token(a: &RouterAddrs, name: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .args(["token", "create", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn submit(a: &RouterAddrs, token: &str, body: Value) -> String {
+    let (code, headers, v) = http(&a.http, "POST", "/v1/jobs", Some(token), &[], &body.to_string());
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(headers.get("location").map(String::as_str), Some(format!("/v1/jobs/{id}").as_str()));
+    id
+}
+
+fn result(a: &RouterAddrs, token: &str, id: &str) -> Value {
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{id}/result?wait=30"), Some(token), &[], "");
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+#[test]
+fn jobs_over_http_submit_status_result_cancel_and_who_may_see_them() {
+    let (_router, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
+    wait_slots(&a.admin, 2);
+    let admin = admin_token(&a);
+    let alice = client_token(&a, "alice");
+    let bob = client_token(&a, "bob");
+
+    // Submit and read back.
+    let id = submit(&a, &alice, json!({"callable": "testjobs.add", "args": [2, 3]}));
+    assert_eq!(result(&a, &alice, &id), json!({"id": id, "state": "done", "result": 5}));
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str(), v["id"].as_str()), (200, Some("done"), Some(id.as_str())));
+    // A failure is a 200 with the error object once final.
+    let failing = submit(&a, &alice, json!({"callable": "testjobs.fail", "args": ["boom"]}));
+    let v = result(&a, &alice, &failing);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("boom"), "{v}");
+    // While not final: 202.
+    let slow = submit(&a, &alice, json!({"callable": "testjobs.sleep", "args": [30]}));
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{slow}/result?wait=0.2"), Some(&alice), &[], "");
+    assert_eq!(code, 202, "{v}");
+    assert_ne!(v["state"], "done");
+    // Another client's job does not exist for bob; the admin sees it.
+    let (code, _, _) = http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&bob), &[], "");
+    assert_eq!(code, 404);
+    let (code, _, _) = http(&a.http, "POST", &format!("/v1/jobs/{slow}/cancel"), Some(&bob), &[], "");
+    assert_eq!(code, 404, "bob cannot cancel alice's job");
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&admin), &[], "");
+    assert_eq!((code, v["state"].as_str()), (200, Some("done")));
+    // Cancel by its owner.
+    let (code, _, v) = http(&a.http, "POST", &format!("/v1/jobs/{slow}/cancel"), Some(&alice), &[], "");
+    assert_eq!((code, v["cancelled"].as_bool()), (200, Some(true)), "{v}");
+    let v = result(&a, &alice, &slow);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let (code, _, _) = http(&a.http, "POST", &format!("/v1/jobs/{id}/cancel"), Some(&alice), &[], "");
+    assert_eq!(code, 409, "a final job is not cancelled");
+    // Unknown ids: 404, never "pending".
+    for path in ["/v1/jobs/no-such-job", "/v1/jobs/no-such-job/result?wait=0"] {
+        let (code, _, v) = http(&a.http, "GET", path, Some(&admin), &[], "");
+        assert_eq!(code, 404, "{path}: {v}");
+    }
+    // 401: no token, an unknown one, a revoked one.
+    let (code, headers, _) = http(&a.http, "GET", &format!("/v1/jobs/{id}"), None, &[], "");
+    assert_eq!(code, 401);
+    assert!(headers.contains_key("www-authenticate"));
+    let (code, _, _) = http(&a.http, "POST", "/v1/jobs", Some("emqc_nope"), &[], r#"{"callable":"a.b"}"#);
+    assert_eq!(code, 401);
+    // 403: a client token on an admin path; the admin may.
+    for path in ["/v1/queues", "/v1/schedules"] {
+        let (code, _, _) = http(&a.http, "GET", path, Some(&alice), &[], "");
+        assert_eq!(code, 403, "{path}");
+        let (code, _, v) = http(&a.http, "GET", path, Some(&admin), &[], "");
+        assert_eq!(code, 200, "{path}: {v}");
+    }
+    let (_, _, v) = http(&a.http, "GET", "/v1/queues", Some(&admin), &[], "");
+    let default = v["queues"].as_array().unwrap().iter().find(|q| q["name"] == "default").cloned().unwrap();
+    assert!(default["processed"].as_u64().unwrap() >= 2, "{v}");
+    // Bad bodies: 400 naming the field; a refusal: 422 with the reason.
+    let (code, _, v) = http(&a.http, "POST", "/v1/jobs", Some(&alice), &[], r#"{"callable":"a.b","retries":-1}"#);
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("retries"), "{v}");
+    let (code, _, _) = http(&a.http, "POST", "/v1/jobs", Some(&alice), &[], "not json");
+    assert_eq!(code, 400);
+    let (code, _, v) =
+        http(&a.http, "POST", "/v1/jobs", Some(&alice), &[], r#"{"callable":"a.b","limit":"no_such_limit"}"#);
+    assert_eq!(code, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("unknown limit"), "{v}");
+    // Schedules: create, list, delete.
+    let (code, _, v) = http(
+        &a.http,
+        "POST",
+        "/v1/schedules",
+        Some(&admin),
+        &[],
+        &json!({"callable": "testjobs.add", "args": [1, 1], "every": 3600}).to_string(),
+    );
+    assert_eq!(code, 201, "{v}");
+    let sid = v["id"].as_str().unwrap().to_owned();
+    let (_, _, v) = http(&a.http, "GET", "/v1/schedules", Some(&admin), &[], "");
+    assert!(v["schedules"].as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()), "{v}");
+    let (code, _, _) = http(&a.http, "DELETE", &format!("/v1/schedules/{sid}"), Some(&admin), &[], "");
+    assert_eq!(code, 200);
+    let (code, _, _) = http(&a.http, "DELETE", &format!("/v1/schedules/{sid}"), Some(&admin), &[], "");
+    assert_eq!(code, 404);
+    // Workflows: a chain, its result and status.
+    let chain = json!({"chain": [{"sig": {"fn": "testjobs.add", "args": [1, 2]}}, {"sig": {"fn": "testjobs.add", "args": [10]}}]});
+    let (code, headers, v) = http(&a.http, "POST", "/v1/workflows", Some(&alice), &[], &chain.to_string());
+    assert_eq!(code, 202, "{v}");
+    let wid = v["id"].as_str().unwrap().to_owned();
+    assert!(headers["location"].starts_with("/v1/workflows/"));
+    assert_eq!(result(&a, &alice, &wid)["result"], 13);
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/workflows/{wid}"), Some(&alice), &[], "");
+    assert_eq!(code, 200, "{v}");
+    // A revoked token stops working.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emq-cli"))
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .args(["token", "revoke", "bob"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually(Duration::from_secs(10), || {
+        (http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&bob), &[], "").0 == 401).then_some(())
+    });
+}
+
+#[test]
+fn idempotency_keys_give_the_same_job_refuse_another_body_and_outlive_a_restart() {
+    let a = RouterAddrs::fresh();
+    let mut router = start_router_at(&a, &[]).expect("router starts");
+    let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
+    wait_slots(&a.admin, 2);
+    let token = client_token(&a, "shop");
+    let body = json!({"callable": "testjobs.add", "args": [20, 22]}).to_string();
+    let key = [("Idempotency-Key", "order-1234")];
+    let (code, _, first) = http(&a.http, "POST", "/v1/jobs", Some(&token), &key, &body);
+    assert_eq!(code, 202, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    let (code, headers, again) = http(&a.http, "POST", "/v1/jobs", Some(&token), &key, &body);
+    assert_eq!((code, again["id"].as_str()), (202, Some(id.as_str())));
+    assert_eq!(headers.get("idempotency-replayed").map(String::as_str), Some("true"));
+    let (code, _, v) =
+        http(&a.http, "POST", "/v1/jobs", Some(&token), &key, r#"{"callable":"testjobs.add","args":[1,1]}"#);
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(result(&a, &token, &id)["result"], 42);
+    // The same key from another client is its own.
+    let other = client_token(&a, "other");
+    let (code, _, v) = http(&a.http, "POST", "/v1/jobs", Some(&other), &key, &body);
+    assert_eq!(code, 202);
+    assert_ne!(v["id"].as_str(), Some(id.as_str()));
+
+    // 409: requests with one key at the same moment: one job; the others
+    // get it, or 409 while the first is still being answered.
+    let mut saw_409 = false;
+    let mut k409 = (String::new(), String::new());
+    for round in 0..20 {
+        let k = format!("k-409-{round}");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    let (addr, t, b, k) = (a.http.clone(), token.clone(), body.clone(), k.clone());
+                    sc.spawn(move || {
+                        let (c, _, v) = http(&addr, "POST", "/v1/jobs", Some(&t), &[("Idempotency-Key", &k)], &b);
+                        (c, v)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ids: std::collections::HashSet<&str> =
+            answers.iter().filter(|(c, _)| *c == 202).map(|(_, v)| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 1, "one job for one key: {answers:?}");
+        assert!(answers.iter().all(|(c, _)| *c == 202 || *c == 409), "{answers:?}");
+        k409 = (k.clone(), ids.into_iter().next().unwrap().to_owned());
+        if answers.iter().any(|(c, _)| *c == 409) {
+            saw_409 = true;
+            break;
+        }
+    }
+    assert!(saw_409, "20 rounds of 8 simultaneous requests and never one in progress");
+
+    // After a SIGKILL and a restart: the same job again, another body 422.
+    router.signal(Signal::SIGKILL);
+    router.wait_exit(Duration::from_secs(10)).expect("killed");
+    let _router = start_router_at(&a, &[]).expect("router restarts");
+    let (code, _, v) = http(&a.http, "POST", "/v1/jobs", Some(&token), &key, &body);
+    assert_eq!((code, v["id"].as_str()), (202, Some(id.as_str())), "{v}");
+    let (code, _, _) = http(&a.http, "POST", "/v1/jobs", Some(&token), &key, r#"{"callable":"testjobs.add"}"#);
+    assert_eq!(code, 422);
+    let (code, _, v) = http(&a.http, "POST", "/v1/jobs", Some(&token), &[("Idempotency-Key", &k409.0)], &body);
+    assert_eq!((code, v["id"].as_str()), (202, Some(k409.1.as_str())));
+}
+
+/// Reads JSON pages after `after` until `done` says so; every item.
+fn read_events(
+    a: &RouterAddrs,
+    token: &str,
+    after: u64,
+    query: &str,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut after = after;
+    let end = Instant::now() + Duration::from_secs(300);
+    while !done(&out) {
+        assert!(Instant::now() < end, "events did not come: {} read", out.len());
+        let path = format!("/v1/events?after={after}&limit=1000&wait=1{query}");
+        let (code, _, v) = http(&a.http, "GET", &path, Some(token), &[], "");
+        if code != 200 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        out.extend(v["events"].as_array().unwrap().iter().cloned());
+        after = v["next"].as_u64().unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_reader_resumes_across_a_router_sigkill_and_sees_each_success_once_in_order() {
+    const JOBS: usize = 1000;
+    let a = RouterAddrs::fresh();
+    let mut router = start_router_at(&a, &[]).expect("router starts");
+    let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
+    wait_slots(&a.admin, 2);
+    let token = admin_token(&a);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let opts = Options { guarantee: true, ..Default::default() };
+    let job = |i: usize| {
+        let mut j = emq_client::job_for("testjobs.add").unwrap();
+        j.args = vec![json!(i), json!(1)];
+        j
+    };
+    // The reader reads the first jobs' events, then goes away.
+    let first: Vec<String> = (0..10).map(|i| client.send_request("default", &job(i), &opts).unwrap()).collect();
+    for id in &first {
+        assert!(client.wait(id, Instant::now() + Duration::from_secs(30)).is_success());
+    }
+    let seen = read_events(&a, &token, 0, "", |ev| ev.iter().filter(|e| e["type"] == "succeeded").count() >= 10);
+    let resume_at = seen.last().unwrap()["offset"].as_u64().unwrap();
+    // 1,000 jobs, the router SIGKILLed while they run.
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..JOBS {
+        ids.push(
+            client.send_request_until("default", &job(i), &opts, Instant::now() + Duration::from_secs(60)).unwrap(),
+        );
+        if i == JOBS / 2 {
+            std::thread::sleep(Duration::from_millis(200));
+            router.signal(Signal::SIGKILL);
+            router.wait_exit(Duration::from_secs(10)).expect("killed");
+            router = start_router_at(&a, &[]).expect("router restarts");
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        match client.wait(id, Instant::now() + Duration::from_secs(120)) {
+            JobOutcome::Value(v) => assert_eq!(v, json!(i + 1)),
+            other => panic!("job {i} ({id}): {other:?}"),
+        }
+    }
+    // The reader comes back: from its last offset, every success once.
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let events = read_events(&a, &token, resume_at, "", |ev| {
+        ev.iter().filter(|e| e["type"] == "succeeded" && wanted.contains(e["job"].as_str().unwrap_or(""))).count()
+            >= JOBS
+    });
+    let offsets: Vec<u64> = events.iter().filter_map(|e| e["offset"].as_u64()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets only grow, none repeated");
+    assert!(offsets.first().copied().unwrap_or(u64::MAX) > resume_at);
+    assert!(
+        events.iter().all(|e| e["type"] != "gap"),
+        "nothing missed: {:?}",
+        events.iter().find(|e| e["type"] == "gap")
+    );
+    let mut succeeded: HashMap<&str, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == "succeeded") {
+        *succeeded.entry(e["job"].as_str().unwrap()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(succeeded.get(id.as_str()), Some(&1), "job {id} succeeded once");
+    }
+    // Each success comes after that job's acceptance.
+    let mut accepted_at: HashMap<&str, u64> = HashMap::new();
+    for e in &events {
+        let j = e["job"].as_str().unwrap_or("");
+        match e["type"].as_str() {
+            Some("accepted") => {
+                accepted_at.insert(j, e["offset"].as_u64().unwrap());
+            }
+            Some("succeeded") if accepted_at.contains_key(j) => assert!(accepted_at[j] < e["offset"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    println!("{} events after offset {resume_at}, {JOBS} successes each once, router SIGKILLed once", events.len());
+}
+
+#[test]
+fn a_pruned_offset_gives_a_gap_and_sse_honours_last_event_id() {
+    let (_router, a) = start_router(&[("EMQ_EVENTS_RETENTION", "64KiB")]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
+    wait_slots(&a.admin, 2);
+    let token = admin_token(&a);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let ids: Vec<String> = (0..300)
+        .map(|i| {
+            let mut j = emq_client::job_for("testjobs.add").unwrap();
+            j.args = vec![json!(i), json!(0)];
+            client.send_request("default", &j, &Options::default()).unwrap()
+        })
+        .collect();
+    for id in &ids {
+        assert!(client.wait(id, Instant::now() + Duration::from_secs(60)).is_success());
+    }
+    let events = read_events(&a, &token, 0, "", |ev| ev.len() > 2);
+    assert_eq!(events[0]["type"], "gap", "{}", events[0]);
+    assert_eq!(events[0]["from"], 1);
+    let to = events[0]["to"].as_u64().unwrap();
+    assert_eq!(events[1]["offset"].as_u64(), Some(to + 1), "events go on right after the gap");
+
+    // Server-sent events: Last-Event-ID takes the place of `after`; a
+    // filter on the type; `id:` is the offset.
+    let last = to + 10;
+    let mut s = TcpStream::connect(&a.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /v1/events?after=0&type=succeeded HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\nLast-Event-ID: {last}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut ids_seen = Vec::new();
+    let mut line = String::new();
+    while ids_seen.len() < 5 {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(id) = line.strip_prefix("id: ") {
+            ids_seen.push(id.trim().parse::<u64>().unwrap());
+        }
+        if let Some(data) = line.strip_prefix("data: ") {
+            // A gap when the window moved on since (events are still
+            // being pruned): said, never skipped silently.
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert!(v["type"] == "succeeded" || v["type"] == "gap", "{v}");
+        }
+    }
+    assert!(ids_seen[0] > last, "{ids_seen:?} after {last}");
+    assert!(ids_seen.windows(2).all(|w| w[0] < w[1]));
+    // A new job's events arrive on the open stream.
+    let id = client
+        .send_request(
+            "default",
+            &emq_client::job_for("testjobs.add")
+                .map(|mut j| {
+                    j.args = vec![json!(1), json!(1)];
+                    j
+                })
+                .unwrap(),
+            &Options::default(),
+        )
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < end, "the new job's success never came on the stream");
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("stream ended");
+        }
+        if line.starts_with("data: ") && line.contains(&id) {
+            break;
+        }
+    }
+}
