@@ -352,6 +352,12 @@ fn a_reader_resumes_across_a_router_sigkill_and_sees_each_success_once_in_order(
             _ => {}
         }
     }
+    let newest = *offsets.last().unwrap();
+    eventually(Duration::from_secs(10), || {
+        let (_, text) = http_get(&a.http, "/metrics");
+        let v = text.lines().find_map(|l| l.strip_prefix("emq_events_offset ")).and_then(|v| v.parse::<u64>().ok());
+        v.filter(|v| *v >= newest)
+    });
     println!("{} events after offset {resume_at}, {JOBS} successes each once, router SIGKILLed once", events.len());
 }
 

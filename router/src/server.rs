@@ -688,8 +688,18 @@ impl Server {
                 v
             }
         };
+        let (first, last, events, bytes) = self.events.window().figures();
+        let mut metrics = self.state.metrics_text(now);
+        metrics.push_str(&format!(
+            "# HELP emq_events_offset The newest event offset published.\n# TYPE emq_events_offset gauge\nemq_events_offset {last}\n\
+             # HELP emq_events_first_offset The oldest event offset kept (readers from before get a gap).\n# TYPE emq_events_first_offset gauge\nemq_events_first_offset {first}\n\
+             # HELP emq_events_window Events kept in the window.\n# TYPE emq_events_window gauge\nemq_events_window {events}\n\
+             # HELP emq_events_window_bytes Bytes of the event window (within events_retention).\n# TYPE emq_events_window_bytes gauge\nemq_events_window_bytes {bytes}\n\
+             # HELP emq_events_pending Events waiting for their journal batch to be durable.\n# TYPE emq_events_pending gauge\nemq_events_pending {}\n",
+            self.events.pending()
+        ));
         let fresh = crate::http::Snapshot {
-            metrics: self.state.metrics_text(now),
+            metrics,
             status_json: self.state.api_status_json(now),
             health: (200, health.to_string()),
         };
