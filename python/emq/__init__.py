@@ -9,6 +9,9 @@
                                        emq.sig("myapp.tasks.double")))
         print(flow.result(timeout=30))                # 10: double(add(2, 3))
 
+        for ev in client.events(types=["succeeded"]):  # the router's event stream (HTTP)
+            print(ev["offset"], ev["job"], ev.get("result"))
+
 The protocol is implemented once, in Rust (``emq._native`` wraps the
 ``emq-client`` crate); this module is the Python API around it.
 
@@ -18,16 +21,21 @@ running job: :func:`current_job` (and the module attributes ``msgid`` and
 ``extend()`` and ``checkpoint()`` tell the job manager about it.
 """
 import functools
+import http.client
 import json
+import logging
+import os
 import re
+import socket
 import threading
 import time
+import urllib.parse
 
 from . import _native
 
 __all__ = [
     "Client", "Job", "JobStatus", "CurrentJob", "Task", "task", "current_job", "default_client",
-    "Error", "ConnectError", "Refused", "JobFailed", "Timeout", "ResultsUnavailable",
+    "Error", "ConnectError", "Refused", "JobFailed", "Timeout", "ResultsUnavailable", "HttpError", "EventStream",
     "sig", "chain", "group", "chord", "Canvas", "Signature", "Chain", "Group", "Chord",
     "Workflow", "WorkflowStatus",
 ]
@@ -97,6 +105,19 @@ class JobFailed(Error):
         if self.traceback:
             s += "\n\nRemote traceback:\n" + self.traceback.rstrip()
         return s
+
+
+class HttpError(Error):
+    """The router's HTTP API answered with an error that trying again would
+    not mend (``400`` a bad parameter, ``401`` no token or one it does not
+    know, ``403`` a client token on an admin-only path, ``404``...):
+    ``status`` (the HTTP status) and ``message`` (the router's ``{"error":
+    ...}``)."""
+
+    def __init__(self, status, message):
+        super().__init__("HTTP %d: %s" % (status, message))
+        self.status = status
+        self.message = message
 
 
 def _nonneg(name, v):
@@ -484,6 +505,7 @@ class Client:
         if addr is None:
             addr = _native.default_addr(config)
         self.receipt_timeout = receipt_timeout
+        self._config = config
         try:
             self._native = _native.NativeClient(addr, connect_timeout)
         except ConnectionError as e:
@@ -715,6 +737,528 @@ class Client:
                 done += 1
             jobs.append(self.send(fn, item, queue=queue, **options))
         return [j.result(timeout) for j in jobs]
+
+    def events(self, after=None, types=None, *, queue=None, job=None, token=None, http=None, timeout=None):
+        """The router's events (``docs/http.md``, "Events"), read from its
+        HTTP endpoint (``GET /v1/events``, server-sent events): an
+        :class:`EventStream` — an iterator of dicts ``{"offset", "type",
+        "job", "queue", "callable", "at", ...}`` in offset order::
+
+            for ev in client.events(types=["succeeded", "failed"]):
+                print(ev["offset"], ev["type"], ev["job"])
+
+        ``after``: None for only what happens from now on; an offset to
+        resume after it (``0``: everything the router still keeps).
+        ``types``: event types (a list, or one string) to keep;
+        ``queue`` / ``job`` (a msgid or a :class:`Job`): only that queue's,
+        that job's. A ``gap`` event ``{"type": "gap", "from", "to"}`` says
+        offsets ``from..=to`` are no longer kept (or never were, on a
+        standby that took over); it is yielded too.
+
+        The stream reconnects by itself when the connection fails, ends, or
+        the router answers 5xx (after 0.1 s, doubling to 2 s), asking for
+        what came after the last event it gave (``EventStream.last``): each
+        event is seen once, in order, across router restarts. A connection
+        silent for longer than the router's 15 s keepalive counts as lost.
+
+        ``http``: ``HOST:PORT`` of the router's HTTP endpoint (several,
+        comma-separated, are tried in turn); default ``EMQ_HTTP_ADDR``, else
+        ``http_addr`` in the settings (an unspecified or loopback host
+        there stands for the frontend's host), else the host of this
+        client's frontend address with port 47294. ``token``: default
+        ``EMQ_TOKEN``, else the admin token file ``data_dir/admin.token``
+        (as ``emq-cli`` finds it; reread when the router refuses it).
+        ``timeout``: seconds without an event after which the iteration
+        ends (None: never).
+
+        Raises :class:`HttpError` for an answer that retrying would not
+        mend (400, 401, 403, 404...) — for ``after=None`` at once, else at
+        the first ``next()`` — and ``ValueError`` for bad arguments (at once).
+        """
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise ValueError("after must be None or an offset (an int >= 0), not %r" % (after,))
+        if isinstance(types, str):
+            types = [types]
+        types = None if types is None else list(types)
+        for t in types or ():
+            if not isinstance(t, str) or not t or "," in t:
+                raise ValueError("types must be event type names (non-empty strings without a comma), not %r" % (t,))
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError("queue must be a non-empty string")
+        if isinstance(job, Job):
+            job = job.msgid
+        if job is not None and (not isinstance(job, str) or not job):
+            raise ValueError("job must be a Job or a msgid string, not %r" % (job,))
+        if timeout is not None and not timeout >= 0:
+            raise ValueError("timeout must be None or >= 0 seconds, not %r" % (timeout,))
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ValueError("token must be a non-empty string")
+        params = []
+        if types:
+            params.append(("type", ",".join(types)))
+        if queue is not None:
+            params.append(("queue", queue))
+        if job is not None:
+            params.append(("job", job))
+        config = getattr(self, "_config", None)
+        addrs = _http_addrs(http, self.addr, config)
+        token_file = None
+        if token is None:
+            token = os.environ.get("EMQ_TOKEN", "").strip() or None
+        if token is None:
+            token_file = _admin_token_file(config)
+        reader = _EventReader(addrs, params, after, token, token_file, timeout)
+        reader.start()
+        return EventStream(reader)
+
+
+# ---------------------------------------------------------------- events
+
+_log = logging.getLogger("emq")
+
+#: The router's HTTP port when nothing says otherwise.
+_HTTP_PORT = 47294
+# The router sends ": keepalive" every 15 s: a connection silent for longer
+# than this is dead (a router that vanished without closing it).
+_KEEPALIVE_TIMEOUT = 20.0
+_CONNECT_TIMEOUT = 5.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 2.0
+
+
+def _host_port(addr, default_port):
+    """``(host, port)`` of ``HOST:PORT`` / ``[V6]:PORT`` / ``tcp://HOST:PORT``
+    / ``http://HOST:PORT/`` (``default_port`` when it has none)."""
+    a = addr.strip()
+    for scheme in ("tcp://", "http://"):
+        if a.startswith(scheme):
+            a = a[len(scheme):]
+    a = a.rstrip("/")
+    if a.startswith("["):
+        host, _, rest = a[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif a.count(":") == 1:
+        host, _, port = a.partition(":")
+    else:
+        host, port = a, ""
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not a HOST:PORT address: %r" % (addr,))
+    return host, int(port)
+
+
+_UNSPECIFIED = ("", "*", "0.0.0.0", "::")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _frontend_hosts(frontend):
+    """The hosts of a client's frontend address(es) (``tcp://a:1,tcp://b:2``);
+    127.0.0.1 for a wildcard or a non-TCP endpoint."""
+    hosts = []
+    for a in frontend.split(","):
+        a = a.strip()
+        host = _host_port(a, 0)[0] if a.startswith("tcp://") else ""
+        host = "127.0.0.1" if host in _UNSPECIFIED else host
+        if host not in hosts:
+            hosts.append(host)
+    return hosts or ["127.0.0.1"]
+
+
+def _http_addrs(http, frontend, config):
+    """``[(host, port), ...]`` of the router's HTTP endpoint(s) (see
+    :meth:`Client.events`)."""
+    if http is not None:
+        if not isinstance(http, str) or not http.strip():
+            raise ValueError("http must be HOST:PORT of the router's HTTP endpoint, not %r" % (http,))
+        spec, literal = http, True
+    else:
+        spec, literal = os.environ.get("EMQ_HTTP_ADDR", "").strip(), True
+        if not spec:
+            try:
+                spec = _native.http_settings(config)[0] or ""
+            except ValueError:
+                spec = ""  # settings that do not load (e.g. a variable only this client reads)
+            literal = False
+    out = []
+    for a in (spec.split(",") if spec else []):
+        if not a.strip():
+            continue
+        host, port = _host_port(a, _HTTP_PORT)
+        # A bind address (or a settings file shared with a router on
+        # another machine): the frontend's host.
+        hosts = _frontend_hosts(frontend) if host in _UNSPECIFIED or (not literal and host in _LOOPBACK) else [host]
+        out += [(h, port) for h in hosts if (h, port) not in out]
+    if not out:
+        out = [(h, _HTTP_PORT) for h in _frontend_hosts(frontend)]
+    return out
+
+
+def _admin_token_file(config):
+    """``data_dir/admin.token`` as emq-cli finds it (or None)."""
+    try:
+        return _native.http_settings(config)[1]
+    except ValueError:
+        pass
+    # Settings that do not load: the environment alone, as the router would.
+    d = os.environ.get("EMQ_DATA_DIR", "").strip() or os.environ.get("EVENTMQ_DATA_DIR", "").strip()
+    if not d:
+        base = os.environ.get("XDG_STATE_HOME") or ""
+        if base:
+            d = os.path.join(base, "emq")
+        elif os.environ.get("HOME"):
+            d = os.path.join(os.environ["HOME"], ".local", "state", "emq")
+        else:
+            return None
+    return os.path.join(d, "admin.token")
+
+
+def _read_token(path):
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _content_type(resp):
+    return (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+
+
+class _Retry(Exception):
+    """The stream is lost in a way a new connection may mend."""
+
+
+class _Idle(Exception):
+    """No event within the caller's ``timeout``."""
+
+
+class EventStream:
+    """The iterator :meth:`Client.events` returns: event dicts, in offset
+    order, each once, reconnecting by itself. ``last``: the offset of the
+    last event it gave (for a ``gap``: its ``to``; before the first, where
+    it started: ``after``, or for ``after=None`` the router's newest
+    offset when it was made, None if the router could not be asked then)
+    — pass it as ``after=`` to a later ``events()`` to go on from there.
+    ``close()`` ends it and its connection (so does leaving a ``with``
+    block, or dropping it)."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        # The generator holds the reader, not this object: dropping the
+        # stream closes the generator and so the connection at once.
+        self._gen = reader.run()
+
+    @property
+    def last(self):
+        return self._reader.last
+
+    @property
+    def http_addr(self):
+        """``HOST:PORT`` it reads (or will next try)."""
+        return self._reader.http_addr
+
+    def __repr__(self):
+        return "<emq.EventStream %s after %s>" % (self.http_addr, self.last)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._gen)
+
+    def close(self):
+        """Ends the iteration and closes the connection."""
+        self._gen.close()
+        self._reader.disconnect()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _EventReader:
+    """What an :class:`EventStream` does: the connection, the SSE parsing,
+    the reconnecting."""
+
+    def __init__(self, addrs, params, after, token, token_file, timeout):
+        self.last = after
+        self._addrs = addrs
+        self._at = 0
+        self._params = params
+        self._token = token
+        self._token_file = token_file
+        if token is None:
+            self._token = _read_token(token_file)
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._conn = self._resp = None
+        # False once the router answered a page request with a stream.
+        self._pages = True
+        self._pending = None
+        self._positioned = False
+
+    @property
+    def http_addr(self):
+        host, port = self._addrs[self._at]
+        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+    # -- time
+
+    def _left(self):
+        """Seconds left before the caller's ``timeout`` (None: no limit)."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _cap(self, seconds):
+        """``(timeout, capped)``: ``seconds``, or less when the caller's
+        ``timeout`` runs out first (``capped``)."""
+        left = self._left()
+        if left is None or left >= seconds:
+            return seconds, False
+        return max(0.001, left), True
+
+    # -- one request
+
+    def disconnect(self):
+        # The response too: http.client hands the socket to it when the
+        # answer ends with the connection.
+        for c in (self._resp, self._conn):
+            if c is not None:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+        self._conn = self._resp = None
+
+    def _request(self, query, accept):
+        """Sends ``GET /v1/events?query`` and returns ``(response, socket)``
+        once a 200 is in; raises :class:`HttpError`, _Retry or OSError."""
+        host, port = self._addrs[self._at]
+        path = "/v1/events" + ("?" + urllib.parse.urlencode(query) if query else "")
+        for attempt in (1, 2):
+            self.disconnect()
+            conn = http.client.HTTPConnection(host, port, timeout=self._cap(_CONNECT_TIMEOUT)[0])
+            self._conn = conn
+            conn.connect()
+            sock = conn.sock
+            headers = {"Accept": accept, "Cache-Control": "no-cache"}
+            if self._token is not None:
+                headers["Authorization"] = "Bearer " + self._token
+            if self.last is not None and accept == "text/event-stream":
+                headers["Last-Event-ID"] = str(self.last)
+            conn.request("GET", path, headers=headers)
+            # The answer's head comes at once (the stream's events may not).
+            sock.settimeout(self._cap(_KEEPALIVE_TIMEOUT)[0])
+            resp = self._resp = conn.getresponse()
+            if resp.status == 200:
+                return resp, sock
+            try:
+                body = resp.read(65536)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            self.disconnect()
+            try:
+                message = json.loads(body)["error"]
+            except (ValueError, TypeError, KeyError):
+                message = body.decode("utf-8", "replace").strip() or resp.reason
+            if resp.status >= 500 or resp.status == 429:
+                raise _Retry("HTTP %d: %s" % (resp.status, message))
+            if resp.status == 401 and self._token_file is not None and attempt == 1:
+                fresh = _read_token(self._token_file)
+                if fresh is not None and fresh != self._token:
+                    self._token = fresh  # the admin token was rotated
+                    continue
+            if resp.status == 401:
+                if self._token is None:
+                    message += (" (no token: pass token=, set EMQ_TOKEN, or make the router's admin token "
+                                "file readable: %s)" % (self._token_file or "no data_dir"))
+                elif self._token_file is not None:
+                    message += " (the admin token from %s)" % self._token_file
+            raise HttpError(resp.status, "GET /v1/events at %s: %s" % (self.http_addr, message))
+
+    def _position(self):
+        """For ``after=None``: asks where the stream is now (a JSON page,
+        without waiting): ``(events, next)`` — the page's events (any that
+        came in the meantime) and the offset they end at, to resume after
+        once they are given, so that a connection lost before the first
+        event still resumes at the right place. ``([], None)`` from a
+        router that serves no pages."""
+        resp, sock = self._request(self._params, "application/json")
+        try:
+            if _content_type(resp) != "application/json":
+                self._pages = False  # no pages here: the stream from "now" it is
+                return [], None
+            page = json.loads(resp.read())
+            events, nxt = page.get("events") or [], page.get("next")
+        except (ValueError, AttributeError) as e:
+            raise _Retry("an unreadable events page: %s" % e) from None
+        finally:
+            self.disconnect()
+        if isinstance(nxt, bool) or not isinstance(nxt, int):
+            nxt = None
+        return events, nxt
+
+    def start(self):
+        """Takes the position at once for ``after=None`` ("from now on"
+        means from the call, not from the first ``next()``). A router that
+        cannot be reached now is tried again when iterating; an
+        :class:`HttpError` is raised."""
+        if self.last is None and self._pages:
+            try:
+                self._take_position()
+            except (_Retry, OSError, http.client.HTTPException):
+                pass
+
+    def _take_position(self):
+        """``last`` from :meth:`_position`; its events (if any) are given
+        first by :meth:`run`."""
+        events, nxt = self._position()
+        events = [ev for ev in events if isinstance(ev, dict)]
+        self._positioned = True
+        first = self._offset(events[0], None, end=False) if events else None
+        if first is not None and first > 0:
+            self.last = first - 1  # then those events, then ``next``
+            self._pending = (events, nxt)
+        elif nxt is not None:
+            self.last = nxt
+            self._pending = (events, None)
+        else:
+            self._pending = (events, None)
+
+    def _stream(self):
+        """Reads server-sent events until the connection ends (returns) or
+        fails (raises); yields the decoded ``data`` of each."""
+        query = list(self._params)
+        if self.last is not None:
+            query.insert(0, ("after", str(self.last)))
+        resp, sock = self._request(query, "text/event-stream")
+        ctype = _content_type(resp)
+        if ctype != "text/event-stream":
+            self.disconnect()
+            raise HttpError(resp.status, "GET /v1/events at %s: answered %s, not text/event-stream"
+                            % (self.http_addr, ctype or "no Content-Type"))
+        yield None, None  # connected
+        data, event_id = [], None
+        while True:
+            wait, capped = self._cap(_KEEPALIVE_TIMEOUT)
+            sock.settimeout(wait)
+            try:
+                line = resp.readline()
+            except socket.timeout:
+                if capped:
+                    raise _Idle() from None
+                raise _Retry("nothing (not even a keepalive) for %s s" % _KEEPALIVE_TIMEOUT) from None
+            if not line.endswith(b"\n"):
+                return  # the end (a line cut short by it is no event)
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    yield "\n".join(data), event_id
+                data, event_id = [], None
+                continue
+            if line.startswith(b":"):
+                continue  # a comment: the keepalive
+            field, colon, value = line.partition(b":")
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                data.append(value.decode("utf-8", "replace"))
+            elif field == b"id":
+                event_id = value.decode("utf-8", "replace")
+            # "event" repeats the JSON's type; "retry" is ours to choose.
+
+    @staticmethod
+    def _offset(ev, event_id, end=True):
+        """An event's offset (a gap's ``to``, or with ``end=False`` its
+        ``from``), else its SSE ``id``, else None."""
+        off = ev.get(("to" if end else "from") if ev.get("type") == "gap" else "offset")
+        if not isinstance(off, int) or isinstance(off, bool):
+            try:
+                off = int(event_id)
+            except (TypeError, ValueError):
+                return None
+        return off
+
+    def _fresh(self, ev, event_id):
+        """The event's offset (a gap's ``to``) if it comes after ``last``,
+        else None (already given); -1 for one without an offset."""
+        off = self._offset(ev, event_id)
+        if off is None:
+            return -1  # no offset to go by: given as it is
+        if self.last is not None and off <= self.last:
+            return None
+        return off
+
+    def _give(self, ev, event_id=None):
+        off = self._fresh(ev, event_id)
+        if off is None:
+            return False
+        if off >= 0:
+            self.last = off
+        if self._timeout is not None:
+            self._deadline = time.monotonic() + self._timeout
+        return True
+
+    def run(self):
+        delay, lost = _BACKOFF_FIRST, None
+        try:
+            while True:
+                try:
+                    if self.last is None and self._pages and not self._positioned:
+                        self._take_position()
+                    if self._pending is not None:
+                        events, nxt = self._pending
+                        while events:
+                            ev = events.pop(0)
+                            if self._give(ev):
+                                yield ev
+                        if nxt is not None and (self.last is None or nxt > self.last):
+                            self.last = nxt
+                        self._pending = None
+                    for text, event_id in self._stream():
+                        if text is None:
+                            if lost is not None:
+                                _log.info("event stream from %s back after %.1f s (after offset %s)",
+                                          self.http_addr, time.monotonic() - lost, self.last)
+                                lost = None
+                            continue
+                        delay = _BACKOFF_FIRST
+                        try:
+                            ev = json.loads(text)
+                        except ValueError:
+                            ev = None
+                        if not isinstance(ev, dict):
+                            raise Error("an event from %s is not a JSON object: %.200s" % (self.http_addr, text))
+                        if self._give(ev, event_id):
+                            yield ev
+                    why = "the router ended the stream"
+                except _Idle:
+                    return
+                except _Retry as e:
+                    why = str(e)
+                except (OSError, http.client.HTTPException) as e:
+                    why = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
+                self.disconnect()
+                if lost is None:
+                    lost = time.monotonic()
+                    _log.warning("event stream from %s lost (%s); reconnecting to go on after offset %s",
+                                 self.http_addr, why, self.last)
+                else:
+                    _log.debug("event stream from %s: %s", self.http_addr, why)
+                left = self._left()
+                if left is not None and left <= delay:
+                    time.sleep(max(0.0, left))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                self._at = (self._at + 1) % len(self._addrs)
+        finally:
+            self.disconnect()
 
 
 _default = None

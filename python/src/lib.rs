@@ -3,8 +3,8 @@
 //! Owns: a thread-safe wrapper ([`NativeClient`]) around
 //! [`emq_client::Client`] — one DEALER socket behind a mutex, the GIL
 //! released whenever it blocks on the network — and the small helpers the
-//! Python half needs from the Rust crates (default address from the
-//! settings, callable splitting).
+//! Python half needs from the Rust crates (default address, HTTP address
+//! and admin token file from the settings, callable splitting).
 //!
 //! Does not own: the Python API (`emq/__init__.py`: `Client`, `Job`,
 //! exceptions, `task`, `current_job`), the wire format (`emq-protocol`) or
@@ -588,6 +588,34 @@ fn default_addr(config: Option<String>) -> PyResult<String> {
     Ok(s.frontend_addr.unwrap_or_else(|| "tcp://127.0.0.1:47291".into()))
 }
 
+/// What `Client.events` needs from the settings the router reads:
+/// `(http_addr, admin token file)` — `http_addr` from `EMQ_HTTP_ADDR` /
+/// `EVENTMQ_HTTP_ADDR`, else `config` (or `./settings.toml`), None when
+/// unset or empty; the token file is `data_dir/admin.token` (`data_dir` as
+/// the router resolves it: the setting, else `$XDG_STATE_HOME/emq`, else
+/// `~/.local/state/emq`), as `emq-cli` finds it. Raises ValueError for
+/// settings that do not load.
+#[pyfunction]
+#[pyo3(signature = (config = None))]
+fn http_settings(config: Option<String>) -> PyResult<(Option<String>, Option<String>)> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct HttpSettings {
+        http_addr: Option<String>,
+        data_dir: Option<String>,
+    }
+    let s = emq_settings::load::<HttpSettings>(config.as_deref().map(std::path::Path::new))
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let http = s.http_addr.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
+    let dir = s
+        .data_dir
+        .filter(|d| !d.trim().is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(emq_settings::default_data_dir);
+    let token_file = dir.map(|d| d.join(emq_settings::ADMIN_TOKEN_FILE).to_string_lossy().into_owned());
+    Ok((http, token_file))
+}
+
 /// `pkg.mod.func` → `("pkg.mod", "func")`; `pkg.mod:Class.method` →
 /// `("pkg.mod:Class", "method")`; anything else raises ValueError.
 #[pyfunction]
@@ -601,5 +629,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_function(wrap_pyfunction!(default_addr, m)?)?;
     m.add_function(wrap_pyfunction!(split_callable, m)?)?;
+    m.add_function(wrap_pyfunction!(http_settings, m)?)?;
     Ok(())
 }

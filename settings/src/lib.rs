@@ -126,7 +126,8 @@ pub const KNOWN_KEYS: &[&str] = &[
 
 /// `EMQ_*` variables that are not settings: the worker's own
 /// configuration, the build's, the tests'.
-const INTERNAL_ENV: &[&str] = &["EMQ_WORKER_CONFIG", "EMQ_PYTHON_LIBDIR", "EMQ_SKIP_INTEROP"];
+/// `EMQ_TOKEN`: the HTTP API bearer token the Python client's `events()` reads.
+const INTERNAL_ENV: &[&str] = &["EMQ_WORKER_CONFIG", "EMQ_PYTHON_LIBDIR", "EMQ_SKIP_INTEROP", "EMQ_TOKEN"];
 
 /// The known key nearest to `key` (edit distance at most 3).
 fn closest_key(key: &str) -> Option<String> {
