@@ -111,14 +111,14 @@ impl AdminLink {
         loop {
             let left = end.saturating_duration_since(Instant::now()).as_millis() as i64;
             if left == 0 || self.socket.poll(zmq::POLLIN, left).map_err(unavailable)? == 0 {
-                return Err((504, "the router did not answer".into()));
+                return Err((503, "the router did not answer in time".into()));
             }
             let frames = self.socket.recv_multipart(0).map_err(unavailable)?;
             match Message::from_frames(&frames).map(|m| m.command) {
                 Ok(Command::Reply(Reply::Single { body })) => return Ok(body),
                 Ok(Command::Heartbeat(_)) => continue,
-                Ok(other) => return Err((502, format!("unexpected answer {}", other.name()))),
-                Err(e) => return Err((502, format!("unreadable answer: {e}"))),
+                Ok(other) => return Err((503, format!("unexpected answer {}", other.name()))),
+                Err(e) => return Err((503, format!("unreadable answer: {e}"))),
             }
         }
     }
@@ -260,9 +260,14 @@ impl Api {
         }
         .map_err(|(c, why)| Response::error(c, why))?;
         let v: Value =
-            serde_json::from_str(&body).map_err(|e| Response::error(502, format!("unreadable answer: {e}")))?;
+            serde_json::from_str(&body).map_err(|e| Response::error(503, format!("unreadable answer: {e}")))?;
         if v.get("error").is_some() || v.get("result_hidden").is_some() || v.get("state").is_none() {
             return Ok(None);
+        }
+        let mut v = v;
+        // The API's name for a job handed to a job manager (docs/http.md).
+        if v["state"] == "dispatched" {
+            v["state"] = "running".into();
         }
         Ok(Some(v))
     }
