@@ -619,6 +619,126 @@ def s13(args):
     return with_router_and_jm(both)
 
 
+def http_router(a, env=None):
+    """Our router with its HTTP server on a free loopback port: (process,
+    "host:port", path of its admin token file)."""
+    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    port = free_port()
+    r = emq_router(a, dict({"EMQ_HTTP_ADDR": "127.0.0.1:%d" % port, "EMQ_DATA_DIR": data_dir}, **(env or {})))
+    tok = os.path.join(data_dir, "admin.token")
+    end = time.time() + 20
+    while http_health(port)[0] != 200 or not os.path.exists(tok):
+        if time.time() > end:
+            raise RuntimeError("router's HTTP server did not start")
+        time.sleep(0.1)
+    return r, "127.0.0.1:%d" % port, tok
+
+
+def http_get_json(addr, path, token):
+    import http.client
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        c.request("GET", path, headers={"Authorization": "Bearer " + open(token).read().strip()})
+        resp = c.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError("GET %s: %d %s" % (path, resp.status, body[:200]))
+        return json.loads(body)
+    finally:
+        c.close()
+
+
+def s14(args):
+    """HTTP submission (HTTP API v1): 8 keep-alive connections, each POST
+    /v1/jobs then GET /v1/jobs/{id}/result?wait=30 until 200 (one job at a
+    time per connection unless --s14-pipeline), against the Rust client of
+    scenario 2 (window 1000) and the same client with 8 outstanding (the
+    HTTP side's concurrency), on the same router and job manager in the
+    same run; the order alternates between runs."""
+    flip = len(getattr(s14, "runs", []))
+    s14.runs = getattr(s14, "runs", []) + [1]
+    a = addrs()
+    r, http, tok = http_router(a)
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 1)
+        time.sleep(1.0)
+
+        def run(kind):
+            if kind == "http":
+                return run_json([os.path.join(REL, "emq-bench"), "http-throughput", "--addr", http, "--token-file", tok,
+                                 "--conns", str(args.s14_conns), "--n", str(args.s14_n), "--pipeline", str(args.s14_pipeline)])
+            window = 1000 if kind == "rust" else args.s14_conns * args.s14_pipeline
+            return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                             "--n", str(args.s2_n if kind == "rust" else args.s14_n), "--window", str(window)])
+        kinds = ["http", "rust", "rust8"]
+        if flip % 2:
+            kinds.reverse()
+        got = {k: run(k) for k in kinds}
+        h, z, z8 = got["http"], got["rust"], got["rust8"]
+        return {"http_jobs_per_sec": h["jobs_per_sec"], "http_failed": h["failed"], "http_n": h["n"],
+                "http_result_requests": h["result_requests"], "http_post_ms": h.get("post_ms_mean"),
+                "http_result_ms": h.get("result_ms_mean"), "pipeline": args.s14_pipeline, "conns": args.s14_conns,
+                "rust_jobs_per_sec": z["jobs_per_sec"], "rust_same_conc_jobs_per_sec": z8["jobs_per_sec"],
+                "ratio_pct": 100 * h["jobs_per_sec"] / z["jobs_per_sec"],
+                "ratio_same_conc_pct": 100 * h["jobs_per_sec"] / z8["jobs_per_sec"]}
+    finally:
+        stop(j)
+        stop(r)
+
+
+def s15(args):
+    """Scenario 2 with one SSE reader of every event (GET /v1/events,
+    text/event-stream, admin token, from the offset at the start) against
+    scenario 2 alone, on the same router and job manager in the same run
+    (the order alternates between runs). The reader's lag per event: its
+    wall clock at receipt minus the event's `at`."""
+    flip = len(getattr(s15, "runs", []))
+    s15.runs = getattr(s15, "runs", []) + [1]
+    a = addrs()
+    r, http, tok = http_router(a)
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 1)
+        time.sleep(1.0)
+
+        def load():
+            return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                             "--n", str(args.s2_n), "--window", "1000"])
+
+        def with_reader():
+            after = http_get_json(http, "/v1/events?limit=1", tok)["next"]
+            # Every job of the load (and its warm-up job) ends `succeeded`.
+            rd = subprocess.Popen([os.path.join(REL, "emq-bench"), "sse-reader", "--addr", http, "--token-file", tok,
+                                   "--after", str(after), "--stop-count", str(args.s2_n + 1)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(rd)
+            try:
+                time.sleep(0.5)
+                out = load()
+                so, se = rd.communicate(timeout=120)
+            finally:
+                stop(rd)
+            if rd.returncode != 0:
+                raise RuntimeError("sse-reader failed: %s" % se[-1000:])
+            return out, json.loads(so.strip().splitlines()[-1]), after
+        if flip % 2:
+            plain = load()
+            (rdr, ev, after) = with_reader()
+        else:
+            (rdr, ev, after) = with_reader()
+            plain = load()
+        return {"with_reader_jobs_per_sec": rdr["jobs_per_sec"], "without_jobs_per_sec": plain["jobs_per_sec"],
+                "ratio_pct": 100 * rdr["jobs_per_sec"] / plain["jobs_per_sec"], "after": after,
+                "events": ev["events"], "events_per_sec": ev["events_per_sec"], "reader_secs": ev["secs"],
+                "load_secs": rdr["secs"], "lag_p50_ms": ev["lag_p50_ms"], "lag_p99_ms": ev["lag_p99_ms"],
+                "lag_max_ms": ev["lag_max_ms"], "complete": ev["complete"], "gaps": ev["gaps"]}
+    finally:
+        stop(j)
+        stop(r)
+
+
 def run_json_bg(cmd):
     """Starts ``cmd`` (its output discarded): a load beside a measurement."""
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -655,7 +775,8 @@ def summary(vals, key, fmt="{:,.0f}"):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--eventmq-venv", required=True)
+    ap.add_argument("--eventmq-venv", default=os.path.join(ROOT, "target", "venv"),
+                    help="EventMQ 0.3.13's venv (scenarios 1 and 7 only)")
     ap.add_argument("--celery-venv", default="NO_REDIS")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="1,2,3,4,5,6")
@@ -676,6 +797,10 @@ def main():
     ap.add_argument("--s11-members", type=int, default=10)
     ap.add_argument("--s12-partitions", type=int, default=10000)
     ap.add_argument("--s13-load-secs", type=int, default=15)
+    ap.add_argument("--s14-n", type=int, default=20000, help="jobs over HTTP in scenario 14")
+    ap.add_argument("--s14-conns", type=int, default=8)
+    ap.add_argument("--s14-pipeline", type=int, default=1,
+                    help="jobs written at once per HTTP connection in scenario 14 (1: one job at a time)")
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -728,6 +853,10 @@ def main():
             res["s12"] = repeat("12", args.runs, lambda: s12(args))
         if "13" in only:
             res["s13"] = repeat("13", args.runs, lambda: s13(args))
+        if "14" in only:
+            res["s14"] = repeat("14", args.runs, lambda: s14(args))
+        if "15" in only:
+            res["s15"] = repeat("15", args.runs, lambda: s15(args))
     finally:
         stop_all()
 
@@ -831,6 +960,28 @@ def main():
         row("13", "  with / without", res.get("s13"), "ratio_pct", fmt="{:.0f}%", target="≥ 95%")
         row("13", "  load jobs running at the end of the measurement / those the router shows progress for", res.get("s13"), "load_running")
         row("13", "", res.get("s13"), "running_with_progress")
+
+    if "14" in only:
+        how = "one job at a time" if args.s14_pipeline == 1 else "%d jobs pipelined" % args.s14_pipeline
+        row("14", "HTTP/1.1 keep-alive, %d connections, POST /v1/jobs + GET result?wait=30, %s per connection: jobs/s (N=%d)"
+            % (args.s14_conns, how, args.s14_n), res.get("s14"), "http_jobs_per_sec")
+        row("14", "  Rust client (scenario 2: window 1000, N=%d), same router, same run: jobs/s" % args.s2_n, res.get("s14"), "rust_jobs_per_sec")
+        row("14", "  HTTP / Rust client", res.get("s14"), "ratio_pct", fmt="{:.0f}%")
+        row("14", "  Rust client with %d outstanding (the HTTP side's concurrency), N=%d: jobs/s"
+            % (args.s14_conns * args.s14_pipeline, args.s14_n), res.get("s14"), "rust_same_conc_jobs_per_sec")
+        row("14", "  HTTP / Rust client at the same concurrency", res.get("s14"), "ratio_same_conc_pct", fmt="{:.0f}%")
+        row("14", "  per connection: POST → 202 (receipt, after the journal), mean ms", res.get("s14"), "http_post_ms", fmt="{:.2f}")
+        row("14", "  then GET result?wait=30 → 200, mean ms", res.get("s14"), "http_result_ms", fmt="{:.2f}")
+
+    if "15" in only:
+        row("15", "scenario 2 (N=%d) with one SSE reader of every event: jobs/s" % args.s2_n, res.get("s15"), "with_reader_jobs_per_sec")
+        row("15", "  scenario 2 alone, same router, same run: jobs/s", res.get("s15"), "without_jobs_per_sec")
+        row("15", "  with / without", res.get("s15"), "ratio_pct", fmt="{:.0f}%")
+        row("15", "  events delivered to the reader: events/s (first to last event received)", res.get("s15"), "events_per_sec")
+        row("15", "  events read per run", res.get("s15"), "events")
+        row("15", "  lag (receipt minus the event's `at`), p50 ms", res.get("s15"), "lag_p50_ms", fmt="{:.1f}")
+        row("15", "  p99 ms", res.get("s15"), "lag_p99_ms", fmt="{:.1f}")
+        row("15", "  max ms", res.get("s15"), "lag_max_ms", fmt="{:.1f}")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

@@ -474,3 +474,76 @@ fn chords_across_a_failover_run_each_callback_once() {
     assert!(twice.is_empty(), "callbacks run more than once: {twice:?}");
     println!("{CHORDS} chords across a failover: every callback once");
 }
+
+/// Events from the leader's HTTP API, after `after`, until `enough`.
+fn events_from(a: &RouterAddrs, after: u64, enough: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let token = std::fs::read_to_string(a.data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut after = after;
+    let end = Instant::now() + Duration::from_secs(120);
+    while !enough(&out) {
+        assert!(Instant::now() < end, "events did not come: {out:?}");
+        let (code, body) =
+            http_request(&a.http, "GET", &format!("/v1/events?after={after}&limit=1000&wait=1"), Some(&token), "");
+        if code != 200 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        out.extend(v["events"].as_array().unwrap().iter().cloned());
+        after = v["next"].as_u64().unwrap();
+    }
+    out
+}
+
+/// Event offsets across a failover: the new leader derives the same
+/// offsets from the shared journal for what it replays, and numbers what
+/// happens next after everything the old leader published — an offset is
+/// never given to two events; what the new leader does not hold is a `gap`.
+#[test]
+fn event_offsets_go_on_across_a_failover() {
+    let Some(mut p) = Pair::start("events", |pg| [pg.url(), pg.url()]) else { return };
+    p.send(20, 0.0);
+    p.check_all_done();
+    let first: Vec<String> = p.sent.iter().map(|(id, _)| id.clone()).collect();
+    let succeeded = |ev: &[serde_json::Value], ids: &[String]| {
+        ids.iter().all(|id| ev.iter().any(|e| e["type"] == "succeeded" && e["job"] == id.as_str()))
+    };
+    let before = events_from(&p.addrs[0], 0, |ev| succeeded(ev, &first));
+    let newest_before = before.iter().filter_map(|e| e["offset"].as_u64()).max().unwrap();
+    p.kill(0);
+    let l = p.leader(Some(0));
+    p.send(20, 0.0);
+    p.check_all_done();
+    let second: Vec<String> = p.sent[20..].iter().map(|(id, _)| id.clone()).collect();
+    // The new leader's whole window, from the beginning.
+    let after = events_from(&p.addrs[l], 0, |ev| succeeded(ev, &second));
+    let offsets: Vec<u64> = after.iter().filter_map(|e| e["offset"].as_u64()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets only grow");
+    // What both routers published under one offset is the same event.
+    for e in &after {
+        let Some(o) = e["offset"].as_u64() else { continue };
+        if let Some(old) = before.iter().find(|b| b["offset"].as_u64() == Some(o)) {
+            assert_eq!((&old["type"], &old["job"]), (&e["type"], &e["job"]), "offset {o} given to two events");
+        }
+    }
+    // Every new job's events come after everything the old leader said.
+    for e in after.iter().filter(|e| second.iter().any(|id| e["job"] == id.as_str())) {
+        assert!(e["offset"].as_u64().unwrap() > newest_before, "{e} reuses an offset up to {newest_before}");
+    }
+    for id in &second {
+        let n = after.iter().filter(|e| e["type"] == "succeeded" && e["job"] == id.as_str()).count();
+        assert_eq!(n, 1, "{id} succeeded once");
+    }
+    // Offsets the new leader does not hold are said, not skipped.
+    let mut expect = 1;
+    for e in &after {
+        match e["type"].as_str() {
+            Some("gap") => expect = e["to"].as_u64().unwrap() + 1,
+            _ => {
+                assert_eq!(e["offset"].as_u64(), Some(expect), "a silent hole before {e}");
+                expect += 1;
+            }
+        }
+    }
+}

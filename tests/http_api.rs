@@ -440,3 +440,42 @@ fn a_pruned_offset_gives_a_gap_and_sse_honours_last_event_id() {
         }
     }
 }
+
+/// Sends raw bytes, reads the answer's status code (the server may close
+/// before reading everything: that is its right).
+fn raw_status(addr: &str, bytes: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_http_server_bounds_bodies_heads_and_connections() {
+    let (_router, a) = start_router(&[("EMQ_HTTP_MAX_CONNECTIONS", "2")]);
+    let token = admin_token(&a);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    // A body announced past 1 MiB: 413 before any of it is read.
+    let head = format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2000000\r\n\r\n");
+    assert_eq!(raw_status(&a.http, head.as_bytes()), 413);
+    // Chunked request bodies: 411. A malformed head: 400. A huge head: 431.
+    let chunked = format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert_eq!(raw_status(&a.http, chunked.as_bytes()), 411);
+    assert_eq!(raw_status(&a.http, b"GET /v1/jobs HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+    let huge = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(raw_status(&a.http, huge.as_bytes()), 431);
+    // Two idle connections take the two places: a third is answered 503.
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&a.http).unwrap()).collect();
+    eventually(Duration::from_secs(10), || {
+        (raw_status(&a.http, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n") == 503).then_some(())
+    });
+    drop(idle);
+    eventually(Duration::from_secs(10), || {
+        (raw_status(&a.http, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == 200).then_some(())
+    });
+    // The router itself never noticed.
+    wait_for_status(&a.admin);
+}

@@ -13,9 +13,12 @@
 //!   receipts (for the router's memory per buffered job).
 //! - `journal-store`: the journal's storage candidates (emq's own log, redb)
 //!   committing accepted-job records in groups, as the router does.
+//! - `http-throughput`, `sse-reader`: the HTTP API v1 and its event
+//!   stream (`http.rs`).
 //! - `recovery`: SIGKILL a busy worker, time until the job manager's READY
 //!   for its replacement shows at the router.
 
+mod http;
 mod journal_store;
 
 use anyhow::{bail, Context, Result};
@@ -149,6 +152,42 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         queue: String,
     },
+    /// C keep-alive HTTP/1.1 connections: POST /v1/jobs, then
+    /// GET /v1/jobs/{id}/result?wait=30 until 200 (P jobs at once per
+    /// connection with --pipeline P), N jobs in all.
+    HttpThroughput {
+        /// host:port of the router's http_addr
+        #[arg(long)]
+        addr: String,
+        /// The admin token file (data_dir/admin.token).
+        #[arg(long)]
+        token_file: String,
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        #[arg(long, default_value_t = 20_000)]
+        n: u64,
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
+        #[arg(long, default_value = "benchjobs.noop")]
+        callable: String,
+    },
+    /// One SSE reader of GET /v1/events?after=X: events/s and lag (receipt
+    /// wall clock minus the event's `at`), until `stop_count` events of
+    /// `stop_type` (or `idle_secs` without any).
+    SseReader {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        token_file: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value = "succeeded")]
+        stop_type: String,
+        #[arg(long, default_value_t = u64::MAX)]
+        stop_count: u64,
+        #[arg(long, default_value_t = 15)]
+        idle_secs: u64,
+    },
     Recovery {
         #[arg(long)]
         frontend: String,
@@ -183,6 +222,12 @@ fn main() -> Result<()> {
         }
         Cmd::Fill { frontend, n, size, queue, headers } => fill(&frontend, n, size, &queue, &headers),
         Cmd::ScheduleLoad { frontend, n, interval, queue } => schedule_load(&frontend, n, interval, &queue),
+        Cmd::HttpThroughput { addr, token_file, conns, n, pipeline, callable } => {
+            http::throughput(&addr, &token_file, conns, n, pipeline.max(1), &callable)
+        }
+        Cmd::SseReader { addr, token_file, after, stop_type, stop_count, idle_secs } => {
+            http::sse_reader(&addr, &token_file, after, &stop_type, stop_count, idle_secs)
+        }
         Cmd::Recovery { frontend, admin, jm_pid, kills, pid_file, settle_ms } => {
             recovery(&frontend, &admin, jm_pid, kills, &pid_file, settle_ms)
         }

@@ -70,9 +70,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The job id of a key: the same caller and key always give the same id.
-pub fn derived_msgid(owner: &str, key: &str) -> String {
-    let h = sha256_hex(format!("emq-idempotency\0{owner}\0{key}").as_bytes());
+/// The job id of a key: the same caller, key and body always give the
+/// same id (a key reused after its ttl with another body is another job).
+pub fn derived_msgid(owner: &str, key: &str, body_sha256: &str) -> String {
+    let h = sha256_hex(format!("emq-idempotency\0{owner}\0{key}\0{body_sha256}").as_bytes());
     format!("idem-{}", &h[..40])
 }
 
@@ -218,8 +219,9 @@ mod tests {
         let k = Keys::open(&dir, 86400.0);
         assert!(matches!(k.check("o", "k1", "b1"), Check::Replay(r) if r.id == "id1"), "kept across a reopen");
         assert_eq!(k.check("o", "k1", "b2"), Check::Mismatch);
-        assert_ne!(derived_msgid("a", "k"), derived_msgid("b", "k"));
-        assert_eq!(derived_msgid("a", "k"), derived_msgid("a", "k"));
+        assert_ne!(derived_msgid("a", "k", "b"), derived_msgid("b", "k", "b"));
+        assert_ne!(derived_msgid("a", "k", "b"), derived_msgid("a", "k", "c"));
+        assert_eq!(derived_msgid("a", "k", "b"), derived_msgid("a", "k", "b"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -203,7 +203,7 @@ fn connection(mut stream: TcpStream, api: &v1::Api) {
                 }
             }
             Outcome::Stream(s) => {
-                s.run(&mut stream);
+                s.run(&mut stream, api);
                 return;
             }
         }
@@ -220,12 +220,17 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Request, b
             break i;
         }
         if buf.len() > MAX_HEAD {
+            // The request line alone past the limit: the URL is too long.
+            if !buf[..MAX_HEAD].windows(2).any(|w| w == b"\r\n") {
+                return Err(ReadError::Answer(Response::error(414, "URL longer than 16 KiB")));
+            }
             return Err(ReadError::Answer(Response::error(431, "request head longer than 16 KiB")));
         }
         if std::time::Instant::now() >= deadline && !buf.is_empty() {
             return Err(ReadError::Answer(Response::error(408, "request not complete within 30 s")));
         }
-        match stream.read(&mut chunk) {
+        let room = (MAX_HEAD + 1 - buf.len()).min(chunk.len()).max(1);
+        match stream.read(&mut chunk[..room]) {
             Ok(0) => return Err(ReadError::Closed),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -272,6 +277,14 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Request, b
             411,
             "chunked request bodies are not taken: send Content-Length",
         )));
+    }
+    // Two different lengths: which one a proxy in front believed is
+    // unknowable (request smuggling) — refused.
+    let mut lengths = req.headers.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v.as_str());
+    if let Some(first) = lengths.next() {
+        if lengths.any(|v| v != first) {
+            return Err(ReadError::Answer(Response::error(400, "conflicting Content-Length headers")));
+        }
     }
     let len = match req.header("content-length") {
         None => 0,

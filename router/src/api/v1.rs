@@ -10,7 +10,7 @@
 
 use super::idempotency::{self, Check, Keys};
 use super::{ApiConfig, Outcome, Request, Response};
-use crate::events::{EventWindow, Filter, Item};
+use crate::events::{EventWindow, Filter};
 use crate::http::SharedSnapshot;
 use emq_protocol::{AdminCommand, Command, Message, Reply};
 use serde_json::{json, Map, Value};
@@ -42,12 +42,15 @@ impl Caller {
 #[derive(Default)]
 struct Cached<T> {
     value: Option<T>,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<(SystemTime, u64, u64, i64)>,
 }
 
-fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+/// What tells a rewritten file: a rename (every write of ours) changes the
+/// inode, whatever the clock's resolution.
+fn stamp(p: &Path) -> Option<(SystemTime, u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), m.ino(), m.ctime_nsec()))
 }
 
 impl<T: Clone> Cached<T> {
@@ -159,6 +162,12 @@ impl Api {
             return Err(Response::error(401, "a token is needed: Authorization: Bearer TOKEN")
                 .with_header("WWW-Authenticate", "Bearer".into()));
         };
+        self.caller_of(&token)
+    }
+
+    /// Who `token` is, now (a revoked or rotated token: 401).
+    fn caller_of(&self, token: &str) -> Result<Caller, Response> {
+        let token = token.to_owned();
         let owner = emq_client::tokens::owner_id(&token);
         if let Some(admin) = self.admin_token() {
             if constant_time_eq(
@@ -203,23 +212,30 @@ impl Api {
         let Some(token) = self.admin_token() else {
             return Err((503, "no admin token in data_dir".into()));
         };
-        if links.admin.as_ref().is_none_or(|(_, t)| *t != token) {
-            let link = AdminLink::connect(addr)?;
-            let v: Value = serde_json::from_str(
-                &link.ask(Command::Admin(AdminCommand::Authenticate { token: token.to_string() }))?,
-            )
-            .unwrap_or(Value::Null);
-            if v["authenticated"] != true {
-                return Err((503, "the router refused its own admin token (being rotated?)".into()));
+        for attempt in 0..2 {
+            if links.admin.as_ref().is_none_or(|(_, t)| *t != token) {
+                let link = AdminLink::connect(addr)?;
+                let auth = link.ask(Command::Admin(AdminCommand::Authenticate { token: token.to_string() }))?;
+                let v: Value = serde_json::from_str(&auth).unwrap_or(Value::Null);
+                if v["authenticated"] != true {
+                    return Err((503, "the router refused its own admin token (being rotated?)".into()));
+                }
+                links.admin = Some((link, token.clone()));
             }
-            links.admin = Some((link, token));
+            let r = links.admin.as_ref().expect("set").0.ask(cmd.clone());
+            match r {
+                // The router forgot this session (it keeps a bounded number):
+                // a new one, once.
+                Ok(body) if attempt == 0 && body.contains("\"not authorized") => links.admin = None,
+                Ok(body) => return Ok(body),
+                Err(e) => {
+                    // A lost or confused link: a new one next time.
+                    links.admin = None;
+                    return Err(e);
+                }
+            }
         }
-        let r = links.admin.as_ref().expect("set").0.ask(cmd);
-        if r.is_err() {
-            // A lost or confused link: a new one next time.
-            links.admin = None;
-        }
-        r
+        Err((503, "the router keeps refusing the admin session".into()))
     }
 
     fn ask_anon(&self, links: &mut Links, cmd: Command) -> Proxied {
@@ -335,7 +351,7 @@ impl Api {
                     return Err(Response::error(400, "Idempotency-Key must be 1 to 255 printable ASCII characters"));
                 }
                 match self.keys.check(&owner, k, &body_hash) {
-                    Check::Proceed => idempotency::derived_msgid(&owner, k),
+                    Check::Proceed => idempotency::derived_msgid(&owner, k, &body_hash),
                     Check::Replay(r) => {
                         return Ok(accepted(&r.id, workflow, r.deduplicated)
                             .with_header("Idempotency-Replayed", "true".into()))
@@ -605,12 +621,20 @@ impl Api {
         let start = last_id.or(after).unwrap_or_else(|| window.last_offset());
         let sse = req.header("accept").is_some_and(|a| a.contains("text/event-stream"));
         if sse {
-            return Outcome::Stream(EventStream { window, filter, after: start });
+            let token = req.header("authorization").and_then(crate::http::bearer_token).unwrap_or_default();
+            return Outcome::Stream(EventStream { window, filter, after: start, token });
         }
         let page = window.read(start, limit as usize, &filter, Duration::from_secs(wait));
-        let events: Vec<Value> =
-            page.items.iter().map(|i| serde_json::from_str(&i.json()).unwrap_or(Value::Null)).collect();
-        Outcome::Answer(Response::json(200, &json!({"events": events, "next": page.next})))
+        // The events' JSON as stored, spliced (not parsed again).
+        let mut body = String::from("{\"events\":[");
+        for (n, i) in page.items.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(&i.json());
+        }
+        body.push_str(&format!("],\"next\":{}}}", page.next));
+        Outcome::Answer(Response::raw_json(200, body))
     }
 }
 
@@ -828,10 +852,14 @@ pub struct EventStream {
     window: Arc<EventWindow>,
     filter: Filter,
     after: u64,
+    /// Checked again as the stream goes: a revoked or rotated token ends it.
+    token: String,
 }
 
 impl EventStream {
-    pub fn run(mut self, stream: &mut std::net::TcpStream) {
+    /// Streams until the reader goes, its token stops working, or this
+    /// router stops serving (a lost lease: readers go to the new leader).
+    pub fn run(mut self, stream: &mut std::net::TcpStream, api: &Api) {
         use std::io::Write;
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
                     X-Accel-Buffering: no\r\nConnection: close\r\n\r\n: emq event stream\n\n";
@@ -841,13 +869,14 @@ impl EventStream {
         let mut idle = Instant::now();
         let mut out = String::new();
         loop {
+            let serving = api.window().is_some_and(|w| Arc::ptr_eq(&w, &self.window));
+            if !serving || api.caller_of(&self.token).is_err() {
+                return;
+            }
             let page = self.window.read(self.after, 1000, &self.filter, Duration::from_secs(5));
             out.clear();
             for item in &page.items {
                 out.push_str(&format!("id: {}\nevent: {}\ndata: {}\n\n", item.offset(), item.kind(), item.json()));
-            }
-            if let Some(last) = page.items.last() {
-                let _ = matches!(last, Item::Gap { .. });
             }
             self.after = page.next.max(self.after);
             if out.is_empty() && idle.elapsed() >= Duration::from_secs(15) {

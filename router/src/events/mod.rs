@@ -212,7 +212,11 @@ impl NewEvent {
                     Detail::Noted(fields) => {
                         for (k, val) in fields {
                             if !v.contains_key(k) {
-                                v.insert(k.clone(), val.clone());
+                                let val = match val {
+                                    Value::String(t) => Value::String(cut(t).to_owned()),
+                                    other => other.clone(),
+                                };
+                                v.insert(k.clone(), val);
                             }
                         }
                     }
@@ -306,7 +310,13 @@ impl Deriver {
     /// record that makes a replay do the same.
     pub fn advance_to(&mut self, next: u64) -> Record {
         self.next = self.next.max(next);
-        Record::Event(json!({"t": "cursor", "next": self.next}).to_string())
+        self.cursor_record()
+    }
+
+    /// The cursor as a record: the next offset, and the time a requeue
+    /// (a record without one) is given.
+    pub fn cursor_record(&self) -> Record {
+        Record::Event(json!({"t": "cursor", "next": self.next, "at": self.last_at}).to_string())
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -384,7 +394,11 @@ impl Deriver {
                     failure: failure.as_ref().map(|f| (f.kind.clone(), f.message.clone())),
                 };
                 self.job_event(final_kind(*state), msgid, *at, d, out);
-                self.jobs.remove(msgid.as_str());
+                // A dead letter may be requeued: its later events keep its
+                // names (dead letters are bounded by `dead_letter_max`).
+                if *state != FinalState::Dead {
+                    self.jobs.remove(msgid.as_str());
+                }
             }
             Record::Event(body) => self.on_noted(body, out),
             _ => {}
@@ -428,6 +442,9 @@ impl Deriver {
             "cursor" => {
                 if let Some(n) = v.get("next").and_then(Value::as_u64) {
                     self.next = self.next.max(n);
+                }
+                if let Some(at) = v.get("at").and_then(Value::as_f64) {
+                    self.last_at = at;
                 }
             }
             "ev" => {
@@ -615,7 +632,10 @@ impl EventLog {
     /// records they came from are about to be forgotten).
     pub fn checkpoint_records(&mut self) -> Vec<Record> {
         self.writer.sync();
-        let mut out = vec![Record::Event(json!({"t": "cursor", "next": self.deriver.next_offset()}).to_string())];
+        let mut out = vec![self.deriver.cursor_record()];
+        // Published but not synced to the files (a failed or slow disk):
+        // kept here too, or the journal would forget their only copy.
+        out.extend(self.window.events_after(self.window.synced_offset()).iter().map(kept_record));
         out.extend(self.pending.iter().map(|(_, e)| kept_record(&e.render())));
         out
     }

@@ -170,11 +170,26 @@ impl Inner {
 pub struct EventWindow {
     inner: Mutex<Inner>,
     cond: Condvar,
+    /// Every event up to this offset is synced to the files.
+    synced: std::sync::atomic::AtomicU64,
 }
 
 impl EventWindow {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every event up to this offset is synced to the files.
+    pub fn synced_offset(&self) -> u64 {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Published events after `offset` (what a checkpoint must keep when
+    /// the files may not have them).
+    pub fn events_after(&self, offset: u64) -> Vec<StoredEvent> {
+        let i = self.lock();
+        let start = i.events.partition_point(|e| e.offset <= offset);
+        i.events.range(start..).cloned().collect()
     }
 
     /// The newest offset published (0 when none ever was).
@@ -193,11 +208,18 @@ impl EventWindow {
     pub fn read(&self, after: u64, max: usize, filter: &Filter, wait: Duration) -> Page {
         let deadline = Instant::now() + wait;
         let mut inner = self.lock();
+        let mut cur = after;
         loop {
-            let page = Self::read_locked(&inner, after, max.max(1), filter);
+            let page = Self::read_locked(&inner, cur, max.max(1), filter);
             let now = Instant::now();
-            if !page.items.is_empty() || now >= deadline || page.next > after {
+            if !page.items.is_empty() || now >= deadline {
                 return page;
+            }
+            if page.next > cur {
+                // Events the filter skipped: look further (without waiting)
+                // until one matches or there is nothing more.
+                cur = page.next;
+                continue;
             }
             inner = self.cond.wait_timeout(inner, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
         }
@@ -328,6 +350,15 @@ fn write_line(out: &mut Vec<u8>, e: &StoredEvent) {
 /// line cut off), the writer thread started.
 pub fn open(dir: &Path, retention: Retention) -> std::io::Result<(Arc<EventWindow>, Writer)> {
     emq_journal::make_private_dir(dir)?;
+    // One router per directory: a second one started by mistake must not
+    // read (and cut) a file the first is writing.
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!("{} is in use by another router ({e})", dir.display()),
+        )
+    })?;
     let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -373,11 +404,15 @@ pub fn open(dir: &Path, retention: Retention) -> std::io::Result<(Arc<EventWindo
         inner.files.push_back((first, path, good));
     }
     inner.prune(now_unix());
-    let window = Arc::new(EventWindow { inner: Mutex::new(inner), cond: Condvar::new() });
+    let synced = std::sync::atomic::AtomicU64::new(inner.last);
+    let window = Arc::new(EventWindow { inner: Mutex::new(inner), cond: Condvar::new(), synced });
     let (tx, rx) = crossbeam_channel::unbounded();
     let w = window.clone();
     let d = dir.to_path_buf();
-    let thread = std::thread::Builder::new().name("emq-events".into()).spawn(move || writer_loop(&d, &w, &rx))?;
+    let thread = std::thread::Builder::new().name("emq-events".into()).spawn(move || {
+        let _lock = lock;
+        writer_loop(&d, &w, &rx)
+    })?;
     Ok((window, Writer { tx: Some(tx), thread: Some(thread) }))
 }
 
@@ -426,15 +461,27 @@ fn writer_loop(dir: &Path, window: &EventWindow, rx: &Receiver<ToWriter>) {
                 reply = Some(done);
                 stop = true;
             }
-            None => {}
+            None => {
+                // Idle: events past their age go even when nothing new comes.
+                window.lock().prune(now_unix());
+            }
         }
         if dirty && (reply.is_some() || last_sync.elapsed() >= Duration::from_secs(1)) {
-            if let Some(f) = &file {
-                if let Err(e) = f.sync_data() {
-                    error!(error = %e, "events: sync failed");
-                }
+            let upto = window.last_offset();
+            let synced = match &file {
+                Some(f) => match f.sync_data() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!(error = %e, "events: sync failed");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if synced {
+                window.synced.store(upto, std::sync::atomic::Ordering::Release);
+                dirty = false;
             }
-            dirty = false;
             last_sync = Instant::now();
             remove_old_files(window);
         }
@@ -459,30 +506,38 @@ fn append(
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut inner = window.lock();
-    let start_new = inner.files.back().is_none_or(|(_, _, size)| *size >= FILE_BYTES);
+    let start_new = window.lock().files.back().is_none_or(|(_, _, size)| *size >= FILE_BYTES);
     if start_new {
+        // The old file synced outside the window's lock (readers and the
+        // router's figures never wait for a disk).
         if let Some(f) = file.take() {
             f.sync_data()?;
         }
         let path = dir.join(file_name(first_offset));
-        inner.files.push_back((first_offset, path.clone(), 0));
-        drop(inner);
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
+        window.lock().files.push_back((first_offset, path, 0));
         *file = Some(f);
-        inner = window.lock();
     } else if file.is_none() {
-        let path = inner.files.back().map(|f| f.1.clone()).expect("a file");
-        *file = Some(std::fs::OpenOptions::new().append(true).open(&path)?);
+        let path = window.lock().files.back().map(|f| f.1.clone()).expect("a file");
+        *file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&path)?);
     }
-    if let Some(last) = inner.files.back_mut() {
+    let f = file.as_mut().expect("open");
+    let before = f.metadata().map(|m| m.len()).ok();
+    if let Err(e) = f.write_all(bytes) {
+        // No torn line left in the middle of a file: cut back to where
+        // this batch began (its events are in the journal still).
+        if let Some(len) = before {
+            let _ = f.set_len(len);
+        }
+        return Err(e);
+    }
+    if let Some(last) = window.lock().files.back_mut() {
         last.2 += bytes.len() as u64;
     }
-    drop(inner);
-    file.as_mut().expect("open").write_all(bytes)
+    Ok(())
 }
 
 /// Deletes files all of whose events are older than the window.
@@ -514,6 +569,7 @@ pub(crate) fn window_for_tests(retention: Retention) -> EventWindow {
             files: VecDeque::new(),
         }),
         cond: Condvar::new(),
+        synced: std::sync::atomic::AtomicU64::new(0),
     }
 }
 
