@@ -193,6 +193,17 @@ fn connection(mut stream: TcpStream, api: &v1::Api) {
             Err(ReadError::Closed) => return,
             Err(ReadError::Answer(resp)) => {
                 let _ = write_response(&mut stream, &resp, false);
+                // A lingering close: what the client still sends is read
+                // (a little, briefly) so the kernel does not answer it with
+                // a reset that could destroy our answer before it is read.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut sink = [0u8; 8192];
+                for _ in 0..256 {
+                    if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
                 return;
             }
         };
