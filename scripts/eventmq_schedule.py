@@ -38,8 +38,7 @@ def main():
 
     ctx = zmq.Context.instance()
     s = Sender()
-    s.connect(a.addr)
-    if not wait_connected(s.zsocket, 30.0):
+    if not wait_connected(s.zsocket, 30.0, lambda: s.connect(a.addr)):
         print('no connection to %s' % a.addr, file=sys.stderr)
         return 2
     msgid = schedule(s, a.func, interval_secs=a.interval,

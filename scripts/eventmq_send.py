@@ -31,10 +31,13 @@ from eventmq.utils.messages import send_emqp_message
 from json import dumps as serialize  # as eventmq.client.messages does
 
 
-def wait_connected(sock, timeout_s):
-    """True once the ZMTP handshake with the peer succeeded."""
+def wait_connected(sock, timeout_s, connect):
+    """Connects (`connect()`), True once the ZMTP handshake with the peer
+    succeeded. The monitor is attached first: a handshake that completes
+    before it would otherwise go unseen (and the wait time out)."""
     mon = sock.get_monitor_socket(
         zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
+    connect()
     deadline = time.monotonic() + timeout_s
     ok = False
     try:
@@ -96,10 +99,10 @@ def main():
     ctx = zmq.Context.instance()
     s = Sender()           # eventmq's DEALER; also reads EVENTMQ_* settings
     s.zsocket.setsockopt(zmq.SNDHWM, 0)   # never block on the HWM
-    s.connect(a.addr)
-
-    if a.connect_timeout > 0 and not wait_connected(s.zsocket,
-                                                    a.connect_timeout):
+    if a.connect_timeout <= 0:
+        s.connect(a.addr)
+    elif not wait_connected(s.zsocket, a.connect_timeout,
+                            lambda: s.connect(a.addr)):
         print('eventmq_send: no connection to %s within %.1fs'
               % (a.addr, a.connect_timeout), file=sys.stderr)
         s.zsocket.close(linger=0)

@@ -181,11 +181,16 @@ enum ReadError {
 }
 
 /// Serves one connection until it closes.
-fn connection(mut stream: TcpStream, api: &v1::Api) {
+fn connection(stream: TcpStream, api: &v1::Api) {
+    let mut links = api.take_links();
+    serve_connection(stream, api, &mut links);
+    api.give_back(links);
+}
+
+fn serve_connection(mut stream: TcpStream, api: &v1::Api, links: &mut v1::Links) {
     let _ = stream.set_read_timeout(Some(IDLE));
     let _ = stream.set_write_timeout(Some(IDLE));
     let _ = stream.set_nodelay(true);
-    let mut links = v1::Links::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let (req, keep_alive) = match read_request(&mut stream, &mut buf) {
@@ -207,7 +212,7 @@ fn connection(mut stream: TcpStream, api: &v1::Api) {
                 return;
             }
         };
-        match api.route(&req, &mut links) {
+        match api.route(&req, links) {
             Outcome::Answer(resp) => {
                 if write_response(&mut stream, &resp, keep_alive).is_err() || !keep_alive {
                     return;

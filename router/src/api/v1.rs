@@ -73,6 +73,10 @@ pub struct Api {
     admin_token: Mutex<Cached<Arc<str>>>,
     client_tokens: Mutex<Cached<Arc<Vec<emq_client::tokens::ClientToken>>>>,
     keys: Keys,
+    /// Links of closed connections, for the next ones: the router keeps a
+    /// bounded number of admin sessions, and connection churn must not
+    /// make (and evict) new ones.
+    spare_links: Mutex<Vec<Links>>,
 }
 
 /// One connection's links to the router (made when first needed).
@@ -141,6 +145,21 @@ impl Api {
             admin_token: Mutex::new(Cached::default()),
             client_tokens: Mutex::new(Cached::default()),
             keys,
+            spare_links: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Links for a new connection (a closed one's when there is one).
+    pub fn take_links(&self) -> Links {
+        self.spare_links.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    /// A closed connection's links, kept for the next (at most as many as
+    /// connections may be open).
+    pub fn give_back(&self, links: Links) {
+        let mut spare = self.spare_links.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < self.cfg.max_connections {
+            spare.push(links);
         }
     }
 

@@ -278,3 +278,21 @@ fn a_checkpoint_keeps_the_events_its_records_took_with_them() {
 
 /// The test records are from 1970: no age limit here.
 const NO_AGE: Retention = Retention { bytes: 64 << 20, max_age: None };
+
+#[test]
+fn a_requeued_dead_letter_keeps_its_names_and_its_owner() {
+    let dead = Record::Finished {
+        msgid: "m1".into(),
+        state: FinalState::Dead,
+        at: 102.0,
+        result: String::new(),
+        failure: Some(AttemptFailure { attempt: 3, kind: "E".into(), message: "no".into(), at: 102.0 }),
+    };
+    let events =
+        derive(&[accepted("m1", Some("tok")), dead, Record::Requeued { msgid: "m1".into(), attempts: 0 }, done("m1")]);
+    let kinds: Vec<&str> = events.iter().map(|e| &*e.kind).collect();
+    assert_eq!(kinds, ["accepted", "dead", "requeued", "succeeded"]);
+    assert!(events.iter().all(|e| e.owner.as_deref() == Some("tok") && e.queue.as_deref() == Some("q")));
+    // A requeue has no time of its own: the last record's, the same on replay.
+    assert_eq!(events[2].at, 102.0);
+}
