@@ -6,6 +6,7 @@ against EventMQ 0.3.13 and Celery measured in the same run. Every process it
 starts it stops again by pid. Raw results: target/bench/raw.jsonl.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -649,6 +650,29 @@ def http_get_json(addr, path, token):
         c.close()
 
 
+def next_flip(fn):
+    """0, 1, 0, 1, ... over the runs of scenario `fn`: which side goes first
+    (the order alternates between runs)."""
+    fn.runs = getattr(fn, "runs", 0) + 1
+    return (fn.runs - 1) % 2
+
+
+@contextlib.contextmanager
+def http_router_and_jm():
+    """A router with its HTTP server and one job manager, ready: yields the
+    addresses, the HTTP address and the admin token file; stops both."""
+    a = addrs()
+    r, http, tok = http_router(a)
+    j = emq_jm(a)
+    try:
+        wait_slots(a["admin"], 1)
+        time.sleep(1.0)
+        yield a, http, tok
+    finally:
+        stop(j)
+        stop(r)
+
+
 def s14(args):
     """HTTP submission (HTTP API v1): 8 keep-alive connections, each POST
     /v1/jobs then GET /v1/jobs/{id}/result?wait=30 until 200 (one job at a
@@ -656,14 +680,8 @@ def s14(args):
     scenario 2 (window 1000) and the same client with 8 outstanding (the
     HTTP side's concurrency), on the same router and job manager in the
     same run; the order alternates between runs."""
-    flip = len(getattr(s14, "runs", []))
-    s14.runs = getattr(s14, "runs", []) + [1]
-    a = addrs()
-    r, http, tok = http_router(a)
-    j = emq_jm(a)
-    try:
-        wait_slots(a["admin"], 1)
-        time.sleep(1.0)
+    flip = next_flip(s14)
+    with http_router_and_jm() as (a, http, tok):
 
         def run(kind):
             if kind == "http":
@@ -683,9 +701,6 @@ def s14(args):
                 "rust_jobs_per_sec": z["jobs_per_sec"], "rust_same_conc_jobs_per_sec": z8["jobs_per_sec"],
                 "ratio_pct": 100 * h["jobs_per_sec"] / z["jobs_per_sec"],
                 "ratio_same_conc_pct": 100 * h["jobs_per_sec"] / z8["jobs_per_sec"]}
-    finally:
-        stop(j)
-        stop(r)
 
 
 def s15(args):
@@ -694,14 +709,8 @@ def s15(args):
     scenario 2 alone, on the same router and job manager in the same run
     (the order alternates between runs). The reader's lag per event: its
     wall clock at receipt minus the event's `at`."""
-    flip = len(getattr(s15, "runs", []))
-    s15.runs = getattr(s15, "runs", []) + [1]
-    a = addrs()
-    r, http, tok = http_router(a)
-    j = emq_jm(a)
-    try:
-        wait_slots(a["admin"], 1)
-        time.sleep(1.0)
+    flip = next_flip(s15)
+    with http_router_and_jm() as (a, http, tok):
 
         def load():
             return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
@@ -734,9 +743,6 @@ def s15(args):
                 "events": ev["events"], "events_per_sec": ev["events_per_sec"], "reader_secs": ev["secs"],
                 "load_secs": rdr["secs"], "lag_p50_ms": ev["lag_p50_ms"], "lag_p99_ms": ev["lag_p99_ms"],
                 "lag_max_ms": ev["lag_max_ms"], "complete": ev["complete"], "gaps": ev["gaps"]}
-    finally:
-        stop(j)
-        stop(r)
 
 
 def run_json_bg(cmd):
