@@ -495,23 +495,7 @@ impl Deriver {
 
 /// The static name of an event type (anything else: "unknown").
 pub fn known_kind(s: &str) -> &'static str {
-    const KINDS: [&str; 14] = [
-        "accepted",
-        "started",
-        "progress",
-        "retrying",
-        "requeued",
-        "succeeded",
-        "failed",
-        "dead",
-        "cancelled",
-        "deduplicated",
-        "jobmanager_online",
-        "jobmanager_offline",
-        "gap",
-        "unknown",
-    ];
-    KINDS.iter().find(|k| **k == s).copied().unwrap_or("unknown")
+    EVENT_TYPES.iter().find(|k| **k == s).copied().unwrap_or("unknown")
 }
 
 /// The event types a reader may filter on.
