@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    emq_settings::init_logging(&s.log_level);
+    emq_settings::init_logging(&s.log_level, &s.log_format);
     emq_settings::warn_unused_eventmq_vars();
     if nix::unistd::geteuid().is_root() && s.worker_user.trim().is_empty() {
         tracing::warn!("running as root: jobs run as root too; set worker_user to run them as another user");

@@ -112,6 +112,8 @@ pub struct JobManagerSettings {
     /// replacement) or `exec` (each starts its own interpreter).
     pub worker_start: String,
     pub log_level: String,
+    /// `text` (colour only on a terminal) or `json` (one object per line).
+    pub log_format: String,
 }
 
 impl Default for JobManagerSettings {
@@ -149,6 +151,7 @@ impl Default for JobManagerSettings {
             curve_server_key: String::new(),
             curve_key: String::new(),
             log_level: "info".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -195,6 +198,7 @@ impl JobManagerSettings {
             addrs.push(a.clone());
         }
         v::log_filter("log_level", &self.log_level)?;
+        emq_settings::check_log_format("log_format", &self.log_format)?;
         let heartbeat_timeout = v::seconds("heartbeat_timeout", self.heartbeat_timeout, Zero::Refused)?;
         let liveness = v::multiplier("heartbeat_liveness", self.heartbeat_liveness, MAX_LIVENESS)?;
         // The product is a duration too: bounded like any other, checked
@@ -287,6 +291,7 @@ impl JobManagerSettings {
             job_entry_func: optional(&self.job_entry_func),
             job_exit_func: optional(&self.job_exit_func),
             log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
             preload: self.allowed_paths.iter().filter(|p| !p.contains('*')).cloned().collect(),
         }
     }

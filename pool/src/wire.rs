@@ -83,6 +83,9 @@ pub struct WorkerConfig {
     pub job_exit_func: Option<String>,
     /// Log filter for the worker's own messages.
     pub log_level: String,
+    /// `text` or `json`, as its job manager's.
+    #[serde(default)]
+    pub log_format: String,
     /// `(uid, gid)` the worker runs as (setting `worker_user`), so a job
     /// never runs as root unless asked; `None`: the job manager's own.
     #[serde(default)]

@@ -54,7 +54,7 @@ pub fn worker_main() -> i32 {
         },
         Err(_) => WorkerConfig::default(),
     };
-    tracing_subscriber_init(&cfg.log_level);
+    tracing_subscriber_init(&cfg.log_level, &cfg.log_format);
     if std::env::var_os(crate::template::TEMPLATE_ENV).is_some() {
         // The warm template: Python up and modules imported once; each
         // worker is forked from here and goes on below as its own process.
@@ -214,11 +214,17 @@ fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
     }
 }
 
-fn tracing_subscriber_init(level: &str) {
-    // The worker logs through the same stderr as its job manager.
+fn tracing_subscriber_init(level: &str, format: &str) {
+    // The worker logs through the same stderr as its job manager, in its
+    // format (no colour unless that stderr is a terminal).
     let filter =
         std::env::var("RUST_LOG").unwrap_or_else(|_| if level.is_empty() { "info".into() } else { level.into() });
-    let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).finish(),
-    );
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        tracing::subscriber::set_global_default(
+            fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).finish(),
+        )
+    } else {
+        tracing::subscriber::set_global_default(fmt.with_target(false).with_ansi(emq_settings::log_colours()).finish())
+    };
 }

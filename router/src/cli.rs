@@ -77,7 +77,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    emq_settings::init_logging(&settings.log_level);
+    emq_settings::init_logging(&settings.log_level, &settings.log_format);
     emq_settings::warn_unused_eventmq_vars();
     if let Ok(Some((url, ttl))) = settings.lease() {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));

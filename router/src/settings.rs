@@ -75,6 +75,8 @@ pub struct RouterSettings {
     pub events_retention: String,
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, ...).
     pub log_level: String,
+    /// `text` (colour only on a terminal) or `json` (one object per line).
+    pub log_format: String,
     /// Where the journal lives; empty = the per-user state directory
     /// (`$XDG_STATE_HOME/emq`, else `~/.local/state/emq`).
     pub data_dir: String,
@@ -251,6 +253,7 @@ impl Default for RouterSettings {
             idempotency_ttl: 86400.0,
             events_retention: "64MiB 7d".into(),
             log_level: "info".into(),
+            log_format: "text".into(),
             data_dir: String::new(),
             journal_sync: "fsync".into(),
             journal_segment_bytes: 64 << 20,
@@ -291,6 +294,7 @@ impl RouterSettings {
         self.check_addresses()?;
         v::count("socket_hwm", self.socket_hwm, 1, i32::MAX)?;
         v::log_filter("log_level", &self.log_level)?;
+        emq_settings::check_log_format("log_format", &self.log_format)?;
         v::count("max_message_bytes", self.max_message_bytes, 1024, 1 << 31)?;
         v::count("http_max_connections", self.http_max_connections, 1, 100_000)?;
         if !(86400.0..=(3650.0 * 86400.0)).contains(&self.idempotency_ttl) {
@@ -455,6 +459,7 @@ impl RouterSettings {
             idempotency_ttl,
             events_retention,
             log_level,
+            log_format,
             data_dir,
             journal_sync,
             journal_segment_bytes,
@@ -481,6 +486,7 @@ impl RouterSettings {
         "events_retention",
         "socket_hwm",
         "log_level",
+        "log_format",
         "data_dir",
         "journal_sync",
         "journal_segment_bytes",

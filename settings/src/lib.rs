@@ -96,6 +96,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "heartbeat_timeout",
     "heartbeat_liveness",
     "log_level",
+    "log_format",
     "worker_addr",
     "worker_addr_failover",
     "queues",
@@ -281,15 +282,37 @@ pub fn warn_unused_eventmq_vars() {
     }
 }
 
+/// Whether log lines may carry colour escapes: only to a terminal, and
+/// never with `NO_COLOR` set (https://no-color.org: any non-empty value).
+pub fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Sets up `tracing` to stderr. `RUST_LOG` wins over `level` (the
-/// `log_level` setting).
-pub fn init_logging(level: &str) {
+/// `log_level` setting); `format` is the `log_format` setting: `text`
+/// (colour only on a terminal, see [`log_colours`]) or `json` (one object
+/// per line: `timestamp`, `level`, `target`, `message` and the fields —
+/// msgid, queue, peer, pid, ...).
+pub fn init_logging(level: &str, format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init()
+    } else {
+        fmt.with_target(false).with_ansi(log_colours()).try_init()
+    };
+}
+
+/// Checks a `log_format` value.
+pub fn check_log_format(key: &str, value: &str) -> Result<(), SettingsError> {
+    match value {
+        "text" | "json" => Ok(()),
+        other => Err(SettingsError::invalid(key, other, "must be \"text\" or \"json\"")),
+    }
 }
 
 #[cfg(test)]
