@@ -520,12 +520,23 @@ pub fn render_status(v: &Value) -> String {
     // Jobs that wait because no job manager allows them: say so.
     if let Some(m) = v["waiting_not_allowed"].as_object() {
         for (queue, w) in m {
-            let modules: Vec<&str> = w["modules"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            out += &format!(
-                "\nqueue {queue}: {} job(s) wait: no job manager of it allows {} (allowed_paths)\n",
-                num(&w["waiting"]),
-                modules.join(", ")
-            );
+            let list = |k: &str| -> String {
+                w[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            };
+            if w.get("waiting").is_some() {
+                out += &format!(
+                    "\nqueue {queue}: {} job(s) wait: no job manager of it allows {} (allowed_paths)\n",
+                    num(&w["waiting"]),
+                    list("modules")
+                );
+            }
+            if w.get("waiting_for_labels").is_some() {
+                out += &format!(
+                    "\nqueue {queue}: {} job(s) wait for a job manager with {} (none connected has it)\n",
+                    num(&w["waiting_for_labels"]),
+                    list("wants")
+                );
+            }
         }
     }
     // Normal activity apart from anomalies: a retry is not an error.

@@ -56,6 +56,11 @@ pub struct Options {
     /// only within that limit (see [`check_limit`]); a name the router
     /// does not know is refused.
     pub limit: Option<String>,
+    /// `requires:gpu;eu`: only a job manager with all these labels (its
+    /// `labels` setting) receives the job; it waits until one is there.
+    pub requires: Vec<String>,
+    /// `on:NAME`: only the job manager of that name (`--name`).
+    pub on: Option<String>,
 }
 
 /// Longest limit name, and partition, a `limit` header may carry.
@@ -93,6 +98,8 @@ impl Default for Options {
             depends_on: Vec::new(),
             run_on_dependency_failure: false,
             limit: None,
+            requires: Vec::new(),
+            on: None,
         }
     }
 }
@@ -111,6 +118,8 @@ impl Options {
             depends_on: self.depends_on.clone(),
             run_on_dependency_failure: self.run_on_dependency_failure,
             limit: self.limit.clone(),
+            requires: self.requires.clone(),
+            on: self.on.clone(),
             ..Default::default()
         }
         .to_wire()

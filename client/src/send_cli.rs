@@ -113,6 +113,13 @@ pub struct Args {
     /// does not know is refused.
     #[arg(long, value_name = "NAME[/PARTITION]", value_parser = flags::limit)]
     pub limit: Option<String>,
+    /// `requires:LABEL;...`: only a job manager with all these labels
+    /// (`--labels`) receives the job (`--requires gpu,eu`).
+    #[arg(long, value_name = "LABEL", value_delimiter = ',')]
+    pub requires: Vec<String>,
+    /// `on:NAME`: only the job manager named NAME (`--name`) receives it.
+    #[arg(long, value_name = "NAME")]
+    pub on: Option<String>,
     /// With --depends-on: run even when a dependency failed.
     #[arg(long, value_parser = ["cancel", "run"], default_value = "cancel")]
     pub on_dependency_failure: String,
@@ -238,6 +245,8 @@ pub fn main() -> ExitCode {
         depends_on: a.depends_on.iter().map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).collect(),
         run_on_dependency_failure: a.on_dependency_failure == "run",
         limit: a.limit.clone(),
+        requires: a.requires.iter().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect(),
+        on: a.on.clone(),
     };
     let keys = match flags::curve_keys(a.curve_server_key.as_deref(), a.curve_key.as_deref()) {
         Ok(k) => k,

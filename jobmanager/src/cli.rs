@@ -30,6 +30,9 @@ pub struct Args {
     /// Name prefix of this job manager's identity at the router.
     #[arg(long, short = 'n')]
     pub name: Option<String>,
+    /// Labels jobs can require (`--labels gpu,eu`; setting `labels`).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
     /// Directory prepended to the workers' sys.path (repeatable).
     #[arg(long = "python-path")]
     pub python_path: Vec<String>,
@@ -50,6 +53,9 @@ pub fn settings(args: &Args) -> Result<JobManagerSettings, SettingsError> {
     }
     if let Some(n) = &args.name {
         s.name = n.clone();
+    }
+    if let Some(l) = &args.labels {
+        s.labels = l.iter().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
     }
     s.python_path.extend(args.python_path.iter().cloned());
     s.to_config()?;

@@ -94,8 +94,11 @@ pub struct JobManagerSettings {
     pub python_venv: String,
     /// Module prefixes jobs may name; empty = any (with a warning).
     pub allowed_paths: Vec<String>,
-    /// Name prefix of this job manager's identity at the router.
+    /// Name prefix of this job manager's identity at the router (and the
+    /// name jobs sent `on:NAME` ask for).
     pub name: String,
+    /// Labels jobs can require (`requires:gpu;eu`): `["gpu", "eu"]`.
+    pub labels: Vec<String>,
     /// Largest message the router may send (`ZMQ_MAXMSGSIZE`).
     pub max_message_bytes: u64,
     /// The router's CURVE public key file; with `curve_key`, the router
@@ -144,6 +147,7 @@ impl Default for JobManagerSettings {
             python_path: Vec::new(),
             python_venv: String::new(),
             allowed_paths: Vec::new(),
+            labels: Vec::new(),
             name: String::new(),
             max_message_bytes: 16 << 20,
             worker_user: String::new(),
@@ -230,7 +234,19 @@ impl JobManagerSettings {
             reconnect_timeout: v::seconds("reconnect_timeout", self.reconnect_timeout, Zero::Refused)?,
             addrs,
             allowed_paths: self.allowed_callables()?,
+            labels: self.checked_labels()?,
         })
+    }
+
+    /// `labels`: each 1 to 64 of `A-Z a-z 0-9 _ - . :`, at most 32.
+    fn checked_labels(&self) -> Result<Vec<String>, SettingsError> {
+        if self.labels.len() > emq_protocol::MAX_LABELS {
+            return Err(SettingsError::invalid("labels", self.labels.join(","), "at most 32 labels"));
+        }
+        if let Some(bad) = self.labels.iter().find(|l| !emq_protocol::valid_label(l)) {
+            return Err(SettingsError::invalid("labels", bad, "a label is 1 to 64 of A-Z a-z 0-9 _ - . :"));
+        }
+        Ok(self.labels.clone())
     }
 
     /// `allowed_paths`, required: closed by default — a job manager that

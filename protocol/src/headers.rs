@@ -51,7 +51,57 @@ pub struct Headers {
     /// `checkpoint:JSON` (`%` and `,` escaped), the last checkpoint an
     /// earlier attempt kept (issue 26).
     pub checkpoint: Option<String>,
+    /// Our extension, `requires:gpu;eu`: only a job manager with all these
+    /// labels (its `labels` setting, said at INFORM) receives the job.
+    pub requires: Vec<String>,
+    /// Our extension, `on:NAME`: only the job manager of that name.
+    pub on: Option<String>,
 }
+
+/// Where a job may run (`requires:` / `on:`): see [`Headers::requires`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub requires: Vec<String>,
+    pub on: Option<String>,
+}
+
+impl Placement {
+    /// The placement a header frame asks for; `None` when it asks none
+    /// (the common case, told without parsing the headers).
+    pub fn of(raw: &str) -> Option<Placement> {
+        if !raw.contains("requires:") && !raw.contains("on:") {
+            return None;
+        }
+        let h = Headers::parse(raw);
+        (!h.requires.is_empty() || h.on.is_some()).then_some(Placement { requires: h.requires, on: h.on })
+    }
+
+    /// Whether a job manager named `name` with `labels` may run it.
+    pub fn fits<S: AsRef<str>>(&self, name: Option<&str>, labels: &[S]) -> bool {
+        self.on.as_deref().is_none_or(|on| name == Some(on))
+            && self.requires.iter().all(|r| labels.iter().any(|l| l.as_ref() == r))
+    }
+
+    /// `requires:gpu;eu` / `on:B` as `emq-cli status` shows what a job waits for.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.requires.is_empty() {
+            parts.push(format!("requires:{}", self.requires.join(";")));
+        }
+        if let Some(on) = &self.on {
+            parts.push(format!("on:{on}"));
+        }
+        parts.join(",")
+    }
+}
+
+/// A label or job manager name: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+}
+
+/// Most labels a job may require (and a job manager may have).
+pub const MAX_LABELS: usize = 32;
 
 /// Most jobs one job may depend on.
 pub const MAX_DEPENDS_ON: usize = 1000;
@@ -91,6 +141,27 @@ impl Headers {
                 }
                 "on_dependency_failure" => h.run_on_dependency_failure = value == Some("run"),
                 "limit" => h.limit = value.filter(|v| !v.is_empty() && v.len() <= 400).map(str::to_owned),
+                "requires" => {
+                    // All or nothing: a malformed list must not widen where
+                    // the job may run.
+                    let labels: Vec<String> = value
+                        .map(|v| v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                        .unwrap_or_default();
+                    h.requires = if labels.len() <= MAX_LABELS && labels.iter().all(|l| valid_label(l)) {
+                        labels
+                    } else {
+                        vec!["(invalid requires: header)".into()]
+                    };
+                }
+                "on" => {
+                    h.on = value.filter(|v| !v.is_empty()).map(|v| {
+                        if valid_label(v) {
+                            v.to_owned()
+                        } else {
+                            "(invalid on: header)".into()
+                        }
+                    })
+                }
                 "checkpoint" => {
                     h.checkpoint = value.filter(|v| !v.is_empty()).map(crate::cmd::decode_checkpoint_header)
                 }
@@ -152,6 +223,12 @@ impl Headers {
         if let Some(l) = &self.limit {
             parts.push(format!("limit:{l}"));
         }
+        if !self.requires.is_empty() {
+            parts.push(format!("requires:{}", self.requires.join(";")));
+        }
+        if let Some(on) = &self.on {
+            parts.push(format!("on:{on}"));
+        }
         if let Some(c) = &self.checkpoint {
             parts.push(format!("checkpoint:{}", crate::cmd::encode_checkpoint_header(c)));
         }
@@ -170,6 +247,29 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_headers_parse_match_and_refuse_what_is_malformed() {
+        assert_eq!(Placement::of("guarantee,limit:api"), None, "no placement asked: not even parsed");
+        let p = Placement::of("guarantee,requires:gpu;eu,on:B").unwrap();
+        assert_eq!((p.requires.clone(), p.on.clone()), (vec!["gpu".to_owned(), "eu".to_owned()], Some("B".to_owned())));
+        assert!(p.fits(Some("B"), &["eu", "gpu", "x"]));
+        assert!(!p.fits(Some("B"), &["gpu"]), "every label is needed");
+        assert!(!p.fits(Some("A"), &["gpu", "eu"]), "only the named job manager");
+        assert!(!p.fits(None, &["gpu", "eu"]));
+        assert_eq!(p.describe(), "requires:gpu;eu,on:B");
+        assert!(Placement::of("requires:gpu").unwrap().fits(None, &["gpu"]));
+        // Round trip through the wire form.
+        let h = Headers { requires: vec!["gpu".into()], on: Some("B".into()), ..Default::default() };
+        assert_eq!(Headers::parse(&h.to_wire()).requires, vec!["gpu"]);
+        assert_eq!(Headers::parse(&h.to_wire()).on.as_deref(), Some("B"));
+        // Malformed: never widened to "anywhere" (the router refuses them).
+        let bad = Headers::parse("requires:gpu;not a label");
+        assert!(bad.requires.iter().any(|l| !valid_label(l)));
+        assert!(Headers::parse("on:a b").on.is_some_and(|o| !valid_label(&o)));
+        // A limit partition ending in "on" is not a placement.
+        assert_eq!(Placement::of("limit:api/region:eu"), None);
+    }
 
     #[test]
     fn parses_eventmq_order() {

@@ -23,7 +23,7 @@ mod payload;
 pub mod pyjson;
 mod queues;
 
-pub use cmd::{allow_feature, path_allowed, FEATURE_ALLOW_PREFIX, MAX_ALLOWED_PATHS};
+pub use cmd::{allow_feature, path_allowed, placement_features, FEATURE_ALLOW_PREFIX, MAX_ALLOWED_PATHS};
 pub use cmd::{
     decode_checkpoint_header, encode_checkpoint_header, JobUpdate, JobUpdates, Progress, MAX_CHECKPOINT_BYTES,
     MAX_JOB_UPDATES, MAX_PROGRESS_MESSAGE,
@@ -38,7 +38,7 @@ pub use cmd::{
 };
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
-pub use headers::{Headers, MAX_DELAY_SECS, MAX_DEPENDS_ON, MAX_TIMEOUT_SECS};
+pub use headers::{valid_label, Headers, Placement, MAX_DELAY_SECS, MAX_DEPENDS_ON, MAX_LABELS, MAX_TIMEOUT_SECS};
 pub use health::{CallableHealth, HealthError, JobHealth, PoolHealth, WorkerHealth, WorkerSlotState, MAX_HEALTH_BYTES};
 pub use parse::Parse;
 pub use payload::{payload_module, JobError, JobErrorKind, JobReply, PayloadError, RunPayload};

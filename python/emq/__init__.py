@@ -418,6 +418,22 @@ def _check_unique(unique):
     return unique
 
 
+def _valid_label(s):
+    return isinstance(s, str) and 0 < len(s) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-.:") for c in s)
+
+
+def _check_labels(requires):
+    """``requires=``: a list of labels (a single string is one label)."""
+    if requires is None:
+        return []
+    if isinstance(requires, str):
+        requires = [requires]
+    requires = list(requires)
+    if len(requires) > 32 or not all(_valid_label(r) for r in requires):
+        raise ValueError("requires must be at most 32 labels of 1 to 64 of A-Z a-z 0-9 _ - . :, not %r" % (requires,))
+    return requires
+
+
 def _check_limit(limit):
     """``NAME`` or ``NAME/PARTITION`` as the router reads it (or None)."""
     if limit is None:
@@ -548,7 +564,7 @@ class Client:
 
     def send(self, fn, *args, queue="default", timeout=None, retries=None, guarantee=False, result=True,
              kwargs=None, class_args=None, class_kwargs=None, delay=None, eta=None, unique=None,
-             depends_on=None, on_dependency_failure="cancel", limit=None, **job_kwargs):
+             depends_on=None, on_dependency_failure="cancel", limit=None, requires=None, on=None, **job_kwargs):
         """Sends ``fn(*args, **job_kwargs)`` to run on a worker and returns
         its :class:`Job` once the router's receipt is in.
 
@@ -575,8 +591,11 @@ class Client:
         the job only within that limit (its ``limits`` setting: so many
         running at once, so many starts per period, per partition); a name
         it does not know is refused (:class:`Refused` with its reason).
-        These three need emq's router (:class:`ResultsUnavailable` on
-        EventMQ's).
+        ``requires``: labels (``["gpu"]``) a job manager must all have (its
+        ``labels`` setting, ``--labels``); ``on``: the name of the one job
+        manager (``--name``) to run it. Only such a job manager receives the
+        job; while none is connected it waits. These need emq's router
+        (:class:`ResultsUnavailable` on EventMQ's).
 
         Raises :class:`Refused` with the router's reason, ``ValueError`` for
         a malformed callable, ``TypeError`` for arguments that are not
@@ -589,7 +608,10 @@ class Client:
         deps = _msgids("depends_on", depends_on)
         _check_on_dependency_failure(on_dependency_failure)
         limit = _check_limit(limit)
-        if unique is not None or deps or limit is not None:
+        requires = _check_labels(requires)
+        if on is not None and not _valid_label(on):
+            raise ValueError("on must be a job manager name (1 to 64 of A-Z a-z 0-9 _ - . :), not %r" % (on,))
+        if unique is not None or deps or limit is not None or requires or on is not None:
             # EventMQ's router would ignore them and run the job at once.
             self._require_results("unique=, depends_on= and limit=")
         if delay is not None:
@@ -602,7 +624,8 @@ class Client:
                 raise ValueError("eta must be a datetime or unix seconds >= 0, not %r" % (eta,))
         msgid = self._native.send(queue, path, callable_, *texts, bool(result), bool(guarantee), retries, timeout,
                                   delay, eta, unique=unique, depends_on=deps,
-                                  run_on_dependency_failure=on_dependency_failure == "run", limit=limit)
+                                  run_on_dependency_failure=on_dependency_failure == "run", limit=limit,
+                                  requires=requires, on=on)
         receipted, holder = self._receipt(msgid, name)
         return Job(self, holder or msgid, name, queue, receipted, bool(result), owner=self._native.owner_token,
                    deduplicated=holder is not None)

@@ -269,7 +269,8 @@ impl NativeClient {
     /// Sends one REQUEST; returns its msgid at once (no waiting).
     #[pyo3(signature = (queue, path, callable, args_json, kwargs_json, class_args_json, class_kwargs_json,
                         reply_requested, guarantee, retries, timeout, delay=None, eta=None, unique=None,
-                        depends_on=Vec::new(), run_on_dependency_failure=false, limit=None))]
+                        depends_on=Vec::new(), run_on_dependency_failure=false, limit=None, requires=Vec::new(),
+                        on=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -291,6 +292,8 @@ impl NativeClient {
         depends_on: Vec<String>,
         run_on_dependency_failure: bool,
         limit: Option<String>,
+        requires: Vec<String>,
+        on: Option<String>,
     ) -> PyResult<String> {
         let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
             v.map(|x| {
@@ -326,6 +329,8 @@ impl NativeClient {
             depends_on,
             run_on_dependency_failure,
             limit,
+            requires,
+            on,
         };
         // Given a leader and standbys (`A,B`), no router may be up for a
         // few seconds of a failover: keep trying for up to SEND_RETRY.

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: &[&str] =
-    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users"];
+    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users", "labels"];
 
 /// A settings file or value that cannot be used. Binaries print it as one
 /// line and exit with status 2; a server reloading on SIGHUP logs it and
@@ -123,6 +123,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "curve_key",
     "worker_user",
     "name",
+    "labels",
 ];
 
 /// `EMQ_*` variables that are not settings: the worker's own

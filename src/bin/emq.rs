@@ -324,6 +324,7 @@ fn check_settings(
         queues: queues.clone().map(|q| vec![q]),
         jobs,
         name: None,
+        labels: None,
         python_path: python_path.iter().map(|p| p.display().to_string()).collect(),
     };
     emq_jobmanager::cli::settings(&jm)?;

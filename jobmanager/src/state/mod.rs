@@ -92,6 +92,9 @@ pub struct JmConfig {
     /// Router addresses: the main one, then failovers.
     pub addrs: Vec<String>,
     pub allowed_paths: Vec<String>,
+    /// This job manager's labels (setting `labels`): jobs that `requires:`
+    /// them come here.
+    pub labels: Vec<String>,
 }
 
 impl JmConfig {

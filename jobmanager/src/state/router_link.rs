@@ -173,9 +173,13 @@ impl JobManagerState {
             // once the router says it takes them.
             // And what we run (allowed_paths): the router hands us only
             // jobs we allow, instead of jobs we would refuse.
-            features: Some(match emq_protocol::allow_feature(&self.cfg.allowed_paths) {
-                Some(allow) => format!("{},{},{allow}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH),
-                None => format!("{},{}", emq_protocol::FEATURE_REPORTS_ALL, emq_protocol::FEATURE_BATCH),
+            // And where jobs sent `requires:` / `on:` may go: our labels
+            // and name.
+            features: Some({
+                let mut f = vec![emq_protocol::FEATURE_REPORTS_ALL.to_owned(), emq_protocol::FEATURE_BATCH.to_owned()];
+                f.extend(emq_protocol::allow_feature(&self.cfg.allowed_paths));
+                f.extend(emq_protocol::placement_features(&self.cfg.labels, &self.name));
+                f.join(",")
             }),
         }))));
     }

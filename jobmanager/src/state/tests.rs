@@ -23,6 +23,7 @@ fn cfg(workers: usize) -> JmConfig {
         steal_after: Duration::from_millis(10),
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
         allowed_paths: vec!["*".into()],
+        labels: Vec::new(),
     }
 }
 

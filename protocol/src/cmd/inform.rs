@@ -52,6 +52,54 @@ impl Inform {
     }
 }
 
+/// Feature token prefix: the job manager's labels, `labels=gpu|eu` (jobs
+/// with `requires:` go only to one with them all).
+pub const FEATURE_LABELS_PREFIX: &str = "labels=";
+
+/// Feature token prefix: the job manager's name, `name=B` (jobs with
+/// `on:B` go only to it).
+pub const FEATURE_NAME_PREFIX: &str = "name=";
+
+impl Inform {
+    fn feature_value(&self, prefix: &str) -> Option<&str> {
+        self.features.as_deref()?.split(',').map(str::trim).find_map(|t| t.strip_prefix(prefix))
+    }
+
+    /// The labels the sender says it has (`labels=` token; valid ones, at
+    /// most [`crate::MAX_LABELS`]).
+    pub fn labels(&self) -> Vec<String> {
+        self.feature_value(FEATURE_LABELS_PREFIX)
+            .map(|v| {
+                v.split('|')
+                    .map(str::trim)
+                    .filter(|l| crate::valid_label(l))
+                    .take(crate::MAX_LABELS)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The name the sender says it has (`name=` token), when valid.
+    pub fn name(&self) -> Option<String> {
+        self.feature_value(FEATURE_NAME_PREFIX).filter(|n| crate::valid_label(n)).map(str::to_owned)
+    }
+}
+
+/// The `labels=` and `name=` feature tokens of a job manager (the ones that
+/// can be said: valid labels and name).
+pub fn placement_features(labels: &[String], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).filter(|l| crate::valid_label(l)).collect();
+    if !labels.is_empty() {
+        out.push(format!("{FEATURE_LABELS_PREFIX}{}", labels.join("|")));
+    }
+    if crate::valid_label(name) {
+        out.push(format!("{FEATURE_NAME_PREFIX}{name}"));
+    }
+    out
+}
+
 /// The `allow=` feature token for `paths`; `None` when they cannot be said
 /// in one (a path holding `,` `|` or whitespace, or none at all): the job
 /// manager then simply refuses what it does not allow.

@@ -21,7 +21,10 @@ pub use ack::Ack;
 pub use admin::AdminCommand;
 pub use batch::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use heartbeat::Heartbeat;
-pub use inform::{allow_feature, path_allowed, Inform, FEATURE_ALLOW_PREFIX, FEATURE_REPORTS_ALL, MAX_ALLOWED_PATHS};
+pub use inform::{
+    allow_feature, path_allowed, placement_features, Inform, FEATURE_ALLOW_PREFIX, FEATURE_LABELS_PREFIX,
+    FEATURE_NAME_PREFIX, FEATURE_REPORTS_ALL, MAX_ALLOWED_PATHS,
+};
 pub use publish::Publish;
 pub use reply::Reply;
 pub use request::Request;

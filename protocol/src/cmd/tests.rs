@@ -192,3 +192,18 @@ fn schedule_options_and_timing() {
     assert!(s("1.5", "").timing().is_err());
     assert!(s("abc", "* * * * *").timing().is_err());
 }
+
+#[test]
+fn inform_carries_labels_and_name() {
+    let features = crate::placement_features(&["gpu".into(), "eu".into(), "bad label".into()], "B");
+    let inform = Inform {
+        queues: Default::default(),
+        kind: "worker".into(),
+        features: Some(format!("reports-all,{}", features.join(","))),
+    };
+    assert_eq!(inform.labels(), vec!["gpu", "eu"], "invalid labels are not said");
+    assert_eq!(inform.name().as_deref(), Some("B"));
+    let eventmq = Inform { queues: Default::default(), kind: "worker".into(), features: None };
+    assert!(eventmq.labels().is_empty());
+    assert_eq!(eventmq.name(), None);
+}

@@ -710,7 +710,7 @@ fn result_of(id: &str, state: &str, v: &Value) -> Value {
 }
 
 /// Fields of `POST /v1/jobs` (docs/http.md): unknown ones are refused.
-const JOB_FIELDS: [&str; 12] = [
+const JOB_FIELDS: [&str; 14] = [
     "callable",
     "args",
     "kwargs",
@@ -723,6 +723,8 @@ const JOB_FIELDS: [&str; 12] = [
     "unique",
     "limit",
     "depends_on",
+    "requires",
+    "on",
 ];
 
 fn valid_queue(q: &str) -> bool {
@@ -813,6 +815,22 @@ pub fn job_request(v: &Value) -> Result<(String, emq_client::Job, emq_client::Op
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("\"depends_on\" must be an array of at most 1000 job ids".into()),
+    };
+    opts.requires = match o.get("requires") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) if a.len() <= emq_protocol::MAX_LABELS => a
+            .iter()
+            .map(|l| match l.as_str() {
+                Some(s) if emq_protocol::valid_label(s) => Ok(s.to_owned()),
+                _ => Err("\"requires\" must be labels: 1 to 64 of A-Z a-z 0-9 _ - . :".to_owned()),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("\"requires\" must be an array of at most 32 labels".into()),
+    };
+    opts.on = match o.get("on") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if emq_protocol::valid_label(s) => Some(s.clone()),
+        Some(_) => return Err("\"on\" must be a job manager name: 1 to 64 of A-Z a-z 0-9 _ - . :".into()),
     };
     Ok((queue, job, opts))
 }

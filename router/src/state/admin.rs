@@ -313,32 +313,52 @@ impl RouterState {
             }
             let jms: Vec<&super::JobManagerPeer> =
                 q.job_managers.iter().filter_map(|(_, p)| self.peers.job_managers.get(p)).collect();
-            if jms.is_empty() || jms.iter().all(|jm| jm.allowed.is_none()) {
+            if jms.is_empty() {
                 continue;
             }
-            let mut n = 0u64;
+            let (mut n, mut pinned) = (0u64, 0u64);
             let mut modules: Vec<String> = Vec::new();
+            let mut wants: Vec<String> = Vec::new();
             for job in q.waiting.iter().take(1000) {
-                let payload = job.request.payload();
-                if jms.iter().any(|jm| jm.allows_payload(payload)) {
+                let (headers, payload) = (job.request.headers_str(), job.request.payload());
+                if jms.iter().any(|jm| jm.accepts(headers, payload)) {
                     continue;
                 }
-                n += 1;
-                if let Some(m) = emq_protocol::payload_module(payload) {
-                    if modules.len() < 5 && !modules.iter().any(|x| *x == *m) {
-                        modules.push(m.into_owned());
+                if !jms.iter().any(|jm| jm.allows_payload(payload)) {
+                    n += 1;
+                    if let Some(m) = emq_protocol::payload_module(payload) {
+                        if modules.len() < 5 && !modules.iter().any(|x| *x == *m) {
+                            modules.push(m.into_owned());
+                        }
+                    }
+                } else if let Some(p) = emq_protocol::Placement::of(headers) {
+                    pinned += 1;
+                    let d = p.describe();
+                    if wants.len() < 5 && !wants.contains(&d) {
+                        wants.push(d);
                     }
                 }
             }
+            let mut why = Map::new();
             if n > 0 {
-                out.insert(
-                    name.clone(),
-                    json!({
-                        "waiting": n,
-                        "modules": modules,
-                        "why": "no job manager of this queue allows these modules (allowed_paths): they wait for one that does",
-                    }),
+                why.insert("waiting".into(), n.into());
+                why.insert("modules".into(), json!(modules));
+                why.insert(
+                    "why".into(),
+                    "no job manager of this queue allows these modules (allowed_paths): they wait for one that does"
+                        .into(),
                 );
+            }
+            if pinned > 0 {
+                why.insert("waiting_for_labels".into(), pinned.into());
+                why.insert("wants".into(), json!(wants));
+                why.insert(
+                    "why_pinned".into(),
+                    "no job manager connected has the labels or name these jobs ask for (requires: / on:): they wait for one".into(),
+                );
+            }
+            if !why.is_empty() {
+                out.insert(name.clone(), Value::Object(why));
             }
         }
         out

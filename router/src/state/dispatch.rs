@@ -178,10 +178,11 @@ impl RouterState {
     /// behind busy workers: a job must not wait there while another job
     /// manager of its queue has a worker free), then least recently used.
     ///
-    /// With `payload` (the job's), only a job manager that allows its
-    /// callable (`allowed_paths`, said at INFORM) is picked; `None` asks
-    /// whether any slot is free at all.
-    pub(super) fn pick_job_manager(&self, queue: &str, payload: Option<&str>) -> Option<PeerId> {
+    /// With `job` (its header frame and payload), only a job manager that
+    /// allows its callable (`allowed_paths`, said at INFORM) and has the
+    /// labels and name it asks for (`requires:` / `on:`) is picked; `None`
+    /// asks whether any slot is free at all.
+    pub(super) fn pick_job_manager(&self, queue: &str, job: Option<(&str, &str)>) -> Option<PeerId> {
         if !self.dispatching() {
             return None;
         }
@@ -201,7 +202,7 @@ impl RouterState {
             }
             // A job manager of many queues stays in the sets while busy.
             let Some(jm) = self.peers.job_managers.get(peer).filter(|jm| jm.free_slots > 0) else { continue };
-            if payload.is_some_and(|p| !jm.allows_payload(p)) {
+            if job.is_some_and(|(h, p)| !jm.accepts(h, p)) {
                 continue;
             }
             looked += 1;
@@ -404,6 +405,15 @@ impl RouterState {
             }
             let Some(queue) = self.next_queue_for(jm) else { return };
             let job = self.unbuffer(&queue).expect("non-empty");
+            if !peer_accepts(self, jm, &job) {
+                // Pinned elsewhere (`requires:` / `on:`): it keeps its place
+                // and this job manager takes the oldest job it may run.
+                self.buffer(queue, job, true);
+                if !self.dispatch_one_allowed(jm, now, out) {
+                    return;
+                }
+                continue;
+            }
             if let Handed::Blocked(job) = self.dispatch(jm.clone(), queue.clone(), job, now, out) {
                 // Jobs waiting for their limit are at their budget: this
                 // queue waits until some start.
@@ -413,7 +423,8 @@ impl RouterState {
         }
     }
 
-    /// For a job manager with `allowed_paths`: the oldest waiting job it
+    /// For a job manager with `allowed_paths` (or when the job at the head
+    /// of its queue is pinned elsewhere): the oldest waiting job it
     /// allows, from its highest-weight queue that has one, is handed to it
     /// (jobs it does not allow wait for another job manager: no job waits
     /// behind them). Its best queue is looked at first, as for any job
@@ -447,7 +458,11 @@ impl RouterState {
         let (Some(peer), Some(q)) = (self.peers.job_managers.get(jm), self.dispatch.queues.get(queue)) else {
             return false;
         };
-        let Some(pos) = q.waiting.iter().take(MAX_ALLOWED_SCAN).position(|j| peer.allows_payload(j.request.payload()))
+        let Some(pos) = q
+            .waiting
+            .iter()
+            .take(MAX_ALLOWED_SCAN)
+            .position(|j| peer.accepts(j.request.headers_str(), j.request.payload()))
         else {
             return false;
         };
@@ -499,7 +514,7 @@ impl RouterState {
         out.push(Action::Journal(Record::Requeued { msgid: job.msgid.to_string(), attempts: job.attempts }));
         // Its earlier run (if any) holds no slot of its limit any more.
         self.limits.ended(&job.msgid);
-        if let Some(jm) = self.pick_job_manager(&queue, Some(job.request.payload())) {
+        if let Some(jm) = self.pick_job_manager(&queue, Some((job.request.headers_str(), job.request.payload()))) {
             if let Handed::Blocked(job) = self.dispatch(jm, queue.clone(), job, now, out) {
                 self.buffer(queue, job, true);
             }
@@ -590,4 +605,9 @@ mod room_tests {
         assert_eq!((d.buffered_bytes, d.buffered(), d.queue_len("q")), (0, 0, 0));
         assert!(d.cancelled_spilled.is_empty(), "a cancelled job is skipped once");
     }
+}
+
+/// Whether `jm` may run `job` (see `JobManagerPeer::accepts`).
+fn peer_accepts(state: &RouterState, jm: &PeerId, job: &WaitingJob) -> bool {
+    state.peers.job_managers.get(jm).is_some_and(|p| p.accepts(job.request.headers_str(), job.request.payload()))
 }

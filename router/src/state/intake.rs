@@ -42,6 +42,8 @@ pub enum Refusal {
     BadWorkflow(String),
     /// A `limit:` naming no configured limit, or malformed (why).
     BadLimit(String),
+    /// A malformed `requires:` / `on:` header.
+    BadPlacement,
 }
 
 impl Refusal {
@@ -60,6 +62,7 @@ impl Refusal {
             Refusal::DelayedFull => Some("refused_delayed_full"),
             Refusal::BadWorkflow(_) => Some("refused_workflow"),
             Refusal::BadLimit(_) => Some("refused_limit"),
+            Refusal::BadPlacement => Some("refused_placement"),
         }
     }
 
@@ -88,6 +91,7 @@ impl Refusal {
             Refusal::DelayedFull => "router full: delayed and held jobs are past delayed_max_bytes".into(),
             Refusal::BadWorkflow(why) => format!("workflow refused: {why}"),
             Refusal::BadLimit(why) => format!("limit refused: {why}"),
+            Refusal::BadPlacement => "placement refused: requires: takes labels (1-64 of A-Z a-z 0-9 _ - . :, at most 32, ; between) and on: a job manager name of the same characters".into(),
         }
     }
 }
@@ -275,6 +279,9 @@ impl RouterState {
         if let Err(why) = self.check_limit(headers.limit.as_deref()) {
             return self.refuse(&client, msgid, Refusal::BadLimit(why), out);
         }
+        if headers.requires.iter().chain(headers.on.iter()).any(|l| !emq_protocol::valid_label(l)) {
+            return self.refuse(&client, msgid, Refusal::BadPlacement, out);
+        }
         // `unique:KEY`: while a job holds the key in this queue, the
         // sender gets that job (its msgid), not a second one.
         if let Some(key) = &headers.unique {
@@ -302,7 +309,11 @@ impl RouterState {
         // `delay:` / `eta:` in the future: the job waits for its time first.
         let due = headers.due_at(now.unix);
         let queue = self.resolve_queue(&request.queue);
-        let target = if due.is_some() { None } else { self.pick_job_manager(&queue, Some(&request.payload)) };
+        let target = if due.is_some() {
+            None
+        } else {
+            self.pick_job_manager(&queue, Some((&request.headers, &request.payload)))
+        };
         let hwm = self.cfg.hwm;
         if target.is_none() && due.is_none() && hwm > 0 && self.queue_len(&queue) >= hwm {
             return self.refuse(&client, msgid, Refusal::QueueFull { queue, hwm }, out);

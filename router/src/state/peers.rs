@@ -89,6 +89,8 @@ impl RouterState {
         let batches = inform.has_feature(emq_protocol::FEATURE_BATCH);
         let allowed: Option<Arc<[Box<str>]>> =
             inform.allowed_paths().map(|v| v.into_iter().map(String::into_boxed_str).collect());
+        let labels: Arc<[Box<str>]> = inform.labels().into_iter().map(String::into_boxed_str).collect();
+        let jm_name = inform.name().map(String::into_boxed_str);
         let queues = if inform.queues.is_empty() { QueueSpec::default_queues() } else { inform.queues };
         info!(%peer, user = self.user.as_deref().unwrap_or("-"), %msgid, queues = %queues.to_wire(), "job manager connected");
         let names: Vec<&str> = queues.0.iter().map(|(_, n)| n.as_str()).collect();
@@ -107,6 +109,8 @@ impl RouterState {
         jm.user = self.user.clone();
         jm.batches = batches;
         jm.allowed = allowed;
+        jm.labels = labels;
+        jm.name = jm_name;
         self.peers.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
         if batches {

@@ -73,6 +73,10 @@ pub struct JobManagerPeer {
     /// only jobs it allows go to it. `None`: anything (EventMQ's job
     /// manager, or `*`).
     pub allowed: Option<Arc<[Box<str>]>>,
+    /// Its labels and name (said at INFORM): jobs sent `requires:` /
+    /// `on:` go only to a job manager that has them.
+    pub labels: Arc<[Box<str>]>,
+    pub name: Option<Box<str>>,
 }
 
 impl JobManagerPeer {
@@ -103,7 +107,16 @@ impl JobManagerPeer {
             reports_received: 0,
             batches: false,
             allowed: None,
+            labels: Arc::from(Vec::new()),
+            name: None,
         }
+    }
+
+    /// Whether `job` (its header frame and payload) may go to it: it allows
+    /// the callable, and has the labels and name the job asks for.
+    pub fn accepts(&self, headers: &str, payload: &str) -> bool {
+        self.allows_payload(payload)
+            && emq_protocol::Placement::of(headers).is_none_or(|p| p.fits(self.name.as_deref(), &self.labels))
     }
 
     /// Whether it runs a job whose payload is `payload` (a payload that
@@ -135,7 +148,9 @@ impl JobManagerPeer {
     /// `host:pid` from its health; `None` before any health arrived (an
     /// EventMQ job manager never sends one).
     pub fn display_name(&self) -> Option<String> {
-        display_name(self.health.as_ref())
+        // Its health's, else the name it said at INFORM (before its first
+        // health report).
+        display_name(self.health.as_ref()).or_else(|| self.name.as_deref().map(str::to_owned))
     }
 }
 

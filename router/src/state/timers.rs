@@ -572,7 +572,7 @@ impl RouterState {
             // Shown in its status, as a client's job's are.
             record.extra_mut().headers = Some(request.headers.as_str().into());
         }
-        let placement = match self.pick_job_manager(queue, Some(&request.payload)) {
+        let placement = match self.pick_job_manager(queue, Some((&request.headers, &request.payload))) {
             Some(jm) => super::intake::Placement::Dispatch(jm),
             None => super::intake::Placement::Buffer,
         };

@@ -846,7 +846,11 @@ impl RouterState {
             record.extra_mut().headers = Some(request.headers.as_str().into());
         }
         let due = headers.due_at(now.unix);
-        let target = if due.is_some() { None } else { self.pick_job_manager(&queue, Some(&request.payload)) };
+        let target = if due.is_some() {
+            None
+        } else {
+            self.pick_job_manager(&queue, Some((&request.headers, &request.payload)))
+        };
         let placement = match (due, target) {
             (Some(due), _) => super::intake::Placement::Delayed(due),
             (None, Some(jm)) => super::intake::Placement::Dispatch(jm),
