@@ -206,3 +206,41 @@ fn eventmq_client_limit_header_is_enforced() {
         assert!(running <= 1, "two jobs of limit one at once: {lines:?}");
     }
 }
+
+/// `requires:` from EventMQ's own client code: a job it sends with
+/// `requires:gpu` runs on the job manager with that label; one with
+/// `requires:tpu` waits (queued) while none has it.
+#[test]
+fn eventmq_client_requires_header_pins_the_job() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let (_router, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 1, &[("EMQ_LABELS", "gpu")]);
+    wait_slots(&a.admin, 1);
+    let root = repo_root();
+    let work = tempdir("interop-requires");
+    let out_file = work.join("lines.txt");
+    let send = |label: &str, expect_replies: &str| {
+        let out = Command::new(venv.join("bin/python"))
+            .arg(root.join("scripts/eventmq_send.py"))
+            .args(["--addr", &a.frontend, "--queue", "default", "--path", "benchjobs", "--callable", "append_line"])
+            .args([
+                "--args",
+                &serde_json::json!([out_file, label]).to_string(),
+                "--header",
+                &format!("requires:{label}"),
+            ])
+            .args(["--expect-replies", expect_replies, "--wait", "30", "--connect-timeout", "30"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eventmq_send: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    send("tpu", "1");
+    send("gpu", "1");
+    eventually(Duration::from_secs(60), || (read_lines(&out_file) == ["gpu"]).then_some(()));
+    let st = admin(&a.admin, "STATUS");
+    assert_eq!(st["waiting_messages_by_queue"]["default"].as_u64(), Some(1), "the tpu job waits: {st}");
+    assert_eq!(st["waiting_not_allowed"]["default"]["wants"], serde_json::json!(["requires:tpu"]), "{st}");
+}
