@@ -163,7 +163,7 @@ impl Keys {
     /// The request with `key` was answered with `id`: remembered (synced).
     pub fn done(&self, owner: &str, key: &str, body_sha256: &str, id: &str, deduplicated: bool) {
         let r = Remembered { body_sha256: body_sha256.to_owned(), id: id.to_owned(), deduplicated, at: now_unix() };
-        let rewrite = {
+        let (rewrite, to_sync) = {
             let mut inner = self.lock();
             let k = (owner.to_owned(), key.to_owned());
             inner.busy.remove(&k);
@@ -171,14 +171,23 @@ impl Keys {
             if inner.done.len() < MAX_KEYS || inner.done.contains_key(&k) {
                 inner.done.insert(k, r);
             }
+            let mut to_sync = None;
             if let Some(f) = inner.file.as_mut() {
-                if let Err(e) = f.write_all(l.as_bytes()).and_then(|_| f.sync_data()) {
-                    tracing::error!(error = %e, "idempotency log: cannot append");
+                match f.write_all(l.as_bytes()) {
+                    Ok(()) => to_sync = f.try_clone().ok(),
+                    Err(e) => tracing::error!(error = %e, "idempotency log: cannot append"),
                 }
             }
             inner.lines += 1;
-            inner.lines > 2 * inner.done.len() + 1024
+            (inner.lines > 2 * inner.done.len() + 1024, to_sync)
         };
+        // Synced outside the lock: requests with other keys do not wait
+        // for this one's disk (concurrent syncs share the work).
+        if let Some(f) = to_sync {
+            if let Err(e) = f.sync_data() {
+                tracing::error!(error = %e, "idempotency log: cannot sync");
+            }
+        }
         if rewrite {
             self.rewrite();
         }
