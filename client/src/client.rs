@@ -6,7 +6,8 @@
 //! until asked for, so waiting for one job never loses another's result.
 
 use emq_protocol::{
-    AdminCommand, Command, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request, RunPayload,
+    AdminCommand, Command, CommandPayload, Headers, JobError, JobErrorKind, JobReply, Message, Reply, Request,
+    RunPayload,
 };
 use emq_sender::{Sender, SenderError};
 use serde_json::{Map, Value};
@@ -27,6 +28,8 @@ pub enum ClientError {
     Refused(String),
     #[error("bad workflow: {0}")]
     BadWorkflow(String),
+    #[error("bad job: {0}")]
+    BadJob(String),
 }
 
 /// How a job should be handled (EventMQ's REQUEST headers).
@@ -508,13 +511,32 @@ impl Client {
 
     /// Submits a job; returns its msgid at once.
     pub fn send_request(&mut self, queue: &str, job: &RunPayload, options: &Options) -> Result<String, ClientError> {
+        self.send_payload(queue, job.to_wire(), options)
+    }
+
+    /// Submits a command job (a program run by a job manager whose
+    /// `allowed_commands` allows it; see [`CommandPayload`]); returns its
+    /// msgid at once. Its result is a [`emq_protocol::CommandResult`]; a
+    /// non-zero exit is a failure (`command failed`) and retries apply.
+    pub fn send_command(
+        &mut self,
+        queue: &str,
+        command: &CommandPayload,
+        options: &Options,
+    ) -> Result<String, ClientError> {
+        command.validate().map_err(ClientError::BadJob)?;
+        self.send_payload(queue, command.to_wire(), options)
+    }
+
+    /// A REQUEST of `payload` (a payload frame) with this client's owner.
+    fn send_payload(&mut self, queue: &str, payload: String, options: &Options) -> Result<String, ClientError> {
         let mut headers = options.headers();
         if !headers.is_empty() {
             headers.push(',');
         }
         headers.push_str("owner:");
         headers.push_str(&self.owner_token);
-        let request = Request { queue: queue.to_owned(), headers, payload: job.to_wire() };
+        let request = Request { queue: queue.to_owned(), headers, payload };
         self.send_tracked(Message::new(Command::Request(request)))
     }
 

@@ -37,4 +37,4 @@ pub use client::{
 /// What to run: `path` (`pkg.mod` or `pkg.mod:Class`), `callable`, `args`,
 /// `kwargs`, `class_args`, `class_kwargs`.
 pub use emq_protocol::RunPayload as Job;
-pub use emq_protocol::{JobError, JobReply};
+pub use emq_protocol::{CommandPayload, CommandResult, JobError, JobReply};

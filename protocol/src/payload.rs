@@ -149,6 +149,10 @@ pub enum JobErrorKind {
     BadPayload,
     /// A reply a client could not read (`"BadReply"`).
     BadReply,
+    /// A command job's program exited non-zero or was killed by a signal
+    /// (`"command failed"`); the error's message says how, its traceback
+    /// is the tail of the command's standard error.
+    CommandFailed,
     /// Anything else: the Python exception's type name (`ValueError`,
     /// `ImportError`, ...) or a kind a newer peer sent.
     Exception(String),
@@ -167,6 +171,7 @@ impl JobErrorKind {
             JobErrorKind::Cancelled => "cancelled",
             JobErrorKind::BadPayload => "BadPayload",
             JobErrorKind::BadReply => "BadReply",
+            JobErrorKind::CommandFailed => "command failed",
             JobErrorKind::Exception(name) => name,
         }
     }
@@ -196,6 +201,7 @@ impl From<&str> for JobErrorKind {
             "cancelled" => JobErrorKind::Cancelled,
             "BadPayload" => JobErrorKind::BadPayload,
             "BadReply" => JobErrorKind::BadReply,
+            "command failed" => JobErrorKind::CommandFailed,
             other => JobErrorKind::Exception(other.to_owned()),
         }
     }
@@ -384,6 +390,7 @@ mod tests {
             (Cancelled, "cancelled"),
             (BadPayload, "BadPayload"),
             (BadReply, "BadReply"),
+            (CommandFailed, "command failed"),
             (Exception("ValueError".into()), "ValueError"),
         ] {
             let json = JobReply::failed(kind.clone(), "m", "").to_json();
