@@ -530,6 +530,12 @@ pub fn render_status(v: &Value) -> String {
                     list("modules")
                 );
             }
+            if w.get("waiting_for_commands").is_some() {
+                out += &format!(
+                    "\nqueue {queue}: {} command job(s) wait for a job manager that runs commands (allowed_commands)\n",
+                    num(&w["waiting_for_commands"])
+                );
+            }
             if w.get("waiting_for_labels").is_some() {
                 out += &format!(
                     "\nqueue {queue}: {} job(s) wait for a job manager with {} (none connected has it)\n",
@@ -659,6 +665,31 @@ pub fn render_workers(v: &Value) -> String {
         out += "\n";
         out += &table(&["job manager", "pid", "state", "jobs", "RSS MB", "CPU %", "running"], &detail);
     }
+    // Per callable (and per command: `command:/bin/echo`), summed over job
+    // managers, as the dashboard shows them; percentiles: the worst one's.
+    let mut calls: std::collections::BTreeMap<String, (u64, u64, f64, f64)> = Default::default();
+    for w in v["connected_workers"].as_object().into_iter().flatten().map(|(_, w)| w) {
+        for c in w["health"]["callables"].as_array().into_iter().flatten() {
+            let e = calls.entry(c["name"].as_str().unwrap_or("?").to_owned()).or_default();
+            e.0 += c["runs"].as_u64().unwrap_or(0);
+            e.1 += c["failed"].as_u64().unwrap_or(0);
+            e.2 = e.2.max(c["p50_ms"].as_f64().unwrap_or(0.0));
+            e.3 = e.3.max(c["p99_ms"].as_f64().unwrap_or(0.0));
+        }
+    }
+    if !calls.is_empty() {
+        let mut rows: Vec<(String, (u64, u64, f64, f64))> = calls.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .take(50)
+            .map(|(n, (runs, failed, p50, p99))| {
+                vec![n, runs.to_string(), failed.to_string(), format!("{p50:.2}"), format!("{p99:.2}")]
+            })
+            .collect();
+        out += "\n";
+        out += &table(&["callable / command", "runs", "failed", "p50 ms", "p99 ms"], &rows);
+    }
     out
 }
 
@@ -763,6 +794,24 @@ pub fn render_dead(v: &Value) -> String {
 /// `pkg.mod.func(1, "a", k=2)` from a job detail (`callable`, `args`,
 /// `kwargs`), "-" when the router no longer holds it.
 fn call_line(job: &Value) -> String {
+    if let Some(argv) = job["command"].as_array() {
+        // A command job: `$ /bin/echo 'a b'`.
+        let words: Vec<String> = argv
+            .iter()
+            .map(|a| {
+                let a = a.as_str().unwrap_or("?");
+                if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c)) {
+                    a.to_owned()
+                } else {
+                    format!("'{}'", a.replace('\'', "'\\''"))
+                }
+            })
+            .collect();
+        return format!("$ {}", words.join(" "));
+    }
+    if let Some(cut) = job["command"].as_str() {
+        return format!("$ {cut}");
+    }
     let Some(callable) = job["callable"].as_str() else { return "-".into() };
     let mut parts: Vec<String> = match &job["args"] {
         Value::Array(a) => a.iter().map(Value::to_string).collect(),
@@ -902,6 +951,19 @@ pub fn render_job(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn command_jobs_read_as_a_command_line() {
+        assert_eq!(
+            call_line(&json!({"command": ["/bin/echo", "a b", "it's", "x=1"]})),
+            "$ /bin/echo 'a b' 'it'\\''s' x=1"
+        );
+        assert_eq!(
+            call_line(&json!({"command": "[\"/bin/echo\", \"aaa…", "args_cut": true})),
+            "$ [\"/bin/echo\", \"aaa…"
+        );
+        assert_eq!(call_line(&json!({"callable": "m.f", "args": [1]})), "m.f(1)");
+    }
 
     #[test]
     fn times_are_local_with_their_age() {

@@ -560,13 +560,19 @@ impl Client {
     /// The REQUEST [`Client::send_request`] would send, with this client's
     /// owner token.
     pub fn request_command(&self, queue: &str, job: &RunPayload, options: &Options) -> Command {
+        self.request_payload_command(queue, job.to_wire(), options)
+    }
+
+    /// The REQUEST of a payload frame (`job.to_wire()`, or a command job's
+    /// [`CommandPayload::to_wire`]), with this client's owner token.
+    pub fn request_payload_command(&self, queue: &str, payload_wire: String, options: &Options) -> Command {
         let mut headers = options.headers();
         if !headers.is_empty() {
             headers.push(',');
         }
         headers.push_str("owner:");
         headers.push_str(&self.owner_token);
-        Command::Request(Request { queue: queue.to_owned(), headers, payload: job.to_wire() })
+        Command::Request(Request { queue: queue.to_owned(), headers, payload: payload_wire })
     }
 
     /// Sends a job (REQUEST or WORKFLOW): its outcome is waited on, and it
@@ -637,6 +643,18 @@ impl Client {
         until: Instant,
     ) -> Result<String, ClientError> {
         self.until_reachable(until, |c| c.send_request(queue, job, options))
+    }
+
+    /// [`Client::send_command`], trying again (after a reconnect) while
+    /// no router is reachable, until `until`.
+    pub fn send_command_until(
+        &mut self,
+        queue: &str,
+        command: &CommandPayload,
+        options: &Options,
+        until: Instant,
+    ) -> Result<String, ClientError> {
+        self.until_reachable(until, |c| c.send_command(queue, command, options))
     }
 
     /// Makes (or replaces) a schedule of `job` in `queue`; waits for the

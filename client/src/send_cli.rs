@@ -129,7 +129,25 @@ pub struct Args {
     /// --wait its result.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["every", "cron", "unschedule", "depends_on", "unique"])]
     pub workflow: Option<PathBuf>,
-    /// pkg.mod.func or pkg.mod:Class.method
+    /// Run a command instead of a callable: the words after `--` are the
+    /// program and its arguments, run as they are (no shell) by a job
+    /// manager whose `allowed_commands` allows it. Its result is
+    /// {"exit_code", "stdout", "stderr", "stdout_cut", "stderr_cut"}; a
+    /// non-zero exit is a failure. `emq-send --exec --wait -- /bin/echo hi`
+    #[arg(long, conflicts_with_all = ["every", "cron", "unschedule", "workflow", "class_args", "class_kwargs"])]
+    pub exec: bool,
+    /// With --exec: a variable for the command (KEY=VALUE, repeatable),
+    /// over the job manager's safe base (PATH).
+    #[arg(long = "env", value_name = "KEY=VALUE", requires = "exec")]
+    pub env: Vec<String>,
+    /// With --exec: the absolute directory the command runs in.
+    #[arg(long, value_name = "DIR", requires = "exec")]
+    pub cwd: Option<String>,
+    /// With --exec: a file whose text is the command's standard input
+    /// (`-`: this program's standard input).
+    #[arg(long = "stdin-file", value_name = "FILE", requires = "exec")]
+    pub stdin_file: Option<PathBuf>,
+    /// pkg.mod.func or pkg.mod:Class.method (with --exec: the program)
     #[arg(required_unless_present = "workflow")]
     pub callable: Option<String>,
     /// Positional ARGs and KEY=VALUE kwargs; each value is JSON when it
@@ -214,14 +232,25 @@ pub fn main() -> ExitCode {
             }
         }
     };
-    let callable = a.callable.clone().unwrap_or_else(|| "emq.workflow".into());
+    let command = if a.exec {
+        match command_of(&a) {
+            Ok(c) => Some(c),
+            Err(e) => return usage(e),
+        }
+    } else {
+        None
+    };
+    let callable =
+        if a.exec { "emq.command".into() } else { a.callable.clone().unwrap_or_else(|| "emq.workflow".into()) };
     let mut job = match job_for(&callable) {
         Ok(j) => j,
         Err(e) => return usage(e),
     };
-    let (args, kwargs) = split_args(&a.args);
-    job.args = args;
-    job.kwargs = kwargs;
+    if !a.exec {
+        let (args, kwargs) = split_args(&a.args);
+        job.args = args;
+        job.kwargs = kwargs;
+    }
     if let Some(ca) = &a.class_args {
         match serde_json::from_str::<Value>(ca) {
             Ok(Value::Array(v)) => job.class_args = v,
@@ -293,11 +322,62 @@ pub fn main() -> ExitCode {
     if a.every.is_some() || a.cron.is_some() || a.unschedule {
         return schedule(&mut client, &a, &job, deadline);
     }
+    let what = match &command {
+        Some(c) => What::Command(c),
+        None => What::Call(&job),
+    };
     if a.count == 1 {
-        send_one(&mut client, &addr, &a.queue, &job, &options, a.wait, a.json, deadline)
+        send_one(&mut client, &addr, &a.queue, what, &options, a.wait, a.json, deadline)
     } else {
-        send_many(&mut client, &a, &job, &options, deadline)
+        send_many(&mut client, &a, what, &options, deadline)
     }
+}
+
+/// What a REQUEST runs: a callable or a command (`--exec`).
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Call(&'a crate::Job),
+    Command(&'a emq_protocol::CommandPayload),
+}
+
+impl What<'_> {
+    fn send_until(
+        self,
+        client: &mut Client,
+        queue: &str,
+        options: &Options,
+        until: Instant,
+    ) -> Result<String, ClientError> {
+        match self {
+            What::Call(job) => client.send_request_until(queue, job, options, until),
+            What::Command(c) => client.send_command_until(queue, c, options, until),
+        }
+    }
+}
+
+/// `--exec -- PROGRAM ARGS...` with `--env`, `--cwd`, `--stdin-file`.
+fn command_of(a: &Args) -> Result<emq_protocol::CommandPayload, String> {
+    let Some(program) = &a.callable else { return Err("--exec needs a program after --".into()) };
+    let mut argv = vec![program.clone()];
+    argv.extend(a.args.iter().cloned());
+    let mut c = emq_protocol::CommandPayload::new(argv);
+    for kv in &a.env {
+        let Some((k, v)) = kv.split_once('=') else { return Err(format!("--env {kv:?}: expected KEY=VALUE")) };
+        c.env.insert(k.to_owned(), v.to_owned());
+    }
+    c.cwd = a.cwd.clone();
+    if let Some(path) = &a.stdin_file {
+        let mut text = String::new();
+        let read = if path.as_os_str() == "-" {
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        } else {
+            std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
+        };
+        read.map_err(|e| format!("--stdin-file {}: {e}", path.display()))?;
+        c.stdin = Some(text);
+    }
+    c.validate()?;
+    Ok(c)
 }
 
 /// `--every` / `--cron` / `--unschedule`: prints the schedule id.
@@ -339,7 +419,7 @@ fn send_one(
     client: &mut Client,
     addr: &str,
     queue: &str,
-    job: &crate::Job,
+    what: What<'_>,
     options: &Options,
     wait: bool,
     json: bool,
@@ -348,7 +428,7 @@ fn send_one(
     // With several addresses (a leader and standbys) during a failover no
     // router may be up for a few seconds: keep trying, within the deadline.
     let send_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
-    let msgid = match client.send_request_until(queue, job, options, send_until) {
+    let msgid = match what.send_until(client, queue, options, send_until) {
         Ok(id) => id,
         Err(e) => return usage(e),
     };
@@ -459,13 +539,7 @@ fn failure_text(v: &Value) -> String {
     text
 }
 
-fn send_many(
-    client: &mut Client,
-    a: &Args,
-    job: &crate::Job,
-    options: &Options,
-    deadline: Option<Instant>,
-) -> ExitCode {
+fn send_many(client: &mut Client, a: &Args, what: What<'_>, options: &Options, deadline: Option<Instant>) -> ExitCode {
     let start = Instant::now();
     let (mut sent, mut ok, mut failed) = (0u64, 0u64, 0u64);
     let mut outstanding = 0usize;
@@ -474,7 +548,7 @@ fn send_many(
     while sent < a.count || outstanding > 0 {
         while outstanding < a.window && sent < a.count {
             let send_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
-            if let Err(e) = client.send_request_until(&a.queue, job, options, send_until) {
+            if let Err(e) = what.send_until(client, &a.queue, options, send_until) {
                 return usage(e);
             }
             sent += 1;

@@ -33,6 +33,10 @@ pub struct Args {
     /// Labels jobs can require (`--labels gpu,eu`; setting `labels`).
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
+    /// Programs command jobs may run (`--allowed-commands /bin/echo,/usr/bin/*`;
+    /// setting `allowed_commands`).
+    #[arg(long = "allowed-commands", value_delimiter = ',')]
+    pub allowed_commands: Option<Vec<String>>,
     /// Directory prepended to the workers' sys.path (repeatable).
     #[arg(long = "python-path")]
     pub python_path: Vec<String>,
@@ -56,6 +60,9 @@ pub fn settings(args: &Args) -> Result<JobManagerSettings, SettingsError> {
     }
     if let Some(l) = &args.labels {
         s.labels = l.iter().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+    }
+    if let Some(c) = &args.allowed_commands {
+        s.allowed_commands = c.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
     }
     s.python_path.extend(args.python_path.iter().cloned());
     s.to_config()?;
@@ -84,6 +91,11 @@ pub fn main() -> ExitCode {
         tracing::warn!(
             "allowed_paths = [\"*\"]: any importable callable can be run by anyone who can reach the router"
         );
+    }
+    if cfg.allowed_commands.iter().any(|p| p == "*") {
+        tracing::warn!("allowed_commands = [\"*\"]: any program can be run by anyone who can reach the router");
+    } else if !cfg.allowed_commands.is_empty() {
+        tracing::info!(allowed_commands = ?cfg.allowed_commands, "command jobs allowed");
     }
     tracing::info!(
         router = %s.worker_addr, queues = %cfg.queues.to_wire(), workers = cfg.workers,

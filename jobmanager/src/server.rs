@@ -359,6 +359,9 @@ impl Server {
                     Event::WorkerUpdate { slot, msgid, progress, checkpoint }
                 }
                 FromWorker::Extend { msgid, seconds } => Event::WorkerExtend { slot, msgid, seconds },
+                // Kept by the worker process itself (its kills reach the
+                // command's group); nothing for the state machine.
+                FromWorker::CommandStarted { .. } => continue,
             });
         }
         if let Some(e) = &outcome.error {

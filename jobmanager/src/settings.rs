@@ -94,6 +94,13 @@ pub struct JobManagerSettings {
     pub python_venv: String,
     /// Module prefixes jobs may name; empty = any (with a warning).
     pub allowed_paths: Vec<String>,
+    /// Programs command jobs may run: absolute paths or globs (`/usr/bin/*`,
+    /// `/opt/tools/**`; `*` alone: any); empty = none — command jobs are
+    /// then never sent here.
+    pub allowed_commands: Vec<String>,
+    /// Bytes of a command job's standard output, and of its standard
+    /// error, kept (the tail; what came before is counted as cut).
+    pub command_output_bytes: u64,
     /// Name prefix of this job manager's identity at the router (and the
     /// name jobs sent `on:NAME` ask for).
     pub name: String,
@@ -147,6 +154,8 @@ impl Default for JobManagerSettings {
             python_path: Vec::new(),
             python_venv: String::new(),
             allowed_paths: Vec::new(),
+            allowed_commands: Vec::new(),
+            command_output_bytes: 1 << 20,
             labels: Vec::new(),
             name: String::new(),
             max_message_bytes: 16 << 20,
@@ -234,8 +243,31 @@ impl JobManagerSettings {
             reconnect_timeout: v::seconds("reconnect_timeout", self.reconnect_timeout, Zero::Refused)?,
             addrs,
             allowed_paths: self.allowed_callables()?,
+            allowed_commands: self.checked_commands()?,
+            command_output_bytes: v::count("command_output_bytes", self.command_output_bytes, 1024, 1 << 30)?,
             labels: self.checked_labels()?,
         })
+    }
+
+    /// `allowed_commands`: each `*`, or an absolute path or glob (`/…`)
+    /// without `.`/`..` components; at most 1,024.
+    fn checked_commands(&self) -> Result<Vec<String>, SettingsError> {
+        let list: Vec<String> =
+            self.allowed_commands.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+        if list.len() > 1024 {
+            return Err(SettingsError::invalid("allowed_commands", list.len(), "at most 1024 entries"));
+        }
+        for p in &list {
+            let normal = p.starts_with('/') && !p[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..");
+            if p != "*" && (!normal || p.contains([',', '\0'])) {
+                return Err(SettingsError::invalid(
+                    "allowed_commands",
+                    p,
+                    "each entry is an absolute program path or glob (/usr/bin/echo, /opt/tools/*), or * for any",
+                ));
+            }
+        }
+        Ok(list)
     }
 
     /// `labels`: each 1 to 64 of `A-Z a-z 0-9 _ - . :`, at most 32.
@@ -309,6 +341,8 @@ impl JobManagerSettings {
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
             preload: self.allowed_paths.iter().filter(|p| !p.contains('*')).cloned().collect(),
+            allowed_commands: self.checked_commands().unwrap_or_default(),
+            command_output_bytes: self.command_output_bytes.clamp(1024, 1 << 30) as usize,
         }
     }
 

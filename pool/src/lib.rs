@@ -16,6 +16,7 @@
 //! Does not own: which worker gets which job, timeouts, restarts policy or
 //! the router connection — that is the job manager's state machine.
 
+pub mod command;
 pub mod process;
 pub mod python;
 pub mod report;

@@ -74,6 +74,10 @@ pub struct WorkerProcess {
     pending: Vec<u8>,
     /// It was told to finish and exit (`Shutdown`).
     retiring: bool,
+    /// The process group of the command job it runs (from its
+    /// `CommandStarted` until that job's `Done`): signalled with the
+    /// worker, swept when the worker is reaped.
+    command_group: Option<i32>,
 }
 
 fn set_nonblocking(f: &File) -> io::Result<()> {
@@ -122,6 +126,7 @@ impl WorkerProcess {
             buf: FrameBuffer::default(),
             pending: Vec::new(),
             retiring: false,
+            command_group: None,
         })
     }
 
@@ -131,7 +136,15 @@ impl WorkerProcess {
         let (stdin, stdout) = (File::from(stdin), File::from(stdout));
         set_nonblocking(&stdout)?;
         let proc = Proc::Forked { pid: Default::default(), fork_no, template: template.clone(), reaped: false };
-        Ok(WorkerProcess { proc, stdin, stdout, buf: FrameBuffer::default(), pending: Vec::new(), retiring: false })
+        Ok(WorkerProcess {
+            proc,
+            stdin,
+            stdout,
+            buf: FrameBuffer::default(),
+            pending: Vec::new(),
+            retiring: false,
+            command_group: None,
+        })
     }
 
     /// Its pid; 0 while a forked worker's is not known yet (never waits).
@@ -224,6 +237,11 @@ impl WorkerProcess {
                             pid.set(*p);
                         }
                     }
+                    match &f {
+                        FromWorker::CommandStarted { pgid, .. } if *pgid > 1 => self.command_group = Some(*pgid),
+                        FromWorker::Done { .. } => self.command_group = None,
+                        _ => {}
+                    }
                     out.frames.push(f)
                 }
                 Err(e) => {
@@ -244,6 +262,23 @@ impl WorkerProcess {
         if kill(Pid::from_raw(-pid), sig).is_err() {
             let _ = kill(Pid::from_raw(pid), sig);
         }
+        if let Some(group) = self.command_group {
+            // The command job's own group (its program and children).
+            let _ = kill(Pid::from_raw(-group), sig);
+        }
+    }
+
+    /// The process group of the command job it runs, if any.
+    pub fn command_group(&self) -> Option<i32> {
+        self.command_group
+    }
+
+    /// A worker gone with a command job running: what is left of the
+    /// command's group is killed (the worker can no longer sweep it).
+    fn sweep_command_group(&mut self) {
+        if let Some(group) = self.command_group.take() {
+            let _ = kill(Pid::from_raw(-group), Signal::SIGKILL);
+        }
     }
 
     /// For a worker that was told to stop and closed its output: its exit
@@ -252,6 +287,7 @@ impl WorkerProcess {
     /// machine, in the job manager's loop, at every recycling); an
     /// exec'd worker is reaped as by [`WorkerProcess::reap`].
     pub fn reap_retired(&mut self) -> Option<ExitInfo> {
+        self.sweep_command_group();
         match &mut self.proc {
             Proc::Exec(_) => Some(self.reap()),
             Proc::Forked { .. } => {
@@ -269,6 +305,7 @@ impl WorkerProcess {
     /// Collects the exit status; a worker that is somehow still alive is
     /// SIGKILLed first, so this never waits long.
     pub fn reap(&mut self) -> ExitInfo {
+        self.sweep_command_group();
         let child = match &mut self.proc {
             Proc::Exec(child) => child,
             Proc::Forked { .. } => {

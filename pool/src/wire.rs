@@ -66,6 +66,10 @@ pub enum FromWorker {
     /// from when the job manager reads this (the worker already took off
     /// the time the request waited on its side).
     Extend { msgid: String, seconds: f64 },
+    /// A command job's program started in process group `pgid`: the job
+    /// manager's kills of this worker reach that group too, until the job's
+    /// `Done` (see [`crate::command`]).
+    CommandStarted { msgid: String, pgid: i32 },
 }
 
 /// What a worker needs to know, passed in [`crate::WORKER_CONFIG_ENV`].
@@ -94,6 +98,20 @@ pub struct WorkerConfig {
     /// modules `allowed_paths` names exactly).
     #[serde(default)]
     pub preload: Vec<String>,
+    /// Programs command jobs may run (setting `allowed_commands`: absolute
+    /// paths or globs; empty: none), checked again in the worker.
+    #[serde(default)]
+    pub allowed_commands: Vec<String>,
+    /// Bytes of each output stream a command job keeps (its tail; setting
+    /// `command_output_bytes`; 0, as in `WorkerConfig::default()`, reads as
+    /// the default 1 MiB).
+    #[serde(default = "default_output_bytes")]
+    pub command_output_bytes: usize,
+}
+
+/// The default of `command_output_bytes`.
+pub fn default_output_bytes() -> usize {
+    1 << 20
 }
 
 /// Encodes one frame.
@@ -186,6 +204,7 @@ mod tests {
                 checkpoint: Some(r#"{"k":[1]}"#.into()),
             },
             FromWorker::Extend { msgid: "m".into(), seconds: 1.5 },
+            FromWorker::CommandStarted { msgid: "m".into(), pgid: 4242 },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(encode).collect();
         for chunk in [1, 3, 7, bytes.len()] {

@@ -71,7 +71,7 @@ pub fn worker_main() -> i32 {
                     }
                     let runner = PythonRunner::after_warm(py, &cfg);
                     match frame_channel() {
-                        Ok(out) => serve(py, runner, out),
+                        Ok(out) => serve(py, runner, out, &cfg),
                         Err(code) => code,
                     }
                 }
@@ -84,7 +84,7 @@ pub fn worker_main() -> i32 {
     };
     Python::attach(|py| {
         let runner = PythonRunner::new(py, &cfg);
-        serve(py, runner, out)
+        serve(py, runner, out, &cfg)
     })
 }
 
@@ -115,7 +115,7 @@ fn drop_privileges(uid: u32, gid: u32) -> nix::Result<()> {
 
 /// The worker's life: the reader thread, the reports' flusher thread,
 /// `Ready`, then jobs one at a time.
-fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File>>>) -> i32 {
+fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File>>>, cfg: &WorkerConfig) -> i32 {
     let inbox: Shared<Inbox> = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
     let pid = std::process::id();
     {
@@ -155,13 +155,20 @@ fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File
                 reporter.close();
                 return 0;
             };
-            let reply = match RunPayload::parse(&payload) {
-                Ok(p) => {
-                    reporter.job_started(&msgid);
-                    runner.set_current_job(py, &msgid, attempt, checkpoint.as_deref());
-                    runner.run(py, &p)
+            let mut told_to_stop = false;
+            let reply = if emq_protocol::payload_is_command(&payload) {
+                let (reply, term) = py.detach(|| run_command(&msgid, &payload, cfg, &out));
+                told_to_stop = term;
+                reply
+            } else {
+                match RunPayload::parse(&payload) {
+                    Ok(p) => {
+                        reporter.job_started(&msgid);
+                        runner.set_current_job(py, &msgid, attempt, checkpoint.as_deref());
+                        runner.run(py, &p)
+                    }
+                    Err(e) => JobReply::failed(JobErrorKind::BadPayload, e.to_string(), ""),
                 }
-                Err(e) => JobReply::failed(JobErrorKind::BadPayload, e.to_string(), ""),
             };
             let error_type = reply.error.as_ref().map(|e| e.kind.clone());
             // What the job said and is not sent yet goes before its Done.
@@ -170,8 +177,54 @@ fn serve(py: Python<'_>, mut runner: PythonRunner, out: Arc<Mutex<BufWriter<File
             if reported.is_err() || send(&out, &done).is_err() {
                 return 1; // parent gone
             }
+            if told_to_stop {
+                // SIGTERM came while a command ran (it went to the
+                // command's group too): now the worker goes as asked.
+                reporter.close();
+                return 143;
+            }
         }
     }
+}
+
+/// Set by the SIGTERM handler installed while a command runs.
+static TERM_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_term(_: nix::libc::c_int) {
+    TERM_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A command job, checked against `allowed_commands` again, run to its end.
+/// While it runs a SIGTERM (a timeout, a cancel, a stop) is noted rather
+/// than obeyed: the same signal reached the command's group, which gets the
+/// job manager's grace before its SIGKILL; the worker waits for the command
+/// instead of leaving it orphaned. Returns the reply and whether a SIGTERM
+/// came.
+fn run_command(msgid: &str, payload: &str, cfg: &WorkerConfig, out: &Mutex<BufWriter<File>>) -> (JobReply, bool) {
+    let cmd = match emq_protocol::CommandPayload::parse(payload) {
+        Ok(c) => c,
+        Err(e) => return (JobReply::failed(JobErrorKind::BadPayload, e, ""), false),
+    };
+    let program = match crate::command::check(&cmd, &cfg.allowed_commands) {
+        Ok(p) => p,
+        Err(e) => return (JobReply::failed(JobErrorKind::Refused, e, ""), false),
+    };
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    TERM_REQUESTED.store(false, std::sync::atomic::Ordering::SeqCst);
+    let noting = SigAction::new(SigHandler::Handler(note_term), SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: the handler only stores to an atomic.
+    let previous = unsafe { sigaction(Signal::SIGTERM, &noting) }.ok();
+    let budget =
+        if cfg.command_output_bytes == 0 { crate::wire::default_output_bytes() } else { cfg.command_output_bytes };
+    let reply = crate::command::run(&cmd, &program, budget, |pgid| {
+        tracing::debug!(%msgid, pgid, program = %program.display(), "command started");
+        let _ = send(out, &FromWorker::CommandStarted { msgid: msgid.to_owned(), pgid });
+    });
+    if let Some(previous) = previous {
+        // SAFETY: restoring the disposition that was in force.
+        let _ = unsafe { sigaction(Signal::SIGTERM, &previous) };
+    }
+    (reply, TERM_REQUESTED.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 fn send(out: &Mutex<BufWriter<File>>, msg: &FromWorker) -> std::io::Result<()> {

@@ -5,6 +5,9 @@
         job = client.send("myapp.tasks.add", 2, 3)    # returns once the router's receipt is in
         print(job.result(timeout=30))                 # 5
 
+        out = client.run(["/bin/echo", "hi"]).result(timeout=30)  # a program (allowed_commands)
+        print(out["exit_code"], out["stdout"])        # 0 hi
+
         flow = client.submit(emq.chain(emq.sig("myapp.tasks.add", 2, 3),
                                        emq.sig("myapp.tasks.double")))
         print(flow.result(timeout=30))                # 10: double(add(2, 3))
@@ -88,10 +91,13 @@ class JobFailed(Error):
     a job it depended on failed). ``traceback`` is the remote traceback
     text (empty for emq's own kinds). For a workflow, ``node`` /
     ``node_name`` are the msgid and callable of the job that failed in it
-    (``message`` names it too); None for a plain job.
+    (``message`` names it too); None for a plain job. ``value``: for a
+    command job (:meth:`Client.run`) of kind ``command failed``, its result
+    dict (``exit_code``, ``stdout``, ``stderr``...) as the router's job
+    record keeps it; None otherwise (or when the record no longer has it).
     """
 
-    def __init__(self, kind, message, traceback="", msgid=None, node=None, node_name=None):
+    def __init__(self, kind, message, traceback="", msgid=None, node=None, node_name=None, value=None):
         super().__init__("%s: %s" % (kind, message))
         self.kind = kind
         self.message = message
@@ -99,6 +105,7 @@ class JobFailed(Error):
         self.msgid = msgid
         self.node = node
         self.node_name = node_name
+        self.value = value
 
     def __str__(self):
         s = "%s: %s" % (self.kind, self.message)
@@ -129,14 +136,22 @@ def _nonneg(name, v):
 # ---------------------------------------------------------------- outcome
 
 class _Outcome:
-    __slots__ = ("kind", "value", "error")
+    # failed_value: a failed command job's result dict, read from the
+    # router's record (the REPLY's value does not come through the native
+    # client on failure); None until then, _UNREAD before it was asked.
+    __slots__ = ("kind", "value", "error", "failed_value")
 
     def __init__(self, kind, payload):
         self.kind = kind
+        self.failed_value = _UNREAD
         if kind == "value":
             self.value, self.error = json.loads(payload), None
         else:
             self.value, self.error = None, json.loads(payload)
+
+    @property
+    def command_failed(self):
+        return self.error is not None and self.error.get("type") == _COMMAND_FAILED
 
     def unwrap(self, msgid, workflow=False):
         if self.kind == "value":
@@ -152,10 +167,13 @@ class _Outcome:
             m = _NODE_FAILED.match(message)
             if m:
                 node, node_name = m.group(1), m.group(2)
+        value = None if self.failed_value is _UNREAD else self.failed_value
         raise JobFailed(e.get("type", self.kind), message, e.get("traceback", ""), msgid,
-                        node=node, node_name=node_name)
+                        node=node, node_name=node_name, value=value)
 
 
+_UNREAD = object()
+_COMMAND_FAILED = "command failed"
 _NODE_FAILED = re.compile(r"node (\S+) \((.*?)\) failed: ")
 
 
@@ -309,6 +327,18 @@ class Job:
         o = self._wait(_nonneg("timeout", timeout))
         if o is None:
             raise Timeout("no result for job %s (%s) within %s s" % (self.msgid, self.name, timeout))
+        return self._unwrap(o)
+
+    def _unwrap(self, o):
+        if o.command_failed and o.failed_value is _UNREAD:
+            # A failed command's result (exit_code, stdout, stderr) is the
+            # REPLY's value, which the router's record keeps in full.
+            o.failed_value = None
+            try:
+                v = (self.status().raw.get("result") or {}).get("value")
+                o.failed_value = v if isinstance(v, dict) else None
+            except Error:
+                pass
         return o.unwrap(self.msgid, self._is_workflow)
 
     get = result
@@ -361,9 +391,11 @@ class Job:
 
     def __await__(self):
         import asyncio
-        if self._outcome is not None:
+        o = self._outcome
+        # (A failed command's value is read from the router: not in the loop.)
+        if o is not None and not (o.command_failed and o.failed_value is _UNREAD):
             async def ready():
-                return self._outcome.unwrap(self.msgid, self._is_workflow)
+                return o.unwrap(self.msgid, self._is_workflow)
             return ready().__await__()
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, self.result).__await__()
@@ -461,6 +493,15 @@ def _job_spec(fn, args, queue, timeout, retries, kwargs, class_args, class_kwarg
     path, callable_ = _native.split_callable(name)
     kw = dict(kwargs or {})
     kw.update(job_kwargs)
+    timeout = _check_basics(queue, timeout, retries)
+    texts = (_dumps("args", list(args)), _dumps("kwargs", kw), _dumps("class_args", list(class_args or [])),
+             _dumps("class_kwargs", dict(class_kwargs or {})))
+    return (name, path, callable_, timeout), texts
+
+
+def _check_basics(queue, timeout, retries):
+    """Checks ``queue``, ``timeout`` and ``retries`` (every kind of job has
+    them); returns ``timeout`` in whole seconds as on the wire (rounded up)."""
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ValueError("retries must be an int >= 0, not %r" % (retries,))
     if timeout is not None:
@@ -469,9 +510,47 @@ def _job_spec(fn, args, queue, timeout, retries, kwargs, class_args, class_kwarg
         timeout = max(1, int(-(-timeout // 1)))  # whole seconds on the wire, rounded up
     if not isinstance(queue, str) or not queue:
         raise ValueError("queue must be a non-empty string")
-    texts = (_dumps("args", list(args)), _dumps("kwargs", kw), _dumps("class_args", list(class_args or [])),
-             _dumps("class_kwargs", dict(class_kwargs or {})))
-    return (name, path, callable_, timeout), texts
+    return timeout
+
+
+def _command_spec(argv, env, cwd, stdin):
+    """Checks what :meth:`Client.run` runs; returns ``(argv, env, cwd,
+    stdin)`` as the native client takes them (a list, a dict, str or
+    None); raises TypeError / ValueError."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a list of strings, not a single string (%r): no shell splits it, "
+                        "pass e.g. [\"/bin/echo\", \"hi\"]" % (argv,))
+    if not isinstance(argv, (list, tuple)):
+        raise TypeError("argv must be a list (or tuple) of strings, not %r" % (argv,))
+    if not argv:
+        raise ValueError("argv must name a program: it is empty")
+    for i, a in enumerate(argv):
+        if not isinstance(a, str):
+            raise TypeError("argv[%d] must be a string, not %r" % (i, a))
+    if env is None:
+        env = {}
+    if not isinstance(env, dict):
+        raise TypeError("env must be a dict of str to str, not %r" % (env,))
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError("env must map str to str, not %r: %r" % (k, v))
+    if cwd is not None:
+        if not isinstance(cwd, (str, os.PathLike)):
+            raise TypeError("cwd must be a str or os.PathLike, not %r" % (cwd,))
+        cwd = os.fspath(cwd)
+        if not isinstance(cwd, str):
+            raise TypeError("cwd must be a str path, not %r" % (cwd,))
+    if isinstance(stdin, (bytes, bytearray)):
+        try:
+            stdin = bytes(stdin).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError("stdin must be text: its bytes are not UTF-8 (%s)" % e) from None
+    elif stdin is not None and not isinstance(stdin, str):
+        raise TypeError("stdin must be str or bytes (UTF-8), not %r" % (stdin,))
+    # What else the job manager would refuse (a NUL byte, "=" in a name, a
+    # relative cwd...), said here: ValueError.
+    _native.check_command(list(argv), env, cwd, stdin)
+    return list(argv), env, cwd, stdin
 
 
 def _msgids(what, jobs):
@@ -604,6 +683,61 @@ class Client:
         """
         (name, path, callable_, timeout), texts = _job_spec(fn, args, queue, timeout, retries, kwargs, class_args,
                                                             class_kwargs, job_kwargs)
+        options = self._job_options(result, guarantee, retries, timeout, delay, eta, unique, depends_on,
+                                    on_dependency_failure, limit, requires, on)
+        msgid = self._native.send(queue, path, callable_, *texts, **options)
+        return self._sent(msgid, name, queue, result)
+
+    def run(self, argv, env=None, cwd=None, stdin=None, timeout=None, *, queue="default", retries=None,
+            guarantee=False, result=True, delay=None, eta=None, unique=None, depends_on=None,
+            on_dependency_failure="cancel", limit=None, requires=None, on=None):
+        """Runs a program on a job manager (a command job) and returns its
+        :class:`Job` once the router's receipt is in.
+
+        ``argv``: the program and its arguments, a list of strings
+        (``["/bin/echo", "hi"]``), run as they are — no shell, no globbing
+        (a single string raises ``TypeError``). Only a job manager whose
+        ``allowed_commands`` setting allows the program runs it (absolute
+        paths or globs: ``EMQ_ALLOWED_COMMANDS="/bin/echo,/usr/bin/*"``);
+        one that does not refuses it (:class:`Refused`, its reason naming
+        ``allowed_commands``). While no job manager that runs commands is
+        connected, the job waits. ``env``: variables (str to str) set over
+        the job manager's small safe base (``PATH``) — none of the job
+        manager's own reach the program. ``cwd``: the absolute directory to
+        run in (str or path). ``stdin``: text for its standard input (str,
+        or bytes in UTF-8; else it reads an empty stream). ``timeout``:
+        seconds it may run. The other options are :meth:`send`'s.
+
+        ``job.result()`` is a dict: ``exit_code``, ``stdout``, ``stderr``
+        (their tails, at most the job manager's ``command_output_bytes``),
+        ``stdout_cut`` / ``stderr_cut`` (bytes left out before them) and
+        ``signal`` when a signal ended it. A non-zero exit (or a signal)
+        is a failure — retried as ``retries`` allows — raising
+        :class:`JobFailed` of kind ``command failed`` (message ``exit code
+        1: <last stderr line>``, ``traceback`` the stderr tail) whose
+        ``value`` is that same dict.
+
+        Needs emq's router (:class:`ResultsUnavailable` on EventMQ's,
+        before sending). Raises ``TypeError`` / ``ValueError`` for a
+        malformed command (an empty ``argv``, a relative ``cwd``, a NUL
+        byte, ``=`` in a variable name...) before sending,
+        :class:`Refused` with the router's reason, :class:`Timeout` when no
+        receipt comes within ``receipt_timeout``.
+        """
+        argv, env, cwd, stdin = _command_spec(argv, env, cwd, stdin)
+        timeout = _check_basics(queue, timeout, retries)
+        options = self._job_options(result, guarantee, retries, timeout, delay, eta, unique, depends_on,
+                                    on_dependency_failure, limit, requires, on)
+        # EventMQ's router would hand it to a job manager that cannot run it.
+        self._require_results("command jobs")
+        msgid = self._native.send_command(queue, argv, env, cwd, stdin, **options)
+        return self._sent(msgid, "command %s" % argv[0], queue, result)
+
+    def _job_options(self, result, guarantee, retries, timeout, delay, eta, unique, depends_on,
+                     on_dependency_failure, limit, requires, on):
+        """Checks the options :meth:`send` and :meth:`run` share (``timeout``
+        already checked, in whole seconds); returns them as the native
+        sends take them (keyword arguments)."""
         unique = _check_unique(unique)
         deps = _msgids("depends_on", depends_on)
         _check_on_dependency_failure(on_dependency_failure)
@@ -622,10 +756,13 @@ class Client:
             eta = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
             if not eta >= 0:
                 raise ValueError("eta must be a datetime or unix seconds >= 0, not %r" % (eta,))
-        msgid = self._native.send(queue, path, callable_, *texts, bool(result), bool(guarantee), retries, timeout,
-                                  delay, eta, unique=unique, depends_on=deps,
-                                  run_on_dependency_failure=on_dependency_failure == "run", limit=limit,
-                                  requires=requires, on=on)
+        return dict(reply_requested=bool(result), guarantee=bool(guarantee), retries=retries, timeout=timeout,
+                    delay=delay, eta=eta, unique=unique, depends_on=deps,
+                    run_on_dependency_failure=on_dependency_failure == "run", limit=limit, requires=requires,
+                    on=on)
+
+    def _sent(self, msgid, name, queue, result):
+        """The :class:`Job` of a REQUEST just sent, once its receipt is in."""
         receipted, holder = self._receipt(msgid, name)
         return Job(self, holder or msgid, name, queue, receipted, bool(result), owner=self._native.owner_token,
                    deduplicated=holder is not None)

@@ -4,7 +4,8 @@
 //! [`emq_client::Client`] — one DEALER socket behind a mutex, the GIL
 //! released whenever it blocks on the network — and the small helpers the
 //! Python half needs from the Rust crates (default address, HTTP address
-//! and admin token file from the settings, callable splitting).
+//! and admin token file from the settings, callable splitting, command job
+//! checks).
 //!
 //! Does not own: the Python API (`emq/__init__.py`: `Client`, `Job`,
 //! exceptions, `task`, `current_job`), the wire format (`emq-protocol`) or
@@ -15,12 +16,15 @@
 //! [`SLICE`], unlock), so threads sharing one client each get their own
 //! results and sends are never held up for longer than a slice.
 
-use emq_client::{job_for, outcome_from_status, Client, ClientError, Job, JobOutcome, Options, Receipt, RouterNotice};
+use emq_client::{
+    job_for, outcome_from_status, Client, ClientError, CommandPayload, Job, JobOutcome, Options, Receipt, RouterNotice,
+};
 use pyo3::exceptions::{
     PyConnectionError, PyLookupError, PyPermissionError, PyRuntimeError, PyTimeoutError, PyValueError,
 };
 use pyo3::prelude::*;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -49,6 +53,7 @@ fn client_err(e: ClientError) -> PyErr {
         }
         ClientError::Refused(why) => PyRuntimeError::new_err(format!("refused by the router: {why}")),
         ClientError::BadWorkflow(why) => PyValueError::new_err(format!("bad workflow: {why}")),
+        ClientError::BadJob(why) => PyValueError::new_err(why),
     }
 }
 
@@ -135,6 +140,71 @@ fn wait_reachable(addr: &str, timeout: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The job options [`NativeClient::send`] and [`NativeClient::send_command`]
+/// take, checked (ValueError) and made into [`Options`]. `delay` and `eta`
+/// are seconds (`eta`: since the Unix epoch).
+#[allow(clippy::too_many_arguments)]
+fn options(
+    reply_requested: bool,
+    guarantee: bool,
+    retries: Option<u32>,
+    timeout: Option<u64>,
+    delay: Option<f64>,
+    eta: Option<f64>,
+    unique: Option<String>,
+    depends_on: Vec<String>,
+    run_on_dependency_failure: bool,
+    limit: Option<String>,
+    requires: Vec<String>,
+    on: Option<String>,
+) -> PyResult<Options> {
+    let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
+        v.map(|x| {
+            Duration::try_from_secs_f64(x)
+                .map_err(|_| PyValueError::new_err(format!("{what} must be a number of seconds >= 0, not {x}")))
+        })
+        .transpose()
+    };
+    let delay = secs("delay", delay)?;
+    let at = secs("eta", eta)?.map(|d| std::time::UNIX_EPOCH + d);
+    if unique.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200 || k.contains(',')) {
+        return Err(PyValueError::new_err("unique must be 1 to 200 characters without a comma"));
+    }
+    if let Some(d) = depends_on.iter().find(|d| d.is_empty() || d.contains([',', ';'])) {
+        return Err(PyValueError::new_err(format!("depends_on: {d:?} is not a msgid")));
+    }
+    if let Some(l) = &limit {
+        emq_client::check_limit(l).map_err(PyValueError::new_err)?;
+    }
+    Ok(Options {
+        reply_requested,
+        guarantee,
+        retry_count: retries,
+        timeout,
+        delay,
+        at,
+        unique,
+        depends_on,
+        run_on_dependency_failure,
+        limit,
+        requires,
+        on,
+    })
+}
+
+/// A command job's payload, checked as the job manager will
+/// ([`CommandPayload::validate`]; ValueError with its message).
+fn command_payload(
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+) -> PyResult<CommandPayload> {
+    let command = CommandPayload { argv, env, cwd, stdin };
+    command.validate().map_err(PyValueError::new_err)?;
+    Ok(command)
 }
 
 /// One connection to a router frontend, shareable between threads.
@@ -295,47 +365,77 @@ impl NativeClient {
         requires: Vec<String>,
         on: Option<String>,
     ) -> PyResult<String> {
-        let secs = |what: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
-            v.map(|x| {
-                Duration::try_from_secs_f64(x).map_err(|_| {
-                    pyo3::exceptions::PyValueError::new_err(format!("{what} must be a number of seconds >= 0, not {x}"))
-                })
-            })
-            .transpose()
-        };
-        let delay = secs("delay", delay)?;
-        let at = secs("eta", eta)?.map(|d| std::time::UNIX_EPOCH + d);
         let mut job = Job::new(path, callable, parse_json("args", args_json)?);
         job.kwargs = parse_json::<Map<String, Value>>("kwargs", kwargs_json)?;
         job.class_args = parse_json("class_args", class_args_json)?;
         job.class_kwargs = parse_json("class_kwargs", class_kwargs_json)?;
-        if unique.as_deref().is_some_and(|k| k.is_empty() || k.len() > 200 || k.contains(',')) {
-            return Err(PyValueError::new_err("unique must be 1 to 200 characters without a comma"));
-        }
-        if let Some(d) = depends_on.iter().find(|d| d.is_empty() || d.contains([',', ';'])) {
-            return Err(PyValueError::new_err(format!("depends_on: {d:?} is not a msgid")));
-        }
-        if let Some(l) = &limit {
-            emq_client::check_limit(l).map_err(PyValueError::new_err)?;
-        }
-        let options = Options {
+        let options = options(
             reply_requested,
             guarantee,
-            retry_count: retries,
+            retries,
             timeout,
             delay,
-            at,
+            eta,
             unique,
             depends_on,
             run_on_dependency_failure,
             limit,
             requires,
             on,
-        };
+        )?;
         // Given a leader and standbys (`A,B`), no router may be up for a
         // few seconds of a failover: keep trying for up to SEND_RETRY.
         let until = Instant::now() + SEND_RETRY;
         py.detach(|| self.with(|c| c.send_request_until(queue, &job, &options, until).map_err(client_err)))
+    }
+
+    /// Sends one command job (`["command", {argv, env, cwd, stdin}]`: a
+    /// program a job manager runs if its `allowed_commands` allows it);
+    /// returns its msgid at once. The options are [`NativeClient::send`]'s;
+    /// a command that cannot run (see `check_command`) raises ValueError
+    /// before anything is sent.
+    #[pyo3(signature = (queue, argv, env, cwd, stdin, reply_requested, guarantee, retries, timeout, delay=None,
+                        eta=None, unique=None, depends_on=Vec::new(), run_on_dependency_failure=false, limit=None,
+                        requires=Vec::new(), on=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_command(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        stdin: Option<String>,
+        reply_requested: bool,
+        guarantee: bool,
+        retries: Option<u32>,
+        timeout: Option<u64>,
+        delay: Option<f64>,
+        eta: Option<f64>,
+        unique: Option<String>,
+        depends_on: Vec<String>,
+        run_on_dependency_failure: bool,
+        limit: Option<String>,
+        requires: Vec<String>,
+        on: Option<String>,
+    ) -> PyResult<String> {
+        let command = command_payload(argv, env, cwd, stdin)?;
+        let options = options(
+            reply_requested,
+            guarantee,
+            retries,
+            timeout,
+            delay,
+            eta,
+            unique,
+            depends_on,
+            run_on_dependency_failure,
+            limit,
+            requires,
+            on,
+        )?;
+        let until = Instant::now() + SEND_RETRY;
+        py.detach(|| self.with(|c| c.send_command_until(queue, &command, &options, until).map_err(client_err)))
     }
 
     /// Cancels a job or workflow this client sent: the router's answer as
@@ -629,11 +729,26 @@ fn split_callable(name: &str) -> PyResult<(String, String)> {
     Ok((j.path, j.callable))
 }
 
+/// Checks a command job as the job manager will (`argv` names a program,
+/// no NUL bytes, variable names without `=`, an absolute `cwd`...);
+/// raises ValueError saying what is wrong. Nothing is sent.
+#[pyfunction]
+#[pyo3(signature = (argv, env, cwd = None, stdin = None))]
+fn check_command(
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+) -> PyResult<()> {
+    command_payload(argv, env, cwd, stdin).map(|_| ())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_function(wrap_pyfunction!(default_addr, m)?)?;
     m.add_function(wrap_pyfunction!(split_callable, m)?)?;
     m.add_function(wrap_pyfunction!(http_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(check_command, m)?)?;
     Ok(())
 }

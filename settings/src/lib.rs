@@ -23,7 +23,7 @@ use thiserror::Error;
 
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: &[&str] =
-    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users", "labels"];
+    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users", "labels", "allowed_commands"];
 
 /// A settings file or value that cannot be used. Binaries print it as one
 /// line and exit with status 2; a server reloading on SIGHUP logs it and
@@ -119,6 +119,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "python_path",
     "python_venv",
     "allowed_paths",
+    "allowed_commands",
+    "command_output_bytes",
     "curve_server_key",
     "curve_key",
     "worker_user",

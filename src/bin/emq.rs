@@ -325,6 +325,7 @@ fn check_settings(
         jobs,
         name: None,
         labels: None,
+        allowed_commands: None,
         python_path: python_path.iter().map(|p| p.display().to_string()).collect(),
     };
     emq_jobmanager::cli::settings(&jm)?;

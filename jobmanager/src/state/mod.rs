@@ -92,6 +92,11 @@ pub struct JmConfig {
     /// Router addresses: the main one, then failovers.
     pub addrs: Vec<String>,
     pub allowed_paths: Vec<String>,
+    /// Programs command jobs may run (absolute paths or globs); empty: no
+    /// command job is taken (and none is announced at INFORM).
+    pub allowed_commands: Vec<String>,
+    /// Bytes of each output stream of a command job kept.
+    pub command_output_bytes: u64,
     /// This job manager's labels (setting `labels`): jobs that `requires:`
     /// them come here.
     pub labels: Vec<String>,

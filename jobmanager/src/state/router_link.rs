@@ -174,10 +174,13 @@ impl JobManagerState {
             // And what we run (allowed_paths): the router hands us only
             // jobs we allow, instead of jobs we would refuse.
             // And where jobs sent `requires:` / `on:` may go: our labels
-            // and name.
+            // and name. And that we run command jobs, when some are allowed.
             features: Some({
                 let mut f = vec![emq_protocol::FEATURE_REPORTS_ALL.to_owned(), emq_protocol::FEATURE_BATCH.to_owned()];
                 f.extend(emq_protocol::allow_feature(&self.cfg.allowed_paths));
+                if !self.cfg.allowed_commands.is_empty() {
+                    f.push(emq_protocol::FEATURE_COMMANDS.to_owned());
+                }
                 f.extend(emq_protocol::placement_features(&self.cfg.labels, &self.name));
                 f.join(",")
             }),
@@ -260,22 +263,28 @@ impl JobManagerState {
     /// announced again), or queued locally to be handed out.
     fn on_request(&mut self, msgid: String, request: Request, out: &mut Vec<Action>) {
         self.link.requested();
-        let parsed = RunPayload::parse(&request.payload);
-        let callable = match &parsed {
-            Ok(p) => self.stats.callable_name(p),
-            Err(_) => std::sync::Arc::from("?"),
+        let (callable, refusal) = if emq_protocol::payload_is_command(&request.payload) {
+            self.check_command(&request.payload)
+        } else {
+            let parsed = RunPayload::parse(&request.payload);
+            let callable = match &parsed {
+                Ok(p) => self.stats.callable_name(p),
+                Err(_) => std::sync::Arc::from("?"),
+            };
+            let refusal = match parsed {
+                Err(e) => Some((JobErrorKind::BadPayload, e.to_string())),
+                Ok(p) if !self.cfg.allowed(&p) => Some((
+                    JobErrorKind::Refused,
+                    format!("module {:?} is not in allowed_paths {:?}", p.module_and_class().0, self.cfg.allowed_paths),
+                )),
+                Ok(_) => None,
+            };
+            (callable, refusal)
         };
-        let refusal = match parsed {
-            Err(e) => Some((JobErrorKind::BadPayload, e.to_string())),
-            Ok(p) if !self.cfg.allowed(&p) => Some((
-                JobErrorKind::Refused,
-                format!("module {:?} is not in allowed_paths {:?}", p.module_and_class().0, self.cfg.allowed_paths),
-            )),
-            Ok(_) if self.lifecycle.is_stopping() && self.workers.idle_slot().is_none() => {
-                Some((JobErrorKind::Refused, "job manager is shutting down".into()))
-            }
-            Ok(_) => None,
-        };
+        let refusal = refusal.or_else(|| {
+            (self.lifecycle.is_stopping() && self.workers.idle_slot().is_none())
+                .then(|| (JobErrorKind::Refused, "job manager is shutting down".into()))
+        });
         if let Some((kind, message)) = refusal {
             self.stats.error("refused_jobs");
             self.stats.job_failed();
@@ -297,6 +306,20 @@ impl JobManagerState {
         };
         self.enqueue(job, false);
         self.steal_for_priority(&queue, out);
+    }
+
+    /// A command job: the name it is counted under (`command:/bin/echo`)
+    /// and why it may not run here, if so — not valid, or its program not
+    /// in `allowed_commands` (nothing runs; the worker checks again).
+    fn check_command(&mut self, payload: &str) -> (std::sync::Arc<str>, Option<(JobErrorKind, String)>) {
+        let cmd = match emq_protocol::CommandPayload::parse(payload) {
+            Ok(c) => c,
+            Err(e) => return (std::sync::Arc::from("?"), Some((JobErrorKind::BadPayload, e))),
+        };
+        match emq_pool::command::check(&cmd, &self.cfg.allowed_commands) {
+            Ok(program) => (self.stats.command_name(&program.to_string_lossy()), None),
+            Err(e) => (self.stats.command_name(cmd.program()), Some((JobErrorKind::Refused, e))),
+        }
     }
 
     /// Sends READYs until the router's count of our free slots matches the

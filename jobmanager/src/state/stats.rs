@@ -108,6 +108,12 @@ impl PoolStats {
         self.callables.name_for(&p.path, &p.callable)
     }
 
+    /// The name a command job is counted under: `command:PROGRAM`, in the
+    /// same table as callables (health, `emq-cli`, the dashboard).
+    pub(super) fn command_name(&self, program: &str) -> Arc<str> {
+        self.callables.named(format!("command:{program}"))
+    }
+
     /// The per-callable figures, most run first.
     pub(super) fn callable_health(&self) -> Vec<CallableHealth> {
         self.callables.health()
@@ -138,7 +144,11 @@ impl Callables {
     /// (one allocation per callable); `other` once [`MAX_CALLABLES`] are
     /// tracked.
     fn name_for(&self, path: &str, callable: &str) -> Arc<str> {
-        let name = format!("{path}.{callable}");
+        self.named(format!("{path}.{callable}"))
+    }
+
+    /// The shared name `name` is counted under (`other` past the limit).
+    fn named(&self, name: String) -> Arc<str> {
         if let Some((k, _)) = self.0.get_key_value(name.as_str()) {
             return k.clone();
         }

@@ -23,6 +23,8 @@ fn cfg(workers: usize) -> JmConfig {
         steal_after: Duration::from_millis(10),
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
         allowed_paths: vec!["*".into()],
+        allowed_commands: vec!["/bin/echo".into()],
+        command_output_bytes: 1 << 20,
         labels: Vec::new(),
     }
 }

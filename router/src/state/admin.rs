@@ -316,7 +316,7 @@ impl RouterState {
             if jms.is_empty() {
                 continue;
             }
-            let (mut n, mut pinned) = (0u64, 0u64);
+            let (mut n, mut pinned, mut commands) = (0u64, 0u64, 0u64);
             let mut modules: Vec<String> = Vec::new();
             let mut wants: Vec<String> = Vec::new();
             for job in q.waiting.iter().take(1000) {
@@ -324,7 +324,9 @@ impl RouterState {
                 if jms.iter().any(|jm| jm.accepts(headers, payload)) {
                     continue;
                 }
-                if !jms.iter().any(|jm| jm.allows_payload(payload)) {
+                if emq_protocol::payload_is_command(payload) && !jms.iter().any(|jm| jm.runs_commands) {
+                    commands += 1;
+                } else if !jms.iter().any(|jm| jm.allows_payload(payload)) {
                     n += 1;
                     if let Some(m) = emq_protocol::payload_module(payload) {
                         if modules.len() < 5 && !modules.iter().any(|x| *x == *m) {
@@ -346,6 +348,14 @@ impl RouterState {
                 why.insert(
                     "why".into(),
                     "no job manager of this queue allows these modules (allowed_paths): they wait for one that does"
+                        .into(),
+                );
+            }
+            if commands > 0 {
+                why.insert("waiting_for_commands".into(), commands.into());
+                why.insert(
+                    "why_commands".into(),
+                    "no job manager of this queue runs command jobs (allowed_commands): they wait for one that does"
                         .into(),
                 );
             }
@@ -656,6 +666,32 @@ const SHOWN_ARGS_BYTES: usize = 4096;
 /// `pkg.mod:Class.method`), `args`, `kwargs` (cut past
 /// [`SHOWN_ARGS_BYTES`] each, with `args_cut: true`).
 fn job_summary(payload: &str) -> Value {
+    if emq_protocol::payload_is_command(payload) {
+        // A command job: its argv (cut like arguments), cwd, and the names
+        // of the variables it sets (their values may be secrets).
+        return match emq_protocol::CommandPayload::parse(payload) {
+            Ok(c) => {
+                let argv = Value::from(c.argv.clone()).to_string();
+                let mut v = if argv.len() <= SHOWN_ARGS_BYTES {
+                    json!({"command": c.argv})
+                } else {
+                    let mut end = SHOWN_ARGS_BYTES;
+                    while !argv.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    json!({"command": format!("{}…", &argv[..end]), "args_cut": true})
+                };
+                if let Some(cwd) = &c.cwd {
+                    v["cwd"] = json!(cwd);
+                }
+                if !c.env.is_empty() {
+                    v["env_names"] = json!(c.env.keys().collect::<Vec<_>>());
+                }
+                v
+            }
+            Err(e) => json!({"unreadable_payload": e}),
+        };
+    }
     match emq_protocol::RunPayload::parse(payload) {
         Ok(p) => {
             let mut cut = false;

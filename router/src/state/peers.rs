@@ -87,6 +87,7 @@ impl RouterState {
         self.peers.stale.remove(&peer);
         let reports_all = inform.has_feature(emq_protocol::FEATURE_REPORTS_ALL);
         let batches = inform.has_feature(emq_protocol::FEATURE_BATCH);
+        let runs_commands = inform.has_feature(emq_protocol::FEATURE_COMMANDS);
         let allowed: Option<Arc<[Box<str>]>> =
             inform.allowed_paths().map(|v| v.into_iter().map(String::into_boxed_str).collect());
         let labels: Arc<[Box<str>]> = inform.labels().into_iter().map(String::into_boxed_str).collect();
@@ -111,6 +112,7 @@ impl RouterState {
         jm.allowed = allowed;
         jm.labels = labels;
         jm.name = jm_name;
+        jm.runs_commands = runs_commands;
         self.peers.job_managers.insert(peer.clone(), jm);
         out.push(send(SocketKind::Backend, &peer, Command::Ack(Ack { acked_msgid: msgid })));
         if batches {

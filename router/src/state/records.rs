@@ -77,6 +77,9 @@ pub struct JobManagerPeer {
     /// `on:` go only to a job manager that has them.
     pub labels: Arc<[Box<str>]>,
     pub name: Option<Box<str>>,
+    /// It runs command jobs (said `commands` at INFORM: our job manager
+    /// with `allowed_commands`); no other job manager is ever sent one.
+    pub runs_commands: bool,
 }
 
 impl JobManagerPeer {
@@ -109,6 +112,7 @@ impl JobManagerPeer {
             allowed: None,
             labels: Arc::from(Vec::new()),
             name: None,
+            runs_commands: false,
         }
     }
 
@@ -119,9 +123,15 @@ impl JobManagerPeer {
             && emq_protocol::Placement::of(headers).is_none_or(|p| p.fits(self.name.as_deref(), &self.labels))
     }
 
-    /// Whether it runs a job whose payload is `payload` (a payload that
-    /// names no module goes anywhere: the job manager says what is wrong).
+    /// Whether it runs a job whose payload is `payload`: a command job
+    /// only if it runs commands (whichever program: its `allowed_commands`
+    /// answers for that); a callable if its `allowed_paths` allow the
+    /// module (a payload that names no module goes anywhere: the job
+    /// manager says what is wrong).
     pub fn allows_payload(&self, payload: &str) -> bool {
+        if emq_protocol::payload_is_command(payload) {
+            return self.runs_commands;
+        }
         match &self.allowed {
             None => true,
             Some(prefixes) => match emq_protocol::payload_module(payload) {
