@@ -219,3 +219,38 @@ fn emq_send_exec_runs_a_command() {
     let (code, _, err) = run(&["--exec", "--env", "NOEQUALS", "--", "/bin/echo"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// As root with `worker_user`, a command runs as that user (it inherits
+/// the worker's identity); cancelling a running command kills its group.
+#[test]
+fn commands_run_as_worker_user_and_a_cancel_kills_the_group() {
+    let root = nix::unistd::geteuid().is_root();
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("SKIP: no user nobody here");
+        return;
+    };
+    let (_router, a) = start_router(&[]);
+    let mut env = vec![("EMQ_ALLOWED_COMMANDS", "/usr/bin/id,/bin/sh")];
+    if root {
+        env.push(("EMQ_WORKER_USER", "nobody"));
+    }
+    let _jm = start_jm(&a, &env);
+    wait_slots(&a.admin, 2);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let id = client.send_command("default", &CommandPayload::new(["/usr/bin/id", "-u"]), &Options::default()).unwrap();
+    let v = value(client.wait(&id, deadline()));
+    let expected = if root { nobody.uid.as_raw() } else { nix::unistd::geteuid().as_raw() };
+    assert_eq!(v["stdout"], format!("{expected}\n"), "{v}");
+
+    let marker = format!("EMQ_TEST_MARK={}", emq_protocol::new_msgid());
+    let (k, val) = marker.split_once('=').unwrap();
+    let mut c = CommandPayload::new(["/bin/sh", "-c", "sleep 38 & sleep 38; wait"]);
+    c.env.insert(k.into(), val.into());
+    let id = client.send_command("default", &c, &Options::default()).unwrap();
+    eventually(Duration::from_secs(20), || (processes_with(&marker).len() >= 3).then_some(()));
+    let answer = client.cancel(&id, deadline()).unwrap();
+    println!("cancel: {answer}");
+    let e = failure(client.wait(&id, deadline()));
+    assert_eq!(e.kind.as_str(), "cancelled", "{e:?}");
+    eventually(Duration::from_secs(30), || processes_with(&marker).is_empty().then_some(()));
+}

@@ -2,7 +2,8 @@
 //! router and job manager on loopback: submit / status / result / cancel,
 //! 404 / 401 / 403, Idempotency-Key (same job, 422, 409, after a restart),
 //! a reader that resumes across a router SIGKILL, a pruned offset's gap,
-//! server-sent events with Last-Event-ID.
+//! server-sent events with Last-Event-ID, command jobs (`"command"`
+//! instead of `"callable"`).
 
 mod common;
 
@@ -184,6 +185,107 @@ fn jobs_over_http_submit_status_result_cancel_and_who_may_see_them() {
     eventually(Duration::from_secs(10), || {
         (http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&bob), &[], "").0 == 401).then_some(())
     });
+}
+
+/// Programs the command job manager of these tests may run.
+const JM_COMMANDS: [(&str, &str); 1] = [("EMQ_ALLOWED_COMMANDS", "/bin/echo,/bin/false,/bin/cat")];
+
+#[test]
+fn command_jobs_over_http_are_checked_and_wait_for_a_job_manager_that_runs_them() {
+    let (_router, a) = start_router(&[]);
+    let alice = client_token(&a, "alice");
+    // 400, naming the field.
+    for (body, names) in [
+        (json!({"callable": "testjobs.add", "command": ["/bin/echo"]}), "\"command\""),
+        (json!({"args": [1]}), "\"command\""),
+        (json!({"callable": "testjobs.add", "env": {"K": "V"}}), "\"env\""),
+        (json!({"callable": "testjobs.add", "cwd": "/tmp"}), "\"cwd\""),
+        (json!({"callable": "testjobs.add", "stdin": "x"}), "\"stdin\""),
+        (json!({"command": ["/bin/echo"], "args": ["hi"]}), "\"args\""),
+        (json!({"command": ["/bin/echo"], "kwargs": {}}), "\"kwargs\""),
+        (json!({"command": []}), "\"command\""),
+        (json!({"command": [""]}), "\"command\""),
+        (json!({"command": "/bin/echo hi"}), "\"command\""),
+        (json!({"command": ["/bin/echo", 1]}), "\"command\""),
+        (json!({"command": ["/bin/echo", "a\u{0}b"]}), "\"command\"[1]"),
+        (json!({"command": ["/bin/echo"], "env": {"A=B": "1"}}), "\"env\""),
+        (json!({"command": ["/bin/echo"], "env": {"A": 1}}), "\"env\""),
+        (json!({"command": ["/bin/echo"], "cwd": "tmp"}), "\"cwd\""),
+        (json!({"command": ["/bin/echo"], "stdin": 1}), "\"stdin\""),
+        (json!({"command": ["/bin/echo"], "shell": true}), "\"shell\""),
+        (json!({"command": ["/bin/echo"], "retries": -1}), "\"retries\""),
+    ] {
+        let (code, _, v) = http(&a.http, "POST", "/v1/jobs", Some(&alice), &[], &body.to_string());
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(names), "{body}: {v} should name {names}");
+    }
+    // Accepted; with no job manager that runs commands it waits.
+    let body = json!({"command": ["/bin/echo", "hi"], "env": {"K": "V"}, "cwd": "/tmp", "stdin": "x",
+                      "queue": "default", "timeout": 30, "retries": 1});
+    let id = submit(&a, &alice, body);
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{id}"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str(), v["queue"].as_str()), (200, Some("queued"), Some("default")), "{v}");
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{id}/result?wait=1"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str()), (202, Some("queued")), "{v}");
+    // Delayed: its record says what it runs without breaking.
+    let delayed =
+        submit(&a, &alice, json!({"command": ["/bin/echo", "later"], "env": {"SECRET": "s3cr3t"}, "delay": 600}));
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{delayed}"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str()), (200, Some("delayed")), "{v}");
+    assert_eq!(v["job"]["command"], json!(["/bin/echo", "later"]), "{v}");
+    assert_eq!(v["job"]["env_names"], json!(["SECRET"]), "{v}");
+    assert!(!v.to_string().contains("s3cr3t"), "env values are not shown: {v}");
+    let (code, _, v) = http(&a.http, "POST", &format!("/v1/jobs/{delayed}/cancel"), Some(&alice), &[], "");
+    assert_eq!((code, v["cancelled"].as_bool()), (200, Some(true)), "{v}");
+}
+
+#[test]
+fn command_jobs_over_http_run_fail_and_are_refused() {
+    let (_router, a) = start_router(&[]);
+    // A job manager that runs no commands first: the command job waits.
+    let _python_only = start_jobmanager(&a.backend, "default", 1, &JM_ENV);
+    wait_slots(&a.admin, 1);
+    let alice = client_token(&a, "alice");
+    let echo = submit(&a, &alice, json!({"command": ["/bin/echo", "hi", "there"], "timeout": 30}));
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{echo}/result?wait=2"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str()), (202, Some("queued")), "no job manager here runs commands: {v}");
+    // Python jobs still run meanwhile.
+    let add = submit(&a, &alice, json!({"callable": "testjobs.add", "args": [2, 3]}));
+    assert_eq!(result(&a, &alice, &add)["result"], 5);
+
+    let _commands = start_jobmanager(&a.backend, "default", 2, &JM_COMMANDS);
+    let v = result(&a, &alice, &echo);
+    assert_eq!(
+        v,
+        json!({"id": echo, "state": "done", "result":
+            {"exit_code": 0, "stdout": "hi there\n", "stderr": "", "stdout_cut": 0, "stderr_cut": 0}}),
+        "{v}"
+    );
+    let (code, _, v) = http(&a.http, "GET", &format!("/v1/jobs/{echo}"), Some(&alice), &[], "");
+    assert_eq!((code, v["state"].as_str(), v["id"].as_str()), (200, Some("done"), Some(echo.as_str())), "{v}");
+    // stdin, env and cwd reach it.
+    let cat = submit(
+        &a,
+        &alice,
+        json!({"command": ["/bin/cat"], "stdin": "line 1\nline 2\n", "env": {"K": "V"}, "cwd": "/", "timeout": 30}),
+    );
+    let v = result(&a, &alice, &cat);
+    assert_eq!((v["state"].as_str(), v["result"]["stdout"].as_str()), (Some("done"), Some("line 1\nline 2\n")), "{v}");
+
+    // A non-zero exit: failed, "command failed", and its result still there.
+    let fails = submit(&a, &alice, json!({"command": ["/bin/false"], "timeout": 30}));
+    let v = result(&a, &alice, &fails);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["error"]["kind"], "command failed", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("exit code 1"), "{v}");
+    assert_eq!(v["result"]["exit_code"], 1, "{v}");
+
+    // A program outside allowed_commands: refused, nothing runs.
+    let sh = submit(&a, &alice, json!({"command": ["/bin/sh", "-c", "echo no"], "timeout": 30}));
+    let v = result(&a, &alice, &sh);
+    assert!(matches!(v["state"].as_str(), Some("refused" | "failed")), "{v}");
+    assert_eq!(v["error"]["kind"], "refused", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("allowed_commands"), "{v}");
 }
 
 #[test]

@@ -244,3 +244,54 @@ fn eventmq_client_requires_header_pins_the_job() {
     assert_eq!(st["waiting_messages_by_queue"]["default"].as_u64(), Some(1), "the tpu job waits: {st}");
     assert_eq!(st["waiting_not_allowed"]["default"]["wants"], serde_json::json!(["requires:tpu"]), "{st}");
 }
+
+/// Command jobs never reach EventMQ's job manager (it says no `commands`
+/// at INFORM): with only it connected a command job waits (STATUS says
+/// why) while callables sent after it run there; our job manager with
+/// `allowed_commands` comes and runs it.
+#[test]
+fn command_jobs_never_reach_eventmq_job_manager() {
+    let Some(venv) = eventmq_venv() else {
+        eprintln!("SKIP: EMQ_SKIP_INTEROP=1");
+        return;
+    };
+    let (_router, a) = start_router(&[]);
+    let root = repo_root();
+    let work = tempdir("interop-commands");
+    let out_file = work.join("lines.txt");
+    let mut jm = Command::new(venv.join("bin/emq-jobmanager"));
+    jm.env("EVENTMQ_WORKER_ADDR", &a.backend)
+        .env("EVENTMQ_QUEUES", r#"[[10, "default"]]"#)
+        .env("EVENTMQ_CONCURRENT_JOBS", "2")
+        .env("PYTHONPATH", root.join("jobs"))
+        .current_dir(&work)
+        .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
+    let _jm = ChildGuard::spawn("eventmq emq-jobmanager", jm);
+    eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) == 2).then_some(()));
+
+    let mut client = emq_client::Client::connect(&a.frontend).unwrap();
+    let deadline = || std::time::Instant::now() + Duration::from_secs(60);
+    let marker = work.join("ran-by-command");
+    let cmd = emq_client::CommandPayload::new(["/usr/bin/touch".to_owned(), marker.display().to_string()]);
+    let cmd_id = client.send_command("default", &cmd, &emq_client::Options::default()).unwrap();
+    // Callables behind it run on EventMQ's job manager.
+    let mut job = emq_client::job_for("benchjobs.append_line").unwrap();
+    job.args = vec![serde_json::json!(out_file), serde_json::json!("callable")];
+    for _ in 0..3 {
+        client.send_request("default", &job, &emq_client::Options::default()).unwrap();
+    }
+    eventually(Duration::from_secs(60), || (read_lines(&out_file).len() == 3).then_some(()));
+    let st = admin(&a.admin, "STATUS");
+    assert_eq!(st["waiting_messages_by_queue"]["default"].as_u64(), Some(1), "the command job waits: {st}");
+    assert_eq!(st["waiting_not_allowed"]["default"]["waiting_for_commands"], 1, "{st}");
+    assert!(!marker.exists());
+    let log = std::fs::read_to_string(work.join("jm.log")).unwrap_or_default();
+    assert!(!log.contains("touch"), "EventMQ's job manager saw the command: {log}");
+
+    let _ours = start_jobmanager(&a.backend, "default", 1, &[("EMQ_ALLOWED_COMMANDS", "/usr/bin/touch")]);
+    match client.wait(&cmd_id, deadline()) {
+        emq_client::JobOutcome::Value(v) => assert_eq!(v["exit_code"], 0, "{v}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(marker.exists(), "our job manager ran it");
+}

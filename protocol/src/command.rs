@@ -129,6 +129,17 @@ pub fn payload_is_command(raw: &str) -> bool {
     serde_json::from_str::<Action<'_>>(raw).is_ok_and(|Action(a, _)| a == "command")
 }
 
+/// What a payload runs, as one name for people and tables: `pkg.mod.func`
+/// (or `pkg.mod:Class.method`) for a callable, `command:/bin/echo` for a
+/// command job (the name job managers count it under); `None` when
+/// unreadable.
+pub fn payload_name(raw: &str) -> Option<String> {
+    if payload_is_command(raw) {
+        return CommandPayload::parse(raw).ok().map(|c| format!("command:{}", c.program()));
+    }
+    crate::RunPayload::parse(raw).ok().map(|p| format!("{}.{}", p.path, p.callable))
+}
+
 /// A command job's result, the job's `value` (also inside the error of a
 /// failed one): its exit, and the tails of its output as text.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -183,6 +194,9 @@ mod tests {
         assert_eq!(minimal, r#"["command",{"argv":["true"]}]"#);
         assert!(payload_is_command(" [ \"command\" , {\"argv\": [\"x\"]}]"));
         assert!(payload_is_command(r#"["\u0063ommand", {"argv": ["x"]}]"#));
+        assert_eq!(payload_name(&c.to_wire()).as_deref(), Some("command:/bin/echo"));
+        assert_eq!(payload_name(r#"["run", {"path": "m", "callable": "f"}]"#).as_deref(), Some("m.f"));
+        assert_eq!(payload_name("[]"), None);
         for not in [r#"["run", {"path": "m", "callable": "f"}]"#, "", "[", "{}", r#"["commander", {}]"#, "[1, 2]"] {
             assert!(!payload_is_command(not), "{not}");
         }

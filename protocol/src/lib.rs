@@ -37,7 +37,9 @@ pub use cmd::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
 pub use cmd::{
     OnParentFailure, Pass, ResultOf, Workflow, WorkflowGraph, WorkflowNode, MAX_NODE_MSGID, MAX_WORKFLOW_NODES,
 };
-pub use command::{payload_is_command, CommandPayload, CommandResult, FEATURE_COMMANDS, MAX_ARGV, MAX_ENV};
+pub use command::{
+    payload_is_command, payload_name, CommandPayload, CommandResult, FEATURE_COMMANDS, MAX_ARGV, MAX_ENV,
+};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Message, PROTOCOL_VERSION};
 pub use headers::{valid_label, Headers, Placement, MAX_DELAY_SECS, MAX_DEPENDS_ON, MAX_LABELS, MAX_TIMEOUT_SECS};

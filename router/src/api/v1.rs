@@ -683,7 +683,8 @@ fn accepted(id: &str, workflow: bool, dedup: bool) -> Response {
     Response::json(202, &v).with_header("Location", location)
 }
 
-/// `{"id", "state", "result"}` or `{"id", "state", "error"}` of a final record.
+/// `{"id", "state", "result"}` or `{"id", "state", "error"}` of a final record
+/// (a command job that failed: both, its `result` the exit code and output).
 fn result_of(id: &str, state: &str, v: &Value) -> Value {
     let r = &v["result"];
     if state == "done" {
@@ -693,27 +694,38 @@ fn result_of(id: &str, state: &str, v: &Value) -> Value {
         };
         return json!({"id": id, "state": state, "result": value});
     }
-    let error = match r.get("error") {
+    let mut out = match r.get("error") {
         Some(Value::Object(e)) => {
             let kind = e.get("type").or_else(|| e.get("kind")).cloned().unwrap_or(Value::Null);
-            json!({"kind": kind, "message": e.get("message").cloned().unwrap_or(Value::Null),
-                   "traceback": e.get("traceback").cloned().unwrap_or(Value::Null)})
+            let error = json!({"kind": kind, "message": e.get("message").cloned().unwrap_or(Value::Null),
+                               "traceback": e.get("traceback").cloned().unwrap_or(Value::Null)});
+            json!({"id": id, "state": state, "error": error})
         }
         _ => {
             let last = v["attempt_errors"].as_array().and_then(|a| a.last()).cloned().unwrap_or(Value::Null);
-            json!({"kind": last.get("type").cloned().unwrap_or_else(|| state.into()),
+            let error = json!({"kind": last.get("type").cloned().unwrap_or_else(|| state.into()),
                    "message": last.get("message").cloned().unwrap_or_else(|| format!("the job ended {state}").into()),
-                   "traceback": last.get("traceback").cloned().unwrap_or(Value::Null)})
+                   "traceback": last.get("traceback").cloned().unwrap_or(Value::Null)});
+            json!({"id": id, "state": state, "error": error})
         }
     };
-    json!({"id": id, "state": state, "error": error})
+    if out["error"]["kind"] == "command failed" {
+        if let Some(value @ Value::Object(_)) = r.get("value") {
+            out["result"] = value.clone();
+        }
+    }
+    out
 }
 
 /// Fields of `POST /v1/jobs` (docs/http.md): unknown ones are refused.
-const JOB_FIELDS: [&str; 14] = [
+const JOB_FIELDS: [&str; 18] = [
     "callable",
     "args",
     "kwargs",
+    "command",
+    "env",
+    "cwd",
+    "stdin",
     "queue",
     "timeout",
     "retries",
@@ -731,12 +743,26 @@ fn valid_queue(q: &str) -> bool {
     !q.is_empty() && q.len() <= 128 && q.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
 }
 
-/// A job request's queue, payload and options.
-pub fn job_request(v: &Value) -> Result<(String, emq_client::Job, emq_client::Options), String> {
-    let o = v.as_object().ok_or("the body must be a JSON object")?;
-    if let Some(k) = o.keys().find(|k| !JOB_FIELDS.contains(&k.as_str())) {
-        return Err(format!("unknown field {k:?} (fields: {})", JOB_FIELDS.join(", ")));
+/// What a job request runs: a Python callable, or a program (a command
+/// job, run by a job manager whose `allowed_commands` allows it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobPayload {
+    Run(emq_client::Job),
+    Command(emq_protocol::CommandPayload),
+}
+
+impl JobPayload {
+    /// The REQUEST's payload frame.
+    pub fn to_wire(&self) -> String {
+        match self {
+            JobPayload::Run(j) => j.to_wire(),
+            JobPayload::Command(c) => c.to_wire(),
+        }
     }
+}
+
+/// `callable` with its `args` and `kwargs`.
+fn callable_job(o: &Map<String, Value>) -> Result<emq_client::Job, String> {
     let callable = o.get("callable").and_then(Value::as_str).ok_or("\"callable\" (a string) is needed")?;
     if callable.len() > 512 {
         return Err("\"callable\" is longer than 512 characters".into());
@@ -751,6 +777,75 @@ pub fn job_request(v: &Value) -> Result<(String, emq_client::Job, emq_client::Op
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err("\"kwargs\" must be an object".into()),
+    };
+    Ok(job)
+}
+
+/// `command` (argv) with its `env`, `cwd` and `stdin`, checked as the job
+/// manager will ([`emq_protocol::CommandPayload::validate`]).
+fn command_job(o: &Map<String, Value>) -> Result<emq_protocol::CommandPayload, String> {
+    let argv = match o.get("command") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()
+            .ok_or("\"command\" must be an array of strings (the program and its arguments)")?,
+        _ => return Err("\"command\" must be an array of strings (the program and its arguments)".into()),
+    };
+    let mut c = emq_protocol::CommandPayload::new(argv);
+    c.env = match o.get("env") {
+        None => Default::default(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+            .collect::<Option<_>>()
+            .ok_or("\"env\" must be an object of strings")?,
+        Some(_) => return Err("\"env\" must be an object of strings".into()),
+    };
+    c.cwd = match o.get("cwd") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("\"cwd\" must be a string (an absolute directory)".into()),
+    };
+    c.stdin = match o.get("stdin") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("\"stdin\" must be a string".into()),
+    };
+    // Its messages start with the field: argv (here "command"), env, cwd.
+    c.validate().map_err(|e| match ["argv", "env", "cwd"].into_iter().find(|f| e.starts_with(f)) {
+        Some("argv") => format!("\"command\"{}", &e[4..]),
+        Some(f) => format!("\"{f}\"{}", &e[f.len()..]),
+        None => format!("\"command\": {e}"),
+    })?;
+    Ok(c)
+}
+
+/// A job request's queue, payload and options.
+pub fn job_request(v: &Value) -> Result<(String, JobPayload, emq_client::Options), String> {
+    let o = v.as_object().ok_or("the body must be a JSON object")?;
+    if let Some(k) = o.keys().find(|k| !JOB_FIELDS.contains(&k.as_str())) {
+        return Err(format!("unknown field {k:?} (fields: {})", JOB_FIELDS.join(", ")));
+    }
+    let job = match (o.contains_key("callable"), o.contains_key("command")) {
+        (true, true) => return Err("give \"callable\" or \"command\", not both".into()),
+        (false, false) => {
+            return Err("\"callable\" (a Python function) or \"command\" (a program and its arguments) is needed".into())
+        }
+        (true, false) => {
+            if let Some(k) = ["env", "cwd", "stdin"].into_iter().find(|k| o.contains_key(*k)) {
+                return Err(format!("\"{k}\" goes only with \"command\", not with \"callable\""));
+            }
+            JobPayload::Run(callable_job(o)?)
+        }
+        (false, true) => {
+            if let Some(k) = ["args", "kwargs"].into_iter().find(|k| o.contains_key(*k)) {
+                return Err(format!(
+                    "\"{k}\" goes only with \"callable\": a command's arguments are in \"command\" itself"
+                ));
+            }
+            JobPayload::Command(command_job(o)?)
+        }
     };
     let queue = match o.get("queue") {
         None | Some(Value::Null) => "default".to_owned(),
@@ -849,7 +944,8 @@ pub fn schedule_request(v: &Value) -> Result<(String, emq_client::Job, emq_clien
             jobv.insert(k.into(), x.clone());
         }
     }
-    let (queue, job, _) = job_request(&Value::Object(jobv))?;
+    let job = callable_job(&jobv)?;
+    let (queue, _, _) = job_request(&Value::Object(jobv))?;
     let mut spec = match (o.get("every"), o.get("cron")) {
         (Some(e), None) => match e.as_u64() {
             Some(s) if (1..=31_536_000).contains(&s) => emq_client::ScheduleSpec::every(s),
@@ -926,5 +1022,83 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{job_request, JobPayload};
+    use serde_json::json;
+
+    fn refused(body: serde_json::Value, names: &str) {
+        let e = job_request(&body).unwrap_err();
+        assert!(e.contains(names), "{body}: {e:?} should name {names}");
+    }
+
+    #[test]
+    fn a_job_is_a_callable_or_a_command() {
+        let (q, job, opts) = job_request(&json!({"callable": "m.f", "args": [1], "queue": "q", "retries": 2})).unwrap();
+        assert_eq!(q, "q");
+        assert!(matches!(job, JobPayload::Run(_)));
+        assert_eq!(opts.retry_count, Some(2));
+        let (q, job, opts) = job_request(&json!({"command": ["/bin/echo", "hi", ""], "env": {"K": "V"},
+            "cwd": "/tmp", "stdin": "text", "timeout": 5}))
+        .unwrap();
+        assert_eq!(q, "default");
+        assert_eq!(opts.timeout, Some(5));
+        let JobPayload::Command(c) = &job else { panic!("{job:?}") };
+        assert_eq!(c.argv, ["/bin/echo", "hi", ""]);
+        assert_eq!(c.env.get("K").map(String::as_str), Some("V"));
+        assert_eq!((c.cwd.as_deref(), c.stdin.as_deref()), (Some("/tmp"), Some("text")));
+        assert!(emq_protocol::payload_is_command(&job.to_wire()));
+        assert_eq!(emq_protocol::CommandPayload::parse(&job.to_wire()).unwrap(), *c);
+
+        refused(json!({"callable": "m.f", "command": ["/bin/echo"]}), "not both");
+        refused(json!({"args": [1]}), "\"command\"");
+        refused(json!({}), "\"callable\"");
+        for k in ["env", "cwd", "stdin"] {
+            refused(json!({"callable": "m.f", k: "x"}), &format!("\"{k}\""));
+        }
+        refused(json!({"command": ["/bin/echo"], "args": [1]}), "\"args\"");
+        refused(json!({"command": ["/bin/echo"], "kwargs": {}}), "\"kwargs\"");
+        refused(json!({"command": []}), "\"command\"");
+        refused(json!({"command": [""]}), "\"command\"");
+        refused(json!({"command": "/bin/echo hi"}), "\"command\"");
+        refused(json!({"command": ["/bin/echo", 1]}), "\"command\"");
+        refused(json!({"command": ["/bin/echo", "a\u{0}b"]}), "\"command\"[1]");
+        refused(json!({"command": ["/bin/echo"], "env": {"A=B": "1"}}), "\"env\"");
+        refused(json!({"command": ["/bin/echo"], "env": {"A": 1}}), "\"env\"");
+        refused(json!({"command": ["/bin/echo"], "env": null}), "\"env\"");
+        refused(json!({"command": ["/bin/echo"], "cwd": "tmp"}), "\"cwd\"");
+        refused(json!({"command": ["/bin/echo"], "stdin": 3}), "\"stdin\"");
+        refused(json!({"command": ["/bin/echo"], "retries": -1}), "\"retries\"");
+        refused(json!({"command": ["/bin/echo"], "shell": true}), "\"shell\"");
+    }
+
+    #[test]
+    fn a_failed_command_keeps_its_output_in_the_result() {
+        let out = json!({"exit_code": 1, "stdout": "", "stderr": "no\n", "stdout_cut": 0, "stderr_cut": 0});
+        let rec = json!({"state": "failed", "result": {"value": out,
+            "error": {"type": "command failed", "message": "exit code 1: no", "traceback": "no\n"}}});
+        let r = super::result_of("j", "failed", &rec);
+        assert_eq!(r["error"]["kind"], "command failed");
+        assert_eq!(r["error"]["message"], "exit code 1: no");
+        assert_eq!(r["result"], out);
+        // Others' failures: the error alone (their value is the message).
+        let rec = json!({"state": "failed", "result": {"value": "boom",
+            "error": {"type": "exception", "message": "boom", "traceback": "tb"}}});
+        let r = super::result_of("j", "failed", &rec);
+        assert_eq!(
+            r,
+            json!({"id": "j", "state": "failed", "error": {"kind": "exception", "message": "boom", "traceback": "tb"}})
+        );
+    }
+
+    #[test]
+    fn schedules_still_take_only_callables() {
+        let (_, job, _) = super::schedule_request(&json!({"callable": "m.f", "every": 60})).unwrap();
+        assert_eq!(job.callable, "f");
+        assert!(super::schedule_request(&json!({"every": 60})).unwrap_err().contains("\"callable\""));
+        assert!(super::schedule_request(&json!({"command": ["/bin/echo"], "every": 60})).is_err());
     }
 }

@@ -1314,6 +1314,67 @@ fn jobs_go_only_to_job_managers_that_allow_their_module() {
     assert!(st["waiting_not_allowed"].as_object().unwrap().is_empty(), "{st}");
 }
 
+/// Command jobs go only to job managers that said `commands` at INFORM —
+/// never to EventMQ's (no features) nor to ours without `allowed_commands`
+/// — whether the job or the slot comes first, and do not hold up the jobs
+/// behind them; STATUS says why one waits; its detail shows the command
+/// (variable names, never their values).
+#[test]
+fn command_jobs_go_only_to_job_managers_that_run_commands() {
+    let mut h = Harness::new();
+    h.inform("eventmq", &[(10, "default")]);
+    let ours = |features: &str| {
+        Command::Inform(Inform {
+            queues: QueueSpec::default_queues(),
+            kind: "worker".into(),
+            features: Some(features.into()),
+        })
+    };
+    h.recv(SocketKind::Backend, "no-commands", ours("reports-all,allow=benchjobs"));
+    let command = |h: &mut Harness, id: &str| {
+        let mut c = emq_protocol::CommandPayload::new(["/bin/echo", id]);
+        c.env.insert("SECRET".into(), "hunter2".into());
+        let r = Request { queue: "default".into(), headers: "reply-requested".into(), payload: c.to_wire() };
+        h.recv_id(SocketKind::Frontend, "c", Message::with_msgid(id, Command::Request(r)))
+    };
+    let callable = |h: &mut Harness, id: &str| {
+        let payload = r#"["run", {"path": "benchjobs", "callable": "f"}]"#.to_owned();
+        let r = Request { queue: "default".into(), headers: "reply-requested".into(), payload };
+        h.recv_id(SocketKind::Frontend, "c", Message::with_msgid(id, Command::Request(r)))
+    };
+    let at = |h: &Harness, id: &str| h.r.in_flight().get(id).map(|j| j.job_manager.to_string());
+    // Slots first: the command job takes none of them.
+    h.ready("eventmq");
+    h.ready("no-commands");
+    command(&mut h, "c1");
+    assert_eq!(at(&h, "c1"), None);
+    // Jobs behind it run.
+    callable(&mut h, "p1");
+    callable(&mut h, "p2");
+    assert!(at(&h, "p1").is_some() && at(&h, "p2").is_some());
+    let st: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert_eq!(st["waiting_not_allowed"]["default"]["waiting_for_commands"], 1, "{st}");
+    let detail = admin_json(&mut h, AdminCommand::JobStatus { job_msgid: "c1".into(), owner_token: None });
+    println!("{detail}");
+    // Freed slots of either do not take it.
+    h.done("eventmq", "p1", r#"{"value": 1}"#);
+    h.done("no-commands", "p2", r#"{"value": 1}"#);
+    h.ready("eventmq");
+    h.ready("no-commands");
+    assert_eq!(at(&h, "c1"), None);
+    // One that runs commands comes: it takes it, and a new one goes to it too.
+    h.recv(SocketKind::Backend, "runner", ours("reports-all,allow=benchjobs,commands"));
+    h.ready("runner");
+    assert_eq!(at(&h, "c1").as_deref(), Some("runner"));
+    command(&mut h, "c2");
+    assert_eq!(at(&h, "c2"), None, "runner is full; the others never take it");
+    h.done("runner", "c1", r#"{"value": 1}"#);
+    h.ready("runner");
+    assert_eq!(at(&h, "c2").as_deref(), Some("runner"));
+    let st: serde_json::Value = serde_json::from_str(&h.r.status_json(h.now)).unwrap();
+    assert!(st["waiting_not_allowed"].as_object().unwrap().is_empty(), "{st}");
+}
+
 /// A dead letter's detail says what it runs: callable and arguments (in
 /// JOB_STATUS for its owner or an admin, and in the dead letter list).
 #[test]

@@ -140,9 +140,7 @@ impl ScheduleState {
 
     /// `module.callable` (or `module:Class.method`) of its payload.
     pub fn callable(&self) -> String {
-        emq_protocol::RunPayload::parse(&self.entry.payload)
-            .map(|p| format!("{}.{}", p.path, p.callable))
-            .unwrap_or_else(|_| "?".into())
+        emq_protocol::payload_name(&self.entry.payload).unwrap_or_else(|| "?".into())
     }
 }
 
@@ -293,8 +291,7 @@ impl RouterState {
                     "msgid": &*job.msgid,
                     "queue": job.request.queue(queue),
                     "due": now.unix + key.0.saturating_duration_since(now.mono).as_secs_f64(),
-                    "callable": emq_protocol::RunPayload::parse(job.request.payload())
-                        .map(|p| format!("{}.{}", p.path, p.callable)).ok(),
+                    "callable": emq_protocol::payload_name(job.request.payload()),
                 })),
                 _ => None,
             })
