@@ -27,6 +27,8 @@ def main():
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--spin-ms", type=float, default=0,
+                    help="CPU-bound jobs: benchjobs.spin_append(FILE, line, MS) instead of append_line")
     a = ap.parse_args()
     if os.path.exists(a.out):
         os.unlink(a.out)
@@ -37,8 +39,11 @@ def main():
     want = 9 * a.n
     t0 = time.monotonic()
     for i in range(a.n):
-        send_request(s, ["run", {"path": "benchjobs", "callable": "append_line",
-                                 "args": [a.out, "%08d" % i]}], queue="default")
+        if a.spin_ms:
+            job = {"path": "benchjobs", "callable": "spin_append", "args": [a.out, "%08d" % i, a.spin_ms]}
+        else:
+            job = {"path": "benchjobs", "callable": "append_line", "args": [a.out, "%08d" % i]}
+        send_request(s, ["run", job], queue="default")
     sent = time.monotonic() - t0
     while True:
         try:

@@ -779,6 +779,79 @@ def summary(vals, key, fmt="{:,.0f}"):
     return "%s (%s–%s)" % (fmt.format(med), fmt.format(min(xs)), fmt.format(max(xs))), med
 
 
+def s16(args, system, ms):
+    """Real work (issue 29): CPU-bound jobs of `ms` ms of CPU each
+    (benchjobs.spin_append), as many workers as cores, sent fire-and-forget
+    by EventMQ's own client (emq, EventMQ) or Celery's apply_async (Celery
+    prefork, concurrency = cores); timed until the last job's line is on
+    disk. Efficiency = jobs/s ÷ (cores ÷ job CPU seconds)."""
+    cores = os.cpu_count() or 1
+    n = max(200, int(args.s16_secs * cores * 1000.0 / ms))
+    out = os.path.join(tempfile.gettempdir(), "emq-bench-s16-%s.txt" % system)
+    if system == "celery":
+        r = run_json([os.path.join(args.celery_venv, "bin", "python"), os.path.join(ROOT, "bench", "celery", "run_celery.py"),
+                      "--n", str(n), "--out", out, "--spin-ms", str(ms)])
+    elif system == "eventmq":
+        a = addrs()
+        v = os.path.join(args.eventmq_venv, "bin")
+        wal = tempfile.mkdtemp(prefix="emq-bench-wal-")
+        rt = start([os.path.join(v, "emq-router")], env={
+            "EVENTMQ_FRONTEND_ADDR": a["frontend"], "EVENTMQ_BACKEND_ADDR": a["backend"],
+            "EVENTMQ_ADMINISTRATIVE_ADDR": a["admin"], "EVENTMQ_WAL": os.path.join(wal, "wal.log")}, log_name="eventmq-router")
+        jm = start([os.path.join(v, "emq-jobmanager")], env={
+            "EVENTMQ_WORKER_ADDR": a["backend"], "EVENTMQ_QUEUES": '[[10, "default"]]',
+            "EVENTMQ_CONCURRENT_JOBS": str(cores), "PYTHONPATH": JOBS}, log_name="eventmq-jobmanager")
+        try:
+            wait_slots(a["admin"], cores)
+            r = run_json([os.path.join(v, "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"), "--addr", a["frontend"],
+                          "--n", str(n), "--out", out, "--spin-ms", str(ms)], env={"PYTHONPATH": JOBS})
+        finally:
+            stop(jm)
+            stop(rt)
+    else:
+        a = addrs()
+        rt = emq_router(a)
+        jm = emq_jm(a, cores)
+        try:
+            wait_slots(a["admin"], cores)
+            time.sleep(1.0)
+            r = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                          "--addr", a["frontend"], "--n", str(n), "--out", out, "--spin-ms", str(ms)],
+                         env={"PYTHONPATH": JOBS})
+        finally:
+            stop(jm)
+            stop(rt)
+    r["efficiency_pct"] = 100.0 * r["jobs_per_sec"] * (ms / 1000.0) / cores
+    r["ms"] = ms
+    return r
+
+
+def s17(args):
+    """Many clients (issue 29): 1,000 connected clients (a DEALER each)
+    each sending 100 jobs with results at once, against one client sending
+    the same number of jobs (window 1000) on the same router and job
+    manager in the same run (the order alternates). Also the router's RSS
+    per idle connected client and each client's completion time."""
+    flip = next_flip(s17)
+
+    def both(a, r, j):
+        def one():
+            return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                             "--n", str(args.s17_clients * args.s17_jobs), "--window", "1000"])
+
+        def many():
+            return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
+                             "--router-pid", str(r.pid), "--clients", str(args.s17_clients), "--jobs", str(args.s17_jobs)])
+        if flip % 2:
+            single, m = one(), many()
+        else:
+            m, single = many(), one()
+        m["one_client_jobs_per_sec"] = single["jobs_per_sec"]
+        m["ratio_pct"] = 100.0 * m["jobs_per_sec"] / single["jobs_per_sec"]
+        return m
+    return with_router_and_jm(both)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--eventmq-venv", default=os.path.join(ROOT, "target", "venv"),
@@ -807,6 +880,11 @@ def main():
     ap.add_argument("--s14-conns", type=int, default=8)
     ap.add_argument("--s14-pipeline", type=int, default=1,
                     help="jobs written at once per HTTP connection in scenario 14 (1: one job at a time)")
+    ap.add_argument("--s17-clients", type=int, default=1000)
+    ap.add_argument("--s17-jobs", type=int, default=100)
+    ap.add_argument("--s16-secs", type=float, default=10.0,
+                    help="scenario 16: each run sends jobs worth this many seconds of the machine's CPU")
+    ap.add_argument("--s16-ms", default="1,10", help="scenario 16: job CPU times (ms)")
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -863,6 +941,17 @@ def main():
             res["s14"] = repeat("14", args.runs, lambda: s14(args))
         if "15" in only:
             res["s15"] = repeat("15", args.runs, lambda: s15(args))
+        if "16" in only:
+            systems = ["emq", "eventmq"]
+            if args.celery_venv != "NO_REDIS" and os.path.isdir(args.celery_venv):
+                systems.append("celery")
+            for k in range(args.runs):
+                for ms in [float(x) for x in args.s16_ms.split(",")]:
+                    for system in systems:
+                        res.setdefault("s16_%s_%g" % (system, ms), []).extend(
+                            repeat("16 %s %g ms" % (system, ms), 1, lambda: s16(args, system, ms)))
+        if "17" in only:
+            res["s17"] = repeat("17", args.runs, lambda: s17(args))
     finally:
         stop_all()
 
@@ -988,6 +1077,23 @@ def main():
         row("15", "  lag (receipt minus the event's `at`), p50 ms", res.get("s15"), "lag_p50_ms", fmt="{:.1f}")
         row("15", "  p99 ms", res.get("s15"), "lag_p99_ms", fmt="{:.1f}")
         row("15", "  max ms", res.get("s15"), "lag_max_ms", fmt="{:.1f}")
+
+    if "16" in only:
+        for ms in [float(x) for x in args.s16_ms.split(",")]:
+            for system in ("emq", "eventmq", "celery"):
+                key = "s16_%s_%g" % (system, ms)
+                if res.get(key):
+                    row("16", "%g ms CPU-bound jobs, %d workers, %s: jobs/s" % (ms, os.cpu_count() or 1, system), res[key], "jobs_per_sec")
+                    row("16", "  efficiency (jobs/s ÷ (cores ÷ job CPU time))", res[key], "efficiency_pct", fmt="{:.1f}%",
+                        target="≥ 90% for 1 ms (emq)" if system == "emq" and ms == 1 else "")
+
+    if "17" in only:
+        row("17", "%d clients × %d jobs with results, all at once: jobs/s" % (args.s17_clients, args.s17_jobs), res.get("s17"), "jobs_per_sec")
+        row("17", "  one client, the same jobs (window 1000), same router, same run: jobs/s", res.get("s17"), "one_client_jobs_per_sec")
+        row("17", "  many / one", res.get("s17"), "ratio_pct", fmt="{:.0f}%", target="≥ 70%")
+        row("17", "  router RSS per idle connected client (bytes)", res.get("s17"), "router_bytes_per_idle_client")
+        row("17", "  client completion time max / min (nobody starved)", res.get("s17"), "max_over_min", fmt="{:.2f}")
+        row("17", "  slowest client done after (s)", res.get("s17"), "client_done_max_secs", fmt="{:.2f}")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

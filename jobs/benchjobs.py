@@ -62,3 +62,16 @@ def progress_loop(secs, per_sec, report=True):
         if delay > 0:
             time.sleep(delay)
     return steps
+
+
+def spin_append(path, line, ms):
+    """CPU-bound work: spin for ``ms`` milliseconds of this thread's CPU
+    time (not wall time: a busy machine does not shorten the work), then
+    ``append_line`` — the "real work" benchmark's job (scenario 16)."""
+    import time
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        for _ in range(200):
+            x += 1
+    return append_line(path, line)

@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for the N-th line")
+    ap.add_argument("--spin-ms", type=float, default=0,
+                    help="CPU-bound jobs: tasks.spin_append(OUT, i, MS) instead of append_line")
     args = ap.parse_args()
     n, out = args.n, os.path.abspath(args.out)
     expected = sum(len(str(i)) + 1 for i in range(n))
@@ -107,7 +109,7 @@ def main():
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
 
         sys.path.insert(0, HERE)
-        from tasks import app, append_line  # reads BENCH_REDIS_PORT
+        from tasks import app, append_line, spin_append  # reads BENCH_REDIS_PORT
 
         wait_until(lambda: redis_ping(port), 10, "redis-server", [(redis, "redis-server")])
 
@@ -125,7 +127,10 @@ def main():
             os.unlink(out)
         t0 = time.perf_counter()
         for i in range(n):
-            append_line.apply_async((out, i))
+            if args.spin_ms:
+                spin_append.apply_async((out, i, args.spin_ms))
+            else:
+                append_line.apply_async((out, i))
         send_secs = time.perf_counter() - t0
 
         def done():

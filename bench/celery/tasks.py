@@ -38,3 +38,8 @@ app.conf.update(
 @app.task(name="tasks.append_line")
 def append_line(path, line):
     return benchjobs.append_line(path, line)
+
+
+@app.task(name="tasks.spin_append")
+def spin_append(path, line, ms):
+    return benchjobs.spin_append(path, line, ms)

@@ -20,6 +20,7 @@
 
 mod http;
 mod journal_store;
+mod many;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -71,6 +72,21 @@ enum Cmd {
         frontend: String,
         #[arg(long)]
         backend: String,
+    },
+    /// C clients (a DEALER each), each sending J jobs with results at
+    /// once: total jobs/s, per-client completion times, the router's RSS
+    /// per idle connected client.
+    ManyClients {
+        #[arg(long)]
+        frontend: String,
+        #[arg(long)]
+        router_pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        jobs: u64,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
     Throughput {
         #[arg(long)]
@@ -217,6 +233,9 @@ fn main() -> Result<()> {
             throughput(&frontend, n, window, &path, &callable, queues, size, limit.as_deref(), partitions)
         }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
+        Cmd::ManyClients { frontend, router_pid, clients, jobs, threads } => {
+            many::run(&frontend, router_pid, clients, jobs, threads)
+        }
         Cmd::Chords { frontend, admin, n, members, window, sample, fill } => {
             chords(&frontend, &admin, n, members, window, sample, fill)
         }

@@ -1,0 +1,125 @@
+//! Many clients (issue 29): C connected clients (each a DEALER of its own,
+//! as C separate programs would have), each sending J jobs with results at
+//! once, J outstanding. Reports the total jobs/s from the first send to the
+//! last result, each client's completion time (max / min: nobody starved),
+//! and the router's memory per idle connected client (its RSS before the
+//! clients connect, and after they connected and each ran one job).
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("router's /proc status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// One client's socket and what it has seen.
+struct OneClient {
+    socket: zmq::Socket,
+    sent: u64,
+    done: u64,
+    finished_at: Option<Duration>,
+}
+
+pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: usize) -> Result<()> {
+    // A ZeroMQ context holds at most 1,023 sockets: one per 500 clients.
+    let contexts: Vec<zmq::Context> = (0..clients.div_ceil(500)).map(|_| zmq::Context::new()).collect();
+    let payload = json!(["run", {"path": "benchjobs", "callable": "noop"}]).to_string();
+    let rss_before = rss_bytes(router_pid)?;
+    let mut all: Vec<OneClient> = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let socket = crate::dealer(&contexts[i / 500], frontend)?;
+        all.push(OneClient { socket, sent: 0, done: 0, finished_at: None });
+    }
+    // Each runs one job first: connected, known to the router, idle.
+    for c in &all {
+        crate::send(&c.socket, &crate::request("default", "reply-requested", &payload))?;
+    }
+    for c in &all {
+        crate::wait_results(&c.socket, 1, Duration::from_secs(120))?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = rss_bytes(router_pid)?;
+    let per_client = rss_idle.saturating_sub(rss_before) as f64 / clients as f64;
+
+    // All at once: every client sends its J jobs, then takes its results.
+    let threads = threads.clamp(1, clients);
+    let start = Instant::now();
+    let chunks: Vec<Vec<OneClient>> = {
+        let mut chunks: Vec<Vec<OneClient>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, c) in all.into_iter().enumerate() {
+            chunks[i % threads].push(c);
+        }
+        chunks
+    };
+    let handles: Vec<std::thread::JoinHandle<Result<Vec<Duration>>>> = chunks
+        .into_iter()
+        .map(|mut mine| {
+            let payload = payload.clone();
+            std::thread::spawn(move || -> Result<Vec<Duration>> {
+                for c in mine.iter_mut() {
+                    while c.sent < jobs {
+                        crate::send(&c.socket, &crate::request("default", "reply-requested", &payload))?;
+                        c.sent += 1;
+                    }
+                }
+                let mut left = mine.len();
+                while left > 0 {
+                    let mut items: Vec<zmq::PollItem> =
+                        mine.iter().map(|c| c.socket.as_poll_item(zmq::POLLIN)).collect();
+                    if zmq::poll(&mut items, 60_000)? == 0 {
+                        bail!("stalled: {left} clients not done after {:?}", start.elapsed());
+                    }
+                    let readable: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+                    drop(items);
+                    for (c, r) in mine.iter_mut().zip(readable) {
+                        if !r {
+                            continue;
+                        }
+                        loop {
+                            match c.socket.recv_multipart(zmq::DONTWAIT) {
+                                Ok(f) => {
+                                    if f.len() == 6 && f[2] == b"REPLY" {
+                                        c.done += 1;
+                                    }
+                                }
+                                Err(zmq::Error::EAGAIN) => break,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        if c.done >= jobs && c.finished_at.is_none() {
+                            c.finished_at = Some(start.elapsed());
+                            left -= 1;
+                        }
+                    }
+                }
+                Ok(mine.iter().filter_map(|c| c.finished_at).collect())
+            })
+        })
+        .collect();
+    let mut times: Vec<Duration> = Vec::new();
+    for h in handles {
+        times.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    times.sort();
+    let (min, max) = (times[0].as_secs_f64(), times[times.len() - 1].as_secs_f64());
+    let median = times[times.len() / 2].as_secs_f64();
+    let total = clients as u64 * jobs;
+    println!(
+        "{}",
+        json!({"clients": clients, "jobs_per_client": jobs, "n": total, "secs": secs,
+               "jobs_per_sec": total as f64 / secs, "client_done_min_secs": min, "client_done_median_secs": median,
+               "client_done_max_secs": max, "max_over_min": max / min.max(1e-9),
+               "router_rss_before": rss_before, "router_rss_idle_clients": rss_idle,
+               "router_bytes_per_idle_client": per_client})
+    );
+    Ok(())
+}
