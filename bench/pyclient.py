@@ -1,18 +1,27 @@
-"""Python-client throughput, in one run (docs/benchmarks.md, "From Python"):
+"""Python-client figures against the Rust client, in one run
+(docs/benchmarks.md, "From Python"):
 
-1. emq's Python client with results: 1 thread, a window of outstanding jobs,
-   ``send`` + ``result`` of ``benchjobs.add`` (bench/pyclient_emq.py);
-2. EventMQ 0.3.13's client, fire-and-forget, into the same emq-router
+1. the Rust client: ``emq-bench throughput --n N --window 1000`` (jobs/s
+   with results) and ``emq-bench latency`` (one job's round trip; the Rust
+   and the Python client take turns, in blocks);
+2. emq's Python client, 1 thread (bench/pyclient_emq.py):
+   ``Client.map("benchjobs.add", range(N), repeat(1))``,
+   ``Client.starmap("benchjobs.add", ((i, 1) ...))``, ``send()`` +
+   ``result()`` job by job with a window, and ``send()`` + ``result()``
+   round trips one at a time (p50 / p99);
+3. EventMQ 0.3.13's client, fire-and-forget, into the same emq-router
    (bench/eventmq_driver.py, as scenario 1 of bench/run.py: timed until
    the job manager has written every line);
-3. Celery 5 + Redis, ``apply_async`` + ``get`` with the same window
+4. Celery 5 + Redis, ``apply_async`` + ``get`` with a window
    (bench/pyclient_celery.py), when bench/celery/setup.sh can set it up.
 
-emq 1 and 2 share one emq-router and one emq-jobmanager (2 workers, release
-build); Celery runs 1 worker with concurrency 2. Each scenario runs --rounds
-times, interleaved; prints a markdown table (median, min-max).
+1 to 3 share one emq-router and one emq-jobmanager (defaults, 2 workers,
+release build, ``EMQ_ALLOWED_PATHS=benchjobs``, python path jobs/);
+Celery runs 1 worker with concurrency 2. Each scenario runs --rounds
+times, interleaved; prints markdown tables (median, min-max) with each
+Python figure as a share of the Rust client's from the same run.
 
-    cargo build --release --bins && python3 bench/pyclient.py [--n 20000] [--rounds 3]
+    cargo build --release -q --bins -p emq -p emq-bench && python3 bench/pyclient.py [--n 100000] [--rounds 3]
 """
 import argparse
 import json
@@ -22,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,55 +65,115 @@ def run_json(cmd, timeout=900):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=20000, help="jobs per emq / EventMQ round")
+    ap.add_argument("--n", type=int, default=100000, help="jobs per throughput round (Rust client, map, starmap)")
+    ap.add_argument("--window-n", type=int, default=20000, help="jobs per send()+result() window round")
+    ap.add_argument("--latency-n", type=int, default=5000, help="round trips per client per latency round")
+    ap.add_argument("--latency-blocks", type=int, default=5, help="turns the two clients take per latency round")
+    ap.add_argument("--eventmq-n", type=int, default=20000, help="jobs per EventMQ round")
     ap.add_argument("--celery-n", type=int, default=4000, help="jobs per Celery round")
-    ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--window", type=int, default=1000, help="jobs in flight (Rust client, map, starmap)")
+    ap.add_argument("--send-window", type=int, default=200, help="jobs in flight, send()+result() and Celery")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     conftest.BIN = os.environ.get("EMQTEST_BIN_DIR") or os.path.join(ROOT, "target", "release")
+    bench_bin = os.path.join(conftest.BIN, "emq-bench")
+    assert os.path.exists(bench_bin), "build it: cargo build --release -q --bins -p emq -p emq-bench"
     pyvenv = setup(os.path.join(ROOT, "scripts", "setup-pyclient.sh"))
     emqvenv = setup(os.path.join(ROOT, "scripts", "setup-venv.sh"))
     celery = setup(os.path.join(HERE, "celery", "setup.sh"))
     celery = None if celery == "NO_REDIS" else celery
+    pyth = os.path.join(pyvenv, "bin", "python")
     procs = Procs()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
-    figures = {"emq": [], "eventmq": [], "celery": []}
+    tp = {k: [] for k in ("rust", "map", "starmap", "send", "eventmq", "celery")}
+    lat = {k: [] for k in ("rust", "python")}
+    ratios = {k: [] for k in ("map", "starmap", "send", "p50")}
     try:
         # A buffer for every fire-and-forget job (beyond hwm the router
         # refuses, and EventMQ's client never reads refusals).
-        s = start_router(procs, {"EMQ_HWM": str(max(10000, 2 * a.n))})
-        start_jobmanager(procs, s.backend, 2)
+        s = start_router(procs, {"EMQ_HWM": str(max(10000, 2 * a.eventmq_n))})
+        start_jobmanager(procs, s.backend, 2, {"EMQ_ALLOWED_PATHS": "benchjobs"})
         eventually(60, lambda: free_slots(s.admin) >= 4, "job manager slots")
+
+        def py(mode, n, window):
+            return run_json([pyth, os.path.join(HERE, "pyclient_emq.py"), "--addr", s.frontend, "--mode", mode,
+                             "--n", str(n), "--window", str(window)])
+
         for r in range(a.rounds):
-            v = run_json([os.path.join(pyvenv, "bin", "python"), os.path.join(HERE, "pyclient_emq.py"),
-                          "--addr", s.frontend, "--n", str(a.n), "--window", str(a.window)])
-            log("round %d emq python client with results: %.0f jobs/s" % (r, v["jobs_per_sec"]))
-            figures["emq"].append(v["jobs_per_sec"])
+            v = run_json([bench_bin, "throughput", "--frontend", s.frontend, "--n", str(a.n), "--window",
+                          str(a.window)])
+            assert v["failed"] == 0, v
+            rust = v["jobs_per_sec"]
+            tp["rust"].append(rust)
+            log("round %d Rust client: %.0f jobs/s" % (r, rust))
+            for mode, n, window in (("map", a.n, a.window), ("starmap", a.n, a.window),
+                                    ("window", a.window_n, a.send_window)):
+                key = "send" if mode == "window" else mode
+                v = py(mode, n, window)
+                tp[key].append(v["jobs_per_sec"])
+                ratios[key].append(v["jobs_per_sec"] / rust)
+                log("round %d Python %s: %.0f jobs/s (%.0f %% of the Rust client)"
+                    % (r, mode, v["jobs_per_sec"], 100 * v["jobs_per_sec"] / rust))
+            # Round trips: the two clients take turns, in blocks, so a
+            # change in the machine's load weighs on both alike; a round's
+            # figure is the median of its blocks'.
+            blocks = {"rust": [], "python": []}
+            for _ in range(a.latency_blocks):
+                n = max(1, a.latency_n // a.latency_blocks)
+                blocks["rust"].append(run_json([bench_bin, "latency", "--frontend", s.frontend, "--n", str(n)]))
+                blocks["python"].append(py("latency", n, 1))
+            for k in blocks:
+                lat[k].append({q: statistics.median(b[q] for b in blocks[k]) for q in ("p50_us", "p99_us")})
+            v, p = lat["rust"][-1], lat["python"][-1]
+            ratios["p50"].append(p["p50_us"] / v["p50_us"])
+            log("round %d round trip p50: Rust %.0f us, Python %.0f us (%.2fx)"
+                % (r, v["p50_us"], p["p50_us"], p["p50_us"] / v["p50_us"]))
             out = os.path.join(tempfile.gettempdir(), "emq-pyclient-bench-%d.txt" % os.getpid())
             v = run_json([os.path.join(emqvenv, "bin", "python"), os.path.join(HERE, "eventmq_driver.py"),
-                          "--addr", s.frontend, "--n", str(a.n), "--out", out, "--timeout", "300"])
+                          "--addr", s.frontend, "--n", str(a.eventmq_n), "--out", out, "--timeout", "300"])
             assert v.get("complete"), v
             os.unlink(out)
             log("round %d EventMQ client fire-and-forget: %.0f jobs/s" % (r, v["jobs_per_sec"]))
-            figures["eventmq"].append(v["jobs_per_sec"])
+            tp["eventmq"].append(v["jobs_per_sec"])
             if celery:
                 v = run_json([os.path.join(celery, "bin", "python"), os.path.join(HERE, "pyclient_celery.py"),
-                              "--n", str(a.celery_n), "--window", str(a.window)])
+                              "--n", str(a.celery_n), "--window", str(a.send_window)])
                 log("round %d Celery apply_async+get: %.0f jobs/s" % (r, v["jobs_per_sec"]))
-                figures["celery"].append(v["jobs_per_sec"])
+                tp["celery"].append(v["jobs_per_sec"])
     finally:
         procs.stop_all()
 
-    def cell(xs):
+    def cell(xs, fmt="%.0f"):
         if not xs:
             return "not run (no redis-server)"
-        return "%.0f (%.0f–%.0f)" % (statistics.median(xs), min(xs), max(xs))
-    print("| client (1 thread) | jobs | jobs/s, median (min–max of %d) |" % a.rounds)
-    print("|---|---|---|")
-    print("| emq Python client, `send` + `result`, window %d | %d | %s |" % (a.window, a.n, cell(figures["emq"])))
-    print("| EventMQ 0.3.13 client → emq-router, fire-and-forget | %d | %s |" % (a.n, cell(figures["eventmq"])))
-    print("| Celery 5 + Redis, `apply_async` + `get`, window %d | %d | %s |"
-          % (a.window, a.celery_n, cell(figures["celery"])))
+        return (fmt + " (" + fmt + "–" + fmt + ")") % (statistics.median(xs), min(xs), max(xs))
+
+    def pct(xs):
+        return "%.0f %% (%.0f–%.0f)" % tuple(100 * x for x in (statistics.median(xs), min(xs), max(xs)))
+
+    print("| client (1 thread) | jobs | jobs/s, median (min–max of %d) | share of the Rust client, same round |"
+          % a.rounds)
+    print("|---|---|---|---|")
+    print("| Rust client (`emq-bench throughput`, `benchjobs.noop`), window %d | %d | %s | 100 %% |"
+          % (a.window, a.n, cell(tp["rust"])))
+    print("| emq Python `Client.map(\"benchjobs.add\", range(n), repeat(1))`, window %d | %d | %s | %s |"
+          % (a.window, a.n, cell(tp["map"]), pct(ratios["map"])))
+    print("| emq Python `Client.starmap(\"benchjobs.add\", ((i, 1) ...))`, window %d | %d | %s | %s |"
+          % (a.window, a.n, cell(tp["starmap"]), pct(ratios["starmap"])))
+    print("| emq Python `send` + `result` job by job, window %d | %d | %s | %s |"
+          % (a.send_window, a.window_n, cell(tp["send"]), pct(ratios["send"])))
+    print("| EventMQ 0.3.13 client → emq-router, fire-and-forget | %d | %s | |" % (a.eventmq_n, cell(tp["eventmq"])))
+    print("| Celery 5 + Redis, `apply_async` + `get`, window %d | %d | %s | |"
+          % (a.send_window, a.celery_n, cell(tp["celery"])))
+    print()
+    print("| one job's round trip (`benchjobs.noop`), %d in a row per round (%d turns) | p50 µs, median (min–max "
+          "of %d) | p99 µs, median | Python / Rust p50, same round |" % (a.latency_n, a.latency_blocks, a.rounds))
+    print("|---|---|---|---|")
+    print("| Rust client (`emq-bench latency`) | %s | %.0f | 1.00 |"
+          % (cell([v["p50_us"] for v in lat["rust"]]), statistics.median(v["p99_us"] for v in lat["rust"])))
+    print("| emq Python `send()` + `result()` | %s | %.0f | %s |"
+          % (cell([v["p50_us"] for v in lat["python"]]), statistics.median(v["p99_us"] for v in lat["python"]),
+             cell(ratios["p50"], "%.2f")))
 
 
 if __name__ == "__main__":

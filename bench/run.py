@@ -787,6 +787,8 @@ def s16(args, system, ms):
     disk. Efficiency = jobs/s ÷ (cores ÷ job CPU seconds)."""
     cores = os.cpu_count() or 1
     n = max(200, int(args.s16_secs * cores * 1000.0 / ms))
+    if system == "eventmq":
+        n = min(n, args.s16_eventmq_n)  # it runs ~30-40 jobs/s whatever the job
     out = os.path.join(tempfile.gettempdir(), "emq-bench-s16-%s.txt" % system)
     if system == "celery":
         r = run_json([os.path.join(args.celery_venv, "bin", "python"), os.path.join(ROOT, "bench", "celery", "run_celery.py"),
@@ -852,6 +854,61 @@ def s17(args):
     return with_router_and_jm(both)
 
 
+def s18(args):
+    """CURVE with EventMQ's own client (issue 29): scenario 1 (emq router +
+    job manager, 2 workers; EventMQ 0.3.13's Sender + send_request,
+    fire-and-forget append_line, N = --s1-n) in plaintext and with CURVE on
+    the router's frontend and backend (keys from `emq keygen`; the client's
+    pyzmq socket gets the CURVE options, see bench/eventmq_driver.py), each
+    on a fresh router + job manager, in the same run (the order
+    alternates). A refused key fails the run (handshake timeout), never
+    hangs."""
+    import shutil
+    flip = next_flip(s18)
+    keys = tempfile.mkdtemp(prefix="emq-bench-keys-")
+    try:
+        for name in ("router", "client", "jm"):
+            subprocess.run([os.path.join(REL, "emq"), "keygen", "--out-dir", keys, "--name", name],
+                           check=True, capture_output=True, timeout=30)
+        for d, name in (("front", "client"), ("back", "jm")):
+            os.mkdir(os.path.join(keys, d))
+            shutil.copy(os.path.join(keys, name + ".pub"), os.path.join(keys, d))
+        k = lambda f: os.path.join(keys, f)
+
+        def run(mode):
+            renv, jenv, flags = {}, {}, []
+            if mode == "curve":
+                renv = {"EMQ_CURVE_SECRET_KEY": k("router.key"), "EMQ_CURVE_FRONTEND_KEYS": k("front"),
+                        "EMQ_CURVE_BACKEND_KEYS": k("back")}
+                jenv = {"EMQ_CURVE_SERVER_KEY": k("router.pub"), "EMQ_CURVE_KEY": k("jm.key")}
+                flags = ["--curve-server-key", k("router.pub"), "--curve-key", k("client.key")]
+            a = addrs()
+            r = emq_router(a, renv)
+            j = emq_jm(a, env=jenv)
+            try:
+                wait_slots(a["admin"], 2)
+                out = os.path.join(tempfile.gettempdir(), "emq-bench-s18-%s.txt" % mode)
+                v = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                              "--addr", a["frontend"], "--n", str(args.s1_n), "--out", out, "--handshake-timeout", "10",
+                              "--stall-timeout", "60"] + flags, env={"PYTHONPATH": JOBS}, timeout=1800)
+                if not v.get("complete"):
+                    raise RuntimeError("%s: output incomplete: %s" % (mode, v))
+                return v
+            finally:
+                stop(j)
+                stop(r)
+        modes = ["plain", "curve"]
+        if flip % 2:
+            modes.reverse()
+        got = {m: run(m) for m in modes}
+        p, c = got["plain"], got["curve"]
+        return {"n": args.s1_n, "first": modes[0], "plain_jobs_per_sec": p["jobs_per_sec"], "curve_jobs_per_sec": c["jobs_per_sec"],
+                "ratio_pct": 100.0 * c["jobs_per_sec"] / p["jobs_per_sec"],
+                "plain_send_rate": p["n"] / p["send_secs"], "curve_send_rate": c["n"] / c["send_secs"]}
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--eventmq-venv", default=os.path.join(ROOT, "target", "venv"),
@@ -885,6 +942,7 @@ def main():
     ap.add_argument("--s16-secs", type=float, default=10.0,
                     help="scenario 16: each run sends jobs worth this many seconds of the machine's CPU")
     ap.add_argument("--s16-ms", default="1,10", help="scenario 16: job CPU times (ms)")
+    ap.add_argument("--s16-eventmq-n", type=int, default=300, help="scenario 16: jobs per EventMQ run")
     args = ap.parse_args()
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
@@ -952,6 +1010,8 @@ def main():
                             repeat("16 %s %g ms" % (system, ms), 1, lambda: s16(args, system, ms)))
         if "17" in only:
             res["s17"] = repeat("17", args.runs, lambda: s17(args))
+        if "18" in only:
+            res["s18"] = repeat("18", args.runs, lambda: s18(args))
     finally:
         stop_all()
 
@@ -1094,6 +1154,13 @@ def main():
         row("17", "  router RSS per idle connected client (bytes)", res.get("s17"), "router_bytes_per_idle_client")
         row("17", "  client completion time max / min (nobody starved)", res.get("s17"), "max_over_min", fmt="{:.2f}")
         row("17", "  slowest client done after (s)", res.get("s17"), "client_done_max_secs", fmt="{:.2f}")
+
+    if "18" in only:
+        row("18", "scenario 1 (EventMQ client, N=%d), plaintext: jobs/s" % args.s1_n, res.get("s18"), "plain_jobs_per_sec")
+        row("18", "  the same with CURVE on the frontend and backend, same run: jobs/s", res.get("s18"), "curve_jobs_per_sec")
+        row("18", "  CURVE / plaintext", res.get("s18"), "ratio_pct", fmt="{:.0f}%")
+        row("18", "  the EventMQ client's send rate (send_request loop alone), plaintext / CURVE: jobs/s", res.get("s18"), "plain_send_rate")
+        row("18", "", res.get("s18"), "curve_send_rate")
 
     cpu = open("/proc/cpuinfo").read().count("processor\t:")
     head = ["# emq benchmark results", "",

@@ -991,6 +991,57 @@ impl Client {
         self.receipts.drain().collect()
     }
 
+    /// Takes the results already received for the jobs `want` says yes
+    /// to, in arrival order, at most `max` (the others stay for their
+    /// waiters): one call collects a whole batch of results. Also drops
+    /// the arrival-order entries of results taken one by one since.
+    pub fn take_results_where(&mut self, mut want: impl FnMut(&str) -> bool, max: usize) -> Vec<(String, JobOutcome)> {
+        let mut out = Vec::new();
+        if self.result_order.is_empty() || max == 0 {
+            return out;
+        }
+        let order = std::mem::take(&mut self.result_order);
+        let mut keep = VecDeque::with_capacity(order.len());
+        for id in order {
+            if !self.results.contains_key(&id) {
+                continue; // taken already (take_result)
+            }
+            if out.len() < max && want(&id) {
+                let o = self.results.remove(&id).expect("checked above");
+                self.settle(&id);
+                out.push((id, o));
+            } else {
+                keep.push_back(id);
+            }
+        }
+        self.result_order = keep;
+        out
+    }
+
+    /// Stops waiting on `msgid`: its receipt, result and place among the
+    /// pending jobs are dropped (a job sent without asking for its result,
+    /// once its receipt is read; jobs whose waiter gave up).
+    pub fn forget(&mut self, msgid: &str) {
+        self.receipts.remove(msgid);
+        self.results.remove(msgid);
+        self.settle(msgid);
+    }
+
+    /// [`Client::send_request`] of a payload frame the caller built
+    /// ([`RunPayload::to_wire`]'s form; the job manager checks it), trying
+    /// again while no router is reachable until `until` (see
+    /// [`Client::send_request_until`]): many jobs of one callable are sent
+    /// without building a [`RunPayload`] each.
+    pub fn send_payload_until(
+        &mut self,
+        queue: &str,
+        payload: &str,
+        options: &Options,
+        until: Instant,
+    ) -> Result<String, ClientError> {
+        self.until_reachable(until, |c| c.send_payload(queue, payload.to_owned(), options))
+    }
+
     /// Takes an already-received result without waiting.
     pub fn take_result(&mut self, msgid: &str) -> Option<JobOutcome> {
         let o = self.results.remove(msgid)?;

@@ -382,6 +382,16 @@ mod tests {
     }
 
     #[test]
+    fn input_the_program_does_not_read_is_dropped() {
+        // /bin/true exits without reading: the writer meets a closed pipe
+        // (EPIPE, SIGPIPE ignored), the job is not harmed.
+        let mut cmd = CommandPayload::new(["/bin/true"]);
+        cmd.stdin = Some("x".repeat(4 << 20));
+        let r = run(&cmd, Path::new("/bin/true"), 1024, |_| {});
+        assert_eq!(r.value["exit_code"], 0, "{r:?}");
+    }
+
+    #[test]
     fn what_the_program_leaves_behind_is_killed_and_output_is_bounded() {
         // The background sleep holds stdout: without the sweep this would
         // wait for it.

@@ -2,8 +2,9 @@
 
     import emq
     with emq.Client() as client:                      # EMQ_FRONTEND_ADDR or settings.toml
-        job = client.send("myapp.tasks.add", 2, 3)    # returns once the router's receipt is in
+        job = client.send("myapp.tasks.add", 2, 3)    # returns at once (pipelined)
         print(job.result(timeout=30))                 # 5
+        print(client.map("myapp.tasks.add", range(10000), range(10000)))  # in batches
 
         out = client.run(["/bin/echo", "hi"]).result(timeout=30)  # a program (allowed_commands)
         print(out["exit_code"], out["stdout"])        # 0 hi
@@ -25,6 +26,7 @@ running job: :func:`current_job` (and the module attributes ``msgid`` and
 """
 import functools
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -141,24 +143,34 @@ class _Outcome:
     # client on failure); None until then, _UNREAD before it was asked.
     __slots__ = ("kind", "value", "error", "failed_value")
 
-    def __init__(self, kind, payload):
+    def __init__(self, kind, obj):
+        # ``obj``: the decoded return value (kind "value"), else the error
+        # dict (``type``, ``message``, ``traceback``, ``by_router``...).
         self.kind = kind
         self.failed_value = _UNREAD
         if kind == "value":
-            self.value, self.error = json.loads(payload), None
+            self.value, self.error = obj, None
         else:
-            self.value, self.error = None, json.loads(payload)
+            self.value, self.error = None, obj
 
     @property
     def command_failed(self):
         return self.error is not None and self.error.get("type") == _COMMAND_FAILED
 
-    def unwrap(self, msgid, workflow=False):
+    @property
+    def refused_by_router(self):
+        """The router itself refused the job: it was never accepted."""
+        return self.kind == "refused" and bool(self.error.get("by_router"))
+
+    def unwrap(self, msgid, workflow=False, name=None):
         if self.kind == "value":
             return self.value
         e = self.error
         if self.kind == "refused":
-            raise Refused(e.get("message", "refused"), msgid)
+            reason = e.get("message", "refused")
+            if e.get("by_router"):
+                reason = "router refused %s: %s" % (name or "the job", reason)
+            raise Refused(reason, msgid)
         message = e.get("message", "")
         node, node_name = e.get("node"), e.get("node_name")
         if workflow and node is None:
@@ -170,6 +182,14 @@ class _Outcome:
         value = None if self.failed_value is _UNREAD else self.failed_value
         raise JobFailed(e.get("type", self.kind), message, e.get("traceback", ""), msgid,
                         node=node, node_name=node_name, value=value)
+
+    def exception(self, msgid, name=None):
+        """The failure as an exception object (None for a value)."""
+        try:
+            self.unwrap(msgid, False, name)
+        except (JobFailed, Refused) as e:
+            return e
+        return None
 
 
 _UNREAD = object()
@@ -278,9 +298,9 @@ class Job:
         self.msgid = msgid
         self.name = name
         self.queue = queue
-        #: False when the router sent no receipt (EventMQ's router buffers a
-        #: job silently when no worker is free).
-        self.receipted = receipted
+        # True / False once known (see ``receipted``); None: not read yet
+        # (a pipelined send: the receipt is collected when asked for).
+        self._receipted = receipted
         #: True when the job was sent with ``unique=KEY`` while another job
         #: held the key: this is that job (``msgid`` is its msgid), no new
         #: one was made. Its result is shown to the client that sent it
@@ -300,6 +320,40 @@ class Job:
         state = "pending" if self._outcome is None else self._outcome.kind
         return "<emq.Job %s %s %s>" % (self.name, self.msgid, state)
 
+    @property
+    def receipted(self):
+        """True once the router accepted the job (its receipt is in); False
+        only when EventMQ's router buffered it without a receipt. A job
+        :meth:`Client.send` sent without waiting reads its receipt here
+        (as :meth:`receipt`: raises :class:`Refused` when the router refused
+        it, :class:`Timeout` when none comes within ``receipt_timeout``)."""
+        if self._receipted is None:
+            self.receipt()
+        return self._receipted
+
+    def receipt(self, timeout=None):
+        """Waits for the router's receipt (``timeout`` seconds, default the
+        client's ``receipt_timeout``): True when it accepted the job, False
+        when EventMQ's router buffered it without a word. Raises
+        :class:`Refused` (the router's reason) when it refused it, and
+        :class:`Timeout`. A job whose outcome is in needs no wait."""
+        if self._receipted is not None:
+            return self._receipted
+        o = self._outcome
+        if o is not None:
+            if o.refused_by_router:
+                o.unwrap(self.msgid, name=self.name)
+            self._receipted = True  # an outcome: it was accepted
+            return True
+        try:
+            self._receipted = self.client._receipt(self.msgid, self.name, timeout)[0]
+        except Refused as e:
+            err = dict(getattr(e, "_error", None) or {"type": "refused", "message": e.reason})
+            err["by_router"] = True
+            self._outcome = _Outcome("refused", err)
+            raise
+        return self._receipted
+
     def _check_results(self):
         if not self._wants_result:
             raise ResultsUnavailable("job %s was sent with result=False: no result will come" % self.msgid)
@@ -317,6 +371,11 @@ class Job:
                 raise Error(str(e)) from None
             if got is not None and self._outcome is None:
                 self._outcome = _Outcome(*got)
+        return self._outcome
+
+    def _set_outcome(self, kind, obj):
+        if self._outcome is None:
+            self._outcome = _Outcome(kind, obj)
         return self._outcome
 
     def result(self, timeout=None):
@@ -339,15 +398,19 @@ class Job:
                 o.failed_value = v if isinstance(v, dict) else None
             except Error:
                 pass
-        return o.unwrap(self.msgid, self._is_workflow)
+        return o.unwrap(self.msgid, self._is_workflow, self.name)
 
     get = result
 
     def wait(self, timeout=None):
         """Waits until the job is over (successful or not); True if it is,
         False when ``timeout`` seconds passed first. Never raises the job's
-        own failure."""
-        return self._wait(_nonneg("timeout", timeout)) is not None
+        own failure; raises :class:`Refused` when the router refused the
+        job (it never existed there: what ``send`` used to raise)."""
+        o = self._wait(_nonneg("timeout", timeout))
+        if o is not None and o.refused_by_router:
+            o.unwrap(self.msgid, name=self.name)
+        return o is not None
 
     def cancel(self, timeout=5.0):
         """Cancels the job — a workflow: every unfinished node (held ones end
@@ -395,7 +458,7 @@ class Job:
         # (A failed command's value is read from the router: not in the loop.)
         if o is not None and not (o.command_failed and o.failed_value is _UNREAD):
             async def ready():
-                return o.unwrap(self.msgid, self._is_workflow)
+                return o.unwrap(self.msgid, self._is_workflow, self.name)
             return ready().__await__()
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, self.result).__await__()
@@ -437,11 +500,36 @@ class Workflow(Job):
 
 # ---------------------------------------------------------------- client
 
+# One encoder for every job (json.dumps with options builds one per call).
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
 def _dumps(what, v):
     try:
-        return json.dumps(v, allow_nan=False, separators=(",", ":"))
+        return _ENCODE(v)
     except (TypeError, ValueError) as e:
         raise TypeError("%s of an emq job must be JSON-serialisable: %s" % (what, e)) from None
+
+
+def _encode_items(items, star, offset):
+    """The JSON array of a batch's items (each one job's argument, or with
+    ``star`` its tuple of arguments); TypeError naming the first bad item
+    (``offset``: the index of ``items[0]`` in the whole batch)."""
+    if star:
+        for i, x in enumerate(items):
+            if not isinstance(x, (tuple, list)):
+                raise TypeError("item %d is not a tuple of arguments: %r (starmap / send_many take an iterable "
+                                "of argument tuples, e.g. [(1, 2), (3, 4)])" % (offset + i, x))
+    try:
+        return _ENCODE(items)
+    except (TypeError, ValueError):
+        for i, x in enumerate(items):
+            try:
+                _ENCODE(x)
+            except (TypeError, ValueError) as e:
+                raise TypeError("the arguments of item %d of an emq batch must be JSON-serialisable: %s"
+                                % (offset + i, e)) from None
+        raise
 
 
 def _check_unique(unique):
@@ -494,8 +582,9 @@ def _job_spec(fn, args, queue, timeout, retries, kwargs, class_args, class_kwarg
     kw = dict(kwargs or {})
     kw.update(job_kwargs)
     timeout = _check_basics(queue, timeout, retries)
-    texts = (_dumps("args", list(args)), _dumps("kwargs", kw), _dumps("class_args", list(class_args or [])),
-             _dumps("class_kwargs", dict(class_kwargs or {})))
+    texts = (_dumps("args", list(args)) if args else "[]", _dumps("kwargs", kw) if kw else "{}",
+             _dumps("class_args", list(class_args)) if class_args else "[]",
+             _dumps("class_kwargs", dict(class_kwargs)) if class_kwargs else "{}")
     return (name, path, callable_, timeout), texts
 
 
@@ -593,7 +682,9 @@ class Client:
     ``./settings.toml``), else ``tcp://127.0.0.1:47291`` — as the other emq
     tools. Raises :class:`ConnectError` when nothing accepts connections
     there within ``connect_timeout`` seconds. ``receipt_timeout``: how long
-    :meth:`send` waits for the router's receipt.
+    a receipt is waited for (:attr:`Job.receipted`, :meth:`Job.receipt`,
+    ``send(..., unique=...)`` and ``send(..., result=False)``,
+    :meth:`submit`).
     """
 
     def __init__(self, addr=None, *, connect_timeout=5.0, receipt_timeout=10.0, config=None):
@@ -605,6 +696,7 @@ class Client:
             self._native = _native.NativeClient(addr, connect_timeout)
         except ConnectionError as e:
             raise ConnectError(str(e)) from None
+        self._owner = self._native.owner_token
 
     @property
     def addr(self):
@@ -645,7 +737,15 @@ class Client:
              kwargs=None, class_args=None, class_kwargs=None, delay=None, eta=None, unique=None,
              depends_on=None, on_dependency_failure="cancel", limit=None, requires=None, on=None, **job_kwargs):
         """Sends ``fn(*args, **job_kwargs)`` to run on a worker and returns
-        its :class:`Job` once the router's receipt is in.
+        its :class:`Job` at once, without waiting for the router's receipt
+        (sends are pipelined: the receipt is collected later). A refusal
+        by the router (a full queue, an unknown ``limit``, an unknown
+        ``depends_on`` msgid...) is raised as :class:`Refused` by the job's
+        ``result()``, ``wait()``, ``receipt()`` and ``receipted``, and by
+        the batch calls (:meth:`gather`, :meth:`as_completed`...). Two kinds
+        of send still wait for the receipt and raise :class:`Refused` at
+        once: ``unique=`` (the receipt names the job holding the key) and
+        ``result=False`` (the receipt is the only answer such a job gets).
 
         ``fn``: ``"pkg.mod.func"``, ``"pkg.mod:Class.method"`` (with
         ``class_args`` / ``class_kwargs`` for the instance), or an
@@ -676,23 +776,28 @@ class Client:
         job; while none is connected it waits. These need emq's router
         (:class:`ResultsUnavailable` on EventMQ's).
 
-        Raises :class:`Refused` with the router's reason, ``ValueError`` for
-        a malformed callable, ``TypeError`` for arguments that are not
-        JSON-serialisable (both before sending), :class:`Timeout` when no
-        receipt comes within ``receipt_timeout``.
+        Raises ``ValueError`` for a malformed callable, ``TypeError`` for
+        arguments that are not JSON-serialisable (both before sending);
+        with ``unique=`` or ``result=False``: :class:`Refused` with the
+        router's reason, :class:`Timeout` when no receipt comes within
+        ``receipt_timeout``.
         """
         (name, path, callable_, timeout), texts = _job_spec(fn, args, queue, timeout, retries, kwargs, class_args,
                                                             class_kwargs, job_kwargs)
         options = self._job_options(result, guarantee, retries, timeout, delay, eta, unique, depends_on,
                                     on_dependency_failure, limit, requires, on)
         msgid = self._native.send(queue, path, callable_, *texts, **options)
+        if unique is None and result and self._native.results_known is not False:
+            # Pipelined: the receipt is read later (job.receipted, result()).
+            return Job(self, msgid, name, queue, None, True, owner=self._owner)
         return self._sent(msgid, name, queue, result)
 
     def run(self, argv, env=None, cwd=None, stdin=None, timeout=None, *, queue="default", retries=None,
             guarantee=False, result=True, delay=None, eta=None, unique=None, depends_on=None,
             on_dependency_failure="cancel", limit=None, requires=None, on=None):
         """Runs a program on a job manager (a command job) and returns its
-        :class:`Job` once the router's receipt is in.
+        :class:`Job` at once (pipelined, as :meth:`send`: a refusal is
+        raised by the job's ``result()`` / ``wait()``).
 
         ``argv``: the program and its arguments, a list of strings
         (``["/bin/echo", "hi"]``), run as they are — no shell, no globbing
@@ -720,9 +825,10 @@ class Client:
         Needs emq's router (:class:`ResultsUnavailable` on EventMQ's,
         before sending). Raises ``TypeError`` / ``ValueError`` for a
         malformed command (an empty ``argv``, a relative ``cwd``, a NUL
-        byte, ``=`` in a variable name...) before sending,
-        :class:`Refused` with the router's reason, :class:`Timeout` when no
-        receipt comes within ``receipt_timeout``.
+        byte, ``=`` in a variable name...) before sending; with
+        ``unique=`` or ``result=False`` (as :meth:`send`) :class:`Refused`
+        with the router's reason, :class:`Timeout` when no receipt comes
+        within ``receipt_timeout``.
         """
         argv, env, cwd, stdin = _command_spec(argv, env, cwd, stdin)
         timeout = _check_basics(queue, timeout, retries)
@@ -731,6 +837,8 @@ class Client:
         # EventMQ's router would hand it to a job manager that cannot run it.
         self._require_results("command jobs")
         msgid = self._native.send_command(queue, argv, env, cwd, stdin, **options)
+        if unique is None and result:
+            return Job(self, msgid, "command %s" % argv[0], queue, None, True, owner=self._owner)
         return self._sent(msgid, "command %s" % argv[0], queue, result)
 
     def _job_options(self, result, guarantee, retries, timeout, delay, eta, unique, depends_on,
@@ -762,9 +870,16 @@ class Client:
                     on=on)
 
     def _sent(self, msgid, name, queue, result):
-        """The :class:`Job` of a REQUEST just sent, once its receipt is in."""
-        receipted, holder = self._receipt(msgid, name)
-        return Job(self, holder or msgid, name, queue, receipted, bool(result), owner=self._native.owner_token,
+        """The :class:`Job` of a REQUEST just sent, once its receipt is in
+        (``unique=``: the receipt says which job holds the key;
+        ``result=False``: the receipt is the only answer, so a refusal is
+        raised here)."""
+        try:
+            receipted, holder = self._receipt(msgid, name)
+        finally:
+            if not result:
+                self._native.forget(msgid)  # nothing more will come for it
+        return Job(self, holder or msgid, name, queue, receipted, bool(result), owner=self._owner,
                    deduplicated=holder is not None)
 
     def submit(self, workflow, timeout=None):
@@ -789,7 +904,7 @@ class Client:
                 raise Refused(str(e)) from None
             raise
         self._receipt(wid, _describe(canvas), timeout)
-        return Workflow(self, wid, canvas, owner=self._native.owner_token)
+        return Workflow(self, wid, canvas, owner=self._owner)
 
     def workflow(self, wid, owner=None):
         """A :class:`Workflow` submitted by any client (as :meth:`job`):
@@ -838,7 +953,9 @@ class Client:
         accepted, err = got
         if not accepted:
             e = json.loads(err)
-            raise Refused("router refused %s: %s" % (name, e.get("message", "refused")), msgid)
+            refused = Refused("router refused %s: %s" % (name, e.get("message", "refused")), msgid)
+            refused._error = e
+            raise refused
         if err and err.startswith("="):
             return True, err[1:]
         return True, None
@@ -860,25 +977,42 @@ class Client:
     def as_completed(self, jobs, timeout=None):
         """Yields the given jobs as they finish (successful or not), in the
         order they finish. ``timeout``: for all of them; raises
-        :class:`Timeout` when it passes with jobs still running."""
+        :class:`Timeout` when it passes with jobs still running. The
+        results are collected in batches (one native wait for all that
+        arrived)."""
         pending = {}
         for j in jobs:
             if j._outcome is not None:
                 yield j
             else:
                 j._check_results()
-                pending[j.msgid] = j
+                pending.setdefault(j.msgid, []).append(j)
+        if not pending:
+            return
         end = None if timeout is None else time.monotonic() + timeout
-        while pending:
+        w = _native.Waiter()
+        w.add(list(pending))
+        while len(w):
             left = None if end is None else max(0.0, end - time.monotonic())
-            got = self._native.wait_any(list(pending), left)
-            if got is None:
-                raise Timeout("%d of the jobs still running after %s s" % (len(pending), timeout))
-            mid, kind, payload = got
-            j = pending.pop(mid)
-            if j._outcome is None:
-                j._outcome = _Outcome(kind, payload)
-            yield j
+            got, outcomes = self._native.take_many(w, None, 1, 1.0 if left is None else min(left, 1.0))
+            if not got:
+                # Quiet for a second: an outcome taken another way (this
+                # Job's result() called meanwhile) never comes here.
+                for msgid, js in list(pending.items()):
+                    if any(j._outcome is not None for j in js):
+                        del pending[msgid]
+                        w.discard(msgid)
+                        for j in js:
+                            if j._outcome is None:
+                                j._outcome = next(x._outcome for x in js if x._outcome is not None)
+                            yield j
+                if left is not None and time.monotonic() >= end and len(w):
+                    raise Timeout("%d of the jobs still running after %s s" % (len(w), timeout))
+                continue
+            for _key, msgid, kind, obj in outcomes:
+                for j in pending.pop(msgid, ()):
+                    j._set_outcome(kind, obj)
+                    yield j
 
     def results(self, jobs, timeout=None):
         """Yields the jobs' results in the order the jobs finish; a failed
@@ -886,17 +1020,177 @@ class Client:
         for j in self.as_completed(jobs, timeout):
             yield j.result(0)
 
-    def map(self, fn, iterable, *, queue="default", timeout=None, window=1000, **options):
-        """Runs ``fn(item)`` remotely for each item, at most ``window`` in
-        flight, and returns the results in input order."""
-        jobs = []
-        done = 0
-        for item in iterable:
-            if len(jobs) - done >= window:
-                jobs[done].wait()
-                done += 1
-            jobs.append(self.send(fn, item, queue=queue, **options))
-        return [j.result(timeout) for j in jobs]
+    def gather(self, jobs, timeout=None, return_exceptions=False):
+        """The results of ``jobs`` (e.g. from :meth:`send_many`), in their
+        order, waited for in batches. ``timeout``: for all of them
+        (:class:`Timeout` when it passes first). A failed job raises its
+        :class:`JobFailed` (a refused one :class:`Refused`) once all are
+        over — the first in the jobs' order; with ``return_exceptions=True``
+        the exception objects take their places in the list instead."""
+        jobs = list(jobs)
+        for _ in self.as_completed(jobs, timeout):
+            pass
+        out = []
+        for j in jobs:
+            if return_exceptions:
+                e = j.exception(0)
+                out.append(e if e is not None else j.result(0))
+            else:
+                out.append(j.result(0))
+        return out
+
+    def _batch_spec(self, fn, what, queue, timeout, retries, guarantee, result, kwargs, class_args, class_kwargs,
+                    delay, eta, depends_on, on_dependency_failure, limit, requires, on, job_kwargs):
+        """Checks a batch's callable and options once: ``(name, path,
+        callable, texts, options)`` for ``NativeClient.send_many``."""
+        if "unique" in job_kwargs:
+            raise ValueError("%s: unique= makes one job of all the sends; send each with send(..., unique=KEY) "
+                             "(a job argument named unique goes in kwargs={...})" % what)
+        (name, path, callable_, timeout), texts = _job_spec(fn, (), queue, timeout, retries, kwargs, class_args,
+                                                            class_kwargs, job_kwargs)
+        options = self._job_options(result, guarantee, retries, timeout, delay, eta, None, depends_on,
+                                    on_dependency_failure, limit, requires, on)
+        del options["unique"]
+        return name, path, callable_, texts[1:], options
+
+    def send_many(self, fn, iterable, *, queue="default", timeout=None, retries=None, guarantee=False, result=True,
+                  kwargs=None, class_args=None, class_kwargs=None, delay=None, eta=None, depends_on=None,
+                  on_dependency_failure="cancel", limit=None, requires=None, on=None, **job_kwargs):
+        """Sends one job ``fn(*args, **job_kwargs)`` per tuple ``args`` of
+        ``iterable`` (``[(1, 2), (3, 4)]``: ``fn(1, 2)`` and ``fn(3, 4)``) and
+        returns their :class:`Job` list, in order, at once: receipts are
+        not waited for (a refused job raises :class:`Refused` at its
+        ``result()`` / ``wait()``). Get the results with :meth:`gather`,
+        :meth:`as_completed` or each ``job.result()``.
+
+        The options are :meth:`send`'s, shared by every job (``timeout``
+        is each job's run time), but for ``unique`` (``ValueError``). Every
+        item is checked (a tuple or list of JSON-serialisable arguments:
+        ``TypeError`` naming it) before anything is sent. With
+        ``result=False`` the receipts, the only answer such jobs get, are
+        waited for in one go before it returns: :class:`Refused` when the
+        router refused any (``.jobs``: those jobs)."""
+        name, path, callable_, texts, options = self._batch_spec(
+            fn, "send_many", queue, timeout, retries, guarantee, result, kwargs, class_args, class_kwargs, delay,
+            eta, depends_on, on_dependency_failure, limit, requires, on, job_kwargs)
+        items = list(iterable)
+        text = _encode_items(items, True, 0)
+        ids = self._native.send_many(queue, path, callable_, text, True, *texts, **options)
+        if result and self._native.results_known is not False:
+            owner = self._owner
+            return [Job(self, m, name, queue, None, True, owner=owner) for m in ids]
+        jobs, refused = [], []
+        for m in ids:
+            try:
+                jobs.append(self._sent(m, name, queue, result))
+            except Refused as e:
+                j = Job(self, m, name, queue, None, bool(result), owner=self._owner)
+                j._outcome = _Outcome("refused", dict(getattr(e, "_error", None) or {"message": e.reason},
+                                                      by_router=True))
+                jobs.append(j)
+                refused.append(j)
+        if refused:
+            e = Refused("router refused %d of %d jobs of %s: %s" % (
+                len(refused), len(jobs), name, refused[0]._outcome.error.get("message", "refused")),
+                refused[0].msgid)
+            e.jobs = refused
+            raise e
+        return jobs
+
+    def map(self, fn, *iterables, window=1000, timeout=None, return_exceptions=False, job_timeout=None,
+            **options):
+        """``fn(item)`` remotely for each item of ``iterable`` — as the
+        builtin ``map``, ``fn(a, b)`` for each pair of ``map(fn, as_, bs)``
+        — and returns the results in input order (a list). At most
+        ``window`` jobs are in flight; they are sent and their results
+        collected in batches (the GIL released while waiting).
+
+        ``timeout``: seconds without any result arriving after which
+        :class:`Timeout` is raised (None: no limit); ``job_timeout``: each
+        job's run time (``send``'s ``timeout``). The other options are
+        :meth:`send`'s (``queue``, ``retries``, ``kwargs``...), not
+        ``unique`` or ``result=False``.
+
+        A job that fails raises its :class:`JobFailed` (a refused one
+        :class:`Refused`) as soon as its outcome arrives: nothing more is
+        sent and the jobs in flight are left to finish unread. With
+        ``return_exceptions=True`` the exception objects take their places
+        in the list instead and every item runs. A malformed item raises
+        ``TypeError`` (the jobs before it were sent)."""
+        if not iterables:
+            raise TypeError("map() needs an iterable of items")
+        if len(iterables) == 1:
+            return self._run_batch("map", fn, iterables[0], False, window, timeout, return_exceptions,
+                                   job_timeout, options)
+        return self._run_batch("map", fn, zip(*iterables), True, window, timeout, return_exceptions, job_timeout,
+                               options, checked=True)
+
+    def starmap(self, fn, iterable, *, window=1000, timeout=None, return_exceptions=False, job_timeout=None,
+                **options):
+        """:meth:`map` of argument tuples, as ``itertools.starmap``:
+        ``fn(*args)`` for each ``args`` of ``iterable`` (``[(1, 2), (3,
+        4)]``), the results in input order. Items that are not tuples or
+        lists raise ``TypeError``. Options and failures as :meth:`map`."""
+        return self._run_batch("starmap", fn, iterable, True, window, timeout, return_exceptions, job_timeout,
+                               options)
+
+    def _run_batch(self, what, fn, items, star, window, timeout, return_exceptions, job_timeout, options,
+                   checked=False):
+        if not isinstance(window, int) or window < 1:
+            raise ValueError("window must be an int >= 1, not %r" % (window,))
+        _nonneg("timeout", timeout)
+        if options.pop("result", True) is not True:
+            raise ValueError("%s needs the results: result=False is not allowed" % what)
+        queue = options.pop("queue", "default")
+        opts = {k: options.pop(k, d) for k, d in (
+            ("retries", None), ("guarantee", False), ("kwargs", None), ("class_args", None),
+            ("class_kwargs", None), ("delay", None), ("eta", None), ("depends_on", None),
+            ("on_dependency_failure", "cancel"), ("limit", None), ("requires", None), ("on", None))}
+        name, path, callable_, texts, native_options = self._batch_spec(
+            fn, what, queue, job_timeout, opts["retries"], opts["guarantee"], True, opts["kwargs"],
+            opts["class_args"], opts["class_kwargs"], opts["delay"], opts["eta"], opts["depends_on"],
+            opts["on_dependency_failure"], opts["limit"], opts["requires"], opts["on"], options)
+        self._require_results()
+        n = self._native
+        send_many, take_many = n.send_many, n.take_many
+        w = _native.Waiter()
+        out = []
+        it = iter(items)
+        sent = taken = 0
+        more = True
+        # Refill once this many slots are free (fewer, larger sends).
+        refill = max(1, window // 16)
+        try:
+            while True:
+                room = window - (sent - taken)
+                if more and (room >= refill or sent == taken):
+                    chunk = list(itertools.islice(it, room))
+                    if len(chunk) < room:
+                        more = False
+                    if chunk:
+                        text = _encode_items(chunk, star and not checked, sent)
+                        out.extend(itertools.repeat(None, len(chunk)))
+                        send_many(queue, path, callable_, text, star, *texts, waiter=w, first_key=sent,
+                                  **native_options)
+                        sent += len(chunk)
+                if taken >= sent:
+                    if not more:
+                        return out
+                    continue
+                got, failed = take_many(w, out, 1, timeout)
+                if not got:
+                    raise Timeout("%s: no result for %s s (%d of %d jobs still running)"
+                                  % (what, timeout, sent - taken, sent))
+                taken += got
+                for key, msgid, kind, obj in failed:
+                    o = _Outcome(kind, obj)
+                    if return_exceptions:
+                        out[key] = o.exception(msgid, name)
+                    else:
+                        o.unwrap(msgid, name=name)
+        finally:
+            if len(w):
+                n.forget_waited(w)  # given up: their outcomes are not kept
 
     def events(self, after=None, types=None, *, queue=None, job=None, token=None, http=None, timeout=None):
         """The router's events (``docs/http.md``, "Events"), read from its

@@ -9,22 +9,27 @@
 //!
 //! Does not own: the Python API (`emq/__init__.py`: `Client`, `Job`,
 //! exceptions, `task`, `current_job`), the wire format (`emq-protocol`) or
-//! the client logic (`emq-client`). Values cross the boundary as JSON text
-//! (the Python side uses `json`), so no Python ⇄ JSON conversion lives here.
+//! the client logic (`emq-client`). Job arguments come in as JSON text (the
+//! Python side encodes them, a whole batch in one call) and go into the
+//! payload frame as they are; results go out as Python objects built from
+//! the parsed reply ([`to_py`]: no JSON text in between).
 //!
 //! Waiting is done in short slices (lock, read what arrived for up to
 //! [`SLICE`], unlock), so threads sharing one client each get their own
-//! results and sends are never held up for longer than a slice.
+//! results and sends are never held up for longer than a slice. Batches
+//! ([`NativeClient::send_many`], [`NativeClient::take_many`] with a
+//! [`Waiter`]) send many jobs and collect many results per call.
 
 use emq_client::{
-    job_for, outcome_from_status, Client, ClientError, CommandPayload, Job, JobOutcome, Options, Receipt, RouterNotice,
+    job_for, outcome_from_status, Client, ClientError, CommandPayload, JobOutcome, Options, Receipt, RouterNotice,
 };
 use pyo3::exceptions::{
     PyConnectionError, PyLookupError, PyPermissionError, PyRuntimeError, PyTimeoutError, PyValueError,
 };
 use pyo3::prelude::*;
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use pyo3::types::{PyDict, PyFloat, PyList, PyString};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -75,19 +80,149 @@ fn expired(end: Option<Instant>) -> bool {
     end.is_some_and(|e| Instant::now() >= e)
 }
 
-/// An outcome for Python: `(kind, json)`; kind `value` carries the return
-/// value's JSON, the others (`failed`, `timeout`, `worker_died`, `refused`)
-/// the error object's JSON (`type`, `message`, `traceback`).
-fn encode(o: JobOutcome) -> Option<(&'static str, String)> {
-    let err = |e: &emq_client::JobError| serde_json::to_string(e).expect("error serialises");
+/// An outcome's kind for Python: `value` (it returned), or `failed`,
+/// `timeout`, `worker_died`, `refused` (an error object: `type`,
+/// `message`, `traceback`, `by_router` when the router itself refused).
+fn kind_of(o: &JobOutcome) -> Option<&'static str> {
     Some(match o {
-        JobOutcome::Value(v) => ("value", v.to_string()),
-        JobOutcome::Failed(e) => ("failed", err(&e)),
-        JobOutcome::Timeout(e) => ("timeout", err(&e)),
-        JobOutcome::WorkerDied(e) => ("worker_died", err(&e)),
-        JobOutcome::Refused(e) => ("refused", err(&e)),
+        JobOutcome::Value(_) => "value",
+        JobOutcome::Failed(_) => "failed",
+        JobOutcome::Timeout(_) => "timeout",
+        JobOutcome::WorkerDied(_) => "worker_died",
+        JobOutcome::Refused(_) => "refused",
         JobOutcome::NoReply => return None,
     })
+}
+
+/// A JSON value as the Python object `json.loads` would give (without
+/// the text in between).
+fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(a) => {
+            let items = a.iter().map(|x| to_py(py, x)).collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+/// An outcome for Python: `(kind, object)` — for `value` the return value,
+/// else the error as a dict (see [`kind_of`]); `None` for no reply.
+fn outcome_py(py: Python<'_>, o: &JobOutcome) -> PyResult<Option<(&'static str, Py<PyAny>)>> {
+    let Some(kind) = kind_of(o) else { return Ok(None) };
+    let obj = match o {
+        JobOutcome::Value(v) => to_py(py, v)?,
+        JobOutcome::Failed(e) | JobOutcome::Timeout(e) | JobOutcome::WorkerDied(e) | JobOutcome::Refused(e) => {
+            to_py(py, &serde_json::to_value(e).expect("error serialises"))?
+        }
+        JobOutcome::NoReply => return Ok(None),
+    };
+    Ok(Some((kind, obj.unbind())))
+}
+
+/// The elements of a JSON array's text, as slices of it (not parsed):
+/// `[1,[2,3],"a,b"]` → `1`, `[2,3]`, `"a,b"`. The text is checked to be
+/// JSON first.
+fn split_array(text: &str) -> Result<Vec<&str>, String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())?;
+    let t = text.trim();
+    let inner = t.strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or_else(|| "not a JSON array".to_owned())?;
+    let mut out = Vec::new();
+    let (mut depth, mut in_str, mut esc, mut start) = (0usize, false, false, 0usize);
+    for (i, b) in inner.bytes().enumerate() {
+        if in_str {
+            match b {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth -= 1,
+            b',' if depth == 0 => {
+                out.push(inner[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = inner[start..].trim();
+    if !last.is_empty() || !out.is_empty() {
+        out.push(last);
+    }
+    Ok(out)
+}
+
+/// A `["run", {...}]` payload frame from JSON texts (as
+/// `RunPayload::to_wire` writes it: empty arguments left out).
+fn payload_wire(path: &str, callable: &str, args: &str, kwargs: &str, class_args: &str, class_kwargs: &str) -> String {
+    let mut p = String::with_capacity(40 + path.len() + callable.len() + args.len() + kwargs.len());
+    p.push_str("[\"run\",{\"path\":");
+    p.push_str(&serde_json::to_string(path).expect("a string serialises"));
+    p.push_str(",\"callable\":");
+    p.push_str(&serde_json::to_string(callable).expect("a string serialises"));
+    for (name, text, empty) in [
+        ("args", args, "[]"),
+        ("kwargs", kwargs, "{}"),
+        ("class_args", class_args, "[]"),
+        ("class_kwargs", class_kwargs, "{}"),
+    ] {
+        let text = text.trim();
+        if text != empty {
+            p.push_str(",\"");
+            p.push_str(name);
+            p.push_str("\":");
+            p.push_str(text);
+        }
+    }
+    p.push_str("}]");
+    p
+}
+
+/// Checks the JSON texts of a job's arguments (an array, an object, an
+/// array, an object): ValueError naming the one that is not.
+fn check_job_texts(args: &str, kwargs: &str, class_args: &str, class_kwargs: &str) -> PyResult<()> {
+    for (what, text, open) in [
+        ("args", args, '['),
+        ("kwargs", kwargs, '{'),
+        ("class_args", class_args, '['),
+        ("class_kwargs", class_kwargs, '{'),
+    ] {
+        let t = text.trim();
+        if (t == "[]" && open == '[') || (t == "{}" && open == '{') {
+            continue;
+        }
+        if !t.starts_with(open) {
+            return Err(PyValueError::new_err(format!(
+                "{what}: expected a JSON {}",
+                if open == '[' { "array" } else { "object" }
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(t).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    }
+    Ok(())
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> PyResult<T> {
@@ -206,6 +341,77 @@ fn command_payload(
     command.validate().map_err(PyValueError::new_err)?;
     Ok(command)
 }
+
+/// Jobs one batch wait collects (`Client.map`, `as_completed`, `gather`):
+/// their msgids, each under the caller's key (an index).
+#[pyclass(frozen, module = "emq._native")]
+struct Waiter {
+    state: Mutex<WaiterState>,
+}
+
+#[derive(Default)]
+struct WaiterState {
+    keys: HashMap<String, usize>,
+    /// Where the next round of status questions starts.
+    poll_at: usize,
+}
+
+impl Waiter {
+    fn state(&self) -> MutexGuard<'_, WaiterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl Waiter {
+    #[new]
+    fn new() -> Self {
+        Waiter { state: Mutex::new(WaiterState::default()) }
+    }
+
+    /// Adds `msgids` under the keys `first`, `first + 1`, ...
+    #[pyo3(signature = (msgids, first = 0))]
+    fn add(&self, msgids: Vec<String>, first: usize) {
+        let mut st = self.state();
+        for (i, m) in msgids.into_iter().enumerate() {
+            st.keys.insert(m, first + i);
+        }
+    }
+
+    /// Stops waiting on `msgid` (its outcome was taken another way).
+    fn discard(&self, msgid: &str) {
+        self.state().keys.remove(msgid);
+    }
+
+    /// How many jobs are still waited on.
+    fn __len__(&self) -> usize {
+        self.state().keys.len()
+    }
+
+    /// The msgids still waited on.
+    fn pending(&self) -> Vec<String> {
+        self.state().keys.keys().cloned().collect()
+    }
+}
+
+/// Takes the outcomes already received for the waiter's jobs (at most
+/// `max` in all in `got`).
+fn take_waited(c: &mut Client, st: &mut WaiterState, got: &mut Vec<(usize, String, JobOutcome)>, max: usize) {
+    if st.keys.is_empty() || got.len() >= max {
+        return;
+    }
+    for (id, o) in c.take_results_where(|id| st.keys.contains_key(id), max - got.len()) {
+        if let Some(k) = st.keys.remove(&id) {
+            got.push((k, id, o));
+        }
+    }
+}
+
+/// Status questions per round of a batch wait (as `Client::wait_any`).
+const STATUS_ROUND: usize = 256;
+
+/// How often a batch wait looks for signals (KeyboardInterrupt).
+const SIGNALS_EVERY: Duration = Duration::from_millis(200);
 
 /// One connection to a router frontend, shareable between threads.
 #[pyclass(frozen, module = "emq._native")]
@@ -365,10 +571,8 @@ impl NativeClient {
         requires: Vec<String>,
         on: Option<String>,
     ) -> PyResult<String> {
-        let mut job = Job::new(path, callable, parse_json("args", args_json)?);
-        job.kwargs = parse_json::<Map<String, Value>>("kwargs", kwargs_json)?;
-        job.class_args = parse_json("class_args", class_args_json)?;
-        job.class_kwargs = parse_json("class_kwargs", class_kwargs_json)?;
+        check_job_texts(args_json, kwargs_json, class_args_json, class_kwargs_json)?;
+        let payload = payload_wire(&path, &callable, args_json, kwargs_json, class_args_json, class_kwargs_json);
         let options = options(
             reply_requested,
             guarantee,
@@ -386,7 +590,222 @@ impl NativeClient {
         // Given a leader and standbys (`A,B`), no router may be up for a
         // few seconds of a failover: keep trying for up to SEND_RETRY.
         let until = Instant::now() + SEND_RETRY;
-        py.detach(|| self.with(|c| c.send_request_until(queue, &job, &options, until).map_err(client_err)))
+        py.detach(|| self.with(|c| c.send_payload_until(queue, &payload, &options, until).map_err(client_err)))
+    }
+
+    /// Sends one job per element of `items_json` (a JSON array): the
+    /// element is the job's one argument, or with `star` its array of
+    /// arguments. The callable, keyword arguments, class arguments and
+    /// options are [`NativeClient::send`]'s, shared by all. Every element
+    /// is checked before anything is sent (ValueError). Returns the msgids
+    /// in order, at once (no waiting for receipts); with `waiter` they are
+    /// also added to it under the keys `first_key`, `first_key + 1`, ...
+    #[pyo3(signature = (queue, path, callable, items_json, star, kwargs_json, class_args_json, class_kwargs_json,
+                        reply_requested, guarantee, retries, timeout, delay=None, eta=None, depends_on=Vec::new(),
+                        run_on_dependency_failure=false, limit=None, requires=Vec::new(), on=None, waiter=None,
+                        first_key=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_many(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        path: String,
+        callable: String,
+        items_json: &str,
+        star: bool,
+        kwargs_json: &str,
+        class_args_json: &str,
+        class_kwargs_json: &str,
+        reply_requested: bool,
+        guarantee: bool,
+        retries: Option<u32>,
+        timeout: Option<u64>,
+        delay: Option<f64>,
+        eta: Option<f64>,
+        depends_on: Vec<String>,
+        run_on_dependency_failure: bool,
+        limit: Option<String>,
+        requires: Vec<String>,
+        on: Option<String>,
+        waiter: Option<Bound<'_, Waiter>>,
+        first_key: usize,
+    ) -> PyResult<Vec<String>> {
+        check_job_texts("[]", kwargs_json, class_args_json, class_kwargs_json)?;
+        let options = options(
+            reply_requested,
+            guarantee,
+            retries,
+            timeout,
+            delay,
+            eta,
+            None,
+            depends_on,
+            run_on_dependency_failure,
+            limit,
+            requires,
+            on,
+        )?;
+        let waiter = waiter.as_ref().map(|w| w.get());
+        py.detach(|| {
+            let items = split_array(items_json).map_err(|e| PyValueError::new_err(format!("items: {e}")))?;
+            let mut payloads = Vec::with_capacity(items.len());
+            let mut one = String::new();
+            for (i, item) in items.iter().enumerate() {
+                let args = if star {
+                    if !item.starts_with('[') {
+                        return Err(PyValueError::new_err(format!(
+                            "item {i}: expected an array of arguments, not {item}"
+                        )));
+                    }
+                    *item
+                } else {
+                    one.clear();
+                    one.push('[');
+                    one.push_str(item);
+                    one.push(']');
+                    one.as_str()
+                };
+                payloads.push(payload_wire(&path, &callable, args, kwargs_json, class_args_json, class_kwargs_json));
+            }
+            let mut ids = Vec::with_capacity(payloads.len());
+            // A slice at a time: other threads sharing the client get the
+            // socket in between.
+            for chunk in payloads.chunks(256) {
+                let until = Instant::now() + SEND_RETRY;
+                let first = ids.len();
+                let sent = self.with(|c| {
+                    for p in chunk {
+                        match c.send_payload_until(queue, p, &options, until) {
+                            Ok(id) => ids.push(id),
+                            Err(e) => return Err(client_err(e)),
+                        }
+                    }
+                    Ok(())
+                });
+                if let Some(w) = waiter {
+                    let mut st = w.state();
+                    for (i, id) in ids[first..].iter().enumerate() {
+                        st.keys.insert(id.clone(), first_key + first + i);
+                    }
+                }
+                sent?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Waits until at least `min` of `waiter`'s jobs have an outcome (all of
+    /// them when fewer are left) or `timeout` seconds pass (None: for
+    /// ever), then takes every outcome that has arrived (at most `max`) —
+    /// one call for a batch of results, the GIL released while waiting.
+    /// With `out` (a list), each value is stored at `out[key]`; the other
+    /// outcomes (all of them without `out`) are returned as `[(key, msgid,
+    /// kind, object)]` (see [`outcome_py`]). Returns `(taken, those)`; `taken`
+    /// is 0 when the time ran out first. While nothing arrives, the
+    /// router's records of the jobs are asked now and then (a result sent
+    /// to an earlier connection is not lost).
+    #[pyo3(signature = (waiter, out=None, min=1, timeout=None, max=usize::MAX))]
+    #[allow(clippy::type_complexity)]
+    fn take_many(
+        &self,
+        py: Python<'_>,
+        waiter: Bound<'_, Waiter>,
+        out: Option<Bound<'_, PyList>>,
+        min: usize,
+        timeout: Option<f64>,
+        max: usize,
+    ) -> PyResult<(usize, Vec<(usize, String, &'static str, Py<PyAny>)>)> {
+        let w = waiter.get();
+        let end = deadline(timeout);
+        let max = max.max(1);
+        let got = py.detach(|| -> PyResult<Vec<(usize, String, JobOutcome)>> {
+            let need = min.max(1).min(w.state().keys.len()).min(max);
+            let mut got = Vec::new();
+            if need == 0 {
+                return Ok(got);
+            }
+            let mut last_heard = Instant::now();
+            let mut last_signals = Instant::now();
+            loop {
+                if last_signals.elapsed() >= SIGNALS_EVERY {
+                    // A long batch stays interruptible (Ctrl-C).
+                    last_signals = Instant::now();
+                    Python::attach(|py| py.check_signals())?;
+                }
+                let done = self.with(|c| {
+                    let mut st = w.state();
+                    take_waited(c, &mut st, &mut got, max);
+                    if got.len() >= need || expired(end) {
+                        return Ok(true);
+                    }
+                    if self.results.load(Ordering::Relaxed) == YES && last_heard.elapsed() >= STATUS_POLL {
+                        // Nothing for a while: ask the records of some of
+                        // the jobs, taking turns.
+                        last_heard = Instant::now();
+                        let n = st.keys.len();
+                        let from = st.poll_at % n.max(1);
+                        let ask: Vec<String> = st.keys.keys().skip(from).take(STATUS_ROUND).cloned().collect();
+                        st.poll_at = from + ask.len();
+                        for id in &ask {
+                            c.ask_status(id).map_err(client_err)?;
+                        }
+                    }
+                    drop(st);
+                    Self::pump_slice(c, end)?;
+                    let before = got.len();
+                    take_waited(c, &mut w.state(), &mut got, max);
+                    if got.len() > before {
+                        last_heard = Instant::now();
+                    }
+                    Ok(got.len() >= need || expired(end))
+                })?;
+                self.say_router_notices();
+                if done {
+                    return Ok(got);
+                }
+            }
+        })?;
+        if !got.is_empty() {
+            self.results.store(YES, Ordering::Relaxed);
+        }
+        let taken = got.len();
+        let mut rest = Vec::new();
+        for (k, id, o) in got {
+            match (&o, &out) {
+                (JobOutcome::Value(v), Some(list)) => list.set_item(k, to_py(py, v)?)?,
+                _ => {
+                    if let Some((kind, obj)) = outcome_py(py, &o)? {
+                        rest.push((k, id, kind, obj));
+                    }
+                }
+            }
+        }
+        Ok((taken, rest))
+    }
+
+    /// Stops waiting on the waiter's jobs (a batch given up): whatever
+    /// arrived or arrives for them is not kept.
+    fn forget_waited(&self, py: Python<'_>, waiter: Bound<'_, Waiter>) -> PyResult<()> {
+        let w = waiter.get();
+        py.detach(|| {
+            self.with(|c| {
+                let mut st = w.state();
+                for id in st.keys.keys() {
+                    c.forget(id);
+                }
+                st.keys.clear();
+                Ok(())
+            })
+        })
+    }
+
+    /// Stops waiting on `msgid` (a job sent with `reply_requested=False`,
+    /// once its receipt is read): nothing about it is kept.
+    fn forget(&self, msgid: &str) -> PyResult<()> {
+        self.with(|c| {
+            c.forget(msgid);
+            Ok(())
+        })
     }
 
     /// Sends one command job (`["command", {argv, env, cwd, stdin}]`: a
@@ -505,7 +924,7 @@ impl NativeClient {
         })
     }
 
-    /// Waits for the outcome of `msgid`: `(kind, json)` (see `encode`), or
+    /// Waits for the outcome of `msgid`: `(kind, object)` (see [`outcome_py`]), or
     /// `None` when `timeout` seconds pass (`None`: wait for ever).
     /// With `owner` (another client's token: a job sent elsewhere), the
     /// result is read from the router's record, asked with that token.
@@ -516,9 +935,9 @@ impl NativeClient {
         msgid: &str,
         timeout: Option<f64>,
         owner: Option<&str>,
-    ) -> PyResult<Option<(&'static str, String)>> {
+    ) -> PyResult<Option<(&'static str, Py<PyAny>)>> {
         let end = deadline(timeout);
-        py.detach(|| {
+        let got = py.detach(|| {
             // A job sent elsewhere: its result never comes here as a
             // REPLY, so its record is asked at once.
             let mut last_poll = match owner {
@@ -572,16 +991,20 @@ impl NativeClient {
                 self.say_router_notices();
                 if let Some(o) = got {
                     self.results.store(YES, Ordering::Relaxed);
-                    return Ok(encode(o));
+                    return Ok::<_, PyErr>(Some(o));
                 }
                 if expired(end) {
                     return Ok(None);
                 }
             }
-        })
+        })?;
+        match got {
+            Some(o) => outcome_py(py, &o),
+            None => Ok(None),
+        }
     }
 
-    /// The first of `msgids` to finish: `(msgid, kind, json)`, or `None`
+    /// The first of `msgids` to finish: `(msgid, kind, object)`, or `None`
     /// when `timeout` seconds pass.
     #[pyo3(signature = (msgids, timeout))]
     fn wait_any(
@@ -589,9 +1012,9 @@ impl NativeClient {
         py: Python<'_>,
         msgids: Vec<String>,
         timeout: Option<f64>,
-    ) -> PyResult<Option<(String, &'static str, String)>> {
+    ) -> PyResult<Option<(String, &'static str, Py<PyAny>)>> {
         let end = deadline(timeout);
-        py.detach(|| loop {
+        let got = py.detach(|| loop {
             let got = self.with(|c| {
                 let find = |c: &mut Client| msgids.iter().find_map(|m| c.take_result(m).map(|o| (m.clone(), o)));
                 if let Some(x) = find(c) {
@@ -605,12 +1028,16 @@ impl NativeClient {
             })?;
             if let Some((m, o)) = got {
                 self.results.store(YES, Ordering::Relaxed);
-                return Ok(encode(o).map(|(k, j)| (m, k, j)));
+                return Ok::<_, PyErr>(Some((m, o)));
             }
             if expired(end) {
                 return Ok(None);
             }
-        })
+        })?;
+        match got {
+            Some((m, o)) => Ok(outcome_py(py, &o)?.map(|(k, v)| (m, k, v))),
+            None => Ok(None),
+        }
     }
 
     /// The router's record of `msgid` as JSON text, or `None` when no
@@ -746,6 +1173,7 @@ fn check_command(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
+    m.add_class::<Waiter>()?;
     m.add_function(wrap_pyfunction!(default_addr, m)?)?;
     m.add_function(wrap_pyfunction!(split_callable, m)?)?;
     m.add_function(wrap_pyfunction!(http_settings, m)?)?;

@@ -132,10 +132,24 @@ def test_refused_by_the_router(procs):
     with emq.Client(s.frontend) as c:
         first = c.send("benchjobs.add", 1, 2)
         assert first.receipted
+        # send() does not wait for the receipt (python/README.md, "Sending
+        # is pipelined"): the refusal is raised by result(), wait() and
+        # receipted.
+        second = c.send("benchjobs.add", 3, 4)
         with pytest.raises(emq.Refused) as ei:
-            c.send("benchjobs.add", 3, 4)
-    assert ei.value.msgid and ei.value.msgid != first.msgid
-    assert "refused" in str(ei.value)
+            second.result(timeout=10)
+        with pytest.raises(emq.Refused):
+            second.wait(10)
+        with pytest.raises(emq.Refused):
+            second.receipted
+        assert second.done() and not second.succeeded()
+        # unique= keeps waiting for the receipt (it names the job holding
+        # the key): refused at once.
+        with pytest.raises(emq.Refused) as ei2:
+            c.send("benchjobs.add", 5, 6, unique="k")
+    assert ei.value.msgid == second.msgid != first.msgid
+    assert "refused" in str(ei.value) and "benchjobs.add" in str(ei.value)
+    assert ei2.value.msgid not in (first.msgid, second.msgid)
 
 
 def test_errors_before_sending(client):

@@ -35,10 +35,12 @@ def test_send_with_a_limit_puts_the_header(lclient):
 
 
 def test_an_unknown_limit_is_refused_with_the_routers_reason(lclient):
+    # send() does not wait for the receipt: the refusal comes at result().
+    job = lclient.send("benchjobs.add", 2, 3, limit="nope/x")
     with pytest.raises(emq.Refused) as ei:
-        lclient.send("benchjobs.add", 2, 3, limit="nope/x")
+        job.result(timeout=30)
     assert "unknown limit" in str(ei.value) and "nope" in str(ei.value)
-    assert ei.value.msgid
+    assert ei.value.msgid == job.msgid
 
 
 def test_a_malformed_limit_raises_before_sending(lclient):

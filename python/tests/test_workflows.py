@@ -265,8 +265,12 @@ def test_a_failed_dependency_cancels_the_dependant_unless_run(client, tmp, gate)
 
 
 def test_an_unknown_dependency_is_refused(client):
+    # send() does not wait for the receipt: the refusal comes at result() / wait().
+    job = client.send(J + "double", 1, depends_on=["no-such-msgid-0000000000000000000000"])
     with pytest.raises(emq.Refused):
-        client.send(J + "double", 1, depends_on=["no-such-msgid-0000000000000000000000"])
+        job.result(timeout=30)
+    with pytest.raises(emq.Refused):
+        job.wait(30)
     with pytest.raises(TypeError):
         client.send(J + "double", 1, depends_on=[42])
     with pytest.raises(ValueError):
