@@ -88,7 +88,8 @@ def wait_handshake(sock, mon, timeout):
     sock.disable_monitor()
     mon.close(linger=0)
     if not ok:
-        fail(sock, "no handshake within %gs" % timeout, events=seen,
+        failed = seen and seen[-1].startswith("HANDSHAKE_FAILED")
+        fail(sock, "handshake failed" if failed else "no handshake within %gs" % timeout, events=seen,
              hint="CURVE: is this client's .pub in the router's frontend allow-list, and --curve-server-key the router's .pub?")
 
 
