@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--n", type=int, default=100000, help="jobs per throughput round (Rust client, map, starmap)")
     ap.add_argument("--window-n", type=int, default=20000, help="jobs per send()+result() window round")
     ap.add_argument("--latency-n", type=int, default=5000, help="round trips per client per latency round")
-    ap.add_argument("--latency-blocks", type=int, default=5, help="turns the two clients take per latency round")
+    ap.add_argument("--latency-blocks", type=int, default=10, help="turns the two clients take per latency round")
     ap.add_argument("--eventmq-n", type=int, default=20000, help="jobs per EventMQ round")
     ap.add_argument("--celery-n", type=int, default=4000, help="jobs per Celery round")
     ap.add_argument("--window", type=int, default=1000, help="jobs in flight (Rust client, map, starmap)")

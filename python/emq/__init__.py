@@ -4,7 +4,7 @@
     with emq.Client() as client:                      # EMQ_FRONTEND_ADDR or settings.toml
         job = client.send("myapp.tasks.add", 2, 3)    # returns at once (pipelined)
         print(job.result(timeout=30))                 # 5
-        print(client.map("myapp.tasks.add", range(10000), range(10000)))  # in batches
+        print(client.map("myapp.tasks.add", range(3), [10] * 3))  # [10, 11, 12]: in batches
 
         out = client.run(["/bin/echo", "hi"]).result(timeout=30)  # a program (allowed_commands)
         print(out["exit_code"], out["stdout"])        # 0 hi
@@ -573,12 +573,21 @@ def _check_on_dependency_failure(v):
     return v
 
 
+# Callable names already split (``pkg.mod.func`` → path, callable).
+_SPLIT = {}
+
+
 def _job_spec(fn, args, queue, timeout, retries, kwargs, class_args, class_kwargs, job_kwargs):
     """Checks what :meth:`Client.send` and :func:`sig` share: returns
     ``(name, path, callable, timeout)`` and the JSON texts ``(args, kwargs,
     class_args, class_kwargs)``; raises ValueError / TypeError."""
     name = _callable_name(fn)
-    path, callable_ = _native.split_callable(name)
+    split = _SPLIT.get(name)
+    if split is None:
+        split = _native.split_callable(name)
+        if len(_SPLIT) < 4096:
+            _SPLIT[name] = split
+    path, callable_ = split
     kw = dict(kwargs or {})
     kw.update(job_kwargs)
     timeout = _check_basics(queue, timeout, retries)
@@ -724,6 +733,8 @@ class Client:
         return self._native.supports_results(self.probe_timeout)
 
     def _require_results(self, feature=None):
+        if self._native.results_known is True:  # known: no call that may wait
+            return
         if not self.supports_results():
             if feature:
                 raise ResultsUnavailable(
@@ -784,11 +795,19 @@ class Client:
         """
         (name, path, callable_, timeout), texts = _job_spec(fn, args, queue, timeout, retries, kwargs, class_args,
                                                             class_kwargs, job_kwargs)
+        n = self._native
+        if (result is True and unique is None and depends_on is None and limit is None and requires is None
+                and on is None and delay is None and eta is None and on_dependency_failure == "cancel"
+                and n.results_known is not False):
+            # The common case, kept short: no option to check, and pipelined
+            # (the receipt is read later: job.receipted, result()).
+            msgid = n.send(queue, path, callable_, texts[0], texts[1], texts[2], texts[3], True, bool(guarantee),
+                           retries, timeout)
+            return Job(self, msgid, name, queue, None, True, owner=self._owner)
         options = self._job_options(result, guarantee, retries, timeout, delay, eta, unique, depends_on,
                                     on_dependency_failure, limit, requires, on)
-        msgid = self._native.send(queue, path, callable_, *texts, **options)
-        if unique is None and result and self._native.results_known is not False:
-            # Pipelined: the receipt is read later (job.receipted, result()).
+        msgid = n.send(queue, path, callable_, *texts, **options)
+        if unique is None and result and n.results_known is not False:
             return Job(self, msgid, name, queue, None, True, owner=self._owner)
         return self._sent(msgid, name, queue, result)
 
