@@ -118,6 +118,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
         json!({"clients": clients, "jobs_per_client": jobs, "n": total, "secs": secs,
                "jobs_per_sec": total as f64 / secs, "client_done_min_secs": min, "client_done_median_secs": median,
                "client_done_max_secs": max, "max_over_min": max / min.max(1e-9),
+               "max_over_median": max / median.max(1e-9),
                "router_rss_before": rss_before, "router_rss_idle_clients": rss_idle,
                "router_bytes_per_idle_client": per_client})
     );
