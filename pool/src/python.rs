@@ -190,6 +190,15 @@ impl PythonRunner {
                 tracing::debug!(%module, error = %e, "template: module not preloaded (workers import it themselves)");
             }
         }
+        // The `emq` module jobs read (`emq.msgid`, `current_job()`, and
+        // the `json` import its code makes) is made here once: a worker
+        // forked from here finds it in `sys.modules` and only resets its
+        // attributes, instead of searching `sys.path` for it and compiling
+        // its code at every recycling (measured: most of the Python side of
+        // a worker's start).
+        if let Err(e) = install_emq_module(py) {
+            tracing::debug!(error = %e, "template: emq module not made (each worker makes its own)");
+        }
         // What exists now is shared with every worker forked from here:
         // out of the garbage collector's sight, so a worker's collections
         // do not write to (and copy) those pages (CPython's `gc.freeze`,
