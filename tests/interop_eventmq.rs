@@ -19,15 +19,7 @@ fn eventmq_job_manager_and_client_work_against_our_router() {
     let work = tempdir("interop");
     let out_file = work.join("lines.txt");
 
-    // EventMQ's own job manager (its --queues flag is broken: use the env).
-    let mut jm = Command::new(venv.join("bin/emq-jobmanager"));
-    jm.env("EVENTMQ_WORKER_ADDR", &a.backend)
-        .env("EVENTMQ_QUEUES", r#"[[10, "default"]]"#)
-        .env("EVENTMQ_CONCURRENT_JOBS", "2")
-        .env("PYTHONPATH", root.join("jobs"))
-        .current_dir(&work)
-        .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
-    let _jm = ChildGuard::spawn("eventmq emq-jobmanager", jm);
+    let _jm = start_eventmq_jobmanager(&venv, &a.backend, &work);
     // Its two READYs arrive a few seconds after the ACK.
     eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) == 2).then_some(()));
 
@@ -75,6 +67,19 @@ fn eventmq_job_manager_and_client_work_against_our_router() {
     println!("EventMQ emq-cli against emq-router:\n{text}");
     assert!(text.contains("processed_messages_by_queue"), "{text}");
     assert!(text.contains("connected_workers"), "{text}");
+}
+
+/// EventMQ's own job manager, 2 workers on queue `default`, its log in
+/// `work/jm.log` (its --queues flag is broken: the env says the queues).
+fn start_eventmq_jobmanager(venv: &std::path::Path, backend: &str, work: &std::path::Path) -> ChildGuard {
+    let mut jm = Command::new(venv.join("bin/emq-jobmanager"));
+    jm.env("EVENTMQ_WORKER_ADDR", backend)
+        .env("EVENTMQ_QUEUES", r#"[[10, "default"]]"#)
+        .env("EVENTMQ_CONCURRENT_JOBS", "2")
+        .env("PYTHONPATH", repo_root().join("jobs"))
+        .current_dir(work)
+        .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
+    ChildGuard::spawn("eventmq emq-jobmanager", jm)
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -256,17 +261,9 @@ fn command_jobs_never_reach_eventmq_job_manager() {
         return;
     };
     let (_router, a) = start_router(&[]);
-    let root = repo_root();
     let work = tempdir("interop-commands");
     let out_file = work.join("lines.txt");
-    let mut jm = Command::new(venv.join("bin/emq-jobmanager"));
-    jm.env("EVENTMQ_WORKER_ADDR", &a.backend)
-        .env("EVENTMQ_QUEUES", r#"[[10, "default"]]"#)
-        .env("EVENTMQ_CONCURRENT_JOBS", "2")
-        .env("PYTHONPATH", root.join("jobs"))
-        .current_dir(&work)
-        .stderr(std::fs::File::create(work.join("jm.log")).unwrap());
-    let _jm = ChildGuard::spawn("eventmq emq-jobmanager", jm);
+    let _jm = start_eventmq_jobmanager(&venv, &a.backend, &work);
     eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) == 2).then_some(()));
 
     let mut client = emq_client::Client::connect(&a.frontend).unwrap();
