@@ -22,8 +22,15 @@ use std::path::Path;
 use thiserror::Error;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: &[&str] =
-    &["python_path", "allowed_paths", "worker_addr_failover", "allowed_schedulers", "admin_users", "labels", "allowed_commands"];
+const LIST_KEYS: &[&str] = &[
+    "python_path",
+    "allowed_paths",
+    "worker_addr_failover",
+    "allowed_schedulers",
+    "admin_users",
+    "labels",
+    "allowed_commands",
+];
 
 /// A settings file or value that cannot be used. Binaries print it as one
 /// line and exit with status 2; a server reloading on SIGHUP logs it and
