@@ -118,9 +118,14 @@ impl WorkerProcess {
         let mut child = cmd.spawn()?;
         let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped stdin")));
         let stdout = File::from(OwnedFd::from(child.stdout.take().expect("piped stdout")));
+        WorkerProcess::with_pipes(Proc::Exec(child), stdin, stdout)
+    }
+
+    /// A started worker and its two pipes (its output read without blocking).
+    fn with_pipes(proc: Proc, stdin: File, stdout: File) -> io::Result<WorkerProcess> {
         set_nonblocking(&stdout)?;
         Ok(WorkerProcess {
-            proc: Proc::Exec(child),
+            proc,
             stdin,
             stdout,
             buf: FrameBuffer::default(),
@@ -133,18 +138,8 @@ impl WorkerProcess {
     /// Forks a worker from the warm template (see [`Template`]).
     pub fn fork_from(template: &Arc<Mutex<Template>>) -> io::Result<WorkerProcess> {
         let (fork_no, stdin, stdout) = template.lock().map_err(|_| io::Error::other("template lock"))?.fork()?;
-        let (stdin, stdout) = (File::from(stdin), File::from(stdout));
-        set_nonblocking(&stdout)?;
         let proc = Proc::Forked { pid: Default::default(), fork_no, template: template.clone(), reaped: false };
-        Ok(WorkerProcess {
-            proc,
-            stdin,
-            stdout,
-            buf: FrameBuffer::default(),
-            pending: Vec::new(),
-            retiring: false,
-            command_group: None,
-        })
+        WorkerProcess::with_pipes(proc, File::from(stdin), File::from(stdout))
     }
 
     /// Its pid; 0 while a forked worker's is not known yet (never waits).
