@@ -790,7 +790,12 @@ def s16(args, system, ms):
     if system == "eventmq":
         n = min(n, args.s16_eventmq_n)  # it runs ~30-40 jobs/s whatever the job
     out = os.path.join(tempfile.gettempdir(), "emq-bench-s16-%s.txt" % system)
-    if system == "celery":
+    if system == "bare":
+        # The ceiling: the same jobs in a plain loop, one process per core,
+        # no job system (bench/spin_baseline.py).
+        r = run_json([sys.executable, os.path.join(ROOT, "bench", "spin_baseline.py"), "--n", str(n), "--out", out,
+                      "--spin-ms", str(ms)])
+    elif system == "celery":
         r = run_json([os.path.join(args.celery_venv, "bin", "python"), os.path.join(ROOT, "bench", "celery", "run_celery.py"),
                       "--n", str(n), "--out", out, "--spin-ms", str(ms)])
     elif system == "eventmq":
@@ -817,9 +822,15 @@ def s16(args, system, ms):
         try:
             wait_slots(a["admin"], cores)
             time.sleep(1.0)
-            r = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
-                          "--addr", a["frontend"], "--n", str(n), "--out", out, "--spin-ms", str(ms)],
-                         env={"PYTHONPATH": JOBS})
+            if system == "emq-rust":
+                # emq's own Rust client: the same jobs with results, a
+                # window of 1000, timed until the last result is back.
+                r = run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"], "--n", str(n),
+                              "--window", "1000", "--callable", "spin_append", "--args", json.dumps([out, "x", ms])])
+            else:
+                r = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
+                              "--addr", a["frontend"], "--n", str(n), "--out", out, "--spin-ms", str(ms)],
+                             env={"PYTHONPATH": JOBS})
         finally:
             stop(jm)
             stop(rt)
@@ -844,6 +855,32 @@ def s17(args):
         def many():
             return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
                              "--router-pid", str(r.pid), "--clients", str(args.s17_clients), "--jobs", str(args.s17_jobs)])
+        if flip % 2:
+            single, m = one(), many()
+        else:
+            m, single = many(), one()
+        m["one_client_jobs_per_sec"] = single["jobs_per_sec"]
+        m["ratio_pct"] = 100.0 * m["jobs_per_sec"] / single["jobs_per_sec"]
+        return m
+    return with_router_and_jm(both)
+
+
+def s17_sweep(args, clients):
+    """The many-clients curve (issue 29): `clients` clients sharing the same
+    total number of jobs (--s17-clients × --s17-jobs), all at once, on a
+    fresh router and job manager; beside it one client with a window of
+    1000 on the same router (the order alternates)."""
+    total = args.s17_clients * args.s17_jobs
+    flip = next_flip(s17_sweep)
+
+    def both(a, r, j):
+        def one():
+            return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
+                             "--n", str(total), "--window", "1000"])
+
+        def many():
+            return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
+                             "--router-pid", str(r.pid), "--clients", str(clients), "--jobs", str(total // clients)])
         if flip % 2:
             single, m = one(), many()
         else:
@@ -939,6 +976,11 @@ def main():
                     help="jobs written at once per HTTP connection in scenario 14 (1: one job at a time)")
     ap.add_argument("--s17-clients", type=int, default=1000)
     ap.add_argument("--s17-jobs", type=int, default=100)
+    ap.add_argument("--s17-sweep", default="",
+                    help="scenario 17's curve: client counts (e.g. 1,10,100,1000) sharing --s17-clients × --s17-jobs jobs")
+    ap.add_argument("--s16-systems", default="bare,emq,emq-rust,eventmq,celery",
+                    help="scenario 16: systems to run (emq: EventMQ's client fire-and-forget; emq-rust: emq's Rust client with "
+                         "results; bare: no job system, the ceiling)")
     ap.add_argument("--s16-secs", type=float, default=10.0,
                     help="scenario 16: each run sends jobs worth this many seconds of the machine's CPU")
     ap.add_argument("--s16-ms", default="1,10", help="scenario 16: job CPU times (ms)")
@@ -1000,8 +1042,8 @@ def main():
         if "15" in only:
             res["s15"] = repeat("15", args.runs, lambda: s15(args))
         if "16" in only:
-            systems = ["emq", "eventmq"]
-            if args.celery_venv != "NO_REDIS" and os.path.isdir(args.celery_venv):
+            systems = [x for x in args.s16_systems.split(",") if x in ("bare", "emq", "emq-rust", "eventmq")]
+            if "celery" in args.s16_systems.split(",") and args.celery_venv != "NO_REDIS" and os.path.isdir(args.celery_venv):
                 systems.append("celery")
             for k in range(args.runs):
                 for ms in [float(x) for x in args.s16_ms.split(",")]:
@@ -1009,7 +1051,12 @@ def main():
                         res.setdefault("s16_%s_%g" % (system, ms), []).extend(
                             repeat("16 %s %g ms" % (system, ms), 1, lambda: s16(args, system, ms)))
         if "17" in only:
-            res["s17"] = repeat("17", args.runs, lambda: s17(args))
+            if args.s17_sweep:
+                for k in range(args.runs):
+                    for c in [int(x) for x in args.s17_sweep.split(",")]:
+                        res.setdefault("s17_%d" % c, []).extend(repeat("17 %d clients" % c, 1, lambda: s17_sweep(args, c)))
+            else:
+                res["s17"] = repeat("17", args.runs, lambda: s17(args))
         if "18" in only:
             res["s18"] = repeat("18", args.runs, lambda: s18(args))
     finally:
@@ -1140,14 +1187,24 @@ def main():
 
     if "16" in only:
         for ms in [float(x) for x in args.s16_ms.split(",")]:
-            for system in ("emq", "eventmq", "celery"):
+            for system in ("bare", "emq", "emq-rust", "eventmq", "celery"):
                 key = "s16_%s_%g" % (system, ms)
+                label = {"emq": "emq (EventMQ's client, fire-and-forget)",
+                         "emq-rust": "emq (its Rust client, with results)",
+                         "bare": "no job system (a plain loop per core: the machine's ceiling)"}.get(system, system)
                 if res.get(key):
-                    row("16", "%g ms CPU-bound jobs, %d workers, %s: jobs/s" % (ms, os.cpu_count() or 1, system), res[key], "jobs_per_sec")
+                    row("16", "%g ms CPU-bound jobs, %d workers, %s: jobs/s" % (ms, os.cpu_count() or 1, label), res[key], "jobs_per_sec")
                     row("16", "  efficiency (jobs/s ÷ (cores ÷ job CPU time))", res[key], "efficiency_pct", fmt="{:.1f}%",
-                        target="≥ 90% for 1 ms (emq)" if system == "emq" and ms == 1 else "")
+                        target="≥ 90% for 1 ms (emq)" if system.startswith("emq") and ms == 1 else "")
 
-    if "17" in only:
+    if "17" in only and args.s17_sweep:
+        for c in [int(x) for x in args.s17_sweep.split(",")]:
+            key = "s17_%d" % c
+            row("17", "%d clients × %d jobs with results, all at once: jobs/s" % (c, args.s17_clients * args.s17_jobs // c), res.get(key), "jobs_per_sec")
+            row("17", "  one client (window 1000), same router: jobs/s", res.get(key), "one_client_jobs_per_sec")
+            row("17", "  many / one", res.get(key), "ratio_pct", fmt="{:.0f}%")
+            row("17", "  client completion time max / median", res.get(key), "max_over_median", fmt="{:.3f}")
+    if "17" in only and not args.s17_sweep:
         row("17", "%d clients × %d jobs with results, all at once: jobs/s" % (args.s17_clients, args.s17_jobs), res.get("s17"), "jobs_per_sec")
         row("17", "  one client, the same jobs (window 1000), same router, same run: jobs/s", res.get("s17"), "one_client_jobs_per_sec")
         row("17", "  many / one", res.get("s17"), "ratio_pct", fmt="{:.0f}%", target="≥ 70%")
@@ -1180,6 +1237,10 @@ def main():
     name = "latest.md" if only >= set("123456") and not args.quick else "partial-%s.md" % "".join(sorted(only))
     with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
         f.write(text)
+    # The raw figures beside it, for bench/plot.py.
+    with open(os.path.join(ROOT, "bench", "results", name[:-3] + ".json"), "w") as f:
+        json.dump({"argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": cpu,
+                   "results": res}, f, indent=1)
 
 
 if __name__ == "__main__":

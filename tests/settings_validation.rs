@@ -123,6 +123,8 @@ fn job_manager_refuses_bad_values_with_one_line_naming_the_key() {
         ("EMQ_KILL_GRACE_PERIOD", "-1", "kill_grace_period"),
         ("EMQ_KILL_ESCALATION", "inf", "kill_escalation"),
         ("EMQ_STEAL_AFTER", "NaN", "steal_after"),
+        ("EMQ_REPLY_LINGER", "0.5", "reply_linger"),
+        ("EMQ_REPLY_LINGER", "-0.001", "reply_linger"),
         ("EMQ_PREFETCH_BELOW", "-0.5", "prefetch_below"),
         ("EMQ_RECONNECT_TIMEOUT", "-inf", "reconnect_timeout"),
         ("EMQ_WORKER_PIPELINE", "0", "worker_pipeline"),

@@ -112,6 +112,10 @@ enum Cmd {
         /// number: some jobs of a partition meet, and wait).
         #[arg(long, default_value_t = 1)]
         partitions: u64,
+        /// The callable's positional arguments, a JSON array (e.g.
+        /// `["/tmp/f", "x", 1.0]` for `spin_append`).
+        #[arg(long)]
+        args: Option<String>,
     },
     /// N chords of M no-op members (the callback gets their results), W
     /// outstanding: workflows/s and jobs/s; then, for the last `sample`
@@ -229,9 +233,18 @@ fn main() -> Result<()> {
         Cmd::StubJm { backend, slots, lateness_every } => stub_jm(&backend, slots, lateness_every),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
         Cmd::ScaleJm { backend, peers, slots, queues } => scale_jm(&backend, peers, slots, queues),
-        Cmd::Throughput { frontend, n, window, path, callable, queues, size, limit, partitions } => {
-            throughput(&frontend, n, window, &path, &callable, queues, size, limit.as_deref(), partitions)
-        }
+        Cmd::Throughput { frontend, n, window, path, callable, queues, size, limit, partitions, args } => throughput(
+            &frontend,
+            n,
+            window,
+            &path,
+            &callable,
+            queues,
+            size,
+            limit.as_deref(),
+            partitions,
+            args.as_deref(),
+        ),
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
         Cmd::ManyClients { frontend, router_pid, clients, jobs, threads } => {
             many::run(&frontend, router_pid, clients, jobs, threads)
@@ -594,10 +607,20 @@ fn throughput(
     size: usize,
     limit: Option<&str>,
     partitions: u64,
+    args: Option<&str>,
 ) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
-    let base = json!(["run", {"path": path, "callable": callable}]).to_string();
+    let base = match args {
+        None => json!(["run", {"path": path, "callable": callable}]).to_string(),
+        Some(a) => {
+            let a: serde_json::Value = serde_json::from_str(a).context("--args: not JSON")?;
+            if !a.is_array() {
+                bail!("--args: a JSON array");
+            }
+            json!(["run", {"path": path, "callable": callable, "args": a}]).to_string()
+        }
+    };
     let payload = if size > base.len() + 20 {
         json!(["run", {"path": path, "callable": callable, "args": ["x".repeat(size - base.len() - 20)]}]).to_string()
     } else {

@@ -4,7 +4,7 @@
 //! state machine's actions are performed. Process handling stays behind
 //! `emq_pool::WorkerProcess`.
 
-use crate::state::{Action, Event, JobManagerState};
+use crate::state::{Action, Event, JobManagerState, LingerDecision, ReplyLinger};
 use emq_pool::{FromWorker, Template, ToWorker, WorkerConfig, WorkerProcess};
 use emq_protocol::{Command, Heartbeat, Message};
 use emq_sender::Sender;
@@ -47,6 +47,8 @@ pub struct Server {
     /// Running jobs' updates of this poll pass, sent as one JOB_UPDATE
     /// just before the BATCH (an update goes before its job's REPLY).
     batch_updates: Vec<emq_protocol::JobUpdate>,
+    /// Whether the gathered batch waits for more (`reply_linger`).
+    linger: ReplyLinger,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -108,6 +110,7 @@ impl Server {
             last_memory_check: Instant::now(),
             batch: Default::default(),
             batch_updates: Vec::new(),
+            linger: ReplyLinger::default(),
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
@@ -218,9 +221,12 @@ impl Server {
                 }
             }
             // End of the pass: the workers' new jobs, then its REPLYs and
-            // READYs in one message.
+            // READYs in one message — or, while every worker has more work
+            // queued here, a little later with the next passes' (fewer
+            // messages, wake-ups and group commits per job under load; an
+            // idle job manager's REPLY never waits).
             self.flush_workers();
-            self.flush_batch();
+            self.flush_batch_unless_lingering();
         }
     }
 
@@ -265,7 +271,7 @@ impl Server {
             for (_, fd) in &worker_fds {
                 items.push(zmq::PollItem::from_fd(*fd, zmq::POLLIN));
             }
-            match zmq::poll(&mut items, TICK.as_millis() as i64) {
+            match zmq::poll(&mut items, self.poll_timeout_ms()) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => error!(error = %e, "poll failed"),
             }
@@ -535,9 +541,35 @@ impl Server {
         self.send(&m);
     }
 
+    /// Whether anything waits to go out in the batch.
+    fn batch_pending(&self) -> bool {
+        !self.batch_updates.is_empty() || !self.batch.replies.is_empty() || self.batch.ready > 0
+    }
+
+    /// The end of a poll pass: the batch goes out unless the workers are
+    /// backlogged and it is younger than `reply_linger` ([`ReplyLinger`]).
+    fn flush_batch_unless_lingering(&mut self) {
+        let (pending, backlogged) = (self.batch_pending(), self.state.backlogged());
+        if self.linger.decide(pending, backlogged, self.state.reply_linger(), Instant::now()) == LingerDecision::Send {
+            self.flush_batch();
+        }
+    }
+
+    /// How long the next poll may wait: until the next tick, or the
+    /// lingering batch's deadline.
+    fn poll_timeout_ms(&self) -> i64 {
+        let mut wait = TICK;
+        if let Some(due) = self.linger.due_in(self.state.reply_linger(), Instant::now()) {
+            wait = wait.min(due);
+        }
+        // Rounded up: a poll that wakes early only loops once more.
+        (wait.as_micros().div_ceil(1000)) as i64
+    }
+
     /// Sends what the pass gathered: its jobs' updates (JOB_UPDATE), then
     /// one BATCH (a lone READY or REPLY goes as itself).
     fn flush_batch(&mut self) {
+        self.linger.sent();
         let mut updates = std::mem::take(&mut self.batch_updates);
         while !updates.is_empty() {
             let rest = updates.split_off(updates.len().min(emq_protocol::MAX_JOB_UPDATES));

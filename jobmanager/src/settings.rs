@@ -70,6 +70,9 @@ pub struct JobManagerSettings {
     pub worker_pipeline: usize,
     /// Seconds after which jobs queued behind a running job are taken back.
     pub steal_after: f64,
+    /// Seconds a REPLY may wait to go out with the next ones while every
+    /// worker has another job queued here (0: never waits).
+    pub reply_linger: f64,
     /// Extra jobs held by the job manager beyond its workers' pipelines,
     /// while jobs are short (average below `prefetch_below` seconds).
     pub prefetch: usize,
@@ -141,6 +144,7 @@ impl Default for JobManagerSettings {
             kill_escalation: 1.0,
             worker_pipeline: 4,
             steal_after: 0.01,
+            reply_linger: 0.005,
             prefetch: 128,
             prefetch_below: 0.005,
             spare_workers: 1,
@@ -235,6 +239,7 @@ impl JobManagerSettings {
             kill_escalation: v::seconds("kill_escalation", self.kill_escalation, Zero::Refused)?,
             worker_pipeline: v::count("worker_pipeline", self.worker_pipeline, 1, MAX_PIPELINE)?,
             steal_after: v::seconds("steal_after", self.steal_after, Zero::Refused)?,
+            reply_linger: v::seconds_at_most("reply_linger", self.reply_linger, Zero::Allowed, 0.1)?,
             prefetch: v::count("prefetch", self.prefetch, 0, MAX_PREFETCH)?,
             prefetch_below: v::seconds("prefetch_below", self.prefetch_below, Zero::Refused)?,
             spares: v::count("spare_workers", self.spare_workers, 0, MAX_WORKERS)?,
@@ -400,6 +405,7 @@ mod tests {
             refused("kill_grace_period", |s| s.kill_grace_period = bad);
             refused("kill_escalation", |s| s.kill_escalation = bad);
             refused("steal_after", |s| s.steal_after = bad);
+            refused("reply_linger", |s| s.reply_linger = bad);
             refused("prefetch_below", |s| s.prefetch_below = bad);
             refused("heartbeat_interval", |s| s.heartbeat_interval = bad);
             refused("heartbeat_timeout", |s| s.heartbeat_timeout = bad);

@@ -115,6 +115,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kill_escalation",
     "worker_pipeline",
     "steal_after",
+    "reply_linger",
     "prefetch",
     "prefetch_below",
     "spare_workers",

@@ -31,6 +31,7 @@
 //! being lost.
 
 mod health;
+mod linger;
 mod reports;
 mod router_link;
 mod stats;
@@ -41,6 +42,7 @@ mod tick;
 mod updates;
 mod workers;
 
+pub use linger::{LingerDecision, ReplyLinger};
 pub use stats::PoolStats;
 
 use reports::{UnconfirmedReports, RECENT_REPORT_BYTES};
@@ -89,6 +91,9 @@ pub struct JmConfig {
     /// A job queued behind one that has run this long is taken back
     /// (Steal) so it can run elsewhere: prefetching never strands a job.
     pub steal_after: Duration,
+    /// How long REPLYs may wait to go out together while the workers are
+    /// [`JobManagerState::backlogged`] (zero: never).
+    pub reply_linger: Duration,
     /// Router addresses: the main one, then failovers.
     pub addrs: Vec<String>,
     pub allowed_paths: Vec<String>,
@@ -430,6 +435,21 @@ impl JobManagerState {
     /// Whether the router takes BATCH messages.
     pub fn router_batches(&self) -> bool {
         self.link.batches()
+    }
+
+    /// Whether every worker has another job here after the one it runs
+    /// (the local queue and the jobs queued at workers hold at least one
+    /// per worker slot): the workers stay busy without the router for at
+    /// least a job's time, so REPLYs may linger to go out together
+    /// (`reply_linger`).
+    pub fn backlogged(&self) -> bool {
+        let n = self.workers.not_started();
+        n > 0 && n >= self.cfg.workers
+    }
+
+    /// `reply_linger` in force.
+    pub fn reply_linger(&self) -> Duration {
+        self.cfg.reply_linger
     }
 
     /// `max_memory_per_worker` in force (0: off).

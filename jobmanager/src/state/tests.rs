@@ -21,6 +21,7 @@ fn cfg(workers: usize) -> JmConfig {
         prefetch_below: Duration::from_millis(5),
         spares: 0,
         steal_after: Duration::from_millis(10),
+        reply_linger: Duration::ZERO,
         addrs: vec!["tcp://a".into(), "tcp://b".into()],
         allowed_paths: vec!["*".into()],
         allowed_commands: vec!["/bin/echo".into()],

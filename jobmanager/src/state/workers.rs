@@ -90,6 +90,12 @@ impl Workers {
         &self.local_queue
     }
 
+    /// Jobs here that no worker has started: the local queue and the
+    /// ones queued at workers behind their running job.
+    pub(super) fn not_started(&self) -> usize {
+        self.local_queue.len() + self.slots.iter().map(|s| s.waiting.len()).sum::<usize>()
+    }
+
     /// The next job to hand out.
     pub(super) fn pop_queued(&mut self) -> Option<QueuedJob> {
         self.local_queue.pop_front()
