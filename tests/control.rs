@@ -36,8 +36,7 @@ fn cancel_stops_a_running_job_and_the_worker_is_replaced() {
 
 #[test]
 fn cancel_purge_pause_and_resume_of_waiting_jobs() {
-    let addrs = RouterAddrs::fresh();
-    let router = start_router_at(&addrs, &[]).expect("router");
+    let (router, addrs) = start_router(&[]);
     let a = &addrs;
     let mut c = TestClient::connect(&a.frontend);
     // No job manager: jobs wait.

@@ -290,8 +290,7 @@ fn command_jobs_over_http_run_fail_and_are_refused() {
 
 #[test]
 fn idempotency_keys_give_the_same_job_refuse_another_body_and_outlive_a_restart() {
-    let a = RouterAddrs::fresh();
-    let mut router = start_router_at(&a, &[]).expect("router starts");
+    let (mut router, a) = start_router(&[]);
     let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
     wait_slots(&a.admin, 2);
     let token = client_token(&a, "shop");
@@ -383,8 +382,7 @@ fn read_events(
 #[test]
 fn a_reader_resumes_across_a_router_sigkill_and_sees_each_success_once_in_order() {
     const JOBS: usize = 1000;
-    let a = RouterAddrs::fresh();
-    let mut router = start_router_at(&a, &[]).expect("router starts");
+    let (mut router, a) = start_router(&[]);
     let _jm = start_jobmanager(&a.backend, "default", 2, &JM_ENV);
     wait_slots(&a.admin, 2);
     let token = admin_token(&a);

@@ -176,8 +176,7 @@ fn cron_every_minute_fires_on_the_minute() {
 
 #[test]
 fn delayed_jobs_and_schedules_survive_sigkill_of_the_router() {
-    let addrs = RouterAddrs::fresh();
-    let mut router = start_router_at(&addrs, &[]).expect("router starts");
+    let (mut router, addrs) = start_router(&[]);
     let a = &addrs;
     let work = tempdir("timekill");
     let delayed_file = work.join("delayed.txt");

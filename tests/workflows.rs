@@ -52,8 +52,7 @@ fn wait_callbacks(log: &Path, at_least: usize) {
 fn a_thousand_chords_through_two_router_kills_run_each_callback_once() {
     const CHORDS: usize = 1000;
     const MEMBERS: usize = 10;
-    let addrs = RouterAddrs::fresh();
-    let mut router = start_router_at(&addrs, &ROUTER_ENV).expect("router starts");
+    let (mut router, addrs) = start_router(&ROUTER_ENV);
     let _jm = start_jobmanager(&addrs.backend, "default", 2, &JM_ENV);
     wait_slots(&addrs.admin, 2);
     let log = std::env::temp_dir().join(format!("emq-chords-{}", uuid::Uuid::new_v4()));
@@ -122,8 +121,7 @@ fn a_thousand_chords_through_two_router_kills_run_each_callback_once() {
 /// node runs once.
 #[test]
 fn a_workflow_sent_again_after_a_restart_is_one_workflow() {
-    let addrs = RouterAddrs::fresh();
-    let mut router = start_router_at(&addrs, &ROUTER_ENV).expect("router starts");
+    let (mut router, addrs) = start_router(&ROUTER_ENV);
     let log = std::env::temp_dir().join(format!("emq-wf-again-{}", uuid::Uuid::new_v4()));
     let graph = chord(&log, 0, 3).to_graph("tok").unwrap();
     let msg = emq_protocol::Message::with_msgid(
