@@ -845,24 +845,7 @@ def s17(args):
     the same number of jobs (window 1000) on the same router and job
     manager in the same run (the order alternates). Also the router's RSS
     per idle connected client and each client's completion time."""
-    flip = next_flip(s17)
-
-    def both(a, r, j):
-        def one():
-            return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
-                             "--n", str(args.s17_clients * args.s17_jobs), "--window", "1000"])
-
-        def many():
-            return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
-                             "--router-pid", str(r.pid), "--clients", str(args.s17_clients), "--jobs", str(args.s17_jobs)])
-        if flip % 2:
-            single, m = one(), many()
-        else:
-            m, single = many(), one()
-        m["one_client_jobs_per_sec"] = single["jobs_per_sec"]
-        m["ratio_pct"] = 100.0 * m["jobs_per_sec"] / single["jobs_per_sec"]
-        return m
-    return with_router_and_jm(both)
+    return many_vs_one(args.s17_clients, args.s17_jobs, next_flip(s17))
 
 
 def s17_sweep(args, clients):
@@ -871,16 +854,21 @@ def s17_sweep(args, clients):
     fresh router and job manager; beside it one client with a window of
     1000 on the same router (the order alternates)."""
     total = args.s17_clients * args.s17_jobs
-    flip = next_flip(s17_sweep)
+    return many_vs_one(clients, total // clients, next_flip(s17_sweep))
 
+
+def many_vs_one(clients, jobs, flip):
+    """`clients` clients × `jobs` jobs each, all at once (`emq-bench
+    many-clients`), and one client sending as many with a window of 1000,
+    on one fresh router and job manager; `flip` odd: the one client first."""
     def both(a, r, j):
         def one():
             return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
-                             "--n", str(total), "--window", "1000"])
+                             "--n", str(clients * jobs), "--window", "1000"])
 
         def many():
             return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
-                             "--router-pid", str(r.pid), "--clients", str(clients), "--jobs", str(total // clients)])
+                             "--router-pid", str(r.pid), "--clients", str(clients), "--jobs", str(jobs)])
         if flip % 2:
             single, m = one(), many()
         else:

@@ -470,3 +470,52 @@ fn a_job_manager_given_several_router_addresses_serves_the_one_that_answers() {
     let mut c = TestClient::connect(&a.frontend);
     assert_eq!(c.call("default", "benchjobs", "add", json!([2, 5])), json!({"value": 7}));
 }
+
+#[test]
+fn replies_that_linger_under_load_all_arrive_once_and_the_pool_serves_on() {
+    // The longest linger there is: while the workers are backlogged the job
+    // manager holds its REPLYs up to 0.1 s to send them as one BATCH; each
+    // must still reach the client exactly once with its own value, and a
+    // held batch must go at its deadline or when the backlog runs out (a
+    // batch never sent would hang this test). Whether an idle job
+    // manager's REPLY goes at once is `ReplyLinger`'s unit test.
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[("EMQ_REPLY_LINGER", "0.1")]);
+    wait_slots(&a.admin, 2);
+    let c = TestClient::connect(&a.frontend);
+    let n = 400;
+    let ids: HashMap<String, i64> =
+        (0..n).map(|i| (c.send("default", "reply-requested", "benchjobs", "add", json!([i, 1])), i + 1)).collect();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    while seen.len() < ids.len() {
+        assert!(Instant::now() < end, "{} of {n} results after 120 s", seen.len());
+        let Some(f) = c.dealer.recv_timeout(500) else { continue };
+        if f.len() == 6 && f[2] == "REPLY" {
+            let v: Value = serde_json::from_str(&f[4]).expect("reply JSON");
+            let want = ids.get(&f[5]).unwrap_or_else(|| panic!("a reply for a job never sent: {f:?}"));
+            assert_eq!(v["value"], json!(want), "{f:?}");
+            *seen.entry(f[5].clone()).or_default() += 1;
+        }
+    }
+    // No second REPLY for any of them comes later.
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(f) =
+        c.dealer.recv_timeout(quiet_until.saturating_duration_since(Instant::now()).as_millis() as i64 + 1)
+    {
+        if f.len() == 6 && f[2] == "REPLY" {
+            *seen.entry(f[5].clone()).or_default() += 1;
+        }
+        if Instant::now() >= quiet_until {
+            break;
+        }
+    }
+    assert!(
+        seen.values().all(|k| *k == 1),
+        "a job answered twice: {:?}",
+        seen.iter().filter(|(_, k)| **k > 1).collect::<Vec<_>>()
+    );
+    // Idle again: one job alone comes back.
+    let mut c = c;
+    assert_eq!(c.call("default", "benchjobs", "add", json!([40, 2])), json!({"value": 42}));
+}
