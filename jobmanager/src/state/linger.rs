@@ -1,8 +1,9 @@
 //! When the job manager's gathered REPLYs / READYs / updates go out
-//! (`reply_linger`): at the end of every poll pass, unless every worker has
-//! another job queued here and the oldest of them is younger than the
-//! linger — then the router's answer (more work) is not needed for at least
-//! a job's time, and the next passes' REPLYs join the same BATCH. Under load
+//! (`reply_linger`): at the end of every poll pass, unless the job manager is
+//! backlogged ([`super::JobManagerState::backlogged`]: a job waiting per
+//! worker and half of what it may hold) and the oldest of them is younger
+//! than the linger — then the router's answer (more work) is not needed for
+//! a while, and the next passes' REPLYs join the same BATCH. Under load
 //! that is fewer messages, wake-ups and journal group commits per job (in
 //! the job manager, the router's main, journal and events threads and both
 //! sides' ZeroMQ I/O threads); an idle or draining job manager's REPLY never
@@ -30,8 +31,7 @@ pub struct ReplyLinger {
 
 impl ReplyLinger {
     /// Decides at the end of a pass: `pending` — something is gathered;
-    /// `backlogged` — every worker has a job queued behind the one it runs
-    /// ([`super::JobManagerState::backlogged`]); `linger` — the setting.
+    /// `backlogged` — [`super::JobManagerState::backlogged`]; `linger` — the setting.
     pub fn decide(&mut self, pending: bool, backlogged: bool, linger: Duration, now: Instant) -> LingerDecision {
         if !pending {
             self.since = None;

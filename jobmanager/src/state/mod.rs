@@ -437,14 +437,28 @@ impl JobManagerState {
         self.link.batches()
     }
 
-    /// Whether every worker has another job here after the one it runs
-    /// (the local queue and the jobs queued at workers hold at least one
-    /// per worker slot): the workers stay busy without the router for at
-    /// least a job's time, so REPLYs may linger to go out together
-    /// (`reply_linger`).
+    /// Whether the jobs here that no worker has started cover both the
+    /// workers (each has another after the one it runs) and half of what
+    /// this job manager may hold (`worker_pipeline` per worker, plus
+    /// `prefetch` while it is in force): then the REPLYs may linger
+    /// (`reply_linger`) — the READYs they carry, which let the router send
+    /// more, are not needed for a while, and what is left here covers the
+    /// router's round trip once they go. Below that they go at once, so
+    /// the workers never run dry waiting for a lingering batch.
     pub fn backlogged(&self) -> bool {
         let n = self.workers.not_started();
-        n > 0 && n >= self.cfg.workers
+        n > 0 && n >= self.cfg.workers.max(self.capacity() / 2)
+    }
+
+    /// Jobs this job manager may hold at once: its workers' pipelines, and
+    /// `prefetch` while the average job is short enough for it.
+    fn capacity(&self) -> usize {
+        let prefetching = self.stats.job_secs_avg() < self.cfg.prefetch_below.as_secs_f64();
+        self.cfg.workers.saturating_mul(self.cfg.worker_pipeline.max(1)).saturating_add(if prefetching {
+            self.cfg.prefetch
+        } else {
+            0
+        })
     }
 
     /// `reply_linger` in force.

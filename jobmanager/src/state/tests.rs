@@ -888,3 +888,30 @@ fn a_retried_attempt_gets_the_checkpoint_header_in_its_run() {
     });
     assert_eq!(run, Some((2, Some(r#"{"a":1,"b":"50%"}"#.to_owned()))));
 }
+
+#[test]
+fn replies_linger_only_while_half_of_what_it_may_hold_waits_here() {
+    // 2 workers, pipeline 1, prefetch 8 (in force: no job has run long):
+    // it may hold 10 jobs, so REPLYs may linger only while 5 wait here.
+    let mut h = H::with(JmConfig { prefetch: 8, ..cfg(2) });
+    h.ev(Event::Start);
+    for slot in 0..2 {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    assert!(!h.s.backlogged(), "nothing here");
+    for i in 0..6 {
+        h.request(&format!("j{i}"), "", ADD);
+    }
+    assert!(!h.s.backlogged(), "2 running, 4 waiting: fewer than half of 10");
+    h.request("j6", "", ADD);
+    assert!(h.s.backlogged(), "5 waiting");
+    // Without prefetch it may hold 2: one waiting job per worker suffices.
+    let (mut h, _) = H::running(2);
+    for i in 0..3 {
+        h.request(&format!("k{i}"), "", ADD);
+    }
+    assert!(!h.s.backlogged(), "2 running, 1 waiting");
+    h.request("k3", "", ADD);
+    assert!(h.s.backlogged(), "2 running, 2 waiting");
+}
