@@ -974,6 +974,10 @@ def main():
     ap.add_argument("--s16-ms", default="1,10", help="scenario 16: job CPU times (ms)")
     ap.add_argument("--s16-eventmq-n", type=int, default=300, help="scenario 16: jobs per EventMQ run")
     args = ap.parse_args()
+    # Scenarios run their drivers from other directories: a relative venv
+    # path (`--celery-venv target/bench-venv`) would not be found there.
+    if args.celery_venv != "NO_REDIS":
+        args.celery_venv = os.path.abspath(args.celery_venv)
     if args.quick:
         args.s1_n, args.eventmq_n, args.s2_n, args.s3_n, args.s4_n, args.s5_n, args.s6_kills = 2000, 200, 20000, 1000, 50000, 100000, 10
     only = set(args.only.split(","))
