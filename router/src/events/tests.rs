@@ -296,3 +296,73 @@ fn a_requeued_dead_letter_keeps_its_names_and_its_owner() {
     // A requeue has no time of its own: the last record's, the same on replay.
     assert_eq!(events[2].at, 102.0);
 }
+
+#[test]
+fn field_by_field_rendering_is_byte_for_byte_the_maps() {
+    // Every kind of job event, with and without its optional parts, odd
+    // strings (quotes, control characters, non-ASCII), odd numbers (NaN,
+    // huge, negative zero) and results (not JSON, no `value`, past the
+    // budget): the fast rendering must be the map's, byte for byte —
+    // offsets and bytes of events must not change across a replay.
+    let long = "é".repeat(EVENT_RESULT_BYTES);
+    let strings = ["plain", "quote \" and \\ backslash", "ctl \u{1}\n\t", "ünïcødé ☃", ""];
+    let results = [
+        r#"{"value": 5}"#.to_string(),
+        r#"{"value": {"b": 1, "a": [1, 2.5, null]}}"#.to_string(),
+        r#"{"no_value": true}"#.to_string(),
+        "not json".to_string(),
+        format!("{{\"value\": \"{}\"}}", "x".repeat(EVENT_RESULT_BYTES + 1)),
+        r#"[1, 2]"#.to_string(),
+    ];
+    let mut details = vec![
+        Detail::Accepted,
+        Detail::Started { attempt: 1, job_manager: "jm-1".into() },
+        Detail::Requeued { attempts: 3 },
+    ];
+    for s in strings {
+        details.push(Detail::Retrying { attempt: 2, kind: s.into(), message: s.into(), due: 1.5e9 + 0.25 });
+        details.push(Detail::Started { attempt: u32::MAX, job_manager: s.into() });
+    }
+    details.push(Detail::Retrying { attempt: 2, kind: "E".into(), message: long.clone(), due: f64::NAN });
+    for state in [
+        FinalState::Done,
+        FinalState::Failed,
+        FinalState::Lost,
+        FinalState::Refused,
+        FinalState::Dead,
+        FinalState::Cancelled,
+    ] {
+        for r in &results {
+            details.push(Detail::Finished { state, result: r.clone(), failure: None });
+            details.push(Detail::Finished {
+                state,
+                result: r.clone(),
+                failure: Some(("ValueError".into(), "bad \"x\"\n".into())),
+            });
+        }
+        details.push(Detail::Finished { state, result: String::new(), failure: Some(("K".into(), long.clone())) });
+    }
+    let mut checked = 0;
+    for (i, detail) in details.into_iter().enumerate() {
+        for (job, queue, callable) in
+            [(Some("job-1"), Some("default"), Some("pkg.mod.f")), (None, None, None), (Some("j\"2"), None, Some("ünï"))]
+        {
+            for at in [1_733_212_345.123_456, 0.0, -0.0, f64::NAN, 1e300, 1.0 / 3.0] {
+                let e = NewEvent {
+                    offset: i as u64 * 7 + 1,
+                    kind: "succeeded",
+                    job: job.map(Into::into),
+                    queue: queue.map(Into::into),
+                    callable: callable.map(Into::into),
+                    owner: None,
+                    at,
+                    detail: detail.clone(),
+                };
+                assert_eq!(e.render_fields(), e.render_via_map(), "{e:?}");
+                assert_eq!(&*e.render().line, e.render_via_map().as_str());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+}
