@@ -221,10 +221,10 @@ impl Server {
                 }
             }
             // End of the pass: the workers' new jobs, then its REPLYs and
-            // READYs in one message — or, while every worker has more work
-            // queued here, a little later with the next passes' (fewer
-            // messages, wake-ups and group commits per job under load; an
-            // idle job manager's REPLY never waits).
+            // READYs in one message — or, while the job manager is
+            // backlogged, up to `reply_linger` later with the next passes'
+            // (fewer messages, wake-ups and group commits per job under
+            // load; an idle job manager's REPLY never waits).
             self.flush_workers();
             self.flush_batch_unless_lingering();
         }

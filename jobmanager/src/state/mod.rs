@@ -453,12 +453,17 @@ impl JobManagerState {
     /// Jobs this job manager may hold at once: its workers' pipelines, and
     /// `prefetch` while the average job is short enough for it.
     fn capacity(&self) -> usize {
-        let prefetching = self.stats.job_secs_avg() < self.cfg.prefetch_below.as_secs_f64();
-        self.cfg.workers.saturating_mul(self.cfg.worker_pipeline.max(1)).saturating_add(if prefetching {
+        self.cfg.workers.saturating_mul(self.cfg.worker_pipeline.max(1)).saturating_add(self.prefetch_in_force())
+    }
+
+    /// `prefetch`, while the average job runs shorter than
+    /// `prefetch_below`; else 0 (longer jobs wait at the router).
+    fn prefetch_in_force(&self) -> usize {
+        if self.stats.job_secs_avg() < self.cfg.prefetch_below.as_secs_f64() {
             self.cfg.prefetch
         } else {
             0
-        })
+        }
     }
 
     /// `reply_linger` in force.

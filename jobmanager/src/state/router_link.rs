@@ -330,8 +330,7 @@ impl JobManagerState {
             return;
         }
         let depth = self.cfg.worker_pipeline.max(1) as u64;
-        let prefetching = self.stats.job_secs_avg() < self.cfg.prefetch_below.as_secs_f64();
-        let mut capacity = if prefetching { self.cfg.prefetch as u64 } else { 0 };
+        let mut capacity = self.prefetch_in_force() as u64;
         let mut held = self.workers.queued().len() as u64;
         for s in self.workers.slots.iter().filter(|s| !s.spare) {
             match s.state {
