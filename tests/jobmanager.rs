@@ -472,6 +472,64 @@ fn a_job_manager_given_several_router_addresses_serves_the_one_that_answers() {
 }
 
 #[test]
+fn done_jobs_read_in_bursts_all_arrive_once_and_a_crash_meanwhile_is_seen() {
+    // Jobs of 4 ms, 2 workers with 4 jobs each and a long linger: once the
+    // job manager has learnt the jobs' length, its workers' pipes are read
+    // every few milliseconds instead of at each Done (`worker_read_holdoff`).
+    // Every job must still be answered exactly once with its own value; a
+    // worker that dies meanwhile (one job calls os._exit) is seen: that
+    // job fails, the ones queued behind it run elsewhere, the pool goes on.
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[("EMQ_REPLY_LINGER", "0.05"), ("EMQ_WORKER_PIPELINE", "4")]);
+    wait_slots(&a.admin, 8);
+    let c = TestClient::connect(&a.frontend);
+    let n = 400;
+    let mut ids: HashMap<String, Option<f64>> = HashMap::new();
+    let mut crash_id = String::new();
+    for i in 0..n {
+        if i == 250 {
+            crash_id = c.send("default", "reply-requested", "testjobs", "crash", json!([3]));
+            ids.insert(crash_id.clone(), None);
+        }
+        let secs = (4000 + i) as f64 / 1e6;
+        ids.insert(c.send("default", "reply-requested", "testjobs", "sleep", json!([secs])), Some(secs));
+    }
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    while seen.len() < ids.len() {
+        assert!(Instant::now() < end, "{} of {} results after 120 s", seen.len(), ids.len());
+        let Some(f) = c.dealer.recv_timeout(500) else { continue };
+        if f.len() == 6 && f[2] == "REPLY" {
+            let v: Value = serde_json::from_str(&f[4]).expect("reply JSON");
+            match ids.get(&f[5]).unwrap_or_else(|| panic!("a reply for a job never sent: {f:?}")) {
+                Some(secs) => assert_eq!(v["value"], json!(secs), "{f:?}"),
+                None => assert!(v.get("error").is_some(), "the crashing job must fail: {f:?}"),
+            }
+            *seen.entry(f[5].clone()).or_default() += 1;
+        }
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(f) =
+        c.dealer.recv_timeout(quiet_until.saturating_duration_since(Instant::now()).as_millis() as i64 + 1)
+    {
+        if f.len() == 6 && f[2] == "REPLY" {
+            *seen.entry(f[5].clone()).or_default() += 1;
+        }
+        if Instant::now() >= quiet_until {
+            break;
+        }
+    }
+    assert!(
+        seen.values().all(|k| *k == 1),
+        "a job answered twice: {:?}",
+        seen.iter().filter(|(_, k)| **k > 1).collect::<Vec<_>>()
+    );
+    assert_eq!(seen.get(&crash_id), Some(&1));
+    let mut c = c;
+    assert_eq!(c.call("default", "testjobs", "sleep", json!([0.001])), json!({"value": 0.001}));
+}
+
+#[test]
 fn replies_that_linger_under_load_all_arrive_once_and_the_pool_serves_on() {
     // The longest linger there is: while the workers are backlogged the job
     // manager holds its REPLYs up to 0.1 s to send them as one BATCH; each

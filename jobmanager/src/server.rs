@@ -4,7 +4,7 @@
 //! state machine's actions are performed. Process handling stays behind
 //! `emq_pool::WorkerProcess`.
 
-use crate::state::{Action, Event, JobManagerState, LingerDecision, ReplyLinger};
+use crate::state::{Action, Event, JobManagerState, LingerDecision, ReplyLinger, WorkerReadHoldoff};
 use emq_pool::{FromWorker, Template, ToWorker, WorkerConfig, WorkerProcess};
 use emq_protocol::{Command, Heartbeat, Message};
 use emq_sender::Sender;
@@ -49,6 +49,9 @@ pub struct Server {
     batch_updates: Vec<emq_protocol::JobUpdate>,
     /// Whether the gathered batch waits for more (`reply_linger`).
     linger: ReplyLinger,
+    /// Whether this poll leaves the workers' pipes unread (their `Done`s
+    /// pile up and are read in one wake-up; `worker_read_holdoff`).
+    holdoff: WorkerReadHoldoff,
     identity_prefix: String,
     signals: OwnedFd,
     reload: Reloader,
@@ -111,6 +114,7 @@ impl Server {
             batch: Default::default(),
             batch_updates: Vec::new(),
             linger: ReplyLinger::default(),
+            holdoff: WorkerReadHoldoff::default(),
             identity_prefix,
             signals: install_signal_pipe()?,
             reload,
@@ -259,8 +263,20 @@ impl Server {
     }
 
     fn poll_once(&mut self, events: &mut Vec<Event>) {
-        let worker_fds: Vec<(usize, RawFd)> =
-            self.workers.iter().enumerate().filter_map(|(i, w)| w.as_ref().map(|w| (i, w.output_fd()))).collect();
+        // While every worker has jobs queued behind its running one, their
+        // pipes are read every holdoff instead of at each `Done`.
+        let hold = self.holdoff.before_poll(self.state.worker_read_holdoff(), Instant::now());
+        let worker_fds: Vec<(usize, RawFd)> = if hold.is_some() {
+            Vec::new()
+        } else {
+            self.workers.iter().enumerate().filter_map(|(i, w)| w.as_ref().map(|w| (i, w.output_fd()))).collect()
+        };
+        let timeout = match hold {
+            // Rounded up (a poll of 0 would spin): the holdoff leaves a
+            // job and a millisecond before any worker could run dry.
+            Some(d) => self.poll_timeout_ms().min(d.as_micros().div_ceil(1000) as i64),
+            None => self.poll_timeout_ms(),
+        };
         let (sock_ready, sig_ready, ready_workers) = {
             let mut items = Vec::with_capacity(2 + worker_fds.len());
             items.push(zmq::PollItem::from_fd(self.signals.as_raw_fd(), zmq::POLLIN));
@@ -271,7 +287,7 @@ impl Server {
             for (_, fd) in &worker_fds {
                 items.push(zmq::PollItem::from_fd(*fd, zmq::POLLIN));
             }
-            match zmq::poll(&mut items, self.poll_timeout_ms()) {
+            match zmq::poll(&mut items, timeout) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => error!(error = %e, "poll failed"),
             }

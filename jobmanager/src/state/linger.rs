@@ -60,6 +60,38 @@ impl ReplyLinger {
     }
 }
 
+/// When the workers' pipes are next read, while
+/// [`super::JobManagerState::worker_read_holdoff`] lets them go unread:
+/// polls alternate between one without the workers' pipes (waiting at most
+/// the holdoff, still woken by the router and signals) and one with them,
+/// which reads every `Done` that piled up in one wake-up.
+#[derive(Debug, Default)]
+pub struct WorkerReadHoldoff {
+    /// The pipes are left out of polls until then.
+    until: Option<Instant>,
+}
+
+impl WorkerReadHoldoff {
+    /// Before a poll: `Some(wait)` — leave the workers' pipes out of it and
+    /// wait at most `wait`; `None` — poll them. `holdoff` is what the state
+    /// allows now: when it allows nothing any more (a worker went idle,
+    /// the backlog is gone), the pipes are read at once.
+    pub fn before_poll(&mut self, holdoff: Option<Duration>, now: Instant) -> Option<Duration> {
+        match (self.until, holdoff) {
+            (Some(t), Some(_)) if now < t => Some(t - now),
+            (Some(_), _) => {
+                self.until = None;
+                None
+            }
+            (None, Some(d)) => {
+                self.until = now.checked_add(d);
+                self.until.map(|_| d)
+            }
+            (None, None) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +150,34 @@ mod tests {
         let mut l = ReplyLinger::default();
         assert!(matches!(l.decide(true, true, Duration::MAX, t0), LingerDecision::Send | LingerDecision::Wait(_)));
         let _ = l.due_in(Duration::MAX, t0);
+    }
+
+    const H: Duration = Duration::from_millis(2);
+
+    #[test]
+    fn worker_pipes_are_read_after_each_holdoff() {
+        let t0 = Instant::now();
+        let mut h = WorkerReadHoldoff::default();
+        // Nothing allowed: read them.
+        assert_eq!(h.before_poll(None, t0), None);
+        // Allowed: a poll without them, at most the holdoff.
+        assert_eq!(h.before_poll(Some(H), t0), Some(H));
+        // Woken early (the router): the rest of it.
+        let t1 = t0 + Duration::from_micros(500);
+        assert_eq!(h.before_poll(Some(H), t1), Some(H - Duration::from_micros(500)));
+        // Over: read them, once, whatever is allowed.
+        assert_eq!(h.before_poll(Some(H), t0 + H), None);
+        // Then the next holdoff starts.
+        assert_eq!(h.before_poll(Some(H), t0 + H), Some(H));
+    }
+
+    #[test]
+    fn a_holdoff_no_longer_allowed_ends_at_once() {
+        let t0 = Instant::now();
+        let mut h = WorkerReadHoldoff::default();
+        assert_eq!(h.before_poll(Some(H), t0), Some(H));
+        // A worker went idle, or the backlog is gone: read them now.
+        assert_eq!(h.before_poll(None, t0 + Duration::from_micros(100)), None);
+        assert_eq!(h.before_poll(None, t0 + Duration::from_micros(200)), None);
     }
 }

@@ -42,7 +42,7 @@ mod tick;
 mod updates;
 mod workers;
 
-pub use linger::{LingerDecision, ReplyLinger};
+pub use linger::{LingerDecision, ReplyLinger, WorkerReadHoldoff};
 pub use stats::PoolStats;
 
 use reports::{UnconfirmedReports, RECENT_REPORT_BYTES};
@@ -57,6 +57,11 @@ use emq_protocol::{
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// The shortest worker read holdoff ([`JobManagerState::worker_read_holdoff`]):
+/// a poll waits in whole milliseconds, and below it the jobs are short
+/// enough that their `Done`s already arrive together.
+pub const MIN_WORKER_HOLDOFF: Duration = Duration::from_millis(1);
 
 /// The state machine's configuration (from [`crate::JobManagerSettings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -448,6 +453,44 @@ impl JobManagerState {
     pub fn backlogged(&self) -> bool {
         let n = self.workers.not_started();
         n > 0 && n >= self.cfg.workers.max(self.capacity() / 2)
+    }
+
+    /// How long the workers' pipes may go unread: while the job manager
+    /// is backlogged ([`Self::backlogged`]) and every worker runs a job
+    /// with at least two more queued behind it, none can run dry before
+    /// it has finished (queued − 1) jobs of the average length (less a
+    /// poll's granularity, in whole milliseconds) — so their
+    /// `Done`s may pile up in the pipes (nothing is lost there: a worker
+    /// that dies after writing one still has it read) and be read in one
+    /// wake-up instead of one each, at most `reply_linger` later (the
+    /// REPLYs linger as long anyway). `None`: read them as they come (a
+    /// worker idle, starting or nearly dry; short jobs, where it would save
+    /// under [`MIN_WORKER_HOLDOFF`]; `reply_linger` 0).
+    pub fn worker_read_holdoff(&self) -> Option<Duration> {
+        let linger = self.cfg.reply_linger;
+        if linger.is_zero() || !self.backlogged() {
+            return None;
+        }
+        let mut least_queued = usize::MAX;
+        for s in self.workers.slots.iter().filter(|s| !s.spare) {
+            if !matches!(s.state, SlotState::Busy(_)) {
+                return None;
+            }
+            least_queued = least_queued.min(s.waiting.len());
+        }
+        if least_queued < 2 || least_queued == usize::MAX {
+            return None;
+        }
+        let avg = self.stats.job_secs_avg();
+        if !avg.is_finite() || avg <= 0.0 {
+            return None;
+        }
+        // A job's margin and a poll's granularity (whole milliseconds,
+        // the last one rounded up) below the time the worker with the
+        // fewest queued can run before it is dry, in whole milliseconds.
+        let secs = (avg * (least_queued - 1) as f64 - MIN_WORKER_HOLDOFF.as_secs_f64()).min(linger.as_secs_f64());
+        let hold = Duration::from_millis((secs * 1000.0).floor().max(0.0) as u64);
+        (hold >= MIN_WORKER_HOLDOFF).then_some(hold)
     }
 
     /// Jobs this job manager may hold at once: its workers' pipelines, and

@@ -915,3 +915,98 @@ fn replies_linger_only_while_half_of_what_it_may_hold_waits_here() {
     h.request("k3", "", ADD);
     assert!(h.s.backlogged(), "2 running, 2 waiting");
 }
+
+/// Runs `jobs` more jobs of `secs` each through `h`'s two workers, keeping
+/// every worker's pipeline full (the router sends one per job done), each
+/// worker finishing its jobs in the order it got them.
+fn run_steadily(h: &mut H, next: &mut u32, queued: &mut [VecDeque<String>; 2], jobs: u32, secs: f64) {
+    for _ in 0..jobs {
+        for slot in 0..2 {
+            let Some(msgid) = queued[slot].pop_front() else { continue };
+            h.adv(secs / 2.0);
+            let out = h.ev(Event::WorkerDone { slot, msgid, reply_json: "{}".into(), error_type: None });
+            track_runs(&out, queued);
+            *next += 1;
+            let out = h.request(&format!("j{next}"), "", ADD);
+            track_runs(&out, queued);
+        }
+    }
+}
+
+fn track_runs(out: &[Action], queued: &mut [VecDeque<String>; 2]) {
+    for a in out {
+        if let Action::Run { slot, msgid, .. } = a {
+            queued[*slot].push_back(msgid.clone());
+        }
+    }
+}
+
+#[test]
+fn workers_pipes_go_unread_only_while_none_can_run_dry() {
+    // 2 workers, 4 jobs each (one running, three queued), no prefetch:
+    // backlogged from 4 waiting; reply_linger 5 ms.
+    let mut h = H::with(JmConfig {
+        worker_pipeline: 4,
+        reply_linger: Duration::from_millis(5),
+        max_job_count: 1_000_000,
+        ..cfg(2)
+    });
+    h.ev(Event::Start);
+    for slot in 0..2 {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    let mut queued: [VecDeque<String>; 2] = Default::default();
+    let mut next = 0u32;
+    for _ in 0..8 {
+        next += 1;
+        let out = h.request(&format!("j{next}"), "", ADD);
+        track_runs(&out, &mut queued);
+    }
+    assert!(h.s.backlogged());
+    assert_eq!(h.s.worker_read_holdoff(), None, "no job has finished yet: no average to go by");
+    // Jobs of 3.5 ms: once the average has learnt it, a worker with three
+    // queued lasts over 10 ms; the pipes may wait 3.5 ms × 2 − 1 ms, at
+    // most the linger (5 ms).
+    run_steadily(&mut h, &mut next, &mut queued, 40, 0.0035);
+    assert_eq!(h.s.worker_read_holdoff(), Some(Duration::from_millis(5)));
+    // Jobs of 1.7 ms: 1.7 × 2 − 1 = 2.4 ms, in whole milliseconds.
+    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0017);
+    assert_eq!(h.s.worker_read_holdoff(), Some(Duration::from_millis(2)));
+    // Short jobs (0.5 ms): no holdoff worth a poll.
+    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0005);
+    assert_eq!(h.s.worker_read_holdoff(), None);
+    run_steadily(&mut h, &mut next, &mut queued, 60, 0.003);
+    assert!(h.s.worker_read_holdoff().is_some());
+    // A worker with only one job queued behind its running one could run
+    // dry within a job: its Done is read at once.
+    let msgid = queued[0].pop_front().expect("queued");
+    h.adv(0.003);
+    h.ev(Event::WorkerDone { slot: 0, msgid, reply_json: "{}".into(), error_type: None });
+    let msgid = queued[0].pop_front().expect("queued");
+    h.ev(Event::WorkerDone { slot: 0, msgid, reply_json: "{}".into(), error_type: None });
+    assert_eq!(queued[0].len(), 2, "the router sent nothing new: slot 0 runs one job with one queued");
+    assert!(h.s.backlogged(), "still: 1 + 3 jobs wait here");
+    assert_eq!(h.s.worker_read_holdoff(), None);
+}
+
+#[test]
+fn no_holdoff_without_reply_linger() {
+    let mut h =
+        H::with(JmConfig { worker_pipeline: 4, reply_linger: Duration::ZERO, max_job_count: 1_000_000, ..cfg(2) });
+    h.ev(Event::Start);
+    for slot in 0..2 {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    let mut queued: [VecDeque<String>; 2] = Default::default();
+    let mut next = 0u32;
+    for _ in 0..8 {
+        next += 1;
+        let out = h.request(&format!("j{next}"), "", ADD);
+        track_runs(&out, &mut queued);
+    }
+    run_steadily(&mut h, &mut next, &mut queued, 40, 0.003);
+    assert!(h.s.backlogged());
+    assert_eq!(h.s.worker_read_holdoff(), None);
+}
