@@ -144,7 +144,7 @@ impl Default for JobManagerSettings {
             kill_escalation: 1.0,
             worker_pipeline: 4,
             steal_after: 0.01,
-            reply_linger: 0.005,
+            reply_linger: 0.05,
             prefetch: 128,
             prefetch_below: 0.005,
             spare_workers: 1,

@@ -58,6 +58,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// What a backlogged job manager's REPLYs may always linger
+/// (`reply_linger` permitting), however short its jobs; longer jobs may
+/// linger longer ([`JobManagerState::reply_linger`]).
+pub const BASE_LINGER: Duration = Duration::from_millis(5);
+
 /// The shortest worker read holdoff ([`JobManagerState::worker_read_holdoff`]):
 /// a poll waits in whole milliseconds, and below it the jobs are short
 /// enough that their `Done`s already arrive together.
@@ -462,12 +467,12 @@ impl JobManagerState {
     /// poll's granularity, in whole milliseconds) — so their
     /// `Done`s may pile up in the pipes (nothing is lost there: a worker
     /// that dies after writing one still has it read) and be read in one
-    /// wake-up instead of one each, at most `reply_linger` later (the
-    /// REPLYs linger as long anyway). `None`: read them as they come (a
+    /// wake-up instead of one each, at most the linger in force later
+    /// ([`Self::reply_linger`]; the REPLYs linger as long anyway). `None`: read them as they come (a
     /// worker idle, starting or nearly dry; short jobs, where it would save
     /// under [`MIN_WORKER_HOLDOFF`]; `reply_linger` 0).
     pub fn worker_read_holdoff(&self) -> Option<Duration> {
-        let linger = self.cfg.reply_linger;
+        let linger = self.reply_linger();
         if linger.is_zero() || !self.backlogged() {
             return None;
         }
@@ -509,9 +514,25 @@ impl JobManagerState {
         }
     }
 
-    /// `reply_linger` in force.
+    /// How long a backlogged job manager's REPLYs may linger now: half
+    /// the time the jobs waiting here take to start at the average job
+    /// length (a result then waits at most half as long again as the jobs
+    /// queued behind it — the longer the jobs, the larger the batch it
+    /// may gather), at least [`BASE_LINGER`], never past `reply_linger`
+    /// (0: never).
     pub fn reply_linger(&self) -> Duration {
-        self.cfg.reply_linger
+        let cap = self.cfg.reply_linger;
+        if cap.is_zero() {
+            return Duration::ZERO;
+        }
+        let avg = self.stats.job_secs_avg();
+        let queue_wait = if avg.is_finite() && avg > 0.0 {
+            self.workers.not_started() as f64 * avg / self.cfg.workers.max(1) as f64
+        } else {
+            0.0
+        };
+        let half = Duration::from_secs_f64((queue_wait / 2.0).clamp(0.0, cap.as_secs_f64()));
+        cap.min(half.max(BASE_LINGER))
     }
 
     /// `max_memory_per_worker` in force (0: off).

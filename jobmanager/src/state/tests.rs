@@ -1010,3 +1010,54 @@ fn no_holdoff_without_reply_linger() {
     assert!(h.s.backlogged());
     assert_eq!(h.s.worker_read_holdoff(), None);
 }
+
+#[test]
+fn replies_linger_half_the_queue_wait_at_least_the_base_at_most_the_setting() {
+    let start = |cap_ms: u64| {
+        let mut h = H::with(JmConfig {
+            worker_pipeline: 4,
+            reply_linger: Duration::from_millis(cap_ms),
+            max_job_count: 1_000_000,
+            ..cfg(2)
+        });
+        h.ev(Event::Start);
+        for slot in 0..2 {
+            h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+        }
+        h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+        let mut queued: [VecDeque<String>; 2] = Default::default();
+        let mut next = 0u32;
+        for _ in 0..8 {
+            next += 1;
+            let out = h.request(&format!("j{next}"), "", ADD);
+            track_runs(&out, &mut queued);
+        }
+        (h, queued, next)
+    };
+    let near = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() < 0.05;
+    let (mut h, mut queued, mut next) = start(50);
+    assert_eq!(h.s.reply_linger(), BASE_LINGER, "no job has finished: the base");
+    // Jobs of 4 ms; 6 wait here (3 behind each running one): they take
+    // 6 × 4 / 2 = 12 ms to start; half of that.
+    run_steadily(&mut h, &mut next, &mut queued, 60, 0.004);
+    assert_eq!(h.s.workers.not_started(), 6);
+    assert!(near(h.s.reply_linger(), 6.0), "{:?}", h.s.reply_linger());
+    // 10 more arrive (held here): 16 × 4 / 2 / 2 = 16 ms.
+    for i in 0..10 {
+        h.request(&format!("extra{i}"), "", ADD);
+    }
+    assert!(near(h.s.reply_linger(), 16.0), "{:?}", h.s.reply_linger());
+    // Short jobs: the base.
+    let (mut h, mut queued, mut next) = start(50);
+    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0002);
+    assert_eq!(h.s.reply_linger(), BASE_LINGER);
+    // The setting caps it, also below the base; 0 is never.
+    for (cap, want) in [(10, 10.0), (2, 2.0), (0, 0.0)] {
+        let (mut h, mut queued, mut next) = start(cap);
+        run_steadily(&mut h, &mut next, &mut queued, 60, 0.004);
+        for i in 0..10 {
+            h.request(&format!("extra{i}"), "", ADD);
+        }
+        assert!(near(h.s.reply_linger(), want), "cap {cap} ms: {:?}", h.s.reply_linger());
+    }
+}
