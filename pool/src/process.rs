@@ -69,6 +69,9 @@ pub struct WorkerProcess {
     stdin: File,
     stdout: File,
     buf: FrameBuffer,
+    /// What one read of its output takes at most (allocated once: a fresh
+    /// zeroed 64 KiB per read cost a memset at every wake-up).
+    chunk: Box<[u8]>,
     /// Commands queued by [`WorkerProcess::queue`], written by
     /// [`WorkerProcess::flush`].
     pending: Vec<u8>,
@@ -79,6 +82,10 @@ pub struct WorkerProcess {
     /// worker, swept when the worker is reaped.
     command_group: Option<i32>,
 }
+
+/// Bytes one read of a worker's output takes at most (a pipe's default
+/// capacity).
+const READ_CHUNK: usize = 64 * 1024;
 
 fn set_nonblocking(f: &File) -> io::Result<()> {
     let fl = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
@@ -129,6 +136,7 @@ impl WorkerProcess {
             stdin,
             stdout,
             buf: FrameBuffer::default(),
+            chunk: vec![0u8; READ_CHUNK].into_boxed_slice(),
             pending: Vec::new(),
             retiring: false,
             command_group: None,
@@ -201,14 +209,13 @@ impl WorkerProcess {
     /// Reads whatever is available without blocking.
     pub fn read_available(&mut self) -> ReadOutcome {
         let mut out = ReadOutcome::default();
-        let mut chunk = [0u8; 64 * 1024];
         loop {
-            match self.stdout.read(&mut chunk) {
+            match self.stdout.read(&mut self.chunk) {
                 Ok(0) => {
                     out.eof = true;
                     break;
                 }
-                Ok(n) => self.buf.extend(&chunk[..n]),
+                Ok(n) => self.buf.extend(&self.chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

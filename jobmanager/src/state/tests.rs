@@ -581,13 +581,16 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
     for i in 0..5 {
         req(&mut h, &format!("b{i}"), "bulk");
     }
-    // b0 runs, b1 is queued at the worker, b2..b4 wait here.
+    // b0 runs, b1..b3 are queued at the worker (its pipeline of 2 is
+    // twice as deep while prefetch is in force), b4 waits here.
+    let queued_at_worker: Vec<String> = h.s.slots()[0].waiting.iter().map(|j| j.msgid.clone()).collect();
+    assert_eq!(queued_at_worker, ["b1", "b2", "b3"]);
     let out = req(&mut h, "u", "urgent");
     assert!(
         out.contains(&Action::Steal { slot: 0 }),
-        "the lower-weight job queued at the worker is taken back: {out:?}"
+        "the lower-weight jobs queued at the worker are taken back: {out:?}"
     );
-    let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["b1".into()] });
+    let out = h.ev(Event::WorkerStole { slot: 0, msgids: vec!["b1".into(), "b2".into(), "b3".into()] });
     let runs: Vec<String> = out
         .iter()
         .filter_map(|a| match a {
@@ -595,10 +598,10 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
             _ => None,
         })
         .collect();
-    assert_eq!(runs, vec!["u"], "the urgent job is queued next at the worker");
+    assert_eq!(runs, vec!["u", "b1", "b2"], "the urgent job is queued next at the worker, then the bulk ones in order");
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "b0".into(), reply_json: "{}".into(), error_type: None });
     assert!(
-        out.iter().any(|a| matches!(a, Action::Run { msgid, .. } if msgid == "b1")),
+        out.iter().any(|a| matches!(a, Action::Run { msgid, .. } if msgid == "b3")),
         "then the bulk jobs, in order: {out:?}"
     );
     let SlotState::Busy(running) = &h.s.slots()[0].state else { panic!() };

@@ -197,8 +197,15 @@ impl JobManagerState {
     /// A busy worker that can take one more job behind its running one:
     /// room in its pipeline, within `max_job_count`, not about to be
     /// recycled, and a running job young enough to be probably short.
+    ///
+    /// The pipeline is `worker_pipeline` deep, twice that while `prefetch`
+    /// is in force (jobs shorter than `prefetch_below`): the extra jobs
+    /// come from those prefetched here (what the router counts is
+    /// unchanged), and a deeper pipeline lets the workers' `Done`s be read
+    /// in fewer, larger bursts ([`JobManagerState::worker_read_holdoff`]).
     fn pipeline_slot(&self, now: Instant) -> Option<usize> {
-        let depth = self.cfg.worker_pipeline.max(1);
+        let pipeline = self.cfg.worker_pipeline.max(1);
+        let depth = if self.prefetch_in_force() > 0 { pipeline.saturating_mul(2) } else { pipeline };
         self.workers
             .slots
             .iter()
