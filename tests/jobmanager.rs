@@ -471,6 +471,27 @@ fn a_job_manager_given_several_router_addresses_serves_the_one_that_answers() {
     assert_eq!(c.call("default", "benchjobs", "add", json!([2, 5])), json!({"value": 7}));
 }
 
+/// Listens half a second more: no job in `seen` (REPLYs counted by
+/// msgid) may be answered a second time.
+fn assert_no_second_reply(c: &TestClient, seen: &mut HashMap<String, u32>) {
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(f) =
+        c.dealer.recv_timeout(quiet_until.saturating_duration_since(Instant::now()).as_millis() as i64 + 1)
+    {
+        if f.len() == 6 && f[2] == "REPLY" {
+            *seen.entry(f[5].clone()).or_default() += 1;
+        }
+        if Instant::now() >= quiet_until {
+            break;
+        }
+    }
+    assert!(
+        seen.values().all(|k| *k == 1),
+        "a job answered twice: {:?}",
+        seen.iter().filter(|(_, k)| **k > 1).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn done_jobs_read_in_bursts_all_arrive_once_and_a_crash_meanwhile_is_seen() {
     // Jobs of 4 ms, 2 workers with 4 jobs each and a long linger: once the
@@ -508,22 +529,7 @@ fn done_jobs_read_in_bursts_all_arrive_once_and_a_crash_meanwhile_is_seen() {
             *seen.entry(f[5].clone()).or_default() += 1;
         }
     }
-    let quiet_until = Instant::now() + Duration::from_millis(500);
-    while let Some(f) =
-        c.dealer.recv_timeout(quiet_until.saturating_duration_since(Instant::now()).as_millis() as i64 + 1)
-    {
-        if f.len() == 6 && f[2] == "REPLY" {
-            *seen.entry(f[5].clone()).or_default() += 1;
-        }
-        if Instant::now() >= quiet_until {
-            break;
-        }
-    }
-    assert!(
-        seen.values().all(|k| *k == 1),
-        "a job answered twice: {:?}",
-        seen.iter().filter(|(_, k)| **k > 1).collect::<Vec<_>>()
-    );
+    assert_no_second_reply(&c, &mut seen);
     assert_eq!(seen.get(&crash_id), Some(&1));
     let mut c = c;
     assert_eq!(c.call("default", "testjobs", "sleep", json!([0.001])), json!({"value": 0.001}));
@@ -557,22 +563,7 @@ fn replies_that_linger_under_load_all_arrive_once_and_the_pool_serves_on() {
         }
     }
     // No second REPLY for any of them comes later.
-    let quiet_until = Instant::now() + Duration::from_millis(500);
-    while let Some(f) =
-        c.dealer.recv_timeout(quiet_until.saturating_duration_since(Instant::now()).as_millis() as i64 + 1)
-    {
-        if f.len() == 6 && f[2] == "REPLY" {
-            *seen.entry(f[5].clone()).or_default() += 1;
-        }
-        if Instant::now() >= quiet_until {
-            break;
-        }
-    }
-    assert!(
-        seen.values().all(|k| *k == 1),
-        "a job answered twice: {:?}",
-        seen.iter().filter(|(_, k)| **k > 1).collect::<Vec<_>>()
-    );
+    assert_no_second_reply(&c, &mut seen);
     // Idle again: one job alone comes back.
     let mut c = c;
     assert_eq!(c.call("default", "benchjobs", "add", json!([40, 2])), json!({"value": 42}));

@@ -919,148 +919,127 @@ fn replies_linger_only_while_half_of_what_it_may_hold_waits_here() {
     assert!(h.s.backlogged(), "2 running, 2 waiting");
 }
 
-/// Runs `jobs` more jobs of `secs` each through `h`'s two workers, keeping
-/// every worker's pipeline full (the router sends one per job done), each
-/// worker finishing its jobs in the order it got them.
-fn run_steadily(h: &mut H, next: &mut u32, queued: &mut [VecDeque<String>; 2], jobs: u32, secs: f64) {
-    for _ in 0..jobs {
-        for slot in 0..2 {
-            let Some(msgid) = queued[slot].pop_front() else { continue };
-            h.adv(secs / 2.0);
-            let out = h.ev(Event::WorkerDone { slot, msgid, reply_json: "{}".into(), error_type: None });
-            track_runs(&out, queued);
-            *next += 1;
-            let out = h.request(&format!("j{next}"), "", ADD);
-            track_runs(&out, queued);
-        }
-    }
+/// Two workers with 4 jobs each (one running, three queued behind it), no
+/// prefetch (backlogged from 4 waiting), `reply_linger` as given; the
+/// router sends one job per job done, so every pipeline stays full.
+struct Steady {
+    h: H,
+    /// Each worker's jobs in the order it got them (the first runs).
+    queued: [VecDeque<String>; 2],
+    next: u32,
 }
 
-fn track_runs(out: &[Action], queued: &mut [VecDeque<String>; 2]) {
-    for a in out {
-        if let Action::Run { slot, msgid, .. } = a {
-            queued[*slot].push_back(msgid.clone());
+impl Steady {
+    fn new(reply_linger: Duration) -> Self {
+        let mut h = H::with(JmConfig { worker_pipeline: 4, reply_linger, max_job_count: 1_000_000, ..cfg(2) });
+        h.ev(Event::Start);
+        for slot in 0..2 {
+            h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+        }
+        h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+        let mut st = Steady { h, queued: Default::default(), next: 0 };
+        for _ in 0..8 {
+            st.send_one();
+        }
+        st
+    }
+
+    fn send_one(&mut self) {
+        self.next += 1;
+        let out = self.h.request(&format!("j{}", self.next), "", ADD);
+        self.track(&out);
+    }
+
+    fn track(&mut self, out: &[Action]) {
+        for a in out {
+            if let Action::Run { slot, msgid, .. } = a {
+                self.queued[*slot].push_back(msgid.clone());
+            }
+        }
+    }
+
+    /// A job of `slot` done after `secs`.
+    fn done(&mut self, slot: usize, secs: f64) {
+        let msgid = self.queued[slot].pop_front().expect("a job at the worker");
+        self.h.adv(secs);
+        let out = self.h.ev(Event::WorkerDone { slot, msgid, reply_json: "{}".into(), error_type: None });
+        self.track(&out);
+    }
+
+    /// `rounds` rounds of jobs of `secs`: each worker finishes one (the
+    /// two half a job apart) and the router sends one more for it.
+    fn run(&mut self, rounds: u32, secs: f64) {
+        for _ in 0..rounds {
+            for slot in 0..2 {
+                self.done(slot, secs / 2.0);
+                self.send_one();
+            }
         }
     }
 }
 
 #[test]
 fn workers_pipes_go_unread_only_while_none_can_run_dry() {
-    // 2 workers, 4 jobs each (one running, three queued), no prefetch:
-    // backlogged from 4 waiting; reply_linger 5 ms.
-    let mut h = H::with(JmConfig {
-        worker_pipeline: 4,
-        reply_linger: Duration::from_millis(5),
-        max_job_count: 1_000_000,
-        ..cfg(2)
-    });
-    h.ev(Event::Start);
-    for slot in 0..2 {
-        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-    }
-    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
-    let mut queued: [VecDeque<String>; 2] = Default::default();
-    let mut next = 0u32;
-    for _ in 0..8 {
-        next += 1;
-        let out = h.request(&format!("j{next}"), "", ADD);
-        track_runs(&out, &mut queued);
-    }
-    assert!(h.s.backlogged());
-    assert_eq!(h.s.worker_read_holdoff(), None, "no job has finished yet: no average to go by");
+    let mut st = Steady::new(Duration::from_millis(5));
+    assert!(st.h.s.backlogged());
+    assert_eq!(st.h.s.worker_read_holdoff(), None, "no job has finished yet: no average to go by");
     // Jobs of 3.5 ms: once the average has learnt it, a worker with three
     // queued lasts over 10 ms; the pipes may wait 3.5 ms × 2 − 1 ms, at
     // most the linger (5 ms).
-    run_steadily(&mut h, &mut next, &mut queued, 40, 0.0035);
-    assert_eq!(h.s.worker_read_holdoff(), Some(Duration::from_millis(5)));
+    st.run(40, 0.0035);
+    assert_eq!(st.h.s.worker_read_holdoff(), Some(Duration::from_millis(5)));
     // Jobs of 1.7 ms: 1.7 × 2 − 1 = 2.4 ms, in whole milliseconds.
-    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0017);
-    assert_eq!(h.s.worker_read_holdoff(), Some(Duration::from_millis(2)));
+    st.run(60, 0.0017);
+    assert_eq!(st.h.s.worker_read_holdoff(), Some(Duration::from_millis(2)));
     // Short jobs (0.5 ms): no holdoff worth a poll.
-    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0005);
-    assert_eq!(h.s.worker_read_holdoff(), None);
-    run_steadily(&mut h, &mut next, &mut queued, 60, 0.003);
-    assert!(h.s.worker_read_holdoff().is_some());
+    st.run(60, 0.0005);
+    assert_eq!(st.h.s.worker_read_holdoff(), None);
+    st.run(60, 0.003);
+    assert!(st.h.s.worker_read_holdoff().is_some());
     // A worker with only one job queued behind its running one could run
     // dry within a job: its Done is read at once.
-    let msgid = queued[0].pop_front().expect("queued");
-    h.adv(0.003);
-    h.ev(Event::WorkerDone { slot: 0, msgid, reply_json: "{}".into(), error_type: None });
-    let msgid = queued[0].pop_front().expect("queued");
-    h.ev(Event::WorkerDone { slot: 0, msgid, reply_json: "{}".into(), error_type: None });
-    assert_eq!(queued[0].len(), 2, "the router sent nothing new: slot 0 runs one job with one queued");
-    assert!(h.s.backlogged(), "still: 1 + 3 jobs wait here");
-    assert_eq!(h.s.worker_read_holdoff(), None);
+    st.done(0, 0.003);
+    st.done(0, 0.0);
+    assert_eq!(st.queued[0].len(), 2, "the router sent nothing new: slot 0 runs one job with one queued");
+    assert!(st.h.s.backlogged(), "still: 1 + 3 jobs wait here");
+    assert_eq!(st.h.s.worker_read_holdoff(), None);
 }
 
 #[test]
 fn no_holdoff_without_reply_linger() {
-    let mut h =
-        H::with(JmConfig { worker_pipeline: 4, reply_linger: Duration::ZERO, max_job_count: 1_000_000, ..cfg(2) });
-    h.ev(Event::Start);
-    for slot in 0..2 {
-        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-    }
-    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
-    let mut queued: [VecDeque<String>; 2] = Default::default();
-    let mut next = 0u32;
-    for _ in 0..8 {
-        next += 1;
-        let out = h.request(&format!("j{next}"), "", ADD);
-        track_runs(&out, &mut queued);
-    }
-    run_steadily(&mut h, &mut next, &mut queued, 40, 0.003);
-    assert!(h.s.backlogged());
-    assert_eq!(h.s.worker_read_holdoff(), None);
+    let mut st = Steady::new(Duration::ZERO);
+    st.run(40, 0.003);
+    assert!(st.h.s.backlogged());
+    assert_eq!(st.h.s.worker_read_holdoff(), None);
 }
 
 #[test]
 fn replies_linger_half_the_queue_wait_at_least_the_base_at_most_the_setting() {
-    let start = |cap_ms: u64| {
-        let mut h = H::with(JmConfig {
-            worker_pipeline: 4,
-            reply_linger: Duration::from_millis(cap_ms),
-            max_job_count: 1_000_000,
-            ..cfg(2)
-        });
-        h.ev(Event::Start);
-        for slot in 0..2 {
-            h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-        }
-        h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
-        let mut queued: [VecDeque<String>; 2] = Default::default();
-        let mut next = 0u32;
-        for _ in 0..8 {
-            next += 1;
-            let out = h.request(&format!("j{next}"), "", ADD);
-            track_runs(&out, &mut queued);
-        }
-        (h, queued, next)
-    };
     let near = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() < 0.05;
-    let (mut h, mut queued, mut next) = start(50);
-    assert_eq!(h.s.reply_linger(), BASE_LINGER, "no job has finished: the base");
+    let extra = |st: &mut Steady| {
+        for i in 0..10 {
+            st.h.request(&format!("extra{i}"), "", ADD);
+        }
+    };
+    let mut st = Steady::new(Duration::from_millis(50));
+    assert_eq!(st.h.s.reply_linger(), BASE_LINGER, "no job has finished: the base");
     // Jobs of 4 ms; 6 wait here (3 behind each running one): they take
     // 6 × 4 / 2 = 12 ms to start; half of that.
-    run_steadily(&mut h, &mut next, &mut queued, 60, 0.004);
-    assert_eq!(h.s.workers.not_started(), 6);
-    assert!(near(h.s.reply_linger(), 6.0), "{:?}", h.s.reply_linger());
+    st.run(60, 0.004);
+    assert_eq!(st.h.s.workers.not_started(), 6);
+    assert!(near(st.h.s.reply_linger(), 6.0), "{:?}", st.h.s.reply_linger());
     // 10 more arrive (held here): 16 × 4 / 2 / 2 = 16 ms.
-    for i in 0..10 {
-        h.request(&format!("extra{i}"), "", ADD);
-    }
-    assert!(near(h.s.reply_linger(), 16.0), "{:?}", h.s.reply_linger());
+    extra(&mut st);
+    assert!(near(st.h.s.reply_linger(), 16.0), "{:?}", st.h.s.reply_linger());
     // Short jobs: the base.
-    let (mut h, mut queued, mut next) = start(50);
-    run_steadily(&mut h, &mut next, &mut queued, 60, 0.0002);
-    assert_eq!(h.s.reply_linger(), BASE_LINGER);
+    let mut st = Steady::new(Duration::from_millis(50));
+    st.run(60, 0.0002);
+    assert_eq!(st.h.s.reply_linger(), BASE_LINGER);
     // The setting caps it, also below the base; 0 is never.
     for (cap, want) in [(10, 10.0), (2, 2.0), (0, 0.0)] {
-        let (mut h, mut queued, mut next) = start(cap);
-        run_steadily(&mut h, &mut next, &mut queued, 60, 0.004);
-        for i in 0..10 {
-            h.request(&format!("extra{i}"), "", ADD);
-        }
-        assert!(near(h.s.reply_linger(), want), "cap {cap} ms: {:?}", h.s.reply_linger());
+        let mut st = Steady::new(Duration::from_millis(cap));
+        st.run(60, 0.004);
+        extra(&mut st);
+        assert!(near(st.h.s.reply_linger(), want), "cap {cap} ms: {:?}", st.h.s.reply_linger());
     }
 }
