@@ -468,9 +468,11 @@ impl JobManagerState {
     /// `Done`s may pile up in the pipes (nothing is lost there: a worker
     /// that dies after writing one still has it read) and be read in one
     /// wake-up instead of one each, at most the linger in force later
-    /// ([`Self::reply_linger`]; the REPLYs linger as long anyway). `None`: read them as they come (a
-    /// worker idle, starting or nearly dry; short jobs, where it would save
-    /// under [`MIN_WORKER_HOLDOFF`]; `reply_linger` 0).
+    /// ([`Self::reply_linger`]; the REPLYs linger as long anyway).
+    /// `None`: read them as they come (a worker idle, starting, nearly dry
+    /// or asked to give its queued jobs back — a `Steal` empties its
+    /// pipeline; short jobs, where it would save under
+    /// [`MIN_WORKER_HOLDOFF`]; `reply_linger` 0).
     pub fn worker_read_holdoff(&self) -> Option<Duration> {
         let linger = self.reply_linger();
         if linger.is_zero() || !self.backlogged() {
@@ -478,7 +480,9 @@ impl JobManagerState {
         }
         let mut least_queued = usize::MAX;
         for s in self.workers.slots.iter().filter(|s| !s.spare) {
-            if !matches!(s.state, SlotState::Busy(_)) {
+            // A worker asked to give its queued jobs back (`Steal`) keeps
+            // only its running one: its pipe must be read as it comes.
+            if !matches!(s.state, SlotState::Busy(_)) || s.steal_pending {
                 return None;
             }
             least_queued = least_queued.min(s.waiting.len());

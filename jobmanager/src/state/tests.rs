@@ -1043,3 +1043,18 @@ fn replies_linger_half_the_queue_wait_at_least_the_base_at_most_the_setting() {
         assert!(near(st.h.s.reply_linger(), want), "cap {cap} ms: {:?}", st.h.s.reply_linger());
     }
 }
+
+#[test]
+fn a_steal_ends_the_holdoff() {
+    let mut st = Steady::new(Duration::from_millis(50));
+    st.run(40, 0.0035);
+    assert!(st.h.s.worker_read_holdoff().is_some());
+    // The running jobs outlast steal_after (10 ms): the job manager asks for
+    // the jobs queued behind them back, so each worker keeps only its
+    // running one and could go idle any moment — its pipe is read as it
+    // comes (20 ms jobs ran at 80 % efficiency before this).
+    st.h.adv(0.011);
+    let out = st.h.ev(Event::Tick);
+    assert!(out.contains(&Action::Steal { slot: 0 }), "{out:?}");
+    assert_eq!(st.h.s.worker_read_holdoff(), None);
+}
