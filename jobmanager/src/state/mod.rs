@@ -455,7 +455,13 @@ impl JobManagerState {
     /// more, are not needed for a while, and what is left here covers the
     /// router's round trip once they go. Below that they go at once, so
     /// the workers never run dry waiting for a lingering batch.
+    ///
+    /// A stopping job manager is draining: never backlogged (its REPLYs go
+    /// at once, its workers' pipes are read as they come).
     pub fn backlogged(&self) -> bool {
+        if self.lifecycle.is_stopping() {
+            return false;
+        }
         let n = self.workers.not_started();
         n > 0 && n >= self.cfg.workers.max(self.capacity() / 2)
     }

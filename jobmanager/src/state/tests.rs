@@ -1058,3 +1058,17 @@ fn a_steal_ends_the_holdoff() {
     assert!(out.contains(&Action::Steal { slot: 0 }), "{out:?}");
     assert_eq!(st.h.s.worker_read_holdoff(), None);
 }
+
+#[test]
+fn a_stopping_job_manager_neither_lingers_nor_holds_off() {
+    let mut st = Steady::new(Duration::from_millis(50));
+    st.run(40, 0.0035);
+    assert!(st.h.s.backlogged());
+    assert!(st.h.s.worker_read_holdoff().is_some());
+    // Stopping: the jobs queued at the workers still run, but it drains —
+    // each REPLY goes at once and each Done is read as it comes.
+    st.h.ev(Event::Stop);
+    assert!(st.h.s.workers.not_started() >= 4, "the workers keep what they hold");
+    assert!(!st.h.s.backlogged());
+    assert_eq!(st.h.s.worker_read_holdoff(), None);
+}
