@@ -53,6 +53,8 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
 
     // All at once: every client sends its J jobs, then takes its results.
     let threads = threads.clamp(1, clients);
+    // For profilers sampling the processes around the measured phase.
+    eprintln!("phase: all at once");
     let start = Instant::now();
     let chunks: Vec<Vec<OneClient>> = {
         let mut chunks: Vec<Vec<OneClient>> = (0..threads).map(|_| Vec::new()).collect();
@@ -129,6 +131,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
         times.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
     }
     let secs = start.elapsed().as_secs_f64();
+    eprintln!("phase: done");
     times.sort();
     let (min, max) = (times[0].as_secs_f64(), times[times.len() - 1].as_secs_f64());
     let median = times[times.len() / 2].as_secs_f64();

@@ -21,7 +21,7 @@ use emq_journal::{JobLog, Journal, JournalError, SyncPolicy};
 use emq_pgjournal::lease::LeaseShared;
 use emq_pgjournal::{PgError, PgJournal};
 use emq_protocol::{Command, Message};
-use emq_receiver::{PeerId, Receiver, ReceiverError, SendError};
+use emq_receiver::{Incoming, PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -196,6 +196,11 @@ pub struct Server {
     lease: Option<Arc<LeaseShared>>,
     /// Receipts waiting for their journal batch to be durable, in order.
     held: VecDeque<(u64, SocketKind, PeerId, Message)>,
+    /// The messages one `drain` read, kept between passes (no allocation
+    /// per pass).
+    pass: Vec<Incoming>,
+    /// Scratch space for grouping a pass's messages by client.
+    pass_groups: HashMap<PeerId, usize>,
     /// CURVE user names seen, shared.
     user_names: HashMap<String, Arc<str>>,
     /// Checks CURVE keys (when any socket uses CURVE); kept alive here.
@@ -353,6 +358,8 @@ impl Server {
             journal,
             data_dir: opts.dir.clone(),
             held: VecDeque::new(),
+            pass: Vec::new(),
+            pass_groups: HashMap::new(),
             frontend_paused: false,
             user_names: HashMap::new(),
             _zap: zap,
@@ -728,12 +735,28 @@ impl Server {
     fn drain(&mut self, kind: SocketKind) -> Result<bool, ReceiverError> {
         let mut shutdown = false;
         // Bounded so one busy socket cannot starve the others.
-        for _ in 0..4096 {
+        let mut pass = std::mem::take(&mut self.pass);
+        while pass.len() < DRAIN_PER_PASS {
             let Some(incoming) = self.socket(kind).try_recv()? else { break };
+            pass.push(incoming);
+        }
+        if kind == SocketKind::Frontend {
+            // ZeroMQ's fair queueing hands us one message per client in
+            // turn: with many clients sending at once, each one's jobs —
+            // and so its receipts and results — would be spread one per
+            // client across the whole pass, one TCP segment each on the
+            // way back. Grouped by client (in the order ZeroMQ first
+            // showed each; each client's own order kept — an order its
+            // fair queueing could have given too), a client's receipts
+            // and results leave together.
+            group_by_first_seen(&mut pass, &mut self.pass_groups, |m| &m.peer);
+        }
+        for incoming in pass.drain(..) {
             let user = incoming.user.map(|u| self.user_name(u));
             shutdown |=
                 self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message, user });
         }
+        self.pass = pass;
         Ok(shutdown)
     }
 
@@ -949,5 +972,113 @@ impl Server {
             self.flush_outbox();
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// Messages read from one socket per pass at most: one busy socket cannot
+/// starve the others.
+const DRAIN_PER_PASS: usize = 4096;
+
+/// Reorders `items` so that those with the same key are together, groups
+/// in the order their key first appears, each group in its own order (a
+/// stable sort on the first position of each key). `groups` is scratch
+/// space kept between calls. Items already grouped (one sender, or each
+/// sender's messages already together) are left as they are at the cost of
+/// one pass over them.
+pub(crate) fn group_by_first_seen<T, K: std::hash::Hash + Eq + Clone>(
+    items: &mut Vec<T>,
+    groups: &mut HashMap<K, usize>,
+    key: impl Fn(&T) -> &K,
+) {
+    // One sender (the common case): nothing to do, no hashing.
+    if items.len() < 3 || items.windows(2).all(|w| key(&w[0]) == key(&w[1])) {
+        return;
+    }
+    groups.clear();
+    let mut first_seen: Vec<usize> = Vec::with_capacity(items.len());
+    let mut grouped = true;
+    let mut last = usize::MAX;
+    for item in items.iter() {
+        let k = key(item);
+        let g = match groups.get(k) {
+            Some(g) => *g,
+            None => {
+                let g = groups.len();
+                groups.insert(k.clone(), g);
+                g
+            }
+        };
+        // Already grouped while each key's items come in one run.
+        grouped &= g == last || g + 1 == groups.len();
+        last = g;
+        first_seen.push(g);
+    }
+    groups.clear();
+    if grouped {
+        return;
+    }
+    let mut tagged: Vec<(usize, T)> = first_seen.into_iter().zip(items.drain(..)).collect();
+    tagged.sort_by_key(|(g, _)| *g);
+    items.extend(tagged.into_iter().map(|(_, item)| item));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_by_first_seen;
+    use std::collections::HashMap;
+
+    fn grouped(v: &[(char, u32)]) -> Vec<(char, u32)> {
+        let mut v = v.to_vec();
+        group_by_first_seen(&mut v, &mut HashMap::new(), |(k, _)| k);
+        v
+    }
+
+    #[test]
+    fn interleaved_senders_come_out_together_in_first_seen_order_each_in_its_own_order() {
+        let v = [('b', 1), ('a', 1), ('c', 1), ('b', 2), ('a', 2), ('c', 2), ('b', 3), ('a', 3)];
+        assert_eq!(grouped(&v), [('b', 1), ('b', 2), ('b', 3), ('a', 1), ('a', 2), ('a', 3), ('c', 1), ('c', 2)]);
+    }
+
+    #[test]
+    fn already_grouped_or_short_passes_are_unchanged() {
+        let v = [('z', 1), ('z', 2), ('a', 1), ('a', 2), ('m', 1)];
+        assert_eq!(grouped(&v), v);
+        assert_eq!(grouped(&[('b', 1), ('a', 1)]), [('b', 1), ('a', 1)]);
+        assert_eq!(grouped(&[]), []);
+        let one: Vec<(char, u32)> = (0..100).map(|i| ('x', i)).collect();
+        assert_eq!(grouped(&one), one);
+    }
+
+    #[test]
+    fn nothing_is_lost_or_duplicated() {
+        // A pseudo-random interleaving of 50 senders' 20 messages each.
+        let mut v = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = [0u32; 50];
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut k = (x % 50) as usize;
+            while next[k] == 20 {
+                k = (k + 1) % 50;
+            }
+            v.push((k as u32, next[k]));
+            next[k] += 1;
+        }
+        let mut g = v.clone();
+        group_by_first_seen(&mut g, &mut HashMap::new(), |(k, _)| k);
+        assert_eq!(g.len(), v.len());
+        // Each sender's messages: one run, in order 0..20.
+        let mut runs = 0;
+        for (i, (k, n)) in g.iter().enumerate() {
+            if i == 0 || g[i - 1].0 != *k {
+                runs += 1;
+                assert_eq!(*n, 0);
+            } else {
+                assert_eq!(*n, g[i - 1].1 + 1);
+            }
+        }
+        assert_eq!(runs, 50);
     }
 }
