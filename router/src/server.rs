@@ -200,7 +200,7 @@ pub struct Server {
     /// per pass).
     pass: Vec<Incoming>,
     /// Scratch space for grouping a pass's messages by client.
-    pass_groups: HashMap<PeerId, usize>,
+    pass_groups: HashMap<PeerId, (usize, usize)>,
     /// CURVE user names seen, shared.
     user_names: HashMap<String, Arc<str>>,
     /// Checks CURVE keys (when any socket uses CURVE); kept alive here.
@@ -745,11 +745,12 @@ impl Server {
             // turn: with many clients sending at once, each one's jobs —
             // and so its receipts and results — would be spread one per
             // client across the whole pass, one TCP segment each on the
-            // way back. Grouped by client (in the order ZeroMQ first
-            // showed each; each client's own order kept — an order its
-            // fair queueing could have given too), a client's receipts
-            // and results leave together.
-            group_by_first_seen(&mut pass, &mut self.pass_groups, |m| &m.peer);
+            // way back. Grouped by client in runs of up to 16 (clients in
+            // the order ZeroMQ first showed each; each client's own order
+            // kept — an order its fair queueing could have given too), a
+            // client's receipts and results leave together, and a burst
+            // puts at most 16 jobs before another client's first.
+            group_by_sender(&mut pass, &mut self.pass_groups, GROUP_RUN_MAX, |m| &m.peer);
         }
         for incoming in pass.drain(..) {
             let user = incoming.user.map(|u| self.user_name(u));
@@ -979,106 +980,129 @@ impl Server {
 /// starve the others.
 const DRAIN_PER_PASS: usize = 4096;
 
-/// Reorders `items` so that those with the same key are together, groups
-/// in the order their key first appears, each group in its own order (a
-/// stable sort on the first position of each key). `groups` is scratch
-/// space kept between calls. Items already grouped (one sender, or each
-/// sender's messages already together) are left as they are at the cost of
-/// one pass over them.
-pub(crate) fn group_by_first_seen<T, K: std::hash::Hash + Eq + Clone>(
+/// A sender's messages taken in a row at most when a pass is grouped
+/// ([`group_by_sender`]): enough for the many-clients case (a 4,096-message
+/// pass from 1,000 clients holds ~4 of each) while one client's burst
+/// puts at most this many of its jobs before another client's first.
+const GROUP_RUN_MAX: usize = 16;
+
+/// Reorders `items` like a fair queue with a quantum of `run_max`: senders
+/// (by `key`) in the order each first appears, each taking up to `run_max`
+/// of its items in a row per round, rounds repeated until all are placed.
+/// Each sender's own order is kept. ZeroMQ's fair queueing takes one
+/// message per sender per turn; this takes up to `run_max`, so a sender's
+/// receipts and results can leave together, while a sender with one
+/// message still gets it in after at most `run_max` of any other's.
+/// `groups` is scratch space kept between calls. Items already in that
+/// order (one sender, or each sender's messages already together and
+/// no longer than `run_max`) are left as they are.
+pub(crate) fn group_by_sender<T, K: std::hash::Hash + Eq + Clone>(
     items: &mut Vec<T>,
-    groups: &mut HashMap<K, usize>,
+    groups: &mut HashMap<K, (usize, usize)>,
+    run_max: usize,
     key: impl Fn(&T) -> &K,
 ) {
     // One sender (the common case): nothing to do, no hashing.
     if items.len() < 3 || items.windows(2).all(|w| key(&w[0]) == key(&w[1])) {
         return;
     }
+    let run_max = run_max.max(1);
     groups.clear();
-    let mut first_seen: Vec<usize> = Vec::with_capacity(items.len());
-    let mut grouped = true;
-    let mut last = usize::MAX;
+    // Each item's place: (round, sender's first-seen rank).
+    let mut place: Vec<(usize, usize)> = Vec::with_capacity(items.len());
     for item in items.iter() {
         let k = key(item);
-        let g = match groups.get(k) {
-            Some(g) => *g,
+        let next = groups.len();
+        let (rank, seen) = match groups.get_mut(k) {
+            Some(g) => g,
             None => {
-                let g = groups.len();
-                groups.insert(k.clone(), g);
-                g
+                groups.insert(k.clone(), (next, 0));
+                groups.get_mut(k).expect("just inserted")
             }
         };
-        // Already grouped while each key's items come in one run.
-        grouped &= g == last || g + 1 == groups.len();
-        last = g;
-        first_seen.push(g);
+        place.push((*seen / run_max, *rank));
+        *seen += 1;
     }
     groups.clear();
-    if grouped {
+    if place.windows(2).all(|w| w[0] <= w[1]) {
         return;
     }
-    let mut tagged: Vec<(usize, T)> = first_seen.into_iter().zip(items.drain(..)).collect();
-    tagged.sort_by_key(|(g, _)| *g);
+    let mut tagged: Vec<((usize, usize), T)> = place.into_iter().zip(items.drain(..)).collect();
+    // Stable: a sender's items within one round keep their order.
+    tagged.sort_by_key(|(p, _)| *p);
     items.extend(tagged.into_iter().map(|(_, item)| item));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::group_by_first_seen;
+    use super::group_by_sender;
     use std::collections::HashMap;
 
-    fn grouped(v: &[(char, u32)]) -> Vec<(char, u32)> {
+    fn grouped(v: &[(char, u32)], run_max: usize) -> Vec<(char, u32)> {
         let mut v = v.to_vec();
-        group_by_first_seen(&mut v, &mut HashMap::new(), |(k, _)| k);
+        group_by_sender(&mut v, &mut HashMap::new(), run_max, |(k, _)| k);
         v
     }
 
     #[test]
     fn interleaved_senders_come_out_together_in_first_seen_order_each_in_its_own_order() {
         let v = [('b', 1), ('a', 1), ('c', 1), ('b', 2), ('a', 2), ('c', 2), ('b', 3), ('a', 3)];
-        assert_eq!(grouped(&v), [('b', 1), ('b', 2), ('b', 3), ('a', 1), ('a', 2), ('a', 3), ('c', 1), ('c', 2)]);
+        assert_eq!(grouped(&v, 16), [('b', 1), ('b', 2), ('b', 3), ('a', 1), ('a', 2), ('a', 3), ('c', 1), ('c', 2)]);
     }
 
     #[test]
     fn already_grouped_or_short_passes_are_unchanged() {
         let v = [('z', 1), ('z', 2), ('a', 1), ('a', 2), ('m', 1)];
-        assert_eq!(grouped(&v), v);
-        assert_eq!(grouped(&[('b', 1), ('a', 1)]), [('b', 1), ('a', 1)]);
-        assert_eq!(grouped(&[]), []);
+        assert_eq!(grouped(&v, 16), v);
+        assert_eq!(grouped(&[('b', 1), ('a', 1)], 16), [('b', 1), ('a', 1)]);
+        assert_eq!(grouped(&[], 16), []);
         let one: Vec<(char, u32)> = (0..100).map(|i| ('x', i)).collect();
-        assert_eq!(grouped(&one), one);
+        assert_eq!(grouped(&one, 16), one);
     }
 
     #[test]
-    fn nothing_is_lost_or_duplicated() {
-        // A pseudo-random interleaving of 50 senders' 20 messages each.
+    fn a_burst_puts_at_most_one_run_before_another_senders_first_message() {
+        // ZeroMQ's order: a1 b1 a2 a3 ... a40 (b sent one job).
+        let mut v = vec![('a', 1), ('b', 1)];
+        v.extend((2..=40).map(|i| ('a', i)));
+        let g = grouped(&v, 16);
+        let b = g.iter().position(|m| m.0 == 'b').expect("b kept");
+        assert_eq!(b, 16, "after a's first run of 16: {g:?}");
+        let a: Vec<u32> = g.iter().filter(|m| m.0 == 'a').map(|m| m.1).collect();
+        assert_eq!(a, (1..=40).collect::<Vec<_>>(), "a's order kept");
+    }
+
+    #[test]
+    fn nothing_is_lost_or_duplicated_and_runs_stay_within_the_quantum() {
+        // A pseudo-random interleaving of 50 senders' 40 messages each.
         let mut v = Vec::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = [0u32; 50];
-        for _ in 0..1000 {
+        for _ in 0..2000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             let mut k = (x % 50) as usize;
-            while next[k] == 20 {
+            while next[k] == 40 {
                 k = (k + 1) % 50;
             }
             v.push((k as u32, next[k]));
             next[k] += 1;
         }
         let mut g = v.clone();
-        group_by_first_seen(&mut g, &mut HashMap::new(), |(k, _)| k);
+        group_by_sender(&mut g, &mut HashMap::new(), 16, |(k, _)| k);
         assert_eq!(g.len(), v.len());
-        // Each sender's messages: one run, in order 0..20.
-        let mut runs = 0;
+        let mut seen = [0u32; 50];
+        let mut run = 0;
         for (i, (k, n)) in g.iter().enumerate() {
-            if i == 0 || g[i - 1].0 != *k {
-                runs += 1;
-                assert_eq!(*n, 0);
-            } else {
-                assert_eq!(*n, g[i - 1].1 + 1);
-            }
+            assert_eq!(*n, seen[*k as usize], "each sender's order kept");
+            seen[*k as usize] += 1;
+            run = if i > 0 && g[i - 1].0 == *k { run + 1 } else { 1 };
+            assert!(run <= 16, "a run longer than the quantum at {i}");
         }
-        assert_eq!(runs, 50);
+        assert!(seen.iter().all(|n| *n == 40), "nothing lost or doubled");
+        // Every sender's first message within the first round.
+        let firsts = g.iter().enumerate().filter(|(_, m)| m.1 == 0).map(|(i, _)| i).max().unwrap();
+        assert!(firsts < 50 * 16, "{firsts}");
     }
 }
