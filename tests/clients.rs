@@ -126,6 +126,71 @@ fn one_client_many_concurrent_requests_each_get_their_own_result() {
     assert_eq!(got, 1000);
 }
 
+/// Many clients sending at once, each a burst: the router groups a poll
+/// pass's messages by client (ZeroMQ hands them over one per client in
+/// turn). Each client must still get every receipt and every result once,
+/// its receipts in the order it sent, each result with its own value.
+#[test]
+fn many_clients_sending_at_once_each_get_every_receipt_in_order_and_every_result_once() {
+    const CLIENTS: usize = 60;
+    const JOBS: usize = 50;
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let clients: Vec<Dealer> = (0..CLIENTS).map(|_| Dealer::connect(&a.frontend)).collect();
+    // Every client's burst, one client after another, as fast as it goes.
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    for (c, d) in clients.iter().enumerate() {
+        for i in 0..JOBS {
+            let msgid = uuid::Uuid::new_v4().to_string();
+            let payload = json!(["run", {"path": "benchjobs", "callable": "add", "args": [i, c * 1000]}]);
+            d.send(&["", "eMQP/1.0", "REQUEST", &msgid, "default", "reply-requested", &payload.to_string()]);
+            sent[c].push(msgid);
+        }
+    }
+    let mut receipts: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    let mut results: Vec<HashMap<String, serde_json::Value>> = vec![HashMap::new(); CLIENTS];
+    let end = Instant::now() + Duration::from_secs(180);
+    let done = |r: &Vec<Vec<String>>, v: &Vec<HashMap<String, serde_json::Value>>| {
+        r.iter().all(|x| x.len() >= JOBS) && v.iter().all(|x| x.len() >= JOBS)
+    };
+    while !done(&receipts, &results) {
+        assert!(Instant::now() < end, "hang guard: receipts/results missing after 180 s");
+        let mut items: Vec<zmq::PollItem> = clients.iter().map(|d| d.socket.as_poll_item(zmq::POLLIN)).collect();
+        zmq::poll(&mut items, 500).unwrap();
+        let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+        drop(items);
+        for (c, d) in clients.iter().enumerate().filter(|(c, _)| ready[*c]) {
+            while let Ok(f) = d.socket.recv_multipart(zmq::DONTWAIT) {
+                let f: Vec<String> = f.into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect();
+                match (f.get(2).map(String::as_str), f.len()) {
+                    (Some("REPLY"), 5) => receipts[c].push(f[4].clone()),
+                    (Some("REPLY"), 6) => {
+                        let v: serde_json::Value = serde_json::from_str(&f[4]).unwrap();
+                        let again = results[c].insert(f[5].clone(), v);
+                        assert!(again.is_none(), "client {c}: a second result for {}", f[5]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for c in 0..CLIENTS {
+        assert_eq!(receipts[c], sent[c], "client {c}: one receipt per job, in the order sent");
+        for (i, msgid) in sent[c].iter().enumerate() {
+            let v = results[c].get(msgid).unwrap_or_else(|| panic!("client {c}: no result for job {i}"));
+            assert_eq!(v["value"], json!(i + c * 1000), "client {c} job {i}: {v}");
+        }
+    }
+    // Nothing more comes: no receipt or result twice.
+    std::thread::sleep(Duration::from_millis(300));
+    for (c, d) in clients.iter().enumerate() {
+        while let Ok(f) = d.socket.recv_multipart(zmq::DONTWAIT) {
+            assert_ne!(f.get(2).map(|b| &b[..]), Some(&b"REPLY"[..]), "client {c}: an extra REPLY {f:?}");
+        }
+    }
+}
+
 #[test]
 fn client_outcomes_status_and_results_kept_across_reconnect() {
     let (_r, a) = start_router(&[]);
