@@ -98,7 +98,7 @@ impl Server {
         state.set_name(identity_prefix.clone());
         let workers = (0..state.slots().len()).map(|_| None).collect();
         Ok(Server {
-            ctx: zmq::Context::new(),
+            ctx: emq_sender::io_context(),
             socket: None,
             watch: None,
             max_message_bytes: 16 << 20,

@@ -16,6 +16,7 @@
 //! store (e.g. PostgreSQL for a standby router) can take its place.
 
 pub mod fs;
+pub mod handoff;
 pub mod record;
 mod replay;
 pub mod segment;
@@ -25,8 +26,9 @@ mod sim;
 pub use record::{AcceptedJob, AttemptFailure, FinalState, FinishedJob, Record, RecordError, ScheduleEntry};
 pub use replay::{replay, ReplayReport};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use fs::{Fs, RealFs};
+use handoff::{HandoffReceiver, HandoffSender};
 use segment::{frame, SegmentWriter};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -245,7 +247,7 @@ enum ToWriter {
 
 /// The file journal: a writer thread appending to segment files.
 pub struct Journal {
-    tx: Option<Sender<ToWriter>>,
+    tx: Option<HandoffSender<ToWriter>>,
     durable: Arc<AtomicU64>,
     notify_r: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -294,7 +296,7 @@ impl Journal {
         let durable = Arc::new(AtomicU64::new(0));
         let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io(std::io::Error::from(e)))?;
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = handoff::handoff();
         let (spare_tx, spare) = crossbeam_channel::bounded(SPARE_BUFFERS);
         let thread = {
             let w = Writer::new(fs, dir.clone(), opts.sync, opts.segment_bytes.max(1 << 20), writer, stats.clone());
@@ -481,16 +483,18 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
 }
 
 fn writer_loop(
-    rx: Receiver<ToWriter>,
+    rx: HandoffReceiver<ToWriter>,
     spare: crossbeam_channel::Sender<Vec<u8>>,
     mut w: Writer,
     durable: Arc<AtomicU64>,
     notify_w: OwnedFd,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut msgs = vec![first];
-        msgs.extend(rx.try_iter());
-        for m in msgs {
+    // Everything queued since the last pass is written and synced together
+    // (group commit); the thread sleeps without spinning when there is
+    // nothing (see `handoff`).
+    let mut msgs = Vec::new();
+    while rx.recv_all(&mut msgs) {
+        for m in msgs.drain(..) {
             let (id, bytes, checkpoint, records) = match m {
                 ToWriter::Batch { id, bytes, records } => (id, bytes, false, records),
                 ToWriter::Checkpoint { id, bytes } => (id, bytes, true, 0),

@@ -264,7 +264,7 @@ impl Server {
         let cfg = settings.to_config()?;
         let repair = matches!(source, JournalSource::File { repair: true });
         let opts = settings.journal_options(repair)?;
-        let ctx = zmq::Context::new();
+        let ctx = emq_sender::io_context();
         let mut state = RouterState::new(cfg, Now::real());
         let started = Instant::now();
         let events_dir = opts.dir.join("events");

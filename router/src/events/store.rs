@@ -11,7 +11,8 @@
 //! are synced before a journal checkpoint forgets those records.
 
 use super::{NewEvent, Retention};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
+use emq_journal::handoff::{handoff, Empty, HandoffReceiver, HandoffSender};
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -269,7 +270,7 @@ enum ToWriter {
 
 /// The router's handle on the writer thread.
 pub struct Writer {
-    tx: Option<Sender<ToWriter>>,
+    tx: Option<HandoffSender<ToWriter>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -406,7 +407,7 @@ pub fn open(dir: &Path, retention: Retention) -> std::io::Result<(Arc<EventWindo
     inner.prune(now_unix());
     let synced = std::sync::atomic::AtomicU64::new(inner.last);
     let window = Arc::new(EventWindow { inner: Mutex::new(inner), cond: Condvar::new(), synced });
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = handoff();
     let w = window.clone();
     let d = dir.to_path_buf();
     let thread = std::thread::Builder::new().name("emq-events".into()).spawn(move || {
@@ -420,53 +421,58 @@ fn now_unix() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// The writer thread: render, append, publish, prune.
-fn writer_loop(dir: &Path, window: &EventWindow, rx: &Receiver<ToWriter>) {
+/// The writer thread: render, append, publish, prune. Everything queued
+/// since it last looked is taken at once (`handoff`: no spinning while it
+/// waits) and goes to the window under one lock and to the file in one
+/// write.
+fn writer_loop(dir: &Path, window: &EventWindow, rx: &HandoffReceiver<ToWriter>) {
     let mut file: Option<std::fs::File> = None;
     let mut dirty = false;
     let mut buf = Vec::with_capacity(64 << 10);
     let mut last_sync = Instant::now();
+    let mut msgs = Vec::new();
+    let mut rendered = Vec::new();
     loop {
-        let msg = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(m) => Some(m),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        let mut reply = None;
+        if rx.recv_all_timeout(&mut msgs, Duration::from_secs(1)) == Err(Empty::Closed) {
+            return;
+        }
+        let mut replies = Vec::new();
         let mut stop = false;
-        match msg {
-            Some(ToWriter::Publish(events)) => {
-                let rendered: Vec<_> = events.iter().map(NewEvent::render).collect();
-                buf.clear();
-                for e in &rendered {
-                    write_line(&mut buf, e);
+        if msgs.is_empty() {
+            // Idle: events past their age go even when nothing new comes.
+            window.lock().prune(now_unix());
+        }
+        for msg in msgs.drain(..) {
+            match msg {
+                ToWriter::Publish(events) => rendered.extend(events.iter().map(NewEvent::render)),
+                ToWriter::Sync(done) => replies.push(done),
+                ToWriter::Stop(done) => {
+                    replies.push(done);
+                    stop = true;
                 }
-                let first_offset = rendered.first().map_or(0, |e| e.offset);
-                {
-                    let mut inner = window.inner.lock().unwrap_or_else(|p| p.into_inner());
-                    for e in rendered {
-                        inner.push(e);
-                    }
-                    inner.prune(now_unix());
-                }
-                window.cond.notify_all();
-                if let Err(e) = append(dir, window, &mut file, &buf, first_offset) {
-                    error!(error = %e, "events: cannot write to the events files (the journal still has them)");
-                    file = None;
-                }
-                dirty = true;
-            }
-            Some(ToWriter::Sync(done)) => reply = Some(done),
-            Some(ToWriter::Stop(done)) => {
-                reply = Some(done);
-                stop = true;
-            }
-            None => {
-                // Idle: events past their age go even when nothing new comes.
-                window.lock().prune(now_unix());
             }
         }
-        if dirty && (reply.is_some() || last_sync.elapsed() >= Duration::from_secs(1)) {
+        if !rendered.is_empty() {
+            buf.clear();
+            for e in &rendered {
+                write_line(&mut buf, e);
+            }
+            let first_offset = rendered.first().map_or(0, |e| e.offset);
+            {
+                let mut inner = window.inner.lock().unwrap_or_else(|p| p.into_inner());
+                for e in rendered.drain(..) {
+                    inner.push(e);
+                }
+                inner.prune(now_unix());
+            }
+            window.cond.notify_all();
+            if let Err(e) = append(dir, window, &mut file, &buf, first_offset) {
+                error!(error = %e, "events: cannot write to the events files (the journal still has them)");
+                file = None;
+            }
+            dirty = true;
+        }
+        if dirty && (!replies.is_empty() || last_sync.elapsed() >= Duration::from_secs(1)) {
             let upto = window.last_offset();
             let synced = match &file {
                 Some(f) => match f.sync_data() {
@@ -485,7 +491,7 @@ fn writer_loop(dir: &Path, window: &EventWindow, rx: &Receiver<ToWriter>) {
             last_sync = Instant::now();
             remove_old_files(window);
         }
-        if let Some(done) = reply {
+        for done in replies {
             let _ = done.send(());
         }
         if stop {
@@ -525,7 +531,10 @@ fn append(
         *file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&path)?);
     }
     let f = file.as_mut().expect("open");
-    let before = f.metadata().map(|m| m.len()).ok();
+    // The file's length as the window counts it (set from the file when
+    // it was read back or created, grown only by whole writes): no stat
+    // per batch.
+    let before = window.lock().files.back().map(|(_, _, size)| *size);
     if let Err(e) = f.write_all(bytes) {
         // No torn line left in the middle of a file: cut back to where
         // this batch began (its events are in the journal still).
