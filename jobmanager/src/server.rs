@@ -25,6 +25,10 @@ pub type Reloader = Box<dyn FnMut() -> Result<(crate::state::JmConfig, WorkerCon
 /// The job manager process: router socket, workers, state.
 pub struct Server {
     ctx: zmq::Context,
+    /// ZeroMQ's threads: batch while jobs wait here past the workers
+    /// (`JobManagerState::backlogged`), normal otherwise
+    /// (`emq_sender::IoThreads`).
+    io_threads: emq_sender::IoThreads,
     socket: Option<Sender>,
     /// The router connection's monitor (reconnects).
     watch: Option<emq_sender::ConnectionWatch>,
@@ -97,8 +101,10 @@ impl Server {
         let exe = std::env::current_exe()?;
         state.set_name(identity_prefix.clone());
         let workers = (0..state.slots().len()).map(|_| None).collect();
+        let (ctx, io_threads) = emq_sender::io_context();
         Ok(Server {
-            ctx: emq_sender::io_context(),
+            ctx,
+            io_threads,
             socket: None,
             watch: None,
             max_message_bytes: 16 << 20,
@@ -231,6 +237,7 @@ impl Server {
             // load; an idle job manager's REPLY never waits).
             self.flush_workers();
             self.flush_batch_unless_lingering();
+            self.io_threads.follow_load(self.state.backlogged(), Instant::now());
         }
     }
 

@@ -221,6 +221,9 @@ pub struct Server {
     /// The event stream: records → events, published once durable.
     events: crate::events::EventLog,
     reloader: Option<Reloader>,
+    /// ZeroMQ's threads: batch while jobs are buffered (every slot busy),
+    /// normal otherwise (`emq_sender::IoThreads`).
+    io_threads: emq_sender::IoThreads,
 }
 
 impl Server {
@@ -264,7 +267,7 @@ impl Server {
         let cfg = settings.to_config()?;
         let repair = matches!(source, JournalSource::File { repair: true });
         let opts = settings.journal_options(repair)?;
-        let ctx = emq_sender::io_context();
+        let (ctx, io_threads) = emq_sender::io_context();
         let mut state = RouterState::new(cfg, Now::real());
         let started = Instant::now();
         let events_dir = opts.dir.join("events");
@@ -342,6 +345,7 @@ impl Server {
             "state restored"
         );
         let mut server = Server {
+            io_threads,
             snapshot,
             snapshot_at: None,
             events,
@@ -501,6 +505,10 @@ impl Server {
             self.release_durable();
             self.maybe_checkpoint();
             self.flush_outbox();
+            // Jobs buffered: every slot is busy and this machine likely
+            // is too; ZeroMQ's threads then wait for the loop's pass to
+            // end rather than pre-empt it per send.
+            self.io_threads.follow_load(self.state.buffered() > 0, Instant::now());
         }
         if let Some(why) = self.lease_lost() {
             self.abandon(&why);

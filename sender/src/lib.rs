@@ -18,44 +18,92 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// A ZeroMQ context whose background threads (the I/O thread that does the
-/// socket reads and writes, and the reaper) run under `SCHED_BATCH`; the
-/// calling thread keeps its own policy.
+/// ZeroMQ's own threads (the I/O thread that does the socket reads and
+/// writes, and the reaper) in a context made by [`io_context`]: normal
+/// threads while the machine has room, `SCHED_BATCH` while the owner says
+/// it is saturated ([`IoThreads::follow_load`]).
 ///
 /// Why: each send into an idle connection wakes the I/O thread, and a
-/// normal thread woken on a busy core pre-empts whatever runs there — the
-/// router's or job manager's own loop in the middle of a pass (then the
-/// I/O thread wakes again for the next send), or a worker running a job.
-/// A batch thread is never pre-empted for: it runs when its core's current
+/// normal thread woken on a busy core pre-empts what runs there — the
+/// router's or job manager's own loop in the middle of its pass (then the
+/// I/O thread wakes again for the pass's next send), or a worker running a
+/// job. A batch thread is not pre-empted for: it runs when that core's
 /// thread sleeps (the loop, at the end of its pass, by then with every
-/// message of the pass to write) or at the next tick, and at once on an
-/// idle core, so nothing changes while there are idle cores. Measured under
-/// 1 ms CPU-bound jobs on 2 cores (bench scenario 16): context switches per
-/// job 3.3 → 2.1, the router loop's pre-emptions per job 0.5 → 0.2.
-///
-/// ZeroMQ starts its threads with a context's first socket and a thread
-/// starts with its creator's policy, so the calling thread is switched to
-/// `SCHED_BATCH` around a throw-away socket and back. Where the policy
-/// cannot be set (a sandbox refusing `sched_setscheduler`, a thread already
-/// real-time or batch), it is a plain context.
-pub fn io_context() -> zmq::Context {
-    use nix::libc;
-    let ctx = zmq::Context::new();
-    let normal = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_getscheduler/sched_setscheduler on the calling thread
-    // (pid 0), with a valid sched_param; no memory is shared with the kernel
-    // past the calls.
-    let switched = unsafe {
-        libc::sched_getscheduler(0) == libc::SCHED_OTHER && libc::sched_setscheduler(0, libc::SCHED_BATCH, &normal) == 0
-    };
-    if switched {
-        // The threads start here (a failure only means they start, normal,
-        // with the next socket).
-        drop(ctx.socket(zmq::PAIR));
-        // SAFETY: as above.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal) };
+/// message of the pass to write) or at the next tick. That is what a
+/// saturated machine wants (measured with every core running 1 ms jobs:
+/// context switches per job 3.3 → 2.1, the router loop's pre-emptions per
+/// job 0.5 → 0.2; scenario 2, no-op jobs, +16 %), and what an idle one
+/// does not: one job at a time, the message then waits for the rest of the
+/// pass (scenario 3's p50 +60 µs). So the owner switches: batch while it
+/// has work waiting (the router: jobs buffered; the job manager: jobs
+/// queued past its workers), normal again once it has had none for
+/// [`IoThreads::CALM`].
+pub struct IoThreads {
+    tids: Vec<nix::libc::pid_t>,
+    batch: bool,
+    last_saturated: Option<std::time::Instant>,
+}
+
+impl IoThreads {
+    /// How long the owner must have had no work waiting before ZeroMQ's
+    /// threads are normal again (no switching back and forth per pass).
+    pub const CALM: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// Batch while `saturated`, normal once it has not been for
+    /// [`Self::CALM`]. A syscall per thread only when the policy changes.
+    pub fn follow_load(&mut self, saturated: bool, now: std::time::Instant) {
+        if saturated {
+            self.last_saturated = Some(now);
+            if !self.batch {
+                self.set(true);
+            }
+        } else if self.batch && self.last_saturated.is_none_or(|t| now.duration_since(t) >= Self::CALM) {
+            self.set(false);
+        }
     }
-    ctx
+
+    /// Whether ZeroMQ's threads are batch now.
+    pub fn is_batch(&self) -> bool {
+        self.batch
+    }
+
+    /// The threads' ids (tests).
+    pub fn tids(&self) -> &[nix::libc::pid_t] {
+        &self.tids
+    }
+
+    fn set(&mut self, batch: bool) {
+        use nix::libc;
+        let param = libc::sched_param { sched_priority: 0 };
+        let policy = if batch { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
+        for &tid in &self.tids {
+            // SAFETY: sched_setscheduler on a thread of this process by id,
+            // with a valid sched_param. A thread that is gone (ESRCH) or a
+            // sandbox that refuses the call leaves things as they were.
+            unsafe { libc::sched_setscheduler(tid, policy, &param) };
+        }
+        self.batch = batch;
+    }
+}
+
+/// This process's thread ids.
+fn thread_ids() -> std::collections::BTreeSet<nix::libc::pid_t> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// A ZeroMQ context with its threads started, and those threads (see
+/// [`IoThreads`]). ZeroMQ starts them with a context's first socket: the
+/// threads that appear around a throw-away socket are its. (A thread
+/// another part of the process starts at that very moment would be taken
+/// for one of them: it would share their policy, no more.)
+pub fn io_context() -> (zmq::Context, IoThreads) {
+    let ctx = zmq::Context::new();
+    let before = thread_ids();
+    drop(ctx.socket(zmq::PAIR));
+    let tids = thread_ids().difference(&before).copied().collect();
+    (ctx, IoThreads { tids, batch: false, last_saturated: None })
 }
 
 /// Socket-level failures.
@@ -429,32 +477,33 @@ mod probe_tests {
 
 #[cfg(test)]
 mod io_context_tests {
-    use super::io_context;
+    use super::{io_context, IoThreads};
     use nix::libc;
+    use std::time::{Duration, Instant};
 
-    /// This process's thread ids.
-    fn threads() -> std::collections::BTreeSet<i32> {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
+    fn policies(t: &IoThreads) -> Vec<i32> {
+        // SAFETY: reads policies of this process's threads by id.
+        t.tids().iter().map(|&tid| unsafe { libc::sched_getscheduler(tid) }).collect()
     }
 
     #[test]
-    fn zeromq_threads_run_batch_and_the_caller_keeps_its_policy() {
+    fn zeromq_threads_go_batch_under_load_and_back_when_calm() {
+        let (ctx, mut io) = io_context();
+        // The I/O thread and the reaper (other tests may start threads
+        // at the same moment; those would be counted too).
+        assert!(io.tids().len() >= 2, "threads found: {:?}", io.tids());
+        assert!(policies(&io).iter().all(|&p| p == libc::SCHED_OTHER), "normal at first");
+        let t0 = Instant::now();
+        io.follow_load(true, t0);
+        assert!(io.is_batch());
+        assert!(policies(&io).iter().all(|&p| p == libc::SCHED_BATCH), "batch under load: {:?}", policies(&io));
+        io.follow_load(false, t0 + Duration::from_millis(10));
+        assert!(io.is_batch(), "not back before CALM");
+        io.follow_load(false, t0 + IoThreads::CALM);
+        assert!(!io.is_batch());
+        assert!(policies(&io).iter().all(|&p| p == libc::SCHED_OTHER), "normal again: {:?}", policies(&io));
         // SAFETY: reads the calling thread's policy.
-        let before_policy = unsafe { libc::sched_getscheduler(0) };
-        assert_eq!(before_policy, libc::SCHED_OTHER, "the test thread starts normal");
-        let before = threads();
-        let ctx = io_context();
-        let new: Vec<i32> = threads().difference(&before).copied().collect();
-        // SAFETY: reads policies of this process's threads by id.
-        let batch = new.iter().filter(|&&t| unsafe { libc::sched_getscheduler(t) } == libc::SCHED_BATCH).count();
-        // The I/O thread and the reaper (other tests may start normal
-        // threads meanwhile; none of theirs is batch).
-        assert!(batch >= 2, "new threads {new:?}: {batch} batch");
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "the caller is normal again");
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER, "the caller was never touched");
         // And the context works.
         let a = ctx.socket(zmq::PAIR).unwrap();
         let b = ctx.socket(zmq::PAIR).unwrap();
