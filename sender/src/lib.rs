@@ -10,6 +10,10 @@
 //! keys are kept, so [`Sender::reconnect`] and [`Sender::reopen`] stay
 //! CURVE clients.
 //!
+//! Also [`io_context`]: the ZeroMQ context the router and the job manager
+//! make, whose own threads ([`IoThreads`]) go `SCHED_BATCH` while their
+//! owner has work waiting.
+//!
 //! Does not own: what the messages mean (job manager, clients), heartbeat
 //! timing, or failover policy.
 
