@@ -508,7 +508,7 @@ impl Server {
             // Jobs buffered: every slot is busy and this machine likely
             // is too; ZeroMQ's threads then wait for the loop's pass to
             // end rather than pre-empt it per send.
-            self.io_threads.follow_load(self.state.buffered() > 0, Instant::now());
+            self.io_threads.follow_load(self.state.buffered() > 0, now);
         }
         if let Some(why) = self.lease_lost() {
             self.abandon(&why);

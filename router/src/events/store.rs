@@ -512,7 +512,12 @@ fn append(
     if bytes.is_empty() {
         return Ok(());
     }
-    let start_new = window.lock().files.back().is_none_or(|(_, _, size)| *size >= FILE_BYTES);
+    // The newest file's length as the window counts it (set from the file
+    // when it was read back or created, grown only by whole writes): where
+    // a failed write is cut back to, with no stat per batch.
+    let newest_len = window.lock().files.back().map(|(_, _, size)| *size);
+    let start_new = newest_len.is_none_or(|size| size >= FILE_BYTES);
+    let before = if start_new { 0 } else { newest_len.unwrap_or(0) };
     if start_new {
         // The old file synced outside the window's lock (readers and the
         // router's figures never wait for a disk).
@@ -531,16 +536,10 @@ fn append(
         *file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&path)?);
     }
     let f = file.as_mut().expect("open");
-    // The file's length as the window counts it (set from the file when
-    // it was read back or created, grown only by whole writes): no stat
-    // per batch.
-    let before = window.lock().files.back().map(|(_, _, size)| *size);
     if let Err(e) = f.write_all(bytes) {
         // No torn line left in the middle of a file: cut back to where
         // this batch began (its events are in the journal still).
-        if let Some(len) = before {
-            let _ = f.set_len(len);
-        }
+        let _ = f.set_len(before);
         return Err(e);
     }
     if let Some(last) = window.lock().files.back_mut() {
