@@ -86,18 +86,18 @@ pub fn random_hex(n: usize) -> String {
 
 /// 16 bytes from the OS CSPRNG. Read 4 KiB at a time per thread (one
 /// syscall per 256 ids keeps the hot path cheap); never from a seeded
-/// generator. The buffer is dropped when the process id changes, so a
-/// forked child never reuses its parent's bytes.
+/// generator. The buffer is dropped after a `fork` (see
+/// [`fork_generation`]), so a forked child never reuses its parent's bytes.
 fn random_16() -> [u8; 16] {
     use std::cell::RefCell;
     thread_local! {
-        static POOL: RefCell<(u32, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
+        static POOL: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let pid = std::process::id();
-        if p.0 != pid || p.1.len() < 16 {
-            p.0 = pid;
+        let generation = fork_generation();
+        if p.0 != generation || p.1.len() < 16 {
+            p.0 = generation;
             p.1 = vec![0u8; 4096];
             fill_random(&mut p.1);
         }
@@ -107,6 +107,31 @@ fn random_16() -> [u8; 16] {
         p.1.truncate(at);
         out
     })
+}
+
+/// How many times this process is a `fork` away from the one that first
+/// asked (a child handler registered with `pthread_atfork` counts them).
+/// This used to be `std::process::id()` compared with the pid the buffer
+/// was filled in: a `getpid` system call per msgid, 1.5 per job in the
+/// router and again in the job manager (glibc does not cache the pid).
+/// Generation 0 is never stored with bytes taken before the handler was
+/// registered: the handler is registered before the first fill.
+fn fork_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked_child() {
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic
+        // (async-signal-safe, as a child handler after fork must be).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+        if rc != 0 {
+            panic!("pthread_atfork failed ({rc}): cannot tell a forked child's ids from its parent's");
+        }
+    });
+    GENERATION.load(Ordering::Relaxed)
 }
 
 /// Fills `buf` from the OS CSPRNG. Without one the process cannot make
@@ -137,6 +162,37 @@ mod tests {
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
         assert_eq!([8, 13, 18, 23].map(|i| &a[i..i + 1]), ["-"; 4]);
+    }
+
+    /// A forked child must not hand out the ids its parent's buffer still
+    /// holds: the parent's next ids and the child's first ones differ.
+    #[test]
+    fn a_forked_child_never_reuses_its_parents_random_bytes() {
+        let _ = super::new_msgid(); // the parent's buffer is full
+        let (mut r, mut w) = std::io::pipe().unwrap();
+        // SAFETY: the child only makes ids, writes them and `_exit`s.
+        match unsafe { libc::fork() } {
+            0 => {
+                use std::io::Write;
+                let ids: Vec<String> = (0..4).map(|_| super::new_msgid()).collect();
+                let _ = w.write_all(ids.join("\n").as_bytes());
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                assert!(pid > 0, "fork failed");
+                drop(w);
+                let parent: Vec<String> = (0..4).map(|_| super::new_msgid()).collect();
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut r, &mut text).unwrap();
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                let child: Vec<&str> = text.lines().collect();
+                assert_eq!(child.len(), 4, "the child wrote {text:?}");
+                for id in &parent {
+                    assert!(!child.contains(&id.as_str()), "the child repeated the parent's {id}");
+                }
+            }
+        }
     }
 
     #[test]
