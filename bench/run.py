@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import resource
 import tempfile
 import time
 
@@ -779,6 +780,75 @@ def summary(vals, key, fmt="{:,.0f}"):
     return "%s (%s–%s)" % (fmt.format(med), fmt.format(min(xs)), fmt.format(max(xs))), med
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid, reaped=True):
+    """CPU seconds of process ``pid`` (all its threads, user + system) and,
+    with ``reaped``, what it has reaped of its children's; 0 once it is
+    gone."""
+    try:
+        s = open("/proc/%d/stat" % pid).read()
+        f = s[s.rindex(")") + 2:].split()
+        return (int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def descendants(pid):
+    out = []
+    try:
+        for t in os.listdir("/proc/%d/task" % pid):
+            for c in open("/proc/%d/task/%s/children" % (pid, t)).read().split():
+                out += [int(c)] + descendants(int(c))
+    except OSError:
+        pass
+    return out
+
+
+def below_cpu(pid):
+    """CPU seconds of everything ``pid`` started (living or reaped by one
+    of them): a job manager's template and workers. A worker alive at
+    both ends counts its time between them; one reaped meanwhile is in
+    its reaper's children's time, its whole life, from which the first
+    reading took what it had used by then."""
+    return sum(proc_cpu(c) for c in descendants(pid))
+
+
+def machine_cpu():
+    """/proc/stat's first line: (busy, idle + iowait, steal) in seconds."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / CLK_TCK, (f[3] + f[4]) / CLK_TCK, f[7] / CLK_TCK
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuPerJob:
+    """Where the machine's CPU went during a measured run, per job: each
+    part's CPU between two readings ÷ jobs. ``parts`` maps a name to a
+    function reading that part's CPU seconds; the client is this
+    process's reaped children (the run's own subprocess)."""
+
+    def __init__(self, parts):
+        self.parts = dict(parts, client=children_cpu)
+        self.before = {k: f() for k, f in self.parts.items()}
+        self.machine = machine_cpu()
+
+    def per_job(self, n):
+        after = {k: f() for k, f in self.parts.items()}
+        m = machine_cpu()
+        out = {k: 1e6 * (after[k] - self.before[k]) / n for k in self.parts}
+        busy, idle, steal = (1e6 * (b - a) / n for a, b in zip(self.machine, m))
+        out["rest"] = busy - sum(out.values())
+        out["idle"] = idle
+        out["steal"] = steal
+        out["total"] = busy + idle + steal
+        return {k: round(v, 1) for k, v in out.items()}
+
+
 def s16(args, system, ms):
     """Real work (issue 29): CPU-bound jobs of `ms` ms of CPU each
     (benchjobs.spin_append), as many workers as cores, sent fire-and-forget
@@ -793,8 +863,12 @@ def s16(args, system, ms):
     if system == "bare":
         # The ceiling: the same jobs in a plain loop, one process per core,
         # no job system (bench/spin_baseline.py).
+        cpu = CpuPerJob({})
         r = run_json([sys.executable, os.path.join(ROOT, "bench", "spin_baseline.py"), "--n", str(n), "--out", out,
                       "--spin-ms", str(ms)])
+        r["cpu_us_per_job"] = cpu.per_job(n)
+        # Its "client" is the loop processes: the jobs themselves.
+        r["cpu_us_per_job"]["workers"] = r["cpu_us_per_job"].pop("client")
     elif system == "celery":
         r = run_json([os.path.join(args.celery_venv, "bin", "python"), os.path.join(ROOT, "bench", "celery", "run_celery.py"),
                       "--n", str(n), "--out", out, "--spin-ms", str(ms)])
@@ -822,6 +896,9 @@ def s16(args, system, ms):
         try:
             wait_slots(a["admin"], cores)
             time.sleep(1.0)
+            # Where the CPU goes, per job (the jobs included in "workers").
+            cpu = CpuPerJob({"router": lambda: proc_cpu(rt.pid), "job_manager": lambda: proc_cpu(jm.pid, reaped=False),
+                             "workers": lambda: below_cpu(jm.pid)})
             if system == "emq-rust":
                 # emq's own Rust client: the same jobs with results, a
                 # window of 1000, timed until the last result is back.
@@ -831,6 +908,7 @@ def s16(args, system, ms):
                 r = run_json([os.path.join(args.eventmq_venv, "bin", "python"), os.path.join(ROOT, "bench", "eventmq_driver.py"),
                               "--addr", a["frontend"], "--n", str(n), "--out", out, "--spin-ms", str(ms)],
                              env={"PYTHONPATH": JOBS})
+            r["cpu_us_per_job"] = cpu.per_job(n)
         finally:
             stop(jm)
             stop(rt)
@@ -1188,6 +1266,14 @@ def main():
                     row("16", "%g ms CPU-bound jobs, %d workers, %s: jobs/s" % (ms, os.cpu_count() or 1, label), res[key], "jobs_per_sec")
                     row("16", "  efficiency (jobs/s ÷ (cores ÷ job CPU time))", res[key], "efficiency_pct", fmt="{:.1f}%",
                         target="≥ 90% for 1 ms (emq)" if system.startswith("emq") and ms == 1 else "")
+                    runs = [v["cpu_us_per_job"] for v in res[key] if "cpu_us_per_job" in v]
+                    if runs:
+                        parts = [p for p in ("workers", "router", "job_manager", "client", "rest", "idle", "steal", "total")
+                                 if p in runs[0]]
+                        med = {p: statistics.median(r_[p] for r_ in runs) for p in parts}
+                        rows.append(("16", "  CPU per job, µs (median of runs): " + " / ".join(p.replace("_", " ") for p in parts)
+                                     + " (workers: the jobs included; rest: kernel threads, interrupts, other processes)",
+                                     " / ".join("%.0f" % med[p] for p in parts), ""))
 
     if "17" in only and args.s17_sweep:
         for c in [int(x) for x in args.s17_sweep.split(",")]:
