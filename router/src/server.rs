@@ -11,8 +11,9 @@
 //! pass's batch; at the end of each pass the batch is handed to the journal
 //! thread (group commit), and receipts (`SendDurable`) wait until their
 //! batch is durable — the journal thread wakes the poll through a pipe
-//! (not while jobs are buffered: then they go with the next pass, at most
-//! `QUIET_RELEASE_MS` later, instead of a pass of their own per commit).
+//! (with the file journal, not while jobs are buffered: then they go with
+//! the next pass, at most `QUIET_RELEASE_MS` later, instead of a pass of
+//! their own per commit).
 //! Everything else (dispatch, results) goes out at once. A checkpoint is
 //! written when the journal has grown well past the live state, and at a
 //! graceful stop.
@@ -454,8 +455,10 @@ impl Server {
             // Jobs buffered (every slot busy): a journal commit does not
             // wake the loop for a pass of its own; what it releases
             // (receipts, results, events) goes with the next pass — a
-            // message, a timer, or at most `QUIET_RELEASE_MS` later.
-            let quiet_journal = self.state.buffered() > 0;
+            // message, a timer, or at most `QUIET_RELEASE_MS` later. Not
+            // with a shared (PostgreSQL) journal: there every dispatch
+            // waits for its commit, and the pipe also says "fenced".
+            let quiet_journal = self.lease.is_none() && self.state.buffered() > 0;
             let mut timeout = self.poll_timeout();
             if quiet_journal && !self.held.is_empty() {
                 timeout = timeout.min(QUIET_RELEASE_MS);
