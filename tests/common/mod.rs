@@ -139,11 +139,44 @@ pub fn start_router_at(addrs: &RouterAddrs, env: &[(&str, &str)]) -> Option<Chil
         }
         let d = Dealer::connect(&addrs.admin);
         d.send(&["", "eMQP/1.0", "STATUS", "admin:probe"]);
-        if d.recv_timeout(300).is_some() {
+        // An answer counts only when this router holds the admin port: a
+        // port picked as free may have gone to another test's router
+        // meanwhile (this one then exits, "address in use"), and that one
+        // answers — with a refusal if it is its frontend.
+        if d.recv_timeout(300).is_some() && listens_on(guard.child.id(), &addrs.admin) {
             return Some(guard);
         }
         assert!(Instant::now() < end, "router at {} never answered STATUS", addrs.admin);
     }
+}
+
+/// Whether process `pid` itself listens on the TCP port of `addr`
+/// (`tcp://host:port`): one of its file descriptors is the listening
+/// socket `/proc/net/tcp{,6}` lists for that port. Other transports: true.
+pub fn listens_on(pid: u32, addr: &str) -> bool {
+    let Some(port) = addr.strip_prefix("tcp://").and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok())
+    else {
+        return true;
+    };
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 9
+                && f[3] == "0A" // LISTEN
+                && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                && inodes.contains(f[9])
+        })
+    })
 }
 
 /// Polls the admin socket until STATUS answers (hang guard: 20 s).
