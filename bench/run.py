@@ -797,12 +797,8 @@ def proc_cpu(pid, reaped=True):
 
 def descendants(pid):
     out = []
-    try:
-        for t in os.listdir("/proc/%d/task" % pid):
-            for c in open("/proc/%d/task/%s/children" % (pid, t)).read().split():
-                out += [int(c)] + descendants(int(c))
-    except OSError:
-        pass
+    for c in children(pid):
+        out += [c] + descendants(c)
     return out
 
 
