@@ -285,3 +285,79 @@ fn the_router_opts_out_of_transparent_huge_pages() {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
 }
+
+/// A client whose REQUESTs carry `batch-replies` gets its receipts and
+/// results of a pass as REPLIES messages: every job's receipt and result
+/// exactly once (a result may come before its receipt, as with REPLYs:
+/// the receipt waits for its journal commit); an admin answer still alone as a
+/// REPLY; a client that did not ask never sees a REPLIES.
+#[test]
+fn a_client_that_asks_gets_receipts_and_results_in_replies() {
+    let (_router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, r#"[[10, "default"]]"#, 0);
+    let batch = Dealer::connect(&a.frontend);
+    let plain = Dealer::connect(&a.frontend);
+    let payload = r#"["run", {"path": "benchjobs", "callable": "noop"}]"#;
+    let jobs: Vec<String> = (0..60).map(|i| format!("b-{i}")).collect();
+    let mut replies_messages = 0;
+    let mut seen: std::collections::HashMap<String, Vec<&'static str>> = Default::default();
+    let mut note =
+        |frames: Vec<String>, seen: &mut std::collections::HashMap<String, Vec<&'static str>>| match frames[2].as_str()
+        {
+            "REPLIES" => {
+                replies_messages += 1;
+                assert!(frames.len() >= 8 && frames.len() % 2 == 0, "{frames:?}");
+                for pair in frames[4..].chunks(2) {
+                    let kind = if pair[0].is_empty() { "receipt" } else { "result" };
+                    seen.entry(pair[1].clone()).or_default().push(kind);
+                }
+            }
+            "REPLY" if frames.len() == 5 => seen.entry(frames[4].clone()).or_default().push("receipt"),
+            "REPLY" if frames.len() == 6 => seen.entry(frames[5].clone()).or_default().push("result"),
+            _ => panic!("unexpected {frames:?}"),
+        };
+    for round in jobs.chunks(20) {
+        for id in round {
+            batch.send(&["", "eMQP/1.0", "REQUEST", id, "default", "reply-requested,batch-replies", payload]);
+        }
+        // The job manager takes them all and answers in a burst.
+        for i in 0..round.len() {
+            jm.send(&["", "eMQP/1.0", "READY", &format!("rd-{i}")]);
+        }
+        for _ in round {
+            let got = jm.recv_skip_heartbeats(HANG).expect("job at the job manager");
+            assert_eq!(got[2], "REQUEST");
+            jm.send(&["", "eMQP/1.0", "REPLY", &format!("r-{}", got[3]), r#"{"value": null}"#, &got[3]]);
+        }
+        let end = std::time::Instant::now() + Duration::from_millis(HANG as u64);
+        while round.iter().any(|id| seen.get(id).map_or(0, Vec::len) < 2) {
+            assert!(std::time::Instant::now() < end, "replies missing: {seen:?}");
+            if let Some(f) = batch.recv_skip_heartbeats(100) {
+                note(f, &mut seen);
+            }
+        }
+    }
+    for id in &jobs {
+        let mut kinds = seen[id].clone();
+        kinds.sort();
+        assert_eq!(kinds, vec!["receipt", "result"], "{id}: exactly one receipt and one result");
+    }
+    assert!(replies_messages > 0, "60 jobs in bursts of 20 and not one REPLIES");
+    assert!(batch.recv_skip_heartbeats(300).is_none(), "nothing more");
+    // An admin answer to that client: one JSON frame, never in a REPLIES.
+    batch.send(&["", "eMQP/1.0", "JOB_STATUS", "st-1", "b-0"]);
+    let answer = batch.recv_skip_heartbeats(HANG).expect("status answer");
+    assert_eq!((answer[2].as_str(), answer.len()), ("REPLY", 5), "{answer:?}");
+    assert!(answer[4].starts_with('{'), "{answer:?}");
+    // A client that did not ask: REPLYs only.
+    plain.send(&["", "eMQP/1.0", "REQUEST", "p-1", "default", "reply-requested", payload]);
+    jm.send(&["", "eMQP/1.0", "READY", "rd-p"]);
+    let got = jm.recv_skip_heartbeats(HANG).expect("plain job");
+    jm.send(&["", "eMQP/1.0", "REPLY", "r-p", r#"{"value": 1}"#, &got[3]]);
+    let mut got: Vec<(String, usize, String)> = (0..2)
+        .map(|_| plain.recv_skip_heartbeats(HANG).expect("receipt and result"))
+        .map(|f| (f[2].clone(), f.len(), f.last().cloned().unwrap_or_default()))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![("REPLY".into(), 5, "p-1".into()), ("REPLY".into(), 6, "p-1".into())]);
+}

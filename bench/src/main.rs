@@ -285,6 +285,23 @@ fn request(queue: &str, headers: &str, payload: &str) -> Message {
     Message::new(Command::Request(Request { queue: queue.into(), headers: headers.into(), payload: payload.into() }))
 }
 
+/// The REQUEST headers of the throughput clients: results wanted, and (as
+/// emq's own client asks) receipts and results of a pass in one REPLIES.
+const THROUGHPUT_HEADERS: &str = "reply-requested,batch-replies";
+
+/// The job results (`reply_json` frames) one message from the router
+/// carries: a REPLY with a result, or a REPLIES' non-empty items (empty
+/// ones are receipts).
+fn results_in(frames: &[Vec<u8>]) -> Vec<&[u8]> {
+    match frames.get(2).map(Vec::as_slice) {
+        Some(b"REPLY") if frames.len() == 6 => vec![frames[4].as_slice()],
+        Some(b"REPLIES") => {
+            frames[4..].chunks(2).filter(|p| p.len() == 2 && !p[0].is_empty()).map(|p| p[0].as_slice()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Receives every message waiting, blocking up to `timeout_ms` for the first.
 fn recv_batch(s: &zmq::Socket, timeout_ms: i64, mut f: impl FnMut(Vec<Vec<u8>>)) -> Result<usize> {
     if s.poll(zmq::POLLIN, timeout_ms)? == 0 {
@@ -628,7 +645,7 @@ fn throughput(
     };
     let names: Vec<String> = (0..queues.max(1)).map(|i| queue_name(i, queues)).collect();
     // Warm-up: one job through, so connection set-up is not timed.
-    send(&s, &request(&names[0], "reply-requested", &payload))?;
+    send(&s, &request(&names[0], THROUGHPUT_HEADERS, &payload))?;
     wait_results(&s, 1, Duration::from_secs(60))?;
     let start = Instant::now();
     let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
@@ -636,18 +653,18 @@ fn throughput(
         while sent < n && sent - done < window {
             let queue = &names[sent as usize % names.len()];
             match limit {
-                None => send(&s, &request(queue, "reply-requested", &payload))?,
+                None => send(&s, &request(queue, THROUGHPUT_HEADERS, &payload))?,
                 Some(l) => {
                     let p = (sent.wrapping_mul(2_654_435_761) >> 7) % partitions.max(1);
-                    send(&s, &request(queue, &format!("reply-requested,limit:{l}/p{p}"), &payload))?
+                    send(&s, &request(queue, &format!("{THROUGHPUT_HEADERS},limit:{l}/p{p}"), &payload))?
                 }
             }
             sent += 1;
         }
         let got = recv_batch(&s, 30_000, |f| {
-            if f.len() == 6 && f[2] == b"REPLY" {
+            for result in results_in(&f) {
                 done += 1;
-                if f[4].windows(7).any(|w| w == b"\"error\"") {
+                if result.windows(7).any(|w| w == b"\"error\"") {
                     failed += 1;
                 }
             }
@@ -672,11 +689,7 @@ fn wait_results(s: &zmq::Socket, k: u64, limit: Duration) -> Result<()> {
         if Instant::now() > end {
             bail!("no result within {limit:?} (is a job manager connected?)");
         }
-        recv_batch(s, 100, |f| {
-            if f.len() == 6 {
-                got += 1;
-            }
-        })?;
+        recv_batch(s, 100, |f| got += results_in(&f).len() as u64)?;
     }
     Ok(())
 }

@@ -530,13 +530,7 @@ impl Client {
 
     /// A REQUEST of `payload` (a payload frame) with this client's owner.
     fn send_payload(&mut self, queue: &str, payload: String, options: &Options) -> Result<String, ClientError> {
-        let mut headers = options.headers();
-        if !headers.is_empty() {
-            headers.push(',');
-        }
-        headers.push_str("owner:");
-        headers.push_str(&self.owner_token);
-        let request = Request { queue: queue.to_owned(), headers, payload };
+        let request = Request { queue: queue.to_owned(), headers: self.request_headers(options), payload };
         self.send_tracked(Message::new(Command::Request(request)))
     }
 
@@ -566,13 +560,27 @@ impl Client {
     /// The REQUEST of a payload frame (`job.to_wire()`, or a command job's
     /// [`CommandPayload::to_wire`]), with this client's owner token.
     pub fn request_payload_command(&self, queue: &str, payload_wire: String, options: &Options) -> Command {
+        Command::Request(Request {
+            queue: queue.to_owned(),
+            headers: self.request_headers(options),
+            payload: payload_wire,
+        })
+    }
+
+    /// A REQUEST's header frame: the options', this client's owner token,
+    /// and `batch-replies` — our router may then send this connection's
+    /// receipts and results of a pass as one REPLIES (EventMQ's router and
+    /// job manager ignore the header).
+    fn request_headers(&self, options: &Options) -> String {
         let mut headers = options.headers();
         if !headers.is_empty() {
             headers.push(',');
         }
         headers.push_str("owner:");
         headers.push_str(&self.owner_token);
-        Command::Request(Request { queue: queue.to_owned(), headers, payload: payload_wire })
+        headers.push(',');
+        headers.push_str(emq_protocol::HEADER_BATCH_REPLIES);
+        headers
     }
 
     /// Sends a job (REQUEST or WORKFLOW): its outcome is waited on, and it
@@ -748,48 +756,61 @@ impl Client {
             self.liveness.heard();
             let Ok(m) = m else { continue }; // garbage from a router: ignore
             match m.command {
-                Command::Reply(Reply::Single { body }) => {
-                    if body.starts_with('{') {
-                        self.liveness.answers = true;
-                        if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                            self.take_status_answer(v);
-                        }
-                    } else {
-                        self.forget_unreceipted(&body);
-                        if self.pending.contains(&body) {
-                            // A receipt may come after its result (the router
-                            // sends it once the job is on disk): only jobs
-                            // still waited on keep one.
-                            self.receipts.insert(body, Receipt::Accepted);
-                        }
+                Command::Reply(reply) => self.on_reply(reply),
+                Command::Replies(r) => {
+                    for (json, orig) in r.items {
+                        self.on_reply(emq_protocol::Replies::reply_of(json, orig));
                     }
-                }
-                Command::Reply(Reply::Result { reply_json, orig_msgid }) => {
-                    if reply_json.contains("\"deduplicated\"") {
-                        if let Some(holder) = serde_json::from_str::<Value>(&reply_json)
-                            .ok()
-                            .and_then(|v| v["deduplicated"].as_str().map(str::to_owned))
-                        {
-                            self.forget_unreceipted(&orig_msgid);
-                            if self.pending.remove(&orig_msgid) {
-                                self.receipts.insert(orig_msgid, Receipt::Deduplicated(holder));
-                            }
-                            continue;
-                        }
-                    }
-                    let reply = JobReply::from_json(&reply_json).unwrap_or_else(|e| {
-                        JobReply::failed("BadReply", format!("unreadable reply {reply_json:?}: {e}"), "")
-                    });
-                    let outcome = JobOutcome::from_reply(reply);
-                    self.forget_unreceipted(&orig_msgid);
-                    if let JobOutcome::Refused(e) = &outcome {
-                        if e.by_router {
-                            self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
-                        }
-                    }
-                    self.add_result(orig_msgid, outcome);
                 }
                 _ => {} // heartbeats and the like
+            }
+        }
+    }
+
+    /// A REPLY from the router (alone or from a REPLIES): a receipt, a
+    /// status answer, or a job's outcome.
+    fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Single { body } => {
+                if body.starts_with('{') {
+                    self.liveness.answers = true;
+                    if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                        self.take_status_answer(v);
+                    }
+                } else {
+                    self.forget_unreceipted(&body);
+                    if self.pending.contains(&body) {
+                        // A receipt may come after its result (the router
+                        // sends it once the job is on disk): only jobs
+                        // still waited on keep one.
+                        self.receipts.insert(body, Receipt::Accepted);
+                    }
+                }
+            }
+            Reply::Result { reply_json, orig_msgid } => {
+                if reply_json.contains("\"deduplicated\"") {
+                    if let Some(holder) = serde_json::from_str::<Value>(&reply_json)
+                        .ok()
+                        .and_then(|v| v["deduplicated"].as_str().map(str::to_owned))
+                    {
+                        self.forget_unreceipted(&orig_msgid);
+                        if self.pending.remove(&orig_msgid) {
+                            self.receipts.insert(orig_msgid, Receipt::Deduplicated(holder));
+                        }
+                        return;
+                    }
+                }
+                let reply = JobReply::from_json(&reply_json).unwrap_or_else(|e| {
+                    JobReply::failed("BadReply", format!("unreadable reply {reply_json:?}: {e}"), "")
+                });
+                let outcome = JobOutcome::from_reply(reply);
+                self.forget_unreceipted(&orig_msgid);
+                if let JobOutcome::Refused(e) = &outcome {
+                    if e.by_router {
+                        self.receipts.entry(orig_msgid.clone()).or_insert(Receipt::Refused(e.clone()));
+                    }
+                }
+                self.add_result(orig_msgid, outcome);
             }
         }
     }

@@ -33,7 +33,7 @@ pub use cmd::{
     schedule_id_of_payload, Ack, AdminCommand, Command, Heartbeat, Inform, Misfire, Publish, Reply, Request, Schedule,
     ScheduleError, ScheduleOptions, Timing, FEATURE_REPORTS_ALL,
 };
-pub use cmd::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
+pub use cmd::{Batch, Replies, Requests, FEATURE_BATCH, HEADER_BATCH_REPLIES, MAX_BATCH_REPLIES, MAX_REPLIES_BYTES};
 pub use cmd::{
     OnParentFailure, Pass, ResultOf, Workflow, WorkflowGraph, WorkflowNode, MAX_NODE_MSGID, MAX_WORKFLOW_NODES,
 };

@@ -26,7 +26,7 @@ use emq_pgjournal::{PgError, PgJournal};
 use emq_protocol::{Command, Message};
 use emq_receiver::{Incoming, PeerId, Receiver, ReceiverError, SendError};
 use emq_settings::SettingsError;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,6 +181,11 @@ const CHECKPOINT_BYTES_PER_JOB: u64 = 300;
 /// 1 ms jobs (commits ~25 jobs apart already), within the noise.
 const QUIET_RELEASE_MS: i64 = 5;
 
+/// Clients remembered as taking REPLIES at most; past it the set starts
+/// over (a client forgotten gets single REPLYs until its next REQUEST says
+/// so again — both are correct, one is cheaper).
+const BATCH_CLIENTS_MAX: usize = 100_000;
+
 /// The router's sockets and state.
 pub struct Server {
     frontend: Receiver,
@@ -192,6 +197,17 @@ pub struct Server {
     /// REQUESTs for job managers that take batches, gathered during a poll
     /// pass and sent at its end as one REQUESTS message per job manager.
     requests: HashMap<PeerId, Vec<(String, emq_protocol::Request)>>,
+    /// Clients whose REQUESTs carried `batch-replies`
+    /// ([`emq_protocol::HEADER_BATCH_REPLIES`]): their receipts and
+    /// results of a pass go as one REPLIES message.
+    batch_clients: HashSet<PeerId>,
+    /// Receipts and results for those clients, gathered during a poll
+    /// pass (with their bytes) and sent at its end, or sooner before
+    /// anything else for the same client.
+    client_replies: HashMap<PeerId, (Vec<(String, String)>, usize)>,
+    /// Gathered replies a flush inside `send` could not deliver: fed to
+    /// the state machine by the caller's next step.
+    unsent: Vec<Event>,
     actions: Vec<Action>,
     /// Stop signals received (the handler counts); the loop feeds one
     /// `Event::Stop` per new one.
@@ -367,6 +383,9 @@ impl Server {
             state,
             outbox: HashMap::new(),
             requests: HashMap::new(),
+            batch_clients: HashSet::new(),
+            client_replies: HashMap::new(),
+            unsent: Vec::new(),
             actions: Vec::new(),
             stop: Arc::new(AtomicU32::new(0)),
             stops_seen: 0,
@@ -528,6 +547,7 @@ impl Server {
             self.release_durable();
             self.maybe_checkpoint();
             self.flush_outbox();
+            self.flush_client_replies();
             // Jobs buffered: every slot is busy and this machine likely
             // is too; ZeroMQ's threads then wait for the loop's pass to
             // end rather than pre-empt it per send.
@@ -563,6 +583,7 @@ impl Server {
         self.held.clear();
         self.outbox.clear();
         self.requests.clear();
+        self.client_replies.clear();
         // Readers go to the new leader (its window).
         if let Some(s) = &self.snapshot {
             s.set_events(None);
@@ -660,6 +681,7 @@ impl Server {
             self.step(e);
         }
         self.flush_requests();
+        self.flush_client_replies();
     }
 
     /// A checkpoint once the journal has grown well past the live state.
@@ -784,6 +806,9 @@ impl Server {
             group_by_sender(&mut pass, &mut self.pass_groups, GROUP_RUN_MAX, |m| &m.peer);
         }
         for incoming in pass.drain(..) {
+            if kind == SocketKind::Frontend {
+                self.note_batch_client(&incoming);
+            }
             let user = incoming.user.map(|u| self.user_name(u));
             shutdown |=
                 self.step(Event::Received { socket: kind, peer: incoming.peer, message: incoming.message, user });
@@ -862,6 +887,8 @@ impl Server {
                     self.held.retain(|(_, s, p, _)| !(*s == socket && *p == peer));
                     if socket == SocketKind::Backend {
                         self.requests.remove(&peer);
+                    } else if socket == SocketKind::Frontend {
+                        self.client_replies.remove(&peer);
                     }
                     self.outbox.remove(&(socket, peer));
                 }
@@ -873,15 +900,43 @@ impl Server {
             }
         }
         self.actions = actions;
+        follow_up.append(&mut self.unsent);
         for e in follow_up {
             shutdown |= self.step(e);
         }
         shutdown
     }
 
-    /// Sends now, or queues behind earlier messages for a full pipe. An
-    /// unreachable peer becomes an event for the state machine.
+    /// Sends now, or queues behind earlier messages for a full pipe; a
+    /// receipt or result for a batch client is gathered for the end of the
+    /// pass instead. An unreachable peer becomes an event for the state
+    /// machine.
     fn send(&mut self, socket: SocketKind, peer: PeerId, message: Message) -> Option<Event> {
+        // A client whose pipe is full (not reading) gets no batches: its
+        // queued messages stay countable against FRONTEND_OUTBOX_MAX.
+        let message = if socket == SocketKind::Frontend
+            && self.batch_clients.contains(&peer)
+            && (self.outbox.is_empty() || !self.outbox.contains_key(&(socket, peer.clone())))
+        {
+            match self.gather_client_reply(&peer, message) {
+                Ok(()) => return None,
+                // Not a receipt or result (an admin answer): what was
+                // gathered for this client goes first.
+                Err(message) => {
+                    let lost = self.flush_client_replies_to(&peer);
+                    self.unsent.extend(lost);
+                    message
+                }
+            }
+        } else {
+            message
+        };
+        self.send_now(socket, peer, message)
+    }
+
+    /// Sends now, or queues behind earlier messages for a full pipe
+    /// (nothing gathered).
+    fn send_now(&mut self, socket: SocketKind, peer: PeerId, message: Message) -> Option<Event> {
         if self.lease.as_ref().is_some_and(|l| !l.valid()) {
             // Not the leader any more: the loop stops at its next check.
             return None;
@@ -955,6 +1010,85 @@ impl Server {
         }
     }
 
+    /// A client whose REQUEST carries `batch-replies` takes REPLIES from
+    /// now on (its own client code knows them).
+    fn note_batch_client(&mut self, incoming: &Incoming) {
+        let Ok(Message { command: Command::Request(r), .. }) = &incoming.message else { return };
+        if !r.headers.split(',').any(|h| h.trim() == emq_protocol::HEADER_BATCH_REPLIES)
+            || self.batch_clients.contains(&incoming.peer)
+        {
+            return;
+        }
+        if self.batch_clients.len() >= BATCH_CLIENTS_MAX {
+            // Cannot tell who left: start over (see BATCH_CLIENTS_MAX).
+            self.batch_clients.clear();
+        }
+        self.batch_clients.insert(incoming.peer.clone());
+    }
+
+    /// Keeps a receipt or result for a batch client until the end of the
+    /// pass (sending the gathered ones first when full); hands back what
+    /// cannot go in a REPLIES.
+    fn gather_client_reply(&mut self, peer: &PeerId, message: Message) -> Result<(), Message> {
+        let Message { msgid, command: Command::Reply(reply), .. } = message else { return Err(message) };
+        let item = match emq_protocol::Replies::item_of(reply) {
+            Ok(item) => item,
+            Err(reply) => return Err(Message::with_msgid(msgid, Command::Reply(reply))),
+        };
+        let bytes = item.0.len() + item.1.len();
+        let (items, size) = self.client_replies.entry(peer.clone()).or_default();
+        items.push(item);
+        *size += bytes;
+        if items.len() >= emq_protocol::MAX_BATCH_REPLIES || *size >= emq_protocol::MAX_REPLIES_BYTES {
+            let lost = self.flush_client_replies_to(peer);
+            self.unsent.extend(lost);
+        }
+        Ok(())
+    }
+
+    /// Sends every batch client's gathered replies; what cannot be
+    /// delivered goes back to the state machine.
+    fn flush_client_replies(&mut self) {
+        if self.client_replies.is_empty() && self.unsent.is_empty() {
+            return;
+        }
+        let peers: Vec<PeerId> = self.client_replies.keys().cloned().collect();
+        let mut events = std::mem::take(&mut self.unsent);
+        for p in peers {
+            events.extend(self.flush_client_replies_to(&p));
+        }
+        for e in events {
+            self.step(e);
+        }
+    }
+
+    /// One client's gathered replies: alone as a REPLY, several as
+    /// REPLIES. An unreachable client gets each back as its own REPLY, so
+    /// the state machine handles them one by one, as it would have.
+    fn flush_client_replies_to(&mut self, peer: &PeerId) -> Vec<Event> {
+        let Some((mut items, _)) = self.client_replies.remove(peer) else { return Vec::new() };
+        let message = if items.len() == 1 {
+            let (json, orig) = items.pop().expect("one");
+            Message::new(Command::Reply(emq_protocol::Replies::reply_of(json, orig)))
+        } else {
+            Message::new(Command::Replies(emq_protocol::Replies { items }))
+        };
+        // Straight to the socket (or its outbox): not gathered again.
+        match self.send_now(SocketKind::Frontend, peer.clone(), message) {
+            None => Vec::new(),
+            Some(Event::Unreachable { socket, peer, message: Message { command: Command::Replies(r), .. } }) => r
+                .items
+                .into_iter()
+                .map(|(json, orig)| Event::Unreachable {
+                    socket,
+                    peer: peer.clone(),
+                    message: Message::new(Command::Reply(emq_protocol::Replies::reply_of(json, orig))),
+                })
+                .collect(),
+            Some(e) => vec![e],
+        }
+    }
+
     /// Retries queued messages, oldest first, per peer.
     fn flush_outbox(&mut self) {
         if self.outbox.is_empty() {
@@ -999,6 +1133,7 @@ impl Server {
 
     /// Waits up to `grace` for queued messages to leave.
     pub fn drain_outbox(&mut self, grace: Duration) {
+        self.flush_client_replies();
         let end = Instant::now() + grace;
         while !self.outbox.is_empty() && Instant::now() < end {
             self.flush_outbox();

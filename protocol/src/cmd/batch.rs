@@ -98,3 +98,72 @@ impl Requests {
         }
     }
 }
+
+/// The REQUEST header with which our client asks for [`Replies`]: a router
+/// that knows it may gather that connection's receipts and results into
+/// REPLIES messages; one that does not (EventMQ's) ignores it, as EventMQ's
+/// job manager does when the REQUEST reaches it.
+pub const HEADER_BATCH_REPLIES: &str = "batch-replies";
+
+/// Most bytes of replies one REPLIES carries (a router flushes past it).
+pub const MAX_REPLIES_BYTES: usize = 256 << 10;
+
+/// `REPLIES (reply_json orig_msgid)*` — our extension, router → our client
+/// only, and only to a connection whose REQUEST carried
+/// [`HEADER_BATCH_REPLIES`]: the receipts and results of one poll pass for
+/// that client, in the order the router would have sent them as REPLYs. An
+/// empty `reply_json` is a receipt for `orig_msgid` (a result's JSON is
+/// never empty); anything else is exactly a REPLY `reply_json orig_msgid`.
+/// Admin answers (JSON in one frame) never go in one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Replies {
+    /// `(reply_json or "" for a receipt, orig_msgid)`, in order.
+    pub items: Vec<(String, String)>,
+}
+
+impl Replies {
+    /// The REPLY this item stands for.
+    pub fn reply_of(reply_json: String, orig_msgid: String) -> crate::Reply {
+        if reply_json.is_empty() {
+            crate::Reply::receipt(orig_msgid)
+        } else {
+            crate::Reply::Result { reply_json, orig_msgid }
+        }
+    }
+
+    /// The item for a REPLY to a client, or the REPLY back when it cannot
+    /// go in a batch (an admin answer: one frame of JSON).
+    pub fn item_of(reply: crate::Reply) -> Result<(String, String), crate::Reply> {
+        match reply {
+            crate::Reply::Single { body } if !body.starts_with('{') && !body.is_empty() => Ok((String::new(), body)),
+            crate::Reply::Result { reply_json, orig_msgid } if !reply_json.is_empty() => Ok((reply_json, orig_msgid)),
+            other => Err(other),
+        }
+    }
+
+    pub(crate) fn parse_frames<F: AsRef<[u8]>>(p: &mut Parse<'_, F>) -> Result<Self, DecodeErrorKind> {
+        let rest = p.rest()?;
+        if rest.is_empty() || rest.len() % 2 != 0 || rest.len() / 2 > MAX_BATCH_REPLIES {
+            return Err(DecodeErrorKind::BadJson {
+                field: "REPLIES items",
+                reason: format!(
+                    "{} frames: expected 1 to {MAX_BATCH_REPLIES} pairs of reply_json, orig_msgid",
+                    rest.len()
+                ),
+            });
+        }
+        let mut it = rest.into_iter();
+        let mut items = Vec::with_capacity(it.len() / 2);
+        while let (Some(json), Some(orig)) = (it.next(), it.next()) {
+            items.push((json, orig));
+        }
+        Ok(Replies { items })
+    }
+
+    pub(crate) fn write_body(&self, out: &mut Vec<Vec<u8>>) {
+        for (json, orig) in &self.items {
+            out.push(json.as_bytes().to_vec());
+            out.push(orig.as_bytes().to_vec());
+        }
+    }
+}

@@ -19,7 +19,7 @@ mod workflow;
 
 pub use ack::Ack;
 pub use admin::AdminCommand;
-pub use batch::{Batch, Requests, FEATURE_BATCH, MAX_BATCH_REPLIES};
+pub use batch::{Batch, Replies, Requests, FEATURE_BATCH, HEADER_BATCH_REPLIES, MAX_BATCH_REPLIES, MAX_REPLIES_BYTES};
 pub use heartbeat::Heartbeat;
 pub use inform::{
     allow_feature, path_allowed, placement_features, Inform, FEATURE_ALLOW_PREFIX, FEATURE_LABELS_PREFIX,
@@ -71,6 +71,9 @@ pub enum Command {
     Batch(Batch),
     /// Our router → our job manager: the REQUESTs of one poll pass.
     Requests(Requests),
+    /// Our router → our client (one that asked): its receipts and results
+    /// of one poll pass.
+    Replies(Replies),
     /// Our client → our router: jobs that depend on each other.
     Workflow(Workflow),
     /// Our job manager → our router: running jobs' progress and checkpoints.
@@ -96,6 +99,7 @@ impl Command {
             "PUBLISH" => Command::Publish(Publish::parse_frames(parse)?),
             "BATCH" => Command::Batch(Batch::parse_frames(parse)?),
             "REQUESTS" => Command::Requests(Requests::parse_frames(parse)?),
+            "REPLIES" => Command::Replies(Replies::parse_frames(parse)?),
             "WORKFLOW" => Command::Workflow(Workflow::parse_frames(parse)?),
             "JOB_UPDATE" => Command::JobUpdate(JobUpdates::parse_frames(parse)?),
             other => match AdminCommand::parse_frames(other, parse)? {
@@ -123,6 +127,7 @@ impl Command {
             Command::Publish(_) => "PUBLISH",
             Command::Batch(_) => "BATCH",
             Command::Requests(_) => "REQUESTS",
+            Command::Replies(_) => "REPLIES",
             Command::Workflow(_) => "WORKFLOW",
             Command::JobUpdate(_) => "JOB_UPDATE",
             Command::Admin(a) => a.name(),
@@ -142,6 +147,7 @@ impl Command {
             Command::Publish(c) => c.write_body(out),
             Command::Batch(c) => c.write_body(out),
             Command::Requests(c) => c.write_body(out),
+            Command::Replies(c) => c.write_body(out),
             Command::Workflow(c) => c.write_body(out),
             Command::JobUpdate(c) => c.write_body(out),
             Command::Admin(c) => c.write_body(out),

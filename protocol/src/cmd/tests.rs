@@ -17,6 +17,9 @@ fn every_command_round_trips() {
         replies: vec![("{}".into(), "m1".into()), ("{\"value\": 1}".into(), "m2".into())],
     }));
     round_trip(Command::Batch(Batch { ready: 1, replies: vec![] }));
+    round_trip(Command::Replies(Replies {
+        items: vec![("".into(), "m1".into()), ("{\"value\": 1}".into(), "m1".into()), ("".into(), "m2".into())],
+    }));
     round_trip(Command::Requests(Requests {
         jobs: vec![
             ("m1".into(), Request { queue: "q".into(), headers: "".into(), payload: "[]".into() }),
@@ -206,4 +209,34 @@ fn inform_carries_labels_and_name() {
     let eventmq = Inform { queues: Default::default(), kind: "worker".into(), features: None };
     assert!(eventmq.labels().is_empty());
     assert_eq!(eventmq.name(), None);
+}
+
+/// A REPLIES item is exactly the REPLY it stands for, both ways; admin
+/// answers (one frame of JSON) never go in one; an empty or unpaired
+/// REPLIES is a decode error, not a panic or an empty batch.
+#[test]
+fn replies_items_stand_for_their_replies() {
+    for reply in
+        [Reply::receipt("m-7"), Reply::Result { reply_json: r#"{"value": 1}"#.into(), orig_msgid: "m-7".into() }]
+    {
+        let (json, orig) = Replies::item_of(reply.clone()).expect("batchable");
+        assert_eq!(Replies::reply_of(json, orig), reply);
+    }
+    let admin = Reply::admin_answer(r#"{"state": "done"}"#);
+    assert_eq!(Replies::item_of(admin.clone()), Err(admin));
+    assert!(Replies::item_of(Reply::receipt("")).is_err(), "an empty receipt body would read as a receipt of nothing");
+    let frames = |body: &[&str]| {
+        let mut f: Vec<Vec<u8>> = vec![b"".to_vec(), b"eMQP/1.0".to_vec(), b"REPLIES".to_vec(), b"m".to_vec()];
+        f.extend(body.iter().map(|b| b.as_bytes().to_vec()));
+        f
+    };
+    assert!(Message::from_frames(&frames(&[])).is_err(), "no items");
+    assert!(Message::from_frames(&frames(&["", "a", "{}"])).is_err(), "an unpaired frame");
+    let too_many: Vec<&str> = std::iter::repeat(["", "a"]).take(MAX_BATCH_REPLIES + 1).flatten().collect();
+    assert!(Message::from_frames(&frames(&too_many)).is_err(), "past MAX_BATCH_REPLIES");
+    let m = Message::from_frames(&frames(&["", "a", "{}", "b"])).expect("two items");
+    assert_eq!(
+        m.command,
+        Command::Replies(Replies { items: vec![("".into(), "a".into()), ("{}".into(), "b".into())] })
+    );
 }
