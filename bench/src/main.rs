@@ -285,9 +285,10 @@ fn request(queue: &str, headers: &str, payload: &str) -> Message {
     Message::new(Command::Request(Request { queue: queue.into(), headers: headers.into(), payload: payload.into() }))
 }
 
-/// The REQUEST headers of the throughput clients: results wanted, and (as
-/// emq's own client asks) receipts and results of a pass in one REPLIES.
-const THROUGHPUT_HEADERS: &str = "reply-requested,batch-replies";
+/// The REQUEST headers of the load generators (throughput, latency, many
+/// clients): results wanted, and — as emq's own client asks — receipts and
+/// results of a router pass in one REPLIES.
+const CLIENT_HEADERS: &str = "reply-requested,batch-replies";
 
 /// The job results (`reply_json` frames) one message from the router
 /// carries: a REPLY with a result, or a REPLIES' non-empty items (empty
@@ -645,7 +646,7 @@ fn throughput(
     };
     let names: Vec<String> = (0..queues.max(1)).map(|i| queue_name(i, queues)).collect();
     // Warm-up: one job through, so connection set-up is not timed.
-    send(&s, &request(&names[0], THROUGHPUT_HEADERS, &payload))?;
+    send(&s, &request(&names[0], CLIENT_HEADERS, &payload))?;
     wait_results(&s, 1, Duration::from_secs(60))?;
     let start = Instant::now();
     let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
@@ -653,10 +654,10 @@ fn throughput(
         while sent < n && sent - done < window {
             let queue = &names[sent as usize % names.len()];
             match limit {
-                None => send(&s, &request(queue, THROUGHPUT_HEADERS, &payload))?,
+                None => send(&s, &request(queue, CLIENT_HEADERS, &payload))?,
                 Some(l) => {
                     let p = (sent.wrapping_mul(2_654_435_761) >> 7) % partitions.max(1);
-                    send(&s, &request(queue, &format!("{THROUGHPUT_HEADERS},limit:{l}/p{p}"), &payload))?
+                    send(&s, &request(queue, &format!("{CLIENT_HEADERS},limit:{l}/p{p}"), &payload))?
                 }
             }
             sent += 1;
@@ -703,7 +704,7 @@ fn latency(frontend: &str, n: usize, warmup: usize) -> Result<()> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t = Instant::now();
-        send(&s, &request("default", "reply-requested", &payload))?;
+        send(&s, &request("default", CLIENT_HEADERS, &payload))?;
         wait_results(&s, 1, Duration::from_secs(60))?;
         if i >= warmup {
             samples.push(t.elapsed().as_secs_f64() * 1e6);

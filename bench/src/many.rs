@@ -42,7 +42,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
     }
     // Each runs one job first: connected, known to the router, idle.
     for c in &all {
-        crate::send(&c.socket, &crate::request("default", "reply-requested", &payload))?;
+        crate::send(&c.socket, &crate::request("default", crate::CLIENT_HEADERS, &payload))?;
     }
     for c in &all {
         crate::wait_results(&c.socket, 1, Duration::from_secs(120))?;
@@ -70,7 +70,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
             std::thread::spawn(move || -> Result<Vec<Duration>> {
                 for c in mine.iter_mut() {
                     while c.sent < jobs {
-                        crate::send(&c.socket, &crate::request("default", "reply-requested", &payload))?;
+                        crate::send(&c.socket, &crate::request("default", crate::CLIENT_HEADERS, &payload))?;
                         c.sent += 1;
                     }
                 }
@@ -95,11 +95,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
                         let c = &mut mine[i];
                         loop {
                             match c.socket.recv_multipart(zmq::DONTWAIT) {
-                                Ok(f) => {
-                                    if f.len() == 6 && f[2] == b"REPLY" {
-                                        c.done += 1;
-                                    }
-                                }
+                                Ok(f) => c.done += crate::results_in(&f).len() as u64,
                                 Err(zmq::Error::EAGAIN) => {
                                     if !c.socket.get_events()?.contains(zmq::POLLIN) {
                                         break;
