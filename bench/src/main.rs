@@ -296,9 +296,13 @@ const CLIENT_HEADERS: &str = "reply-requested,batch-replies";
 fn results_in(frames: &[Vec<u8>]) -> Vec<&[u8]> {
     match frames.get(2).map(Vec::as_slice) {
         Some(b"REPLY") if frames.len() == 6 => vec![frames[4].as_slice()],
-        Some(b"REPLIES") => {
-            frames[4..].chunks(2).filter(|p| p.len() == 2 && !p[0].is_empty()).map(|p| p[0].as_slice()).collect()
-        }
+        Some(b"REPLIES") => frames
+            .get(4..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter(|p| p.len() == 2 && !p[0].is_empty())
+            .map(|p| p[0].as_slice())
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -558,7 +558,9 @@ impl Client {
     }
 
     /// The REQUEST of a payload frame (`job.to_wire()`, or a command job's
-    /// [`CommandPayload::to_wire`]), with this client's owner token.
+    /// [`CommandPayload::to_wire`]), with this client's owner token and the
+    /// `batch-replies` header: whoever sends it on a socket of its own
+    /// gets receipts and results from our router as REPLIES too.
     pub fn request_payload_command(&self, queue: &str, payload_wire: String, options: &Options) -> Command {
         Command::Request(Request {
             queue: queue.to_owned(),

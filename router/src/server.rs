@@ -1020,7 +1020,10 @@ impl Server {
             return;
         }
         if self.batch_clients.len() >= BATCH_CLIENTS_MAX {
-            // Cannot tell who left: start over (see BATCH_CLIENTS_MAX).
+            // Cannot tell who left: start over (see BATCH_CLIENTS_MAX) —
+            // what was gathered goes first, so nothing sent to a forgotten
+            // client later in this pass overtakes it.
+            self.flush_client_replies();
             self.batch_clients.clear();
         }
         self.batch_clients.insert(incoming.peer.clone());
@@ -1063,8 +1066,9 @@ impl Server {
     }
 
     /// One client's gathered replies: alone as a REPLY, several as
-    /// REPLIES. An unreachable client gets each back as its own REPLY, so
-    /// the state machine handles them one by one, as it would have.
+    /// REPLIES (undeliverable, the state machine takes a REPLIES as its
+    /// REPLYs, as it would have had them one by one — here or when it
+    /// waited in the client's outbox).
     fn flush_client_replies_to(&mut self, peer: &PeerId) -> Vec<Event> {
         let Some((mut items, _)) = self.client_replies.remove(peer) else { return Vec::new() };
         let message = if items.len() == 1 {
@@ -1074,19 +1078,7 @@ impl Server {
             Message::new(Command::Replies(emq_protocol::Replies { items }))
         };
         // Straight to the socket (or its outbox): not gathered again.
-        match self.send_now(SocketKind::Frontend, peer.clone(), message) {
-            None => Vec::new(),
-            Some(Event::Unreachable { socket, peer, message: Message { command: Command::Replies(r), .. } }) => r
-                .items
-                .into_iter()
-                .map(|(json, orig)| Event::Unreachable {
-                    socket,
-                    peer: peer.clone(),
-                    message: Message::new(Command::Reply(emq_protocol::Replies::reply_of(json, orig))),
-                })
-                .collect(),
-            Some(e) => vec![e],
-        }
+        self.send_now(SocketKind::Frontend, peer.clone(), message).into_iter().collect()
     }
 
     /// Retries queued messages, oldest first, per peer.

@@ -309,6 +309,20 @@ impl RouterState {
         now: Now,
         out: &mut Vec<Action>,
     ) {
+        // A REPLIES (gathered receipts and results, perhaps stuck in the
+        // client's outbox before it went) stands for its REPLYs: each is
+        // handled as if it had been sent alone — a result is kept to go
+        // again.
+        let message = match message {
+            Message { command: Command::Replies(r), .. } if socket == SocketKind::Frontend => {
+                for (reply_json, orig_msgid) in r.items {
+                    let reply = emq_protocol::Replies::reply_of(reply_json, orig_msgid);
+                    self.on_unreachable(socket, peer.clone(), Message::new(Command::Reply(reply)), now, out);
+                }
+                return;
+            }
+            m => m,
+        };
         // A client that left before its receipt is normal; a job manager or
         // scheduler that vanished is not.
         self.count(if socket == SocketKind::Backend { "unreachable_job_manager" } else { "client_gone" });

@@ -1458,3 +1458,28 @@ fn a_request_sent_again_is_answered_with_its_receipt_never_a_second_job() {
     assert!(dispatched_to(&h.ready("jm")).is_empty(), "never run twice");
     assert_eq!(h.r.activity()["duplicate_requests_answered"], 3);
 }
+
+/// A REPLIES that could not be delivered (its client gone, perhaps while it
+/// waited in the client's outbox) is handled as its REPLYs: each result is
+/// kept to go again (and journaled as pending), each item counted.
+#[test]
+fn an_undeliverable_replies_keeps_each_result() {
+    let mut h = Harness::new();
+    let items = vec![
+        (String::new(), "a".to_string()),
+        (r#"{"value": 1}"#.to_string(), "b".to_string()),
+        (r#"{"value": 2}"#.to_string(), "c".to_string()),
+    ];
+    let message = Message::new(Command::Replies(emq_protocol::Replies { items }));
+    h.event(Event::Unreachable { socket: SocketKind::Frontend, peer: PeerId::from("client"), message });
+    let pending: Vec<String> = h
+        .journal
+        .iter()
+        .filter_map(|r| match r {
+            emq_journal::Record::ResultPending { msgid } => Some(msgid.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pending, vec!["b".to_string(), "c".to_string()], "{:?}", h.journal);
+    assert_eq!(h.r.errors()["client_gone"], 3);
+}
