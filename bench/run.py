@@ -6,6 +6,7 @@ against EventMQ 0.3.13 and Celery measured in the same run. Every process it
 starts it stops again by pid. Raw results: target/bench/raw.jsonl.
 """
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import resource
+import shutil
 import tempfile
 import time
 
@@ -51,6 +53,20 @@ def start(cmd, env=None, log_name="proc"):
     return p
 
 
+# Temporary directories of this run (journals, WALs, keys): removed when it
+# ends; a router's data directory as soon as that router is stopped.
+SCRATCH = []
+
+
+def scratch_dir(prefix):
+    d = tempfile.mkdtemp(prefix=prefix)
+    SCRATCH.append(d)
+    return d
+
+
+atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in SCRATCH])
+
+
 def stop(p, grace=10):
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
@@ -61,6 +77,8 @@ def stop(p, grace=10):
             p.wait()
     if p in procs:
         procs.remove(p)
+    if getattr(p, "scratch", None):
+        shutil.rmtree(p.scratch, ignore_errors=True)
 
 
 def stop_all():
@@ -121,10 +139,13 @@ def children(pid):
 
 def emq_router(a, env=None):
     # A fresh journal directory per router: no run replays another's jobs.
-    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    own_dir = "EMQ_DATA_DIR" not in (env or {})
+    data_dir = scratch_dir("emq-bench-data-") if own_dir else env["EMQ_DATA_DIR"]
     base = {"RUST_LOG": "error", "EMQ_HTTP_ADDR": "", "EMQ_DATA_DIR": data_dir}
     p = start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
                "--administrative-addr", a["admin"]], env=dict(base, **(env or {})), log_name="router")
+    if own_dir:
+        p.scratch = data_dir
     end = time.time() + 20
     while free_slots(a["admin"]) < 0:
         if time.time() > end:
@@ -157,7 +178,7 @@ def s1_emq(args, n):
 def s1_eventmq(args, n):
     a = addrs()
     v = os.path.join(args.eventmq_venv, "bin")
-    wal = tempfile.mkdtemp(prefix="emq-bench-wal-")
+    wal = scratch_dir("emq-bench-wal-")
     r = start([os.path.join(v, "emq-router")], env={
         "EVENTMQ_FRONTEND_ADDR": a["frontend"], "EVENTMQ_BACKEND_ADDR": a["backend"],
         "EVENTMQ_ADMINISTRATIVE_ADDR": a["admin"], "EVENTMQ_WAL": os.path.join(wal, "wal.log")}, log_name="eventmq-router")
@@ -356,7 +377,7 @@ def http_health(port):
 
 
 def ha_router(a, url, http_port, env=None):
-    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    data_dir = scratch_dir("emq-bench-data-")
     base = {"RUST_LOG": "error", "EMQ_HTTP_ADDR": "127.0.0.1:%d" % http_port, "EMQ_DATA_DIR": data_dir,
             "EMQ_JOURNAL_URL": url}
     return start([os.path.join(REL, "emq-router"), "--frontend-addr", a["frontend"], "--backend-addr", a["backend"],
@@ -624,7 +645,7 @@ def s13(args):
 def http_router(a, env=None):
     """Our router with its HTTP server on a free loopback port: (process,
     "host:port", path of its admin token file)."""
-    data_dir = tempfile.mkdtemp(prefix="emq-bench-data-")
+    data_dir = scratch_dir("emq-bench-data-")
     port = free_port()
     r = emq_router(a, dict({"EMQ_HTTP_ADDR": "127.0.0.1:%d" % port, "EMQ_DATA_DIR": data_dir}, **(env or {})))
     tok = os.path.join(data_dir, "admin.token")
@@ -871,7 +892,7 @@ def s16(args, system, ms):
     elif system == "eventmq":
         a = addrs()
         v = os.path.join(args.eventmq_venv, "bin")
-        wal = tempfile.mkdtemp(prefix="emq-bench-wal-")
+        wal = scratch_dir("emq-bench-wal-")
         rt = start([os.path.join(v, "emq-router")], env={
             "EVENTMQ_FRONTEND_ADDR": a["frontend"], "EVENTMQ_BACKEND_ADDR": a["backend"],
             "EVENTMQ_ADMINISTRATIVE_ADDR": a["admin"], "EVENTMQ_WAL": os.path.join(wal, "wal.log")}, log_name="eventmq-router")
