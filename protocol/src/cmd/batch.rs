@@ -31,21 +31,7 @@ impl Batch {
             field: "BATCH ready count",
             reason: format!("{ready_raw:?} is not a count"),
         })?;
-        let rest = p.rest()?;
-        if rest.len() % 2 != 0 || rest.len() / 2 > MAX_BATCH_REPLIES {
-            return Err(DecodeErrorKind::BadJson {
-                field: "BATCH replies",
-                reason: format!(
-                    "{} frames: expected pairs of reply_json, orig_msgid (at most {MAX_BATCH_REPLIES})",
-                    rest.len()
-                ),
-            });
-        }
-        let mut it = rest.into_iter();
-        let mut replies = Vec::new();
-        while let (Some(json), Some(orig)) = (it.next(), it.next()) {
-            replies.push((json, orig));
-        }
+        let replies = frame_pairs(p.rest()?, "BATCH replies", "reply_json, orig_msgid", 0, MAX_BATCH_REPLIES)?;
         Ok(Batch { ready, replies })
     }
 
@@ -142,21 +128,7 @@ impl Replies {
     }
 
     pub(crate) fn parse_frames<F: AsRef<[u8]>>(p: &mut Parse<'_, F>) -> Result<Self, DecodeErrorKind> {
-        let rest = p.rest()?;
-        if rest.is_empty() || rest.len() % 2 != 0 || rest.len() / 2 > MAX_BATCH_REPLIES {
-            return Err(DecodeErrorKind::BadJson {
-                field: "REPLIES items",
-                reason: format!(
-                    "{} frames: expected 1 to {MAX_BATCH_REPLIES} pairs of reply_json, orig_msgid",
-                    rest.len()
-                ),
-            });
-        }
-        let mut it = rest.into_iter();
-        let mut items = Vec::with_capacity(it.len() / 2);
-        while let (Some(json), Some(orig)) = (it.next(), it.next()) {
-            items.push((json, orig));
-        }
+        let items = frame_pairs(p.rest()?, "REPLIES items", "reply_json, orig_msgid", 1, MAX_BATCH_REPLIES)?;
         Ok(Replies { items })
     }
 
@@ -166,4 +138,28 @@ impl Replies {
             out.push(orig.as_bytes().to_vec());
         }
     }
+}
+
+/// A body of frame pairs (`BATCH`'s replies, `REPLIES`, `JOB_UPDATE`):
+/// between `min` and `max` pairs of `what`, else a decode error naming
+/// `field`.
+pub(crate) fn frame_pairs(
+    rest: Vec<String>,
+    field: &'static str,
+    what: &str,
+    min: usize,
+    max: usize,
+) -> Result<Vec<(String, String)>, DecodeErrorKind> {
+    if rest.len() % 2 != 0 || rest.len() / 2 < min || rest.len() / 2 > max {
+        return Err(DecodeErrorKind::BadJson {
+            field,
+            reason: format!("{} frames: expected {min} to {max} pairs of {what}", rest.len()),
+        });
+    }
+    let mut it = rest.into_iter();
+    let mut pairs = Vec::with_capacity(it.len() / 2);
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        pairs.push((a, b));
+    }
+    Ok(pairs)
 }

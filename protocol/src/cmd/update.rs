@@ -97,21 +97,10 @@ pub struct JobUpdates {
 
 impl JobUpdates {
     pub(crate) fn parse_frames<F: AsRef<[u8]>>(p: &mut Parse<'_, F>) -> Result<Self, DecodeErrorKind> {
-        let rest = p.rest()?;
-        if rest.len() % 2 != 0 || rest.len() / 2 > MAX_JOB_UPDATES {
-            return Err(DecodeErrorKind::BadJson {
-                field: "JOB_UPDATE updates",
-                reason: format!(
-                    "{} frames: expected pairs of msgid, update_json (at most {MAX_JOB_UPDATES})",
-                    rest.len()
-                ),
-            });
-        }
-        let mut it = rest.into_iter();
-        let mut updates = Vec::new();
-        while let (Some(msgid), Some(json)) = (it.next(), it.next()) {
-            updates.push(JobUpdate::from_frames(msgid, &json)?);
-        }
+        let pairs =
+            super::batch::frame_pairs(p.rest()?, "JOB_UPDATE updates", "msgid, update_json", 0, MAX_JOB_UPDATES)?;
+        let updates =
+            pairs.into_iter().map(|(msgid, json)| JobUpdate::from_frames(msgid, &json)).collect::<Result<_, _>>()?;
         Ok(JobUpdates { updates })
     }
 
