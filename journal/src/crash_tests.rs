@@ -50,6 +50,9 @@ impl Fs for Shared {
     fn append(&mut self, f: FileId, bytes: &[u8]) -> io::Result<()> {
         self.with(|s| s.append(f, bytes))
     }
+    fn zero_ahead(&mut self, f: FileId, from: u64, to: u64) -> io::Result<()> {
+        self.with(|s| s.zero_ahead(f, from, to))
+    }
     fn sync(&mut self, f: FileId) -> io::Result<()> {
         self.with(|s| s.sync(f))
     }

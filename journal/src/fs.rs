@@ -20,8 +20,18 @@ pub trait Fs: Send {
     /// Creates `path` empty (truncating what a failed earlier attempt left),
     /// for appending; mode 0600.
     fn create(&mut self, path: &Path) -> io::Result<FileId>;
-    /// Appends `bytes`; on error, any prefix of them may have been written.
+    /// Writes `bytes` at the handle's position (just after what it wrote
+    /// before: the end of what was appended, not of zeros written ahead
+    /// by [`Fs::zero_ahead`]) and moves it past them; on error, any prefix
+    /// of them may have been written.
     fn append(&mut self, f: FileId, bytes: &[u8]) -> io::Result<()>;
+    /// Writes zeros over `from..to` (at or past the handle's position; the
+    /// position stays): the file's blocks exist before records are written
+    /// into them, so an `fdatasync` after such a write has no size or
+    /// allocation to record — one disk write and a flush, not also the
+    /// inode's (ext4: `ext4_write_inode` and the block bitmap, each a
+    /// synchronous write of its own). On error, any part may be written.
+    fn zero_ahead(&mut self, f: FileId, from: u64, to: u64) -> io::Result<()>;
     /// fdatasync: what was appended survives a power loss once this is Ok.
     fn sync(&mut self, f: FileId) -> io::Result<()>;
     /// Forgets the handle.
@@ -67,6 +77,20 @@ impl Fs for RealFs {
     fn append(&mut self, f: FileId, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         self.file(f)?.write_all(bytes)
+    }
+
+    fn zero_ahead(&mut self, f: FileId, from: u64, to: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        /// Zeros to write from (in `.bss`: no binary size, no allocation).
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let file = self.file(f)?;
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     fn sync(&mut self, f: FileId) -> io::Result<()> {

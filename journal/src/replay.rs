@@ -74,15 +74,27 @@ fn checkpoint_in(buf: &[u8], start: usize, salt: u64) -> Option<(u64, bool)> {
 
 /// A segment's bytes as they count: up to the cut its successor names.
 fn read_counted(fs: &mut dyn Fs, path: &Path, cut: Option<u64>) -> Result<(Vec<u8>, usize, u64), JournalError> {
+    read_counted_tail(fs, path, cut).map(|(bytes, start, salt, _)| (bytes, start, salt))
+}
+
+/// [`read_counted`], and whether what the cut left out is only zeros
+/// (written ahead of the records: the segment ended well there).
+fn read_counted_tail(
+    fs: &mut dyn Fs,
+    path: &Path,
+    cut: Option<u64>,
+) -> Result<(Vec<u8>, usize, u64, bool), JournalError> {
     let seg = read_segment(fs, path).map_err(|e| JournalError::Io { path: path.to_path_buf(), source: e })?;
     let mut bytes = seg.bytes;
+    let mut zeros_after = true;
     if let Some(c) = cut {
         let c = (c as usize).max(seg.data_start);
         if bytes.len() > c {
+            zeros_after = bytes[c..].iter().all(|b| *b == 0);
             bytes.truncate(c);
         }
     }
-    Ok((bytes, seg.data_start, seg.salt))
+    Ok((bytes, seg.data_start, seg.salt, zeros_after))
 }
 
 /// Replays `dir`, calling `on_record` for each record in order.
@@ -164,8 +176,10 @@ pub fn replay(
         let newest = i + 1 == segments.len();
         let cut = cut_of(i);
         let whole_len = fs.len(&path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
-        let (buf, data_start, salt) = read_counted(fs, &path, cut)?;
-        if (buf.len() as u64) < whole_len {
+        let (buf, data_start, salt, zeros_after) = read_counted_tail(fs, &path, cut)?;
+        // Zeros past the cut were written ahead of records that never
+        // came (the writer moved on to the next segment): nothing to say.
+        if (buf.len() as u64) < whole_len && !zeros_after {
             warn!(segment = %path.display(), valid_to = buf.len(), dropped = whole_len - buf.len() as u64,
                   "segment abandoned after a failed write or sync: read up to where the next one says (its rest was rewritten there)");
             fs.truncate(&path, buf.len() as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
@@ -181,6 +195,23 @@ pub fn replay(
                     report.records += 1;
                     on_record(rec);
                     pos = next;
+                }
+                // Zeros to the end: written ahead of records, none came
+                // (or their write did not reach the disk: never synced,
+                // never acknowledged). The records end here. The newest
+                // segment is cut to them (the next one's header will name
+                // no cut). An older one ends so when the segment that
+                // named its cut was dropped (an unfinished checkpoint, a
+                // creation cut short): a successor is created only after
+                // this one was synced, so nothing acknowledged is there.
+                Err(_) if buf[pos..].iter().all(|b| *b == 0) => {
+                    if newest {
+                        let dropped = (buf.len() - pos) as u64;
+                        fs.truncate(&path, pos as u64)
+                            .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+                        report.bytes -= dropped;
+                    }
+                    break;
                 }
                 Err(bad) if newest => {
                     let dropped = (buf.len() - pos) as u64;

@@ -214,6 +214,15 @@ pub struct SegmentWriter {
     file: FileId,
     /// Bytes in the file, header included.
     pub len: u64,
+    /// Where the file ends: past `len` it holds zeros written ahead.
+    end: u64,
+    /// How far past the records to keep zeros written ahead (0: none, the
+    /// file ends with its last record). See [`Fs::zero_ahead`]: with them a
+    /// group commit's `fdatasync` is one data write and a flush. Replay
+    /// reads zeros after the last record as the end of the records, not as
+    /// a torn tail; a segment's successor names where its records end (its
+    /// header's cut), so zeros after them are never taken for damage.
+    pub zero_ahead: u64,
 }
 
 impl SegmentWriter {
@@ -253,16 +262,31 @@ impl SegmentWriter {
             fs.close(file);
             return Err(e);
         }
-        Ok(SegmentWriter { seq, salt, file, len: HEADER as u64 })
+        Ok(SegmentWriter { seq, salt, file, len: HEADER as u64, end: HEADER as u64, zero_ahead: 0 })
     }
 
-    /// Appends bytes (whole frames) to the page cache. On error the
-    /// segment may hold any prefix of them: the caller must not append
+    /// Appends bytes (whole frames) to the page cache, first writing
+    /// `zero_ahead` bytes of zeros past them when they would pass the
+    /// zeros written before. Returns by how much the file grew. On error
+    /// the segment may hold any prefix of them: the caller must not append
     /// to it again (see the writer's recovery).
-    pub fn write(&mut self, fs: &mut dyn Fs, bytes: &[u8]) -> io::Result<()> {
+    pub fn write(&mut self, fs: &mut dyn Fs, bytes: &[u8]) -> io::Result<u64> {
+        let before = self.end;
+        let to = self.len + bytes.len() as u64;
+        if self.zero_ahead > 0 && to > self.end {
+            let end = to + self.zero_ahead;
+            fs.zero_ahead(self.file, self.end, end)?;
+            self.end = end;
+        }
         fs.append(self.file, bytes)?;
-        self.len += bytes.len() as u64;
-        Ok(())
+        self.len = to;
+        self.end = self.end.max(to);
+        Ok(self.end - before)
+    }
+
+    /// Where the file ends (zeros written ahead included).
+    pub fn file_len(&self) -> u64 {
+        self.end
     }
 
     /// fdatasync: what was written survives power loss. On error, what was

@@ -76,7 +76,8 @@ pub struct SimFs {
     durable_names: BTreeMap<PathBuf, PathBuf>,
     /// Names as the process sees them: path → inode key.
     names: BTreeMap<PathBuf, PathBuf>,
-    open: HashMap<FileId, PathBuf>,
+    /// Open handles: inode, and where the next `append` writes.
+    open: HashMap<FileId, (PathBuf, usize)>,
     next_id: FileId,
     next_inode: u64,
     /// Operations done; the crash comes at `crash_at`.
@@ -152,23 +153,33 @@ impl SimFs {
         for (name, inode) in &self.durable_names {
             let Some(f) = self.files.get(inode) else { continue };
             let mut disk = f.disk.clone();
-            if f.data.len() > disk.len() && f.data[..disk.len()] == disk[..] {
-                let extra = &f.data[disk.len()..];
+            // The unsynced bytes: from the first that differs from the
+            // disk (records written over zeros written ahead and synced,
+            // or past the disk's end) to the end of the page cache.
+            let shared = disk.len().min(f.data.len());
+            let first = (0..shared).find(|&i| f.data[i] != disk[i]).unwrap_or(shared);
+            if f.data.len() > first {
+                let extra = &f.data[first..];
                 match self.rng.below(3) {
                     0 => {}
                     1 => {
                         let n = self.rng.below(extra.len() as u64 + 1) as usize;
-                        disk.extend_from_slice(&extra[..n]);
+                        if disk.len() < first + n {
+                            disk.resize(first + n, 0);
+                        }
+                        disk[first..first + n].copy_from_slice(&extra[..n]);
                     }
                     _ => {
-                        // Sectors: some written, some not (zeros), to a random end.
+                        // Sectors: some written, some not (what the disk
+                        // had there, zeros past its end), to a random end.
                         let end = self.rng.below(extra.len() as u64 + 1) as usize;
-                        let start = disk.len();
-                        disk.resize(start + end, 0);
+                        if disk.len() < first + end {
+                            disk.resize(first + end, 0);
+                        }
                         for s in (0..end).step_by(512) {
                             if self.rng.chance(2) {
                                 let e = (s + 512).min(end);
-                                disk[start + s..start + e].copy_from_slice(&extra[s..e]);
+                                disk[first + s..first + e].copy_from_slice(&extra[s..e]);
                             }
                         }
                     }
@@ -210,6 +221,15 @@ impl SimFs {
     }
 }
 
+/// `bytes` written into `data` at `at` (over what is there, past its end
+/// growing it; a gap before `at` reads as zeros).
+fn write_at(data: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    if data.len() < at + bytes.len() {
+        data.resize(at + bytes.len(), 0);
+    }
+    data[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
 impl Fs for SimFs {
     fn create(&mut self, path: &Path) -> io::Result<FileId> {
         self.op()?;
@@ -237,17 +257,32 @@ impl Fs for SimFs {
             return Err(err(io::ErrorKind::Other, "simulated EIO on create"));
         }
         self.next_id += 1;
-        self.open.insert(self.next_id, inode);
+        self.open.insert(self.next_id, (inode, 0));
         Ok(self.next_id)
     }
 
     fn append(&mut self, f: FileId, bytes: &[u8]) -> io::Result<()> {
         self.op()?;
-        let inode = self.open.get(&f).cloned().ok_or_else(|| err(io::ErrorKind::NotFound, "not open"))?;
+        let (inode, at) = self.open.get(&f).cloned().ok_or_else(|| err(io::ErrorKind::NotFound, "not open"))?;
         let fail = self.faults.write_fails;
         let failing = self.inject(fail);
         let n = if failing { self.rng.below(bytes.len() as u64) as usize } else { bytes.len() };
-        self.files.get_mut(&inode).expect("open file exists").data.extend_from_slice(&bytes[..n]);
+        write_at(&mut self.files.get_mut(&inode).expect("open file exists").data, at, &bytes[..n]);
+        self.open.insert(f, (inode, at + n));
+        if failing {
+            return Err(err(io::ErrorKind::StorageFull, "simulated ENOSPC"));
+        }
+        Ok(())
+    }
+
+    fn zero_ahead(&mut self, f: FileId, from: u64, to: u64) -> io::Result<()> {
+        self.op()?;
+        let (inode, _) = self.open.get(&f).cloned().ok_or_else(|| err(io::ErrorKind::NotFound, "not open"))?;
+        let fail = self.faults.write_fails;
+        let failing = self.inject(fail);
+        let len = (to.saturating_sub(from)) as usize;
+        let n = if failing { self.rng.below(len as u64) as usize } else { len };
+        write_at(&mut self.files.get_mut(&inode).expect("open file exists").data, from as usize, &vec![0; n]);
         if failing {
             return Err(err(io::ErrorKind::StorageFull, "simulated ENOSPC"));
         }
@@ -256,7 +291,7 @@ impl Fs for SimFs {
 
     fn sync(&mut self, f: FileId) -> io::Result<()> {
         self.op()?;
-        let inode = self.open.get(&f).cloned().ok_or_else(|| err(io::ErrorKind::NotFound, "not open"))?;
+        let (inode, _) = self.open.get(&f).cloned().ok_or_else(|| err(io::ErrorKind::NotFound, "not open"))?;
         let fail = self.faults.sync_fails;
         let failing = self.inject(fail);
         let file = self.files.get_mut(&inode).expect("open file exists");

@@ -278,3 +278,91 @@ fn a_pending_batch_counts_ids_and_an_empty_one_is_never_waited_for() {
     assert_eq!(b.allocate(), 2, "a checkpoint takes the next id");
     assert_eq!((b.current(), b.covering()), (3, 2));
 }
+
+/// A job with a payload of about `bytes` (to fill segments quickly).
+fn big(i: u64, bytes: usize) -> Record {
+    let Record::Accepted { mut job, attempts } = accepted(i) else { unreachable!() };
+    job.payload = format!(r#"["run", {{"path": "a", "callable": "b", "args": ["{}"]}}]"#, "x".repeat(bytes));
+    Record::Accepted { job, attempts }
+}
+
+/// Zeros are written ahead of the records while a segment is open (a
+/// group commit's fdatasync then has no size or block allocation to
+/// record); a journal closed well ends with its last record, and what a
+/// crash leaves — the zeros after the last record — is read as the end of
+/// the records, not as a torn tail, and cut at the next start.
+#[test]
+fn zeros_written_ahead_end_the_records_quietly() {
+    let dir = tmpdir("zeros");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..5 {
+        j.append(&accepted(i));
+    }
+    let id = j.current_batch();
+    j.submit();
+    wait_durable(&j, id);
+    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let while_open = std::fs::read(&path).unwrap();
+    j.close();
+    drop(j);
+    let closed = std::fs::read(&path).unwrap();
+    assert!(
+        while_open.len() > closed.len(),
+        "zeros written ahead while open: {} vs {}",
+        while_open.len(),
+        closed.len()
+    );
+    assert_eq!(&while_open[..closed.len()], &closed[..], "the records are the same bytes");
+    assert!(while_open[closed.len()..].iter().all(|b| *b == 0), "only zeros after them");
+    // The state a crash (or a power loss) leaves: the records, then zeros.
+    std::fs::write(&path, &while_open).unwrap();
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 5);
+    assert!(report.torn_tail.is_none(), "zeros after the last record are not a torn tail");
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, closed.len(), "cut to the last record");
+    // Zeros after a torn record are still a torn tail.
+    let mut torn = while_open.clone();
+    torn[closed.len() - 3] ^= 0xff;
+    std::fs::write(&path, &torn).unwrap();
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 4, "the damaged last record is dropped");
+    assert!(report.torn_tail.is_some());
+}
+
+/// A segment left for the next one (full) keeps the zeros written ahead
+/// of it; the next segment's header names where its records end, so they
+/// are neither damage nor an abandoned segment's rest, and a bad byte
+/// before that end is still damage.
+#[test]
+fn a_full_segment_ends_where_its_successor_says() {
+    let dir = tmpdir("rotated");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..1_400 {
+        j.append(&big(i, 1_000));
+        if i % 100 == 99 {
+            j.submit();
+        }
+    }
+    wait_durable(&j, j.covering_batch());
+    j.close();
+    drop(j);
+    let segments = list_segments(&dir).unwrap();
+    assert_eq!(segments.len(), 2, "1.4 MB of records in 1 MiB segments");
+    let first = std::fs::read(&segments[0].1).unwrap();
+    let next = segment::parse_segment(std::fs::read(&segments[1].1).unwrap()).unwrap();
+    let end = next.cut_prev.expect("the successor names where the full segment's records end") as usize;
+    assert!(
+        first.len() > end && first[end..].iter().all(|b| *b == 0),
+        "zeros after the records: {} > {end}",
+        first.len()
+    );
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 1_400);
+    assert!(report.torn_tail.is_none() && report.repaired.is_empty());
+    assert_eq!(std::fs::read(&segments[0].1).unwrap().len(), first.len(), "nothing cut in a closed segment");
+    // Damage before the end is still damage.
+    let mut bad = first.clone();
+    bad[end - 3] ^= 0xff;
+    std::fs::write(&segments[0].1, &bad).unwrap();
+    assert!(matches!(read_all(&dir, false), Err(JournalError::Damaged { .. })));
+}
