@@ -23,8 +23,8 @@
 pub mod store;
 
 use emq_journal::{FinalState, Record};
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use store::{EventWindow, Filter, Item, Page, StoredEvent};
@@ -149,19 +149,37 @@ pub struct NewEvent {
 impl NewEvent {
     /// The event as readers get it.
     pub fn render(&self) -> StoredEvent {
-        let line: Arc<str> = match &self.detail {
-            Detail::Line(l) => l.clone(),
-            Detail::Noted(_) => self.render_via_map().into(),
-            _ => self.render_fields().into(),
-        };
         StoredEvent {
             offset: self.offset,
             at: self.at,
-            kind: self.kind.into(),
+            kind: self.kind,
             job: self.job.clone(),
             queue: self.queue.clone(),
             owner: self.owner.clone(),
+            line: self.line(),
+        }
+    }
+
+    /// [`Self::render`], taking the event: its names move instead of
+    /// being copied (the events thread renders every event of every job).
+    pub fn into_stored(self) -> StoredEvent {
+        let line = self.line();
+        StoredEvent {
+            offset: self.offset,
+            at: self.at,
+            kind: self.kind,
+            job: self.job,
+            queue: self.queue,
+            owner: self.owner,
             line,
+        }
+    }
+
+    fn line(&self) -> Arc<str> {
+        match &self.detail {
+            Detail::Line(l) => l.clone(),
+            Detail::Noted(_) => self.render_via_map().into(),
+            _ => self.render_fields().into(),
         }
     }
 
@@ -172,84 +190,103 @@ impl NewEvent {
     /// The events thread renders every job event, so at 20k jobs/s this is
     /// most of its time.
     fn render_fields(&self) -> String {
-        /// A value to write: serialized on the spot.
-        enum V<'a> {
-            Str(&'a str),
-            U32(u32),
-            F64(f64),
-            True,
-            Error(&'a str, &'a str),
-            Json(Value),
-        }
-        let mut fields: Vec<(&'static str, V<'_>)> = Vec::with_capacity(10);
-        fields.push(("offset", V::Json(Value::from(self.offset))));
-        fields.push(("type", V::Str(self.kind)));
-        if let Some(j) = &self.job {
-            fields.push(("job", V::Str(j)));
-        }
-        if let Some(q) = &self.queue {
-            fields.push(("queue", V::Str(q)));
-        }
-        if let Some(c) = &self.callable {
-            fields.push(("callable", V::Str(c)));
-        }
-        fields.push(("at", V::F64(self.at)));
-        match &self.detail {
-            Detail::Accepted | Detail::Line(_) | Detail::Noted(_) => {}
-            Detail::Started { attempt, job_manager } => {
-                fields.push(("attempt", V::U32(*attempt)));
-                fields.push(("job_manager", V::Str(job_manager)));
-            }
-            Detail::Requeued { attempts } => fields.push(("attempts", V::U32(*attempts))),
-            Detail::Retrying { attempt, kind, message, due } => {
-                fields.push(("attempt", V::U32(*attempt)));
-                fields.push(("error", V::Error(kind, cut(message))));
-                fields.push(("due", V::F64(*due)));
-            }
-            Detail::Finished { state, result, failure } => {
-                if let Some((kind, message)) = failure {
-                    fields.push(("error", V::Error(kind, cut(message))));
-                }
-                match state {
-                    FinalState::Lost => fields.push(("reason", V::Str("lost"))),
-                    FinalState::Refused => fields.push(("reason", V::Str("refused"))),
-                    _ => {}
-                }
-                if *state == FinalState::Done {
-                    if result.len() > EVENT_RESULT_BYTES {
-                        fields.push(("result_truncated", V::True));
-                    } else {
-                        fields.push(("result", V::Json(result_value(result))));
-                    }
-                }
-            }
-        }
-        fields.sort_by(|a, b| a.0.cmp(b.0));
-        let mut out = Vec::with_capacity(256);
-        out.push(b'{');
-        for (i, (k, v)) in fields.iter().enumerate() {
-            if i > 0 {
+        /// Writes `,"key":` (no comma before the first key, `at`).
+        fn key(out: &mut Vec<u8>, k: &str) {
+            if out.len() > 1 {
                 out.push(b',');
             }
-            // Writing to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, k);
-            out.push(b':');
-            let _ = match v {
-                V::Str(t) => serde_json::to_writer(&mut out, t),
-                V::U32(n) => serde_json::to_writer(&mut out, n),
-                V::F64(x) => serde_json::to_writer(&mut out, &json!(x)),
-                V::True => serde_json::to_writer(&mut out, &true),
-                V::Error(kind, message) => {
-                    out.extend_from_slice(b"{\"kind\":");
-                    let _ = serde_json::to_writer(&mut out, kind);
-                    out.extend_from_slice(b",\"message\":");
-                    let r = serde_json::to_writer(&mut out, message);
-                    out.push(b'}');
-                    r
-                }
-                V::Json(value) => serde_json::to_writer(&mut out, value),
-            };
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
         }
+        /// A string value, escaped as `serde_json` escapes it.
+        fn string(out: &mut Vec<u8>, v: &str) {
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        fn error(out: &mut Vec<u8>, kind: &str, message: &str) {
+            out.extend_from_slice(b"{\"kind\":");
+            string(out, kind);
+            out.extend_from_slice(b",\"message\":");
+            string(out, message);
+            out.push(b'}');
+        }
+        fn number<T: serde::Serialize>(out: &mut Vec<u8>, v: T) {
+            let _ = serde_json::to_writer(&mut *out, &v);
+        }
+        let d = &self.detail;
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        // The keys in the order a `serde_json::Map` sorts them: at,
+        // attempt, attempts, callable, due, error, job, job_manager,
+        // offset, queue, reason, result, result_truncated, type.
+        key(&mut out, "at");
+        number(&mut out, json!(self.at));
+        match d {
+            Detail::Started { attempt, .. } | Detail::Retrying { attempt, .. } => {
+                key(&mut out, "attempt");
+                number(&mut out, attempt);
+            }
+            Detail::Requeued { attempts } => {
+                key(&mut out, "attempts");
+                number(&mut out, attempts);
+            }
+            _ => {}
+        }
+        if let Some(c) = &self.callable {
+            key(&mut out, "callable");
+            string(&mut out, c);
+        }
+        match d {
+            Detail::Retrying { kind, message, due, .. } => {
+                key(&mut out, "due");
+                number(&mut out, json!(due));
+                key(&mut out, "error");
+                error(&mut out, kind, cut(message));
+            }
+            Detail::Finished { failure: Some((kind, message)), .. } => {
+                key(&mut out, "error");
+                error(&mut out, kind, cut(message));
+            }
+            _ => {}
+        }
+        if let Some(j) = &self.job {
+            key(&mut out, "job");
+            string(&mut out, j);
+        }
+        if let Detail::Started { job_manager, .. } = d {
+            key(&mut out, "job_manager");
+            string(&mut out, job_manager);
+        }
+        key(&mut out, "offset");
+        number(&mut out, self.offset);
+        if let Some(q) = &self.queue {
+            key(&mut out, "queue");
+            string(&mut out, q);
+        }
+        if let Detail::Finished { state, result, .. } = d {
+            match state {
+                FinalState::Lost => {
+                    key(&mut out, "reason");
+                    string(&mut out, "lost");
+                }
+                FinalState::Refused => {
+                    key(&mut out, "reason");
+                    string(&mut out, "refused");
+                }
+                FinalState::Done if result.len() > EVENT_RESULT_BYTES => {
+                    key(&mut out, "result_truncated");
+                    out.extend_from_slice(b"true");
+                }
+                FinalState::Done => {
+                    key(&mut out, "result");
+                    number(&mut out, result_value(result));
+                }
+                _ => {}
+            }
+        }
+        key(&mut out, "type");
+        string(&mut out, self.kind);
         out.push(b'}');
         // serde_json writes UTF-8 only.
         String::from_utf8(out).unwrap_or_default()
@@ -386,7 +423,7 @@ pub struct Deriver {
 
 impl Default for Deriver {
     fn default() -> Self {
-        Deriver { next: 1, jobs: HashMap::new(), in_checkpoint: false, names: HashMap::new(), last_at: 0.0 }
+        Deriver { next: 1, jobs: HashMap::default(), in_checkpoint: false, names: HashMap::default(), last_at: 0.0 }
     }
 }
 

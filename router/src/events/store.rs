@@ -31,7 +31,7 @@ const SCAN_MAX: usize = 50_000;
 pub struct StoredEvent {
     pub offset: u64,
     pub at: f64,
-    pub kind: Box<str>,
+    pub kind: &'static str,
     pub job: Option<Box<str>>,
     pub queue: Option<Arc<str>>,
     /// Who may read it besides an admin (the job's owner token).
@@ -64,7 +64,7 @@ impl Filter {
             }
         }
         if let Some(t) = &self.types {
-            if !t.iter().any(|t| *t == *e.kind) {
+            if !t.iter().any(|t| t == e.kind) {
                 return false;
             }
         }
@@ -250,7 +250,7 @@ impl EventWindow {
                 page.next = e.offset - 1;
             }
             if filter.matches(e) {
-                page.items.push(Item::Event { offset: e.offset, kind: e.kind.clone(), line: e.line.clone() });
+                page.items.push(Item::Event { offset: e.offset, kind: e.kind.into(), line: e.line.clone() });
             }
             expect = e.offset + 1;
             page.next = e.offset;
@@ -327,7 +327,7 @@ fn parse_line(line: &str) -> Option<StoredEvent> {
     Some(StoredEvent {
         offset: v.get("offset")?.as_u64()?,
         at: v.get("at").and_then(|a| a.as_f64()).unwrap_or(0.0),
-        kind: v.get("type")?.as_str()?.into(),
+        kind: super::known_kind(v.get("type")?.as_str()?),
         job: v.get("job").and_then(|j| j.as_str()).map(Into::into),
         queue: v.get("queue").and_then(|q| q.as_str()).map(Arc::from),
         owner: (owner != "-").then(|| Arc::from(owner)),
@@ -444,7 +444,7 @@ fn writer_loop(dir: &Path, window: &EventWindow, rx: &HandoffReceiver<ToWriter>)
         }
         for msg in msgs.drain(..) {
             match msg {
-                ToWriter::Publish(events) => rendered.extend(events.iter().map(NewEvent::render)),
+                ToWriter::Publish(events) => rendered.extend(events.into_iter().map(NewEvent::into_stored)),
                 ToWriter::Sync(done) => replies.push(done),
                 ToWriter::Stop(done) => {
                     replies.push(done);

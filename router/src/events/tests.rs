@@ -115,11 +115,11 @@ fn large_results_are_left_out_of_the_event() {
     assert!(v.get("result").is_none());
 }
 
-fn stored(offset: u64, kind: &str, at: f64) -> StoredEvent {
+fn stored(offset: u64, kind: &'static str, at: f64) -> StoredEvent {
     StoredEvent {
         offset,
         at,
-        kind: kind.into(),
+        kind,
         job: Some(format!("j{offset}").into()),
         queue: Some(Arc::from("q")),
         owner: None,
