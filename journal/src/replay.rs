@@ -178,10 +178,15 @@ pub fn replay(
         let whole_len = fs.len(&path).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
         let (buf, data_start, salt, zeros_after) = read_counted_tail(fs, &path, cut)?;
         // Zeros past the cut were written ahead of records that never
-        // came (the writer moved on to the next segment): nothing to say.
+        // came (the writer moved on to the next segment): nothing to say —
+        // unless the segment that names the cut is about to be dropped (an
+        // unfinished checkpoint): then this one is cut to its records now,
+        // so that it ends there when no successor says so.
         if (buf.len() as u64) < whole_len && !zeros_after {
             warn!(segment = %path.display(), valid_to = buf.len(), dropped = whole_len - buf.len() as u64,
                   "segment abandoned after a failed write or sync: read up to where the next one says (its rest was rewritten there)");
+            fs.truncate(&path, buf.len() as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+        } else if (buf.len() as u64) < whole_len && i + 1 == stop_at && stop_at < segments.len() {
             fs.truncate(&path, buf.len() as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
         }
         report.segments += 1;
@@ -196,21 +201,16 @@ pub fn replay(
                     on_record(rec);
                     pos = next;
                 }
-                // Zeros to the end: written ahead of records, none came
-                // (or their write did not reach the disk: never synced,
-                // never acknowledged). The records end here. The newest
-                // segment is cut to them (the next one's header will name
-                // no cut). An older one ends so when the segment that
-                // named its cut was dropped (an unfinished checkpoint, a
-                // creation cut short): a successor is created only after
-                // this one was synced, so nothing acknowledged is there.
-                Err(_) if buf[pos..].iter().all(|b| *b == 0) => {
-                    if newest {
-                        let dropped = (buf.len() - pos) as u64;
-                        fs.truncate(&path, pos as u64)
-                            .map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
-                        report.bytes -= dropped;
-                    }
+                // The newest segment, zeros to the end: written ahead of
+                // records, none came (or their write did not reach the
+                // disk: never synced, never acknowledged). The records end
+                // here; the file is cut to them (the next segment's header
+                // will name no cut). In an older segment zeros before its
+                // cut are records lost after they were synced: damage.
+                Err(_) if newest && buf[pos..].iter().all(|b| *b == 0) => {
+                    let dropped = (buf.len() - pos) as u64;
+                    fs.truncate(&path, pos as u64).map_err(|e| JournalError::Io { path: path.clone(), source: e })?;
+                    report.bytes -= dropped;
                     break;
                 }
                 Err(bad) if newest => {

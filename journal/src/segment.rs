@@ -275,8 +275,12 @@ impl SegmentWriter {
         let to = self.len + bytes.len() as u64;
         if self.zero_ahead > 0 && to > self.end {
             let end = to + self.zero_ahead;
-            fs.zero_ahead(self.file, self.end, end)?;
-            self.end = end;
+            // Zeros are an optimisation: a disk that cannot take them (a
+            // full one) still gets the records if it can. Whatever part of
+            // them was written lies past the records: harmless.
+            if fs.zero_ahead(self.file, self.end, end).is_ok() {
+                self.end = end;
+            }
         }
         fs.append(self.file, bytes)?;
         self.len = to;

@@ -57,6 +57,9 @@ struct File {
     /// Byte ranges of `data` whose writeback was lost (a failed sync):
     /// they reach the disk as zeros.
     lost: Vec<(usize, usize)>,
+    /// The lowest offset written since the last sync: what a failed sync
+    /// loses starts there (records written over synced zeros included).
+    dirty_from: Option<usize>,
 }
 
 /// Which faults to inject, each "one in N operations of its kind" (0: never).
@@ -190,7 +193,7 @@ impl SimFs {
                     }
                 }
             }
-            files.insert(name.clone(), File { data: disk.clone(), disk, lost: Vec::new() });
+            files.insert(name.clone(), File { data: disk.clone(), disk, lost: Vec::new(), dirty_from: None });
         }
         self.names = self.durable_names.keys().map(|n| (n.clone(), n.clone())).collect();
         self.durable_names = self.names.clone();
@@ -253,6 +256,7 @@ impl Fs for SimFs {
         // model it as immediate (what matters here is unsynced data).
         f.disk.clear();
         f.lost.clear();
+        f.dirty_from = None;
         if self.inject(fail) {
             return Err(err(io::ErrorKind::Other, "simulated EIO on create"));
         }
@@ -267,7 +271,9 @@ impl Fs for SimFs {
         let fail = self.faults.write_fails;
         let failing = self.inject(fail);
         let n = if failing { self.rng.below(bytes.len() as u64) as usize } else { bytes.len() };
-        write_at(&mut self.files.get_mut(&inode).expect("open file exists").data, at, &bytes[..n]);
+        let file = self.files.get_mut(&inode).expect("open file exists");
+        write_at(&mut file.data, at, &bytes[..n]);
+        file.dirty_from = Some(file.dirty_from.map_or(at, |d| d.min(at)));
         self.open.insert(f, (inode, at + n));
         if failing {
             return Err(err(io::ErrorKind::StorageFull, "simulated ENOSPC"));
@@ -282,7 +288,9 @@ impl Fs for SimFs {
         let failing = self.inject(fail);
         let len = (to.saturating_sub(from)) as usize;
         let n = if failing { self.rng.below(len as u64) as usize } else { len };
-        write_at(&mut self.files.get_mut(&inode).expect("open file exists").data, from as usize, &vec![0; n]);
+        let file = self.files.get_mut(&inode).expect("open file exists");
+        write_at(&mut file.data, from as usize, &vec![0; n]);
+        file.dirty_from = Some(file.dirty_from.map_or(from as usize, |d| d.min(from as usize)));
         if failing {
             return Err(err(io::ErrorKind::StorageFull, "simulated ENOSPC"));
         }
@@ -299,11 +307,15 @@ impl Fs for SimFs {
             eprintln!("sync {} failing={failing} data={} disk={}", inode.display(), file.data.len(), file.disk.len());
         }
         if failing {
-            // Dirty pages dropped: they never reach the disk.
-            let (a, b) = (file.disk.len().min(file.data.len()), file.data.len());
+            // Dirty pages dropped: they never reach the disk — from the
+            // lowest offset written since the last sync (records written
+            // over synced zeros too), and all past the disk's end.
+            let synced_end = file.disk.len().min(file.data.len());
+            let (a, b) = (file.dirty_from.map_or(synced_end, |d| d.min(synced_end)), file.data.len());
             if b > a {
                 file.lost.push((a, b));
             }
+            file.dirty_from = None;
             return Err(err(io::ErrorKind::Other, "simulated EIO on fsync"));
         }
         let mut disk = file.data.clone();
@@ -313,6 +325,7 @@ impl Fs for SimFs {
             }
         }
         file.disk = disk;
+        file.dirty_from = None;
         Ok(())
     }
 
@@ -340,6 +353,7 @@ impl Fs for SimFs {
             }
         }
         file.disk = disk;
+        file.dirty_from = None;
         Ok(())
     }
 
@@ -373,6 +387,7 @@ impl Fs for SimFs {
         f.data.truncate(len as usize);
         f.disk.truncate(len as usize);
         f.lost.retain(|&(a, _)| a < len as usize);
+        f.dirty_from = f.dirty_from.filter(|&d| d < len as usize);
         Ok(())
     }
 

@@ -366,3 +366,54 @@ fn a_full_segment_ends_where_its_successor_says() {
     std::fs::write(&segments[0].1, &bad).unwrap();
     assert!(matches!(read_all(&dir, false), Err(JournalError::Damaged { .. })));
 }
+
+/// A segment with zeros written ahead whose successor — the one naming
+/// where its records end — is an unfinished checkpoint: replay drops the
+/// checkpoint and cuts the segment to its records, so the next start (a
+/// new segment that names no cut) reads it whole. Zeros at the end of an
+/// older segment that no successor explains are synced records lost:
+/// damage, as before zeros were written ahead.
+#[test]
+fn zeros_ahead_before_a_dropped_checkpoint_and_before_no_cut() {
+    let dir = tmpdir("zeros-unfinished");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..5 {
+        j.append(&accepted(i));
+    }
+    let id = j.current_batch();
+    j.submit();
+    wait_durable(&j, id);
+    let (last, path) = list_segments(&dir).unwrap().last().unwrap().clone();
+    let while_open = std::fs::read(&path).unwrap();
+    j.close();
+    drop(j);
+    let records_end = std::fs::read(&path).unwrap().len();
+    std::fs::write(&path, &while_open).unwrap();
+    // The successor: its header names the cut, then an unfinished checkpoint.
+    let mut next = segment::MAGIC.to_vec();
+    next.extend_from_slice(&(records_end as u64).to_le_bytes());
+    next.extend_from_slice(&0u64.to_le_bytes());
+    let crc = crc32c::crc32c(&next);
+    next.extend_from_slice(&crc.to_le_bytes());
+    frame(&Record::CheckpointBegin { id: 1 }, &mut next);
+    frame(&accepted(0), &mut next);
+    std::fs::write(segment_path(&dir, last + 1), &next).unwrap();
+    let (records, _) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 5);
+    assert!(!segment_path(&dir, last + 1).exists(), "the unfinished checkpoint is dropped");
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, records_end, "cut to its records");
+    // The next start: a new segment (no cut), then a later start reads both.
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    j.append(&accepted(5));
+    j.close();
+    drop(j);
+    let (records, report) = read_all(&dir, false).unwrap();
+    assert_eq!(records.len(), 6);
+    assert!(report.torn_tail.is_none());
+    // Zeros where an older segment's last records were, no cut to say so.
+    let mut lost = std::fs::read(&path).unwrap();
+    let at = lost.len() - 100;
+    lost[at..].fill(0);
+    std::fs::write(&path, &lost).unwrap();
+    assert!(matches!(read_all(&dir, false), Err(JournalError::Damaged { .. })), "lost records are damage");
+}
