@@ -286,14 +286,11 @@ fn big(i: u64, bytes: usize) -> Record {
     Record::Accepted { job, attempts }
 }
 
-/// Zeros are written ahead of the records while a segment is open (a
-/// group commit's fdatasync then has no size or block allocation to
-/// record); a journal closed well ends with its last record, and what a
-/// crash leaves — the zeros after the last record — is read as the end of
-/// the records, not as a torn tail, and cut at the next start.
-#[test]
-fn zeros_written_ahead_end_the_records_quietly() {
-    let dir = tmpdir("zeros");
+/// A journal in a fresh directory with jobs `0..5` durable: its directory,
+/// its segment (sequence and path), the segment's bytes while it was open
+/// (zeros written ahead of the records) and after a graceful close.
+fn five_jobs_open_and_closed(tag: &str) -> (PathBuf, u64, PathBuf, Vec<u8>, Vec<u8>) {
+    let dir = tmpdir(tag);
     let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
     for i in 0..5 {
         j.append(&accepted(i));
@@ -301,11 +298,22 @@ fn zeros_written_ahead_end_the_records_quietly() {
     let id = j.current_batch();
     j.submit();
     wait_durable(&j, id);
-    let path = list_segments(&dir).unwrap().last().unwrap().1.clone();
+    let (last, path) = list_segments(&dir).unwrap().last().unwrap().clone();
     let while_open = std::fs::read(&path).unwrap();
     j.close();
     drop(j);
     let closed = std::fs::read(&path).unwrap();
+    (dir, last, path, while_open, closed)
+}
+
+/// Zeros are written ahead of the records while a segment is open (a
+/// group commit's fdatasync then has no size or block allocation to
+/// record); a journal closed well ends with its last record, and what a
+/// crash leaves — the zeros after the last record — is read as the end of
+/// the records, not as a torn tail, and cut at the next start.
+#[test]
+fn zeros_written_ahead_end_the_records_quietly() {
+    let (dir, _, path, while_open, closed) = five_jobs_open_and_closed("zeros");
     assert!(
         while_open.len() > closed.len(),
         "zeros written ahead while open: {} vs {}",
@@ -375,19 +383,8 @@ fn a_full_segment_ends_where_its_successor_says() {
 /// damage, as before zeros were written ahead.
 #[test]
 fn zeros_ahead_before_a_dropped_checkpoint_and_before_no_cut() {
-    let dir = tmpdir("zeros-unfinished");
-    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
-    for i in 0..5 {
-        j.append(&accepted(i));
-    }
-    let id = j.current_batch();
-    j.submit();
-    wait_durable(&j, id);
-    let (last, path) = list_segments(&dir).unwrap().last().unwrap().clone();
-    let while_open = std::fs::read(&path).unwrap();
-    j.close();
-    drop(j);
-    let records_end = std::fs::read(&path).unwrap().len();
+    let (dir, last, path, while_open, closed) = five_jobs_open_and_closed("zeros-unfinished");
+    let records_end = closed.len();
     std::fs::write(&path, &while_open).unwrap();
     // The successor: its header names the cut, then an unfinished checkpoint.
     let mut next = segment::MAGIC.to_vec();
