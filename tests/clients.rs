@@ -9,6 +9,9 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Waits in these tests end here at the latest (hang guards, not timings).
+const HANG: i64 = 10_000;
+
 /// Runs one of our CLIs against `addr`: (exit code, stdout, stderr), trimmed.
 fn run_cli(bin: &str, addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin).args(["--addr", addr]).args(args).current_dir(std::env::temp_dir()).output().unwrap();
@@ -323,4 +326,93 @@ fn emq_send_options_anywhere_before_the_double_dash() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["value"]["args"], json!([-7, "--wait"]), "{v}");
+}
+
+/// Jobs sent together (`send_payloads_until`, what Python's `send_many` and
+/// `map` use) go one REQUEST each until the router has sent a REPLIES,
+/// then as REQUESTS; every job still gets its own result, in any order.
+#[test]
+fn jobs_sent_together_go_as_requests_once_the_router_shows_replies() {
+    let (_r, a) = start_router(&[]);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let mut client = Client::connect(&a.frontend).unwrap();
+    let payload = |i: i64| Job::new("benchjobs", "add", vec![i.into(), (i * 7).into()]).to_wire();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    assert!(!client.sends_requests(), "not before the router showed it");
+    let mut ids = Vec::new();
+    client
+        .send_payloads_until("default", &[payload(-1), payload(-2)], &Options::default(), deadline, &mut ids)
+        .unwrap();
+    for (id, want) in ids.iter().zip([-8i64, -16]) {
+        assert_eq!(client.wait(id, deadline), JobOutcome::Value(want.into()));
+    }
+    assert!(client.sends_requests(), "our router sends REPLIES to our client");
+    let payloads: Vec<String> = (0..1500).map(payload).collect();
+    let mut ids = Vec::new();
+    client.send_payloads_until("default", &payloads, &Options::default(), deadline, &mut ids).unwrap();
+    assert_eq!(ids.len(), 1500);
+    let mut expected: HashMap<String, i64> = ids.iter().cloned().zip((0..1500).map(|i| i * 8)).collect();
+    while !expected.is_empty() {
+        let (id, outcome) = client.wait_any(deadline).expect("all 1500 results before the hang guard");
+        let want = expected.remove(&id).unwrap_or_else(|| panic!("result for unknown or repeated msgid {id}"));
+        assert_eq!(outcome, JobOutcome::Value(want.into()), "msgid {id}");
+    }
+    assert!(client.sends_requests());
+}
+
+/// A router that sends REPLIES but refuses a client's REQUESTS (an emq
+/// router older than REQUESTS from clients; here a bare ROUTER socket
+/// playing it): the client sends that REQUESTS' jobs again one REQUEST
+/// each, under the same msgids, and sends later jobs one by one.
+#[test]
+fn a_refused_requests_goes_again_one_request_each() {
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let addr = router.get_last_endpoint().unwrap().unwrap();
+    router.set_rcvtimeo(HANG as i32).unwrap();
+    let recv = || {
+        let f = router.recv_multipart(0).expect("a message from the client before the hang guard");
+        f.into_iter().map(|b| String::from_utf8(b).unwrap()).collect::<Vec<String>>()
+    };
+    let send = |f: &[&str]| router.send_multipart(f.iter().map(|s| s.as_bytes()), 0).unwrap();
+    let mut client = Client::connect(&addr).unwrap();
+    let payload = |i: i64| Job::new("benchjobs", "add", vec![i.into()]).to_wire();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = Vec::new();
+    client.send_payloads_until("default", &[payload(0)], &Options::default(), deadline, &mut ids).unwrap();
+    // [identity, "", protocol, command, msgid, ...]
+    let first = recv();
+    assert_eq!((first[3].as_str(), first[4].as_str()), ("REQUEST", ids[0].as_str()), "{first:?}");
+    send(&[&first[0], "", "eMQP/1.0", "REPLIES", "rs-1", "", &ids[0], r#"{"value": 0}"#, &ids[0]]);
+    assert_eq!(client.wait(&ids[0], deadline), JobOutcome::Value(0.into()));
+    assert!(client.sends_requests());
+    let mut ids = Vec::new();
+    client
+        .send_payloads_until("default", &[payload(1), payload(2), payload(3)], &Options::default(), deadline, &mut ids)
+        .unwrap();
+    let batch = recv();
+    assert_eq!(batch[3], "REQUESTS", "{batch:?}");
+    assert_eq!(batch.len(), 5 + 3 * 4, "{batch:?}");
+    let in_batch: Vec<&str> = batch[5..].chunks(4).map(|j| j[0].as_str()).collect();
+    assert_eq!(in_batch, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let refusal = emq_protocol::JobReply::refused_by_router("unexpected command REQUESTS on the frontend").to_json();
+    send(&[&batch[0], "", "eMQP/1.0", "REPLY", "rf-1", &refusal, &batch[4]]);
+    let _ = client.pump(500);
+    assert!(!client.sends_requests(), "a refused REQUESTS: one by one from now on");
+    let again: Vec<String> = (0..3).map(|_| recv()).map(|f| format!("{} {}", f[3], f[4])).collect();
+    assert_eq!(again, ids.iter().map(|id| format!("REQUEST {id}")).collect::<Vec<_>>(), "the same jobs, one each");
+    for id in &ids {
+        send(&[&batch[0], "", "eMQP/1.0", "REPLY", "rc", id]);
+    }
+    let mut later = Vec::new();
+    client
+        .send_payloads_until("default", &[payload(4), payload(5)], &Options::default(), deadline, &mut later)
+        .unwrap();
+    let singles: Vec<String> = (0..2).map(|_| recv()).map(|f| format!("{} {}", f[3], f[4])).collect();
+    assert_eq!(singles, later.iter().map(|id| format!("REQUEST {id}")).collect::<Vec<_>>());
+    for id in &ids {
+        assert!(client.take_result(id).is_none(), "the refusal of the REQUESTS is no job's result");
+    }
 }

@@ -361,3 +361,74 @@ fn a_client_that_asks_gets_receipts_and_results_in_replies() {
     got.sort();
     assert_eq!(got, vec![("REPLY".into(), 5, "p-1".into()), ("REPLY".into(), 6, "p-1".into())]);
 }
+
+/// A client's REQUESTS (emq's client sends one, once it has had a
+/// REPLIES, for jobs sent together) is its jobs' REQUESTs, each taken as if
+/// alone: each job gets its receipt and its result; one the router refuses
+/// (a limit it does not know) gets its own error and harms none of the
+/// others; the same msgid twice is one job; a REQUESTS that does not decode
+/// is answered under its own msgid, and the next one still runs.
+#[test]
+fn a_client_requests_is_each_of_its_jobs_alone() {
+    let (_router, a) = start_router(&[]);
+    let jm = fake_job_manager(&a.backend, r#"[[10, "default"]]"#, 0);
+    let c = Dealer::connect(&a.frontend);
+    let payload = r#"["run", {"path": "benchjobs", "callable": "noop"}]"#;
+    let h = "reply-requested,batch-replies";
+    let unknown_limit = "reply-requested,batch-replies,limit:nope/p";
+    #[rustfmt::skip]
+    c.send(&["", "eMQP/1.0", "REQUESTS", "batch-1",
+        "j-1", "default", h, payload,
+        "j-2", "default", unknown_limit, payload,
+        "j-1", "default", h, payload,
+        "j-3", "default", h, payload]);
+    c.send(&["", "eMQP/1.0", "REQUESTS", "batch-bad", "j-9", "default", h]);
+    c.send(&["", "eMQP/1.0", "REQUESTS", "batch-2", "j-4", "default", h, payload]);
+    for i in 0..4 {
+        jm.send(&["", "eMQP/1.0", "READY", &format!("rd-{i}")]);
+    }
+    let mut ran = Vec::new();
+    for _ in 0..3 {
+        let got = jm.recv_skip_heartbeats(HANG).expect("a job at the job manager");
+        assert_eq!(got[2], "REQUEST", "{got:?}");
+        jm.send(&["", "eMQP/1.0", "REPLY", &format!("r-{}", got[3]), r#"{"value": 7}"#, &got[3]]);
+        ran.push(got[3].clone());
+    }
+    assert_eq!(ran, vec!["j-1", "j-3", "j-4"], "each accepted job once, in order");
+    assert!(jm.recv_skip_heartbeats(300).is_none(), "nothing more for the job manager");
+    // (msgid, "receipt" | result JSON) as they come, REPLY or REPLIES.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let complete = |seen: &Vec<(String, String)>| {
+        let results = seen.iter().filter(|(_, k)| k != "receipt").count();
+        results == 5 && seen.iter().filter(|(_, k)| k == "receipt").count() >= 4
+    };
+    let end = std::time::Instant::now() + Duration::from_millis(HANG as u64);
+    while !complete(&seen) {
+        assert!(std::time::Instant::now() < end, "answers missing: {seen:?}");
+        let Some(f) = c.recv_skip_heartbeats(100) else { continue };
+        match (f[2].as_str(), f.len()) {
+            ("REPLIES", _) => {
+                for pair in f[4..].chunks(2) {
+                    let kind = if pair[0].is_empty() { "receipt".to_owned() } else { pair[0].clone() };
+                    seen.push((pair[1].clone(), kind));
+                }
+            }
+            ("REPLY", 5) => seen.push((f[4].clone(), "receipt".to_owned())),
+            ("REPLY", 6) => seen.push((f[5].clone(), f[4].clone())),
+            _ => panic!("unexpected {f:?}"),
+        }
+    }
+    let of = |id: &str| seen.iter().filter(|(m, _)| m == id).map(|(_, k)| k.as_str()).collect::<Vec<_>>();
+    for id in ["j-1", "j-3", "j-4"] {
+        let kinds = of(id);
+        assert_eq!(kinds.iter().filter(|k| k.contains("\"value\": 7")).count(), 1, "{id}: one result: {seen:?}");
+        let receipts = kinds.iter().filter(|k| **k == "receipt").count();
+        assert_eq!(receipts, if id == "j-1" { 2 } else { 1 }, "{id}: a receipt per send: {seen:?}");
+    }
+    let refused = of("j-2");
+    assert!(refused.len() == 1 && refused[0].contains("limit"), "j-2 refused for its limit: {seen:?}");
+    let bad = of("batch-bad");
+    assert!(bad.len() == 1 && bad[0].contains("malformed"), "the bad REQUESTS answered under its msgid: {seen:?}");
+    assert!(of("j-9").is_empty() && of("batch-1").is_empty() && of("batch-2").is_empty(), "{seen:?}");
+    assert!(c.recv_skip_heartbeats(300).is_none(), "nothing more");
+}

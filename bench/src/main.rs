@@ -116,6 +116,10 @@ enum Cmd {
         /// `["/tmp/f", "x", 1.0]` for `spin_append`).
         #[arg(long)]
         args: Option<String>,
+        /// One REQUEST message per job even when the router takes
+        /// REQUESTS (as a client before this release did).
+        #[arg(long)]
+        one_by_one: bool,
     },
     /// N chords of M no-op members (the callback gets their results), W
     /// outstanding: workflows/s and jobs/s; then, for the last `sample`
@@ -233,18 +237,21 @@ fn main() -> Result<()> {
         Cmd::StubJm { backend, slots, lateness_every } => stub_jm(&backend, slots, lateness_every),
         Cmd::Forwarder { frontend, backend } => forwarder(&frontend, &backend),
         Cmd::ScaleJm { backend, peers, slots, queues } => scale_jm(&backend, peers, slots, queues),
-        Cmd::Throughput { frontend, n, window, path, callable, queues, size, limit, partitions, args } => throughput(
-            &frontend,
-            n,
-            window,
-            &path,
-            &callable,
-            queues,
-            size,
-            limit.as_deref(),
-            partitions,
-            args.as_deref(),
-        ),
+        Cmd::Throughput { frontend, n, window, path, callable, queues, size, limit, partitions, args, one_by_one } => {
+            throughput(
+                &frontend,
+                n,
+                window,
+                &path,
+                &callable,
+                queues,
+                size,
+                limit.as_deref(),
+                partitions,
+                args.as_deref(),
+                one_by_one,
+            )
+        }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
         Cmd::ManyClients { frontend, router_pid, clients, jobs, threads } => {
             many::run(&frontend, router_pid, clients, jobs, threads)
@@ -279,6 +286,11 @@ fn dealer(ctx: &zmq::Context, addr: &str) -> Result<zmq::Socket> {
 fn send(s: &zmq::Socket, m: &Message) -> Result<()> {
     s.send_multipart(m.to_frames(), 0)?;
     Ok(())
+}
+
+/// Sends `jobs` as one REQUESTS (emptying it).
+fn send_requests(s: &zmq::Socket, jobs: &mut Vec<(String, Request)>) -> Result<()> {
+    send(s, &Message::new(Command::Requests(emq_protocol::Requests { jobs: std::mem::take(jobs) })))
 }
 
 fn request(queue: &str, headers: &str, payload: &str) -> Message {
@@ -630,6 +642,7 @@ fn throughput(
     limit: Option<&str>,
     partitions: u64,
     args: Option<&str>,
+    one_by_one: bool,
 ) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
@@ -654,19 +667,42 @@ fn throughput(
     wait_results(&s, 1, Duration::from_secs(60))?;
     let start = Instant::now();
     let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
+    // As emq's client does: once the router has sent a REPLIES (it takes
+    // REQUESTS too), the jobs of one refill go as one REQUESTS message.
+    let mut router_batches = false;
+    let mut refill: Vec<(String, Request)> = Vec::new();
+    let mut messages = 0u64;
     while done < n {
         while sent < n && sent - done < window {
             let queue = &names[sent as usize % names.len()];
-            match limit {
-                None => send(&s, &request(queue, CLIENT_HEADERS, &payload))?,
+            let m = match limit {
+                None => request(queue, CLIENT_HEADERS, &payload),
                 Some(l) => {
                     let p = (sent.wrapping_mul(2_654_435_761) >> 7) % partitions.max(1);
-                    send(&s, &request(queue, &format!("{CLIENT_HEADERS},limit:{l}/p{p}"), &payload))?
+                    request(queue, &format!("{CLIENT_HEADERS},limit:{l}/p{p}"), &payload)
+                }
+            };
+            match m {
+                Message { msgid, command: Command::Request(r) } if router_batches && !one_by_one => {
+                    refill.push((msgid, r));
+                    if refill.len() >= emq_protocol::MAX_BATCH_REPLIES {
+                        send_requests(&s, &mut refill)?;
+                        messages += 1;
+                    }
+                }
+                m => {
+                    send(&s, &m)?;
+                    messages += 1;
                 }
             }
             sent += 1;
         }
+        if !refill.is_empty() {
+            send_requests(&s, &mut refill)?;
+            messages += 1;
+        }
         let got = recv_batch(&s, 30_000, |f| {
+            router_batches |= f.get(2).is_some_and(|c| c == b"REPLIES");
             for result in results_in(&f) {
                 done += 1;
                 if result.windows(7).any(|w| w == b"\"error\"") {
@@ -682,7 +718,8 @@ fn throughput(
     println!(
         "{}",
         json!({"n": n, "window": window, "secs": secs, "jobs_per_sec": n as f64 / secs, "failed": failed,
-               "payload_bytes": payload.len(), "queues": names.len(), "limit": limit, "partitions": partitions})
+               "payload_bytes": payload.len(), "queues": names.len(), "limit": limit, "partitions": partitions,
+               "jobs_per_message": sent as f64 / messages.max(1) as f64})
     );
     Ok(())
 }

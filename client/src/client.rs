@@ -318,7 +318,24 @@ pub struct Client {
     /// message lost with a router that died). A router that holds the
     /// msgid answers with its receipt and makes no second job.
     unreceipted: VecDeque<(String, Message, Instant)>,
+    /// Whether the router takes jobs sent together as one REQUESTS: it
+    /// sent this client a REPLIES (only our router does). Until then, and
+    /// again after a router refused one, jobs go one REQUEST each.
+    router_takes_requests: bool,
+    /// The REQUESTS sent before the router took one (its msgid, its jobs'
+    /// msgids): a router that refuses one (an older emq router) answers
+    /// that msgid, and its jobs then go again one REQUEST each. Emptied,
+    /// and no longer kept, at the first receipt for one of their jobs.
+    requests_sent: VecDeque<(String, Vec<String>)>,
+    /// A job sent in a REQUESTS had its receipt: the router takes them.
+    requests_confirmed: bool,
 }
+
+/// REQUESTS remembered for a refusal, at most.
+const REQUESTS_REMEMBERED: usize = 8;
+
+/// Payload bytes one REQUESTS carries at most (more jobs go in the next).
+const REQUESTS_MAX_BYTES: usize = 1 << 20;
 
 /// Requests without a receipt kept for sending again, at most.
 const MAX_UNRECEIPTED: usize = 100_000;
@@ -455,6 +472,9 @@ impl Client {
             liveness: RouterWatch::default(),
             notice_hook: None,
             unreceipted: VecDeque::new(),
+            router_takes_requests: false,
+            requests_sent: VecDeque::new(),
+            requests_confirmed: false,
         }
     }
 
@@ -589,12 +609,112 @@ impl Client {
     /// goes again under the same msgid while no receipt came.
     fn send_tracked(&mut self, m: Message) -> Result<String, ClientError> {
         self.sender.send(&m)?;
+        Ok(self.track(m))
+    }
+
+    /// Keeps a sent job's msgid waited on, and the job for sending again.
+    fn track(&mut self, m: Message) -> String {
         self.pending.insert(m.msgid.clone());
         self.pending_order.push_back(m.msgid.clone());
+        let id = m.msgid.clone();
         if self.unreceipted.len() < MAX_UNRECEIPTED {
-            self.unreceipted.push_back((m.msgid.clone(), m.clone(), Instant::now()));
+            self.unreceipted.push_back((id.clone(), m, Instant::now()));
         }
-        Ok(m.msgid)
+        id
+    }
+
+    /// Sends jobs of one queue and options together (`send_many`, `map`):
+    /// once the router has shown it takes them (a REPLIES came on this
+    /// connection), up to [`emq_protocol::MAX_BATCH_REPLIES`] jobs (and
+    /// about a MiB of payloads) per REQUESTS message — one message, one
+    /// wake-up and one parse on either side instead of one per job; one
+    /// REQUEST each before. Each job is tracked exactly as
+    /// [`Client::send_payload_until`]'s (its receipt, its outcome, sent
+    /// again alone while unreceipted). Tries again while no router is
+    /// reachable until `until`. The msgids of the jobs sent are pushed to
+    /// `ids` in order, also when a later message fails.
+    pub fn send_payloads_until(
+        &mut self,
+        queue: &str,
+        payloads: &[String],
+        options: &Options,
+        until: Instant,
+        ids: &mut Vec<String>,
+    ) -> Result<(), ClientError> {
+        let headers = self.request_headers(options);
+        let mut rest = payloads;
+        while !rest.is_empty() {
+            if !self.router_takes_requests || rest.len() == 1 {
+                let request = Request { queue: queue.to_owned(), headers: headers.clone(), payload: rest[0].clone() };
+                let m = Message::new(Command::Request(request));
+                ids.push(self.until_reachable(until, |c| {
+                    c.sender.send(&m)?;
+                    Ok(m.msgid.clone())
+                })?);
+                self.track(m);
+                rest = &rest[1..];
+                continue;
+            }
+            let (mut k, mut bytes) = (0, 0);
+            while k < rest.len() && k < emq_protocol::MAX_BATCH_REPLIES && (k == 0 || bytes < REQUESTS_MAX_BYTES) {
+                bytes += rest[k].len();
+                k += 1;
+            }
+            let jobs: Vec<(String, Request)> = rest[..k]
+                .iter()
+                .map(|p| {
+                    let r = Request { queue: queue.to_owned(), headers: headers.clone(), payload: p.clone() };
+                    (emq_protocol::new_msgid(), r)
+                })
+                .collect();
+            let batch = Message::new(Command::Requests(emq_protocol::Requests { jobs }));
+            self.until_reachable(until, |c| {
+                c.sender.send(&batch)?;
+                Ok(String::new())
+            })?;
+            let Command::Requests(rs) = batch.command else { unreachable!("built as REQUESTS") };
+            let mut job_ids = Vec::new();
+            for m in rs.into_messages() {
+                let id = self.track(m);
+                if !self.requests_confirmed {
+                    job_ids.push(id.clone());
+                }
+                ids.push(id);
+            }
+            if !self.requests_confirmed {
+                if self.requests_sent.len() >= REQUESTS_REMEMBERED {
+                    self.requests_sent.pop_front();
+                }
+                self.requests_sent.push_back((batch.msgid, job_ids));
+            }
+            rest = &rest[k..];
+        }
+        Ok(())
+    }
+
+    /// Whether jobs sent together go as one REQUESTS now (the router sent
+    /// a REPLIES and has not refused a REQUESTS since).
+    pub fn sends_requests(&self) -> bool {
+        self.router_takes_requests
+    }
+
+    /// The router refused REQUESTS `msgid` (it does not take them from
+    /// clients): its jobs go again one REQUEST each, and so do later ones.
+    /// Whether `msgid` was one.
+    fn requests_refused(&mut self, msgid: &str) -> bool {
+        let Some(pos) = self.requests_sent.iter().position(|(id, _)| id == msgid) else { return false };
+        let (_, jobs) = self.requests_sent.remove(pos).expect("found");
+        self.router_takes_requests = false;
+        tracing::warn!(jobs = jobs.len(), "the router does not take REQUESTS: sending its jobs one REQUEST each");
+        for id in jobs {
+            if let Some((_, m, _)) = self.unreceipted.iter().find(|(u, ..)| *u == id) {
+                let m = m.clone();
+                if let Err(e) = self.sender.send(&m) {
+                    tracing::warn!(msgid = %id, error = %e, "cannot send a job again");
+                }
+            }
+        }
+        true
     }
 
     /// Results of `msgid` (a job this client did not send, e.g. the one a
@@ -760,6 +880,7 @@ impl Client {
             match m.command {
                 Command::Reply(reply) => self.on_reply(reply),
                 Command::Replies(r) => {
+                    self.router_takes_requests = true;
                     for (json, orig) in r.items {
                         self.on_reply(emq_protocol::Replies::reply_of(json, orig));
                     }
@@ -780,6 +901,11 @@ impl Client {
                         self.take_status_answer(v);
                     }
                 } else {
+                    if !self.requests_sent.is_empty() && self.requests_sent.iter().any(|(_, jobs)| jobs.contains(&body))
+                    {
+                        self.requests_sent.clear();
+                        self.requests_confirmed = true;
+                    }
                     self.forget_unreceipted(&body);
                     if self.pending.contains(&body) {
                         // A receipt may come after its result (the router
@@ -790,6 +916,9 @@ impl Client {
                 }
             }
             Reply::Result { reply_json, orig_msgid } => {
+                if !self.requests_sent.is_empty() && self.requests_refused(&orig_msgid) {
+                    return;
+                }
                 if reply_json.contains("\"deduplicated\"") {
                     if let Some(holder) = serde_json::from_str::<Value>(&reply_json)
                         .ok()

@@ -673,15 +673,8 @@ impl NativeClient {
             for chunk in payloads.chunks(256) {
                 let until = Instant::now() + SEND_RETRY;
                 let first = ids.len();
-                let sent = self.with(|c| {
-                    for p in chunk {
-                        match c.send_payload_until(queue, p, &options, until) {
-                            Ok(id) => ids.push(id),
-                            Err(e) => return Err(client_err(e)),
-                        }
-                    }
-                    Ok(())
-                });
+                // One REQUESTS per slice once the router takes them.
+                let sent = self.with(|c| c.send_payloads_until(queue, chunk, &options, until, &mut ids).map_err(client_err));
                 if let Some(w) = waiter {
                     let mut st = w.state();
                     for (i, id) in ids[first..].iter().enumerate() {

@@ -794,6 +794,9 @@ impl Server {
             pass.push(incoming);
         }
         if kind == SocketKind::Frontend {
+            // A client's REQUESTS is its jobs' REQUESTs, each taken (and
+            // answered, refused, journaled) exactly as if sent alone.
+            split_client_requests(&mut pass);
             // ZeroMQ's fair queueing hands us one message per client in
             // turn: with many clients sending at once, each one's jobs —
             // and so its receipts and results — would be spread one per
@@ -1144,6 +1147,29 @@ const DRAIN_PER_PASS: usize = 4096;
 /// puts at most this many of its jobs before another client's first.
 const GROUP_RUN_MAX: usize = 16;
 
+/// Replaces each client REQUESTS in `pass` by the REQUESTs it carries, in
+/// place and in order, each from the same peer and CURVE user: everything
+/// after (grouping, limits, refusals, the journal, receipts) sees only
+/// REQUESTs. A pass without one is left as it is.
+pub(crate) fn split_client_requests(pass: &mut Vec<Incoming>) {
+    let is_requests = |i: &Incoming| matches!(&i.message, Ok(Message { command: Command::Requests(_), .. }));
+    if !pass.iter().any(is_requests) {
+        return;
+    }
+    let mut split = Vec::with_capacity(pass.len());
+    for incoming in pass.drain(..) {
+        match incoming {
+            Incoming { peer, message: Ok(Message { command: Command::Requests(rs), .. }), user } => {
+                for message in rs.into_messages() {
+                    split.push(Incoming { peer: peer.clone(), message: Ok(message), user: user.clone() });
+                }
+            }
+            other => split.push(other),
+        }
+    }
+    *pass = split;
+}
+
 /// Reorders `items` like a fair queue with a quantum of `run_max`: senders
 /// (by `key`) in the order each first appears, each taking up to `run_max`
 /// of its items in a row per round, rounds repeated until all are placed.
@@ -1262,5 +1288,51 @@ mod tests {
         // Every sender's first message within the first round.
         let firsts = g.iter().enumerate().filter(|(_, m)| m.1 == 0).map(|(i, _)| i).max().unwrap();
         assert!(firsts < 50 * 16, "{firsts}");
+    }
+
+    /// A client's REQUESTS becomes its REQUESTs in place, in order, from
+    /// its peer and user; what is not a REQUESTS (or could not be read)
+    /// stays where it was.
+    #[test]
+    fn a_client_requests_is_split_in_place() {
+        use emq_protocol::{Command, Message, Request, Requests};
+        use emq_receiver::Incoming;
+        let req = |q: &str| Request { queue: q.into(), headers: "batch-replies".into(), payload: "[]".into() };
+        let msg = |peer: &str, command: Command| Incoming {
+            peer: peer.into(),
+            message: Ok(Message::with_msgid("outer", command)),
+            user: Some(peer.to_uppercase()),
+        };
+        let bad =
+            emq_protocol::Message::from_frames(&[b"" as &[u8], b"eMQP/1.0", b"REQUESTS", b"x", b"a"]).unwrap_err();
+        let mut pass = vec![
+            msg("c1", Command::Request(req("q0"))),
+            msg("c2", Command::Requests(Requests { jobs: vec![("a".into(), req("q1")), ("b".into(), req("q2"))] })),
+            Incoming { peer: "c3".into(), message: Err(bad), user: None },
+            msg("c2", Command::Requests(Requests { jobs: vec![] })),
+            msg("c1", Command::Ready),
+        ];
+        super::split_client_requests(&mut pass);
+        let seen: Vec<(String, Option<String>, Option<(String, String)>)> = pass
+            .iter()
+            .map(|i| {
+                let m = i.message.as_ref().ok().map(|m| match &m.command {
+                    Command::Request(r) => (m.msgid.clone(), r.queue.clone()),
+                    other => (m.msgid.clone(), other.name().to_owned()),
+                });
+                (i.peer.to_string(), i.user.clone(), m)
+            })
+            .collect();
+        let s = |x: &str| x.to_owned();
+        assert_eq!(
+            seen,
+            vec![
+                (s("c1"), Some(s("C1")), Some((s("outer"), s("q0")))),
+                (s("c2"), Some(s("C2")), Some((s("a"), s("q1")))),
+                (s("c2"), Some(s("C2")), Some((s("b"), s("q2")))),
+                (s("c3"), None, None),
+                (s("c1"), Some(s("C1")), Some((s("outer"), s("READY")))),
+            ]
+        );
     }
 }

@@ -44,16 +44,31 @@ impl Batch {
     }
 }
 
-/// `REQUESTS (msgid queue headers payload)*` — our extension, router → our
-/// job manager only (one that asked for batches at INFORM): the jobs a
-/// poll pass hands it, in one message. Each is exactly a REQUEST with that
-/// msgid, in order.
+/// `REQUESTS (msgid queue headers payload)*` — our extension, in two
+/// places, never to or from an EventMQ peer:
+///
+/// - router → our job manager (one that asked for batches at INFORM): the
+///   jobs a poll pass hands it, in one message;
+/// - our client → our router, only after that connection has received a
+///   REPLIES (only our router sends one, and only to a client whose
+///   REQUESTs carried [`HEADER_BATCH_REPLIES`]): jobs sent together
+///   (`send_many`, `map`) in one message instead of one each.
+///
+/// Each job is exactly a REQUEST with that msgid, in order; the message's
+/// own msgid names nothing. A router that does not take them from clients
+/// refuses the message as an unexpected command — the jobs then have no
+/// receipt, and a client sends them again one REQUEST each.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Requests {
     pub jobs: Vec<(String, crate::Request)>,
 }
 
 impl Requests {
+    /// The REQUEST messages this stands for, in order.
+    pub fn into_messages(self) -> impl Iterator<Item = crate::Message> {
+        self.jobs.into_iter().map(|(msgid, r)| crate::Message::with_msgid(msgid, crate::Command::Request(r)))
+    }
+
     pub(crate) fn parse_frames<F: AsRef<[u8]>>(p: &mut Parse<'_, F>) -> Result<Self, DecodeErrorKind> {
         let rest = p.rest()?;
         if rest.len() % 4 != 0 || rest.len() / 4 > MAX_BATCH_REPLIES {
@@ -70,6 +85,13 @@ impl Requests {
         while let (Some(msgid), Some(queue), Some(headers), Some(payload)) =
             (it.next(), it.next(), it.next(), it.next())
         {
+            if msgid.is_empty() {
+                // As a REQUEST's own msgid frame: a job needs a name.
+                return Err(DecodeErrorKind::BadJson {
+                    field: "REQUESTS jobs",
+                    reason: format!("job {} has an empty msgid", jobs.len()),
+                });
+            }
             jobs.push((msgid, crate::Request { queue, headers, payload }));
         }
         Ok(Requests { jobs })

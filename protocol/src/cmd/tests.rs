@@ -240,3 +240,34 @@ fn replies_items_stand_for_their_replies() {
         Command::Replies(Replies { items: vec![("".into(), "a".into()), ("{}".into(), "b".into())] })
     );
 }
+
+/// A client's REQUESTS stands for its jobs' REQUESTs, each under its own
+/// msgid; a job without a msgid makes the whole message undecodable (as a
+/// REQUEST with an empty msgid frame is), so nothing of it is taken.
+#[test]
+fn requests_split_into_their_requests_and_need_msgids() {
+    let f = |jobs: &[&[u8]]| {
+        let mut frames: Vec<&[u8]> = vec![b"", b"eMQP/1.0", b"REQUESTS", b"batch-1"];
+        frames.extend_from_slice(jobs);
+        Message::from_frames(&frames)
+    };
+    let m = f(&[b"a", b"q", b"h", b"[1]", b"b", b"default", b"", b"[2]"]).unwrap();
+    let Command::Requests(rs) = m.command else { panic!("not REQUESTS: {:?}", m.command) };
+    let split: Vec<Message> = rs.into_messages().collect();
+    assert_eq!(
+        split,
+        vec![
+            Message::with_msgid(
+                "a",
+                Command::Request(Request { queue: "q".into(), headers: "h".into(), payload: "[1]".into() })
+            ),
+            Message::with_msgid(
+                "b",
+                Command::Request(Request { queue: "default".into(), headers: "".into(), payload: "[2]".into() })
+            ),
+        ]
+    );
+    let e = f(&[b"a", b"q", b"h", b"[1]", b"", b"q", b"h", b"[2]"]).unwrap_err();
+    assert!(e.to_string().contains("empty msgid"), "{e}");
+    assert!(f(&[b"a", b"q", b"h"]).is_err(), "a job of three frames");
+}
