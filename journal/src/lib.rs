@@ -290,9 +290,11 @@ impl Journal {
             SyncPolicy::Write => "write",
             SyncPolicy::Off => "off",
         });
-        stats
-            .disk_bytes
-            .store(report.bytes.saturating_sub(report.torn_tail.as_ref().map_or(0, |t| t.2)), Ordering::Relaxed);
+        // What the segments take on disk now (zeros written ahead past a
+        // closed segment's cut included, and the new segment's header):
+        // what `journal_max_bytes` is held against, as the writer counts.
+        let on_disk: u64 = report.live.iter().map(|p| fs.len(p).unwrap_or(0)).sum();
+        stats.disk_bytes.store(on_disk + writer.file_len(), Ordering::Relaxed);
         let durable = Arc::new(AtomicU64::new(0));
         let (notify_r, notify_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| io(std::io::Error::from(e)))?;

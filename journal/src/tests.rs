@@ -375,6 +375,28 @@ fn a_full_segment_ends_where_its_successor_says() {
     assert!(matches!(read_all(&dir, false), Err(JournalError::Damaged { .. })));
 }
 
+/// After a restart the journal counts what its segments take on disk —
+/// zeros written ahead past a closed segment's cut included — as its
+/// writer does while it runs: the figure `journal_max_bytes` holds against
+/// does not drift low with every restart.
+#[test]
+fn disk_bytes_after_a_restart_is_what_the_segments_take() {
+    let dir = tmpdir("disk-bytes");
+    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    for i in 0..1_400 {
+        j.append(&big(i, 1_000));
+        if i % 100 == 99 {
+            j.submit();
+        }
+    }
+    wait_durable(&j, j.covering_batch());
+    drop(j); // a crash: the newest segment keeps its zeros too
+    let (j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
+    let files: u64 = list_segments(&dir).unwrap().iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(list_segments(&dir).unwrap().len(), 3, "two replayed, one new");
+    assert_eq!(j.stats().disk_bytes.load(Ordering::Relaxed), files);
+}
+
 /// A segment with zeros written ahead whose successor — the one naming
 /// where its records end — is an unfinished checkpoint: replay drops the
 /// checkpoint and cuts the segment to its records, so the next start (a
