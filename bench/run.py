@@ -957,9 +957,9 @@ def many_vs_one(clients, jobs, flip):
     many-clients`), and one client sending as many with a window of 1000,
     on one fresh router and job manager; `flip` odd: the one client first."""
     def both(a, r, j):
-        def one():
+        def one(extra=()):
             return run_json([os.path.join(REL, "emq-bench"), "throughput", "--frontend", a["frontend"],
-                             "--n", str(clients * jobs), "--window", "1000"])
+                             "--n", str(clients * jobs), "--window", "1000"] + list(extra))
 
         def many():
             return run_json([os.path.join(REL, "emq-bench"), "many-clients", "--frontend", a["frontend"],
@@ -970,6 +970,12 @@ def many_vs_one(clients, jobs, flip):
             m, single = many(), one()
         m["one_client_jobs_per_sec"] = single["jobs_per_sec"]
         m["ratio_pct"] = 100.0 * m["jobs_per_sec"] / single["jobs_per_sec"]
+        # The one client sends each window refill as one REQUESTS; the
+        # many clients (100 jobs each, all at once, before any REPLIES)
+        # cannot. Beside it: the one client one REQUEST per job.
+        singles = one(["--one-by-one"])
+        m["one_client_singles_jobs_per_sec"] = singles["jobs_per_sec"]
+        m["ratio_singles_pct"] = 100.0 * m["jobs_per_sec"] / singles["jobs_per_sec"]
         return m
     return with_router_and_jm(both)
 
@@ -1303,6 +1309,8 @@ def main():
         row("17", "%d clients × %d jobs with results, all at once: jobs/s" % (args.s17_clients, args.s17_jobs), res.get("s17"), "jobs_per_sec")
         row("17", "  one client, the same jobs (window 1000), same router, same run: jobs/s", res.get("s17"), "one_client_jobs_per_sec")
         row("17", "  many / one", res.get("s17"), "ratio_pct", fmt="{:.0f}%", target="≥ 70%")
+        row("17", "  one client, one REQUEST per job (as the many clients send; no REQUESTS): jobs/s", res.get("s17"), "one_client_singles_jobs_per_sec")
+        row("17", "  many / one (one REQUEST per job)", res.get("s17"), "ratio_singles_pct", fmt="{:.0f}%")
         row("17", "  router RSS per idle connected client (bytes)", res.get("s17"), "router_bytes_per_idle_client")
         row("17", "  client completion time max / min", res.get("s17"), "max_over_min", fmt="{:.2f}")
         row("17", "  client completion time max / median (nobody starved)", res.get("s17"), "max_over_median", fmt="{:.3f}")
