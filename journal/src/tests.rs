@@ -337,13 +337,11 @@ fn zeros_written_ahead_end_the_records_quietly() {
     assert!(report.torn_tail.is_some());
 }
 
-/// A segment left for the next one (full) keeps the zeros written ahead
-/// of it; the next segment's header names where its records end, so they
-/// are neither damage nor an abandoned segment's rest, and a bad byte
-/// before that end is still damage.
-#[test]
-fn a_full_segment_ends_where_its_successor_says() {
-    let dir = tmpdir("rotated");
+/// An open journal in a fresh directory whose 1,400 records of ~1 KB
+/// (1.4 MB, in batches of 100) are durable: a full 1 MiB segment, and a
+/// second one still open.
+fn big_records_in_two_segments(tag: &str) -> (PathBuf, Journal) {
+    let dir = tmpdir(tag);
     let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
     for i in 0..1_400 {
         j.append(&big(i, 1_000));
@@ -352,6 +350,16 @@ fn a_full_segment_ends_where_its_successor_says() {
         }
     }
     wait_durable(&j, j.covering_batch());
+    (dir, j)
+}
+
+/// A segment left for the next one (full) keeps the zeros written ahead
+/// of it; the next segment's header names where its records end, so they
+/// are neither damage nor an abandoned segment's rest, and a bad byte
+/// before that end is still damage.
+#[test]
+fn a_full_segment_ends_where_its_successor_says() {
+    let (dir, mut j) = big_records_in_two_segments("rotated");
     j.close();
     drop(j);
     let segments = list_segments(&dir).unwrap();
@@ -381,15 +389,7 @@ fn a_full_segment_ends_where_its_successor_says() {
 /// does not drift low with every restart.
 #[test]
 fn disk_bytes_after_a_restart_is_what_the_segments_take() {
-    let dir = tmpdir("disk-bytes");
-    let (mut j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
-    for i in 0..1_400 {
-        j.append(&big(i, 1_000));
-        if i % 100 == 99 {
-            j.submit();
-        }
-    }
-    wait_durable(&j, j.covering_batch());
+    let (dir, j) = big_records_in_two_segments("disk-bytes");
     drop(j); // a crash: the newest segment keeps its zeros too
     let (j, _) = Journal::open(&opts(&dir), |_| {}).unwrap();
     let files: u64 = list_segments(&dir).unwrap().iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
