@@ -403,9 +403,11 @@ fn a_refused_requests_goes_again_one_request_each() {
     assert!(!client.sends_requests(), "a refused REQUESTS: one by one from now on");
     let again: Vec<String> = (0..3).map(|_| recv()).map(|f| format!("{} {}", f[3], f[4])).collect();
     assert_eq!(again, ids.iter().map(|id| format!("REQUEST {id}")).collect::<Vec<_>>(), "the same jobs, one each");
-    for id in &ids {
-        send(&[&batch[0], "", "eMQP/1.0", "REPLY", "rc", id]);
-    }
+    // Their receipts as one REPLIES (such a router sends them): REQUESTS
+    // stay off all the same.
+    send(&[&batch[0], "", "eMQP/1.0", "REPLIES", "rs-2", "", &ids[0], "", &ids[1], "", &ids[2]]);
+    let _ = client.pump(500);
+    assert!(!client.sends_requests(), "a REPLIES after a refusal does not turn REQUESTS on again");
     let mut later = Vec::new();
     client
         .send_payloads_until("default", &[payload(4), payload(5)], &Options::default(), deadline, &mut later)

@@ -329,6 +329,9 @@ pub struct Client {
     requests_sent: VecDeque<(String, Vec<String>)>,
     /// A job sent in a REQUESTS had its receipt: the router takes them.
     requests_confirmed: bool,
+    /// The router refused a REQUESTS: later REPLIES from it (an older emq
+    /// router sends them) no longer turn REQUESTS on.
+    requests_refused_once: bool,
 }
 
 /// REQUESTS remembered for a refusal, at most.
@@ -475,6 +478,7 @@ impl Client {
             router_takes_requests: false,
             requests_sent: VecDeque::new(),
             requests_confirmed: false,
+            requests_refused_once: false,
         }
     }
 
@@ -705,6 +709,7 @@ impl Client {
         let Some(pos) = self.requests_sent.iter().position(|(id, _)| id == msgid) else { return false };
         let (_, jobs) = self.requests_sent.remove(pos).expect("found");
         self.router_takes_requests = false;
+        self.requests_refused_once = true;
         tracing::warn!(jobs = jobs.len(), "the router does not take REQUESTS: sending its jobs one REQUEST each");
         for id in jobs {
             if let Some((_, m, _)) = self.unreceipted.iter().find(|(u, ..)| *u == id) {
@@ -880,7 +885,7 @@ impl Client {
             match m.command {
                 Command::Reply(reply) => self.on_reply(reply),
                 Command::Replies(r) => {
-                    self.router_takes_requests = true;
+                    self.router_takes_requests |= !self.requests_refused_once;
                     for (json, orig) in r.items {
                         self.on_reply(emq_protocol::Replies::reply_of(json, orig));
                     }
