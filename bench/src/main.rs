@@ -87,6 +87,10 @@ enum Cmd {
         jobs: u64,
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// One REQUEST message per job even when the router takes
+        /// REQUESTS (a client that sends its jobs one by one).
+        #[arg(long)]
+        one_by_one: bool,
     },
     Throughput {
         #[arg(long)]
@@ -253,8 +257,8 @@ fn main() -> Result<()> {
             )
         }
         Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
-        Cmd::ManyClients { frontend, router_pid, clients, jobs, threads } => {
-            many::run(&frontend, router_pid, clients, jobs, threads)
+        Cmd::ManyClients { frontend, router_pid, clients, jobs, threads, one_by_one } => {
+            many::run(&frontend, router_pid, clients, jobs, threads, one_by_one)
         }
         Cmd::Chords { frontend, admin, n, members, window, sample, fill } => {
             chords(&frontend, &admin, n, members, window, sample, fill)
@@ -664,12 +668,11 @@ fn throughput(
     let names: Vec<String> = (0..queues.max(1)).map(|i| queue_name(i, queues)).collect();
     // Warm-up: one job through, so connection set-up is not timed.
     send(&s, &request(&names[0], CLIENT_HEADERS, &payload))?;
-    wait_results(&s, 1, Duration::from_secs(60))?;
-    let start = Instant::now();
-    let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
     // As emq's client does: once the router has sent a REPLIES (it takes
     // REQUESTS too), the jobs of one refill go as one REQUESTS message.
-    let mut router_batches = false;
+    let mut router_batches = wait_results(&s, 1, Duration::from_secs(60))?;
+    let start = Instant::now();
+    let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
     let mut refill: Vec<(String, Request)> = Vec::new();
     let mut messages = 0u64;
     while done < n {
@@ -724,16 +727,22 @@ fn throughput(
     Ok(())
 }
 
-fn wait_results(s: &zmq::Socket, k: u64, limit: Duration) -> Result<()> {
+/// Waits for `k` results; whether a REPLIES came meanwhile (the router
+/// takes REQUESTS).
+fn wait_results(s: &zmq::Socket, k: u64, limit: Duration) -> Result<bool> {
     let end = Instant::now() + limit;
     let mut got = 0;
+    let mut replies = false;
     while got < k {
         if Instant::now() > end {
             bail!("no result within {limit:?} (is a job manager connected?)");
         }
-        recv_batch(s, 100, |f| got += results_in(&f).len() as u64)?;
+        recv_batch(s, 100, |f| {
+            replies |= f.get(2).is_some_and(|c| c == b"REPLIES");
+            got += results_in(&f).len() as u64
+        })?;
     }
-    Ok(())
+    Ok(replies)
 }
 
 // ---- latency -----------------------------------------------------------------------

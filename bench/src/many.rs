@@ -4,8 +4,14 @@
 //! last result, each client's completion time (max / min: nobody starved),
 //! and the router's memory per idle connected client (its RSS before the
 //! clients connect, and after they connected and each ran one job).
+//!
+//! As emq's client does (`Client::send_payloads_until`, Python's
+//! `send_many` / `map`): a client whose router sent it a REPLIES sends its
+//! J jobs as REQUESTS (at most 1,024 per message); `--one-by-one`: one
+//! REQUEST each.
 
 use anyhow::{bail, Context, Result};
+use emq_protocol::{Command, Message};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use serde_json::json;
 use std::os::fd::BorrowedFd;
@@ -25,12 +31,14 @@ fn rss_bytes(pid: u32) -> Result<u64> {
 /// One client's socket and what it has seen.
 struct OneClient {
     socket: zmq::Socket,
+    /// The router sent it a REPLIES (it takes REQUESTS).
+    router_batches: bool,
     sent: u64,
     done: u64,
     finished_at: Option<Duration>,
 }
 
-pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: usize) -> Result<()> {
+pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: usize, one_by_one: bool) -> Result<()> {
     // A ZeroMQ context holds at most 1,023 sockets: one per 500 clients.
     let contexts: Vec<zmq::Context> = (0..clients.div_ceil(500)).map(|_| zmq::Context::new()).collect();
     let payload = json!(["run", {"path": "benchjobs", "callable": "noop"}]).to_string();
@@ -38,15 +46,16 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
     let mut all: Vec<OneClient> = Vec::with_capacity(clients);
     for i in 0..clients {
         let socket = crate::dealer(&contexts[i / 500], frontend)?;
-        all.push(OneClient { socket, sent: 0, done: 0, finished_at: None });
+        all.push(OneClient { socket, router_batches: false, sent: 0, done: 0, finished_at: None });
     }
     // Each runs one job first: connected, known to the router, idle.
     for c in &all {
         crate::send(&c.socket, &crate::request("default", crate::CLIENT_HEADERS, &payload))?;
     }
-    for c in &all {
-        crate::wait_results(&c.socket, 1, Duration::from_secs(120))?;
+    for c in &mut all {
+        c.router_batches = crate::wait_results(&c.socket, 1, Duration::from_secs(120))?;
     }
+    let batched = all.iter().filter(|c| c.router_batches && !one_by_one).count();
     std::thread::sleep(Duration::from_millis(500));
     let rss_idle = rss_bytes(router_pid)?;
     let per_client = rss_idle.saturating_sub(rss_before) as f64 / clients as f64;
@@ -68,10 +77,20 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
         .map(|mut mine| {
             let payload = payload.clone();
             std::thread::spawn(move || -> Result<Vec<Duration>> {
+                let mut together = Vec::new();
                 for c in mine.iter_mut() {
                     while c.sent < jobs {
-                        crate::send(&c.socket, &crate::request("default", crate::CLIENT_HEADERS, &payload))?;
+                        let m = crate::request("default", crate::CLIENT_HEADERS, &payload);
                         c.sent += 1;
+                        match m {
+                            Message { msgid, command: Command::Request(r) } if c.router_batches && !one_by_one => {
+                                together.push((msgid, r));
+                                if together.len() >= emq_protocol::MAX_BATCH_REPLIES || c.sent == jobs {
+                                    crate::send_requests(&c.socket, &mut together)?;
+                                }
+                            }
+                            m => crate::send(&c.socket, &m)?,
+                        }
                     }
                 }
                 // Results: an epoll set over the sockets' ZMQ_FDs, so each
@@ -139,7 +158,7 @@ pub fn run(frontend: &str, router_pid: u32, clients: usize, jobs: u64, threads: 
                "client_done_max_secs": max, "max_over_min": max / min.max(1e-9),
                "max_over_median": max / median.max(1e-9),
                "router_rss_before": rss_before, "router_rss_idle_clients": rss_idle,
-               "router_bytes_per_idle_client": per_client})
+               "router_bytes_per_idle_client": per_client, "clients_sending_requests": batched})
     );
     Ok(())
 }

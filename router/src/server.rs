@@ -1068,18 +1068,15 @@ impl Server {
         }
     }
 
-    /// One client's gathered replies: alone as a REPLY, several as
-    /// REPLIES (undeliverable, the state machine takes a REPLIES as its
-    /// REPLYs, as it would have had them one by one — here or when it
-    /// waited in the client's outbox).
+    /// One client's gathered replies as one REPLIES — even one of them:
+    /// the same frames as its REPLY, and it tells the client at its first
+    /// receipt that this router takes REQUESTS, so a client that sent one
+    /// job first sends its next jobs together (undeliverable, the state
+    /// machine takes a REPLIES as its REPLYs, as it would have had them one
+    /// by one — here or when it waited in the client's outbox).
     fn flush_client_replies_to(&mut self, peer: &PeerId) -> Vec<Event> {
-        let Some((mut items, _)) = self.client_replies.remove(peer) else { return Vec::new() };
-        let message = if items.len() == 1 {
-            let (json, orig) = items.pop().expect("one");
-            Message::new(Command::Reply(emq_protocol::Replies::reply_of(json, orig)))
-        } else {
-            Message::new(Command::Replies(emq_protocol::Replies { items }))
-        };
+        let Some((items, _)) = self.client_replies.remove(peer) else { return Vec::new() };
+        let message = Message::new(Command::Replies(emq_protocol::Replies { items }));
         // Straight to the socket (or its outbox): not gathered again.
         self.send_now(SocketKind::Frontend, peer.clone(), message).into_iter().collect()
     }
