@@ -2,8 +2,12 @@
 (docs/benchmarks.md, "From Python"):
 
 1. the Rust client: ``emq-bench throughput --n N --window 1000`` (jobs/s
-   with results) and ``emq-bench latency`` (one job's round trip; the Rust
-   and the Python client take turns, in blocks);
+   with results, hand-built frames on a bare DEALER: the fastest a client
+   can be) and, for one job's round trip, both ``emq-bench latency --api``
+   (the Rust client library, ``emq_client::Client::send_request`` +
+   ``wait``: what a Rust program using emq does, and what the Python
+   client wraps) and ``emq-bench latency`` (the bare DEALER); the three
+   round-trip clients take turns, in blocks;
 2. emq's Python client, 1 thread (bench/pyclient_emq.py):
    ``Client.map("benchjobs.add", range(N), repeat(1))``,
    ``Client.starmap("benchjobs.add", ((i, 1) ...))``, ``send()`` +
@@ -68,7 +72,7 @@ def main():
     ap.add_argument("--n", type=int, default=100000, help="jobs per throughput round (Rust client, map, starmap)")
     ap.add_argument("--window-n", type=int, default=20000, help="jobs per send()+result() window round")
     ap.add_argument("--latency-n", type=int, default=5000, help="round trips per client per latency round")
-    ap.add_argument("--latency-blocks", type=int, default=10, help="turns the two clients take per latency round")
+    ap.add_argument("--latency-blocks", type=int, default=10, help="turns the three round-trip clients take per latency round")
     ap.add_argument("--eventmq-n", type=int, default=20000, help="jobs per EventMQ round")
     ap.add_argument("--celery-n", type=int, default=4000, help="jobs per Celery round")
     ap.add_argument("--window", type=int, default=1000, help="jobs in flight (Rust client, map, starmap)")
@@ -86,8 +90,8 @@ def main():
     procs = Procs()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
     tp = {k: [] for k in ("rust", "map", "starmap", "send", "eventmq", "celery")}
-    lat = {k: [] for k in ("rust", "python")}
-    ratios = {k: [] for k in ("map", "starmap", "send", "p50")}
+    lat = {k: [] for k in ("rust", "rust_api", "python")}
+    ratios = {k: [] for k in ("map", "starmap", "send", "p50", "p50_raw", "api_raw")}
     try:
         # A buffer for every fire-and-forget job (beyond hwm the router
         # refuses, and EventMQ's client never reads refusals).
@@ -117,17 +121,27 @@ def main():
             # Round trips: the two clients take turns, in blocks, so a
             # change in the machine's load weighs on both alike; a round's
             # figure is the median of its blocks'.
-            blocks = {"rust": [], "python": []}
-            for _ in range(a.latency_blocks):
-                n = max(1, a.latency_n // a.latency_blocks)
-                blocks["rust"].append(run_json([bench_bin, "latency", "--frontend", s.frontend, "--n", str(n)]))
-                blocks["python"].append(py("latency", n, 1))
+            # The order turns each block, so no client always follows the
+            # same one.
+            blocks = {"rust": [], "rust_api": [], "python": []}
+            n = max(1, a.latency_n // a.latency_blocks)
+            turn = {"rust": lambda: run_json([bench_bin, "latency", "--frontend", s.frontend, "--n", str(n)]),
+                    "rust_api": lambda: run_json([bench_bin, "latency", "--api", "--frontend", s.frontend,
+                                                  "--n", str(n)]),
+                    "python": lambda: py("latency", n, 1)}
+            order = list(turn)
+            for b in range(a.latency_blocks):
+                for k in order[b % 3:] + order[:b % 3]:
+                    blocks[k].append(turn[k]())
             for k in blocks:
                 lat[k].append({q: statistics.median(b[q] for b in blocks[k]) for q in ("p50_us", "p99_us")})
-            v, p = lat["rust"][-1], lat["python"][-1]
-            ratios["p50"].append(p["p50_us"] / v["p50_us"])
-            log("round %d round trip p50: Rust %.0f us, Python %.0f us (%.2fx)"
-                % (r, v["p50_us"], p["p50_us"], p["p50_us"] / v["p50_us"]))
+            v, api, p = lat["rust"][-1], lat["rust_api"][-1], lat["python"][-1]
+            ratios["p50"].append(p["p50_us"] / api["p50_us"])
+            ratios["p50_raw"].append(p["p50_us"] / v["p50_us"])
+            ratios["api_raw"].append(api["p50_us"] / v["p50_us"])
+            log("round %d round trip p50: Rust client %.0f us, bare DEALER %.0f us, Python %.0f us (%.2fx the Rust "
+                "client, %.2fx the bare DEALER)" % (r, api["p50_us"], v["p50_us"], p["p50_us"],
+                                                   p["p50_us"] / api["p50_us"], p["p50_us"] / v["p50_us"]))
             out = os.path.join(tempfile.gettempdir(), "emq-pyclient-bench-%d.txt" % os.getpid())
             v = run_json([os.path.join(emqvenv, "bin", "python"), os.path.join(HERE, "eventmq_driver.py"),
                           "--addr", s.frontend, "--n", str(a.eventmq_n), "--out", out, "--timeout", "300"])
@@ -167,13 +181,17 @@ def main():
           % (a.send_window, a.celery_n, cell(tp["celery"])))
     print()
     print("| one job's round trip (`benchjobs.noop`), %d in a row per round (%d turns) | p50 µs, median (min–max "
-          "of %d) | p99 µs, median | Python / Rust p50, same round |" % (a.latency_n, a.latency_blocks, a.rounds))
-    print("|---|---|---|---|")
-    print("| Rust client (`emq-bench latency`) | %s | %.0f | 1.00 |"
+          "of %d) | p99 µs, median | / Rust client p50, same round | / bare DEALER p50, same round |"
+          % (a.latency_n, a.latency_blocks, a.rounds))
+    print("|---|---|---|---|---|")
+    print("| Rust client library (`emq-bench latency --api`: `send_request` + `wait`) | %s | %.0f | 1.00 | %s |"
+          % (cell([v["p50_us"] for v in lat["rust_api"]]), statistics.median(v["p99_us"] for v in lat["rust_api"]),
+             cell(ratios["api_raw"], "%.2f")))
+    print("| bare DEALER, hand-built frames (`emq-bench latency`) | %s | %.0f | | 1.00 |"
           % (cell([v["p50_us"] for v in lat["rust"]]), statistics.median(v["p99_us"] for v in lat["rust"])))
-    print("| emq Python `send()` + `result()` | %s | %.0f | %s |"
+    print("| emq Python `send()` + `result()` | %s | %.0f | %s | %s |"
           % (cell([v["p50_us"] for v in lat["python"]]), statistics.median(v["p99_us"] for v in lat["python"]),
-             cell(ratios["p50"], "%.2f")))
+             cell(ratios["p50"], "%.2f"), cell(ratios["p50_raw"], "%.2f")))
 
 
 if __name__ == "__main__":

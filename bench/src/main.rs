@@ -154,6 +154,11 @@ enum Cmd {
         n: usize,
         #[arg(long, default_value_t = 200)]
         warmup: usize,
+        /// Through the Rust client library (`emq_client::Client`:
+        /// `send_request` + `wait`, as a Rust program uses emq) instead of
+        /// hand-built frames on a bare DEALER (the floor of a client).
+        #[arg(long)]
+        api: bool,
     },
     Fill {
         #[arg(long)]
@@ -256,7 +261,8 @@ fn main() -> Result<()> {
                 one_by_one,
             )
         }
-        Cmd::Latency { frontend, n, warmup } => latency(&frontend, n, warmup),
+        Cmd::Latency { frontend, n, warmup, api: false } => latency(&frontend, n, warmup),
+        Cmd::Latency { frontend, n, warmup, api: true } => latency_api(&frontend, n, warmup),
         Cmd::ManyClients { frontend, router_pid, clients, jobs, threads, one_by_one } => {
             many::run(&frontend, router_pid, clients, jobs, threads, one_by_one)
         }
@@ -756,6 +762,33 @@ fn latency(frontend: &str, n: usize, warmup: usize) -> Result<()> {
         let t = Instant::now();
         send(&s, &request("default", CLIENT_HEADERS, &payload))?;
         wait_results(&s, 1, Duration::from_secs(60))?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{}",
+        json!({"n": n, "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": samples[samples.len() - 1], "min_us": samples[0]})
+    );
+    Ok(())
+}
+
+/// One job's round trip through the Rust client library, as `latency`
+/// measures it on a bare DEALER: `send_request` then `wait` for its result.
+fn latency_api(frontend: &str, n: usize, warmup: usize) -> Result<()> {
+    let mut c = emq_client::Client::connect(frontend)?;
+    let job = emq_client::job_for("benchjobs.noop")?;
+    let options = emq_client::Options::default();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        let msgid = c.send_request("default", &job, &options)?;
+        let outcome = c.wait(&msgid, Instant::now() + Duration::from_secs(60));
+        if !outcome.is_success() {
+            bail!("job {msgid}: {outcome:?}");
+        }
         if i >= warmup {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
