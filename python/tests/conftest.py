@@ -4,6 +4,7 @@ fails. Binaries come from $EMQTEST_BIN_DIR, else <repo>/target/debug (built by
 `cargo test --workspace` / `cargo build --bins`)."""
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def free_port():
+    """A free loopback port for a server a test starts, picked at random
+    below the kernel's ephemeral range: a port from that range can become
+    the source port of an outgoing connection — or of a client reconnecting
+    to it while its server is down, which connects to itself and holds it —
+    and a restarted router could then not bind it (tests/common/mod.rs)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000 if low > 11000 else 0):
+        p = 10000 + secrets.randbelow(low - 10000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     p = s.getsockname()[1]

@@ -15,9 +15,31 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use emq_router::EVENTMQ_STATUS_KEYS;
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand
-/// it out again at once).
+/// A free TCP port on 127.0.0.1 for a server a test starts (bound and
+/// released), picked at random below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port from that range (what binding
+/// port 0 gives) can meanwhile become the source port of any outgoing
+/// connection — or of a client reconnecting to it while its server is
+/// down, which then connects to itself (TCP simultaneous open) and holds
+/// it: a restarted router then could not bind it ("address already in
+/// use") for as long as the holder lived (seen once in
+/// `tests/power_loss.rs`). Falls back to port 0 when the range leaves no
+/// room below it.
 pub fn free_port() -> u16 {
+    const FLOOR: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_535);
+    if low > FLOOR + 1_000 {
+        for _ in 0..1_000 {
+            let p = FLOOR + (uuid::Uuid::new_v4().as_u128() % u128::from(low - FLOOR)) as u32;
+            if TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+                return p as u16;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
