@@ -757,22 +757,10 @@ fn latency(frontend: &str, n: usize, warmup: usize) -> Result<()> {
     let ctx = zmq::Context::new();
     let s = dealer(&ctx, frontend)?;
     let payload = json!(["run", {"path": "benchjobs", "callable": "noop"}]).to_string();
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..warmup + n {
-        let t = Instant::now();
+    time_round_trips(n, warmup, || {
         send(&s, &request("default", CLIENT_HEADERS, &payload))?;
-        wait_results(&s, 1, Duration::from_secs(60))?;
-        if i >= warmup {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "{}",
-        json!({"n": n, "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": samples[samples.len() - 1], "min_us": samples[0]})
-    );
-    Ok(())
+        wait_results(&s, 1, Duration::from_secs(60)).map(|_| ())
+    })
 }
 
 /// One job's round trip through the Rust client library, as `latency`
@@ -781,14 +769,26 @@ fn latency_api(frontend: &str, n: usize, warmup: usize) -> Result<()> {
     let mut c = emq_client::Client::connect(frontend)?;
     let job = emq_client::job_for("benchjobs.noop")?;
     let options = emq_client::Options::default();
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..warmup + n {
-        let t = Instant::now();
+    time_round_trips(n, warmup, || {
         let msgid = c.send_request("default", &job, &options)?;
         let outcome = c.wait(&msgid, Instant::now() + Duration::from_secs(60));
         if !outcome.is_success() {
             bail!("job {msgid}: {outcome:?}");
         }
+        Ok(())
+    })
+}
+
+/// Runs `round_trip` `warmup` times untimed, then `n` times timed; prints
+/// `{"n", "p50_us", "p99_us", "max_us", "min_us"}`.
+fn time_round_trips(n: usize, warmup: usize, mut round_trip: impl FnMut() -> Result<()>) -> Result<()> {
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        round_trip()?;
         if i >= warmup {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
