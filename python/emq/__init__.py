@@ -361,8 +361,7 @@ class Job:
 
     def _wait(self, timeout):
         if self._outcome is None:
-            if not self._wants_result or self.client._native.results_known is not True:
-                self._check_results()  # raises, or finds out whether the router sends results
+            self._check_results()
             try:
                 got = self.client._native.wait_result(self.msgid, timeout,
                                                       self.owner if self._foreign else None)
@@ -384,16 +383,9 @@ class Job:
         as long as it takes). Raises :class:`JobFailed` (remote kind and
         traceback), :class:`Refused`, :class:`Timeout`, or
         :class:`ResultsUnavailable` when the router does not send results."""
-        o = self._outcome
+        o = self._wait(_nonneg("timeout", timeout))
         if o is None:
-            # Kept short: a round trip's Python work delays the next send.
-            if timeout is not None and timeout < 0:
-                raise ValueError("timeout must be >= 0, not %r" % (timeout,))
-            o = self._wait(timeout)
-            if o is None:
-                raise Timeout("no result for job %s (%s) within %s s" % (self.msgid, self.name, timeout))
-        if o.kind == "value":
-            return o.value
+            raise Timeout("no result for job %s (%s) within %s s" % (self.msgid, self.name, timeout))
         return self._unwrap(o)
 
     def _unwrap(self, o):
@@ -801,22 +793,9 @@ class Client:
         router's reason, :class:`Timeout` when no receipt comes within
         ``receipt_timeout``.
         """
-        n = self._native
-        split = _SPLIT.get(fn) if fn.__class__ is str else None
-        if (split is not None and timeout is None and retries is None and result is True and kwargs is None
-                and class_args is None and class_kwargs is None and not job_kwargs and unique is None
-                and depends_on is None and limit is None and requires is None and on is None and delay is None
-                and eta is None and on_dependency_failure == "cancel" and queue.__class__ is str and queue
-                and n.results_known is not False):
-            # The commonest send — a callable named by a string sent before,
-            # positional arguments, no option — in as few steps as Python
-            # allows (what the general path below does for it, checked the
-            # same way).
-            msgid = n.send(queue, split[0], split[1], _dumps("args", list(args)) if args else "[]", "{}", "[]", "{}",
-                           True, bool(guarantee), None, None)
-            return Job(self, msgid, fn, queue, None, True, owner=self._owner)
         (name, path, callable_, timeout), texts = _job_spec(fn, args, queue, timeout, retries, kwargs, class_args,
                                                             class_kwargs, job_kwargs)
+        n = self._native
         if (result is True and unique is None and depends_on is None and limit is None and requires is None
                 and on is None and delay is None and eta is None and on_dependency_failure == "cancel"
                 and n.results_known is not False):
