@@ -415,3 +415,48 @@ fn a_refused_requests_goes_again_one_request_each() {
         assert!(client.take_result(id).is_none(), "the refusal of the REQUESTS is no job's result");
     }
 }
+
+/// A result comes twice around a router crash (the restarted router sends
+/// its last moments' results again; a job in doubt may run twice): the
+/// client hands out the first and drops the others — `wait_any` does not
+/// give a job's result a second time, and a result of a job no longer
+/// waited on is not kept. A router played by the test.
+#[test]
+fn a_result_that_comes_twice_is_handed_out_once() {
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.bind(&format!("tcp://127.0.0.1:{}", free_port())).unwrap();
+    let addr = router.get_last_endpoint().unwrap().unwrap();
+    router.set_rcvtimeo(HANG as i32).unwrap();
+    let mut client = Client::connect(&addr).unwrap();
+    let deadline = Instant::now() + Duration::from_millis(HANG as u64);
+    let job = Job::new("benchjobs", "add", vec![1.into()]);
+    let a = client.send_request("default", &job, &Options::default()).unwrap();
+    let b = client.send_request("default", &job, &Options::default()).unwrap();
+    let mut peer = Vec::new();
+    for _ in 0..2 {
+        let f = router.recv_multipart(0).expect("a REQUEST before the hang guard");
+        peer = f[0].clone();
+    }
+    let result = |msgid: &str, v: i64| {
+        let json = format!(r#"{{"value": {v}}}"#);
+        let frames: [&[u8]; 6] = [&peer, b"", b"eMQP/1.0", b"REPLY", json.as_bytes(), msgid.as_bytes()];
+        let mut frames: Vec<&[u8]> = frames.to_vec();
+        let id = format!("r-{msgid}-{v}");
+        frames.insert(4, id.as_bytes());
+        router.send_multipart(frames, 0).unwrap();
+    };
+    result(&a, 1);
+    result(&a, 2);
+    let (id, first) = client.wait_any(deadline).expect("a's result");
+    assert_eq!((id.as_str(), first), (a.as_str(), JobOutcome::Value(1.into())), "the first one counts");
+    // Once taken, a's result again (a restarted router's resend) is no
+    // second result; b's comes next.
+    result(&a, 3);
+    result(&b, 4);
+    let (id, second) = client.wait_any(deadline).expect("b's result");
+    assert_eq!((id.as_str(), second), (b.as_str(), JobOutcome::Value(4.into())));
+    result(&b, 5);
+    assert_eq!(client.wait_any(Instant::now() + Duration::from_millis(500)), None, "nothing is handed out twice");
+    assert!(client.take_result(&a).is_none() && client.take_result(&b).is_none(), "nor kept");
+}

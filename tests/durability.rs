@@ -443,3 +443,77 @@ fn every_receipted_result_reaches_a_client_that_only_waits_across_four_kills() {
         results.len()
     );
 }
+
+/// A result the router sent just before it was killed may never have left
+/// it: ZeroMQ took it into the client's pipe, and its I/O thread had not
+/// written it yet. The client here reads nothing while its jobs run (a
+/// receive high-water mark of 1), so 80 results of 512 KiB — more than
+/// the kernel's socket buffers hold — pile up in the router's pipe to it;
+/// the router finishes every job (its status says so), is SIGKILLed, and
+/// restarts. Every result still reaches the client: the restarted router
+/// sends the results of its last moments (`result_resend_window`, here
+/// wide enough for a slow machine) again. Without that, the results in
+/// the killed router's pipe were lost for a client that only waits.
+#[test]
+fn results_still_in_a_killed_routers_pipe_reach_a_client_that_only_waits() {
+    let n = 80;
+    let env = [("EMQ_HEARTBEAT_INTERVAL", "0.5"), ("EMQ_RESULT_RESEND_WINDOW", "120")];
+    let (router, a) = start_router(&env);
+    let mut router = Some(router);
+    let _jm = start_jobmanager(&a.backend, "default", 2, &[]);
+    wait_slots(&a.admin, 2);
+    let ctx = zmq::Context::new();
+    let client = ctx.socket(zmq::DEALER).unwrap();
+    client.set_identity(uuid::Uuid::new_v4().to_string().as_bytes()).unwrap();
+    client.set_rcvhwm(1).unwrap();
+    client.set_rcvbuf(64 << 10).unwrap();
+    client.set_linger(0).unwrap();
+    client.connect(&a.frontend).unwrap();
+    let mut sent = HashSet::new();
+    for i in 0..n {
+        let id = format!("big{i}-{}", uuid::Uuid::new_v4());
+        let payload =
+            json!(["run", {"path": "testjobs", "callable": "blob", "args": [format!("{id}:"), 512 << 10]}]).to_string();
+        let frames = ["", "eMQP/1.0", "REQUEST", &id, "default", "reply-requested", &payload];
+        client.send_multipart(frames.iter().map(|f| f.as_bytes()), 0).unwrap();
+        sent.insert(id);
+    }
+    eventually(Duration::from_secs(120), || {
+        let s = admin(&a.admin, "STATUS");
+        (s["processed_messages_by_queue"]["default"].as_u64() == Some(n as u64)).then_some(())
+    });
+    // Its `Finished` records durable (the journal syncs within a moment).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut r = router.take().unwrap();
+    r.signal(Signal::SIGKILL);
+    r.wait_exit(Duration::from_secs(10)).expect("killed");
+    router = Some(restart(&a, &env));
+    let mut results: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results.len() < n && Instant::now() < deadline {
+        if client.poll(zmq::POLLIN, 500).unwrap() == 0 {
+            continue;
+        }
+        let f = client.recv_multipart(0).unwrap();
+        if f.len() == 6 && f[2] == b"REPLY" {
+            let msgid = String::from_utf8_lossy(&f[5]).into_owned();
+            let reply: serde_json::Value = serde_json::from_slice(&f[4]).unwrap();
+            let value = reply["value"].as_str().unwrap_or_default();
+            assert!(
+                value.starts_with(&format!("{msgid}:")) && value.len() > 512 << 10,
+                "{msgid}: another job's result"
+            );
+            *results.entry(msgid).or_insert(0) += 1;
+        }
+    }
+    let missing = sent.iter().filter(|id| !results.contains_key(*id)).count();
+    let status = admin(&a.admin, "STATUS");
+    println!(
+        "{n} jobs: {} results reached the client, {missing} missing, {} twice; results_waiting_for_clients {}",
+        results.len(),
+        results.values().filter(|c| **c > 1).count(),
+        status["results_waiting_for_clients"]
+    );
+    assert_eq!(missing, 0, "results lost with the killed router");
+    drop(router);
+}

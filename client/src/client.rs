@@ -995,9 +995,13 @@ impl Client {
     }
 
     /// A result (the first one for a msgid counts; a job run twice by
-    /// at-least-once delivery may report twice).
+    /// at-least-once delivery may report twice, and a restarted router
+    /// sends the results of its last moments again). A result of a job no
+    /// longer waited on — taken already, or forgotten — is dropped: kept,
+    /// it would come out of [`Client::wait_any`] a second time and stay
+    /// in memory for good.
     fn add_result(&mut self, msgid: String, outcome: JobOutcome) {
-        if self.results.contains_key(&msgid) {
+        if self.results.contains_key(&msgid) || !self.pending.contains(&msgid) {
             return;
         }
         if self.results.insert(msgid.clone(), outcome).is_none() {

@@ -370,6 +370,7 @@ impl Server {
             in_doubt = summary.in_doubt,
             retrying = summary.retrying,
             dead_letters = summary.dead_letters,
+            results_resent = summary.results_resent,
             "state restored"
         );
         let mut server = Server {

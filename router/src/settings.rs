@@ -31,6 +31,11 @@ pub struct RouterSettings {
     /// Seconds a finished job's record and result are kept (for JOB_STATUS
     /// and clients that missed the result).
     pub result_ttl: f64,
+    /// Seconds of results before a router stopped without a checkpoint
+    /// (killed, crashed, power lost) that go to their clients again after
+    /// its restart: a result handed to ZeroMQ just before the kill may not
+    /// have left the process.
+    pub result_resend_window: f64,
     /// Bytes of job results the router keeps for JOB_STATUS (oldest
     /// evicted first; a result larger than a sixteenth of it is not kept).
     pub results_max_bytes: u64,
@@ -236,6 +241,7 @@ impl Default for RouterSettings {
             socket_hwm: 100_000,
             job_history: 100_000,
             result_ttl: 86_400.0,
+            result_resend_window: 2.0,
             allowed_schedulers: Vec::new(),
             max_message_bytes: 16 << 20,
             results_max_bytes: 256 << 20,
@@ -312,6 +318,12 @@ impl RouterSettings {
             hwm: v::count("hwm", self.hwm, 0, MAX_JOBS)?,
             job_history: v::count("job_history", self.job_history, 0, MAX_JOBS)?,
             result_ttl: v::seconds("result_ttl", self.result_ttl, Zero::Allowed)?,
+            result_resend_window: v::seconds_at_most(
+                "result_resend_window",
+                self.result_resend_window,
+                Zero::Allowed,
+                3600.0,
+            )?,
             results_max_bytes: v::count("results_max_bytes", self.results_max_bytes, 1 << 16, 1 << 40)?,
             admin_users: self.admin_users.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
             allowed_schedulers: self
@@ -442,6 +454,7 @@ impl RouterSettings {
             socket_hwm,
             job_history,
             result_ttl,
+            result_resend_window,
             allowed_schedulers,
             max_message_bytes,
             results_max_bytes,

@@ -75,6 +75,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_message_bytes",
     "allowed_schedulers",
     "result_ttl",
+    "result_resend_window",
     "retry_delay",
     "retry_multiplier",
     "dead_letter_max",

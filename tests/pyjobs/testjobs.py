@@ -74,6 +74,11 @@ def echo(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}
 
 
+def blob(tag, n):
+    """A result of about n bytes: the tag, then n characters."""
+    return tag + "x" * n
+
+
 from benchjobs import append_line  # noqa: E402,F401  (the repo's jobs/ is on the path too)
 
 

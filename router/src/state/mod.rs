@@ -201,6 +201,10 @@ pub struct RouterConfig {
     /// JOB_STATUS and clients that missed the result (`job_history` bounds
     /// their number too).
     pub result_ttl: Duration,
+    /// Results that finished this long before the last journaled moment
+    /// of a router that stopped without a checkpoint go to their clients
+    /// again at restart (see `recovery`).
+    pub result_resend_window: Duration,
     /// Bytes of results kept for JOB_STATUS (oldest evicted first; one
     /// larger than a sixteenth of it is not kept).
     pub results_max_bytes: u64,
@@ -425,6 +429,9 @@ impl RouterState {
     /// Tick step: results whose client was away go again (those past
     /// `result_ttl` are given up: the job record still holds them).
     fn retry_undelivered(&mut self, now: Now, out: &mut Vec<Action>) {
+        for msgid in std::mem::take(&mut self.outcomes.pending_unjournaled) {
+            out.push(Action::Journal(Record::ResultPending { msgid }));
+        }
         for (peer, message) in self.outcomes.undelivered.take_for_retry(now.mono, self.cfg.result_ttl) {
             out.push(Action::Send { socket: SocketKind::Frontend, peer, message });
         }

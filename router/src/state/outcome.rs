@@ -31,11 +31,20 @@ pub(crate) struct Outcomes {
     /// Results whose client was not connected when they were sent: sent
     /// again at every tick (see [`super::undelivered`]).
     pub(crate) undelivered: super::undelivered::UndeliveredResults,
+    /// Msgids kept in `undelivered` at start (`finish_restore`) whose
+    /// `ResultPending` record is still to write (at the first tick).
+    pub(crate) pending_unjournaled: Vec<String>,
 }
 
 impl Outcomes {
     pub(crate) fn new(history: JobHistory) -> Self {
-        Outcomes { history, dead: VecDeque::new(), recent_failures: VecDeque::new(), undelivered: Default::default() }
+        Outcomes {
+            history,
+            dead: VecDeque::new(),
+            recent_failures: VecDeque::new(),
+            undelivered: Default::default(),
+            pending_unjournaled: Vec::new(),
+        }
     }
 }
 

@@ -57,6 +57,13 @@ pub(super) struct Restoring {
     jobs: HashMap<Arc<str>, RestoredJob>,
     /// Results that had not reached their client (sent again at start).
     results_pending: rustc_hash::FxHashSet<String>,
+    /// The latest unix time a record carries: about when the router stopped.
+    latest_at: f64,
+    /// Results handed to a client lately (a final outcome of a
+    /// `reply-requested` job, or a kept result that went out at last), with
+    /// when: those within `result_resend_window` of `latest_at` go again
+    /// at start. Older ones are dropped as the replay moves on.
+    recent_results: std::collections::VecDeque<(f64, Arc<str>)>,
     next_back: i64,
     next_front: i64,
 }
@@ -74,6 +81,30 @@ pub struct RestoreSummary {
     pub missed_runs: usize,
     pub dead_letters: usize,
     pub history: usize,
+    /// Results of the last moments before the stop sent again (see
+    /// [`RouterState::finish_restore`]).
+    pub results_resent: usize,
+}
+
+impl Restoring {
+    /// A record's time: `latest_at` only moves forward.
+    fn saw(&mut self, at: f64) {
+        if at.is_finite() && at > self.latest_at {
+            self.latest_at = at;
+        }
+    }
+
+    /// A result went to a client at `at`; results older than `window`
+    /// before the latest record are forgotten.
+    fn result_sent(&mut self, msgid: Arc<str>, at: f64, window: f64) {
+        if window <= 0.0 {
+            return;
+        }
+        self.recent_results.push_back((at, msgid));
+        while self.recent_results.front().is_some_and(|(t, _)| *t < self.latest_at - window) {
+            self.recent_results.pop_front();
+        }
+    }
 }
 
 impl RouterState {
@@ -90,6 +121,7 @@ impl RouterState {
                     }
                 }
                 let r = self.restoring.get_or_insert_with(Default::default);
+                r.saw(job.received);
                 r.next_back += 1;
                 let key = r.next_back;
                 let request = StoredRequest::from_parts(job.requested_queue.as_deref(), &job.headers, &job.payload);
@@ -112,6 +144,7 @@ impl RouterState {
                 self.restoring.as_mut().expect("restoring").jobs.insert(msgid, restored);
             }
             Record::Dispatched { msgid, job_manager, attempt, at } => {
+                r.saw(at);
                 if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
                     j.phase = Phase::InFlight(PeerId::from(job_manager.as_slice()));
                     j.attempts = attempt;
@@ -131,6 +164,7 @@ impl RouterState {
                 self.outcomes.history.mark(&msgid, JobState::Queued, 0.0);
             }
             Record::Retrying { msgid, failure, due, result } => {
+                r.saw(failure.at);
                 if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
                     j.phase = Phase::Retrying(due);
                     j.attempts = failure.attempt;
@@ -150,6 +184,15 @@ impl RouterState {
                     self.workflows.on_end(&msgid, &ended);
                 }
                 let r = self.restoring.get_or_insert_with(Default::default);
+                r.saw(at);
+                // Its outcome went to a client waiting for it (`conclude`).
+                let answered = r
+                    .jobs
+                    .get(msgid.as_str())
+                    .is_some_and(|j| !j.client.as_bytes().is_empty() && j.request.headers().reply_requested);
+                if answered {
+                    r.result_sent(Arc::from(msgid.as_str()), at, self.cfg.result_resend_window.as_secs_f64());
+                }
                 if state == FinalState::Dead {
                     if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
                         j.phase = Phase::Dead { failure: failure.clone(), at };
@@ -209,6 +252,9 @@ impl RouterState {
             }
             Record::ResultDelivered { msgid } => {
                 r.results_pending.remove(&msgid);
+                // Went out at about the latest time recorded so far.
+                let at = r.latest_at;
+                r.result_sent(Arc::from(msgid.as_str()), at, self.cfg.result_resend_window.as_secs_f64());
             }
             Record::Workflow(body) => self.restore_workflow(&body),
             Record::JobCheckpoint { msgid, data } => {
@@ -241,6 +287,7 @@ impl RouterState {
             let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
             self.outcomes.undelivered.keep(client, m, now.mono, budget);
         }
+        summary.results_resent = self.resend_recent_results(&r, now);
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
         let mut live_fired = Vec::new();
         for (msgid, j) in r.jobs {
@@ -588,6 +635,45 @@ impl RouterState {
             });
         }
         out
+    }
+
+    /// Results handed to ZeroMQ in the last `result_resend_window` before
+    /// the stop go to their clients again. A send that ZeroMQ took is not
+    /// a result on the wire: its I/O thread writes it a moment later, and
+    /// a killed router's kernel drops what its socket still held (a
+    /// connection closed with unread input is reset). No client
+    /// acknowledges a result in eMQP, so the last moments are sent again —
+    /// at least once; clients keep the first result per msgid. A stop
+    /// that wrote its checkpoint (every graceful stop, which also lingers
+    /// until its sockets are flushed) left no `Finished` record with a
+    /// client behind it, so nothing goes again after it.
+    ///
+    /// Journaled as pending at the first tick, so a second crash before
+    /// they went out sends them again too.
+    fn resend_recent_results(&mut self, r: &Restoring, now: Now) -> usize {
+        let since = r.latest_at - self.cfg.result_resend_window.as_secs_f64();
+        let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut resent = 0;
+        for (at, msgid) in r.recent_results.iter().rev() {
+            if *at < since || r.results_pending.contains(&**msgid) || !seen.insert(msgid.clone()) {
+                continue;
+            }
+            let Some(rec) = self.outcomes.history.get(msgid) else { continue };
+            let (Some(result), Some(client)) = (rec.result.clone(), rec.client.clone()) else { continue };
+            let m = Message::new(Command::Reply(emq_protocol::Reply::Result {
+                reply_json: result,
+                orig_msgid: msgid.to_string(),
+            }));
+            if self.outcomes.undelivered.keep(client, m, now.mono, budget) {
+                self.outcomes.pending_unjournaled.push(msgid.to_string());
+            }
+            resent += 1;
+        }
+        if resent > 0 {
+            info!(results = resent, window = ?self.cfg.result_resend_window, "results of the last moments before the stop sent again");
+        }
+        resent
     }
 
     /// Jobs in doubt (for STATUS and tests).

@@ -24,6 +24,7 @@ fn cfg() -> RouterConfig {
         allowed_schedulers: vec![],
         admin_users: vec![],
         result_ttl: Duration::from_secs(3600),
+        result_resend_window: Duration::from_secs(2),
         results_max_bytes: 256 << 20,
         buffer_memory: 1 << 30,
         journal_max_bytes: 1 << 34,
@@ -535,6 +536,61 @@ fn restart_from_the_journal_puts_every_job_back() {
     assert_eq!(dispatched_to(&out), vec![("jm2".to_string(), "b1".to_string())]);
     let status: serde_json::Value = serde_json::from_str(&r.r.outcomes.history.status_json("reported", true)).unwrap();
     assert_eq!(status["state"], "done");
+}
+
+/// A result ZeroMQ took just before a kill may never have left the
+/// process: after a restart without a checkpoint, the results of the last
+/// `result_resend_window` before the latest journaled moment go to their
+/// clients again (journaled pending, then delivered); older ones, those of
+/// jobs nobody waits for, and everything after a graceful stop's
+/// checkpoint do not.
+#[test]
+fn results_of_the_last_moments_before_a_kill_go_again_after_the_restart() {
+    let mut h = Harness::new();
+    h.inform("jm", &[(10, "default")]);
+    for _ in 0..3 {
+        h.ready("jm");
+    }
+    h.request("c", "old", "default", "reply-requested");
+    h.request("c", "recent", "default", "reply-requested");
+    h.request("c", "quiet", "default", "");
+    h.done("jm", "old", r#"{"value": 1}"#);
+    h.advance(5.0);
+    assert!(result_to(&h.done("jm", "recent", r#"{"value": 2}"#), "recent").is_some(), "sent once already");
+    h.done("jm", "quiet", r#"{"value": 3}"#);
+    let restart = |journal: &[emq_journal::Record], window: f64| {
+        let mut c = cfg();
+        c.result_resend_window = Duration::from_secs_f64(window);
+        let now = Now::real();
+        let mut r = Harness::with(RouterState::new(c, now), now);
+        for rec in journal.iter().cloned() {
+            r.r.restore(rec);
+        }
+        let summary = r.r.finish_restore(r.now);
+        (r, summary)
+    };
+    // Killed: "recent" finished within 2 s of the last record, "old" 5 s
+    // before it, "quiet" had no client waiting.
+    let (mut r, summary) = restart(&h.journal, 2.0);
+    assert_eq!(summary.results_resent, 1, "{summary:?}");
+    let out = r.tick();
+    assert_eq!(result_to(&out, "recent").unwrap().value, serde_json::json!(2), "sent again to its client");
+    assert!(result_to(&out, "old").is_none() && result_to(&out, "quiet").is_none());
+    let pending = emq_journal::Record::ResultPending { msgid: "recent".into() };
+    assert!(r.journal.contains(&pending), "journaled: a second kill sends it again too");
+    r.tick();
+    assert!(r.journal.contains(&emq_journal::Record::ResultDelivered { msgid: "recent".into() }));
+    // A second kill right after: the window still holds it (it went out
+    // again, at the latest recorded time).
+    let mut twice = h.journal.clone();
+    twice.extend(r.journal.iter().cloned());
+    assert_eq!(restart(&twice, 2.0).1.results_resent, 1);
+    // A window of 10 s reaches "old" too; 0 turns it off.
+    assert_eq!(restart(&h.journal, 10.0).1.results_resent, 2);
+    assert_eq!(restart(&h.journal, 0.0).1.results_resent, 0);
+    // A graceful stop ends with a checkpoint: nothing goes again.
+    let checkpoint = h.r.checkpoint_records(h.now);
+    assert_eq!(restart(&checkpoint, 2.0).1.results_resent, 0);
 }
 
 #[test]
