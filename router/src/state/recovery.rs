@@ -186,12 +186,13 @@ impl RouterState {
                 let r = self.restoring.get_or_insert_with(Default::default);
                 r.saw(at);
                 // Its outcome went to a client waiting for it (`conclude`).
-                let answered = r
-                    .jobs
-                    .get(msgid.as_str())
-                    .is_some_and(|j| !j.client.as_bytes().is_empty() && j.request.headers().reply_requested);
+                let window = self.cfg.result_resend_window.as_secs_f64();
+                let answered = window > 0.0
+                    && r.jobs
+                        .get(msgid.as_str())
+                        .is_some_and(|j| !j.client.as_bytes().is_empty() && j.request.headers().reply_requested);
                 if answered {
-                    r.result_sent(Arc::from(msgid.as_str()), at, self.cfg.result_resend_window.as_secs_f64());
+                    r.result_sent(Arc::from(msgid.as_str()), at, window);
                 }
                 if state == FinalState::Dead {
                     if let Some(j) = r.jobs.get_mut(msgid.as_str()) {
@@ -665,7 +666,7 @@ impl RouterState {
                 reply_json: result,
                 orig_msgid: msgid.to_string(),
             }));
-            if self.outcomes.undelivered.keep(client, m, now.mono, budget) {
+            if self.outcomes.undelivered.keep_resent(client, m, now.mono, budget) {
                 self.outcomes.pending_unjournaled.push(msgid.to_string());
             }
             resent += 1;

@@ -21,6 +21,12 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// How long a result sent again after a restart waits for its client to
+/// come back: it was most likely delivered before the stop (see
+/// `recovery`), and a client connected then reconnects within moments —
+/// one that does not is gone, so it does not hold memory for `result_ttl`.
+pub const RESENT_TTL: Duration = Duration::from_secs(60);
+
 /// Results waiting for one client.
 #[derive(Debug)]
 struct Backlog {
@@ -43,6 +49,9 @@ pub struct UndeliveredResults {
     retried: Vec<String>,
     /// Msgids no longer pending (delivered, or given up), to journal.
     settled: Vec<String>,
+    /// Msgids kept by [`Self::keep_resent`]: perhaps delivered before a
+    /// restart; given up silently after [`RESENT_TTL`].
+    resent: HashSet<String>,
 }
 
 /// Bytes of a result message as counted against the budget.
@@ -94,6 +103,18 @@ impl UndeliveredResults {
         newly
     }
 
+    /// [`Self::keep`] for a result sent again after a restart, which may
+    /// have reached its client before: if that client does not come back
+    /// within [`RESENT_TTL`], it is dropped without counting as given up.
+    pub fn keep_resent(&mut self, peer: PeerId, message: Message, now: Instant, budget: usize) -> bool {
+        let id = msgid_of(&message).to_owned();
+        let newly = self.keep(peer, message, now, budget);
+        if newly {
+            self.resent.insert(id);
+        }
+        newly
+    }
+
     /// Tick step: every kept result, to send again now. Those that still
     /// cannot go come back through [`Self::keep`] and find their backlog
     /// (emptied, not removed), so they keep their age; backlogs emptied at
@@ -111,14 +132,28 @@ impl UndeliveredResults {
         }
         let mut out = Vec::new();
         let mut given_up = Vec::new();
+        let mut expired = Vec::new();
+        let resent = &self.resent;
         self.by_peer.retain(|peer, b| {
-            if now.saturating_duration_since(b.since) > ttl {
+            let age = now.saturating_duration_since(b.since);
+            if age > ttl {
                 given_up.extend(b.messages.drain(..));
                 return false;
             }
-            out.extend(b.messages.drain(..).map(|m| (peer.clone(), m)));
+            for m in b.messages.drain(..) {
+                if age > RESENT_TTL && resent.contains(msgid_of(&m)) {
+                    expired.push(m);
+                } else {
+                    out.push((peer.clone(), m));
+                }
+            }
             true
         });
+        for m in expired {
+            if self.pending.remove(msgid_of(&m)) {
+                self.settled.push(msgid_of(&m).to_owned());
+            }
+        }
         self.given_up += given_up.len() as u64;
         for m in given_up {
             if self.pending.remove(msgid_of(&m)) {
@@ -127,6 +162,10 @@ impl UndeliveredResults {
         }
         self.retried = out.iter().map(|(_, m)| msgid_of(m).to_owned()).collect();
         self.bytes = 0;
+        if !self.resent.is_empty() {
+            let pending = &self.pending;
+            self.resent.retain(|id| pending.contains(id));
+        }
         out
     }
 
@@ -190,5 +229,32 @@ mod tests {
             .map(|(p, _)| p.to_string())
             .collect();
         assert!(kept.contains(&"p9".to_string()) && !kept.contains(&"p0".to_string()), "{kept:?}");
+    }
+
+    /// A result sent again after a restart waits [`RESENT_TTL`] for its
+    /// client, not the whole `result_ttl`, and is then dropped without
+    /// counting as given up; a plain kept result of the same client stays.
+    #[test]
+    fn results_sent_again_after_a_restart_wait_a_minute_for_their_client() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3600);
+        let mut u = UndeliveredResults::default();
+        assert!(u.keep_resent(PeerId::from("c"), result("old", 10), t0, 10_000));
+        assert!(u.keep(PeerId::from("c"), result("new", 10), t0, 10_000));
+        let mut at = t0;
+        let mut last = Vec::new();
+        while at < t0 + RESENT_TTL + Duration::from_secs(2) {
+            at += Duration::from_secs(1);
+            last = u.take_for_retry(at, ttl);
+            // The client is still away: every send fails and comes back.
+            for (p, m) in last.clone() {
+                u.keep(p, m, at, 10_000);
+            }
+        }
+        let ids: Vec<&str> = last.iter().map(|(_, m)| msgid_of(m)).collect();
+        assert_eq!(ids, vec!["new"], "the resent one is dropped after RESENT_TTL");
+        assert_eq!(u.take_given_up(), 0, "not counted as given up");
+        assert!(u.take_settled().contains(&"old".to_string()), "no longer pending (journaled)");
+        assert!(u.resent.is_empty());
     }
 }
