@@ -31,11 +31,22 @@ pub fn configure() {
     // lines, nothing actionable) would drown the user's output. `-w` is
     // appended to the target-specific flags, which the `cc` crate adds
     // after (not instead of) the user's CFLAGS/CXXFLAGS.
+    //
+    // On Linux, libzmq's own build (CMake, autotools) finds eventfd and
+    // defines ZMQ_HAVE_EVENTFD: a socket's mailbox (how its application
+    // thread and its I/O thread wake each other, several times per
+    // message) is then an eventfd. zeromq-src does not look, so without
+    // this the mailbox is a Unix socket pair, which costs a socket buffer
+    // per wake-up.
     if let Ok(target) = env::var("TARGET") {
+        let linux = target.contains("linux");
         for var in ["CFLAGS", "CXXFLAGS"] {
             let key = format!("{var}_{}", target.replace('-', "_"));
             let mut flags = env::var(&key).unwrap_or_default();
             flags.push_str(" -w");
+            if linux {
+                flags.push_str(" -DZMQ_HAVE_EVENTFD=1 -DZMQ_HAVE_EVENTFD_CLOEXEC=1");
+            }
             env::set_var(&key, flags.trim_start());
         }
     }
