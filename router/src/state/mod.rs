@@ -79,6 +79,7 @@ pub const ACTIVITY_COUNTERS: &[&str] = &[
     "reply_for_unknown_job",
     "requeued",
     "requeued_dead_letters",
+    "results_resent_after_restart",
     "retried",
     "schedule_runs",
     "suspect_jobs_reclaimed",

@@ -669,6 +669,7 @@ impl RouterState {
             if self.outcomes.undelivered.keep_resent(client, m, now.mono, budget) {
                 self.outcomes.pending_unjournaled.push(msgid.to_string());
             }
+            self.count("results_resent_after_restart");
             resent += 1;
         }
         if resent > 0 {

@@ -573,6 +573,7 @@ fn results_of_the_last_moments_before_a_kill_go_again_after_the_restart() {
     // before it, "quiet" had no client waiting.
     let (mut r, summary) = restart(&h.journal, 2.0);
     assert_eq!(summary.results_resent, 1, "{summary:?}");
+    assert_eq!(r.r.activity()["results_resent_after_restart"], 1, "shown in STATUS");
     let out = r.tick();
     assert_eq!(result_to(&out, "recent").unwrap().value, serde_json::json!(2), "sent again to its client");
     assert!(result_to(&out, "old").is_none() && result_to(&out, "quiet").is_none());
