@@ -217,6 +217,16 @@ pub enum Record {
     ResultDelivered {
         msgid: String,
     },
+    /// In a checkpoint, after the finished jobs' history (whose records do
+    /// not keep clients): the client a result is still to reach
+    /// (`ResultPending`), or reached in the last moments before the
+    /// checkpoint, and when — a restart after a kill sends those again
+    /// (the router's `result_resend_window`).
+    ResultClient {
+        msgid: String,
+        client: Vec<u8>,
+        at: f64,
+    },
     /// The workflows room's own record (a workflow or a held job accepted,
     /// a node's input, a workflow's end): JSON the router's `workflows`
     /// module writes and reads; the journal only stores it.
@@ -246,6 +256,7 @@ impl Record {
             Record::History(h) => Some(&h.msgid),
             Record::Delayed { msgid, .. } | Record::ScheduleFired { msgid, .. } => Some(msgid),
             Record::ResultPending { msgid } | Record::ResultDelivered { msgid } => Some(msgid),
+            Record::ResultClient { msgid, .. } => Some(msgid),
             Record::JobCheckpoint { msgid, .. } => Some(msgid),
             Record::CheckpointBegin { .. }
             | Record::CheckpointEnd { .. }
@@ -371,6 +382,12 @@ impl Record {
                 w.u8(15);
                 w.str(msgid);
             }
+            Record::ResultClient { msgid, client, at } => {
+                w.u8(19);
+                w.str(msgid);
+                w.bytes(client);
+                w.f64(*at);
+            }
             Record::Workflow(body) => {
                 w.u8(16);
                 w.str(body);
@@ -480,6 +497,7 @@ impl Record {
             16 => Record::Workflow(r.str()?),
             17 => Record::JobCheckpoint { msgid: r.str()?, data: r.str()? },
             18 => Record::Event(r.str()?),
+            19 => Record::ResultClient { msgid: r.str()?, client: r.bytes()?, at: r.f64()? },
             other => return Err(RecordError::UnknownTag(other)),
         };
         match r.remaining() {
@@ -658,6 +676,7 @@ mod tests {
             Record::QueuePaused { queue: "q".into(), paused: true },
             Record::ResultPending { msgid: "r".into() },
             Record::ResultDelivered { msgid: "r".into() },
+            Record::ResultClient { msgid: "r".into(), client: b"c\x00\xff".to_vec(), at: 5.5 },
             Record::Workflow(r#"{"t":"flow"}"#.into()),
             Record::JobCheckpoint { msgid: "c".into(), data: r#"{"page":3}"#.into() },
             Record::Event(r#"{"t":"cursor","next":7}"#.into()),

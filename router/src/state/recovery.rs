@@ -210,6 +210,7 @@ impl RouterState {
                 }
             }
             Record::History(h) => {
+                r.saw(h.finished);
                 let queue = self.queue_name(&h.queue);
                 let result = h.result;
                 let msgid: Arc<str> = Arc::from(h.msgid.as_str());
@@ -256,6 +257,17 @@ impl RouterState {
                 // Went out at about the latest time recorded so far.
                 let at = r.latest_at;
                 r.result_sent(Arc::from(msgid.as_str()), at, self.cfg.result_resend_window.as_secs_f64());
+            }
+            Record::ResultClient { msgid, client, at } => {
+                // After the job's history record (a checkpoint's).
+                if let Some(rec) = self.outcomes.history.get_mut(&msgid) {
+                    rec.client = Some(PeerId::from(client.as_slice()));
+                }
+                let window = self.cfg.result_resend_window.as_secs_f64();
+                if at >= r.latest_at - window {
+                    r.saw(at);
+                    r.result_sent(Arc::from(msgid.as_str()), at, window);
+                }
             }
             Record::Workflow(body) => self.restore_workflow(&body),
             Record::JobCheckpoint { msgid, data } => {
@@ -551,6 +563,7 @@ impl RouterState {
                 }));
             }
         }
+        out.extend(self.result_client_records(now));
         // Then the workflows room (what is not a job yet), before the live
         // jobs: its history records are then newer than the finished ones
         // (not the first evicted after a restart).
@@ -676,6 +689,31 @@ impl RouterState {
             info!(results = resent, window = ?self.cfg.result_resend_window, "results of the last moments before the stop sent again");
         }
         resent
+    }
+
+    /// The clients of results still pending, and of results sent within
+    /// `result_resend_window` (history records do not keep clients): a
+    /// kill soon after this checkpoint still sends the latter again. Not
+    /// the recent ones at a graceful stop (its sockets are flushed).
+    fn result_client_records(&self, now: Now) -> Vec<Record> {
+        let mut out = Vec::new();
+        for msgid in self.outcomes.undelivered.pending_ids() {
+            let Some(rec) = self.outcomes.history.get(msgid) else { continue };
+            let Some(client) = &rec.client else { continue };
+            let at = rec.finished.unwrap_or(rec.received);
+            out.push(Record::ResultClient { msgid: msgid.clone(), client: client.as_bytes().to_vec(), at });
+        }
+        if self.lifecycle.stopping.is_none() {
+            let since = now.unix - self.cfg.result_resend_window.as_secs_f64();
+            for (at, msgid, client) in self.outcomes.recent_answers.iter().filter(|(at, ..)| *at >= since) {
+                let rec = self.outcomes.history.get(msgid);
+                if rec.is_some_and(|r| r.state.is_final() && r.state != JobState::Dead) {
+                    let (msgid, client) = (msgid.to_string(), client.as_bytes().to_vec());
+                    out.push(Record::ResultClient { msgid, client, at: *at });
+                }
+            }
+        }
+        out
     }
 
     /// Jobs in doubt (for STATUS and tests).

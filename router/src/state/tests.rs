@@ -589,9 +589,34 @@ fn results_of_the_last_moments_before_a_kill_go_again_after_the_restart() {
     // A window of 10 s reaches "old" too; 0 turns it off.
     assert_eq!(restart(&h.journal, 10.0).1.results_resent, 2);
     assert_eq!(restart(&h.journal, 0.0).1.results_resent, 0);
-    // A graceful stop ends with a checkpoint: nothing goes again.
+    // A checkpoint (they come every 64 MiB of journal), then the kill: the
+    // checkpoint names the recent result's client, so it still goes again.
     let checkpoint = h.r.checkpoint_records(h.now);
-    assert_eq!(restart(&checkpoint, 2.0).1.results_resent, 0);
+    let (mut r, summary) = restart(&checkpoint, 2.0);
+    assert_eq!(summary.results_resent, 1, "{summary:?}");
+    let out = r.tick();
+    assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c".into(), "REPLY".into())], "to its client");
+    assert!(result_to(&out, "recent").is_some());
+    // A result still waiting for its client keeps it across a checkpoint
+    // too (history records do not name clients).
+    h.ready("jm");
+    h.request("c2", "away", "default", "reply-requested");
+    let out = h.done("jm", "away", r#"{"value": 4}"#);
+    let Some(Action::Send { message, .. }) = out.into_iter().find(|a| matches!(a, Action::Send { .. })) else {
+        panic!("a result to send")
+    };
+    h.event(Event::Unreachable { socket: SocketKind::Frontend, peer: PeerId::from("c2"), message });
+    let checkpoint = h.r.checkpoint_records(h.now);
+    let (mut r, _) = restart(&checkpoint, 0.0);
+    let out = r.tick();
+    assert_eq!(sends(&out), vec![(SocketKind::Frontend, "c2".into(), "REPLY".into())], "the pending one, to c2");
+    // A graceful stop ends with a checkpoint and flushed sockets: nothing
+    // that went out goes again.
+    h.event(Event::Stop);
+    let checkpoint = h.r.checkpoint_records(h.now);
+    let (mut r, summary) = restart(&checkpoint, 2.0);
+    assert_eq!(summary.results_resent, 0, "{summary:?}");
+    assert_eq!(sends(&r.tick()), vec![(SocketKind::Frontend, "c2".into(), "REPLY".into())], "only the pending one");
 }
 
 #[test]
