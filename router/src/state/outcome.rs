@@ -218,6 +218,12 @@ impl RouterState {
         recent.push_back((at, id, client));
     }
 
+    /// Bytes of results kept for absent clients (`undelivered`): the
+    /// history's budget, at least 1 MiB.
+    pub(super) fn undelivered_budget(&self) -> usize {
+        (self.cfg.results_max_bytes as usize).max(1 << 20)
+    }
+
     /// The end of a running job stopped by CANCEL.
     fn conclude_cancelled(
         &mut self,

@@ -358,7 +358,7 @@ impl RouterState {
                     _ => String::new(),
                 };
                 let m = Message::with_msgid(message.msgid, Command::Reply(reply));
-                let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
+                let budget = self.undelivered_budget();
                 if self.outcomes.undelivered.keep(peer, m, now.mono, budget) {
                     // Kept across a restart too.
                     out.push(Action::Journal(Record::ResultPending { msgid }));

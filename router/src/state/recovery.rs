@@ -290,15 +290,11 @@ impl RouterState {
         // Results that had not reached their client: sent again from the
         // job records (the client's connection is back by then, or they
         // wait for it).
+        let budget = self.undelivered_budget();
         for msgid in &r.results_pending {
-            let Some(rec) = self.outcomes.history.get(msgid) else { continue };
-            let (Some(result), Some(client)) = (rec.result.clone(), rec.client.clone()) else { continue };
-            let m = Message::new(Command::Reply(emq_protocol::Reply::Result {
-                reply_json: result,
-                orig_msgid: msgid.clone(),
-            }));
-            let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
-            self.outcomes.undelivered.keep(client, m, now.mono, budget);
+            if let Some((client, m)) = self.result_message_of(msgid) {
+                self.outcomes.undelivered.keep(client, m, now.mono, budget);
+            }
         }
         summary.results_resent = self.resend_recent_results(&r, now);
         let mut waiting: Vec<(String, i64, WaitingJob)> = Vec::new();
@@ -666,19 +662,14 @@ impl RouterState {
     /// they went out sends them again too.
     fn resend_recent_results(&mut self, r: &Restoring, now: Now) -> usize {
         let since = r.latest_at - self.cfg.result_resend_window.as_secs_f64();
-        let budget = (self.cfg.results_max_bytes as usize).max(1 << 20);
+        let budget = self.undelivered_budget();
         let mut seen = rustc_hash::FxHashSet::default();
         let mut resent = 0;
         for (at, msgid) in r.recent_results.iter().rev() {
             if *at < since || r.results_pending.contains(&**msgid) || !seen.insert(msgid.clone()) {
                 continue;
             }
-            let Some(rec) = self.outcomes.history.get(msgid) else { continue };
-            let (Some(result), Some(client)) = (rec.result.clone(), rec.client.clone()) else { continue };
-            let m = Message::new(Command::Reply(emq_protocol::Reply::Result {
-                reply_json: result,
-                orig_msgid: msgid.to_string(),
-            }));
+            let Some((client, m)) = self.result_message_of(msgid) else { continue };
             if self.outcomes.undelivered.keep_resent(client, m, now.mono, budget) {
                 self.outcomes.pending_unjournaled.push(msgid.to_string());
             }
@@ -714,6 +705,15 @@ impl RouterState {
             }
         }
         out
+    }
+
+    /// A finished job's result as a REPLY to its client, from its record
+    /// (None without a kept result or a known client).
+    fn result_message_of(&self, msgid: &str) -> Option<(PeerId, Message)> {
+        let rec = self.outcomes.history.get(msgid)?;
+        let (result, client) = (rec.result.clone()?, rec.client.clone()?);
+        let reply = emq_protocol::Reply::Result { reply_json: result, orig_msgid: msgid.to_owned() };
+        Some((client, Message::new(Command::Reply(reply))))
     }
 
     /// Jobs in doubt (for STATUS and tests).
