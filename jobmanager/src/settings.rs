@@ -77,6 +77,10 @@ pub struct JobManagerSettings {
     /// while jobs are short (average below `prefetch_below` seconds).
     pub prefetch: usize,
     pub prefetch_below: f64,
+    /// Seconds of the workers' time the prefetched jobs may cover at most
+    /// (at the average job length): what one job manager may hold back
+    /// from the others.
+    pub prefetch_span: f64,
     /// Started, idle workers kept in reserve for instant replacement.
     pub spare_workers: usize,
     pub heartbeat_interval: f64,
@@ -145,8 +149,9 @@ impl Default for JobManagerSettings {
             worker_pipeline: 4,
             steal_after: 0.01,
             reply_linger: 0.05,
-            prefetch: 128,
+            prefetch: 512,
             prefetch_below: 0.005,
+            prefetch_span: 0.25,
             spare_workers: 1,
             heartbeat_interval: 3.0,
             heartbeat_timeout: 5.0,
@@ -242,6 +247,7 @@ impl JobManagerSettings {
             reply_linger: v::seconds_at_most("reply_linger", self.reply_linger, Zero::Allowed, 0.1)?,
             prefetch: v::count("prefetch", self.prefetch, 0, MAX_PREFETCH)?,
             prefetch_below: v::seconds("prefetch_below", self.prefetch_below, Zero::Refused)?,
+            prefetch_span: v::seconds_at_most("prefetch_span", self.prefetch_span, Zero::Refused, 3600.0)?,
             spares: v::count("spare_workers", self.spare_workers, 0, MAX_WORKERS)?,
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
             router_silence_limit,
@@ -407,6 +413,7 @@ mod tests {
             refused("steal_after", |s| s.steal_after = bad);
             refused("reply_linger", |s| s.reply_linger = bad);
             refused("prefetch_below", |s| s.prefetch_below = bad);
+            refused("prefetch_span", |s| s.prefetch_span = bad);
             refused("heartbeat_interval", |s| s.heartbeat_interval = bad);
             refused("heartbeat_timeout", |s| s.heartbeat_timeout = bad);
             refused("heartbeat_liveness", |s| s.heartbeat_liveness = bad);

@@ -119,6 +119,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "reply_linger",
     "prefetch",
     "prefetch_below",
+    "prefetch_span",
     "spare_workers",
     "kill_grace_period",
     "reconnect_timeout",

@@ -95,6 +95,11 @@ pub struct JmConfig {
     /// longer jobs the router round trip does not matter, and a job must
     /// not wait here while another job manager is idle.
     pub prefetch_below: Duration,
+    /// The prefetched jobs cover at most this much of the workers' time at
+    /// the average job length (`workers × prefetch_span ÷ average` jobs):
+    /// a job manager holds back at most this long a share of the work
+    /// from the others, whatever `prefetch` says.
+    pub prefetch_span: Duration,
     /// Started, idle workers kept in reserve: one takes over at once when a
     /// worker is recycled, dies or is killed.
     pub spares: usize,
@@ -514,14 +519,28 @@ impl JobManagerState {
         self.cfg.workers.saturating_mul(self.cfg.worker_pipeline.max(1)).saturating_add(self.prefetch_in_force())
     }
 
-    /// `prefetch`, while the average job runs shorter than
-    /// `prefetch_below`; else 0 (longer jobs wait at the router).
+    /// Jobs prefetched while the average job runs shorter than
+    /// `prefetch_below`: `prefetch`, at most as many as keep the workers
+    /// busy for `prefetch_span` at the average length (1 ms jobs, 2
+    /// workers, 0.25 s: 500); else 0 (longer jobs wait at the router).
+    /// Before a job has finished its length is unknown: it is taken to be
+    /// `prefetch_below`, the longest prefetching is for.
     fn prefetch_in_force(&self) -> usize {
-        if self.stats.job_secs_avg() < self.cfg.prefetch_below.as_secs_f64() {
-            self.cfg.prefetch
-        } else {
-            0
-        }
+        let below = self.cfg.prefetch_below.as_secs_f64();
+        let len = match self.stats.runs() {
+            0 => below,
+            _ => {
+                let avg = self.stats.job_secs_avg();
+                if avg.is_nan() || avg >= below {
+                    return 0;
+                }
+                avg
+            }
+        };
+        let span = self.cfg.workers as f64 * self.cfg.prefetch_span.as_secs_f64();
+        // A float past usize::MAX saturates; a zero length gives infinity.
+        let covered = (span / len.max(0.0)).floor();
+        self.cfg.prefetch.min(if covered.is_nan() { 0 } else { covered as usize })
     }
 
     /// How long a backlogged job manager's REPLYs may linger now: half

@@ -31,6 +31,8 @@ pub struct PoolStats {
     jobs_failed: u64,
     /// Moving average of job run time, seconds.
     job_secs_avg: f64,
+    /// Runs finished (the first one sets the average).
+    runs: u64,
     errors: BTreeMap<&'static str, u64>,
     callables: Callables,
 }
@@ -59,6 +61,11 @@ impl PoolStats {
         self.job_secs_avg
     }
 
+    /// Runs finished so far.
+    pub fn runs(&self) -> u64 {
+        self.runs
+    }
+
     /// Anomalies by kind (bad frames, refusals...).
     pub fn errors(&self) -> &BTreeMap<&'static str, u64> {
         &self.errors
@@ -66,7 +73,10 @@ impl PoolStats {
 
     /// A worker (pid 0: unknown) finished a run of `callable` in `secs`.
     pub(super) fn run_finished(&mut self, pid: u32, callable: &Arc<str>, secs: f64, failed: bool) {
-        self.job_secs_avg = 0.9 * self.job_secs_avg + 0.1 * secs;
+        // The first run is the average (from 0 it would take ten runs of
+        // long jobs to stop prefetching them).
+        self.job_secs_avg = if self.runs == 0 { secs } else { 0.9 * self.job_secs_avg + 0.1 * secs };
+        self.runs += 1;
         self.callables.count(callable, secs, failed);
         if failed {
             self.jobs_failed += 1;
@@ -209,9 +219,12 @@ mod tests {
         assert_eq!((s.jobs_ok(), s.jobs_failed()), (2, 2));
         assert_eq!(s.jobs_by_pid().get(&7), Some(&2));
         assert_eq!(s.jobs_by_pid().get(&0), Some(&1));
-        assert!((s.job_secs_avg() - (1.0 - 0.9f64.powi(3))).abs() < 1e-9);
+        assert!((s.job_secs_avg() - 1.0).abs() < 1e-9, "the first run sets the average");
+        assert_eq!(s.runs(), 3);
+        s.run_finished(7, &f, 0.0, false);
+        assert!((s.job_secs_avg() - 0.9).abs() < 1e-9, "then it moves a tenth of the way");
         let h = s.callable_health();
-        assert_eq!((h.len(), h[0].runs, h[0].failed), (1, 3, 1));
+        assert_eq!((h.len(), h[0].runs, h[0].failed), (1, 4, 1));
     }
 
     #[test]

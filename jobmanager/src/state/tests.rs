@@ -19,6 +19,7 @@ fn cfg(workers: usize) -> JmConfig {
         worker_pipeline: 1,
         prefetch: 0,
         prefetch_below: Duration::from_millis(5),
+        prefetch_span: Duration::from_millis(250),
         spares: 0,
         steal_after: Duration::from_millis(10),
         reply_linger: Duration::ZERO,
@@ -423,6 +424,52 @@ fn prefetch_only_while_jobs_are_short() {
     h.adv(0.05);
     let out = h.ev(Event::WorkerDone { slot: 0, msgid: "x".into(), reply_json: "{}".into(), error_type: None });
     assert_eq!(names(&out), vec!["REPLY", "READY"], "one READY per freed worker, no prefetch ones");
+}
+
+/// What one job manager may hold back from the others is bounded in
+/// time as well as in jobs: the prefetched jobs cover at most
+/// `prefetch_span` of the workers' time at the average job length; before
+/// any job has finished the length is taken to be `prefetch_below`.
+#[test]
+fn prefetch_covers_at_most_prefetch_span_of_the_workers_time() {
+    let mut c = cfg(2);
+    c.prefetch = 1000;
+    c.max_job_count = 1_000_000;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    for slot in 0..2 {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    let readies = |out: &[Action]| names(out).iter().filter(|n| *n == "READY").count();
+    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    // 2 workers × 0.25 s ÷ 5 ms = 100 prefetched, plus one per worker.
+    assert_eq!(readies(&out), 102, "length unknown: taken as prefetch_below");
+    // Jobs of 1 ms: 2 × 0.25 s ÷ 1 ms = 500.
+    let mut free = 102 - 1;
+    h.request("j0", "", ADD);
+    h.adv(0.001);
+    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j0".into(), reply_json: "{}".into(), error_type: None });
+    free += readies(&out);
+    assert_eq!(free, 502, "1 ms jobs: 500 prefetched");
+    // Jobs of 0.1 ms: 5,000 by time, `prefetch` (1,000) by count.
+    for i in 1..60 {
+        h.request(&format!("j{i}"), "", ADD);
+        free -= 1;
+        h.adv(0.0001);
+        let out =
+            h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
+        free += readies(&out);
+    }
+    assert!(h.s.stats().job_secs_avg() < 0.00025);
+    assert_eq!(free, 1002, "short jobs: `prefetch` at most");
+    // Jobs turn long (≥ prefetch_below): no READY beyond the freed worker's.
+    for i in 60..100 {
+        h.request(&format!("j{i}"), "", ADD);
+        h.adv(0.05);
+        let out =
+            h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
+        assert!(readies(&out) <= 1, "{out:?}");
+    }
 }
 
 #[test]
