@@ -523,23 +523,20 @@ impl JobManagerState {
     /// `prefetch_below`: `prefetch`, at most as many as keep the workers
     /// busy for `prefetch_span` at the average length (1 ms jobs, 2
     /// workers, 0.25 s: 500); else 0 (longer jobs wait at the router).
-    /// Before a job has finished its length is unknown: it is taken to be
-    /// `prefetch_below`, the longest prefetching is for.
+    /// None before a job has finished: their length is unknown, and jobs
+    /// prefetched cannot be handed back — a job manager that started
+    /// first would keep a backlog of long jobs from the others.
     fn prefetch_in_force(&self) -> usize {
-        let below = self.cfg.prefetch_below.as_secs_f64();
-        let len = match self.stats.runs() {
-            0 => below,
-            _ => {
-                let avg = self.stats.job_secs_avg();
-                if avg.is_nan() || avg >= below {
-                    return 0;
-                }
-                avg
-            }
-        };
+        if self.stats.runs() == 0 {
+            return 0;
+        }
+        let avg = self.stats.job_secs_avg();
+        if avg.is_nan() || avg >= self.cfg.prefetch_below.as_secs_f64() {
+            return 0;
+        }
         let span = self.cfg.workers as f64 * self.cfg.prefetch_span.as_secs_f64();
-        // A float past usize::MAX saturates; a zero length gives infinity.
-        let covered = (span / len.max(0.0)).floor();
+        // A float past usize::MAX saturates; a zero average gives infinity.
+        let covered = (span / avg.max(0.0)).floor();
         self.cfg.prefetch.min(if covered.is_nan() { 0 } else { covered as usize })
     }
 

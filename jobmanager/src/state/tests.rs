@@ -65,6 +65,14 @@ impl H {
         let r = Request { queue: "default".into(), headers: headers.into(), payload: payload.into() };
         self.ev(Event::Router(Ok(Message::with_msgid(msgid, Command::Request(r)))))
     }
+    /// One job of `secs` run on the idle worker `slot` (`msgid`): what its
+    /// Done brought (prefetch starts once a job has finished).
+    fn one_job(&mut self, slot: usize, msgid: &str, secs: f64) -> Vec<Action> {
+        let out = self.request(msgid, "", ADD);
+        assert!(names(&out).contains(&format!("run{slot}")), "{out:?}");
+        self.adv(secs);
+        self.ev(Event::WorkerDone { slot, msgid: msgid.into(), reply_json: "{}".into(), error_type: None })
+    }
 }
 
 const ADD: &str = r#"["run", {"path": "benchjobs", "callable": "add", "args": [2, 3]}]"#;
@@ -411,7 +419,9 @@ fn prefetch_only_while_jobs_are_short() {
     h.ev(Event::Start);
     h.ev(Event::WorkerUp { slot: 0, pid: 1 });
     let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
-    assert_eq!(names(&out).len(), 5, "a heartbeat, then 1 worker + 3 prefetched");
+    assert_eq!(names(&out), ["HEARTBEAT", "READY"], "no prefetch before a job has finished: their length is unknown");
+    let out = h.one_job(0, "first", 0.001);
+    assert_eq!(names(&out), ["REPLY", "READY", "READY", "READY", "READY"], "the worker's READY + 3 prefetched");
     // Jobs turn long: the average passes prefetch_below, no more prefetch READYs.
     for i in 0..30 {
         h.request(&format!("j{i}"), "", ADD);
@@ -428,8 +438,7 @@ fn prefetch_only_while_jobs_are_short() {
 
 /// What one job manager may hold back from the others is bounded in
 /// time as well as in jobs: the prefetched jobs cover at most
-/// `prefetch_span` of the workers' time at the average job length; before
-/// any job has finished the length is taken to be `prefetch_below`.
+/// `prefetch_span` of the workers' time at the average job length.
 #[test]
 fn prefetch_covers_at_most_prefetch_span_of_the_workers_time() {
     let mut c = cfg(2);
@@ -442,14 +451,10 @@ fn prefetch_covers_at_most_prefetch_span_of_the_workers_time() {
     }
     let readies = |out: &[Action]| names(out).iter().filter(|n| *n == "READY").count();
     let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
-    // 2 workers × 0.25 s ÷ 5 ms = 100 prefetched, plus one per worker.
-    assert_eq!(readies(&out), 102, "length unknown: taken as prefetch_below");
-    // Jobs of 1 ms: 2 × 0.25 s ÷ 1 ms = 500.
-    let mut free = 102 - 1;
-    h.request("j0", "", ADD);
-    h.adv(0.001);
-    let out = h.ev(Event::WorkerDone { slot: 0, msgid: "j0".into(), reply_json: "{}".into(), error_type: None });
-    free += readies(&out);
+    assert_eq!(readies(&out), 2, "one per worker; no prefetch before a job has finished");
+    // Jobs of 1 ms (the first run is the average): 2 × 0.25 s ÷ 1 ms = 500.
+    let out = h.one_job(0, "j0", 0.001);
+    let mut free = 2 - 1 + readies(&out);
     assert_eq!(free, 502, "1 ms jobs: 500 prefetched");
     // Jobs of 0.1 ms: 5,000 by time, `prefetch` (1,000) by count.
     for i in 1..60 {
@@ -621,6 +626,7 @@ fn a_higher_weight_job_runs_next_despite_prefetched_ones() {
     h.ev(Event::Start);
     h.ev(Event::WorkerUp { slot: 0, pid: 1 });
     h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    h.one_job(0, "first", 0.001); // jobs are short: prefetch in force
     let req = |h: &mut H, id: &str, q: &str| {
         let r = Request { queue: q.into(), headers: "".into(), payload: ADD.into() };
         h.ev(Event::Router(Ok(Message::with_msgid(id, Command::Request(r)))))
@@ -941,14 +947,16 @@ fn a_retried_attempt_gets_the_checkpoint_header_in_its_run() {
 
 #[test]
 fn replies_linger_only_while_half_of_what_it_may_hold_waits_here() {
-    // 2 workers, pipeline 1, prefetch 8 (in force: no job has run long):
-    // it may hold 10 jobs, so REPLYs may linger only while 5 wait here.
-    let mut h = H::with(JmConfig { prefetch: 8, ..cfg(2) });
+    // 2 workers, pipeline 1, prefetch 8 (in force: a job of 1 ms has
+    // finished): it may hold 10 jobs, so REPLYs may linger only while 5
+    // wait here.
+    let mut h = H::with(JmConfig { prefetch: 8, max_job_count: 1000, ..cfg(2) });
     h.ev(Event::Start);
     for slot in 0..2 {
         h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
     }
     h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    h.one_job(0, "first", 0.001);
     assert!(!h.s.backlogged(), "nothing here");
     for i in 0..6 {
         h.request(&format!("j{i}"), "", ADD);
