@@ -372,6 +372,31 @@ fn an_urgent_job_overtakes_prefetched_bulk_jobs() {
     assert!(at <= done_before + 2, "urgent ran after {at} jobs; {done_before} were done when it was sent: {lines:?}");
 }
 
+/// A job manager that connects first does not keep a backlog of long
+/// jobs from one that connects later: it prefetches nothing until a job
+/// has finished (the jobs' length unknown; prefetched jobs are not handed
+/// back). Before, it announced `prefetch` (128) extra slots at once and
+/// took all 12 jobs of 0.3 s; the second job manager ran none.
+#[test]
+fn a_job_manager_started_first_leaves_long_jobs_to_one_started_later() {
+    let (_r, a) = start_router(&[]);
+    let first = start_jobmanager(&a.backend, "default", 1, &[]);
+    wait_slots(&a.admin, 1);
+    let mut c = TestClient::connect(&a.frontend);
+    let ids: Vec<String> =
+        (0..12).map(|_| c.send("default", "reply-requested", "testjobs", "job_manager_after", json!([0.3]))).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = start_jobmanager(&a.backend, "default", 1, &[]);
+    let ran_by: Vec<i64> = ids.iter().map(|id| c.wait(id, 60)["value"].as_i64().unwrap_or(-1)).collect();
+    let by_first = ran_by.iter().filter(|p| **p == first.pid() as i64).count();
+    let by_second = ran_by.iter().filter(|p| **p == second.pid() as i64).count();
+    println!("first job manager ran {by_first}, the one started later {by_second}");
+    assert_eq!(by_first + by_second, 12, "{ran_by:?}");
+    // The first holds at most its worker's pipeline (4) beyond what it
+    // runs; the second takes the rest as its worker frees.
+    assert!(by_second >= 3, "the later job manager ran {by_second} of 12: {ran_by:?}");
+}
+
 #[test]
 fn workers_are_forked_from_a_warm_template_each_with_its_own_random_state() {
     let (_r, a) = start_router(&[]);

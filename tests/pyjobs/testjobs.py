@@ -36,6 +36,12 @@ def random_after(secs):
     return {"pid": os.getpid(), "r": random.random()}
 
 
+def job_manager_after(secs):
+    """The pid of the job manager this worker belongs to, after a pause."""
+    time.sleep(secs)
+    return _job_manager_pid()
+
+
 def slow_pid(secs):
     """The worker's pid, after a pause (so concurrent calls use every worker)."""
     time.sleep(secs)
