@@ -527,7 +527,7 @@ fn done_jobs_read_in_bursts_all_arrive_once_and_a_crash_meanwhile_is_seen() {
     // job fails, the ones queued behind it run elsewhere, the pool goes on.
     let (_r, a) = start_router(&[]);
     let _jm = start_jobmanager(&a.backend, "default", 2, &[("EMQ_REPLY_LINGER", "0.05"), ("EMQ_WORKER_PIPELINE", "4")]);
-    wait_slots(&a.admin, 8);
+    wait_slots(&a.admin, 2);
     let c = TestClient::connect(&a.frontend);
     let n = 400;
     let mut ids: HashMap<String, Option<f64>> = HashMap::new();
