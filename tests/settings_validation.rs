@@ -128,6 +128,7 @@ fn job_manager_refuses_bad_values_with_one_line_naming_the_key() {
         ("EMQ_PREFETCH_BELOW", "-0.5", "prefetch_below"),
         ("EMQ_PREFETCH_SPAN", "0", "prefetch_span"),
         ("EMQ_PREFETCH_SPAN", "1e9", "prefetch_span"),
+        ("EMQ_PREFETCH_BYTES", "1000", "prefetch_bytes"),
         ("EMQ_RECONNECT_TIMEOUT", "-inf", "reconnect_timeout"),
         ("EMQ_WORKER_PIPELINE", "0", "worker_pipeline"),
         ("EMQ_PREFETCH", "1e300", "prefetch"),

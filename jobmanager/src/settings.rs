@@ -81,6 +81,10 @@ pub struct JobManagerSettings {
     /// (at the average job length): what one job manager may hold back
     /// from the others.
     pub prefetch_span: f64,
+    /// Bytes of job payloads the prefetched jobs may take at most (at the
+    /// average payload size); none are prefetched while the jobs waiting
+    /// here take this much.
+    pub prefetch_bytes: u64,
     /// Started, idle workers kept in reserve for instant replacement.
     pub spare_workers: usize,
     pub heartbeat_interval: f64,
@@ -152,6 +156,7 @@ impl Default for JobManagerSettings {
             prefetch: 512,
             prefetch_below: 0.005,
             prefetch_span: 0.25,
+            prefetch_bytes: 64 << 20,
             spare_workers: 1,
             heartbeat_interval: 3.0,
             heartbeat_timeout: 5.0,
@@ -248,6 +253,7 @@ impl JobManagerSettings {
             prefetch: v::count("prefetch", self.prefetch, 0, MAX_PREFETCH)?,
             prefetch_below: v::seconds("prefetch_below", self.prefetch_below, Zero::Refused)?,
             prefetch_span: v::seconds_at_most("prefetch_span", self.prefetch_span, Zero::Refused, 3600.0)?,
+            prefetch_bytes: v::count("prefetch_bytes", self.prefetch_bytes, 65536, 1 << 40)? as usize,
             spares: v::count("spare_workers", self.spare_workers, 0, MAX_WORKERS)?,
             heartbeat_interval: v::seconds("heartbeat_interval", self.heartbeat_interval, Zero::Refused)?,
             router_silence_limit,

@@ -120,6 +120,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "prefetch",
     "prefetch_below",
     "prefetch_span",
+    "prefetch_bytes",
     "spare_workers",
     "kill_grace_period",
     "reconnect_timeout",

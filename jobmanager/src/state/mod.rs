@@ -100,6 +100,12 @@ pub struct JmConfig {
     /// a job manager holds back at most this long a share of the work
     /// from the others, whatever `prefetch` says.
     pub prefetch_span: Duration,
+    /// The prefetched jobs take at most this many bytes of payload at the
+    /// average payload size, and none are prefetched while the jobs in the
+    /// local queue take this much: a job manager's memory is bounded
+    /// whatever size the jobs are (READYs already sent are not taken back:
+    /// jobs that turn large at once can still fill those).
+    pub prefetch_bytes: usize,
     /// Started, idle workers kept in reserve: one takes over at once when a
     /// worker is recycled, dies or is killed.
     pub spares: usize,
@@ -522,7 +528,9 @@ impl JobManagerState {
     /// Jobs prefetched while the average job runs shorter than
     /// `prefetch_below`: `prefetch`, at most as many as keep the workers
     /// busy for `prefetch_span` at the average length (1 ms jobs, 2
-    /// workers, 0.25 s: 500); else 0 (longer jobs wait at the router).
+    /// workers, 0.25 s: 500) and as take `prefetch_bytes` at the average
+    /// payload size (none while the local queue takes that much); else 0
+    /// (longer jobs wait at the router).
     /// None before a job has finished: their length is unknown, and jobs
     /// prefetched cannot be handed back — a job manager that started
     /// first would keep a backlog of long jobs from the others.
@@ -534,10 +542,15 @@ impl JobManagerState {
         if avg.is_nan() || avg >= self.cfg.prefetch_below.as_secs_f64() {
             return 0;
         }
+        if self.workers.queued_bytes() >= self.cfg.prefetch_bytes {
+            return 0;
+        }
         let span = self.cfg.workers as f64 * self.cfg.prefetch_span.as_secs_f64();
         // A float past usize::MAX saturates; a zero average gives infinity.
         let covered = (span / avg.max(0.0)).floor();
-        self.cfg.prefetch.min(if covered.is_nan() { 0 } else { covered as usize })
+        let by_time = if covered.is_nan() { 0 } else { covered as usize };
+        let by_bytes = self.cfg.prefetch_bytes / self.stats.payload_bytes_avg().max(1);
+        self.cfg.prefetch.min(by_time).min(by_bytes)
     }
 
     /// How long a backlogged job manager's REPLYs may linger now: half

@@ -263,6 +263,7 @@ impl JobManagerState {
     /// announced again), or queued locally to be handed out.
     fn on_request(&mut self, msgid: String, request: Request, out: &mut Vec<Action>) {
         self.link.requested();
+        self.stats.payload_received(request.payload.len());
         let (callable, refusal) = if emq_protocol::payload_is_command(&request.payload) {
             self.check_command(&request.payload)
         } else {

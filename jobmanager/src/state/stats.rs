@@ -33,6 +33,8 @@ pub struct PoolStats {
     job_secs_avg: f64,
     /// Runs finished (the first one sets the average).
     runs: u64,
+    /// Moving average of received payloads' size, bytes (0: none yet).
+    payload_bytes_avg: usize,
     errors: BTreeMap<&'static str, u64>,
     callables: Callables,
 }
@@ -64,6 +66,20 @@ impl PoolStats {
     /// Runs finished so far.
     pub fn runs(&self) -> u64 {
         self.runs
+    }
+
+    /// Moving average of received job payloads' size in bytes (bounds
+    /// what prefetching may hold); 0 before the first.
+    pub fn payload_bytes_avg(&self) -> usize {
+        self.payload_bytes_avg
+    }
+
+    /// A job of `bytes` of payload arrived.
+    pub(super) fn payload_received(&mut self, bytes: usize) {
+        self.payload_bytes_avg = match self.payload_bytes_avg {
+            0 => bytes,
+            avg => avg - avg / 10 + bytes / 10,
+        };
     }
 
     /// Anomalies by kind (bad frames, refusals...).

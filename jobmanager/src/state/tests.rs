@@ -20,6 +20,7 @@ fn cfg(workers: usize) -> JmConfig {
         prefetch: 0,
         prefetch_below: Duration::from_millis(5),
         prefetch_span: Duration::from_millis(250),
+        prefetch_bytes: 64 << 20,
         spares: 0,
         steal_after: Duration::from_millis(10),
         reply_linger: Duration::ZERO,
@@ -475,6 +476,51 @@ fn prefetch_covers_at_most_prefetch_span_of_the_workers_time() {
             h.ev(Event::WorkerDone { slot: 0, msgid: format!("j{i}"), reply_json: "{}".into(), error_type: None });
         assert!(readies(&out) <= 1, "{out:?}");
     }
+}
+
+/// A job manager's memory is bounded whatever size the jobs are: the
+/// prefetched jobs take at most `prefetch_bytes` at the average payload
+/// size, and none are prefetched while the local queue takes that much.
+#[test]
+fn prefetch_takes_at_most_prefetch_bytes_of_payload() {
+    let mut c = cfg(2);
+    c.prefetch = 1000;
+    c.prefetch_bytes = 1 << 20;
+    c.max_job_count = 1_000_000;
+    let mut h = H::with(c);
+    h.ev(Event::Start);
+    for slot in 0..2 {
+        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
+    }
+    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    h.one_job(0, "j0", 0.001);
+    assert_eq!(h.s.prefetch_in_force(), 500, "small payloads: the time bound (2 × 0.25 s ÷ 1 ms)");
+    // Both workers busy, each with one queued behind (depth 2 while
+    // prefetching): what comes next waits in the local queue.
+    for id in ["a", "b", "c", "d"] {
+        h.request(id, "", ADD);
+    }
+    assert!(h.s.workers.queued().is_empty());
+    let big = format!(r#"["run", {{"path": "benchjobs", "callable": "add", "args": ["{}"]}}]"#, "x".repeat(100_000));
+    for i in 0..10 {
+        h.request(&format!("big{i}"), "", &big);
+    }
+    assert_eq!(h.s.workers.queued().len(), 10);
+    let avg = h.s.stats().payload_bytes_avg();
+    assert!((60_000..100_000).contains(&avg), "the average moves a tenth of the way per job: {avg}");
+    assert_eq!(h.s.prefetch_in_force(), (1 << 20) / avg, "by bytes at the average payload size");
+    h.request("big10", "", &big);
+    assert!(h.s.workers.queued_bytes() >= 1 << 20);
+    assert_eq!(h.s.prefetch_in_force(), 0, "the local queue holds prefetch_bytes: nothing more prefetched");
+    // Worker 0 done with its two: a job leaves the local queue, which is
+    // under the budget again.
+    for id in ["a", "c"] {
+        h.adv(0.001);
+        h.ev(Event::WorkerDone { slot: 0, msgid: id.into(), reply_json: "{}".into(), error_type: None });
+    }
+    assert!(h.s.workers.queued().len() < 11);
+    assert!(h.s.workers.queued_bytes() < 1 << 20);
+    assert!(h.s.prefetch_in_force() > 0);
 }
 
 #[test]

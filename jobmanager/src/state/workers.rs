@@ -27,6 +27,8 @@ const MAX_CANCEL_PENDING: usize = 10_000;
 pub(super) struct Workers {
     pub(super) slots: Vec<WorkerSlot>,
     local_queue: VecDeque<QueuedJob>,
+    /// Payload bytes of the jobs in `local_queue`.
+    local_bytes: usize,
     /// Jobs the router asked to cancel that sit queued at a worker: a
     /// Steal takes them back (then they are answered `cancelled`), or they
     /// are stopped the moment they start.
@@ -51,7 +53,7 @@ impl Workers {
                 spare: i >= workers,
             })
             .collect();
-        Workers { slots, local_queue: VecDeque::new(), cancel_pending: HashSet::new(), spawns: 0 }
+        Workers { slots, local_queue: VecDeque::new(), local_bytes: 0, cancel_pending: HashSet::new(), spawns: 0 }
     }
 
     /// An idle worker (not a spare).
@@ -96,15 +98,24 @@ impl Workers {
         self.local_queue.len() + self.slots.iter().map(|s| s.waiting.len()).sum::<usize>()
     }
 
+    /// Payload bytes of the jobs in the local queue.
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.local_bytes
+    }
+
     /// The next job to hand out.
     pub(super) fn pop_queued(&mut self) -> Option<QueuedJob> {
-        self.local_queue.pop_front()
+        let job = self.local_queue.pop_front()?;
+        self.local_bytes = self.local_bytes.saturating_sub(job.payload.len());
+        Some(job)
     }
 
     /// Takes `msgid` out of the local queue; whether it was there.
     pub(super) fn remove_queued(&mut self, msgid: &str) -> bool {
         let Some(pos) = self.local_queue.iter().position(|j| j.msgid == msgid) else { return false };
-        self.local_queue.remove(pos);
+        if let Some(job) = self.local_queue.remove(pos) {
+            self.local_bytes = self.local_bytes.saturating_sub(job.payload.len());
+        }
         true
     }
 
@@ -115,21 +126,20 @@ impl Workers {
 
     /// Puts a job in the local queue, highest weight first: after the jobs
     /// of its weight (a new job), or before them (`front`: one given back,
-    /// which was due earlier).
+    /// which was due earlier). A new job's place is looked for from the
+    /// back (the queue is in weight order): with one queue, or jobs of the
+    /// lowest weight, it is found at once however many are prefetched.
     pub(super) fn enqueue(&mut self, job: QueuedJob, front: bool, queues: &QueueSpec) {
         let w = Self::weight_of(queues, &job.queue);
-        let pos = self
-            .local_queue
-            .iter()
-            .position(|j| {
-                let wj = Self::weight_of(queues, &j.queue);
-                if front {
-                    wj <= w
-                } else {
-                    wj < w
-                }
-            })
-            .unwrap_or(self.local_queue.len());
+        let pos = if front {
+            self.local_queue
+                .iter()
+                .position(|j| Self::weight_of(queues, &j.queue) <= w)
+                .unwrap_or(self.local_queue.len())
+        } else {
+            self.local_queue.iter().rposition(|j| Self::weight_of(queues, &j.queue) >= w).map_or(0, |i| i + 1)
+        };
+        self.local_bytes += job.payload.len();
         self.local_queue.insert(pos, job);
     }
 
