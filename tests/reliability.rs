@@ -36,7 +36,8 @@ fn guarantee_job_of_a_sigkilled_job_manager_runs_on_another() {
     eventually(Duration::from_secs(30), || (read_lines(&marks).len() == 1).then_some(()));
     assert_eq!(read_lines(&marks)[0].parse::<i32>().unwrap(), first.pid());
     let second = start_jobmanager(&a.backend, "default", 1, &[]);
-    wait_slots(&a.admin, 2);
+    // The first's three free slots beside its running job, and the second's four.
+    eventually(Duration::from_secs(60), || (router_free_slots(&a.admin) >= 2 * SLOTS_PER_WORKER - 1).then_some(()));
     first.signal(nix::sys::signal::Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(10)).expect("killed");
     let v = c.wait(&id, 60);
