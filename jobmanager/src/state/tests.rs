@@ -54,7 +54,12 @@ impl H {
     }
     /// Start, all workers up, ACK received.
     fn running(workers: usize) -> (Self, Vec<Action>) {
-        let mut h = H::new(workers);
+        H::running_with(cfg(workers))
+    }
+    /// [`H::running`] with `c`: what the ACK brought.
+    fn running_with(c: JmConfig) -> (Self, Vec<Action>) {
+        let workers = c.workers;
+        let mut h = H::with(c);
         h.ev(Event::Start);
         for slot in 0..workers {
             h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
@@ -416,10 +421,7 @@ fn prefetch_only_while_jobs_are_short() {
     let mut c = cfg(1);
     c.prefetch = 3;
     c.max_job_count = 1000;
-    let mut h = H::with(c);
-    h.ev(Event::Start);
-    h.ev(Event::WorkerUp { slot: 0, pid: 1 });
-    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "i".into() })))));
+    let (mut h, out) = H::running_with(c);
     assert_eq!(names(&out), ["HEARTBEAT", "READY"], "no prefetch before a job has finished: their length is unknown");
     let out = h.one_job(0, "first", 0.001);
     assert_eq!(names(&out), ["REPLY", "READY", "READY", "READY", "READY"], "the worker's READY + 3 prefetched");
@@ -445,13 +447,8 @@ fn prefetch_covers_at_most_prefetch_span_of_the_workers_time() {
     let mut c = cfg(2);
     c.prefetch = 1000;
     c.max_job_count = 1_000_000;
-    let mut h = H::with(c);
-    h.ev(Event::Start);
-    for slot in 0..2 {
-        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-    }
+    let (mut h, out) = H::running_with(c);
     let readies = |out: &[Action]| names(out).iter().filter(|n| *n == "READY").count();
-    let out = h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
     assert_eq!(readies(&out), 2, "one per worker; no prefetch before a job has finished");
     // Jobs of 1 ms (the first run is the average): 2 × 0.25 s ÷ 1 ms = 500.
     let out = h.one_job(0, "j0", 0.001);
@@ -487,12 +484,7 @@ fn prefetch_takes_at_most_prefetch_bytes_of_payload() {
     c.prefetch = 1000;
     c.prefetch_bytes = 1 << 20;
     c.max_job_count = 1_000_000;
-    let mut h = H::with(c);
-    h.ev(Event::Start);
-    for slot in 0..2 {
-        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-    }
-    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    let (mut h, _) = H::running_with(c);
     h.one_job(0, "j0", 0.001);
     assert_eq!(h.s.prefetch_in_force(), 500, "small payloads: the time bound (2 × 0.25 s ÷ 1 ms)");
     // Both workers busy, each with one queued behind (depth 2 while
@@ -996,12 +988,7 @@ fn replies_linger_only_while_half_of_what_it_may_hold_waits_here() {
     // 2 workers, pipeline 1, prefetch 8 (in force: a job of 1 ms has
     // finished): it may hold 10 jobs, so REPLYs may linger only while 5
     // wait here.
-    let mut h = H::with(JmConfig { prefetch: 8, max_job_count: 1000, ..cfg(2) });
-    h.ev(Event::Start);
-    for slot in 0..2 {
-        h.ev(Event::WorkerUp { slot, pid: 100 + slot as u32 });
-    }
-    h.ev(Event::Router(Ok(Message::new(Command::Ack(Ack { acked_msgid: "x".into() })))));
+    let (mut h, _) = H::running_with(JmConfig { prefetch: 8, max_job_count: 1000, ..cfg(2) });
     h.one_job(0, "first", 0.001);
     assert!(!h.s.backlogged(), "nothing here");
     for i in 0..6 {
