@@ -48,6 +48,14 @@ pub struct PoolHealth {
     pub in_flight: Vec<JobHealth>,
     /// Jobs received and not yet handed to a worker.
     pub queued_locally: usize,
+    /// Payload bytes of those jobs (what prefetching holds is bounded by
+    /// the job manager's `prefetch_bytes`).
+    pub queued_locally_bytes: usize,
+    /// Extra jobs it asks for now beyond its workers' pipelines
+    /// (`prefetch` in force: 0 before a job has finished, while jobs run
+    /// longer than `prefetch_below`, or while the local queue holds
+    /// `prefetch_bytes`).
+    pub prefetch: usize,
     /// Msgids of the jobs it holds that are not running yet (queued here
     /// or behind a running job at a worker): with `in_flight`, what a
     /// restarted router learns is still in hand.

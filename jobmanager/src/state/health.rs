@@ -62,6 +62,8 @@ impl JobManagerState {
             workers,
             in_flight,
             queued_locally: self.workers.queued().len(),
+            queued_locally_bytes: self.workers.queued_bytes(),
+            prefetch: self.prefetch_in_force(),
             held: self
                 .workers
                 .queued()

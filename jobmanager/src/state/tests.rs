@@ -504,6 +504,9 @@ fn prefetch_takes_at_most_prefetch_bytes_of_payload() {
     h.request("big10", "", &big);
     assert!(h.s.workers.queued_bytes() >= 1 << 20);
     assert_eq!(h.s.prefetch_in_force(), 0, "the local queue holds prefetch_bytes: nothing more prefetched");
+    let health = h.s.health(h.now);
+    assert_eq!((health.queued_locally, health.prefetch), (11, 0), "the router's STATUS shows it");
+    assert_eq!(health.queued_locally_bytes, h.s.workers.queued_bytes());
     // Worker 0 done with its two: a job leaves the local queue, which is
     // under the budget again.
     for id in ["a", "c"] {
