@@ -25,6 +25,26 @@ def test_result_of_a_job(client):
     assert job.done() and job.succeeded() and job.exception() is None
 
 
+def test_the_short_send_path_sends_what_the_full_one_does(client):
+    # send("pkg.mod.func", *args) with no option takes a shorter path
+    # (Client.send's first branch, NativeClient.send_plain); kwargs={}
+    # takes the full one with the same job. Same headers, payload, result.
+    for guarantee in (False, True):
+        short = client.send("benchjobs.add", 2, 3, guarantee=guarantee)
+        full = client.send("benchjobs.add", 2, 3, guarantee=guarantee, kwargs={})
+        assert short.result(30) == full.result(30) == 5
+        h_short, h_full = short.status().raw["headers"], full.status().raw["headers"]
+        assert h_short == h_full
+        assert ("guarantee" in h_short.split(",")) == guarantee
+    assert client.send("benchjobs.noop").result(30) is None
+    with pytest.raises(TypeError):
+        client.send("benchjobs.add", object(), 1)
+    with pytest.raises(ValueError):
+        client.send("benchjobs.add", 1, 2, queue="")
+    with pytest.raises(ValueError):
+        client.send("no_dot_here")
+
+
 def test_values_kwargs_and_clashing_names(client):
     job = client.send("testjobs.echo", 1, [2, {"x": None}], kwargs={"queue": "q", "timeout": 9}, y="z")
     assert job.result(30) == {"args": [1, [2, {"x": None}]], "kwargs": {"queue": "q", "timeout": 9, "y": "z"}}
