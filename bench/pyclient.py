@@ -12,7 +12,12 @@
    ``Client.map("benchjobs.add", range(N), repeat(1))``,
    ``Client.starmap("benchjobs.add", ((i, 1) ...))``, ``send()`` +
    ``result()`` job by job with a window, and ``send()`` + ``result()``
-   round trips one at a time (p50 / p99);
+   round trips one at a time (p50 / p99); the round trips again with every
+   process of the run (router, job manager, workers, client) on one CPU
+   (``--one-cpu-blocks``): there a round trip takes the CPU time of all it
+   goes through, so the ratio measures what each client costs, free of
+   where this 2-vCPU machine happens to place the threads (which moves the
+   two-CPU p50 by up to ±30 % between processes);
 3. EventMQ 0.3.13's client, fire-and-forget, into the same emq-router
    (bench/eventmq_driver.py, as scenario 1 of bench/run.py: timed until
    the job manager has written every line);
@@ -49,6 +54,24 @@ from conftest import Procs, eventually, free_slots, start_router, start_jobmanag
 import conftest  # noqa: E402
 
 
+def descendants(pid):
+    """Every process below `pid` (its workers), from /proc."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def log(*a):
     print("pyclient-bench:", *a, file=sys.stderr, flush=True)
 
@@ -77,6 +100,8 @@ def main():
     ap.add_argument("--celery-n", type=int, default=4000, help="jobs per Celery round")
     ap.add_argument("--window", type=int, default=1000, help="jobs in flight (Rust client, map, starmap)")
     ap.add_argument("--send-window", type=int, default=200, help="jobs in flight, send()+result() and Celery")
+    ap.add_argument("--one-cpu-blocks", type=int, default=6,
+                    help="turns the three round-trip clients take per round with every process on one CPU (0: none)")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     conftest.BIN = os.environ.get("EMQTEST_BIN_DIR") or os.path.join(ROOT, "target", "release")
@@ -91,18 +116,56 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
     tp = {k: [] for k in ("rust", "map", "starmap", "send", "eventmq", "celery")}
     lat = {k: [] for k in ("rust", "rust_api", "python")}
-    ratios = {k: [] for k in ("map", "starmap", "send", "p50", "p50_raw", "api_raw")}
+    lat1 = {k: [] for k in ("rust", "rust_api", "python")}
+    ratios = {k: [] for k in ("map", "starmap", "send", "p50", "p50_raw", "api_raw", "p50_1cpu", "api_raw_1cpu")}
     try:
         # A buffer for every fire-and-forget job (beyond hwm the router
         # refuses, and EventMQ's client never reads refusals).
         s = start_router(procs, {"EMQ_HWM": str(max(10000, 2 * a.eventmq_n))})
-        start_jobmanager(procs, s.backend, 2, {"EMQ_ALLOWED_PATHS": "benchjobs"})
+        jm = start_jobmanager(procs, s.backend, 2, {"EMQ_ALLOWED_PATHS": "benchjobs"})
         eventually(60, lambda: free_slots(s.admin) >= 4, "job manager slots")
 
         def py(mode, n, window):
             return run_json([pyth, os.path.join(HERE, "pyclient_emq.py"), "--addr", s.frontend, "--mode", mode,
                              "--n", str(n), "--window", str(window)])
 
+        def latency_blocks(nblocks, into, pin=None):
+            # The three round-trip clients take turns, in blocks, so a
+            # change in the machine's load weighs on all alike; a round's
+            # figure is the median of its blocks'. The order turns each
+            # block, so no client always follows the same one.
+            blocks = {"rust": [], "rust_api": [], "python": []}
+            n = max(1, a.latency_n // max(1, a.latency_blocks))
+            pre = ["taskset", "-c", str(pin)] if pin is not None else []
+            turn = {"rust": lambda: run_json(pre + [bench_bin, "latency", "--frontend", s.frontend, "--n", str(n)]),
+                    "rust_api": lambda: run_json(pre + [bench_bin, "latency", "--api", "--frontend", s.frontend,
+                                                        "--n", str(n)]),
+                    "python": lambda: run_json(pre + [pyth, os.path.join(HERE, "pyclient_emq.py"), "--addr",
+                                                      s.frontend, "--mode", "latency", "--n", str(n), "--window", "1"])}
+            order = list(turn)
+            for b in range(nblocks):
+                for k in order[b % 3:] + order[:b % 3]:
+                    blocks[k].append(turn[k]())
+            for k in blocks:
+                into[k].append({q: statistics.median(b[q] for b in blocks[k]) for q in ("p50_us", "p99_us")})
+            return into["rust"][-1], into["rust_api"][-1], into["python"][-1]
+
+        def pin_server(cpus):
+            # Every thread of the router, the job manager and its workers
+            # (workers started later inherit the job manager's mask).
+            for pid in [s_proc.pid, jm.pid] + descendants(jm.pid):
+                try:
+                    tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+                except OSError:
+                    continue
+                for tid in tids:
+                    try:
+                        os.sched_setaffinity(tid, cpus)
+                    except OSError:
+                        pass
+
+        s_proc = procs.procs[procs.procs.index(jm) - 1]  # the router that answered (start_router may retry)
+        all_cpus = os.sched_getaffinity(0)
         for r in range(a.rounds):
             v = run_json([bench_bin, "throughput", "--frontend", s.frontend, "--n", str(a.n), "--window",
                           str(a.window)])
@@ -118,30 +181,25 @@ def main():
                 ratios[key].append(v["jobs_per_sec"] / rust)
                 log("round %d Python %s: %.0f jobs/s (%.0f %% of the Rust client)"
                     % (r, mode, v["jobs_per_sec"], 100 * v["jobs_per_sec"] / rust))
-            # Round trips: the two clients take turns, in blocks, so a
-            # change in the machine's load weighs on both alike; a round's
-            # figure is the median of its blocks'.
-            # The order turns each block, so no client always follows the
-            # same one.
-            blocks = {"rust": [], "rust_api": [], "python": []}
-            n = max(1, a.latency_n // a.latency_blocks)
-            turn = {"rust": lambda: run_json([bench_bin, "latency", "--frontend", s.frontend, "--n", str(n)]),
-                    "rust_api": lambda: run_json([bench_bin, "latency", "--api", "--frontend", s.frontend,
-                                                  "--n", str(n)]),
-                    "python": lambda: py("latency", n, 1)}
-            order = list(turn)
-            for b in range(a.latency_blocks):
-                for k in order[b % 3:] + order[:b % 3]:
-                    blocks[k].append(turn[k]())
-            for k in blocks:
-                lat[k].append({q: statistics.median(b[q] for b in blocks[k]) for q in ("p50_us", "p99_us")})
-            v, api, p = lat["rust"][-1], lat["rust_api"][-1], lat["python"][-1]
+            v, api, p = latency_blocks(a.latency_blocks, lat)
             ratios["p50"].append(p["p50_us"] / api["p50_us"])
             ratios["p50_raw"].append(p["p50_us"] / v["p50_us"])
             ratios["api_raw"].append(api["p50_us"] / v["p50_us"])
             log("round %d round trip p50: Rust client %.0f us, bare DEALER %.0f us, Python %.0f us (%.2fx the Rust "
                 "client, %.2fx the bare DEALER)" % (r, api["p50_us"], v["p50_us"], p["p50_us"],
                                                    p["p50_us"] / api["p50_us"], p["p50_us"] / v["p50_us"]))
+            if a.one_cpu_blocks > 0:
+                cpu = min(all_cpus)
+                pin_server({cpu})
+                try:
+                    v1, api1, p1 = latency_blocks(a.one_cpu_blocks, lat1, pin=cpu)
+                finally:
+                    pin_server(all_cpus)
+                ratios["p50_1cpu"].append(p1["p50_us"] / api1["p50_us"])
+                ratios["api_raw_1cpu"].append(api1["p50_us"] / v1["p50_us"])
+                log("round %d round trip p50, all on one CPU: Rust client %.0f us, bare DEALER %.0f us, Python %.0f us "
+                    "(%.2fx the Rust client)" % (r, api1["p50_us"], v1["p50_us"], p1["p50_us"],
+                                                 p1["p50_us"] / api1["p50_us"]))
             out = os.path.join(tempfile.gettempdir(), "emq-pyclient-bench-%d.txt" % os.getpid())
             v = run_json([os.path.join(emqvenv, "bin", "python"), os.path.join(HERE, "eventmq_driver.py"),
                           "--addr", s.frontend, "--n", str(a.eventmq_n), "--out", out, "--timeout", "300"])
@@ -192,6 +250,19 @@ def main():
     print("| emq Python `send()` + `result()` | %s | %.0f | %s | %s |"
           % (cell([v["p50_us"] for v in lat["python"]]), statistics.median(v["p99_us"] for v in lat["python"]),
              cell(ratios["p50"], "%.2f"), cell(ratios["p50_raw"], "%.2f")))
+    if lat1["python"]:
+        print()
+        print("| the same round trips, every process on one CPU (%d turns per round) | p50 µs, median (min–max of %d) "
+              "| p99 µs, median | / Rust client p50, same round |" % (a.one_cpu_blocks, a.rounds))
+        print("|---|---|---|---|")
+        print("| Rust client library | %s | %.0f | 1.00 |" % (cell([v["p50_us"] for v in lat1["rust_api"]]),
+                                                          statistics.median(v["p99_us"] for v in lat1["rust_api"])))
+        print("| bare DEALER | %s | %.0f | %s |" % (cell([v["p50_us"] for v in lat1["rust"]]),
+                                                 statistics.median(v["p99_us"] for v in lat1["rust"]),
+                                                 cell([1 / x for x in ratios["api_raw_1cpu"]], "%.2f")))
+        print("| emq Python `send()` + `result()` | %s | %.0f | %s |"
+              % (cell([v["p50_us"] for v in lat1["python"]]), statistics.median(v["p99_us"] for v in lat1["python"]),
+                 cell(ratios["p50_1cpu"], "%.2f")))
 
 
 if __name__ == "__main__":
