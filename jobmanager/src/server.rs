@@ -510,7 +510,7 @@ impl Server {
             // (`flush_workers`), one write per worker.
             Action::Run { slot, msgid, payload, attempt, checkpoint } => {
                 if let Some(w) = self.workers[slot].as_mut() {
-                    w.queue(&ToWorker::Run { msgid, payload, attempt, checkpoint });
+                    w.queue(&ToWorker::run(msgid, payload, attempt, checkpoint));
                 }
             }
             Action::Steal { slot } => {

@@ -247,8 +247,10 @@ impl PythonRunner {
     pub fn set_current_job(&self, py: Python<'_>, msgid: &str, attempt: u32, checkpoint: Option<&str>) {
         if let Some(m) = &self.emq_module {
             let m = m.bind(py);
-            let _ = m.setattr("msgid", msgid);
-            let _ = m.setattr("attempt", attempt);
+            // Interned names: a `&str` name would be made into a Python
+            // string and interned again for every job.
+            let _ = m.setattr(pyo3::intern!(py, "msgid"), msgid);
+            let _ = m.setattr(pyo3::intern!(py, "attempt"), attempt);
             let checkpoint = checkpoint.filter(|c| {
                 let ok = serde_json::from_str::<serde::de::IgnoredAny>(c).is_ok();
                 if !ok {
@@ -256,7 +258,7 @@ impl PythonRunner {
                 }
                 ok
             });
-            let _ = m.setattr(LAST_CHECKPOINT_ATTR, checkpoint);
+            let _ = m.setattr(pyo3::intern!(py, LAST_CHECKPOINT_ATTR), checkpoint);
         }
     }
 

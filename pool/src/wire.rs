@@ -29,6 +29,20 @@ pub enum ToWorker {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checkpoint: Option<String>,
     },
+    /// [`ToWorker::Run`] as this build's job manager writes it: the payload
+    /// inline as the JSON it is (the job manager parsed it before), not as
+    /// an escaped string — no escaping there, no unescaping here: about a
+    /// fifth of a no-op job's instructions in the worker. `Run` stays for a
+    /// job manager of an earlier build (a binary replaced on disk while it
+    /// runs starts workers of the new one).
+    RunInline {
+        msgid: String,
+        payload: InlineJson,
+        #[serde(default = "first_attempt")]
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+    },
     /// Give back every job received but not started yet (they are queued
     /// behind a job that runs long); answered with [`FromWorker::Stolen`].
     Steal,
@@ -38,6 +52,43 @@ pub enum ToWorker {
 
 fn first_attempt() -> u32 {
     1
+}
+
+/// A JSON text carried as it is inside a frame ([`ToWorker::RunInline`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InlineJson(Box<serde_json::value::RawValue>);
+
+impl InlineJson {
+    /// `text` when it is one JSON value (else `Err(text)`, untouched).
+    pub fn new(text: String) -> Result<InlineJson, String> {
+        match serde_json::from_str::<&serde_json::value::RawValue>(&text) {
+            Ok(raw) => Ok(InlineJson(raw.to_owned())),
+            Err(_) => Err(text),
+        }
+    }
+
+    /// The JSON text (as it came, whitespace at its ends left out).
+    pub fn into_string(self) -> String {
+        Box::<str>::from(self.0).into_string()
+    }
+}
+
+impl PartialEq for InlineJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl ToWorker {
+    /// The frame that runs job `msgid`: [`ToWorker::RunInline`], or
+    /// [`ToWorker::Run`] should `payload` not be one JSON value.
+    pub fn run(msgid: String, payload: String, attempt: u32, checkpoint: Option<String>) -> ToWorker {
+        match InlineJson::new(payload) {
+            Ok(payload) => ToWorker::RunInline { msgid, payload, attempt, checkpoint },
+            Err(payload) => ToWorker::Run { msgid, payload, attempt, checkpoint },
+        }
+    }
 }
 
 /// Worker → job manager.
@@ -229,12 +280,32 @@ mod tests {
             attempt: 2,
             checkpoint: Some("{\"step\":2}".into()),
         };
+        let payload = r#"["run", {"path": "a.b", "callable": "f", "args": ["x\"y", {"k": [1, 2.5, null]}]}]"#;
+        let inline = ToWorker::run("b".into(), payload.into(), 1, None);
+        assert!(matches!(&inline, ToWorker::RunInline { .. }), "JSON goes inline");
+        let encoded = encode(&inline);
+        assert!(encoded.windows(payload.len()).any(|w| w == payload.as_bytes()), "as it is, not escaped");
+        let not_json = ToWorker::run("c".into(), "[1,".into(), 3, Some("{}".into()));
+        assert_eq!(
+            not_json,
+            ToWorker::Run { msgid: "c".into(), payload: "[1,".into(), attempt: 3, checkpoint: Some("{}".into()) }
+        );
         let mut bytes = encode(&run);
         bytes.extend(encode(&retried));
+        bytes.extend(encoded);
+        bytes.extend(encode(&not_json));
         bytes.extend(encode(&ToWorker::Shutdown));
         let mut r = &bytes[..];
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(run));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(retried));
+        match read_frame::<ToWorker>(&mut r).unwrap() {
+            Some(ToWorker::RunInline { msgid, payload: p, attempt: 1, checkpoint: None }) => {
+                assert_eq!(msgid, "b");
+                assert_eq!(p.into_string(), payload);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(not_json));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), Some(ToWorker::Shutdown));
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), None);
         let huge = (u32::MAX).to_le_bytes();

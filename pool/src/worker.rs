@@ -242,6 +242,9 @@ fn read_commands(inbox: Shared<Inbox>, out: Arc<Mutex<BufWriter<File>>>) {
             Ok(Some(ToWorker::Run { msgid, payload, attempt, checkpoint })) => {
                 g.jobs.push_back(InboxJob { msgid, payload, attempt, checkpoint })
             }
+            Ok(Some(ToWorker::RunInline { msgid, payload, attempt, checkpoint })) => {
+                g.jobs.push_back(InboxJob { msgid, payload: payload.into_string(), attempt, checkpoint })
+            }
             Ok(Some(ToWorker::Steal)) => {
                 let msgids: Vec<String> = g.jobs.drain(..).map(|j| j.msgid).collect();
                 drop(g);
