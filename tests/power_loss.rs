@@ -130,7 +130,7 @@ impl Rig {
         let mut cut = 0;
         for e in std::fs::read_dir(&self.a.data_dir).unwrap().flatten() {
             let p = e.path();
-            if !p.extension().is_some_and(|x| x == "journal") {
+            if p.extension().is_none_or(|x| x != "journal") {
                 continue;
             }
             let len = e.metadata().unwrap().len();

@@ -308,7 +308,7 @@ fn a_client_that_asks_gets_receipts_and_results_in_replies() {
         {
             "REPLIES" => {
                 replies_messages += 1;
-                assert!(frames.len() >= 6 && frames.len() % 2 == 0, "{frames:?}");
+                assert!(frames.len() >= 6 && frames.len().is_multiple_of(2), "{frames:?}");
                 for pair in frames[4..].chunks(2) {
                     let kind = if pair[0].is_empty() { "receipt" } else { "result" };
                     seen.entry(pair[1].clone()).or_default().push(kind);

@@ -143,6 +143,23 @@ pub fn parse<T: Parser>(prog: &str) -> Result<T, ExitCode> {
     }
 }
 
+/// CURVE client keys from `--curve-server-key FILE` (the router's `.pub`)
+/// and `--curve-key FILE` (this client's `.key`, its `.pub` beside it);
+/// both or neither.
+pub fn curve_keys(
+    server_key: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<emq_sender::CurveClientKeys>> {
+    match (server_key, key) {
+        (None, None) => Ok(None),
+        (Some(server), Some(secret)) => {
+            let public = secret.with_extension("pub");
+            Ok(Some(emq_sender::CurveClientKeys::from_files(server, &public, secret)?))
+        }
+        _ => anyhow::bail!("--curve-server-key and --curve-key go together"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,22 +202,5 @@ mod tests {
         assert!(window("1000001").is_err());
         assert_eq!(retries("3"), Ok(3));
         assert!(retries("-1").is_err());
-    }
-}
-
-/// CURVE client keys from `--curve-server-key FILE` (the router's `.pub`)
-/// and `--curve-key FILE` (this client's `.key`, its `.pub` beside it);
-/// both or neither.
-pub fn curve_keys(
-    server_key: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-) -> anyhow::Result<Option<emq_sender::CurveClientKeys>> {
-    match (server_key, key) {
-        (None, None) => Ok(None),
-        (Some(server), Some(secret)) => {
-            let public = secret.with_extension("pub");
-            Ok(Some(emq_sender::CurveClientKeys::from_files(server, &public, secret)?))
-        }
-        _ => anyhow::bail!("--curve-server-key and --curve-key go together"),
     }
 }

@@ -820,7 +820,8 @@ impl Writer {
         };
         let mut written: Vec<Chunk> = Vec::new();
         let mut failure = None;
-        while todo.front().is_some_and(|c| !(c.checkpoint && !written.is_empty())) {
+        // Up to the next checkpoint: one may only open the segment.
+        while todo.front().is_some_and(|c| !c.checkpoint || written.is_empty()) {
             let mut chunk = todo.pop_front().expect("front exists");
             segment::seal(&mut chunk.bytes, fresh.salt);
             if let Err(e) = fresh.write(self.fs.as_mut(), &chunk.bytes) {

@@ -102,7 +102,7 @@ fn bind_sockets(settings: &RouterSettings, ctx: &zmq::Context) -> Result<Sockets
                 let allowed = emq_receiver::AllowList::from_dir(std::path::Path::new(dir))?;
                 info!(socket = domain, keys = allowed.len(), dir, "CURVE: encrypted, only allowed keys");
                 zap.set_domain(domain, allowed);
-                let server = emq_receiver::CurveServer { secret: key.clone(), domain: domain.to_owned() };
+                let server = emq_receiver::CurveServer { secret: *key, domain: domain.to_owned() };
                 Receiver::bind_curve_with(ctx, addr, settings.socket_hwm, max, &server, zap)?
             }
             _ => Receiver::bind_with(ctx, addr, settings.socket_hwm, max)?,
@@ -1036,6 +1036,8 @@ impl Server {
     /// Keeps a receipt or result for a batch client until the end of the
     /// pass (sending the gathered ones first when full); hands back what
     /// cannot go in a REPLIES.
+    // The `Err` is the message handed back, moved, not a boxed error.
+    #[allow(clippy::result_large_err)]
     fn gather_client_reply(&mut self, peer: &PeerId, message: Message) -> Result<(), Message> {
         let Message { msgid, command: Command::Reply(reply), .. } = message else { return Err(message) };
         let item = match emq_protocol::Replies::item_of(reply) {
@@ -1311,7 +1313,9 @@ mod tests {
             msg("c1", Command::Ready),
         ];
         super::split_client_requests(&mut pass);
-        let seen: Vec<(String, Option<String>, Option<(String, String)>)> = pass
+        // (msgid, queue, the batch and item it came from)
+        type Seen = (String, Option<String>, Option<(String, String)>);
+        let seen: Vec<Seen> = pass
             .iter()
             .map(|i| {
                 let m = i.message.as_ref().ok().map(|m| match &m.command {

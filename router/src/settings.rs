@@ -306,7 +306,7 @@ impl RouterSettings {
         if !(86400.0..=(3650.0 * 86400.0)).contains(&self.idempotency_ttl) {
             return Err(SettingsError::invalid(
                 "idempotency_ttl",
-                &self.idempotency_ttl.to_string(),
+                self.idempotency_ttl.to_string(),
                 "must be between 86400 (24 h) and 315360000 seconds",
             ));
         }
@@ -408,12 +408,12 @@ impl RouterSettings {
             return Ok(None);
         }
         if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
-            return Err(SettingsError::invalid("journal_url", &emq_pgjournal::redact(url), "not a postgresql:// URL"));
+            return Err(SettingsError::invalid("journal_url", emq_pgjournal::redact(url), "not a postgresql:// URL"));
         }
         let Ok(parsed) = url.parse::<emq_pgjournal::UrlConfig>() else {
             return Err(SettingsError::invalid(
                 "journal_url",
-                &emq_pgjournal::redact(url),
+                emq_pgjournal::redact(url),
                 "not a valid PostgreSQL URL",
             ));
         };
@@ -421,13 +421,13 @@ impl RouterSettings {
             // Said now rather than as a connection that never succeeds.
             return Err(SettingsError::invalid(
                 "journal_url",
-                &emq_pgjournal::redact(url),
+                emq_pgjournal::redact(url),
                 "sslmode=require: this router does not speak TLS to PostgreSQL \
                  (use a trusted network or a TLS proxy, and sslmode=disable or prefer)",
             ));
         }
         if !(self.lease_ttl.is_finite() && (1.0..=300.0).contains(&self.lease_ttl)) {
-            return Err(SettingsError::invalid("lease_ttl", &self.lease_ttl.to_string(), "seconds between 1 and 300"));
+            return Err(SettingsError::invalid("lease_ttl", self.lease_ttl.to_string(), "seconds between 1 and 300"));
         }
         Ok(Some((url.to_owned(), std::time::Duration::from_secs_f64(self.lease_ttl))))
     }

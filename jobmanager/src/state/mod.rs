@@ -148,6 +148,9 @@ impl JmConfig {
 }
 
 /// Something that happened to the job manager.
+// `Router` is the large variant and the most frequent one: boxing it would
+// allocate once per message to save bytes on a value that lives on the stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// Start: connect and start the workers.

@@ -172,7 +172,7 @@ pub(crate) fn frame_pairs(
     min: usize,
     max: usize,
 ) -> Result<Vec<(String, String)>, DecodeErrorKind> {
-    if rest.len() % 2 != 0 || rest.len() / 2 < min || rest.len() / 2 > max {
+    if !rest.len().is_multiple_of(2) || rest.len() / 2 < min || rest.len() / 2 > max {
         return Err(DecodeErrorKind::BadJson {
             field,
             reason: format!("{} frames: expected {min} to {max} pairs of {what}", rest.len()),

@@ -232,7 +232,7 @@ fn replies_items_stand_for_their_replies() {
     };
     assert!(Message::from_frames(&frames(&[])).is_err(), "no items");
     assert!(Message::from_frames(&frames(&["", "a", "{}"])).is_err(), "an unpaired frame");
-    let too_many: Vec<&str> = std::iter::repeat(["", "a"]).take(MAX_BATCH_REPLIES + 1).flatten().collect();
+    let too_many: Vec<&str> = std::iter::repeat_n(["", "a"], MAX_BATCH_REPLIES + 1).flatten().collect();
     assert!(Message::from_frames(&frames(&too_many)).is_err(), "past MAX_BATCH_REPLIES");
     let m = Message::from_frames(&frames(&["", "a", "{}", "b"])).expect("two items");
     assert_eq!(

@@ -658,7 +658,7 @@ pub const EVENT_TYPES: [&str; 13] = [
 
 /// A rendered event as a checkpoint keeps it (`Record::Event` `ev`).
 pub fn kept_record(e: &StoredEvent) -> Record {
-    let mut v = json!({"t": "ev", "offset": e.offset, "type": &*e.kind, "at": e.at, "line": &*e.line});
+    let mut v = json!({"t": "ev", "offset": e.offset, "type": e.kind, "at": e.at, "line": &*e.line});
     if let Some(j) = &e.job {
         v["job"] = j.as_ref().into();
     }

@@ -63,7 +63,7 @@ fn derive(records: &[Record]) -> Vec<StoredEvent> {
 #[test]
 fn a_jobs_records_become_numbered_events_the_same_each_time() {
     let events = derive(&life("m1"));
-    let kinds: Vec<&str> = events.iter().map(|e| &*e.kind).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["accepted", "started", "retrying", "progress", "started", "succeeded"]);
     let offsets: Vec<u64> = events.iter().map(|e| e.offset).collect();
     assert_eq!(offsets, [1, 2, 3, 4, 5, 6]);
@@ -290,7 +290,7 @@ fn a_requeued_dead_letter_keeps_its_names_and_its_owner() {
     };
     let events =
         derive(&[accepted("m1", Some("tok")), dead, Record::Requeued { msgid: "m1".into(), attempts: 0 }, done("m1")]);
-    let kinds: Vec<&str> = events.iter().map(|e| &*e.kind).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["accepted", "dead", "requeued", "succeeded"]);
     assert!(events.iter().all(|e| e.owner.as_deref() == Some("tok") && e.queue.as_deref() == Some("q")));
     // A requeue has no time of its own: the last record's, the same on replay.

@@ -564,6 +564,11 @@ impl RouterState {
     }
 }
 
+/// Whether `jm` may run `job` (see `JobManagerPeer::accepts`).
+fn peer_accepts(state: &RouterState, jm: &PeerId, job: &WaitingJob) -> bool {
+    state.peers.job_managers.get(jm).is_some_and(|p| p.accepts(job.request.headers_str(), job.request.payload()))
+}
+
 #[cfg(test)]
 mod room_tests {
     //! The [`Dispatch`] room's buffers alone: order, the memory budget and
@@ -605,9 +610,4 @@ mod room_tests {
         assert_eq!((d.buffered_bytes, d.buffered(), d.queue_len("q")), (0, 0, 0));
         assert!(d.cancelled_spilled.is_empty(), "a cancelled job is skipped once");
     }
-}
-
-/// Whether `jm` may run `job` (see `JobManagerPeer::accepts`).
-fn peer_accepts(state: &RouterState, jm: &PeerId, job: &WaitingJob) -> bool {
-    state.peers.job_managers.get(jm).is_some_and(|p| p.accepts(job.request.headers_str(), job.request.payload()))
 }

@@ -521,11 +521,11 @@ impl Limits {
 /// A period as a setting writes it (`500ms`, `10s`, `1m`, `1h`).
 fn fmt_period(p: Duration) -> String {
     let ms = p.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

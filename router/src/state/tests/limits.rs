@@ -6,7 +6,10 @@ use super::*;
 use crate::state::limits::LimitSpec;
 use emq_journal::Record;
 
-fn limited_cfg(limits: &[(&str, Option<u32>, Option<(u32, u64)>)]) -> RouterConfig {
+/// A limit: name, concurrency, (jobs, per milliseconds).
+type LimitRow<'a> = (&'a str, Option<u32>, Option<(u32, u64)>);
+
+fn limited_cfg(limits: &[LimitRow]) -> RouterConfig {
     let mut c = cfg();
     c.hwm = 0;
     c.limits = limits
@@ -19,7 +22,7 @@ fn limited_cfg(limits: &[(&str, Option<u32>, Option<(u32, u64)>)]) -> RouterConf
     c
 }
 
-fn harness(limits: &[(&str, Option<u32>, Option<(u32, u64)>)]) -> Harness {
+fn harness(limits: &[LimitRow]) -> Harness {
     let now = Now::real();
     Harness::with(RouterState::new(limited_cfg(limits), now), now)
 }
