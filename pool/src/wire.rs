@@ -312,3 +312,25 @@ mod tests {
         assert!(read_frame::<ToWorker>(&mut &huge[..]).is_err());
     }
 }
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// A payload nested deeper than serde_json's recursion limit (128)
+    /// still makes a frame the worker reads back (a raw value is skipped
+    /// over without recursion): the worker, not its frame reader, refuses
+    /// the job as a bad payload, and lives on.
+    #[test]
+    fn deeply_nested_payload_round_trips_as_a_frame() {
+        for d in [127usize, 129, 100_000] {
+            let p = format!("{}{}", "[".repeat(d), "]".repeat(d));
+            let f = ToWorker::run("m".into(), p.clone(), 1, None);
+            let bytes = encode(&f);
+            match read_frame::<ToWorker>(&mut &bytes[..]).unwrap() {
+                Some(ToWorker::RunInline { payload, .. }) => assert_eq!(payload.into_string(), p, "depth {d}"),
+                other => panic!("depth {d}: {other:?}"),
+            }
+        }
+    }
+}
